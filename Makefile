@@ -1,0 +1,45 @@
+# Command index. `make run` and `make test` are the two set-up commands in the README: each creates
+# the virtual environment from the lock file first, so a fresh machine with Python 3.11 and make needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := ehr_core projections fhir_api
+
+.PHONY: run serve test test-fast lint format typecheck imports bench clean
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==0.13.8
+	UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(VENV) $(BIN)/uv sync --frozen --active --quiet
+	touch $@
+
+run: $(VENV)/.installed  ## the main job: the FHIR server on the embedded default (SQLite in ./ehr-data)
+	$(BIN)/ehr serve
+
+serve: run
+
+test: $(VENV)/.installed  ## lint, types, layer rules, then the whole test suite (both backends)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/pytest -n 2 --dist loadgroup
+
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -n 2 -m "not slow"
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+imports: $(VENV)/.installed
+	$(BIN)/lint-imports
+
+bench: $(VENV)/.installed  ## benchmarks: figures beside their baselines, printed as ratios
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) ehr-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""Who is writing, from where and why: the context every event carries (NOM-024 traceability)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from uuid import uuid4
+
+__all__ = ["WriteContext"]
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    institution: str = "unknown"
+    unit: str | None = None  # CLUES of the health establishment
+    user: str = "anonymous"
+    role: str | None = None
+    purpose: str = "TREAT"  # HL7 v3 PurposeOfUse
+    request_id: str = field(default_factory=lambda: uuid4().hex)
+    address: str | None = None  # the caller's network address
+    interaction: str | None = None  # the FHIR interaction that wrote: create, update, delete, transaction
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}

@@ -1,0 +1,88 @@
+"""Errors as data: what went wrong, in OperationOutcome terms, with no HTTP in sight.
+
+Each error names an anomaly category (Blaze's style: ``incorrect``, ``not-found``, ``conflict``...);
+``fhir_api`` maps each category to an HTTP status once, in one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = [
+    "Conflict",
+    "Deleted",
+    "InvalidResource",
+    "Issue",
+    "NotFound",
+    "PreconditionFailed",
+    "RecordError",
+    "Unprocessable",
+]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One OperationOutcome.issue: ``code`` from http://hl7.org/fhir/issue-type."""
+
+    code: str
+    diagnostics: str
+    expression: str | None = None
+    severity: str = "error"
+
+
+class RecordError(Exception):
+    """Base of every error the record reports to a caller."""
+
+    category: ClassVar[str] = "fault"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "processing") -> None:
+        self.issues = [Issue(code, issues)] if isinstance(issues, str) else list(issues)
+        super().__init__("; ".join(issue.diagnostics for issue in self.issues))
+
+
+class InvalidResource(RecordError):
+    """The request or resource is malformed or does not conform to R4."""
+
+    category = "incorrect"
+
+
+class Unprocessable(RecordError):
+    """Well-formed, but breaks a business rule (e.g. an invalid CURP)."""
+
+    category = "unprocessable"
+
+
+class NotFound(RecordError):
+    category = "not-found"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "not-found") -> None:
+        super().__init__(issues, code)
+
+
+class Deleted(RecordError):
+    """The resource existed and was retracted (FHIR delete): reads answer Gone."""
+
+    category = "deleted"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "deleted") -> None:
+        super().__init__(issues, code)
+
+
+class Conflict(RecordError):
+    """Another writer got there first (a lost race on the stream version)."""
+
+    category = "conflict"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "conflict") -> None:
+        super().__init__(issues, code)
+
+
+class PreconditionFailed(RecordError):
+    """A conditional request's precondition (If-Match, a conditional match count) does not hold."""
+
+    category = "precondition-failed"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "conflict") -> None:
+        super().__init__(issues, code)

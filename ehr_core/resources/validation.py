@@ -1,0 +1,70 @@
+"""Validation against the FHIR R4B models: the one place ``fhir.resources`` is used.
+
+The model is only a checker. Its output is thrown away: a model dump rewrites timestamps, decimals and
+base64 (see shared/corpus/README.md), so the stored bytes are always the client's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from ehr_core.errors import InvalidResource, Issue
+from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
+
+__all__ = ["is_valid_id", "validate"]
+
+# FHIR ids: [A-Za-z0-9\-\.]{1,64} (R4 §2.24.0.1 "id").
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+def is_valid_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and all(c in _ID_CHARS for c in value)
+
+
+def _expression(resource_type: str, location: Sequence[int | str]) -> str:
+    """Turn a pydantic error location into the FHIRPath the spec expects in ``issue.expression``."""
+    path = resource_type
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith("function-") or part in {"__root__"}:
+            continue
+        else:
+            path += f".{part}"
+    return path
+
+
+def validate(resource: Any, expected_type: str | None = None) -> str:
+    """Check that ``resource`` is a valid R4 resource; return its type or raise :class:`InvalidResource`."""
+    if not isinstance(resource, dict):
+        raise InvalidResource([Issue("structure", "the body must be a JSON object (a FHIR resource)")])
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        raise InvalidResource([Issue("required", "resourceType is missing", "resourceType")])
+    if expected_type is not None and resource_type != expected_type:
+        raise InvalidResource(
+            [Issue("invalid", f"resourceType {resource_type} does not match the URL ({expected_type})")]
+        )
+    if not is_supported(resource_type):
+        if resource_type in REMOVED_IN_R4B:
+            message = f"{resource_type} is an R4 type that this server cannot validate (removed in R4B)"
+            raise InvalidResource([Issue("not-supported", message, "resourceType")])
+        raise InvalidResource([Issue("not-supported", f"unknown resource type {resource_type}", "resourceType")])
+    if "id" in resource and not is_valid_id(resource["id"]):
+        raise InvalidResource([Issue("value", "id must match [A-Za-z0-9-.]{1,64}", f"{resource_type}.id")])
+    model = get_fhir_model_class(resource_type)
+    try:
+        model.model_validate(resource)
+    except ValidationError as error:
+        issues = [
+            Issue("structure", str(detail["msg"]), _expression(resource_type, detail["loc"]))
+            for detail in error.errors(include_url=False)[:20]
+        ]
+        raise InvalidResource(issues) from None
+    except (ValueError, TypeError, RecursionError) as error:
+        raise InvalidResource([Issue("structure", f"invalid {resource_type}: {error}")]) from None
+    return resource_type

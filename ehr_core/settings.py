@@ -1,0 +1,71 @@
+"""Settings as environment (``EHR_*``), typed: the eventsourcing library's own habit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EHR_", extra="ignore")
+
+    #: ``postgresql://user:password@host:port/dbname``; unset means SQLite files under ``data_dir``.
+    database_url: str | None = None
+    #: PostgreSQL schema holding the event table and the views (one deployment per schema).
+    postgres_schema: str = "public"
+    data_dir: Path = Path("ehr-data")
+    #: Largest request body accepted, in bytes (413 above it).
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: Notifications a projection handles in one transaction.
+    projection_batch_size: int = 500
+    #: Connections each PostgreSQL pool may hold.
+    postgres_pool_size: int = 10
+
+    @property
+    def uses_postgres(self) -> bool:
+        return bool(self.database_url) and str(self.database_url).startswith(("postgres://", "postgresql://"))
+
+    def postgres_params(self) -> dict[str, str]:
+        """Connection parameters from ``database_url`` (libpq keywords)."""
+        url = urlsplit(str(self.database_url))
+        return {
+            "host": url.hostname or "127.0.0.1",
+            "port": str(url.port or 5432),
+            "user": unquote(url.username or "postgres"),
+            "password": unquote(url.password or ""),
+            "dbname": url.path.lstrip("/") or "postgres",
+        }
+
+    def postgres_conninfo(self) -> str:
+        params = self.postgres_params()
+        if not params["password"]:
+            params.pop("password")
+        return " ".join(f"{key}={value}" for key, value in params.items())
+
+    def event_store_env(self) -> dict[str, str]:
+        """The eventsourcing library's environment for the chosen backend."""
+        if self.uses_postgres:
+            params = self.postgres_params()
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_HOST": params["host"],
+                "POSTGRES_PORT": params["port"],
+                "POSTGRES_USER": params["user"],
+                "POSTGRES_PASSWORD": params["password"],
+                "POSTGRES_DBNAME": params["dbname"],
+                "POSTGRES_SCHEMA": self.postgres_schema,
+                "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
+                "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size),
+                "POSTGRES_LOCK_TIMEOUT": "10",
+                # Never POSTGRES_ENABLE_DB_FUNCTIONS: it skips the ordering lock (DESIGN.md).
+            }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(self.data_dir / "events.sqlite"),
+            "SQLITE_LOCK_TIMEOUT": "30",
+        }

@@ -1,0 +1,55 @@
+"""The ``ehr`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.data is not None:
+        os.environ["EHR_DATA_DIR"] = str(args.data)
+    from ehr_core.settings import Settings
+
+    settings = Settings()
+    backend = "PostgreSQL" if settings.uses_postgres else f"SQLite in {settings.data_dir.resolve()}"
+    print(f"ehr: FHIR R4 server at http://{args.host}:{args.port}/fhir ({backend})", flush=True)
+    uvicorn.run(
+        "fhir_api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ehr", description="Event-sourced health record core (FHIR R4)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the FHIR server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data", type=Path, default=None, help="SQLite data directory (default ./ehr-data)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (PostgreSQL only)")
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

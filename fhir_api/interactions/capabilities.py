@@ -1,0 +1,63 @@
+"""capabilities: ``GET [base]/metadata`` (R4 §3.1.0.10): exactly what this server does, nothing more."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ehr_core.resources.types import supported_types
+from fhir_api.request import base_url
+from fhir_api.responses import FHIR_JSON
+
+router = APIRouter()
+
+TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create")
+SYSTEM_INTERACTIONS = ("history-system",)
+
+
+@cache
+def _resources() -> list[dict[str, Any]]:
+    return [
+        {
+            "type": resource_type,
+            "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": False,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+        }
+        for resource_type in supported_types()
+    ]
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "ehr-core",
+        "kind": "instance",
+        "software": {"name": "ehr-core", "version": "0.1.0"},
+        "implementation": {"description": "Event-sourced health record core", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": _resources(),
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+            }
+        ],
+    }
+
+
+@router.get("/metadata", summary="capabilities")
+def capabilities(request: Request) -> Response:
+    return Response(orjson.dumps(capability_statement(base_url(request))), media_type=FHIR_JSON)

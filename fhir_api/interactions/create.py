@@ -1,0 +1,22 @@
+"""create: ``POST [base]/[type]`` (R4 §3.1.0.7)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from fhir_api.request import ServicesDep, base_url, prefer_return, read_json_body, require_type, write_context
+from fhir_api.responses import write_response
+
+router = APIRouter()
+
+
+@router.post("/{resource_type}", summary="create")
+async def create(resource_type: str, request: Request, services: ServicesDep) -> Response:
+    require_type(resource_type)
+    resource = await read_json_body(request)
+    context = write_context(request, "create")
+    written = await run_in_threadpool(services.application.create, resource, context, resource_type)
+    await run_in_threadpool(services.visible, written)
+    return write_response(written, 201, prefer_return(request), base_url(request))

@@ -1,0 +1,24 @@
+"""delete: ``DELETE [base]/[type]/[id]`` (R4 §3.1.0.6): a retraction; history keeps every version."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from fhir_api.request import ServicesDep, parse_if_match, require_type, write_context
+from fhir_api.responses import etag
+
+router = APIRouter()
+
+
+@router.delete("/{resource_type}/{resource_id}", summary="delete")
+async def delete(resource_type: str, resource_id: str, request: Request, services: ServicesDep) -> Response:
+    require_type(resource_type)
+    if_match = parse_if_match(request.headers.get("if-match"))
+    context = write_context(request, "delete")
+    written = await run_in_threadpool(services.application.delete, resource_type, resource_id, context, if_match)
+    await run_in_threadpool(services.visible, written)
+    # Deleting what is absent or already deleted succeeds too: delete is idempotent (R4 §3.1.0.6).
+    headers = {"ETag": etag(written.version)} if written is not None else {}
+    return Response(status_code=204, headers=headers)

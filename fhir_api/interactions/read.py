@@ -1,0 +1,46 @@
+"""read and vread: ``GET [base]/[type]/[id]`` and ``.../_history/[vid]`` (R4 §3.1.0.2, §3.1.0.3).
+
+Both serve the stored bytes as they are: no model, no re-serialisation.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
+from fhir_api.errors import outcome_response
+from fhir_api.request import ServicesDep, require_type
+from fhir_api.responses import etag, fhir_response, http_date
+from projections.resources import ResourceViews, StoredResource
+
+router = APIRouter()
+
+
+def _served(stored: StoredResource | None, what: str) -> Response:
+    if stored is None:
+        raise NotFound(f"{what} is not known")
+    if stored.deleted:
+        # 410 carries the deleted version's ETag so a client can see when it went.
+        gone = Deleted(f"{what} was deleted (version {stored.version})")
+        headers = {"ETag": etag(stored.version), "Last-Modified": http_date(stored.last_updated)}
+        return outcome_response(410, gone.issues, headers)
+    return fhir_response(stored.body, version=stored.version, last_updated=stored.last_updated)
+
+
+@router.get("/{resource_type}/{resource_id}", summary="read")
+def read(resource_type: str, resource_id: str, services: ServicesDep) -> Response:
+    require_type(resource_type)
+    with services.views.read() as tx:
+        stored = ResourceViews.read(tx, resource_type, resource_id)
+    return _served(stored, f"{resource_type}/{resource_id}")
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="vread")
+def vread(resource_type: str, resource_id: str, version_id: str, services: ServicesDep) -> Response:
+    require_type(resource_type)
+    if not version_id.isdigit():
+        raise InvalidResource([Issue("invalid", f"version id must be a number, got {version_id!r}")])
+    with services.views.read() as tx:
+        stored = ResourceViews.vread(tx, resource_type, resource_id, int(version_id))
+    return _served(stored, f"{resource_type}/{resource_id}/_history/{version_id}")

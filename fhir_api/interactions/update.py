@@ -1,0 +1,33 @@
+"""update: ``PUT [base]/[type]/[id]``, with create-on-update and ``If-Match`` (R4 §3.1.0.4)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from fhir_api.request import (
+    ServicesDep,
+    base_url,
+    parse_if_match,
+    prefer_return,
+    read_json_body,
+    require_type,
+    write_context,
+)
+from fhir_api.responses import write_response
+
+router = APIRouter()
+
+
+@router.put("/{resource_type}/{resource_id}", summary="update")
+async def update(resource_type: str, resource_id: str, request: Request, services: ServicesDep) -> Response:
+    require_type(resource_type)
+    if_match = parse_if_match(request.headers.get("if-match"))
+    resource = await read_json_body(request)
+    context = write_context(request, "update")
+    written = await run_in_threadpool(
+        services.application.update, resource_type, resource_id, resource, context, if_match
+    )
+    await run_in_threadpool(services.visible, written)
+    return write_response(written, 201 if written.created else 200, prefer_return(request), base_url(request))

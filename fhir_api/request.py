@@ -1,0 +1,124 @@
+"""Reading a FHIR request: media type, size, body, preconditions, preferences and the caller's context."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from ehr_core.context import WriteContext
+from ehr_core.errors import InvalidResource, Issue, NotFound
+from ehr_core.resources import json as fhir_json
+from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
+from fhir_api.errors import ApiError
+from fhir_api.services import Services
+
+__all__ = [
+    "ServicesDep",
+    "base_url",
+    "parse_if_match",
+    "prefer_return",
+    "read_json_body",
+    "require_type",
+    "write_context",
+]
+
+# R4 §2.6 "JSON": the FHIR media type, plus the ones real clients send (fhirpy: application/json).
+JSON_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def base_url(request: Request) -> str:
+    """The server's FHIR base, as the client reached it."""
+    return f"{str(request.base_url).rstrip('/')}/fhir"
+
+
+def require_type(resource_type: str) -> str:
+    if is_supported(resource_type):
+        return resource_type
+    if resource_type in REMOVED_IN_R4B:
+        raise NotFound(f"{resource_type} is an R4 type this server does not support (removed in R4B)")
+    raise NotFound(f"unknown resource type {resource_type!r}", code="not-supported")
+
+
+def media_type(request: Request) -> str | None:
+    header = request.headers.get("content-type")
+    return header.split(";")[0].strip().lower() if header else None
+
+
+async def read_json_body(request: Request, media_types: frozenset[str] = JSON_MEDIA_TYPES) -> Any:
+    """The parsed body: 415 for another media type, 413 over the size limit, 400 if it is not JSON."""
+    kind = media_type(request)
+    if kind is not None and kind not in media_types:
+        raise ApiError(
+            "unsupported-media-type",
+            f"Content-Type {kind} is not supported here; send one of {', '.join(sorted(media_types))}",
+            code="not-supported",
+        )
+    limit: int = request.app.state.services.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError("too-large", f"body of {declared} bytes is over the limit of {limit} bytes", "too-costly")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError("too-large", f"body is over the limit of {limit} bytes", "too-costly")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise InvalidResource([Issue("required", "the request body is empty; a FHIR resource is required")])
+    try:
+        return fhir_json.loads(body)
+    except fhir_json.JsonError as error:
+        raise InvalidResource([Issue("structure", str(error))]) from None
+
+
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """``If-Match: W/"3"`` → 3 (R4 §3.1.0.4.2 "Managing Resource Contention")."""
+    if value is None:
+        return None
+    match = _ETAG.match(value)
+    if match is None:
+        raise InvalidResource([Issue("invalid", f'If-Match must be a version ETag like W/"3", got {value!r}')])
+    return int(match.group(1))
+
+
+def prefer_return(request: Request) -> str:
+    """``Prefer: return=minimal|representation|OperationOutcome``; unknown values are ignored."""
+    for part in request.headers.get("prefer", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "return":
+            value = value.strip().strip('"')
+            if value in ("minimal", "representation", "OperationOutcome"):
+                return value
+    return "representation"
+
+
+def write_context(request: Request, interaction: str) -> WriteContext:
+    """Who writes. Until bearer tokens carry these claims, they come from ``X-EHR-*`` headers."""
+    headers = request.headers
+    request_id = headers.get("x-request-id")
+    context = WriteContext(
+        institution=headers.get("x-ehr-institution", "unknown"),
+        unit=headers.get("x-ehr-unit"),
+        user=headers.get("x-ehr-user", "anonymous"),
+        role=headers.get("x-ehr-role"),
+        purpose=headers.get("x-ehr-purpose", "TREAT"),
+        address=request.client.host if request.client else None,
+        interaction=interaction,
+    )
+    if request_id:
+        context = WriteContext(**{**context.__dict__, "request_id": request_id[:128]})
+    return context

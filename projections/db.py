@@ -1,0 +1,170 @@
+"""The views' database: SQLite (embedded default) or PostgreSQL, behind one small interface.
+
+Views write their SQL once with ``?`` placeholders; the PostgreSQL side rewrites them to ``%s``.
+Each view owns its tables; nothing here knows any table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+__all__ = ["Dialect", "PostgresViews", "SQLiteViews", "Tx", "ViewDatabase"]
+
+Dialect = Literal["sqlite", "postgres"]
+Row = tuple[Any, ...]
+
+
+class Tx(Protocol):
+    """A cursor inside a transaction."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Tx: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def fetchone(self) -> Row | None: ...
+    def fetchall(self) -> list[Row]: ...
+
+
+class ViewDatabase(Protocol):
+    dialect: Dialect
+
+    def write(self) -> Any:
+        """A context manager giving a :class:`Tx` that commits on exit (serialised writers)."""
+
+    def read(self) -> Any:
+        """A context manager giving a :class:`Tx` with a consistent snapshot for reads."""
+
+    def close(self) -> None: ...
+
+
+class _SQLiteTx:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._cursor = connection.cursor()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _SQLiteTx:
+        self._cursor.execute(sql, params)
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(sql, rows)
+
+    def fetchone(self) -> Row | None:
+        row: Row | None = self._cursor.fetchone()
+        return row
+
+    def fetchall(self) -> list[Row]:
+        return self._cursor.fetchall()
+
+
+class SQLiteViews:
+    """Views in one SQLite file (WAL: readers never wait for the projection writer)."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA busy_timeout=30000")
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[Tx]:
+        connection = self._connection()
+        connection.execute(begin)
+        try:
+            yield _SQLiteTx(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def write(self) -> Any:
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def read(self) -> Any:
+        return self._transaction("BEGIN")
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+@lru_cache(maxsize=512)
+def _to_pyformat(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PostgresTx:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _PostgresTx:
+        self._cursor.execute(_to_pyformat(sql), params, prepare=True if params else None)
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(_to_pyformat(sql), rows)
+
+    def fetchone(self) -> Row | None:
+        row: Row | None = self._cursor.fetchone()
+        return row
+
+    def fetchall(self) -> list[Row]:
+        rows: list[Row] = self._cursor.fetchall()
+        return rows
+
+
+class PostgresViews:
+    """Views in a PostgreSQL schema, through a connection pool."""
+
+    dialect: Dialect = "postgres"
+
+    def __init__(self, conninfo: str, schema: str = "public", pool_size: int = 10) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.conninfo = conninfo
+        self.schema = schema
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+            open=True,
+            check=ConnectionPool.check_connection,
+        )
+
+    @contextmanager
+    def _transaction(self, read_only: bool) -> Iterator[Tx]:
+        with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
+            if read_only:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield _PostgresTx(cursor)
+
+    def write(self) -> Any:
+        return self._transaction(read_only=False)
+
+    def read(self) -> Any:
+        return self._transaction(read_only=True)
+
+    def close(self) -> None:
+        self._pool.close()

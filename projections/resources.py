@@ -1,0 +1,190 @@
+"""Current resources and version history: the views behind read, vread and history.
+
+``resources`` holds each resource's latest version as the bytes to serve. ``resource_history`` holds
+every version in notification order, which is what makes history paging stable while writes arrive:
+a page is "entries with notification id below N", never an offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from projections.changes import Change
+from projections.db import Dialect, Tx
+from projections.view import View
+
+__all__ = ["HistoryEntry", "ResourceViews", "StoredResource"]
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    resource_type: str
+    resource_id: str
+    version: int
+    last_updated: str
+    #: None when this version is a retraction.
+    body: bytes | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.body is None
+
+
+@dataclass(frozen=True)
+class HistoryEntry(StoredResource):
+    notification_id: int
+    method: str
+
+
+def _blob(dialect: Dialect) -> str:
+    return "BYTEA" if dialect == "postgres" else "BLOB"
+
+
+class ResourceViews(View):
+    tables = ("resources", "resource_history")
+
+    def create(self, tx: Tx, dialect: Dialect) -> None:
+        blob = _blob(dialect)
+        tx.execute(
+            f"""CREATE TABLE IF NOT EXISTS resources (
+                resource_type TEXT NOT NULL,
+                resource_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                last_updated TEXT NOT NULL,
+                body {blob},
+                notification_id BIGINT NOT NULL,
+                PRIMARY KEY (resource_type, resource_id))"""
+        )
+        tx.execute(
+            f"""CREATE TABLE IF NOT EXISTS resource_history (
+                notification_id BIGINT PRIMARY KEY,
+                resource_type TEXT NOT NULL,
+                resource_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                last_updated TEXT NOT NULL,
+                method TEXT NOT NULL,
+                body {blob})"""
+        )
+        tx.execute(
+            "CREATE INDEX IF NOT EXISTS resource_history_instance "
+            "ON resource_history (resource_type, resource_id, notification_id)"
+        )
+        tx.execute(
+            "CREATE INDEX IF NOT EXISTS resource_history_type ON resource_history (resource_type, notification_id)"
+        )
+
+    def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
+        tx.executemany(
+            "INSERT INTO resource_history "
+            "(notification_id, resource_type, resource_id, version, last_updated, method, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    c.notification_id,
+                    c.resource_type,
+                    c.resource_id,
+                    c.version,
+                    c.last_updated,
+                    c.method,
+                    c.body,
+                )
+                for c in changes
+            ],
+        )
+        # Only the last change of each resource in the batch decides its current row.
+        latest: dict[tuple[str, str], Change] = {}
+        for change in changes:
+            latest[(change.resource_type, change.resource_id)] = change
+        tx.executemany(
+            "INSERT INTO resources (resource_type, resource_id, version, last_updated, body, notification_id) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (resource_type, resource_id) DO UPDATE SET "
+            "version = excluded.version, last_updated = excluded.last_updated, body = excluded.body, "
+            "notification_id = excluded.notification_id",
+            [
+                (c.resource_type, c.resource_id, c.version, c.last_updated, c.body, c.notification_id)
+                for c in latest.values()
+            ],
+        )
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def read(tx: Tx, resource_type: str, resource_id: str) -> StoredResource | None:
+        row = tx.execute(
+            "SELECT version, last_updated, body FROM resources WHERE resource_type = ? AND resource_id = ?",
+            (resource_type, resource_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredResource(resource_type, resource_id, int(row[0]), str(row[1]), _bytes(row[2]))
+
+    @staticmethod
+    def vread(tx: Tx, resource_type: str, resource_id: str, version: int) -> StoredResource | None:
+        row = tx.execute(
+            "SELECT last_updated, body FROM resource_history "
+            "WHERE resource_type = ? AND resource_id = ? AND version = ?",
+            (resource_type, resource_id, version),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredResource(resource_type, resource_id, version, str(row[0]), _bytes(row[1]))
+
+    @staticmethod
+    def history(
+        tx: Tx,
+        *,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        before: int | None = None,
+        since: str | None = None,
+        limit: int = 50,
+    ) -> list[HistoryEntry]:
+        """Versions newest first, with notification id < ``before`` (the page cursor)."""
+        clause, params = _where(resource_type, resource_id, before, since)
+        rows = tx.execute(
+            "SELECT notification_id, resource_type, resource_id, version, last_updated, method, body "
+            f"FROM resource_history {clause} ORDER BY notification_id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [
+            HistoryEntry(str(r[1]), str(r[2]), int(r[3]), str(r[4]), _bytes(r[6]), int(r[0]), str(r[5])) for r in rows
+        ]
+
+    @staticmethod
+    def count_history(
+        tx: Tx,
+        *,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        before: int | None = None,
+        since: str | None = None,
+    ) -> int:
+        clause, params = _where(resource_type, resource_id, before, since)
+        row = tx.execute(f"SELECT COUNT(*) FROM resource_history {clause}", params).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _where(
+    resource_type: str | None, resource_id: str | None, before: int | None, since: str | None
+) -> tuple[str, list[object]]:
+    """The WHERE clause shared by history pages and their totals."""
+    where: list[str] = []
+    params: list[object] = []
+    for column, value, op in (
+        ("resource_type", resource_type, "="),
+        ("resource_id", resource_id, "="),
+        ("notification_id", before, "<"),
+        ("last_updated", since, ">="),
+    ):
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            params.append(value)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
+def _bytes(value: object) -> bytes | None:
+    if value is None:
+        return None
+    assert isinstance(value, bytes | bytearray | memoryview)
+    return bytes(value)

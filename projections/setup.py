@@ -1,0 +1,31 @@
+"""Opening the views for a deployment: which database, which projectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventsourcing.application import Application
+
+from ehr_core.settings import Settings
+from projections.db import PostgresViews, SQLiteViews, ViewDatabase
+from projections.projector import Projector
+from projections.resources import ResourceViews
+
+__all__ = ["open_view_database", "resource_projector"]
+
+
+def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
+    """The views live beside the events: the same PostgreSQL schema, or ``views.sqlite`` in the data dir."""
+    if settings.uses_postgres:
+        return PostgresViews(
+            settings.postgres_conninfo(), schema or settings.postgres_schema, settings.postgres_pool_size
+        )
+    return SQLiteViews(settings.data_dir / "views.sqlite")
+
+
+def resource_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:
+    projector = Projector(
+        application, database, [ResourceViews()], name="resources", batch_size=settings.projection_batch_size
+    )
+    projector.create_tables()
+    return projector

@@ -1,0 +1,80 @@
+"""Shared fixtures: every backend-facing test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from ``EHR_TEST_POSTGRES_URL`` (default: the local server's ``test`` database). Each
+test gets its own schema, dropped afterwards. Without a server the PostgreSQL cases are skipped, except
+under ``CI=true``, where they fail: a green CI must mean both backends passed.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from ehr_core.settings import Settings
+from fhir_api.app import create_app
+from fhir_api.services import Services
+
+POSTGRES_URL = os.environ.get("EHR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CORPUS = Path(os.environ.get("EHR_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _postgres_available() -> str | None:
+    try:
+        with psycopg.connect(Settings(database_url=POSTGRES_URL).postgres_conninfo(), connect_timeout=3):
+            return None
+    except psycopg.Error as error:
+        return str(error).strip()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    problem = _postgres_available()
+    if problem is not None:
+        message = f"PostgreSQL at {POSTGRES_URL} is not answering: {problem}"
+        if IN_CI:
+            pytest.fail(message + " (required under CI=true)")
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_settings(postgres_url: str) -> Iterator[Settings]:
+    """Settings for a fresh PostgreSQL schema, dropped after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    settings = Settings(database_url=postgres_url, postgres_schema=schema, postgres_pool_size=4)
+    yield settings
+    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "ehr-data")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """One test, both backends: the contract every backend must keep."""
+    fixture = "sqlite_settings" if request.param == "sqlite" else "postgres_settings"
+    value: Settings = request.getfixturevalue(fixture)
+    return value
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    opened = Services.open(settings)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def client(services: Services) -> Iterator[TestClient]:
+    with TestClient(create_app(services=services)) as test_client:
+        yield test_client
