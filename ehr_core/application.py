@@ -8,7 +8,8 @@ notification id of what it appended, so the caller can wait for the projections 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -79,7 +80,16 @@ class Written:
     #: True when this write started the resource or brought it back after a delete (201).
     created: bool
     #: Notification id of the appended event; None when nothing was appended.
-    notification_id: int | None
+    notification_id: int | None = None
+
+
+@dataclass
+class Pending:
+    """A write checked and prepared, not yet appended: the unit a transaction commits together."""
+
+    written: Written
+    #: The stream with its new event pending; None when nothing needs appending (identical content).
+    stream: ResourceStream | None
 
 
 class RecordApplication(Application[UUID]):
@@ -101,16 +111,20 @@ class RecordApplication(Application[UUID]):
         latest = list(self.events.get(stream_id(resource_type, resource_id), desc=True, limit=1))
         return ResourceStream.from_latest(latest[0]) if latest else None
 
-    # -- interactions ----------------------------------------------------------------------------
+    def require_current(self, resource_type: str, resource_id: str) -> ResourceStream:
+        """The live stream, or NotFound / Deleted (for interactions that need an existing resource)."""
+        stream = self.stream(resource_type, resource_id)
+        if stream is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if stream.deleted:
+            raise Deleted(f"{resource_type}/{resource_id} was deleted")
+        return stream
+
+    # -- interactions: each prepares, then commits alone (a transaction commits many at once) -----
 
     def create(self, resource: Any, context: WriteContext, resource_type: str | None = None) -> Written:
         """FHIR create: the server assigns the id (any id in the body is replaced, R4 §3.1.0.7)."""
-        validate(resource, resource_type)
-        resource = dict(resource)
-        resource["id"] = str(uuid4())
-        # Keep the key order of the client's body, with the new id where the client put one.
-        ordered = {"resourceType": resource.pop("resourceType"), "id": resource.pop("id"), **resource}
-        return self._append(None, ordered, context)
+        return self.commit([self.prepare_create(resource, context, resource_type)])[0]
 
     def update(
         self,
@@ -121,6 +135,74 @@ class RecordApplication(Application[UUID]):
         if_match: int | None = None,
     ) -> Written:
         """FHIR update, including create-on-update with a client-chosen id (R4 §3.1.0.4)."""
+        return self._with_retries(
+            lambda: self.prepare_update(resource_type, resource_id, resource, context, if_match),
+            if_match,
+            f"{resource_type}/{resource_id}",
+        )
+
+    def patch(
+        self,
+        resource_type: str,
+        resource_id: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        context: WriteContext,
+        if_match: int | None = None,
+    ) -> Written:
+        """FHIR patch (R4 §3.1.0.5): ``change`` maps the current resource to the patched one."""
+        return self._with_retries(
+            lambda: self.prepare_patch(resource_type, resource_id, change, context, if_match),
+            if_match,
+            f"{resource_type}/{resource_id}",
+        )
+
+    def delete(
+        self, resource_type: str, resource_id: str, context: WriteContext, if_match: int | None = None
+    ) -> Written | None:
+        """FHIR delete: append a retraction. Deleting what is absent or already deleted appends nothing."""
+        written = self._with_retries(
+            lambda: self.prepare_delete(resource_type, resource_id, context, if_match),
+            if_match,
+            f"{resource_type}/{resource_id}",
+        )
+        return written if written.notification_id is not None else None
+
+    def _with_retries(self, prepare: Callable[[], Pending], if_match: int | None, what: str) -> Written:
+        # Without If-Match the client asked for "the latest, whatever it is": re-read and retry a lost
+        # race. With If-Match the client named a version, so losing the race is its answer (409).
+        for attempt in range(_RETRIES):
+            try:
+                return self.commit([prepare()])[0]
+            except Conflict:
+                if if_match is not None or attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- preparing -------------------------------------------------------------------------------
+
+    def prepare_create(
+        self,
+        resource: Any,
+        context: WriteContext,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        now: datetime | None = None,
+    ) -> Pending:
+        """A new resource with a server id (``resource_id`` lets a transaction pre-assign it)."""
+        validate(resource, resource_type)
+        body = {k: v for k, v in resource.items() if k not in ("resourceType", "id")}
+        ordered = {"resourceType": resource["resourceType"], "id": resource_id or str(uuid4()), **body}
+        return self._prepare(None, ordered, context, "create", now)
+
+    def prepare_update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: Any,
+        context: WriteContext,
+        if_match: int | None = None,
+        now: datetime | None = None,
+    ) -> Pending:
         if not is_valid_id(resource_id):
             raise InvalidResource([Issue("value", f"invalid id {resource_id!r}")])
         validate(resource, resource_type)
@@ -130,102 +212,115 @@ class RecordApplication(Application[UUID]):
         if body_id != resource_id:
             message = f"id in the body ({body_id}) does not match the id in the URL ({resource_id})"
             raise InvalidResource([Issue("invalid", message, f"{resource_type}.id")])
-        for attempt in range(_RETRIES):
-            stream = self.stream(resource_type, resource_id)
-            self._check_if_match(stream, if_match, resource_type, resource_id)
-            try:
-                return self._append(stream, resource, context)
-            except IntegrityError:
-                if if_match is not None or attempt == _RETRIES - 1:
-                    break
-        raise Conflict(f"{resource_type}/{resource_id} was changed by another request at the same time")
+        stream = self.stream(resource_type, resource_id)
+        _check_if_match(stream, if_match, resource_type, resource_id)
+        return self._prepare(stream, resource, context, "update", now)
 
-    def delete(
-        self, resource_type: str, resource_id: str, context: WriteContext, if_match: int | None = None
-    ) -> Written | None:
-        """FHIR delete: append a retraction. Deleting what is absent or already deleted appends nothing."""
-        for _ in range(_RETRIES):
-            stream = self.stream(resource_type, resource_id)
-            self._check_if_match(stream, if_match, resource_type, resource_id)
-            if stream is None or stream.deleted:
-                return None
-            now = datetime.now(UTC)
-            stream.retract(context.as_dict(), now)
-            try:
-                recordings = self.save(stream)
-            except IntegrityError:
-                if if_match is not None:
-                    break
-                continue
-            return Written(
-                resource_type,
-                resource_id,
-                stream.version,
-                format_instant(now),
-                None,
-                False,
-                recordings[-1].notification.id,
-            )
-        raise Conflict(f"{resource_type}/{resource_id} was changed by another request at the same time")
+    def prepare_patch(
+        self,
+        resource_type: str,
+        resource_id: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        context: WriteContext,
+        if_match: int | None = None,
+        now: datetime | None = None,
+    ) -> Pending:
+        stream = self.require_current(resource_type, resource_id)
+        _check_if_match(stream, if_match, resource_type, resource_id)
+        assert stream.resource is not None
+        patched = change(fhir_json.loads(stream.resource))
+        # The result is validated like any update before it is stored (R4 §3.1.0.5).
+        validate(patched, resource_type)
+        if patched.get("id") != resource_id:
+            raise InvalidResource([Issue("invalid", "a patch may not change the resource id", f"{resource_type}.id")])
+        return self._prepare(stream, patched, context, "patch", now)
 
-    # -- internals -------------------------------------------------------------------------------
+    def prepare_delete(
+        self,
+        resource_type: str,
+        resource_id: str,
+        context: WriteContext,
+        if_match: int | None = None,
+        now: datetime | None = None,
+    ) -> Pending:
+        stream = self.stream(resource_type, resource_id)
+        _check_if_match(stream, if_match, resource_type, resource_id)
+        if stream is None or stream.deleted:
+            version = stream.version if stream is not None else 0
+            return Pending(Written(resource_type, resource_id, version, "", None, False), None)
+        now = now or datetime.now(UTC)
+        stream.retract(context.as_dict() | {"interaction": "delete"}, now)
+        written = Written(resource_type, resource_id, stream.version, format_instant(now), None, False)
+        return Pending(written, stream)
 
-    @staticmethod
-    def _check_if_match(
-        stream: ResourceStream | None, if_match: int | None, resource_type: str, resource_id: str
-    ) -> None:
-        if if_match is None:
-            return
-        current = stream.version if stream is not None else None
-        if current != if_match:
-            found = f"version {current}" if current is not None else "no version"
-            raise PreconditionFailed(
-                f"If-Match expected version {if_match} of {resource_type}/{resource_id}, found {found}"
-            )
-
-    def _append(self, stream: ResourceStream | None, resource: dict[str, Any], context: WriteContext) -> Written:
+    def _prepare(
+        self,
+        stream: ResourceStream | None,
+        resource: dict[str, Any],
+        context: WriteContext,
+        interaction: str,
+        now: datetime | None,
+    ) -> Pending:
         resource_type, resource_id = resource["resourceType"], resource["id"]
         digest = content_hash(resource)
         if stream is not None and not stream.deleted and stream.content_hash == digest:
             # Identical content: no new version (DESIGN.md, write path step 2).
             assert stream.resource is not None
-            return Written(
+            same = Written(
                 resource_type,
                 resource_id,
                 stream.version,
                 format_instant(stream.modified_on),
                 stream.resource.encode(),
                 False,
-                None,
             )
-        now = datetime.now(UTC)
+            return Pending(same, None)
+        now = now or datetime.now(UTC)
         version = 1 if stream is None else stream.version + 1
         body = fhir_json.dumps(with_server_meta(resource, version, format_instant(now)))
         compartment = patient_compartment(resource)
+        recorded = context.as_dict() | {"interaction": interaction}
         if stream is None:
-            stream = ResourceStream.start(
-                resource_type, resource_id, body.decode(), digest, compartment, context.as_dict(), now
-            )
+            stream = ResourceStream.start(resource_type, resource_id, body.decode(), digest, compartment, recorded, now)
             created = True
         else:
             created = stream.deleted
-            stream.revise(body.decode(), digest, compartment, context.as_dict(), now)
-        recordings = self.save(stream)
-        return Written(
-            resource_type,
-            resource_id,
-            version,
-            format_instant(now),
-            body,
-            created,
-            recordings[-1].notification.id,
-        )
+            stream.revise(body.decode(), digest, compartment, recorded, now)
+        written = Written(resource_type, resource_id, version, format_instant(now), body, created)
+        return Pending(written, stream)
 
-    def require_current(self, resource_type: str, resource_id: str) -> ResourceStream:
-        """The live stream, or NotFound / Deleted (for interactions that need an existing resource)."""
-        stream = self.stream(resource_type, resource_id)
-        if stream is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        if stream.deleted:
-            raise Deleted(f"{resource_type}/{resource_id} was deleted")
-        return stream
+    # -- committing ------------------------------------------------------------------------------
+
+    def commit(self, pendings: Sequence[Pending], *others: Any) -> list[Written]:
+        """Append every pending event in one atomic save: all are stored, or none is.
+
+        ``others`` are further aggregates saved in the same transaction (e.g. an import's checkpoint).
+        """
+        streams = [p.stream for p in pendings if p.stream is not None]
+        if not streams and not others:
+            return [p.written for p in pendings]
+        try:
+            recordings = self.save(*streams, *others)
+        except IntegrityError:
+            names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
+            raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
+        ids = {(r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id for r in recordings}
+        results = []
+        for pending in pendings:
+            if pending.stream is None:
+                results.append(pending.written)
+                continue
+            key = (pending.stream.id, pending.written.version)
+            results.append(replace(pending.written, notification_id=ids[key]))
+        return results
+
+
+def _check_if_match(stream: ResourceStream | None, if_match: int | None, resource_type: str, resource_id: str) -> None:
+    if if_match is None:
+        return
+    current = stream.version if stream is not None and not stream.deleted else None
+    if current != if_match:
+        found = f"version {current}" if current is not None else "no current version"
+        raise PreconditionFailed(
+            f"If-Match expected version {if_match} of {resource_type}/{resource_id}, found {found}"
+        )

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("ehr-data")
     #: Largest request body accepted, in bytes (413 above it).
     max_body_bytes: int = 16 * 1024 * 1024
+    #: Most entries a transaction or batch Bundle may hold (413 above it).
+    max_bundle_entries: int = 10_000
     #: Notifications a projection handles in one transaction.
     projection_batch_size: int = 500
     #: Connections each PostgreSQL pool may hold.

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from fhir_api.commands import import_
+
 __all__ = ["main"]
 
 
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes (PostgreSQL only)")
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(handler=_serve)
+    import_.add_parser(commands)
     return parser
 
 

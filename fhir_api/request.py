@@ -95,7 +95,7 @@ def parse_if_match(value: str | None) -> int | None:
     return int(match.group(1))
 
 
-def prefer_return(request: Request) -> str:
+def prefer_return(request: Request, default: str = "representation") -> str:
     """``Prefer: return=minimal|representation|OperationOutcome``; unknown values are ignored."""
     for part in request.headers.get("prefer", "").split(","):
         name, _, value = part.strip().partition("=")
@@ -103,7 +103,7 @@ def prefer_return(request: Request) -> str:
             value = value.strip().strip('"')
             if value in ("minimal", "representation", "OperationOutcome"):
                 return value
-    return "representation"
+    return default
 
 
 def write_context(request: Request, interaction: str) -> WriteContext:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fhir_api.interactions import capabilities, create, delete, history, read, update
+from fhir_api.interactions import capabilities, create, delete, history, patch, read, transaction, update
 
 __all__ = ["fhir_router"]
 
 
 def fhir_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
-    for interaction in (capabilities, history, create, read, update, delete):
+    # transaction/batch lives on the base URL itself, which an included router cannot declare.
+    router.add_api_route("", transaction.transaction, methods=["POST"], summary="transaction / batch")
+    router.add_api_route("/", transaction.transaction, methods=["POST"], include_in_schema=False)
+    for interaction in (capabilities, history, create, read, update, patch, delete):
         router.include_router(interaction.router)
     return router

@@ -79,6 +79,10 @@ class Projector:
                 if applied == 0 or (until is not None and self._position >= until):
                     return self._position
 
+    def wait_until(self, notification_id: int) -> None:
+        """Read-your-writes: return once ``notification_id`` is applied."""
+        self.catch_up(until=notification_id)
+
     def _apply_batch(self, until: int | None) -> int:
         with self.database.write() as tx:
             position = self._read_position(tx, lock=True)

@@ -1,36 +1,164 @@
 """Which resource types this server stores.
 
 The server speaks FHIR R4 (4.0.1) and validates with the R4B models of ``fhir.resources``. A type is
-supported when it exists in both: R4B's additions are left out because an R4 client cannot send them,
-and R4's types that R4B removed (``MedicinalProduct*``, ``EffectEvidenceSynthesis``, ...) are left out
-because they cannot be validated here.
+supported when it exists in both: the R4 list below, less the R4 types that R4B removed
+(``MedicinalProduct*``, ``EffectEvidenceSynthesis``...), which cannot be validated here. The list is
+written out rather than discovered from the models, because building every model costs seconds at start.
 """
 
 from __future__ import annotations
 
-from functools import cache
+__all__ = ["R4_RESOURCE_TYPES", "REMOVED_IN_R4B", "is_supported", "supported_types"]
 
-from fhir.resources.R4B import fhirtypes, get_fhir_model_class
-from fhir.resources.R4B.resource import Resource
-
-__all__ = ["REMOVED_IN_R4B", "is_supported", "supported_types"]
-
-# Types introduced by R4B (4.3.0); not part of R4 4.0.1.
-_ADDED_IN_R4B = frozenset(
+# http://hl7.org/fhir/R4/resourcelist.html (4.0.1), 145 types.
+R4_RESOURCE_TYPES = frozenset(
     {
-        "AdministrableProductDefinition",
-        "Citation",
-        "ClinicalUseDefinition",
-        "EvidenceReport",
-        "Ingredient",
-        "ManufacturedItemDefinition",
-        "MedicinalProductDefinition",
-        "NutritionProduct",
-        "PackagedProductDefinition",
-        "RegulatedAuthorization",
-        "SubscriptionStatus",
-        "SubscriptionTopic",
-        "SubstanceDefinition",
+        "Account",
+        "ActivityDefinition",
+        "AdverseEvent",
+        "AllergyIntolerance",
+        "Appointment",
+        "AppointmentResponse",
+        "AuditEvent",
+        "Basic",
+        "Binary",
+        "BiologicallyDerivedProduct",
+        "BodyStructure",
+        "Bundle",
+        "CapabilityStatement",
+        "CarePlan",
+        "CareTeam",
+        "CatalogEntry",
+        "ChargeItem",
+        "ChargeItemDefinition",
+        "Claim",
+        "ClaimResponse",
+        "ClinicalImpression",
+        "CodeSystem",
+        "Communication",
+        "CommunicationRequest",
+        "CompartmentDefinition",
+        "Composition",
+        "ConceptMap",
+        "Condition",
+        "Consent",
+        "Contract",
+        "Coverage",
+        "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse",
+        "DetectedIssue",
+        "Device",
+        "DeviceDefinition",
+        "DeviceMetric",
+        "DeviceRequest",
+        "DeviceUseStatement",
+        "DiagnosticReport",
+        "DocumentManifest",
+        "DocumentReference",
+        "EffectEvidenceSynthesis",
+        "Encounter",
+        "Endpoint",
+        "EnrollmentRequest",
+        "EnrollmentResponse",
+        "EpisodeOfCare",
+        "EventDefinition",
+        "Evidence",
+        "EvidenceVariable",
+        "ExampleScenario",
+        "ExplanationOfBenefit",
+        "FamilyMemberHistory",
+        "Flag",
+        "Goal",
+        "GraphDefinition",
+        "Group",
+        "GuidanceResponse",
+        "HealthcareService",
+        "ImagingStudy",
+        "Immunization",
+        "ImmunizationEvaluation",
+        "ImmunizationRecommendation",
+        "ImplementationGuide",
+        "InsurancePlan",
+        "Invoice",
+        "Library",
+        "Linkage",
+        "List",
+        "Location",
+        "Measure",
+        "MeasureReport",
+        "Media",
+        "Medication",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "MedicationKnowledge",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "MessageDefinition",
+        "MessageHeader",
+        "MolecularSequence",
+        "NamingSystem",
+        "NutritionOrder",
+        "Observation",
+        "ObservationDefinition",
+        "OperationDefinition",
+        "OperationOutcome",
+        "Organization",
+        "OrganizationAffiliation",
+        "Parameters",
+        "Patient",
+        "PaymentNotice",
+        "PaymentReconciliation",
+        "Person",
+        "PlanDefinition",
+        "Practitioner",
+        "PractitionerRole",
+        "Procedure",
+        "Provenance",
+        "Questionnaire",
+        "QuestionnaireResponse",
+        "RelatedPerson",
+        "RequestGroup",
+        "ResearchDefinition",
+        "ResearchElementDefinition",
+        "ResearchStudy",
+        "ResearchSubject",
+        "RiskAssessment",
+        "RiskEvidenceSynthesis",
+        "Schedule",
+        "SearchParameter",
+        "ServiceRequest",
+        "Slot",
+        "Specimen",
+        "SpecimenDefinition",
+        "StructureDefinition",
+        "StructureMap",
+        "Subscription",
+        "Substance",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+        "SupplyDelivery",
+        "SupplyRequest",
+        "Task",
+        "TerminologyCapabilities",
+        "TestReport",
+        "TestScript",
+        "ValueSet",
+        "VerificationResult",
+        "VisionPrescription",
     }
 )
 
@@ -58,28 +186,14 @@ REMOVED_IN_R4B = frozenset(
     }
 )
 
+_SUPPORTED = R4_RESOURCE_TYPES - REMOVED_IN_R4B
+_SORTED = tuple(sorted(_SUPPORTED))
 
-@cache
+
 def supported_types() -> tuple[str, ...]:
-    """All concrete resource types, sorted (as the CapabilityStatement lists them)."""
-    names = []
-    for attribute in dir(fhirtypes):
-        if not attribute.endswith("Type"):
-            continue
-        name = attribute[: -len("Type")]
-        try:
-            model = get_fhir_model_class(name)
-        except ValueError:
-            continue
-        if issubclass(model, Resource) and name not in {"Resource", "DomainResource"}:
-            names.append(name)
-    return tuple(sorted(set(names) - _ADDED_IN_R4B))
-
-
-@cache
-def _supported_set() -> frozenset[str]:
-    return frozenset(supported_types())
+    """All supported resource types, sorted (as the CapabilityStatement lists them)."""
+    return _SORTED
 
 
 def is_supported(resource_type: str) -> bool:
-    return resource_type in _supported_set()
+    return resource_type in _SUPPORTED

@@ -6,7 +6,10 @@ base64 (see shared/corpus/README.md), so the stored bytes are always the client'
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -15,7 +18,7 @@ from pydantic import ValidationError
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
 
-__all__ = ["is_valid_id", "validate"]
+__all__ = ["is_repeating", "is_valid_id", "validate"]
 
 # FHIR ids: [A-Za-z0-9\-\.]{1,64} (R4 §2.24.0.1 "id").
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -68,3 +71,29 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
     except (ValueError, TypeError, RecursionError) as error:
         raise InvalidResource([Issue("structure", f"invalid {resource_type}: {error}")]) from None
     return resource_type
+
+
+@lru_cache(maxsize=4096)
+def is_repeating(path: str) -> bool | None:
+    """Whether the element at ``Type.a.b`` repeats (an array in JSON), per the R4B models; None if unknown.
+
+    FHIRPath Patch needs it: adding the first ``identifier`` must write an array, and only the
+    element's definition says so.
+    """
+    resource_type, *names = path.split(".")
+    try:
+        model: Any = get_fhir_model_class(resource_type)
+    except ValueError:
+        return None
+    repeats = None
+    for name in names:
+        field = model.model_fields.get(name) if model is not None else None
+        if field is None:
+            return None
+        annotation, repeats = field.annotation, False
+        # Unwrap Optional[...], List[...] and Annotated[...] down to the element's type.
+        while typing.get_origin(annotation) in (typing.Union, types.UnionType, list, typing.Annotated):
+            repeats = repeats or typing.get_origin(annotation) is list
+            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        model = annotation.get_model_klass() if hasattr(annotation, "get_model_klass") else None
+    return repeats

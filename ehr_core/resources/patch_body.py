@@ -1,0 +1,60 @@
+"""Which patch a PATCH body is, as a function from the current resource to the patched one.
+
+Three bodies are understood: JSON Patch (``application/json-patch+json``, or a Binary carrying one in a
+Bundle), FHIRPath Patch (a ``Parameters`` resource, R4 §3.1.0.5) and JSON Merge Patch
+(``application/merge-patch+json``, or a partial resource sent as plain JSON, as fhirpy does).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from ehr_core.errors import InvalidResource, Issue, Unprocessable
+from ehr_core.resources import json as fhir_json
+from ehr_core.resources.merge_patch import apply_merge_patch
+from ehr_core.resources.patch import PatchError, apply_fhirpath_patch, apply_json_patch
+from ehr_core.resources.validation import is_repeating
+
+__all__ = ["JSON_PATCH", "MERGE_PATCH", "Change", "patch_change"]
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+
+Change = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _guarded(apply: Callable[[dict[str, Any], Any], dict[str, Any]], body: Any) -> Change:
+    def change(current: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return apply(current, body)
+        except PatchError as error:
+            issues = [Issue("processing", str(error))]
+            raise (Unprocessable(issues) if error.status == 422 else InvalidResource(issues)) from None
+
+    return change
+
+
+def _binary_json_patch(binary: dict[str, Any]) -> Any:
+    try:
+        return fhir_json.loads(base64.b64decode(binary.get("data", ""), validate=True))
+    except (ValueError, fhir_json.JsonError) as error:
+        raise InvalidResource([Issue("invalid", f"Binary.data is not a base64 JSON Patch: {error}")]) from None
+
+
+def patch_change(media_type: str | None, body: Any) -> Change:
+    """The change ``body`` describes; ``media_type`` is the request's (None inside a Bundle)."""
+    if media_type == JSON_PATCH:
+        return _guarded(apply_json_patch, body)
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        return _guarded(
+            lambda current, parameters: apply_fhirpath_patch(current, parameters, is_repeating=is_repeating), body
+        )
+    if isinstance(body, dict) and body.get("resourceType") == "Binary" and media_type is None:
+        return _guarded(apply_json_patch, _binary_json_patch(body))
+    if media_type in (MERGE_PATCH, "application/json") and isinstance(body, dict):
+        return lambda current: apply_merge_patch(current, body)
+    raise InvalidResource(
+        [Issue("invalid", f"PATCH takes {JSON_PATCH}, a FHIRPath Patch Parameters, or {MERGE_PATCH}")]
+    )

@@ -1,0 +1,1 @@
+"""The ``ehr`` command's subcommands, one module each."""

@@ -1,0 +1,41 @@
+"""patch: ``PATCH [base]/[type]/[id]`` (R4 §3.1.0.5), honouring ``If-Match``.
+
+The body's kind (JSON Patch, FHIRPath Patch, merge patch) is decided in ``ehr_core.resources.patch_body``;
+the patched resource is validated like any update.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ehr_core.resources.patch_body import JSON_PATCH, MERGE_PATCH, patch_change
+from fhir_api.request import (
+    JSON_MEDIA_TYPES,
+    ServicesDep,
+    base_url,
+    media_type,
+    parse_if_match,
+    prefer_return,
+    read_json_body,
+    require_type,
+    write_context,
+)
+from fhir_api.responses import write_response
+
+router = APIRouter()
+
+PATCH_MEDIA_TYPES = JSON_MEDIA_TYPES | {JSON_PATCH, MERGE_PATCH}
+
+
+@router.patch("/{resource_type}/{resource_id}", summary="patch")
+async def patch(resource_type: str, resource_id: str, request: Request, services: ServicesDep) -> Response:
+    require_type(resource_type)
+    if_match = parse_if_match(request.headers.get("if-match"))
+    body = await read_json_body(request, PATCH_MEDIA_TYPES)
+    change = patch_change(media_type(request), body)
+    context = write_context(request, "patch")
+    written = await run_in_threadpool(services.application.patch, resource_type, resource_id, change, context, if_match)
+    await run_in_threadpool(services.visible, written)
+    return write_response(written, 200, prefer_return(request), base_url(request))
