@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from ehr_core.settings import Settings
 from fhir_api.errors import install_error_handlers
+from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.routes import fhir_router
 from fhir_api.services import Services
 
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or Services.open(settings)
+        app.state.exports = ExportJobs(app.state.services, app.state.services.settings.data_dir / "exports")
         try:
             yield
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from fhir_api.interactions import capabilities, create, delete, history, patch, read, transaction, update
+from fhir_api.operations import export
 
 __all__ = ["fhir_router"]
 
@@ -14,6 +15,8 @@ def fhir_router() -> APIRouter:
     # transaction/batch lives on the base URL itself, which an included router cannot declare.
     router.add_api_route("", transaction.transaction, methods=["POST"], summary="transaction / batch")
     router.add_api_route("/", transaction.transaction, methods=["POST"], include_in_schema=False)
+    # Operations first: ``$export`` would otherwise be taken for a resource type or id.
+    router.include_router(export.router)
     for interaction in (capabilities, history, create, read, update, patch, delete):
         router.include_router(interaction.router)
     return router

@@ -42,7 +42,7 @@ def _blob(dialect: Dialect) -> str:
 
 
 class ResourceViews(View):
-    tables = ("resources", "resource_history")
+    tables = ("resources", "resource_history", "resource_compartments")
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         blob = _blob(dialect)
@@ -72,6 +72,18 @@ class ResourceViews(View):
         )
         tx.execute(
             "CREATE INDEX IF NOT EXISTS resource_history_type ON resource_history (resource_type, notification_id)"
+        )
+        # Which patient compartments hold each current resource (patient-level export, $everything).
+        tx.execute(
+            """CREATE TABLE IF NOT EXISTS resource_compartments (
+                patient_id TEXT NOT NULL,
+                resource_type TEXT NOT NULL,
+                resource_id TEXT NOT NULL,
+                PRIMARY KEY (patient_id, resource_type, resource_id))"""
+        )
+        tx.execute(
+            "CREATE INDEX IF NOT EXISTS resource_compartments_resource "
+            "ON resource_compartments (resource_type, resource_id)"
         )
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
@@ -104,6 +116,20 @@ class ResourceViews(View):
             [
                 (c.resource_type, c.resource_id, c.version, c.last_updated, c.body, c.notification_id)
                 for c in latest.values()
+            ],
+        )
+
+        tx.executemany(
+            "DELETE FROM resource_compartments WHERE resource_type = ? AND resource_id = ?",
+            [(c.resource_type, c.resource_id) for c in latest.values()],
+        )
+        tx.executemany(
+            "INSERT INTO resource_compartments (patient_id, resource_type, resource_id) VALUES (?, ?, ?)",
+            [
+                (patient, c.resource_type, c.resource_id)
+                for c in latest.values()
+                if not c.deleted
+                for patient in dict.fromkeys(c.compartment)
             ],
         )
 
@@ -188,3 +214,47 @@ def _bytes(value: object) -> bytes | None:
         return None
     assert isinstance(value, bytes | bytearray | memoryview)
     return bytes(value)
+
+
+def current_page(
+    tx: Tx, resource_type: str, *, after_id: str = "", since: str | None = None, limit: int = 1000
+) -> list[tuple[str, bytes]]:
+    """One keyset page of current (not deleted) resources of a type, by id: (id, stored bytes)."""
+    since_clause, params = ("AND last_updated >= ? ", [since]) if since else ("", [])
+    rows = tx.execute(
+        "SELECT resource_id, body FROM resources WHERE resource_type = ? AND resource_id > ? AND body IS NOT NULL "
+        f"{since_clause}ORDER BY resource_id LIMIT ?",
+        (resource_type, after_id, *params, limit),
+    ).fetchall()
+    return [(str(row[0]), bytes(row[1])) for row in rows]
+
+
+def compartment_page(
+    tx: Tx,
+    resource_type: str,
+    patients: list[str] | None,
+    *,
+    after_id: str = "",
+    since: str | None = None,
+    limit: int = 1000,
+) -> list[tuple[str, bytes]]:
+    """Like :func:`current_page`, limited to resources in patient compartments (all, or ``patients``)."""
+    conditions = ["r.resource_type = ?", "r.resource_id > ?", "r.body IS NOT NULL"]
+    params: list[object] = [resource_type, after_id]
+    if since:
+        conditions.append("r.last_updated >= ?")
+        params.append(since)
+    if patients is not None:
+        conditions.append(f"c.patient_id IN ({', '.join('?' for _ in patients)})")
+        params.extend(patients)
+    rows = tx.execute(
+        "SELECT DISTINCT r.resource_id, r.body FROM resources r JOIN resource_compartments c "
+        "ON c.resource_type = r.resource_type AND c.resource_id = r.resource_id "
+        f"WHERE {' AND '.join(conditions)} ORDER BY r.resource_id LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [(str(row[0]), bytes(row[1])) for row in rows]
+
+
+def types_present(tx: Tx) -> list[str]:
+    return [str(row[0]) for row in tx.execute("SELECT DISTINCT resource_type FROM resources ORDER BY 1").fetchall()]

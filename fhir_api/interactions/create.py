@@ -1,4 +1,4 @@
-"""create: ``POST [base]/[type]`` (R4 §3.1.0.7)."""
+"""create: ``POST [base]/[type]`` (R4 §3.1.0.7), conditional with ``If-None-Exist`` (R4 §3.1.0.8)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from fhir_api.conditional import run_conditional
 from fhir_api.request import ServicesDep, base_url, prefer_return, read_json_body, require_type, write_context
 from fhir_api.responses import write_response
 
@@ -17,6 +18,12 @@ async def create(resource_type: str, request: Request, services: ServicesDep) ->
     require_type(resource_type)
     resource = await read_json_body(request)
     context = write_context(request, "create")
+    if_none_exist = request.headers.get("if-none-exist")
+    if if_none_exist:
+        prefer, base = prefer_return(request), base_url(request)
+        return await run_conditional(
+            request, services, "POST", resource_type, resource, context, prefer, base, if_none_exist
+        )
     written = await run_in_threadpool(services.application.create, resource, context, resource_type)
     await run_in_threadpool(services.visible, written)
     return write_response(written, 201, prefer_return(request), base_url(request))

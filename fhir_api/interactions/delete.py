@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from fhir_api.conditional import run_conditional
 from fhir_api.request import ServicesDep, parse_if_match, require_type, write_context
 from fhir_api.responses import etag
 
@@ -22,3 +23,12 @@ async def delete(resource_type: str, resource_id: str, request: Request, service
     # Deleting what is absent or already deleted succeeds too: delete is idempotent (R4 §3.1.0.6).
     headers = {"ETag": etag(written.version)} if written is not None else {}
     return Response(status_code=204, headers=headers)
+
+
+@router.delete("/{resource_type}", summary="conditional delete")
+async def conditional_delete(resource_type: str, request: Request, services: ServicesDep) -> Response:
+    """``DELETE [base]/[type]?search`` (R4 §3.1.0.6.1): one match is deleted; several are refused (412)."""
+    require_type(resource_type)
+    context = write_context(request, "delete")
+    url = f"{resource_type}?{request.url.query}"
+    return await run_conditional(request, services, "DELETE", url, None, context, "minimal", "")

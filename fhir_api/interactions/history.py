@@ -36,7 +36,8 @@ def _count(value: str | None) -> int:
     return min(int(value), MAX_COUNT)
 
 
-def _since(value: str | None) -> str | None:
+def parse_since(value: str | None) -> str | None:
+    """A ``_since`` instant in the stored ``lastUpdated`` form (so text comparison orders correctly)."""
     if value is None:
         return None
     try:
@@ -81,7 +82,7 @@ def _history(
     resource_type: str | None = None,
     resource_id: str | None = None,
 ) -> Response:
-    limit, since_at, before = _count(count), _since(since), _cursor(page_before)
+    limit, since_at, before = _count(count), parse_since(since), _cursor(page_before)
     base = base_url(request)
     with services.views.read() as tx:
         total = ResourceViews.count_history(

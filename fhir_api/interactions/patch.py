@@ -6,11 +6,16 @@ the patched resource is validated like any update.
 
 from __future__ import annotations
 
+import base64
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from ehr_core.errors import InvalidResource, Issue
+from ehr_core.resources import json as fhir_json
 from ehr_core.resources.patch_body import JSON_PATCH, MERGE_PATCH, patch_change
+from fhir_api.conditional import run_conditional
 from fhir_api.request import (
     JSON_MEDIA_TYPES,
     ServicesDep,
@@ -39,3 +44,24 @@ async def patch(resource_type: str, resource_id: str, request: Request, services
     written = await run_in_threadpool(services.application.patch, resource_type, resource_id, change, context, if_match)
     await run_in_threadpool(services.visible, written)
     return write_response(written, 200, prefer_return(request), base_url(request))
+
+
+@router.patch("/{resource_type}", summary="conditional patch")
+async def conditional_patch(resource_type: str, request: Request, services: ServicesDep) -> Response:
+    """``PATCH [base]/[type]?search``: the one matching resource is patched (412 for several)."""
+    require_type(resource_type)
+    body = await read_json_body(request, PATCH_MEDIA_TYPES)
+    context = write_context(request, "patch")
+    url = f"{resource_type}?{request.url.query}"
+    media = media_type(request)
+    if media == JSON_PATCH:
+        # In a Bundle a JSON Patch travels as a Binary; wrap it so the entry means the same thing.
+        body = {"resourceType": "Binary", "contentType": JSON_PATCH, "data": _base64_json(body)}
+    elif media in (MERGE_PATCH, "application/json") and body.get("resourceType") != "Parameters":
+        raise InvalidResource([Issue("not-supported", "conditional PATCH takes JSON Patch or FHIRPath Patch")])
+    prefer, base = prefer_return(request), base_url(request)
+    return await run_conditional(request, services, "PATCH", url, body, context, prefer, base)
+
+
+def _base64_json(value: object) -> str:
+    return base64.b64encode(fhir_json.dumps(value)).decode()

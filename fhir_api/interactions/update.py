@@ -1,4 +1,7 @@
-"""update: ``PUT [base]/[type]/[id]``, with create-on-update and ``If-Match`` (R4 §3.1.0.4)."""
+"""update: ``PUT [base]/[type]/[id]``, with create-on-update and ``If-Match`` (R4 §3.1.0.4).
+
+Conditional update, ``PUT [base]/[type]?search`` (R4 §3.1.0.4.3), runs through :mod:`fhir_api.conditional`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from fhir_api.conditional import run_conditional
 from fhir_api.request import (
     ServicesDep,
     base_url,
@@ -31,3 +35,13 @@ async def update(resource_type: str, resource_id: str, request: Request, service
     )
     await run_in_threadpool(services.visible, written)
     return write_response(written, 201 if written.created else 200, prefer_return(request), base_url(request))
+
+
+@router.put("/{resource_type}", summary="conditional update")
+async def conditional_update(resource_type: str, request: Request, services: ServicesDep) -> Response:
+    require_type(resource_type)
+    resource = await read_json_body(request)
+    context = write_context(request, "update")
+    url = f"{resource_type}?{request.url.query}"
+    prefer, base = prefer_return(request), base_url(request)
+    return await run_conditional(request, services, "PUT", url, resource, context, prefer, base)

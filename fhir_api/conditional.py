@@ -1,0 +1,51 @@
+"""Conditional create, update, patch and delete (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.6.1).
+
+Each is run as a one-entry transaction: the domain's Bundle processing already knows how to match a
+search, refuse several matches with 412, and create, update, patch or delete the one it found.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ehr_core.bundles import Entry, EntryResult, run_transaction
+from ehr_core.context import WriteContext
+from ehr_core.errors import InvalidResource, Issue
+from fhir_api.resolver import ViewResolver
+from fhir_api.responses import etag, write_response
+from fhir_api.services import Services
+
+__all__ = ["run_conditional"]
+
+
+def _run(services: Services, entry: Entry, context: WriteContext) -> EntryResult:
+    result = run_transaction(services.application, [entry], context, ViewResolver(services))[0]
+    services.visible(result.written)
+    return result
+
+
+async def run_conditional(
+    request: Request,
+    services: Services,
+    method: str,
+    url: str,
+    resource: Any,
+    context: WriteContext,
+    prefer: str,
+    base: str,
+    if_none_exist: str | None = None,
+) -> Response:
+    if method != "POST" and not request.url.query:
+        raise InvalidResource([Issue("invalid", f"a conditional {method} needs search parameters in the URL")])
+    entry = Entry(0, method, url, None, resource, request.headers.get("if-match"), None, if_none_exist)
+    result = await run_in_threadpool(_run, services, entry, context)
+    status = int(result.status.split()[0])
+    written = result.written
+    if method == "DELETE" or written is None or written.body is None:
+        headers = {"ETag": etag(written.version)} if written is not None and written.version else {}
+        return Response(status_code=204, headers=headers)
+    return write_response(written, status, prefer, base)

@@ -1,0 +1,140 @@
+"""Bulk Data export jobs (FHIR Bulk Data Access IG 2.0, "$export"): run in the background, one NDJSON file
+per resource type, written page by page so memory stays flat however much is exported.
+
+A job's directory holds its files and, once complete, ``manifest.json``; a server restarted after a job
+finished still serves it. Cancelling deletes the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ehr_core.application import format_instant
+from fhir_api.services import Services
+from projections.resources import compartment_page, current_page, types_present
+
+__all__ = ["ExportJob", "ExportJobs", "ExportRequest"]
+
+PAGE = 1000
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    #: "system", "patient" or "group"
+    level: str
+    request_url: str
+    types: list[str] | None = None
+    since: str | None = None
+    #: For group exports: the member patients' ids.
+    patients: list[str] | None = None
+
+
+@dataclass
+class ExportJob:
+    id: str
+    request: ExportRequest
+    directory: Path
+    transaction_time: str = field(default_factory=lambda: format_instant(datetime.now(UTC)))
+    exported: int = 0
+    done: bool = False
+    error: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def manifest(self, file_url: str) -> dict[str, Any]:
+        output = []
+        for path in sorted(self.directory.glob("*.ndjson")):
+            with path.open("rb") as lines:
+                count = sum(1 for _ in lines)
+            output.append({"type": path.stem, "url": f"{file_url}/{self.id}/{path.name}", "count": count})
+        return {
+            "transactionTime": self.transaction_time,
+            "request": self.request.request_url,
+            "requiresAccessToken": False,
+            "output": output,
+            "error": [],
+        }
+
+
+class ExportJobs:
+    def __init__(self, services: Services, root: Path) -> None:
+        self.services = services
+        self.root = root
+        self._jobs: dict[str, ExportJob] = {}
+        self._lock = threading.Lock()
+
+    def start(self, request: ExportRequest) -> ExportJob:
+        job_id = uuid.uuid4().hex
+        directory = self.root / job_id
+        directory.mkdir(parents=True)
+        job = ExportJob(job_id, request, directory)
+        with self._lock:
+            self._jobs[job_id] = job
+        threading.Thread(target=self._run, args=(job,), name=f"export-{job_id}", daemon=True).start()
+        return job
+
+    def get(self, job_id: str) -> ExportJob | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None and job_id.isalnum() and (self.root / job_id / "manifest.json").exists():
+            # Finished before a restart: rebuild the job from its manifest.
+            saved = json.loads((self.root / job_id / "manifest.json").read_text())
+            job = ExportJob(job_id, ExportRequest("system", saved["request"]), self.root / job_id)
+            job.transaction_time, job.done = saved["transactionTime"], True
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        job = self.get(job_id)
+        if job is None:
+            return False
+        job.cancelled.set()
+        with self._lock:
+            self._jobs.pop(job_id, None)
+        shutil.rmtree(job.directory, ignore_errors=True)
+        return True
+
+    def _run(self, job: ExportJob) -> None:
+        try:
+            with self.services.views.read() as tx:
+                present = types_present(tx)
+            wanted = [t for t in present if job.request.types is None or t in job.request.types]
+            for resource_type in wanted:
+                if job.cancelled.is_set():
+                    return
+                self._export_type(job, resource_type)
+            manifest = job.manifest("")
+            (job.directory / "manifest.json").write_text(json.dumps(manifest))
+            job.done = True
+        except Exception as error:  # reported through the status URL, never lost silently
+            job.error = f"export failed: {error}"
+            job.done = True
+
+    def _page(self, resource_type: str, request: ExportRequest, after: str) -> list[tuple[str, bytes]]:
+        with self.services.views.read() as tx:
+            if request.level == "system":
+                return current_page(tx, resource_type, after_id=after, since=request.since, limit=PAGE)
+            return compartment_page(
+                tx, resource_type, request.patients, after_id=after, since=request.since, limit=PAGE
+            )
+
+    def _export_type(self, job: ExportJob, resource_type: str) -> None:
+        target = job.directory / f"{resource_type}.ndjson"
+        after = ""
+        with target.open("wb") as output:
+            while not job.cancelled.is_set():
+                page = self._page(resource_type, job.request, after)
+                for _, body in page:
+                    output.write(body)
+                    output.write(b"\n")
+                job.exported += len(page)
+                if len(page) < PAGE:
+                    break
+                after = page[-1][0]
+        if target.stat().st_size == 0:
+            target.unlink()
