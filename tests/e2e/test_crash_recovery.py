@@ -1,0 +1,118 @@
+"""A server killed (SIGKILL) in the middle of a large transaction: after a restart, the whole Bundle
+is there or none of it is (issue 3), on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ehr_core.settings import Settings
+from tests.support.server import REPO, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+ENTRIES = 1500
+
+
+def _start(env: dict[str, str], data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    log = (data / f"server-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"server did not start: {(data / f'server-{port}.log').read_text()[-2000:]}")
+
+
+def _bundle(tag: str) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000000",
+            "resource": {"resourceType": "Patient", "name": [{"family": tag}]},
+            "request": {"method": "POST", "url": "Patient"},
+        }
+    ]
+    for i in range(ENTRIES - 1):
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}], "text": f"{tag} {i}"},
+                    "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000000"},
+                    "valueQuantity": {"value": 70.5, "unit": "kg"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _stored(base: str) -> int:
+    history = httpx.get(f"{base}/_history", params={"_count": "0"}, timeout=30).json()
+    return int(history["total"])
+
+
+def test_sigkill_during_a_transaction_leaves_all_or_nothing(postgres_settings: Settings, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
+    env |= {
+        "EHR_DATABASE_URL": str(postgres_settings.database_url),
+        "EHR_POSTGRES_SCHEMA": postgres_settings.postgres_schema,
+        "EHR_DATA_DIR": str(tmp_path / "data"),
+    }
+    outcomes = []
+    expected_total = 0
+    # Kill at several points of the request: while the body is read, while entries are validated,
+    # while the append runs; the store must end with all of each Bundle or none of it.
+    for attempt, delay in enumerate((0.05, 0.3, 0.6, 1.0, 1.5, 2.5)):
+        process, base = _start(env, tmp_path)
+        before = _stored(base)
+        assert before == expected_total
+        tag = f"crash{attempt}"
+        body = _bundle(tag)
+
+        def send(payload: dict[str, Any] = body, url: str = base) -> None:
+            try:
+                httpx.post(url, json=payload, timeout=60)
+            except httpx.TransportError:
+                pass  # the server dies under the request: expected
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        sender.join()
+        process, base = _start(env, tmp_path)
+        try:
+            added = _stored(base) - before
+            assert added in (0, ENTRIES), f"attempt {attempt}: {added} of {ENTRIES} entries stored"
+            outcomes.append(added)
+            expected_total += added
+        finally:
+            process.terminate()
+            process.wait()
+    print(f"entries stored per killed transaction: {outcomes}")
+    # The delays straddle the request: at least one kill must land before the commit.
+    assert 0 in outcomes, outcomes
