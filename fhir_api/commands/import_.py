@@ -31,7 +31,7 @@ def _print_report(console: Console, report: ImportReport, seconds: float) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         console.print(f"ehr import: no such file or directory: {', '.join(missing)}")

@@ -1,0 +1,132 @@
+"""``ehr import`` as a user runs it: a real process, progress, a summary, resumable, on every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ehr_core.settings import Settings
+from fhir_api.services import Services
+from projections.resources import ResourceViews
+from tests.conftest import CORPUS
+from tests.support.references import references
+from tests.support.server import REPO
+
+pytestmark = pytest.mark.e2e
+
+SYNTHEA = CORPUS / "synthea" / "smart-r4-2019"
+
+
+@pytest.fixture
+def store_env(settings: Settings) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
+    if settings.uses_postgres:
+        env |= {"EHR_DATABASE_URL": str(settings.database_url), "EHR_POSTGRES_SCHEMA": settings.postgres_schema}
+    env["EHR_DATA_DIR"] = str(settings.data_dir)
+    yield env
+
+
+def _import(env: dict[str, str], *paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fhir_api.cli", "import", *map(str, paths)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _counts(settings: Settings) -> dict[str, int]:
+    services = Services.open(settings, follow=False)
+    try:
+        with services.views.read() as tx:
+            rows = tx.execute(
+                "SELECT resource_type, COUNT(*) FROM resources WHERE body IS NOT NULL GROUP BY resource_type"
+            ).fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
+    finally:
+        services.close()
+
+
+@pytest.mark.slow
+def test_import_synthea_then_again_then_every_reference_resolves(settings: Settings, store_env: dict[str, str]) -> None:
+    first = _import(store_env, SYNTHEA)
+    assert first.returncode == 0, first.stderr
+    assert "3507 versions stored" in first.stderr and "0 rejected" in first.stderr
+    again = _import(store_env, SYNTHEA)
+    assert again.returncode == 0, again.stderr
+    assert "0 versions stored" in again.stderr and "30 chunks already imported" in again.stderr
+    counts = _counts(settings)
+    assert sum(counts.values()) == 3507 and counts["Patient"] == 30
+    services = Services.open(settings, follow=False)
+    try:
+        with services.views.read() as tx:
+            bodies = tx.execute("SELECT body FROM resources").fetchall()
+            for (body,) in bodies:
+                for reference in references(json.loads(bytes(body))):
+                    if reference.startswith("#"):
+                        continue  # contained resources
+                    resource_type, resource_id = reference.split("/")
+                    found = ResourceViews.read(tx, resource_type, resource_id)
+                    assert found is not None and not found.deleted, reference
+    finally:
+        services.close()
+
+
+@pytest.mark.slow
+def test_an_interrupted_import_resumes_without_duplicates(settings: Settings, store_env: dict[str, str]) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_api.cli", "import", str(SYNTHEA)],
+        cwd=REPO,
+        env=store_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(4.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = sum(_counts(settings).values())
+    resumed = _import(store_env, SYNTHEA)
+    assert resumed.returncode == 0, resumed.stderr
+    counts = _counts(settings)
+    assert sum(counts.values()) == 3507 and counts["Patient"] == 30, (partial, counts)
+    print(f"killed after {partial} resources; the resumed import completed the rest")
+
+
+def test_ndjson_with_bad_lines_keeps_the_rest(settings: Settings, store_env: dict[str, str], tmp_path: Path) -> None:
+    lines = [
+        '{"resourceType":"Patient","id":"a","gender":"female"}',
+        "{not json",
+        '{"resourceType":"Patient","id":"b","gender":7}',
+        '{"resourceType":"Patient","gender":"male"}',
+        '{"resourceType":"Patient","id":"c","birthDate":"1970-01-01"}',
+        '{"resourceType":"Patient","id":"a","gender":"female","active":true}',
+    ]
+    source = tmp_path / "patients.ndjson"
+    source.write_text("\n".join(lines) + "\n")
+    result = _import(store_env, source)
+    assert result.returncode == 1  # something was rejected
+    assert "3 rejected" in result.stderr
+    for position in ("line 2", "line 3", "line 4"):
+        assert position in result.stderr
+    assert _counts(settings) == {"Patient": 2}  # a (twice) and c
+    services = Services.open(settings, follow=False)
+    try:
+        stream = services.application.stream("Patient", "a")
+        assert stream is not None and stream.version == 2  # two lines, two versions, in file order
+    finally:
+        services.close()
+
+
+def test_missing_path_says_what_to_do(store_env: dict[str, str], tmp_path: Path) -> None:
+    result = _import(store_env, tmp_path / "nope.ndjson")
+    assert result.returncode == 2 and "no such file" in result.stderr

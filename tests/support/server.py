@@ -1,0 +1,140 @@
+"""A real server process on a real port, for end-to-end tests with real HTTP clients.
+
+``fhir_server`` starts ``python -m fhir_api.cli serve`` on a free port, once on SQLite (files under the
+test's ``tmp_path``) and once on PostgreSQL (a fresh schema from ``postgres_settings``, dropped after),
+waits until ``GET /fhir/metadata`` answers and yields the FHIR base URL. The process is stopped afterwards.
+Register it with ``from tests.support.server import fhir_server`` in a ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ehr_core.settings import Settings
+
+__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server"]
+
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ServerFailed(RuntimeError):
+    """The server process did not come up; the message carries its output."""
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it; another process could still take it first)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _server_env(overrides: dict[str, str]) -> dict[str, str]:
+    # Settings the developer's shell may carry (EHR_DATABASE_URL...) must not pick the backend for us.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env | overrides
+
+
+def _output(log: Path) -> str:
+    text = log.read_text(errors="replace").strip() if log.exists() else ""
+    return text[-4000:] or "(no output)"
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last_problem = "no answer yet"
+    with httpx.Client(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServerFailed(f"the server exited with status {process.returncode}:\n{_output(log)}")
+            try:
+                response = http.get(f"{base_url}/metadata")
+            except httpx.TransportError as error:
+                last_problem = f"{type(error).__name__}: {error}"
+            else:
+                if response.status_code == 200 and '"CapabilityStatement"' in response.text:
+                    return
+                last_problem = f"GET /metadata answered {response.status_code}: {response.text[:200]}"
+            time.sleep(0.1)
+    raise ServerFailed(f"no CapabilityStatement within {timeout:.0f}s ({last_problem}); output:\n{_output(log)}")
+
+
+@contextmanager
+def running_server(
+    data_dir: Path, env: dict[str, str] | None = None, timeout: float = STARTUP_TIMEOUT, attempts: int = 3
+) -> Iterator[tuple[str, Path]]:
+    """Run ``ehr serve`` until the block ends; yield the FHIR base URL and the file with its output.
+
+    A port taken between choosing it and binding it makes the server exit at once: that is retried.
+    """
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        log = data_dir.parent / f"server-{port}.log"
+        command = [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port), "--data", str(data_dir)]
+        # Output goes to a file, not a pipe: a pipe nobody reads would fill up and block the server.
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                command, cwd=REPO, env=_server_env(env or {}), stdout=output, stderr=subprocess.STDOUT
+            )
+        base_url = f"http://127.0.0.1:{port}/fhir"
+        try:
+            _wait_until_ready(process, base_url, log, timeout)
+        except ServerFailed:
+            _stop(process)
+            if attempt < attempts and "address already in use" in _output(log).lower():
+                continue
+            raise
+        except BaseException:  # interrupted while waiting: never leave the process behind
+            _stop(process)
+            raise
+        try:
+            yield base_url, log
+        finally:
+            _stop(process)
+        return
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fhir_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The base URL (``http://127.0.0.1:PORT/fhir``) of a real server process, on each backend."""
+    env: dict[str, str] = {}
+    if request.param == "postgres":
+        # postgres_settings (tests/conftest.py) names a fresh schema and drops it after this fixture ends,
+        # that is after the server process has stopped.
+        settings: Settings = request.getfixturevalue("postgres_settings")
+        assert settings.database_url is not None
+        env = {"EHR_DATABASE_URL": settings.database_url, "EHR_POSTGRES_SCHEMA": settings.postgres_schema}
+    try:
+        with running_server(tmp_path / "ehr-data", env) as (base_url, log):
+            # The banner names the backend: make sure the parameter really chose it.
+            banner = next((line for line in _output(log).splitlines() if "FHIR R4 server at" in line), "")
+            data_dir = (tmp_path / "ehr-data").resolve()
+            expected = "(PostgreSQL)" if request.param == "postgres" else f"(SQLite in {data_dir})"
+            assert expected in banner, f"the server did not start on {request.param}: {banner!r}"
+            yield base_url
+    except ServerFailed as error:
+        pytest.fail(f"the {request.param} server did not start: {error}", pytrace=False)
