@@ -15,8 +15,12 @@ from fhir_api.responses import FHIR_JSON
 
 router = APIRouter()
 
-TYPE_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create")
-SYSTEM_INTERACTIONS = ("history-system",)
+TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+# Bulk Data Access IG 2.0 operations.
+EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+PATIENT_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+GROUP_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
 
 
 @cache
@@ -28,13 +32,22 @@ def _resources() -> list[dict[str, Any]]:
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
-            "conditionalCreate": False,
+            "conditionalCreate": True,
             "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            **_type_operations(resource_type),
         }
         for resource_type in supported_types()
     ]
+
+
+def _type_operations(resource_type: str) -> dict[str, Any]:
+    if resource_type == "Patient":
+        return {"operation": [{"name": "export", "definition": PATIENT_EXPORT}]}
+    if resource_type == "Group":
+        return {"operation": [{"name": "export", "definition": GROUP_EXPORT}]}
+    return {}
 
 
 def capability_statement(base: str) -> dict[str, Any]:
@@ -53,6 +66,7 @@ def capability_statement(base: str) -> dict[str, Any]:
                 "mode": "server",
                 "resource": _resources(),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "operation": [{"name": "export", "definition": EXPORT}],
             }
         ],
     }
