@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 from uuid import uuid4
 
-from ehr_core.application import Pending, RecordApplication, Written
+from ehr_core.application import Pending, RecordApplication, Written, format_instant
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue, NotFound, PreconditionFailed, RecordError
 from ehr_core.references import CONDITIONAL_REFERENCE, rewrite_references
@@ -299,7 +299,14 @@ def prepare_transaction(
                 # ifNoneExist matched: nothing is created; the entry answers with the existing resource.
                 stream = application.require_current(entry.resource_type, target)
                 assert stream.resource is not None
-                existing = Written(entry.resource_type, target, stream.version, "", stream.resource.encode(), False)
+                existing = Written(
+                    entry.resource_type,
+                    target,
+                    stream.version,
+                    format_instant(stream.modified_on),
+                    stream.resource.encode(),
+                    False,
+                )
                 prepared.results[entry.index] = EntryResult(entry, "200 OK", existing)
                 continue
             if isinstance(entry.resource, dict):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-
 from fhir_api.services import Services
+from projections.search import match
 
 __all__ = ["ViewResolver"]
 
@@ -16,7 +15,5 @@ class ViewResolver:
         self.services = services
 
     def match(self, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
-        search = importlib.import_module("projections.search")
         with self.services.views.read() as tx:
-            found: list[str] = search.match(tx, resource_type, params, limit=2)
-            return found
+            return match(tx, resource_type, params, limit=2)

@@ -36,7 +36,7 @@ def fhir_response(
     headers: dict[str, str] = {}
     if version is not None:
         headers["ETag"] = etag(version)
-    if last_updated is not None:
+    if last_updated:
         headers["Last-Modified"] = http_date(last_updated)
     if location is not None:
         headers["Location"] = location

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fhir_api.interactions import capabilities, create, delete, history, patch, read, transaction, update
+from fhir_api.interactions import capabilities, create, delete, history, patch, read, search, transaction, update
 from fhir_api.operations import export
 
 __all__ = ["fhir_router"]
@@ -17,6 +17,7 @@ def fhir_router() -> APIRouter:
     router.add_api_route("/", transaction.transaction, methods=["POST"], include_in_schema=False)
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     router.include_router(export.router)
-    for interaction in (capabilities, history, create, read, update, patch, delete):
+    # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
+    for interaction in (capabilities, history, search, create, read, update, patch, delete):
         router.include_router(interaction.router)
     return router

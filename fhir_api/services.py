@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import psycopg
 
 from ehr_core.application import RecordApplication, Written
 from ehr_core.settings import Settings
+from fhir_api.compliance import Compliance  # issue 6: audit log, ledgers
 from projections.db import ViewDatabase
 from projections.follower import LogFollower
+from projections.identity import IdentityIndex
 from projections.projector import Projector
 from projections.setup import open_view_database, resource_projector
 
@@ -23,6 +26,10 @@ class Services:
     views: ViewDatabase
     projector: Projector
     follower: LogFollower | None = None
+    #: issue 6: the audit log, its views and the ledgers (see fhir_api/compliance.py).
+    compliance: Compliance | None = None
+    #: The master patient index (issue 5): matches Patient records as the log grows.
+    identity: IdentityIndex | None = None
 
     @classmethod
     def open(cls, settings: Settings, follow: bool = True) -> Services:
@@ -37,11 +44,16 @@ class Services:
         views = open_view_database(settings)
         projector = resource_projector(application, views, settings)
         projector.catch_up()
-        services = cls(settings, application, views, projector)
+        identity = IdentityIndex(application, views, settings.projection_batch_size)
+        identity.create_tables()
+        identity.catch_up()
+        services = cls(settings, application, views, projector, identity=identity)
+        services.compliance = Compliance.open(settings, application, views, follow)  # issue 6
         if settings.uses_postgres and follow:
             # Other processes write too: follow their notifications, not only our own writes.
             channel = getattr(application.recorder, "channel_name", "ehr_events")
-            services.follower = LogFollower([projector], settings.postgres_conninfo(), channel)
+            followed = [projector, cast(Any, identity)]  # IdentityIndex follows like a Projector (catch_up)
+            services.follower = LogFollower(followed, settings.postgres_conninfo(), channel)
             services.follower.start()
         return services
 
@@ -49,9 +61,19 @@ class Services:
         """Read-your-writes: return only once the projections have applied ``written``."""
         if written is not None and written.notification_id is not None:
             self.projector.catch_up(until=written.notification_id)
+            if written.resource_type == "Patient" and self.identity is not None:
+                self.identity.catch_up(until=written.notification_id)
+
+    def identity_current(self) -> IdentityIndex:
+        """The master patient index, caught up with the log (read-your-writes for identity reads)."""
+        assert self.identity is not None
+        self.identity.catch_up()
+        return self.identity
 
     def close(self) -> None:
         if self.follower is not None:
             self.follower.stop()
+        if self.compliance is not None:  # issue 6
+            self.compliance.close()
         self.views.close()
         self.application.close()

@@ -12,10 +12,21 @@ from fastapi.responses import Response
 from ehr_core.resources.types import supported_types
 from fhir_api.request import base_url
 from fhir_api.responses import FHIR_JSON
+from projections.search import capability_search_params
 
 router = APIRouter()
 
-TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create")
+TYPE_INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 # Bulk Data Access IG 2.0 operations.
 EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
@@ -37,6 +48,7 @@ def _resources() -> list[dict[str, Any]]:
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             **_type_operations(resource_type),
+            "searchParam": capability_search_params(resource_type),
         }
         for resource_type in supported_types()
     ]

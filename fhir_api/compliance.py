@@ -1,0 +1,66 @@
+"""Compliance services, opened beside the record (issue 6): the audit log, its views, and the ledgers.
+
+- ``audit_log`` / ``audit_writer``: the separate append-only audit log and its group-commit writer;
+- ``audit_projector``: AuditEvent views over the audit log (caught up after every audit commit);
+- ``ledger`` / ``audit_ledger``: signed Merkle blocks over the clinical log and over the audit log;
+- ``sealer``: seals partly filled blocks every ``EHR_LEDGER_SEAL_SECONDS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.application import Application
+
+from ehr_core.audit import AuditLog, AuditWriter
+from ehr_core.ledger import LedgerKey, LedgerSettings
+from ehr_core.settings import Settings
+from projections.audit import AuditProjector
+from projections.db import ViewDatabase
+from projections.follower import LogFollower
+from projections.ledger import Ledger, LedgerSealer
+
+__all__ = ["Compliance"]
+
+
+@dataclass
+class Compliance:
+    audit_log: AuditLog
+    audit_writer: AuditWriter
+    audit_projector: AuditProjector
+    ledger: Ledger
+    audit_ledger: Ledger
+    key: LedgerKey
+    threads: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, settings: Settings, application: Application[Any], views: ViewDatabase, follow: bool) -> Compliance:
+        ledger_settings = LedgerSettings()
+        key = LedgerKey.configured(settings.data_dir, ledger_settings)
+        audit_log = AuditLog(settings)
+        projector = AuditProjector(audit_log, views, [], name="audit", batch_size=settings.projection_batch_size)
+        projector.create_tables()
+        projector.catch_up()
+        ledger = Ledger(application, views, key, "ledger", ledger_settings.block_size)
+        ledger.create_tables()
+        audit_ledger = Ledger(audit_log, views, key, "audit_ledger", ledger_settings.block_size)
+        audit_ledger.create_tables()
+        writer = AuditWriter(audit_log, on_commit=lambda last: projector.catch_up(until=last))
+        writer.start()
+        compliance = cls(audit_log, writer, projector, ledger, audit_ledger, key)
+        if follow:
+            if ledger_settings.seal_seconds > 0:
+                compliance.threads.append(LedgerSealer([ledger, audit_ledger], ledger_settings.seal_seconds))
+            if settings.uses_postgres:
+                channel = getattr(audit_log.recorder, "channel_name", "audit_events")
+                compliance.threads.append(LogFollower([projector], settings.postgres_conninfo(), channel))
+            for thread in compliance.threads:
+                thread.start()
+        return compliance
+
+    def close(self) -> None:
+        self.audit_writer.stop()
+        for thread in self.threads:
+            thread.stop()
+        self.audit_log.close()

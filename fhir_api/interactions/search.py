@@ -1,0 +1,151 @@
+"""search-type: ``GET [base]/[type]?params`` and ``POST [base]/[type]/_search`` (R4 §3.1.0.9, §3.1.1).
+
+The answer is a ``searchset`` Bundle: the page's matches (``search.mode = match``), the resources
+``_include``/``_revinclude`` bring (``include``) and, when some parameters were not understood, an
+OperationOutcome (``outcome``) saying which were ignored — or a 400 under ``Prefer: handling=strict``
+(R4 §3.1.1.2 "Handling errors"). Resources are the stored bytes (``orjson.Fragment``), reshaped only
+when ``_summary`` or ``_elements`` ask for part of them. ``next``/``prev`` links carry a keyset cursor
+(see :mod:`projections.search.engine`), so pages stay consistent while writes arrive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ehr_core.errors import InvalidResource, Issue
+from ehr_core.resources import json as fhir_json
+from fhir_api.errors import ApiError
+from fhir_api.request import ServicesDep, base_url, media_type, require_type
+from fhir_api.responses import FHIR_JSON
+from fhir_api.services import Services
+from projections.db import Tx
+from projections.resources import ResourceViews
+from projections.search import Match, Page, SearchRequest, parse_search, search
+from projections.search.subset import subset
+
+__all__ = ["router", "search_bundle"]
+
+router = APIRouter()
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+FORM = "application/x-www-form-urlencoded"
+
+
+def _strict(request: Request) -> bool:
+    """``Prefer: handling=strict`` (R4 §3.1.1.2); lenient is the default."""
+    for part in request.headers.get("prefer", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "handling":
+            return value.strip().strip('"').lower() == "strict"
+    return False
+
+
+def _link(base: str, resource_type: str, pairs: list[tuple[str, str]], cursor: str | None) -> str:
+    params = [*pairs, ("_cursor", cursor)] if cursor else pairs
+    query = urlencode(params)
+    return f"{base}/{resource_type}" + (f"?{query}" if query else "")
+
+
+def _resource(tx: Tx, match: Match, parsed: SearchRequest) -> Any | None:
+    """The stored bytes of ``match`` (None if it vanished), reshaped for ``_summary``/``_elements``."""
+    stored = ResourceViews.read(tx, match.resource_type, match.resource_id)
+    if stored is None or stored.body is None:
+        return None
+    if parsed.summary in (None, "false") and parsed.elements is None:
+        return orjson.Fragment(stored.body)
+    part = subset(fhir_json.loads(stored.body), parsed.summary, parsed.elements)
+    return orjson.Fragment(stored.body) if part is None else orjson.Fragment(fhir_json.dumps(part))
+
+
+def _entries(tx: Tx, base: str, page: Page, parsed: SearchRequest) -> list[dict[str, Any]]:
+    """The page's entries, read in the search's own snapshot (so index and bytes agree)."""
+    entries = []
+    for mode, matches in (("match", page.matches), ("include", page.includes)):
+        for match in matches:
+            resource = _resource(tx, match, parsed)
+            if resource is not None:
+                entries.append(
+                    {
+                        "fullUrl": f"{base}/{match.resource_type}/{match.resource_id}",
+                        "resource": resource,
+                        "search": {"mode": mode},
+                    }
+                )
+    return entries
+
+
+def _outcome(parsed: SearchRequest, page: Page) -> dict[str, Any] | None:
+    issues = [
+        {
+            "severity": "warning",
+            "code": "not-supported",
+            "diagnostics": f"unknown search parameter {name!r} for {parsed.resource_type} was ignored",
+            "expression": [name],
+        }
+        for name in parsed.unknown
+    ]
+    if page.includes_truncated:
+        issues.append({"severity": "warning", "code": "too-costly", "diagnostics": "included resources were cut short"})
+    if not issues:
+        return None
+    return {"resource": {"resourceType": "OperationOutcome", "issue": issues}, "search": {"mode": "outcome"}}
+
+
+def search_bundle(
+    services: Services, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool = False
+) -> dict[str, Any]:
+    """The searchset Bundle answering ``pairs`` (also usable for GET entries of a batch Bundle)."""
+    require_type(resource_type)
+    parsed = parse_search(resource_type, pairs, base)
+    if strict and parsed.unknown:
+        names = ", ".join(parsed.unknown)
+        raise InvalidResource(
+            [Issue("not-supported", f"unknown search parameter(s) for {resource_type}: {names}", parsed.unknown[0])]
+        )
+    count = DEFAULT_COUNT if parsed.count is None else min(parsed.count, MAX_COUNT)
+    with services.views.read() as tx:
+        page = search(tx, services.views.dialect, parsed, base, count)
+        entries = _entries(tx, base, page, parsed)
+    applied = [(name, value) for name, value in parsed.applied if name != "_cursor"]
+    links = [{"relation": "self", "url": _link(base, resource_type, applied, parsed.cursor)}]
+    if page.next_cursor:
+        links.append({"relation": "next", "url": _link(base, resource_type, applied, page.next_cursor)})
+    if page.prev_cursor:
+        links.append({"relation": "previous", "url": _link(base, resource_type, applied, page.prev_cursor)})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if page.total is not None:
+        bundle["total"] = page.total
+    bundle["link"] = links
+    outcome = _outcome(parsed, page)
+    if outcome is not None:
+        entries.append(outcome)
+    bundle["entry"] = entries
+    return bundle
+
+
+def _answer(services: Services, request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
+    bundle = search_bundle(services, resource_type, pairs, base_url(request), _strict(request))
+    return Response(orjson.dumps(bundle), media_type=FHIR_JSON)
+
+
+@router.get("/{resource_type}", summary="search-type")
+def search_type(resource_type: str, request: Request, services: ServicesDep) -> Response:
+    return _answer(services, request, resource_type, list(request.query_params.multi_items()))
+
+
+@router.post("/{resource_type}/_search", summary="search-type (POST)")
+async def search_post(resource_type: str, request: Request, services: ServicesDep) -> Response:
+    kind = media_type(request)
+    if kind is not None and kind != FORM:
+        raise ApiError("unsupported-media-type", f"POST _search takes {FORM}, not {kind}", code="not-supported")
+    form = await request.form()
+    pairs = list(request.query_params.multi_items())
+    pairs += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+    return await run_in_threadpool(_answer, services, request, resource_type, pairs)

@@ -1,0 +1,100 @@
+"""``GET [base]/Patient/[id]/$everything``: the unified record across institutions (R4 Patient-everything).
+
+Every current resource in the compartments of all the Patient records the master patient index links to
+this one, oldest write first, with ``_since``, ``_type``, ``_count`` and ``next`` links that page by
+notification id (``_page_after``), so pages never shift while writes arrive. Each entry's ``meta.source``
+names the institution and unit (CLUES) whose write produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ehr_core.errors import InvalidResource, Issue
+from fhir_api.interactions.history import parse_since
+from fhir_api.operations.unified import attributed, bundle, linked_patients
+from fhir_api.request import ServicesDep, base_url, require_type
+from fhir_api.responses import FHIR_JSON
+from fhir_api.services import Services
+from projections.identity import everything_page
+
+router = APIRouter()
+
+DEFAULT_COUNT = 100
+MAX_COUNT = 1000
+
+
+def _int(value: str | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise InvalidResource([Issue("invalid", f"{name} must be a non-negative integer, got {value!r}", name)])
+    return int(value)
+
+
+def everything(
+    services: Services,
+    base: str,
+    patient_id: str,
+    types: list[str] | None,
+    since: str | None,
+    count: int,
+    after: int,
+) -> bytes:
+    services.identity_current()
+    with services.views.read() as tx:
+        patients = linked_patients(services, tx, patient_id)
+        rows = everything_page(tx, patients, types=types, since=since, after=after, limit=count + 1)
+    more = len(rows) > count
+    rows = rows[:count]
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": f"{base}/{rtype}/{rid}",
+            "resource": orjson.Fragment(attributed(body, institution, unit)),
+            "search": {"mode": "match"},
+        }
+        for _, rtype, rid, body, institution, unit in rows
+    ]
+    query: dict[str, str] = {"_count": str(count)}
+    if types:
+        query["_type"] = ",".join(types)
+    if since:
+        query["_since"] = since
+    url = f"{base}/Patient/{patient_id}/$everything"
+    links = [{"relation": "self", "url": f"{url}?{urlencode({**query, '_page_after': str(after)})}"}]
+    if more and rows:
+        links.append({"relation": "next", "url": f"{url}?{urlencode({**query, '_page_after': str(rows[-1][0])})}"})
+    return bundle({"type": "searchset", "link": links}, entries)
+
+
+@router.get("/Patient/{patient_id}/$everything", summary="Patient $everything (unified across institutions)")
+async def patient_everything(
+    patient_id: str,
+    request: Request,
+    services: ServicesDep,
+    types: Annotated[str | None, Query(alias="_type")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    count: Annotated[str | None, Query(alias="_count")] = None,
+    page_after: Annotated[str | None, Query(alias="_page_after")] = None,
+) -> Response:
+    type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
+    for resource_type in type_list or []:
+        require_type(resource_type)
+    size = max(1, min(_int(count, "_count", DEFAULT_COUNT), MAX_COUNT))
+    body = await run_in_threadpool(
+        everything,
+        services,
+        base_url(request),
+        patient_id,
+        type_list,
+        parse_since(since),
+        size,
+        _int(page_after, "_page_after", 0),
+    )
+    return Response(body, media_type=FHIR_JSON)

@@ -1,0 +1,215 @@
+"""The master patient index over HTTP: Patients served with ``link``, the golden ``Person``, and a data
+steward's confirm / undo of links.
+
+- ``GET [base]/Patient/[id]``: the stored Patient; when the index links it to other records, the served copy
+  carries ``link`` entries of type ``seealso`` to them, merged at read time (the stored bytes never change;
+  a Patient linked to nothing is served byte for byte as stored).
+- ``GET [base]/Person/[id]``: the golden record of a person of the index (falls back to a stored Person).
+- ``GET [base]/Patient/[id]/$person``: the person holding a record.
+- ``POST [base]/Patient/[id]/$link`` (Parameters ``other``: Reference to a Patient, or ``person``: id):
+  confirm a link (e.g. a possible match from the review queue).
+- ``POST [base]/Patient/[id]/$unlink``: undo; the record leaves its person and is never re-linked to it
+  automatically. Who decided comes from the writer's context (``X-EHR-User``, ``X-EHR-Role``).
+- ``GET [base]/Person/$review``: the review queue of possible matches (Parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
+from ehr_core.resources import json as fhir_json
+from fhir_api.request import ServicesDep, read_json_body, write_context
+from fhir_api.responses import FHIR_JSON, fhir_response
+from fhir_api.services import Services
+from projections.identity import IdentityIndex
+from projections.resources import ResourceViews
+
+router = APIRouter()
+
+_ASSURANCE = {"enrolment": "level4", "curp": "level4", "manual": "level4", "fellegi-sunter": "level3"}
+
+
+def served_patient(services: Services, patient_id: str) -> tuple[bytes, int, str]:
+    with services.views.read() as tx:
+        stored = ResourceViews.read(tx, "Patient", patient_id)
+        if stored is None:
+            raise NotFound(f"Patient/{patient_id} is not known")
+        if stored.deleted or stored.body is None:
+            raise Deleted(f"Patient/{patient_id} was deleted (version {stored.version})")
+        others = IdentityIndex.linked_records(tx, patient_id)[1:]
+    if not others:
+        return stored.body, stored.version, stored.last_updated
+    resource = fhir_json.loads(stored.body)
+    links = list(resource.get("link") or [])
+    present = {(link.get("other") or {}).get("reference") for link in links if isinstance(link, dict)}
+    for other in others:
+        if f"Patient/{other}" not in present:
+            links.append({"other": {"reference": f"Patient/{other}"}, "type": "seealso"})
+    resource["link"] = links
+    return fhir_json.dumps(resource), stored.version, stored.last_updated
+
+
+@router.get("/Patient/{patient_id}", summary="read Patient (with links to the same person's records)")
+async def read_patient(patient_id: str, services: ServicesDep) -> Response:
+    try:
+        body, version, last_updated = await run_in_threadpool(served_patient, services, patient_id)
+    except Deleted as gone:
+        from fhir_api.errors import outcome_response
+
+        return outcome_response(410, gone.issues)
+    return fhir_response(body, version=version, last_updated=last_updated)
+
+
+def golden_record(services: Services, person_id: str) -> dict[str, Any] | None:
+    with services.views.read() as tx:
+        links = IdentityIndex.links(tx, person_id)
+        if not links:
+            return None
+        patients = []
+        for link in links:
+            stored = ResourceViews.read(tx, "Patient", link.record)
+            if stored is not None and stored.body is not None:
+                patients.append(fhir_json.loads(stored.body))
+        features = IdentityIndex.features_of(tx, [link.record for link in links])
+    # The best source: a record with a valid CURP, else the most recently updated.
+    patients.sort(
+        key=lambda p: (
+            features.get(p["id"]) is not None and features[p["id"]].curp_status == "valid",
+            (p.get("meta") or {}).get("lastUpdated", ""),
+        ),
+        reverse=True,
+    )
+    person: dict[str, Any] = {"resourceType": "Person", "id": person_id}
+    identifiers: list[dict[str, Any]] = []
+    for patient in patients:
+        for identifier in patient.get("identifier") or []:
+            if identifier not in identifiers:
+                identifiers.append(identifier)
+    if identifiers:
+        person["identifier"] = identifiers
+    if patients:
+        best = patients[0]
+        for key in ("name", "telecom", "gender", "birthDate", "address"):
+            if key in best:
+                person[key] = best[key]
+    person["active"] = True
+    person["link"] = [
+        {
+            "target": {"reference": f"Patient/{link.record}"},
+            "assurance": _ASSURANCE.get(link.method, "level2"),
+            "extension": [
+                {"url": "urn:ehr-core:mpi:link-method", "valueCode": link.method},
+                *([{"url": "urn:ehr-core:mpi:link-score", "valueDecimal": link.score}] if link.score else []),
+                {"url": "urn:ehr-core:mpi:linked-by", "valueString": link.by},
+            ],
+        }
+        for link in links
+    ]
+    return person
+
+
+@router.get("/Person/$review", summary="MPI review queue (possible matches)")
+async def review(services: ServicesDep) -> Response:
+    def queue() -> list[tuple[str, str, float]]:
+        identity = services.identity_current()
+        with identity.database.read() as tx:
+            return IdentityIndex.review_queue(tx, 500)
+
+    items = await run_in_threadpool(queue)
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "candidate",
+                "part": [
+                    {"name": "record", "valueReference": {"reference": f"Patient/{record}"}},
+                    {"name": "person", "valueReference": {"reference": f"Person/{person}"}},
+                    {"name": "score", "valueDecimal": score},
+                ],
+            }
+            for record, person, score in items
+        ],
+    }
+    return Response(orjson.dumps(parameters), media_type=FHIR_JSON)
+
+
+@router.get("/Person/{person_id}", summary="read Person (the golden record of the patient index)")
+async def read_person(person_id: str, services: ServicesDep) -> Response:
+    await run_in_threadpool(services.identity_current)
+    person = await run_in_threadpool(golden_record, services, person_id)
+    if person is None:
+        with services.views.read() as tx:
+            stored = ResourceViews.read(tx, "Person", person_id)
+        if stored is None or stored.body is None:
+            raise NotFound(f"Person/{person_id} is not known")
+        return fhir_response(stored.body, version=stored.version, last_updated=stored.last_updated)
+    return Response(orjson.dumps(person), media_type=FHIR_JSON)
+
+
+def _person_of(services: Services, patient_id: str) -> str:
+    services.identity_current()
+    with services.views.read() as tx:
+        person = IdentityIndex.person_of(tx, patient_id)
+    if person is None:
+        raise NotFound(f"Patient/{patient_id} is not in the master patient index")
+    return person
+
+
+@router.get("/Patient/{patient_id}/$person", summary="the person (golden record) holding a Patient record")
+async def person_of(patient_id: str, services: ServicesDep) -> Response:
+    person_id = await run_in_threadpool(_person_of, services, patient_id)
+    return await read_person(person_id, services)
+
+
+def _parameter(body: Any, name: str) -> Any:
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise InvalidResource([Issue("invalid", "the body must be a Parameters resource")])
+    for parameter in body.get("parameter") or []:
+        if isinstance(parameter, dict) and parameter.get("name") == name:
+            return parameter
+    return None
+
+
+@router.post("/Patient/{patient_id}/$link", summary="link a Patient record to a person (data steward)")
+async def link(patient_id: str, request: Request, services: ServicesDep) -> Response:
+    body = await read_json_body(request)
+    context = write_context(request, "link")
+    other, person = _parameter(body, "other"), _parameter(body, "person")
+    if other is not None:
+        reference = str((other.get("valueReference") or {}).get("reference", ""))
+        if not reference.startswith("Patient/"):
+            raise InvalidResource([Issue("invalid", "other must be a Reference to a Patient", "other")])
+        person_id = await run_in_threadpool(_person_of, services, reference.split("/", 1)[1])
+    elif person is not None:
+        person_id = str(person.get("valueString") or person.get("valueId") or "")
+    else:
+        raise InvalidResource([Issue("required", "give other (Reference to a Patient) or person (its id)")])
+    await run_in_threadpool(_person_of, services, patient_id)
+    assert services.identity is not None
+    linked = await run_in_threadpool(
+        services.identity.mpi.link, f"Patient/{patient_id}", person_id, _who(context.user, context.role)
+    )
+    await run_in_threadpool(services.identity_current)
+    return await read_person(linked, services)
+
+
+@router.post("/Patient/{patient_id}/$unlink", summary="undo the link of a Patient record (data steward)")
+async def unlink(patient_id: str, request: Request, services: ServicesDep) -> Response:
+    context = write_context(request, "unlink")
+    await run_in_threadpool(_person_of, services, patient_id)
+    assert services.identity is not None
+    own = await run_in_threadpool(
+        services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role)
+    )
+    await run_in_threadpool(services.identity_current)
+    return await read_person(own, services)
+
+
+def _who(user: str, role: str | None) -> str:
+    return f"{user} ({role})" if role else user
