@@ -15,5 +15,8 @@ class ViewResolver:
         self.services = services
 
     def match(self, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
+        # A conditional must see every committed write, including those of a bulk import that does not
+        # wait for the projections after each commit: catch up first (a no-op when already there).
+        self.services.projector.catch_up_if_behind()
         with self.services.views.read() as tx:
             return match(tx, resource_type, params, limit=2)

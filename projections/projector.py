@@ -79,6 +79,13 @@ class Projector:
                 if applied == 0 or (until is not None and self._position >= until):
                     return self._position
 
+    def catch_up_if_behind(self) -> int:
+        """Catch up only when the log holds more than this process has seen applied (a cheap check)."""
+        latest = self.application.recorder.max_notification_id() or 0
+        if latest > self._position:
+            return self.catch_up(until=latest)
+        return self._position
+
     def wait_until(self, notification_id: int) -> None:
         """Read-your-writes: return once ``notification_id`` is applied."""
         self.catch_up(until=notification_id)

@@ -1,10 +1,22 @@
-"""``ehr import PATH…``: load Bundle files, directories and NDJSON into the store, with progress."""
+"""``ehr import PATH…``: load Bundle files, directories and NDJSON into the store, with progress.
+
+Importing and projecting run side by side: a projector process follows the log while the importer
+validates and appends (both are CPU-bound, so processes, not threads). The importer does not wait for the
+projections after each commit; a conditional reference or ``ifNoneExist`` catches them up before it
+matches. The import ends only when everything is projected, so what it reports is also searchable.
+
+With ``--workers N`` the files are shared among N importing processes. Batch Bundles go first: later
+transactions may refer to what they define.
+"""
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import queue
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,6 +27,8 @@ from fhir_api.resolver import ViewResolver
 from fhir_api.services import Services
 
 __all__ = ["add_parser"]
+
+_DONE = "done"
 
 
 def _print_report(console: Console, report: ImportReport, seconds: float) -> None:
@@ -28,46 +42,121 @@ def _print_report(console: Console, report: ImportReport, seconds: float) -> Non
         console.print(f"  rejected {rejection.source} {rejection.position}: {rejection.reason}")
     if len(report.rejected) > 50:
         console.print(f"  … and {len(report.rejected) - 50} more")
+    if report.rejected:
+        console.print("Fix the rejected resources and run the same command again: what is stored is skipped.")
+
+
+def _import(files: list[Path], progress: Any) -> ImportReport:
+    services = Services.open(Settings(), follow=False)
+    try:
+        importer = Importer(services.application, ViewResolver(services), lambda _: None)
+        return importer.run(files, progress)
+    finally:
+        services.close()
+
+
+def _project(stop: Any) -> None:
+    """Follow the log until told to stop, then finish what is left."""
+    services = Services.open(Settings(), follow=False)
+    try:
+        while not stop.wait(0.05):
+            services.projector.catch_up()
+        services.projector.catch_up()
+    finally:
+        services.close()
+
+
+def _worker(files: list[Path], ticks: Any) -> None:
+    report = _import(files, lambda resources, consumed: ticks.put((resources, consumed)))
+    ticks.put((_DONE, report))
+
+
+def _merge(total: ImportReport, part: ImportReport) -> None:
+    total.files += part.files
+    total.stored += part.stored
+    total.unchanged += part.unchanged
+    total.skipped_chunks += part.skipped_chunks
+    total.rejected += part.rejected
+
+
+def _is_batch(path: Path) -> bool:
+    if path.suffix != ".json":
+        return False
+    with path.open("rb") as source:
+        return b'"batch"' in source.read(4096)
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
-        console.print(f"ehr import: no such file or directory: {', '.join(missing)}")
-        return 2
-    settings = Settings()
-    services = Services.open(settings, follow=False)
-    try:
-        importer = Importer(services.application, ViewResolver(services), services.projector.wait_until)
-        files = importer.sources(args.paths)
-        total = sum(path.stat().st_size for path in files)
-        started = time.perf_counter()
-        counted = 0
-        columns = (
-            TextColumn("[bold]import"),
-            BarColumn(),
-            TextColumn("{task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[resources]:,} resources, {task.fields[rate]:,.0f}/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+        console.print(
+            f"ehr import: no such file or directory: {', '.join(missing)}; give Bundle, NDJSON or directories"
         )
-        with Progress(*columns, console=console, disable=args.quiet) as progress:
-            task = progress.add_task("import", total=total, resources=0, rate=0.0)
+        return 2
+    files = Importer.sources(args.paths)
+    total_bytes = sum(path.stat().st_size for path in files)
+    started = time.perf_counter()
+    counted = 0
+    report = ImportReport()
+    columns = (
+        TextColumn("[bold]import"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[resources]:,} resources, {task.fields[rate]:,.0f}/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=args.quiet) as bar:
+        task = bar.add_task("import", total=total_bytes, resources=0, rate=0.0)
 
-            def tick(resources: int, consumed: int) -> None:
-                nonlocal counted
-                counted += resources
-                elapsed = time.perf_counter() - started
-                rate = counted / elapsed if elapsed > 0 else 0.0
-                progress.update(task, advance=consumed, resources=counted, rate=rate)
+        def tick(resources: int, consumed: int) -> None:
+            nonlocal counted
+            counted += resources
+            elapsed = time.perf_counter() - started
+            bar.update(task, advance=consumed, resources=counted, rate=counted / elapsed if elapsed else 0.0)
 
-            report = importer.run(files, tick)
-        _print_report(console, report, time.perf_counter() - started)
-        return 0 if not report.rejected else 1
-    finally:
-        services.close()
+        context = multiprocessing.get_context("spawn")
+        stop = context.Event()
+        projector = context.Process(target=_project, args=(stop,), name="ehr-import-projector")
+        projector.start()
+        batches = [path for path in files if _is_batch(path)]
+        rest = [path for path in files if path not in batches]
+        workers = max(1, min(args.workers, len(rest)))
+        if workers == 1:
+            _merge(report, _import(files, tick))
+        else:
+            _merge(report, _import(batches, tick))
+            ticks = context.Queue()
+            shares = [rest[i::workers] for i in range(workers)]
+            processes = [context.Process(target=_worker, args=(share, ticks)) for share in shares]
+            for process in processes:
+                process.start()
+            finished = 0
+            while finished < workers:
+                try:
+                    first, second = ticks.get(timeout=1.0)
+                except queue.Empty:
+                    if any(p.exitcode not in (None, 0) for p in processes):
+                        console.print("ehr import: a worker died; run the same command again to resume")
+                        return 3
+                    continue
+                if first == _DONE:
+                    _merge(report, second)
+                    finished += 1
+                else:
+                    tick(first, second)
+            for process in processes:
+                process.join()
+        bar.update(task, description="projecting")
+        stop.set()
+        projector.join()
+        if projector.exitcode != 0:
+            console.print("ehr import: the projector stopped with an error; `ehr import` again catches up")
+            return 3
+    _print_report(console, report, time.perf_counter() - started)
+    return 0 if not report.rejected else 1
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,5 +166,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Resumable: re-running after an interruption skips what was already stored.",
     )
     parser.add_argument("paths", nargs="+", type=Path)
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the files (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
