@@ -7,7 +7,9 @@ this module alone decides the HTTP status for each (Blaze's "errors as data").
 from __future__ import annotations
 
 import logging
+import sqlite3
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -80,6 +82,19 @@ def _http_error(_: Request, error: Exception) -> Response:
     return outcome_response(error.status_code, [Issue(code, str(error.detail))], dict(error.headers or {}))
 
 
+_SQLITE_UNAVAILABLE = ("locked", "disk i/o", "readonly", "read-only", "full", "unable to open")
+
+
+def _database_unavailable(request: Request, error: Exception) -> Response:
+    # A lost or refused database connection is the server's state, not the request's fault: 503, retry later.
+    # SQLite reports programming errors with the same class, so only its "busy/disk" kinds count here.
+    if isinstance(error, sqlite3.OperationalError) and not any(k in str(error).lower() for k in _SQLITE_UNAVAILABLE):
+        return _unexpected(request, error)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, error)
+    issue = Issue("transient", "the database is not available right now; nothing was applied, retry later")
+    return outcome_response(503, [issue], {"Retry-After": "1"})
+
+
 def _unexpected(request: Request, error: Exception) -> Response:
     # The trace goes to the server log with the request id; the caller only learns that it failed.
     log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -90,6 +105,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RecordError, _record_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    app.add_exception_handler(sqlite3.OperationalError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 

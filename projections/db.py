@@ -150,21 +150,30 @@ class PostgresViews:
             max_size=pool_size,
             kwargs={"options": f"-c search_path={schema}", "autocommit": True},
             open=True,
-            check=ConnectionPool.check_connection,
+            # No health check on every checkout (a round trip each): a connection broken by a server
+            # restart fails its request (503) and the pool discards it on return.
         )
 
     @contextmanager
-    def _transaction(self, read_only: bool) -> Iterator[Tx]:
+    def _transaction(self) -> Iterator[Tx]:
         with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
-            if read_only:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield _PostgresTx(cursor)
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[Tx]:
+        with self._pool.connection() as connection, connection.cursor() as cursor:
             yield _PostgresTx(cursor)
 
     def write(self) -> Any:
-        return self._transaction(read_only=False)
+        return self._transaction()
 
     def read(self) -> Any:
-        return self._transaction(read_only=True)
+        """Reads without BEGIN/COMMIT: a read by id is one round trip, not four.
+
+        Each statement sees the latest committed state (READ COMMITTED). Pages stay consistent anyway,
+        because paging cursors are notification ids, not offsets.
+        """
+        return self._autocommit()
 
     def close(self) -> None:
         self._pool.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __all__ = ["R4_RESOURCE_TYPES", "REMOVED_IN_R4B", "is_supported", "supported_types"]
 
-# http://hl7.org/fhir/R4/resourcelist.html (4.0.1), 145 types.
+# http://hl7.org/fhir/R4/resourcelist.html (4.0.1).
 R4_RESOURCE_TYPES = frozenset(
     {
         "Account",
