@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := ehr_core projections fhir_api
 
-.PHONY: run serve test test-fast lint format typecheck imports bench clean
+.PHONY: run serve demo test test-fast lint format typecheck imports bench clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ run: $(VENV)/.installed  ## the main job: the FHIR server on the embedded defaul
 	$(BIN)/ehr serve
 
 serve: run
+
+demo: $(VENV)/.installed  ## issue 5: a synthetic population across IMSS, ISSSTE and IMSS-Bienestar, loaded then served
+	$(BIN)/ehr demo
 
 test: $(VENV)/.installed  ## lint, types, layer rules, then the whole test suite (both backends)
 	$(BIN)/ruff check .

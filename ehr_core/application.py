@@ -15,11 +15,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, Transcoder
+from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 
 from ehr_core.compartment import patient_compartment
 from ehr_core.context import WriteContext
+from ehr_core.encryption import EncryptingMapper, Unreadable  # issue 7
 from ehr_core.errors import Conflict, Deleted, InvalidResource, Issue, NotFound, PreconditionFailed
+from ehr_core.identity.rules import check_identifiers
+from ehr_core.keys import Erased, KeyStore  # issue 7
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources.validation import is_valid_id, validate
 from ehr_core.settings import Settings
@@ -104,11 +107,24 @@ class RecordApplication(Application[UUID]):
     def construct_transcoder(self) -> Transcoder:
         return EventTranscoder()
 
+    def construct_mapper(self) -> Mapper[UUID]:
+        """issue 7: every event sealed under its patient compartment's data key (ehr_core/encryption.py)."""
+        self.keys = KeyStore(self.settings)
+        return EncryptingMapper(self.construct_transcoder(), self.keys)
+
+    def close(self) -> None:
+        super().close()
+        keys: KeyStore | None = getattr(self, "keys", None)
+        if keys is not None:  # issue 7
+            keys.close()
+
     # -- loading ---------------------------------------------------------------------------------
 
     def stream(self, resource_type: str, resource_id: str) -> ResourceStream | None:
         """The stream of ``Type/id`` as of its latest event, or None if it was never written."""
         latest = list(self.events.get(stream_id(resource_type, resource_id), desc=True, limit=1))
+        if latest and isinstance(latest[0], Unreadable):  # issue 7: its patient's key was shredded
+            raise Erased(f"{resource_type}/{resource_id} was erased (crypto-shredded)")
         return ResourceStream.from_latest(latest[0]) if latest else None
 
     def require_current(self, resource_type: str, resource_id: str) -> ResourceStream:
@@ -262,6 +278,7 @@ class RecordApplication(Application[UUID]):
         now: datetime | None,
     ) -> Pending:
         resource_type, resource_id = resource["resourceType"], resource["id"]
+        check_identifiers(resource)  # domain rules (CURP, NSS, RFC, CLUES): 422 names the identifier
         digest = content_hash(resource)
         if stream is not None and not stream.deleted and stream.content_hash == digest:
             # Identical content: no new version (DESIGN.md, write path step 2).

@@ -26,6 +26,26 @@ class Settings(BaseSettings):
     projection_batch_size: int = 500
     #: Connections each PostgreSQL pool may hold.
     postgres_pool_size: int = 10
+    # -- issue 7: keys and access ------------------------------------------------------------------
+    #: ``production`` refuses to start without a master key and without authentication.
+    env: str = "development"
+    #: The master key that wraps every data key: base64 of 32 bytes (or ``master_key_file``).
+    master_key: str | None = None
+    master_key_file: Path | None = None
+    #: The master key before a rotation, while it is in progress (rows name the master that wrapped them).
+    master_key_previous_file: Path | None = None
+    #: Bearer-token authentication: ``required`` (the default); ``disabled-for-development`` turns it off.
+    auth: str = "required"
+    #: Trusted issuers: a directory of ``*.json`` files (issuer, institution, PEM public keys or a JWKS).
+    auth_issuers_dir: Path | None = None
+
+    @property
+    def production(self) -> bool:
+        return self.env.strip().lower() in ("production", "prod")
+
+    @property
+    def auth_disabled(self) -> bool:
+        return self.auth == "disabled-for-development"
 
     @property
     def uses_postgres(self) -> bool:

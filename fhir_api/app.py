@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ehr_core.settings import Settings
+from fhir_api.audit_middleware import AuditMiddleware  # issue 6
+from fhir_api.auth import AuthMiddleware  # issue 7
 from fhir_api.errors import install_error_handlers
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.routes import fhir_router
@@ -39,5 +41,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    # issue 7: bearer tokens (inside the audit middleware, so refusals are audited too)
+    app.add_middleware(AuthMiddleware, settings=settings)
+    app.add_middleware(AuditMiddleware)  # issue 6: one audit entry per FHIR interaction
     app.include_router(fhir_router())
     return app

@@ -6,7 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
-from fhir_api.commands import import_
+from fhir_api.commands import (  # 6: audit, verify; 5: demo; 7: privacy, token
+    audit,
+    demo,
+    import_,
+    privacy,
+    token,
+    verify,
+)
 
 __all__ = ["main"]
 
@@ -44,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(handler=_serve)
     import_.add_parser(commands)
+    demo.add_parser(commands)  # issue 5
+    verify.add_parsers(commands)  # issue 6
+    audit.add_parser(commands)  # issue 6
+    privacy.add_parsers(commands)  # issue 7: keys, shred, arco-cancel
+    token.add_parser(commands)  # issue 7
     return parser
 
 

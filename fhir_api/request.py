@@ -107,7 +107,11 @@ def prefer_return(request: Request, default: str = "representation") -> str:
 
 
 def write_context(request: Request, interaction: str) -> WriteContext:
-    """Who writes. Until bearer tokens carry these claims, they come from ``X-EHR-*`` headers."""
+    """Who writes: the bearer token's claims (issue 7); ``X-EHR-*`` headers only with auth disabled."""
+    caller = getattr(request.state, "ehr_caller", None)  # issue 7: set by fhir_api.auth.AuthMiddleware
+    if caller is not None:
+        context: WriteContext = caller.context(request, interaction)
+        return context
     headers = request.headers
     request_id = headers.get("x-request-id")
     context = WriteContext(

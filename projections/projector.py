@@ -17,6 +17,7 @@ from eventsourcing.application import Application
 
 from projections.changes import Change, change_from_event
 from projections.db import Tx, ViewDatabase
+from projections.privacy import erase, erasure_from_event  # issue 7
 from projections.view import View
 
 __all__ = ["Projector"]
@@ -72,6 +73,9 @@ class Projector:
         if until is not None and self._position >= until:
             return self._position
         with self._lock:
+            # Another thread may have done the work while this one waited for the lock.
+            if until is not None and self._position >= until:
+                return self._position
             while True:
                 applied = self._apply_batch(until)
                 if progress is not None:
@@ -103,7 +107,15 @@ class Projector:
             mapper = self.application.mapper
             changes: list[Change] = []
             for notification in notifications:
-                change = change_from_event(notification.id, mapper.to_domain_event(notification))
+                event = mapper.to_domain_event(notification)
+                erasure = erasure_from_event(notification.id, event)  # issue 7: a block or shredding
+                if erasure is not None:
+                    for view in self.views:
+                        view.apply(tx, changes)
+                    changes = []
+                    erase(tx, self.database.dialect, self.views, erasure)
+                    continue
+                change = change_from_event(notification.id, event)
                 if change is not None:
                     changes.append(change)
             for view in self.views:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from projections.changes import Change
 from projections.db import Dialect, Tx
+from projections.privacy import check_erased  # issue 7
 from projections.view import View
 
 __all__ = ["HistoryEntry", "ResourceViews", "StoredResource"]
@@ -142,6 +143,7 @@ class ResourceViews(View):
             (resource_type, resource_id),
         ).fetchone()
         if row is None:
+            check_erased(tx, resource_type, resource_id)  # issue 7: 410 shredded, 403 blocked
             return None
         return StoredResource(resource_type, resource_id, int(row[0]), str(row[1]), _bytes(row[2]))
 
@@ -153,6 +155,7 @@ class ResourceViews(View):
             (resource_type, resource_id, version),
         ).fetchone()
         if row is None:
+            check_erased(tx, resource_type, resource_id)  # issue 7
             return None
         return StoredResource(resource_type, resource_id, version, str(row[0]), _bytes(row[1]))
 
@@ -188,7 +191,10 @@ class ResourceViews(View):
     ) -> int:
         clause, params = _where(resource_type, resource_id, before, since)
         row = tx.execute(f"SELECT COUNT(*) FROM resource_history {clause}", params).fetchone()
-        return int(row[0]) if row else 0
+        total = int(row[0]) if row else 0
+        if total == 0 and resource_type is not None and resource_id is not None:
+            check_erased(tx, resource_type, resource_id)  # issue 7: instance history of the erased
+        return total
 
 
 def _where(

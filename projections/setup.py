@@ -7,9 +7,13 @@ from typing import Any
 from eventsourcing.application import Application
 
 from ehr_core.settings import Settings
+from projections.access import AccessView  # issue 7
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
+from projections.privacy import PrivacyView  # issue 7
 from projections.projector import Projector
+from projections.provenance import ProvenanceView  # issue 6
 from projections.resources import ResourceViews
+from projections.search import SearchIndex
 
 __all__ = ["open_view_database", "resource_projector"]
 
@@ -25,7 +29,12 @@ def open_view_database(settings: Settings, schema: str | None = None) -> ViewDat
 
 def resource_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:
     projector = Projector(
-        application, database, [ResourceViews()], name="resources", batch_size=settings.projection_batch_size
+        application,
+        database,
+        # issue 6: ProvenanceView; issue 7: PrivacyView (erasures), AccessView (owners, consents)
+        [ResourceViews(), SearchIndex(), ProvenanceView(), PrivacyView(), AccessView()],
+        name="resources",
+        batch_size=settings.projection_batch_size,
     )
     projector.create_tables()
     return projector

@@ -20,6 +20,11 @@ from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.services import Services
 
+# issue 7: authentication is on by default; the tests that send no bearer token run with the explicit
+# development switch (here, and in settings built anywhere in-process); tests/integration/test_auth.py turns it on.
+DEV_AUTH = "disabled-for-development"
+os.environ.setdefault("EHR_AUTH", DEV_AUTH)
+
 POSTGRES_URL = os.environ.get("EHR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CORPUS = Path(os.environ.get("EHR_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -48,7 +53,7 @@ def postgres_url() -> str:
 def postgres_settings(postgres_url: str) -> Iterator[Settings]:
     """Settings for a fresh PostgreSQL schema, dropped after the test."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    settings = Settings(database_url=postgres_url, postgres_schema=schema, postgres_pool_size=4)
+    settings = Settings(database_url=postgres_url, postgres_schema=schema, postgres_pool_size=4, auth=DEV_AUTH)
     yield settings
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
         connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -56,7 +61,7 @@ def postgres_settings(postgres_url: str) -> Iterator[Settings]:
 
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "ehr-data")
+    return Settings(data_dir=tmp_path / "ehr-data", auth=DEV_AUTH)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -5,13 +5,17 @@ Both serve the stored bytes as they are: no model, no re-serialisation.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
 from fhir_api.errors import outcome_response
 from fhir_api.request import ServicesDep, require_type
 from fhir_api.responses import etag, fhir_response, http_date
+from fhir_api.services import Services
+from projections.asof import normalise_instant, read_as_of  # issue 6
 from projections.resources import ResourceViews, StoredResource
 
 router = APIRouter()
@@ -29,11 +33,28 @@ def _served(stored: StoredResource | None, what: str) -> Response:
 
 
 @router.get("/{resource_type}/{resource_id}", summary="read")
-def read(resource_type: str, resource_id: str, services: ServicesDep) -> Response:
+def read(
+    resource_type: str, resource_id: str, services: ServicesDep, at: Annotated[str | None, Query(alias="_at")] = None
+) -> Response:
     require_type(resource_type)
+    if at is not None:  # issue 6: as-of read, the version current at a recorded instant
+        return _read_as_of(services, resource_type, resource_id, at)
     with services.views.read() as tx:
         stored = ResourceViews.read(tx, resource_type, resource_id)
     return _served(stored, f"{resource_type}/{resource_id}")
+
+
+def _read_as_of(services: Services, resource_type: str, resource_id: str, at: str) -> Response:
+    """issue 6: ``GET [type]/[id]?_at=instant`` (see projections/asof.py)."""
+    try:
+        instant = normalise_instant(at)
+    except ValueError:
+        raise InvalidResource(
+            [Issue("invalid", f"_at must be an instant with a time zone, got {at!r}", "_at")]
+        ) from None
+    with services.views.read() as tx:
+        stored = read_as_of(tx, resource_type, resource_id, instant)
+    return _served(stored, f"{resource_type}/{resource_id} at {instant}")
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="vread")

@@ -65,7 +65,8 @@ def _resource(tx: Tx, match: Match, parsed: SearchRequest) -> Any | None:
 
 
 def _entries(tx: Tx, base: str, page: Page, parsed: SearchRequest) -> list[dict[str, Any]]:
-    """The page's entries, read in the search's own snapshot (so index and bytes agree)."""
+    """The page's entries, read on the search's connection right after the page (a resource deleted in
+    between is left out; one updated in between is served in its newer version)."""
     entries = []
     for mode, matches in (("match", page.matches), ("include", page.includes)):
         for match in matches:

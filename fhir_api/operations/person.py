@@ -22,8 +22,9 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
+from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
+from fhir_api.interactions import read
 from fhir_api.request import ServicesDep, read_json_body, write_context
 from fhir_api.responses import FHIR_JSON, fhir_response
 from fhir_api.services import Services
@@ -31,20 +32,22 @@ from projections.identity import IdentityIndex
 from projections.resources import ResourceViews
 
 router = APIRouter()
+#: Reads of ``Patient/{id}`` and ``Person/{id}``: included after history and search, before the generic read.
+read_router = APIRouter()
 
 _ASSURANCE = {"enrolment": "level4", "curp": "level4", "manual": "level4", "fellegi-sunter": "level3"}
 
 
-def served_patient(services: Services, patient_id: str) -> tuple[bytes, int, str]:
+def linked_patient(services: Services, patient_id: str) -> tuple[bytes, int, str] | None:
+    """The current Patient with ``seealso`` links merged in; None when it is linked to no other record (or
+    unknown or deleted): then the plain read serves it, byte for byte as stored."""
     with services.views.read() as tx:
-        stored = ResourceViews.read(tx, "Patient", patient_id)
-        if stored is None:
-            raise NotFound(f"Patient/{patient_id} is not known")
-        if stored.deleted or stored.body is None:
-            raise Deleted(f"Patient/{patient_id} was deleted (version {stored.version})")
         others = IdentityIndex.linked_records(tx, patient_id)[1:]
-    if not others:
-        return stored.body, stored.version, stored.last_updated
+        if not others:
+            return None
+        stored = ResourceViews.read(tx, "Patient", patient_id)
+    if stored is None or stored.body is None:
+        return None
     resource = fhir_json.loads(stored.body)
     links = list(resource.get("link") or [])
     present = {(link.get("other") or {}).get("reference") for link in links if isinstance(link, dict)}
@@ -55,15 +58,18 @@ def served_patient(services: Services, patient_id: str) -> tuple[bytes, int, str
     return fhir_json.dumps(resource), stored.version, stored.last_updated
 
 
-@router.get("/Patient/{patient_id}", summary="read Patient (with links to the same person's records)")
-async def read_patient(patient_id: str, services: ServicesDep) -> Response:
-    try:
-        body, version, last_updated = await run_in_threadpool(served_patient, services, patient_id)
-    except Deleted as gone:
-        from fhir_api.errors import outcome_response
-
-        return outcome_response(410, gone.issues)
-    return fhir_response(body, version=version, last_updated=last_updated)
+@read_router.get("/Patient/{patient_id}", summary="read Patient (with links to the same person's records)")
+def read_patient(patient_id: str, request: Request, services: ServicesDep) -> Response:
+    at = request.query_params.get("_at")
+    identity = services.identity
+    if identity is not None and identity.position < services.projector.position:
+        identity.catch_up()  # e.g. after a transaction Bundle wrote Patients: match them before serving links
+    if at is None:
+        served = linked_patient(services, patient_id)
+        if served is not None:
+            body, version, last_updated = served
+            return fhir_response(body, version=version, last_updated=last_updated)
+    return read.read("Patient", patient_id, services, at)
 
 
 def golden_record(services: Services, person_id: str) -> dict[str, Any] | None:
@@ -139,16 +145,12 @@ async def review(services: ServicesDep) -> Response:
     return Response(orjson.dumps(parameters), media_type=FHIR_JSON)
 
 
-@router.get("/Person/{person_id}", summary="read Person (the golden record of the patient index)")
+@read_router.get("/Person/{person_id}", summary="read Person (the golden record of the patient index)")
 async def read_person(person_id: str, services: ServicesDep) -> Response:
     await run_in_threadpool(services.identity_current)
     person = await run_in_threadpool(golden_record, services, person_id)
-    if person is None:
-        with services.views.read() as tx:
-            stored = ResourceViews.read(tx, "Person", person_id)
-        if stored is None or stored.body is None:
-            raise NotFound(f"Person/{person_id} is not known")
-        return fhir_response(stored.body, version=stored.version, last_updated=stored.last_updated)
+    if person is None:  # not a person of the index: a stored Person resource, if any
+        return await run_in_threadpool(read.read, "Person", person_id, services)
     return Response(orjson.dumps(person), media_type=FHIR_JSON)
 
 
@@ -195,7 +197,7 @@ async def link(patient_id: str, request: Request, services: ServicesDep) -> Resp
     linked = await run_in_threadpool(
         services.identity.mpi.link, f"Patient/{patient_id}", person_id, _who(context.user, context.role)
     )
-    await run_in_threadpool(services.identity_current)
+    await run_in_threadpool(services.identity.catch_up)
     return await read_person(linked, services)
 
 
@@ -207,7 +209,7 @@ async def unlink(patient_id: str, request: Request, services: ServicesDep) -> Re
     own = await run_in_threadpool(
         services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role)
     )
-    await run_in_threadpool(services.identity_current)
+    await run_in_threadpool(services.identity.catch_up)
     return await read_person(own, services)
 
 

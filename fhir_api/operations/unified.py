@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ __all__ = ["SOURCE_PREFIX", "attributed", "linked_patients", "source_uri"]
 SOURCE_PREFIX = "urn:ehr-core:source:"
 
 
+@lru_cache(maxsize=4096)
 def source_uri(institution: str, unit: str | None) -> str:
     """``meta.source`` naming who recorded an entry: ``urn:ehr-core:source:{institution}:{CLUES}``."""
     return f"{SOURCE_PREFIX}{quote(institution, safe='-')}:{quote(unit or 'unknown', safe='-')}"

@@ -1,0 +1,137 @@
+"""Figures 1 and 2: creates and reads by id through a real server process, on one backend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench.loadgen import Load, create_load, read_load, run_load
+from bench.options import Options
+from bench.payload import TOKEN_CLAIMS, Credentials, PatientFactory
+from bench.pg import conninfo, fresh_schema
+from bench.recorder import open_recorder
+from bench.server import issue_token, running_server
+from bench.stats import Measurement
+
+__all__ = ["HttpRun", "http_figures"]
+
+
+@dataclass
+class HttpRun:
+    backend: str
+    measurements: list[Measurement] = field(default_factory=list)
+    #: What the server actually stored: count and mean size of the event ``state`` bytes.
+    stored_events: dict[str, Any] = field(default_factory=dict)
+    server_log: str = ""
+    profile: str | None = None
+
+    def find(self, name: str, concurrency: int) -> Measurement | None:
+        for measurement in self.measurements:
+            if measurement.name == name and measurement.concurrency == concurrency:
+                return measurement
+        return None
+
+
+def _stored_events(backend: str, data_dir: Path, url: str, schema: str | None) -> dict[str, Any]:
+    """What the server appended, by event topic: how many, and the mean size of their state."""
+    query = "SELECT topic, count(*), avg(length(state)) FROM {} GROUP BY topic ORDER BY count(*) DESC"
+    # The table's name is the library's business: ask a recorder configured like the server's.
+    if backend == "sqlite":
+        with open_recorder(data_dir) as recorder:
+            table = recorder.events_table_name
+        with sqlite3.connect(data_dir / "events.sqlite") as connection:
+            rows = connection.execute(query.format(table)).fetchall()
+    else:
+        assert schema is not None
+        with open_recorder(data_dir, url, schema) as recorder:
+            table = recorder.events_table_name
+        with psycopg.connect(conninfo(url)) as connection:
+            name = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            rows = connection.execute(sql.SQL(query).format(name)).fetchall()
+    return {
+        "table": table,
+        "by_topic": {topic: {"count": int(count), "mean_state_bytes": float(mean or 0)} for topic, count, mean in rows},
+    }
+
+
+def _name_profiles(profile: Path, windows: list[str]) -> None:
+    """The sampler's segments, renamed after their windows: segment 2k+1 is window k (see sampler.py)."""
+    for index, window in enumerate(windows):
+        segment = profile.with_name(f"{profile.name}.seg{2 * index + 1}")
+        if segment.exists():
+            segment.rename(profile.with_name(f"{window}.txt"))
+    for leftover in profile.parent.glob(f"{profile.name}.seg*"):
+        leftover.unlink()
+
+
+def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
+    """Start a server on ``backend``, run creates then reads at every concurrency, stop it."""
+    run = HttpRun(backend)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data_dir = work_dir / f"http-{backend}"
+    log = options.results / f"server-{backend}-{stamp}.log"  # kept: the first place to look when a run fails
+    profile: Path | None = None
+    windows: list[str] = []
+    with ExitStack() as stack:
+        env: dict[str, str] = {}
+        schema = None
+        if backend == "postgres":
+            schema = stack.enter_context(fresh_schema(options.postgres_url, "bench_http"))
+            env = {"EHR_DATABASE_URL": options.postgres_url, "EHR_POSTGRES_SCHEMA": schema}
+        if options.auth == "token":
+            credentials = Credentials(issue_token(data_dir, TOKEN_CLAIMS))
+        else:
+            credentials = Credentials(None)
+            env["EHR_AUTH"] = "disabled-for-development"
+        wrapper = None
+        if options.profile:
+            profile = options.results / f"profile-{backend}-{stamp}" / "whole-run.txt"
+            wrapper = ["-m", "bench.sampler", "--out", str(profile), "--"]
+            run.profile = str(profile.parent)
+        server = stack.enter_context(running_server(data_dir, log, env, wrapper, headers=credentials.read()))
+        run.server_log = str(log)
+
+        def mark() -> None:
+            os.kill(server.pid, signal.SIGUSR1)
+
+        def measure(load: Load, concurrency: int) -> Measurement:
+            windows.append(f"{load.name}-c{concurrency}")
+            measurement = run_load(
+                server.base_url,
+                load,
+                concurrency,
+                options.seconds,
+                options.warmup,
+                options.max_requests,
+                server.pid,
+                with_db=backend == "postgres",
+                client=options.client,
+                mark=mark if profile is not None else None,
+            )
+            measurement.backend = backend
+            run.measurements.append(measurement)
+            return measurement
+
+        created: list[str] = []
+        patients = PatientFactory()
+        for concurrency in options.concurrency:
+            load = create_load(patients, credentials)
+            measure(load, concurrency)
+            created.extend(load.created)
+            if not load.created:
+                raise RuntimeError(f"{backend}: no create succeeded; first answer: {load.first_error}")
+        for concurrency in options.concurrency:
+            measure(read_load(created, credentials), concurrency).notes["distinct_ids"] = len(created)
+        run.stored_events = _stored_events(backend, data_dir, options.postgres_url, schema)
+    if profile is not None:
+        _name_profiles(profile, windows)
+    return run

@@ -1,0 +1,115 @@
+"""Command-line options of ``python -m bench``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.pg import DEFAULT_URL
+
+__all__ = ["Options", "parse_options"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Options:
+    backends: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    seconds: float
+    warmup: float
+    max_requests: int
+    min_baseline_count: int
+    baseline_min_seconds: float
+    postgres_url: str
+    results: Path
+    profile: bool
+    quick: bool
+    client: str
+    auth: str
+
+    @property
+    def baseline_warmup(self) -> float:
+        """Baselines have no server to warm: a short warm-up fills pools and caches."""
+        return min(self.warmup, 0.5 if self.quick else 1.0)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="HTTP creates and reads beside the bare eventsourcing recorder and raw PostgreSQL, as ratios.",
+    )
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma list of sqlite, postgres")
+    parser.add_argument("--concurrency", default="1,8", help="concurrent clients, comma list (default 1,8)")
+    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per figure (default 10; 3 quick)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each figure (2; 1 quick)")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="count bound per figure")
+    parser.add_argument(
+        "--min-baseline-count",
+        type=int,
+        default=1000,
+        help="baselines do as many operations as the HTTP figure, but at least this many",
+    )
+    parser.add_argument(
+        "--baseline-min-seconds",
+        type=float,
+        default=None,
+        help="baselines keep going at least this long, past the HTTP figure's count (default 2; 1 quick)",
+    )
+    parser.add_argument("--postgres-url", default=os.environ.get("EHR_BENCH_POSTGRES_URL", DEFAULT_URL))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON result goes")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the server under a stack sampler; writes results/profile-<backend>-<time>/<figure>-c<n>.txt",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load client: raw asyncio HTTP/1.1 (default, ~60 us CPU a request) or httpx (~1 ms a request)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("token", "disabled"),
+        default="token",
+        help="token: a bearer token from `ehr token` on every request (default, as in production); "
+        "disabled: EHR_AUTH=disabled-for-development and X-EHR-* headers",
+    )
+    parser.add_argument("--quick", action="store_true", help="short run: 3 s per figure, 1 s warm-up")
+    args = parser.parse_args(argv)
+    backends = _csv(args.backends)
+    unknown = set(backends) - {"sqlite", "postgres"}
+    if unknown:
+        parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    try:
+        concurrency = tuple(int(part) for part in _csv(args.concurrency))
+    except ValueError:
+        parser.error("--concurrency needs positive integers")
+    if not concurrency or min(concurrency) < 1:
+        parser.error("--concurrency needs positive integers")
+    seconds = args.seconds if args.seconds is not None else (3.0 if args.quick else 10.0)
+    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    return Options(
+        backends=backends,
+        concurrency=concurrency,
+        seconds=seconds,
+        warmup=warmup,
+        max_requests=args.max_requests,
+        min_baseline_count=args.min_baseline_count,
+        baseline_min_seconds=(
+            args.baseline_min_seconds if args.baseline_min_seconds is not None else (1.0 if args.quick else 2.0)
+        ),
+        postgres_url=args.postgres_url,
+        results=args.results,
+        profile=args.profile,
+        quick=args.quick,
+        client=args.client,
+        auth=args.auth,
+    )

@@ -1,0 +1,449 @@
+"""Search latency at scale on PostgreSQL (issue 4): ``python -m bench.search [--resources N]``.
+
+1. **Generate** N synthetic resources (5% Patient, 20% Encounter, 70% Observation, 4.9% Condition,
+   a few Practitioners and Organizations: Mexican names with accents, CURPs, LOINC vital signs, dates
+   over ten years) and **bulk-load** them: each resource's index rows come from the index's own
+   extraction code (``projections.search.extract``, what the projector runs), and are written with
+   ``COPY`` into a fresh schema's ``search_*`` tables and ``resources`` table, with the indexes dropped
+   during the load and rebuilt after. The event log is bypassed: this measures reads, and the write path
+   has its own benchmark (``python -m bench``). Generation time and the index's size on disk per
+   resource are reported.
+2. **Measure** first pages (``_count=20&_total=none``) of a token search, a string search on names, a
+   date range and a chained search, each with fresh random values, sequentially: the search itself
+   (``search_bundle``: parse, SQL, stored bytes into the Bundle, JSON) and the whole HTTP request in
+   process (FastAPI routing and the audit middleware, which records every search, included).
+
+Target (issue 4): median under 20 ms, p99 under 100 ms at 1 million resources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from bench.pg import DEFAULT_URL, available, conninfo, fresh_schema
+from bench.stats import percentile
+
+FAMILIES = [
+    "García", "Hernández", "Martínez", "López", "González", "Pérez", "Rodríguez", "Sánchez", "Ramírez", "Cruz",
+    "Flores", "Gómez", "Morales", "Vázquez", "Jiménez", "Reyes", "Díaz", "Torres", "Gutiérrez", "Ruiz",
+    "Mendoza", "Aguilar", "Ortiz", "Moreno", "Castillo", "Romero", "Álvarez", "Méndez", "Chávez", "Rivera",
+    "Juárez", "Ramos", "Domínguez", "Herrera", "Medina", "Castro", "Vargas", "Guzmán", "Velázquez", "Muñoz",
+    "Rojas", "Salazar", "Contreras", "Luna", "Ortega", "Guerrero", "Estrada", "Bautista", "Cortés", "Soto",
+]  # fmt: skip
+GIVEN = [
+    "María", "José", "Juan", "Guadalupe", "Francisco", "Ana", "Luis", "Carmen", "Jesús", "Rosa", "Miguel",
+    "Alejandra", "Pedro", "Verónica", "Jorge", "Leticia", "Antonio", "Gabriela", "Ramón", "Sofía", "Andrés",
+    "Ximena", "Ángel", "Itzel", "Raúl", "Citlali", "Héctor", "Yolanda", "Óscar", "Fernanda",
+]  # fmt: skip
+CITIES = ["Ciudad de México", "Guadalajara", "Monterrey", "Puebla", "Tijuana", "León", "Mérida", "Querétaro"]
+VITALS = [
+    ("8480-6", "Systolic blood pressure", "mm[Hg]", 90, 180),
+    ("8462-4", "Diastolic blood pressure", "mm[Hg]", 55, 110),
+    ("8867-4", "Heart rate", "/min", 50, 120),
+    ("9279-1", "Respiratory rate", "/min", 10, 30),
+    ("8310-5", "Body temperature", "Cel", 35, 40),
+    ("59408-5", "Oxygen saturation", "%", 85, 100),
+    ("8302-2", "Body height", "cm", 50, 200),
+    ("29463-7", "Body weight", "kg", 3, 150),
+    ("8280-0", "Waist circumference", "cm", 50, 150),
+    ("2339-0", "Glucose", "mg/dL", 60, 300),
+]
+CONDITIONS = [("E11.9", "Diabetes mellitus tipo 2"), ("I10", "Hipertensión esencial"), ("J06.9", "Infección aguda")]
+CURP = "urn:oid:2.16.840.1.113883.4.629"
+UCUM = "http://unitsofmeasure.org"
+VITAL_SIGNS = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]
+}
+ACTIVE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+LOINC = "http://loinc.org"
+START = datetime(2015, 1, 1, tzinfo=UTC)
+SPAN_SECONDS = 10 * 365 * 24 * 3600
+
+
+class Generator:
+    """Deterministic synthetic resources; remembers what the queries will ask for."""
+
+    def __init__(self, total: int, seed: int = 4) -> None:
+        self.rng = random.Random(seed)
+        self.total = total
+        self.patients = max(1, total * 5 // 100)
+        self.organizations = max(1, total // 2000)
+        self.practitioners = max(1, total // 1000)
+        self.encounters = max(1, total * 20 // 100)
+        self.conditions = max(1, total * 49 // 1000)
+        self.observations = total - self.patients - self.organizations - self.practitioners
+        self.observations -= self.encounters + self.conditions
+        self.curps: list[str] = []
+        self.patient_ids: list[str] = []
+        self.encounter_ids: list[str] = []
+        self.organization_ids: list[str] = []
+        self.practitioner_ids: list[str] = []
+
+    def _id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _moment(self) -> datetime:
+        return START + timedelta(seconds=self.rng.randrange(SPAN_SECONDS))
+
+    def _curp(self) -> str:
+        letters = "".join(self.rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(4))
+        digits = f"{self.rng.randrange(100):02d}{self.rng.randrange(1, 13):02d}{self.rng.randrange(1, 29):02d}"
+        tail = "".join(self.rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(3))
+        return f"{letters}{digits}{self.rng.choice('HM')}DF{tail}{self.rng.randrange(10)}{self.rng.randrange(10)}"
+
+    def resources(self) -> Iterator[dict[str, Any]]:
+        rng = self.rng
+        for _ in range(self.organizations):
+            self.organization_ids.append(oid := self._id())
+            yield {
+                "resourceType": "Organization",
+                "id": oid,
+                "identifier": [
+                    {"system": "urn:oid:2.16.840.1.113883.4.631", "value": f"DFIMS{rng.randrange(10**6):06d}"}
+                ],
+                "name": f"Unidad de Medicina Familiar {rng.randrange(1, 400)} {rng.choice(CITIES)}",
+            }
+        for _ in range(self.practitioners):
+            self.practitioner_ids.append(pid := self._id())
+            yield {
+                "resourceType": "Practitioner",
+                "id": pid,
+                "identifier": [{"system": CURP, "value": self._curp()}],
+                "name": [{"family": rng.choice(FAMILIES), "given": [rng.choice(GIVEN)], "prefix": ["Dr."]}],
+            }
+        for _ in range(self.patients):
+            yield from self._patient_record()
+
+    def _patient_record(self) -> Iterator[dict[str, Any]]:
+        """A patient then their encounters, observations and conditions (interleaved, as a record grows)."""
+        rng = self.rng
+        pid = self._id()
+        self.patient_ids.append(pid)
+        self.curps.append(curp := self._curp())
+        yield {
+            "resourceType": "Patient",
+            "id": pid,
+            "identifier": [
+                {"system": CURP, "value": curp},
+                {"system": "http://imss.gob.mx/fhir/sid/nss", "value": f"{rng.randrange(10**11):011d}"},
+            ],
+            "active": True,
+            "name": [{"family": rng.choice(FAMILIES), "given": [rng.choice(GIVEN), rng.choice(GIVEN)]}],
+            "telecom": [{"system": "phone", "value": f"+52 55 {rng.randrange(10**8):08d}"}],
+            "gender": rng.choice(["female", "male"]),
+            "birthDate": (datetime(1930, 1, 1) + timedelta(days=rng.randrange(94 * 365))).date().isoformat(),
+            "address": [{"city": rng.choice(CITIES), "state": "CDMX", "postalCode": f"{rng.randrange(10**5):05d}"}],
+            "managingOrganization": {"reference": f"Organization/{rng.choice(self.organization_ids)}"},
+        }
+        subject = {"reference": f"Patient/{pid}"}
+        encounters = []
+        for _ in range(self._share(self.encounters)):
+            encounters.append(eid := self._id())
+            start = self._moment()
+            yield {
+                "resourceType": "Encounter",
+                "id": eid,
+                "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": subject,
+                "participant": [{"individual": {"reference": f"Practitioner/{rng.choice(self.practitioner_ids)}"}}],
+                "period": {"start": start.isoformat(), "end": (start + timedelta(minutes=20)).isoformat()},
+                "serviceProvider": {"reference": f"Organization/{rng.choice(self.organization_ids)}"},
+            }
+        for _ in range(self._share(self.conditions)):
+            code, text = rng.choice(CONDITIONS)
+            yield {
+                "resourceType": "Condition",
+                "id": self._id(),
+                "clinicalStatus": ACTIVE,
+                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code, "display": text}]},
+                "subject": subject,
+                "onsetDateTime": self._moment().isoformat(),
+            }  # fmt: skip
+        for _ in range(self._share(self.observations)):
+            code, display, unit, low, high = rng.choice(VITALS)
+            encounter = {"encounter": {"reference": f"Encounter/{rng.choice(encounters)}"}} if encounters else {}
+            yield {
+                "resourceType": "Observation",
+                "id": self._id(),
+                "status": "final",
+                "category": [VITAL_SIGNS],
+                "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+                "subject": subject,
+                **encounter,
+                "effectiveDateTime": self._moment().isoformat(),
+                "valueQuantity": {"value": round(rng.uniform(low, high), 1), "unit": unit, "system": UCUM, "code": unit},  # noqa: E501
+            }  # fmt: skip
+
+    def _share(self, total: int) -> int:
+        """How many of ``total`` one patient gets: the average, rounded at random (totals come out right)."""
+        average = total / self.patients
+        return int(average) + (self.rng.random() < average - int(average))
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def _search_indexes(cursor: psycopg.Cursor[Any], schema: str) -> list[tuple[str, str]]:
+    rows = cursor.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename LIKE 'search_%%' "
+        "AND indexname NOT LIKE '%%_pkey'",
+        (schema,),
+    ).fetchall()
+    return [(str(name), str(definition)) for name, definition in rows]
+
+
+def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dict[str, float]:
+    """Bulk-load the generated resources; returns timings (seconds)."""
+    from projections.search.dates import date_range
+    from projections.search.extract import extract
+    from projections.search.index import VALUE_TABLES, _span_updates
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with psycopg.connect(conninfo(url), autocommit=True, options=f"-c search_path={schema}") as connection:
+        cursor = connection.cursor()
+        indexes = _search_indexes(cursor, schema)
+        for name, _ in indexes:
+            cursor.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+        extract_seconds = 0.0
+        spans: dict[tuple[str, str], int] = {}
+        batch: list[dict[str, Any]] = []
+        sid = 0
+        instant = datetime.now(UTC).isoformat(timespec="microseconds")
+        micros = date_range(instant)[0]
+
+        def flush() -> None:
+            nonlocal extract_seconds, sid
+            tick = time.perf_counter()
+            resources_rows: list[tuple[Any, ...]] = []
+            ids_rows: list[tuple[Any, ...]] = []
+            values: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in VALUE_TABLES}
+            for resource in batch:
+                sid += 1
+                resource["meta"] = {"versionId": "1", "lastUpdated": instant}
+                kind, rid = resource["resourceType"], resource["id"]
+                resources_rows.append((kind, rid, 1, instant, orjson.dumps(resource), sid))
+                ids_rows.append((sid, kind, rid, micros))
+                rows = extract(resource)
+                for table in VALUE_TABLES:
+                    values[table] += [(kind, *row, sid) for row in getattr(rows, table)]
+            for resource_type, param, span in _span_updates(values["date"]):
+                spans[(resource_type, param)] = max(spans.get((resource_type, param), 0), span)
+            extract_seconds += time.perf_counter() - tick
+            with connection.transaction():
+                _copy(
+                    cursor,
+                    "resources",
+                    ("resource_type", "resource_id", "version", "last_updated", "body", "notification_id"),
+                    resources_rows,
+                )
+                _copy(cursor, "search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids_rows)
+                for kind, (table, columns) in VALUE_TABLES.items():
+                    _copy(cursor, table, ("resource_type", "param", *columns, "sid"), values[kind])
+            batch.clear()
+
+        for resource in generator.resources():
+            batch.append(resource)
+            if len(batch) >= chunk:
+                flush()
+                print(f"  loaded {sid:,} / {generator.total:,}", file=sys.stderr, flush=True)
+        if batch:
+            flush()
+        cursor.executemany(
+            "INSERT INTO search_date_spans (resource_type, param, max_span) VALUES (%s, %s, %s)",
+            [(t, p, s) for (t, p), s in spans.items()],
+        )
+        timings["extract_and_copy"] = time.perf_counter() - started
+        timings["extract_only"] = extract_seconds
+        tick = time.perf_counter()
+        for _, definition in indexes:
+            cursor.execute(definition)
+        timings["create_indexes"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        cursor.execute("VACUUM ANALYZE")
+        timings["vacuum_analyze"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+    timings["resources"] = sid
+    return timings
+
+
+def _copy(cursor: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    with cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def sizes(url: str, schema: str) -> dict[str, int]:
+    with psycopg.connect(conninfo(url), autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' "
+            "AND (c.relname LIKE 'search_%%' OR c.relname = 'resources')",
+            (schema,),
+        ).fetchall()
+    return {str(name): int(size) for name, size in rows}
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+def queries(generator: Generator, rng: random.Random) -> dict[str, Callable[[], str]]:
+    def week() -> str:
+        start = START + timedelta(days=rng.randrange(3650 - 7))
+        return f"date=ge{start.date().isoformat()}&date=lt{(start + timedelta(days=7)).date().isoformat()}"
+
+    page = "_count=20&_total=none"
+
+    def curp() -> str:
+        return f"{CURP}|{rng.choice(generator.curps)}"
+
+    def prefix() -> str:
+        return rng.choice(FAMILIES + GIVEN)[:3].lower()
+
+    def person() -> str:
+        return f"family={rng.choice(FAMILIES)}&given={rng.choice(GIVEN)}"
+
+    def code() -> str:
+        return str(rng.choice(VITALS)[0])
+
+    return {
+        "token: Observation?code (1 of 10 codes)": lambda: f"Observation?code={LOINC}|{code()}&{page}",
+        "token: Patient?identifier (CURP)": lambda: f"Patient?identifier={curp()}&{page}",
+        "string: Patient?name (3-letter prefix)": lambda: f"Patient?name={prefix()}&{page}",
+        "string: Patient?family&given": lambda: f"Patient?{person()}&{page}",
+        "date: Observation?date (one week)": lambda: f"Observation?{week()}&{page}",
+        "date+token: Observation?code&date (week)": lambda: f"Observation?code={code()}&{week()}&{page}",
+        "chain: Observation?patient.identifier": lambda: f"Observation?patient.identifier={curp()}&{page}",
+        "chain: Encounter?patient.name&date": lambda: f"Encounter?patient.name={rng.choice(FAMILIES)}&date=ge2024-01-01&{page}",  # noqa: E501
+    }  # fmt: skip
+
+
+def measure(url: str, schema: str, generator: Generator, count: int, warmup: int) -> list[dict[str, Any]]:
+    from fastapi.testclient import TestClient
+
+    from ehr_core.settings import Settings
+    from fhir_api.app import create_app
+    from fhir_api.interactions.search import search_bundle
+    from fhir_api.services import Services
+
+    settings = Settings(database_url=url, postgres_schema=schema, postgres_pool_size=4, auth="disabled-for-development")
+    services = Services.open(settings, follow=False)
+    rng = random.Random(7)
+    figures = []
+    base = "http://bench/fhir"
+    try:
+        with TestClient(create_app(services=services)) as client:
+            for name, make in queries(generator, rng).items():
+                engine: list[float] = []
+                http: list[float] = []
+                hits: list[int] = []
+                for number in range(warmup + count):
+                    query = make()
+                    resource_type, _, text = query.partition("?")
+                    pairs = [tuple(p.split("=", 1)) for p in text.split("&")]
+                    tick = time.perf_counter()
+                    bundle = search_bundle(services, resource_type, pairs, base)  # type: ignore[arg-type]
+                    orjson.dumps(bundle)
+                    elapsed = time.perf_counter() - tick
+                    tick = time.perf_counter()
+                    response = client.get(f"/fhir/{query}")
+                    http_elapsed = time.perf_counter() - tick
+                    assert response.status_code == 200, response.text
+                    if number >= warmup:
+                        engine.append(elapsed)
+                        http.append(http_elapsed)
+                        hits.append(len(bundle["entry"]))
+                figures.append(_figure(name, engine, http, hits))
+                print(_line(figures[-1]), file=sys.stderr, flush=True)
+    finally:
+        services.close()
+    return figures
+
+
+def _no_auth(settings_class: Any) -> dict[str, str]:
+    """In-process requests carry no bearer token: turn authentication off where the server has it."""
+    return {"auth": "disabled-for-development"} if "auth" in settings_class.model_fields else {}
+
+
+def _figure(name: str, engine: list[float], http: list[float], hits: list[int]) -> dict[str, Any]:
+    engine.sort()
+    http.sort()
+    return {
+        "query": name,
+        "n": len(engine),
+        "search_median_ms": statistics.median(engine) * 1000,
+        "search_p99_ms": percentile(engine, 0.99) * 1000,
+        "http_median_ms": statistics.median(http) * 1000,
+        "http_p99_ms": percentile(http, 0.99) * 1000,
+        "mean_entries": statistics.mean(hits) if hits else 0,
+    }
+
+
+def _line(f: dict[str, Any]) -> str:
+    return (
+        f"{f['query']:<44} search median {f['search_median_ms']:6.1f} ms  p99 {f['search_p99_ms']:6.1f} ms   "
+        f"http median {f['http_median_ms']:6.1f} ms  p99 {f['http_p99_ms']:6.1f} ms   entries {f['mean_entries']:.1f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--resources", type=int, default=1_000_000, help="resources to generate (default 1,000,000)")
+    parser.add_argument("--queries", type=int, default=200, help="measured queries per figure (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured queries per figure first")
+    parser.add_argument("--postgres-url", default=DEFAULT_URL)
+    args = parser.parse_args(argv)
+    problem = available(args.postgres_url)
+    if problem is not None:
+        print(f"PostgreSQL at {args.postgres_url} is not answering: {problem}", file=sys.stderr)
+        return 1
+    from ehr_core.settings import Settings
+    from fhir_api.services import Services
+
+    generator = Generator(args.resources)
+    with fresh_schema(args.postgres_url, "bench_search") as schema:
+        settings = Settings(database_url=args.postgres_url, postgres_schema=schema)
+        Services.open(settings, follow=False).close()  # every table, as the server creates them
+        print(f"generating and loading {args.resources:,} resources into schema {schema}", file=sys.stderr)
+        timings = load(args.postgres_url, schema, generator)
+        table_sizes = sizes(args.postgres_url, schema)
+        index_bytes = sum(size for name, size in table_sizes.items() if name.startswith("search_"))
+        loaded = int(timings["resources"])
+        print(
+            f"\nresources: {loaded:,}  generation+load: {timings['total']:.0f} s "
+            f"(extract {timings['extract_only']:.0f} s, extract+COPY {timings['extract_and_copy']:.0f} s, "
+            f"indexes {timings['create_indexes']:.0f} s, vacuum analyze {timings['vacuum_analyze']:.0f} s)"
+        )
+        print(
+            f"search index on disk: {index_bytes / 2**20:,.0f} MiB = {index_bytes / loaded:,.0f} bytes per resource"
+            f" (resources table: {table_sizes.get('resources', 0) / 2**20:,.0f} MiB)"
+        )
+        for name, size in sorted(table_sizes.items(), key=lambda item: -item[1]):
+            print(f"  {name:<22} {size / 2**20:10,.1f} MiB")
+        figures = measure(args.postgres_url, schema, generator, args.queries, args.warmup)
+    print()
+    for figure in figures:
+        print(_line(figure))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""A real server process on a free 127.0.0.1 port: started, waited for, stopped, its log kept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["RunningServer", "free_port", "issue_token", "running_server"]
+
+HOST = "127.0.0.1"
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _clean_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without the developer's ``EHR_*`` settings, plus ``overrides``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
+    env.update(overrides or {})
+    return env
+
+
+def issue_token(data_dir: Path, claims: dict[str, str], minutes: int = 120) -> str:
+    """A bearer token from the project's own development issuer (``ehr token``; key in ``data_dir``).
+
+    Run before the server starts, so the server finds the issuer key when it loads its trusted issuers.
+    """
+    command = [sys.executable, "-m", "fhir_api.cli", "token", "--data", str(data_dir), "--minutes", str(minutes)]
+    for name, value in claims.items():
+        command += [f"--{name}", value]
+    result = subprocess.run(command, cwd=PROJECT, env=_clean_env(), capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"ehr token failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    token = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""
+    if token.count(".") != 2:
+        raise RuntimeError(f"ehr token printed no JWT: {result.stdout[-500:]!r}")
+    return token
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    pid: int
+    base_url: str
+    log: Path
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], url: str, log: Path, timeout: float, headers: dict[str, str] | None
+) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0, trust_env=False, headers=headers) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}; log:\n{log.read_text()[-3000:]}")
+            try:
+                if client.get(f"{url}/metadata").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {timeout:.0f}s; log:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown: the lifespan closes the store
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def running_server(
+    data_dir: Path,
+    log: Path,
+    env_overrides: dict[str, str] | None = None,
+    wrapper: list[str] | None = None,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
+) -> Iterator[RunningServer]:
+    """``python -m fhir_api.cli serve`` on a free port; ``wrapper`` runs it under e.g. the sampler."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
+    env["EHR_AUTH"] = "disabled-for-development"  # issue 7: benchmarks send no bearer tokens
+    env.update(env_overrides or {})
+    command = [
+        sys.executable,
+        *(wrapper or ["-m", "fhir_api.cli"]),
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--data",
+        str(data_dir),
+    ]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://{HOST}:{port}/fhir"
+    try:
+        _wait_ready(process, url, log, timeout, headers)
+        yield RunningServer(process.pid, url, log)
+    finally:
+        _stop(process)

@@ -1,0 +1,322 @@
+"""The audit log: one entry per API interaction, in its own append-only log (DESIGN.md "Reads are events too").
+
+The audit log is a second eventsourcing application with its own event table (PostgreSQL: ``audit_events``
+in the same schema; SQLite: ``audit.sqlite`` beside ``events.sqlite``), so audit writes never wait on the
+clinical log's lock. :class:`AuditWriter` group-commits: callers submit entries and may wait for the
+commit (a future), and one thread appends whatever accumulated in one transaction.
+
+:func:`audit_event` renders an entry as a FHIR R4 ``AuditEvent`` in the shape of the IHE Basic Audit Log
+Patterns (BALP): ``type`` rest, ``subtype`` the FHIR interaction, the client agent (user, role,
+institution, unit, network address), the server as source, the patients and resources as entities, the
+query (base64) for searches and the request id as the transaction entity.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import Transcoder
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ehr_core.settings import Settings
+from ehr_core.transcoder import EventTranscoder
+
+__all__ = ["AuditEntry", "AuditLog", "AuditRecord", "AuditSettings", "AuditWriter", "audit_event", "audit_event_id"]
+
+log = logging.getLogger(__name__)
+
+CLUES = "urn:oid:2.16.840.1.113883.4.631"
+USER_SYSTEM = "urn:ehr-core:user"
+INSTITUTION_SYSTEM = "urn:ehr-core:institution"
+_NAMESPACE = uuid5(NAMESPACE_URL, "urn:ehr-core:audit-event")
+
+#: FHIR interaction → AuditEvent.action (C, R, U, D, E).
+ACTIONS = {
+    "create": "C",
+    "read": "R",
+    "vread": "R",
+    "history-instance": "R",
+    "history-type": "R",
+    "history-system": "R",
+    "search-type": "E",
+    "search-system": "E",
+    "capabilities": "E",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "transaction": "E",
+    "batch": "E",
+    "operation": "E",
+}
+
+_BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/"
+_PROFILES = {
+    "C": "IHE.BasicAudit.Create",
+    "R": "IHE.BasicAudit.Read",
+    "U": "IHE.BasicAudit.Update",
+    "D": "IHE.BasicAudit.Delete",
+    "E": "IHE.BasicAudit.Query",
+}
+
+
+class AuditSettings(BaseSettings):
+    """``EHR_AUDIT_*``. Turning the audit off exists for measuring its cost (``bench.audit``), not for use."""
+
+    model_config = SettingsConfigDict(env_prefix="EHR_AUDIT_", extra="ignore")
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """What one interaction did, who asked, from where, why, and how it ended."""
+
+    recorded: str
+    interaction: str
+    method: str
+    path: str
+    status: int
+    institution: str
+    user: str
+    purpose: str
+    request_id: str
+    query: str = ""
+    role: str | None = None
+    unit: str | None = None
+    address: str | None = None
+    operation: str | None = None
+    #: ``Type/id/_history/version`` (or ``Type/id`` when no version is known) of the resources concerned.
+    entities: list[str] = field(default_factory=list)
+    #: Patient ids whose records were concerned.
+    patients: list[str] = field(default_factory=list)
+
+    @property
+    def action(self) -> str:
+        return ACTIONS.get(self.interaction, "E")
+
+    @property
+    def outcome(self) -> str:
+        """AuditEvent.outcome: 0 success, 4 minor failure (refused, 4xx), 8 serious failure (5xx)."""
+        if self.status < 400:
+            return "0"
+        return "4" if self.status < 500 else "8"
+
+    def as_dict(self) -> dict[str, Any]:
+        # By hand: dataclasses.asdict deep-copies, and this runs for every API interaction.
+        return {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditEntry:
+        return cls(**data)
+
+
+_FIELDS = tuple(AuditEntry.__dataclass_fields__)
+
+
+class AuditRecord(Aggregate):
+    """One audit entry (an aggregate of one event: nothing ever changes it)."""
+
+    class Recorded(Aggregate.Created):
+        entry: dict[str, Any]
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+
+    @classmethod
+    def record(cls, entry: AuditEntry) -> AuditRecord:
+        return cls._create(cls.Recorded, id=uuid4(), entry=entry.as_dict())
+
+
+class AuditLog(Application[UUID]):
+    name = "audit"
+
+    def __init__(self, settings: Settings) -> None:
+        env = settings.event_store_env()
+        if not settings.uses_postgres:
+            env["SQLITE_DBNAME"] = str(settings.data_dir / "audit.sqlite")
+        super().__init__(env=env)
+
+    def construct_transcoder(self) -> Transcoder:
+        return EventTranscoder()
+
+    def append(self, entries: list[AuditEntry]) -> int:
+        """Append entries in one transaction; return the last notification id."""
+        recordings = self.save(*(AuditRecord.record(e) for e in entries))
+        return max(r.notification.id for r in recordings)
+
+
+class AuditWriter(threading.Thread):
+    """Group commit: one thread appends every entry submitted since its last commit, in one transaction."""
+
+    def __init__(self, log_: AuditLog, batch: int = 500, on_commit: Any = None) -> None:
+        super().__init__(name="ehr-audit-writer", daemon=True)
+        self.log = log_
+        self.batch = batch
+        self.on_commit = on_commit
+        self._queue: queue.Queue[tuple[AuditEntry, Future[int]] | None] = queue.Queue(maxsize=100_000)
+
+    def submit(self, entry: AuditEntry) -> Future[int]:
+        """Queue ``entry``; the future resolves to its notification id once committed."""
+        future: Future[int] = Future()
+        self._queue.put((entry, future))
+        return future
+
+    def record(self, entry: AuditEntry) -> int:
+        """Append ``entry`` and wait for the commit."""
+        return self.submit(entry).result()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            items: list[tuple[AuditEntry, Future[int]]] = []
+            if item is None:
+                stopping = True
+            else:
+                items.append(item)
+            while len(items) < self.batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                items.append(more)
+            if items:
+                self._commit(items)
+
+    def _commit(self, items: list[tuple[AuditEntry, Future[int]]]) -> None:
+        for attempt in range(3):
+            try:
+                last = self.log.append([entry for entry, _ in items])
+                break
+            except Exception as error:  # keep the entries; a failing audit write must not lose them silently
+                log.warning("audit append failed (attempt %d)", attempt + 1, exc_info=True)
+                if attempt == 2:
+                    for _, future in items:
+                        future.set_exception(error)
+                    return
+        if self.on_commit is not None:
+            try:  # e.g. bring the AuditEvent views up to date before the callers go on
+                self.on_commit(last)
+            except Exception:
+                log.warning("audit on-commit hook failed", exc_info=True)
+        for _, future in items:
+            future.set_result(last)
+
+
+def audit_event_id(notification_id: int) -> str:
+    return str(uuid5(_NAMESPACE, str(notification_id)))
+
+
+def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    coding = {"system": system, "code": code}
+    if display:
+        coding["display"] = display
+    return coding
+
+
+def audit_event(entry: AuditEntry, resource_id: str) -> dict[str, Any]:
+    """The entry as a FHIR R4 AuditEvent (IHE BALP shape)."""
+    action = entry.action
+    subtype = [_coding("http://hl7.org/fhir/restful-interaction", entry.interaction)]
+    if entry.operation:
+        subtype.append(_coding("urn:ehr-core:operation", entry.operation))
+    client: dict[str, Any] = {
+        "type": {
+            "coding": [
+                _coding("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "IRCP", "information recipient")
+            ]
+        },
+        "who": {"identifier": {"system": f"{USER_SYSTEM}:{entry.institution}", "value": entry.user}},
+        "altId": entry.user,
+        "name": entry.user,
+        "requestor": True,
+    }
+    if entry.role:
+        client["role"] = [{"coding": [_coding("urn:ehr-core:role", entry.role)], "text": entry.role}]
+    if entry.unit:
+        client["location"] = {"identifier": {"system": CLUES, "value": entry.unit}}
+    if entry.address:
+        client["network"] = {"address": entry.address, "type": "2"}
+    client["purposeOfUse"] = [
+        {"coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", entry.purpose)]}
+    ]
+    organization = {
+        "type": {
+            "coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-RoleClass", "PROV", "healthcare provider")]
+        },
+        "who": {"identifier": {"system": INSTITUTION_SYSTEM, "value": entry.institution}, "display": entry.institution},
+        "requestor": False,
+    }
+    server = {
+        "type": {"coding": [_coding("http://dicom.nema.org/resources/ontology/DCM", "110153", "Source Role ID")]},
+        "who": {"display": "ehr-core FHIR server"},
+        "requestor": False,
+        "network": {"address": entry.path, "type": "5"},
+    }
+    entities: list[dict[str, Any]] = [
+        {
+            "what": {"identifier": {"value": entry.request_id}},
+            "type": _coding("https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "XrequestId"),
+        }
+    ]
+    for patient in entry.patients:
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{patient}"},
+                "type": _coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person"),
+                "role": _coding("http://terminology.hl7.org/CodeSystem/object-role", "1", "Patient"),
+            }
+        )
+    for reference in entry.entities:
+        entities.append(
+            {
+                "what": {"reference": reference},
+                "type": _coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
+                "role": _coding("http://terminology.hl7.org/CodeSystem/object-role", "4", "Domain Resource"),
+            }
+        )
+    if entry.interaction.startswith("search") or entry.query:
+        entities.append(
+            {
+                "type": _coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
+                "role": _coding("http://terminology.hl7.org/CodeSystem/object-role", "24", "Query"),
+                "query": base64.b64encode(f"{entry.method} {entry.path}?{entry.query}".encode()).decode(),
+            }
+        )
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": resource_id,
+        "meta": {"profile": [_BALP + _PROFILES[action]]},
+        "type": _coding("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "Restful Operation"),
+        "subtype": subtype,
+        "action": action,
+        "recorded": entry.recorded,
+        "outcome": entry.outcome,
+        "purposeOfEvent": [{"coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", entry.purpose)]}],
+        "agent": [client, organization, server],
+        "source": {
+            "site": entry.unit or entry.institution,
+            "observer": {"display": "ehr-core FHIR server"},
+            "type": [_coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")],
+        },
+        "entity": entities,
+    }
+    if entry.outcome != "0":
+        event["outcomeDesc"] = f"HTTP {entry.status}"
+    return event

@@ -1,0 +1,1 @@
+"""Identity across institutions: Mexican identifiers, the master patient index and its matcher."""

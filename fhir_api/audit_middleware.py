@@ -1,0 +1,188 @@
+"""Every FHIR interaction leaves exactly one audit entry, whatever its outcome (issue 6).
+
+A plain ASGI middleware around the whole FHIR surface: it watches the response go out (status, ETag,
+Location, and the body up to :data:`BODY_LIMIT` to learn which resources, versions and patients were
+concerned), then submits one :class:`~ehr_core.audit.AuditEntry` to the audit log's group-commit writer
+and waits for the commit before the request completes. Failures and refusals (4xx, 5xx, exceptions)
+are audited the same way. Who, where and why come from :func:`fhir_api.request.write_context`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ehr_core.application import format_instant
+from ehr_core.audit import AuditEntry
+from fhir_api.request import write_context
+from projections.audit import patients_of
+
+__all__ = ["AuditMiddleware", "classify"]
+
+BODY_LIMIT = 4 * 1024 * 1024
+_VERSION = re.compile(r'^(?:W/)?"?(\d+)"?$')
+
+
+def classify(method: str, path: str) -> tuple[str, str | None, list[str]]:
+    """(interaction, operation, path parts) of a FHIR request path below ``/fhir``."""
+    parts = [p for p in path[len("/fhir") :].split("/") if p]
+    operation = next((p for p in parts if p.startswith("$")), None)
+    if operation:
+        return "operation", operation, parts
+    if not parts:
+        return ("transaction" if method == "POST" else "search-system"), None, parts
+    if parts[0] == "metadata":
+        return "capabilities", None, parts
+    if parts[0] == "_history":
+        return "history-system", None, parts
+    if len(parts) == 1:
+        kinds = {"GET": "search-type", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        return kinds.get(method, "search-type"), None, parts
+    if parts[1] == "_history":
+        return "history-type", None, parts
+    if parts[1] == "_search":
+        return "search-type", None, parts
+    if len(parts) == 2:
+        kinds = {"GET": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        return kinds.get(method, "read"), None, parts
+    if len(parts) == 3:
+        return "history-instance", None, parts
+    return "vread", None, parts
+
+
+def _patient_of(resource: dict[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        value = resource.get("id")
+        return value if isinstance(value, str) else None
+    for key in ("subject", "patient"):
+        target = resource.get(key)
+        if isinstance(target, dict):
+            reference = target.get("reference")
+            if isinstance(reference, str) and reference.startswith("Patient/"):
+                return reference[len("Patient/") :].split("/")[0]
+    return None
+
+
+def _reference(resource: dict[str, Any]) -> str | None:
+    kind, rid = resource.get("resourceType"), resource.get("id")
+    if not isinstance(kind, str) or not isinstance(rid, str) or kind == "OperationOutcome":
+        return None
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return f"{kind}/{rid}/_history/{version}" if version else f"{kind}/{rid}"
+
+
+def _from_body(body: bytes, entities: list[str], patients: list[str]) -> None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(document, dict):
+        return
+    resources: list[Any] = [document]
+    if document.get("resourceType") == "Bundle":
+        resources = [e.get("resource") for e in document.get("entry", []) if isinstance(e, dict)]
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        reference = _reference(resource)
+        if reference is not None:
+            entities.append(reference)
+        patient = _patient_of(resource)
+        if patient is not None:
+            patients.append(patient)
+
+
+def _compartment(services: Any, resource_type: str, resource_id: str) -> list[str]:
+    with services.views.read() as tx:
+        return patients_of(tx, resource_type, resource_id)
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/fhir"):
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = {"status": 500, "headers": {}, "body": [], "size": 0, "at": None}
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = int(message["status"])
+                state["at"] = datetime.now(UTC)
+                state["headers"] = {
+                    k.decode("latin-1").lower(): v.decode("latin-1")
+                    for k, v in message.get("headers", [])
+                    if k.lower() in (b"etag", b"location", b"content-type")
+                }
+            elif message["type"] == "http.response.body" and state["size"] <= BODY_LIMIT:
+                chunk = message.get("body", b"")
+                state["size"] += len(chunk)
+                state["body"].append(chunk)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            await self._audit(scope, state)
+
+    async def _audit(self, scope: Scope, state: dict[str, Any]) -> None:
+        services = getattr(scope["app"].state, "services", None)
+        compliance = getattr(services, "compliance", None)
+        if compliance is None or not compliance.audit_enabled:
+            return
+        method, path = str(scope["method"]), str(scope["path"])
+        interaction, operation, parts = classify(method, path)
+        context = write_context(Request(scope), interaction)
+        entities: list[str] = []
+        patients: list[str] = []
+        headers: dict[str, str] = state["headers"]
+        status: int = state["status"]
+        if len(parts) >= 2 and not parts[1].startswith(("_", "$")):
+            resource_type, resource_id = parts[0], parts[1]
+            version = _VERSION.match(headers.get("etag", "").strip())
+            if version and status < 400:
+                entities.append(f"{resource_type}/{resource_id}/_history/{version.group(1)}")
+            else:
+                entities.append(f"{resource_type}/{resource_id}")
+            if resource_type == "Patient":
+                patients.append(resource_id)
+        if status >= 400 and not patients and len(parts) >= 2 and not parts[1].startswith(("_", "$")):
+            # A refused or failed request names no patient in its answer: the resource's compartment does.
+            patients += await run_in_threadpool(_compartment, services, parts[0], parts[1])
+        if status < 300 and state["size"] <= BODY_LIMIT and "json" in headers.get("content-type", ""):
+            _from_body(b"".join(state["body"]), entities, patients)
+        location = headers.get("location")
+        if location and "/fhir/" in location:
+            entities.append(location.split("/fhir/", 1)[1])
+        if operation == "$everything" and parts and parts[0] == "Patient" and len(parts) >= 3:
+            patients.append(parts[1])
+        at: datetime = state["at"] or datetime.now(UTC)
+        entry = AuditEntry(
+            recorded=format_instant(at),
+            interaction=interaction,
+            method=method,
+            path=path,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            status=status,
+            institution=context.institution,
+            user=context.user,
+            role=context.role,
+            unit=context.unit,
+            purpose=context.purpose,
+            address=context.address,
+            request_id=context.request_id,
+            operation=operation,
+            entities=list(dict.fromkeys(entities)),
+            patients=list(dict.fromkeys(patients)),
+        )
+        await asyncio.wrap_future(compliance.audit_writer.submit(entry))

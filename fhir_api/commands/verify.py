@@ -1,0 +1,126 @@
+"""``ehr verify`` and ``ehr verify-proof`` (issue 6): check the ledger, or one inclusion proof, offline.
+
+``ehr verify`` recomputes every leaf, Merkle root, chain link and signature from the event store and
+exits 0 only if the ledger holds; otherwise it names the first altered, missing, moved or inserted event
+and exits 1. ``--public-key`` takes the published key (``GET /fhir/$ledger-key``); without it the server's
+own key file is used. ``--log audit`` checks the audit log's ledger instead of the clinical log's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.application import Application
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ehr_core.application import RecordApplication
+from ehr_core.audit import AuditLog
+from ehr_core.ledger import LedgerKey, check_proof, load_public_key
+from ehr_core.settings import Settings
+from projections.ledger import VerifyReport, raw_reader, verify
+from projections.setup import open_view_database
+
+__all__ = ["add_parsers", "run_verify"]
+
+
+def _public_key(path: Path | None, settings: Settings) -> Any:
+    if path is not None:
+        return load_public_key(path.read_bytes())
+    return LedgerKey.configured(settings.data_dir).public_key
+
+
+def _verify(console: Console, *args: Any) -> VerifyReport | None:
+    try:
+        return verify(*args)
+    except Exception as error:  # an unreadable store is not an intact one: say so, never a traceback
+        console.print(f"[bold red]ERROR[/]: the store could not be read: {error}")
+        print(f"FAILED: the store could not be read: {error}")
+        return None
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, soft_wrap=True)
+    settings = Settings()
+    application: Application[Any] = AuditLog(settings) if args.log == "audit" else RecordApplication(settings)
+    views = open_view_database(settings)
+    name = "audit_ledger" if args.log == "audit" else "ledger"
+    try:
+        public_key = _public_key(args.public_key, settings)
+        with views.read() as tx:
+            row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {name}_blocks").fetchone()
+        total = int(row[0]) if row else 0
+        started = time.perf_counter()
+        columns = (
+            TextColumn("[bold]verify"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, disable=args.quiet) as progress:
+            task = progress.add_task("verify", total=total)
+            report = _verify(
+                console,
+                application,
+                views,
+                public_key,
+                name,
+                lambda n: progress.update(task, advance=n),
+                raw_reader(application, settings),
+            )
+        if report is None:
+            return 2
+        seconds = time.perf_counter() - started
+        rate = report.events / seconds if seconds > 0 else 0.0
+        if not report.ok:
+            console.print(f"[bold red]TAMPERED[/]: {report.problems[0]}")
+            print(f"FAILED: {report.problems[0]}")
+            return 1
+        print(
+            f"intact: {report.events} events in {report.blocks} signed blocks "
+            f"({report.unsealed} newer events not yet sealed); {seconds:.2f} s, {rate:,.0f} events/s"
+        )
+        return 0
+    finally:
+        views.close()
+        application.close()
+
+
+def run_verify_proof(args: argparse.Namespace) -> int:
+    proof = json.loads(args.proof.read_text())
+    if args.public_key is not None:
+        public_key = load_public_key(args.public_key.read_bytes())
+    else:
+        public_key = load_public_key(proof["public_key"].encode())
+        print("note: using the key embedded in the proof; compare it with GET /fhir/$ledger-key")
+    problems = check_proof(proof, public_key)
+    head = proof["head"]
+    if problems:
+        for problem in problems:
+            print(f"FAILED: {problem}")
+        return 1
+    event = proof.get("event", {})
+    print(
+        f"valid: event #{event.get('notification_id')} is leaf {proof['leaf_index']} of block {head['block']} "
+        f"(root {head['root'][:16]}…, sealed {head['sealed']}, key {head['key']})"
+    )
+    return 0
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "verify", help="recompute the tamper-evident ledger from the store (exit 1 if anything was altered)"
+    )
+    parser.add_argument("--public-key", type=Path, default=None, help="PEM of the published ledger key")
+    parser.add_argument("--log", choices=("record", "audit"), default="record")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_verify)
+    proof = commands.add_parser("verify-proof", help="check an inclusion proof from GET /fhir/$ledger-proof, offline")
+    proof.add_argument("proof", type=Path)
+    proof.add_argument("--public-key", type=Path, default=None, help="PEM of the published ledger key")
+    proof.set_defaults(handler=run_verify_proof)

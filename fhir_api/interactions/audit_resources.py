@@ -1,0 +1,183 @@
+"""AuditEvent and Provenance: read and search over their own views (issue 6).
+
+Both are produced by the server (AuditEvent from the audit log, Provenance from each write's context), so
+they are read-only here: create, update, patch and delete answer 405. Search parameters:
+
+- AuditEvent: ``patient``, ``entity``, ``agent`` (a user id, or ``system|value`` of the user or the
+  institution), ``date`` (prefixes ``ge``/``le``/``gt``/``lt``/``eq``), ``action``, ``outcome``,
+  ``subtype`` (the FHIR interaction), ``address``; ``_count`` and a ``_page_before`` cursor; newest first.
+- Provenance: ``target`` (``Type/id`` or ``Type/id/_history/v``), ``patient``, ``agent``, ``recorded``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from ehr_core.errors import InvalidResource, Issue, NotFound
+from fhir_api.errors import ApiError
+from fhir_api.request import ServicesDep, base_url
+from fhir_api.responses import FHIR_JSON, fhir_response
+from fhir_api.services import Services
+from projections.audit import AuditQuery, date_condition, read_audit, search_audit
+from projections.provenance import read_provenance, search_provenance
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+_AUDIT_REFS = ("patient", "entity", "agent")
+_AUDIT_COLUMNS = {"action": "action", "outcome": "outcome", "subtype": "interaction", "address": "address"}
+_PROVENANCE_REFS = ("target", "patient", "agent")
+_CONTROL = ("_count", "_page_before", "_format")
+
+
+def _reference_value(raw: str, base: str) -> str:
+    value = raw.split("|", 1)[1] if raw.startswith("http") and "|" in raw else raw
+    return value[len(base) + 1 :] if value.startswith(base + "/") else value
+
+
+def _paging(request: Request) -> tuple[int, int | None]:
+    count_raw = request.query_params.get("_count", "20")
+    before_raw = request.query_params.get("_page_before")
+    if not count_raw.isdigit() or (before_raw is not None and not before_raw.lstrip("-").isdigit()):
+        raise InvalidResource([Issue("invalid", "_count and _page_before must be numbers")])
+    return min(int(count_raw), 1000), (int(before_raw) if before_raw is not None else None)
+
+
+def _bundle(request: Request, resource_type: str, rows: list[tuple[str, int, bytes]], count: int) -> Response:
+    base = base_url(request)
+    entries = [
+        {"fullUrl": f"{base}/{resource_type}/{rid}", "resource": orjson.Fragment(body), "search": {"mode": "match"}}
+        for rid, _, body in rows[:count]
+    ]
+    links: list[dict[str, Any]] = [{"relation": "self", "url": str(request.url)}]
+    if len(rows) > count:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_page_before"]
+        params.append(("_page_before", str(rows[count - 1][1])))
+        query = "&".join(f"{k}={v}" for k, v in params)
+        links.append({"relation": "next", "url": f"{base}/{resource_type}?{query}"})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+    return Response(orjson.dumps(bundle), media_type=FHIR_JSON)
+
+
+def _unknown(request: Request, known: tuple[str, ...]) -> None:
+    unknown = [k for k in request.query_params if k not in known and k not in _CONTROL]
+    if unknown:
+        names = ", ".join(unknown)
+        raise InvalidResource([Issue("not-supported", f"unsupported search parameter(s): {names}", unknown[0])])
+
+
+# -- AuditEvent ------------------------------------------------------------------------------------
+
+
+def _audit_query(request: Request) -> AuditQuery:
+    _unknown(request, (*_AUDIT_REFS, *_AUDIT_COLUMNS, "date"))
+    base = base_url(request)
+    refs: dict[str, list[str]] = {}
+    columns: dict[str, list[str]] = {}
+    dates: list[tuple[str, str]] = []
+    for key, raw in request.query_params.multi_items():
+        values = [v for v in raw.split(",") if v]
+        if key in _AUDIT_REFS:
+            found = [_reference_value(v, base) for v in values]
+            if key == "patient":
+                found = [v if v.startswith("Patient/") else f"Patient/{v}" for v in found]
+            refs.setdefault(key, []).extend(found)
+        elif key in _AUDIT_COLUMNS:
+            columns.setdefault(_AUDIT_COLUMNS[key], []).extend(v.split("|")[-1] for v in values)
+        elif key == "date":
+            dates.append(date_condition(raw))
+    return AuditQuery(refs, columns, dates)
+
+
+def _current(services: Services) -> None:
+    """Read-your-audits: the views include every committed audit entry (projected off the request path)."""
+    if services.compliance is not None:
+        services.compliance.audit_views_current()
+
+
+def _search_audit(services: Services, query: AuditQuery, count: int) -> list[tuple[str, int, bytes]]:
+    _current(services)
+    with services.views.read() as tx:
+        return [(a.resource_id, a.notification_id, a.body) for a in search_audit(tx, query, count + 1)]
+
+
+@router.get("/AuditEvent", summary="search AuditEvent")
+async def audit_search(request: Request, services: ServicesDep) -> Response:
+    count, before = _paging(request)
+    query = _audit_query(request)
+    query.before = before
+    rows = await run_in_threadpool(_search_audit, services, query, count)
+    return _bundle(request, "AuditEvent", rows, count)
+
+
+@router.get("/AuditEvent/{resource_id}", summary="read AuditEvent")
+def audit_read(resource_id: str, services: ServicesDep) -> Response:
+    _current(services)
+    with services.views.read() as tx:
+        stored = read_audit(tx, resource_id)
+    if stored is None:
+        raise NotFound(f"AuditEvent/{resource_id} is not known")
+    return fhir_response(stored.body, version=1, last_updated=stored.recorded)
+
+
+# -- Provenance ------------------------------------------------------------------------------------
+
+
+def _search_provenance(
+    services: Services, refs: dict[str, list[str]], dates: list[tuple[str, str]], before: int | None, count: int
+) -> list[tuple[str, int, bytes]]:
+    with services.views.read() as tx:
+        found = search_provenance(tx, refs, dates, before, count + 1)
+    return [(p.resource_id, p.notification_id, p.body) for p in found]
+
+
+@router.get("/Provenance", summary="search Provenance")
+async def provenance_search(request: Request, services: ServicesDep) -> Response:
+    _unknown(request, (*_PROVENANCE_REFS, "recorded"))
+    count, before = _paging(request)
+    base = base_url(request)
+    refs: dict[str, list[str]] = {}
+    dates: list[tuple[str, str]] = []
+    for key, raw in request.query_params.multi_items():
+        if key in _PROVENANCE_REFS:
+            found = [_reference_value(v, base) for v in raw.split(",") if v]
+            if key == "patient":
+                found = [v if v.startswith("Patient/") else f"Patient/{v}" for v in found]
+            refs.setdefault(key, []).extend(found)
+        elif key == "recorded":
+            dates.append(date_condition(raw))
+    rows = await run_in_threadpool(_search_provenance, services, refs, dates, before, count)
+    return _bundle(request, "Provenance", rows, count)
+
+
+@router.get("/Provenance/{resource_id}", summary="read Provenance")
+def provenance_read(resource_id: str, services: ServicesDep) -> Response:
+    with services.views.read() as tx:
+        stored = read_provenance(tx, resource_id)
+    if stored is None:
+        raise NotFound(f"Provenance/{resource_id} is not known")
+    return fhir_response(stored.body, version=1, last_updated=stored.recorded)
+
+
+def _read_only(resource_type: str) -> None:
+    raise ApiError(
+        "method-not-allowed", f"{resource_type} resources are written by the server only", code="not-supported"
+    )
+
+
+for _type in ("AuditEvent", "Provenance"):
+
+    def _refuse(request: Request, _name: str = _type) -> Response:
+        _read_only(_name)
+        raise AssertionError("unreachable")
+
+    router.add_api_route(f"/{_type}", _refuse, methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    router.add_api_route(
+        f"/{_type}/{{resource_id}}", _refuse, methods=["PUT", "PATCH", "DELETE"], include_in_schema=False
+    )

@@ -1,0 +1,386 @@
+"""The master patient index, followed from the log: match Patient records as they change, keep its views.
+
+:class:`IdentityIndex` follows the log with its own tracking row (``identity``), like the resource
+projector: for each Patient version it updates ``mpi_records`` (features for blocking), asks
+:class:`ehr_core.identity.index.MasterPatientIndex` to decide, and applies the person events it reads back
+(``mpi_links``, ``mpi_review``). The MPI's appends are idempotent per Patient version (the record's
+Membership stream), so a batch replayed after a crash appends nothing twice and the tracking position moves
+only with the rows: exactly-once in effect. It also keeps ``resource_sources``: which institution and unit
+wrote each current resource (for attribution in ``$everything`` and ``$summary``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.application import Application
+
+from ehr_core.identity.features import Features, patient_features
+from ehr_core.identity.index import Candidate, MasterPatientIndex
+from ehr_core.identity.person import Membership, Person
+from ehr_core.resources import json as fhir_json
+from ehr_core.streams import ResourceStream
+from projections.db import Tx, ViewDatabase
+from projections.privacy import erasure_from_event
+
+__all__ = ["IdentityIndex", "LinkRow", "Source", "everything_page"]
+
+_NAME = "identity"
+_TABLES = ("mpi_records", "mpi_links", "mpi_review", "resource_sources")
+_NONE = "-"  # a blocking key no record has (keys are letters, digits and spaces)
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    person: str
+    record: str  # Patient id
+    method: str
+    score: float | None
+    by: str
+
+
+@dataclass(frozen=True)
+class Source:
+    institution: str
+    unit: str | None
+
+
+def _patient(record: str) -> str:
+    return record.split("/", 1)[1] if record.startswith("Patient/") else record
+
+
+class IdentityIndex:
+    def __init__(self, application: Application[UUID], database: ViewDatabase, batch_size: int = 500) -> None:
+        self.application = application
+        self.database = database
+        self.mpi = MasterPatientIndex(application)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self.position = 0
+
+    # -- tables ----------------------------------------------------------------------------------
+
+    def create_tables(self) -> None:
+        with self.database.write() as tx:
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS projection_tracking (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+            tx.execute(
+                """CREATE TABLE IF NOT EXISTS mpi_records (
+                    record_id TEXT PRIMARY KEY,
+                    person_id TEXT NOT NULL DEFAULT '',
+                    version BIGINT NOT NULL,
+                    institution TEXT NOT NULL,
+                    unit TEXT,
+                    curp TEXT NOT NULL,
+                    birth_date TEXT NOT NULL,
+                    birth_year TEXT NOT NULL,
+                    given TEXT NOT NULL,
+                    surname1 TEXT NOT NULL,
+                    surname2 TEXT NOT NULL,
+                    features TEXT NOT NULL,
+                    deleted INTEGER NOT NULL DEFAULT 0)"""
+            )
+            for name, columns in (
+                ("mpi_records_person", "person_id"),
+                ("mpi_records_curp", "curp"),
+                ("mpi_records_birth", "birth_date"),
+                ("mpi_records_s1", "birth_year, surname1"),
+                ("mpi_records_s2", "birth_year, surname2"),
+                ("mpi_records_name", "surname1, given"),
+            ):
+                tx.execute(f"CREATE INDEX IF NOT EXISTS {name} ON mpi_records ({columns})")
+            tx.execute(
+                """CREATE TABLE IF NOT EXISTS mpi_links (
+                    person_id TEXT NOT NULL,
+                    record_id TEXT NOT NULL,
+                    method TEXT NOT NULL,
+                    score DOUBLE PRECISION,
+                    by_user TEXT NOT NULL,
+                    PRIMARY KEY (person_id, record_id))"""
+            )
+            tx.execute("CREATE INDEX IF NOT EXISTS mpi_links_record ON mpi_links (record_id)")
+            tx.execute(
+                """CREATE TABLE IF NOT EXISTS mpi_review (
+                    record_id TEXT NOT NULL,
+                    person_id TEXT NOT NULL,
+                    score DOUBLE PRECISION NOT NULL,
+                    PRIMARY KEY (record_id, person_id))"""
+            )
+            tx.execute(
+                """CREATE TABLE IF NOT EXISTS resource_sources (
+                    resource_type TEXT NOT NULL,
+                    resource_id TEXT NOT NULL,
+                    institution TEXT NOT NULL,
+                    unit TEXT,
+                    PRIMARY KEY (resource_type, resource_id))"""
+            )
+            tx.execute(
+                "INSERT INTO projection_tracking (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+                (_NAME,),
+            )
+
+    def reset(self) -> None:
+        """Empty the views and rewind (a rebuild: the index's decisions are replayed, not taken again)."""
+        with self._lock, self.database.write() as tx:
+            for table in reversed(_TABLES):
+                tx.execute(f"DELETE FROM {table}")
+            tx.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (_NAME,))
+            self.position = 0
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        with self.database.read() as tx:
+            return {t: sorted(tx.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in _TABLES}
+
+    # -- following the log -----------------------------------------------------------------------
+
+    def _read_position(self, tx: Tx, lock: bool) -> int:
+        suffix = " FOR UPDATE" if lock and self.database.dialect == "postgres" else ""
+        row = tx.execute(f"SELECT position FROM projection_tracking WHERE name = ?{suffix}", (_NAME,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def catch_up(self, until: int | None = None) -> int:
+        if until is not None and self.position >= until:
+            return self.position
+        with self._lock:
+            while self._apply_batch():
+                pass
+            return self.position
+
+    def _apply_batch(self) -> int:
+        with self.database.write() as tx:
+            position = self._read_position(tx, lock=True)
+            notifications = self.application.recorder.select_notifications(start=position + 1, limit=self.batch_size)
+            if not notifications:
+                self.position = position
+                return 0
+            mapper = self.application.mapper
+            for notification in notifications:
+                self._apply(tx, mapper.to_domain_event(notification))
+            last = notifications[-1].id
+            tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, _NAME))
+        self.position = last
+        return len(notifications)
+
+    def _apply(self, tx: Tx, event: Any) -> None:
+        erasure = erasure_from_event(0, event)
+        if erasure is not None:  # issue 7: a blocked or shredded patient leaves the index's views too
+            tx.executemany(
+                "DELETE FROM resource_sources WHERE resource_type = ? AND resource_id = ?", erasure.resources
+            )
+            for table in ("mpi_records", "mpi_links", "mpi_review"):
+                tx.execute(f"DELETE FROM {table} WHERE record_id = ?", (erasure.patient,))
+            return
+        if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
+            retracted = isinstance(event, ResourceStream.Retracted)
+            context = event.context
+            if retracted:
+                tx.execute(
+                    "DELETE FROM resource_sources WHERE resource_type = ? AND resource_id = ?",
+                    (event.resource_type, event.resource_id),
+                )
+            else:
+                tx.execute(
+                    "INSERT INTO resource_sources (resource_type, resource_id, institution, unit) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (resource_type, resource_id) DO UPDATE SET institution = excluded.institution,"
+                    " unit = excluded.unit",
+                    (
+                        event.resource_type,
+                        event.resource_id,
+                        str(context.get("institution", "unknown")),
+                        context.get("unit"),
+                    ),
+                )
+            if event.resource_type == "Patient":
+                body = None if isinstance(event, ResourceStream.Retracted) else fhir_json.loads(event.resource)
+                self._patient_changed(tx, event.resource_id, event.originator_version, body, context)
+        elif isinstance(event, Person.Enrolled):
+            self._link_row(tx, str(event.originator_id), event.record, "enrolment", None, event.by)
+        elif isinstance(event, Person.Linked):
+            self._link_row(tx, str(event.originator_id), event.record, event.method, event.score, event.by)
+            tx.execute("DELETE FROM mpi_review WHERE record_id = ?", (_patient(event.record),))
+        elif isinstance(event, Person.Unlinked):
+            tx.execute(
+                "DELETE FROM mpi_links WHERE person_id = ? AND record_id = ?",
+                (str(event.originator_id), _patient(event.record)),
+            )
+        elif isinstance(event, Person.Flagged):
+            tx.execute(
+                "INSERT INTO mpi_review (record_id, person_id, score) VALUES (?, ?, ?) "
+                "ON CONFLICT (record_id, person_id) DO UPDATE SET score = excluded.score",
+                (_patient(event.record), str(event.originator_id), event.score),
+            )
+        elif isinstance(event, Person.Dismissed):
+            tx.execute(
+                "DELETE FROM mpi_review WHERE record_id = ? AND person_id = ?",
+                (_patient(event.record), str(event.originator_id)),
+            )
+        elif isinstance(event, Membership.Assigned):
+            tx.execute(
+                "UPDATE mpi_records SET person_id = ? WHERE record_id = ?", (event.person, _patient(event.record))
+            )
+
+    @staticmethod
+    def _link_row(tx: Tx, person: str, record: str, method: str, score: float | None, by: str) -> None:
+        tx.execute(
+            "INSERT INTO mpi_links (person_id, record_id, method, score, by_user) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (person_id, record_id) DO UPDATE SET method = excluded.method, score = excluded.score, "
+            "by_user = excluded.by_user",
+            (person, _patient(record), method, score, by),
+        )
+
+    def _patient_changed(
+        self, tx: Tx, patient_id: str, version: int, body: dict[str, Any] | None, context: dict[str, Any]
+    ) -> None:
+        features = patient_features(body) if body is not None else None
+        if features is not None:
+            f = features
+            tx.execute(
+                "INSERT INTO mpi_records (record_id, version, institution, unit, curp, birth_date, birth_year, given,"
+                " surname1, surname2, features, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+                " ON CONFLICT (record_id) DO UPDATE SET version = excluded.version,"
+                " institution = excluded.institution, unit = excluded.unit, curp = excluded.curp,"
+                " birth_date = excluded.birth_date, birth_year = excluded.birth_year, given = excluded.given,"
+                " surname1 = excluded.surname1, surname2 = excluded.surname2, features = excluded.features,"
+                " deleted = 0",
+                (
+                    patient_id,
+                    version,
+                    str(context.get("institution", "unknown")),
+                    context.get("unit"),
+                    f.curp,
+                    f.birth_date,
+                    f.birth_date[:4],
+                    f.given,
+                    f.surname1,
+                    f.surname2,
+                    orjson.dumps(f.as_dict()).decode(),
+                ),
+            )
+            candidates = self.candidates(tx, features, exclude=patient_id)
+        else:
+            tx.execute("UPDATE mpi_records SET deleted = 1 WHERE record_id = ?", (patient_id,))
+            candidates = []
+        outcome = self.mpi.record_changed(f"Patient/{patient_id}", version, features, candidates)
+        tx.execute("UPDATE mpi_records SET person_id = ? WHERE record_id = ?", (outcome.person, patient_id))
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def candidates(tx: Tx, features: Features, exclude: str = "", limit: int = 200) -> list[Candidate]:
+        """Records sharing a blocking key: CURP, birth date, birth year and a surname, or name and surname."""
+        f = features
+        year = f.birth_date[:4] or _NONE
+        surnames = [s or _NONE for s in (f.surname1, f.surname2)]
+        rows = tx.execute(
+            "SELECT record_id, person_id, features FROM mpi_records WHERE deleted = 0 AND record_id <> ? AND ("
+            "curp = ? OR birth_date = ? OR (birth_year = ? AND (surname1 IN (?, ?) OR surname2 IN (?, ?)))"
+            " OR (surname1 = ? AND given = ?)) ORDER BY record_id LIMIT ?",
+            (
+                exclude,
+                f.curp or _NONE,
+                f.birth_date or _NONE,
+                year,
+                *surnames,
+                *surnames,
+                f.surname1 or _NONE,
+                f.given or _NONE,
+                limit,
+            ),
+        ).fetchall()
+        return [Candidate(f"Patient/{row[0]}", str(row[1]), Features.from_dict(orjson.loads(row[2]))) for row in rows]
+
+    @staticmethod
+    def person_of(tx: Tx, patient_id: str) -> str | None:
+        row = tx.execute("SELECT person_id FROM mpi_records WHERE record_id = ?", (patient_id,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    @staticmethod
+    def links(tx: Tx, person_id: str) -> list[LinkRow]:
+        rows = tx.execute(
+            "SELECT person_id, record_id, method, score, by_user FROM mpi_links WHERE person_id = ? ORDER BY record_id",
+            (person_id,),
+        ).fetchall()
+        return [LinkRow(str(r[0]), str(r[1]), str(r[2]), r[3], str(r[4])) for r in rows]
+
+    @classmethod
+    def linked_records(cls, tx: Tx, patient_id: str) -> list[str]:
+        """The Patient ids of the same person (the record itself first); just itself when not indexed."""
+        person = cls.person_of(tx, patient_id)
+        others = [link.record for link in cls.links(tx, person)] if person else []
+        return [patient_id, *(r for r in others if r != patient_id)]
+
+    @staticmethod
+    def record_sources(tx: Tx, patient_ids: Sequence[str]) -> dict[str, Source]:
+        if not patient_ids:
+            return {}
+        marks = ", ".join("?" for _ in patient_ids)
+        rows = tx.execute(
+            f"SELECT record_id, institution, unit FROM mpi_records WHERE record_id IN ({marks})", list(patient_ids)
+        ).fetchall()
+        return {str(r[0]): Source(str(r[1]), r[2]) for r in rows}
+
+    @staticmethod
+    def records_with_identifier(tx: Tx, system: str, value: str) -> list[str]:
+        needle = orjson.dumps([system, value]).decode()
+        rows = tx.execute(
+            "SELECT record_id FROM mpi_records WHERE deleted = 0 AND features LIKE ? ORDER BY record_id",
+            (f"%{needle}%",),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    @staticmethod
+    def features_of(tx: Tx, patient_ids: Iterable[str]) -> dict[str, Features]:
+        ids = list(patient_ids)
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        rows = tx.execute(f"SELECT record_id, features FROM mpi_records WHERE record_id IN ({marks})", ids).fetchall()
+        return {str(r[0]): Features.from_dict(orjson.loads(r[1])) for r in rows}
+
+    @staticmethod
+    def review_queue(tx: Tx, limit: int = 100) -> list[tuple[str, str, float]]:
+        rows = tx.execute(
+            "SELECT record_id, person_id, score FROM mpi_review ORDER BY score DESC, record_id LIMIT ?", (limit,)
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+
+def everything_page(
+    tx: Tx,
+    patients: Sequence[str],
+    *,
+    types: Sequence[str] | None = None,
+    since: str | None = None,
+    after: int = 0,
+    limit: int = 50,
+) -> list[tuple[int, str, str, bytes, str, str | None]]:
+    """Current resources in the compartments of ``patients``, by notification id after ``after``:
+    (notification id, type, id, stored bytes, institution, unit)."""
+    marks = ", ".join("?" for _ in patients)
+    conditions = [
+        f"EXISTS (SELECT 1 FROM resource_compartments c WHERE c.patient_id IN ({marks}) "
+        "AND c.resource_type = r.resource_type AND c.resource_id = r.resource_id)",
+        "r.body IS NOT NULL",
+        "r.notification_id > ?",
+    ]
+    params: list[object] = [*patients, after]
+    if types:
+        conditions.append(f"r.resource_type IN ({', '.join('?' for _ in types)})")
+        params.extend(types)
+    if since:
+        conditions.append("r.last_updated >= ?")
+        params.append(since)
+    rows = tx.execute(
+        "SELECT r.notification_id, r.resource_type, r.resource_id, r.body, s.institution, s.unit "
+        "FROM resources r LEFT JOIN resource_sources s "
+        "ON s.resource_type = r.resource_type AND s.resource_id = r.resource_id "
+        f"WHERE {' AND '.join(conditions)} ORDER BY r.notification_id LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [(int(r[0]), str(r[1]), str(r[2]), bytes(r[3]), str(r[4] or "unknown"), r[5]) for r in rows]

@@ -1,0 +1,72 @@
+"""FHIR search (R4 §3.1.1): the search index view and the queries over it.
+
+- :class:`SearchIndex`: the view (one table per parameter type), kept by the ``resources`` projector in
+  the same transaction as the current resources, so read-your-writes covers search too.
+- :func:`match`: the ids matching a parameter list — what conditional create/update/delete and
+  conditional references in transaction Bundles ask (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.7.1).
+- :func:`search`: one page of a searchset, with includes, total and page cursors.
+- :func:`capability_search_params`: the ``searchParam`` list of each type for the CapabilityStatement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ehr_core.errors import InvalidResource, Issue
+from projections.db import Dialect, Tx
+from projections.search.engine import Match, Page, run_search, select_ids
+from projections.search.index import SearchIndex
+from projections.search.query import SearchRequest, parse_search
+from projections.search.registry import parameters
+
+__all__ = [
+    "Match",
+    "Page",
+    "SearchIndex",
+    "SearchRequest",
+    "capability_search_params",
+    "match",
+    "parse_search",
+    "search",
+]
+
+
+def match(tx: Tx, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:
+    """Ids of current ``resource_type`` resources matching every parameter, at most ``limit``.
+
+    ``params`` are the parsed query pairs of a conditional request (``[("identifier", "sys|1")]``).
+    Unknown parameters and malformed values raise :class:`InvalidResource` (a 400): a condition
+    must not be silently widened. Result parameters (``_count``, ``_sort``...) are ignored.
+    """
+    request = parse_search(resource_type, params)
+    if request.unknown:
+        names = ", ".join(request.unknown)
+        raise InvalidResource(
+            [Issue("not-supported", f"unknown search parameter(s) for {resource_type}: {names}", request.unknown[0])]
+        )
+    if not request.filters:
+        raise InvalidResource([Issue("invalid", f"a conditional {resource_type} request needs search criteria")])
+    return select_ids(tx, request, None, limit)
+
+
+def search(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, count: int) -> Page:
+    """One page of ``request`` (see :mod:`projections.search.engine`)."""
+    return run_search(tx, dialect, request, base, count)
+
+
+def capability_search_params(resource_type: str) -> list[dict[str, Any]]:
+    """``CapabilityStatement.rest.resource.searchParam`` for ``resource_type`` (R4 §3.1.1.4)."""
+    return [
+        {
+            "name": code,
+            "definition": f"http://hl7.org/fhir/SearchParameter/{_definition_id(resource_type, code)}",
+            "type": param.type,
+        }
+        for code, param in sorted(parameters(resource_type).items())
+    ]
+
+
+def _definition_id(resource_type: str, code: str) -> str:
+    if code.startswith("_"):
+        return f"Resource-{code[1:]}"
+    return f"{resource_type}-{code}"

@@ -1,0 +1,377 @@
+"""Running a search: the page of matches, its cursors, the total and the included resources.
+
+Paging (R4 §3.1.1.6 "Paging", §3.1.1.8 "Sorting"): results are ordered by the ``_sort`` keys, then by
+the resource's index key ``sid``; a page cursor carries the last row's keys (keyset paging, never an
+offset) and a snapshot bound — the highest ``sid`` when the first page was read — so resources created
+while a client pages do not slide into later pages, and no resource is seen twice or skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ehr_core.errors import InvalidResource, Issue
+from projections.db import Dialect, Tx
+from projections.search.dates import MAX, MIN
+from projections.search.fold import TOP
+from projections.search.index import VALUE_TABLES
+from projections.search.query import Include, SearchRequest, SortKey, merge_same_value
+from projections.search.sql import Condition, condition
+
+__all__ = ["MAX_INCLUDES", "Match", "Page", "run_search", "select_ids"]
+
+#: Included resources per page, at most (R4 lets a server limit them; the Bundle says so).
+MAX_INCLUDES = 1000
+_ITERATE_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class Match:
+    resource_type: str
+    resource_id: str
+    sid: int
+
+
+@dataclass
+class Page:
+    matches: list[Match]
+    includes: list[Match] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+    #: True when :data:`MAX_INCLUDES` cut the included resources short.
+    includes_truncated: bool = False
+
+
+# -- where clause -----------------------------------------------------------------------------------
+
+
+def _where(request: SearchRequest, base: str | None, snapshot: int | None) -> Condition:
+    parts = ["a.resource_type = ?"]
+    params: list[Any] = [request.resource_type]
+    if snapshot is not None:
+        parts.append("a.sid <= ?")
+        params.append(snapshot)
+    for item in merge_same_value(request.filters):
+        found = condition(item, "a", base)
+        parts.append(f"({found.sql})")
+        params += found.params
+    return Condition(" AND ".join(parts), params)
+
+
+def select_ids(tx: Tx, request: SearchRequest, base: str | None, limit: int) -> list[str]:
+    """Ids of the first ``limit`` matches in index order (what conditional interactions need)."""
+    where = _where(request, base, None)
+    rows = tx.execute(
+        f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} ORDER BY a.sid LIMIT ?", [*where.params, limit]
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+# -- sorting ----------------------------------------------------------------------------------------
+
+_SORT_COLUMN = {
+    "token": ("code", "code"),
+    "string": ("value", "value"),
+    "date": ("low", "high"),
+    "number": ("low", "high"),
+    "quantity": ("low", "high"),
+    "reference": ("target_id", "target_id"),
+    "uri": ("value", "value"),
+}
+
+
+def _missing_last(key: SortKey) -> Any:
+    """What a resource without a value sorts as: after every value, in either direction."""
+    kind = key.param.type
+    if key.param.code == "_lastUpdated" or kind == "date":
+        return MIN - 1 if key.descending else MAX + 1
+    if kind in ("number", "quantity"):
+        return -1.0e308 if key.descending else 1.0e308
+    return "" if key.descending else TOP
+
+
+def _sort_expression(key: SortKey) -> Condition:
+    param = key.param
+    if param.code == "_id":
+        return Condition("a.resource_id")
+    if param.code == "_lastUpdated":
+        return Condition("a.last_updated")
+    table = VALUE_TABLES[param.type][0]
+    ascending_column, descending_column = _SORT_COLUMN[param.type]
+    aggregate = f"MAX({descending_column})" if key.descending else f"MIN({ascending_column})"
+    return Condition(
+        f"COALESCE((SELECT {aggregate} FROM {table} x WHERE x.sid = a.sid AND x.resource_type = ? AND x.param = ?), ?)",
+        [param.resource_type, param.code, _missing_last(key)],
+    )
+
+
+def _keyset(sort: Sequence[SortKey], after: list[Any], backwards: bool) -> Condition:
+    """Rows strictly after ``after`` (sort values, then sid) in the order (reversed when ``backwards``)."""
+    columns = [f"q.k{n}" for n in range(len(sort))] + ["q.sid"]
+    ascending = [not key.descending for key in sort] + [True]
+    ors, params = [], []
+    for level in range(len(columns)):
+        terms, level_params = [], []
+        for equal in range(level):
+            terms.append(f"{columns[equal]} = ?")
+            level_params.append(after[equal])
+        forward = ascending[level] != backwards
+        terms.append(f"{columns[level]} {'>' if forward else '<'} ?")
+        level_params.append(after[level])
+        ors.append("(" + " AND ".join(terms) + ")")
+        params += level_params
+    return Condition(" OR ".join(ors), params)
+
+
+# -- cursors ----------------------------------------------------------------------------------------
+
+
+def _encode(direction: str, snapshot: int, keys: list[Any]) -> str:
+    payload = orjson.dumps({"d": direction, "m": snapshot, "k": keys})
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def _decode(cursor: str, sort: Sequence[SortKey]) -> tuple[str, int, list[Any]]:
+    try:
+        payload = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        direction, snapshot, keys = payload["d"], payload["m"], payload["k"]
+        valid = (
+            direction in ("n", "p")
+            and isinstance(snapshot, int)
+            and isinstance(keys, list)
+            and len(keys) == len(sort) + 1
+            and isinstance(keys[-1], int)
+        )
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise InvalidResource([Issue("invalid", "invalid or expired page cursor; start the search again", "_cursor")])
+    return direction, snapshot, keys
+
+
+# -- the page ---------------------------------------------------------------------------------------
+
+
+def _snapshot(tx: Tx, resource_type: str) -> int:
+    row = tx.execute("SELECT MAX(sid) FROM search_ids WHERE resource_type = ?", [resource_type]).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _page_rows(
+    tx: Tx, request: SearchRequest, where: Condition, limit: int, after: list[Any] | None, backwards: bool
+) -> list[tuple[Any, ...]]:
+    sort = request.sort
+    if not sort:
+        # The fast path: index order, keyset on sid alone.
+        clause, params = where.sql, list(where.params)
+        if after is not None:
+            clause += f" AND a.sid {'<' if backwards else '>'} ?"
+            params.append(after[-1])
+        order = "DESC" if backwards else "ASC"
+        return tx.execute(
+            f"SELECT a.sid, a.resource_id FROM search_ids a WHERE {clause} ORDER BY a.sid {order} LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+    expressions = [_sort_expression(key) for key in sort]
+    select = ", ".join(f"{e.sql} AS k{n}" for n, e in enumerate(expressions))
+    params = [p for e in expressions for p in e.params] + list(where.params)
+    inner = f"SELECT a.sid, a.resource_id, {select} FROM search_ids a WHERE {where.sql}"
+    outer_where = ""
+    if after is not None:
+        keyset = _keyset(sort, after, backwards)
+        outer_where = f" WHERE {keyset.sql}"
+        params += keyset.params
+    directions = [(key.descending != backwards) for key in sort]
+    order = ", ".join(f"q.k{n} {'DESC' if d else 'ASC'}" for n, d in enumerate(directions))
+    order += f", q.sid {'DESC' if backwards else 'ASC'}"
+    columns = ", ".join(f"q.k{n}" for n in range(len(sort)))
+    return tx.execute(
+        f"SELECT q.sid, q.resource_id, {columns} FROM ({inner}) q{outer_where} ORDER BY {order} LIMIT ?",
+        [*params, limit],
+    ).fetchall()
+
+
+def _keys_of(row: tuple[Any, ...], sort_length: int) -> list[Any]:
+    return [_plain(value) for value in row[2 : 2 + sort_length]] + [int(row[0])]
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if not isinstance(value, int | float | str) else value
+
+
+def _total(tx: Tx, dialect: Dialect, where: Condition, how: str) -> int:
+    if how == "estimate" and dialect == "postgres":
+        row = tx.execute(f"EXPLAIN (FORMAT JSON) SELECT a.sid FROM search_ids a WHERE {where.sql}", where.params)
+        plan = row.fetchone()
+        if plan is not None:
+            document = plan[0] if not isinstance(plan[0], str) else orjson.loads(plan[0])
+            return int(document[0]["Plan"]["Plan Rows"])
+    found = tx.execute(f"SELECT COUNT(*) FROM search_ids a WHERE {where.sql}", where.params).fetchone()
+    return int(found[0]) if found else 0
+
+
+def run_search(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, count: int) -> Page:
+    """One page of ``request``: ``count`` matches after the request's cursor (or the first page)."""
+    if dialect != "postgres":
+        return _run(tx, dialect, request, base, count)
+    # Statements are prepared (projections.db), and after five runs PostgreSQL may plan them once for
+    # any values: a generic plan cannot know that a common code and a rare identifier need different
+    # plans (measured: 0.2 ms custom, 140 ms generic). Custom plans for this search only.
+    tx.execute("SET plan_cache_mode = force_custom_plan")
+    try:
+        return _run(tx, dialect, request, base, count)
+    finally:
+        tx.execute("RESET plan_cache_mode")
+
+
+def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, count: int) -> Page:
+    if request.cursor is not None:
+        direction, snapshot, after = _decode(request.cursor, request.sort)
+        backwards: bool = direction == "p"
+        cursor_keys: list[Any] | None = after
+    else:
+        snapshot, backwards, cursor_keys = _snapshot(tx, request.resource_type), False, None
+    # The first page needs no bound: the snapshot is the newest key there is (and a resource created
+    # meanwhile sorts last); it bounds the pages after it.
+    where = _where(request, base, snapshot if cursor_keys is not None else None)
+    page = Page([])
+    total_how = request.total or "accurate"
+    if total_how != "none" or count == 0 or request.summary == "count":
+        page.total = _total(tx, dialect, where, total_how if total_how != "none" else "accurate")
+    if count == 0 or request.summary == "count":
+        return page
+    rows = _page_rows(tx, request, where, count + 1, cursor_keys, backwards)
+    more = len(rows) > count
+    rows = rows[:count]
+    if backwards:
+        rows.reverse()
+    page.matches = [Match(request.resource_type, str(row[1]), int(row[0])) for row in rows]
+    if rows:
+        first, last = _keys_of(rows[0], len(request.sort)), _keys_of(rows[-1], len(request.sort))
+        has_next = more if not backwards else True
+        has_prev = (cursor_keys is not None) if not backwards else more
+        if has_next:
+            page.next_cursor = _encode("n", snapshot, last)
+        if has_prev:
+            page.prev_cursor = _encode("p", snapshot, first)
+    elif cursor_keys is not None:
+        # Past the end (or before the start): offer the way back.
+        page.prev_cursor = _encode("p" if not backwards else "n", snapshot, cursor_keys)
+    _include_all(tx, request, base, page)
+    return page
+
+
+# -- _include and _revinclude (R4 §3.1.1.5.4 "Including other resources") ----------------------------
+
+
+def _base_clause(base: str | None) -> Condition:
+    if base is None:
+        return Condition("r.base IS NULL")
+    return Condition("(r.base IS NULL OR r.base = ?)", [base.rstrip("/")])
+
+
+def _forward(tx: Tx, include: Include, sources: list[Match], base: str | None) -> set[tuple[str, str]]:
+    sids = [m.sid for m in sources if m.resource_type == include.source_type]
+    if not sids:
+        return set()
+    marks = ", ".join("?" * len(sids))
+    clause = _base_clause(base)
+    sql = (
+        f"SELECT DISTINCT r.target_type, r.target_id FROM search_reference r WHERE r.sid IN ({marks}) "
+        f"AND r.resource_type = ? AND r.target_type IS NOT NULL AND {clause.sql}"
+    )
+    params: list[Any] = [*sids, include.source_type, *clause.params]
+    if include.param is not None:
+        sql += " AND r.param = ?"
+        params.append(include.param)
+    if include.target_type is not None:
+        sql += " AND r.target_type = ?"
+        params.append(include.target_type)
+    return {(str(t), str(i)) for t, i in tx.execute(sql, params).fetchall()}
+
+
+def _reverse(tx: Tx, include: Include, targets: list[Match], base: str | None) -> list[Match]:
+    wanted = include.target_type
+    ids_by_type: dict[str, list[str]] = {}
+    for match in targets:
+        if wanted is None or match.resource_type == wanted:
+            ids_by_type.setdefault(match.resource_type, []).append(match.resource_id)
+    found: list[Match] = []
+    clause = _base_clause(base)
+    for target_type, ids in ids_by_type.items():
+        marks = ", ".join("?" * len(ids))
+        rows = tx.execute(
+            "SELECT a.resource_type, a.resource_id, a.sid FROM search_ids a WHERE a.resource_type = ? AND a.sid IN ("
+            "SELECT r.sid FROM search_reference r WHERE r.resource_type = ? AND r.param = ? "
+            f"AND r.target_type = ? AND r.target_id IN ({marks}) AND {clause.sql}) ORDER BY a.sid LIMIT ?",
+            [
+                include.source_type,
+                include.source_type,
+                include.param,
+                target_type,
+                *ids,
+                *clause.params,
+                MAX_INCLUDES + 1,
+            ],
+        ).fetchall()
+        found += [Match(str(t), str(i), int(s)) for t, i, s in rows]
+    return found
+
+
+def _resolve(tx: Tx, keys: set[tuple[str, str]]) -> list[Match]:
+    """The current (indexed) resources among ``keys``, with their sids; dangling references drop out."""
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in sorted(keys):
+        by_type.setdefault(resource_type, []).append(resource_id)
+    found: list[Match] = []
+    for resource_type, ids in by_type.items():
+        for start in range(0, len(ids), 400):
+            chunk = ids[start : start + 400]
+            marks = ", ".join("?" * len(chunk))
+            rows = tx.execute(
+                f"SELECT sid, resource_id FROM search_ids WHERE resource_type = ? AND resource_id IN ({marks})",
+                [resource_type, *chunk],
+            ).fetchall()
+            found += [Match(resource_type, str(i), int(s)) for s, i in rows]
+    return sorted(found, key=lambda m: m.sid)
+
+
+def _include_all(tx: Tx, request: SearchRequest, base: str | None, page: Page) -> None:
+    if not request.includes and not request.revincludes:
+        return
+    seen = {(m.resource_type, m.resource_id) for m in page.matches}
+    frontier: list[Match] = list(page.matches)
+    included: list[Match] = []
+    for round_number in range(_ITERATE_ROUNDS):
+        found: list[Match] = []
+        keys: set[tuple[str, str]] = set()
+        for include in request.includes:
+            if round_number == 0 or include.iterate:
+                keys |= _forward(tx, include, frontier, base)
+        found += _resolve(tx, {key for key in keys if key not in seen})
+        for include in request.revincludes:
+            if round_number == 0 or include.iterate:
+                found += [
+                    m for m in _reverse(tx, include, frontier, base) if (m.resource_type, m.resource_id) not in seen
+                ]
+        fresh = []
+        for match in found:
+            key = (match.resource_type, match.resource_id)
+            if key not in seen:
+                seen.add(key)
+                fresh.append(match)
+        included += fresh
+        if len(included) > MAX_INCLUDES:
+            page.includes_truncated = True
+            included = included[:MAX_INCLUDES]
+            break
+        if not fresh:
+            break
+        frontier = fresh
+    page.includes = included

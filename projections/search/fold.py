@@ -1,0 +1,27 @@
+"""String folding for the search index (R4 §3.1.1.5.7 "string").
+
+"By default, a field matches a string query if the value of the field equals or starts with the supplied
+parameter value, after both have been normalized by case and accent." Both the indexed value and the
+searched value go through :func:`fold`, so "Gomez", "GÓMEZ" and "gómez" all index and search as "gomez".
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+__all__ = ["fold", "prefix_upper_bound"]
+
+#: Above every character that :func:`fold` can produce: ``value < prefix + TOP`` bounds a prefix range.
+TOP = "\U0010ffff"
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form: NFKD, combining marks dropped, casefolded, spaces collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(stripped.casefold().split())
+
+
+def prefix_upper_bound(prefix: str) -> str:
+    """The exclusive upper bound of the strings starting with ``prefix`` (for an index range scan)."""
+    return prefix + TOP

@@ -1,0 +1,253 @@
+"""The search index: a view of the current version of every resource, one table per parameter type.
+
+R4 §3.1.1 "Search": a search finds current resources, so this view keeps exactly the values of each
+resource's latest version. An update deletes the previous version's rows before inserting the new ones
+and a delete removes them, in the projector's transaction — an old version's values never match.
+
+Every resource has a key ``sid`` (``search_ids``): the notification id of the event that (re)started it
+(its first version, or the version that brought it back after a delete). Keys are deterministic — a
+rebuild from zero gives the same rows, however the log is batched — and grow with the log, which gives
+search results a stable default order and page cursors a snapshot bound ("nothing newer than sid N").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from projections.changes import Change
+from projections.db import Dialect, Tx
+from projections.search.dates import MAX, MIN, date_range
+from projections.search.extract import Rows, extract
+from projections.view import View
+
+__all__ = ["VALUE_TABLES", "SearchIndex"]
+
+#: Parameter type → its table and value columns (each table also has resource_type, param and sid).
+VALUE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "token": ("search_token", ("system", "code")),
+    "string": ("search_string", ("value", "exact")),
+    "date": ("search_date", ("low", "high")),
+    "number": ("search_number", ("low", "high")),
+    "quantity": ("search_quantity", ("system", "code", "unit", "low", "high")),
+    "reference": ("search_reference", ("target_type", "target_id", "base")),
+    "uri": ("search_uri", ("value",)),
+}
+
+_CHUNK = 400
+
+
+def _ddl(dialect: Dialect) -> list[str]:
+    text = 'TEXT COLLATE "C"' if dialect == "postgres" else "TEXT"
+    real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
+    # SQLite: INTEGER PRIMARY KEY is the rowid itself (no second B-tree), with (resource_type, sid) beside it.
+    # PostgreSQL: the key is (resource_type, sid), so a type's resources are read in sid order from one index.
+    key = "BIGINT NOT NULL" if dialect == "postgres" else "INTEGER PRIMARY KEY"
+    primary = ", PRIMARY KEY (resource_type, sid)" if dialect == "postgres" else ""
+    columns = {
+        "search_token": f"system {text}, code {text} NOT NULL",
+        "search_string": f"value {text} NOT NULL, exact TEXT NOT NULL",
+        "search_date": "low BIGINT NOT NULL, high BIGINT NOT NULL",
+        "search_number": f"low {real} NOT NULL, high {real} NOT NULL",
+        "search_quantity": f"system {text}, code {text}, unit {text}, low {real} NOT NULL, high {real} NOT NULL",
+        "search_reference": f"target_type {text}, target_id {text} NOT NULL, base {text}",
+        "search_uri": f"value {text} NOT NULL",
+    }
+    statements = [
+        f"""CREATE TABLE IF NOT EXISTS search_ids (
+            sid {key},
+            resource_type {text} NOT NULL,
+            resource_id {text} NOT NULL,
+            last_updated BIGINT NOT NULL{primary})""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS search_ids_resource ON search_ids (resource_type, resource_id)",
+        "CREATE INDEX IF NOT EXISTS search_ids_updated ON search_ids (resource_type, last_updated)",
+    ]
+    if dialect == "sqlite":
+        statements.append("CREATE INDEX IF NOT EXISTS search_ids_type ON search_ids (resource_type, sid)")
+    for table, values in columns.items():
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {table} (resource_type {text} NOT NULL, param {text} NOT NULL, "
+            f"{values}, sid BIGINT NOT NULL)"
+        )
+        statements.append(f"CREATE INDEX IF NOT EXISTS {table}_sid ON {table} (sid)")
+    # The longest finite date range per parameter: lets a condition on a range's end become an index
+    # range on its start (see projections.search.sql._low_bounds). An upper bound: it only grows.
+    statements.append(
+        f"CREATE TABLE IF NOT EXISTS search_date_spans (resource_type {text} NOT NULL, param {text} NOT NULL, "
+        "max_span BIGINT NOT NULL, PRIMARY KEY (resource_type, param))"
+    )
+    lookups = {
+        "search_token": ["code, system, sid"],
+        "search_string": ["value, sid"],
+        "search_date": ["low, high, sid", "high, sid"],
+        "search_number": ["low, high"],
+        "search_quantity": ["low, high"],
+        "search_reference": ["target_id, target_type, sid"],
+        "search_uri": ["value, sid"],
+    }
+    for table, indexes in lookups.items():
+        for number, columns_list in enumerate(indexes):
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {table}_lookup{number} ON {table} (resource_type, param, {columns_list})"
+            )
+    if dialect == "postgres":
+        # A value belongs to one type and parameter ("juarez" is a Patient name, never an Observation
+        # code): without multi-column statistics the planner multiplies the three selectivities, guesses
+        # a handful of rows where there are thousands, and picks nested loops. 1000 MCV entries cover
+        # the common names, codes and reference targets.
+        for table, columns_list in _STATISTICS.items():
+            statements.append(f"CREATE STATISTICS IF NOT EXISTS {table}_values (mcv) ON {columns_list} FROM {table}")
+            statements.append(f"ALTER STATISTICS {table}_values SET STATISTICS 1000")
+    return statements
+
+
+_STATISTICS = {
+    "search_token": "resource_type, param, code, system",
+    "search_string": "resource_type, param, value",
+    "search_reference": "resource_type, param, target_type",
+    "search_date": "resource_type, param",
+    "search_number": "resource_type, param",
+    "search_quantity": "resource_type, param, code",
+    "search_uri": "resource_type, param, value",
+}
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # numbers beyond a double (1e400): the standard parser gives inf
+        return json.loads(body)
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SearchIndex(View):
+    tables = ("search_ids", *(table for table, _ in VALUE_TABLES.values()))
+
+    def reset(self, tx: Tx) -> None:
+        super().reset(tx)
+        tx.execute("DELETE FROM search_date_spans")
+
+    def create(self, tx: Tx, dialect: Dialect) -> None:
+        for statement in _ddl(dialect):
+            tx.execute(statement)
+
+    def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
+        keys = self._keys(tx, changes)
+        latest: dict[tuple[str, str], Change] = {}
+        for change in changes:
+            latest[(change.resource_type, change.resource_id)] = change
+        self._delete(tx, keys.existing)
+        inserts: list[tuple[int, Change]] = []
+        for key, change in latest.items():
+            sid = keys.final.get(key)
+            if sid is not None and not change.deleted:
+                inserts.append((sid, change))
+        self._insert(tx, inserts)
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    class _Keys:
+        def __init__(self) -> None:
+            #: sid of resources that already had rows before this batch (their rows get replaced).
+            self.existing: dict[tuple[str, str], int] = {}
+            #: sid of each resource after this batch (absent: deleted).
+            self.final: dict[tuple[str, str], int] = {}
+
+    def _keys(self, tx: Tx, changes: Sequence[Change]) -> SearchIndex._Keys:
+        """Each resource's sid, decided in log order so that any batching gives the same keys."""
+        keys = SearchIndex._Keys()
+        unknown: dict[str, list[str]] = {}
+        seen: set[tuple[str, str]] = set()
+        for change in changes:
+            key = (change.resource_type, change.resource_id)
+            if key not in seen and change.version > 1:
+                unknown.setdefault(change.resource_type, []).append(change.resource_id)
+            seen.add(key)
+        for resource_type, ids in unknown.items():
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                for sid, resource_id in tx.execute(
+                    f"SELECT sid, resource_id FROM search_ids WHERE resource_type = ? AND resource_id IN ({marks})",
+                    (resource_type, *chunk),
+                ).fetchall():
+                    keys.existing[(resource_type, str(resource_id))] = int(sid)
+        current: dict[tuple[str, str], int | None] = dict(keys.existing)
+        for change in changes:
+            key = (change.resource_type, change.resource_id)
+            if change.deleted:
+                current[key] = None
+            elif current.get(key) is None:
+                current[key] = change.notification_id
+        keys.final = {key: sid for key, sid in current.items() if sid is not None}
+        return keys
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    def _delete(self, tx: Tx, existing: dict[tuple[str, str], int]) -> None:
+        """Remove every row of these resources (their previous version's values)."""
+        by_type: dict[str, list[int]] = {}
+        for (resource_type, _), sid in existing.items():
+            by_type.setdefault(resource_type, []).append(sid)
+        for resource_type, sids in by_type.items():
+            for chunk in _chunks(sids):
+                marks = ", ".join("?" * len(chunk))
+                for table in self.tables:
+                    tx.execute(
+                        f"DELETE FROM {table} WHERE sid IN ({marks}) AND resource_type = ?", [*chunk, resource_type]
+                    )
+
+    @staticmethod
+    def _spans(tx: Tx, date_rows: list[tuple[Any, ...]]) -> None:
+        updates = _span_updates(date_rows)
+        if updates:
+            tx.executemany(
+                "INSERT INTO search_date_spans (resource_type, param, max_span) VALUES (?, ?, ?) "
+                "ON CONFLICT (resource_type, param) DO UPDATE SET max_span = CASE "
+                "WHEN excluded.max_span > search_date_spans.max_span THEN excluded.max_span "
+                "ELSE search_date_spans.max_span END",
+                updates,
+            )
+
+    def _insert(self, tx: Tx, inserts: list[tuple[int, Change]]) -> None:
+        ids: list[tuple[Any, ...]] = []
+        values: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in VALUE_TABLES}
+        for sid, change in inserts:
+            assert change.body is not None
+            ids.append((sid, change.resource_type, change.resource_id, date_range(change.last_updated)[0]))
+            rows = extract(_loads(change.body))
+            for kind in VALUE_TABLES:
+                values[kind] += [(change.resource_type, *row, sid) for row in getattr(rows, kind)]
+        if ids:
+            tx.executemany(
+                "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) VALUES (?, ?, ?, ?)", ids
+            )
+        self._spans(tx, values["date"])
+        for kind, (table, columns) in VALUE_TABLES.items():
+            if values[kind]:
+                names = ", ".join(columns)
+                marks = ", ".join("?" * (len(columns) + 3))
+                tx.executemany(
+                    f"INSERT INTO {table} (resource_type, param, {names}, sid) VALUES ({marks})", values[kind]
+                )
+
+
+def _span_updates(date_rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int]]:
+    """(resource_type, param, longest finite span) of a batch's date rows."""
+    spans: dict[tuple[str, str], int] = {}
+    for resource_type, param, low, high, _ in date_rows:
+        if low != MIN and high != MAX:
+            key = (resource_type, param)
+            spans[key] = max(spans.get(key, 0), high - low)
+    return [(resource_type, param, span) for (resource_type, param), span in spans.items()]
+
+
+def rows_of(resource: dict[str, Any]) -> Rows:
+    """The rows :class:`SearchIndex` writes for ``resource`` (for tests and the benchmark's bulk load)."""
+    return extract(resource)

@@ -1,0 +1,363 @@
+"""Filters to SQL: one condition on a ``search_ids`` row per filter (R4 §3.1.1.5 matching rules).
+
+Written once with ``?`` placeholders for both SQLite and PostgreSQL. Each value table is reached by an
+``IN (SELECT sid ...)`` sub-select on its ``(resource_type, param, value...)`` index; chains and
+reverse chains nest the same conditions on the referenced or referring type.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from projections.search.dates import MAX, MIN
+from projections.search.fold import fold, prefix_upper_bound
+from projections.search.index import VALUE_TABLES
+from projections.search.query import ChainFilter, Filter, HasFilter, MissingFilter, SameValueFilter, ValueFilter
+from projections.search.registry import SearchParameter
+from projections.search.values import (
+    DateValue,
+    NumberValue,
+    OfTypeValue,
+    QuantityValue,
+    ReferenceValue,
+    TokenValue,
+    now_micros,
+)
+
+__all__ = ["Condition", "condition"]
+
+
+@dataclass
+class Condition:
+    sql: str
+    params: list[Any] = field(default_factory=list)
+
+
+class _Aliases:
+    def __init__(self) -> None:
+        self._numbers = itertools.count(1)
+
+    def next(self, prefix: str) -> str:
+        return f"{prefix}{next(self._numbers)}"
+
+
+def condition(item: Filter, alias: str, base: str | None, aliases: _Aliases | None = None) -> Condition:
+    """The SQL condition on ``alias`` (a ``search_ids`` row) that ``item`` puts on a search."""
+    aliases = aliases or _Aliases()
+    if isinstance(item, ValueFilter):
+        return _value(item, alias, base)
+    if isinstance(item, MissingFilter):
+        return _missing(item, alias)
+    if isinstance(item, SameValueFilter):
+        return _date_filter(alias, item.param, [list(item.values)])
+    if isinstance(item, ChainFilter):
+        return _chain(item, alias, base, aliases)
+    return _has(item, alias, base, aliases)
+
+
+# -- plain values -----------------------------------------------------------------------------------
+
+
+def _in_table(alias: str, table: str, param: SearchParameter, code: str, alternatives: list[Condition]) -> Condition:
+    ors = " OR ".join(f"({alt.sql})" for alt in alternatives)
+    params: list[Any] = [param.resource_type, code]
+    for alt in alternatives:
+        params += alt.params
+    return Condition(
+        f"{alias}.sid IN (SELECT sid FROM {table} WHERE resource_type = ? AND param = ? AND ({ors}))", params
+    )
+
+
+def _value(item: ValueFilter, alias: str, base: str | None) -> Condition:
+    param, modifier = item.param, item.modifier
+    if param.code == "_id":
+        marks = ", ".join("?" * len(item.values))
+        negation = "NOT " if modifier == "not" else ""
+        return Condition(f"{alias}.resource_id {negation}IN ({marks})", list(item.values))
+    if param.code == "_lastUpdated":
+        alternatives = [_date(value, f"{alias}.last_updated", f"{alias}.last_updated") for value in item.values]
+        return Condition(" OR ".join(f"({alt.sql})" for alt in alternatives), _flatten(alternatives))
+    if param.type == "token":
+        if modifier == "text":
+            return _in_table(alias, "search_string", param, f"{param.code}:text", [_words(v) for v in item.values])
+        if modifier == "of-type":
+            return _in_table(alias, "search_token", param, f"{param.code}:of-type", [_of_type(v) for v in item.values])
+        found = _in_table(alias, "search_token", param, param.code, [_token(v) for v in item.values])
+        if modifier == "not":
+            return Condition(found.sql.replace(f"{alias}.sid IN", f"{alias}.sid NOT IN", 1), found.params)
+        return found
+    if param.type == "reference" and modifier == "identifier":
+        return _in_table(alias, "search_token", param, f"{param.code}:identifier", [_token(v) for v in item.values])
+    if param.type == "date":
+        return _date_filter(alias, param, [[value] for value in item.values])
+    builders: dict[str, Callable[[Any], Condition]] = {
+        "string": lambda v: _string(v, modifier),
+        "number": _number,
+        "quantity": _quantity,
+        "reference": lambda v: _reference(v, base),
+        "uri": lambda v: _uri(v, modifier),
+    }
+    table = VALUE_TABLES[param.type][0]
+    return _in_table(alias, table, param, param.code, [builders[param.type](v) for v in item.values])
+
+
+def _flatten(conditions: Sequence[Condition]) -> list[Any]:
+    return [p for c in conditions for p in c.params]
+
+
+def _token(value: TokenValue) -> Condition:
+    if value.code is None:
+        return Condition("system = ?", [value.system])
+    if value.system is None:
+        return Condition("code = ?", [value.code])
+    if value.system == "":
+        return Condition("code = ? AND system IS NULL", [value.code])
+    return Condition("code = ? AND system = ?", [value.code, value.system])
+
+
+def _of_type(value: OfTypeValue) -> Condition:
+    return Condition("code = ? AND system = ?", [f"{value.type_code}|{value.value}", value.type_system])
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _prefix(folded: str) -> Condition:
+    return Condition("value >= ? AND value < ?", [folded, prefix_upper_bound(folded)])
+
+
+def _words(text: str) -> Condition:
+    """``:text``: the text starts with the value, or one of its words does."""
+    folded = fold(text)
+    prefix = _prefix(folded)
+    return Condition(f"({prefix.sql}) OR value LIKE ? ESCAPE '\\'", [*prefix.params, f"% {_like_escape(folded)}%"])
+
+
+def _string(text: str, modifier: str | None) -> Condition:
+    folded = fold(text)
+    if modifier == "exact":
+        return Condition("value = ? AND exact = ?", [folded, text])
+    if modifier == "contains":
+        return Condition("value LIKE ? ESCAPE '\\'", [f"%{_like_escape(folded)}%"])
+    return _prefix(folded)
+
+
+def _date(value: DateValue, low: str, high: str) -> Condition:
+    """R4 §3.1.1.5.6 prefixes on ranges: search [ps, pe] against target [low, high]."""
+    ps, pe = value.low, value.high
+    contained = f"{low} >= ? AND {high} <= ?"
+    match value.prefix:
+        case "eq":
+            return Condition(contained, [ps, pe])
+        case "ne":
+            return Condition(f"NOT ({contained})", [ps, pe])
+        case "gt":
+            return Condition(f"{high} > ?", [pe])
+        case "lt":
+            return Condition(f"{low} < ?", [ps])
+        case "ge":
+            return Condition(f"{high} > ? OR ({contained})", [pe, ps, pe])
+        case "le":
+            return Condition(f"{low} < ? OR ({contained})", [ps, ps, pe])
+        case "sa":
+            return Condition(f"{low} > ?", [pe])
+        case "eb":
+            return Condition(f"{high} < ?", [ps])
+        case _:  # ap: within 10% of the distance from now (at least a day), ranges overlapping
+            widen = max(abs(now_micros() - ps) // 10, 86_400_000_000)
+            return Condition(f"{low} <= ? AND {high} >= ?", [min(pe + widen, MAX), max(ps - widen, MIN)])
+
+
+def _low_bounds(value: DateValue, span: str) -> tuple[list[Condition], list[Condition]]:
+    """Bounds on ``low`` implied by ``value`` for rows whose range is at most ``span`` long.
+
+    A B-tree finds ``low`` in a range; a condition on ``high`` alone ("ends after X") would scan half
+    the index. Knowing every finite range is at most ``span`` long, ``high > X`` gives ``low > X - span``.
+    """
+    ps, pe = value.low, value.high
+
+    def after(bound: int) -> Condition:
+        return Condition(f"low >= ? - {span}", [bound])
+
+    match value.prefix:
+        case "eq":
+            return [Condition("low >= ?", [ps])], [Condition("low <= ?", [pe])]
+        case "gt":
+            return [after(pe)], []
+        case "ge":
+            return [after(ps)], []
+        case "lt" | "eb":
+            return [], [Condition("low < ?", [ps])]
+        case "le":
+            return [], [Condition("low <= ?", [pe])]
+        case "sa":
+            return [Condition("low > ?", [pe])], []
+        case "ap":
+            widened = _date(value, "low", "high").params
+            return [after(widened[1])], [Condition("low <= ?", [widened[0]])]
+        case _:  # ne: no bound
+            return [], []
+
+
+def _date_filter(alias: str, param: SearchParameter, groups: list[list[DateValue]]) -> Condition:
+    """Date conditions (OR of groups, AND within a group, all on one row) as index range scans.
+
+    Rows are reached three ways, OR-ed (bitmap index scans): finite ranges through bounds on ``low``,
+    ranges open at the start (``low`` = MIN) and ranges open at the end (``high`` = MAX); the exact
+    R4 condition is checked on each. One relation, so the planner may also probe it by ``sid``.
+    """
+    span = "(SELECT COALESCE(MAX(max_span), 0) FROM search_date_spans WHERE resource_type = ? AND param = ?)"
+    key = [param.resource_type, param.code]
+    exact_groups = [[_date(value, "low", "high") for value in group] for group in groups]
+    exact_sql = " OR ".join("(" + " AND ".join(f"({c.sql})" for c in group) + ")" for group in exact_groups)
+    exact_params = [p for group in exact_groups for c in group for p in c.params]
+    branches: list[Condition] = []
+    for group, exact in zip(groups, exact_groups, strict=True):
+        bounds: list[Condition] = []
+        for value in group:
+            lower, upper = _low_bounds(value, span)
+            bounds += lower + upper
+        params: list[Any] = []
+        for bound in bounds:
+            params += bound.params + (key if span in bound.sql else [])
+        sql = " AND ".join([b.sql for b in bounds] + [f"({c.sql})" for c in exact])
+        branches.append(Condition(sql, params + [p for c in exact for p in c.params]))
+    branches.append(Condition(f"low = ? AND ({exact_sql})", [MIN, *exact_params]))
+    branches.append(Condition(f"high = ? AND ({exact_sql})", [MAX, *exact_params]))
+    ors = " OR ".join(f"({b.sql})" for b in branches)
+    return Condition(
+        f"{alias}.sid IN (SELECT sid FROM search_date WHERE resource_type = ? AND param = ? AND ({ors}))",
+        [*key, *(p for b in branches for p in b.params)],
+    )
+
+
+def _number(value: NumberValue) -> Condition:
+    """R4 §3.1.1.5.5: ``eq`` uses the range the value's precision implies; the others the exact value."""
+    v = value.value
+    match value.prefix:
+        case "eq":
+            return Condition("low >= ? AND high < ?", [value.low, value.high])
+        case "ne":
+            return Condition("NOT (low >= ? AND high < ?)", [value.low, value.high])
+        case "gt":
+            return Condition("high > ?", [v])
+        case "lt":
+            return Condition("low < ?", [v])
+        case "ge":
+            return Condition("high >= ?", [v])
+        case "le":
+            return Condition("low <= ?", [v])
+        case "sa":
+            return Condition("low > ?", [v])
+        case "eb":
+            return Condition("high < ?", [v])
+        case _:  # ap: within 10%
+            spread = abs(v) / 10
+            return Condition("low <= ? AND high >= ?", [v + spread, v - spread])
+
+
+def _quantity(value: QuantityValue) -> Condition:
+    number = _number(value.number)
+    sql, params = f"({number.sql})", list(number.params)
+    if value.system is not None:
+        sql += " AND system = ?"
+        params.append(value.system)
+    if value.code is not None:
+        if value.system is not None:
+            sql += " AND code = ?"
+            params.append(value.code)
+        else:  # ``5.4||mg``: the code, or the human unit (R4 §3.1.1.5.8)
+            sql += " AND (code = ? OR unit = ?)"
+            params += [value.code, value.code]
+    return Condition(sql, params)
+
+
+def _reference(value: ReferenceValue, base: str | None) -> Condition:
+    if value.target_type is None:
+        return Condition("target_id = ?", [value.target_id])
+    if value.base is not None:
+        return Condition(
+            "target_type = ? AND target_id = ? AND base = ?", [value.target_type, value.target_id, value.base]
+        )
+    if base is not None:
+        return Condition(
+            "target_type = ? AND target_id = ? AND (base IS NULL OR base = ?)",
+            [value.target_type, value.target_id, base.rstrip("/")],
+        )
+    return Condition("target_type = ? AND target_id = ? AND base IS NULL", [value.target_type, value.target_id])
+
+
+def _uri(value: str, modifier: str | None) -> Condition:
+    if modifier == "below":
+        return _prefix_exact(value)
+    if modifier == "above":
+        parts = value.split("/")
+        prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1) if "/".join(parts[:n])]
+        marks = ", ".join("?" * len(prefixes))
+        return Condition(f"value IN ({marks})", prefixes)
+    return Condition("value = ?", [value])
+
+
+def _prefix_exact(text: str) -> Condition:
+    return Condition("value >= ? AND value < ?", [text, prefix_upper_bound(text)])
+
+
+# -- :missing, chains, reverse chains ---------------------------------------------------------------
+
+
+def _missing(item: MissingFilter, alias: str) -> Condition:
+    param = item.param
+    if param.code in ("_id", "_lastUpdated"):
+        return Condition("1 = 0" if item.missing else "1 = 1")
+    table = VALUE_TABLES[param.type][0]
+    negation = "NOT " if item.missing else ""
+    return Condition(
+        f"{alias}.sid {negation}IN (SELECT sid FROM {table} WHERE resource_type = ? AND param = ?)",
+        [param.resource_type, param.code],
+    )
+
+
+def _chain(item: ChainFilter, alias: str, base: str | None, aliases: _Aliases) -> Condition:
+    reference = aliases.next("r")
+    targets: list[Condition] = []
+    for target_type, inner in item.inner:
+        target = aliases.next("t")
+        nested = condition(inner, target, base, aliases)
+        targets.append(
+            Condition(
+                f"{reference}.target_type = ? AND {reference}.target_id IN "
+                f"(SELECT {target}.resource_id FROM search_ids {target} "
+                f"WHERE {target}.resource_type = ? AND ({nested.sql}))",
+                [target_type, target_type, *nested.params],
+            )
+        )
+    ors = " OR ".join(f"({t.sql})" for t in targets)
+    base_clause, base_params = (
+        (f"({reference}.base IS NULL OR {reference}.base = ?)", [base.rstrip("/")])
+        if base
+        else (
+            f"{reference}.base IS NULL",
+            [],
+        )
+    )
+    return Condition(
+        f"{alias}.sid IN (SELECT {reference}.sid FROM search_reference {reference} "
+        f"WHERE {reference}.resource_type = ? AND {reference}.param = ? AND ({ors}) AND {base_clause})",
+        [item.param.resource_type, item.param.code, *_flatten(targets), *base_params],
+    )
+
+
+def _has(item: HasFilter, alias: str, base: str | None, aliases: _Aliases) -> Condition:
+    reference, source = aliases.next("r"), aliases.next("s")
+    nested = condition(item.inner, source, base, aliases)
+    return Condition(
+        f"{alias}.resource_id IN (SELECT {reference}.target_id FROM search_reference {reference} "
+        f"WHERE {reference}.resource_type = ? AND {reference}.param = ? AND {reference}.target_type = ? "
+        f"AND {reference}.sid IN (SELECT {source}.sid FROM search_ids {source} "
+        f"WHERE {source}.resource_type = ? AND ({nested.sql})))",
+        [item.source_type, item.reference.code, item.target_type, item.source_type, *nested.params],
+    )

@@ -1,0 +1,148 @@
+"""issue 7: the access policy across institutions, with auth ON (both backends).
+
+Matrix: reader institution (the recorder, another) x consent state (none, active, expired, not yet valid,
+revoked, for a third institution) x break-the-glass (absent, present) x interaction (read, vread,
+instance history, $everything). Zero disclosures the policy forbids; every decision audited.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ehr_core.audit import AuditRecord
+from ehr_core.settings import Settings
+from fhir_api.app import create_app
+from fhir_api.auth import mint_development_token
+from fhir_api.services import Services
+
+FHIR = {"Content-Type": "application/fhir+json"}
+INSTITUTION = "urn:ehr-core:institution"
+CONSENTS: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "active": {"status": "active", "period": {"start": "2020-01-01T00:00:00+00:00"}},
+    "expired": {
+        "status": "active",
+        "period": {"start": "2020-01-01T00:00:00+00:00", "end": "2021-01-01T00:00:00+00:00"},
+    },
+    "future": {"status": "active", "period": {"start": "2999-01-01T00:00:00+00:00"}},
+    "revoked": {"status": "inactive", "period": {"start": "2020-01-01T00:00:00+00:00"}},
+    "third-party": {"status": "active", "actor": "IMSS-BIENESTAR"},
+}
+
+
+@pytest.fixture
+def secured(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Services, Settings]]:
+    configured = settings.model_copy(update={"auth": "required", "data_dir": tmp_path / "ehr-data"})
+    services = Services.open(configured)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            yield client, services, configured
+    finally:
+        services.close()
+
+
+def _auth(settings: Settings, institution: str, user: str) -> dict[str, str]:
+    claims = {"institution": institution, "user": user, "role": "physician", "scope": "user/*.cruds"}
+    return {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
+
+
+def _consent(patient: str, state: dict[str, Any]) -> dict[str, Any]:
+    provision: dict[str, Any] = {
+        "type": "permit",
+        "actor": [{"role": {"text": "reader"}, "reference": {"identifier": {"system": INSTITUTION,
+                                                                           "value": state.get("actor", "ISSSTE")}}}],
+    }  # fmt: skip
+    if "period" in state:
+        provision["period"] = state["period"]
+    return {
+        "resourceType": "Consent",
+        "status": state["status"],
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "policyRule": {"text": "LGPDPPSO"},
+        "provision": provision,
+    }
+
+
+@pytest.mark.parametrize("consent", list(CONSENTS))
+def test_access_matrix(secured: tuple[TestClient, Services, Settings], consent: str) -> None:
+    client, services, settings = secured
+    imss, issste = _auth(settings, "IMSS", "dr.imss"), _auth(settings, "ISSSTE", "dr.issste")
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "Ruiz"}]},
+                      headers=FHIR | imss).json()["id"]  # fmt: skip
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "glucosa"},
+           "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    oid = client.post("/fhir/Observation", json=obs, headers=FHIR | imss).json()["id"]
+    state = CONSENTS[consent]
+    if state is not None:
+        response = client.post("/fhir/Consent", json=_consent(pid, state), headers=FHIR | imss)
+        assert response.status_code == 201, response.text
+    paths = {
+        "read": f"/fhir/Observation/{oid}",
+        "read-patient": f"/fhir/Patient/{pid}",
+        "vread": f"/fhir/Observation/{oid}/_history/1",
+        "history": f"/fhir/Observation/{oid}/_history",
+        "everything": f"/fhir/Patient/{pid}/$everything",
+    }
+    consented = consent == "active"
+    outcomes: list[tuple[str, str, bool, int]] = []
+    for reader, headers in (("IMSS", imss), ("ISSSTE", issste)):
+        for glass in (False, True):
+            extra = {"X-EHR-Break-Glass": "paciente inconsciente en urgencias"} if glass else {}
+            for name, path in paths.items():
+                response = client.get(path, headers=headers | extra)
+                permitted = reader == "IMSS" or consented or glass
+                outcomes.append((reader, name, glass, response.status_code))
+                if permitted:
+                    assert response.status_code == 200, (consent, reader, glass, name, response.text[:300])
+                else:
+                    assert response.status_code == 403, (consent, reader, glass, name)
+                    assert "glucosa" not in response.text and "Ruiz" not in response.text
+                    assert "Consent" in response.json()["issue"][0]["diagnostics"]
+                flagged = response.headers.get("x-ehr-break-glass") == "granted"
+                assert flagged == (glass and reader == "ISSSTE" and not consented), (consent, reader, name)
+    # Break-the-glass grants are listed for review.
+    with services.views.read() as tx:
+        logged = tx.execute("SELECT COUNT(*) FROM break_glass_log WHERE institution = 'ISSSTE'").fetchone()
+    assert logged is not None and logged[0] == (0 if consented else len(paths))
+    # Every decision is audited: one audit entry per request, with the reader and the status.
+    assert services.compliance is not None
+    expected = sorted((r, s) for r, _, _, s in outcomes)
+    deadline = time.monotonic() + 20
+    while True:
+        services.compliance.audit_projector.catch_up()
+        events = services.compliance.audit_log.recorder.select_notifications(start=1, limit=10_000)
+        entries = [
+            e.entry for e in map(services.compliance.audit_log.mapper.to_domain_event, events)
+            if isinstance(e, AuditRecord.Recorded) and e.entry.get("method") == "GET"
+        ]  # fmt: skip
+        seen = sorted((e["institution"], e["status"]) for e in entries if e["user"] in ("dr.imss", "dr.issste"))
+        if seen == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert seen == expected
+
+
+def test_revoking_a_consent_stops_access(secured: tuple[TestClient, Services, Settings]) -> None:
+    client, _, settings = secured
+    imss, issste = _auth(settings, "IMSS", "dr.imss"), _auth(settings, "ISSSTE", "dr.issste")
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR | imss).json()["id"]
+    consent = client.post("/fhir/Consent", json=_consent(pid, CONSENTS["active"] or {}), headers=FHIR | imss).json()
+    assert client.get(f"/fhir/Patient/{pid}", headers=issste).status_code == 200
+    consent["status"] = "inactive"
+    assert client.put(f"/fhir/Consent/{consent['id']}", json=consent, headers=FHIR | imss).status_code == 200
+    assert client.get(f"/fhir/Patient/{pid}", headers=issste).status_code == 403
+    # A record the other institution wrote itself stays readable to it.
+    mine = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    own = client.post("/fhir/Observation", json=mine, headers=FHIR | issste)
+    assert client.get(f"/fhir/Observation/{own.json()['id']}", headers=issste).status_code == 200

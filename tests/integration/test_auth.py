@@ -1,0 +1,278 @@
+"""issue 7: bearer JWTs, trusted issuers per institution, SMART v1/v2 scopes (auth ON; both backends)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from fastapi.testclient import TestClient
+
+from ehr_core.settings import Settings
+from fhir_api.app import create_app
+from fhir_api.auth import LOCAL_ISSUER, Issuers, mint_development_token, parse_scopes
+from fhir_api.cli import main
+from fhir_api.services import Services
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.fixture
+def auth_settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.model_copy(
+        update={"auth": "required", "data_dir": tmp_path / "ehr-data", "auth_issuers_dir": tmp_path / "issuers"}
+    )
+
+
+@pytest.fixture
+def issuers(auth_settings: Settings) -> dict[str, Any]:
+    """Two institutional issuers: ISSSTE signs ES256 (a JWKS file), IMSS-Bienestar RS256 (a PEM key)."""
+    directory = auth_settings.auth_issuers_dir
+    assert directory is not None
+    directory.mkdir(parents=True)
+    es = ec.generate_private_key(ec.SECP256R1())
+    numbers = es.public_key().public_numbers()
+    jwks = {"keys": [{"kty": "EC", "crv": "P-256", "kid": "issste-1",
+                      "x": _b64(numbers.x.to_bytes(32, "big")), "y": _b64(numbers.y.to_bytes(32, "big"))}]}  # fmt: skip
+    (directory / "issste-jwks.json").write_bytes(orjson.dumps(jwks))
+    (directory / "issste.json").write_bytes(
+        orjson.dumps(
+            {
+                "issuer": "https://idp.issste.gob.mx",
+                "institution": "ISSSTE",
+                "jwks_file": "issste-jwks.json",
+                "audience": "https://ehr.test/fhir",
+            }
+        )
+    )
+    rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = rs.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (directory / "bienestar.json").write_bytes(
+        orjson.dumps(
+            {"issuer": "https://idp.imssbienestar.gob.mx", "institution": "IMSS-BIENESTAR", "keys": [pem.decode()]}
+        )
+    )
+    return {"es": es, "rs": rs}
+
+
+def _sign(alg: str, key: Any, claims: dict[str, Any], kid: str | None = None) -> str:
+    header = {"alg": alg, "typ": "JWT", **({"kid": kid} if kid else {})}
+    message = f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(claims))}".encode()
+    if alg == "ES256":
+        r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    else:
+        signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    return f"{message.decode()}.{_b64(signature)}"
+
+
+@pytest.fixture
+def auth_client(auth_settings: Settings, issuers: dict[str, Any]) -> Iterator[TestClient]:
+    services = Services.open(auth_settings)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            yield client
+    finally:
+        services.close()
+
+
+def _token(settings: Settings, scope: str, **claims: Any) -> dict[str, str]:
+    values = {"institution": "IMSS", "unit": "DFIMS000011", "user": "dra.lopez", "role": "physician", "scope": scope}
+    token = mint_development_token(settings, values | claims)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _patient(client: TestClient, headers: dict[str, str], family: str = "Lopez") -> str:
+    response = client.post(
+        "/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}, headers=FHIR | headers
+    )
+    assert response.status_code == 201, response.text
+    pid: str = response.json()["id"]
+    return pid
+
+
+def test_no_or_bad_token_is_401_with_an_operation_outcome(auth_client: TestClient, auth_settings: Settings) -> None:
+    response = auth_client.get("/fhir/Patient")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["resourceType"] == "OperationOutcome"
+    good = _token(auth_settings, "user/*.cruds")["Authorization"].split()[1]
+    head, body, signature = good.split(".")
+    claims = orjson.loads(base64.urlsafe_b64decode(body + "=="))
+    forged = _b64(orjson.dumps(claims | {"institution": "ISSSTE"}))
+    none_header = _b64(orjson.dumps({"alg": "none"}))
+    expired = mint_development_token(auth_settings, claims | {"exp": int(time.time()) - 3600})
+    for token in (
+        "not-a-jwt",
+        f"{head}.{forged}.{signature}",  # altered claims
+        f"{none_header}.{body}.",  # alg none
+        expired,
+        _sign("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048), claims),  # unknown key
+    ):
+        response = auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, token
+        assert response.json()["issue"][0]["code"] == "login"
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Basic {good}"}).status_code == 401
+
+
+def test_public_endpoints_answer_without_a_token(auth_client: TestClient) -> None:
+    assert auth_client.get("/fhir/metadata").status_code == 200
+    smart = auth_client.get("/fhir/.well-known/smart-configuration")
+    assert smart.status_code == 200
+    config = smart.json()
+    assert "permission-v2" in config["capabilities"] and "system/*.rs" in config["scopes_supported"]
+    assert {i["institution"] for i in config["trusted_issuers"]} >= {"ISSSTE", "IMSS-BIENESTAR"}
+    assert config["authentication"] == "required"
+
+
+def test_the_callers_context_comes_from_the_token_not_from_headers(
+    auth_client: TestClient, auth_settings: Settings
+) -> None:
+    spoof = {"X-EHR-Institution": "ISSSTE", "X-EHR-User": "mallory"}
+    pid = _patient(auth_client, _token(auth_settings, "user/*.cruds") | spoof)
+    services: Services = auth_client.app.state.services  # type: ignore[attr-defined]
+    stream = services.application.stream("Patient", pid)
+    assert stream is not None
+    events = list(services.application.events.get(stream.id))
+    assert events[0].context["institution"] == "IMSS" and events[0].context["user"] == "dra.lopez"
+    assert events[0].context["unit"] == "DFIMS000011"
+
+
+@pytest.mark.parametrize(
+    ("scope", "allowed", "refused"),
+    [
+        ("user/*.cruds", ["read", "search", "create", "update", "delete"], []),
+        ("user/Observation.rs", ["read-obs", "search-obs"], ["read", "create-obs", "search"]),
+        ("user/Observation.cru", ["read-obs", "create-obs"], ["search-obs", "read"]),
+        ("system/*.rs", ["read", "search", "history", "read-obs"], ["create", "update", "delete"]),
+        ("user/*.read", ["read", "search", "read-obs"], ["create", "delete"]),
+        ("user/*.write", ["create", "update"], ["read", "search"]),
+        ("user/Observation.rs?category=vital-signs", [], ["read-obs", "search-obs"]),
+        ("openid fhirUser", [], ["read", "search"]),
+    ],
+)
+def test_scopes_decide_403(
+    auth_client: TestClient, auth_settings: Settings, scope: str, allowed: list[str], refused: list[str]
+) -> None:
+    admin = _token(auth_settings, "user/*.cruds")
+    pid = _patient(auth_client, admin)
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "peso"},
+           "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    oid = auth_client.post("/fhir/Observation", json=obs, headers=FHIR | admin).json()["id"]
+    headers = FHIR | _token(auth_settings, scope)
+    requests = {
+        "read": lambda: auth_client.get(f"/fhir/Patient/{pid}", headers=headers),
+        "read-obs": lambda: auth_client.get(f"/fhir/Observation/{oid}", headers=headers),
+        "search": lambda: auth_client.get("/fhir/Patient", headers=headers),
+        "search-obs": lambda: auth_client.get("/fhir/Observation", headers=headers),
+        "history": lambda: auth_client.get("/fhir/_history", headers=headers),
+        "create": lambda: auth_client.post(
+            "/fhir/Patient", json={"resourceType": "Patient", "active": True}, headers=headers
+        ),
+        "create-obs": lambda: auth_client.post("/fhir/Observation", json=obs, headers=headers),
+        "update": lambda: auth_client.put(
+            f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": False}, headers=headers
+        ),
+        "delete": lambda: auth_client.delete(f"/fhir/Observation/{oid}", headers=headers),
+    }
+    for name in allowed:
+        assert requests[name]().status_code < 300, (scope, name)
+    for name in refused:
+        response = requests[name]()
+        assert response.status_code == 403, (scope, name, response.status_code)
+        assert response.json()["issue"][0]["code"] == "forbidden"
+
+
+def test_patient_scopes_reach_only_the_launch_patients_compartment(
+    auth_client: TestClient, auth_settings: Settings
+) -> None:
+    admin = _token(auth_settings, "user/*.cruds")
+    mine, other = _patient(auth_client, admin, "Mia"), _patient(auth_client, admin, "Otra")
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "peso"},
+           "subject": {"reference": f"Patient/{mine}"}}  # fmt: skip
+    oid = auth_client.post("/fhir/Observation", json=obs, headers=FHIR | admin).json()["id"]
+    headers = _token(auth_settings, "patient/*.rs", patient=mine)
+    assert auth_client.get(f"/fhir/Patient/{mine}", headers=headers).status_code == 200
+    assert auth_client.get(f"/fhir/Observation/{oid}", headers=headers).status_code == 200
+    assert auth_client.get("/fhir/Observation", params={"patient": mine}, headers=headers).status_code == 200
+    assert auth_client.get(f"/fhir/Patient/{other}", headers=headers).status_code == 403
+    assert auth_client.get("/fhir/Observation", headers=headers).status_code == 403
+    assert auth_client.get("/fhir/Observation", params={"patient": other}, headers=headers).status_code == 403
+    assert auth_client.post("/fhir/Observation", json=obs, headers=FHIR | headers).status_code == 403
+    no_context = _token(auth_settings, "patient/*.rs")
+    assert auth_client.get(f"/fhir/Patient/{mine}", headers=no_context).status_code == 403
+
+
+def test_institutional_issuers_vouch_only_for_their_institution(
+    auth_client: TestClient, auth_settings: Settings, issuers: dict[str, Any]
+) -> None:
+    now = int(time.time())
+    base = {"iat": now, "exp": now + 600, "scope": "user/*.rs", "user": "enf.ruiz", "unit": "DFSSA003241"}
+    issste = {"iss": "https://idp.issste.gob.mx", "aud": "https://ehr.test/fhir", "institution": "ISSSTE"}
+    ok = _sign("ES256", issuers["es"], base | issste, kid="issste-1")
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {ok}"}).status_code == 200
+    as_imss = _sign("ES256", issuers["es"], base | issste | {"institution": "IMSS"}, kid="issste-1")
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {as_imss}"}).status_code == 401
+    wrong_aud = _sign("ES256", issuers["es"], base | issste | {"aud": "https://other"}, kid="issste-1")
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {wrong_aud}"}).status_code == 401
+    bienestar = {"iss": "https://idp.imssbienestar.gob.mx", "institution": "IMSS-BIENESTAR"}
+    rs = _sign("RS256", issuers["rs"], base | bienestar)
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {rs}"}).status_code == 200
+    # A key of one issuer does not sign for another.
+    crossed = _sign("RS256", issuers["rs"], base | issste)
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {crossed}"}).status_code == 401
+
+
+def test_production_trusts_no_local_issuer_and_refuses_disabled_auth(auth_settings: Settings, tmp_path: Path) -> None:
+    production = auth_settings.model_copy(update={"env": "production"})
+    assert LOCAL_ISSUER not in Issuers.configured(production).by_iss
+    with pytest.raises(RuntimeError):
+        mint_development_token(production, {"institution": "IMSS", "scope": "user/*.rs"})
+    disabled = production.model_copy(update={"auth": "disabled-for-development"})
+    from fhir_api.auth import AuthMiddleware
+
+    with pytest.raises(RuntimeError, match="production"):
+        AuthMiddleware(create_app(settings=disabled), disabled)
+
+
+def test_disabled_auth_is_announced_in_every_response(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+    response = client.get("/fhir/metadata")
+    assert response.headers["x-ehr-auth"] == "disabled-for-development"
+    assert client.get("/fhir/Patient").headers["x-ehr-auth"] == "disabled-for-development"
+
+
+def test_ehr_token_mints_a_verifiable_development_token(
+    sqlite_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(sqlite_settings.data_dir)
+    argv = ["token", "--institution", "IMSS", "--unit", "DFIMS000011", "--user", "dr.x", "--scope", "user/*.rs"]
+    assert main([*argv, "--data", data]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = Issuers.configured(sqlite_settings).verify(token)
+    assert claims["institution"] == "IMSS" and claims["scope"] == "user/*.rs" and claims["iss"] == LOCAL_ISSUER
+
+
+def test_scope_parsing_v1_and_v2() -> None:
+    grants = {(g.context, g.resource_type, "".join(sorted(g.permissions))) for g in parse_scopes(
+        "system/*.rs user/Observation.cru patient/*.r user/*.read user/Patient.write launch openid x/y.z"
+    )}  # fmt: skip
+    assert grants == {
+        ("system", "*", "rs"),
+        ("user", "Observation", "cru"),
+        ("patient", "*", "r"),
+        ("user", "*", "rs"),
+        ("user", "Patient", "cdu"),
+    }
+    assert json.dumps(sorted(grants))
