@@ -13,13 +13,13 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(VENV) $(BIN)/uv sync --frozen --active --quiet
 	touch $@
 
-run: $(VENV)/.installed  ## the main job: the FHIR server on the embedded default (SQLite in ./ehr-data)
+run: $(VENV)/.installed  ## the main job: the demo population across IMSS, ISSSTE and IMSS-Bienestar, loaded into SQLite (./ehr-data) and served
+	$(BIN)/ehr demo
+
+serve: $(VENV)/.installed  ## the FHIR server alone, on what ./ehr-data holds
 	$(BIN)/ehr serve
 
-serve: run
-
-demo: $(VENV)/.installed  ## issue 5: a synthetic population across IMSS, ISSSTE and IMSS-Bienestar, loaded then served
-	$(BIN)/ehr demo
+demo: run
 
 test: $(VENV)/.installed  ## lint, types, layer rules, then the whole test suite (both backends)
 	$(BIN)/ruff check .

@@ -56,11 +56,11 @@ def run(backend: str, events: int, postgres_url: str, rounds: int) -> None:
         began = time.perf_counter()
         application.create(_patient(0), context)
         sample = application.recorder.select_notifications(start=1, limit=1)[0]
-        for start in range(1, events, 5000):
+        for start in range(1, events, 1000):
             application.recorder.insert_events(
                 [
                     StoredEvent(uuid.uuid4(), 1, sample.topic, sample.state)
-                    for _ in range(start, min(events, start + 5000))
+                    for _ in range(start, min(events, start + 1000))
                 ]
             )
         written = time.perf_counter() - began

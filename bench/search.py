@@ -219,7 +219,7 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
         for name, _ in indexes:
             cursor.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
         extract_seconds = 0.0
-        spans: dict[tuple[str, str], int] = {}
+        spans: dict[tuple[str, str], tuple[int, ...]] = {}
         batch: list[dict[str, Any]] = []
         sid = 0
         instant = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -240,8 +240,9 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
                 rows = extract(resource)
                 for table in VALUE_TABLES:
                     values[table] += [(kind, *row, sid) for row in getattr(rows, table)]
-            for resource_type, param, span in _span_updates(values["date"]):
-                spans[(resource_type, param)] = max(spans.get((resource_type, param), 0), span)
+            for resource_type, param, *found in _span_updates(values["date"]):
+                known = spans.get((resource_type, param), (0, 0, 0))
+                spans[(resource_type, param)] = tuple(max(a, b) for a, b in zip(known, found, strict=True))
             extract_seconds += time.perf_counter() - tick
             with connection.transaction():
                 _copy(
@@ -263,8 +264,9 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
         if batch:
             flush()
         cursor.executemany(
-            "INSERT INTO search_date_spans (resource_type, param, max_span) VALUES (%s, %s, %s)",
-            [(t, p, s) for (t, p), s in spans.items()],
+            "INSERT INTO search_date_spans (resource_type, param, max_span, open_start, open_end) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            [(t, p, *found) for (t, p), found in spans.items()],
         )
         timings["extract_and_copy"] = time.perf_counter() - started
         timings["extract_only"] = extract_seconds
@@ -273,7 +275,8 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
             cursor.execute(definition)
         timings["create_indexes"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        cursor.execute("VACUUM ANALYZE")
+        for table in ("resources", "search_ids", *(t for t, _ in VALUE_TABLES.values())):
+            cursor.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
         timings["vacuum_analyze"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     timings["resources"] = sid

@@ -162,7 +162,8 @@ class AuditWriter(threading.Thread):
         self.log = log_
         self.batch = batch
         self.on_commit = on_commit
-        self._queue: queue.Queue[tuple[AuditEntry, Future[int]] | None] = queue.Queue(maxsize=100_000)
+        # Unbounded: what waits here is bounded by the requests in flight, each awaiting its commit.
+        self._queue: queue.Queue[tuple[AuditEntry, Future[int]] | None] = queue.Queue()
 
     def submit(self, entry: AuditEntry) -> Future[int]:
         """Queue ``entry``; the future resolves to its notification id once committed."""

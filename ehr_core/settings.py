@@ -81,7 +81,7 @@ class Settings(BaseSettings):
                 "POSTGRES_DBNAME": params["dbname"],
                 "POSTGRES_SCHEMA": self.postgres_schema,
                 "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
-                "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size),
+                "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size // 2),
                 "POSTGRES_LOCK_TIMEOUT": "10",
                 # Never POSTGRES_ENABLE_DB_FUNCTIONS: it skips the ordering lock (DESIGN.md).
             }

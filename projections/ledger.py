@@ -312,7 +312,8 @@ def open_reader(store: StoreSpec) -> EventReader:
         )
 
         def read_postgres(after: int, stop: int, limit: int) -> Sequence[RawEvent]:
-            rows = connection.execute(statement, (after, stop, limit)).fetchall()
+            # Binary results: bytea arrives as bytes, not hex text to decode.
+            rows = connection.execute(statement, (after, stop, limit), binary=True).fetchall()
             return [(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows]
 
         return read_postgres

@@ -53,7 +53,7 @@ def postgres_url() -> str:
 def postgres_settings(postgres_url: str) -> Iterator[Settings]:
     """Settings for a fresh PostgreSQL schema, dropped after the test."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    settings = Settings(database_url=postgres_url, postgres_schema=schema, postgres_pool_size=4, auth=DEV_AUTH)
+    settings = Settings(database_url=postgres_url, postgres_schema=schema, postgres_pool_size=2, auth=DEV_AUTH)
     yield settings
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
         connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -47,7 +47,7 @@ def _print_report(console: Console, report: ImportReport, seconds: float) -> Non
 
 
 def _import(files: list[Path], progress: Any) -> ImportReport:
-    services = Services.open(Settings(), follow=False)
+    services = Services.open(Settings(postgres_pool_size=2), follow=False)  # one thread each: few connections
     try:
         importer = Importer(services.application, ViewResolver(services), lambda _: None)
         return importer.run(files, progress)
@@ -57,7 +57,7 @@ def _import(files: list[Path], progress: Any) -> ImportReport:
 
 def _project(stop: Any) -> None:
     """Follow the log until told to stop, then finish what is left."""
-    services = Services.open(Settings(), follow=False)
+    services = Services.open(Settings(postgres_pool_size=2), follow=False)  # one thread each: few connections
     try:
         while not stop.wait(0.05):
             services.projector.catch_up()

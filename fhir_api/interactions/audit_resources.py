@@ -1,7 +1,9 @@
 """AuditEvent and Provenance: read and search over their own views (issue 6).
 
-Both are produced by the server (AuditEvent from the audit log, Provenance from each write's context), so
-they are read-only here: create, update, patch and delete answer 405. Search parameters:
+The server produces both (AuditEvent from the audit log, Provenance from each write's context) into their
+own views. A client may also send AuditEvents and Provenances of its own (another system's audit record, a
+signature): those are ordinary resources in the clinical log, readable by id here, apart from the server's
+trail and never mixed into it. Search covers the server's own. Search parameters:
 
 - AuditEvent: ``patient``, ``entity``, ``agent`` (a user id, or ``system|value`` of the user or the
   institution), ``date`` (prefixes ``ge``/``le``/``gt``/``lt``/``eq``), ``action``, ``outcome``,
@@ -18,8 +20,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ehr_core.errors import InvalidResource, Issue, NotFound
-from fhir_api.errors import ApiError
+from ehr_core.errors import Conflict, InvalidResource, Issue
+from fhir_api.interactions import delete, patch, read, update
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON, fhir_response
 from fhir_api.services import Services
@@ -122,7 +124,8 @@ def audit_read(resource_id: str, services: ServicesDep) -> Response:
     with services.views.read() as tx:
         stored = read_audit(tx, resource_id)
     if stored is None:
-        raise NotFound(f"AuditEvent/{resource_id} is not known")
+        # Not one of the server's own entries: an AuditEvent a client sent is an ordinary resource.
+        return read.read("AuditEvent", resource_id, services)
     return fhir_response(stored.body, version=1, last_updated=stored.recorded)
 
 
@@ -161,23 +164,26 @@ def provenance_read(resource_id: str, services: ServicesDep) -> Response:
     with services.views.read() as tx:
         stored = read_provenance(tx, resource_id)
     if stored is None:
-        raise NotFound(f"Provenance/{resource_id} is not known")
+        # Not derived from the log: a Provenance a client sent (with a signed document, say) is ordinary.
+        return read.read("Provenance", resource_id, services)
     return fhir_response(stored.body, version=1, last_updated=stored.recorded)
 
 
-def _read_only(resource_type: str) -> None:
-    raise ApiError(
-        "method-not-allowed", f"{resource_type} resources are written by the server only", code="not-supported"
-    )
+def _server_written(services: Services, resource_type: str, resource_id: str) -> bool:
+    with services.views.read() as tx:
+        found = read_audit(tx, resource_id) if resource_type == "AuditEvent" else read_provenance(tx, resource_id)
+    return found is not None
 
 
 for _type in ("AuditEvent", "Provenance"):
 
-    def _refuse(request: Request, _name: str = _type) -> Response:
-        _read_only(_name)
-        raise AssertionError("unreachable")
+    async def _guard(resource_id: str, request: Request, services: ServicesDep, _name: str = _type) -> Response:
+        """A client's own AuditEvent/Provenance is an ordinary resource, but never under a server entry's id."""
+        if await run_in_threadpool(_server_written, services, _name, resource_id):
+            raise Conflict(f"{_name}/{resource_id} is written by the server from its logs and cannot be changed")
+        handler = {"PUT": update.update, "PATCH": patch.patch, "DELETE": delete.delete}[request.method]
+        return await handler(_name, resource_id, request, services)
 
-    router.add_api_route(f"/{_type}", _refuse, methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     router.add_api_route(
-        f"/{_type}/{{resource_id}}", _refuse, methods=["PUT", "PATCH", "DELETE"], include_in_schema=False
+        f"/{_type}/{{resource_id}}", _guard, methods=["PUT", "PATCH", "DELETE"], include_in_schema=False
     )

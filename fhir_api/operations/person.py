@@ -45,6 +45,13 @@ def linked_patient(services: Services, patient_id: str) -> tuple[bytes, int, str
         others = IdentityIndex.linked_records(tx, patient_id)[1:]
         if not others:
             return None
+        # ``seealso`` joins one person's records at *other* institutions (DOMAIN.md); two records of one
+        # institution are a duplicate for that institution to merge, not a link to serve.
+        sources = IdentityIndex.record_sources(tx, [patient_id, *others])
+        own = sources.get(patient_id)
+        others = [o for o in others if own is None or o not in sources or sources[o].institution != own.institution]
+        if not others:
+            return None
         stored = ResourceViews.read(tx, "Patient", patient_id)
     if stored is None or stored.body is None:
         return None

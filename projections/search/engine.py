@@ -20,8 +20,18 @@ from projections.db import Dialect, Tx
 from projections.search.dates import MAX, MIN
 from projections.search.fold import TOP
 from projections.search.index import VALUE_TABLES
-from projections.search.query import Include, SearchRequest, SortKey, merge_same_value
-from projections.search.sql import Condition, condition
+from projections.search.query import (
+    ChainFilter,
+    Filter,
+    HasFilter,
+    Include,
+    SameValueFilter,
+    SearchRequest,
+    SortKey,
+    ValueFilter,
+    merge_same_value,
+)
+from projections.search.sql import Condition, Context, condition, read_spans
 
 __all__ = ["MAX_INCLUDES", "Match", "Page", "run_search", "select_ids"]
 
@@ -51,22 +61,33 @@ class Page:
 # -- where clause -----------------------------------------------------------------------------------
 
 
-def _where(request: SearchRequest, base: str | None, snapshot: int | None) -> Condition:
+def _where(tx: Tx, request: SearchRequest, base: str | None, snapshot: int | None) -> Condition:
     parts = ["a.resource_type = ?"]
     params: list[Any] = [request.resource_type]
     if snapshot is not None:
         parts.append("a.sid <= ?")
         params.append(snapshot)
-    for item in merge_same_value(request.filters):
-        found = condition(item, "a", base)
+    filters = merge_same_value(request.filters)
+    context = Context(read_spans(tx) if any(_has_dates(item) for item in filters) else None)
+    for item in filters:
+        found = condition(item, "a", base, context)
         parts.append(f"({found.sql})")
         params += found.params
     return Condition(" AND ".join(parts), params)
 
 
+def _has_dates(item: Filter) -> bool:
+    """Whether ``item`` (or a chain inside it) has a date condition on the index's date table."""
+    if isinstance(item, ChainFilter):
+        return any(_has_dates(inner) for _, inner in item.inner)
+    if isinstance(item, HasFilter):
+        return _has_dates(item.inner)
+    return isinstance(item, ValueFilter | SameValueFilter) and item.param.type == "date"
+
+
 def select_ids(tx: Tx, request: SearchRequest, base: str | None, limit: int) -> list[str]:
     """Ids of the first ``limit`` matches in index order (what conditional interactions need)."""
-    where = _where(request, base, None)
+    where = _where(tx, request, base, None)
     rows = tx.execute(
         f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} ORDER BY a.sid LIMIT ?", [*where.params, limit]
     ).fetchall()
@@ -239,7 +260,7 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
         snapshot, backwards, cursor_keys = _snapshot(tx, request.resource_type), False, None
     # The first page needs no bound: the snapshot is the newest key there is (and a resource created
     # meanwhile sorts last); it bounds the pages after it.
-    where = _where(request, base, snapshot if cursor_keys is not None else None)
+    where = _where(tx, request, base, snapshot if cursor_keys is not None else None)
     page = Page([])
     total_how = request.total or "accurate"
     if total_how != "none" or count == 0 or request.summary == "count":
@@ -261,8 +282,11 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
         if has_prev:
             page.prev_cursor = _encode("p", snapshot, first)
     elif cursor_keys is not None:
-        # Past the end (or before the start): offer the way back.
-        page.prev_cursor = _encode("p" if not backwards else "n", snapshot, cursor_keys)
+        # Past the end (or before the start: everything there was deleted): offer the way back.
+        if backwards:
+            page.next_cursor = _encode("n", snapshot, cursor_keys)
+        else:
+            page.prev_cursor = _encode("p", snapshot, cursor_keys)
     _include_all(tx, request, base, page)
     return page
 

@@ -73,11 +73,13 @@ def _ddl(dialect: Dialect) -> list[str]:
             f"{values}, sid BIGINT NOT NULL)"
         )
         statements.append(f"CREATE INDEX IF NOT EXISTS {table}_sid ON {table} (sid)")
-    # The longest finite date range per parameter: lets a condition on a range's end become an index
-    # range on its start (see projections.search.sql._low_bounds). An upper bound: it only grows.
+    # Per date parameter: the longest finite range (a condition on a range's end becomes an index range
+    # on its start, see projections.search.sql._low_bounds) and whether ranges open at the start or at
+    # the end were ever indexed. Upper bounds: they only grow.
     statements.append(
         f"CREATE TABLE IF NOT EXISTS search_date_spans (resource_type {text} NOT NULL, param {text} NOT NULL, "
-        "max_span BIGINT NOT NULL, PRIMARY KEY (resource_type, param))"
+        "max_span BIGINT NOT NULL, open_start INTEGER NOT NULL, open_end INTEGER NOT NULL, "
+        "PRIMARY KEY (resource_type, param))"
     )
     lookups = {
         "search_token": ["code, system, sid"],
@@ -207,11 +209,14 @@ class SearchIndex(View):
     def _spans(tx: Tx, date_rows: list[tuple[Any, ...]]) -> None:
         updates = _span_updates(date_rows)
         if updates:
+            grown = " ".join(
+                f"{column} = CASE WHEN excluded.{column} > search_date_spans.{column} THEN excluded.{column} "
+                f"ELSE search_date_spans.{column} END{',' if column != 'open_end' else ''}"
+                for column in ("max_span", "open_start", "open_end")
+            )
             tx.executemany(
-                "INSERT INTO search_date_spans (resource_type, param, max_span) VALUES (?, ?, ?) "
-                "ON CONFLICT (resource_type, param) DO UPDATE SET max_span = CASE "
-                "WHEN excluded.max_span > search_date_spans.max_span THEN excluded.max_span "
-                "ELSE search_date_spans.max_span END",
+                "INSERT INTO search_date_spans (resource_type, param, max_span, open_start, open_end) "
+                f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (resource_type, param) DO UPDATE SET {grown}",
                 updates,
             )
 
@@ -238,14 +243,16 @@ class SearchIndex(View):
                 )
 
 
-def _span_updates(date_rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int]]:
-    """(resource_type, param, longest finite span) of a batch's date rows."""
-    spans: dict[tuple[str, str], int] = {}
+def _span_updates(date_rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int, int, int]]:
+    """(resource_type, param, longest finite span, any open start, any open end) of a batch's date rows."""
+    spans: dict[tuple[str, str], tuple[int, int, int]] = {}
     for resource_type, param, low, high, _ in date_rows:
+        key = (resource_type, param)
+        span, open_start, open_end = spans.get(key, (0, 0, 0))
         if low != MIN and high != MAX:
-            key = (resource_type, param)
-            spans[key] = max(spans.get(key, 0), high - low)
-    return [(resource_type, param, span) for (resource_type, param), span in spans.items()]
+            span = max(span, high - low)
+        spans[key] = (span, max(open_start, int(low == MIN)), max(open_end, int(high == MAX)))
+    return [(resource_type, param, *found) for (resource_type, param), found in spans.items()]
 
 
 def rows_of(resource: dict[str, Any]) -> Rows:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from projections.db import Tx
 from projections.search.dates import MAX, MIN
 from projections.search.fold import fold, prefix_upper_bound
 from projections.search.index import VALUE_TABLES
@@ -27,7 +28,7 @@ from projections.search.values import (
     now_micros,
 )
 
-__all__ = ["Condition", "condition"]
+__all__ = ["Condition", "Context", "Spans", "condition", "read_spans"]
 
 
 @dataclass
@@ -36,42 +37,68 @@ class Condition:
     params: list[Any] = field(default_factory=list)
 
 
-class _Aliases:
-    def __init__(self) -> None:
+class Context:
+    """What building one search's SQL needs besides the filters: table aliases, and date spans."""
+
+    def __init__(self, spans: dict[tuple[str, str], Spans] | None = None) -> None:
         self._numbers = itertools.count(1)
+        #: Per (type, parameter): its date ranges' longest span and open ends (``search_date_spans``).
+        self.spans = spans or {}
 
     def next(self, prefix: str) -> str:
         return f"{prefix}{next(self._numbers)}"
 
+    def span(self, param: SearchParameter) -> Spans:
+        return self.spans.get((param.resource_type, param.code), Spans(0, False, False))
 
-def condition(item: Filter, alias: str, base: str | None, aliases: _Aliases | None = None) -> Condition:
+
+@dataclass(frozen=True)
+class Spans:
+    """What a date parameter's indexed ranges look like: how long at most, open at either end or not."""
+
+    longest: int
+    open_start: bool
+    open_end: bool
+
+
+def read_spans(tx: Tx) -> dict[tuple[str, str], Spans]:
+    """Every date parameter's :class:`Spans` (a few dozen rows)."""
+    rows = tx.execute("SELECT resource_type, param, max_span, open_start, open_end FROM search_date_spans").fetchall()
+    return {(str(t), str(p)): Spans(int(s), bool(a), bool(b)) for t, p, s, a, b in rows}
+
+
+def condition(item: Filter, alias: str, base: str | None, context: Context | None = None) -> Condition:
     """The SQL condition on ``alias`` (a ``search_ids`` row) that ``item`` puts on a search."""
-    aliases = aliases or _Aliases()
+    context = context or Context()
     if isinstance(item, ValueFilter):
-        return _value(item, alias, base)
+        return _value(item, alias, base, context)
     if isinstance(item, MissingFilter):
         return _missing(item, alias)
     if isinstance(item, SameValueFilter):
-        return _date_filter(alias, item.param, [list(item.values)])
+        return _date_filter(alias, item.param, [list(item.values)], context.span(item.param))
     if isinstance(item, ChainFilter):
-        return _chain(item, alias, base, aliases)
-    return _has(item, alias, base, aliases)
+        return _chain(item, alias, base, context)
+    return _has(item, alias, base, context)
 
 
 # -- plain values -----------------------------------------------------------------------------------
 
 
-def _in_table(alias: str, table: str, param: SearchParameter, code: str, alternatives: list[Condition]) -> Condition:
+def _in_table(
+    alias: str, table: str, param: SearchParameter, code: str, alternatives: list[Condition], negate: bool = False
+) -> Condition:
+    """``alias`` has (or, negated, has not) a row of ``code`` in ``table`` matching any alternative."""
     ors = " OR ".join(f"({alt.sql})" for alt in alternatives)
     params: list[Any] = [param.resource_type, code]
     for alt in alternatives:
         params += alt.params
+    operator = "NOT IN" if negate else "IN"
     return Condition(
-        f"{alias}.sid IN (SELECT sid FROM {table} WHERE resource_type = ? AND param = ? AND ({ors}))", params
+        f"{alias}.sid {operator} (SELECT sid FROM {table} WHERE resource_type = ? AND param = ? AND ({ors}))", params
     )
 
 
-def _value(item: ValueFilter, alias: str, base: str | None) -> Condition:
+def _value(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
     param, modifier = item.param, item.modifier
     if param.code == "_id":
         marks = ", ".join("?" * len(item.values))
@@ -85,14 +112,13 @@ def _value(item: ValueFilter, alias: str, base: str | None) -> Condition:
             return _in_table(alias, "search_string", param, f"{param.code}:text", [_words(v) for v in item.values])
         if modifier == "of-type":
             return _in_table(alias, "search_token", param, f"{param.code}:of-type", [_of_type(v) for v in item.values])
-        found = _in_table(alias, "search_token", param, param.code, [_token(v) for v in item.values])
-        if modifier == "not":
-            return Condition(found.sql.replace(f"{alias}.sid IN", f"{alias}.sid NOT IN", 1), found.params)
-        return found
+        # :not (R4 §3.1.1.5.10): resources with no matching token, those with no value at all included.
+        tokens = [_token(v) for v in item.values]
+        return _in_table(alias, "search_token", param, param.code, tokens, negate=modifier == "not")
     if param.type == "reference" and modifier == "identifier":
         return _in_table(alias, "search_token", param, f"{param.code}:identifier", [_token(v) for v in item.values])
     if param.type == "date":
-        return _date_filter(alias, param, [[value] for value in item.values])
+        return _date_filter(alias, param, [[value] for value in item.values], context.span(param))
     builders: dict[str, Callable[[Any], Condition]] = {
         "string": lambda v: _string(v, modifier),
         "number": _number,
@@ -172,7 +198,7 @@ def _date(value: DateValue, low: str, high: str) -> Condition:
             return Condition(f"{low} <= ? AND {high} >= ?", [min(pe + widen, MAX), max(ps - widen, MIN)])
 
 
-def _low_bounds(value: DateValue, span: str) -> tuple[list[Condition], list[Condition]]:
+def _low_bounds(value: DateValue, span: int) -> tuple[list[Condition], list[Condition]]:
     """Bounds on ``low`` implied by ``value`` for rows whose range is at most ``span`` long.
 
     A B-tree finds ``low`` in a range; a condition on ``high`` alone ("ends after X") would scan half
@@ -181,7 +207,7 @@ def _low_bounds(value: DateValue, span: str) -> tuple[list[Condition], list[Cond
     ps, pe = value.low, value.high
 
     def after(bound: int) -> Condition:
-        return Condition(f"low >= ? - {span}", [bound])
+        return Condition("low >= ?", [max(bound - span, MIN)])
 
     match value.prefix:
         case "eq":
@@ -203,34 +229,36 @@ def _low_bounds(value: DateValue, span: str) -> tuple[list[Condition], list[Cond
             return [], []
 
 
-def _date_filter(alias: str, param: SearchParameter, groups: list[list[DateValue]]) -> Condition:
+def _date_filter(alias: str, param: SearchParameter, groups: list[list[DateValue]], spans: Spans) -> Condition:
     """Date conditions (OR of groups, AND within a group, all on one row) as index range scans.
 
-    Rows are reached three ways, OR-ed (bitmap index scans): finite ranges through bounds on ``low``,
-    ranges open at the start (``low`` = MIN) and ranges open at the end (``high`` = MAX); the exact
-    R4 condition is checked on each. One relation, so the planner may also probe it by ``sid``.
+    Finite ranges are reached through bounds on ``low``; ranges open at the start (``low`` = MIN) or
+    at the end (``high`` = MAX) through their own index entries, OR-ed in only if the parameter has
+    any. The exact R4 condition is checked on each row. One relation, so the planner may also probe
+    it by ``sid``; with one group and no open ranges, the bounds are plain AND-ed range conditions,
+    which the planner estimates well.
     """
-    span = "(SELECT COALESCE(MAX(max_span), 0) FROM search_date_spans WHERE resource_type = ? AND param = ?)"
     key = [param.resource_type, param.code]
     exact_groups = [[_date(value, "low", "high") for value in group] for group in groups]
-    exact_sql = " OR ".join("(" + " AND ".join(f"({c.sql})" for c in group) + ")" for group in exact_groups)
-    exact_params = [p for group in exact_groups for c in group for p in c.params]
     branches: list[Condition] = []
     for group, exact in zip(groups, exact_groups, strict=True):
         bounds: list[Condition] = []
         for value in group:
-            lower, upper = _low_bounds(value, span)
+            lower, upper = _low_bounds(value, spans.longest)
             bounds += lower + upper
-        params: list[Any] = []
-        for bound in bounds:
-            params += bound.params + (key if span in bound.sql else [])
+        params = [p for bound in bounds for p in bound.params]
         sql = " AND ".join([b.sql for b in bounds] + [f"({c.sql})" for c in exact])
         branches.append(Condition(sql, params + [p for c in exact for p in c.params]))
-    branches.append(Condition(f"low = ? AND ({exact_sql})", [MIN, *exact_params]))
-    branches.append(Condition(f"high = ? AND ({exact_sql})", [MAX, *exact_params]))
-    ors = " OR ".join(f"({b.sql})" for b in branches)
+    if spans.open_start or spans.open_end:
+        exact_sql = " OR ".join("(" + " AND ".join(f"({c.sql})" for c in group) + ")" for group in exact_groups)
+        exact_params = [p for group in exact_groups for c in group for p in c.params]
+        if spans.open_start:
+            branches.append(Condition(f"low = ? AND ({exact_sql})", [MIN, *exact_params]))
+        if spans.open_end:
+            branches.append(Condition(f"high = ? AND ({exact_sql})", [MAX, *exact_params]))
+    where = branches[0].sql if len(branches) == 1 else "(" + " OR ".join(f"({b.sql})" for b in branches) + ")"
     return Condition(
-        f"{alias}.sid IN (SELECT sid FROM search_date WHERE resource_type = ? AND param = ? AND ({ors}))",
+        f"{alias}.sid IN (SELECT sid FROM search_date WHERE resource_type = ? AND param = ? AND {where})",
         [*key, *(p for b in branches for p in b.params)],
     )
 
@@ -321,12 +349,12 @@ def _missing(item: MissingFilter, alias: str) -> Condition:
     )
 
 
-def _chain(item: ChainFilter, alias: str, base: str | None, aliases: _Aliases) -> Condition:
-    reference = aliases.next("r")
+def _chain(item: ChainFilter, alias: str, base: str | None, context: Context) -> Condition:
+    reference = context.next("r")
     targets: list[Condition] = []
     for target_type, inner in item.inner:
-        target = aliases.next("t")
-        nested = condition(inner, target, base, aliases)
+        target = context.next("t")
+        nested = condition(inner, target, base, context)
         targets.append(
             Condition(
                 f"{reference}.target_type = ? AND {reference}.target_id IN "
@@ -351,9 +379,9 @@ def _chain(item: ChainFilter, alias: str, base: str | None, aliases: _Aliases) -
     )
 
 
-def _has(item: HasFilter, alias: str, base: str | None, aliases: _Aliases) -> Condition:
-    reference, source = aliases.next("r"), aliases.next("s")
-    nested = condition(item.inner, source, base, aliases)
+def _has(item: HasFilter, alias: str, base: str | None, context: Context) -> Condition:
+    reference, source = context.next("r"), context.next("s")
+    nested = condition(item.inner, source, base, context)
     return Condition(
         f"{alias}.resource_id IN (SELECT {reference}.target_id FROM search_reference {reference} "
         f"WHERE {reference}.resource_type = ? AND {reference}.param = ? AND {reference}.target_type = ? "

@@ -276,3 +276,30 @@ def test_scope_parsing_v1_and_v2() -> None:
         ("user", "Patient", "cdu"),
     }
     assert json.dumps(sorted(grants))
+
+
+def test_interactions_map_to_the_permissions_they_need() -> None:
+    from fhir_api.auth import need_of
+
+    cases = {
+        ("GET", "/fhir/Patient/1"): ("Patient", "r"),
+        ("GET", "/fhir/Patient/1/_history/2"): ("Patient", "r"),
+        ("GET", "/fhir/Patient/1/_history"): ("Patient", "r"),
+        ("GET", "/fhir/Patient"): ("Patient", "s"),
+        ("POST", "/fhir/Patient/_search"): ("Patient", "s"),
+        ("GET", "/fhir/Patient/_history"): ("Patient", "s"),
+        ("GET", "/fhir/_history"): ("*", "s"),
+        ("POST", "/fhir/Observation"): ("Observation", "c"),
+        ("PUT", "/fhir/Observation/1"): ("Observation", "u"),
+        ("PATCH", "/fhir/Observation/1"): ("Observation", "u"),
+        ("DELETE", "/fhir/Observation/1"): ("Observation", "d"),
+        ("POST", "/fhir"): ("*", "cu"),
+        ("GET", "/fhir/Patient/1/$everything"): ("*", "rs"),
+        ("GET", "/fhir/$export"): ("*", "s"),
+        ("GET", "/fhir/Patient/$export"): ("*", "s"),
+        ("GET", "/fhir/Group/g/$export"): ("*", "s"),
+        ("POST", "/fhir/Patient/$match"): ("Patient", "s"),
+    }
+    for (method, path), (resource_type, permissions) in cases.items():
+        need = need_of(method, path)
+        assert (need.resource_type, need.permissions) == (resource_type, permissions), (method, path)

@@ -6,11 +6,15 @@ import csv
 import io
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from ehr_core.settings import Settings
+from fhir_api.app import create_app
+from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
 from projections.audit import AuditQuery, search_audit
 from tests.integration.compliance.conftest import Cli
@@ -79,12 +83,12 @@ def test_every_interaction_leaves_exactly_one_audit_entry(client: TestClient, se
     stale = {"If-Match": 'W/"9"'}
     call("PUT", f"/fhir/Patient/{patient}", json={"resourceType": "Patient", "id": patient}, headers=stale)  # 412
     call("POST", "/fhir/Patient", content=b"<Patient/>", headers={"Content-Type": "application/xml"})  # 415
-    call("POST", "/fhir/AuditEvent", json={"resourceType": "AuditEvent"})  # 405: server-written only
+    call("POST", "/fhir/AuditEvent", json={"resourceType": "AuditEvent"})  # 400: invalid (no type, agent, source)
     call("GET", f"/fhir/AuditEvent?patient={patient}")
     call("GET", f"/fhir/Provenance?target=Patient/{patient}")
     call("GET", "/fhir/$ledger-key")
     statuses = Counter(sent.values())
-    assert {404, 410, 412, 415, 405} <= set(statuses), statuses
+    assert {400, 404, 410, 412, 415} <= set(statuses), statuses
 
     entries = _entries(services)
     per_request = Counter(e.request_id for e in entries)
@@ -166,7 +170,8 @@ def test_every_write_has_a_provenance(client: TestClient) -> None:
     assert len(client.get(f"/fhir/Provenance?patient={patient}").json()["entry"]) == 4
     read = client.get(f"/fhir/Provenance/{create['id']}")
     assert read.status_code == 200 and read.json() == create
-    assert client.put(f"/fhir/Provenance/{create['id']}", json=create).status_code == 405
+    # The server's Provenance is immutable; a client's own Provenance may not take its id.
+    assert client.put(f"/fhir/Provenance/{create['id']}", json=create).status_code == 409
 
 
 def test_at_returns_the_version_the_reader_received(client: TestClient, services: Services) -> None:
@@ -230,3 +235,28 @@ def test_audit_replay_of_one_patient(
     assert ehr("audit", "replay", "--patient", patient, "--patient", other, "--to", lines[2]["recorded"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert len(text) == 4 and "enf.ruiz (nurse) @ ISSSTE" in text[-1] and "read" in text[-1]
+
+
+def test_refusals_by_the_auth_layer_are_audited_once(settings: Settings, tmp_path: Path) -> None:
+    """With bearer tokens required (issue 7): 401 and 403 each leave exactly one entry, with who was refused."""
+    secured = settings.model_copy(
+        update={"auth": "required", "data_dir": tmp_path / "ehr-data", "auth_issuers_dir": tmp_path / "issuers"}
+    )
+    (tmp_path / "issuers").mkdir()
+    services = Services.open(secured)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            claims = {"institution": "IMSS", "unit": "DFIMS000011", "user": "dr.read", "role": "physician"}
+            reader = {"Authorization": f"Bearer {mint_development_token(secured, claims | {'scope': 'user/*.r'})}"}
+            assert client.get("/fhir/Patient", headers={"X-Request-ID": "no-token"}).status_code == 401
+            refused = client.post("/fhir/Patient", json=PATIENT, headers=reader | {"X-Request-ID": "read-only"})
+            assert refused.status_code == 403, refused.text
+            assert client.get("/fhir/metadata", headers=reader | {"X-Request-ID": "allowed"}).status_code == 200
+        entries = _entries(services)
+    finally:
+        services.close()
+    by_id = Counter(e.request_id for e in entries)
+    assert by_id["no-token"] == 1 and by_id["read-only"] == 1 and by_id["allowed"] == 1
+    denied = next(e for e in entries if e.status == 403)
+    assert (denied.user, denied.institution, denied.interaction, denied.outcome) == ("dr.read", "IMSS", "create", "4")
+    assert next(e for e in entries if e.status == 401).user == "anonymous"

@@ -259,17 +259,17 @@ def test_unlink_restores_both_records_everything_exactly(client: TestClient) -> 
 
 def test_patients_written_in_a_transaction_are_matched_before_they_are_served(client: TestClient) -> None:
     curp = "ZUVM471127HOCTJG03"
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "resource": {**patient("Zúñiga Vázquez", "Manuel", "1947-11-27", curp), "id": f"tx-{n}"},
-                "request": {"method": "PUT", "url": f"Patient/tx-{n}"},
-            }
-            for n in range(2)
-        ],
-    }
-    assert client.post("/fhir", json=bundle, headers=IMSS).status_code == 200
+    for n, caller in enumerate((IMSS, ISSSTE)):  # seealso joins records of *different* institutions
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": {**patient("Zúñiga Vázquez", "Manuel", "1947-11-27", curp), "id": f"tx-{n}"},
+                    "request": {"method": "PUT", "url": f"Patient/tx-{n}"},
+                }
+            ],
+        }
+        assert client.post("/fhir", json=bundle, headers=caller).status_code == 200
     served = client.get("/fhir/Patient/tx-0").json()
     assert served["link"] == [{"other": {"reference": "Patient/tx-1"}, "type": "seealso"}]

@@ -49,7 +49,7 @@ def corpus_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     else:
         url: str = request.getfixturevalue("postgres_url")
         schema = f"search_{uuid.uuid4().hex[:12]}"
-        settings = Settings(database_url=url, postgres_schema=schema, postgres_pool_size=4, **_NO_AUTH)
+        settings = Settings(database_url=url, postgres_schema=schema, postgres_pool_size=2, **_NO_AUTH)
     services = Services.open(settings, follow=False)
     try:
         _load(services)

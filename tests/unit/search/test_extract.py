@@ -78,7 +78,7 @@ def test_ranges_timings_and_numbers() -> None:
         }
     )
     assert ("onset-age", None, None, "a", 10.0, math.inf) in condition.quantity
-    assert [row for row in condition.date if row[0] == "abatement-date"][0][2] == date_range("2020")[1]
+    assert next(row for row in condition.date if row[0] == "abatement-date")[2] == date_range("2020")[1]
     assert not [row for row in condition.reference if row[0] == "patient"]  # a Group is not a Patient
     risk = extract({"resourceType": "RiskAssessment", "prediction": [{"probabilityDecimal": 0.02}]})
     assert risk.number == [("probability", 0.02, 0.02)]
