@@ -36,28 +36,17 @@ def _settings(backend: str, directory: Path, schema: str | None, url: str) -> An
     return Settings(data_dir=directory)
 
 
-def _project(settings: Any, stop: Any) -> None:
-    from fhir_api.services import Services
-
-    services = Services.open(settings, follow=False)
-    try:
-        while not stop.wait(0.05):
-            services.projector.catch_up()
-        services.projector.catch_up()
-    finally:
-        services.close()
-
-
 def _import(settings: Any, files: list[Path]) -> tuple[int, float]:
     """Resources stored and seconds until they are all projected."""
     from ehr_core.importing import Importer
+    from fhir_api.commands.import_ import project_until_stopped
     from fhir_api.resolver import ViewResolver
     from fhir_api.services import Services
 
     services = Services.open(settings, follow=False)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
-    projector = context.Process(target=_project, args=(settings, stop))
+    projector = context.Process(target=project_until_stopped, args=(stop, settings))
     projector.start()
     time.sleep(3.0)  # let the projector process start before the clock does
     try:

@@ -55,9 +55,10 @@ def _import(files: list[Path], progress: Any) -> ImportReport:
         services.close()
 
 
-def _project(stop: Any) -> None:
-    """Follow the log until told to stop, then finish what is left."""
-    services = Services.open(Settings(postgres_pool_size=2), follow=False)  # one thread each: few connections
+def project_until_stopped(stop: Any, settings: Settings | None = None) -> None:
+    """Follow the log until told to stop, then finish what is left (the projector process of an import)."""
+    # One thread: a pool of two connections is plenty, and imports run beside servers on one database.
+    services = Services.open(settings or Settings(postgres_pool_size=2), follow=False)
     try:
         while not stop.wait(0.05):
             services.projector.catch_up()
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
         context = multiprocessing.get_context("spawn")
         stop = context.Event()
-        projector = context.Process(target=_project, args=(stop,), name="ehr-import-projector")
+        projector = context.Process(target=project_until_stopped, args=(stop,), name="ehr-import-projector")
         projector.start()
         batches = [path for path in files if _is_batch(path)]
         rest = [path for path in files if path not in batches]
