@@ -24,6 +24,19 @@ from projections.projector import Projector
 
 __all__ = ["AuditProjector", "AuditQuery", "StoredAudit", "audit_entries_for_patient", "read_audit", "search_audit"]
 
+_ENTRY_COLUMNS = (
+    "audit_nid",
+    "id",
+    "recorded",
+    "action",
+    "outcome",
+    "interaction",
+    "address",
+    "entry",
+    "user_id",
+    "user_key",
+    "institution",
+)
 _DATE_PREFIXES = {"eq": "=", "ge": ">=", "le": "<=", "gt": ">", "lt": "<", "sa": ">", "eb": "<"}
 
 
@@ -104,14 +117,8 @@ class AuditProjector(Projector):
                     if unversioned != reference:
                         refs.append((notification.id, "entity", unversioned))
                 refs += [(notification.id, "entity", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
-            tx.executemany(
-                "INSERT INTO audit_entries "
-                "(audit_nid, id, recorded, action, outcome, interaction, address, entry, user_id, user_key, "
-                "institution) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            tx.executemany("INSERT INTO audit_entry_refs (audit_nid, param, value) VALUES (?, ?, ?)", refs)
+            tx.insert("audit_entries", _ENTRY_COLUMNS, rows)
+            tx.insert("audit_entry_refs", ("audit_nid", "param", "value"), refs)
             last = notifications[-1].id
             tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
         self._position = last

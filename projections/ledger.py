@@ -191,10 +191,9 @@ class Ledger:
                     signature,
                 ),
             )
-            tx.executemany(
-                f"INSERT INTO {self.leaves} "
-                "(notification_id, block, leaf_index, originator_id, originator_version, leaf) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+            tx.insert(
+                self.leaves,
+                ("notification_id", "block", "leaf_index", "originator_id", "originator_version", "leaf"),
                 [
                     (n.id, number, index, str(n.originator_id), n.originator_version, leaf)
                     for index, (n, leaf) in enumerate(zip(notifications, leaves, strict=True))

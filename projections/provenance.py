@@ -137,13 +137,22 @@ class ProvenanceView(View):
                 (nid, "agent", f"urn:ehr-core:user:{institution}|{user}"),
                 (nid, "agent", f"urn:ehr-core:institution|{institution}"),
             ]
-        tx.executemany(
-            "INSERT INTO provenance "
-            "(notification_id, id, target_type, target_id, target_version, recorded, method, context, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        tx.insert(
+            "provenance",
+            (
+                "notification_id",
+                "id",
+                "target_type",
+                "target_id",
+                "target_version",
+                "recorded",
+                "method",
+                "context",
+                "body",
+            ),
             rows,
         )
-        tx.executemany("INSERT INTO provenance_refs (notification_id, param, value) VALUES (?, ?, ?)", refs)
+        tx.insert("provenance_refs", ("notification_id", "param", "value"), refs)
 
 
 # -- queries ---------------------------------------------------------------------------------------

@@ -88,10 +88,9 @@ class ResourceViews(View):
         )
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
-        tx.executemany(
-            "INSERT INTO resource_history "
-            "(notification_id, resource_type, resource_id, version, last_updated, method, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        tx.insert(
+            "resource_history",
+            ("notification_id", "resource_type", "resource_id", "version", "last_updated", "method", "body"),
             [
                 (
                     c.notification_id,
@@ -124,8 +123,9 @@ class ResourceViews(View):
             "DELETE FROM resource_compartments WHERE resource_type = ? AND resource_id = ?",
             [(c.resource_type, c.resource_id) for c in latest.values()],
         )
-        tx.executemany(
-            "INSERT INTO resource_compartments (patient_id, resource_type, resource_id) VALUES (?, ?, ?)",
+        tx.insert(
+            "resource_compartments",
+            ("patient_id", "resource_type", "resource_id"),
             [
                 (patient, c.resource_type, c.resource_id)
                 for c in latest.values()

@@ -230,17 +230,10 @@ class SearchIndex(View):
             for kind in VALUE_TABLES:
                 values[kind] += [(change.resource_type, *row, sid) for row in getattr(rows, kind)]
         if ids:
-            tx.executemany(
-                "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) VALUES (?, ?, ?, ?)", ids
-            )
+            tx.insert("search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids)
         self._spans(tx, values["date"])
         for kind, (table, columns) in VALUE_TABLES.items():
-            if values[kind]:
-                names = ", ".join(columns)
-                marks = ", ".join("?" * (len(columns) + 3))
-                tx.executemany(
-                    f"INSERT INTO {table} (resource_type, param, {names}, sid) VALUES ({marks})", values[kind]
-                )
+            tx.insert(table, ("resource_type", "param", *columns, "sid"), values[kind])
 
 
 def _span_updates(date_rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int, int, int]]:
