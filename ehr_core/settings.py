@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     max_bundle_entries: int = 10_000
     #: Notifications a projection handles in one transaction.
     projection_batch_size: int = 500
+    #: Who applies events to the views (issue 8): ``inline`` — each API process, after its own writes and
+    #: following the others' (LISTEN); ``worker`` — a separate ``ehr project`` process (PostgreSQL), which
+    #: the API processes wait for (read-your-writes) instead of projecting themselves.
+    projection: str = "inline"
+    #: With ``projection=worker``: how long a write waits for the worker before answering anyway.
+    projection_wait_seconds: float = 30.0
     #: Connections each PostgreSQL pool may hold.
     postgres_pool_size: int = 10
     # -- issue 7: keys and access ------------------------------------------------------------------
@@ -46,6 +52,10 @@ class Settings(BaseSettings):
     @property
     def auth_disabled(self) -> bool:
         return self.auth == "disabled-for-development"
+
+    @property
+    def projects_inline(self) -> bool:
+        return self.projection.strip().lower() != "worker"
 
     @property
     def uses_postgres(self) -> bool:

@@ -11,6 +11,8 @@ from fhir_api.commands import (  # 6: audit, verify; 5: demo; 7: privacy, token
     demo,
     import_,
     privacy,
+    project,
+    rebuild,
     token,
     verify,
 )
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(commands)  # issue 6
     privacy.add_parsers(commands)  # issue 7: keys, shred, arco-cancel
     token.add_parser(commands)  # issue 7
+    project.add_parser(commands)  # issue 8: the projection worker
+    rebuild.add_parser(commands)  # issue 8
     return parser
 
 

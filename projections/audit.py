@@ -13,13 +13,15 @@ keeps the projection cheap: it runs for every API interaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from eventsourcing.persistence import Notification
 
 from ehr_core.audit import AuditEntry, AuditRecord, audit_event, audit_event_id
-from projections.db import Tx
+from projections.db import Tx, ViewDatabase
 from projections.projector import Projector
 
 __all__ = ["AuditProjector", "AuditQuery", "StoredAudit", "audit_entries_for_patient", "read_audit", "search_audit"]
@@ -43,7 +45,12 @@ _DATE_PREFIXES = {"eq": "=", "ge": ">=", "le": "<=", "gt": ">", "lt": "<", "sa":
 class AuditProjector(Projector):
     """Follows the audit log; overrides how a batch is applied (raw audit records, not resource changes)."""
 
-    tables = ("audit_entry_refs", "audit_entries")
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return ("audit_entry_refs", "audit_entries")
+
+    def beside(self, database: ViewDatabase) -> AuditProjector:
+        return AuditProjector(self.application, database, [], self.name, self.batch_size)
 
     def create_tables(self) -> None:
         with self.database.write() as tx:
@@ -78,51 +85,38 @@ class AuditProjector(Projector):
                 (self.name,),
             )
 
-    def _apply_batch(self, until: int | None) -> int:
-        with self.database.write() as tx:
-            position = self._read_position(tx, lock=True)
-            if until is not None and position >= until:
-                self._position = position
-                return 0
-            notifications = self.application.recorder.select_notifications(start=position + 1, limit=self.batch_size)
-            if not notifications:
-                self._position = position
-                return 0
-            rows, refs = [], []
-            for notification in notifications:
-                event = self.application.mapper.to_domain_event(notification)
-                if not isinstance(event, AuditRecord.Recorded):
-                    continue
-                entry = AuditEntry.from_dict(event.entry)
-                resource_id = audit_event_id(notification.id)
-                rows.append(
-                    (
-                        notification.id,
-                        resource_id,
-                        entry.recorded,
-                        entry.action,
-                        entry.outcome,
-                        entry.interaction,
-                        entry.address,
-                        orjson.dumps(event.entry).decode(),
-                        entry.user,
-                        f"urn:ehr-core:user:{entry.institution}|{entry.user}",
-                        f"urn:ehr-core:institution|{entry.institution}",
-                    )
+    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> None:
+        rows, refs = [], []
+        for notification in notifications:
+            event = self.application.mapper.to_domain_event(notification)
+            if not isinstance(event, AuditRecord.Recorded):
+                continue
+            entry = AuditEntry.from_dict(event.entry)
+            resource_id = audit_event_id(notification.id)
+            rows.append(
+                (
+                    notification.id,
+                    resource_id,
+                    entry.recorded,
+                    entry.action,
+                    entry.outcome,
+                    entry.interaction,
+                    entry.address,
+                    orjson.dumps(event.entry).decode(),
+                    entry.user,
+                    f"urn:ehr-core:user:{entry.institution}|{entry.user}",
+                    f"urn:ehr-core:institution|{entry.institution}",
                 )
-                refs += [(notification.id, "patient", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
-                for reference in dict.fromkeys(entry.entities):
-                    refs.append((notification.id, "entity", reference))
-                    unversioned = reference.split("/_history/")[0]
-                    if unversioned != reference:
-                        refs.append((notification.id, "entity", unversioned))
-                refs += [(notification.id, "entity", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
-            tx.insert("audit_entries", _ENTRY_COLUMNS, rows)
-            tx.insert("audit_entry_refs", ("audit_nid", "param", "value"), refs)
-            last = notifications[-1].id
-            tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
-        self._position = last
-        return len(notifications)
+            )
+            refs += [(notification.id, "patient", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
+            for reference in dict.fromkeys(entry.entities):
+                refs.append((notification.id, "entity", reference))
+                unversioned = reference.split("/_history/")[0]
+                if unversioned != reference:
+                    refs.append((notification.id, "entity", unversioned))
+            refs += [(notification.id, "entity", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
+        tx.insert("audit_entries", _ENTRY_COLUMNS, rows)
+        tx.insert("audit_entry_refs", ("audit_nid", "param", "value"), refs)
 
     def reset(self) -> None:
         with self._lock, self.database.write() as tx:

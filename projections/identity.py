@@ -11,7 +11,6 @@ wrote each current resource (for attribution in ``$everything`` and ``$summary``
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.application import Application
+from eventsourcing.persistence import Notification
 
 from ehr_core.identity.features import Features, patient_features
 from ehr_core.identity.index import Candidate, MasterPatientIndex
@@ -27,6 +27,7 @@ from ehr_core.resources import json as fhir_json
 from ehr_core.streams import ResourceStream
 from projections.db import Tx, ViewDatabase
 from projections.privacy import erasure_from_event
+from projections.projector import Progress, Projector
 
 __all__ = ["IdentityIndex", "LinkRow", "Source", "everything_page"]
 
@@ -54,14 +55,26 @@ def _patient(record: str) -> str:
     return record.split("/", 1)[1] if record.startswith("Patient/") else record
 
 
-class IdentityIndex:
+class IdentityIndex(Projector):
+    """A projector of its own (tracking row ``identity``) whose batches also take MPI decisions."""
+
     def __init__(self, application: Application[UUID], database: ViewDatabase, batch_size: int = 500) -> None:
-        self.application = application
-        self.database = database
+        super().__init__(application, database, [], name=_NAME, batch_size=batch_size)
         self.mpi = MasterPatientIndex(application)
-        self.batch_size = batch_size
-        self._lock = threading.Lock()
-        self.position = 0
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return _TABLES
+
+    def catch_up(self, until: int | None = None, progress: Progress | None = None) -> int:
+        # A batch appends Person and Membership events of its own: follow to the end of the log, so that the
+        # links a write just caused are visible with it (read-your-writes for identity).
+        if until is not None and self.position >= until:
+            return self.position
+        return super().catch_up(None, progress)
+
+    def beside(self, database: ViewDatabase) -> IdentityIndex:
+        return IdentityIndex(self.application, database, self.batch_size)
 
     # -- tables ----------------------------------------------------------------------------------
 
@@ -131,7 +144,7 @@ class IdentityIndex:
             for table in reversed(_TABLES):
                 tx.execute(f"DELETE FROM {table}")
             tx.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (_NAME,))
-            self.position = 0
+            self._position = 0
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         with self.database.read() as tx:
@@ -139,33 +152,10 @@ class IdentityIndex:
 
     # -- following the log -----------------------------------------------------------------------
 
-    def _read_position(self, tx: Tx, lock: bool) -> int:
-        suffix = " FOR UPDATE" if lock and self.database.dialect == "postgres" else ""
-        row = tx.execute(f"SELECT position FROM projection_tracking WHERE name = ?{suffix}", (_NAME,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def catch_up(self, until: int | None = None) -> int:
-        if until is not None and self.position >= until:
-            return self.position
-        with self._lock:
-            while self._apply_batch():
-                pass
-            return self.position
-
-    def _apply_batch(self) -> int:
-        with self.database.write() as tx:
-            position = self._read_position(tx, lock=True)
-            notifications = self.application.recorder.select_notifications(start=position + 1, limit=self.batch_size)
-            if not notifications:
-                self.position = position
-                return 0
-            mapper = self.application.mapper
-            for notification in notifications:
-                self._apply(tx, mapper.to_domain_event(notification))
-            last = notifications[-1].id
-            tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, _NAME))
-        self.position = last
-        return len(notifications)
+    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> None:
+        mapper = self.application.mapper
+        for notification in notifications:
+            self._apply(tx, mapper.to_domain_event(notification))
 
     def _apply(self, tx: Tx, event: Any) -> None:
         erasure = erasure_from_event(0, event)

@@ -9,18 +9,31 @@ they take turns, and whoever comes second finds the work done.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import Notification
 
+from projections import metrics  # issue 8
 from projections.changes import Change, change_from_event
 from projections.db import Tx, ViewDatabase
 from projections.privacy import erase, erasure_from_event  # issue 7
 from projections.view import View
 
-__all__ = ["Projector"]
+__all__ = ["Projector", "projected_channel"]
+
+
+def projected_channel(schema: str) -> str:
+    """The PostgreSQL channel on which projectors announce new positions (issue 8: ``ehr project``).
+
+    One per schema (a deployment), and a valid identifier whatever the schema's name.
+    """
+    return "ehr_projected_" + hashlib.sha256(schema.encode()).hexdigest()[:16]
+
 
 Progress = Callable[[int, int], None]
 
@@ -94,7 +107,14 @@ class Projector:
         """Read-your-writes: return once ``notification_id`` is applied."""
         self.catch_up(until=notification_id)
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Every table this projector writes (what ``ehr rebuild`` builds beside and swaps)."""
+        return tuple(table for view in self.views for table in view.tables)
+
     def _apply_batch(self, until: int | None) -> int:
+        """One transaction: lock the tracking row, apply the next notifications, move the row."""
+        started = time.perf_counter()
         with self.database.write() as tx:
             position = self._read_position(tx, lock=True)
             if until is not None and position >= until:
@@ -104,26 +124,46 @@ class Projector:
             if not notifications:
                 self._position = position
                 return 0
-            mapper = self.application.mapper
-            changes: list[Change] = []
-            for notification in notifications:
-                event = mapper.to_domain_event(notification)
-                erasure = erasure_from_event(notification.id, event)  # issue 7: a block or shredding
-                if erasure is not None:
-                    for view in self.views:
-                        view.apply(tx, changes)
-                    changes = []
-                    erase(tx, self.database.dialect, self.views, erasure)
-                    continue
-                change = change_from_event(notification.id, event)
-                if change is not None:
-                    changes.append(change)
-            for view in self.views:
-                view.apply(tx, changes)
+            self.apply_notifications(tx, notifications)
             last = notifications[-1].id
             tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
+            if self.announce_to is not None:
+                # Delivered on commit: API processes waiting for this position (read-your-writes) wake up.
+                tx.execute("SELECT pg_notify(?, ?)", (self.announce_to, f"{self.name}:{last}"))
         self._position = last
+        metrics.applied(self.name, len(notifications), time.perf_counter() - started)
         return len(notifications)
+
+    #: The channel to NOTIFY after each batch (PostgreSQL only; set by the deployment, see ``projected_channel``).
+    announce_to: str | None = None
+
+    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> None:
+        """Apply a batch in the caller's transaction (subclasses that follow other logs override this)."""
+        mapper = self.application.mapper
+        changes: list[Change] = []
+        for notification in notifications:
+            event = mapper.to_domain_event(notification)
+            erasure = erasure_from_event(notification.id, event)  # issue 7: a block or shredding
+            if erasure is not None:
+                for view in self.views:
+                    view.apply(tx, changes)
+                changes = []
+                erase(tx, self.database.dialect, self.views, erasure)
+                continue
+            change = change_from_event(notification.id, event)
+            if change is not None:
+                changes.append(change)
+        for view in self.views:
+            view.apply(tx, changes)
+
+    def beside(self, database: ViewDatabase) -> Projector:
+        """A projector of the same kind and views over another database (``ehr rebuild``'s shadow)."""
+        return Projector(self.application, database, [type(view)() for view in self.views], self.name, self.batch_size)
+
+    def forget_position(self) -> None:
+        """The tracking row was replaced under this projector (a rebuild's swap): read it again next time."""
+        with self._lock:
+            self._position = 0
 
     def reset(self) -> None:
         """Empty the views and rewind to zero (a rebuild in place; see ``ehr rebuild`` for beside-and-swap)."""

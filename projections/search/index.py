@@ -130,11 +130,8 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 
 class SearchIndex(View):
-    tables = ("search_ids", *(table for table, _ in VALUE_TABLES.values()))
-
-    def reset(self, tx: Tx) -> None:
-        super().reset(tx)
-        tx.execute("DELETE FROM search_date_spans")
+    # search_date_spans last: it is rebuilt and swapped with the rows it summarises (``ehr rebuild``).
+    tables = ("search_ids", *(table for table, _ in VALUE_TABLES.values()), "search_date_spans")
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         for statement in _ddl(dialect):
@@ -200,7 +197,7 @@ class SearchIndex(View):
         for resource_type, sids in by_type.items():
             for chunk in _chunks(sids):
                 marks = ", ".join("?" * len(chunk))
-                for table in self.tables:
+                for table in self.tables[:-1]:  # not search_date_spans: it holds no rows of a resource
                     tx.execute(
                         f"DELETE FROM {table} WHERE sid IN ({marks}) AND resource_type = ?", [*chunk, resource_type]
                     )

@@ -1,0 +1,88 @@
+"""``ehr rebuild [NAME…]``: rebuild projections from zero beside the live ones and swap them in (issue 8).
+
+NAME is ``resources`` (read, history, search, provenance, access, erasures), ``identity`` (the master
+patient index) or ``audit`` (the AuditEvent views); none means all three. The ledgers are not
+projections to rebuild: they are signed chains, checked by ``ehr verify``. The server may keep running.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ehr_core.settings import Settings
+from fhir_api.services import Services
+from projections.projector import Projector
+from projections.rebuild import rebuild
+
+__all__ = ["add_parser", "projectors_named"]
+
+NAMES = ("resources", "identity", "audit")
+
+
+def projectors_named(services: Services, names: list[str]) -> list[Projector]:
+    available: dict[str, Projector] = {"resources": services.projector}
+    if services.identity is not None:
+        available["identity"] = services.identity
+    if services.compliance is not None:
+        available["audit"] = services.compliance.audit_projector
+    return [available[name] for name in (names or list(NAMES)) if name in available]
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, soft_wrap=True)
+    unknown = sorted(set(args.names) - set(NAMES))
+    if unknown:
+        console.print(f"ehr rebuild: unknown projection {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+        return 2
+    settings = Settings()
+    try:
+        services = Services.open(settings, follow=False)
+    except psycopg.OperationalError as error:
+        console.print(f"ehr rebuild: cannot reach the database ({str(error).strip()}); check EHR_DATABASE_URL")
+        return 1
+    columns = (
+        TextColumn("[bold]{task.description:<9}"),
+        BarColumn(),
+        TextColumn("{task.completed:>12,.0f}/{task.total:,.0f} events"),
+        TextColumn("{task.fields[rate]:>9,.0f}/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, disable=args.quiet) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def progress(name: str, position: int, head: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=head, rate=0.0)
+                task = bar.tasks[tasks[name]]
+                elapsed = task.elapsed or 0.0
+                bar.update(tasks[name], completed=position, total=head, rate=position / elapsed if elapsed else 0.0)
+
+            done = rebuild(settings, projectors_named(services, args.names), progress)
+    finally:
+        services.close()
+    for item in done:
+        console.print(
+            f"rebuilt {item.name}: {item.events:,} events in {item.seconds:.1f} s ({item.rate:,.0f} events/s), "
+            f"{len(item.tables)} tables swapped in"
+        )
+    return 0
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "rebuild",
+        help="rebuild projections beside the live ones and swap them in",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(NAMES)} (default: all)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
