@@ -1,5 +1,6 @@
 """Browser tests of the web view (issue 9): a real server process on the demo population, headless Chromium.
 
+- ``backend``: SQLite, then PostgreSQL (a fresh schema; required under ``CI=true``, like every PG test).
 - ``demo_data``: ``ehr demo --no-serve`` run as a process into a data directory shared by the module.
 - ``web_server`` / ``web_server_auth``: ``ehr serve`` on that directory with auth disabled / required
   (tests/support/server.py), after a third Patient record (same CURP, the third institution) with an
@@ -16,14 +17,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from ehr_core.settings import Settings
 from tests.support.server import REPO, running_server
 
 CHROMIUM = Path(os.environ.get("EHR_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -55,12 +59,30 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The server's backend settings: SQLite files, or a fresh PostgreSQL schema (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    url: str = request.getfixturevalue("postgres_url")  # tests/conftest.py: fails under CI=true if absent
+    schema = f"w_{uuid.uuid4().hex[:12]}"
+    yield {"EHR_DATABASE_URL": url, "EHR_POSTGRES_SCHEMA": schema}
+    with psycopg.connect(Settings(database_url=url).postgres_conninfo(), autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_data(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str]) -> Path:
     data_dir = tmp_path_factory.mktemp("web") / "ehr-data"
     command = [sys.executable, "-m", "fhir_api.cli", "demo", "--people", str(DEMO_PEOPLE), "--no-serve"]
     done = subprocess.run(
-        [*command, "--data", str(data_dir)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+        [*command, "--data", str(data_dir)],
+        cwd=REPO,
+        env=_env() | backend,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return data_dir
@@ -129,9 +151,9 @@ def third_institution(fhir: str, http: httpx.Client, write_headers: Any = _heade
 
 
 @pytest.fixture(scope="module")
-def web_server(demo_data: Path) -> Iterator[Demo]:
+def web_server(demo_data: Path, backend: dict[str, str]) -> Iterator[Demo]:
     """The demo served with auth disabled for development (no login)."""
-    with running_server(demo_data) as (fhir, _log), httpx.Client(timeout=30) as http:
+    with running_server(demo_data, backend) as (fhir, _log), httpx.Client(timeout=30) as http:
         demo = third_institution(fhir, http)
         demo.data_dir = demo_data
         yield demo
@@ -209,11 +231,11 @@ def mint_token(data_dir: Path, institution: str, user: str, role: str = "physici
 
 
 @pytest.fixture(scope="module")
-def web_server_auth(demo_data: Path) -> Iterator[Demo]:
+def web_server_auth(demo_data: Path, backend: dict[str, str]) -> Iterator[Demo]:
     """The demo served with auth required (``EHR_AUTH=required``): the pages need a token."""
-    with running_server(demo_data) as (fhir, _log), httpx.Client(timeout=30) as http:
+    with running_server(demo_data, backend) as (fhir, _log), httpx.Client(timeout=30) as http:
         demo = third_institution(fhir, http)  # written before auth is switched on
-    with running_server(demo_data, {"EHR_AUTH": "required"}) as (fhir, _log):
+    with running_server(demo_data, backend | {"EHR_AUTH": "required"}) as (fhir, _log):
         demo.base_url = fhir.removesuffix("/fhir")
         demo.data_dir = demo_data
         yield demo
