@@ -46,6 +46,8 @@ TIMELINE_PAGE = 25
 AUDIT_PAGE = 50
 MAX_EVERYTHING_PAGES = 50
 _CURP = re.compile(r"^[A-Z]{4}\d{6}[HMX][A-Z]{5}[A-Z0-9]\d$")
+#: FHIR R4 id (§2.24.0.1 "id"): what a form may name as a Patient record
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _RECORD_SYSTEM = re.compile(r"^urn:ehr-core:sid:([a-z-]+):expediente$")
 ZONES = ["-06:00", "-05:00", "-07:00", "-08:00", "+00:00"]
 
@@ -487,7 +489,7 @@ def break_glass(request: Request, patient_id: str, reason: str = Form(...), next
 async def link(request: Request, patient_id: str, record: str = Form(...), person: str = Form(...)) -> Response:
     """A data steward confirms a link: ``Patient/{record}/$link`` with ``person`` (the API's operation)."""
     session = _session(request)
-    if not _same_origin(request):
+    if not _same_origin(request) or not _FHIR_ID.match(record.strip()):
         return RedirectResponse(f"/web/patients/{patient_id}", status_code=303)
     body = {"resourceType": "Parameters", "parameter": [{"name": "person", "valueString": person.strip()}]}
     answer = await InternalFhir(request, session).post(f"/fhir/Patient/{record.strip()}/$link", body)
@@ -500,7 +502,7 @@ async def link(request: Request, patient_id: str, record: str = Form(...), perso
 async def unlink(request: Request, patient_id: str, record: str = Form(...)) -> Response:
     """A data steward undoes a link: ``Patient/{record}/$unlink``."""
     session = _session(request)
-    if not _same_origin(request):
+    if not _same_origin(request) or not _FHIR_ID.match(record.strip()):
         return RedirectResponse(f"/web/patients/{patient_id}", status_code=303)
     answer = await InternalFhir(request, session).post(f"/fhir/Patient/{record.strip()}/$unlink", {})
     if not answer.ok:

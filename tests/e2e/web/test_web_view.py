@@ -141,11 +141,20 @@ def test_search_record_as_of_and_audit(web_server: Demo, page: Any, console: Con
 
     # English, and it sticks (cookie).
     page.goto(f"{demo.base_url}/web/patients/{imss}?lang=en")
-    assert page.get_by_role("heading", name="Timeline (").count() == 1 or "Timeline" in page.inner_text("body")
+    assert page.locator("header .brand").inner_text() == "Unified health record"
+    assert page.locator("#timeline-title").inner_text().startswith("Timeline")
     page.goto(f"{demo.base_url}/web/")
     assert page.get_by_role("button", name="Search").count() == 1
     page.goto(f"{demo.base_url}/web/patients/{imss}")
+    assert page.locator("#problems-title").inner_text() == "Active problems"
     shoot(page, "05-record-en")
+
+    # A tablet in portrait: the same page, one column where three do not fit.
+    page.set_viewport_size({"width": 820, "height": 1180})
+    page.goto(f"{demo.base_url}/web/patients/{imss}?lang=es")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 820, f"the page scrolls sideways on a tablet ({width} px)"
+    shoot(page, "08-record-tablet")
     assert console.errors == []
 
 
