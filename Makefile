@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := ehr_core projections fhir_api
 
-.PHONY: run serve demo test test-fast lint format typecheck imports bench clean
+.PHONY: run serve demo test test-fast lint format typecheck imports bench clean browser
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ serve: $(VENV)/.installed  ## the FHIR server alone, on what ./ehr-data holds
 
 demo: run
 
-test: $(VENV)/.installed  ## lint, types, layer rules, then the whole test suite (both backends)
+# issue 9: the web view's browser tests drive Debian's Chromium through Playwright (browser downloads are not
+# possible); installed when missing, with sudo unless already root.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: $(CHROMIUM)  ## Debian's chromium for the browser tests (tests/e2e/web)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: $(VENV)/.installed browser  ## lint, types, layer rules, then the whole test suite (both backends)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -41,8 +52,13 @@ typecheck: $(VENV)/.installed
 imports: $(VENV)/.installed
 	$(BIN)/lint-imports
 
-bench: $(VENV)/.installed  ## benchmarks: figures beside their baselines, printed as ratios
-	$(BIN)/python -m bench
+# wrk (a Debian package) is the benchmark's second load generator; sudo only when not root.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+bench: $(VENV)/.installed  ## benchmarks: every promised figure beside its baselines and its target, one table (BENCH_ARGS=--quick)
+	command -v wrk >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; } \
+		|| echo "bench: wrk could not be installed; the raw client's figures stand alone"
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) ehr-data .pytest_cache .mypy_cache .ruff_cache

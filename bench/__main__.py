@@ -1,5 +1,9 @@
-"""``python -m bench``: run every figure and its baselines, print one table, write the JSON.
+"""``python -m bench``: every figure the project promises, each beside its baselines from the same run,
+with the issue's target and whether it is met, in one table; the JSON of the whole run in bench/results/.
 
+Sections, in order: http (creates and reads through a real server, raw client and wrk, the server's RSS),
+import (Synthea at two sizes, its RSS), rebuild (over the larger import's log), everything, search.
+A section that fails is reported on stderr and in the JSON, and the others still run (exit status 1).
 Progress goes to stderr; stdout is the table alone.
 """
 
@@ -12,17 +16,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench import lines as table_lines
 from bench.baselines import baselines
 from bench.http_figures import HttpRun, http_figures
 from bench.options import Options, parse_options
 from bench.payload import sample_stored_event
-from bench.pg import available
-from bench.report import pair_rows, render_table, write_json
+from bench.pg import available, fresh_schema
+from bench.report import write_json
 from bench.stats import Measurement
+from bench.summary import Line, render, verdict
 
 
 def _say(message: str) -> None:
@@ -81,69 +88,176 @@ def _warn_if_busy(measurements: list[Measurement], threshold: float = 0.25) -> N
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv)
-    began = time.time()
+def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line]:
     topic, state, body_bytes = sample_stored_event()
     _say(f"stored event of one create: {len(state)} bytes of state ({body_bytes} bytes of Patient JSON)")
-    runs: list[HttpRun] = []
-    figures: list[Measurement] = []
-    floors: list[Measurement] = []
-    failures: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="ehr-bench-") as directory:
-        work_dir = Path(directory)
-        for backend in _backends(options):
-            _say(
-                f"{backend}: HTTP creates and reads, clients {options.concurrency}, "
-                f"{options.warmup:g}s warm-up + {options.seconds:g}s each"
-            )
-            try:
-                run = http_figures(backend, options, work_dir)
-                _say(f"{backend}: baselines (bare recorder{', raw psycopg' if backend == 'postgres' else ''})")
-                floors.extend(baselines(run, options, work_dir, topic, state))
-            except Exception as error:  # one broken backend must not hide the other's figures
-                failures[backend] = f"{type(error).__name__}: {error}"
-                _say(f"{backend}: FAILED, no figures: {failures[backend][:3000]}")
-                continue
-            runs.append(run)
-            figures.extend(run.measurements)
-            _say(f"{backend}: the server appended {_events_per_create(run)}")
-            if run.profile:
-                _say(f"{backend}: server profile in {run.profile}")
-    if not figures:
-        _say("nothing measured")
-        return 1
-    rows = pair_rows(figures, floors)
-    caption = (
-        f"ehr-core bench: {options.seconds:g}s per figure after {options.warmup:g}s warm-up; load client "
-        f"{options.client}; auth {options.auth}; {os.cpu_count()} CPUs; "
-        f"one create appends {len(state)} B of event state"
-    )
-    print(caption)
-    print(render_table(rows))
-    _warn_if_busy(figures + floors)
-    payload = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
-        "duration_s": time.time() - began,
-        "options": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(options).items()},
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "git": _git(),
-        "payload": {"patient_json_bytes": body_bytes, "event_topic": topic, "event_state_bytes": len(state)},
-        "http_runs": [
+    result["payload"] = {"patient_json_bytes": body_bytes, "event_topic": topic, "event_state_bytes": len(state)}
+    lines: list[Line] = []
+    measured: list[Measurement] = []
+    for backend in _backends(options):
+        _say(
+            f"{backend}: HTTP creates and reads, clients {options.concurrency}, "
+            f"{options.warmup:g}s warm-up + {options.seconds:g}s each (raw client), then wrk for {options.seconds:g}s"
+        )
+        try:
+            run = http_figures(backend, options, work_dir)
+            if run.wrk_skipped:
+                _say(f"{backend}: wrk not run: {run.wrk_skipped}; the raw client's figures stand alone")
+            _say(f"{backend}: baselines (bare recorder{', raw psycopg, jsonb table' if backend == 'postgres' else ''})")
+            floors = baselines(run, options, work_dir, topic, state)
+        except Exception as error:  # one broken backend must not hide the other's figures
+            result["failures"][f"http {backend}"] = f"{type(error).__name__}: {error}"
+            _say(f"{backend}: FAILED, no figures: {str(error)[:3000]}")
+            continue
+        _say(f"{backend}: the server appended {_events_per_create(run)}")
+        if run.profile:
+            _say(f"{backend}: server profile in {run.profile}")
+        measured += run.measurements + floors
+        lines += table_lines.http_lines(backend, run.measurements, floors)
+        lines += table_lines.memory_lines(backend, run.rss_samples)
+        result["http_runs"].append(
             {
                 "backend": run.backend,
                 "stored_events": run.stored_events,
                 "profile": run.profile,
+                "wrk_skipped": run.wrk_skipped,
+                "rss_mb": {"peak": run.rss_peak_mb, "end": run.rss_end_mb, "samples": run.rss_samples},
                 "measurements": [m.as_json() for m in run.measurements],
+                "baselines": [m.as_json() for m in floors],
             }
-            for run in runs
-        ],
-        "baselines": [m.as_json() for m in floors],
-        "failures": failures,
+        )
+    _warn_if_busy(measured)
+    return lines
+
+
+def _import_and_rebuild(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line]:
+    from bench.import_figures import copy_rate, corpus_sizes, measure_import
+    from bench.import_throughput import _settings
+    from bench.rebuild_figures import measure_rebuild
+
+    url = options.postgres_url
+    lines: list[Line] = []
+    smaller, larger = corpus_sizes(options.quick)
+    with fresh_schema(url, "bench_import") as small_schema, fresh_schema(url, "bench_import") as large_schema:
+        large_dir = work_dir / "import-large"
+        if "import" in options.sections:
+            _say(f"import: {len(smaller)} files in a child process, its RSS sampled")
+            small = measure_import(smaller, work_dir / "import-small", small_schema, url)
+            _say(
+                f"import: {small.resources:,} resources in {small.seconds:.1f} s, peak RSS {small.rss_peak_mb:.0f} MiB"
+            )
+        _say(f"import: {len(larger)} files in a child process, its RSS sampled")
+        large = measure_import(larger, large_dir, large_schema, url)
+        _say(f"import: {large.resources:,} resources in {large.seconds:.1f} s, peak RSS {large.rss_peak_mb:.0f} MiB")
+        if "import" in options.sections:
+            rows, rate = copy_rate(larger, url)
+            _say(f"import: raw COPY of the same {rows:,} resources' bytes: {rate:,.0f} rows/s")
+            lines += table_lines.import_lines(large, small, rate)
+            result["import"] = {
+                "small": {"files": small.files, "resources": small.resources, "seconds": small.seconds,
+                          "rss_peak_mb": small.rss_peak_mb, "rss_samples": small.rss_samples},
+                "large": {"files": large.files, "resources": large.resources, "seconds": large.seconds,
+                          "rss_peak_mb": large.rss_peak_mb, "rss_samples": large.rss_samples},
+                "copy_rows_per_s": rate,
+            }  # fmt: skip
+        if "rebuild" in options.sections:
+            _say("rebuild: every projection from zero over the larger import's log")
+            rebuild = measure_rebuild(_settings("postgres", large_dir, large_schema, url))
+            _say(f"rebuild: {rebuild.events:,} events in {rebuild.seconds:.1f} s by {rebuild.how}")
+            lines += table_lines.rebuild_lines(rebuild)
+            result["rebuild"] = {
+                "events": rebuild.events,
+                "seconds": rebuild.seconds,
+                "how": rebuild.how,
+                "read_seconds": rebuild.read_seconds,
+            }
+    return lines
+
+
+def _everything(options: Options, result: dict[str, Any]) -> list[Line]:
+    from bench.read_figures import measure_everything
+
+    _say(f"$everything: 1,000 resources across three institutions, {options.requests} requests each")
+    latencies = measure_everything(options.postgres_url, options.requests)
+    result["everything"] = [asdict(latency) for latency in latencies]
+    return table_lines.everything_lines(latencies)
+
+
+def _search(options: Options, result: dict[str, Any]) -> list[Line]:
+    from bench.read_figures import measure_search
+
+    _say(f"search: {options.search_resources:,} generated resources, {options.requests} queries per figure")
+    timings, figures = measure_search(options.postgres_url, options.search_resources, options.requests)
+    result["search"] = {"resources": options.search_resources, "load": timings, "figures": figures}
+    return table_lines.search_lines(options.search_resources, figures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    began = time.time()
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
+        "options": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(options).items()},
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "git": _git(),
+        "http_runs": [],
+        "failures": {},
     }
-    target = write_json(options.results, payload, rows)
+    lines: list[Line] = []
+    postgres_problem = available(options.postgres_url)
+    with tempfile.TemporaryDirectory(prefix="ehr-bench-") as directory:
+        work_dir = Path(directory)
+        sections: list[tuple[str, Callable[[], list[Line]]]] = [
+            ("http", lambda: _http(options, work_dir, result)),
+            ("import", lambda: _import_and_rebuild(options, work_dir, result)),
+            ("everything", lambda: _everything(options, result)),
+            ("search", lambda: _search(options, result)),
+        ]
+        for name, section in sections:
+            wanted = name in options.sections or (name == "import" and "rebuild" in options.sections)
+            if not wanted:
+                continue
+            if name != "http" and postgres_problem is not None:
+                result["failures"][name] = f"PostgreSQL at {options.postgres_url} does not answer: {postgres_problem}"
+                _say(f"{name}: skipped: {result['failures'][name]}")
+                continue
+            tick = time.time()
+            try:
+                lines += section()
+            except Exception as error:  # one failed section must not hide the others' figures
+                result["failures"][name] = f"{type(error).__name__}: {error}"
+                _say(f"{name}: FAILED: {str(error)[:3000]}")
+            _say(f"{name}: done in {time.time() - tick:.0f} s")
+    if not lines:
+        _say("nothing measured")
+        return 1
+    print(
+        f"ehr-core bench, {time.strftime('%Y-%m-%d %H:%M')}: {os.cpu_count()} CPUs; HTTP {options.seconds:g} s per "
+        f"figure after {options.warmup:g} s warm-up, auth {options.auth}; ratio = figure / baseline; "
+        f"oth% = other processes' CPU during the window (noise)"
+    )
+    print(render(lines))
+    result["duration_s"] = time.time() - began
+    result["table"] = [
+        {
+            "figure": line.figure,
+            "concurrency": line.concurrency,
+            "value": line.value,
+            "unit": line.unit,
+            "p50_ms": line.p50_ms,
+            "p99_ms": line.p99_ms,
+            "errors": line.errors,
+            "baselines": [
+                {"name": b.name, "value": b.value, "p99_ms": b.p99_ms, "ratio": line.ratio(b)} for b in line.baselines
+            ],
+            "target": line.target.text(line.unit) if line.target else None,
+            "met": verdict(line),
+        }
+        for line in lines
+    ]
+    target = write_json(options.results, result)
     _say(f"results in {target} ({time.time() - began:.0f}s)")
-    return 1 if failures else 0
+    return 1 if result["failures"] else 0
 
 
 if __name__ == "__main__":

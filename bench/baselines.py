@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.http_figures import HttpRun
+from bench.jsonb_table import JsonbTable
 from bench.options import Options
 from bench.pg import conninfo, fresh_schema
 from bench.raw_postgres import COPY_BATCH, RawPostgres
@@ -26,7 +27,8 @@ def _count(run: HttpRun, name: str, concurrency: int, options: Options) -> int:
 
 
 def baselines(run: HttpRun, options: Options, work_dir: Path, topic: str, state: bytes) -> list[Measurement]:
-    """Recorder inserts and reads on ``run.backend``; on PostgreSQL also raw INSERT, SELECT and COPY."""
+    """Recorder inserts and reads on ``run.backend``; on PostgreSQL also raw INSERT, SELECT and COPY, and the
+    plain JSONB table (the "no event sourcing" alternative)."""
     backend = run.backend
     results: list[Measurement] = []
     warmup, seconds, least = options.baseline_warmup, options.seconds, options.baseline_min_seconds
@@ -51,6 +53,13 @@ def baselines(run: HttpRun, options: Options, work_dir: Path, topic: str, state:
             for concurrency in options.concurrency:
                 count = _count(run, "http read", concurrency, options)
                 results.append(raw.reads(concurrency, seconds, warmup, count, least))
+            plain = JsonbTable(conninfo(options.postgres_url), schema)
+            for concurrency in options.concurrency:
+                count = _count(run, "http create", concurrency, options)
+                results.append(plain.inserts(concurrency, seconds, warmup, count, least))
+            for concurrency in options.concurrency:
+                count = _count(run, "http read", concurrency, options)
+                results.append(plain.reads(concurrency, seconds, warmup, count, least))
             most = max(_count(run, "http create", c, options) for c in options.concurrency)
             results.append(raw.copy(seconds, max(most, 10 * COPY_BATCH), least))
     return results

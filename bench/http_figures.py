@@ -15,12 +15,14 @@ import psycopg
 from psycopg import sql
 
 from bench.loadgen import Load, create_load, read_load, run_load
+from bench.memory import RssSampler
 from bench.options import Options
 from bench.payload import TOKEN_CLAIMS, Credentials, PatientFactory
 from bench.pg import conninfo, fresh_schema
 from bench.recorder import open_recorder
 from bench.server import issue_token, running_server
 from bench.stats import Measurement
+from bench.wrk import WrkLoad, write_bodies, wrk_available
 
 __all__ = ["HttpRun", "http_figures"]
 
@@ -33,6 +35,12 @@ class HttpRun:
     stored_events: dict[str, Any] = field(default_factory=dict)
     server_log: str = ""
     profile: str | None = None
+    #: RSS of the server process tree, MiB, sampled through the whole load: peak, and at the end.
+    rss_peak_mb: float = float("nan")
+    rss_end_mb: float = float("nan")
+    rss_samples: list[float] = field(default_factory=list, repr=False)
+    #: Why wrk did not run, if it did not.
+    wrk_skipped: str | None = None
 
     def find(self, name: str, concurrency: int) -> Measurement | None:
         for measurement in self.measurements:
@@ -73,6 +81,26 @@ def _name_profiles(profile: Path, windows: list[str]) -> None:
         leftover.unlink()
 
 
+def _wrk_load(
+    run: HttpRun, options: Options, directory: Path, base_url: str, credentials: Credentials
+) -> WrkLoad | None:
+    """wrk with its bodies file written, or None (and why, in ``run.wrk_skipped``)."""
+    path = wrk_available()
+    if not options.wrk:
+        run.wrk_skipped = "--no-wrk"
+    elif path is None:
+        run.wrk_skipped = "wrk is not installed (make bench installs it: apt-get install wrk)"
+    elif credentials.token is None:
+        run.wrk_skipped = "--auth disabled: the wrk script sends a bearer token"
+    if run.wrk_skipped is not None or path is None or credentials.token is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    # Enough distinct persons for every create run even at 3,000/s.
+    wanted = int(3_000 * (options.seconds + 1) * len(options.concurrency))
+    write_bodies(directory / "patients.ndjson", wanted)
+    return WrkLoad(path, base_url, credentials.token, directory / "patients.ndjson", directory / "ids.txt")
+
+
 def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
     """Start a server on ``backend``, run creates then reads at every concurrency, stop it."""
     run = HttpRun(backend)
@@ -99,6 +127,9 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             run.profile = str(profile.parent)
         server = stack.enter_context(running_server(data_dir, log, env, wrapper, headers=credentials.read()))
         run.server_log = str(log)
+        rss = RssSampler(server.pid).start()
+        stack.callback(rss.stop)  # also when a figure fails: the sampler must not outlive the server
+        wrk = _wrk_load(run, options, work_dir / f"wrk-{backend}", server.base_url, credentials)
 
         def mark() -> None:
             os.kill(server.pid, signal.SIGUSR1)
@@ -121,6 +152,13 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             run.measurements.append(measurement)
             return measurement
 
+        def measure_wrk(mode: str, concurrency: int) -> None:
+            if wrk is None:
+                return
+            measurement = wrk.run(mode, concurrency, options.seconds, server.pid, with_db=backend == "postgres")
+            measurement.backend = backend
+            run.measurements.append(measurement)
+
         created: list[str] = []
         patients = PatientFactory()
         for concurrency in options.concurrency:
@@ -129,8 +167,14 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             created.extend(load.created)
             if not load.created:
                 raise RuntimeError(f"{backend}: no create succeeded; first answer: {load.first_error}")
+            measure_wrk("create", concurrency)  # right after, at nearly the same store size
+        if wrk is not None:
+            wrk.ids.write_text("".join(f"{resource_id}\n" for resource_id in created))
         for concurrency in options.concurrency:
             measure(read_load(created, credentials), concurrency).notes["distinct_ids"] = len(created)
+            measure_wrk("read", concurrency)
+        rss.stop()
+        run.rss_peak_mb, run.rss_end_mb, run.rss_samples = rss.peak_mb, rss.last_mb, rss.samples
         run.stored_events = _stored_events(backend, data_dir, options.postgres_url, schema)
     if profile is not None:
         _name_profiles(profile, windows)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from bench.pg import DEFAULT_URL
 
-__all__ = ["Options", "parse_options"]
+__all__ = ["SECTIONS", "Options", "parse_options"]
 
+#: http: creates and reads (raw client and wrk) with the server's RSS; import: `ehr import` of the Synthea
+#: corpus at two sizes with its RSS; rebuild: every projection from zero; everything, search: read latencies.
+SECTIONS = ("http", "import", "rebuild", "everything", "search")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -29,6 +32,10 @@ class Options:
     quick: bool
     client: str
     auth: str
+    wrk: bool
+    sections: tuple[str, ...]
+    search_resources: int
+    requests: int
 
     @property
     def baseline_warmup(self) -> float:
@@ -43,10 +50,32 @@ def _csv(text: str) -> tuple[str, ...]:
 def parse_options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="HTTP creates and reads beside the bare eventsourcing recorder and raw PostgreSQL, as ratios.",
+        description="Every figure the project promises beside its baselines from the same run, as ratios, "
+        "with the target and whether it is met.",
     )
-    parser.add_argument("--backends", default="sqlite,postgres", help="comma list of sqlite, postgres")
-    parser.add_argument("--concurrency", default="1,8", help="concurrent clients, comma list (default 1,8)")
+    parser.add_argument(
+        "--backends",
+        default="postgres",
+        help="comma list of sqlite, postgres for the HTTP figures (default postgres: the targets are stated for it; "
+        "import, rebuild, $everything and search always run on PostgreSQL)",
+    )
+    parser.add_argument("--concurrency", default="1,8,32", help="concurrent clients, comma list (default 1,8,32)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"what to run, comma list of {', '.join(SECTIONS)} (default all)",
+    )
+    parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="do not run wrk beside the raw client")
+    parser.add_argument(
+        "--search-resources",
+        type=int,
+        default=None,
+        help="resources generated for the search figures (default 50,000; 10,000 quick). "
+        "The 1M run is `python -m bench.search`",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=None, help="measured requests per $everything and search figure (100; 30 quick)"
+    )
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per figure (default 10; 3 quick)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each figure (2; 1 quick)")
     parser.add_argument("--max-requests", type=int, default=100_000, help="count bound per figure")
@@ -84,6 +113,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--quick", action="store_true", help="short run: 3 s per figure, 1 s warm-up")
     args = parser.parse_args(argv)
+    sections = _csv(args.sections)
+    if set(sections) - set(SECTIONS):
+        parser.error(f"unknown section(s): {', '.join(sorted(set(sections) - set(SECTIONS)))}")
     backends = _csv(args.backends)
     unknown = set(backends) - {"sqlite", "postgres"}
     if unknown:
@@ -112,4 +144,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         quick=args.quick,
         client=args.client,
         auth=args.auth,
+        wrk=args.wrk,
+        sections=sections,
+        search_resources=args.search_resources or (10_000 if args.quick else 50_000),
+        requests=args.requests or (30 if args.quick else 100),
     )

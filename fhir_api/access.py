@@ -1,15 +1,23 @@
-"""issue 7: the access policy across institutions (DESIGN.md "Access"), for single-resource reads.
+"""issue 7: the access policy across institutions (DESIGN.md "Access"): decisions for one resource or one
+patient's unified record, and the :class:`~projections.access.Viewer` that filters every other read path.
 
-An institution reads what it recorded. A resource recorded by another institution needs the patient's
-active Consent naming the caller's institution (within its period), or break-the-glass: the header
-``X-EHR-Break-Glass: <reason>`` — granted, flagged in the response (``X-EHR-Break-Glass: granted``) and
-listed in ``break_glass_log`` for review.
+An institution reads what it recorded. A resource recorded by another institution needs an active Consent,
+naming the caller's institution and valid now, of every patient whose compartment holds it; resources of
+:data:`~projections.access.SHARED_TYPES` (directories, terminology) are everyone's. Otherwise only
+break-the-glass: the header ``X-EHR-Break-Glass: <reason>`` — granted, flagged in the response
+(``X-EHR-Break-Glass: granted``), listed in ``break_glass_log`` for review, and audited with purpose of use
+``BTG`` (HL7 v3 ActReason "break the glass").
 
-Applied (by :class:`fhir_api.auth.AuthMiddleware`, with auth on) to read, vread and instance history of one
-resource, and to ``Patient/{id}/$everything`` / ``$summary`` (all-or-nothing: permitted only if every
-resource in the patient's compartment is the caller's own, or with consent or break-the-glass). Search,
-``_include``, history by type/system and ``$export`` are NOT filtered by this policy yet (see the report).
-Every decision reaches the audit log through the audit middleware (status 403 or the read's own status).
+Where it applies (auth on):
+
+- read, vread, instance history: :func:`decide` for the one resource (403 when denied).
+- ``Patient/{id}/$everything``, ``$summary``, ``$person``: :func:`decide` for the *unified* record — every
+  resource in the compartments of every Patient record the master patient index links to it (all or
+  nothing: 403 unless each one is visible), since those operations return the linked records too.
+- search (matches, ``total``, paging cursors), ``_include``/``_revinclude``, type and system history, bulk
+  ``$export``: filtered in SQL by :func:`projections.access.visible_clause` (the same rule; see there).
+
+Every decision reaches the audit log through the audit middleware (the status, and the resources disclosed).
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from projections.access import SHARED_TYPES, institution_clause
 from projections.db import Tx
+from projections.identity import IdentityIndex
 
 __all__ = ["Decision", "decide", "record_break_glass"]
 
@@ -26,21 +36,20 @@ __all__ = ["Decision", "decide", "record_break_glass"]
 @dataclass(frozen=True)
 class Decision:
     permitted: bool
-    #: own, consent, break-the-glass, unknown (nothing recorded: the read answers 404), denied
+    #: own, shared, consent, break-the-glass, unknown (nothing recorded: the read answers 404), denied
     basis: str
     owners: tuple[str, ...] = ()
 
 
-def _consented(tx: Tx, patients: list[str], institution: str, now: str) -> bool:
-    if not patients:
-        return False
+def _owners(tx: Tx, patients: list[str]) -> tuple[str, ...]:
     marks = ", ".join("?" for _ in patients)
-    row = tx.execute(
-        f"SELECT 1 FROM consent_grants WHERE institution = ? AND patient_id IN ({marks}) "
-        "AND (period_start IS NULL OR period_start <= ?) AND (period_end IS NULL OR period_end >= ?) LIMIT 1",
-        (institution, *patients, now, now),
-    ).fetchone()
-    return row is not None
+    rows = tx.execute(
+        "SELECT DISTINCT o.institution FROM resource_compartments c JOIN resource_owners o "
+        "ON o.resource_type = c.resource_type AND o.resource_id = c.resource_id "
+        f"WHERE c.patient_id IN ({marks})",
+        patients,
+    ).fetchall()
+    return tuple(sorted({str(r[0]) for r in rows}))
 
 
 def decide(
@@ -52,46 +61,40 @@ def decide(
     break_glass: str | None = None,
     now: datetime | None = None,
 ) -> Decision:
-    """The decision for reading ``target`` (one resource) or all of ``patient``'s compartment."""
+    """The decision for reading ``target`` (one resource) or ``patient``'s unified record."""
     instant = (now or datetime.now(UTC)).isoformat()
+    clause, params = institution_clause("x.resource_type", "x.resource_id", institution, instant)
     if target is not None:
-        rows = tx.execute(
+        row = tx.execute(
             "SELECT institution FROM resource_owners WHERE resource_type = ? AND resource_id = ?", target
-        ).fetchall()
-        owners = tuple(sorted({str(r[0]) for r in rows}))
-        if not owners:
+        ).fetchone()
+        if row is None:
             return Decision(True, "unknown")
-        if target[0] == "Patient":
-            patients = [target[1]]
-        else:
-            patients = [
-                str(r[0])
-                for r in tx.execute(
-                    "SELECT patient_id FROM resource_compartments WHERE resource_type = ? AND resource_id = ?", target
-                ).fetchall()
-            ]
+        owners: tuple[str, ...] = (str(row[0]),)
+        if owners == (institution,):
+            return Decision(True, "own", owners)
+        if target[0] in SHARED_TYPES:
+            return Decision(True, "shared", owners)
+        visible = tx.execute(
+            f"SELECT 1 FROM resource_owners x WHERE x.resource_type = ? AND x.resource_id = ? AND {clause}",
+            [*target, *params],
+        ).fetchone()
     else:
         assert patient is not None
-        owners = tuple(
-            sorted(
-                {
-                    str(r[0])
-                    for r in tx.execute(
-                        "SELECT o.institution FROM resource_compartments c JOIN resource_owners o "
-                        "ON o.resource_type = c.resource_type AND o.resource_id = c.resource_id "
-                        "WHERE c.patient_id = ? UNION SELECT institution FROM resource_owners "
-                        "WHERE resource_type = 'Patient' AND resource_id = ?",
-                        (patient, patient),
-                    ).fetchall()
-                }
-            )
-        )
-        patients = [patient]
+        # The unified record: $everything and $summary return every linked record of the same person.
+        patients = IdentityIndex.linked_records(tx, patient)
+        owners = _owners(tx, patients)
         if not owners:
             return Decision(True, "unknown")
-    if set(owners) == {institution}:
-        return Decision(True, "own", owners)
-    if _consented(tx, patients, institution, instant):
+        if owners == (institution,):
+            return Decision(True, "own", owners)
+        marks = ", ".join("?" for _ in patients)
+        hidden = tx.execute(
+            f"SELECT 1 FROM resource_compartments x WHERE x.patient_id IN ({marks}) AND NOT {clause} LIMIT 1",
+            [*patients, *params],
+        ).fetchone()
+        visible = None if hidden is not None else (1,)
+    if visible is not None:
         return Decision(True, "consent", owners)
     if break_glass:
         return Decision(True, "break-the-glass", owners)

@@ -14,6 +14,7 @@ from fhir_api.errors import install_error_handlers
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.routes import fhir_router
 from fhir_api.services import Services
+from fhir_api.web import install as install_web_view  # issue 9
 
 __all__ = ["create_app"]
 
@@ -45,4 +46,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(AuthMiddleware, settings=settings)
     app.add_middleware(AuditMiddleware)  # issue 6: one audit entry per FHIR interaction
     app.include_router(fhir_router())
+    install_web_view(app)  # issue 9: the web view under /web (pages over the FHIR API above)
     return app

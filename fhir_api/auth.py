@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from ehr_core.errors import Issue
 from ehr_core.settings import Settings
 from fhir_api.access import Decision, decide, record_break_glass
 from fhir_api.errors import outcome_response
+from projections.access import Viewer
 
 __all__ = [
     "LOCAL_ISSUER",
@@ -291,7 +293,27 @@ class Caller:
         }
         if request_id:
             values["request_id"] = request_id[:128]
+        if getattr(request.state, "ehr_break_glass", False):
+            # issue 7: the access was granted by breaking the glass; the audit entry says so (HL7 v3 BTG).
+            values["purpose"] = "BTG"
         return WriteContext(**values)
+
+    def viewer(self, break_glass: bool = False, now: datetime | None = None) -> Viewer:
+        """What the access policy needs to filter searches, history and exports for this caller."""
+
+        def reach(contexts: tuple[str, ...]) -> frozenset[str] | None:
+            types = {g.resource_type for g in self.grants if g.context in contexts and g.permissions & {"r", "s"}}
+            return None if "*" in types else frozenset(types)
+
+        patient = self.claims.get("patient")
+        return Viewer(
+            institution=str(self.claims["institution"]),
+            now=(now or datetime.now(UTC)).isoformat(),
+            types=reach(("user", "system")),
+            patient=patient if isinstance(patient, str) and patient else None,
+            patient_types=reach(("patient",)),
+            break_glass=break_glass,
+        )
 
 
 @dataclass(frozen=True)
@@ -459,6 +481,7 @@ class AuthMiddleware:
                 await self._refuse(scope, receive, send, 403, "forbidden", message)
                 return
             if decision.basis == "break-the-glass":
+                scope["state"]["ehr_break_glass"] = True
 
                 async def flagged(message: Message) -> None:
                     if message["type"] == "http.response.start":
@@ -486,6 +509,8 @@ def _policy(request: Request, caller: Caller, need: Need, reason: str | None) ->
     services = request.app.state.services
     institution = str(caller.claims["institution"])
     patient = need.patient_operation if need.target is None else None
+    if patient is not None:
+        services.identity_current()  # the unified record's links, as $everything will read them
     with services.views.read() as tx:
         decision = decide(tx, institution, target=need.target, patient=patient, break_glass=reason)
     if decision.basis == "break-the-glass" and reason is not None:

@@ -6,22 +6,150 @@
   patient's record, with its period. The institution is named in ``Consent.provision.actor.reference``
   by ``identifier`` (system ``urn:ehr-core:institution``) or ``display``. A Consent updated to another
   status, or deleted, stops granting (its rows are replaced or removed).
+
+The policy as SQL (:func:`visible_clause`): one predicate, written once and used by every read path (single
+reads through :mod:`fhir_api.access`, search matches and ``_include``/``_revinclude``, type and system
+history, bulk export), so no path can disagree with another. A resource is visible to an institution when
+
+1. it recorded the resource (``resource_owners``), or
+2. the resource's type holds nobody's record (:data:`SHARED_TYPES`: directories, terminology), or
+3. it is in at least one patient compartment and *every* patient of its compartment has an active Consent
+   naming the institution, valid now (a Group or a shared Encounter needs all of them, not one), or
+4. the caller broke the glass (the institution rule is lifted; the request is flagged and logged).
+
+and the caller's SMART scopes cover the type (``user``/``system`` scopes), or a ``patient`` scope covers it
+and the resource is in the token patient's compartment. The predicate runs inside the query (correlated
+``EXISTS`` on primary keys), so totals and page cursors count only what the caller may see, with no
+per-row Python loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from projections.changes import Change
 from projections.db import Dialect, Tx
+from projections.resources import HistoryEntry
 from projections.view import View
 
-__all__ = ["INSTITUTION_SYSTEM", "AccessView", "consent_grants"]
+__all__ = [
+    "INSTITUTION_SYSTEM",
+    "SHARED_TYPES",
+    "AccessView",
+    "Viewer",
+    "consent_grants",
+    "count_visible_history",
+    "institution_clause",
+    "visible_clause",
+    "visible_history",
+    "visible_page",
+]
 
 INSTITUTION_SYSTEM = "urn:ehr-core:institution"
+
+#: Types that are nobody's health record (R4 puts none of them in the Patient CompartmentDefinition):
+#: directories, terminology and knowledge resources, readable by every institution. A type outside
+#: every compartment but not listed here (Binary, Bundle, Device...) may still carry a patient's data,
+#: so it stays with the institution that recorded it (fail closed).
+SHARED_TYPES = frozenset(
+    {
+        "ActivityDefinition",
+        "CapabilityStatement",
+        "CodeSystem",
+        "CompartmentDefinition",
+        "ConceptMap",
+        "Endpoint",
+        "HealthcareService",
+        "ImplementationGuide",
+        "Library",
+        "Location",
+        "Measure",
+        "Medication",
+        "MedicationKnowledge",
+        "NamingSystem",
+        "ObservationDefinition",
+        "OperationDefinition",
+        "Organization",
+        "PlanDefinition",
+        "Practitioner",
+        "PractitionerRole",
+        "Questionnaire",
+        "SearchParameter",
+        "SpecimenDefinition",
+        "StructureDefinition",
+        "StructureMap",
+        "Substance",
+        "ValueSet",
+    }
+)
+_SHARED_SQL = ", ".join(f"'{t}'" for t in sorted(SHARED_TYPES))  # constants, never caller input
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who reads, as the access policy sees them: institution, scopes' reach, break-the-glass."""
+
+    institution: str
+    #: The current instant (ISO 8601, UTC) against which Consent periods are checked.
+    now: str
+    #: Types covered by ``user``/``system`` read or search scopes; None: every type.
+    types: frozenset[str] | None = None
+    #: The token's patient, and the types its ``patient`` scopes cover (None: every type).
+    patient: str | None = None
+    patient_types: frozenset[str] | None = frozenset()
+    #: The caller broke the glass with a stated reason: the institution rule is lifted (scopes still hold).
+    break_glass: bool = False
+
+
+def _in(column: str, values: frozenset[str] | None) -> tuple[str, list[Any]]:
+    """``column IN (values)``; None means any value."""
+    if values is None:
+        return "1 = 1", []
+    if not values:
+        return "1 = 0", []
+    ordered = sorted(values)
+    return f"{column} IN ({', '.join('?' for _ in ordered)})", list(ordered)
+
+
+def institution_clause(type_column: str, id_column: str, institution: str, now: str) -> tuple[str, list[Any]]:
+    """SQL true when ``institution`` may read the resource (type_column, id_column): own, shared or consent."""
+    same = f"o.resource_type = {type_column} AND o.resource_id = {id_column}"
+    compartment = f"c.resource_type = {type_column} AND c.resource_id = {id_column}"
+    sql = (
+        f"(EXISTS (SELECT 1 FROM resource_owners o WHERE {same} AND o.institution = ?)"
+        f" OR {type_column} IN ({_SHARED_SQL})"
+        f" OR (EXISTS (SELECT 1 FROM resource_compartments c WHERE {compartment})"
+        f" AND NOT EXISTS (SELECT 1 FROM resource_compartments c WHERE {compartment}"
+        " AND NOT EXISTS (SELECT 1 FROM consent_grants g WHERE g.patient_id = c.patient_id AND g.institution = ?"
+        " AND (g.period_start IS NULL OR g.period_start <= ?) AND (g.period_end IS NULL OR g.period_end >= ?)))))"
+    )
+    return sql, [institution, institution, now, now]
+
+
+def visible_clause(viewer: Viewer, type_column: str, id_column: str) -> tuple[str, list[Any]]:
+    """SQL true when ``viewer`` may see the resource (type_column, id_column): scopes, then the institution rule."""
+    parts: list[str] = []
+    params: list[Any] = []
+    wide, wide_params = _in(type_column, viewer.types)
+    scope = [f"({wide})"]
+    params += wide_params
+    if viewer.patient is not None and viewer.patient_types != frozenset():
+        covered, covered_params = _in(type_column, viewer.patient_types)
+        scope.append(
+            f"({covered} AND ({type_column} IN ({_SHARED_SQL}) OR EXISTS (SELECT 1 FROM resource_compartments p "
+            f"WHERE p.resource_type = {type_column} AND p.resource_id = {id_column} AND p.patient_id = ?)))"
+        )
+        params += [*covered_params, viewer.patient]
+    parts.append("(" + " OR ".join(scope) + ")")
+    if not viewer.break_glass:
+        clause, clause_params = institution_clause(type_column, id_column, viewer.institution, viewer.now)
+        parts.append(clause)
+        params += clause_params
+    return "(" + " AND ".join(parts) + ")", params
 
 
 def consent_grants(consent: dict[str, Any]) -> list[tuple[str, str, str | None, str | None]]:
@@ -96,3 +224,90 @@ class AccessView(View):
                 "period_end) VALUES ('Consent', ?, ?, ?, ?, ?)",
                 [(change.resource_id, *grant) for grant in consent_grants(orjson.loads(change.body))],
             )
+
+
+# -- the read paths that list many resources -------------------------------------------------------------
+# The views' own queries (projections.resources) with the policy's predicate joined in: the filter is part
+# of the SQL, so a page, its total and its cursor never count what the viewer may not see.
+
+
+def _history_where(
+    viewer: Viewer, resource_type: str | None, before: int | None, since: str | None
+) -> tuple[str, list[Any]]:
+    clause, params = visible_clause(viewer, "h.resource_type", "h.resource_id")
+    where, values = [clause], list(params)
+    for column, value, op in (("resource_type", resource_type, "="), ("notification_id", before, "<")):
+        if value is not None:
+            where.append(f"h.{column} {op} ?")
+            values.append(value)
+    if since is not None:
+        where.append("h.last_updated >= ?")
+        values.append(since)
+    return " AND ".join(where), values
+
+
+def visible_history(
+    tx: Tx,
+    viewer: Viewer,
+    *,
+    resource_type: str | None = None,
+    before: int | None = None,
+    since: str | None = None,
+    limit: int = 50,
+) -> list[HistoryEntry]:
+    """Type or system history (newest first, notification id < ``before``) of what ``viewer`` may see."""
+    where, params = _history_where(viewer, resource_type, before, since)
+    rows = tx.execute(
+        "SELECT h.notification_id, h.resource_type, h.resource_id, h.version, h.last_updated, h.method, h.body "
+        f"FROM resource_history h WHERE {where} ORDER BY h.notification_id DESC LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [
+        HistoryEntry(
+            str(r[1]), str(r[2]), int(r[3]), str(r[4]), None if r[6] is None else bytes(r[6]), int(r[0]), str(r[5])
+        )
+        for r in rows
+    ]
+
+
+def count_visible_history(
+    tx: Tx, viewer: Viewer, *, resource_type: str | None = None, before: int | None = None, since: str | None = None
+) -> int:
+    where, params = _history_where(viewer, resource_type, before, since)
+    row = tx.execute(f"SELECT COUNT(*) FROM resource_history h WHERE {where}", params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def visible_page(
+    tx: Tx,
+    viewer: Viewer,
+    resource_type: str,
+    patients: list[str] | None,
+    *,
+    compartments_only: bool,
+    after_id: str = "",
+    since: str | None = None,
+    limit: int = 1000,
+) -> list[tuple[str, bytes]]:
+    """One keyset page (by id) of current resources of a type that ``viewer`` may see, for bulk export:
+    every one (system level), or those in patient compartments (all of them, or ``patients``'s)."""
+    clause, params = visible_clause(viewer, "r.resource_type", "r.resource_id")
+    conditions = ["r.resource_type = ?", "r.resource_id > ?", "r.body IS NOT NULL", clause]
+    values: list[Any] = [resource_type, after_id, *params]
+    if since:
+        conditions.append("r.last_updated >= ?")
+        values.append(since)
+    if compartments_only:
+        inside = "c.resource_type = r.resource_type AND c.resource_id = r.resource_id"
+        if patients is not None:
+            if not patients:
+                return []
+            inside += f" AND c.patient_id IN ({', '.join('?' for _ in patients)})"
+            values.extend(patients)
+        conditions.append(f"EXISTS (SELECT 1 FROM resource_compartments c WHERE {inside})")
+    rows = tx.execute(
+        f"SELECT r.resource_id, r.body FROM resources r WHERE {' AND '.join(conditions)} "
+        "ORDER BY r.resource_id LIMIT ?",
+        (*values, limit),
+    ).fetchall()
+    return [(str(row[0]), bytes(row[1])) for row in rows]

@@ -160,11 +160,7 @@ class IdentityIndex(Projector):
     def _apply(self, tx: Tx, event: Any) -> None:
         erasure = erasure_from_event(0, event)
         if erasure is not None:  # issue 7: a blocked or shredded patient leaves the index's views too
-            tx.executemany(
-                "DELETE FROM resource_sources WHERE resource_type = ? AND resource_id = ?", erasure.resources
-            )
-            for table in ("mpi_records", "mpi_links", "mpi_review"):
-                tx.execute(f"DELETE FROM {table} WHERE record_id = ?", (erasure.patient,))
+            self._erase(tx, erasure.patient, erasure.resources)
             return
         if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
             retracted = isinstance(event, ResourceStream.Retracted)
@@ -214,6 +210,26 @@ class IdentityIndex(Projector):
             tx.execute(
                 "UPDATE mpi_records SET person_id = ? WHERE record_id = ?", (event.person, _patient(event.record))
             )
+
+    @staticmethod
+    def _erase(tx: Tx, patient: str, resources: list[tuple[str, str]]) -> None:
+        """Drop a blocked or shredded Patient record from the index: its features (names, CURP, NSS, birth
+        date), its links, the review queue's rows about it, and rows about its person when no other record
+        is left to that person (a review candidate pointing at a person made only of this record).
+
+        Replaying the log rebuilds the same state: the record's own events no longer decrypt, and the person
+        events that name it (system-keyed) come before the erasure event, which removes them again."""
+        persons = [
+            str(r[0]) for r in tx.execute("SELECT person_id FROM mpi_links WHERE record_id = ?", (patient,)).fetchall()
+        ]
+        tx.executemany("DELETE FROM resource_sources WHERE resource_type = ? AND resource_id = ?", resources)
+        for table in ("mpi_records", "mpi_links", "mpi_review"):
+            tx.execute(f"DELETE FROM {table} WHERE record_id = ?", (patient,))
+        tx.executemany(
+            "DELETE FROM mpi_review WHERE person_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM mpi_links l WHERE l.person_id = mpi_review.person_id)",
+            [(person,) for person in persons],
+        )
 
     @staticmethod
     def _link_row(tx: Tx, person: str, record: str, method: str, score: float | None, by: str) -> None:

@@ -2,6 +2,11 @@
 
 Pages are cut by notification id, not offset: the ``next`` link carries ``_page_before=N`` (entries
 older than N), so a page shows the same entries however many writes arrive while a client pages.
+
+Access (issue 7): instance history is decided for its one resource by the auth middleware; type and system
+history list only the versions of resources the caller may see (the policy's SQL predicate joins the page
+query and its ``total``). Break-the-glass is not offered here: it grants access to a patient's records in an
+emergency, not a browse of every institution's log.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from fastapi.responses import Response
 
 from ehr_core.application import format_instant
 from ehr_core.errors import InvalidResource, Issue
+from fhir_api.auth import caller_of
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON, etag, http_date
+from projections.access import count_visible_history, visible_history
 from projections.resources import HistoryEntry, ResourceViews
 
 router = APIRouter()
@@ -84,6 +91,15 @@ def _history(
 ) -> Response:
     limit, since_at, before = _count(count), parse_since(since), _cursor(page_before)
     base = base_url(request)
+    caller = caller_of(request)
+    if caller is not None and resource_id is None:
+        viewer = caller.viewer()
+        with services.views.read() as tx:
+            total = count_visible_history(tx, viewer, resource_type=resource_type, before=before, since=since_at)
+            items = visible_history(
+                tx, viewer, resource_type=resource_type, before=before, since=since_at, limit=limit + 1
+            )
+        return _bundle(base, path, limit, since, before, total, items)
     with services.views.read() as tx:
         total = ResourceViews.count_history(
             tx, resource_type=resource_type, resource_id=resource_id, before=before, since=since_at
@@ -96,6 +112,12 @@ def _history(
             since=since_at,
             limit=limit + 1,
         )
+    return _bundle(base, path, limit, since, before, total, items)
+
+
+def _bundle(
+    base: str, path: str, limit: int, since: str | None, before: int | None, total: int, items: list[HistoryEntry]
+) -> Response:
     has_next, items = len(items) > limit, items[:limit]
     params: dict[str, str] = {"_count": str(limit)}
     if since is not None:

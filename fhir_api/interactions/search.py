@@ -6,6 +6,12 @@ OperationOutcome (``outcome``) saying which were ignored — or a 400 under ``Pr
 (R4 §3.1.1.2 "Handling errors"). Resources are the stored bytes (``orjson.Fragment``), reshaped only
 when ``_summary`` or ``_elements`` ask for part of them. ``next``/``prev`` links carry a keyset cursor
 (see :mod:`projections.search.engine`), so pages stay consistent while writes arrive.
+
+Access (issue 7): with auth on, the caller's :class:`~projections.access.Viewer` goes into the query, so
+matches, ``total``, cursors and included resources hold only what the policy lets the caller see. With
+``X-EHR-Break-Glass: <reason>`` the institution rule is lifted; when the page shows something only that made
+visible, the response says ``X-EHR-Break-Glass: granted``, the grant is listed for review and the audit
+entry carries purpose of use ``BTG``.
 """
 
 from __future__ import annotations
@@ -20,13 +26,17 @@ from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources import json as fhir_json
+from fhir_api.access import record_break_glass
+from fhir_api.auth import caller_of
 from fhir_api.errors import ApiError
 from fhir_api.request import ServicesDep, base_url, media_type, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from projections.access import Viewer
 from projections.db import Tx
 from projections.resources import ResourceViews
-from projections.search import Match, Page, SearchRequest, parse_search, search
+from projections.search import Match, Page, SearchRequest, parse_search
+from projections.search.engine import run_search
 from projections.search.subset import subset
 
 __all__ = ["router", "search_bundle"]
@@ -100,9 +110,25 @@ def _outcome(parsed: SearchRequest, page: Page) -> dict[str, Any] | None:
 
 
 def search_bundle(
-    services: Services, resource_type: str, pairs: list[tuple[str, str]], base: str, strict: bool = False
+    services: Services,
+    resource_type: str,
+    pairs: list[tuple[str, str]],
+    base: str,
+    strict: bool = False,
+    viewer: Viewer | None = None,
 ) -> dict[str, Any]:
     """The searchset Bundle answering ``pairs`` (also usable for GET entries of a batch Bundle)."""
+    return _search(services, resource_type, pairs, base, strict, viewer)[0]
+
+
+def _search(
+    services: Services,
+    resource_type: str,
+    pairs: list[tuple[str, str]],
+    base: str,
+    strict: bool,
+    viewer: Viewer | None,
+) -> tuple[dict[str, Any], Page]:
     require_type(resource_type)
     parsed = parse_search(resource_type, pairs, base)
     if strict and parsed.unknown:
@@ -112,7 +138,7 @@ def search_bundle(
         )
     count = DEFAULT_COUNT if parsed.count is None else min(parsed.count, MAX_COUNT)
     with services.views.read() as tx:
-        page = search(tx, services.views.dialect, parsed, base, count)
+        page = run_search(tx, services.views.dialect, parsed, base, count, viewer)
         entries = _entries(tx, base, page, parsed)
     applied = [(name, value) for name, value in parsed.applied if name != "_cursor"]
     links = [{"relation": "self", "url": _link(base, resource_type, applied, parsed.cursor)}]
@@ -128,12 +154,23 @@ def search_bundle(
     if outcome is not None:
         entries.append(outcome)
     bundle["entry"] = entries
-    return bundle
+    return bundle, page
 
 
 def _answer(services: Services, request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
-    bundle = search_bundle(services, resource_type, pairs, base_url(request), _strict(request))
-    return Response(orjson.dumps(bundle), media_type=FHIR_JSON)
+    caller = caller_of(request)
+    reason = request.headers.get("x-ehr-break-glass", "").strip() or None
+    viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
+    bundle, page = _search(services, resource_type, pairs, base_url(request), _strict(request), viewer)
+    headers: dict[str, str] = {}
+    if caller is not None and reason is not None and page.break_glass_used:
+        with services.views.write() as tx:
+            # The query may name the patient (name=, identifier=): the audit entry keeps it; the
+            # review list, a plain view table, says only what kind of access it was.
+            record_break_glass(tx, caller.claims, reason, f"search {resource_type}")
+        request.state.ehr_break_glass = True
+        headers["X-EHR-Break-Glass"] = "granted"
+    return Response(orjson.dumps(bundle), media_type=FHIR_JSON, headers=headers)
 
 
 @router.get("/{resource_type}", summary="search-type")

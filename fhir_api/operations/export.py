@@ -4,6 +4,12 @@ GET [base]/$export, [base]/Patient/$export, [base]/Group/[id]/$export   (Prefer:
 GET [base]/$export-status/[job]      → 202 + X-Progress while running, 200 + manifest when complete
 DELETE [base]/$export-status/[job]   → 202, the job is cancelled and its files deleted
 GET [base]/$export-file/[job]/[file] → the NDJSON file
+
+Access (issue 7, with auth on): the export holds what the caller's institution may see (see
+:mod:`fhir_api.operations.export_jobs`); a Group export needs the Group itself to be readable by the caller
+(403 otherwise, as a read would answer). ``X-EHR-Break-Glass: <reason>`` lifts the institution rule for the
+job: the grant is flagged (``X-EHR-Break-Glass: granted``), listed for review and audited with purpose
+``BTG``. A job's status and files answer 404 to every other institution, as if the job did not exist.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
+from fhir_api.access import decide, record_break_glass
+from fhir_api.auth import caller_of
+from fhir_api.errors import ApiError
 from fhir_api.interactions.history import parse_since
 from fhir_api.operations.export_jobs import ExportJobs, ExportRequest
 from fhir_api.request import ServicesDep, base_url, require_type
@@ -48,9 +57,27 @@ def _kick_off(
     type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
     for resource_type in type_list or []:
         require_type(resource_type)
-    job = _jobs(request).start(ExportRequest(level, str(request.url), type_list, parse_since(since), patients))
-    status_url = f"{base_url(request)}/$export-status/{job.id}"
-    return Response(status_code=202, headers={"Content-Location": status_url})
+    caller = caller_of(request)
+    reason = _break_glass(request)
+    viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
+    export = ExportRequest(level, str(request.url), type_list, parse_since(since), patients, viewer)
+    job = _jobs(request).start(export)
+    headers = {"Content-Location": f"{base_url(request)}/$export-status/{job.id}"}
+    if caller is not None and reason is not None:
+        with request.app.state.services.views.write() as tx:
+            record_break_glass(tx, caller.claims, reason, f"$export {level}")
+        request.state.ehr_break_glass = True
+        headers["X-EHR-Break-Glass"] = "granted"
+    return Response(status_code=202, headers=headers)
+
+
+def _break_glass(request: Request) -> str | None:
+    return request.headers.get("x-ehr-break-glass", "").strip() or None
+
+
+def _institution(request: Request) -> str | None:
+    caller = caller_of(request)
+    return str(caller.claims["institution"]) if caller is not None else None
 
 
 @router.get("/$export", summary="$export (system)")
@@ -76,8 +103,19 @@ def export_group(
     since: SinceParam = None,
     output_format: FormatParam = None,
 ) -> Response:
+    caller = caller_of(request)
     with services.views.read() as tx:
         group = ResourceViews.read(tx, "Group", group_id)
+        if caller is not None and group is not None:
+            # The member list is itself a record: the Group must be readable by the caller, as for a read.
+            institution = str(caller.claims["institution"])
+            if not decide(tx, institution, target=("Group", group_id), break_glass=_break_glass(request)).permitted:
+                raise ApiError(
+                    "forbidden",
+                    f"Group/{group_id} was recorded by another institution; {institution} may export it only with "
+                    "its members' active Consent or break-the-glass (X-EHR-Break-Glass: reason)",
+                    code="forbidden",
+                )
     if group is None:
         raise NotFound(f"Group/{group_id} is not known")
     if group.body is None:
@@ -94,7 +132,7 @@ def export_group(
 @router.get("/$export-status/{job_id}", summary="$export status")
 def export_status(job_id: str, request: Request) -> Response:
     job = _jobs(request).get(job_id)
-    if job is None:
+    if job is None or not job.allowed(_institution(request)):
         raise NotFound(f"no export job {job_id}")
     if not job.done:
         return Response(status_code=202, headers={"X-Progress": f"{job.exported} resources", "Retry-After": "1"})
@@ -106,7 +144,8 @@ def export_status(job_id: str, request: Request) -> Response:
 
 @router.delete("/$export-status/{job_id}", summary="$export cancel")
 def export_cancel(job_id: str, request: Request) -> Response:
-    if not _jobs(request).cancel(job_id):
+    job = _jobs(request).get(job_id)
+    if job is None or not job.allowed(_institution(request)) or not _jobs(request).cancel(job_id):
         raise NotFound(f"no export job {job_id}")
     return Response(status_code=202)
 
@@ -114,6 +153,8 @@ def export_cancel(job_id: str, request: Request) -> Response:
 @router.get("/$export-file/{job_id}/{name}", summary="$export file")
 def export_file(job_id: str, name: str, request: Request) -> Response:
     job = _jobs(request).get(job_id)
+    if job is not None and not job.allowed(_institution(request)):
+        job = None
     path = job.directory / name if job is not None else None
     if job is None or path is None or "/" in name or not name.endswith(".ndjson") or not path.is_file():
         raise NotFound(f"no export file {job_id}/{name}")

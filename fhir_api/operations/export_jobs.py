@@ -3,6 +3,12 @@ per resource type, written page by page so memory stays flat however much is exp
 
 A job's directory holds its files and, once complete, ``manifest.json``; a server restarted after a job
 finished still serves it. Cancelling deletes the directory.
+
+Access (issue 7): with auth on, a job carries its caller's :class:`~projections.access.Viewer`: every page
+it writes is read through the access policy's SQL predicate (:func:`projections.access.visible_page`), so
+the files hold only what the caller's institution may see (own records, shared types, consented patients;
+everything under break-the-glass). ``owner.json`` names the institution that started the job: only it may
+see the job's status and files.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from ehr_core.application import format_instant
 from fhir_api.services import Services
+from projections.access import Viewer, visible_page
 from projections.resources import compartment_page, current_page, types_present
 
 __all__ = ["ExportJob", "ExportJobs", "ExportRequest"]
@@ -34,6 +41,8 @@ class ExportRequest:
     since: str | None = None
     #: For group exports: the member patients' ids.
     patients: list[str] | None = None
+    #: issue 7: whose access the export is filtered by (None: auth is off, everything).
+    viewer: Viewer | None = None
 
 
 @dataclass
@@ -46,6 +55,12 @@ class ExportJob:
     done: bool = False
     error: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: issue 7: the institution that started the job (None: auth was off).
+    institution: str | None = None
+
+    def allowed(self, institution: str | None) -> bool:
+        """Whether a caller of ``institution`` (None: auth is off) may see this job's status and files."""
+        return self.institution is None or self.institution == institution
 
     def manifest(self, file_url: str) -> dict[str, Any]:
         output = []
@@ -56,7 +71,7 @@ class ExportJob:
         return {
             "transactionTime": self.transaction_time,
             "request": self.request.request_url,
-            "requiresAccessToken": False,
+            "requiresAccessToken": self.request.viewer is not None or self.institution is not None,
             "output": output,
             "error": [],
         }
@@ -74,6 +89,9 @@ class ExportJobs:
         directory = self.root / job_id
         directory.mkdir(parents=True)
         job = ExportJob(job_id, request, directory)
+        if request.viewer is not None:
+            job.institution = request.viewer.institution
+            (directory / "owner.json").write_text(json.dumps({"institution": job.institution}))
         with self._lock:
             self._jobs[job_id] = job
         threading.Thread(target=self._run, args=(job,), name=f"export-{job_id}", daemon=True).start()
@@ -87,6 +105,9 @@ class ExportJobs:
             saved = json.loads((self.root / job_id / "manifest.json").read_text())
             job = ExportJob(job_id, ExportRequest("system", saved["request"]), self.root / job_id)
             job.transaction_time, job.done = saved["transactionTime"], True
+            owner = self.root / job_id / "owner.json"
+            if owner.exists():
+                job.institution = json.loads(owner.read_text())["institution"]
         return job
 
     def cancel(self, job_id: str) -> bool:
@@ -117,6 +138,17 @@ class ExportJobs:
 
     def _page(self, resource_type: str, request: ExportRequest, after: str) -> list[tuple[str, bytes]]:
         with self.services.views.read() as tx:
+            if request.viewer is not None:
+                return visible_page(
+                    tx,
+                    request.viewer,
+                    resource_type,
+                    request.patients,
+                    compartments_only=request.level != "system",
+                    after_id=after,
+                    since=request.since,
+                    limit=PAGE,
+                )
             if request.level == "system":
                 return current_page(tx, resource_type, after_id=after, since=request.since, limit=PAGE)
             return compartment_page(

@@ -2,33 +2,53 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.context import WriteContext
+from ehr_core.demo.people import make_curp, make_nss
+from ehr_core.identity.identifiers import CURP_SYSTEM, NSS_SYSTEM
 from ehr_core.keys import Erased
 from ehr_core.ledger import LedgerKey
 from ehr_core.privacy import Privacy, RetentionActive
 from ehr_core.settings import Settings
 from fhir_api.cli import main
 from fhir_api.services import Services
+from projections.identity import IdentityIndex
 from projections.ledger import verify
 
 OFFICER = WriteContext(institution="IMSS", user="privacy.officer", role="privacy-officer")
 FHIR = {"Content-Type": "application/fhir+json"}
 PRIVATE_TABLES = {"erased_resources", "erased_patients"}
+# Tables that keep an erased patient's opaque id on purpose, never their content: what was erased (so
+# reads answer 410), and the access trail, which the law keeps (NOM-024 traceability) and which names
+# resources by id. Every other table of the views database must forget the patient entirely.
+RETAINED_TABLES = PRIVATE_TABLES | {"audit_entries", "audit_entry_refs", "break_glass_log"}
+# On PostgreSQL the logs share the schema with the views: the event log keeps the patient's ciphertext (the
+# ledger hashes it) and the key table the shredded key's row (compartment id, no key); neither is a projection.
+LOG_TABLES = {"ehr_events", "ehr_data_keys", "audit_events"}
 
 
 def _patient_with_record(client: TestClient, family: str) -> dict[str, str]:
+    born, rng = date(1961, 4, 5), random.Random(family)
+    curp, nss = make_curp(["Ana"], family, "", "M", born, "DF", rng), make_nss(born, rng)
     patient = client.post(
         "/fhir/Patient",
-        json={"resourceType": "Patient", "name": [{"family": family, "given": ["Ana"]}], "birthDate": "1961-04-05"},
+        json={
+            "resourceType": "Patient",
+            "identifier": [{"system": CURP_SYSTEM, "value": curp}, {"system": NSS_SYSTEM, "value": nss}],
+            "name": [{"family": family, "given": ["Ana"]}],
+            "gender": "female",
+            "birthDate": born.isoformat(),
+        },
         headers=FHIR,
-    ).json()
-    pid = patient["id"]
+    )
+    assert patient.status_code == 201, patient.text
+    pid = patient.json()["id"]
     ref = {"reference": f"Patient/{pid}"}
     observation = client.post(
         "/fhir/Observation",
@@ -50,11 +70,36 @@ def _patient_with_record(client: TestClient, family: str) -> dict[str, str]:
     observation["valueQuantity"]["value"] = 182
     assert client.put(f"/fhir/Observation/{observation['id']}", json=observation, headers=FHIR).status_code == 200
     assert client.delete(f"/fhir/Condition/{condition['id']}").status_code in (200, 204)
-    return {"Patient": pid, "Observation": observation["id"], "Condition": condition["id"], "family": family}
+    return {
+        "Patient": pid,
+        "Observation": observation["id"],
+        "Condition": condition["id"],
+        "family": family,
+        "curp": curp,
+        "nss": nss,
+    }
 
 
 def _rows(services: Services) -> dict[str, list[tuple[Any, ...]]]:
-    return {t: rows for t, rows in services.projector.dump().items() if t not in PRIVATE_TABLES}
+    """The rows of every projection built from the clinical log: resource views, search index, provenance,
+    access, and the identity index (MPI records, links, review queue, sources)."""
+    assert services.identity is not None
+    services.identity.catch_up()
+    dumped = {**services.projector.dump(), **services.identity.dump()}
+    return {t: rows for t, rows in dumped.items() if t not in PRIVATE_TABLES}
+
+
+def _every_table(services: Services) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table of the views database (audit views and ledgers included), found from its catalog."""
+    with services.views.read() as tx:
+        if services.views.dialect == "postgres":
+            names = tx.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            ).fetchall()
+        else:
+            names = tx.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        tables = sorted({str(n[0]) for n in names} - LOG_TABLES)
+        return {t: tx.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
 
 
 def _mentions(rows: dict[str, list[tuple[Any, ...]]], needles: list[str]) -> list[str]:
@@ -62,7 +107,9 @@ def _mentions(rows: dict[str, list[tuple[Any, ...]]], needles: list[str]) -> lis
 
 
 def _ids(record: dict[str, str]) -> list[str]:
-    return [record["Patient"], record["Observation"], record["Condition"], record["family"]]
+    return [
+        record[k] for k in ("Patient", "Observation", "Condition", "family", "curp", "nss", "person") if k in record
+    ]
 
 
 def test_shredding_refuses_during_retention_then_forced_erases_the_patient_everywhere(
@@ -71,6 +118,8 @@ def test_shredding_refuses_during_retention_then_forced_erases_the_patient_every
     gone, kept = _patient_with_record(client, "Olvidada"), _patient_with_record(client, "Conservada")
     before = _rows(services)
     assert _mentions(before, _ids(gone))
+    # The identity index held their CURP, NSS and name before (so its emptiness afterwards means something).
+    assert all(_mentions({"mpi_records": before["mpi_records"]}, [value]) for value in (gone["curp"], gone["nss"]))
     privacy = Privacy(services.application)
 
     with pytest.raises(RetentionActive, match="NOM-004"):
@@ -113,10 +162,18 @@ def test_shredding_refuses_during_retention_then_forced_erases_the_patient_every
         assert set(rows) <= set(before[table]), table
     assert sorted(_mentions(after, _ids(kept))) == sorted(_mentions(before, _ids(kept)))
     assert client.get(f"/fhir/Patient/{kept['Patient']}").status_code == 200
+    assert _mentions(after, [kept["curp"], kept["nss"]]), "the other patient's identity rows are kept"
+    # Every table of the views database, projections or not, besides the ones that keep ids on purpose.
+    everywhere = {t: rows for t, rows in _every_table(services).items() if t not in RETAINED_TABLES}
+    assert len(everywhere) >= len(after)
+    assert _mentions(everywhere, _ids(gone)) == []
 
     # A fresh rebuild from the log: the same views, none of their data (their events no longer decrypt).
     services.projector.reset()
     services.projector.catch_up()
+    assert services.identity is not None
+    services.identity.reset()
+    services.identity.catch_up()
     assert _rows(services) == after
     assert client.get(f"/fhir/Observation/{gone['Observation']}").status_code == 410
 
@@ -127,6 +184,36 @@ def test_shredding_refuses_during_retention_then_forced_erases_the_patient_every
     checked = verify(services.application, services.views, public_key, "ledger")
     assert checked.ok, checked.problems
     assert checked.events >= 12
+
+
+def test_shredding_drops_the_review_candidates_of_a_person_made_of_that_record_alone(
+    client: TestClient, services: Services
+) -> None:
+    gone = _patient_with_record(client, "Olvidada")
+    # A record of another institution that may be the same person: a candidate in the MPI review queue.
+    doubt = {"resourceType": "Patient", "name": [{"family": "Olvidada", "given": ["Ana"]}], "gender": "female",
+             "birthDate": "1961-04-06"}  # fmt: skip
+    created = client.post("/fhir/Patient", json=doubt, headers=FHIR | {"X-EHR-Institution": "ISSSTE"})
+    assert created.status_code == 201
+    other = created.json()["id"]
+    before = _rows(services)
+    with services.views.read() as tx:
+        person = IdentityIndex.person_of(tx, gone["Patient"])
+    assert person is not None and [row for row in before["mpi_review"] if row[0] == other and row[1] == person]
+
+    Privacy(services.application).shred(gone["Patient"], "orden judicial 5/2026", OFFICER, force=True)
+    services.projector.catch_up()
+    after = _rows(services)
+    # The person was made of the shredded record alone: no row names it any more (nor the record).
+    assert _mentions(after, [person, gone["Patient"], gone["curp"]]) == []
+    # The other record stays in the index, as it was, only without the candidate that is gone.
+    assert [row for row in after["mpi_records"] if row[0] == other] == [
+        row for row in before["mpi_records"] if row[0] == other
+    ]
+    assert services.identity is not None
+    services.identity.reset()
+    services.identity.catch_up()
+    assert _rows(services) == after
 
 
 def test_after_retention_shredding_needs_no_force(client: TestClient, services: Services) -> None:

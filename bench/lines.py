@@ -1,0 +1,163 @@
+"""From measurements to the table's lines: which baseline goes beside which figure, and which target applies."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench import targets
+from bench.stats import Measurement
+from bench.summary import Baseline, Line
+
+__all__ = ["everything_lines", "http_lines", "import_lines", "memory_lines", "rebuild_lines", "search_lines"]
+
+# Beside each HTTP figure (raw client and wrk alike): (baseline name, same concurrency?).
+HTTP_BASELINES = {
+    "create": (
+        ("recorder insert", True),
+        ("psycopg INSERT/tx", True),
+        ("jsonb table INSERT", True),
+        ("psycopg COPY", False),
+    ),
+    "read": (
+        ("recorder select latest", True),
+        ("psycopg SELECT by PK", True),
+        ("jsonb table SELECT by id", True),
+    ),
+}
+
+
+def _p(measurement: Measurement, which: str) -> float:
+    """p50/p99 in ms: from the latencies, or from the load tool's own report (wrk gives percentiles only)."""
+    if measurement.latencies:
+        return measurement.p50_ms if which == "p50" else measurement.p99_ms
+    value = measurement.notes.get(f"{which}_ms")
+    return float(value) if value is not None else math.nan
+
+
+def _other(measurement: Measurement) -> float:
+    if measurement.seconds < 1.0 or "other" not in measurement.cpu:
+        return math.nan  # /proc's 10 ms ticks say nothing about a shorter window
+    return measurement.cpu["other"] / measurement.seconds * 100
+
+
+def _baseline(measurement: Measurement, name: str | None = None) -> Baseline:
+    label = name or (
+        measurement.name if measurement.concurrency == 1 else f"{measurement.name} c{measurement.concurrency}"
+    )
+    return Baseline(label, measurement.rate, _p(measurement, "p99"))
+
+
+def http_lines(backend: str, figures: list[Measurement], floors: list[Measurement]) -> list[Line]:
+    """Raw-client and wrk lines per load and concurrency; wrk's baseline is the raw client's figure."""
+    lines: list[Line] = []
+    for load, target in (("create", targets.CREATES), ("read", targets.READS)):
+        for raw in (m for m in figures if m.name == f"http {load}"):
+            c = raw.concurrency
+            chosen = [
+                base
+                for name, same in HTTP_BASELINES[load]
+                for base in floors
+                if base.name == name and base.backend == backend and (not same or base.concurrency == c)
+            ]
+            aim = target if c == targets.TARGET_CONCURRENCY else None
+            lines.append(_line(f"{backend} {load} (raw client)", raw, [_baseline(b, b.name) for b in chosen], aim))
+            for wrk in (m for m in figures if m.name == f"wrk {load}" and m.concurrency == c):
+                # Beside the raw client only: the two load generators check each other; the floors are above.
+                beside = [Baseline("raw client, same c", raw.rate, raw.p99_ms)]
+                lines.append(_line(f"{backend} {load} (wrk)", wrk, beside, aim))
+    return lines
+
+
+def _line(figure: str, measurement: Measurement, baselines: list[Baseline], target: Any) -> Line:
+    return Line(
+        figure=figure,
+        value=measurement.rate,
+        unit="/s",
+        concurrency=measurement.concurrency,
+        p50_ms=_p(measurement, "p50"),
+        p99_ms=_p(measurement, "p99"),
+        errors=measurement.errors,
+        other_cpu=_other(measurement),
+        baselines=tuple(baselines),
+        target=target,
+    )
+
+
+def memory_lines(backend: str, samples: list[float]) -> list[Line]:
+    """Peak and end RSS of the server under the HTTP load, beside its RSS right after it started."""
+    if not samples:
+        return []
+    idle = Baseline("server RSS just started", samples[0])
+    return [
+        Line(
+            f"{backend} API server RSS, peak under load", max(samples), "MiB", baselines=(idle,), target=targets.API_RSS
+        ),
+        Line(f"{backend} API server RSS, end of load", samples[-1], "MiB", baselines=(idle,), target=targets.API_RSS),
+    ]
+
+
+def import_lines(large: Any, small: Any, copy_rows_per_s: float) -> list[Line]:
+    """``large``/``small`` are :class:`bench.import_figures.ImportRun`."""
+    copy = Baseline("raw COPY of the same bytes", copy_rows_per_s)
+    return [
+        Line(
+            f"import {large.resources:,} res (ehr import, projected)",
+            large.rate,
+            "res/s",
+            baselines=(copy,),
+            target=targets.IMPORT,
+        ),
+        Line(f"import {small.resources:,} res (ehr import, projected)", small.rate, "res/s", baselines=(copy,)),
+        Line(
+            f"import peak RSS, {large.resources:,} res (+ projector)",
+            large.rss_peak_mb,
+            "MiB",
+            baselines=(Baseline(f"import peak RSS, {small.resources:,} res", small.rss_peak_mb),),
+            target=targets.IMPORT_MEMORY_FLAT,
+        ),
+    ]
+
+
+def rebuild_lines(run: Any) -> list[Line]:
+    """``run`` is :class:`bench.rebuild_figures.RebuildRun`."""
+    floor = Baseline("read + decode the log, no writes", run.read_rate)
+    return [
+        Line(
+            f"rebuild all projections, {run.events:,} events",
+            run.rate,
+            "events/s",
+            baselines=(floor,),
+            target=targets.REBUILD,
+        )
+    ]
+
+
+def everything_lines(latencies: list[Any]) -> list[Line]:
+    """``latencies`` from :func:`bench.read_figures.measure_everything`: the figure, then its baselines."""
+    figure, *rest = latencies
+    return [
+        Line(
+            figure.name,
+            figure.median_ms,
+            "ms",
+            p99_ms=figure.p99_ms,
+            baselines=tuple(Baseline(b.name, b.median_ms, b.p99_ms) for b in rest),
+            target=targets.EVERYTHING,
+        )
+    ]
+
+
+def search_lines(resources: int, figures: list[dict[str, Any]]) -> list[Line]:
+    """One line per query of :func:`bench.search.queries`, HTTP in process beside the search alone."""
+    return [
+        Line(
+            f"search {f['query']} @{resources // 1000}k",
+            f["http_median_ms"],
+            "ms",
+            p99_ms=f["http_p99_ms"],
+            baselines=(Baseline("search_bundle alone (no HTTP)", f["search_median_ms"], f["search_p99_ms"]),),
+            target=targets.SEARCH,
+        )
+        for f in figures
+    ]
