@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -28,12 +29,19 @@ from bench.options import Options, parse_options
 from bench.payload import sample_stored_event
 from bench.pg import available, fresh_schema
 from bench.report import write_json
-from bench.stats import Measurement
+from bench.stats import Measurement, Noise
 from bench.summary import Line, render, verdict
 
 
 def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _fail(result: dict[str, Any], name: str, error: Exception) -> None:
+    """Say which part failed and why (the traceback goes to the JSON); the others still run."""
+    result["failures"][name] = f"{type(error).__name__}: {error}"
+    result.setdefault("tracebacks", {})[name] = traceback.format_exc()
+    _say(f"{name}: FAILED: {result['failures'][name][:3000]}")
 
 
 def _git() -> dict[str, Any]:
@@ -106,8 +114,7 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
             _say(f"{backend}: baselines (bare recorder{', raw psycopg, jsonb table' if backend == 'postgres' else ''})")
             floors = baselines(run, options, work_dir, topic, state)
         except Exception as error:  # one broken backend must not hide the other's figures
-            result["failures"][f"http {backend}"] = f"{type(error).__name__}: {error}"
-            _say(f"{backend}: FAILED, no figures: {str(error)[:3000]}")
+            _fail(result, f"http {backend}", error)
             continue
         _say(f"{backend}: the server appended {_events_per_create(run)}")
         if run.profile:
@@ -153,24 +160,18 @@ def _import_and_rebuild(options: Options, work_dir: Path, result: dict[str, Any]
             rows, rate = copy_rate(larger, url)
             _say(f"import: raw COPY of the same {rows:,} resources' bytes: {rate:,.0f} rows/s")
             lines += table_lines.import_lines(large, small, rate)
-            result["import"] = {
-                "small": {"files": small.files, "resources": small.resources, "seconds": small.seconds,
-                          "rss_peak_mb": small.rss_peak_mb, "rss_samples": small.rss_samples},
-                "large": {"files": large.files, "resources": large.resources, "seconds": large.seconds,
-                          "rss_peak_mb": large.rss_peak_mb, "rss_samples": large.rss_samples},
-                "copy_rows_per_s": rate,
-            }  # fmt: skip
+            result["import"] = {"small": asdict(small), "large": asdict(large), "copy_rows_per_s": rate}
         if "rebuild" in options.sections:
             _say("rebuild: every projection from zero over the larger import's log")
-            rebuild = measure_rebuild(_settings("postgres", large_dir, large_schema, url))
-            _say(f"rebuild: {rebuild.events:,} events in {rebuild.seconds:.1f} s by {rebuild.how}")
+            try:
+                rebuild = measure_rebuild(_settings("postgres", large_dir, large_schema, url))
+            except Exception as error:  # the import's figures stand without it
+                _fail(result, "rebuild", error)
+                return lines
+            each = ", ".join(f"{name} {events:,} in {seconds:.1f} s" for name, events, seconds in rebuild.projectors)
+            _say(f"rebuild: {rebuild.events:,} events in the logs, all rebuilt in {rebuild.seconds:.1f} s ({each})")
             lines += table_lines.rebuild_lines(rebuild)
-            result["rebuild"] = {
-                "events": rebuild.events,
-                "seconds": rebuild.seconds,
-                "how": rebuild.how,
-                "read_seconds": rebuild.read_seconds,
-            }
+            result["rebuild"] = asdict(rebuild)
     return lines
 
 
@@ -178,18 +179,25 @@ def _everything(options: Options, result: dict[str, Any]) -> list[Line]:
     from bench.read_figures import measure_everything
 
     _say(f"$everything: 1,000 resources across three institutions, {options.requests} requests each")
-    latencies = measure_everything(options.postgres_url, options.requests)
-    result["everything"] = [asdict(latency) for latency in latencies]
-    return table_lines.everything_lines(latencies)
+    with Noise.watch() as noise:
+        latencies = measure_everything(options.postgres_url, options.requests)
+    result["everything"] = {"latencies": [asdict(latency) for latency in latencies], "other_cpu_pct": noise.percent}
+    return table_lines.everything_lines(latencies, noise.percent)
 
 
 def _search(options: Options, result: dict[str, Any]) -> list[Line]:
     from bench.read_figures import measure_search
 
     _say(f"search: {options.search_resources:,} generated resources, {options.requests} queries per figure")
-    timings, figures = measure_search(options.postgres_url, options.search_resources, options.requests)
-    result["search"] = {"resources": options.search_resources, "load": timings, "figures": figures}
-    return table_lines.search_lines(options.search_resources, figures)
+    with Noise.watch() as noise:
+        timings, figures = measure_search(options.postgres_url, options.search_resources, options.requests)
+    result["search"] = {
+        "resources": options.search_resources,
+        "load": timings,
+        "figures": figures,
+        "other_cpu_pct": noise.percent,
+    }
+    return table_lines.search_lines(options.search_resources, figures, noise.percent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 lines += section()
             except Exception as error:  # one failed section must not hide the others' figures
-                result["failures"][name] = f"{type(error).__name__}: {error}"
-                _say(f"{name}: FAILED: {str(error)[:3000]}")
+                _fail(result, name, error)
             _say(f"{name}: done in {time.time() - tick:.0f} s")
     if not lines:
         _say("nothing measured")

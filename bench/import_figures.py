@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.import_throughput import CORPUS, _copy, _import, _resource_bytes, _settings
 from bench.memory import RssSampler
+from bench.stats import CpuClock, other_percent
 
 __all__ = ["ImportRun", "copy_rate", "corpus_sizes", "measure_import"]
 
@@ -30,6 +31,8 @@ class ImportRun:
     seconds: float = float("nan")
     rss_peak_mb: float = float("nan")
     rss_samples: list[float] = field(default_factory=list, repr=False)
+    #: Other processes' CPU during the import, % of one core (noise).
+    other_cpu: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -74,6 +77,8 @@ def measure_import(files: list[Path], data_dir: Path, schema: str, url: str) -> 
     child = context.Process(target=_child, args=(settings, files, warm, theirs), name="bench-import")
     child.start()
     sampler: RssSampler | None = None
+    clock = CpuClock(child.pid, with_db=True)  # the child's CPU includes its projector's once reaped
+    began = time.perf_counter()
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and child.is_alive():
@@ -82,8 +87,11 @@ def measure_import(files: list[Path], data_dir: Path, schema: str, url: str) -> 
             message = ours.recv()
             if message == "measuring":
                 sampler = RssSampler(child.pid or 0, interval=0.1).start()
+                clock.start()
+                began = time.perf_counter()
                 continue
             run.resources, run.seconds = message
+            run.other_cpu = other_percent(clock.stop(), time.perf_counter() - began)
             break
         if sampler is not None:
             sampler.stop()

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from bench import targets
-from bench.stats import Measurement
+from bench.stats import Measurement, other_percent
 from bench.summary import Baseline, Line
 
 __all__ = ["everything_lines", "http_lines", "import_lines", "memory_lines", "rebuild_lines", "search_lines"]
@@ -33,12 +33,6 @@ def _p(measurement: Measurement, which: str) -> float:
         return measurement.p50_ms if which == "p50" else measurement.p99_ms
     value = measurement.notes.get(f"{which}_ms")
     return float(value) if value is not None else math.nan
-
-
-def _other(measurement: Measurement) -> float:
-    if measurement.seconds < 1.0 or "other" not in measurement.cpu:
-        return math.nan  # /proc's 10 ms ticks say nothing about a shorter window
-    return measurement.cpu["other"] / measurement.seconds * 100
 
 
 def _baseline(measurement: Measurement, name: str | None = None) -> Baseline:
@@ -78,7 +72,7 @@ def _line(figure: str, measurement: Measurement, baselines: list[Baseline], targ
         p50_ms=_p(measurement, "p50"),
         p99_ms=_p(measurement, "p99"),
         errors=measurement.errors,
-        other_cpu=_other(measurement),
+        other_cpu=other_percent(measurement.cpu, measurement.seconds),
         baselines=tuple(baselines),
         target=target,
     )
@@ -105,10 +99,17 @@ def import_lines(large: Any, small: Any, copy_rows_per_s: float) -> list[Line]:
             f"import {large.resources:,} res (ehr import, projected)",
             large.rate,
             "res/s",
+            other_cpu=large.other_cpu,
             baselines=(copy,),
             target=targets.IMPORT,
         ),
-        Line(f"import {small.resources:,} res (ehr import, projected)", small.rate, "res/s", baselines=(copy,)),
+        Line(
+            f"import {small.resources:,} res (ehr import, projected)",
+            small.rate,
+            "res/s",
+            other_cpu=small.other_cpu,
+            baselines=(copy,),
+        ),
         Line(
             f"import peak RSS, {large.resources:,} res (+ projector)",
             large.rss_peak_mb,
@@ -124,16 +125,17 @@ def rebuild_lines(run: Any) -> list[Line]:
     floor = Baseline("read + decode the log, no writes", run.read_rate)
     return [
         Line(
-            f"rebuild all projections, {run.events:,} events",
+            f"rebuild all projections (ehr rebuild), {run.events:,} events",
             run.rate,
             "events/s",
+            other_cpu=run.other_cpu,
             baselines=(floor,),
             target=targets.REBUILD,
         )
     ]
 
 
-def everything_lines(latencies: list[Any]) -> list[Line]:
+def everything_lines(latencies: list[Any], other_cpu: float = math.nan) -> list[Line]:
     """``latencies`` from :func:`bench.read_figures.measure_everything`: the figure, then its baselines."""
     figure, *rest = latencies
     return [
@@ -142,13 +144,14 @@ def everything_lines(latencies: list[Any]) -> list[Line]:
             figure.median_ms,
             "ms",
             p99_ms=figure.p99_ms,
+            other_cpu=other_cpu,
             baselines=tuple(Baseline(b.name, b.median_ms, b.p99_ms) for b in rest),
             target=targets.EVERYTHING,
         )
     ]
 
 
-def search_lines(resources: int, figures: list[dict[str, Any]]) -> list[Line]:
+def search_lines(resources: int, figures: list[dict[str, Any]], other_cpu: float = math.nan) -> list[Line]:
     """One line per query of :func:`bench.search.queries`, HTTP in process beside the search alone."""
     return [
         Line(
@@ -156,6 +159,7 @@ def search_lines(resources: int, figures: list[dict[str, Any]]) -> list[Line]:
             f["http_median_ms"],
             "ms",
             p99_ms=f["http_p99_ms"],
+            other_cpu=other_cpu,
             baselines=(Baseline("search_bundle alone (no HTTP)", f["search_median_ms"], f["search_p99_ms"]),),
             target=targets.SEARCH,
         )

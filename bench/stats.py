@@ -6,10 +6,12 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["CpuClock", "Measurement", "percentile"]
+__all__ = ["CpuClock", "Measurement", "Noise", "other_percent", "percentile"]
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -132,3 +134,31 @@ class CpuClock:
         ours = used["client"] + used["db"] + used.get("server", 0.0)
         used["other"] = max(0.0, used["host"] - ours)
         return used
+
+
+def other_percent(cpu: dict[str, float], seconds: float) -> float:
+    """Other processes' CPU during a window, in % of one core; NaN for windows under a second, which
+    /proc's 10 ms ticks cannot tell about."""
+    if seconds < 1.0 or "other" not in cpu:
+        return math.nan
+    return cpu["other"] / seconds * 100
+
+
+@dataclass
+class Noise:
+    """Other processes' CPU during a block (see :func:`Noise.watch`), in % of one core."""
+
+    percent: float = math.nan
+
+    @classmethod
+    @contextmanager
+    def watch(cls, pid: int | None = None) -> Iterator[Noise]:
+        """This process, ``pid`` (with its reaped children) and PostgreSQL are ours; the rest is noise."""
+        noise = cls()
+        clock = CpuClock(pid, with_db=True)
+        clock.start()
+        began = time.perf_counter()
+        try:
+            yield noise
+        finally:
+            noise.percent = other_percent(clock.stop(), time.perf_counter() - began)

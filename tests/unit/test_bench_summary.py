@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 from bench import targets
+from bench.lines import http_lines
+from bench.stats import Measurement
 from bench.summary import Baseline, Line, Target, render, verdict
 
 
@@ -63,3 +65,30 @@ def test_render_sets_each_baseline_on_its_own_row_with_the_ratio() -> None:
     assert third.startswith("rebuild") and "(none)" in third and third.rstrip().endswith("yes")
     # Columns line up: every row is as wide as the rule, at most.
     assert all(len(row) <= len(rule) for row in (header, first, second, third))
+
+
+def _measured(name: str, concurrency: int, operations: int = 100) -> Measurement:
+    return Measurement(name, "postgres", concurrency, operations, 1.0, latencies=[0.002] * operations)
+
+
+def test_http_figures_are_set_beside_the_floors_of_their_own_concurrency_and_wrk_beside_the_raw_client() -> None:
+    figures = [_measured("http create", 8), _measured("http create", 32), _measured("wrk create", 32, 90)]
+    floors = [
+        _measured("recorder insert", 8),
+        _measured("recorder insert", 32, 400),
+        _measured("psycopg INSERT/tx", 32),
+        _measured("jsonb table INSERT", 32),
+        _measured("psycopg COPY", 1),
+        _measured("recorder select latest", 32),  # a read floor: never beside a create
+    ]
+    at8, at32, wrk = http_lines("postgres", figures, floors)
+    assert [b.name for b in at32.baselines] == [
+        "recorder insert",
+        "psycopg INSERT/tx",
+        "jsonb table INSERT",
+        "psycopg COPY",
+    ]
+    assert at32.ratio(at32.baselines[0]) == 0.25 and at32.target is targets.CREATES
+    assert at8.target is None and [b.value for b in at8.baselines][:1] == [100]
+    assert wrk.figure == "postgres create (wrk)" and [b.name for b in wrk.baselines] == ["raw client, same c"]
+    assert wrk.ratio(wrk.baselines[0]) == 0.9 and wrk.target is targets.CREATES

@@ -13,7 +13,7 @@ from tests.e2e.web.conftest import Console, Demo, mint_token, shoot
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.xdist_group("web-view-auth")]
 
 
-def test_login_break_the_glass_audit_and_links(web_server_auth: Demo, page: Any, console: Console) -> None:
+def test_login_break_the_glass_audit_and_links(page: Any, console: Console, web_server_auth: Demo) -> None:
     demo = web_server_auth
     page.on("dialog", lambda dialog: dialog.accept())  # "undo this record's link?"
 

@@ -48,7 +48,7 @@ def _write(demo: Demo, institution: str, resource: dict[str, Any]) -> None:
     assert answer.status_code in (200, 201), answer.text
 
 
-def test_search_record_as_of_and_audit(web_server: Demo, page: Any, console: Console) -> None:
+def test_search_record_as_of_and_audit(page: Any, console: Console, web_server: Demo) -> None:
     demo = web_server
     imss = demo.records["IMSS"] if "IMSS" in demo.records else next(iter(demo.records.values()))
 
@@ -158,7 +158,7 @@ def test_search_record_as_of_and_audit(web_server: Demo, page: Any, console: Con
     assert console.errors == []
 
 
-def test_a_person_of_a_thousand_resources(web_server: Demo, page: Any, console: Console) -> None:
+def test_a_person_of_a_thousand_resources(page: Any, console: Console, web_server: Demo) -> None:
     demo = web_server
     third = next(name for name in ("IMSS-BIENESTAR", "ISSSTE", "IMSS") if demo.records[name].startswith("e2e-"))
     record = demo.records[third]
