@@ -28,6 +28,12 @@ class Tx(Protocol):
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Plain inserts of many rows (no conflict handling): COPY on PostgreSQL, one statement per row elsewhere."""
 
+    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows or replace those with the same ``key`` (the leading columns); the last row of a key wins."""
+
+    def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
+        """Delete the rows whose ``key`` columns equal one of ``keys``."""
+
     def fetchone(self) -> Row | None: ...
     def fetchall(self) -> list[Row]: ...
 
@@ -59,6 +65,15 @@ class _SQLiteTx:
         if rows:
             marks = ", ".join("?" * len(columns))
             self._cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cursor.executemany(_upsert_sql(table, tuple(columns), tuple(key), "?"), _last_per_key(rows, len(key)))
+
+    def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
+        if keys:
+            condition = " AND ".join(f"{column} = ?" for column in key)
+            self._cursor.executemany(f"DELETE FROM {table} WHERE {condition}", keys)
 
     def fetchone(self) -> Row | None:
         row: Row | None = self._cursor.fetchone()
@@ -117,8 +132,23 @@ class SQLiteViews:
         self._local = threading.local()
 
 
-#: From this many rows, :meth:`_PostgresTx.insert` uses COPY.
+#: From this many rows, :meth:`_PostgresTx.insert` uses COPY (and ``upsert`` a staging table filled by COPY).
 _COPY_FROM = 64
+
+
+def _last_per_key(rows: Sequence[Sequence[Any]], width: int) -> list[Sequence[Any]]:
+    # ON CONFLICT DO UPDATE may not touch one row twice in a statement: keep each key's last row.
+    return list({tuple(row[:width]): row for row in rows}.values())
+
+
+@lru_cache(maxsize=256)
+def _upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], mark: str) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(mark for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) {action}"
+    )
 
 
 @lru_cache(maxsize=512)
@@ -148,6 +178,40 @@ class _PostgresTx:
         elif rows:
             marks = ", ".join("%s" for _ in columns)
             self._cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        rows = _last_per_key(rows, len(key))
+        if len(rows) < _COPY_FROM:
+            if rows:
+                self._cursor.executemany(_upsert_sql(table, tuple(columns), tuple(key), "%s"), rows)
+            return
+        # Many rows: COPY them into a temporary twin of the table, then one INSERT … SELECT … ON CONFLICT.
+        staging = f"staging_{table}"
+        names = ", ".join(columns)
+        self._cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with self._cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        insert = _upsert_sql(table, tuple(columns), tuple(key), "%s")
+        conflict = insert[insert.index(" ON CONFLICT") :]
+        self._cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{conflict}")
+        self._cursor.execute(f"TRUNCATE {staging}")
+
+    def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
+        if not keys:
+            return
+        if len(keys) < _COPY_FROM:
+            condition = " AND ".join(f"{column} = %s" for column in key)
+            self._cursor.executemany(f"DELETE FROM {table} WHERE {condition}", keys)
+            return
+        # One statement: the keys travel as one array per key column.
+        arrays = ", ".join("%s::text[]" for _ in key)
+        self._cursor.execute(
+            f"DELETE FROM {table} WHERE ({', '.join(key)}) IN (SELECT * FROM unnest({arrays}))",
+            [[str(k[i]) for k in keys] for i in range(len(key))],
+        )
 
     def fetchone(self) -> Row | None:
         row: Row | None = self._cursor.fetchone()

@@ -154,8 +154,35 @@ class IdentityIndex(Projector):
 
     def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> None:
         mapper = self.application.mapper
+        # Who wrote each resource, gathered over the batch and written at its end: one statement, not one per
+        # event (nothing in the batch reads resource_sources back).
+        sources: dict[tuple[str, str], tuple[str, str | None] | None] = {}
         for notification in notifications:
-            self._apply(tx, mapper.to_domain_event(notification))
+            event = mapper.to_domain_event(notification)
+            if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
+                key = (event.resource_type, event.resource_id)
+                sources.pop(key, None)  # keep the batch's order of last changes
+                if isinstance(event, ResourceStream.Retracted):
+                    sources[key] = None
+                else:
+                    sources[key] = (str(event.context.get("institution", "unknown")), event.context.get("unit"))
+            elif erasure_from_event(0, event) is not None:
+                self._write_sources(tx, sources)
+                sources = {}
+            self._apply(tx, event)
+        self._write_sources(tx, sources)
+
+    @staticmethod
+    def _write_sources(tx: Tx, sources: dict[tuple[str, str], tuple[str, str | None] | None]) -> None:
+        tx.delete_keys(
+            "resource_sources", ("resource_type", "resource_id"), [k for k, v in sources.items() if v is None]
+        )
+        tx.upsert(
+            "resource_sources",
+            ("resource_type", "resource_id", "institution", "unit"),
+            ("resource_type", "resource_id"),
+            [(*key, *value) for key, value in sources.items() if value is not None],
+        )
 
     def _apply(self, tx: Tx, event: Any) -> None:
         erasure = erasure_from_event(0, event)
@@ -163,25 +190,7 @@ class IdentityIndex(Projector):
             self._erase(tx, erasure.patient, erasure.resources)
             return
         if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
-            retracted = isinstance(event, ResourceStream.Retracted)
-            context = event.context
-            if retracted:
-                tx.execute(
-                    "DELETE FROM resource_sources WHERE resource_type = ? AND resource_id = ?",
-                    (event.resource_type, event.resource_id),
-                )
-            else:
-                tx.execute(
-                    "INSERT INTO resource_sources (resource_type, resource_id, institution, unit) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (resource_type, resource_id) DO UPDATE SET institution = excluded.institution,"
-                    " unit = excluded.unit",
-                    (
-                        event.resource_type,
-                        event.resource_id,
-                        str(context.get("institution", "unknown")),
-                        context.get("unit"),
-                    ),
-                )
+            context = event.context  # resource_sources: written per batch by apply_notifications
             if event.resource_type == "Patient":
                 body = None if isinstance(event, ResourceStream.Retracted) else fhir_json.loads(event.resource)
                 self._patient_changed(tx, event.resource_id, event.originator_version, body, context)

@@ -112,6 +112,11 @@ class Projector:
         """Every table this projector writes (what ``ehr rebuild`` builds beside and swaps)."""
         return tuple(table for view in self.views for table in view.tables)
 
+    @property
+    def query_indexes(self) -> tuple[str, ...]:
+        """Indexes no write of this projector reads (a rebuild creates them after loading)."""
+        return tuple(index for view in self.views for index in view.query_indexes)
+
     def _apply_batch(self, until: int | None) -> int:
         """One transaction: lock the tracking row, apply the next notifications, move the row."""
         started = time.perf_counter()

@@ -83,6 +83,7 @@ def provenance_resource(change: Change) -> dict[str, Any]:
 
 class ProvenanceView(View):
     tables = ("provenance_refs", "provenance")
+    query_indexes = ("provenance_refs_lookup",)
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         blob = "BYTEA" if dialect == "postgres" else "BLOB"

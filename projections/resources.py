@@ -44,6 +44,7 @@ def _blob(dialect: Dialect) -> str:
 
 class ResourceViews(View):
     tables = ("resources", "resource_history", "resource_compartments")
+    query_indexes = ("resource_history_instance", "resource_history_type")
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         blob = _blob(dialect)
@@ -108,20 +109,19 @@ class ResourceViews(View):
         latest: dict[tuple[str, str], Change] = {}
         for change in changes:
             latest[(change.resource_type, change.resource_id)] = change
-        tx.executemany(
-            "INSERT INTO resources (resource_type, resource_id, version, last_updated, body, notification_id) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (resource_type, resource_id) DO UPDATE SET "
-            "version = excluded.version, last_updated = excluded.last_updated, body = excluded.body, "
-            "notification_id = excluded.notification_id",
+        tx.upsert(
+            "resources",
+            ("resource_type", "resource_id", "version", "last_updated", "body", "notification_id"),
+            ("resource_type", "resource_id"),
             [
                 (c.resource_type, c.resource_id, c.version, c.last_updated, c.body, c.notification_id)
                 for c in latest.values()
             ],
         )
-
-        tx.executemany(
-            "DELETE FROM resource_compartments WHERE resource_type = ? AND resource_id = ?",
-            [(c.resource_type, c.resource_id) for c in latest.values()],
+        tx.delete_keys(
+            "resource_compartments",
+            ("resource_type", "resource_id"),
+            [(c.resource_type, c.resource_id) for c in latest.values() if c.version > 1],
         )
         tx.insert(
             "resource_compartments",

@@ -15,6 +15,8 @@ __all__ = ["View"]
 class View(ABC):
     #: Tables this view owns, in creation order (dropped in reverse on reset).
     tables: tuple[str, ...] = ()
+    #: Indexes only readers use (never the view's own writes): a rebuild builds them after the bulk load.
+    query_indexes: tuple[str, ...] = ()
 
     @abstractmethod
     def create(self, tx: Tx, dialect: Dialect) -> None:

@@ -40,6 +40,18 @@ VALUE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 _CHUNK = 400
 
 
+#: Per value table, the indexes searches read (none of them is read by the index's own writes).
+_LOOKUPS = {
+    "search_token": ["code, system, sid"],
+    "search_string": ["value, sid"],
+    "search_date": ["low, high, sid", "high, sid"],
+    "search_number": ["low, high"],
+    "search_quantity": ["low, high"],
+    "search_reference": ["target_id, target_type, sid"],
+    "search_uri": ["value, sid"],
+}
+
+
 def _ddl(dialect: Dialect) -> list[str]:
     text = 'TEXT COLLATE "C"' if dialect == "postgres" else "TEXT"
     real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
@@ -81,16 +93,7 @@ def _ddl(dialect: Dialect) -> list[str]:
         "max_span BIGINT NOT NULL, open_start INTEGER NOT NULL, open_end INTEGER NOT NULL, "
         "PRIMARY KEY (resource_type, param))"
     )
-    lookups = {
-        "search_token": ["code, system, sid"],
-        "search_string": ["value, sid"],
-        "search_date": ["low, high, sid", "high, sid"],
-        "search_number": ["low, high"],
-        "search_quantity": ["low, high"],
-        "search_reference": ["target_id, target_type, sid"],
-        "search_uri": ["value, sid"],
-    }
-    for table, indexes in lookups.items():
+    for table, indexes in _LOOKUPS.items():
         for number, columns_list in enumerate(indexes):
             statements.append(
                 f"CREATE INDEX IF NOT EXISTS {table}_lookup{number} ON {table} (resource_type, param, {columns_list})"
@@ -132,6 +135,10 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 class SearchIndex(View):
     # search_date_spans last: it is rebuilt and swapped with the rows it summarises (``ehr rebuild``).
     tables = ("search_ids", *(table for table, _ in VALUE_TABLES.values()), "search_date_spans")
+    query_indexes = (
+        "search_ids_updated",
+        *(f"{table}_lookup{n}" for table, indexes in _LOOKUPS.items() for n in range(len(indexes))),
+    )
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         for statement in _ddl(dialect):
