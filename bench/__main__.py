@@ -105,7 +105,8 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
     for backend in _backends(options):
         _say(
             f"{backend}: HTTP creates and reads, clients {options.concurrency}, "
-            f"{options.warmup:g}s warm-up + {options.seconds:g}s each (raw client), then wrk for {options.seconds:g}s"
+            f"{options.warmup:g}s warm-up + {options.seconds:g}s each (raw client), "
+            f"then {options.seconds:g}s of wrk if it is there"
         )
         try:
             run = http_figures(backend, options, work_dir)
