@@ -105,14 +105,19 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
     for backend in _backends(options):
         _say(
             f"{backend}: HTTP creates and reads, clients {options.concurrency}, "
-            f"{options.warmup:g}s warm-up + {options.seconds:g}s each (raw client), then wrk for {options.seconds:g}s"
+            f"{options.warmup:g}s warm-up + {options.seconds:g}s each (raw client), "
+            f"then {options.seconds:g}s of wrk if it is there"
         )
         try:
             run = http_figures(backend, options, work_dir)
             if run.wrk_skipped:
                 _say(f"{backend}: wrk not run: {run.wrk_skipped}; the raw client's figures stand alone")
             _say(f"{backend}: baselines (bare recorder{', raw psycopg, jsonb table' if backend == 'postgres' else ''})")
-            floors = baselines(run, options, work_dir, topic, state)
+            missing: dict[str, str] = {}
+            floors = baselines(run, options, work_dir, topic, state, missing)
+            for name, problem in missing.items():
+                result["failures"][name] = problem
+                _say(f"{name}: FAILED, shown without it: {problem[:1000]}")
         except Exception as error:  # one broken backend must not hide the other's figures
             _fail(result, f"http {backend}", error)
             continue
@@ -121,7 +126,8 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
             _say(f"{backend}: server profile in {run.profile}")
         measured += run.measurements + floors
         lines += table_lines.http_lines(backend, run.measurements, floors)
-        lines += table_lines.memory_lines(backend, run.rss_samples)
+        several = options.server_workers > 1
+        lines += table_lines.memory_lines(backend, run.rss_samples, run.rss_largest, run.worker_rss_samples, several)
         result["http_runs"].append(
             {
                 "backend": run.backend,
@@ -129,6 +135,8 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
                 "profile": run.profile,
                 "wrk_skipped": run.wrk_skipped,
                 "rss_mb": {"peak": run.rss_peak_mb, "end": run.rss_end_mb, "samples": run.rss_samples},
+                "largest_process_rss_mb_samples": run.rss_largest,
+                "worker_rss_mb_samples": run.worker_rss_samples,
                 "measurements": [m.as_json() for m in run.measurements],
                 "baselines": [m.as_json() for m in floors],
             }
@@ -237,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"{name}: done in {time.time() - tick:.0f} s")
     if not lines:
         _say("nothing measured")
-        return 1
     print(
         f"ehr-core bench, {time.strftime('%Y-%m-%d %H:%M')}: {os.cpu_count()} CPUs; HTTP {options.seconds:g} s per "
-        f"figure after {options.warmup:g} s warm-up, auth {options.auth}; ratio = figure / baseline; "
+        f"figure after {options.warmup:g} s warm-up, auth {options.auth}, {options.server_workers} server "
+        f"process(es), projection {options.projection}; ratio = figure / baseline; "
         f"oth% = other processes' CPU during the window (noise)"
     )
     print(render(lines))

@@ -20,7 +20,7 @@ from bench.options import Options
 from bench.payload import TOKEN_CLAIMS, Credentials, PatientFactory
 from bench.pg import conninfo, fresh_schema
 from bench.recorder import open_recorder
-from bench.server import issue_token, running_server
+from bench.server import issue_token, running_server, running_worker
 from bench.stats import Measurement
 from bench.wrk import WrkLoad, write_bodies, wrk_available
 
@@ -39,6 +39,10 @@ class HttpRun:
     rss_peak_mb: float = float("nan")
     rss_end_mb: float = float("nan")
     rss_samples: list[float] = field(default_factory=list, repr=False)
+    #: The largest single server process at each sample (differs from the above with --server-workers).
+    rss_largest: list[float] = field(default_factory=list, repr=False)
+    #: With ``--projection worker``: RSS of the ``ehr project`` process, MiB, sampled the same way.
+    worker_rss_samples: list[float] = field(default_factory=list, repr=False)
     #: Why wrk did not run, if it did not.
     wrk_skipped: str | None = None
 
@@ -125,10 +129,23 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             profile = options.results / f"profile-{backend}-{stamp}" / "whole-run.txt"
             wrapper = ["-m", "bench.sampler", "--out", str(profile), "--"]
             run.profile = str(profile.parent)
-        server = stack.enter_context(running_server(data_dir, log, env, wrapper, headers=credentials.read()))
+        if options.projection == "worker":
+            env["EHR_PROJECTION"] = "worker"
+        if options.pool_size is not None:
+            env["EHR_POSTGRES_POOL_SIZE"] = str(options.pool_size)
+        server = stack.enter_context(
+            running_server(data_dir, log, env, wrapper, headers=credentials.read(), workers=options.server_workers)
+        )
         run.server_log = str(log)
         rss = RssSampler(server.pid).start()
         stack.callback(rss.stop)  # also when a figure fails: the sampler must not outlive the server
+        worker_rss: RssSampler | None = None
+        pids = [server.pid]  # whose CPU is the server's in the cpu columns
+        if options.projection == "worker":
+            worker_log = options.results / f"worker-{backend}-{stamp}.log"
+            pids.append(stack.enter_context(running_worker(data_dir, worker_log, env)))
+            worker_rss = RssSampler(pids[-1]).start()
+            stack.callback(worker_rss.stop)
         wrk = _wrk_load(run, options, work_dir / f"wrk-{backend}", server.base_url, credentials)
 
         def mark() -> None:
@@ -143,7 +160,7 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
                 options.seconds,
                 options.warmup,
                 options.max_requests,
-                server.pid,
+                pids,
                 with_db=backend == "postgres",
                 client=options.client,
                 mark=mark if profile is not None else None,
@@ -155,7 +172,7 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
         def measure_wrk(mode: str, concurrency: int) -> None:
             if wrk is None:
                 return
-            measurement = wrk.run(mode, concurrency, options.seconds, server.pid, with_db=backend == "postgres")
+            measurement = wrk.run(mode, concurrency, options.seconds, pids, with_db=backend == "postgres")
             measurement.backend = backend
             run.measurements.append(measurement)
 
@@ -175,6 +192,10 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             measure_wrk("read", concurrency)
         rss.stop()
         run.rss_peak_mb, run.rss_end_mb, run.rss_samples = rss.peak_mb, rss.last_mb, rss.samples
+        run.rss_largest = rss.largest
+        if worker_rss is not None:
+            worker_rss.stop()
+            run.worker_rss_samples = worker_rss.samples
         run.stored_events = _stored_events(backend, data_dir, options.postgres_url, schema)
     if profile is not None:
         _name_profiles(profile, windows)

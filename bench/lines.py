@@ -78,17 +78,36 @@ def _line(figure: str, measurement: Measurement, baselines: list[Baseline], targ
     )
 
 
-def memory_lines(backend: str, samples: list[float]) -> list[Line]:
-    """Peak and end RSS of the server under the HTTP load, beside its RSS right after it started."""
-    if not samples:
-        return []
-    idle = Baseline("server RSS just started", samples[0])
-    return [
-        Line(
-            f"{backend} API server RSS, peak under load", max(samples), "MiB", baselines=(idle,), target=targets.API_RSS
-        ),
-        Line(f"{backend} API server RSS, end of load", samples[-1], "MiB", baselines=(idle,), target=targets.API_RSS),
+def memory_lines(
+    backend: str,
+    samples: list[float],
+    largest: list[float],
+    worker_samples: list[float] | None = None,
+    several: bool = False,
+) -> list[Line]:
+    """Peak and end RSS of the API server under the HTTP load, beside its RSS right after it started.
+
+    With several server processes the target applies to each (the largest is shown) and the sum over
+    all of them is shown too, without a target; a projection worker's RSS is shown without one as well.
+    """
+    groups: list[tuple[str, list[float], Any]] = [
+        ("API server, largest process", largest, targets.API_RSS)
+        if several
+        else ("API server", samples, targets.API_RSS)
     ]
+    if several:
+        groups.append(("API server, all processes", samples, None))
+    groups.append(("projection worker", worker_samples or [], None))
+    lines: list[Line] = []
+    for who, found, target in groups:
+        if not found:
+            continue
+        idle = Baseline("RSS just started", found[0])
+        lines += [
+            Line(f"{backend} {who} RSS, peak under load", max(found), "MiB", baselines=(idle,), target=target),
+            Line(f"{backend} {who} RSS, end of load", found[-1], "MiB", baselines=(idle,), target=target),
+        ]
+    return lines
 
 
 def import_lines(large: Any, small: Any, copy_rows_per_s: float) -> list[Line]:

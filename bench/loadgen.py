@@ -21,7 +21,7 @@ import httpx
 
 from bench.payload import Credentials, PatientFactory
 from bench.rawhttp import RawConnection
-from bench.stats import CpuClock, Measurement
+from bench.stats import CpuClock, Measurement, Pids
 
 __all__ = ["CLIENTS", "Load", "create_load", "read_load", "run_load"]
 
@@ -135,7 +135,7 @@ async def _run(
     seconds: float,
     warmup: float,
     max_count: int,
-    server_pid: int | None,
+    server_pid: Pids,
     with_db: bool,
     mark: Callable[[], None] | None,
 ) -> Measurement:
@@ -172,7 +172,7 @@ def run_load(
     seconds: float,
     warmup: float,
     max_count: int,
-    server_pid: int | None = None,
+    server_pid: Pids = None,
     with_db: bool = True,
     client: str = "raw",
     mark: Callable[[], None] | None = None,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["RssSampler", "tree_rss_mb"]
+__all__ = ["RssSampler", "descendants", "tree_rss_mb"]
 
 
 def _rss_kb(pid: int) -> int:
@@ -39,15 +40,22 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of ``pid`` and every descendant, in MiB (0 once the process is gone)."""
+def descendants(pids: Iterable[int]) -> list[int]:
+    """``pids`` and all their descendants, each once."""
     tree = _children()
-    total, pending = 0, [pid]
+    found: list[int] = []
+    pending = list(pids)
     while pending:
         current = pending.pop()
-        total += _rss_kb(current)
-        pending.extend(tree.get(current, []))
-    return total / 1024
+        if current not in found:
+            found.append(current)
+            pending.extend(tree.get(current, []))
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of ``pid`` and every descendant, in MiB (0 once the process is gone)."""
+    return sum(_rss_kb(each) for each in descendants([pid])) / 1024
 
 
 @dataclass
@@ -57,6 +65,8 @@ class RssSampler:
     pid: int
     interval: float = 0.2
     samples: list[float] = field(default_factory=list)
+    #: The largest single process's RSS at each sample (with several server processes, the per-process figure).
+    largest: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -67,9 +77,10 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss = tree_rss_mb(self.pid)
-            if rss:
-                self.samples.append(rss)
+            each = [_rss_kb(pid) / 1024 for pid in descendants([self.pid])]
+            if sum(each):
+                self.samples.append(sum(each))
+                self.largest.append(max(each))
             self._stop.wait(self.interval)
 
     def stop(self) -> None:

@@ -33,6 +33,9 @@ class Options:
     client: str
     auth: str
     wrk: bool
+    server_workers: int
+    pool_size: int | None
+    projection: str
     sections: tuple[str, ...]
     search_resources: int
     requests: int
@@ -64,6 +67,22 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--sections",
         default=",".join(SECTIONS),
         help=f"what to run, comma list of {', '.join(SECTIONS)} (default all)",
+    )
+    parser.add_argument(
+        "--server-workers", type=int, default=1, help="API server processes (uvicorn workers; PostgreSQL only)"
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="EHR_POSTGRES_POOL_SIZE of the server and worker processes (default: the server's own); with "
+        "several server processes, lower it to stay under PostgreSQL's max_connections",
+    )
+    parser.add_argument(
+        "--projection",
+        choices=("inline", "worker"),
+        default="inline",
+        help="inline (default): the server projects; worker: EHR_PROJECTION=worker and an `ehr project` process",
     )
     parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="do not run wrk beside the raw client")
     parser.add_argument(
@@ -145,6 +164,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
         client=args.client,
         auth=args.auth,
         wrk=args.wrk,
+        server_workers=args.server_workers,
+        pool_size=args.pool_size,
+        projection=args.projection,
         sections=sections,
         search_resources=args.search_resources or (10_000 if args.quick else 50_000),
         requests=args.requests or (30 if args.quick else 100),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["RunningServer", "free_port", "issue_token", "running_server"]
+__all__ = ["RunningServer", "free_port", "issue_token", "running_server", "running_worker"]
 
 HOST = "127.0.0.1"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -95,8 +95,10 @@ def running_server(
     wrapper: list[str] | None = None,
     timeout: float = 60.0,
     headers: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[RunningServer]:
-    """``python -m fhir_api.cli serve`` on a free port; ``wrapper`` runs it under e.g. the sampler."""
+    """``python -m fhir_api.cli serve`` on a free port; ``wrapper`` runs it under e.g. the sampler;
+    ``workers`` > 1 starts that many server processes (uvicorn's, PostgreSQL only)."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
     env["EHR_AUTH"] = "disabled-for-development"  # issue 7: benchmarks send no bearer tokens
@@ -111,6 +113,7 @@ def running_server(
         str(port),
         "--data",
         str(data_dir),
+        *(["--workers", str(workers)] if workers > 1 else []),
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as output:
@@ -119,5 +122,27 @@ def running_server(
     try:
         _wait_ready(process, url, log, timeout, headers)
         yield RunningServer(process.pid, url, log)
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def running_worker(data_dir: Path, log: Path, env_overrides: dict[str, str], timeout: float = 60.0) -> Iterator[int]:
+    """``ehr project`` (the projection worker) on the same store as a server started with
+    ``EHR_PROJECTION=worker``; yields its pid once it says it is applying the log. Start it after the server,
+    so both do not create the same tables at once and the server's data directory already holds the keys."""
+    env = _clean_env(env_overrides)
+    env["EHR_DATA_DIR"] = str(data_dir)
+    command = [sys.executable, "-m", "fhir_api.cli", "project", "--report-seconds", "0"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while "applying the log" not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ehr project did not start ({process.poll()}); log:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield process.pid
     finally:
         _stop(process)

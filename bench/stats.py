@@ -6,12 +6,18 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["CpuClock", "Measurement", "Noise", "other_percent", "percentile"]
+from bench.memory import descendants
+
+__all__ = ["CpuClock", "Measurement", "Noise", "Pids", "other_percent", "percentile"]
+
+#: The server's processes: one pid, several (a projection worker beside it), or none. Each is counted with
+#: its descendants (uvicorn's worker processes).
+Pids = int | Sequence[int] | None
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -109,16 +115,18 @@ class CpuClock:
     ``host`` (all cores, busy), and ``other`` = host minus the rest: load from anything else on the machine.
     """
 
-    def __init__(self, server_pid: int | None = None, with_db: bool = True) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pid: Pids = None, with_db: bool = True) -> None:
+        self.server_pids = [server_pid] if isinstance(server_pid, int) else list(server_pid or [])
         self.with_db = with_db  # False on SQLite: any postgres CPU then is someone else's
         self._start: dict[str, float] = {}
         self._db_start: dict[int, float] = {}
 
     def _now(self) -> dict[str, float]:
+        # A child that exits within the window moves into its parent's cutime: still counted.
         now = {"client": time.process_time(), "host": _host_busy()}
-        if self.server_pid is not None:
-            now["server"] = _process_cpu(self.server_pid)
+        if self.server_pids:
+            tree = descendants(self.server_pids)
+            now["server"] = sum(_process_cpu(pid) for pid in tree)
         return now
 
     def start(self) -> None:

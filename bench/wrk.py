@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.payload import PatientFactory
-from bench.stats import CpuClock, Measurement
+from bench.stats import CpuClock, Measurement, Pids
 
 __all__ = ["FIRST_PERSON", "WrkLoad", "write_bodies", "wrk_available"]
 
@@ -55,7 +55,7 @@ class WrkLoad:
     next_body: int = 0
     runs: int = 0
 
-    def run(self, mode: str, concurrency: int, seconds: float, server_pid: int, with_db: bool) -> Measurement:
+    def run(self, mode: str, concurrency: int, seconds: float, server_pid: Pids, with_db: bool) -> Measurement:
         threads = min(concurrency, 2)  # 2 cores: more wrk threads only compete with the server
         self.runs += 1
         source = self.bodies if mode == "create" else self.ids

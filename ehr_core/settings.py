@@ -22,6 +22,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     #: Most entries a transaction or batch Bundle may hold (413 above it).
     max_bundle_entries: int = 10_000
+    # -- issue 10: limits that protect the server (fhir_api/limits.py) ----------------------------
+    #: Deepest nesting of JSON objects and arrays in a body (400 above it); R4 resources stay far below.
+    max_json_depth: int = 100
+    #: Largest page a search or history answers; a larger ``_count`` is served as this (R4 §3.1.1.6.3).
+    max_count: int = 1000
+    #: Time for a request: its body must arrive (408), a read must finish and a write must reach its
+    #: append (503) within it. A write already appending is never cut off.
+    request_timeout_seconds: float = 30.0
     #: Notifications a projection handles in one transaction.
     projection_batch_size: int = 500
     #: Who applies events to the views (issue 8): ``inline`` — each API process, after its own writes and

@@ -11,6 +11,7 @@ from ehr_core.settings import Settings
 from fhir_api.audit_middleware import AuditMiddleware  # issue 6
 from fhir_api.auth import AuthMiddleware  # issue 7
 from fhir_api.errors import install_error_handlers
+from fhir_api.limits import RequestLimits  # issue 10
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.routes import fhir_router
 from fhir_api.services import Services
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    # issue 10: body size, arrival time and request deadline; innermost, so its refusals are audited
+    app.add_middleware(RequestLimits, settings=settings)
     # issue 7: bearer tokens (inside the audit middleware, so refusals are audited too)
     app.add_middleware(AuthMiddleware, settings=settings)
     app.add_middleware(AuditMiddleware)  # issue 6: one audit entry per FHIR interaction

@@ -10,6 +10,7 @@ import logging
 import sqlite3
 
 import psycopg
+from eventsourcing import persistence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -33,6 +34,7 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "deleted": 410,
     "precondition-failed": 412,
+    "request-timeout": 408,  # issue 10: the body did not arrive in time (fhir_api/limits.py)
     "too-large": 413,
     "unsupported-media-type": 415,
     "unprocessable": 422,
@@ -88,11 +90,37 @@ _SQLITE_UNAVAILABLE = ("locked", "disk i/o", "readonly", "read-only", "full", "u
 def _database_unavailable(request: Request, error: Exception) -> Response:
     # A lost or refused database connection is the server's state, not the request's fault: 503, retry later.
     # SQLite reports programming errors with the same class, so only its "busy/disk" kinds count here.
-    if isinstance(error, sqlite3.OperationalError) and not any(k in str(error).lower() for k in _SQLITE_UNAVAILABLE):
+    cause = error.__cause__ if isinstance(error, persistence.PersistenceError) else error  # issue 10
+    if isinstance(cause, sqlite3.OperationalError) and not any(k in str(cause).lower() for k in _SQLITE_UNAVAILABLE):
         return _unexpected(request, error)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, error)
+    if request.method not in ("GET", "HEAD") and _connection_lost(cause):
+        # issue 10: the connection died while a statement was in flight, possibly during its COMMIT: the
+        # server cannot know whether the write was stored, and must not claim it was not (tests/faults).
+        unknown = "the database connection was lost during the request; the write may have been applied: read it "
+        unknown += "back (or retry as a conditional create / update with its id) before sending it again"
+        return outcome_response(503, [Issue("transient", unknown)], {"Retry-After": "1"})
     issue = Issue("transient", "the database is not available right now; nothing was applied, retry later")
     return outcome_response(503, [issue], {"Retry-After": "1"})
+
+
+_LOST = ("server closed the connection", "consuming input failed", "flush request failed", "terminating connection")
+
+
+def _connection_lost(error: BaseException | None) -> bool:
+    """A connection that broke mid-statement (not one refused before anything was sent)."""
+    if isinstance(error, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown):
+        return True
+    return isinstance(error, psycopg.OperationalError) and any(k in str(error) for k in _LOST)
+
+
+def _read_only_or_unexpected(request: Request, error: Exception) -> Response:
+    # issue 10: a database (or standby) that refuses writes — SQLSTATE 25006 read_only_sql_transaction —
+    # is unavailable for writing, not broken: 503, nothing was applied. Other internal errors stay 500.
+    cause = error.__cause__ if isinstance(error, persistence.PersistenceError) else error
+    if isinstance(cause, psycopg.errors.ReadOnlySqlTransaction):
+        return _database_unavailable(request, error)
+    return _unexpected(request, error)
 
 
 def _unexpected(request: Request, error: Exception) -> Response:
@@ -106,6 +134,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    # issue 10: a connection closed under the request (server restart), and the event store's own wrappers
+    # of the same failures (eventsourcing retries them, then raises these).
+    app.add_exception_handler(psycopg.InterfaceError, _database_unavailable)
+    app.add_exception_handler(persistence.OperationalError, _database_unavailable)
+    app.add_exception_handler(persistence.InterfaceError, _database_unavailable)
+    app.add_exception_handler(psycopg.InternalError, _read_only_or_unexpected)
+    app.add_exception_handler(persistence.InternalError, _read_only_or_unexpected)
     app.add_exception_handler(sqlite3.OperationalError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 

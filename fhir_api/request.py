@@ -12,6 +12,7 @@ from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
 from fhir_api.errors import ApiError
+from fhir_api.limits import check_json_depth, check_write_deadline
 from fhir_api.services import Services
 
 __all__ = [
@@ -65,7 +66,7 @@ async def read_json_body(request: Request, media_types: frozenset[str] = JSON_ME
         )
     limit: int = request.app.state.services.settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdecimal() and int(declared) > limit:
         raise ApiError("too-large", f"body of {declared} bytes is over the limit of {limit} bytes", "too-costly")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -77,9 +78,13 @@ async def read_json_body(request: Request, media_types: frozenset[str] = JSON_ME
     if not body.strip():
         raise InvalidResource([Issue("required", "the request body is empty; a FHIR resource is required")])
     try:
-        return fhir_json.loads(body)
+        value = fhir_json.loads(body)
     except fhir_json.JsonError as error:
         raise InvalidResource([Issue("structure", str(error))]) from None
+    # issue 10: refuse absurd nesting before validation walks it, and a write already out of time.
+    check_json_depth(value, request.app.state.services.settings.max_json_depth)
+    check_write_deadline()
+    return value
 
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d+)"?\s*$')

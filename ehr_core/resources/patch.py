@@ -212,7 +212,7 @@ def _pointer_problem(document: Any, pointer: str, *, creating: bool) -> str | No
         elif isinstance(node, list):
             if part == "-" and last and creating:
                 return None
-            if part == "-" or not part.isdigit() or (len(part) > 1 and part.startswith("0")):
+            if part == "-" or not part.isdecimal() or (len(part) > 1 and part.startswith("0")):
                 return f"{where} is an array, and '{part}' is not an index into it"
             limit = len(node) if last and creating else len(node) - 1
             if int(part) > limit:

@@ -6,6 +6,7 @@ base64 (see shared/corpus/README.md), so the stored bytes are always the client'
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
         raise InvalidResource([Issue("not-supported", f"unknown resource type {resource_type}", "resourceType")])
     if "id" in resource and not is_valid_id(resource["id"]):
         raise InvalidResource([Issue("value", "id must match [A-Za-z0-9-.]{1,64}", f"{resource_type}.id")])
+    _check_characters(resource, resource_type)  # issue 10
     model = get_fhir_model_class(resource_type)
     try:
         model.model_validate(resource)
@@ -71,6 +73,35 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
     except (ValueError, TypeError, RecursionError) as error:
         raise InvalidResource([Issue("structure", f"invalid {resource_type}: {error}")]) from None
     return resource_type
+
+
+# R4 §2.24.0.2 "string": "Strings SHALL NOT contain Unicode character points below 32, except for u0009
+# (horizontal tab), u0010 (carriage return) and u0013 (line feed)". Lone surrogates (``"\ud800"`` escapes)
+# are no Unicode characters at all and cannot be written as UTF-8. Both are refused before storage: a NUL
+# stored in the log could never be projected into PostgreSQL (text cannot hold it) and would stall the views.
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def _check_characters(resource: dict[str, Any], resource_type: str) -> None:
+    stack: list[tuple[Any, str]] = [(resource, resource_type)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if _FORBIDDEN.search(key):
+                    raise _bad_character(f"{path}.{key!r}", key)
+                stack.append((value, f"{path}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((value, f"{path}[{index}]") for index, value in enumerate(node))
+        elif isinstance(node, str) and _FORBIDDEN.search(node):
+            raise _bad_character(path, node)
+
+
+def _bad_character(path: str, text: str) -> InvalidResource:
+    found = _FORBIDDEN.search(text)
+    char = f"U+{ord(found.group()):04X}" if found else "a forbidden character"
+    message = f"{char} is not allowed in a FHIR string (control characters below U+0020 and lone surrogates)"
+    return InvalidResource([Issue("value", message, path)])
 
 
 @lru_cache(maxsize=4096)

@@ -7,6 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from fhir_api.conditional import run_conditional
+from fhir_api.interactions.visibility import make_visible
+from fhir_api.limits import check_write_deadline
 from fhir_api.request import ServicesDep, parse_if_match, require_type, write_context
 from fhir_api.responses import etag
 
@@ -18,8 +20,9 @@ async def delete(resource_type: str, resource_id: str, request: Request, service
     require_type(resource_type)
     if_match = parse_if_match(request.headers.get("if-match"))
     context = write_context(request, "delete")
+    check_write_deadline()  # issue 10: out of time before the append: 503, nothing written
     written = await run_in_threadpool(services.application.delete, resource_type, resource_id, context, if_match)
-    await run_in_threadpool(services.visible, written)
+    await run_in_threadpool(make_visible, services, written)  # issue 10
     # Deleting what is absent or already deleted succeeds too: delete is idempotent (R4 §3.1.0.6).
     headers = {"ETag": etag(written.version)} if written is not None else {}
     return Response(status_code=204, headers=headers)

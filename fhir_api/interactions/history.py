@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from ehr_core.application import format_instant
 from ehr_core.errors import InvalidResource, Issue
 from fhir_api.auth import caller_of
+from fhir_api.limits import clamp_count, store_int
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON, etag, http_date
 from projections.access import count_visible_history, visible_history
@@ -30,17 +31,16 @@ from projections.resources import HistoryEntry, ResourceViews
 router = APIRouter()
 
 DEFAULT_COUNT = 50
-MAX_COUNT = 1000
 
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
 
 
-def _count(value: str | None) -> int:
+def _count(value: str | None) -> int | None:
     if value is None:
-        return DEFAULT_COUNT
-    if not value.isdigit():
+        return None
+    if not value.isdecimal():
         raise InvalidResource([Issue("invalid", f"_count must be a non-negative integer, got {value!r}", "_count")])
-    return min(int(value), MAX_COUNT)
+    return int(value)
 
 
 def parse_since(value: str | None) -> str | None:
@@ -59,9 +59,9 @@ def parse_since(value: str | None) -> str | None:
 def _cursor(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit():
+    if not value.isdecimal():
         raise InvalidResource([Issue("invalid", f"invalid page cursor {value!r}", "_page_before")])
-    return int(value)
+    return store_int(int(value))  # issue 10: beyond 64 bits it still means "before everything"
 
 
 def _entry(base: str, item: HistoryEntry) -> dict[str, Any]:
@@ -89,7 +89,8 @@ def _history(
     resource_type: str | None = None,
     resource_id: str | None = None,
 ) -> Response:
-    limit, since_at, before = _count(count), parse_since(since), _cursor(page_before)
+    limit = clamp_count(_count(count), DEFAULT_COUNT, services.settings)  # issue 10: EHR_MAX_COUNT
+    since_at, before = parse_since(since), _cursor(page_before)
     base = base_url(request)
     caller = caller_of(request)
     if caller is not None and resource_id is None:

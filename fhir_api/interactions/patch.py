@@ -16,6 +16,7 @@ from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources.patch_body import JSON_PATCH, MERGE_PATCH, patch_change
 from fhir_api.conditional import run_conditional
+from fhir_api.interactions.visibility import make_visible
 from fhir_api.request import (
     JSON_MEDIA_TYPES,
     ServicesDep,
@@ -42,7 +43,7 @@ async def patch(resource_type: str, resource_id: str, request: Request, services
     change = patch_change(media_type(request), body)
     context = write_context(request, "patch")
     written = await run_in_threadpool(services.application.patch, resource_type, resource_id, change, context, if_match)
-    await run_in_threadpool(services.visible, written)
+    await run_in_threadpool(make_visible, services, written)  # issue 10
     return write_response(written, 200, prefer_return(request), base_url(request))
 
 

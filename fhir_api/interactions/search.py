@@ -29,6 +29,7 @@ from ehr_core.resources import json as fhir_json
 from fhir_api.access import record_break_glass
 from fhir_api.auth import caller_of
 from fhir_api.errors import ApiError
+from fhir_api.limits import clamp_count
 from fhir_api.request import ServicesDep, base_url, media_type, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
@@ -44,7 +45,6 @@ __all__ = ["router", "search_bundle"]
 router = APIRouter()
 
 DEFAULT_COUNT = 20
-MAX_COUNT = 1000
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -136,7 +136,7 @@ def _search(
         raise InvalidResource(
             [Issue("not-supported", f"unknown search parameter(s) for {resource_type}: {names}", parsed.unknown[0])]
         )
-    count = DEFAULT_COUNT if parsed.count is None else min(parsed.count, MAX_COUNT)
+    count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # issue 10: EHR_MAX_COUNT
     with services.views.read() as tx:
         page = run_search(tx, services.views.dialect, parsed, base, count, viewer)
         entries = _entries(tx, base, page, parsed)

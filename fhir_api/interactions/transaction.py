@@ -6,6 +6,7 @@ GET/HEAD entries from the read models once the writes are visible, and writes th
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -17,6 +18,8 @@ from ehr_core.bundles import Entry, EntryResult, parse_bundle, run_batch_entry, 
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue, RecordError
 from fhir_api.errors import STATUS, ApiError
+from fhir_api.interactions.visibility import after_commit
+from fhir_api.limits import store_int
 from fhir_api.outcome import operation_outcome
 from fhir_api.request import ServicesDep, base_url, prefer_return, read_json_body, write_context
 from fhir_api.resolver import ViewResolver
@@ -48,8 +51,8 @@ def _read_entry(services: Services, entry: Entry) -> dict[str, Any]:
     with services.views.read() as tx:
         if len(parts) == 2:
             stored = ResourceViews.read(tx, parts[0], parts[1])
-        elif len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():
-            stored = ResourceViews.vread(tx, parts[0], parts[1], int(parts[3]))
+        elif len(parts) == 4 and parts[2] == "_history" and parts[3].isdecimal():
+            stored = ResourceViews.vread(tx, parts[0], parts[1], store_int(int(parts[3])))  # issue 10
         else:
             raise InvalidResource([Issue("not-supported", f"GET {entry.url} is not supported inside a Bundle")])
     if stored is None:
@@ -91,8 +94,8 @@ def _answer(services: Services, result: EntryResult, base: str, prefer: str) -> 
 def _transaction(services: Services, entries: list[Entry], context: WriteContext) -> list[EntryResult]:
     results = run_transaction(services.application, entries, context, ViewResolver(services))
     ids = [r.written.notification_id for r in results if r.written and r.written.notification_id]
-    if ids:
-        services.projector.catch_up(until=max(ids))
+    if ids:  # issue 10: committed; a views outage now must not turn it into a 503
+        after_commit(lambda: services.projector.catch_up(until=max(ids)), "transaction")
     return results
 
 
@@ -102,8 +105,10 @@ def _batch(services: Services, entries: list[Entry], context: WriteContext) -> l
     for entry in entries:
         try:
             result = run_batch_entry(services.application, entry, context, resolver)
-            if result.written is not None and result.written.notification_id is not None:
-                services.projector.catch_up(until=result.written.notification_id)
+            written = result.written
+            if written is not None and written.notification_id is not None:
+                catch_up = partial(services.projector.catch_up, until=written.notification_id)
+                after_commit(catch_up, "batch entry")  # issue 10: committed; a views outage is waited out
             outcomes.append(result)
         except RecordError as error:
             outcomes.append(error)

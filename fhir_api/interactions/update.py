@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from fhir_api.conditional import run_conditional
+from fhir_api.interactions.visibility import make_visible
 from fhir_api.request import (
     ServicesDep,
     base_url,
@@ -33,7 +34,7 @@ async def update(resource_type: str, resource_id: str, request: Request, service
     written = await run_in_threadpool(
         services.application.update, resource_type, resource_id, resource, context, if_match
     )
-    await run_in_threadpool(services.visible, written)
+    await run_in_threadpool(make_visible, services, written)  # issue 10
     return write_response(written, 201 if written.created else 200, prefer_return(request), base_url(request))
 
 

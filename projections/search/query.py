@@ -351,7 +351,7 @@ def _include(name: str, raw: str, resource_type: str, iterate: bool, reverse: bo
 
 
 def _count(raw: str) -> int:
-    if not raw.isdigit():
+    if not raw.isdecimal():  # "²".isdigit() holds, but int("²") fails
         raise _invalid("_count", f"_count must be a non-negative integer, got {raw!r}")
     return int(raw)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from bench import targets
-from bench.lines import http_lines
+from bench.lines import http_lines, memory_lines
 from bench.stats import Measurement
 from bench.summary import Baseline, Line, Target, render, verdict
 
@@ -92,3 +92,21 @@ def test_http_figures_are_set_beside_the_floors_of_their_own_concurrency_and_wrk
     assert at8.target is None and [b.value for b in at8.baselines][:1] == [100]
     assert wrk.figure == "postgres create (wrk)" and [b.name for b in wrk.baselines] == ["raw client, same c"]
     assert wrk.ratio(wrk.baselines[0]) == 0.9 and wrk.target is targets.CREATES
+
+
+def test_with_several_server_processes_the_rss_target_applies_to_each_and_the_sum_is_shown_beside() -> None:
+    one = memory_lines("postgres", [170, 190, 185], [170, 190, 185])
+    assert [(line.figure, line.value, line.target) for line in one] == [
+        ("postgres API server RSS, peak under load", 190, targets.API_RSS),
+        ("postgres API server RSS, end of load", 185, targets.API_RSS),
+    ]
+    several = memory_lines("postgres", [300, 390], [160, 200], [88, 93], several=True)
+    assert [(line.figure, line.value, verdict(line)) for line in several] == [
+        ("postgres API server, largest process RSS, peak under load", 200, "yes"),
+        ("postgres API server, largest process RSS, end of load", 200, "yes"),
+        ("postgres API server, all processes RSS, peak under load", 390, "-"),
+        ("postgres API server, all processes RSS, end of load", 390, "-"),
+        ("postgres projection worker RSS, peak under load", 93, "-"),
+        ("postgres projection worker RSS, end of load", 93, "-"),
+    ]
+    assert several[0].ratio(several[0].baselines[0]) == 1.25  # against the RSS just started

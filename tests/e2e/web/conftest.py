@@ -37,6 +37,11 @@ CURP_SYSTEM = "urn:oid:2.16.840.1.113883.4.629"
 CLUES_SYSTEM = "urn:oid:2.16.840.1.113883.4.631"
 #: One unit per institution, from the demo's units (ehr_core/demo/population.py).
 UNITS = {"IMSS": "DFIMS000020", "ISSSTE": "DFIST000312", "IMSS-BIENESTAR": "OCIMB000123"}
+UNIT_NAMES = {
+    "DFIMS000020": "UMF 20 Vallejo",
+    "DFIST000312": "Hospital Regional 1o de Octubre",
+    "OCIMB000123": "Centro de Salud Rural San Juan Bautista",
+}
 RECORD_SYSTEMS = {
     "IMSS": "urn:ehr-core:sid:imss:expediente",
     "ISSSTE": "urn:ehr-core:sid:issste:expediente",

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.web.conftest import UNITS, Console, Demo, shoot
+from tests.e2e.web.conftest import UNIT_NAMES, UNITS, Console, Demo, shoot
 
 ENCOUNTERS = ("AMB", "IMP", "EMER")  # encounter classes (v3 ActCode) the timeline shows as visits
 
@@ -64,9 +64,18 @@ def test_search_record_as_of_and_audit(page: Any, console: Console, web_server: 
     shoot(page, "01-search-name")
 
     # By CURP: every record of the person that carries it (three, the third registered with it).
-    curp = page.locator("[data-testid=results] td.mono").first.inner_text().strip()
+    first = page.locator("[data-testid=results] tbody tr").first
+    href = first.get_by_test_id("patient-link").get_attribute("href")
+    curp, nss = (cell.inner_text().strip() for cell in first.locator("td.mono").all()[:2])
+    record_number = first.locator("td span.mono").first.inner_text().strip()
     page.goto(f"{demo.base_url}/web/?q={curp}")
     assert page.get_by_test_id("patient-link").count() >= 2
+    assert "por CURP" in page.inner_text("main")
+    # An NSS (when the record has one) and an institution's record number find that record.
+    for value in [v for v in (nss, record_number) if v]:
+        page.goto(f"{demo.base_url}/web/?q={value}")
+        found = page.get_by_test_id("patient-link").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+        assert href in found, (value, found)
 
     # The unified record: the timeline has encounters from the three institutions, each with unit and CLUES.
     page.goto(f"{demo.base_url}/web/patients/{imss}")
@@ -77,6 +86,10 @@ def test_search_record_as_of_and_audit(page: Any, console: Console, web_server: 
     encounters = page.locator(", ".join(f"[data-testid=timeline] li.event[data-kind={kind}]" for kind in ENCOUNTERS))
     assert encounters.count() >= 1
     assert "CLUES" in encounters.first.inner_text()
+    third = next(name for name in ("IMSS-BIENESTAR", "ISSSTE", "IMSS") if demo.records[name].startswith("e2e-"))
+    registered = page.locator(f"[data-testid=timeline] li.event[data-institution='{third}'][data-kind=EMER]")
+    assert f"{UNIT_NAMES[UNITS[third]]} CLUES {UNITS[third]}" in registered.inner_text()
+    assert page.locator("[data-testid=chart] svg circle").count() >= 2
     shoot(page, "02-record")
     shoot(page, "02-record-full", full_page=True)
     assert _timeline_institutions(page) >= {"IMSS", "ISSSTE", "IMSS-BIENESTAR"}
@@ -85,7 +98,6 @@ def test_search_record_as_of_and_audit(page: Any, console: Console, web_server: 
     time.sleep(1.1)
     moment = datetime.now(UTC).replace(microsecond=0)
     time.sleep(1.1)
-    third = next(name for name in ("IMSS-BIENESTAR", "ISSSTE", "IMSS") if demo.records[name].startswith("e2e-"))
     record = demo.records[third]
     _write(
         demo,
