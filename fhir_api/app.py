@@ -12,6 +12,7 @@ from fhir_api.audit_middleware import AuditMiddleware  # issue 6
 from fhir_api.auth import AuthMiddleware  # issue 7
 from fhir_api.errors import install_error_handlers
 from fhir_api.limits import RequestLimits  # issue 10
+from fhir_api.metrics import MetricsMiddleware, metrics_router  # issue 8
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.routes import fhir_router
 from fhir_api.services import Services
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # issue 7: bearer tokens (inside the audit middleware, so refusals are audited too)
     app.add_middleware(AuthMiddleware, settings=settings)
     app.add_middleware(AuditMiddleware)  # issue 6: one audit entry per FHIR interaction
+    app.add_middleware(MetricsMiddleware)  # issue 8: outermost, so every answer is counted
     app.include_router(fhir_router())
+    app.include_router(metrics_router())  # issue 8: GET /metrics (Prometheus text)
     install_web_view(app)  # issue 9: the web view under /web (pages over the FHIR API above)
     return app
