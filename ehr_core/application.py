@@ -19,8 +19,9 @@ from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 
 from ehr_core.compartment import patient_compartment
 from ehr_core.context import WriteContext
-from ehr_core.encryption import EncryptingMapper, Unreadable  # issue 7
+from ehr_core.encryption import EncryptingMapper, Unreadable, compartment_of  # issue 7
 from ehr_core.errors import Conflict, Deleted, InvalidResource, Issue, NotFound, PreconditionFailed
+from ehr_core.group_commit import GroupCommit  # issue 8
 from ehr_core.identity.rules import check_identifiers
 from ehr_core.keys import Erased, KeyStore  # issue 7
 from ehr_core.resources import json as fhir_json
@@ -103,6 +104,7 @@ class RecordApplication(Application[UUID]):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         super().__init__(env=settings.event_store_env())
+        self._group = GroupCommit(self._append)
 
     def construct_transcoder(self) -> Transcoder:
         return EventTranscoder()
@@ -308,6 +310,12 @@ class RecordApplication(Application[UUID]):
 
     # -- committing ------------------------------------------------------------------------------
 
+    def _append(self, events: list[Any]) -> list[Any]:
+        """One transaction of the event store (what a group commit runs), keys made ready first."""
+        self.keys.prepare({compartment_of(event) for event in events})
+        recordings: list[Any] = self.events.put(events)
+        return recordings
+
     def commit(self, pendings: Sequence[Pending], *others: Any) -> list[Written]:
         """Append every pending event in one atomic save: all are stored, or none is.
 
@@ -317,7 +325,10 @@ class RecordApplication(Application[UUID]):
         if not streams and not others:
             return [p.written for p in pendings]
         try:
-            recordings = self.save(*streams, *others)
+            if others:
+                recordings = self.save(*streams, *others)
+            else:  # issue 8: concurrent writes share a transaction (ehr_core/group_commit.py)
+                recordings = self._group.append([event for stream in streams for event in stream.collect_events()])
         except IntegrityError:
             names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
             raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None

@@ -29,7 +29,7 @@ from eventsourcing.utils import get_topic
 
 from ehr_core.keys import SYSTEM, KeyStore
 
-__all__ = ["EncryptingMapper", "Unreadable", "associated_data", "stored_key_id"]
+__all__ = ["EncryptingMapper", "Unreadable", "associated_data", "compartment_of", "stored_key_id"]
 
 MAGIC = b"\x01K"
 _HEADER = len(MAGIC) + 16 + 12
@@ -65,6 +65,11 @@ def _compartment_of(state: dict[str, Any]) -> str:
     if isinstance(compartment, list | tuple) and compartment and isinstance(compartment[0], str):
         return compartment[0]
     return SYSTEM
+
+
+def compartment_of(event: Any) -> str:
+    """The compartment whose key seals ``event`` (what :class:`EncryptingMapper` will ask the key store for)."""
+    return _compartment_of({"compartment": getattr(event, "compartment", None)})
 
 
 class EncryptingMapper(Mapper[UUID]):

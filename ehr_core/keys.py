@@ -336,6 +336,46 @@ class KeyStore:
             )
         return self._remember(row)
 
+    def prepare(self, compartments: set[str]) -> None:
+        """Have the keys of ``compartments`` at hand before a write seals its events (issue 8).
+
+        One query finds the keys not cached yet and one transaction creates those that do not exist, instead
+        of a round trip or two per new patient inside the append. Statuses are still checked, per event, by
+        :meth:`for_compartment` (a blocked or shredded compartment's row is cached as such and refused there).
+        """
+        unknown = sorted(c for c in compartments if c not in self._by_compartment)
+        if not unknown:
+            return
+        marks = ", ".join("?" for _ in unknown)
+        with self._table.transaction() as cursor:
+            found = [
+                _row(values)
+                for values in cursor.execute(
+                    f"SELECT {_COLUMNS} FROM {self._table.name} WHERE compartment IN ({marks})", tuple(unknown)
+                ).fetchall()
+            ]
+        missing = sorted(set(unknown) - {row.compartment for row in found})
+        if missing:
+            with self._table.transaction() as cursor:
+                for compartment in missing:
+                    key_id, data_key = os.urandom(_ID_BYTES), AESGCM.generate_key(bit_length=256)
+                    cursor.execute(
+                        f"INSERT INTO {self._table.name} (key_id, compartment, wrapped, master_id, status, created) "
+                        "VALUES (?, ?, ?, ?, 'active', ?) ON CONFLICT (compartment) DO NOTHING",
+                        (key_id, compartment, self.master.wrap(key_id, data_key), self.master.id, _now()),
+                    )
+                marks = ", ".join("?" for _ in missing)
+                # Ours, or the ones a concurrent writer made first.
+                found += [
+                    _row(values)
+                    for values in cursor.execute(
+                        f"SELECT {_COLUMNS} FROM {self._table.name} WHERE compartment IN ({marks})", tuple(missing)
+                    ).fetchall()
+                ]
+        for row in found:
+            if row.status != "shredded":
+                self._remember(row)
+
     def _create(self, compartment: str) -> KeyRow:
         key_id, data_key = os.urandom(_ID_BYTES), AESGCM.generate_key(bit_length=256)
         wrapped = self.master.wrap(key_id, data_key)

@@ -85,7 +85,7 @@ class AuditProjector(Projector):
                 (self.name,),
             )
 
-    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> None:
+    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> int | None:
         rows, refs = [], []
         for notification in notifications:
             event = self.application.mapper.to_domain_event(notification)
@@ -117,6 +117,7 @@ class AuditProjector(Projector):
             refs += [(notification.id, "entity", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
         tx.insert("audit_entries", _ENTRY_COLUMNS, rows)
         tx.insert("audit_entry_refs", ("audit_nid", "param", "value"), refs)
+        return None
 
     def reset(self) -> None:
         with self._lock, self.database.write() as tx:

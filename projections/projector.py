@@ -129,8 +129,7 @@ class Projector:
             if not notifications:
                 self._position = position
                 return 0
-            self.apply_notifications(tx, notifications)
-            last = notifications[-1].id
+            last = self.apply_notifications(tx, notifications) or notifications[-1].id
             tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
             if self.announce_to is not None:
                 # Delivered on commit: API processes waiting for this position (read-your-writes) wake up.
@@ -142,8 +141,11 @@ class Projector:
     #: The channel to NOTIFY after each batch (PostgreSQL only; set by the deployment, see ``projected_channel``).
     announce_to: str | None = None
 
-    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> None:
-        """Apply a batch in the caller's transaction (subclasses that follow other logs override this)."""
+    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> int | None:
+        """Apply a batch in the caller's transaction (subclasses that follow other logs override this).
+
+        Returns the notification id the tracking row moves to, when a subclass applied beyond the batch
+        (None: the batch's last)."""
         mapper = self.application.mapper
         changes: list[Change] = []
         for notification in notifications:
@@ -160,6 +162,7 @@ class Projector:
                 changes.append(change)
         for view in self.views:
             view.apply(tx, changes)
+        return None
 
     def beside(self, database: ViewDatabase) -> Projector:
         """A projector of the same kind and views over another database (``ehr rebuild``'s shadow)."""

@@ -57,10 +57,35 @@ def rank(features: Features, candidates: Sequence[Candidate], exclude: set[str])
 class MasterPatientIndex:
     def __init__(self, application: Application[UUID]) -> None:
         self.application = application
+        #: Between :meth:`begin` and :meth:`flush`: the aggregates decided on but not yet saved.
+        self._session: dict[UUID, Aggregate] | None = None
+
+    # -- a batch of decisions, saved together (the identity projector's batches) -----------------
+
+    def begin(self) -> None:
+        """Decide several records, then save every decision in one append (:meth:`flush`)."""
+        self._session = {}
+
+    def flush(self) -> int | None:
+        """Save what was decided since :meth:`begin`: the last notification id appended (0: nothing to
+        append), or None if another writer got there first (nothing saved)."""
+        session, self._session = self._session, None
+        if not session:
+            return 0
+        try:
+            recordings = self.application.save(*session.values())
+        except IntegrityError:
+            return None
+        return max((r.notification.id for r in recordings), default=0)
+
+    def abandon(self) -> None:
+        self._session = None
 
     # -- loading ---------------------------------------------------------------------------------
 
     def _get(self, aggregate_id: UUID) -> Any:
+        if self._session is not None and aggregate_id in self._session:
+            return self._session[aggregate_id]  # decided earlier in this batch, not saved yet
         try:
             return self.application.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -143,6 +168,10 @@ class MasterPatientIndex:
         return self._finish(record, touched, Outcome(record, str(current.id), best, flagged, appended=True))
 
     def _finish(self, record: str, touched: list[Aggregate], outcome: Outcome) -> Outcome:
+        if self._session is not None:
+            for aggregate in touched:
+                self._session[aggregate.id] = aggregate
+            return outcome
         if self._save(*touched):
             return outcome
         # Another follower matched this version first: its decision stands.
