@@ -176,6 +176,11 @@ def test_the_unified_record_needs_consent_for_every_linked_record(
     denied = client.get(f"/fhir/Patient/{at_issste}/$everything", headers=issste)
     assert denied.status_code == 403 and "VIH" not in denied.text
     assert "IMSS" in denied.json()["issue"][0]["diagnostics"]
+    # The golden record merges both records' demographics: the same decision.
+    with services.views.read() as tx:
+        golden = IdentityIndex.person_of(tx, at_issste)
+    assert client.get(f"/fhir/Person/{golden}", headers=issste).status_code == 403
+    assert client.get(f"/fhir/Patient/{at_issste}/$person", headers=issste).status_code == 403
     # Each record alone stays readable to its recorder; the unified record of either is everyone's records.
     assert client.get(f"/fhir/Patient/{at_issste}", headers=issste).status_code == 200
     assert client.get(f"/fhir/Patient/{at_imss}/$everything", headers=imss).status_code == 403
@@ -184,5 +189,7 @@ def test_the_unified_record_needs_consent_for_every_linked_record(
     assert client.post("/fhir/Consent", json=consent, headers=FHIR | imss).status_code == 201
     opened = client.get(f"/fhir/Patient/{at_issste}/$everything", headers=issste)
     assert opened.status_code == 200 and "VIH" in opened.text
+    person = client.get(f"/fhir/Person/{golden}", headers=issste)
+    assert person.status_code == 200 and "Mendoza" in person.text
     ids = {e["resource"]["id"] for e in opened.json()["entry"]}
     assert {at_imss, at_issste} <= ids
