@@ -10,7 +10,8 @@ break-the-glass: the header ``X-EHR-Break-Glass: <reason>`` — granted, flagged
 
 Where it applies (auth on):
 
-- read, vread, instance history: :func:`decide` for the one resource (403 when denied).
+- read, vread, instance history: :func:`decide` for the one resource (403 when denied); the golden
+  ``Person/{id}`` of the master patient index is decided over every Patient record linked to it.
 - ``Patient/{id}/$everything``, ``$summary``, ``$person``: :func:`decide` for the *unified* record — every
   resource in the compartments of every Patient record the master patient index links to it (all or
   nothing: 403 unless each one is visible), since those operations return the linked records too.
@@ -68,6 +69,8 @@ def decide(
         row = tx.execute(
             "SELECT institution FROM resource_owners WHERE resource_type = ? AND resource_id = ?", target
         ).fetchone()
+        if row is None and target[0] == "Person":
+            return _golden_record(tx, institution, target[1], break_glass, clause, params)
         if row is None:
             return Decision(True, "unknown")
         owners: tuple[str, ...] = (str(row[0]),)
@@ -95,6 +98,30 @@ def decide(
         ).fetchone()
         visible = None if hidden is not None else (1,)
     if visible is not None:
+        return Decision(True, "consent", owners)
+    if break_glass:
+        return Decision(True, "break-the-glass", owners)
+    return Decision(False, "denied", owners)
+
+
+def _golden_record(
+    tx: Tx, institution: str, person: str, break_glass: str | None, clause: str, params: list[Any]
+) -> Decision:
+    """``Person/{id}`` of the master patient index merges the demographics of every Patient record linked to
+    the person: readable when each of those records is."""
+    records = [link.record for link in IdentityIndex.links(tx, person)]
+    if not records:
+        return Decision(True, "unknown")
+    marks = ", ".join("?" for _ in records)
+    rows = tx.execute(
+        f"SELECT x.institution, CASE WHEN {clause} THEN 1 ELSE 0 END FROM resource_owners x "
+        f"WHERE x.resource_type = 'Patient' AND x.resource_id IN ({marks})",
+        [*params, *records],
+    ).fetchall()
+    owners = tuple(sorted({str(r[0]) for r in rows}))
+    if owners == (institution,):
+        return Decision(True, "own", owners)
+    if len(rows) == len(records) and all(int(r[1]) for r in rows):
         return Decision(True, "consent", owners)
     if break_glass:
         return Decision(True, "break-the-glass", owners)

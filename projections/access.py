@@ -25,8 +25,9 @@ per-row Python loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -47,6 +48,7 @@ __all__ = [
     "visible_clause",
     "visible_history",
     "visible_page",
+    "with_consents",
 ]
 
 INSTITUTION_SYSTEM = "urn:ehr-core:institution"
@@ -103,6 +105,23 @@ class Viewer:
     patient_types: frozenset[str] | None = frozenset()
     #: The caller broke the glass with a stated reason: the institution rule is lifted (scopes still hold).
     break_glass: bool = False
+    #: Whether any Consent naming the institution is valid now (None: not looked up, assume some).
+    #: Without one, the consent branch is left out of the SQL: most searches cost only the owner check.
+    consents: bool | None = None
+
+
+_VALID = "(g.period_start IS NULL OR g.period_start <= ?) AND (g.period_end IS NULL OR g.period_end >= ?)"
+
+
+def with_consents(tx: Tx, viewer: Viewer) -> Viewer:
+    """``viewer`` knowing whether its institution holds any valid consent (one indexed look-up)."""
+    if viewer.consents is not None or viewer.break_glass:
+        return viewer
+    row = tx.execute(
+        f"SELECT 1 FROM consent_grants g WHERE g.institution = ? AND {_VALID} LIMIT 1",
+        (viewer.institution, viewer.now, viewer.now),
+    ).fetchone()
+    return replace(viewer, consents=row is not None)
 
 
 def _in(column: str, values: frozenset[str] | None) -> tuple[str, list[Any]]:
@@ -115,19 +134,31 @@ def _in(column: str, values: frozenset[str] | None) -> tuple[str, list[Any]]:
     return f"{column} IN ({', '.join('?' for _ in ordered)})", list(ordered)
 
 
-def institution_clause(type_column: str, id_column: str, institution: str, now: str) -> tuple[str, list[Any]]:
-    """SQL true when ``institution`` may read the resource (type_column, id_column): own, shared or consent."""
-    same = f"o.resource_type = {type_column} AND o.resource_id = {id_column}"
-    compartment = f"c.resource_type = {type_column} AND c.resource_id = {id_column}"
+def institution_clause(
+    type_column: str, id_column: str, institution: str, now: str, consents: bool = True
+) -> tuple[str, list[Any]]:
+    """SQL true when ``institution`` may read the resource (type_column, id_column): own, shared or consent
+    (the consent branch only when ``consents``: the institution holds some valid consent at all)."""
+    # Scalar subqueries, not EXISTS: PostgreSQL turns an EXISTS inside OR into a hashed subplan over the
+    # whole table (every resource of the institution, every compartment) even for a search of 14 rows;
+    # a scalar subquery stays a primary-key probe per candidate row, so the cost follows the search.
     sql = (
-        f"(EXISTS (SELECT 1 FROM resource_owners o WHERE {same} AND o.institution = ?)"
-        f" OR {type_column} IN ({_SHARED_SQL})"
-        f" OR (EXISTS (SELECT 1 FROM resource_compartments c WHERE {compartment})"
-        f" AND NOT EXISTS (SELECT 1 FROM resource_compartments c WHERE {compartment}"
-        " AND NOT EXISTS (SELECT 1 FROM consent_grants g WHERE g.patient_id = c.patient_id AND g.institution = ?"
-        " AND (g.period_start IS NULL OR g.period_start <= ?) AND (g.period_end IS NULL OR g.period_end >= ?)))))"
+        f"((SELECT o.institution FROM resource_owners o WHERE o.resource_type = {type_column} "
+        f"AND o.resource_id = {id_column}) = ? OR {type_column} IN ({_SHARED_SQL})"
     )
-    return sql, [institution, institution, now, now]
+    params: list[Any] = [institution]
+    if consents:
+        # A consenting patient's compartment holds it, and no patient of its compartment is without a grant.
+        compartment = f"c.resource_type = {type_column} AND c.resource_id = {id_column}"
+        sql += (
+            " OR ((SELECT 1 FROM resource_compartments c JOIN consent_grants g ON g.patient_id = c.patient_id"
+            f" WHERE {compartment} AND g.institution = ? AND {_VALID} LIMIT 1) IS NOT NULL"
+            f" AND (SELECT 1 FROM resource_compartments c WHERE {compartment} AND NOT EXISTS"
+            f" (SELECT 1 FROM consent_grants g WHERE g.patient_id = c.patient_id AND g.institution = ? AND {_VALID})"
+            " LIMIT 1) IS NULL)"
+        )
+        params += [institution, now, now, institution, now, now]
+    return sql + ")", params
 
 
 def visible_clause(viewer: Viewer, type_column: str, id_column: str) -> tuple[str, list[Any]]:
@@ -146,7 +177,9 @@ def visible_clause(viewer: Viewer, type_column: str, id_column: str) -> tuple[st
         params += [*covered_params, viewer.patient]
     parts.append("(" + " OR ".join(scope) + ")")
     if not viewer.break_glass:
-        clause, clause_params = institution_clause(type_column, id_column, viewer.institution, viewer.now)
+        clause, clause_params = institution_clause(
+            type_column, id_column, viewer.institution, viewer.now, viewer.consents is not False
+        )
         parts.append(clause)
         params += clause_params
     return "(" + " AND ".join(parts) + ")", params
@@ -195,6 +228,8 @@ class AccessView(View):
                 period_end TEXT)"""
         )
         tx.execute("CREATE INDEX IF NOT EXISTS consent_grants_patient ON consent_grants (patient_id, institution)")
+        # Whether an institution holds any consent at all (asked before each filtered search).
+        tx.execute("CREATE INDEX IF NOT EXISTS consent_grants_institution ON consent_grants (institution)")
         # Not a projection (it is written by the access policy at request time, and a rebuild must keep it),
         # so it is not in ``tables``: break-the-glass grants waiting for review.
         tx.execute(
@@ -231,6 +266,21 @@ class AccessView(View):
 # of the SQL, so a page, its total and its cursor never count what the viewer may not see.
 
 
+@contextmanager
+def _no_jit(tx: Tx, dialect: Dialect) -> Iterator[None]:
+    """PostgreSQL JIT off for one filtered query: the per-row subqueries inflate the cost estimate past
+    ``jit_above_cost`` and compiling them takes about a second (measured) for a millisecond query. The
+    views' reads run outside a transaction, so the setting is put back by hand."""
+    if dialect != "postgres":
+        yield
+        return
+    tx.execute("SET jit = off")
+    try:
+        yield
+    finally:
+        tx.execute("RESET jit")
+
+
 def _history_where(
     viewer: Viewer, resource_type: str | None, before: int | None, since: str | None
 ) -> tuple[str, list[Any]]:
@@ -254,14 +304,17 @@ def visible_history(
     before: int | None = None,
     since: str | None = None,
     limit: int = 50,
+    dialect: Dialect = "sqlite",
 ) -> list[HistoryEntry]:
     """Type or system history (newest first, notification id < ``before``) of what ``viewer`` may see."""
+    viewer = with_consents(tx, viewer)
     where, params = _history_where(viewer, resource_type, before, since)
-    rows = tx.execute(
-        "SELECT h.notification_id, h.resource_type, h.resource_id, h.version, h.last_updated, h.method, h.body "
-        f"FROM resource_history h WHERE {where} ORDER BY h.notification_id DESC LIMIT ?",
-        (*params, limit),
-    ).fetchall()
+    with _no_jit(tx, dialect):
+        rows = tx.execute(
+            "SELECT h.notification_id, h.resource_type, h.resource_id, h.version, h.last_updated, h.method, h.body "
+            f"FROM resource_history h WHERE {where} ORDER BY h.notification_id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
     return [
         HistoryEntry(
             str(r[1]), str(r[2]), int(r[3]), str(r[4]), None if r[6] is None else bytes(r[6]), int(r[0]), str(r[5])
@@ -271,10 +324,17 @@ def visible_history(
 
 
 def count_visible_history(
-    tx: Tx, viewer: Viewer, *, resource_type: str | None = None, before: int | None = None, since: str | None = None
+    tx: Tx,
+    viewer: Viewer,
+    *,
+    resource_type: str | None = None,
+    before: int | None = None,
+    since: str | None = None,
+    dialect: Dialect = "sqlite",
 ) -> int:
-    where, params = _history_where(viewer, resource_type, before, since)
-    row = tx.execute(f"SELECT COUNT(*) FROM resource_history h WHERE {where}", params).fetchone()
+    where, params = _history_where(with_consents(tx, viewer), resource_type, before, since)
+    with _no_jit(tx, dialect):
+        row = tx.execute(f"SELECT COUNT(*) FROM resource_history h WHERE {where}", params).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -288,10 +348,11 @@ def visible_page(
     after_id: str = "",
     since: str | None = None,
     limit: int = 1000,
+    dialect: Dialect = "sqlite",
 ) -> list[tuple[str, bytes]]:
     """One keyset page (by id) of current resources of a type that ``viewer`` may see, for bulk export:
     every one (system level), or those in patient compartments (all of them, or ``patients``'s)."""
-    clause, params = visible_clause(viewer, "r.resource_type", "r.resource_id")
+    clause, params = visible_clause(with_consents(tx, viewer), "r.resource_type", "r.resource_id")
     conditions = ["r.resource_type = ?", "r.resource_id > ?", "r.body IS NOT NULL", clause]
     values: list[Any] = [resource_type, after_id, *params]
     if since:
@@ -305,9 +366,10 @@ def visible_page(
             inside += f" AND c.patient_id IN ({', '.join('?' for _ in patients)})"
             values.extend(patients)
         conditions.append(f"EXISTS (SELECT 1 FROM resource_compartments c WHERE {inside})")
-    rows = tx.execute(
-        f"SELECT r.resource_id, r.body FROM resources r WHERE {' AND '.join(conditions)} "
-        "ORDER BY r.resource_id LIMIT ?",
-        (*values, limit),
-    ).fetchall()
+    with _no_jit(tx, dialect):
+        rows = tx.execute(
+            f"SELECT r.resource_id, r.body FROM resources r WHERE {' AND '.join(conditions)} "
+            "ORDER BY r.resource_id LIMIT ?",
+            (*values, limit),
+        ).fetchall()
     return [(str(row[0]), bytes(row[1])) for row in rows]

@@ -95,10 +95,14 @@ def _history(
     caller = caller_of(request)
     if caller is not None and resource_id is None:
         viewer = caller.viewer()
+        request.state.ehr_access = "filtered"  # for the audit entry (issue 7)
         with services.views.read() as tx:
-            total = count_visible_history(tx, viewer, resource_type=resource_type, before=before, since=since_at)
+            dialect = services.views.dialect
+            total = count_visible_history(
+                tx, viewer, resource_type=resource_type, before=before, since=since_at, dialect=dialect
+            )
             items = visible_history(
-                tx, viewer, resource_type=resource_type, before=before, since=since_at, limit=limit + 1
+                tx, viewer, resource_type=resource_type, before=before, since=since_at, limit=limit + 1, dialect=dialect
             )
         return _bundle(base, path, limit, since, before, total, items)
     with services.views.read() as tx:

@@ -162,6 +162,9 @@ def _answer(services: Services, request: Request, resource_type: str, pairs: lis
     reason = request.headers.get("x-ehr-break-glass", "").strip() or None
     viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
     bundle, page = _search(services, resource_type, pairs, base_url(request), _strict(request), viewer)
+    if page.filtered:
+        # For the audit entry (issue 7): the answer was filtered by the access policy.
+        request.state.ehr_access = "filtered"
     headers: dict[str, str] = {}
     if caller is not None and reason is not None and page.break_glass_used:
         with services.views.write() as tx:

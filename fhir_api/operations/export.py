@@ -60,6 +60,8 @@ def _kick_off(
     caller = caller_of(request)
     reason = _break_glass(request)
     viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
+    if viewer is not None:
+        request.state.ehr_access = "break-the-glass" if viewer.break_glass else "filtered"  # for the audit entry
     export = ExportRequest(level, str(request.url), type_list, parse_since(since), patients, viewer)
     job = _jobs(request).start(export)
     headers = {"Content-Location": f"{base_url(request)}/$export-status/{job.id}"}

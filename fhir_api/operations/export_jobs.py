@@ -148,6 +148,7 @@ class ExportJobs:
                     after_id=after,
                     since=request.since,
                     limit=PAGE,
+                    dialect=self.services.views.dialect,
                 )
             if request.level == "system":
                 return current_page(tx, resource_type, after_id=after, since=request.since, limit=PAGE)

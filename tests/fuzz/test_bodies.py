@@ -19,7 +19,7 @@ from tests.fuzz.target import FuzzTarget, assert_fhir_answer, assert_rebuild_equ
 pytestmark = [pytest.mark.e2e]
 
 FUZZ = settings(
-    max_examples=120,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,

@@ -20,7 +20,7 @@ from tests.fuzz.target import FuzzTarget, assert_rebuild_equals_live, check_answ
 
 pytestmark = [pytest.mark.e2e]
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 REAL_TYPES = ("Patient", "Observation", "Encounter", "Condition", "Practitioner", "AuditEvent", "Provenance")
 
 

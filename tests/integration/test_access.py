@@ -7,8 +7,10 @@ instance history, $everything). Zero disclosures the policy forbids; every decis
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.audit import AuditRecord
+from ehr_core.demo.people import make_curp
+from ehr_core.identity.identifiers import CURP_SYSTEM
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
+from projections.identity import IdentityIndex
 
 FHIR = {"Content-Type": "application/fhir+json"}
 INSTITUTION = "urn:ehr-core:institution"
@@ -146,3 +151,45 @@ def test_revoking_a_consent_stops_access(secured: tuple[TestClient, Services, Se
             "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
     own = client.post("/fhir/Observation", json=mine, headers=FHIR | issste)
     assert client.get(f"/fhir/Observation/{own.json()['id']}", headers=issste).status_code == 200
+
+
+def test_the_unified_record_needs_consent_for_every_linked_record(
+    secured: tuple[TestClient, Services, Settings],
+) -> None:
+    """$everything returns the records the master patient index links across institutions, so the decision
+    covers them all: ISSSTE's own Patient record, linked by CURP to IMSS's, does not open IMSS's records."""
+    client, services, settings = secured
+    imss, issste = _auth(settings, "IMSS", "dr.imss"), _auth(settings, "ISSSTE", "dr.issste")
+    born = date(1970, 3, 21)
+    curp = make_curp(["Lucía"], "Mendoza", "Ríos", "M", born, "JC", random.Random(7))
+    person = {"resourceType": "Patient", "identifier": [{"system": CURP_SYSTEM, "value": curp}],
+              "name": [{"family": "Mendoza Ríos", "given": ["Lucía"]}], "gender": "female",
+              "birthDate": born.isoformat()}  # fmt: skip
+    at_imss = client.post("/fhir/Patient", json=person, headers=FHIR | imss).json()["id"]
+    at_issste = client.post("/fhir/Patient", json=person, headers=FHIR | issste).json()["id"]
+    secret = {"resourceType": "Observation", "status": "final", "code": {"text": "VIH carga viral"},
+              "subject": {"reference": f"Patient/{at_imss}"}}  # fmt: skip
+    assert client.post("/fhir/Observation", json=secret, headers=FHIR | imss).status_code == 201
+    services.identity_current()
+    with services.views.read() as tx:
+        assert set(IdentityIndex.linked_records(tx, at_issste)) == {at_issste, at_imss}  # one person
+    denied = client.get(f"/fhir/Patient/{at_issste}/$everything", headers=issste)
+    assert denied.status_code == 403 and "VIH" not in denied.text
+    assert "IMSS" in denied.json()["issue"][0]["diagnostics"]
+    # The golden record merges both records' demographics: the same decision.
+    with services.views.read() as tx:
+        golden = IdentityIndex.person_of(tx, at_issste)
+    assert client.get(f"/fhir/Person/{golden}", headers=issste).status_code == 403
+    assert client.get(f"/fhir/Patient/{at_issste}/$person", headers=issste).status_code == 403
+    # Each record alone stays readable to its recorder; the unified record of either is everyone's records.
+    assert client.get(f"/fhir/Patient/{at_issste}", headers=issste).status_code == 200
+    assert client.get(f"/fhir/Patient/{at_imss}/$everything", headers=imss).status_code == 403
+    # The patient consents, on the IMSS record, to ISSSTE reading it: the unified record opens to ISSSTE.
+    consent = _consent(at_imss, CONSENTS["active"] or {})
+    assert client.post("/fhir/Consent", json=consent, headers=FHIR | imss).status_code == 201
+    opened = client.get(f"/fhir/Patient/{at_issste}/$everything", headers=issste)
+    assert opened.status_code == 200 and "VIH" in opened.text
+    person = client.get(f"/fhir/Person/{golden}", headers=issste)
+    assert person.status_code == 200 and "Mendoza" in person.text
+    ids = {e["resource"]["id"] for e in opened.json()["entry"]}
+    assert {at_imss, at_issste} <= ids
