@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,6 +33,9 @@ class Tx(Protocol):
 
     def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
         """Delete the rows whose ``key`` columns equal one of ``keys``."""
+
+    def pipelined(self) -> AbstractContextManager[None]:
+        """Statements inside go out without waiting for each answer (PostgreSQL); results are read at fetches."""
 
     def fetchone(self) -> Row | None: ...
     def fetchall(self) -> list[Row]: ...
@@ -74,6 +77,9 @@ class _SQLiteTx:
         if keys:
             condition = " AND ".join(f"{column} = ?" for column in key)
             self._cursor.executemany(f"DELETE FROM {table} WHERE {condition}", keys)
+
+    def pipelined(self) -> AbstractContextManager[None]:
+        return nullcontext()  # in-process: there are no round trips to save
 
     def fetchone(self) -> Row | None:
         row: Row | None = self._cursor.fetchone()
@@ -159,6 +165,19 @@ def _to_pyformat(sql: str) -> str:
 class _PostgresTx:
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
+        #: COPY cannot run in pipeline mode: inside :meth:`pipelined`, many rows go as pipelined INSERTs.
+        self._in_pipeline = False
+
+    @contextmanager
+    def pipelined(self) -> Iterator[None]:
+        # A projection batch of a few events is ~20 small statements; one after another they cost a round
+        # trip each, pipelined they cost about one (issue 8: a create's latency is mostly round trips).
+        with self._cursor.connection.pipeline():
+            self._in_pipeline = True
+            try:
+                yield
+            finally:
+                self._in_pipeline = False
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _PostgresTx:
         self._cursor.execute(_to_pyformat(sql), params, prepare=True if params else None)
@@ -171,7 +190,7 @@ class _PostgresTx:
         # COPY streams every row in one statement: a projection batch writes tens of thousands of index
         # rows, and executemany's one-statement-per-row pipeline cost ~20 us a row (issue 8 profile). A few
         # rows go faster pipelined: COPY costs three round trips however small.
-        if len(rows) >= _COPY_FROM:
+        if len(rows) >= _COPY_FROM and not self._in_pipeline:
             with self._cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
@@ -181,7 +200,7 @@ class _PostgresTx:
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         rows = _last_per_key(rows, len(key))
-        if len(rows) < _COPY_FROM:
+        if len(rows) < _COPY_FROM or self._in_pipeline:
             if rows:
                 self._cursor.executemany(_upsert_sql(table, tuple(columns), tuple(key), "%s"), rows)
             return

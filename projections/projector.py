@@ -13,6 +13,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from eventsourcing.application import Application
@@ -36,6 +37,9 @@ def projected_channel(schema: str) -> str:
 
 
 Progress = Callable[[int, int], None]
+
+#: Batches of at most this many notifications are applied in pipeline mode (see ``Tx.pipelined``).
+_PIPELINED_UP_TO = 32
 
 
 class Projector:
@@ -129,11 +133,14 @@ class Projector:
             if not notifications:
                 self._position = position
                 return 0
-            last = self.apply_notifications(tx, notifications) or notifications[-1].id
-            tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
-            if self.announce_to is not None:
-                # Delivered on commit: API processes waiting for this position (read-your-writes) wake up.
-                tx.execute("SELECT pg_notify(?, ?)", (self.announce_to, f"{self.name}:{last}"))
+            # A small batch (a request's own write) is many tiny statements: pipelined. A large one is COPY.
+            small = len(notifications) <= _PIPELINED_UP_TO
+            with tx.pipelined() if small else nullcontext():
+                last = self.apply_notifications(tx, notifications) or notifications[-1].id
+                tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
+                if self.announce_to is not None:
+                    # Delivered on commit: API processes waiting for this position (read-your-writes) wake up.
+                    tx.execute("SELECT pg_notify(?, ?)", (self.announce_to, f"{self.name}:{last}"))
         self._position = last
         metrics.applied(self.name, len(notifications), time.perf_counter() - started)
         return len(notifications)
