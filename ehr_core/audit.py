@@ -162,14 +162,26 @@ class AuditWriter(threading.Thread):
         self.log = log_
         self.batch = batch
         self.on_commit = on_commit
-        # Unbounded: what waits here is bounded by the requests in flight, each awaiting its commit.
+        # Unbounded, but its submitters wait for their commit once it holds more than a few batches.
         self._queue: queue.Queue[tuple[AuditEntry, Future[int]] | None] = queue.Queue()
+        self._last: Future[int] | None = None
 
     def submit(self, entry: AuditEntry) -> Future[int]:
         """Queue ``entry``; the future resolves to its notification id once committed."""
         future: Future[int] = Future()
         self._queue.put((entry, future))
+        self._last = future
         return future
+
+    def backlog(self) -> int:
+        """Entries submitted and not yet taken into a commit."""
+        return self._queue.qsize()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every entry submitted so far is committed (commits happen in submission order)."""
+        last = self._last
+        if last is not None:
+            last.result(timeout)
 
     def record(self, entry: AuditEntry) -> int:
         """Append ``entry`` and wait for the commit."""

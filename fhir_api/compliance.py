@@ -63,7 +63,8 @@ class Compliance:
         return compliance
 
     def audit_views_current(self) -> None:
-        """Bring the AuditEvent views up to every committed audit entry."""
+        """Bring the AuditEvent views up to every audit entry submitted so far (read-your-audits)."""
+        self.audit_writer.flush()
         self.audit_projector.catch_up()
 
     def close(self) -> None:

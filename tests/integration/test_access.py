@@ -124,7 +124,7 @@ def test_access_matrix(secured: tuple[TestClient, Services, Settings], consent: 
     expected = sorted((r, s) for r, _, _, s in outcomes)
     deadline = time.monotonic() + 20
     while True:
-        services.compliance.audit_projector.catch_up()
+        services.compliance.audit_views_current()
         events = services.compliance.audit_log.recorder.select_notifications(start=1, limit=10_000)
         entries = [
             e.entry for e in map(services.compliance.audit_log.mapper.to_domain_event, events)

@@ -470,7 +470,7 @@ def test_every_decision_is_audited(world: World) -> None:
         test_one_patients_record(world, "ISSSTE", "break-the-glass", "user/*.rs")
     compliance = world.services.compliance
     assert compliance is not None
-    compliance.audit_projector.catch_up()
+    compliance.audit_views_current()
     notifications = compliance.audit_log.recorder.select_notifications(start=1, limit=1_000_000)
     audited: dict[str, list[dict[str, Any]]] = {}
     for event in map(compliance.audit_log.mapper.to_domain_event, notifications):

@@ -33,7 +33,7 @@ NURSE = {**DOCTOR, "X-EHR-User": "enf.ruiz", "X-EHR-Role": "nurse", "X-EHR-Insti
 
 def _entries(services: Services) -> list[Any]:
     assert services.compliance is not None
-    services.compliance.audit_projector.catch_up()
+    services.compliance.audit_views_current()
     with services.views.read() as tx:
         return [a.entry for a in search_audit(tx, AuditQuery({}, {}, []), 100_000)]
 
