@@ -61,6 +61,7 @@ __all__ = [
     "Caller",
     "Issuers",
     "TokenError",
+    "covered",
     "mint_development_token",
     "parse_scopes",
     "smart_configuration",
@@ -361,7 +362,8 @@ def need_of(method: str, path: str) -> Need:
     return Need(resource_type, permission, write=True)
 
 
-def _covered(grants: Iterable[Grant], need: Need) -> bool:
+def covered(grants: Iterable[Grant], need: Need) -> bool:
+    """Whether some scope grants every permission ``need`` asks for on its type."""
     for permission in need.permissions:
         if not any(g.resource_type in ("*", need.resource_type) and permission in g.permissions for g in grants):
             return False
@@ -451,10 +453,10 @@ class AuthMiddleware:
         scope.setdefault("state", {})["ehr_caller"] = caller
         need = need_of(str(scope["method"]), path)
         wide = [g for g in caller.grants if g.context in ("user", "system")]
-        if not _covered(wide, need):
+        if not covered(wide, need):
             narrow = [g for g in caller.grants if g.context == "patient"]
             patient = claims.get("patient")
-            if not (_covered(narrow, need) and isinstance(patient, str) and patient):
+            if not (covered(narrow, need) and isinstance(patient, str) and patient):
                 what = f"{need.resource_type} needs '{need.permissions}'"
                 await self._refuse(scope, receive, send, 403, "forbidden", f"no scope grants this interaction ({what})")
                 return

@@ -17,6 +17,8 @@ from fastapi.responses import Response
 from ehr_core.bundles import Entry, EntryResult, parse_bundle, run_batch_entry, run_transaction
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue, RecordError
+from fhir_api.access import decide  # issue 7
+from fhir_api.auth import Caller, Need, caller_of, covered  # issue 7
 from fhir_api.errors import STATUS, ApiError
 from fhir_api.interactions.visibility import after_commit
 from fhir_api.limits import store_int
@@ -45,9 +47,23 @@ def _status_line(status: int) -> str:
     return f"{status} {_REASONS.get(status, '')}".strip()
 
 
-def _read_entry(services: Services, entry: Entry) -> dict[str, Any]:
-    """A GET/HEAD entry: read or vread of ``Type/id[/_history/vid]``."""
+def _read_entry(services: Services, entry: Entry, caller: Caller | None) -> dict[str, Any]:
+    """A GET/HEAD entry: read or vread of ``Type/id[/_history/vid]``, under the same rules as a read.
+
+    issue 7: with authentication on, the caller's scopes must grant reading the type and the access policy
+    (own records, consent; no break-the-glass inside a Bundle) must permit the resource, else the entry
+    answers 403 and the rest of the Bundle goes on.
+    """
     parts = entry.url.split("?")[0].split("/")
+    if caller is not None and len(parts) >= 2:
+        need = Need(parts[0], "r", target=(parts[0], parts[1]))
+        if not covered(caller.grants, need):
+            return _failed(403, [Issue("forbidden", f"no scope grants reading {parts[0]} ({entry.url})")])
+        with services.views.read() as tx:
+            decision = decide(tx, str(caller.claims["institution"]), target=(parts[0], parts[1]))
+        if not decision.permitted:
+            message = f"{entry.url} is another institution's record; it needs the patient's consent"
+            return _failed(403, [Issue("forbidden", message)])
     with services.views.read() as tx:
         if len(parts) == 2:
             stored = ResourceViews.read(tx, parts[0], parts[1])
@@ -71,10 +87,12 @@ def _failed(status: int, issues: list[Issue]) -> dict[str, Any]:
     return {"response": {"status": _status_line(status), "outcome": orjson.Fragment(operation_outcome(issues))}}
 
 
-def _answer(services: Services, result: EntryResult, base: str, prefer: str) -> dict[str, Any]:
+def _answer(
+    services: Services, result: EntryResult, base: str, prefer: str, caller: Caller | None = None
+) -> dict[str, Any]:
     if result.deferred:
         try:
-            return _read_entry(services, result.entry)
+            return _read_entry(services, result.entry, caller)
         except RecordError as error:
             return _failed(STATUS[error.category], error.issues)
     response: dict[str, Any] = {"status": result.status}
@@ -126,16 +144,17 @@ async def transaction(request: Request, services: ServicesDep) -> Response:
         )
     context = write_context(request, kind)
     base, prefer = base_url(request), prefer_return(request, default="minimal")
+    caller = caller_of(request)  # issue 7: GET entries are reads like any other
     answers: list[dict[str, Any]] = []
     if kind == "transaction":
         results = await run_in_threadpool(_transaction, services, entries, context)
         for result in results:
-            answers.append(await run_in_threadpool(_answer, services, result, base, prefer))
+            answers.append(await run_in_threadpool(_answer, services, result, base, prefer, caller))
     else:
         for outcome in await run_in_threadpool(_batch, services, entries, context):
             if isinstance(outcome, RecordError):
                 answers.append(_failed(STATUS[outcome.category], outcome.issues))
             else:
-                answers.append(await run_in_threadpool(_answer, services, outcome, base, prefer))
+                answers.append(await run_in_threadpool(_answer, services, outcome, base, prefer, caller))
     response_bundle = {"resourceType": "Bundle", "type": f"{kind}-response", "entry": answers}
     return Response(orjson.dumps(response_bundle), media_type=FHIR_JSON)

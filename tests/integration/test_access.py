@@ -193,3 +193,39 @@ def test_the_unified_record_needs_consent_for_every_linked_record(
     assert person.status_code == 200 and "Mendoza" in person.text
     ids = {e["resource"]["id"] for e in opened.json()["entry"]}
     assert {at_imss, at_issste} <= ids
+
+
+def test_bundle_get_entries_follow_the_access_policy(secured: tuple[TestClient, Services, Settings]) -> None:
+    """A batch or transaction GET entry is a read: another institution's record needs consent (403 otherwise),
+    a scope must grant the type, and the Bundle's other entries are answered anyway."""
+    client, _, settings = secured
+    imss, issste = _auth(settings, "IMSS", "dra.lopez"), _auth(settings, "ISSSTE", "dr.ruiz")
+    patient = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"}, headers=imss)
+    assert patient.status_code == 201
+    own = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "male"}, headers=issste).json()
+    url = f"Patient/{patient.json()['id']}"
+    for kind in ("batch", "transaction"):
+        bundle = {
+            "resourceType": "Bundle",
+            "type": kind,
+            "entry": [
+                {"request": {"method": "GET", "url": url}},
+                {"request": {"method": "GET", "url": f"Patient/{own['id']}"}},
+            ],
+        }
+        answer = client.post("/fhir", json=bundle, headers=issste)
+        assert answer.status_code == 200, answer.text
+        refused, allowed = answer.json()["entry"]
+        assert refused["response"]["status"].startswith("403")
+        assert "resource" not in refused and refused["response"]["outcome"]["resourceType"] == "OperationOutcome"
+        assert allowed["response"]["status"].startswith("200") and allowed["resource"]["id"] == own["id"]
+        # The recording institution reads it in a Bundle as it would directly.
+        mine = client.post("/fhir", json=bundle, headers=imss).json()["entry"][0]
+        assert mine["response"]["status"].startswith("200") and mine["resource"]["id"] == patient.json()["id"]
+    # A token that may write Bundles but not read (``user/*.cu``): its GET entry is refused, whoever recorded it.
+    claims = {"institution": "IMSS", "user": "interface", "role": "system", "scope": "user/*.cu"}
+    narrow = {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": url}}]}
+    answer = client.post("/fhir", json=bundle, headers=narrow)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["entry"][0]["response"]["status"].startswith("403")
