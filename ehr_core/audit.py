@@ -98,6 +98,9 @@ class AuditEntry:
     entities: list[str] = field(default_factory=list)
     #: Patient ids whose records were concerned.
     patients: list[str] = field(default_factory=list)
+    #: issue 7: how the access policy shaped the answer: ``filtered`` (other institutions' records left out),
+    #: ``break-the-glass``; None when it did not apply.
+    access: str | None = None
 
     @property
     def action(self) -> str:
@@ -332,4 +335,8 @@ def audit_event(entry: AuditEntry, resource_id: str) -> dict[str, Any]:
     }
     if entry.outcome != "0":
         event["outcomeDesc"] = f"HTTP {entry.status}"
+    elif entry.access == "filtered":
+        event["outcomeDesc"] = "answered without the records the access policy withholds from this institution"
+    elif entry.access == "break-the-glass":
+        event["outcomeDesc"] = "answered with records disclosed by break-the-glass"
     return event

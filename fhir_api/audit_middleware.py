@@ -186,6 +186,7 @@ class AuditMiddleware:
             operation=operation,
             entities=list(dict.fromkeys(entities)),
             patients=list(dict.fromkeys(patients)),
+            access=scope.get("state", {}).get("ehr_access"),  # issue 7: set by search, history, $export
         )
         committed = compliance.audit_writer.submit(entry)
         # The answer is already on its way; waiting here for the commit would only hold the connection's next

@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -229,3 +230,20 @@ def test_bundle_get_entries_follow_the_access_policy(secured: tuple[TestClient, 
     answer = client.post("/fhir", json=bundle, headers=narrow)
     assert answer.status_code == 200, answer.text
     assert answer.json()["entry"][0]["response"]["status"].startswith("403")
+
+
+def test_a_filtered_search_is_audited_as_filtered(secured: tuple[TestClient, Services, Settings]) -> None:
+    client, services, settings = secured
+    imss, issste = _auth(settings, "IMSS", "dra.lopez"), _auth(settings, "ISSSTE", "dr.ruiz")
+    assert client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"}, headers=imss).is_success
+    found = client.get("/fhir/Patient", params={"gender": "female"}, headers=issste).json()
+    assert found["total"] == 0  # IMSS's record, no consent: withheld, and not counted
+    assert services.compliance is not None
+    services.compliance.audit_views_current()
+    with services.views.read() as tx:
+        rows = tx.execute("SELECT entry FROM audit_entries WHERE interaction = 'search-type'").fetchall()
+    entries = [orjson.loads(row[0]) for row in rows]
+    assert [e.get("access") for e in entries if e["institution"] == "ISSSTE"] == ["filtered"]
+    events = client.get("/fhir/AuditEvent", params={"_count": "100"}, headers=issste).json()
+    described = [e["resource"].get("outcomeDesc", "") for e in events.get("entry", [])]
+    assert any("withholds" in text for text in described), described
