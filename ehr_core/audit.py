@@ -17,6 +17,7 @@ import base64
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,6 +169,8 @@ class AuditWriter(threading.Thread):
         # Unbounded, but its submitters wait for their commit once it holds more than a few batches.
         self._queue: queue.Queue[tuple[AuditEntry, Future[int]] | None] = queue.Queue()
         self._last: Future[int] | None = None
+        #: When the last commit failed for good (None: the last commit succeeded). See :meth:`unavailable`.
+        self.failed_at: float | None = None
 
     def submit(self, entry: AuditEntry) -> Future[int]:
         """Queue ``entry``; the future resolves to its notification id once committed."""
@@ -175,6 +178,17 @@ class AuditWriter(threading.Thread):
         self._queue.put((entry, future))
         self._last = future
         return future
+
+    def unavailable(self, probe_seconds: float = 5.0) -> bool:
+        """True while the audit log cannot be written: the last commit failed, less than ``probe_seconds``
+        ago (after that, one request goes through as a probe: if its entry commits, access reopens)."""
+        failed = self.failed_at
+        if failed is None:
+            return False
+        if time.monotonic() - failed >= probe_seconds:
+            self.failed_at = time.monotonic()  # let this one through; the next wait another interval
+            return False
+        return True
 
     def backlog(self) -> int:
         """Entries submitted and not yet taken into a commit."""
@@ -223,9 +237,11 @@ class AuditWriter(threading.Thread):
             except Exception as error:  # keep the entries; a failing audit write must not lose them silently
                 log.warning("audit append failed (attempt %d)", attempt + 1, exc_info=True)
                 if attempt == 2:
+                    self.failed_at = time.monotonic()
                     for _, future in items:
                         future.set_exception(error)
                     return
+        self.failed_at = None
         if self.on_commit is not None:
             try:  # e.g. bring the AuditEvent views up to date before the callers go on
                 self.on_commit(last)

@@ -10,6 +10,7 @@ are audited the same way. Who, where and why come from :func:`fhir_api.request.w
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +21,15 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ehr_core.application import format_instant
-from ehr_core.audit import AuditEntry
+from ehr_core.audit import AuditEntry, AuditWriter
+from ehr_core.errors import Issue
+from fhir_api.errors import outcome_response
 from fhir_api.request import write_context
 from projections.audit import patients_of
 
 __all__ = ["AuditMiddleware", "classify"]
+
+log = logging.getLogger(__name__)
 
 BODY_LIMIT = 4 * 1024 * 1024
 _VERSION = re.compile(r'^(?:W/)?"?(\d+)"?$')
@@ -107,6 +112,15 @@ def _compartment(services: Any, resource_type: str, resource_id: str) -> list[st
         return patients_of(tx, resource_type, resource_id)
 
 
+def _writer(scope: Scope) -> AuditWriter | None:
+    services = getattr(scope["app"].state, "services", None)
+    compliance = getattr(services, "compliance", None)
+    if compliance is None or not compliance.audit_enabled:
+        return None
+    writer: AuditWriter = compliance.audit_writer
+    return writer
+
+
 class AuditMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -114,6 +128,14 @@ class AuditMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/fhir"):
             await self.app(scope, receive, send)
+            return
+        writer = _writer(scope)
+        if writer is not None and writer.unavailable():
+            # Every access must be audited: while the audit log cannot be written (a full disk, a read-only
+            # database), the record answers nothing rather than answer unaudited (issue 10).
+            message = "the audit log cannot be written right now, so no access is served; try again shortly"
+            response = outcome_response(503, [Issue("transient", message)], {"Retry-After": "5"})
+            await response(scope, receive, send)
             return
         state: dict[str, Any] = {"status": 500, "headers": {}, "body": [], "size": 0, "at": None}
 
@@ -193,4 +215,7 @@ class AuditMiddleware:
         # request (issue 8: ~5 ms a request). Readers of the audit trail flush the writer first
         # (read-your-audits). When the writer falls behind, callers wait for it again: that is the backpressure.
         if compliance.audit_writer.backlog() > _BACKLOG:
-            await asyncio.wrap_future(committed)
+            try:
+                await asyncio.wrap_future(committed)
+            except Exception:  # the answer is sent; the writer logged it and refuses the next requests
+                log.warning("audit entry for %s %s not stored", method, path)
