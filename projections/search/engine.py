@@ -13,7 +13,7 @@ not see is neither listed, nor counted, nor followed, nor reachable through a pa
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,11 +84,26 @@ def _visible(viewer: Viewer | None, alias: str, dialect: Dialect) -> Condition |
     return Condition(sql, params)
 
 
+def _policy(viewer: Viewer, dialect: Dialect) -> Callable[[str], Condition]:
+    """The access policy for any ``search_ids`` alias (the resources a chain or ``_has`` passes through)."""
+
+    def visible(alias: str) -> Condition:
+        sql, params = visible_clause(viewer, *_columns(alias, dialect))
+        return Condition(sql, params)
+
+    return visible
+
+
 # -- where clause -----------------------------------------------------------------------------------
 
 
 def _where(
-    tx: Tx, request: SearchRequest, base: str | None, snapshot: int | None, visible: Condition | None = None
+    tx: Tx,
+    request: SearchRequest,
+    base: str | None,
+    snapshot: int | None,
+    visible: Condition | None = None,
+    policy: Callable[[str], Condition] | None = None,
 ) -> Condition:
     parts = ["a.resource_type = ?"]
     params: list[Any] = [request.resource_type]
@@ -99,7 +114,7 @@ def _where(
         parts.append("a.sid <= ?")
         params.append(snapshot)
     filters = merge_same_value(request.filters)
-    context = Context(read_spans(tx) if any(_has_dates(item) for item in filters) else None)
+    context = Context(read_spans(tx) if any(_has_dates(item) for item in filters) else None, policy)
     for item in filters:
         found = condition(item, "a", base, context)
         parts.append(f"({found.sql})")
@@ -302,7 +317,9 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
     # meanwhile sorts last); it bounds the pages after it.
     viewer = with_consents(tx, viewer) if viewer is not None else None
     visible = _visible(viewer, "a", dialect)
-    where = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible)
+    # Chains and _has pass through other resources: the same policy holds for each of them (issue 7).
+    policy = None if viewer is None else _policy(viewer, dialect)
+    where = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy)
     page = Page([], filtered=viewer is not None and (viewer.types is not None or not viewer.break_glass))
     total_how = request.total or "accurate"
     if total_how != "none" or count == 0 or request.summary == "count":

@@ -2,7 +2,8 @@
 
 Written once with ``?`` placeholders for both SQLite and PostgreSQL. Each value table is reached by an
 ``IN (SELECT sid ...)`` sub-select on its ``(resource_type, param, value...)`` index; chains and
-reverse chains nest the same conditions on the referenced or referring type.
+reverse chains nest the same conditions on the referenced or referring type, and (issue 7, auth on) the
+access policy on each resource they pass through.
 """
 
 from __future__ import annotations
@@ -38,12 +39,28 @@ class Condition:
 
 
 class Context:
-    """What building one search's SQL needs besides the filters: table aliases, and date spans."""
+    """What building one search's SQL needs besides the filters: table aliases, date spans, and the access
+    policy for the resources a chain or ``_has`` passes through."""
 
-    def __init__(self, spans: dict[tuple[str, str], Spans] | None = None) -> None:
+    def __init__(
+        self,
+        spans: dict[tuple[str, str], Spans] | None = None,
+        visible: Callable[[str], Condition] | None = None,
+    ) -> None:
         self._numbers = itertools.count(1)
         #: Per (type, parameter): its date ranges' longest span and open ends (``search_date_spans``).
         self.spans = spans or {}
+        #: issue 7: the viewer's visibility condition on a ``search_ids`` alias (None: auth off, no policy).
+        #: A chain or ``_has`` matches only through resources the viewer may see, or its result would tell
+        #: the caller what a hidden resource contains (``Observation?subject:Patient.name=X``).
+        self.visible = visible
+
+    def policy(self, alias: str) -> Condition:
+        """The access policy on ``alias`` as an extra ``AND`` (empty without a viewer)."""
+        if self.visible is None:
+            return Condition("")
+        found = self.visible(alias)
+        return Condition(f" AND {found.sql}", list(found.params))
 
     def next(self, prefix: str) -> str:
         return f"{prefix}{next(self._numbers)}"
@@ -355,12 +372,13 @@ def _chain(item: ChainFilter, alias: str, base: str | None, context: Context) ->
     for target_type, inner in item.inner:
         target = context.next("t")
         nested = condition(inner, target, base, context)
+        policy = context.policy(target)
         targets.append(
             Condition(
                 f"{reference}.target_type = ? AND {reference}.target_id IN "
                 f"(SELECT {target}.resource_id FROM search_ids {target} "
-                f"WHERE {target}.resource_type = ? AND ({nested.sql}))",
-                [target_type, target_type, *nested.params],
+                f"WHERE {target}.resource_type = ? AND ({nested.sql}){policy.sql})",
+                [target_type, target_type, *nested.params, *policy.params],
             )
         )
     ors = " OR ".join(f"({t.sql})" for t in targets)
@@ -382,10 +400,11 @@ def _chain(item: ChainFilter, alias: str, base: str | None, context: Context) ->
 def _has(item: HasFilter, alias: str, base: str | None, context: Context) -> Condition:
     reference, source = context.next("r"), context.next("s")
     nested = condition(item.inner, source, base, context)
+    policy = context.policy(source)
     return Condition(
         f"{alias}.resource_id IN (SELECT {reference}.target_id FROM search_reference {reference} "
         f"WHERE {reference}.resource_type = ? AND {reference}.param = ? AND {reference}.target_type = ? "
         f"AND {reference}.sid IN (SELECT {source}.sid FROM search_ids {source} "
-        f"WHERE {source}.resource_type = ? AND ({nested.sql})))",
-        [item.source_type, item.reference.code, item.target_type, item.source_type, *nested.params],
+        f"WHERE {source}.resource_type = ? AND ({nested.sql}){policy.sql}))",
+        [item.source_type, item.reference.code, item.target_type, item.source_type, *nested.params, *policy.params],
     )
