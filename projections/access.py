@@ -47,6 +47,7 @@ __all__ = [
     "institution_clause",
     "visible_clause",
     "visible_history",
+    "visible_ids",
     "visible_page",
     "with_consents",
 ]
@@ -336,6 +337,24 @@ def count_visible_history(
     with _no_jit(tx, dialect):
         row = tx.execute(f"SELECT COUNT(*) FROM resource_history h WHERE {where}", params).fetchone()
     return int(row[0]) if row else 0
+
+
+def visible_ids(tx: Tx, viewer: Viewer, resource_type: str, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` (of ``resource_type``) that ``viewer`` may see: for operations that answer with
+    records found another way than a search (the patient index's ``$match``, ``$ihe-pix``, review queue)."""
+    viewer = with_consents(tx, viewer)
+    clause, params = visible_clause(viewer, "r.resource_type", "r.resource_id")
+    unique = sorted(set(ids))
+    found: set[str] = set()
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        rows = tx.execute(
+            f"SELECT r.resource_id FROM resources r WHERE r.resource_type = ? "
+            f"AND r.resource_id IN ({', '.join('?' for _ in chunk)}) AND {clause}",
+            [resource_type, *chunk, *params],
+        ).fetchall()
+        found.update(str(row[0]) for row in rows)
+    return found
 
 
 def visible_page(

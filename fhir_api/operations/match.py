@@ -6,10 +6,19 @@ and ``count`` as in the spec. Scores come from the same matcher as the master pa
 
 $ihe-pix: ``sourceIdentifier=system|value`` (and optional ``targetSystem``) → Parameters with every
 identifier (``targetIdentifier``) and record (``targetId``) of the same person across institutions.
+
+issue 7, with auth on, one rule for both (and for ``Person/$review``): a Patient record, and the identifiers
+it carries, is disclosed only when the caller may read that record (the access policy of
+:mod:`fhir_api.access`: its institution recorded it, or an active Consent of the patient names the caller's
+institution, or the caller broke the glass, which is then flagged, listed for review and audited). So a
+``$match`` lists, scores and counts only readable records; ``$ihe-pix`` answers 404 when no readable record
+has the source identifier, and lists only the readable linked records and their identifiers (another
+institution's identifiers of the same person need that person's consent).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import orjson
@@ -20,10 +29,14 @@ from fastapi.responses import Response
 from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.identity.features import patient_features
 from ehr_core.identity.matching import PROBABLE, Grade, compare
+from fhir_api.access import record_break_glass
+from fhir_api.auth import caller_of
 from fhir_api.operations.unified import bundle
 from fhir_api.request import ServicesDep, base_url, read_json_body
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from projections.access import Viewer, visible_ids
+from projections.db import Tx
 from projections.identity import IdentityIndex
 from projections.resources import ResourceViews
 
@@ -39,7 +52,56 @@ def _score(grade: Grade, score: float) -> float:
     return round(max(0.0, min(0.99, 0.8 * score / PROBABLE)), 3)
 
 
-def match(services: Services, base: str, patient: dict[str, Any], only_certain: bool, count: int | None) -> bytes:
+@dataclass
+class Disclosure:
+    """Which Patient records an operation of the patient index may disclose to the caller (issue 7)."""
+
+    #: None: auth is off, every record.
+    viewer: Viewer | None = None
+    #: The break-the-glass reason, if the caller gave one.
+    reason: str | None = None
+    #: Some record was disclosed only because the glass was broken.
+    beyond_policy: bool = False
+
+    @classmethod
+    def of(cls, request: Request) -> Disclosure:
+        caller = caller_of(request)
+        reason = request.headers.get("x-ehr-break-glass", "").strip() or None
+        return cls(caller.viewer() if caller is not None else None, reason)
+
+    def readable(self, tx: Tx, ids: list[str]) -> set[str]:
+        """Those of the Patient ``ids`` the caller may read."""
+        if self.viewer is None:
+            return set(ids)
+        permitted = visible_ids(tx, self.viewer, "Patient", ids)
+        if self.reason is None:
+            return permitted
+        everything = visible_ids(tx, replace(self.viewer, break_glass=True), "Patient", ids)
+        self.beyond_policy |= bool(everything - permitted)
+        return everything
+
+    def finish(self, services: Services, request: Request, what: str) -> dict[str, str]:
+        """Audit notes and response headers once the answer is built: filtered, and break-the-glass."""
+        if self.viewer is None:
+            return {}
+        request.state.ehr_access = "filtered"  # for the audit entry
+        caller = caller_of(request)
+        if not self.beyond_policy or self.reason is None or caller is None:
+            return {}
+        with services.views.write() as tx:
+            record_break_glass(tx, caller.claims, self.reason, what)
+        request.state.ehr_break_glass = True
+        return {"X-EHR-Break-Glass": "granted"}
+
+
+def match(
+    services: Services,
+    base: str,
+    patient: dict[str, Any],
+    only_certain: bool,
+    count: int | None,
+    disclosure: Disclosure | None = None,
+) -> bytes:
     features = patient_features(patient)
     services.identity_current()
     with services.views.read() as tx:
@@ -50,6 +112,10 @@ def match(services: Services, base: str, patient: dict[str, Any], only_certain: 
             if result.grade == Grade.CERTAINLY_NOT or (only_certain and result.grade != Grade.CERTAIN):
                 continue
             scored.append((_score(result.grade, result.score), result.grade, candidate.record.split("/", 1)[1]))
+        if disclosure is not None:
+            # Filtered before ``count``, so a hidden better match neither shows nor takes a place.
+            readable = disclosure.readable(tx, [item[2] for item in scored])
+            scored = [item for item in scored if item[2] in readable]
         scored.sort(key=lambda item: (-item[0], item[2]))
         if count is not None:
             scored = scored[:count]
@@ -97,17 +163,23 @@ def _parameters(body: Any) -> tuple[dict[str, Any], bool, int | None]:
 @router.post("/Patient/$match", summary="Patient $match (PDQm)")
 async def patient_match(request: Request, services: ServicesDep) -> Response:
     patient, only_certain, count = _parameters(await read_json_body(request))
-    body = await run_in_threadpool(match, services, base_url(request), patient, only_certain, count)
-    return Response(body, media_type=FHIR_JSON)
+    disclosure = Disclosure.of(request)
+    body = await run_in_threadpool(match, services, base_url(request), patient, only_certain, count, disclosure)
+    headers = await run_in_threadpool(disclosure.finish, services, request, "$match Patient")
+    return Response(body, media_type=FHIR_JSON, headers=headers)
 
 
-def pix(services: Services, source: str, targets: list[str]) -> bytes:
+def pix(services: Services, source: str, targets: list[str], disclosure: Disclosure | None = None) -> bytes:
     system, bar, value = source.partition("|")
     if not bar or not system or not value:
         raise InvalidResource([Issue("invalid", "sourceIdentifier must be system|value", "sourceIdentifier")])
     identity = services.identity_current()
     with identity.database.read() as tx:
         sources = IdentityIndex.records_with_identifier(tx, system, value)
+        if disclosure is not None and sources:
+            # A record the caller may not read does not answer: 404, as if it did not exist.
+            readable = disclosure.readable(tx, sources)
+            sources = [record for record in sources if record in readable]
         if not sources:
             raise NotFound(f"no Patient has the identifier {source}")
         records: list[str] = []
@@ -115,6 +187,9 @@ def pix(services: Services, source: str, targets: list[str]) -> bytes:
             for linked in IdentityIndex.linked_records(tx, record):
                 if linked not in records:
                     records.append(linked)
+        if disclosure is not None:
+            readable = disclosure.readable(tx, records)
+            records = [record for record in records if record in readable]
         features = IdentityIndex.features_of(tx, records)
     parameters: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
@@ -131,10 +206,13 @@ def pix(services: Services, source: str, targets: list[str]) -> bytes:
 
 @router.get("/Patient/$ihe-pix", summary="Patient $ihe-pix (PIXm)")
 async def patient_pix(
+    request: Request,
     services: ServicesDep,
     source: Annotated[str, Query(alias="sourceIdentifier")],
     targets: Annotated[list[str] | None, Query(alias="targetSystem")] = None,
 ) -> Response:
     target_list = [t for value in targets or [] for t in value.split(",") if t]
-    body = await run_in_threadpool(pix, services, source, target_list)
-    return Response(body, media_type=FHIR_JSON)
+    disclosure = Disclosure.of(request)
+    body = await run_in_threadpool(pix, services, source, target_list, disclosure)
+    headers = await run_in_threadpool(disclosure.finish, services, request, "$ihe-pix Patient")
+    return Response(body, media_type=FHIR_JSON, headers=headers)

@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
 from fhir_api.interactions import read
+from fhir_api.operations.match import Disclosure
 from fhir_api.request import ServicesDep, read_json_body, write_context
 from fhir_api.responses import FHIR_JSON, fhir_response
 from fhir_api.services import Services
@@ -128,13 +129,20 @@ def golden_record(services: Services, person_id: str) -> dict[str, Any] | None:
 
 
 @router.get("/Person/$review", summary="MPI review queue (possible matches)")
-async def review(services: ServicesDep) -> Response:
+async def review(request: Request, services: ServicesDep) -> Response:
+    """issue 7: a data steward reviews only the candidates whose record the caller may read (the rule of
+    :mod:`fhir_api.operations.match`); another institution's possible matches stay in its own queue."""
+    disclosure = Disclosure.of(request)
+
     def queue() -> list[tuple[str, str, float]]:
         identity = services.identity_current()
         with identity.database.read() as tx:
-            return IdentityIndex.review_queue(tx, 500)
+            items = IdentityIndex.review_queue(tx, 500)
+            readable = disclosure.readable(tx, [record for record, _, _ in items])
+        return [item for item in items if item[0] in readable]
 
     items = await run_in_threadpool(queue)
+    headers = await run_in_threadpool(disclosure.finish, services, request, "$review Person")
     parameters = {
         "resourceType": "Parameters",
         "parameter": [
@@ -149,7 +157,7 @@ async def review(services: ServicesDep) -> Response:
             for record, person, score in items
         ],
     }
-    return Response(orjson.dumps(parameters), media_type=FHIR_JSON)
+    return Response(orjson.dumps(parameters), media_type=FHIR_JSON, headers=headers)
 
 
 @read_router.get("/Person/{person_id}", summary="read Person (the golden record of the patient index)")

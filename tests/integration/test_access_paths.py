@@ -3,6 +3,9 @@
 - Chained parameters and ``_has`` (R4 §3.1.1.4.13-14) pass through other resources; a match through a
   resource the caller may not see would tell it what that resource contains, so the policy holds for each
   resource a chain or ``_has`` passes through.
+- The master patient index's operations (``$match``, ``$ihe-pix``, ``Person/$review``) disclose a Patient
+  record, and the identifiers it carries, only when the caller may read that record (own, consent,
+  break-the-glass).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from fhir_api.services import Services
 
 FHIR = {"Content-Type": "application/fhir+json"}
 GLASS = {"X-EHR-Break-Glass": "paciente inconsciente en urgencias"}
+CURP = "urn:oid:2.16.840.1.113883.4.629"
+IMSS_MRN = "urn:ehr-core:sid:imss:mrn"
+ISSSTE_MRN = "urn:ehr-core:sid:issste:mrn"
 
 
 @pytest.fixture
@@ -87,3 +93,80 @@ def test_has_does_not_pass_through_hidden_resources(secured: tuple[TestClient, S
     url = "/fhir/Patient?_has:Observation:subject:code=urn:test|B20&_total=accurate"
     assert _ids(client, url, issste) == ([], 0)
     assert _ids(client, url, issste | GLASS) == ([pid], 1)
+
+
+def _patient(family: str, curp: str, mrn: tuple[str, str] | None = None) -> dict[str, Any]:
+    identifiers = [{"system": CURP, "value": curp}] + ([{"system": mrn[0], "value": mrn[1]}] if mrn else [])
+    return {"resourceType": "Patient", "identifier": identifiers, "name": [{"family": family, "given": ["Ramón"]}],
+            "gender": "male", "birthDate": "1974-05-24"}  # fmt: skip
+
+
+def _consent(patient: str, institution: str) -> dict[str, Any]:
+    actor = {"role": {"text": "reader"},
+             "reference": {"identifier": {"system": "urn:ehr-core:institution", "value": institution}}}  # fmt: skip
+    return {"resourceType": "Consent", "status": "active", "patient": {"reference": f"Patient/{patient}"},
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "policyRule": {"text": "LGPDPPSO"}, "provision": {"type": "permit", "actor": [actor]}}  # fmt: skip
+
+
+def _matched(client: TestClient, headers: dict[str, str]) -> tuple[set[str], int, str | None]:
+    searched = _patient("Aguilar Mora", "AAMR740524HOCBRN08")
+    query = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": searched}]}
+    response = client.post("/fhir/Patient/$match", json=query, headers=FHIR | headers)
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    ids = {e["resource"]["id"] for e in bundle.get("entry", [])}
+    return ids, int(bundle["total"]), response.headers.get("x-ehr-break-glass")
+
+
+def _pix(client: TestClient, source: str, headers: dict[str, str]) -> tuple[set[str], set[str]]:
+    response = client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": source}, headers=headers)
+    assert response.status_code == 200, response.text
+    parameters = response.json()["parameter"]
+    values = {p["valueIdentifier"]["value"] for p in parameters if p["name"] == "targetIdentifier"}
+    records = {p["valueReference"]["reference"] for p in parameters if p["name"] == "targetId"}
+    return values, records
+
+
+def test_match_and_pix_disclose_only_readable_records(secured: tuple[TestClient, Settings]) -> None:
+    client, settings = secured
+    imss, issste = _auth(settings, "IMSS"), _auth(settings, "ISSSTE")
+    # One person, a record at each institution, linked by CURP by the master patient index.
+    at_imss = _create(client, imss, _patient("Aguilar Mora", "AAMR740524HOCBRN08", (IMSS_MRN, "IMSS-1")))
+    at_issste = _create(client, issste, _patient("Aguilar", "AAMR740524HOCBRN08", (ISSSTE_MRN, "ISSSTE-9")))
+    # $match: the caller's own record only, counted as such.
+    assert _matched(client, issste) == ({at_issste}, 1, None)
+    assert _matched(client, imss) == ({at_imss}, 1, None)
+    # $ihe-pix: another institution's identifier does not resolve (404, as if absent) ...
+    hidden = client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{IMSS_MRN}|IMSS-1"}, headers=issste)
+    assert hidden.status_code == 404 and "Aguilar" not in hidden.text
+    # ... and from its own record, the linked IMSS record and its identifiers stay undisclosed.
+    assert _pix(client, f"{ISSSTE_MRN}|ISSSTE-9", issste) == ({"AAMR740524HOCBRN08"}, {f"Patient/{at_issste}"})
+    # Break-the-glass discloses both, flagged.
+    assert _matched(client, issste | GLASS) == ({at_imss, at_issste}, 2, "granted")
+    # The patient consents, on the IMSS record, to ISSSTE reading it: both records, both identifiers.
+    assert client.post("/fhir/Consent", json=_consent(at_imss, "ISSSTE"), headers=FHIR | imss).status_code == 201
+    assert _matched(client, issste) == ({at_imss, at_issste}, 2, None)
+    values, records = _pix(client, f"{IMSS_MRN}|IMSS-1", issste)
+    assert values == {"AAMR740524HOCBRN08", "ISSSTE-9"} and records == {f"Patient/{at_imss}", f"Patient/{at_issste}"}
+    # The consent opens IMSS's record to ISSSTE, not ISSSTE's to IMSS.
+    assert _pix(client, f"{IMSS_MRN}|IMSS-1", imss) == ({"AAMR740524HOCBRN08"}, {f"Patient/{at_imss}"})
+
+
+def test_review_queue_lists_only_readable_records(secured: tuple[TestClient, Settings]) -> None:
+    client, settings = secured
+    imss, issste = _auth(settings, "IMSS"), _auth(settings, "ISSSTE")
+    # A placeholder CURP never links: the second record becomes a possible match to review.
+    _create(client, imss, _patient("Pérez López", "XXXX999999XXXXXX99"))
+    candidate = _create(client, issste, _patient("Pérez López", "XXXX999999XXXXXX99"))
+
+    def queue(headers: dict[str, str]) -> set[str]:
+        response = client.get("/fhir/Person/$review", headers=headers)
+        assert response.status_code == 200, response.text
+        parts = [part for item in response.json().get("parameter", []) for part in item["part"]]
+        return {part["valueReference"]["reference"] for part in parts if part["name"] == "record"}
+
+    assert queue(issste) == {f"Patient/{candidate}"}
+    assert queue(imss) == set()
