@@ -42,9 +42,11 @@ __all__ = [
     "SHARED_TYPES",
     "AccessView",
     "Viewer",
+    "audit_clause",
     "consent_grants",
     "count_visible_history",
     "institution_clause",
+    "provenance_clause",
     "visible_clause",
     "visible_history",
     "visible_ids",
@@ -184,6 +186,26 @@ def visible_clause(viewer: Viewer, type_column: str, id_column: str) -> tuple[st
         parts.append(clause)
         params += clause_params
     return "(" + " AND ".join(parts) + ")", params
+
+
+def audit_clause(viewer: Viewer, alias: str = "e") -> tuple[str, list[Any]]:
+    """SQL true when ``viewer`` may see the server's audit entry ``alias`` (``audit_entries``): its own
+    institution's actions, or an entry that names patients (``audit_entry_refs`` ``patient``), each of
+    them one whose Patient record the viewer may read (own, or consent). Another institution's entry
+    about nobody in particular (a search by name, a metadata read) stays with that institution, and an
+    entry naming a patient hidden from the viewer would tell who looked at that patient's record."""
+    clause, params = visible_clause(viewer, "'Patient'", "substr(n.value, 9)")  # after "Patient/"
+    refs = f"FROM audit_entry_refs n WHERE n.audit_nid = {alias}.audit_nid AND n.param = 'patient'"
+    return (
+        f"({alias}.institution = ? OR (EXISTS (SELECT 1 {refs}) AND NOT EXISTS (SELECT 1 {refs} AND NOT {clause})))",
+        [f"{INSTITUTION_SYSTEM}|{viewer.institution}", *params],  # as audit_entries keeps it
+    )
+
+
+def provenance_clause(viewer: Viewer, alias: str = "p") -> tuple[str, list[Any]]:
+    """SQL true when ``viewer`` may see the server's Provenance ``alias`` of one write: when it may see the
+    resource written (the same rule as reading it), since the Provenance says who wrote what to it, when."""
+    return visible_clause(viewer, f"{alias}.target_type", f"{alias}.target_id")
 
 
 def consent_grants(consent: dict[str, Any]) -> list[tuple[str, str, str | None, str | None]]:

@@ -165,6 +165,8 @@ class AuditQuery:
     columns: dict[str, list[str]]
     dates: list[tuple[str, str]]
     before: int | None = None
+    #: issue 7: the access policy's SQL condition on the entry ``e`` (None: auth off, every entry).
+    policy: tuple[str, list[Any]] | None = None
 
 
 def search_audit(tx: Tx, query: AuditQuery, limit: int) -> list[StoredAudit]:
@@ -190,6 +192,9 @@ def search_audit(tx: Tx, query: AuditQuery, limit: int) -> list[StoredAudit]:
     if query.before is not None:
         where.append("e.audit_nid < ?")
         params.append(query.before)
+    if query.policy is not None:
+        where.append(query.policy[0])
+        params += query.policy[1]
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     rows = tx.execute(
         f"SELECT {_COLUMNS} FROM audit_entries e {clause} ORDER BY e.audit_nid DESC LIMIT ?", (*params, limit)

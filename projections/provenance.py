@@ -197,11 +197,17 @@ def read_provenance(tx: Tx, resource_id: str) -> StoredProvenance | None:
 
 
 def search_provenance(
-    tx: Tx, refs: dict[str, list[str]], dates: list[tuple[str, str]], before: int | None, limit: int
+    tx: Tx,
+    refs: dict[str, list[str]],
+    dates: list[tuple[str, str]],
+    before: int | None,
+    limit: int,
+    policy: tuple[str, list[Any]] | None = None,
 ) -> list[StoredProvenance]:
-    """Newest first; ``refs`` ORs values within a parameter and ANDs parameters."""
-    where: list[str] = []
-    params: list[Any] = []
+    """Newest first; ``refs`` ORs values within a parameter and ANDs parameters; ``policy`` (issue 7) is the
+    access policy's SQL condition on the row ``p`` (None: auth off)."""
+    where: list[str] = [policy[0]] if policy is not None else []
+    params: list[Any] = list(policy[1]) if policy is not None else []
     for param, values in refs.items():
         marks = ", ".join("?" * len(values))
         where.append(

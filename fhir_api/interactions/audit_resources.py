@@ -9,6 +9,12 @@ trail and never mixed into it. Search covers the server's own. Search parameters
   institution), ``date`` (prefixes ``ge``/``le``/``gt``/``lt``/``eq``), ``action``, ``outcome``,
   ``subtype`` (the FHIR interaction), ``address``; ``_count`` and a ``_page_before`` cursor; newest first.
 - Provenance: ``target`` (``Type/id`` or ``Type/id/_history/v``), ``patient``, ``agent``, ``recorded``.
+
+issue 7, with auth on, searches list only what the caller's institution may see of the server's trail
+(:func:`projections.access.audit_clause`, :func:`projections.access.provenance_clause`): AuditEvents of its
+own staff's actions, or naming only patients whose record it may read (own, or consent); Provenances of
+writes to resources it may read. Break-the-glass opens records for care, not other institutions' trails: it
+does not widen these searches.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import Conflict, InvalidResource, Issue
+from fhir_api.auth import caller_of
 from fhir_api.interactions import delete, patch, read, update
 from fhir_api.limits import store_int
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON, fhir_response
 from fhir_api.services import Services
+from projections.access import audit_clause, provenance_clause
 from projections.audit import AuditQuery, date_condition, read_audit, search_audit
 from projections.provenance import read_provenance, search_provenance
 
@@ -115,6 +123,10 @@ async def audit_search(request: Request, services: ServicesDep) -> Response:
     count, before = _paging(request)
     query = _audit_query(request)
     query.before = before
+    caller = caller_of(request)
+    if caller is not None:
+        query.policy = audit_clause(caller.viewer())
+        request.state.ehr_access = "filtered"  # for the audit entry
     rows = await run_in_threadpool(_search_audit, services, query, count)
     return _bundle(request, "AuditEvent", rows, count)
 
@@ -134,10 +146,15 @@ def audit_read(resource_id: str, services: ServicesDep) -> Response:
 
 
 def _search_provenance(
-    services: Services, refs: dict[str, list[str]], dates: list[tuple[str, str]], before: int | None, count: int
+    services: Services,
+    refs: dict[str, list[str]],
+    dates: list[tuple[str, str]],
+    before: int | None,
+    count: int,
+    policy: tuple[str, list[Any]] | None,
 ) -> list[tuple[str, int, bytes]]:
     with services.views.read() as tx:
-        found = search_provenance(tx, refs, dates, before, count + 1)
+        found = search_provenance(tx, refs, dates, before, count + 1, policy)
     return [(p.resource_id, p.notification_id, p.body) for p in found]
 
 
@@ -156,7 +173,11 @@ async def provenance_search(request: Request, services: ServicesDep) -> Response
             refs.setdefault(key, []).extend(found)
         elif key == "recorded":
             dates.append(date_condition(raw))
-    rows = await run_in_threadpool(_search_provenance, services, refs, dates, before, count)
+    caller = caller_of(request)
+    policy = provenance_clause(caller.viewer()) if caller is not None else None
+    if policy is not None:
+        request.state.ehr_access = "filtered"  # for the audit entry
+    rows = await run_in_threadpool(_search_provenance, services, refs, dates, before, count, policy)
     return _bundle(request, "Provenance", rows, count)
 
 

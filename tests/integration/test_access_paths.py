@@ -6,6 +6,8 @@
 - The master patient index's operations (``$match``, ``$ihe-pix``, ``Person/$review``) disclose a Patient
   record, and the identifiers it carries, only when the caller may read that record (own, consent,
   break-the-glass).
+- The server's AuditEvent and Provenance searches list only the caller's institution's own actions and
+  entries about records it may read.
 """
 
 from __future__ import annotations
@@ -170,3 +172,36 @@ def test_review_queue_lists_only_readable_records(secured: tuple[TestClient, Set
 
     assert queue(issste) == {f"Patient/{candidate}"}
     assert queue(imss) == set()
+
+
+def _entries(client: TestClient, url: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    response = client.get(url, headers=headers)
+    assert response.status_code == 200, response.text
+    return [e["resource"] for e in response.json()["entry"]]
+
+
+def test_audit_and_provenance_searches_follow_the_access_policy(secured: tuple[TestClient, Settings]) -> None:
+    client, settings = secured
+    imss, issste = _auth(settings, "IMSS"), _auth(settings, "ISSSTE")
+    hidden = _create(client, imss, {"resourceType": "Patient", "name": [{"family": "Juarez"}]})
+    assert client.get(f"/fhir/Patient/{hidden}", headers=imss).status_code == 200
+    own = _create(client, issste, {"resourceType": "Patient", "name": [{"family": "Lopez"}]})
+    assert client.get(f"/fhir/Patient/{own}", headers=issste).status_code == 200
+    about_hidden = f"Patient/{hidden}"
+    # IMSS sees its own trail about its patient; ISSSTE neither sees it nor its Provenance.
+    assert _entries(client, f"/fhir/AuditEvent?patient={about_hidden}", imss)
+    assert _entries(client, f"/fhir/Provenance?target={about_hidden}", imss)
+    assert _entries(client, f"/fhir/AuditEvent?patient={about_hidden}", issste) == []
+    assert _entries(client, f"/fhir/Provenance?target={about_hidden}", issste) == []
+    # An unrestricted search lists ISSSTE's own actions and nothing about IMSS's patient.
+    trail = _entries(client, "/fhir/AuditEvent?_count=1000", issste)
+    assert trail and about_hidden not in str(trail)
+    assert any(f"Patient/{own}" in str(entry) for entry in trail)
+    provenances = _entries(client, "/fhir/Provenance?_count=1000", issste)
+    assert provenances and about_hidden not in str(provenances)
+    # Break-the-glass opens records for care, not another institution's trail.
+    assert _entries(client, f"/fhir/AuditEvent?patient={about_hidden}", issste | GLASS) == []
+    # The patient consents to ISSSTE reading the record: its trail and Provenance open with it.
+    assert client.post("/fhir/Consent", json=_consent(hidden, "ISSSTE"), headers=FHIR | imss).status_code == 201
+    assert _entries(client, f"/fhir/AuditEvent?patient={about_hidden}", issste)
+    assert _entries(client, f"/fhir/Provenance?target={about_hidden}", issste)
