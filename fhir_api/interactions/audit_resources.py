@@ -28,6 +28,7 @@ from fastapi.responses import Response
 
 from ehr_core.errors import Conflict, InvalidResource, Issue
 from fhir_api.auth import caller_of
+from fhir_api.errors import ApiError
 from fhir_api.interactions import delete, patch, read, update
 from fhir_api.limits import store_int
 from fhir_api.request import ServicesDep, base_url
@@ -131,11 +132,28 @@ async def audit_search(request: Request, services: ServicesDep) -> Response:
     return _bundle(request, "AuditEvent", rows, count)
 
 
+def _permitted(services: Services, request: Request, table: str, resource_id: str) -> None:
+    """issue 7: a server entry read by id follows the rule of the searches (403 otherwise)."""
+    caller = caller_of(request)
+    if caller is None:
+        return
+    alias = "e" if table == "audit_entries" else "p"
+    clause, params = (audit_clause if alias == "e" else provenance_clause)(caller.viewer(), alias)
+    with services.views.read() as tx:
+        row = tx.execute(f"SELECT 1 FROM {table} {alias} WHERE {alias}.id = ? AND {clause}", [resource_id, *params])
+        if row.fetchone() is None:
+            raise ApiError(
+                "forbidden", "this entry is about a record your institution may not read (no Consent)", "forbidden"
+            )
+
+
 @router.get("/AuditEvent/{resource_id}", summary="read AuditEvent")
-def audit_read(resource_id: str, services: ServicesDep) -> Response:
+def audit_read(resource_id: str, request: Request, services: ServicesDep) -> Response:
     _current(services)
     with services.views.read() as tx:
         stored = read_audit(tx, resource_id)
+    if stored is not None:
+        _permitted(services, request, "audit_entries", resource_id)
     if stored is None:
         # Not one of the server's own entries: an AuditEvent a client sent is an ordinary resource.
         return read.read("AuditEvent", resource_id, services)
@@ -182,9 +200,11 @@ async def provenance_search(request: Request, services: ServicesDep) -> Response
 
 
 @router.get("/Provenance/{resource_id}", summary="read Provenance")
-def provenance_read(resource_id: str, services: ServicesDep) -> Response:
+def provenance_read(resource_id: str, request: Request, services: ServicesDep) -> Response:
     with services.views.read() as tx:
         stored = read_provenance(tx, resource_id)
+    if stored is not None:
+        _permitted(services, request, "provenance", resource_id)
     if stored is None:
         # Not derived from the log: a Provenance a client sent (with a signed document, say) is ordinary.
         return read.read("Provenance", resource_id, services)

@@ -199,6 +199,12 @@ def test_audit_and_provenance_searches_follow_the_access_policy(secured: tuple[T
     assert any(f"Patient/{own}" in str(entry) for entry in trail)
     provenances = _entries(client, "/fhir/Provenance?_count=1000", issste)
     assert provenances and about_hidden not in str(provenances)
+    # Read by id, the same rule: 403 with an OperationOutcome.
+    for kind, param in (("AuditEvent", "patient"), ("Provenance", "target")):
+        entry_id = _entries(client, f"/fhir/{kind}?{param}={about_hidden}", imss)[0]["id"]
+        denied = client.get(f"/fhir/{kind}/{entry_id}", headers=issste)
+        assert denied.status_code == 403 and denied.json()["resourceType"] == "OperationOutcome", kind
+        assert client.get(f"/fhir/{kind}/{entry_id}", headers=imss).status_code == 200
     # Break-the-glass opens records for care, not another institution's trail.
     assert _entries(client, f"/fhir/AuditEvent?patient={about_hidden}", issste | GLASS) == []
     # The patient consents to ISSSTE reading the record: its trail and Provenance open with it.
