@@ -16,7 +16,12 @@ Where it applies (auth on):
   resource in the compartments of every Patient record the master patient index links to it (all or
   nothing: 403 unless each one is visible), since those operations return the linked records too.
 - search (matches, ``total``, paging cursors), ``_include``/``_revinclude``, type and system history, bulk
-  ``$export``: filtered in SQL by :func:`projections.access.visible_clause` (the same rule; see there).
+  ``$export``: filtered in SQL by :func:`projections.access.visible_clause` (the same rule; see there),
+  also on every resource a chained parameter or ``_has`` passes through.
+- ``$match``, ``$ihe-pix``, ``Person/$review``: only Patient records the caller may read, with their
+  identifiers (:mod:`fhir_api.operations.match`).
+- the server's AuditEvent and Provenance: :func:`projections.access.audit_clause` and
+  :func:`projections.access.provenance_clause` (:mod:`fhir_api.interactions.audit_resources`).
 
 Every decision reaches the audit log through the audit middleware (the status, and the resources disclosed).
 """
