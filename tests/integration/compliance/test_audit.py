@@ -213,6 +213,10 @@ def test_audit_replay_of_one_patient(
     client.get(f"/fhir/Observation/{obs['id']}", headers=NURSE)
     client.get(f"/fhir/Patient/{other}", headers=NURSE)
     client.put(f"/fhir/Observation/{obs['id']}", json={**obs, "status": "x"}, headers={**NURSE, "If-Match": 'W/"1"'})
+    # An answer does not wait for its audit entry's commit (it follows within milliseconds); `ehr audit`
+    # reads the committed log from outside the server, so the test waits for the server's writer first.
+    assert services.compliance is not None
+    services.compliance.audit_writer.flush()
 
     assert ehr("audit", "replay", "--patient", patient, "--format", "ndjson") == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
