@@ -257,7 +257,10 @@ class _Table:
                 try:
                     yield _Cursor(self._connection.cursor(), self)
                 except BaseException:
-                    self._connection.execute("ROLLBACK")
+                    # SQLite may have rolled back already (an I/O error, a full disk): a second ROLLBACK
+                    # would fail and hide the error that says what happened.
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK")
                     raise
                 self._connection.execute("COMMIT")
 

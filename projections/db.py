@@ -120,7 +120,8 @@ class SQLiteViews:
         try:
             yield _SQLiteTx(connection)
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
+                connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
 

@@ -202,7 +202,8 @@ def _swap_sqlite(settings: Settings, live: Projector, shadow: Projector) -> None
                     connection.executemany(f"INSERT INTO {table} VALUES ({marks})", chunk)
             connection.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (position, live.name))
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
+                connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
     finally:
