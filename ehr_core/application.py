@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,15 @@ from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 from ehr_core.compartment import patient_compartment
 from ehr_core.context import WriteContext
 from ehr_core.encryption import EncryptingMapper, Unreadable, compartment_of  # issue 7
-from ehr_core.errors import Conflict, Deleted, InvalidResource, Issue, NotFound, PreconditionFailed
+from ehr_core.errors import (
+    Conflict,
+    Deleted,
+    InvalidResource,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+    RecordedElsewhere,
+)
 from ehr_core.group_commit import GroupCommit  # issue 8
 from ehr_core.identity.rules import check_identifiers
 from ehr_core.keys import Erased, KeyStore  # issue 7
@@ -85,6 +94,8 @@ class Written:
     created: bool
     #: Notification id of the appended event; None when nothing was appended.
     notification_id: int | None = None
+    #: issue 11: the institution store it was appended to ("" outside a federation).
+    store: str = ""
 
 
 @dataclass
@@ -105,6 +116,13 @@ class RecordApplication(Application[UUID]):
         self.settings = settings
         super().__init__(env=settings.event_store_env())
         self._group = GroupCommit(self._append)
+        #: issue 11: in a federation, which other store holds a stream absent here (None: none does). A
+        #: write must never start a second stream of a resource another institution's store already holds.
+        self.elsewhere: Callable[[str, str], str | None] | None = None
+        #: issue 11: the institution store this application appends to ("" outside a federation).
+        self.store = ""
+        #: issue 11: wraps every use of the store (a federation's fails fast while its store is down).
+        self.guard: Callable[[], AbstractContextManager[None]] = nullcontext
 
     def construct_transcoder(self) -> Transcoder:
         return EventTranscoder()
@@ -124,10 +142,24 @@ class RecordApplication(Application[UUID]):
 
     def stream(self, resource_type: str, resource_id: str) -> ResourceStream | None:
         """The stream of ``Type/id`` as of its latest event, or None if it was never written."""
-        latest = list(self.events.get(stream_id(resource_type, resource_id), desc=True, limit=1))
+        with self.guard():
+            latest = list(self.events.get(stream_id(resource_type, resource_id), desc=True, limit=1))
+        if not latest and self.elsewhere is not None:
+            home = self.elsewhere(resource_type, resource_id)
+            if home is not None:
+                raise RecordedElsewhere(
+                    f"{resource_type}/{resource_id} is recorded in {home}'s store; a transaction commits in one "
+                    f"store only: send this change on its own, or to a server of {home}"
+                )
         if latest and isinstance(latest[0], Unreadable):  # issue 7: its patient's key was shredded
             raise Erased(f"{resource_type}/{resource_id} was erased (crypto-shredded)")
         return ResourceStream.from_latest(latest[0]) if latest else None
+
+    def holds(self, resource_type: str, resource_id: str) -> bool:
+        """Whether this store has ever recorded ``Type/id`` (one index lookup, nothing decrypted)."""
+        with self.guard():
+            found = self.recorder.select_events(stream_id(resource_type, resource_id), desc=True, limit=1)
+        return bool(found)
 
     def require_current(self, resource_type: str, resource_id: str) -> ResourceStream:
         """The live stream, or NotFound / Deleted (for interactions that need an existing resource)."""
@@ -312,8 +344,9 @@ class RecordApplication(Application[UUID]):
 
     def _append(self, events: list[Any]) -> list[Any]:
         """One transaction of the event store (what a group commit runs), keys made ready first."""
-        self.keys.prepare({compartment_of(event) for event in events})
-        recordings: list[Any] = self.events.put(events)
+        with self.guard():
+            self.keys.prepare({compartment_of(event) for event in events})
+            recordings: list[Any] = self.events.put(events)
         return recordings
 
     def commit(self, pendings: Sequence[Pending], *others: Any) -> list[Written]:
@@ -339,7 +372,7 @@ class RecordApplication(Application[UUID]):
                 results.append(pending.written)
                 continue
             key = (pending.stream.id, pending.written.version)
-            results.append(replace(pending.written, notification_id=ids[key]))
+            results.append(replace(pending.written, notification_id=ids[key], store=self.store))
         return results
 
 

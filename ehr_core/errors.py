@@ -18,6 +18,8 @@ __all__ = [
     "NotFound",
     "PreconditionFailed",
     "RecordError",
+    "RecordedElsewhere",
+    "StoreUnavailable",
     "Unprocessable",
 ]
 
@@ -85,4 +87,22 @@ class PreconditionFailed(RecordError):
     category = "precondition-failed"
 
     def __init__(self, issues: Sequence[Issue] | str, code: str = "conflict") -> None:
+        super().__init__(issues, code)
+
+
+class RecordedElsewhere(RecordError):
+    """issue 11: the resource lives in another institution's store, which this write cannot reach atomically."""
+
+    category = "conflict"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "conflict") -> None:
+        super().__init__(issues, code)
+
+
+class StoreUnavailable(RecordError):
+    """issue 11: an institution's store needed to answer is down; nothing was applied (503, retry later)."""
+
+    category = "unavailable"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "transient") -> None:
         super().__init__(issues, code)

@@ -40,6 +40,19 @@ class Settings(BaseSettings):
     projection_wait_seconds: float = 30.0
     #: Connections each PostgreSQL pool may hold.
     postgres_pool_size: int = 10
+    # -- issue 11: per-institution stores federated into national projections -----------------------
+    #: Each institution's own event store, ``NAME=postgresql://...`` separated by commas or newlines (e.g.
+    #: ``IMSS=postgresql://db-imss/ehr,ISSSTE=postgresql://db-issste/ehr``). Set, ``database_url`` is the
+    #: national database: the views every store's log is projected into, the MPI's decisions, the audit log.
+    stores: str = ""
+    #: The store this server writes to (its institution); the first of ``stores`` when unset.
+    store: str | None = None
+    #: Seconds to wait for a connection to a store. The event store's driver tries ten times, so a store
+    #: that goes down holds the requests already waiting on it ~10 x this before their 503 (later ones get
+    #: theirs at once, see ``ehr_core.federation.StoreGuard``); the national database is given 30 s.
+    store_connect_timeout_seconds: int = 1
+    #: Seconds to wait for a PostgreSQL connection before answering 503.
+    postgres_connect_timeout_seconds: int = 30
     # -- issue 7: keys and access ------------------------------------------------------------------
     #: ``production`` refuses to start without a master key and without authentication.
     env: str = "development"
@@ -66,6 +79,41 @@ class Settings(BaseSettings):
         return self.projection.strip().lower() != "worker"
 
     @property
+    def federated(self) -> bool:
+        return bool(self.store_urls())
+
+    def store_urls(self) -> dict[str, str]:
+        """issue 11: ``stores`` as {institution: database URL}, in the order given."""
+        urls: dict[str, str] = {}
+        for item in self.stores.replace("\n", ",").split(","):
+            name, _, url = item.strip().partition("=")
+            if not name.strip():
+                continue
+            if not url.strip().startswith(("postgres://", "postgresql://")):
+                raise ValueError(f"EHR_STORES: {name.strip()!r} needs a postgresql:// URL (NAME=postgresql://...)")
+            urls[name.strip()] = url.strip()
+        return urls
+
+    def own_store(self) -> str:
+        """The store this server's writes go to."""
+        names = list(self.store_urls())
+        name = self.store or (names[0] if names else "")
+        if name not in names:
+            raise ValueError(f"EHR_STORE={name!r} is not one of EHR_STORES ({', '.join(names)})")
+        return name
+
+    def for_store(self, name: str) -> Settings:
+        """The settings of one institution's store: its database, everything else as here."""
+        return self.model_copy(
+            update={
+                "database_url": self.store_urls()[name],
+                "stores": "",
+                "store": None,
+                "postgres_connect_timeout_seconds": self.store_connect_timeout_seconds,
+            }
+        )
+
+    @property
     def uses_postgres(self) -> bool:
         return bool(self.database_url) and str(self.database_url).startswith(("postgres://", "postgresql://"))
 
@@ -81,7 +129,7 @@ class Settings(BaseSettings):
         }
 
     def postgres_conninfo(self) -> str:
-        params = self.postgres_params()
+        params = self.postgres_params() | {"connect_timeout": str(self.postgres_connect_timeout_seconds)}
         if not params["password"]:
             params.pop("password")
         return " ".join(f"{key}={value}" for key, value in params.items())
@@ -101,6 +149,7 @@ class Settings(BaseSettings):
                 "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
                 "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size // 2),
                 "POSTGRES_LOCK_TIMEOUT": "10",
+                "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout_seconds),
                 # Never POSTGRES_ENABLE_DB_FUNCTIONS: it skips the ordering lock (DESIGN.md).
             }
         self.data_dir.mkdir(parents=True, exist_ok=True)

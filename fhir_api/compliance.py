@@ -39,14 +39,22 @@ class Compliance:
     threads: list[Any] = field(default_factory=list)
 
     @classmethod
-    def open(cls, settings: Settings, application: Application[Any], views: ViewDatabase, follow: bool) -> Compliance:
+    def open(
+        cls,
+        settings: Settings,
+        application: Application[Any],
+        views: ViewDatabase,
+        follow: bool,
+        ledger_name: str = "ledger",
+    ) -> Compliance:
+        """``ledger_name``: the tables of the clinical log's ledger (issue 11: one per institution's store)."""
         ledger_settings = LedgerSettings()
         key = LedgerKey.configured(settings.data_dir, ledger_settings)
         audit_log = AuditLog(settings)
         projector = AuditProjector(audit_log, views, [], name="audit", batch_size=settings.projection_batch_size)
         projector.create_tables()
         projector.catch_up()
-        ledger = Ledger(application, views, key, "ledger", ledger_settings.block_size)
+        ledger = Ledger(application, views, key, ledger_name, ledger_settings.block_size)
         ledger.create_tables()
         audit_ledger = Ledger(audit_log, views, key, "audit_ledger", ledger_settings.block_size)
         audit_ledger.create_tables()

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-import psycopg
+from starlette.concurrency import run_in_threadpool
 
 from ehr_core.application import RecordApplication, Written
+from ehr_core.errors import StoreUnavailable
+from ehr_core.federation import Federation, StoreDown, create_schema  # issue 11
 from ehr_core.settings import Settings
 from fhir_api.compliance import Compliance  # issue 6: audit log, ledgers
 from projections.db import ViewDatabase
+from projections.federation import FederatedIdentity, FederatedProjector  # issue 11
 from projections.follower import LogFollower
 from projections.identity import IdentityIndex
 from projections.positions import PositionWatcher  # issue 8
 from projections.projector import Projector, projected_channel
-from projections.setup import open_view_database, resource_projector
+from projections.setup import open_view_database, resource_projector, resource_views
 
-__all__ = ["Services"]
+__all__ = ["Services", "home_application", "ledger_of"]
+
+
+def ledger_of(store: str) -> str:
+    """The ledger tables of one institution's store in the national database (issue 11)."""
+    return "ledger_" + "".join(c if c.isascii() and c.isalnum() else "_" for c in store.lower())
+
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +47,17 @@ class Services:
     identity: IdentityIndex | None = None
     #: issue 8: with ``EHR_PROJECTION=worker``, how this process learns what the ``ehr project`` worker applied.
     watcher: PositionWatcher | None = None
+    #: issue 11: the institutions' stores, when this server is one of a federation (``EHR_STORES``).
+    federation: Federation | None = None
+    _other_stores: dict[str, list[Projector]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: Settings, follow: bool = True) -> Services:
         if settings.uses_postgres:
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(
-                    psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                        psycopg.sql.Identifier(settings.postgres_schema)
-                    )
-                )
+            create_schema(settings)
+        if settings.federated:
+            return cls._open_federated(settings, follow)
         application = RecordApplication(settings)
         views = open_view_database(settings)
         projector = resource_projector(application, views, settings)
@@ -72,25 +84,95 @@ class Services:
             services.follower.start()
         return services
 
+    @classmethod
+    def _open_federated(cls, settings: Settings, follow: bool) -> Services:
+        """issue 11: writes go to this server's institution store; reads come from the national views.
+
+        The national database (``EHR_DATABASE_URL``) holds the views of every store, the MPI's decisions
+        (its own small log) and the audit log. The ``ehr project`` worker follows every store's log; this
+        process applies its own writes (or waits for the worker, with ``EHR_PROJECTION=worker``).
+        """
+        if not settings.uses_postgres:
+            raise ValueError("EHR_STORES needs EHR_DATABASE_URL to be the national PostgreSQL database")
+        federation = Federation(settings)
+        own = federation.application(federation.own)
+        views = open_view_database(settings)
+        batch = settings.projection_batch_size
+        projector = FederatedProjector(federation.own, own, views, resource_views(), batch_size=batch)
+        projector.create_tables()
+        national = IdentityIndex(RecordApplication(settings), views, batch)  # the MPI's decisions: national
+        identity = FederatedIdentity(federation.own, own, national, batch)
+        identity.create_tables()
+        channel = projected_channel(settings.postgres_schema)
+        projector.announce_to = identity.announce_to = channel
+        services = cls(settings, own, views, projector, identity=identity, federation=federation)
+        services.compliance = Compliance.open(settings, own, views, follow, ledger_name=ledger_of(federation.own))
+        if settings.projects_inline:
+            projector.catch_up()
+            identity.catch_up()
+        elif follow:
+            services.watcher = PositionWatcher(settings.postgres_conninfo(), channel, services._tracking_position)
+            services.watcher.start()
+        return services
+
+    def application_for(self, resource_type: str, resource_id: str) -> RecordApplication:
+        """The store a change of ``Type/id`` is appended to: its home in a federation (issue 11)."""
+        if self.federation is None:
+            return self.application
+        return self.federation.application(self.federation.home_of(resource_type, resource_id))
+
     def visible(self, written: Written | None) -> None:
         """Read-your-writes: return only once the projections have applied ``written``."""
         if written is None or written.notification_id is None:
             return
-        needed = [self.projector]
-        if written.resource_type == "Patient" and self.identity is not None:
-            needed.append(self.identity)
+        needed: list[Projector] = self._projectors_of(written.store)
+        if written.resource_type != "Patient":
+            needed = needed[:1]
         for projector in needed:
-            if self.watcher is None:
-                projector.catch_up(until=written.notification_id)
-            elif not self.watcher.wait(projector.name, written.notification_id, self.settings.projection_wait_seconds):
+            if not self._applied(projector, written.store, written.notification_id):
                 # The write is durable and its answer is right; only the views lag. Answering beats a
                 # timeout the client would retry into a duplicate.
                 log.warning(
-                    "projection %r has not applied notification %s after %ss: is `ehr project` running?",
+                    "projection %r has not applied notification %s: is `ehr project` running, is the store up?",
                     projector.name,
                     written.notification_id,
-                    self.settings.projection_wait_seconds,
                 )
+
+    def _applied(self, projector: Projector, store: str, notification_id: int) -> bool:
+        if self.watcher is None:
+            if self.federation is None:
+                projector.catch_up(until=notification_id)
+                return True
+            try:
+                projector.catch_up(until=notification_id)
+            except (*StoreDown, StoreUnavailable):
+                return False  # issue 11: its store went down right after the append: stored, not yet visible
+            return True
+        deadline = time.monotonic() + self.settings.projection_wait_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.watcher.wait(projector.name, notification_id, min(remaining, 2.0)):
+                return True
+            if self.federation is not None and not self.federation.reachable(store or self.federation.own):
+                return False  # issue 11: nothing can project it before its store returns
+        return False
+
+    def _projectors_of(self, store: str) -> list[Projector]:
+        """The resource and identity projectors of the log ``written`` went to (issue 11: any store's)."""
+        own = [self.projector, *([self.identity] if self.identity is not None else [])]
+        if self.federation is None or store in ("", self.federation.own):
+            return own
+        with self._lock:
+            if store not in self._other_stores:
+                application = self.federation.application(store)
+                batch = self.settings.projection_batch_size
+                projector = FederatedProjector(store, application, self.views, resource_views(), batch_size=batch)
+                assert isinstance(self.identity, FederatedIdentity)
+                identity = FederatedIdentity(store, application, self.identity.national, batch)
+                for created in (projector, identity):
+                    created.create_tables()
+                    created.announce_to = self.projector.announce_to
+                self._other_stores[store] = [projector, identity]
+            return self._other_stores[store]
 
     def _tracking_position(self, name: str) -> int:
         with self.views.read() as tx:
@@ -113,4 +195,16 @@ class Services:
         if self.compliance is not None:  # issue 6
             self.compliance.close()
         self.views.close()
-        self.application.close()
+        if isinstance(self.identity, FederatedIdentity):
+            self.identity.national.application.close()
+        if self.federation is not None:
+            self.federation.close()  # the stores, this server's own among them
+        else:
+            self.application.close()
+
+
+async def home_application(services: Services, resource_type: str, resource_id: str) -> RecordApplication:
+    """The store a change of ``Type/id`` goes to; outside a federation, without leaving the event loop."""
+    if services.federation is None:
+        return services.application
+    return await run_in_threadpool(services.application_for, resource_type, resource_id)

@@ -62,9 +62,17 @@ class _DecisionsRaced(Exception):
 class IdentityIndex(Projector):
     """A projector of its own (tracking row ``identity``) whose batches also take MPI decisions."""
 
-    def __init__(self, application: Application[UUID], database: ViewDatabase, batch_size: int = 500) -> None:
-        super().__init__(application, database, [], name=_NAME, batch_size=batch_size)
-        self.mpi = MasterPatientIndex(application)
+    def __init__(
+        self,
+        application: Application[UUID],
+        database: ViewDatabase,
+        batch_size: int = 500,
+        name: str = _NAME,
+        decisions: Application[UUID] | None = None,
+    ) -> None:
+        super().__init__(application, database, [], name=name, batch_size=batch_size)
+        #: Where the MPI appends its decisions: this log, or (issue 11) the national log of a federation.
+        self.mpi = MasterPatientIndex(decisions or application)
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -139,7 +147,7 @@ class IdentityIndex(Projector):
             )
             tx.execute(
                 "INSERT INTO projection_tracking (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
-                (_NAME,),
+                (self.name,),
             )
 
     def reset(self) -> None:
@@ -147,7 +155,7 @@ class IdentityIndex(Projector):
         with self._lock, self.database.write() as tx:
             for table in reversed(_TABLES):
                 tx.execute(f"DELETE FROM {table}")
-            tx.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (_NAME,))
+            tx.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (self.name,))
             self._position = 0
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:

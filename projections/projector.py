@@ -129,21 +129,29 @@ class Projector:
             if until is not None and position >= until:
                 self._position = position
                 return 0
-            notifications = self.application.recorder.select_notifications(start=position + 1, limit=self.batch_size)
+            notifications = self._fetch(tx, position)
             if not notifications:
                 self._position = position
                 return 0
             # A small batch (a request's own write) is many tiny statements: pipelined. A large one is COPY.
             small = len(notifications) <= _PIPELINED_UP_TO
             with tx.pipelined() if small else nullcontext():
-                last = self.apply_notifications(tx, notifications) or notifications[-1].id
-                tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
-                if self.announce_to is not None:
-                    # Delivered on commit: API processes waiting for this position (read-your-writes) wake up.
-                    tx.execute("SELECT pg_notify(?, ?)", (self.announce_to, f"{self.name}:{last}"))
+                last = self._advance(tx, self.apply_notifications(tx, notifications) or notifications[-1].id)
         self._position = last
         metrics.applied(self.name, len(notifications), time.perf_counter() - started)
         return len(notifications)
+
+    def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
+        """The next batch after ``position`` (a federation's projector renumbers what it reads; issue 11)."""
+        return self.application.recorder.select_notifications(start=position + 1, limit=self.batch_size)
+
+    def _advance(self, tx: Tx, last: int) -> int:
+        """Move the tracking row to ``last`` in the batch's transaction; return the position now applied."""
+        tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (last, self.name))
+        if self.announce_to is not None:
+            # Delivered on commit: API processes waiting for this position (read-your-writes) wake up.
+            tx.execute("SELECT pg_notify(?, ?)", (self.announce_to, f"{self.name}:{last}"))
+        return last
 
     #: The channel to NOTIFY after each batch (PostgreSQL only; set by the deployment, see ``projected_channel``).
     announce_to: str | None = None

@@ -14,8 +14,9 @@ from projections.projector import Projector
 from projections.provenance import ProvenanceView  # issue 6
 from projections.resources import ResourceViews
 from projections.search import SearchIndex
+from projections.view import View
 
-__all__ = ["open_view_database", "resource_projector"]
+__all__ = ["open_view_database", "resource_projector", "resource_views"]
 
 
 def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
@@ -27,14 +28,14 @@ def open_view_database(settings: Settings, schema: str | None = None) -> ViewDat
     return SQLiteViews(settings.data_dir / "views.sqlite")
 
 
+def resource_views() -> list[View]:
+    # issue 6: ProvenanceView; issue 7: PrivacyView (erasures), AccessView (owners, consents)
+    return [ResourceViews(), SearchIndex(), ProvenanceView(), PrivacyView(), AccessView()]
+
+
 def resource_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:
     projector = Projector(
-        application,
-        database,
-        # issue 6: ProvenanceView; issue 7: PrivacyView (erasures), AccessView (owners, consents)
-        [ResourceViews(), SearchIndex(), ProvenanceView(), PrivacyView(), AccessView()],
-        name="resources",
-        batch_size=settings.projection_batch_size,
+        application, database, resource_views(), name="resources", batch_size=settings.projection_batch_size
     )
     projector.create_tables()
     return projector

@@ -5,6 +5,10 @@ announcements (read-your-writes), it applies. It follows the clinical log and th
 PostgreSQL, polling on SQLite), in batches of ``EHR_PROJECTION_BATCH_SIZE`` notifications, each batch one
 transaction with its tracking row; killed at any moment, it resumes at the recorded positions with no event
 applied twice or skipped. Several workers may run at once: the tracking rows' locks make them take turns.
+
+In a federation (issue 11, ``EHR_STORES``) it follows every institution's store on a thread of its own
+(LISTEN on that store's server), with the national logs (MPI decisions, audit) on the main thread: a store
+that goes down stops only its own thread's progress, which resumes where it stopped when the store returns.
 """
 
 from __future__ import annotations
@@ -18,24 +22,40 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
+from ehr_core.errors import StoreUnavailable
+from ehr_core.federation import StoreDown
 from ehr_core.settings import Settings
-from fhir_api.services import Services
+from fhir_api.services import Services, ledger_of
+from projections.federation import FederatedIdentity
+from projections.ledger import Ledger
 from projections.projector import Projector
 
 __all__ = ["add_parser", "follow"]
 
 
 def _channels(services: Services) -> list[str]:
-    recorders = [services.application.recorder]
+    recorders = [
+        _national_identity(services).application.recorder if services.federation else services.application.recorder
+    ]
     if services.compliance is not None:
         recorders.append(services.compliance.audit_log.recorder)
     return [str(r.channel_name) for r in recorders if hasattr(r, "channel_name")]
 
 
+def _national_identity(services: Services) -> Projector:
+    assert isinstance(services.identity, FederatedIdentity)
+    return services.identity.national
+
+
 def _projectors(services: Services) -> list[Projector]:
-    found: list[Projector] = [services.projector]
-    if services.identity is not None:
-        found.append(services.identity)
+    """What the main thread applies: every log of the one database (in a federation: the national logs)."""
+    found: list[Projector] = []
+    if services.federation is not None:
+        found.append(_national_identity(services))
+    else:
+        found.append(services.projector)
+        if services.identity is not None:
+            found.append(services.identity)
     if services.compliance is not None:
         found.append(services.compliance.audit_projector)
     return found
@@ -47,7 +67,8 @@ def _catch_up(services: Services) -> int:
         before = projector.position
         applied += projector.catch_up() - before
     if services.compliance is not None:  # full ledger blocks are sealed as the log grows
-        services.compliance.ledger.seal()
+        if services.federation is None:  # a federation's store ledgers are sealed by their StoreFollower
+            services.compliance.ledger.seal()
         services.compliance.audit_ledger.seal()
     return applied
 
@@ -79,22 +100,80 @@ def follow(services: Services, stop: threading.Event, poll_seconds: float = 0.5,
                 stop.wait(1.0)
 
 
+class StoreFollower(threading.Thread):
+    """issue 11: one institution's store into the national views — resources, identity, its ledger."""
+
+    def __init__(self, services: Services, store: str, stop: threading.Event, poll_seconds: float = 0.5) -> None:
+        super().__init__(name=f"ehr-store-{store}", daemon=True)
+        self.services, self.store, self.stop, self.poll_seconds = services, store, stop, poll_seconds
+        self.projectors: list[Projector] = []
+        self.down: str | None = None
+        self.head = 0  # the store's last notification id, as this thread last read it
+
+    def run(self) -> None:
+        conninfo = self.services.settings.for_store(self.store).postgres_conninfo()
+        ledger: Ledger | None = None
+        while not self.stop.is_set():
+            try:
+                if ledger is None:
+                    self.projectors = self.services._projectors_of(self.store)
+                    ledger = self._ledger()
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
+                    channel = str(getattr(self.projectors[0].application.recorder, "channel_name", "ehr_events"))
+                    connection.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+                    if self.down is not None:
+                        print(f"ehr project: {self.store}'s store is back; catching up", flush=True)
+                        self.down = None
+                    while not self.stop.is_set():
+                        self.head = self.projectors[0].application.recorder.max_notification_id() or 0
+                        for projector in self.projectors:
+                            projector.catch_up()
+                        ledger.seal()
+                        for _ in connection.notifies(timeout=self.poll_seconds, stop_after=1):
+                            pass
+            except (*StoreDown, StoreUnavailable) as error:
+                if self.down is None and not self.stop.is_set():
+                    self.down = str(error).strip().splitlines()[0][:160]
+                    print(
+                        f"ehr project: {self.store}'s store is unavailable ({self.down}); the other stores go on, "
+                        "retrying every second",
+                        flush=True,
+                    )
+                self.stop.wait(1.0)
+
+    def _ledger(self) -> Ledger:
+        compliance = self.services.compliance
+        assert compliance is not None
+        application = self.projectors[0].application
+        ledger = Ledger(
+            application, self.services.views, compliance.key, ledger_of(self.store), compliance.ledger.block_size
+        )
+        ledger.create_tables()
+        return ledger
+
+
 class _Reporter:
     """A line every few seconds: each projection's position, lag and rate (the worker's progress)."""
 
-    def __init__(self, services: Services, console: Console, every: float) -> None:
-        self.services, self.console, self.every = services, console, every
+    def __init__(self, services: Services, console: Console, every: float, stores: list[StoreFollower]) -> None:
+        self.services, self.console, self.every, self.stores = services, console, every, stores
         self.last = time.monotonic()
-        self.positions = {p.name: p.position for p in _projectors(services)}
+        self.positions: dict[str, int] = {}
 
     def __call__(self) -> None:
         now = time.monotonic()
         if self.every <= 0 or now - self.last < self.every:
             return
-        parts = []
-        for projector in _projectors(self.services):
-            head = projector.application.recorder.max_notification_id() or 0
-            rate = (projector.position - self.positions[projector.name]) / (now - self.last)
+        parts = [f"{f.store} unavailable" for f in self.stores if f.down is not None]
+        # A store's head is read by its own thread: asking here would stall on a store that just went down.
+        heads = {p.name: f.head for f in self.stores if f.down is None for p in f.projectors}
+        projectors = [*_projectors(self.services), *(p for f in self.stores if f.down is None for p in f.projectors)]
+        for projector in projectors:
+            head = heads.get(projector.name)
+            if head is None:
+                head = projector.application.recorder.max_notification_id() or 0
+            head = max(head, projector.position)  # read before its last batch
+            rate = (projector.position - self.positions.get(projector.name, 0)) / (now - self.last)
             self.positions[projector.name] = projector.position
             parts.append(
                 f"{projector.name} {projector.position:,}/{head:,} (lag {head - projector.position:,}, {rate:,.0f}/s)"
@@ -107,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     # The worker itself projects: it opens the store as an inline projector whatever EHR_PROJECTION says.
     settings = Settings().model_copy(update={"projection": "inline"})
+    if settings.federated:  # a thread per store, each with a views connection, and the national logs
+        pool = max(settings.postgres_pool_size, len(settings.store_urls()) + 2)
+        settings = settings.model_copy(update={"postgres_pool_size": pool})
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
@@ -117,9 +199,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     where = f"PostgreSQL schema {settings.postgres_schema}" if settings.uses_postgres else str(settings.data_dir)
     console.print(f"ehr project: applying the log to the views of {where}; Ctrl-C stops after the current batch")
+    stores = [
+        StoreFollower(services, name, stop) for name in (services.federation.names if services.federation else [])
+    ]
+    for thread in stores:
+        thread.start()
     try:
-        follow(services, stop, report=_Reporter(services, console, args.report_seconds))
+        follow(services, stop, report=_Reporter(services, console, args.report_seconds, stores))
     finally:
+        stop.set()
+        for thread in stores:
+            thread.join(timeout=10)
         services.close()
     console.print("ehr project: stopped")
     return 0

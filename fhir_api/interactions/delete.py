@@ -11,6 +11,7 @@ from fhir_api.interactions.visibility import make_visible
 from fhir_api.limits import check_write_deadline
 from fhir_api.request import ServicesDep, parse_if_match, require_type, write_context
 from fhir_api.responses import etag
+from fhir_api.services import home_application
 
 router = APIRouter()
 
@@ -21,7 +22,8 @@ async def delete(resource_type: str, resource_id: str, request: Request, service
     if_match = parse_if_match(request.headers.get("if-match"))
     context = write_context(request, "delete")
     check_write_deadline()  # issue 10: out of time before the append: 503, nothing written
-    written = await run_in_threadpool(services.application.delete, resource_type, resource_id, context, if_match)
+    application = await home_application(services, resource_type, resource_id)  # issue 11
+    written = await run_in_threadpool(application.delete, resource_type, resource_id, context, if_match)
     await run_in_threadpool(make_visible, services, written)  # issue 10
     # Deleting what is absent or already deleted succeeds too: delete is idempotent (R4 §3.1.0.6).
     headers = {"ETag": etag(written.version)} if written is not None else {}

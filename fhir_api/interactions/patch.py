@@ -29,6 +29,7 @@ from fhir_api.request import (
     write_context,
 )
 from fhir_api.responses import write_response
+from fhir_api.services import home_application
 
 router = APIRouter()
 
@@ -42,7 +43,8 @@ async def patch(resource_type: str, resource_id: str, request: Request, services
     body = await read_json_body(request, PATCH_MEDIA_TYPES)
     change = patch_change(media_type(request), body)
     context = write_context(request, "patch")
-    written = await run_in_threadpool(services.application.patch, resource_type, resource_id, change, context, if_match)
+    application = await home_application(services, resource_type, resource_id)  # issue 11
+    written = await run_in_threadpool(application.patch, resource_type, resource_id, change, context, if_match)
     await run_in_threadpool(make_visible, services, written)  # issue 10
     return write_response(written, 200, prefer_return(request), base_url(request))
 
