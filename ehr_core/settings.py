@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     #: that goes down holds the requests already waiting on it ~10 x this before their 503 (later ones get
     #: theirs at once, see ``ehr_core.federation.StoreGuard``); the national database is given 30 s.
     store_connect_timeout_seconds: int = 1
+    #: A streaming replica of the national database (``database_url``): searches, reads, history and
+    #: ``$everything`` are answered there; writes, projections and LISTEN stay on the primary. A write is
+    #: answered once the replica has replayed it too (read-your-writes; a standby cannot LISTEN, so its
+    #: replay is polled).
+    views_replica_url: str | None = None
     #: Seconds to wait for a PostgreSQL connection before answering 503.
     postgres_connect_timeout_seconds: int = 30
     # -- issue 7: keys and access ------------------------------------------------------------------
@@ -133,6 +138,12 @@ class Settings(BaseSettings):
         if not params["password"]:
             params.pop("password")
         return " ".join(f"{key}={value}" for key, value in params.items())
+
+    def replica_conninfo(self) -> str | None:
+        """libpq parameters of ``views_replica_url`` (None without one)."""
+        if not self.views_replica_url:
+            return None
+        return self.model_copy(update={"database_url": self.views_replica_url}).postgres_conninfo()
 
     def event_store_env(self) -> dict[str, str]:
         """The eventsourcing library's environment for the chosen backend."""

@@ -73,7 +73,8 @@ class Compliance:
     def audit_views_current(self) -> None:
         """Bring the AuditEvent views up to every audit entry submitted so far (read-your-audits)."""
         self.audit_writer.flush()
-        self.audit_projector.catch_up()
+        position = self.audit_projector.catch_up()
+        self.audit_projector.database.settle({self.audit_projector.name: position}, 30.0)  # issue 11: a replica
 
     def close(self) -> None:
         self.audit_writer.stop()

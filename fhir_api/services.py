@@ -125,11 +125,14 @@ class Services:
         """Read-your-writes: return only once the projections have applied ``written``."""
         if written is None or written.notification_id is None:
             return
-        needed: list[Projector] = self._projectors_of(written.store)
+        needed: list[Projector] = self.store_projectors(written.store)
         if written.resource_type != "Patient":
             needed = needed[:1]
+        caught_up = {}
         for projector in needed:
-            if not self._applied(projector, written.store, written.notification_id):
+            if self._applied(projector, written.store, written.notification_id):
+                caught_up[projector.name] = written.notification_id
+            else:
                 # The write is durable and its answer is right; only the views lag. Answering beats a
                 # timeout the client would retry into a duplicate.
                 log.warning(
@@ -137,6 +140,11 @@ class Services:
                     projector.name,
                     written.notification_id,
                 )
+        # issue 11: with a read replica, the answer waits for the replica to replay what was applied.
+        if not self.views.settle(caught_up, self.settings.projection_wait_seconds):
+            log.warning(
+                "the views replica has not replayed %s after %ss", caught_up, self.settings.projection_wait_seconds
+            )
 
     def _applied(self, projector: Projector, store: str, notification_id: int) -> bool:
         if self.watcher is None:
@@ -156,7 +164,7 @@ class Services:
                 return False  # issue 11: nothing can project it before its store returns
         return False
 
-    def _projectors_of(self, store: str) -> list[Projector]:
+    def store_projectors(self, store: str) -> list[Projector]:
         """The resource and identity projectors of the log ``written`` went to (issue 11: any store's)."""
         own = [self.projector, *([self.identity] if self.identity is not None else [])]
         if self.federation is None or store in ("", self.federation.own):
@@ -175,7 +183,7 @@ class Services:
             return self._other_stores[store]
 
     def _tracking_position(self, name: str) -> int:
-        with self.views.read() as tx:
+        with self.views.read_primary() as tx:
             row = tx.execute("SELECT position FROM projection_tracking WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
@@ -185,6 +193,7 @@ class Services:
         # Only when behind the resource views (an in-memory comparison): identity reads cost no write.
         if self.identity.position < self.projector.position:
             self.identity.catch_up()
+            self.views.settle({self.identity.name: self.identity.position}, self.settings.projection_wait_seconds)
         return self.identity
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
@@ -48,7 +49,13 @@ class ViewDatabase(Protocol):
         """A context manager giving a :class:`Tx` that commits on exit (serialised writers)."""
 
     def read(self) -> Any:
-        """A context manager giving a :class:`Tx` with a consistent snapshot for reads."""
+        """A context manager giving a :class:`Tx` with a consistent snapshot for reads (maybe on a replica)."""
+
+    def read_primary(self) -> Any:
+        """Like :meth:`read`, always on the database the projectors write (their own positions, the ledger)."""
+
+    def settle(self, positions: dict[str, int], timeout: float) -> bool:
+        """Wait until :meth:`read` sees each tracking row at least at ``positions`` (a replica's lag)."""
 
     def close(self) -> None: ...
 
@@ -130,6 +137,12 @@ class SQLiteViews:
 
     def read(self) -> Any:
         return self._transaction("BEGIN")
+
+    def read_primary(self) -> Any:
+        return self.read()
+
+    def settle(self, positions: dict[str, int], timeout: float) -> bool:
+        return True  # one file: what is committed is what readers see
 
     def close(self) -> None:
         with self._lock:
@@ -247,16 +260,23 @@ class PostgresViews:
 
     dialect: Dialect = "postgres"
 
-    def __init__(self, conninfo: str, schema: str = "public", pool_size: int = 10) -> None:
-        from psycopg_pool import ConnectionPool
-
+    def __init__(
+        self, conninfo: str, schema: str = "public", pool_size: int = 10, replica_conninfo: str | None = None
+    ) -> None:
         self.conninfo = conninfo
         self.schema = schema
-        self._pool = ConnectionPool(
+        self._pool = self._open_pool(conninfo, pool_size)
+        #: issue 11: a streaming replica of this database that answers the queries (``EHR_VIEWS_REPLICA_URL``).
+        self._replica = self._open_pool(replica_conninfo, pool_size) if replica_conninfo else None
+
+    def _open_pool(self, conninfo: str, size: int) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        return ConnectionPool(
             conninfo,
             min_size=1,
-            max_size=pool_size,
-            kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+            max_size=size,
+            kwargs={"options": f"-c search_path={self.schema}", "autocommit": True},
             open=True,
             # No health check on every checkout (a round trip each): a connection broken by a server
             # restart fails its request (503) and the pool discards it on return.
@@ -268,8 +288,8 @@ class PostgresViews:
             yield _PostgresTx(cursor)
 
     @contextmanager
-    def _autocommit(self) -> Iterator[Tx]:
-        with self._pool.connection() as connection, connection.cursor() as cursor:
+    def _autocommit(self, pool: Any) -> Iterator[Tx]:
+        with pool.connection() as connection, connection.cursor() as cursor:
             yield _PostgresTx(cursor)
 
     def write(self) -> Any:
@@ -279,9 +299,33 @@ class PostgresViews:
         """Reads without BEGIN/COMMIT: a read by id is one round trip, not four.
 
         Each statement sees the latest committed state (READ COMMITTED). Pages stay consistent anyway,
-        because paging cursors are notification ids, not offsets.
+        because paging cursors are notification ids, not offsets. With a replica, it answers them.
         """
-        return self._autocommit()
+        return self._autocommit(self._replica or self._pool)
+
+    def read_primary(self) -> Any:
+        return self._autocommit(self._pool)
+
+    def settle(self, positions: dict[str, int], timeout: float) -> bool:
+        """A standby cannot LISTEN: its replay is polled, every few milliseconds, until it caught up."""
+        if self._replica is None or not positions:
+            return True
+        deadline = time.monotonic() + timeout
+        names = list(positions)
+        while True:
+            with self._autocommit(self._replica) as tx:
+                rows: dict[str, int] = dict(
+                    tx.execute(
+                        "SELECT name, position FROM projection_tracking WHERE name = ANY(?)", (names,)
+                    ).fetchall()
+                )
+            if all(int(rows.get(name, 0)) >= position for name, position in positions.items()):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.003)
 
     def close(self) -> None:
         self._pool.close()
+        if self._replica is not None:
+            self._replica.close()

@@ -32,7 +32,7 @@ from projections.identity import IdentityIndex, _DecisionsRaced
 from projections.projector import Projector
 from projections.view import View
 
-__all__ = ["FederatedIdentity", "FederatedProjector", "origin_of", "tracking_name"]
+__all__ = ["FederatedIdentity", "FederatedProjector", "StoreGroup", "origin_of", "tracking_name"]
 
 
 def tracking_name(projection: str, store: str) -> str:
@@ -111,6 +111,10 @@ class FederatedProjector(_ReadsStoreFirst):
     def tables(self) -> tuple[str, ...]:
         return (*super().tables, "federation_log")
 
+    @property
+    def tracking_names(self) -> tuple[str, ...]:
+        return (self.national, self.name)
+
     def beside(self, database: ViewDatabase) -> FederatedProjector:
         views = [type(view)() for view in self.views]
         return FederatedProjector(self.store, self.application, database, views, self.national, self.batch_size)
@@ -183,6 +187,10 @@ class FederatedIdentity(IdentityIndex, _ReadsStoreFirst):
         super().create_tables()
         self.national.create_tables()
 
+    @property
+    def tracking_names(self) -> tuple[str, ...]:
+        return (self.national.name, self.name)
+
     def catch_up(self, until: int | None = None, progress: Any = None) -> int:
         position = super().catch_up(until, progress)
         self.national.catch_up()  # a steward's $link or $unlink, with no Patient of this store after it
@@ -227,3 +235,53 @@ class FederatedIdentity(IdentityIndex, _ReadsStoreFirst):
                 "UPDATE projection_tracking SET position = ? WHERE name = ?",
                 (self._national_position, self.national.name),
             )
+
+
+class StoreGroup(Projector):
+    """One national projection over every store (``ehr rebuild`` in a federation): its per-store projectors
+    as one, so a rebuild builds them all beside the live views and swaps them in together."""
+
+    def __init__(self, members: Sequence[Projector], name: str) -> None:
+        super().__init__(members[0].application, members[0].database, [], name=name)
+        self.members = list(members)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(table for member in self.members for table in member.tables))
+
+    @property
+    def query_indexes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(index for member in self.members for index in member.query_indexes))
+
+    @property
+    def tracking_names(self) -> tuple[str, ...]:
+        # National rows (no ``@``) first: every member's batch locks its national row before its own.
+        names = dict.fromkeys(name for member in self.members for name in member.tracking_names)
+        return tuple(sorted(names, key=lambda name: ("@" in name, name)))
+
+    def head(self) -> int:
+        return sum(member.head() for member in self.members)
+
+    def create_tables(self) -> None:
+        for member in self.members:
+            member.create_tables()
+
+    def catch_up(self, until: int | None = None, progress: Any = None) -> int:
+        done = 0
+        for member in self.members:
+            start = done
+
+            def tick(position: int, applied: int, start: int = start) -> None:
+                if progress is not None:
+                    progress(start + position, applied)
+
+            done += member.catch_up(None, tick)
+        self._position = done
+        return done
+
+    def beside(self, database: ViewDatabase) -> StoreGroup:
+        return StoreGroup([member.beside(database) for member in self.members], self.name)
+
+    def forget_position(self) -> None:
+        for member in self.members:
+            member.forget_position()

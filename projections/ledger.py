@@ -149,7 +149,7 @@ class Ledger:
         return sealed
 
     def position(self) -> int:
-        with self.database.read() as tx:
+        with self.database.read_primary() as tx:
             row = tx.execute("SELECT position FROM projection_tracking WHERE name = ?", (self.name,)).fetchone()
         return int(row[0]) if row else 0
 
@@ -205,7 +205,7 @@ class Ledger:
     # -- reading -----------------------------------------------------------------------------------
 
     def latest_head(self) -> tuple[BlockHead, bytes] | None:
-        with self.database.read() as tx:
+        with self.database.read_primary() as tx:
             row = tx.execute(f"SELECT {_HEAD_COLUMNS} FROM {self.blocks} ORDER BY block DESC LIMIT 1").fetchone()
         return _head(row) if row else None
 
@@ -213,7 +213,7 @@ class Ledger:
         """An inclusion proof of one event against its block's signed head (sealing it first if needed)."""
         if self.position() < notification_id:
             self.seal(partial=True, until=notification_id)
-        with self.database.read() as tx:
+        with self.database.read_primary() as tx:
             row = tx.execute(
                 f"SELECT block, leaf_index FROM {self.leaves} WHERE notification_id = ?", (notification_id,)
             ).fetchone()

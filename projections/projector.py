@@ -77,7 +77,7 @@ class Projector:
         return self._position
 
     def current_position(self) -> int:
-        with self.database.read() as tx:
+        with self.database.read_primary() as tx:
             return self._read_position(tx, lock=False)
 
     def _read_position(self, tx: Tx, *, lock: bool) -> int:
@@ -115,6 +115,15 @@ class Projector:
     def tables(self) -> tuple[str, ...]:
         """Every table this projector writes (what ``ehr rebuild`` builds beside and swaps)."""
         return tuple(table for view in self.views for table in view.tables)
+
+    @property
+    def tracking_names(self) -> tuple[str, ...]:
+        """The tracking rows this projector moves, in the order they are locked (``ehr rebuild`` swaps them)."""
+        return (self.name,)
+
+    def head(self) -> int:
+        """How far the log it follows goes (a rebuild's progress bar measures against it)."""
+        return self.application.recorder.max_notification_id() or 0
 
     @property
     def query_indexes(self) -> tuple[str, ...]:

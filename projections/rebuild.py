@@ -73,7 +73,7 @@ def build_beside(settings: Settings, live: Projector, progress: Progress | None 
     try:
         shadow.projector.create_tables()
         deferred = _defer_indexes(settings, live.query_indexes)
-        head = live.application.recorder.max_notification_id() or 0
+        head = live.head()
 
         def tick(position: int, _applied: int) -> None:
             if progress is not None:
@@ -167,20 +167,26 @@ def _drop_shadow(settings: Settings) -> None:
 
 def _swap_postgres(settings: Settings, live: Projector, shadow: Projector) -> None:
     schema, shadow_schema = sql.Identifier(settings.postgres_schema), sql.Identifier(_shadow_schema(settings))
+    names = list(live.tracking_names)
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection, connection.transaction():
-        # Holding the live row pauses the live projector (it locks the same row for each batch).
-        connection.execute(
-            sql.SQL("SELECT position FROM {}.projection_tracking WHERE name = %s FOR UPDATE").format(schema),
-            (live.name,),
-        )
-        position = shadow.catch_up()  # what arrived while the shadow was being built
+        # Holding the live rows pauses the live projector (it locks the same rows for each batch), in the
+        # order it locks them.
+        for name in names:
+            connection.execute(
+                sql.SQL("SELECT position FROM {}.projection_tracking WHERE name = %s FOR UPDATE").format(schema),
+                (name,),
+            )
+        shadow.catch_up()  # what arrived while the shadow was being built
         for table in live.tables:
-            name = sql.Identifier(table)
-            connection.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(schema, name))
-            connection.execute(sql.SQL("ALTER TABLE {}.{} SET SCHEMA {}").format(shadow_schema, name, schema))
+            identifier = sql.Identifier(table)
+            connection.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(schema, identifier))
+            connection.execute(sql.SQL("ALTER TABLE {}.{} SET SCHEMA {}").format(shadow_schema, identifier, schema))
         connection.execute(
-            sql.SQL("UPDATE {}.projection_tracking SET position = %s WHERE name = %s").format(schema),
-            (position, live.name),
+            sql.SQL(
+                "UPDATE {}.projection_tracking l SET position = s.position FROM {}.projection_tracking s "
+                "WHERE l.name = s.name AND l.name = ANY(%s)"
+            ).format(schema, shadow_schema),
+            (names,),
         )
     live.forget_position()
 
@@ -193,14 +199,17 @@ def _swap_sqlite(settings: Settings, live: Projector, shadow: Projector) -> None
     try:
         connection.execute("BEGIN IMMEDIATE")  # the live projector (and every view writer) waits
         try:
-            position = shadow.catch_up()
+            shadow.catch_up()
             for table in live.tables:
                 connection.execute(f"DELETE FROM {table}")
                 rows = source.execute(f"SELECT * FROM {table}")
                 marks = ", ".join("?" for _ in rows.description)
                 while chunk := rows.fetchmany(10_000):
                     connection.executemany(f"INSERT INTO {table} VALUES ({marks})", chunk)
-            connection.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (position, live.name))
+            for name in live.tracking_names:
+                found = source.execute("SELECT position FROM projection_tracking WHERE name = ?", (name,)).fetchone()
+                position = int(found[0]) if found else 0
+                connection.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (position, name))
         except BaseException:
             if connection.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
                 connection.execute("ROLLBACK")

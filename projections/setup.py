@@ -23,7 +23,10 @@ def open_view_database(settings: Settings, schema: str | None = None) -> ViewDat
     """The views live beside the events: the same PostgreSQL schema, or ``views.sqlite`` in the data dir."""
     if settings.uses_postgres:
         return PostgresViews(
-            settings.postgres_conninfo(), schema or settings.postgres_schema, settings.postgres_pool_size
+            settings.postgres_conninfo(),
+            schema or settings.postgres_schema,
+            settings.postgres_pool_size,
+            replica_conninfo=settings.replica_conninfo(),  # issue 11
         )
     return SQLiteViews(settings.data_dir / "views.sqlite")
 

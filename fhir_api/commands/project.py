@@ -116,7 +116,7 @@ class StoreFollower(threading.Thread):
         while not self.stop.is_set():
             try:
                 if ledger is None:
-                    self.projectors = self.services._projectors_of(self.store)
+                    self.projectors = self.services.store_projectors(self.store)
                     ledger = self._ledger()
                 with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
                     channel = str(getattr(self.projectors[0].application.recorder, "channel_name", "ehr_events"))

@@ -14,8 +14,10 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ehr_core.errors import StoreUnavailable
 from ehr_core.settings import Settings
 from fhir_api.services import Services
+from projections.federation import StoreGroup
 from projections.projector import Projector
 from projections.rebuild import rebuild
 
@@ -28,6 +30,10 @@ def projectors_named(services: Services, names: list[str]) -> list[Projector]:
     available: dict[str, Projector] = {"resources": services.projector}
     if services.identity is not None:
         available["identity"] = services.identity
+    if services.federation is not None:  # issue 11: every store's projector, built beside and swapped together
+        per_store = [services.store_projectors(store) for store in services.federation.names]
+        available["resources"] = StoreGroup([projectors[0] for projectors in per_store], "resources")
+        available["identity"] = StoreGroup([projectors[1] for projectors in per_store], "identity")
     if services.compliance is not None:
         available["audit"] = services.compliance.audit_projector
     return [available[name] for name in (names or list(NAMES)) if name in available]
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except psycopg.OperationalError as error:
         console.print(f"ehr rebuild: cannot reach the database ({str(error).strip()}); check EHR_DATABASE_URL")
         return 1
+
     columns = (
         TextColumn("[bold]{task.description:<9}"),
         BarColumn(),
@@ -66,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(tasks[name], completed=position, total=head, rate=position / elapsed if elapsed else 0.0)
 
             done = rebuild(settings, projectors_named(services, args.names), progress)
+    except StoreUnavailable as error:  # issue 11: a rebuild reads every institution's log
+        console.print(f"ehr rebuild: {error}; a rebuild needs every store of EHR_STORES up")
+        return 1
     finally:
         services.close()
     for item in done:

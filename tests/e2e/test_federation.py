@@ -201,7 +201,7 @@ def _national_views_equal_a_rebuild(national: Settings, stores: str, data: Path)
     try:
         live: list[Projector] = []
         for store in STORES:
-            live.extend(services._projectors_of(store))
+            live.extend(services.store_projectors(store))
         rebuilt = [projector.beside(shadow_db) for projector in live]
         for projector in rebuilt:
             projector.create_tables()
@@ -317,3 +317,22 @@ def test_three_institution_stores_federated_into_national_views(postgres_setting
 
         compared = _national_views_equal_a_rebuild(postgres_settings, stores, data)
         print(f"national views equal a rebuild from the three logs: {compared:,} rows compared")
+
+        # `ehr rebuild` swaps in every store's projection at once; the servers answer the same afterwards.
+        total_before = http.get(f"{bases['ISSSTE']}/Observation", params={"_summary": "count"}).json()["total"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
+        env |= _env(postgres_settings, stores, data) | {"EHR_AUTH": "disabled-for-development"}
+        rebuilt = subprocess.run(
+            [sys.executable, "-m", "fhir_api.cli", "rebuild", "--quiet"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+        assert "rebuilt resources" in rebuilt.stdout + rebuilt.stderr
+        total_after = http.get(f"{bases['IMSS']}/Observation", params={"_summary": "count"}).json()["total"]
+        acknowledged = sum(w.count() for w in writers.values()) + len(STORES)
+        assert total_after == total_before == acknowledged, (total_before, total_after, acknowledged)

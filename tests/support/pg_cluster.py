@@ -80,6 +80,27 @@ class PgCluster:
 
     @classmethod
     @contextmanager
+    def replica_of(cls, primary: PgCluster, name: str = "replica") -> Iterator[PgCluster]:
+        """A streaming replica (hot standby) of ``primary``: ``pg_basebackup -R``, started; removed after."""
+        directory = Path(tempfile.mkdtemp(prefix=f"ehr-{name}-"))
+        replica = cls(directory, free_port())
+        if os.geteuid() == 0:
+            shutil.chown(directory, OS_USER, OS_USER)
+        try:
+            replica._run(
+                "pg_basebackup", "-D", str(replica.data), "-h", "127.0.0.1", "-p", str(primary.port),
+                "-U", "postgres", "-R", "-X", "stream", "--no-sync",
+            )  # fmt: skip
+            with (replica.data / "postgresql.conf").open("a") as conf:
+                conf.write(f"\nport = {replica.port}\nunix_socket_directories = '{directory}'\nhot_standby = on\n")
+            replica.start()
+            yield replica
+        finally:
+            replica.stop(mode="immediate", missing_ok=True)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    @classmethod
+    @contextmanager
     def started(cls, name: str = "pg", port: int | None = None) -> Iterator[PgCluster]:
         """A created and started cluster, stopped (immediately) and removed when the block ends."""
         cluster = cls.create(name, port)
