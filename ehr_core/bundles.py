@@ -18,6 +18,7 @@ from uuid import uuid4
 from ehr_core.application import Pending, RecordApplication, Written, format_instant
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue, NotFound, PreconditionFailed, RecordError
+from ehr_core.numbers import parse_int
 from ehr_core.references import CONDITIONAL_REFERENCE, rewrite_references
 from ehr_core.resources.patch_body import patch_change
 from ehr_core.resources.types import is_supported
@@ -142,9 +143,10 @@ def _version(etag: str | None, index: int) -> int | None:
     if etag is None:
         return None
     digits = etag.strip().removeprefix("W/").strip('"')
-    if not digits.isdigit():
+    version = parse_int(digits)
+    if version is None:
         raise InvalidResource([Issue("invalid", f'Bundle.entry[{index}]: ifMatch must be an ETag like W/"3"')])
-    return int(digits)
+    return version
 
 
 class _Plan:

@@ -21,6 +21,9 @@ __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from fhir_api.allocator import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before uvicorn and the app start their threads
     import uvicorn
 
     if args.data is not None:

@@ -51,7 +51,6 @@ __all__ = [
     "check_write_deadline",
     "clamp_count",
     "deadline_or",
-    "store_int",
 ]
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -115,15 +114,6 @@ def check_json_depth(value: Any, limit: int) -> None:
 def clamp_count(requested: int | None, default: int, settings: Settings) -> int:
     """The page size to serve: the requested ``_count`` (or ``default``), at most ``EHR_MAX_COUNT``."""
     return min(default if requested is None else requested, settings.max_count)
-
-
-#: The store's integers (notification ids, versions) are 64-bit: a larger number names nothing stored.
-INT64_MAX = 2**63 - 1
-
-
-def store_int(value: int) -> int:
-    """``value`` bounded to what SQLite and PostgreSQL integers hold (cursors, version ids from URLs)."""
-    return max(-INT64_MAX, min(value, INT64_MAX))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
@@ -96,8 +97,32 @@ class _SQLiteTx:
         return self._cursor.fetchall()
 
 
+class _ThreadConnection:
+    """Holds one thread's connection in its ``threading.local``: freed when the thread ends."""
+
+    __slots__ = ("__weakref__", "connection")
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+
+def _close_for_ended_thread(
+    connections: list[sqlite3.Connection], lock: threading.RLock, connection: sqlite3.Connection
+) -> None:
+    with lock:
+        if not any(c is connection for c in connections):
+            return  # already closed by SQLiteViews.close
+        connections[:] = [c for c in connections if c is not connection]
+    connection.close()
+
+
 class SQLiteViews:
-    """Views in one SQLite file (WAL: readers never wait for the projection writer)."""
+    """Views in one SQLite file (WAL: readers never wait for the projection writer).
+
+    One connection per thread. anyio ends worker threads idle for 10 s and starts new ones for the next
+    burst, so a connection is closed when its thread ends: kept open, each would hold its file handles and
+    page cache (up to ``cache_size``, 2 MiB) for the life of the process (issue 10).
+    """
 
     dialect: Dialect = "sqlite"
 
@@ -106,19 +131,22 @@ class SQLiteViews:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        # Reentrant: a thread-local's holder can be freed (and its finalizer run) while this thread holds it.
+        self._lock = threading.RLock()
 
     def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
+        holder: _ThreadConnection | None = getattr(self._local, "holder", None)
+        if holder is None:
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=30000")
-            self._local.connection = connection
+            holder = _ThreadConnection(connection)
+            weakref.finalize(holder, _close_for_ended_thread, self._connections, self._lock, connection)
+            self._local.holder = holder
             with self._lock:
                 self._connections.append(connection)
-        return connection
+        return holder.connection
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[Tx]:
@@ -144,11 +172,16 @@ class SQLiteViews:
     def settle(self, positions: dict[str, int], timeout: float) -> bool:
         return True  # one file: what is committed is what readers see
 
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
     def close(self) -> None:
         with self._lock:
-            for connection in self._connections:
-                connection.close()
+            connections = list(self._connections)
             self._connections.clear()
+        for connection in connections:
+            connection.close()
         self._local = threading.local()
 
 

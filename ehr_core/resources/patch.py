@@ -34,6 +34,8 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from ehr_core.numbers import parse_int
+
 # fhirpathpy ships py.typed but leaves these unannotated; mypy --strict forbids calling unannotated
 # functions from typed code, so they are called through Any.
 _apply_parsed_path: Any = apply_parsed_path
@@ -671,9 +673,9 @@ def _member_shape(ast: dict[str, Any]) -> tuple[dict[str, Any] | None, str, int 
     if ast["type"] == "IndexerExpression":
         target, index_ast = ast["children"]
         literal = _descend(index_ast, "TermExpression", "LiteralTerm", "NumberLiteral")
-        if literal is None or not str(literal.get("text", "")).isdigit():
+        position = None if literal is None else parse_int(str(literal.get("text", "")))
+        if position is None:
             return None
-        position = int(literal["text"])
         ast = target
     if ast["type"] == "InvocationExpression":
         parent, invocation = ast["children"]

@@ -27,10 +27,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import Conflict, InvalidResource, Issue
+from ehr_core.numbers import parse_int
 from fhir_api.auth import caller_of
 from fhir_api.errors import ApiError
 from fhir_api.interactions import delete, patch, read, update
-from fhir_api.limits import store_int
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON, fhir_response
 from fhir_api.services import Services
@@ -56,9 +56,11 @@ def _reference_value(raw: str, base: str) -> str:
 def _paging(request: Request) -> tuple[int, int | None]:
     count_raw = request.query_params.get("_count", "20")
     before_raw = request.query_params.get("_page_before")
-    if not count_raw.isdecimal() or (before_raw is not None and not before_raw.lstrip("-").isdecimal()):
+    count = parse_int(count_raw)
+    before = None if before_raw is None else parse_int(before_raw, signed=True)
+    if count is None or (before_raw is not None and before is None):
         raise InvalidResource([Issue("invalid", "_count and _page_before must be numbers")])
-    return min(int(count_raw), 1000), (store_int(int(before_raw)) if before_raw is not None else None)
+    return min(count, 1000), before
 
 
 def _bundle(request: Request, resource_type: str, rows: list[tuple[str, int, bytes]], count: int) -> Response:

@@ -21,8 +21,9 @@ from fastapi.responses import Response
 
 from ehr_core.application import format_instant
 from ehr_core.errors import InvalidResource, Issue
+from ehr_core.numbers import parse_int
 from fhir_api.auth import caller_of
-from fhir_api.limits import clamp_count, store_int
+from fhir_api.limits import clamp_count
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON, etag, http_date
 from projections.access import count_visible_history, visible_history
@@ -59,9 +60,10 @@ def parse_since(value: str | None) -> str | None:
 def _cursor(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdecimal():
+    cursor = parse_int(value)  # issue 10: beyond 64 bits it still means "before everything"
+    if cursor is None:
         raise InvalidResource([Issue("invalid", f"invalid page cursor {value!r}", "_page_before")])
-    return store_int(int(value))  # issue 10: beyond 64 bits it still means "before everything"
+    return cursor
 
 
 def _entry(base: str, item: HistoryEntry) -> dict[str, Any]:

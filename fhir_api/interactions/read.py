@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
+from ehr_core.numbers import parse_int
 from fhir_api.errors import outcome_response
-from fhir_api.limits import store_int
 from fhir_api.request import ServicesDep, require_type
 from fhir_api.responses import etag, fhir_response, http_date
 from fhir_api.services import Services
@@ -61,8 +61,9 @@ def _read_as_of(services: Services, resource_type: str, resource_id: str, at: st
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="vread")
 def vread(resource_type: str, resource_id: str, version_id: str, services: ServicesDep) -> Response:
     require_type(resource_type)
-    if not version_id.isdecimal():
+    version = parse_int(version_id)  # issue 10: beyond 64 bits, a version that does not exist
+    if version is None:
         raise InvalidResource([Issue("invalid", f"version id must be a number, got {version_id!r}")])
     with services.views.read() as tx:
-        stored = ResourceViews.vread(tx, resource_type, resource_id, store_int(int(version_id)))  # issue 10
+        stored = ResourceViews.vread(tx, resource_type, resource_id, version)
     return _served(stored, f"{resource_type}/{resource_id}/_history/{version_id}")

@@ -17,11 +17,11 @@ from fastapi.responses import Response
 from ehr_core.bundles import Entry, EntryResult, parse_bundle, run_batch_entry, run_transaction
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue, RecordError
+from ehr_core.numbers import parse_int
 from fhir_api.access import decide  # issue 7
 from fhir_api.auth import Caller, Need, caller_of, covered  # issue 7
 from fhir_api.errors import STATUS, ApiError
 from fhir_api.interactions.visibility import after_commit
-from fhir_api.limits import store_int
 from fhir_api.outcome import operation_outcome
 from fhir_api.request import ServicesDep, base_url, prefer_return, read_json_body, write_context
 from fhir_api.resolver import ViewResolver
@@ -67,8 +67,8 @@ def _read_entry(services: Services, entry: Entry, caller: Caller | None) -> dict
     with services.views.read() as tx:
         if len(parts) == 2:
             stored = ResourceViews.read(tx, parts[0], parts[1])
-        elif len(parts) == 4 and parts[2] == "_history" and parts[3].isdecimal():
-            stored = ResourceViews.vread(tx, parts[0], parts[1], store_int(int(parts[3])))  # issue 10
+        elif len(parts) == 4 and parts[2] == "_history" and (version := parse_int(parts[3])) is not None:
+            stored = ResourceViews.vread(tx, parts[0], parts[1], version)  # issue 10
         else:
             raise InvalidResource([Issue("not-supported", f"GET {entry.url} is not supported inside a Bundle")])
     if stored is None:

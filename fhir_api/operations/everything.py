@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue
+from ehr_core.numbers import parse_int
 from fhir_api.interactions.history import parse_since
 from fhir_api.operations.unified import attributed, bundle, linked_patients
 from fhir_api.request import ServicesDep, base_url, require_type
@@ -33,9 +34,10 @@ MAX_COUNT = 1000
 def _int(value: str | None, name: str, default: int) -> int:
     if value is None:
         return default
-    if not value.isdigit():
+    number = parse_int(value)
+    if number is None:
         raise InvalidResource([Issue("invalid", f"{name} must be a non-negative integer, got {value!r}", name)])
-    return int(value)
+    return number
 
 
 def everything(

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue, NotFound
+from ehr_core.numbers import parse_int
 from fhir_api.compliance import Compliance
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
@@ -53,12 +54,13 @@ def ledger_head(services: ServicesDep, log: str = "record") -> Response:
 
 def _notification_of(services: Services, resource: str, version: str) -> int:
     kind, _, rid = resource.partition("/")
-    if not rid or not version.isdigit():
+    number = parse_int(version)
+    if not rid or number is None:
         raise InvalidResource([Issue("invalid", "resource must be Type/id and version a number")])
     with services.views.read() as tx:
         row = tx.execute(
             "SELECT notification_id FROM resource_history WHERE resource_type = ? AND resource_id = ? AND version = ?",
-            (kind, rid, int(version)),
+            (kind, rid, number),
         ).fetchone()
     if row is None:
         raise NotFound(f"{resource}/_history/{version} is not known")

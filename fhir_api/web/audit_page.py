@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from ehr_core.numbers import parse_int
 from fhir_api.web import compliance
 from fhir_api.web.fhir_client import InternalFhir
 from fhir_api.web.pages import failure, login_redirect, next_query, render_page, services_of, session_of_request
@@ -105,9 +106,9 @@ async def audit_page(
     patients = ",".join(records)
     access_params = [("patient", patients), ("_count", str(AUDIT_PAGE))]
     change_params = [("patient", patients), ("_count", str(AUDIT_PAGE))]
-    if before and before.lstrip("-").isdigit():
+    if before and parse_int(before, signed=True) is not None:
         access_params.append(("_page_before", before))
-    if changes_before and changes_before.lstrip("-").isdigit():
+    if changes_before and parse_int(changes_before, signed=True) is not None:
         change_params.append(("_page_before", changes_before))
     accesses, changes, record_head, audit_head = await asyncio.gather(
         fhir.get("/fhir/AuditEvent", access_params),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ehr_core.errors import InvalidResource, Issue
+from ehr_core.numbers import parse_int
 from ehr_core.resources.types import is_supported
 from projections.search.registry import SearchParameter, parameter, parameters
 from projections.search.values import (
@@ -351,9 +352,10 @@ def _include(name: str, raw: str, resource_type: str, iterate: bool, reverse: bo
 
 
 def _count(raw: str) -> int:
-    if not raw.isdecimal():  # "²".isdigit() holds, but int("²") fails
+    count = parse_int(raw)
+    if count is None:
         raise _invalid("_count", f"_count must be a non-negative integer, got {raw!r}")
-    return int(raw)
+    return count
 
 
 def parse_search(resource_type: str, pairs: list[tuple[str, str]], base: str | None = None) -> SearchRequest:
