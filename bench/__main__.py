@@ -2,7 +2,8 @@
 with the issue's target and whether it is met, in one table; the JSON of the whole run in bench/results/.
 
 Sections, in order: http (creates and reads through a real server, raw client and wrk, the server's RSS),
-import (Synthea at two sizes, its RSS), rebuild (over the larger import's log), everything, search.
+import (Synthea at two sizes, its RSS), rebuild (over the larger import's log), everything, search,
+federation (write throughput with one, two and three institution stores).
 A section that fails is reported on stderr and in the JSON, and the others still run (exit status 1).
 Progress goes to stderr; stdout is the table alone.
 """
@@ -208,6 +209,30 @@ def _search(options: Options, result: dict[str, Any]) -> list[Line]:
     return table_lines.search_lines(options.search_resources, figures, noise.percent)
 
 
+def _federation(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line]:
+    from bench.federation_figures import federation_figures
+
+    _say(
+        f"federation: Observation creates, {options.federation_clients} raw clients in all, "
+        f"{options.warmup:g}s warm-up + {options.seconds:g}s; the single store, then 1, 2, 3 institution stores"
+    )
+    deployments = federation_figures(options, work_dir, _say, result["failures"])
+    _warn_if_busy([d.measurement for d in deployments])
+    result["federation"] = [
+        {
+            "stores": d.stores,
+            "label": d.label,
+            "startup_s": d.startup_s,
+            "lag_events": d.lag_events,
+            "catch_up_s": d.catch_up_s,
+            "heads": d.heads,
+            "measurement": d.measurement.as_json(),
+        }
+        for d in deployments
+    ]
+    return table_lines.federation_lines(deployments)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     began = time.time()
@@ -228,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             ("import", lambda: _import_and_rebuild(options, work_dir, result)),
             ("everything", lambda: _everything(options, result)),
             ("search", lambda: _search(options, result)),
+            ("federation", lambda: _federation(options, work_dir, result)),
         ]
         for name, section in sections:
             wanted = name in options.sections or (name == "import" and "rebuild" in options.sections)
@@ -248,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ehr-core bench, {time.strftime('%Y-%m-%d %H:%M')}: {os.cpu_count()} CPUs; HTTP {options.seconds:g} s per "
         f"figure after {options.warmup:g} s warm-up, auth {options.auth}, {options.server_workers} server "
-        f"process(es), projection {options.projection}; ratio = figure / baseline; "
+        f"process(es), projection {options.projection}"
+        f"{' (federation: auth disabled, projection worker, pool 2)' if 'federation' in options.sections else ''}; "
+        f"ratio = figure / baseline; "
         f"oth% = other processes' CPU during the window (noise)"
     )
     print(render(lines))

@@ -9,7 +9,15 @@ from bench import targets
 from bench.stats import Measurement, other_percent
 from bench.summary import Baseline, Line
 
-__all__ = ["everything_lines", "http_lines", "import_lines", "memory_lines", "rebuild_lines", "search_lines"]
+__all__ = [
+    "everything_lines",
+    "federation_lines",
+    "http_lines",
+    "import_lines",
+    "memory_lines",
+    "rebuild_lines",
+    "search_lines",
+]
 
 # Beside each HTTP figure (raw client and wrk alike): (baseline name, same concurrency?).
 HTTP_BASELINES = {
@@ -184,3 +192,26 @@ def search_lines(resources: int, figures: list[dict[str, Any]], other_cpu: float
         )
         for f in figures
     ]
+
+
+def federation_lines(deployments: list[Any]) -> list[Line]:
+    """issue 11, no target: the federation of 1 store beside the single store that is not federated (the cost of
+    federating), 2 and 3 stores beside 1 (the scaling); then the worker's lag when each load stopped.
+
+    ``deployments`` are :class:`bench.federation_figures.Deployment` (``stores`` 0 = not federated)."""
+    by_stores = {d.stores: d for d in deployments}
+    lines: list[Line] = []
+    for deployment in deployments:
+        m = deployment.measurement
+        servers = max(deployment.stores, 1)
+        beside = by_stores.get(0 if deployment.stores <= 1 else 1)
+        baselines = []
+        if deployment.stores and beside is not None:
+            b = beside.measurement
+            baselines.append(Baseline(beside.label, b.rate, b.p99_ms))
+        split = f"{m.concurrency // servers} clients x {servers} servers" if servers > 1 else f"{m.concurrency} clients"
+        figure = f"{deployment.label}: Observation creates ({split})"
+        lines.append(_line(figure, m, baselines, None))
+    for deployment in deployments:
+        lines.append(Line(f"{deployment.label}: worker lag when the load stopped", deployment.lag_events, "events"))
+    return lines

@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ from bench.payload import Credentials, PatientFactory
 from bench.rawhttp import RawConnection
 from bench.stats import CpuClock, Measurement, Pids
 
-__all__ = ["CLIENTS", "Load", "create_load", "read_load", "run_load"]
+__all__ = ["CLIENTS", "Load", "create_load", "read_load", "run_load", "run_spread_load"]
 
 CLIENTS = ("raw", "httpx")
 
@@ -194,3 +194,60 @@ def run_load(
         return runner.run(
             _run(client, base_url, load, concurrency, seconds, warmup, max_count, server_pid, with_db, mark)
         )
+
+
+async def _run_spread(
+    targets: list[tuple[str, Load]], each: int, seconds: float, warmup: float, max_count: int, pids: Pids
+) -> Measurement:
+    for base_url, _ in targets:
+        if urlsplit(base_url).hostname != "127.0.0.1":
+            raise ValueError(f"the load only goes to 127.0.0.1, not {base_url}")
+    async with AsyncExitStack() as stack:
+        sessions = [await stack.enter_async_context(_sessions("raw", url, each)) for url, _ in targets]
+        bound = max(1, max_count // len(targets))
+
+        def phases(window: float, record: bool) -> Awaitable[list[tuple[int, int, list[float], float]]]:
+            return asyncio.gather(
+                *(
+                    _phase(group, load, window, bound, record)
+                    for group, (_, load) in zip(sessions, targets, strict=True)
+                )
+            )
+
+        if warmup > 0:
+            await phases(warmup, False)
+        clock = CpuClock(pids, with_db=True)
+        clock.start()
+        results = await phases(seconds, True)
+        cpu = clock.stop()
+    latencies = [latency for _, _, found, _ in results for latency in found]
+    first_errors = [load.first_error for _, load in targets if load.first_error]
+    return Measurement(
+        name=f"http {targets[0][1].name}",
+        backend="postgres",
+        concurrency=each * len(targets),
+        operations=len(latencies),
+        # Each server's clients stop at the same deadline: the window is the longest of them.
+        seconds=max(elapsed for _, _, _, elapsed in results),
+        errors=sum(errors for _, errors, _, _ in results),
+        latencies=latencies,
+        cpu=cpu,
+        notes={
+            "issued": sum(issued for issued, _, _, _ in results),
+            "client": "raw",
+            "servers": len(targets),
+            "per_server": [len(found) for _, _, found, _ in results],
+            "first_error": first_errors[0] if first_errors else None,
+        },
+    )
+
+
+def run_spread_load(
+    targets: list[tuple[str, Load]], each: int, seconds: float, warmup: float, max_count: int, pids: Pids = None
+) -> Measurement:
+    """``each`` raw clients at every ``(base_url, load)`` of ``targets`` at once, warm-up then the measured
+    window; one measurement over all of them (PostgreSQL: every local ``postgres`` process counts as ours)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_run_spread(targets, each, seconds, warmup, max_count, pids))

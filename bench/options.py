@@ -12,8 +12,9 @@ from bench.pg import DEFAULT_URL
 __all__ = ["SECTIONS", "Options", "parse_options"]
 
 #: http: creates and reads (raw client and wrk) with the server's RSS; import: `ehr import` of the Synthea
-#: corpus at two sizes with its RSS; rebuild: every projection from zero; everything, search: read latencies.
-SECTIONS = ("http", "import", "rebuild", "everything", "search")
+#: corpus at two sizes with its RSS; rebuild: every projection from zero; everything, search: read latencies;
+#: federation: write throughput with one, two and three institution stores (issue 11).
+SECTIONS = ("http", "import", "rebuild", "everything", "search", "federation")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -39,6 +40,7 @@ class Options:
     sections: tuple[str, ...]
     search_resources: int
     requests: int
+    federation_clients: int = 24
 
     @property
     def baseline_warmup(self) -> float:
@@ -94,6 +96,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--requests", type=int, default=None, help="measured requests per $everything and search figure (100; 30 quick)"
+    )
+    parser.add_argument(
+        "--federation-clients",
+        type=int,
+        default=24,
+        help="federation section: raw clients in all, split evenly over the institutions' servers (default 24)",
     )
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per figure (default 10; 3 quick)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each figure (2; 1 quick)")
@@ -170,4 +178,5 @@ def parse_options(argv: list[str] | None = None) -> Options:
         sections=sections,
         search_resources=args.search_resources or (10_000 if args.quick else 50_000),
         requests=args.requests or (30 if args.quick else 100),
+        federation_clients=args.federation_clients,
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from bench import targets
-from bench.lines import http_lines, memory_lines
+from bench.federation_figures import Deployment
+from bench.lines import federation_lines, http_lines, memory_lines
 from bench.stats import Measurement
 from bench.summary import Baseline, Line, Target, render, verdict
 
@@ -110,3 +111,28 @@ def test_with_several_server_processes_the_rss_target_applies_to_each_and_the_su
         ("postgres projection worker RSS, end of load", 93, "-"),
     ]
     assert several[0].ratio(several[0].baselines[0]) == 1.25  # against the RSS just started
+
+
+def test_one_store_federated_is_set_beside_the_single_store_and_more_stores_beside_one() -> None:
+    single, one, two, three = (
+        Deployment(stores, _measured(f"federation {stores}", 24, operations), lag_events=lag)
+        for stores, operations, lag in ((0, 200, 0), (1, 100, 3), (2, 150, 0), (3, 250, 0))
+    )
+    rows = federation_lines([single, one, two, three])
+    figures, lags = rows[:4], rows[4:]
+    assert [[b.name for b in line.baselines] for line in figures] == [
+        [],
+        ["single store, not federated"],
+        ["federation, 1 store"],
+        ["federation, 1 store"],
+    ]
+    assert [line.ratio(line.baselines[0]) for line in figures[1:]] == [0.5, 1.5, 2.5]
+    assert figures[3].figure == "federation, 3 stores: Observation creates (8 clients x 3 servers)"
+    assert figures[1].figure == "federation, 1 store: Observation creates (24 clients)"
+    assert {verdict(line) for line in rows} == {"-"}  # issue 11 states no target
+    assert [(line.value, line.unit) for line in lags] == [(0, "events"), (3, "events"), (0, "events"), (0, "events")]
+
+
+def test_without_the_one_store_federation_the_others_are_shown_without_a_baseline() -> None:
+    single, two = (Deployment(stores, _measured("federation", 24)) for stores in (0, 2))
+    assert [line.baselines for line in federation_lines([single, two])[:2]] == [(), ()]
