@@ -288,6 +288,26 @@ def test_three_institution_stores_federated_into_national_views(postgres_setting
         assert updated.status_code == 200, updated.text
         assert updated.json()["meta"]["versionId"] == "2"
         assert http.get(f"{bases['IMSS-Bienestar']}/Observation/{resource_id}").json()["status"] == "amended"
+        # A transaction commits in one store: changing another store's resource in one is refused, whole.
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": _observation("IMSS", "in-a-bundle"),
+                    "request": {"method": "POST", "url": "Observation"},
+                },
+                {
+                    "resource": changed | {"status": "corrected"},
+                    "request": {"method": "PUT", "url": f"Observation/{resource_id}"},
+                },
+            ],
+        }
+        refused = http.post(bases["IMSS"], json=bundle)
+        assert refused.status_code == 409, refused.text
+        assert "ISSSTE's store" in refused.json()["issue"][0]["diagnostics"]
+        found = http.get(f"{bases['IMSS']}/Observation", params={"identifier": "urn:test:federation:IMSS|in-a-bundle"})
+        assert found.json()["total"] == 0  # nothing of the Bundle was stored
         _wait_for("the worker to apply the update", lambda: _caught_up(postgres_settings, clusters))
 
         # Every acknowledged write is in the national views exactly once, seen from any institution's server.
