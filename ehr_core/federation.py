@@ -22,22 +22,15 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ehr_core.application import RecordApplication
 from ehr_core.errors import StoreUnavailable
+from ehr_core.schema import setup_lock
 from ehr_core.settings import Settings
 
-__all__ = ["Federation", "StoreDown", "StoreGuard", "create_schema"]
+__all__ = ["Federation", "StoreDown", "StoreGuard"]
 
 log = logging.getLogger(__name__)
 
 #: What a store that is down or restarting raises (the eventsourcing library's wrappers, or psycopg's own).
 StoreDown = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
-
-
-def create_schema(settings: Settings) -> None:
-    """The PostgreSQL schema of a deployment (``EHR_POSTGRES_SCHEMA``), in the database ``settings`` names."""
-    with psycopg.connect(settings.postgres_conninfo(), autocommit=True, connect_timeout=10) as connection:
-        connection.execute(
-            psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psycopg.sql.Identifier(settings.postgres_schema))
-        )
 
 
 class StoreGuard:
@@ -121,8 +114,8 @@ class Federation:
             if opened is None:
                 try:
                     settings = self.settings.for_store(name)
-                    create_schema(settings)
-                    opened = RecordApplication(settings)
+                    with setup_lock(settings):
+                        opened = RecordApplication(settings)
                 except StoreDown as error:
                     reason = str(error).strip()[:120]
                     raise StoreUnavailable(

@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ehr_core.application import RecordApplication, Written
 from ehr_core.errors import StoreUnavailable
-from ehr_core.federation import Federation, StoreDown, create_schema  # issue 11
+from ehr_core.federation import Federation, StoreDown  # issue 11
+from ehr_core.schema import setup_lock
 from ehr_core.settings import Settings
 from fhir_api.compliance import Compliance  # issue 6: audit log, ledgers
 from projections.db import ViewDatabase
@@ -54,10 +55,13 @@ class Services:
 
     @classmethod
     def open(cls, settings: Settings, follow: bool = True) -> Services:
-        if settings.uses_postgres:
-            create_schema(settings)
-        if settings.federated:
-            return cls._open_federated(settings, follow)
+        with setup_lock(settings):  # one process at a time creates tables (see ehr_core/schema.py)
+            if settings.federated:
+                return cls._open_federated(settings, follow)
+            return cls._open(settings, follow)
+
+    @classmethod
+    def _open(cls, settings: Settings, follow: bool) -> Services:
         application = RecordApplication(settings)
         views = open_view_database(settings)
         projector = resource_projector(application, views, settings)
