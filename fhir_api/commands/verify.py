@@ -22,6 +22,7 @@ from ehr_core.application import RecordApplication
 from ehr_core.audit import AuditLog
 from ehr_core.ledger import LedgerKey, check_proof, load_public_key
 from ehr_core.settings import Settings
+from fhir_api.services import ledger_of
 from projections.ledger import VerifyReport, raw_reader, verify
 from projections.setup import open_view_database
 
@@ -44,11 +45,37 @@ def _verify(console: Console, *args: Any) -> VerifyReport | None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    console = Console(stderr=True, soft_wrap=True)
     settings = Settings()
-    application: Application[Any] = AuditLog(settings) if args.log == "audit" else RecordApplication(settings)
-    views = open_view_database(settings)
-    name = "audit_ledger" if args.log == "audit" else "ledger"
+    if args.log == "audit":
+        return _verify_log(args, AuditLog(settings), settings, settings, "audit_ledger")
+    if not settings.federated:
+        return _verify_log(args, RecordApplication(settings), settings, settings, "ledger")
+    # issue 11: each institution's store has a ledger of its own in the national database.
+    outcome = 0
+    for store in settings.store_urls():
+        store_settings = settings.for_store(store)
+        try:
+            application = RecordApplication(store_settings)
+        except Exception as error:  # a store that does not answer cannot be vouched for: say which
+            print(f"FAILED: {store}'s store could not be read: {error}")
+            outcome = max(outcome, 2)
+            continue
+        ledger = ledger_of(store)
+        outcome = max(outcome, _verify_log(args, application, store_settings, settings, ledger, f"{store}: "))
+    return outcome
+
+
+def _verify_log(
+    args: argparse.Namespace,
+    application: Application[Any],
+    settings: Settings,
+    views_settings: Settings,
+    name: str,
+    label: str = "",
+) -> int:
+    """Check one log's ledger: ``settings`` reach the log, ``views_settings`` the ledger's tables."""
+    console = Console(stderr=True, soft_wrap=True)
+    views = open_view_database(views_settings)
     try:
         public_key = _public_key(args.public_key, settings)
         with views.read() as tx:
@@ -78,11 +105,11 @@ def run_verify(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         rate = report.events / seconds if seconds > 0 else 0.0
         if not report.ok:
-            console.print(f"[bold red]TAMPERED[/]: {report.problems[0]}")
-            print(f"FAILED: {report.problems[0]}")
+            console.print(f"[bold red]TAMPERED[/]: {label}{report.problems[0]}")
+            print(f"FAILED: {label}{report.problems[0]}")
             return 1
         print(
-            f"intact: {report.events} events in {report.blocks} signed blocks "
+            f"{label}intact: {report.events} events in {report.blocks} signed blocks "
             f"({report.unsealed} newer events not yet sealed); {seconds:.2f} s, {rate:,.0f} events/s"
         )
         return 0

@@ -366,5 +366,18 @@ def test_three_institution_stores_federated_into_national_views(postgres_setting
         assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
         assert "rebuilt resources" in rebuilt.stdout + rebuilt.stderr
         total_after = http.get(f"{bases['IMSS']}/Observation", params={"_summary": "count"}).json()["total"]
+        # Each store's ledger, in the national database, verifies against that store's log.
+        verified = subprocess.run(
+            [sys.executable, "-m", "fhir_api.cli", "verify", "--quiet"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        for name in STORES:
+            assert f"{name}: intact" in verified.stdout, verified.stdout
         stored = sum(w.count() for w in writers.values()) + sum(stored_unknown.values()) + len(STORES)
         assert total_after == total_before == stored, (total_before, total_after, stored)
