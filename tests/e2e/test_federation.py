@@ -18,8 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from fhir_api.services import Services
 from projections.db import PostgresViews, Tx
 from projections.projector import Projector
 from tests.support.pg_cluster import PgCluster
-from tests.support.server import REPO, running_server
+from tests.support.server import REPO, running_server, running_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -64,24 +63,17 @@ def _env(national: Settings, stores: str, data: Path, own: str | None = None) ->
     return env | ({"EHR_STORE": own} if own else {})
 
 
-@contextmanager
-def _worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
-    full |= env | {"EHR_AUTH": "disabled-for-development", "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fhir_api.cli", "project", "--report-seconds", "2"],
-            cwd=REPO,
-            env=full,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(15)
+def _ehr(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``ehr COMMAND --quiet`` against the federation; the caller checks what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "fhir_api.cli", command, "--quiet"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _observation(store: str, tag: str, patient: str | None = None) -> dict[str, Any]:
@@ -238,7 +230,7 @@ def test_three_institution_stores_federated_into_national_views(postgres_setting
         for name in STORES:  # one after the other: the first creates the development master key
             bases[name], _ = stack.enter_context(running_server(data, _env(postgres_settings, stores, data, name)))
         worker_log = tmp_path / "worker.log"
-        stack.enter_context(_worker(_env(postgres_settings, stores, data), worker_log))
+        stack.enter_context(running_worker(_env(postgres_settings, stores, data), worker_log, report_seconds=2))
         http = stack.enter_context(httpx.Client(timeout=60))
 
         # One person, a record in each institution (same CURP and birth date: a certain match).
@@ -354,28 +346,12 @@ def test_three_institution_stores_federated_into_national_views(postgres_setting
         total_before = http.get(f"{bases['ISSSTE']}/Observation", params={"_summary": "count"}).json()["total"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
         env |= _env(postgres_settings, stores, data) | {"EHR_AUTH": "disabled-for-development"}
-        rebuilt = subprocess.run(
-            [sys.executable, "-m", "fhir_api.cli", "rebuild", "--quiet"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        rebuilt = _ehr(env, "rebuild")
         assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
         assert "rebuilt resources" in rebuilt.stdout + rebuilt.stderr
         total_after = http.get(f"{bases['IMSS']}/Observation", params={"_summary": "count"}).json()["total"]
         # Each store's ledger, in the national database, verifies against that store's log.
-        verified = subprocess.run(
-            [sys.executable, "-m", "fhir_api.cli", "verify", "--quiet"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        verified = _ehr(env, "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
         for name in STORES:
             assert f"{name}: intact" in verified.stdout, verified.stdout

@@ -9,12 +9,9 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +26,7 @@ import pytest
 from ehr_core.settings import Settings
 from fhir_api.services import Services
 from projections.db import PostgresViews
-from tests.support.server import REPO, running_server
+from tests.support.server import running_server, running_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -46,26 +43,6 @@ def _env(settings: Settings, data: Path) -> dict[str, str]:
         "EHR_PROJECTION": "worker",
         "EHR_PROJECTION_WAIT_SECONDS": "30",
     }
-
-
-@contextmanager
-def _worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
-    full |= env | {"EHR_AUTH": "disabled-for-development", "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fhir_api.cli", "project", "--report-seconds", "0"],
-            cwd=REPO,
-            env=full,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(10)
 
 
 @contextmanager
@@ -104,7 +81,7 @@ def _metric(base: str, name: str, projection: str) -> int:
 
 
 def test_read_your_writes_across_two_api_processes_with_a_worker(postgres_settings: Settings, tmp_path: Path) -> None:
-    with _deployment(postgres_settings, tmp_path) as (bases, env), _worker(env, tmp_path / "worker.log"):
+    with _deployment(postgres_settings, tmp_path) as (bases, env), running_worker(env, tmp_path / "worker.log"):
         with httpx.Client(timeout=60) as http:
             for i in range(20):
                 writer, other = bases[i % 2], bases[(i + 1) % 2]
@@ -159,14 +136,14 @@ def test_worker_killed_mid_batch_again_and_again_ends_equal_to_a_rebuild(
         kills = 0
         try:
             while kills < KILLS:
-                with _worker(env, log) as worker:
+                with running_worker(env, log) as worker:
                     _started(log, kills + 1)
                     time.sleep(rng.uniform(0.2, 1.0))  # it catches up with what piled up, then follows
                     worker.send_signal(signal.SIGKILL)
                     worker.wait(10)
                     kills += 1
                 time.sleep(rng.uniform(0.1, 0.5))  # writes pile up while no worker runs
-            with _worker(env, log):
+            with running_worker(env, log):
                 time.sleep(1.0)
                 stop.set()
                 for thread in writers:

@@ -22,7 +22,7 @@ import pytest
 
 from ehr_core.settings import Settings
 
-__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server"]
+__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server", "running_worker"]
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -139,3 +139,26 @@ def fhir_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
             yield base_url
     except ServerFailed as error:
         pytest.fail(f"the {request.param} server did not start: {error}", pytrace=False)
+
+
+@contextmanager
+def running_worker(
+    env: dict[str, str], log: Path, report_seconds: float = 0, stop_seconds: float = 15
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``ehr project`` (the projection worker) with ``env`` until the block ends; output appended to ``log``."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
+    full |= env | {"EHR_AUTH": "disabled-for-development", "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fhir_api.cli", "project", "--report-seconds", str(report_seconds)],
+            cwd=REPO,
+            env=full,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(stop_seconds)
