@@ -24,6 +24,7 @@ from ehr_core.encryption import EncryptingMapper, Unreadable, compartment_of  # 
 from ehr_core.errors import (
     Conflict,
     Deleted,
+    Forbidden,
     InvalidResource,
     Issue,
     NotFound,
@@ -151,9 +152,31 @@ class RecordApplication(Application[UUID]):
                     f"{resource_type}/{resource_id} is recorded in {home}'s store; a transaction commits in one "
                     f"store only: send this change on its own, or to a server of {home}"
                 )
-        if latest and isinstance(latest[0], Unreadable):  # issue 7: its patient's key was shredded
+        if latest and isinstance(latest[0], Unreadable):  # its patient's key was shredded
             raise Erased(f"{resource_type}/{resource_id} was erased (crypto-shredded)")
-        return ResourceStream.from_latest(latest[0]) if latest else None
+        if not latest:
+            return None
+        stream = ResourceStream.from_latest(latest[0])
+        if stream.owner is None:
+            # Written before events named their stream's owner: the first version's institution is.
+            with self.guard():
+                first = list(self.events.get(stream.id, lte=1, limit=1))
+            context = getattr(first[0], "context", None) if first else None
+            stream.owner = str((context or {}).get("institution", "unknown"))
+        return stream
+
+    @staticmethod
+    def authorize(stream: ResourceStream | None, context: WriteContext) -> None:
+        """The write policy (DESIGN.md "Access"): a resource is changed only by the institution that recorded
+        it. No write grant to another institution exists, so its update, patch or delete is refused before
+        anything is read from the resource: a refused writer learns neither its content nor whether a patch
+        would apply. A new resource (create, or create-on-update of an unknown id) belongs to its writer."""
+        if stream is None or stream.owner == context.institution:
+            return
+        raise Forbidden(
+            f"{stream.resource_type}/{stream.resource_id} was recorded by {stream.owner}; only {stream.owner} may "
+            f"change it (record your own resource, e.g. a new {stream.resource_type} that refers to it)"
+        )
 
     def holds(self, resource_type: str, resource_id: str) -> bool:
         """Whether this store has ever recorded ``Type/id`` (one index lookup, nothing decrypted)."""
@@ -263,6 +286,7 @@ class RecordApplication(Application[UUID]):
             message = f"id in the body ({body_id}) does not match the id in the URL ({resource_id})"
             raise InvalidResource([Issue("invalid", message, f"{resource_type}.id")])
         stream = self.stream(resource_type, resource_id)
+        self.authorize(stream, context)
         _check_if_match(stream, if_match, resource_type, resource_id)
         return self._prepare(stream, resource, context, "update", now)
 
@@ -276,6 +300,7 @@ class RecordApplication(Application[UUID]):
         now: datetime | None = None,
     ) -> Pending:
         stream = self.require_current(resource_type, resource_id)
+        self.authorize(stream, context)  # before the patch runs: a JSON Patch ``test`` would be an oracle
         _check_if_match(stream, if_match, resource_type, resource_id)
         assert stream.resource is not None
         patched = change(fhir_json.loads(stream.resource))
@@ -294,12 +319,13 @@ class RecordApplication(Application[UUID]):
         now: datetime | None = None,
     ) -> Pending:
         stream = self.stream(resource_type, resource_id)
+        self.authorize(stream, context)
         _check_if_match(stream, if_match, resource_type, resource_id)
         if stream is None or stream.deleted:
             version = stream.version if stream is not None else 0
             return Pending(Written(resource_type, resource_id, version, "", None, False), None)
         now = now or datetime.now(UTC)
-        stream.retract(context.as_dict() | {"interaction": "delete"}, now)
+        stream.retract(context.as_dict() | {"interaction": "delete", "owner": stream.owner}, now)
         written = Written(resource_type, resource_id, stream.version, format_instant(now), None, False)
         return Pending(written, stream)
 
@@ -331,6 +357,8 @@ class RecordApplication(Application[UUID]):
         body = fhir_json.dumps(with_server_meta(resource, version, format_instant(now)))
         compartment = patient_compartment(resource)
         recorded = context.as_dict() | {"interaction": interaction}
+        if stream is not None:
+            recorded["owner"] = stream.owner
         if stream is None:
             stream = ResourceStream.start(resource_type, resource_id, body.decode(), digest, compartment, recorded, now)
             created = True

@@ -13,6 +13,7 @@ from typing import ClassVar
 __all__ = [
     "Conflict",
     "Deleted",
+    "Forbidden",
     "InvalidResource",
     "Issue",
     "NotFound",
@@ -72,6 +73,16 @@ class Deleted(RecordError):
         super().__init__(issues, code)
 
 
+class Forbidden(RecordError):
+    """The writer may not change this resource: it belongs to another institution's record (DESIGN.md
+    "Access": writing to a resource another institution recorded needs an explicit write grant)."""
+
+    category = "forbidden"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "forbidden") -> None:
+        super().__init__(issues, code)
+
+
 class Conflict(RecordError):
     """Another writer got there first (a lost race on the stream version)."""
 
@@ -91,7 +102,7 @@ class PreconditionFailed(RecordError):
 
 
 class RecordedElsewhere(RecordError):
-    """issue 11: the resource lives in another institution's store, which this write cannot reach atomically."""
+    """The resource lives in another institution's store (a federation), which this write cannot reach atomically."""
 
     category = "conflict"
 
@@ -100,7 +111,7 @@ class RecordedElsewhere(RecordError):
 
 
 class StoreUnavailable(RecordError):
-    """issue 11: an institution's store needed to answer is down; nothing was applied (503, retry later)."""
+    """An institution's store needed to answer is down; nothing was applied (503, retry later)."""
 
     category = "unavailable"
 

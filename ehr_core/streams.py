@@ -84,6 +84,8 @@ class ResourceStream(Aggregate):
         self.content_hash: str | None = content_hash
         self.compartment = compartment
         self.deleted = False
+        #: The institution that recorded the first version: the only one that may change the resource.
+        self.owner: str | None = str(context.get("institution", "unknown"))
 
     @classmethod
     def start(
@@ -149,4 +151,10 @@ class ResourceStream(Aggregate):
         stream.resource = None if retracted else event.resource
         stream.content_hash = None if retracted else event.content_hash
         stream.deleted = retracted
+        # Every event names the stream's owner (the first version's institution); events written before
+        # that was recorded do not, and the application then asks the first event (see ``owner``).
+        context = event.context or {}
+        first = isinstance(event, cls.Started)
+        owner = context.get("institution") if first else context.get("owner")
+        stream.owner = str(owner) if owner is not None else None
         return stream

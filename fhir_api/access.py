@@ -47,17 +47,6 @@ class Decision:
     owners: tuple[str, ...] = ()
 
 
-def _owners(tx: Tx, patients: list[str]) -> tuple[str, ...]:
-    marks = ", ".join("?" for _ in patients)
-    rows = tx.execute(
-        "SELECT DISTINCT o.institution FROM resource_compartments c JOIN resource_owners o "
-        "ON o.resource_type = c.resource_type AND o.resource_id = c.resource_id "
-        f"WHERE c.patient_id IN ({marks})",
-        patients,
-    ).fetchall()
-    return tuple(sorted({str(r[0]) for r in rows}))
-
-
 def decide(
     tx: Tx,
     institution: str,
@@ -89,19 +78,12 @@ def decide(
         ).fetchone()
     else:
         assert patient is not None
-        # The unified record: $everything and $summary return every linked record of the same person.
+        # The unified record: $everything and $summary return every linked record of the same person, so
+        # each linked Patient record must be readable. What other institutions wrote into those compartments
+        # is then filtered entry by entry (projections.identity.everything_page): a foreign write into a
+        # patient's compartment must not lock the record holder out of its own patient's record.
         patients = IdentityIndex.linked_records(tx, patient)
-        owners = _owners(tx, patients)
-        if not owners:
-            return Decision(True, "unknown")
-        if owners == (institution,):
-            return Decision(True, "own", owners)
-        marks = ", ".join("?" for _ in patients)
-        hidden = tx.execute(
-            f"SELECT 1 FROM resource_compartments x WHERE x.patient_id IN ({marks}) AND NOT {clause} LIMIT 1",
-            [*patients, *params],
-        ).fetchone()
-        visible = None if hidden is not None else (1,)
+        return _records_decision(tx, institution, patients, break_glass, clause, params)
     if visible is not None:
         return Decision(True, "consent", owners)
     if break_glass:
@@ -115,6 +97,13 @@ def _golden_record(
     """``Person/{id}`` of the master patient index merges the demographics of every Patient record linked to
     the person: readable when each of those records is."""
     records = [link.record for link in IdentityIndex.links(tx, person)]
+    return _records_decision(tx, institution, records, break_glass, clause, params)
+
+
+def _records_decision(
+    tx: Tx, institution: str, records: list[str], break_glass: str | None, clause: str, params: list[Any]
+) -> Decision:
+    """Readable when every one of the Patient ``records`` is (own or consent)."""
     if not records:
         return Decision(True, "unknown")
     marks = ", ".join("?" for _ in records)
@@ -124,6 +113,8 @@ def _golden_record(
         [*params, *records],
     ).fetchall()
     owners = tuple(sorted({str(r[0]) for r in rows}))
+    if not rows:
+        return Decision(True, "unknown")
     if owners == (institution,):
         return Decision(True, "own", owners)
     if len(rows) == len(records) and all(int(r[1]) for r in rows):

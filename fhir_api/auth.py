@@ -54,6 +54,7 @@ from ehr_core.settings import Settings
 from fhir_api.access import Decision, decide, record_break_glass
 from fhir_api.errors import outcome_response
 from projections.access import Viewer
+from projections.resources import ResourceViews
 
 __all__ = [
     "LOCAL_ISSUER",
@@ -330,11 +331,14 @@ class Need:
     patient_operation: str | None = None
 
 
-def need_of(method: str, path: str) -> Need:
+def need_of(method: str, path: str, query: str = "") -> Need:
+    """What ``method path`` needs. Conditional writes (a search in the URL) need ``s`` as well: SMART v2
+    scopes (App Launch 2.0 §Scopes): the server searches on the caller's behalf to find the target."""
     parts = [p for p in path[len("/fhir") :].split("/") if p]
     operation = next((p for p in parts if p.startswith("$")), None)
     if not parts:
-        return Need("*", "cu", write=True) if method == "POST" else Need("*", "s")
+        # A Bundle: each entry is checked on its own (fhir_api.interactions.transaction), like a request.
+        return Need("*", "", write=True) if method == "POST" else Need("*", "s")
     if operation is not None:
         if parts[0] == "Patient" and len(parts) == 3 and operation in ("$everything", "$summary", "$person"):
             return Need("*", "rs", patient_operation=parts[1])
@@ -353,6 +357,8 @@ def need_of(method: str, path: str) -> Need:
         if method == "GET":
             return Need(resource_type, "s")
         permission = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}.get(method, "c")
+        if method != "POST" and query:
+            permission += "s"
         return Need(resource_type, permission, write=True)
     if parts[1] in ("_history", "_search"):
         return Need(resource_type, "s")
@@ -360,6 +366,32 @@ def need_of(method: str, path: str) -> Need:
         return Need(resource_type, "r", target=(resource_type, parts[1]))
     permission = {"PUT": "u", "PATCH": "u", "DELETE": "d"}.get(method, "u")
     return Need(resource_type, permission, write=True)
+
+
+def entry_need(method: str, url: str, if_none_exist: str | None = None) -> Need:
+    """What one Bundle entry needs, as the same request sent on its own would (R4 §3.1.0.11: each entry
+    is processed as if it were an individual interaction)."""
+    path, _, query = url.partition("?")
+    need = need_of(method, "/fhir/" + path.strip("/"), query)
+    if method == "POST" and if_none_exist:
+        need = Need(need.resource_type, need.permissions + "s", need.target, need.write, need.patient_operation)
+    return need
+
+
+def scope_refusal(services: Any, caller: Caller, need: Need, query: dict[str, list[str]]) -> str | None:
+    """Why the caller's scopes do not allow ``need`` (None: they do). ``user``/``system`` scopes reach every
+    patient; ``patient`` scopes only reads inside the token patient's compartment (SMART App Launch:
+    the patient context), never writes."""
+    wide = [g for g in caller.grants if g.context in ("user", "system")]
+    if covered(wide, need):
+        return None
+    narrow = [g for g in caller.grants if g.context == "patient"]
+    patient = caller.claims.get("patient")
+    if not (covered(narrow, need) and isinstance(patient, str) and patient):
+        return f"no scope grants this interaction ({need.resource_type} needs '{need.permissions}')"
+    if not _in_compartment(services, patient, need, query):
+        return f"patient-level scopes reach only Patient/{patient}'s compartment (reads and searches naming it)"
+    return None
 
 
 def covered(grants: Iterable[Grant], need: Need) -> bool:
@@ -370,7 +402,7 @@ def covered(grants: Iterable[Grant], need: Need) -> bool:
     return True
 
 
-def _in_compartment(request: Request, patient: str, need: Need, query: dict[str, list[str]]) -> bool:
+def _in_compartment(services: Any, patient: str, need: Need, query: dict[str, list[str]]) -> bool:
     """Whether a patient-context request stays inside the token's patient compartment."""
     if need.write:
         return False
@@ -381,13 +413,8 @@ def _in_compartment(request: Request, patient: str, need: Need, query: dict[str,
         resource_type, resource_id = need.target
         if resource_type == "Patient":
             return resource_id == patient
-        services = request.app.state.services
         with services.views.read() as tx:
-            row = tx.execute(
-                "SELECT 1 FROM resource_compartments WHERE patient_id = ? AND resource_type = ? AND resource_id = ?",
-                (patient, resource_type, resource_id),
-            ).fetchone()
-        return row is not None
+            return ResourceViews.in_compartment(tx, patient, resource_type, resource_id)
     if need.resource_type == "Patient":
         return query.get("_id", [""]) == [patient]
     values = query.get("patient", []) + query.get("subject", [])
@@ -451,26 +478,15 @@ class AuthMiddleware:
             return
         caller = Caller(claims, parse_scopes(str(claims["scope"])))
         scope.setdefault("state", {})["ehr_caller"] = caller
-        need = need_of(str(scope["method"]), path)
+        query_string = scope.get("query_string", b"").decode()
+        need = need_of(str(scope["method"]), path, query_string)
         wide = [g for g in caller.grants if g.context in ("user", "system")]
-        if not covered(wide, need):
-            narrow = [g for g in caller.grants if g.context == "patient"]
-            patient = claims.get("patient")
-            if not (covered(narrow, need) and isinstance(patient, str) and patient):
-                what = f"{need.resource_type} needs '{need.permissions}'"
-                await self._refuse(scope, receive, send, 403, "forbidden", f"no scope grants this interaction ({what})")
-                return
-            inside = await _run_sync(_in_compartment, request, patient, need, _query(scope))
-            if not inside:
-                await self._refuse(
-                    scope,
-                    receive,
-                    send,
-                    403,
-                    "forbidden",
-                    f"patient-level scopes reach only Patient/{patient}'s compartment (reads and searches naming it)",
-                )
-                return
+        refusal = None
+        if not covered(wide, need):  # only patient scopes may still cover it: that asks the views
+            refusal = await _run_sync(scope_refusal, request.app.state.services, caller, need, _query(scope))
+        if refusal is not None:
+            await self._refuse(scope, receive, send, 403, "forbidden", refusal)
+            return
         if not need.write and (need.target is not None or need.patient_operation is not None):
             reason = request.headers.get("x-ehr-break-glass", "").strip() or None
             decision = await _run_sync(_policy, request, caller, need, reason)
@@ -525,6 +541,14 @@ def _policy(request: Request, caller: Caller, need: Need, reason: str | None) ->
 def caller_of(request: Request) -> Caller | None:
     caller: Caller | None = getattr(request.state, "ehr_caller", None)
     return caller
+
+
+def viewer_of(request: Request) -> Viewer | None:
+    """The caller as the access policy filters reads (None with authentication disabled: no filter)."""
+    caller = caller_of(request)
+    if caller is None:
+        return None
+    return caller.viewer(break_glass=bool(getattr(request.state, "ehr_break_glass", False)))
 
 
 # -- development tokens ------------------------------------------------------------------------------

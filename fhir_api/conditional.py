@@ -15,15 +15,17 @@ from fastapi.responses import Response
 from ehr_core.bundles import Entry, EntryResult, run_transaction
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue
+from fhir_api.auth import viewer_of
 from fhir_api.resolver import ViewResolver
 from fhir_api.responses import etag, write_response
 from fhir_api.services import Services
+from projections.access import Viewer
 
 __all__ = ["run_conditional"]
 
 
-def _run(services: Services, entry: Entry, context: WriteContext) -> EntryResult:
-    result = run_transaction(services.application, [entry], context, ViewResolver(services))[0]
+def _run(services: Services, entry: Entry, context: WriteContext, viewer: Viewer | None) -> EntryResult:
+    result = run_transaction(services.application, [entry], context, ViewResolver(services, viewer))[0]
     services.visible(result.written)
     return result
 
@@ -42,7 +44,7 @@ async def run_conditional(
     if method != "POST" and not request.url.query:
         raise InvalidResource([Issue("invalid", f"a conditional {method} needs search parameters in the URL")])
     entry = Entry(0, method, url, None, resource, request.headers.get("if-match"), None, if_none_exist)
-    result = await run_in_threadpool(_run, services, entry, context)
+    result = await run_in_threadpool(_run, services, entry, context, viewer_of(request))
     status = int(result.status.split()[0])
     written = result.written
     if method == "DELETE" or written is None or written.body is None:

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from fhir_api.services import Services
+from projections.access import Viewer
 from projections.search import match
 
 __all__ = ["ViewResolver"]
 
 
 class ViewResolver:
-    """Answers "which current resources match this search?" from the (caught-up) search index."""
+    """Answers "which current resources match this search?" from the (caught-up) search index, among the
+    resources ``viewer`` may read: a conditional create, update, patch or delete, and a conditional reference
+    in a Bundle, never find (and so never disclose or change) a record hidden from the caller. A conditional
+    create whose criteria match only hidden records creates the caller's own record; for a Patient the master
+    patient index then links the two records of one person, as it links any two institutions' records."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, viewer: Viewer | None = None) -> None:
         self.services = services
+        self.viewer = viewer
 
     def match(self, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
         # A conditional must see every committed write, including those of a bulk import that does not
         # wait for the projections after each commit: catch up first (a no-op when already there).
         self.services.projector.catch_up_if_behind()
         with self.services.views.read() as tx:
-            return match(tx, resource_type, params, limit=2)
+            return match(tx, resource_type, params, 2, self.viewer, self.services.views.dialect)

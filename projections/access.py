@@ -5,7 +5,10 @@
 - ``consent_grants``: one row per (Consent, institution) that an active, permitting Consent lets read the
   patient's record, with its period. The institution is named in ``Consent.provision.actor.reference``
   by ``identifier`` (system ``urn:ehr-core:institution``) or ``display``. A Consent updated to another
-  status, or deleted, stops granting (its rows are replaced or removed).
+  status, or deleted, stops granting (its rows are replaced or removed). Only the custodian grants
+  (DESIGN.md "Access"): a Consent takes effect when the institution that recorded the patient's record wrote
+  it; one written by anyone else is kept as what it is, a request, and grants nothing (its author stays in
+  the log's context and in the server's Provenance). Otherwise any institution could write itself a grant.
 
 The policy as SQL (:func:`visible_clause`): one predicate, written once and used by every read path (single
 reads through :mod:`fhir_api.access`, search matches and ``_include``/``_revinclude``, type and system
@@ -277,11 +280,22 @@ class AccessView(View):
             tx.execute("DELETE FROM consent_grants WHERE resource_id = ?", (change.resource_id,))
             if change.body is None:
                 continue
+            grants = consent_grants(orjson.loads(change.body))
+            if not grants or not _by_custodian(tx, change, grants[0][0]):
+                continue
             tx.executemany(
                 "INSERT INTO consent_grants (resource_type, resource_id, patient_id, institution, period_start, "
                 "period_end) VALUES ('Consent', ?, ?, ?, ?, ?)",
-                [(change.resource_id, *grant) for grant in consent_grants(orjson.loads(change.body))],
+                [(change.resource_id, *grant) for grant in grants],
             )
+
+
+def _by_custodian(tx: Tx, change: Change, patient: str) -> bool:
+    """Whether ``change`` (a Consent) was written by the institution that recorded ``Patient/patient``."""
+    row = tx.execute(
+        "SELECT institution FROM resource_owners WHERE resource_type = 'Patient' AND resource_id = ?", (patient,)
+    ).fetchone()
+    return row is not None and str(row[0]) == str(change.context.get("institution"))
 
 
 # -- the read paths that list many resources -------------------------------------------------------------

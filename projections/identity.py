@@ -25,6 +25,7 @@ from ehr_core.identity.index import Candidate, MasterPatientIndex
 from ehr_core.identity.person import Membership, Person
 from ehr_core.resources import json as fhir_json
 from ehr_core.streams import ResourceStream
+from projections.access import Viewer, visible_clause, with_consents
 from projections.db import Tx, ViewDatabase
 from projections.privacy import erasure_from_event
 from projections.projector import Progress, Projector
@@ -429,9 +430,11 @@ def everything_page(
     since: str | None = None,
     after: int = 0,
     limit: int = 50,
+    viewer: Viewer | None = None,
 ) -> list[tuple[int, str, str, bytes, str, str | None]]:
     """Current resources in the compartments of ``patients``, by notification id after ``after``:
-    (notification id, type, id, stored bytes, institution, unit)."""
+    (notification id, type, id, stored bytes, institution, unit); with a ``viewer``, only those it may read
+    (another institution's entry in a patient's compartment is not the record holder's to read)."""
     marks = ", ".join("?" for _ in patients)
     conditions = [
         f"EXISTS (SELECT 1 FROM resource_compartments c WHERE c.patient_id IN ({marks}) "
@@ -446,6 +449,10 @@ def everything_page(
     if since:
         conditions.append("r.last_updated >= ?")
         params.append(since)
+    if viewer is not None:
+        clause, clause_params = visible_clause(with_consents(tx, viewer), "r.resource_type", "r.resource_id")
+        conditions.append(clause)
+        params.extend(clause_params)
     rows = tx.execute(
         "SELECT r.notification_id, r.resource_type, r.resource_id, r.body, s.institution, s.unit "
         "FROM resources r LEFT JOIN resource_sources s "

@@ -137,6 +137,15 @@ class ResourceViews(View):
     # -- queries ---------------------------------------------------------------------------------
 
     @staticmethod
+    def in_compartment(tx: Tx, patient: str, resource_type: str, resource_id: str) -> bool:
+        """Whether ``Type/id`` is in ``Patient/patient``'s compartment (what a patient-context scope reaches)."""
+        row = tx.execute(
+            "SELECT 1 FROM resource_compartments WHERE patient_id = ? AND resource_type = ? AND resource_id = ?",
+            (patient, resource_type, resource_id),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
     def read(tx: Tx, resource_type: str, resource_id: str) -> StoredResource | None:
         row = tx.execute(
             "SELECT version, last_updated, body FROM resources WHERE resource_type = ? AND resource_id = ?",

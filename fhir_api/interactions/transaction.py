@@ -16,10 +16,10 @@ from fastapi.responses import Response
 
 from ehr_core.bundles import Entry, EntryResult, parse_bundle, run_batch_entry, run_transaction
 from ehr_core.context import WriteContext
-from ehr_core.errors import InvalidResource, Issue, RecordError
+from ehr_core.errors import Forbidden, InvalidResource, Issue, RecordError
 from ehr_core.numbers import parse_int
-from fhir_api.access import decide  # issue 7
-from fhir_api.auth import Caller, Need, caller_of, covered  # issue 7
+from fhir_api.access import decide
+from fhir_api.auth import Caller, caller_of, entry_need, scope_refusal
 from fhir_api.errors import STATUS, ApiError
 from fhir_api.interactions.visibility import after_commit
 from fhir_api.outcome import operation_outcome
@@ -34,6 +34,7 @@ _REASONS = {
     201: "Created",
     204: "No Content",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     409: "Conflict",
     410: "Gone",
@@ -50,15 +51,16 @@ def _status_line(status: int) -> str:
 def _read_entry(services: Services, entry: Entry, caller: Caller | None) -> dict[str, Any]:
     """A GET/HEAD entry: read or vread of ``Type/id[/_history/vid]``, under the same rules as a read.
 
-    issue 7: with authentication on, the caller's scopes must grant reading the type and the access policy
-    (own records, consent; no break-the-glass inside a Bundle) must permit the resource, else the entry
-    answers 403 and the rest of the Bundle goes on.
+    With authentication on, the caller's scopes must grant reading the type (a patient scope only inside its
+    patient's compartment, as for a read on its own) and the access policy (own records, consent; no
+    break-the-glass inside a Bundle) must permit the resource, else the entry answers 403 and the rest of
+    the Bundle goes on.
     """
     parts = entry.url.split("?")[0].split("/")
     if caller is not None and len(parts) >= 2:
-        need = Need(parts[0], "r", target=(parts[0], parts[1]))
-        if not covered(caller.grants, need):
-            return _failed(403, [Issue("forbidden", f"no scope grants reading {parts[0]} ({entry.url})")])
+        refusal = scope_refusal(services, caller, entry_need("GET", f"{parts[0]}/{parts[1]}"), {})
+        if refusal is not None:
+            return _failed(403, [Issue("forbidden", f"{entry.url}: {refusal}")])
         with services.views.read() as tx:
             decision = decide(tx, str(caller.claims["institution"]), target=(parts[0], parts[1]))
         if not decision.permitted:
@@ -68,7 +70,7 @@ def _read_entry(services: Services, entry: Entry, caller: Caller | None) -> dict
         if len(parts) == 2:
             stored = ResourceViews.read(tx, parts[0], parts[1])
         elif len(parts) == 4 and parts[2] == "_history" and (version := parse_int(parts[3])) is not None:
-            stored = ResourceViews.vread(tx, parts[0], parts[1], version)  # issue 10
+            stored = ResourceViews.vread(tx, parts[0], parts[1], version)
         else:
             raise InvalidResource([Issue("not-supported", f"GET {entry.url} is not supported inside a Bundle")])
     if stored is None:
@@ -109,24 +111,47 @@ def _answer(
     return answer
 
 
-def _transaction(services: Services, entries: list[Entry], context: WriteContext) -> list[EntryResult]:
-    results = run_transaction(services.application, entries, context, ViewResolver(services))
+def _entry_refusal(services: Services, caller: Caller | None, entry: Entry) -> RecordError | None:
+    """403 for a write entry the caller's scopes do not allow (GET entries are decided when answered)."""
+    if caller is None or entry.method in ("GET", "HEAD"):
+        return None
+    refusal = scope_refusal(services, caller, entry_need(entry.method, entry.url, entry.if_none_exist), {})
+    if refusal is None:
+        return None
+    return Forbidden([Issue("forbidden", f"{entry.method} {entry.url}: {refusal}", f"Bundle.entry[{entry.index}]")])
+
+
+def _transaction(
+    services: Services, entries: list[Entry], context: WriteContext, caller: Caller | None
+) -> list[EntryResult]:
+    for entry in entries:  # R4 §3.1.0.11: a transaction fails as a whole when one entry would fail
+        refused = _entry_refusal(services, caller, entry)
+        if refused is not None:
+            raise refused
+    viewer = caller.viewer() if caller is not None else None
+    results = run_transaction(services.application, entries, context, ViewResolver(services, viewer))
     ids = [r.written.notification_id for r in results if r.written and r.written.notification_id]
-    if ids:  # issue 10: committed; a views outage now must not turn it into a 503
+    if ids:  # committed: a views outage now must not turn it into a 503
         after_commit(lambda: services.projector.catch_up(until=max(ids)), "transaction")
     return results
 
 
-def _batch(services: Services, entries: list[Entry], context: WriteContext) -> list[EntryResult | RecordError]:
+def _batch(
+    services: Services, entries: list[Entry], context: WriteContext, caller: Caller | None
+) -> list[EntryResult | RecordError]:
     outcomes: list[EntryResult | RecordError] = []
-    resolver = ViewResolver(services)
+    resolver = ViewResolver(services, caller.viewer() if caller is not None else None)
     for entry in entries:
+        refused = _entry_refusal(services, caller, entry)
+        if refused is not None:
+            outcomes.append(refused)
+            continue
         try:
             result = run_batch_entry(services.application, entry, context, resolver)
             written = result.written
             if written is not None and written.notification_id is not None:
                 catch_up = partial(services.projector.catch_up, until=written.notification_id)
-                after_commit(catch_up, "batch entry")  # issue 10: committed; a views outage is waited out
+                after_commit(catch_up, "batch entry")  # committed: a views outage is waited out
             outcomes.append(result)
         except RecordError as error:
             outcomes.append(error)
@@ -144,14 +169,14 @@ async def transaction(request: Request, services: ServicesDep) -> Response:
         )
     context = write_context(request, kind)
     base, prefer = base_url(request), prefer_return(request, default="minimal")
-    caller = caller_of(request)  # issue 7: GET entries are reads like any other
+    caller = caller_of(request)  # every entry is decided like the same request on its own
     answers: list[dict[str, Any]] = []
     if kind == "transaction":
-        results = await run_in_threadpool(_transaction, services, entries, context)
+        results = await run_in_threadpool(_transaction, services, entries, context, caller)
         for result in results:
             answers.append(await run_in_threadpool(_answer, services, result, base, prefer, caller))
     else:
-        for outcome in await run_in_threadpool(_batch, services, entries, context):
+        for outcome in await run_in_threadpool(_batch, services, entries, context, caller):
             if isinstance(outcome, RecordError):
                 answers.append(_failed(STATUS[outcome.category], outcome.issues))
             else:

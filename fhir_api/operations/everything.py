@@ -18,11 +18,13 @@ from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.numbers import parse_int
+from fhir_api.auth import viewer_of
 from fhir_api.interactions.history import parse_since
 from fhir_api.operations.unified import attributed, bundle, linked_patients
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from projections.access import Viewer
 from projections.identity import everything_page
 
 router = APIRouter()
@@ -48,11 +50,12 @@ def everything(
     since: str | None,
     count: int,
     after: int,
+    viewer: Viewer | None = None,
 ) -> bytes:
     services.identity_current()
     with services.views.read() as tx:
         patients = linked_patients(services, tx, patient_id)
-        rows = everything_page(tx, patients, types=types, since=since, after=after, limit=count + 1)
+        rows = everything_page(tx, patients, types=types, since=since, after=after, limit=count + 1, viewer=viewer)
     more = len(rows) > count
     rows = rows[:count]
     entries: list[dict[str, Any]] = [
@@ -98,5 +101,6 @@ async def patient_everything(
         parse_since(since),
         size,
         _int(page_after, "_page_after", 0),
+        viewer_of(request),
     )
     return Response(body, media_type=FHIR_JSON)

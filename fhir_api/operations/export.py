@@ -63,7 +63,7 @@ def _kick_off(
     if viewer is not None:
         request.state.ehr_access = "break-the-glass" if viewer.break_glass else "filtered"  # for the audit entry
     export = ExportRequest(level, str(request.url), type_list, parse_since(since), patients, viewer)
-    job = _jobs(request).start(export)
+    job = _jobs(request).start(export, _requester(request))
     headers = {"Content-Location": f"{base_url(request)}/$export-status/{job.id}"}
     if caller is not None and reason is not None:
         with request.app.state.services.views.write() as tx:
@@ -77,9 +77,14 @@ def _break_glass(request: Request) -> str | None:
     return request.headers.get("x-ehr-break-glass", "").strip() or None
 
 
-def _institution(request: Request) -> str | None:
+def _requester(request: Request) -> str | None:
+    """Who asks, as an export job remembers its owner (None: auth is off)."""
     caller = caller_of(request)
-    return str(caller.claims["institution"]) if caller is not None else None
+    if caller is None:
+        return None
+    claims = caller.claims
+    user = claims.get("user") or claims.get("sub") or ""
+    return f"{claims['institution']}|{user}|{claims.get('patient') or ''}"
 
 
 @router.get("/$export", summary="$export (system)")
@@ -134,7 +139,7 @@ def export_group(
 @router.get("/$export-status/{job_id}", summary="$export status")
 def export_status(job_id: str, request: Request) -> Response:
     job = _jobs(request).get(job_id)
-    if job is None or not job.allowed(_institution(request)):
+    if job is None or not job.allowed(_requester(request)):
         raise NotFound(f"no export job {job_id}")
     if not job.done:
         return Response(status_code=202, headers={"X-Progress": f"{job.exported} resources", "Retry-After": "1"})
@@ -147,7 +152,7 @@ def export_status(job_id: str, request: Request) -> Response:
 @router.delete("/$export-status/{job_id}", summary="$export cancel")
 def export_cancel(job_id: str, request: Request) -> Response:
     job = _jobs(request).get(job_id)
-    if job is None or not job.allowed(_institution(request)) or not _jobs(request).cancel(job_id):
+    if job is None or not job.allowed(_requester(request)) or not _jobs(request).cancel(job_id):
         raise NotFound(f"no export job {job_id}")
     return Response(status_code=202)
 
@@ -155,7 +160,7 @@ def export_cancel(job_id: str, request: Request) -> Response:
 @router.get("/$export-file/{job_id}/{name}", summary="$export file")
 def export_file(job_id: str, name: str, request: Request) -> Response:
     job = _jobs(request).get(job_id)
-    if job is not None and not job.allowed(_institution(request)):
+    if job is not None and not job.allowed(_requester(request)):
         job = None
     path = job.directory / name if job is not None else None
     if job is None or path is None or "/" in name or not name.endswith(".ndjson") or not path.is_file():

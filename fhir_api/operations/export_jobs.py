@@ -7,8 +7,10 @@ finished still serves it. Cancelling deletes the directory.
 Access (issue 7): with auth on, a job carries its caller's :class:`~projections.access.Viewer`: every page
 it writes is read through the access policy's SQL predicate (:func:`projections.access.visible_page`), so
 the files hold only what the caller's institution may see (own records, shared types, consented patients;
-everything under break-the-glass). ``owner.json`` names the institution that started the job: only it may
-see the job's status and files.
+everything under break-the-glass). ``owner.json`` names who started the job (institution, user, and the
+patient of a patient-facing app): only that same requester may see the job's status and files (Bulk Data
+IG 2.0: the status and files belong to the client that kicked the export off), so neither another user of
+the institution (perhaps without break-the-glass) nor a patient app reaches someone else's export.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class ExportRequest:
     since: str | None = None
     #: For group exports: the member patients' ids.
     patients: list[str] | None = None
-    #: issue 7: whose access the export is filtered by (None: auth is off, everything).
+    #: Whose access the export is filtered by (None: auth is off, everything).
     viewer: Viewer | None = None
 
 
@@ -55,12 +57,12 @@ class ExportJob:
     done: bool = False
     error: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-    #: issue 7: the institution that started the job (None: auth was off).
+    #: Who started the job: ``institution|user|patient`` (None: auth was off).
     institution: str | None = None
 
-    def allowed(self, institution: str | None) -> bool:
-        """Whether a caller of ``institution`` (None: auth is off) may see this job's status and files."""
-        return self.institution is None or self.institution == institution
+    def allowed(self, requester: str | None) -> bool:
+        """Whether ``requester`` (None: auth is off) may see this job's status and files."""
+        return self.institution is None or self.institution == requester
 
     def manifest(self, file_url: str) -> dict[str, Any]:
         output = []
@@ -84,13 +86,13 @@ class ExportJobs:
         self._jobs: dict[str, ExportJob] = {}
         self._lock = threading.Lock()
 
-    def start(self, request: ExportRequest) -> ExportJob:
+    def start(self, request: ExportRequest, requester: str | None = None) -> ExportJob:
         job_id = uuid.uuid4().hex
         directory = self.root / job_id
         directory.mkdir(parents=True)
         job = ExportJob(job_id, request, directory)
         if request.viewer is not None:
-            job.institution = request.viewer.institution
+            job.institution = requester or request.viewer.institution
             (directory / "owner.json").write_text(json.dumps({"institution": job.institution}))
         with self._lock:
             self._jobs[job_id] = job

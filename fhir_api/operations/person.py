@@ -22,13 +22,16 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ehr_core.errors import InvalidResource, Issue, NotFound
+from ehr_core.errors import Forbidden, InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
+from fhir_api.access import decide
+from fhir_api.auth import caller_of, viewer_of
 from fhir_api.interactions import read
 from fhir_api.operations.match import Disclosure
 from fhir_api.request import ServicesDep, read_json_body, write_context
 from fhir_api.responses import FHIR_JSON, fhir_response
 from fhir_api.services import Services
+from projections.access import Viewer, visible_ids
 from projections.identity import IdentityIndex
 from projections.resources import ResourceViews
 
@@ -39,11 +42,16 @@ read_router = APIRouter()
 _ASSURANCE = {"enrolment": "level4", "curp": "level4", "manual": "level4", "fellegi-sunter": "level3"}
 
 
-def linked_patient(services: Services, patient_id: str) -> tuple[bytes, int, str] | None:
+def linked_patient(services: Services, patient_id: str, viewer: Viewer | None = None) -> tuple[bytes, int, str] | None:
     """The current Patient with ``seealso`` links merged in; None when it is linked to no other record (or
-    unknown or deleted): then the plain read serves it, byte for byte as stored."""
+    unknown or deleted): then the plain read serves it, byte for byte as stored. With a ``viewer``, only
+    links to records it may read: a link names another institution's record of the person, which
+    ``$ihe-pix`` hides from a caller who may not read it."""
     with services.views.read() as tx:
         others = IdentityIndex.linked_records(tx, patient_id)[1:]
+        if others and viewer is not None:
+            readable = visible_ids(tx, viewer, "Patient", others)
+            others = [other for other in others if other in readable]
         if not others:
             return None
         # ``seealso`` joins one person's records at *other* institutions (DOMAIN.md); two records of one
@@ -73,7 +81,7 @@ def read_patient(patient_id: str, request: Request, services: ServicesDep) -> Re
     if identity is not None and identity.position < services.projector.position:
         identity.catch_up()  # e.g. after a transaction Bundle wrote Patients: match them before serving links
     if at is None:
-        served = linked_patient(services, patient_id)
+        served = linked_patient(services, patient_id, viewer_of(request))
         if served is not None:
             body, version, last_updated = served
             return fhir_response(body, version=version, last_updated=last_updated)
@@ -130,7 +138,7 @@ def golden_record(services: Services, person_id: str) -> dict[str, Any] | None:
 
 @router.get("/Person/$review", summary="MPI review queue (possible matches)")
 async def review(request: Request, services: ServicesDep) -> Response:
-    """issue 7: a data steward reviews only the candidates whose record the caller may read (the rule of
+    """A data steward reviews only the candidates whose record the caller may read (the rule of
     :mod:`fhir_api.operations.match`); another institution's possible matches stay in its own queue."""
     disclosure = Disclosure.of(request)
 
@@ -208,6 +216,7 @@ async def link(patient_id: str, request: Request, services: ServicesDep) -> Resp
     else:
         raise InvalidResource([Issue("required", "give other (Reference to a Patient) or person (its id)")])
     await run_in_threadpool(_person_of, services, patient_id)
+    await run_in_threadpool(_may_link, services, request, patient_id, person_id)
     assert services.identity is not None
     linked = await run_in_threadpool(
         services.identity.mpi.link, f"Patient/{patient_id}", person_id, _who(context.user, context.role)
@@ -220,12 +229,34 @@ async def link(patient_id: str, request: Request, services: ServicesDep) -> Resp
 async def unlink(patient_id: str, request: Request, services: ServicesDep) -> Response:
     context = write_context(request, "unlink")
     await run_in_threadpool(_person_of, services, patient_id)
+    await run_in_threadpool(_may_link, services, request, patient_id, None)
     assert services.identity is not None
     own = await run_in_threadpool(
         services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role)
     )
     await run_in_threadpool(services.identity.catch_up)
     return await read_person(own, services)
+
+
+def _may_link(services: Services, request: Request, patient_id: str, person_id: str | None) -> None:
+    """A data steward links or unlinks their own institution's record (a change of that record's identity,
+    refused like any write to another institution's resource), and links it only to a person whose every
+    record they may read (the answer is that person's golden record, demographics of each record merged)."""
+    caller = caller_of(request)
+    if caller is None:
+        return
+    institution = str(caller.claims["institution"])
+    with services.views.read() as tx:
+        own = decide(tx, institution, target=("Patient", patient_id))
+        person = decide(tx, institution, target=("Person", person_id)) if person_id is not None else None
+    if own.basis not in ("own", "unknown"):
+        owner = ", ".join(own.owners)
+        raise Forbidden(f"Patient/{patient_id} was recorded by {owner}; only {owner} may link or unlink it")
+    if person is not None and not person.permitted:
+        raise Forbidden(
+            f"Person/{person_id} holds records of {', '.join(person.owners)} that {institution} may not read; "
+            "a link needs the patient's consent at those institutions"
+        )
 
 
 def _who(user: str, role: str | None) -> str:

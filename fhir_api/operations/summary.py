@@ -20,10 +20,12 @@ from fastapi.responses import Response
 
 from ehr_core.application import format_instant
 from ehr_core.resources import json as fhir_json
+from fhir_api.auth import viewer_of
 from fhir_api.operations.unified import attributed, linked_patients, source_uri
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from projections.access import Viewer
 from projections.identity import everything_page
 
 router = APIRouter()
@@ -94,14 +96,14 @@ def _section_of(resource: dict[str, Any]) -> str | None:
     return None
 
 
-def summary(services: Services, base: str, patient_id: str) -> bytes:
+def summary(services: Services, base: str, patient_id: str, viewer: Viewer | None = None) -> bytes:
     services.identity_current()
     rows: list[tuple[int, str, str, bytes, str, str | None]] = []
     with services.views.read() as tx:
         patients = linked_patients(services, tx, patient_id)
         after = 0
         while True:
-            page = everything_page(tx, patients, types=["Patient", *_TYPES], after=after, limit=1000)
+            page = everything_page(tx, patients, types=["Patient", *_TYPES], after=after, limit=1000, viewer=viewer)
             rows.extend(page)
             if len(page) < 1000:
                 break
@@ -178,5 +180,5 @@ def summary(services: Services, base: str, patient_id: str) -> bytes:
 
 @router.get("/Patient/{patient_id}/$summary", summary="Patient $summary (International Patient Summary)")
 async def patient_summary(patient_id: str, request: Request, services: ServicesDep) -> Response:
-    body = await run_in_threadpool(summary, services, base_url(request), patient_id)
+    body = await run_in_threadpool(summary, services, base_url(request), patient_id, viewer_of(request))
     return Response(body, media_type=FHIR_JSON)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ehr_core.errors import InvalidResource, Issue
+from projections.access import Viewer
 from projections.db import Dialect, Tx
 from projections.search.engine import Match, Page, run_search, select_ids
 from projections.search.index import SearchIndex
@@ -31,12 +32,22 @@ __all__ = [
 ]
 
 
-def match(tx: Tx, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:
+def match(
+    tx: Tx,
+    resource_type: str,
+    params: list[tuple[str, str]],
+    limit: int = 2,
+    viewer: Viewer | None = None,
+    dialect: Dialect = "sqlite",
+) -> list[str]:
     """Ids of current ``resource_type`` resources matching every parameter, at most ``limit``.
 
     ``params`` are the parsed query pairs of a conditional request (``[("identifier", "sys|1")]``).
     Unknown parameters and malformed values raise :class:`InvalidResource` (a 400): a condition
     must not be silently widened. Result parameters (``_count``, ``_sort``...) are ignored.
+
+    With a ``viewer``, only resources it may read are candidates (DESIGN.md "Access": a conditional match
+    considers only what the caller may read), so a match never discloses another institution's record.
     """
     request = parse_search(resource_type, params)
     if request.unknown:
@@ -46,7 +57,7 @@ def match(tx: Tx, resource_type: str, params: list[tuple[str, str]], limit: int 
         )
     if not request.filters:
         raise InvalidResource([Issue("invalid", f"a conditional {resource_type} request needs search criteria")])
-    return select_ids(tx, request, None, limit)
+    return select_ids(tx, request, None, limit, viewer, dialect)
 
 
 def search(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, count: int) -> Page:

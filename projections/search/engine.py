@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -131,9 +131,19 @@ def _has_dates(item: Filter) -> bool:
     return isinstance(item, ValueFilter | SameValueFilter) and item.param.type == "date"
 
 
-def select_ids(tx: Tx, request: SearchRequest, base: str | None, limit: int) -> list[str]:
-    """Ids of the first ``limit`` matches in index order (what conditional interactions need)."""
-    where = _where(tx, request, base, None)
+def select_ids(
+    tx: Tx,
+    request: SearchRequest,
+    base: str | None,
+    limit: int,
+    viewer: Viewer | None = None,
+    dialect: Dialect = "sqlite",
+) -> list[str]:
+    """Ids of the first ``limit`` matches in index order (what conditional interactions need), among the
+    resources ``viewer`` may see (every resource when ``viewer`` is None)."""
+    viewer = with_consents(tx, viewer) if viewer is not None else None
+    policy = None if viewer is None else _policy(viewer, dialect)
+    where = _where(tx, request, base, None, _visible(viewer, "a", dialect), policy)
     rows = tx.execute(
         f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} ORDER BY a.sid LIMIT ?", [*where.params, limit]
     ).fetchall()
@@ -323,7 +333,15 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
     page = Page([], filtered=viewer is not None and (viewer.types is not None or not viewer.break_glass))
     total_how = request.total or "accurate"
     if total_how != "none" or count == 0 or request.summary == "count":
-        page.total = _total(tx, dialect, where, total_how if total_how != "none" else "accurate")
+        how = total_how if total_how != "none" else "accurate"
+        page.total = _total(tx, dialect, where, how)
+        if viewer is not None and viewer.break_glass and page.total:
+            # A count is a disclosure too: when it includes what only breaking the glass reaches, the
+            # access is one (logged for review and audited as BTG) even if no such entry is on the page.
+            within = replace(viewer, break_glass=False)
+            bound = snapshot if cursor_keys is not None else None
+            policed = _where(tx, request, base, bound, _visible(within, "a", dialect), _policy(within, dialect))
+            page.break_glass_used = _total(tx, dialect, policed, how) != page.total
     if count == 0 or request.summary == "count":
         return page
     rows = _page_rows(tx, request, where, count + 1, cursor_keys, backwards)
@@ -347,7 +365,7 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
         else:
             page.prev_cursor = _encode("p", snapshot, cursor_keys)
     _include_all(tx, request, base, page, visible)
-    if viewer is not None and viewer.break_glass:
+    if viewer is not None and viewer.break_glass and not page.break_glass_used:
         page.break_glass_used = _beyond_policy(tx, dialect, viewer, [*page.matches, *page.includes])
     return page
 

@@ -293,7 +293,8 @@ def test_interactions_map_to_the_permissions_they_need() -> None:
         ("PUT", "/fhir/Observation/1"): ("Observation", "u"),
         ("PATCH", "/fhir/Observation/1"): ("Observation", "u"),
         ("DELETE", "/fhir/Observation/1"): ("Observation", "d"),
-        ("POST", "/fhir"): ("*", "cu"),
+        # A Bundle asks nothing at the door: each entry is checked as the same request on its own.
+        ("POST", "/fhir"): ("*", ""),
         ("GET", "/fhir/Patient/1/$everything"): ("*", "rs"),
         ("GET", "/fhir/$export"): ("*", "s"),
         ("GET", "/fhir/Patient/$export"): ("*", "s"),
@@ -303,3 +304,22 @@ def test_interactions_map_to_the_permissions_they_need() -> None:
     for (method, path), (resource_type, permissions) in cases.items():
         need = need_of(method, path)
         assert (need.resource_type, need.permissions) == (resource_type, permissions), (method, path)
+
+
+def test_bundle_entries_and_conditional_writes_need_what_the_request_alone_would() -> None:
+    from fhir_api.auth import entry_need
+
+    cases = {
+        ("POST", "Observation", None): ("Observation", "c"),
+        ("POST", "Patient", "identifier=sys|1"): ("Patient", "cs"),
+        ("PUT", "Observation/1", None): ("Observation", "u"),
+        ("PUT", "Patient?identifier=sys|1", None): ("Patient", "us"),
+        ("PATCH", "Observation/1", None): ("Observation", "u"),
+        ("DELETE", "Observation/1", None): ("Observation", "d"),
+        ("DELETE", "Patient?identifier=sys|1", None): ("Patient", "ds"),
+        ("GET", "Patient/1", None): ("Patient", "r"),
+    }
+    for (method, url, if_none_exist), expected in cases.items():
+        need = entry_need(method, url, if_none_exist)
+        assert (need.resource_type, need.permissions) == expected, (method, url)
+        assert need.write == (method != "GET")
