@@ -18,6 +18,7 @@ the glass was broken, and for searches the very resources disclosed). The data a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import time
@@ -35,6 +36,7 @@ from fastapi.testclient import TestClient
 from ehr_core.audit import AuditRecord
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
+from fhir_api.auth import mint_development_token
 from fhir_api.cli import main
 from fhir_api.services import Services
 from projections.access import SHARED_TYPES
@@ -501,3 +503,212 @@ def test_every_decision_is_audited(world: World) -> None:
     with world.services.views.read() as tx:
         row = tx.execute("SELECT COUNT(*) FROM break_glass_log").fetchone()
     assert row is not None and row[0] == world.granted
+
+
+# -- writes: every write interaction, its conditional form, in REST, batch and transaction -------------------
+#
+# A write to a resource another institution recorded needs a write grant, and none exists: whatever the
+# consent (which grants reading), only the recorder changes its resource. Conditional matches consider only
+# what the caller may read, so a hidden record is neither found nor changed: a conditional update or create
+# then records the caller's own resource, a conditional delete deletes nothing. Patient scopes never write,
+# read-only scopes never write. A Consent written by anyone but the patient record's custodian grants nothing.
+
+WRITERS = ("IMSS", "ISSSTE", "IMSS-BIENESTAR")
+WRITE_STATES = ("none", "active", "self-granted")
+WRITE_SCOPES = ("user/*.cruds", "user/*.rs", "patient/*.cruds")
+WRITES = (
+    "update",
+    "patch",
+    "delete",
+    "conditional-update",
+    "conditional-patch",
+    "conditional-delete",
+    "conditional-create",
+)
+CHANNELS = ("rest", "batch", "transaction")
+IDENTIFIER = "urn:ehr-core:test:lab"
+
+
+@dataclass
+class WriteWorld:
+    client: TestClient
+    settings: Settings
+    imss: dict[str, str]
+    count: int = 0
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def write_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WriteWorld]:
+    data_dir = tmp_path_factory.mktemp(f"writes-{request.param}")
+    schema = None
+    if request.param == "sqlite":
+        settings = Settings(data_dir=data_dir, auth="required")
+    else:
+        url: str = request.getfixturevalue("postgres_url")
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        settings = Settings(
+            database_url=url, postgres_schema=schema, postgres_pool_size=2, data_dir=data_dir, auth="required"
+        )
+    services = Services.open(settings)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            yield WriteWorld(client, settings, token(settings, "IMSS", "writer.IMSS", "user/*.cruds"))
+    finally:
+        services.close()
+        if schema is not None:
+            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
+                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _minted(settings: Settings, institution: str, user: str, scope: str, patient: str | None = None) -> dict[str, str]:
+    """A development token minted in-process (the write matrix makes hundreds; ``ehr token`` is tested above)."""
+    claims: dict[str, Any] = {"institution": institution, "user": user, "scope": scope}
+    if patient is not None:
+        claims["patient"] = patient
+    return {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
+
+
+def _consent_by(client: TestClient, headers: dict[str, str], patient: str, reader: str) -> None:
+    consent = _consent(patient, "active")
+    consent["provision"]["actor"][0]["reference"]["identifier"]["value"] = reader
+    _create(client, headers, consent)
+
+
+def _write_request(write: str, oid: str, lab: str) -> tuple[str, str, Any, dict[str, str]]:
+    """(method, url relative to the base, body, headers) of ``write`` on the IMSS Observation ``oid``."""
+    replaced = _observation("x", "glucosa FORJADA") | {"id": oid}
+    by_lab = f"Observation?identifier={IDENTIFIER}|{lab}"
+    patch = [{"op": "replace", "path": "/status", "value": "entered-in-error"}]
+    fhirpath = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "replace"},
+                    {"name": "path", "valueString": "Observation.status"},
+                    {"name": "value", "valueCode": "entered-in-error"},
+                ],
+            }
+        ],
+    }
+    json_patch = {"Content-Type": "application/json-patch+json"}
+    if write == "update":
+        return "PUT", f"Observation/{oid}", replaced, FHIR
+    if write == "patch":
+        return "PATCH", f"Observation/{oid}", patch, json_patch
+    if write == "delete":
+        return "DELETE", f"Observation/{oid}", None, {}
+    if write == "conditional-update":
+        return "PUT", by_lab, {k: v for k, v in replaced.items() if k != "id"}, FHIR
+    if write == "conditional-patch":
+        return "PATCH", by_lab, fhirpath, FHIR
+    if write == "conditional-delete":
+        return "DELETE", by_lab, None, {}
+    assert write == "conditional-create"
+    created = _observation("x", "glucosa duplicada") | {"identifier": [{"system": IDENTIFIER, "value": lab}]}
+    return "POST", "Observation", created, FHIR | {"If-None-Exist": f"identifier={IDENTIFIER}|{lab}"}
+
+
+def _bundle_of(kind: str, method: str, url: str, body: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"request": {"method": method, "url": url}}
+    if method == "POST" and url == "Observation":
+        lab = body["identifier"][0]["value"]
+        entry["request"]["ifNoneExist"] = f"identifier={IDENTIFIER}|{lab}"
+    if body is not None and method == "PATCH" and isinstance(body, list):
+        entry["resource"] = {
+            "resourceType": "Binary",
+            "contentType": "application/json-patch+json",
+            "data": base64.b64encode(orjson.dumps(body)).decode(),
+        }
+    elif body is not None:
+        entry["resource"] = body
+    return {"resourceType": "Bundle", "type": kind, "entry": [entry]}
+
+
+def _expected(writer: str, state: str, scope: str, write: str) -> set[int]:
+    """The statuses the policy allows for the interaction (the oracle, from the policy's statement)."""
+    if scope != "user/*.cruds":
+        return {403}
+    if writer == "IMSS":
+        return {200, 201, 204} if write != "conditional-create" else {200}
+    readable = writer == "ISSSTE" and state == "active"
+    if write in ("update", "patch", "delete"):
+        return {403}
+    if write == "conditional-create":
+        # A visible match answers with it (the caller may read it); a hidden one is not a match.
+        return {200} if readable else {201}
+    if readable:
+        return {403}  # found, and another institution's: no write grant
+    # Nothing the caller may read matches: an update records its own, a delete deletes nothing, and a patch
+    # has nothing to patch.
+    return {"conditional-update": {201}, "conditional-delete": {204, 200}, "conditional-patch": {404, 412}}[write]
+
+
+# Every consent state with the write scope; without it (read-only or patient scopes) the state cannot matter,
+# so those run once per writer, but for the read-only scope's check that a self-granted Consent opens nothing.
+WRITE_CASES = [
+    (w, s, c, i, ch)
+    for w in WRITERS
+    for c in WRITE_SCOPES
+    for s in (WRITE_STATES if c == "user/*.cruds" else ("none", "self-granted") if c == "user/*.rs" else ("none",))
+    for i in WRITES
+    for ch in CHANNELS
+]
+
+
+@pytest.mark.parametrize(
+    ("writer", "state", "scope", "write", "channel"), WRITE_CASES, ids=["|".join(case) for case in WRITE_CASES]
+)
+def test_writes(write_world: WriteWorld, writer: str, state: str, scope: str, write: str, channel: str) -> None:
+    world = write_world
+    client, imss = world.client, world.imss
+    world.count += 1
+    lab = f"L{world.count:05d}"
+    pid = _create(client, imss, _patient("Salinas", "Irene", "1960-03-04"))["id"]
+    observation = _observation(pid, "glucosa 96") | {"identifier": [{"system": IDENTIFIER, "value": lab}]}
+    original = _create(client, imss, observation)
+    oid = original["id"]
+    writer_token = _minted(world.settings, writer, f"{writer}|{state}|{scope}", "user/*.cruds")
+    if state == "active":
+        _consent_by(client, imss, pid, "ISSSTE")  # by the custodian: grants ISSSTE reading
+    elif state == "self-granted":
+        _consent_by(client, writer_token if writer != "IMSS" else imss, pid, writer)  # grants nothing to others
+    headers = token(
+        world.settings, writer, f"{writer}|{state}|{scope}|w", scope, pid if scope.startswith("patient/") else None
+    )
+
+    method, url, body, extra = _write_request(write, oid, lab)
+    if channel == "rest":
+        content = None if body is None else orjson.dumps(body)
+        response = client.request(method, f"/fhir/{url}", content=content, headers=extra | headers)
+        status = response.status_code
+        text = response.text
+    else:
+        bundle = _bundle_of(channel, method, url, body)
+        response = client.post("/fhir", json=bundle, headers=FHIR | headers)
+        text = response.text
+        if channel == "transaction" or response.status_code != 200:
+            status = (
+                response.status_code
+                if response.status_code != 200
+                else int(response.json()["entry"][0]["response"]["status"].split()[0])
+            )
+        else:
+            status = int(response.json()["entry"][0]["response"]["status"].split()[0])
+    expected = _expected(writer, state, scope, write)
+    assert status in expected, (status, text[:400])
+    if status >= 400:
+        assert "glucosa 96" not in text  # a refusal discloses nothing of the resource
+
+    # The IMSS Observation changed only if IMSS wrote it.
+    current = client.get(f"/fhir/Observation/{oid}", headers=imss)
+    if writer == "IMSS" and scope == "user/*.cruds" and write != "conditional-create":
+        assert current.status_code == 410 if "delete" in write else current.json() != original
+    else:
+        assert current.status_code == 200, current.text
+        assert current.json() == original
+    # Reading follows the same rule: a self-granted Consent did not open the record to its writer.
+    if writer != "IMSS" and scope == "user/*.rs":
+        read = client.get(f"/fhir/Observation/{oid}", headers=headers)
+        assert read.status_code == (200 if writer == "ISSSTE" and state == "active" else 403), read.text[:300]
