@@ -99,9 +99,12 @@ class AuditEntry:
     entities: list[str] = field(default_factory=list)
     #: Patient ids whose records were concerned.
     patients: list[str] = field(default_factory=list)
-    #: issue 7: how the access policy shaped the answer: ``filtered`` (other institutions' records left out),
+    #: How the access policy shaped the answer: ``filtered`` (other institutions' records left out),
     #: ``break-the-glass``; None when it did not apply.
     access: str | None = None
+    #: The reason given for breaking the glass (purpose ``BTG``): kept in the signed audit log, not only in
+    #: the review list, so that what was claimed cannot be changed or removed unnoticed.
+    reason: str | None = None
 
     @property
     def action(self) -> str:
@@ -262,6 +265,15 @@ def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any
     return coding
 
 
+def _purpose(entry: AuditEntry) -> dict[str, Any]:
+    """AuditEvent.purposeOfEvent: the HL7 v3 ActReason, with the stated reason as its text when the glass was
+    broken (BALP: the justification of an emergency access travels with the audit record)."""
+    purpose: dict[str, Any] = {"coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", entry.purpose)]}
+    if entry.reason:
+        purpose["text"] = entry.reason
+    return purpose
+
+
 def audit_event(entry: AuditEntry, resource_id: str) -> dict[str, Any]:
     """The entry as a FHIR R4 AuditEvent (IHE BALP shape)."""
     action = entry.action
@@ -340,7 +352,7 @@ def audit_event(entry: AuditEntry, resource_id: str) -> dict[str, Any]:
         "action": action,
         "recorded": entry.recorded,
         "outcome": entry.outcome,
-        "purposeOfEvent": [{"coding": [_coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", entry.purpose)]}],
+        "purposeOfEvent": [_purpose(entry)],
         "agent": [client, organization, server],
         "source": {
             "site": entry.unit or entry.institution,

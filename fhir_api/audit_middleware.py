@@ -208,7 +208,8 @@ class AuditMiddleware:
             operation=operation,
             entities=list(dict.fromkeys(entities)),
             patients=list(dict.fromkeys(patients)),
-            access=scope.get("state", {}).get("ehr_access"),  # issue 7: set by search, history, $export
+            access=scope.get("state", {}).get("ehr_access"),  # set by search, history, $export
+            reason=_break_glass_reason(scope) if context.purpose == "BTG" else None,
         )
         committed = compliance.audit_writer.submit(entry)
         # The answer is already on its way; waiting here for the commit would only hold the connection's next
@@ -219,3 +220,9 @@ class AuditMiddleware:
                 await asyncio.wrap_future(committed)
             except Exception:  # the answer is sent; the writer logged it and refuses the next requests
                 log.warning("audit entry for %s %s not stored", method, path)
+
+
+def _break_glass_reason(scope: Scope) -> str | None:
+    """The reason the caller gave for breaking the glass (``X-EHR-Break-Glass``), as the review list keeps it."""
+    reason = Request(scope).headers.get("x-ehr-break-glass", "").strip()
+    return reason[:500] or None

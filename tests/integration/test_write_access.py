@@ -311,3 +311,25 @@ def test_batch_read_with_patient_scope_stays_in_the_compartment(
     first, second = (entry["response"]["status"] for entry in answer.json()["entry"])
     assert first.startswith("403") and second.startswith("200")
     assert "VIH" not in answer.text
+
+
+def test_break_glass_reason_is_in_the_signed_audit_log(secured: tuple[TestClient, Services, Settings]) -> None:
+    """The reason given for breaking the glass travels with the audit entry (the log the audit ledger signs)
+    and with its AuditEvent, not only in the review list a database user could edit."""
+    client, services, settings = secured
+    imss, issste = _auth(settings, "IMSS", "dr.imss"), _auth(settings, "ISSSTE", "dr.issste")
+    pid = _post(client, imss, {"resourceType": "Patient", "name": [{"family": "Robles"}]})["id"]
+    oid = _post(client, imss, _observation(pid, "glucosa"))["id"]
+    read = client.get(f"/fhir/Observation/{oid}", headers=issste | GLASS)
+    assert read.status_code == 200 and read.headers["x-ehr-break-glass"] == "granted"
+    compliance = services.compliance
+    compliance.audit_writer.flush()
+    notifications = compliance.audit_log.recorder.select_notifications(start=1, limit=100_000)
+    entries = [compliance.audit_log.mapper.to_domain_event(n).entry for n in notifications]
+    glass = [e for e in entries if e.get("purpose") == "BTG"]
+    assert [(e["path"], e["reason"]) for e in glass] == [(f"/fhir/Observation/{oid}", GLASS["X-EHR-Break-Glass"])]
+    assert all("reason" not in e for e in entries if e.get("purpose") != "BTG")
+    compliance.audit_views_current()
+    events = client.get("/fhir/AuditEvent", params={"_count": "100"}, headers=issste)
+    texts = [p.get("text") for e in events.json().get("entry", []) for p in e["resource"].get("purposeOfEvent", [])]
+    assert GLASS["X-EHR-Break-Glass"] in texts, events.text[:500]
