@@ -42,6 +42,9 @@ from ehr_core.transcoder import EventTranscoder
 
 __all__ = ["RecordApplication", "Written", "format_instant"]
 
+#: The institution of a writer that names none (see ``RecordApplication.authorize``).
+UNKNOWN_INSTITUTION = "unknown"
+
 # Concurrent writers without If-Match: retry the read-modify-append this many times before a 409.
 _RETRIES = 5
 
@@ -170,8 +173,12 @@ class RecordApplication(Application[UUID]):
         """The write policy (DESIGN.md "Access"): a resource is changed only by the institution that recorded
         it. No write grant to another institution exists, so its update, patch or delete is refused before
         anything is read from the resource: a refused writer learns neither its content nor whether a patch
-        would apply. A new resource (create, or create-on-update of an unknown id) belongs to its writer."""
-        if stream is None or stream.owner == context.institution:
+        would apply. A new resource (create, or create-on-update of an unknown id) belongs to its writer.
+
+        A writer that names no institution (``unknown``: development mode without authentication and without
+        ``X-EHR-Institution``, or an operator's ``ehr import``) is not held to it, as its reads are not
+        filtered either; with authentication on every writer's institution comes from its token."""
+        if stream is None or stream.owner == context.institution or context.institution == UNKNOWN_INSTITUTION:
             return
         raise Forbidden(
             f"{stream.resource_type}/{stream.resource_id} was recorded by {stream.owner}; only {stream.owner} may "

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ehr_core.application import UNKNOWN_INSTITUTION
 from ehr_core.context import WriteContext
 from ehr_core.errors import Issue
 from ehr_core.settings import Settings
@@ -475,6 +476,10 @@ class AuthMiddleware:
             claims = self.issuers.verify(token.strip())
         except TokenError as error:
             await self._refuse(scope, receive, send, 401, "login", f"invalid bearer token: {error}")
+            return
+        if str(claims.get("institution")) == UNKNOWN_INSTITUTION:
+            # The name the domain gives a writer without an institution, never held to the write policy.
+            await self._refuse(scope, receive, send, 401, "login", "the token names no institution")
             return
         caller = Caller(claims, parse_scopes(str(claims["scope"])))
         scope.setdefault("state", {})["ehr_caller"] = caller
