@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ehr_core.files import private_dir
+
 __all__ = [
     "GENESIS",
     "BlockHead",
@@ -246,7 +248,7 @@ class LedgerKey:
     def load_or_create(cls, path: Path) -> LedgerKey:
         """Load the PEM key at ``path``; create it (mode 0600) if absent. Safe against concurrent creators."""
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )

@@ -34,6 +34,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import Notification, StoredEvent
 
 from ehr_core.application import format_instant
+from ehr_core.files import private_dir
 from ehr_core.ledger import (
     GENESIS,
     BlockHead,
@@ -316,8 +317,7 @@ def write_witness(path: Path, head: BlockHead, signature: bytes) -> None:
         known = None
     if known is not None and known[0].number >= head.number:
         return
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    private_dir(path.parent)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         os.fchmod(handle, 0o600)
