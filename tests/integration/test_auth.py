@@ -303,3 +303,51 @@ def test_interactions_map_to_the_permissions_they_need() -> None:
     for (method, path), (resource_type, permissions) in cases.items():
         need = need_of(method, path)
         assert (need.resource_type, need.permissions) == (resource_type, permissions), (method, path)
+
+
+def _signed_locally(settings: Settings, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A token signed by the development issuer's key with any header and claims (what its holder could mint)."""
+    from fhir_api.auth import _local_key
+
+    message = f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(claims))}"
+    return f"{message}.{_b64(_local_key(settings).sign(message.encode()))}"
+
+
+def _claims(**extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    values = {"iss": LOCAL_ISSUER, "iat": now, "nbf": now, "exp": now + 600}
+    return values | {"institution": "IMSS", "user": "dra.lopez", "scope": "user/*.rs"} | extra
+
+
+def _refused(client: TestClient, token: str) -> str:
+    response = client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    assert response.json()["issue"][0]["code"] == "login"
+    return str(response.json()["issue"][0].get("diagnostics", ""))
+
+
+def test_token_with_crit_header_is_401(auth_client: TestClient, auth_settings: Settings) -> None:
+    plain = _signed_locally(auth_settings, {"alg": "EdDSA", "typ": "JWT"}, _claims())
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+    crit = {"alg": "EdDSA", "typ": "JWT", "crit": ["exp-extension"], "exp-extension": True}
+    _refused(auth_client, _signed_locally(auth_settings, crit, _claims()))
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", ["9999999999", True, [1], {"n": 1}])
+def test_token_with_non_numeric_dates_is_401(
+    auth_client: TestClient, auth_settings: Settings, claim: str, value: Any
+) -> None:
+    _refused(auth_client, _signed_locally(auth_settings, {"alg": "EdDSA"}, _claims(**{claim: value})))
+
+
+def test_oversized_token_is_401(auth_client: TestClient, auth_settings: Settings) -> None:
+    _refused(auth_client, _signed_locally(auth_settings, {"alg": "EdDSA"}, _claims(padding="x" * 9000)))
+
+
+def test_token_lifetime_over_a_day_is_401(auth_client: TestClient, auth_settings: Settings) -> None:
+    now = int(time.time())
+    for claims in (_claims(exp=now + 3 * 86400), _claims(iat=now - 86400, exp=now + 3600)):
+        assert "lifetime too long" in _refused(auth_client, _signed_locally(auth_settings, {"alg": "EdDSA"}, claims))
+    week = mint_development_token(auth_settings, {"institution": "IMSS", "scope": "user/*.rs"}, minutes=7 * 24 * 60)
+    _refused(auth_client, week)
