@@ -351,3 +351,20 @@ def test_token_lifetime_over_a_day_is_401(auth_client: TestClient, auth_settings
         assert "lifetime too long" in _refused(auth_client, _signed_locally(auth_settings, {"alg": "EdDSA"}, claims))
     week = mint_development_token(auth_settings, {"institution": "IMSS", "scope": "user/*.rs"}, minutes=7 * 24 * 60)
     _refused(auth_client, week)
+
+
+def test_ledger_proof_of_foreign_resource_is_403(auth_client: TestClient, auth_settings: Settings) -> None:
+    """A proof tells whether a resource exists and how many versions it has: only for whoever may read it."""
+    imss = _token(auth_settings, "user/*.cruds")
+    issste = _token(auth_settings, "user/*.cruds", institution="ISSSTE", user="dr.ruiz")
+    pid = _patient(auth_client, imss)
+    url = f"/fhir/$ledger-proof?resource=Patient/{pid}&version=1"
+    assert auth_client.get(url, headers=imss).status_code == 200
+    assert auth_client.get(f"/fhir/Patient/{pid}", headers=issste).status_code == 403
+    denied = auth_client.get(url, headers=issste)
+    assert denied.status_code == 403, denied.text
+    assert pid not in denied.text.replace(f"Patient/{pid}", "")  # no event bytes, no stream id
+    event = auth_client.get(url, headers=imss).json()["event"]["notification_id"]
+    assert auth_client.get(f"/fhir/$ledger-proof?event={event}", headers=issste).status_code == 403
+    unknown = auth_client.get("/fhir/$ledger-proof?resource=Patient/nobody&version=1", headers=issste)
+    assert unknown.status_code == 404
