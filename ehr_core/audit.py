@@ -28,6 +28,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Transcoder
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ehr_core.files import private_sqlite
 from ehr_core.settings import Settings
 from ehr_core.transcoder import EventTranscoder
 
@@ -149,7 +150,7 @@ class AuditLog(Application[UUID]):
     def __init__(self, settings: Settings) -> None:
         env = settings.event_store_env()
         if not settings.uses_postgres:
-            env["SQLITE_DBNAME"] = str(settings.data_dir / "audit.sqlite")
+            env["SQLITE_DBNAME"] = str(private_sqlite(settings.data_dir / "audit.sqlite"))
         super().__init__(env=env)
 
     def construct_transcoder(self) -> Transcoder:

@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ehr_core.errors import RecordError
+from ehr_core.files import private_dir, private_sqlite
 from ehr_core.settings import Settings
 
 __all__ = [
@@ -120,7 +121,7 @@ def write_key_file(path: Path, key: MasterKey, exclusive: bool = False) -> None:
 
     ``exclusive``: never replace an existing file (two processes generating at once: the first one wins).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o600)
@@ -232,8 +233,7 @@ class _Table:
                 self._settings.postgres_conninfo(), autocommit=True, options=f"-c search_path={schema}"
             )
         else:
-            self._settings.data_dir.mkdir(parents=True, exist_ok=True)
-            path = self._settings.data_dir / "keys.sqlite"
+            path = private_sqlite(self._settings.data_dir / "keys.sqlite")
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             # A shredded key is overwritten on disk, not only unlinked from the b-tree.
             connection.execute("PRAGMA secure_delete=ON")

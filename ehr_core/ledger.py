@@ -10,6 +10,10 @@ Pure functions and small value types; the projection that keeps the ledger is :m
 - A **head** names the block (number, first and last notification id, count), its root, the hash of the
   previous head (a hash chain; 32 zero bytes before the first) and when it was sealed. Each head is
   signed with the server's Ed25519 key; :meth:`BlockHead.message` is exactly the signed bytes.
+- Heads of format ``ehr-ledger/2`` also carry ``total``: how many events the ledger has sealed up to and
+  including this block, so a signed head commits to the log's length (a verifier holding a head it was
+  given earlier can tell a log that was cut short). Heads sealed before it (``ehr-ledger/1``, ``total`` is
+  None) keep verifying with their own format: a signed message is never re-rendered another way.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ehr_core.files import private_dir
+
 __all__ = [
     "GENESIS",
     "BlockHead",
@@ -46,7 +52,8 @@ __all__ = [
 ]
 
 GENESIS = bytes(32)
-FORMAT = "ehr-ledger/1"
+FORMAT_V1 = "ehr-ledger/1"
+FORMAT = "ehr-ledger/2"
 
 
 class LedgerSettings(BaseSettings):
@@ -60,6 +67,10 @@ class LedgerSettings(BaseSettings):
     block_size: int = 1000
     #: A partly filled block is sealed after this many seconds (0: only full blocks and on demand).
     seal_seconds: float = 2.0
+    #: ``ehr verify`` fails when an event after the last signed head was recorded more than
+    #: ``seal_seconds`` plus this many seconds ago: the sealer would have signed it by then, so it was
+    #: written behind the server's back (or the sealer is not running, which must not go unnoticed either).
+    unsealed_grace_seconds: float = 60.0
 
 
 _HEAD = struct.Struct(">cqq")
@@ -149,12 +160,19 @@ class BlockHead:
     previous: bytes
     sealed_at: str
     key_id: str
+    #: Events sealed up to and including this block (format 2); None for a format-1 head.
+    total: int | None = None
+
+    @property
+    def format(self) -> str:
+        return FORMAT_V1 if self.total is None else FORMAT
 
     def message(self) -> bytes:
         """The signed bytes (one line of text, so a head can be checked with standard tools)."""
+        total = "" if self.total is None else f" total={self.total}"
         return (
-            f"{FORMAT} block={self.number} first={self.first_id} last={self.last_id} count={self.count} "
-            f"root={self.root.hex()} previous={self.previous.hex()} sealed={self.sealed_at} key={self.key_id}"
+            f"{self.format} block={self.number} first={self.first_id} last={self.last_id} count={self.count}"
+            f"{total} root={self.root.hex()} previous={self.previous.hex()} sealed={self.sealed_at} key={self.key_id}"
         ).encode()
 
     def digest(self) -> bytes:
@@ -162,7 +180,8 @@ class BlockHead:
         return hashlib.sha256(self.message()).digest()
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
+            "format": self.format,
             "block": self.number,
             "first": self.first_id,
             "last": self.last_id,
@@ -172,6 +191,9 @@ class BlockHead:
             "sealed": self.sealed_at,
             "key": self.key_id,
         }
+        if self.total is not None:
+            found["total"] = self.total
+        return found
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BlockHead:
@@ -184,6 +206,7 @@ class BlockHead:
             bytes.fromhex(data["previous"]),
             str(data["sealed"]),
             str(data["key"]),
+            None if data.get("total") is None else int(data["total"]),
         )
 
 
@@ -225,7 +248,7 @@ class LedgerKey:
     def load_or_create(cls, path: Path) -> LedgerKey:
         """Load the PEM key at ``path``; create it (mode 0600) if absent. Safe against concurrent creators."""
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )

@@ -7,6 +7,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ehr_core.files import private_sqlite
+
 __all__ = ["Settings"]
 
 
@@ -163,9 +165,8 @@ class Settings(BaseSettings):
                 "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout_seconds),
                 # Never POSTGRES_ENABLE_DB_FUNCTIONS: it skips the ordering lock (DESIGN.md).
             }
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         return {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(self.data_dir / "events.sqlite"),
+            "SQLITE_DBNAME": str(private_sqlite(self.data_dir / "events.sqlite")),
             "SQLITE_LOCK_TIMEOUT": "30",
         }

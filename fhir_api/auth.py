@@ -29,6 +29,7 @@ disabled-for-development``.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 import sys
@@ -73,6 +74,26 @@ LOCAL_ISSUER = "urn:ehr-core:local-development-issuer"
 DISABLED = "disabled-for-development"
 _ALGS = ("EdDSA", "ES256", "RS256")
 _LEEWAY = 60
+#: Bearer tokens longer than this are refused unread (a few claims and a signature fit in far less).
+_MAX_TOKEN_CHARS = 8192
+#: The longest a token may live, in seconds (exp - iat, and exp - now).
+_MAX_LIFETIME = 24 * 3600
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """RFC 7519 §4.1.4-6: exp, nbf and iat are NumericDate values (JSON numbers); anything else is refused."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise TokenError(f"the token's {name} is not a NumericDate (a JSON number of seconds)")
+    return number
+
+
 _V2 = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)$")
 _PUBLIC = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
 
@@ -222,6 +243,8 @@ class Issuers:
         return cls(issuers)
 
     def verify(self, token: str, now: float | None = None) -> dict[str, Any]:
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise TokenError(f"the bearer token is longer than {_MAX_TOKEN_CHARS} characters")
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError("the bearer token is not a compact JWS")
@@ -233,6 +256,10 @@ class Issuers:
             raise TokenError("the bearer token is not valid base64url JSON") from None
         if not isinstance(header, dict) or not isinstance(claims, dict):
             raise TokenError("the bearer token's header and claims must be JSON objects")
+        if "crit" in header:
+            # RFC 7515 §4.1.11: a recipient that does not understand every extension listed in "crit" must
+            # reject the JWS; this server implements none.
+            raise TokenError("the token's header lists critical extensions (crit) this server does not understand")
         alg = header.get("alg")
         if alg not in _ALGS:
             raise TokenError(f"alg {alg!r} is not accepted (one of {', '.join(_ALGS)})")
@@ -251,14 +278,17 @@ class Issuers:
         else:
             raise TokenError("the token's signature does not verify with the issuer's keys")
         now = time.time() if now is None else now
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float):
+        exp, nbf, iat = (_numeric_date(claims, name) for name in ("exp", "nbf", "iat"))
+        if exp is None:
             raise TokenError("the token has no exp")
         if now > exp + _LEEWAY:
             raise TokenError("the token has expired")
-        nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and now + _LEEWAY < nbf:
+        if nbf is not None and now + _LEEWAY < nbf:
             raise TokenError("the token is not valid yet")
+        # A stolen bearer token is good until exp (RFC 6750 §5.2 recommends short lifetimes): a token that
+        # lives longer than a working day is refused, however its issuer minted it.
+        if exp - (iat if iat is not None else now) > _MAX_LIFETIME or exp - now > _MAX_LIFETIME + _LEEWAY:
+            raise TokenError(f"token lifetime too long (at most {_MAX_LIFETIME // 3600} h)")
         if issuer.audience is not None:
             aud = claims.get("aud")
             audiences = aud if isinstance(aud, list) else [aud]

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ehr_core.files import private_umask
 from fhir_api.commands import (  # 6: audit, verify; 5: demo; 7: privacy, token
     audit,
     demo,
@@ -68,8 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Every command may create files in the data dir (logs, views, exports, keys): owner-only from the start.
+    # Restored afterwards, for callers that run a command in process.
+    previous = private_umask()
     handler = args.handler
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    finally:
+        os.umask(previous)
     return result
 
 

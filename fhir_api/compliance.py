@@ -19,7 +19,7 @@ from ehr_core.ledger import LedgerKey, LedgerSettings
 from ehr_core.settings import Settings
 from projections.audit import AuditProjector
 from projections.db import ViewDatabase
-from projections.ledger import Ledger, LedgerSealer
+from projections.ledger import Ledger, LedgerSealer, witness_path
 
 __all__ = ["Compliance"]
 
@@ -54,9 +54,23 @@ class Compliance:
         projector = AuditProjector(audit_log, views, [], name="audit", batch_size=settings.projection_batch_size)
         projector.create_tables()
         projector.catch_up()
-        ledger = Ledger(application, views, key, ledger_name, ledger_settings.block_size)
+        ledger = Ledger(
+            application,
+            views,
+            key,
+            ledger_name,
+            ledger_settings.block_size,
+            witness_path(settings, ledger_name),
+        )
         ledger.create_tables()
-        audit_ledger = Ledger(audit_log, views, key, "audit_ledger", ledger_settings.block_size)
+        audit_ledger = Ledger(
+            audit_log,
+            views,
+            key,
+            "audit_ledger",
+            ledger_settings.block_size,
+            witness_path(settings, "audit_ledger"),
+        )
         audit_ledger.create_tables()
         # The AuditEvent views are projected on demand, not per request: readers of AuditEvent and
         # ``ehr audit replay`` catch them up first (read-your-audits). A background projector thread

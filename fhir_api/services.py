@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from ehr_core.application import RecordApplication, Written
 from ehr_core.errors import StoreUnavailable
 from ehr_core.federation import Federation, StoreDown  # issue 11
+from ehr_core.files import private_tree
 from ehr_core.schema import setup_lock
 from ehr_core.settings import Settings
 from fhir_api.compliance import Compliance  # issue 6: audit log, ledgers
@@ -55,6 +56,8 @@ class Services:
 
     @classmethod
     def open(cls, settings: Settings, follow: bool = True) -> Services:
+        # Files left readable by an older version (or copied in by hand): narrowed before serving anything.
+        private_tree(settings.data_dir)
         with setup_lock(settings):  # one process at a time creates tables (see ehr_core/schema.py)
             if settings.federated:
                 return cls._open_federated(settings, follow)

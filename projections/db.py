@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ehr_core.files import private_sqlite
+
 __all__ = ["Dialect", "PostgresViews", "SQLiteViews", "Tx", "ViewDatabase"]
 
 Dialect = Literal["sqlite", "postgres"]
@@ -127,8 +129,7 @@ class SQLiteViews:
     dialect: Dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_sqlite(path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         # Reentrant: a thread-local's holder can be freed (and its finalizer run) while this thread holds it.
@@ -139,6 +140,7 @@ class SQLiteViews:
         if holder is None:
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             connection.execute("PRAGMA journal_mode=WAL")
+            private_sqlite(self.path)  # the -wal and -shm files WAL mode just created
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=30000")
             holder = _ThreadConnection(connection)

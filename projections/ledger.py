@@ -14,18 +14,27 @@ names the first problem: an altered, missing, moved (reordered) or inserted even
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.application import Application
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, StoredEvent
 
 from ehr_core.application import format_instant
+from ehr_core.files import private_dir
 from ehr_core.ledger import (
     GENESIS,
     BlockHead,
@@ -45,8 +54,11 @@ __all__ = [
     "VerifyReport",
     "open_reader",
     "raw_reader",
+    "read_witness",
     "recorder_reader",
     "verify",
+    "witness_path",
+    "write_witness",
 ]
 
 Progress = Callable[[int], None]
@@ -69,14 +81,22 @@ def _leaf(notification: Notification) -> bytes:
 
 
 def _head(row: tuple[Any, ...]) -> tuple[BlockHead, bytes]:
-    number, first, last, count, root, previous, sealed, key, signature = row
+    number, first, last, count, root, previous, sealed, key, signature, total = row
     head = BlockHead(
-        int(number), int(first), int(last), int(count), bytes(root), bytes(previous), str(sealed), str(key)
+        int(number),
+        int(first),
+        int(last),
+        int(count),
+        bytes(root),
+        bytes(previous),
+        str(sealed),
+        str(key),
+        None if total is None else int(total),
     )
     return head, bytes(signature)
 
 
-_HEAD_COLUMNS = "block, first_id, last_id, count, root, previous, sealed_at, key_id, signature"
+_HEAD_COLUMNS = "block, first_id, last_id, count, root, previous, sealed_at, key_id, signature, total"
 
 
 class Ledger:
@@ -89,8 +109,12 @@ class Ledger:
         key: LedgerKey,
         name: str = "ledger",
         block_size: int = 1000,
+        witness: Path | None = None,
     ) -> None:
+        """``witness``: a file outside the database where each newly signed head is also kept (see
+        :func:`write_witness`), so that cutting the log's tail together with its ledger rows is noticed."""
         self.application = application
+        self.witness = witness
         self.database = database
         self.key = key
         self.name = name
@@ -115,8 +139,15 @@ class Ledger:
                     previous {blob} NOT NULL,
                     sealed_at TEXT NOT NULL,
                     key_id TEXT NOT NULL,
-                    signature {blob} NOT NULL)"""
+                    signature {blob} NOT NULL,
+                    total BIGINT)"""
             )
+            # Ledgers created before heads committed to the log's length (format 1): add the column; their
+            # old rows keep total NULL and verify as format-1 heads.
+            if self.database.dialect == "postgres":
+                tx.execute(f"ALTER TABLE {self.blocks} ADD COLUMN IF NOT EXISTS total BIGINT")
+            elif "total" not in [str(r[1]) for r in tx.execute(f"PRAGMA table_info({self.blocks})").fetchall()]:
+                tx.execute(f"ALTER TABLE {self.blocks} ADD COLUMN total BIGINT")
             tx.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {self.blocks}_last ON {self.blocks} (last_id)")
             tx.execute(
                 f"""CREATE TABLE IF NOT EXISTS {self.leaves} (
@@ -142,8 +173,10 @@ class Ledger:
         """Seal every full block pending (and a last partial one if ``partial``); return blocks sealed."""
         sealed = 0
         with self._lock:
-            while self._seal_one(partial):
+            while (head := self._seal_one(partial)) is not None:
                 sealed += 1
+                if self.witness is not None:
+                    write_witness(self.witness, *head)
                 if until is not None and self.position() >= until:
                     break
         return sealed
@@ -153,7 +186,7 @@ class Ledger:
             row = tx.execute("SELECT position FROM projection_tracking WHERE name = ?", (self.name,)).fetchone()
         return int(row[0]) if row else 0
 
-    def _seal_one(self, partial: bool) -> bool:
+    def _seal_one(self, partial: bool) -> tuple[BlockHead, bytes] | None:
         lock = " FOR UPDATE" if self.database.dialect == "postgres" else ""
         with self.database.write() as tx:
             row = tx.execute(f"SELECT position FROM projection_tracking WHERE name = ?{lock}", (self.name,)).fetchone()
@@ -162,9 +195,11 @@ class Ledger:
                 start=position, limit=self.block_size, inclusive_of_start=False
             )
             if not notifications or (len(notifications) < self.block_size and not partial):
-                return False
+                return None
             last = tx.execute(f"SELECT {_HEAD_COLUMNS} FROM {self.blocks} ORDER BY block DESC LIMIT 1").fetchone()
             previous, number = (GENESIS, 0) if last is None else (_head(last)[0].digest(), _head(last)[0].number + 1)
+            row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {self.blocks}").fetchone()
+            sealed_before = int(row[0]) if row else 0
             leaves = [_leaf(n) for n in notifications]
             head = BlockHead(
                 number,
@@ -175,10 +210,11 @@ class Ledger:
                 previous,
                 format_instant(datetime.now(UTC)),
                 self.key.id,
+                sealed_before + len(notifications),
             )
             signature = self.key.sign(head)
             tx.execute(
-                f"INSERT INTO {self.blocks} ({_HEAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO {self.blocks} ({_HEAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     head.number,
                     head.first_id,
@@ -189,6 +225,7 @@ class Ledger:
                     head.sealed_at,
                     head.key_id,
                     signature,
+                    head.total,
                 ),
             )
             tx.insert(
@@ -200,7 +237,7 @@ class Ledger:
                 ],
             )
             tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ?", (head.last_id, self.name))
-        return True
+        return head, signature
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -249,6 +286,57 @@ class Ledger:
             "signature": signature.hex(),
             "public_key": self.key.public_pem().decode(),
         }
+
+
+# -- the witness: the latest signed head, kept outside the database ----------------------------------
+
+
+def witness_path(settings: Settings, name: str) -> Path:
+    """Where the server keeps ledger ``name``'s latest signed head (beside the signing key).
+
+    On PostgreSQL one data dir may serve several databases or schemas (each its own log): the file is
+    named after the one whose ledger it is (host, port, database and schema; no credentials).
+    """
+    if not settings.uses_postgres:
+        return settings.data_dir / "ledger-heads" / f"{name}.json"
+    url = urlsplit(str(settings.database_url))
+    place = f"{url.hostname}:{url.port}{url.path}#{settings.postgres_schema}"
+    return settings.data_dir / "ledger-heads" / f"{hashlib.sha256(place.encode()).hexdigest()[:16]}-{name}.json"
+
+
+def write_witness(path: Path, head: BlockHead, signature: bytes) -> None:
+    """Keep ``head`` as the latest signed head at ``path`` (atomically, mode 0600), unless a later one is.
+
+    A signed head that only lives in the ledger's own table proves nothing about the log's length: whoever
+    deletes the log's tail can delete its blocks too. A copy outside the database (like a copy fetched from
+    ``GET /fhir/$ledger-head`` by another institution) is what makes a truncated log detectable.
+    """
+    try:
+        known = read_witness(path)
+    except (ValueError, KeyError, TypeError):  # a damaged copy is replaced; verify reports it if it stays so
+        known = None
+    if known is not None and known[0].number >= head.number:
+        return
+    private_dir(path.parent)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        os.fchmod(handle, 0o600)
+        os.write(handle, json.dumps({**head.as_json(), "signature": signature.hex()}).encode())
+        os.close(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def read_witness(path: Path) -> tuple[BlockHead, bytes] | None:
+    """A signed head as written by :func:`write_witness` or served by ``GET /fhir/$ledger-head``."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return BlockHead.from_json(data), bytes.fromhex(data["signature"])
 
 
 # -- verification -------------------------------------------------------------------------------------
@@ -343,18 +431,28 @@ def verify(
     name: str = "ledger",
     progress: Progress | None = None,
     reader: EventReader | None = None,
+    signed_heads: Sequence[tuple[BlockHead, bytes]] = (),
+    unsealed_limit: float | None = None,
 ) -> VerifyReport:
     """Recompute the ledger from the store; the report names the first problem found.
 
-    1. The chain of heads: numbering, hash links and every Ed25519 signature.
-    2. Each block: the stored events after the previous block up to its last id, hashed and combined; the
+    1. The chain of heads: numbering, hash links, running totals and every Ed25519 signature.
+    2. ``signed_heads`` kept outside the database (the server's witness file, a head fetched earlier from
+       ``$ledger-head``): each must verify and be in the ledger as it was signed; a log or ledger that ends
+       before one of them was truncated.
+    3. Each block: the stored events after the previous block up to its last id, hashed and combined; the
        count and Merkle root must equal the signed ones. A mismatch is diagnosed event by event against
        the recorded leaves, to name the first altered, missing, moved or inserted event.
+    4. Events after the last signed head: each must decode as this log's event (a forged one does not
+       authenticate), and none may be older than ``unsealed_limit`` seconds (the sealer signs every event
+       within its interval, so an older unsealed one was written behind its back).
     """
     report = VerifyReport()
     with database.read() as tx:
         heads = [_head(r) for r in tx.execute(f"SELECT {_HEAD_COLUMNS} FROM {name}_blocks ORDER BY block").fetchall()]
-    previous = GENESIS
+        row = tx.execute("SELECT position FROM projection_tracking WHERE name = ?", (name,)).fetchone()
+    position = int(row[0]) if row else 0
+    previous, total = GENESIS, 0
     for number, (head, signature) in enumerate(heads):
         if head.number != number:
             report.problems.append(f"block {number} is missing from the ledger (found block {head.number})")
@@ -365,17 +463,95 @@ def verify(
         if not verify_head(public_key, head, signature):
             report.problems.append(f"block {head.number}: the head's signature does not verify with this key")
             return report
+        total += head.count
+        if head.total is not None and head.total != total:
+            report.problems.append(
+                f"block {head.number}: its head says {head.total} events were sealed up to it, "
+                f"the blocks before it and its own hold {total}"
+            )
+            return report
         previous = head.digest()
     report.blocks = len(heads)
-    latest = application.recorder.max_notification_id() or 0
     plain = [head for head, _ in heads]
-    events, problem = _verify_blocks(reader or recorder_reader(application), database, name, plain, _FIRST, progress)
-    report.events = events
+    problem = _truncation(application, plain, position, signed_heads, public_key)
     if problem is not None:
         report.problems.append(problem)
         return report
-    report.unsealed = max(0, latest - (plain[-1].last_id if plain else 0))
+    reader = reader or recorder_reader(application)
+    events, problem = _verify_blocks(reader, database, name, plain, _FIRST, progress)
+    report.events = events
+    if problem is None:
+        after = plain[-1].last_id if plain else _FIRST
+        report.unsealed, problem = _check_unsealed(application, reader, after, unsealed_limit)
+    if problem is not None:
+        report.problems.append(problem)
     return report
+
+
+def _truncation(
+    application: Application[Any],
+    heads: Sequence[BlockHead],
+    position: int,
+    signed_heads: Sequence[tuple[BlockHead, bytes]],
+    public_key: Ed25519PublicKey,
+) -> str | None:
+    """Whether the log or its ledger ends before a head that was signed (and kept elsewhere) says it went."""
+    for kept, signature in signed_heads:
+        if not verify_head(public_key, kept, signature):
+            return f"the signed head kept for block {kept.number} does not verify with this key"
+        if kept.number >= len(heads):
+            last = f"block {len(heads) - 1}" if heads else "no block"
+            return (
+                f"the log was truncated: block {kept.number} (events up to #{kept.last_id}) was signed, "
+                f"but the ledger ends at {last}"
+            )
+        if heads[kept.number] != kept:
+            return f"block {kept.number}: the ledger's head differs from the signed head kept for it"
+    if heads and position > heads[-1].last_id:
+        return (
+            f"the log was truncated: the ledger sealed events up to #{position}, "
+            f"but its last block ends at #{heads[-1].last_id}"
+        )
+    latest = application.recorder.max_notification_id() or 0
+    if heads and latest < heads[-1].last_id:
+        return (
+            f"the log was truncated: block {heads[-1].number}'s signed head covers events up to "
+            f"#{heads[-1].last_id} ({heads[-1].total or 'its'} events), the log ends at #{latest}"
+        )
+    return None
+
+
+def _check_unsealed(
+    application: Application[Any], reader: EventReader, after: int, limit: float | None
+) -> tuple[int, str | None]:
+    """Count the events after notification id ``after``; the first problem among them, if any."""
+    count, stale, oldest = 0, 0, None
+    now = datetime.now(UTC)
+    while batch := reader(after, 2**62, 1000):
+        for event in batch:
+            stored = StoredEvent(UUID(event[1]), event[2], event[3], event[4])
+            try:
+                decoded = application.mapper.to_domain_event(stored)
+            except Exception as error:
+                return count, (
+                    f"{_describe(event)} after the last signed head was inserted: "
+                    f"it does not decode as this log's event ({str(error)[:160]})"
+                )
+            timestamp = getattr(decoded, "timestamp", None)
+            if isinstance(timestamp, datetime) and timestamp.tzinfo is None:
+                timestamp = timestamp.replace(tzinfo=UTC)
+            if limit is not None and isinstance(timestamp, datetime) and (now - timestamp).total_seconds() > limit:
+                stale += 1
+                oldest = oldest or event
+            count += 1
+        after = batch[-1][0]
+    if oldest is not None:
+        return count, (
+            f"{stale} events after the last signed head are not yet sealed, {_describe(oldest)} the first of "
+            f"them: recorded more than {limit:.0f} s ago, the sealer would have signed them "
+            "(written behind the server's back, or its sealer is not running)"
+        )
+    return count, None
 
 
 def _verify_blocks(
@@ -464,6 +640,13 @@ class LedgerSealer(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=10)
+        # A clean shutdown leaves nothing unsealed: ``ehr verify`` reports events left unsigned for longer
+        # than the sealing interval, which must mean tampering, not a server that was stopped in between.
+        for ledger in self.ledgers:
+            try:
+                ledger.seal(partial=True)
+            except Exception:
+                log.warning("ledger %s could not seal at shutdown", ledger.name, exc_info=True)
 
     def run(self) -> None:
         while not self._stopping.wait(self.seconds):

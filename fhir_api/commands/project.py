@@ -27,7 +27,7 @@ from ehr_core.federation import StoreDown
 from ehr_core.settings import Settings
 from fhir_api.services import Services, ledger_of
 from projections.federation import FederatedIdentity
-from projections.ledger import Ledger
+from projections.ledger import Ledger, witness_path
 from projections.projector import Projector
 
 __all__ = ["add_parser", "follow"]
@@ -145,8 +145,14 @@ class StoreFollower(threading.Thread):
         compliance = self.services.compliance
         assert compliance is not None
         application = self.projectors[0].application
+        name = ledger_of(self.store)
         ledger = Ledger(
-            application, self.services.views, compliance.key, ledger_of(self.store), compliance.ledger.block_size
+            application,
+            self.services.views,
+            compliance.key,
+            name,
+            compliance.ledger.block_size,
+            witness_path(self.services.settings, name),
         )
         ledger.create_tables()
         return ledger

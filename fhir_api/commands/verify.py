@@ -4,6 +4,13 @@
 exits 0 only if the ledger holds; otherwise it names the first altered, missing, moved or inserted event
 and exits 1. ``--public-key`` takes the published key (``GET /fhir/$ledger-key``); without it the server's
 own key file is used. ``--log audit`` checks the audit log's ledger instead of the clinical log's.
+
+A ledger in the database cannot, alone, show that the log's tail is gone: whoever deletes the last events
+can delete their blocks too. So ``ehr verify`` also checks the signed heads kept outside the database —
+the copy the server writes beside its key (``ledger-heads/``) and any ``--head`` fetched earlier from
+``GET /fhir/$ledger-head`` — and fails with "the log was truncated" when the log or the ledger ends
+before one of them. Events after the last signed head fail it when they do not decode as this log's
+events (forged) or are older than the sealing interval plus ``EHR_LEDGER_UNSEALED_GRACE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ehr_core.application import RecordApplication
 from ehr_core.audit import AuditLog
-from ehr_core.ledger import LedgerKey, check_proof, load_public_key
+from ehr_core.ledger import BlockHead, LedgerKey, LedgerSettings, check_proof, load_public_key
 from ehr_core.settings import Settings
 from fhir_api.services import ledger_of
-from projections.ledger import VerifyReport, raw_reader, verify
+from projections.ledger import VerifyReport, raw_reader, read_witness, verify, witness_path
 from projections.setup import open_view_database
 
 __all__ = ["add_parsers", "run_verify"]
@@ -35,9 +42,24 @@ def _public_key(path: Path | None, settings: Settings) -> Any:
     return LedgerKey.configured(settings.data_dir).public_key
 
 
-def _verify(console: Console, *args: Any) -> VerifyReport | None:
+def _signed_heads(args: argparse.Namespace, settings: Settings, name: str) -> list[tuple[BlockHead, bytes]]:
+    """The signed heads kept outside the database: the server's own copy, and those given with ``--head``."""
+    found = []
+    for path in [witness_path(settings, name), *(args.head or [])]:
+        kept = read_witness(path)
+        if kept is not None:
+            found.append(kept)
+    return found
+
+
+def _unsealed_limit() -> float:
+    ledger = LedgerSettings()
+    return max(ledger.seal_seconds, 0.0) + ledger.unsealed_grace_seconds
+
+
+def _verify(console: Console, *args: Any, **kwargs: Any) -> VerifyReport | None:
     try:
-        return verify(*args)
+        return verify(*args, **kwargs)
     except Exception as error:  # an unreadable store is not an intact one: say so, never a traceback
         console.print(f"[bold red]ERROR[/]: the store could not be read: {error}")
         print(f"FAILED: the store could not be read: {error}")
@@ -99,6 +121,8 @@ def _verify_log(
                 name,
                 lambda n: progress.update(task, advance=n),
                 raw_reader(application, settings),
+                signed_heads=_signed_heads(args, views_settings, name),
+                unsealed_limit=_unsealed_limit(),
             )
         if report is None:
             return 2
@@ -145,6 +169,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument("--public-key", type=Path, default=None, help="PEM of the published ledger key")
     parser.add_argument("--log", choices=("record", "audit"), default="record")
+    parser.add_argument(
+        "--head",
+        type=Path,
+        action="append",
+        help="a signed head kept earlier (JSON from GET /fhir/$ledger-head); the log must not end before it",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_verify)
     proof = commands.add_parser("verify-proof", help="check an inclusion proof from GET /fhir/$ledger-proof, offline")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ehr_core.application import format_instant
+from ehr_core.files import DIR_MODE, private_dir, write_private
 from fhir_api.services import Services
 from projections.access import Viewer, visible_page
 from projections.resources import compartment_page, current_page, types_present
@@ -89,11 +90,12 @@ class ExportJobs:
     def start(self, request: ExportRequest, requester: str | None = None) -> ExportJob:
         job_id = uuid.uuid4().hex
         directory = self.root / job_id
-        directory.mkdir(parents=True)
+        private_dir(self.root)
+        directory.mkdir(mode=DIR_MODE)
         job = ExportJob(job_id, request, directory)
         if request.viewer is not None:
             job.institution = requester or request.viewer.institution
-            (directory / "owner.json").write_text(json.dumps({"institution": job.institution}))
+            write_private(directory / "owner.json", json.dumps({"institution": job.institution}).encode())
         with self._lock:
             self._jobs[job_id] = job
         threading.Thread(target=self._run, args=(job,), name=f"export-{job_id}", daemon=True).start()
@@ -132,7 +134,7 @@ class ExportJobs:
                     return
                 self._export_type(job, resource_type)
             manifest = job.manifest("")
-            (job.directory / "manifest.json").write_text(json.dumps(manifest))
+            write_private(job.directory / "manifest.json", json.dumps(manifest).encode())
             job.done = True
         except Exception as error:  # reported through the status URL, never lost silently
             job.error = f"export failed: {error}"
@@ -161,6 +163,7 @@ class ExportJobs:
     def _export_type(self, job: ExportJob, resource_type: str) -> None:
         target = job.directory / f"{resource_type}.ndjson"
         after = ""
+        write_private(target, b"")  # patients' records: owner-only from the first byte
         with target.open("wb") as output:
             while not job.cancelled.is_set():
                 page = self._page(resource_type, job.request, after)

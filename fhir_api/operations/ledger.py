@@ -9,13 +9,16 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.numbers import parse_int
+from fhir_api.access import decide
+from fhir_api.auth import caller_of
 from fhir_api.compliance import Compliance
+from fhir_api.errors import ApiError
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
 from projections.ledger import Ledger
@@ -67,8 +70,34 @@ def _notification_of(services: Services, resource: str, version: str) -> int:
     return int(row[0])
 
 
+def _readable(services: Services, request: Request, event: int) -> None:
+    """A proof says that a resource exists, which version this is and (in its bytes) which stream: the
+    caller must be allowed to read that resource, by the same decision as a read of it (403 when denied;
+    404, as a read answers, when there is no such resource). Break-the-glass does not open proofs: it is
+    for care, and a proof is not needed for care."""
+    caller = caller_of(request)
+    if caller is None:  # authentication off (development): everything is visible, as for a read
+        return
+    with services.views.read() as tx:
+        row = tx.execute(
+            "SELECT resource_type, resource_id FROM resource_history WHERE notification_id = ?", (event,)
+        ).fetchone()
+        if row is None:  # not a resource's version (the identity index's own events): nobody's to prove
+            raise NotFound(f"event #{event} is not a version of a resource")
+        target = (str(row[0]), str(row[1]))
+        institution = str(caller.claims["institution"])
+        if not decide(tx, institution, target=target).permitted:
+            raise ApiError(
+                "forbidden",
+                f"{target[0]}/{target[1]} was recorded by another institution; {institution} may have a proof "
+                "of it only where it may read it (the patient's active Consent)",
+                code="forbidden",
+            )
+
+
 @router.get("/$ledger-proof", summary="an inclusion proof of one event against a signed head")
 async def ledger_proof(
+    request: Request,
     services: ServicesDep,
     event: int | None = None,
     resource: str | None = None,
@@ -80,6 +109,8 @@ async def ledger_proof(
         if resource is None or version is None:
             raise InvalidResource([Issue("required", "give event=N, or resource=Type/id and version=V")])
         event = await run_in_threadpool(_notification_of, services, resource, version)
+    if log == "record":
+        await run_in_threadpool(_readable, services, request, event)
     proof = await run_in_threadpool(ledger.proof, event)
     if proof is None:
         raise NotFound(f"event #{event} is not in the ledger")

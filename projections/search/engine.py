@@ -13,6 +13,7 @@ not see is neither listed, nor counted, nor followed, nor reachable through a pa
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -214,16 +215,43 @@ def _encode(direction: str, snapshot: int, keys: list[Any]) -> str:
     return base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 
+_INT64 = 2**63 - 1
+#: Far longer than any cursor this server hands out (a few sort values and two numbers).
+_CURSOR_CHARS = 4096
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value <= _INT64
+
+
+def _fits(value: Any, key: SortKey) -> bool:
+    """Whether ``value`` can be a sort value of ``key``: the type its sort expression has (see
+    :func:`_missing_last`), within what the database can bind, so a forged cursor never reaches SQL."""
+    if key.param.code == "_id":
+        return isinstance(value, str)
+    expected = _missing_last(key)
+    if isinstance(expected, int):
+        return _is_int(value)
+    if isinstance(expected, float):
+        return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    return isinstance(value, str)
+
+
 def _decode(cursor: str, sort: Sequence[SortKey]) -> tuple[str, int, list[Any]]:
+    """The cursor a client sent back. It is the client's to alter, so every part is checked before use:
+    a bad one is the client's error (400), never a failed query."""
     try:
+        if len(cursor) > _CURSOR_CHARS:
+            raise ValueError("too long")
         payload = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         direction, snapshot, keys = payload["d"], payload["m"], payload["k"]
         valid = (
             direction in ("n", "p")
-            and isinstance(snapshot, int)
+            and _is_int(snapshot)
             and isinstance(keys, list)
             and len(keys) == len(sort) + 1
-            and isinstance(keys[-1], int)
+            and _is_int(keys[-1])
+            and all(_fits(value, key) for value, key in zip(keys, sort, strict=False))
         )
     except (ValueError, KeyError, TypeError):
         valid = False

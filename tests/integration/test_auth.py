@@ -323,3 +323,68 @@ def test_bundle_entries_and_conditional_writes_need_what_the_request_alone_would
         need = entry_need(method, url, if_none_exist)
         assert (need.resource_type, need.permissions) == expected, (method, url)
         assert need.write == (method != "GET")
+
+
+def _signed_locally(settings: Settings, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A token signed by the development issuer's key with any header and claims (what its holder could mint)."""
+    from fhir_api.auth import _local_key
+
+    message = f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(claims))}"
+    return f"{message}.{_b64(_local_key(settings).sign(message.encode()))}"
+
+
+def _claims(**extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    values = {"iss": LOCAL_ISSUER, "iat": now, "nbf": now, "exp": now + 600}
+    return values | {"institution": "IMSS", "user": "dra.lopez", "scope": "user/*.rs"} | extra
+
+
+def _refused(client: TestClient, token: str) -> str:
+    response = client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    assert response.json()["issue"][0]["code"] == "login"
+    return str(response.json()["issue"][0].get("diagnostics", ""))
+
+
+def test_token_with_crit_header_is_401(auth_client: TestClient, auth_settings: Settings) -> None:
+    plain = _signed_locally(auth_settings, {"alg": "EdDSA", "typ": "JWT"}, _claims())
+    assert auth_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+    crit = {"alg": "EdDSA", "typ": "JWT", "crit": ["exp-extension"], "exp-extension": True}
+    _refused(auth_client, _signed_locally(auth_settings, crit, _claims()))
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", ["9999999999", True, [1], {"n": 1}])
+def test_token_with_non_numeric_dates_is_401(
+    auth_client: TestClient, auth_settings: Settings, claim: str, value: Any
+) -> None:
+    _refused(auth_client, _signed_locally(auth_settings, {"alg": "EdDSA"}, _claims(**{claim: value})))
+
+
+def test_oversized_token_is_401(auth_client: TestClient, auth_settings: Settings) -> None:
+    _refused(auth_client, _signed_locally(auth_settings, {"alg": "EdDSA"}, _claims(padding="x" * 9000)))
+
+
+def test_token_lifetime_over_a_day_is_401(auth_client: TestClient, auth_settings: Settings) -> None:
+    now = int(time.time())
+    for claims in (_claims(exp=now + 3 * 86400), _claims(iat=now - 86400, exp=now + 3600)):
+        assert "lifetime too long" in _refused(auth_client, _signed_locally(auth_settings, {"alg": "EdDSA"}, claims))
+    week = mint_development_token(auth_settings, {"institution": "IMSS", "scope": "user/*.rs"}, minutes=7 * 24 * 60)
+    _refused(auth_client, week)
+
+
+def test_ledger_proof_of_foreign_resource_is_403(auth_client: TestClient, auth_settings: Settings) -> None:
+    """A proof tells whether a resource exists and how many versions it has: only for whoever may read it."""
+    imss = _token(auth_settings, "user/*.cruds")
+    issste = _token(auth_settings, "user/*.cruds", institution="ISSSTE", user="dr.ruiz")
+    pid = _patient(auth_client, imss)
+    url = f"/fhir/$ledger-proof?resource=Patient/{pid}&version=1"
+    assert auth_client.get(url, headers=imss).status_code == 200
+    assert auth_client.get(f"/fhir/Patient/{pid}", headers=issste).status_code == 403
+    denied = auth_client.get(url, headers=issste)
+    assert denied.status_code == 403, denied.text
+    assert pid not in denied.text.replace(f"Patient/{pid}", "")  # no event bytes, no stream id
+    event = auth_client.get(url, headers=imss).json()["event"]["notification_id"]
+    assert auth_client.get(f"/fhir/$ledger-proof?event={event}", headers=issste).status_code == 403
+    unknown = auth_client.get("/fhir/$ledger-proof?resource=Patient/nobody&version=1", headers=issste)
+    assert unknown.status_code == 404

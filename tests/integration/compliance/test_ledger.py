@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.context import WriteContext
-from ehr_core.ledger import check_proof
+from ehr_core.ledger import GENESIS, BlockHead, check_proof
 from fhir_api.services import Services
-from projections.ledger import LedgerSealer
+from projections.ledger import LedgerSealer, witness_path
 from tests.integration.compliance.conftest import Cli, RawLog
 
 EVENTS = 40
@@ -154,3 +154,101 @@ def test_the_audit_log_has_its_own_ledger(client: TestClient, services: Services
     assert services.compliance is not None
     services.compliance.audit_ledger.seal(partial=True)
     assert ehr("verify", "--quiet", "--log", "audit") == 0
+
+
+def _stop_sealer(services: Services) -> None:
+    assert services.compliance is not None
+    for thread in services.compliance.threads:
+        if isinstance(thread, LedgerSealer):
+            thread.stop()
+
+
+def _cut_last_block(services: Services, raw_log: RawLog) -> int:
+    """Delete the last sealed block's events from the log and its rows from the ledger, as an attacker would
+    (tracking position included, so the ledger looks as if that block had never been sealed)."""
+    with services.views.write() as tx:
+        number, first = tx.execute("SELECT block, first_id FROM ledger_blocks ORDER BY block DESC LIMIT 1").fetchone()
+        tx.execute("DELETE FROM ledger_leaves WHERE block = ?", (number,))
+        tx.execute("DELETE FROM ledger_blocks WHERE block = ?", (number,))
+        tx.execute("UPDATE projection_tracking SET position = ? WHERE name = 'ledger'", (int(first) - 1,))
+    raw_log.sql("DELETE FROM {t} WHERE {nid} >= ?", (int(first),))
+    return int(number)
+
+
+def test_truncated_log_fails_verify(
+    sealed: Services, ehr: Cli, raw_log: RawLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _stop_sealer(sealed)
+    number = _cut_last_block(sealed, raw_log)
+    assert ehr("verify", "--quiet") == 1
+    line = _last_line(capsys)
+    assert "the log was truncated" in line and f"block {number}" in line, line
+
+
+def test_truncation_before_a_published_head_fails_verify(
+    sealed: Services,
+    client: TestClient,
+    ehr: Cli,
+    raw_log: RawLog,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another institution kept the published head; the server's own copy of it is gone too."""
+    _stop_sealer(sealed)
+    published = client.get("/fhir/$ledger-head")
+    assert published.status_code == 200 and published.json()["total"] >= EVENTS
+    (tmp_path / "head.json").write_text(published.text)
+    _cut_last_block(sealed, raw_log)
+    witness_path(sealed.settings, "ledger").unlink()
+    assert ehr("verify", "--quiet") == 0  # without a head kept elsewhere, a clean cut cannot be seen
+    assert ehr("verify", "--quiet", "--head", str(tmp_path / "head.json")) == 1
+    assert "the log was truncated" in _last_line(capsys)
+
+
+def test_event_forged_after_the_last_sealed_block_fails_verify(
+    sealed: Services, ehr: Cli, raw_log: RawLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _stop_sealer(sealed)
+    _, _, topic, state = raw_log.event(30)
+    forged = str(uuid.uuid4())
+    last = int(raw_log.sql("SELECT MAX({nid}) FROM {t}")[0][0])
+    raw_log.insert_after(last, forged, state, topic)
+    assert ehr("verify", "--quiet") == 1
+    line = _last_line(capsys)
+    assert f"event #{last + 1} (stream {forged} version 1) after the last signed head was inserted" in line, line
+
+
+def test_event_left_unsealed_past_the_sealing_interval_fails_verify(
+    sealed: Services, ehr: Cli, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _stop_sealer(sealed)
+    sealed.application.create({"resourceType": "Observation", "status": "final", "code": {}}, WriteContext())
+    monkeypatch.setenv("EHR_LEDGER_SEAL_SECONDS", "0")
+    monkeypatch.setenv("EHR_LEDGER_UNSEALED_GRACE_SECONDS", "0")
+    assert ehr("verify", "--quiet") == 1
+    assert "events after the last signed head are not yet sealed" in _last_line(capsys)
+
+
+def test_format_1_heads_still_verify(sealed: Services, ehr: Cli) -> None:
+    """Heads signed before they carried the running total (ehr-ledger/1) verify as they were signed."""
+    assert sealed.compliance is not None
+    ledger = sealed.compliance.ledger
+    _stop_sealer(sealed)
+    with sealed.views.write() as tx:
+        rows = tx.execute(
+            "SELECT block, first_id, last_id, count, root, previous, sealed_at FROM ledger_blocks ORDER BY block"
+        ).fetchall()
+        previous = GENESIS
+        for number, first, last, count, root, _, sealed_at in rows:
+            head = BlockHead(
+                int(number), int(first), int(last), int(count), bytes(root), previous, str(sealed_at), ledger.key.id
+            )
+            tx.execute(
+                "UPDATE ledger_blocks SET total = NULL, previous = ?, signature = ? WHERE block = ?",
+                (previous, ledger.key.sign(head), number),
+            )
+            previous = head.digest()
+    witness_path(sealed.settings, "ledger").unlink()
+    assert ehr("verify", "--quiet") == 0
+    ledger.seal(partial=True)  # a format-2 head may follow format-1 ones
+    assert ehr("verify", "--quiet") == 0

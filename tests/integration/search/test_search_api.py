@@ -195,3 +195,36 @@ def test_capability_statement_lists_search(client: TestClient) -> None:
     params = {p["name"]: p["type"] for p in patient["searchParam"]}
     assert params["name"] == "string" and params["birthdate"] == "date" and params["_id"] == "token"
     assert params["organization"] == "reference" and params["_profile"] == "uri"
+
+
+def _forge(payload: object) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("sort", "payload"),
+    [
+        ("", {"d": "n", "m": 2**70, "k": [1]}),  # past a 64-bit integer
+        ("", {"d": "n", "m": 1, "k": [-(2**70)]}),
+        ("", {"d": "n", "m": True, "k": [True]}),
+        ("", [1, 2, 3]),
+        ("", {"d": "n", "m": 1.5, "k": [1]}),
+        ("birthdate", {"d": "n", "m": 10, "k": [{"a": 1}, 1]}),  # not a value a column can hold
+        ("birthdate", {"d": "n", "m": 10, "k": [[1, 2], 1]}),
+        ("birthdate", {"d": "p", "m": 10, "k": ["1980", 1]}),  # text where the key is a number (an instant)
+        ("_id", {"d": "p", "m": 10, "k": [12345, 1]}),  # a number where the key is text
+        ("birthdate", {"d": "n", "m": 10, "k": [2**80, 1]}),
+        ("-_lastUpdated", {"d": "n", "m": 10, "k": ["x" * 5000, 1]}),
+    ],
+)
+def test_forged_cursor_is_400(client: TestClient, sort: str, payload: object) -> None:
+    """A page cursor comes back from the client: whatever it holds, a bad one is the client's error (400
+    OperationOutcome, FHIR R4 http.html "Search"), never a server failure."""
+    _put(client, {"resourceType": "Patient", "id": "c1", "birthDate": "1980-01-01"})
+    query = f"_cursor={_forge(payload)}" + (f"&_sort={sort}" if sort else "")
+    response = client.get(f"/fhir/Patient?{query}")
+    assert response.status_code == 400, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome" and "_cursor" in outcome["issue"][0]["expression"][0]
