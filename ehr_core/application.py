@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
+from eventsourcing.persistence import IntegrityError, InterfaceError, Mapper, OperationalError, Transcoder
 
 from ehr_core.compartment import patient_compartment
 from ehr_core.context import WriteContext
@@ -29,6 +29,8 @@ from ehr_core.errors import (
     NotFound,
     PreconditionFailed,
     RecordedElsewhere,
+    StoreUnavailable,
+    TooLarge,
 )
 from ehr_core.group_commit import GroupCommit  # issue 8
 from ehr_core.identity.rules import check_identifiers
@@ -329,6 +331,13 @@ class RecordApplication(Application[UUID]):
         now = now or datetime.now(UTC)
         version = 1 if stream is None else stream.version + 1
         body = fhir_json.dumps(with_server_meta(resource, version, format_instant(now)))
+        if len(body) > self.settings.max_resource_bytes:
+            # One resource is one event, appended and projected in one transaction each: bounded here, so
+            # no single write can hold the event table's lock for long or outgrow what a projection handles.
+            raise TooLarge(
+                f"{resource_type} of {len(body)} bytes is larger than the {self.settings.max_resource_bytes} "
+                "bytes a resource may have (EHR_MAX_RESOURCE_BYTES)"
+            )
         compartment = patient_compartment(resource)
         recorded = context.as_dict() | {"interaction": interaction}
         if stream is None:
@@ -357,15 +366,34 @@ class RecordApplication(Application[UUID]):
         streams = [p.stream for p in pendings if p.stream is not None]
         if not streams and not others:
             return [p.written for p in pendings]
+        events = [event for aggregate in (*streams, *others) for event in aggregate.pending_events]
         try:
             if others:
                 recordings = self.save(*streams, *others)
             else:  # issue 8: concurrent writes share a transaction (ehr_core/group_commit.py)
                 recordings = self._group.append([event for stream in streams for event in stream.collect_events()])
+            ids: dict[tuple[UUID, int], int] | None = {
+                (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id for r in recordings
+            }
         except IntegrityError:
-            names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
-            raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
-        ids = {(r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id for r in recordings}
+            # A lost race, or this very write: a driver that retried an append whose first attempt had
+            # committed (its answer lost with the connection) finds its own events in the way.
+            ids = self._stored_as_ours(events)
+            if ids is None:
+                names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
+                raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
+        except (OperationalError, InterfaceError) as error:
+            if _rolled_back(error):
+                message = f"the event store did not accept the write ({error}); nothing was stored"
+                raise StoreUnavailable(message) from None
+            # The connection was lost: the COMMIT may have reached the store before the answer was lost.
+            ids = self._stored_as_ours(events, unknown=True)
+            if ids is None:
+                raise StoreUnavailable(
+                    "the connection to the event store was lost during the write: the write may have been applied; "
+                    "read the resource before retrying"
+                ) from None
+        assert ids is not None
         results = []
         for pending in pendings:
             if pending.stream is None:
@@ -374,6 +402,63 @@ class RecordApplication(Application[UUID]):
             key = (pending.stream.id, pending.written.version)
             results.append(replace(pending.written, notification_id=ids[key], store=self.store))
         return results
+
+    def _stored_as_ours(self, events: Sequence[Any], unknown: bool = False) -> dict[tuple[UUID, int], int] | None:
+        """The notification ids of ``events`` when the store holds each of them as this write made it
+        (same stream, version, recorded time and context: a retry of the same append), else None.
+
+        With ``unknown``, an outcome that cannot be established raises StoreUnavailable ("may have been
+        applied"); otherwise (a unique-key violation) a store that holds other events is a lost race.
+        """
+        notification_id_of = getattr(self.recorder, "notification_id_of", None)
+        if notification_id_of is None or not events:
+            return None
+        ids: dict[tuple[UUID, int], int] = {}
+        try:
+            with self.guard():
+                for event in events:
+                    stored = list(
+                        self.events.get(
+                            event.originator_id, gt=event.originator_version - 1, lte=event.originator_version
+                        )
+                    )
+                    if not stored or not _same_event(stored[0], event):
+                        return None
+                    found = notification_id_of(event.originator_id, event.originator_version)
+                    if found is None:
+                        return None
+                    ids[(event.originator_id, event.originator_version)] = found
+        except (OperationalError, InterfaceError, StoreUnavailable):
+            if unknown:
+                return None  # the caller answers "may have been applied"
+            raise StoreUnavailable(
+                "the event store could not be read after a refused write: the write may have been applied; "
+                "read the resource before retrying"
+            ) from None
+        return ids
+
+
+def _same_event(stored: Any, ours: Any) -> bool:
+    """Whether a stored event is the one this process made: the same kind, recorded time and context
+    (the request id is in it), and for resource events the same content hash."""
+    return (
+        type(stored) is type(ours)
+        and stored.timestamp == ours.timestamp
+        and getattr(stored, "context", None) == getattr(ours, "context", None)
+        and getattr(stored, "content_hash", None) == getattr(ours, "content_hash", None)
+    )
+
+
+def _rolled_back(error: BaseException) -> bool:
+    """Whether the store answered this error itself (the transaction rolled back, nothing stored): a
+    timeout or a lock it could not take, on a connection still alive. Without an answer (a lost
+    connection, a socket timeout) the outcome is unknown."""
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    if not sqlstate:
+        return False
+    # 08: connection exception; 57P0x: the server or this backend was shut down or terminated.
+    return not (sqlstate.startswith("08") or sqlstate.startswith("57P"))
 
 
 def _check_if_match(stream: ResourceStream | None, if_match: int | None, resource_type: str, resource_id: str) -> None:
