@@ -8,6 +8,7 @@ notification id of what it appended, so the caller can wait for the projections 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -45,6 +46,8 @@ __all__ = ["RecordApplication", "Written", "format_instant"]
 
 # Concurrent writers without If-Match: retry the read-modify-append this many times before a 409.
 _RETRIES = 5
+#: Appends of one write after a lost connection, while the store shows none of it stored.
+_APPEND_ATTEMPTS = 5
 
 
 def format_instant(moment: datetime) -> str:
@@ -367,33 +370,7 @@ class RecordApplication(Application[UUID]):
         if not streams and not others:
             return [p.written for p in pendings]
         events = [event for aggregate in (*streams, *others) for event in aggregate.pending_events]
-        try:
-            if others:
-                recordings = self.save(*streams, *others)
-            else:  # issue 8: concurrent writes share a transaction (ehr_core/group_commit.py)
-                recordings = self._group.append([event for stream in streams for event in stream.collect_events()])
-            ids: dict[tuple[UUID, int], int] | None = {
-                (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id for r in recordings
-            }
-        except IntegrityError:
-            # A lost race, or this very write: a driver that retried an append whose first attempt had
-            # committed (its answer lost with the connection) finds its own events in the way.
-            ids = self._stored_as_ours(events)
-            if ids is None:
-                names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
-                raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
-        except (OperationalError, InterfaceError) as error:
-            if _rolled_back(error):
-                message = f"the event store did not accept the write ({error}); nothing was stored"
-                raise StoreUnavailable(message) from None
-            # The connection was lost: the COMMIT may have reached the store before the answer was lost.
-            ids = self._stored_as_ours(events, unknown=True)
-            if ids is None:
-                raise StoreUnavailable(
-                    "the connection to the event store was lost during the write: the write may have been applied; "
-                    "read the resource before retrying"
-                ) from None
-        assert ids is not None
+        ids = self._append_once(events, streams, others, pendings)
         results = []
         for pending in pendings:
             if pending.stream is None:
@@ -403,39 +380,78 @@ class RecordApplication(Application[UUID]):
             results.append(replace(pending.written, notification_id=ids[key], store=self.store))
         return results
 
-    def _stored_as_ours(self, events: Sequence[Any], unknown: bool = False) -> dict[tuple[UUID, int], int] | None:
-        """The notification ids of ``events`` when the store holds each of them as this write made it
-        (same stream, version, recorded time and context: a retry of the same append), else None.
+    def _append_once(
+        self, events: list[Any], streams: list[ResourceStream], others: Sequence[Any], pendings: Sequence[Pending]
+    ) -> dict[tuple[UUID, int], int]:
+        """Append ``events``; their notification ids. The event store's driver does not retry (a retry of an
+        append whose COMMIT was applied, its answer lost, used to hit its own events and answer 409
+        "nothing was stored"): after an error this looks at what the store holds, and retries only what
+        is known not to be stored."""
+        for attempt in range(_APPEND_ATTEMPTS):
+            try:
+                if attempt > 0:
+                    recordings = self._append(events)
+                elif others:
+                    recordings = self.save(*streams, *others)
+                else:  # issue 8: concurrent writes share a transaction (ehr_core/group_commit.py)
+                    recordings = self._group.append([event for stream in streams for event in stream.collect_events()])
+                return {(r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
+                        for r in recordings}  # fmt: skip
+            except IntegrityError:
+                # A lost race, or this very write: an earlier attempt (this loop's, or the group commit's
+                # shared transaction) that committed although its answer was lost.
+                found = self._look(events)
+                if isinstance(found, dict):
+                    return found
+                names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
+                raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
+            except (OperationalError, InterfaceError) as error:
+                if getattr(self.recorder, "notification_id_of", None) is None:
+                    raise  # an embedded store (SQLite): an error means the transaction did not commit
+                if _rolled_back(error):
+                    message = f"the event store did not accept the write ({error}); nothing was stored"
+                    raise StoreUnavailable(message) from None
+                # The connection was lost: the COMMIT may have reached the store before the answer was lost.
+                found = self._look(events)
+                if isinstance(found, dict):
+                    return found
+                if found == "other":
+                    names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
+                    raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
+                time.sleep(0.2)  # absent: nothing of this write is stored, so it may be appended again
+        raise StoreUnavailable("the event store kept losing the connection; nothing of this write is stored, retry")
 
-        With ``unknown``, an outcome that cannot be established raises StoreUnavailable ("may have been
-        applied"); otherwise (a unique-key violation) a store that holds other events is a lost race.
-        """
+    def _look(self, events: Sequence[Any]) -> dict[tuple[UUID, int], int] | str:
+        """What the store holds of ``events``: their notification ids when it holds each of them as this
+        write made them (same stream, version, recorded time, context and content), ``"absent"`` when
+        it holds none, ``"other"`` when another write took one of their versions.
+
+        Raises StoreUnavailable ("may have been applied") when the store cannot be read."""
         notification_id_of = getattr(self.recorder, "notification_id_of", None)
-        if notification_id_of is None or not events:
-            return None
+        if notification_id_of is None:
+            return "other"  # cannot tell: as before, a unique-key violation is a lost race
         ids: dict[tuple[UUID, int], int] = {}
         try:
             with self.guard():
                 for event in events:
-                    stored = list(
-                        self.events.get(
-                            event.originator_id, gt=event.originator_version - 1, lte=event.originator_version
-                        )
-                    )
-                    if not stored or not _same_event(stored[0], event):
-                        return None
-                    found = notification_id_of(event.originator_id, event.originator_version)
-                    if found is None:
-                        return None
-                    ids[(event.originator_id, event.originator_version)] = found
-        except (OperationalError, InterfaceError, StoreUnavailable):
-            if unknown:
-                return None  # the caller answers "may have been applied"
+                    key = (event.originator_id, event.originator_version)
+                    stored = list(self.events.get(key[0], gt=key[1] - 1, lte=key[1]))
+                    if not stored:
+                        if ids:  # one transaction: all of it or nothing, so this cannot be ours
+                            return "other"
+                        continue
+                    found = notification_id_of(*key)
+                    if not _same_event(stored[0], event) or found is None:
+                        return "other"
+                    ids[key] = found
+        except (OperationalError, InterfaceError, StoreUnavailable, OSError):
             raise StoreUnavailable(
-                "the event store could not be read after a refused write: the write may have been applied; "
+                "the connection to the event store was lost during the write: the write may have been applied; "
                 "read the resource before retrying"
             ) from None
-        return ids
+        if not ids:
+            return "absent"
+        return ids if len(ids) == len(events) else "other"
 
 
 def _same_event(stored: Any, ours: Any) -> bool:
