@@ -28,7 +28,7 @@ from ehr_core.streams import ResourceStream
 from projections.db import Tx, ViewDatabase
 from projections.indexed import indexed
 from projections.privacy import erasure_from_event
-from projections.projector import Progress, Projector
+from projections.projector import Progress, Projector, Retry
 
 __all__ = ["IdentityIndex", "LinkRow", "Source", "everything_page"]
 
@@ -63,7 +63,7 @@ def _patient(record: str) -> str:
     return record.split("/", 1)[1] if record.startswith("Patient/") else record
 
 
-class _DecisionsRaced(Exception):
+class _DecisionsRaced(Retry):
     """The batch's MPI decisions could not be appended: another writer changed a person first."""
 
 
