@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     #: Time for a request: its body must arrive (408), a read must finish and a write must reach its
     #: append (503) within it. A write already appending is never cut off.
     request_timeout_seconds: float = 30.0
+    #: After SIGTERM: how long requests in flight may take to finish before they are abandoned (the
+    #: process exits at the latest 10 s later, whatever is still blocked).
+    shutdown_timeout_seconds: int = 10
     #: Notifications a projection handles in one transaction.
     projection_batch_size: int = 500
     #: Who applies events to the views (issue 8): ``inline`` — each API process, after its own writes and
