@@ -8,6 +8,7 @@ notification id of what it appended, so the caller can wait for the projections 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
+from eventsourcing.persistence import IntegrityError, InterfaceError, Mapper, OperationalError, Transcoder
 
 from ehr_core.compartment import patient_compartment
 from ehr_core.context import WriteContext
@@ -30,6 +31,8 @@ from ehr_core.errors import (
     NotFound,
     PreconditionFailed,
     RecordedElsewhere,
+    StoreUnavailable,
+    TooLarge,
 )
 from ehr_core.group_commit import GroupCommit  # issue 8
 from ehr_core.identity.rules import check_identifiers
@@ -47,6 +50,8 @@ UNKNOWN_INSTITUTION = "unknown"
 
 # Concurrent writers without If-Match: retry the read-modify-append this many times before a 409.
 _RETRIES = 5
+#: Appends of one write after a lost connection, while the store shows none of it stored.
+_APPEND_ATTEMPTS = 5
 
 
 def format_instant(moment: datetime) -> str:
@@ -362,6 +367,13 @@ class RecordApplication(Application[UUID]):
         now = now or datetime.now(UTC)
         version = 1 if stream is None else stream.version + 1
         body = fhir_json.dumps(with_server_meta(resource, version, format_instant(now)))
+        if len(body) > self.settings.max_resource_bytes:
+            # One resource is one event, appended and projected in one transaction each: bounded here, so
+            # no single write can hold the event table's lock for long or outgrow what a projection handles.
+            raise TooLarge(
+                f"{resource_type} of {len(body)} bytes is larger than the {self.settings.max_resource_bytes} "
+                "bytes a resource may have (EHR_MAX_RESOURCE_BYTES)"
+            )
         compartment = patient_compartment(resource)
         recorded = context.as_dict() | {"interaction": interaction}
         if stream is not None:
@@ -392,15 +404,8 @@ class RecordApplication(Application[UUID]):
         streams = [p.stream for p in pendings if p.stream is not None]
         if not streams and not others:
             return [p.written for p in pendings]
-        try:
-            if others:
-                recordings = self.save(*streams, *others)
-            else:  # issue 8: concurrent writes share a transaction (ehr_core/group_commit.py)
-                recordings = self._group.append([event for stream in streams for event in stream.collect_events()])
-        except IntegrityError:
-            names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
-            raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
-        ids = {(r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id for r in recordings}
+        events = [event for aggregate in (*streams, *others) for event in aggregate.pending_events]
+        ids = self._append_once(events, streams, others, pendings)
         results = []
         for pending in pendings:
             if pending.stream is None:
@@ -409,6 +414,102 @@ class RecordApplication(Application[UUID]):
             key = (pending.stream.id, pending.written.version)
             results.append(replace(pending.written, notification_id=ids[key], store=self.store))
         return results
+
+    def _append_once(
+        self, events: list[Any], streams: list[ResourceStream], others: Sequence[Any], pendings: Sequence[Pending]
+    ) -> dict[tuple[UUID, int], int]:
+        """Append ``events``; their notification ids. The event store's driver does not retry (a retry of an
+        append whose COMMIT was applied, its answer lost, used to hit its own events and answer 409
+        "nothing was stored"): after an error this looks at what the store holds, and retries only what
+        is known not to be stored."""
+        for attempt in range(_APPEND_ATTEMPTS):
+            try:
+                if attempt > 0:
+                    recordings = self._append(events)
+                elif others:
+                    recordings = self.save(*streams, *others)
+                else:  # issue 8: concurrent writes share a transaction (ehr_core/group_commit.py)
+                    recordings = self._group.append([event for stream in streams for event in stream.collect_events()])
+                return {(r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
+                        for r in recordings}  # fmt: skip
+            except IntegrityError:
+                # A lost race, or this very write: an earlier attempt (this loop's, or the group commit's
+                # shared transaction) that committed although its answer was lost.
+                found = self._look(events)
+                if isinstance(found, dict):
+                    return found
+                names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
+                raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
+            except (OperationalError, InterfaceError) as error:
+                if getattr(self.recorder, "notification_id_of", None) is None:
+                    raise  # an embedded store (SQLite): an error means the transaction did not commit
+                if _rolled_back(error):
+                    message = f"the event store did not accept the write ({error}); nothing was stored"
+                    raise StoreUnavailable(message) from None
+                # The connection was lost: the COMMIT may have reached the store before the answer was lost.
+                found = self._look(events)
+                if isinstance(found, dict):
+                    return found
+                if found == "other":
+                    names = ", ".join(f"{p.written.resource_type}/{p.written.resource_id}" for p in pendings[:3])
+                    raise Conflict(f"{names} changed in another request at the same time; nothing was stored") from None
+                time.sleep(0.2)  # absent: nothing of this write is stored, so it may be appended again
+        raise StoreUnavailable("the event store kept losing the connection; nothing of this write is stored, retry")
+
+    def _look(self, events: Sequence[Any]) -> dict[tuple[UUID, int], int] | str:
+        """What the store holds of ``events``: their notification ids when it holds each of them as this
+        write made them (same stream, version, recorded time, context and content), ``"absent"`` when
+        it holds none, ``"other"`` when another write took one of their versions.
+
+        Raises StoreUnavailable ("may have been applied") when the store cannot be read."""
+        notification_id_of = getattr(self.recorder, "notification_id_of", None)
+        if notification_id_of is None:
+            return "other"  # cannot tell: as before, a unique-key violation is a lost race
+        ids: dict[tuple[UUID, int], int] = {}
+        try:
+            with self.guard():
+                for event in events:
+                    key = (event.originator_id, event.originator_version)
+                    stored = list(self.events.get(key[0], gt=key[1] - 1, lte=key[1]))
+                    if not stored:
+                        if ids:  # one transaction: all of it or nothing, so this cannot be ours
+                            return "other"
+                        continue
+                    found = notification_id_of(*key)
+                    if not _same_event(stored[0], event) or found is None:
+                        return "other"
+                    ids[key] = found
+        except (OperationalError, InterfaceError, StoreUnavailable, OSError):
+            raise StoreUnavailable(
+                "the connection to the event store was lost during the write: the write may have been applied; "
+                "read the resource before retrying"
+            ) from None
+        if not ids:
+            return "absent"
+        return ids if len(ids) == len(events) else "other"
+
+
+def _same_event(stored: Any, ours: Any) -> bool:
+    """Whether a stored event is the one this process made: the same kind, recorded time and context
+    (the request id is in it), and for resource events the same content hash."""
+    return (
+        type(stored) is type(ours)
+        and stored.timestamp == ours.timestamp
+        and getattr(stored, "context", None) == getattr(ours, "context", None)
+        and getattr(stored, "content_hash", None) == getattr(ours, "content_hash", None)
+    )
+
+
+def _rolled_back(error: BaseException) -> bool:
+    """Whether the store answered this error itself (the transaction rolled back, nothing stored): a
+    timeout or a lock it could not take, on a connection still alive. Without an answer (a lost
+    connection, a socket timeout) the outcome is unknown."""
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    if not sqlstate:
+        return False
+    # 08: connection exception; 57P0x: the server or this backend was shut down or terminated.
+    return not (sqlstate.startswith("08") or sqlstate.startswith("57P"))
 
 
 def _check_if_match(stream: ResourceStream | None, if_match: int | None, resource_type: str, resource_id: str) -> None:

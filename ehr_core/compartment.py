@@ -7,6 +7,7 @@ CompartmentDefinition, written as element paths rather than search parameters.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["patient_compartment"]
@@ -99,9 +100,14 @@ def _patient_id(reference: Any) -> str | None:
     # Relative (Patient/1), absolute (https://x/fhir/Patient/1) and versioned (Patient/1/_history/2).
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
-    if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
+    # Only an R4 id (1-64 of [A-Za-z0-9-.]) can name a Patient: anything else points at no record, and would
+    # become a compartment (a data key, index rows) of any length the client chose.
+    if len(parts) >= 2 and parts[-2] == "Patient" and _ID.fullmatch(parts[-1]):
         return parts[-1]
     return None
+
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def patient_compartment(resource: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ __all__ = [
     "RecordError",
     "RecordedElsewhere",
     "StoreUnavailable",
+    "TooLarge",
     "Unprocessable",
 ]
 
@@ -116,4 +117,13 @@ class StoreUnavailable(RecordError):
     category = "unavailable"
 
     def __init__(self, issues: Sequence[Issue] | str, code: str = "transient") -> None:
+        super().__init__(issues, code)
+
+
+class TooLarge(RecordError):
+    """A resource larger than the store accepts (``EHR_MAX_RESOURCE_BYTES``): 413, nothing stored."""
+
+    category = "too-large"
+
+    def __init__(self, issues: Sequence[Issue] | str, code: str = "too-long") -> None:
         super().__init__(issues, code)

@@ -230,7 +230,9 @@ class _Table:
 
             schema = self._settings.postgres_schema
             self._connection = psycopg.connect(
-                self._settings.postgres_conninfo(), autocommit=True, options=f"-c search_path={schema}"
+                self._settings.postgres_conninfo(),
+                autocommit=True,
+                options=f"{self._settings.postgres_options()} -c search_path={schema}",  # the timeouts kept
             )
         else:
             path = private_sqlite(self._settings.data_dir / "keys.sqlite")

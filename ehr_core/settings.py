@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     #: Time for a request: its body must arrive (408), a read must finish and a write must reach its
     #: append (503) within it. A write already appending is never cut off.
     request_timeout_seconds: float = 30.0
+    #: After SIGTERM: how long requests in flight may take to finish before they are abandoned (the
+    #: process exits at the latest 10 s later, whatever is still blocked).
+    shutdown_timeout_seconds: int = 10
     #: Notifications a projection handles in one transaction.
     projection_batch_size: int = 500
     #: Who applies events to the views (issue 8): ``inline`` — each API process, after its own writes and
@@ -60,6 +63,19 @@ class Settings(BaseSettings):
     views_replica_url: str | None = None
     #: Seconds to wait for a PostgreSQL connection before answering 503.
     postgres_connect_timeout_seconds: int = 30
+    #: Longest a PostgreSQL statement may run (``statement_timeout`` on every connection): a stuck one ends
+    #: in an error (503) instead of holding its request, and its locks, for ever.
+    postgres_statement_timeout_seconds: float = 60.0
+    #: Longest an append waits for the event table's ordering lock (another append holding it): then 503.
+    postgres_lock_timeout_seconds: int = 10
+    #: A connection left inside a transaction this long is closed by the server (its locks released).
+    postgres_idle_in_transaction_timeout_seconds: float = 60.0
+    #: Data sent and not acknowledged this long (the database's host gone) fails the socket (``tcp_user_timeout``).
+    postgres_tcp_user_timeout_seconds: float = 30.0
+    #: Largest stored resource, in bytes (its JSON with server ``meta``): 413 above it, for REST writes,
+    #: Bundle entries and imports alike. Well below ``max_body_bytes``: one event carries the whole resource,
+    #: and every projection of it is written in one transaction.
+    max_resource_bytes: int = 4 * 1024 * 1024
     # -- issue 7: keys and access ------------------------------------------------------------------
     #: ``production`` refuses to start without a master key and without authentication.
     env: str = "development"
@@ -135,10 +151,34 @@ class Settings(BaseSettings):
             "dbname": url.path.lstrip("/") or "postgres",
         }
 
+    def postgres_options(self) -> str:
+        """Server settings of every connection (libpq ``options``): statements, locks and idle transactions
+        end in an error after their timeout, never hold a request or a lock indefinitely."""
+        return (
+            f"-c statement_timeout={_ms(self.postgres_statement_timeout_seconds)} "
+            f"-c lock_timeout={_ms(self.postgres_statement_timeout_seconds)} "
+            f"-c idle_in_transaction_session_timeout={_ms(self.postgres_idle_in_transaction_timeout_seconds)}"
+        )
+
+    def postgres_socket_params(self) -> dict[str, str]:
+        """TCP keepalives and a user timeout: a peer gone silent fails the socket in seconds, not TCP's minutes."""
+        return {
+            "keepalives": "1",
+            "keepalives_idle": "10",
+            "keepalives_interval": "5",
+            "keepalives_count": "3",
+            "tcp_user_timeout": str(_ms(self.postgres_tcp_user_timeout_seconds)),
+        }
+
     def postgres_conninfo(self) -> str:
-        params = self.postgres_params() | {"connect_timeout": str(self.postgres_connect_timeout_seconds)}
+        params = (
+            self.postgres_params()
+            | {"connect_timeout": str(self.postgres_connect_timeout_seconds)}
+            | self.postgres_socket_params()
+        )
         if not params["password"]:
             params.pop("password")
+        params["options"] = "'" + self.postgres_options().replace("\\", "\\\\").replace("'", "\\'") + "'"
         return " ".join(f"{key}={value}" for key, value in params.items())
 
     def replica_conninfo(self) -> str | None:
@@ -152,7 +192,8 @@ class Settings(BaseSettings):
         if self.uses_postgres:
             params = self.postgres_params()
             return {
-                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                # The library's PostgreSQL store, appending without pipeline mode (see ehr_core/pgstore.py).
+                "PERSISTENCE_MODULE": "ehr_core.pgstore:Factory",
                 "POSTGRES_HOST": params["host"],
                 "POSTGRES_PORT": params["port"],
                 "POSTGRES_USER": params["user"],
@@ -161,8 +202,10 @@ class Settings(BaseSettings):
                 "POSTGRES_SCHEMA": self.postgres_schema,
                 "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
                 "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size // 2),
-                "POSTGRES_LOCK_TIMEOUT": "10",
+                "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_seconds),
                 "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout_seconds),
+                "EHR_POSTGRES_OPTIONS": self.postgres_options(),
+                **{f"EHR_POSTGRES_{key.upper()}": value for key, value in self.postgres_socket_params().items()},
                 # Never POSTGRES_ENABLE_DB_FUNCTIONS: it skips the ordering lock (DESIGN.md).
             }
         return {
@@ -170,3 +213,7 @@ class Settings(BaseSettings):
             "SQLITE_DBNAME": str(private_sqlite(self.data_dir / "events.sqlite")),
             "SQLITE_LOCK_TIMEOUT": "30",
         }
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from ehr_core.files import private_umask
 from fhir_api.commands import (  # 6: audit, verify; 5: demo; 7: privacy, token
@@ -34,15 +38,44 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings()
     backend = "PostgreSQL" if settings.uses_postgres else f"SQLite in {settings.data_dir.resolve()}"
     print(f"ehr: FHIR R4 server at http://{args.host}:{args.port}/fhir ({backend})", flush=True)
-    uvicorn.run(
+    grace = settings.shutdown_timeout_seconds
+    if args.workers > 1:
+        uvicorn.run(
+            "fhir_api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=grace,
+        )
+        return 0
+    config = uvicorn.Config(
         "fhir_api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
         log_level=args.log_level,
         access_log=False,
+        # After SIGTERM, requests in flight get this long to finish, then are cancelled.
+        timeout_graceful_shutdown=grace,
     )
+    server = uvicorn.Server(config)
+    threading.Thread(target=_exit_after_shutdown_stalls, args=(server, grace), daemon=True).start()
+    server.run()
+    return 0
+
+
+def _exit_after_shutdown_stalls(server: Any, grace: int) -> None:
+    """Bound a shutdown: uvicorn cancels the requests' tasks after ``grace``, but a worker thread blocked in
+    the database (a statement waiting on a lock) cannot be cancelled and would keep the process alive, so
+    SIGTERM ends the process at the latest ``grace`` + 10 s after it arrived."""
+    while not server.should_exit:
+        time.sleep(0.2)
+    time.sleep(grace + 10)
+    print(f"ehr: shutdown still not finished {grace + 10:.0f} s after the signal; exiting", file=sys.stderr, flush=True)
+    os._exit(3)
     return 0
 
 

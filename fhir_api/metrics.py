@@ -73,8 +73,16 @@ class _Positions(Collector):
             "Notifications recorded but not yet applied, by projection",
             labels=["projection"],
         )
+        quarantined = GaugeMetricFamily(
+            "ehr_projection_quarantined_events",
+            "Events a projection skipped because applying them failed (ehr verify; ehr project --retry-quarantined)",
+            labels=["projection"],
+        )
         with self.services.views.read() as tx:
             rows = dict(tx.execute("SELECT name, position FROM projection_tracking").fetchall())
+            skipped = dict(
+                tx.execute("SELECT projection, COUNT(*) FROM quarantined_events GROUP BY projection").fetchall()
+            )
         heads = {"ehr": self.services.application.recorder.max_notification_id() or 0}
         if self.services.compliance is not None:
             heads["audit"] = self.services.compliance.audit_log.recorder.max_notification_id() or 0
@@ -85,9 +93,12 @@ class _Positions(Collector):
             followed = heads["audit"] if name.startswith("audit") and "audit" in heads else heads["ehr"]
             position.add_metric([str(name)], int(value))
             lag.add_metric([str(name)], max(0, followed - int(value)))
+        for name in sorted(rows):
+            quarantined.add_metric([str(name)], int(skipped.get(name, 0)))
         yield head
         yield position
         yield lag
+        yield quarantined
 
 
 def metrics_router() -> APIRouter:

@@ -305,13 +305,16 @@ class PostgresViews:
         self._replica = self._open_pool(replica_conninfo, pool_size) if replica_conninfo else None
 
     def _open_pool(self, conninfo: str, size: int) -> Any:
+        from psycopg.conninfo import conninfo_to_dict
         from psycopg_pool import ConnectionPool
 
+        # The conninfo's own options (statement and lock timeouts, see Settings.postgres_options) are kept.
+        options = f"{conninfo_to_dict(conninfo).get('options') or ''} -c search_path={self.schema}".strip()
         return ConnectionPool(
             conninfo,
             min_size=1,
             max_size=size,
-            kwargs={"options": f"-c search_path={self.schema}", "autocommit": True},
+            kwargs={"options": options, "autocommit": True},
             open=True,
             # No health check on every checkout (a round trip each): a connection broken by a server
             # restart fails its request (503) and the pool discards it on return.

@@ -70,7 +70,7 @@ class _ReadsStoreFirst(Projector):
 
     def _read_store(self, tx: Tx, position: int) -> Sequence[Notification]:
         if self._prefetched is not None and self._prefetched[0] == position:
-            return self._prefetched[1]
+            return self._prefetched[1][: self.batch_size]  # smaller when a failed batch is applied event by event
         return super()._fetch(tx, position)
 
 

@@ -27,8 +27,9 @@ from ehr_core.resources import json as fhir_json
 from ehr_core.streams import ResourceStream
 from projections.access import Viewer, visible_clause, with_consents
 from projections.db import Tx, ViewDatabase
+from projections.indexed import indexed
 from projections.privacy import erasure_from_event
-from projections.projector import Progress, Projector
+from projections.projector import Progress, Projector, Retry
 
 __all__ = ["IdentityIndex", "LinkRow", "Source", "everything_page"]
 
@@ -52,11 +53,18 @@ class Source:
     unit: str | None
 
 
+def _blocking(*names: str) -> tuple[str, ...]:
+    """Names as the blocking indexes hold them: a bounded prefix (PostgreSQL b-tree rows are limited to
+    ~2,700 bytes, and one Patient may carry a name of any length). Matching itself compares the full
+    names, kept in ``features``."""
+    return tuple(indexed(name) for name in names)
+
+
 def _patient(record: str) -> str:
     return record.split("/", 1)[1] if record.startswith("Patient/") else record
 
 
-class _DecisionsRaced(Exception):
+class _DecisionsRaced(Retry):
     """The batch's MPI decisions could not be appended: another writer changed a person first."""
 
 
@@ -327,9 +335,7 @@ class IdentityIndex(Projector):
                     f.curp,
                     f.birth_date,
                     f.birth_date[:4],
-                    f.given,
-                    f.surname1,
-                    f.surname2,
+                    *_blocking(f.given, f.surname1, f.surname2),
                     orjson.dumps(f.as_dict()).decode(),
                 ),
             )
@@ -347,7 +353,8 @@ class IdentityIndex(Projector):
         """Records sharing a blocking key: CURP, birth date, birth year and a surname, or name and surname."""
         f = features
         year = f.birth_date[:4] or _NONE
-        surnames = [s or _NONE for s in (f.surname1, f.surname2)]
+        given, surname1, surname2 = _blocking(f.given, f.surname1, f.surname2)
+        surnames = [s or _NONE for s in (surname1, surname2)]
         rows = tx.execute(
             "SELECT record_id, person_id, features FROM mpi_records WHERE deleted = 0 AND record_id <> ? AND ("
             "curp = ? OR birth_date = ? OR (birth_year = ? AND (surname1 IN (?, ?) OR surname2 IN (?, ?)))"
@@ -359,8 +366,8 @@ class IdentityIndex(Projector):
                 year,
                 *surnames,
                 *surnames,
-                f.surname1 or _NONE,
-                f.given or _NONE,
+                surname1 or _NONE,
+                given or _NONE,
                 limit,
             ),
         ).fetchall()

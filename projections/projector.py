@@ -10,22 +10,31 @@ they take turns, and whoever comes second finds the work done.
 from __future__ import annotations
 
 import hashlib
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import psycopg
 from eventsourcing.application import Application
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import DataError as PersistenceDataError
+from eventsourcing.persistence import IntegrityError as PersistenceIntegrityError
+from eventsourcing.persistence import Notification, PersistenceError
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 
+from ehr_core.errors import StoreUnavailable
 from projections import metrics  # issue 8
 from projections.changes import Change, change_from_event
 from projections.db import Tx, ViewDatabase
 from projections.privacy import erase, erasure_from_event  # issue 7
 from projections.view import View
 
-__all__ = ["Projector", "projected_channel"]
+__all__ = ["Projector", "Retry", "create_quarantine_table", "projected_channel", "transient"]
+
+log = logging.getLogger(__name__)
 
 
 def projected_channel(schema: str) -> str:
@@ -40,6 +49,44 @@ Progress = Callable[[int, int], None]
 
 #: Batches of at most this many notifications are applied in pipeline mode (see ``Tx.pipelined``).
 _PIPELINED_UP_TO = 32
+
+
+def create_quarantine_table(tx: Tx) -> None:
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS quarantined_events (projection TEXT NOT NULL, notification_id BIGINT NOT NULL, "
+        "error TEXT NOT NULL, PRIMARY KEY (projection, notification_id))"
+    )
+
+
+class Retry(Exception):
+    """A batch that must be applied again (e.g. it raced another writer): never a reason to quarantine."""
+
+
+#: SQLSTATE classes of the database's state, not of an event: connection (08), transaction rollback
+#: (40: serialization, deadlock), insufficient resources (53), lock not available (55P03), operator
+#: intervention (57: statement timeout, shutdown), system error (58), idle-in-transaction timeout (25P03).
+_TRANSIENT_STATES = ("08", "40", "53", "55P03", "57", "58", "25P03")
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not do the work now (retry later), not that an event is bad."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, Retry | TimeoutError | ConnectionError | sqlite3.OperationalError | StoreUnavailable):
+            return True
+        if isinstance(seen, PersistenceError | psycopg.Error) and not isinstance(
+            seen, PersistenceIntegrityError | PersistenceDataError
+        ):
+            sqlstate = getattr(seen, "sqlstate", None)
+            if isinstance(seen, psycopg.Error) and isinstance(sqlstate, str) and sqlstate:
+                return sqlstate.startswith(_TRANSIENT_STATES)
+            lost = isinstance(seen, psycopg.OperationalError | psycopg.InterfaceError | PersistenceOperationalError)
+            if lost and seen.__cause__ is None:
+                return True  # no answer from the server: a lost connection
+        if type(seen).__name__ == "PoolTimeout":
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class Projector:
@@ -66,6 +113,7 @@ class Projector:
             )
             for view in self.views:
                 view.create(tx, self.database.dialect)
+            create_quarantine_table(tx)
             tx.execute(
                 "INSERT INTO projection_tracking (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
                 (self.name,),
@@ -131,6 +179,94 @@ class Projector:
         return tuple(index for view in self.views for index in view.query_indexes)
 
     def _apply_batch(self, until: int | None) -> int:
+        """Apply the next batch; should it fail on an event, apply it event by event and quarantine the
+        event(s) that fail (``quarantined_events``), so that one event no view can hold never blocks the
+        log behind it (every later write waiting for its projection, a server that cannot start).
+
+        Errors of the database's state (a lost connection, a timeout, a full disk, a lock not taken) are
+        not the event's fault: they propagate, and the batch is applied again later, whole."""
+        try:
+            return self._apply_whole_batch(until)
+        except Exception as error:
+            if transient(error):
+                raise
+            if self.batch_size <= 1:
+                return self._quarantine(error)
+            log.warning("projection %r: a batch failed (%s); applying it event by event", self.name, error)
+        size = self.batch_size
+        applied = 0
+        self.batch_size = 1  # each event in its own transaction: the failing one rolls back alone
+        try:
+            for _ in range(size):
+                try:
+                    done = self._apply_whole_batch(until)
+                except Exception as error:
+                    if transient(error):
+                        raise
+                    done = self._quarantine(error)
+                applied += done
+                if done == 0 or (until is not None and self._position >= until):
+                    break
+        finally:
+            self.batch_size = size
+        return applied
+
+    def _quarantine(self, error: Exception) -> int:
+        """Record the next notification as quarantined and move the tracking row past it (one transaction)."""
+        with self.database.write() as tx:
+            position = self._read_position(tx, lock=True)
+            notifications = self._fetch(tx, position)[:1]
+            if not notifications:
+                self._position = position
+                return 0
+            failed = notifications[0].id
+            create_quarantine_table(tx)
+            tx.execute(
+                "INSERT INTO quarantined_events (projection, notification_id, error) VALUES (?, ?, ?) "
+                "ON CONFLICT (projection, notification_id) DO UPDATE SET error = excluded.error",
+                (self.name, failed, f"{type(error).__name__}: {error}"[:2000]),
+            )
+            last = self._advance(tx, failed)
+        self._position = last
+        log.error("projection %r quarantined notification %s: %s", self.name, failed, error)
+        return 1
+
+    def quarantined(self) -> list[tuple[int, str]]:
+        """(notification id, error) of each event this projection skipped, oldest first."""
+        with self.database.read_primary() as tx:
+            create_quarantine_table(tx)
+            rows = tx.execute(
+                "SELECT notification_id, error FROM quarantined_events WHERE projection = ? ORDER BY notification_id",
+                (self.name,),
+            ).fetchall()
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    def retry_quarantined(self) -> tuple[int, int]:
+        """Apply each quarantined event again (after a fix); (applied, still failing).
+
+        An applied event leaves the quarantine in the transaction that applies it; the tracking row stays
+        where it is (it passed the event when it was quarantined)."""
+        applied = failing = 0
+        with self._lock:
+            for notification_id, _ in self.quarantined():
+                found = self.application.recorder.select_notifications(start=notification_id, limit=1)
+                try:
+                    with self.database.write() as tx:
+                        if found and found[0].id == notification_id:
+                            self.apply_notifications(tx, found)
+                        tx.execute(
+                            "DELETE FROM quarantined_events WHERE projection = ? AND notification_id = ?",
+                            (self.name, notification_id),
+                        )
+                    applied += 1
+                except Exception as error:
+                    if transient(error):
+                        raise
+                    failing += 1
+                    log.error("projection %r: notification %s still fails: %s", self.name, notification_id, error)
+        return applied, failing
+
+    def _apply_whole_batch(self, until: int | None) -> int:
         """One transaction: lock the tracking row, apply the next notifications, move the row."""
         started = time.perf_counter()
         with self.database.write() as tx:

@@ -204,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"ehr project: cannot reach the database ({str(error).strip()}); check EHR_DATABASE_URL")
         return 1
     where = f"PostgreSQL schema {settings.postgres_schema}" if settings.uses_postgres else str(settings.data_dir)
+    if args.retry_quarantined:
+        return _retry_quarantined(services, console)
     console.print(f"ehr project: applying the log to the views of {where}; Ctrl-C stops after the current batch")
     stores = [
         StoreFollower(services, name, stop) for name in (services.federation.names if services.federation else [])
@@ -221,6 +223,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retry_quarantined(services: Services, console: Console) -> int:
+    """Apply the events a projection quarantined (after the fix that lets them apply); exit 1 if any still fails."""
+    try:
+        failing = 0
+        for projector in _projectors(services):
+            applied, still = projector.retry_quarantined()
+            failing += still
+            if applied or still:
+                console.print(
+                    f"ehr project: {projector.name}: {applied} quarantined events applied, {still} still fail"
+                )
+        console.print(f"ehr project: {failing} quarantined events still fail" if failing else "ehr project: none left")
+        return 1 if failing else 0
+    finally:
+        services.close()
+
+
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "project",
@@ -229,4 +248,9 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--report-seconds", type=float, default=5.0, help="progress line interval (0: none)")
+    parser.add_argument(
+        "--retry-quarantined",
+        action="store_true",
+        help="apply again the events a projection quarantined (skipped because they failed), then exit",
+    )
     parser.set_defaults(handler=run)

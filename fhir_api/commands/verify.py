@@ -31,6 +31,7 @@ from ehr_core.ledger import BlockHead, LedgerKey, LedgerSettings, check_proof, l
 from ehr_core.settings import Settings
 from fhir_api.services import ledger_of
 from projections.ledger import VerifyReport, raw_reader, read_witness, verify, witness_path
+from projections.projector import create_quarantine_table
 from projections.setup import open_view_database
 
 __all__ = ["add_parsers", "run_verify"]
@@ -87,6 +88,16 @@ def run_verify(args: argparse.Namespace) -> int:
     return outcome
 
 
+def _quarantined(views: Any) -> list[tuple[str, int, str]]:
+    """(projection, notification id, error) of every quarantined event (projections/projector.py)."""
+    with views.write() as tx:
+        create_quarantine_table(tx)
+        rows = tx.execute(
+            "SELECT projection, notification_id, error FROM quarantined_events ORDER BY notification_id"
+        ).fetchall()
+    return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+
 def _verify_log(
     args: argparse.Namespace,
     application: Application[Any],
@@ -126,6 +137,17 @@ def _verify_log(
             )
         if report is None:
             return 2
+        quarantined = _quarantined(views)
+        if quarantined:
+            # The log is the record, but a view that skipped events answers as if they did not exist.
+            first = quarantined[0]
+            problem = (
+                f"{len(quarantined)} events are quarantined (skipped by a projection), the first: notification "
+                f"{first[1]} in {first[0]}: {first[2]}; fix the cause, then run `ehr project --retry-quarantined`"
+            )
+            console.print(f"[bold red]PROBLEM[/]: {label}{problem}")
+            print(f"FAILED: {label}{problem}")
+            return 1
         seconds = time.perf_counter() - started
         rate = report.events / seconds if seconds > 0 else 0.0
         if not report.ok:

@@ -20,6 +20,7 @@ import orjson
 
 from projections.changes import Change
 from projections.db import Dialect, Tx
+from projections.indexed import indexed
 from projections.search.dates import MAX, MIN, date_range
 from projections.search.extract import Rows, extract
 from projections.view import View
@@ -232,12 +233,30 @@ class SearchIndex(View):
             ids.append((sid, change.resource_type, change.resource_id, date_range(change.last_updated)[0]))
             rows = extract(_loads(change.body))
             for kind in VALUE_TABLES:
-                values[kind] += [(change.resource_type, *row, sid) for row in getattr(rows, kind)]
+                values[kind] += [(change.resource_type, *_bounded(kind, row), sid) for row in getattr(rows, kind)]
         if ids:
             tx.insert("search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids)
         self._spans(tx, values["date"])
         for kind, (table, columns) in VALUE_TABLES.items():
             tx.insert(table, ("resource_type", "param", *columns, "sid"), values[kind])
+
+
+def _bounded(kind: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row with each value a b-tree index holds cut to a bounded prefix (PostgreSQL refuses index rows
+    over ~2,700 bytes, see projections/indexed.py); ``exact`` and quantity units stay whole (unindexed)."""
+    if kind == "token":
+        param, system, code = row
+        return (param, indexed(system), indexed(code))
+    if kind == "string":
+        param, value, exact = row
+        return (param, indexed(value), exact)
+    if kind == "reference":
+        param, target_type, target_id, base = row
+        return (param, indexed(target_type), indexed(target_id), base)
+    if kind == "uri":
+        param, value = row
+        return (param, indexed(value))
+    return row
 
 
 def _span_updates(date_rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int, int, int]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from projections.db import Tx
+from projections.indexed import indexed
 from projections.search.dates import MAX, MIN
 from projections.search.fold import fold, prefix_upper_bound
 from projections.search.index import VALUE_TABLES
@@ -152,17 +153,20 @@ def _flatten(conditions: Sequence[Condition]) -> list[Any]:
 
 
 def _token(value: TokenValue) -> Condition:
-    if value.code is None:
-        return Condition("system = ?", [value.system])
-    if value.system is None:
-        return Condition("code = ?", [value.code])
-    if value.system == "":
-        return Condition("code = ? AND system IS NULL", [value.code])
-    return Condition("code = ? AND system = ?", [value.code, value.system])
+    # Indexed values are bounded prefixes (projections/indexed.py): compare like with like.
+    code, system = indexed(value.code), indexed(value.system)
+    if code is None:
+        return Condition("system = ?", [system])
+    if system is None:
+        return Condition("code = ?", [code])
+    if system == "":
+        return Condition("code = ? AND system IS NULL", [code])
+    return Condition("code = ? AND system = ?", [code, system])
 
 
 def _of_type(value: OfTypeValue) -> Condition:
-    return Condition("code = ? AND system = ?", [f"{value.type_code}|{value.value}", value.type_system])
+    code = indexed(f"{value.type_code}|{value.value}")
+    return Condition("code = ? AND system = ?", [code, indexed(value.type_system)])
 
 
 def _like_escape(text: str) -> str:
@@ -170,6 +174,7 @@ def _like_escape(text: str) -> str:
 
 
 def _prefix(folded: str) -> Condition:
+    folded = indexed(folded)  # what the index holds of a longer value
     return Condition("value >= ? AND value < ?", [folded, prefix_upper_bound(folded)])
 
 
@@ -183,7 +188,7 @@ def _words(text: str) -> Condition:
 def _string(text: str, modifier: str | None) -> Condition:
     folded = fold(text)
     if modifier == "exact":
-        return Condition("value = ? AND exact = ?", [folded, text])
+        return Condition("value = ? AND exact = ?", [indexed(folded), text])
     if modifier == "contains":
         return Condition("value LIKE ? ESCAPE '\\'", [f"%{_like_escape(folded)}%"])
     return _prefix(folded)
@@ -322,18 +327,17 @@ def _quantity(value: QuantityValue) -> Condition:
 
 
 def _reference(value: ReferenceValue, base: str | None) -> Condition:
-    if value.target_type is None:
-        return Condition("target_id = ?", [value.target_id])
+    target_type, target_id = indexed(value.target_type), indexed(value.target_id)  # as the index holds them
+    if target_type is None:
+        return Condition("target_id = ?", [target_id])
     if value.base is not None:
-        return Condition(
-            "target_type = ? AND target_id = ? AND base = ?", [value.target_type, value.target_id, value.base]
-        )
+        return Condition("target_type = ? AND target_id = ? AND base = ?", [target_type, target_id, value.base])
     if base is not None:
         return Condition(
             "target_type = ? AND target_id = ? AND (base IS NULL OR base = ?)",
-            [value.target_type, value.target_id, base.rstrip("/")],
+            [target_type, target_id, base.rstrip("/")],
         )
-    return Condition("target_type = ? AND target_id = ? AND base IS NULL", [value.target_type, value.target_id])
+    return Condition("target_type = ? AND target_id = ? AND base IS NULL", [target_type, target_id])
 
 
 def _uri(value: str, modifier: str | None) -> Condition:
@@ -341,13 +345,14 @@ def _uri(value: str, modifier: str | None) -> Condition:
         return _prefix_exact(value)
     if modifier == "above":
         parts = value.split("/")
-        prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1) if "/".join(parts[:n])]
+        prefixes = [indexed("/".join(parts[:n])) for n in range(1, len(parts) + 1) if "/".join(parts[:n])]
         marks = ", ".join("?" * len(prefixes))
         return Condition(f"value IN ({marks})", prefixes)
-    return Condition("value = ?", [value])
+    return Condition("value = ?", [indexed(value)])
 
 
 def _prefix_exact(text: str) -> Condition:
+    text = indexed(text)
     return Condition("value >= ? AND value < ?", [text, prefix_upper_bound(text)])
 
 

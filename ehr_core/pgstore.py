@@ -1,0 +1,72 @@
+"""The PostgreSQL event store, as the eventsourcing library's factory builds it, with two changes.
+
+``Settings.event_store_env`` names this module as ``PERSISTENCE_MODULE``, so the library builds
+:class:`Factory`, whose application recorder is :class:`EventRecorder`:
+
+- The append runs without psycopg's pipeline mode. With a parameter of several MB (one large resource,
+  a ~6 MB event) the pipeline's sync waited forever on a result while the transaction already held the
+  event table's lock, so every other write queued behind it, and SIGTERM could not end the thread.
+  Reproduced with psycopg 3.3.9 / eventsourcing 9.5.6 (see psycopg issue 685 for the same deadlock);
+  outside pipeline mode the same append takes a second. The append is three statements (lock, notify,
+  insert): the pipeline saved two round trips, nothing a write notices.
+- The append is not retried on a lost connection. The library retries ``insert_events`` up to ten times
+  on any operational error, but an error after COMMIT was sent leaves the outcome unknown: the retry then
+  hits the unique key of its own first attempt and the write was answered 409 "nothing was stored"
+  although it had been. The caller (``RecordApplication.commit``) decides instead, by looking.
+
+Every connection also carries server-side timeouts (statement, lock, idle in transaction) and TCP
+keepalives with a user timeout (``Settings.postgres_options``, ``Settings.postgres_socket_params``), so a
+stuck statement or a dead peer ends in an error the API maps to 503 instead of a request that never answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from psycopg.sql import SQL, Identifier
+
+__all__ = ["EventRecorder", "Factory"]
+
+#: Environment keys this module reads beside the library's own (set by ``Settings.event_store_env``).
+OPTIONS = "EHR_POSTGRES_OPTIONS"
+SOCKET = ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+
+
+class EventRecorder(PostgresApplicationRecorder):
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        # No pipeline, no retry: see the module's docstring.
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._insert_events(curs, stored_events, **kwargs)
+            if not stored_events:
+                return []
+            self._insert_stored_events(curs, stored_events, **kwargs)
+            return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+
+    def notification_id_of(self, originator_id: UUID, originator_version: int) -> int | None:
+        """The notification id of one stored event (None: not stored)."""
+        statement = SQL("SELECT notification_id FROM {0}.{1} WHERE originator_id = %s AND originator_version = %s")
+        query = statement.format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(query, (originator_id, originator_version))
+            row = curs.fetchone()
+        return int(row["notification_id"]) if row else None
+
+
+class Factory(PostgresFactory):
+    application_recorder_class = EventRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        datastore = self.datastore
+        # The pool opens on first use: every connection it makes carries the timeouts.
+        kwargs = datastore.pool.kwargs
+        assert isinstance(kwargs, dict)  # the library passes a dict (host, user, row factory...)
+        kwargs.update(
+            connect_timeout=int(self.env.get(self.POSTGRES_CONNECT_TIMEOUT) or 5),
+            options=self.env.get(OPTIONS) or "",
+            **{key: value for key in SOCKET if (value := self.env.get(f"EHR_POSTGRES_{key.upper()}"))},
+        )
