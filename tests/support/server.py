@@ -22,7 +22,7 @@ import pytest
 
 from ehr_core.settings import Settings
 
-__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server", "running_worker"]
+__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server", "running_worker", "store_health"]
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -82,6 +82,14 @@ def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path
                 last_problem = f"GET /metadata answered {response.status_code}: {response.text[:200]}"
             time.sleep(0.1)
     raise ServerFailed(f"no CapabilityStatement within {timeout:.0f}s ({last_problem}); output:\n{_output(log)}")
+
+
+def store_health(base_url: str) -> dict[str, dict[str, object]]:
+    """The stores as ``GET /health`` reports them (``{"audit": {"writable": ..., "lastProbe": ...}}``)."""
+    response = httpx.get(base_url.removesuffix("/fhir") + "/health", timeout=30)
+    assert response.status_code in (200, 503), f"GET /health answered {response.status_code}: {response.text[:300]}"
+    stores: dict[str, dict[str, object]] = response.json()["stores"]
+    return stores
 
 
 @contextmanager
