@@ -18,7 +18,8 @@ def _audit(client: TestClient, status: int) -> dict[str, Any]:
 
 
 def _gauge(client: TestClient) -> str:
-    return next(line for line in client.get("/metrics").text.splitlines() if line.startswith("ehr_store_writable{"))
+    text: str = client.get("/metrics").text
+    return next(line for line in text.splitlines() if line.startswith("ehr_store_writable{"))
 
 
 def test_health_follows_the_audit_log(client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
