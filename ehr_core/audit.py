@@ -76,6 +76,8 @@ class AuditSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EHR_AUDIT_", extra="ignore")
 
     enabled: bool = True
+    #: While the audit log cannot be written, one request in this many seconds goes through as a probe.
+    probe_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -165,16 +167,22 @@ class AuditLog(Application[UUID]):
 class AuditWriter(threading.Thread):
     """Group commit: one thread appends every entry submitted since its last commit, in one transaction."""
 
-    def __init__(self, log_: AuditLog, batch: int = 500, on_commit: Any = None) -> None:
+    def __init__(self, log_: AuditLog, batch: int = 500, on_commit: Any = None, probe_seconds: float = 5.0) -> None:
         super().__init__(name="ehr-audit-writer", daemon=True)
         self.log = log_
         self.batch = batch
         self.on_commit = on_commit
+        self.probe_seconds = probe_seconds
         # Unbounded, but its submitters wait for their commit once it holds more than a few batches.
         self._queue: queue.Queue[tuple[AuditEntry, Future[int]] | None] = queue.Queue()
         self._last: Future[int] | None = None
         #: When the last commit failed for good (None: the last commit succeeded). See :meth:`unavailable`.
         self.failed_at: float | None = None
+        #: Wall-clock times (``time.time()``) for operators (``GET /health``, ``/metrics``): when the log became
+        #: unwritable (None while writable), when the last probe request was let through, the last commit.
+        self.unwritable_since: float | None = None
+        self.probed_at: float | None = None
+        self.committed_at: float | None = None
 
     def submit(self, entry: AuditEntry) -> Future[int]:
         """Queue ``entry``; the future resolves to its notification id once committed."""
@@ -183,14 +191,20 @@ class AuditWriter(threading.Thread):
         self._last = future
         return future
 
-    def unavailable(self, probe_seconds: float = 5.0) -> bool:
+    @property
+    def writable(self) -> bool:
+        """Whether the last commit succeeded (or none failed yet)."""
+        return self.failed_at is None
+
+    def unavailable(self, probe_seconds: float | None = None) -> bool:
         """True while the audit log cannot be written: the last commit failed, less than ``probe_seconds``
         ago (after that, one request goes through as a probe: if its entry commits, access reopens)."""
         failed = self.failed_at
         if failed is None:
             return False
-        if time.monotonic() - failed >= probe_seconds:
+        if time.monotonic() - failed >= (self.probe_seconds if probe_seconds is None else probe_seconds):
             self.failed_at = time.monotonic()  # let this one through; the next wait another interval
+            self.probed_at = time.time()
             return False
         return True
 
@@ -242,10 +256,13 @@ class AuditWriter(threading.Thread):
                 log.warning("audit append failed (attempt %d)", attempt + 1, exc_info=True)
                 if attempt == 2:
                     self.failed_at = time.monotonic()
+                    if self.unwritable_since is None:
+                        self.unwritable_since = time.time()
                     for _, future in items:
                         future.set_exception(error)
                     return
-        self.failed_at = None
+        self.failed_at = self.unwritable_since = None
+        self.committed_at = time.time()
         if self.on_commit is not None:
             try:  # e.g. bring the AuditEvent views up to date before the callers go on
                 self.on_commit(last)

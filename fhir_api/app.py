@@ -11,6 +11,7 @@ from ehr_core.settings import Settings
 from fhir_api.audit_middleware import AuditMiddleware  # issue 6
 from fhir_api.auth import AuthMiddleware  # issue 7
 from fhir_api.errors import install_error_handlers
+from fhir_api.health import health_router
 from fhir_api.limits import RequestLimits  # issue 10
 from fhir_api.metrics import MetricsMiddleware, metrics_router  # issue 8
 from fhir_api.operations.export_jobs import ExportJobs
@@ -52,5 +53,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(MetricsMiddleware)  # issue 8: outermost, so every answer is counted
     app.include_router(fhir_router())
     app.include_router(metrics_router())  # issue 8: GET /metrics (Prometheus text)
+    app.include_router(health_router())  # GET /health: 503 while the audit log cannot be written
     install_web_view(app)  # issue 9: the web view under /web (pages over the FHIR API above)
     return app

@@ -75,9 +75,10 @@ class Compliance:
         # The AuditEvent views are projected on demand, not per request: readers of AuditEvent and
         # ``ehr audit replay`` catch them up first (read-your-audits). A background projector thread
         # cost a third of the read throughput (GIL contention with the event loop), so there is none.
-        writer = AuditWriter(audit_log)
+        audit_settings = AuditSettings()
+        writer = AuditWriter(audit_log, probe_seconds=audit_settings.probe_seconds)
         writer.start()
-        compliance = cls(audit_log, writer, projector, ledger, audit_ledger, key, AuditSettings().enabled)
+        compliance = cls(audit_log, writer, projector, ledger, audit_ledger, key, audit_settings.enabled)
         if follow and ledger_settings.seal_seconds > 0:
             compliance.threads.append(LedgerSealer([ledger, audit_ledger], ledger_settings.seal_seconds))
         for thread in compliance.threads:

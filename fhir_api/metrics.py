@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_api.health import StoreHealth
 from fhir_api.services import Services
 
 __all__ = ["MetricsMiddleware", "metrics_router"]
@@ -112,6 +113,7 @@ def metrics_router() -> APIRouter:
         if registry is None:  # one per opened store: the app's positions, beside the process-wide counters
             registry = registries[id(services)] = CollectorRegistry()
             registry.register(_Positions(services))
+            registry.register(StoreHealth(services))  # ehr_store_writable, its last probe and commit
         body = generate_latest(REGISTRY) + generate_latest(registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

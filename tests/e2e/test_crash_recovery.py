@@ -18,6 +18,7 @@ import pytest
 
 from ehr_core.settings import Settings
 from tests.support.server import REPO, free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -35,15 +36,22 @@ def _start(env: dict[str, str], data: Path) -> tuple[subprocess.Popen[bytes], st
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
+        assert process.poll() is None, f"the server exited: {(data / f'server-{port}.log').read_text()[-2000:]}"
         try:
-            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                return process, base
+            return httpx.get(f"{base}/metadata", timeout=30).status_code == 200
         except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"server did not start: {(data / f'server-{port}.log').read_text()[-2000:]}")
+            return False
+
+    try:
+        wait_until(
+            ready, "the server to answer GET /metadata", seen=lambda: (data / f"server-{port}.log").read_text()[-2000:]
+        )
+    except BaseException:
+        process.kill()
+        raise
+    return process, base
 
 
 def _bundle(tag: str) -> dict[str, Any]:

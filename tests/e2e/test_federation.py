@@ -35,6 +35,7 @@ from projections.db import PostgresViews, Tx
 from projections.projector import Projector
 from tests.support.pg_cluster import PgCluster
 from tests.support.server import REPO, running_server, running_worker
+from tests.support.waiting import HANG, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -137,11 +138,8 @@ class Writer(threading.Thread):
         return len(self.acknowledged)
 
 
-def _wait_for(what: str, check: Any, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+def _wait_for(what: str, check: Any, timeout: float = HANG) -> None:
+    wait_until(check, what, timeout=timeout, interval=0.2)
 
 
 def _caught_up(national: Settings, clusters: dict[str, PgCluster]) -> bool:
@@ -251,10 +249,14 @@ def test_three_institution_stores_federated_into_national_views(postgres_setting
         clusters[DOWN].stop(mode="fast")  # ISSSTE's store goes down while everyone writes
         during = {name: writers[name].count() for name in STORES}
         # The request in flight when it stopped answers within ~10 connection timeouts; later ones at once.
-        _wait_for("ISSSTE's server to refuse writes", lambda: writers[DOWN].statuses[503] > 5, timeout=90)
-        time.sleep(3)
+        _wait_for("ISSSTE's server to refuse writes", lambda: writers[DOWN].statuses[503] > 5)
         up = [name for name in STORES if name != DOWN]
-        for name in up:  # the others' writes go on, and are readable at once from any server
+        # The others' writes go on (waited for, not assumed to happen within a few seconds of a loaded machine),
+        # and are readable at once from any server.
+        _wait_for(
+            "writes in the other stores during the outage", lambda: all(writers[n].count() > during[n] + 5 for n in up)
+        )
+        for name in up:
             assert writers[name].count() > during[name] + 5, (name, writers[name].statuses)
             tag, resource_id = next(reversed(writers[name].acknowledged.items()))
             other = bases[up[1] if name == up[0] else up[0]]
@@ -270,7 +272,8 @@ def test_three_institution_stores_federated_into_national_views(postgres_setting
         for writer in writers.values():
             writer.stopping.set()
         for writer in writers.values():
-            writer.join(timeout=60)
+            writer.join(timeout=HANG)
+        assert not any(writer.is_alive() for writer in writers.values()), f"a writer still runs after {HANG:.0f} s"
         _wait_for("the worker to catch up with every store", lambda: _caught_up(postgres_settings, clusters))
 
         # A change to a resource recorded by another institution goes to that institution's store.

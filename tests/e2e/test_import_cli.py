@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ehr_core.settings import Settings
@@ -19,6 +21,7 @@ from projections.resources import ResourceViews
 from tests.conftest import CORPUS
 from tests.support.references import references
 from tests.support.server import REPO
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -82,6 +85,23 @@ def test_import_synthea_then_again_then_every_reference_resolves(settings: Setti
         services.close()
 
 
+def _logged(settings: Settings) -> int:
+    """Events in the clinical log so far, read without opening the store (the import holds it open)."""
+    try:
+        if settings.uses_postgres:
+            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
+                row = connection.execute(f'SELECT count(*) FROM "{settings.postgres_schema}".ehr_events').fetchone()
+        else:
+            path = settings.data_dir / "events.sqlite"
+            if not path.exists():
+                return 0
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as connection:
+                row = connection.execute("SELECT count(*) FROM stored_events").fetchone()
+    except (psycopg.errors.UndefinedTable, sqlite3.OperationalError):  # not created yet
+        return 0
+    return int(row[0]) if row else 0
+
+
 @pytest.mark.slow
 def test_an_interrupted_import_resumes_without_duplicates(settings: Settings, store_env: dict[str, str]) -> None:
     process = subprocess.Popen(
@@ -91,7 +111,9 @@ def test_an_interrupted_import_resumes_without_duplicates(settings: Settings, st
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(4.0)
+    # Killed once part of it is stored (a fixed delay could land before the first chunk, or after the last).
+    wait_until(lambda: _logged(settings) > 0 or process.poll() is not None, "the import to store its first chunk")
+    assert process.poll() is None, f"the import ended (status {process.returncode}) before it could be interrupted"
     process.send_signal(signal.SIGKILL)
     process.wait()
     partial = sum(_counts(settings).values())

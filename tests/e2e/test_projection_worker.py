@@ -27,6 +27,7 @@ from ehr_core.settings import Settings
 from fhir_api.services import Services
 from projections.db import PostgresViews
 from tests.support.server import running_server, running_worker
+from tests.support.waiting import HANG, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -57,10 +58,12 @@ def _deployment(settings: Settings, tmp_path: Path) -> Iterator[tuple[list[str],
 
 def _started(log: Path, count: int) -> None:
     """Wait until the worker process number ``count`` is applying (its banner is printed after start-up)."""
-    deadline = time.monotonic() + 60
-    while log.read_text().count("applying the log") < count:
-        assert time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.05)
+    wait_until(
+        lambda: log.read_text().count("applying the log") >= count,
+        f"worker {count} to start applying",
+        interval=0.05,
+        seen=lambda: log.read_text()[-2000:],
+    )
 
 
 def _observation(tag: str) -> dict[str, Any]:
@@ -78,6 +81,13 @@ def _metric(base: str, name: str, projection: str) -> int:
     match = re.search(rf'^{name}\{{projection="{projection}"\}} (\S+)$', text, re.MULTILINE)
     assert match is not None, text[-2000:]
     return int(float(match.group(1)))
+
+
+def _caught_up(base: str, projection: str) -> None:
+    def lag() -> int:
+        return _metric(base, "ehr_projection_lag_events", projection)
+
+    wait_until(lambda: lag() == 0, f"the worker to catch up ({projection})", interval=0.2, seen=lag)
 
 
 def test_read_your_writes_across_two_api_processes_with_a_worker(postgres_settings: Settings, tmp_path: Path) -> None:
@@ -144,17 +154,13 @@ def test_worker_killed_mid_batch_again_and_again_ends_equal_to_a_rebuild(
                     kills += 1
                 time.sleep(rng.uniform(0.1, 0.5))  # writes pile up while no worker runs
             with running_worker(env, log):
-                time.sleep(1.0)
+                _started(log, KILLS + 1)  # the last worker applies while writes still come in
                 stop.set()
                 for thread in writers:
-                    thread.join(120)
-                deadline = time.monotonic() + 60
-                while _metric(bases[0], "ehr_projection_lag_events", "resources") > 0:
-                    assert time.monotonic() < deadline, "the worker did not catch up"
-                    time.sleep(0.2)
-                while _metric(bases[0], "ehr_projection_lag_events", "identity") > 0:
-                    assert time.monotonic() < deadline, "the worker did not catch up"
-                    time.sleep(0.2)
+                    thread.join(HANG)
+                assert not any(thread.is_alive() for thread in writers), f"a writer still runs after {HANG:.0f} s"
+                for projection in ("resources", "identity"):
+                    _caught_up(bases[0], projection)
         finally:
             stop.set()
             for thread in writers:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.pg_cluster import PgCluster
 from tests.support.server import running_server
+from tests.support.waiting import HANG, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -36,6 +37,13 @@ def _observation(tag: str) -> dict[str, Any]:
 def _transactions(cluster: PgCluster) -> int:
     with psycopg.connect(cluster.conninfo("ehr")) as connection:
         row = connection.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = 'ehr'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _logged(cluster: PgCluster) -> int:
+    with psycopg.connect(cluster.conninfo("ehr"), autocommit=True) as connection:
+        row = connection.execute("SELECT count(*) FROM public.ehr_events").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -60,8 +68,12 @@ def test_reads_from_a_streaming_replica_keep_read_your_writes(tmp_path: Path) ->
                     found = http.get(f"{base}/Observation", params={"identifier": f"urn:test:replica|r{n}"}).json()
                     assert found["total"] == 1, found
                 # The 60 reads and searches ran on the standby (each is at least one transaction there). An
-                # idle backend reports its statistics within 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL).
-                time.sleep(11)
+                # idle backend reports its statistics within 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL): waited for.
+                wait_until(
+                    lambda: _transactions(replica) - before >= 60,
+                    "the standby to report the 60 reads",
+                    seen=lambda: _transactions(replica) - before,
+                )
                 assert _transactions(replica) - before >= 60
 
                 # Replay paused: the write is durable on the primary, but not answered until the standby has it.
@@ -75,12 +87,17 @@ def test_reads_from_a_streaming_replica_keep_read_your_writes(tmp_path: Path) ->
                         answered["resumed_first"] = resumed.is_set()
                         answered["answer"] = answer
 
+                    logged = _logged(primary)
                     writer = threading.Thread(target=write)
                     writer.start()
-                    time.sleep(3)  # time for a wrong early answer to arrive
+                    # Durable on the primary (waited for: on a loaded machine the request may take a while to get
+                    # there); then time for a wrong early answer to arrive.
+                    wait_until(lambda: _logged(primary) > logged, "the write to commit on the primary")
+                    time.sleep(3)
                     resumed.set()
                     connection.execute("SELECT pg_wal_replay_resume()")
-                    writer.join(timeout=90)
+                    writer.join(timeout=HANG)
+                assert not writer.is_alive(), f"the write was not answered within {HANG:.0f} s of the replay resuming"
                 assert answered["answer"].status_code == 201, answered["answer"].text
                 assert answered["resumed_first"], "the write was answered before the replica had replayed it"
                 resource_id = answered["answer"].json()["id"]

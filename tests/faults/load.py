@@ -46,6 +46,11 @@ class WriteLedger:
     timeline: list[tuple[float, int]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def counts(self) -> dict[int, int]:
+        """The answers so far by status (a copy, safe while writers still record)."""
+        with self._lock:
+            return dict(self.statuses)
+
     def record(self, markers: list[str], response: httpx.Response | None, what: str) -> None:
         with self._lock:
             self.timeline.append((time.monotonic(), response.status_code if response is not None else 0))

@@ -1,4 +1,4 @@
-"""PostgreSQL restarted under load, and a database turned read-only, behind a real server process (issue 10).
+"""PostgreSQL restarted under load, and a database turned read-only, behind a real server process.
 
 Both run on a private cluster (tests/support/pg_cluster.py), never on the shared server. While writers
 post Patients and transactions, the database goes away or stops accepting writes; then:
@@ -8,6 +8,9 @@ post Patients and transactions, the database goes away or stops accepting writes
 - the server reconnects by itself: writes succeed again after the database is back;
 - every acknowledged write is stored exactly once, none answered 503 is stored, transactions are whole;
 - the views rebuilt from the log equal the live views, and ``ehr verify`` (the ledger) passes.
+
+Steps wait for conditions (writes acknowledged, ``GET /health`` on the audit log), never a guessed time:
+on a loaded machine a reconnect or the audit log's probe takes longer, and only a hang reaches the bound.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from ehr_core.settings import Settings
 from tests.faults.load import WriteLedger, assert_record_matches_answers, patient, stored_markers, write_loop
 from tests.fuzz.target import assert_rebuild_equals_live, ledger_verifies
 from tests.support.pg_cluster import PgCluster
-from tests.support.server import running_server
+from tests.support.server import running_server, store_health
+from tests.support.waiting import HANG, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -47,6 +51,9 @@ def _env(settings: Settings) -> dict[str, str]:
         "EHR_POSTGRES_SCHEMA": settings.postgres_schema,
         "EHR_POSTGRES_POOL_SIZE": "4",
         "EHR_REQUEST_TIMEOUT_SECONDS": "10",
+        # The audit log shares the database; probing it each second rather than every 5 s reopens access
+        # sooner once the database is back (the tests wait for that, not for a time).
+        "EHR_AUDIT_PROBE_SECONDS": "1",
     }
 
 
@@ -63,8 +70,16 @@ def _load(base: str, seconds: float, ledger: WriteLedger, tag: str) -> tuple[thr
 def _finish(stop: threading.Event, threads: list[threading.Thread]) -> None:
     stop.set()
     for thread in threads:
-        thread.join(timeout=120)
-        assert not thread.is_alive(), "a writer is still waiting for an answer after 120 s"
+        thread.join(timeout=HANG)
+        assert not thread.is_alive(), f"a writer is still waiting for an answer after {HANG:.0f} s"
+
+
+def _acknowledged(ledger: WriteLedger, what: str, count: int = 10) -> None:
+    wait_until(lambda: len(ledger.acknowledged) >= count, what, seen=ledger.counts)
+
+
+def _audit_writable(base: str, writable: bool, what: str) -> None:
+    wait_until(lambda: store_health(base)["audit"]["writable"] is writable, what, seen=lambda: store_health(base))
 
 
 def _check_store(base: str, ledger: WriteLedger) -> int:
@@ -78,12 +93,17 @@ def test_postgres_restart_under_load(cluster: PgCluster, tmp_path: Path) -> None
     ledger = WriteLedger()
     with running_server(settings.data_dir, _env(settings)) as (base, _log):
         stop, threads = _load(base, 0, ledger, "r")
-        time.sleep(2.0)
+        _acknowledged(ledger, "writes acknowledged before the restart")
         before = len(ledger.acknowledged)
         restarted_at = time.monotonic()
         cluster.restart(down_seconds=1.5)  # fast shutdown: every connection is cut mid-statement
         back_at = time.monotonic()
-        time.sleep(4.0)
+        # Writes after the restart are acknowledged once the pool reconnected and the audit log reopened.
+        wait_until(
+            lambda: [t for t in ledger.ack_times if t > back_at],
+            "a write acknowledged after the restart",
+            seen=ledger.counts,
+        )
         _finish(stop, threads)
         after_restart = [t for t in ledger.ack_times if t > back_at]
         assert before > 0, "no write succeeded before the restart"
@@ -121,17 +141,24 @@ def test_read_only_database_answers_503(cluster: PgCluster, tmp_path: Path) -> N
     probes = WriteLedger()  # fresh writes sent while the database is read-only, then once it is writable
     with running_server(settings.data_dir, _env(settings)) as (base, _log):
         stop, threads = _load(base, 0, ledger, "w")
-        time.sleep(1.5)
+        _acknowledged(ledger, "writes acknowledged before the database turned read-only")
         _set_read_only(cluster, True)
-        time.sleep(0.5)  # every backend has reloaded its configuration
+        # A background write's audit entry was refused: the backends reloaded, and the server refuses access.
+        _audit_writable(base, False, "the audit log to report unwritable with the database read-only")
         for n in range(5):
             _probe(base, f"probe-ro-{n}", probes)
         read_only_statuses = dict(probes.statuses)
         _set_read_only(cluster, False)
-        time.sleep(0.5)
+        # A background write let through as the audit log's probe committed its entry: access reopened.
+        _audit_writable(base, True, "the audit log to report writable again with the database writable")
         for n in range(3):
             _probe(base, f"probe-rw-{n}", probes)
-        time.sleep(2.0)
+        resumed = time.monotonic()
+        wait_until(
+            lambda: any(at > resumed for at in ledger.ack_times),
+            "a background write acknowledged after the probes",
+            seen=ledger.counts,
+        )
         _finish(stop, threads)
         # The audit log shares the database: its append fails after the response is sent, and that escapes
         # fhir_api/audit_middleware.py, so uvicorn may reset the connection before the client reads the 503

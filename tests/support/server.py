@@ -22,9 +22,11 @@ import pytest
 
 from ehr_core.settings import Settings
 
-__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server", "running_worker"]
+__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server", "running_worker", "store_health"]
 
-STARTUP_TIMEOUT = 30.0
+#: Seconds for a server to answer its first ``GET /metadata``: a bound only a hang reaches (it usually takes
+#: 2-3 s, but several times that on a machine whose cores other test runs keep busy).
+STARTUP_TIMEOUT = 120.0
 STOP_TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +70,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last_problem = "no answer yet"
-    with httpx.Client(timeout=2.0) as http:
+    # A slow first answer is no reason to give up on it and ask again (that only queues more work).
+    with httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0)) as http:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ServerFailed(f"the server exited with status {process.returncode}:\n{_output(log)}")
@@ -82,6 +85,14 @@ def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path
                 last_problem = f"GET /metadata answered {response.status_code}: {response.text[:200]}"
             time.sleep(0.1)
     raise ServerFailed(f"no CapabilityStatement within {timeout:.0f}s ({last_problem}); output:\n{_output(log)}")
+
+
+def store_health(base_url: str) -> dict[str, dict[str, object]]:
+    """The stores as ``GET /health`` reports them (``{"audit": {"writable": ..., "lastProbe": ...}}``)."""
+    response = httpx.get(base_url.removesuffix("/fhir") + "/health", timeout=30)
+    assert response.status_code in (200, 503), f"GET /health answered {response.status_code}: {response.text[:300]}"
+    stores: dict[str, dict[str, object]] = response.json()["stores"]
+    return stores
 
 
 @contextmanager
