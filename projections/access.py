@@ -199,6 +199,13 @@ def audit_clause(viewer: Viewer, alias: str = "e") -> tuple[str, list[Any]]:
     entry naming a patient hidden from the viewer would tell who looked at that patient's record."""
     clause, params = visible_clause(viewer, "'Patient'", "substr(n.value, 9)")  # after "Patient/"
     refs = f"FROM audit_entry_refs n WHERE n.audit_nid = {alias}.audit_nid AND n.param = 'patient'"
+    if viewer.types == frozenset() and viewer.patient is not None:
+        # A patient-facing app (patient scopes only) sees who accessed its own patient's record: entries
+        # naming that patient and nobody else, so no other patient's id or another search reaches it.
+        return (
+            f"(EXISTS (SELECT 1 {refs}) AND NOT EXISTS (SELECT 1 {refs} AND n.value <> ?))",
+            [f"Patient/{viewer.patient}"],
+        )
     return (
         f"({alias}.institution = ? OR (EXISTS (SELECT 1 {refs}) AND NOT EXISTS (SELECT 1 {refs} AND NOT {clause})))",
         [f"{INSTITUTION_SYSTEM}|{viewer.institution}", *params],  # as audit_entries keeps it

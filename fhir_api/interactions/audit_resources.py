@@ -131,11 +131,31 @@ async def audit_search(request: Request, services: ServicesDep) -> Response:
         query.policy = audit_clause(caller.viewer())
         request.state.ehr_access = "filtered"  # for the audit entry
     rows = await run_in_threadpool(_search_audit, services, query, count)
+    if _patient_app(request):
+        rows = [(rid, nid, _without_queries(body)) for rid, nid, body in rows]
     return _bundle(request, "AuditEvent", rows, count)
 
 
+def _patient_app(request: Request) -> bool:
+    """Whether the caller is a patient-facing app (patient scopes only, a patient in its token)."""
+    caller = caller_of(request)
+    if caller is None:
+        return False
+    viewer = caller.viewer()
+    return viewer.types == frozenset() and viewer.patient is not None
+
+
+def _without_queries(body: bytes) -> bytes:
+    """The AuditEvent without ``entity.query``: a patient sees who accessed their record and when, not the
+    searches staff typed (which may name other people or carry clinical terms of the search)."""
+    event = orjson.loads(body)
+    for entity in event.get("entity") or []:
+        entity.pop("query", None)
+    return orjson.dumps(event)
+
+
 def _permitted(services: Services, request: Request, table: str, resource_id: str) -> None:
-    """issue 7: a server entry read by id follows the rule of the searches (403 otherwise)."""
+    """A server entry read by id follows the rule of the searches (403 otherwise)."""
     caller = caller_of(request)
     if caller is None:
         return
@@ -159,7 +179,8 @@ def audit_read(resource_id: str, request: Request, services: ServicesDep) -> Res
     if stored is None:
         # Not one of the server's own entries: an AuditEvent a client sent is an ordinary resource.
         return read.read("AuditEvent", resource_id, services)
-    return fhir_response(stored.body, version=1, last_updated=stored.recorded)
+    body = _without_queries(stored.body) if _patient_app(request) else stored.body
+    return fhir_response(body, version=1, last_updated=stored.recorded)
 
 
 # -- Provenance ------------------------------------------------------------------------------------

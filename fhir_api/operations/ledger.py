@@ -21,6 +21,7 @@ from fhir_api.compliance import Compliance
 from fhir_api.errors import ApiError
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
+from projections.access import audit_clause
 from projections.ledger import Ledger
 
 __all__ = ["router"]
@@ -95,6 +96,20 @@ def _readable(services: Services, request: Request, event: int) -> None:
             )
 
 
+def _audit_readable(services: Services, request: Request, event: int) -> None:
+    """An audit entry's proof carries the entry's stored bytes (who asked what, about whom): the caller may
+    have it only where it may read that entry as an AuditEvent (:func:`projections.access.audit_clause`)."""
+    caller = caller_of(request)
+    if caller is None:
+        return
+    _compliance(services).audit_views_current()
+    clause, params = audit_clause(caller.viewer())
+    with services.views.read() as tx:
+        row = tx.execute(f"SELECT 1 FROM audit_entries e WHERE e.audit_nid = ? AND {clause}", [event, *params])
+        if row.fetchone() is None:
+            raise ApiError("forbidden", f"audit entry #{event} is not one your institution may read", code="forbidden")
+
+
 @router.get("/$ledger-proof", summary="an inclusion proof of one event against a signed head")
 async def ledger_proof(
     request: Request,
@@ -111,6 +126,8 @@ async def ledger_proof(
         event = await run_in_threadpool(_notification_of, services, resource, version)
     if log == "record":
         await run_in_threadpool(_readable, services, request, event)
+    else:
+        await run_in_threadpool(_audit_readable, services, request, event)
     proof = await run_in_threadpool(ledger.proof, event)
     if proof is None:
         raise NotFound(f"event #{event} is not in the ledger")

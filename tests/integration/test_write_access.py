@@ -333,3 +333,35 @@ def test_break_glass_reason_is_in_the_signed_audit_log(secured: tuple[TestClient
     events = client.get("/fhir/AuditEvent", params={"_count": "100"}, headers=issste)
     texts = [p.get("text") for e in events.json().get("entry", []) for p in e["resource"].get("purposeOfEvent", [])]
     assert GLASS["X-EHR-Break-Glass"] in texts, events.text[:500]
+
+
+def test_patient_app_sees_only_its_own_patients_accesses(secured: tuple[TestClient, Services, Settings]) -> None:
+    """A patient-facing app's AuditEvents are the accesses to its own patient's record alone: no entry that
+    names another patient (a search listing several), and no staff search string."""
+    client, services, settings = secured
+    imss = _auth(settings, "IMSS", "dr.imss")
+    mine = _post(client, imss, {"resourceType": "Patient", "name": [{"family": "Robles"}], "birthDate": "1970-01-01"})
+    other = _post(client, imss, {"resourceType": "Patient", "name": [{"family": "Robledo"}], "birthDate": "1980-01-01"})
+    assert client.get(f"/fhir/Patient/{mine['id']}", headers=imss).status_code == 200
+    assert client.get(f"/fhir/Patient/{other['id']}", headers=imss).status_code == 200
+    listed = client.get("/fhir/Patient", params={"name": "robl"}, headers=imss)
+    assert {e["resource"]["id"] for e in listed.json()["entry"]} == {mine["id"], other["id"]}
+    services.compliance.audit_writer.flush()
+    services.compliance.audit_views_current()
+    app = _auth(settings, "IMSS", "app", "patient/*.rs", patient=mine["id"])
+    events = client.get("/fhir/AuditEvent", params={"patient": mine["id"], "_count": "100"}, headers=app)
+    assert events.status_code == 200, events.text
+    found = [e["resource"] for e in events.json()["entry"]]
+    assert found, "the patient sees the accesses to their record"
+    assert other["id"] not in events.text and "robl" not in events.text
+    assert all("query" not in entity for event in found for entity in event.get("entity", []))
+    # The audit ledger's proof of an entry carries the entry itself: the same rule.
+    with services.views.read() as tx:
+        row = tx.execute(
+            "SELECT e.audit_nid FROM audit_entries e WHERE e.audit_nid NOT IN "
+            "(SELECT audit_nid FROM audit_entry_refs WHERE value = ?) ORDER BY e.audit_nid DESC LIMIT 1",
+            (f"Patient/{mine['id']}",),
+        ).fetchone()
+    assert row is not None
+    hidden = client.get("/fhir/$ledger-proof", params={"log": "audit", "event": row[0]}, headers=app)
+    assert hidden.status_code == 403, hidden.text
