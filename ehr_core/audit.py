@@ -164,6 +164,10 @@ class AuditLog(Application[UUID]):
         return max(r.notification.id for r in recordings)
 
 
+#: Pauses before each retry of a failed audit append (None: the last attempt), about 1.3 s in all.
+_RETRY_PAUSES: tuple[float | None, ...] = (0.05, 0.25, 1.0, None)
+
+
 class AuditWriter(threading.Thread):
     """Group commit: one thread appends every entry submitted since its last commit, in one transaction."""
 
@@ -248,13 +252,18 @@ class AuditWriter(threading.Thread):
                 self._commit(items)
 
     def _commit(self, items: list[tuple[AuditEntry, Future[int]]]) -> None:
-        for attempt in range(3):
+        for attempt, pause in enumerate(_RETRY_PAUSES):
             try:
                 last = self.log.append([entry for entry, _ in items])
                 break
             except Exception as error:  # keep the entries; a failing audit write must not lose them silently
                 log.warning("audit append failed (attempt %d)", attempt + 1, exc_info=True)
-                if attempt == 2:
+                if pause is not None:
+                    # A connection killed under the pool is replaced on the next checkout; retrying at once
+                    # would meet the pool's other dead connections and declare the log unwritable (every
+                    # request 503 until the next probe) for what was a passing fault.
+                    time.sleep(pause)
+                else:
                     self.failed_at = time.monotonic()
                     if self.unwritable_since is None:
                         self.unwritable_since = time.time()
