@@ -46,6 +46,7 @@ __all__ = [
     "AccessView",
     "Viewer",
     "audit_clause",
+    "break_glass_review_counts",
     "consent_grants",
     "count_visible_history",
     "institution_clause",
@@ -435,3 +436,11 @@ def visible_page(
             (*values, limit),
         ).fetchall()
     return [(str(row[0]), bytes(row[1])) for row in rows]
+
+
+def break_glass_review_counts(tx: Tx) -> dict[tuple[str, str, str], int]:
+    """How many break-the-glass accesses the review list holds per (institution, user, reason)."""
+    rows = tx.execute(
+        "SELECT institution, user_id, reason, COUNT(*) FROM break_glass_log GROUP BY institution, user_id, reason"
+    ).fetchall()
+    return {(str(r[0]), str(r[1]), str(r[2])): int(r[3]) for r in rows}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ehr_core.audit import AuditLog
 from ehr_core.ledger import BlockHead, LedgerKey, LedgerSettings, check_proof, load_public_key
 from ehr_core.settings import Settings
 from fhir_api.services import ledger_of
+from projections.access import break_glass_review_counts
 from projections.ledger import VerifyReport, raw_reader, read_witness, verify, witness_path
 from projections.projector import create_quarantine_table
 from projections.setup import open_view_database
@@ -70,7 +72,8 @@ def _verify(console: Console, *args: Any, **kwargs: Any) -> VerifyReport | None:
 def run_verify(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.log == "audit":
-        return _verify_log(args, AuditLog(settings), settings, settings, "audit_ledger")
+        outcome = _verify_log(args, AuditLog(settings), settings, settings, "audit_ledger")
+        return max(outcome, _verify_break_glass_review(settings))
     if not settings.federated:
         return _verify_log(args, RecordApplication(settings), settings, settings, "ledger")
     # issue 11: each institution's store has a ledger of its own in the national database.
@@ -86,6 +89,42 @@ def run_verify(args: argparse.Namespace) -> int:
         ledger = ledger_of(store)
         outcome = max(outcome, _verify_log(args, application, store_settings, settings, ledger, f"{store}: "))
     return outcome
+
+
+def _verify_break_glass_review(settings: Settings) -> int:
+    """Every break-the-glass access the signed audit log records (purpose ``BTG`` with its reason) must be on
+    the review list a compliance officer works from: a row removed from that list, which is a plain table,
+    is found here against the log the ledger vouches for."""
+    audit_log = AuditLog(settings)
+    views = open_view_database(settings)
+    try:
+        audited: Counter[tuple[str, str, str]] = Counter()
+        start = 1
+        while True:
+            notifications = audit_log.recorder.select_notifications(start=start, limit=1000)
+            for notification in notifications:
+                entry = getattr(audit_log.mapper.to_domain_event(notification), "entry", {})
+                if entry.get("purpose") == "BTG" and entry.get("reason"):
+                    audited[(str(entry["institution"]), str(entry["user"]), str(entry["reason"]))] += 1
+            if len(notifications) < 1000:
+                break
+            start = notifications[-1].id + 1
+        with views.read() as tx:
+            listed = break_glass_review_counts(tx)
+    finally:
+        views.close()
+        audit_log.close()
+    missing = {key: count - listed.get(key, 0) for key, count in audited.items() if listed.get(key, 0) < count}
+    if not missing:
+        print(f"break-the-glass review list complete: {sum(audited.values())} accesses in the audit log")
+        return 0
+    (institution, user, reason), count = next(iter(missing.items()))
+    print(
+        f"FAILED: {sum(missing.values())} break-the-glass accesses in the signed audit log are missing from the "
+        f"review list (break_glass_log), e.g. {count} by {user} of {institution} ({reason!r}); restore the list "
+        "from a backup or from `ehr audit replay`, and find who deleted them"
+    )
+    return 1
 
 
 def _quarantined(views: Any) -> list[tuple[str, int, str]]:
