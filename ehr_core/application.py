@@ -21,7 +21,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Mapper, Op
 
 from ehr_core.compartment import patient_compartment
 from ehr_core.context import WriteContext
-from ehr_core.encryption import EncryptingMapper, Unreadable, compartment_of  # issue 7
+from ehr_core.encryption import EncryptingMapper, Unreadable, compartment_of
 from ehr_core.errors import (
     Conflict,
     Deleted,
@@ -34,9 +34,9 @@ from ehr_core.errors import (
     StoreUnavailable,
     TooLarge,
 )
-from ehr_core.group_commit import GroupCommit  # issue 8
+from ehr_core.group_commit import GroupCommit
 from ehr_core.identity.rules import check_identifiers
-from ehr_core.keys import Erased, KeyStore  # issue 7
+from ehr_core.keys import Erased, KeyStore
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources.validation import is_valid_id, validate
 from ehr_core.settings import Settings
@@ -103,7 +103,7 @@ class Written:
     created: bool
     #: Notification id of the appended event; None when nothing was appended.
     notification_id: int | None = None
-    #: issue 11: the institution store it was appended to ("" outside a federation).
+    #: The institution store it was appended to ("" outside a federation).
     store: str = ""
 
 
@@ -125,26 +125,26 @@ class RecordApplication(Application[UUID]):
         self.settings = settings
         super().__init__(env=settings.event_store_env())
         self._group = GroupCommit(self._append)
-        #: issue 11: in a federation, which other store holds a stream absent here (None: none does). A
+        #: In a federation, which other store holds a stream absent here (None: none does). A
         #: write must never start a second stream of a resource another institution's store already holds.
         self.elsewhere: Callable[[str, str], str | None] | None = None
-        #: issue 11: the institution store this application appends to ("" outside a federation).
+        #: The institution store this application appends to ("" outside a federation).
         self.store = ""
-        #: issue 11: wraps every use of the store (a federation's fails fast while its store is down).
+        #: Wraps every use of the store (a federation's fails fast while its store is down).
         self.guard: Callable[[], AbstractContextManager[None]] = nullcontext
 
     def construct_transcoder(self) -> Transcoder:
         return EventTranscoder()
 
     def construct_mapper(self) -> Mapper[UUID]:
-        """issue 7: every event sealed under its patient compartment's data key (ehr_core/encryption.py)."""
+        """Every event sealed under its patient compartment's data key (ehr_core/encryption.py)."""
         self.keys = KeyStore(self.settings)
         return EncryptingMapper(self.construct_transcoder(), self.keys)
 
     def close(self) -> None:
         super().close()
         keys: KeyStore | None = getattr(self, "keys", None)
-        if keys is not None:  # issue 7
+        if keys is not None:
             keys.close()
 
     # -- loading ---------------------------------------------------------------------------------
@@ -428,7 +428,7 @@ class RecordApplication(Application[UUID]):
                     recordings = self._append(events)
                 elif others:
                     recordings = self.save(*streams, *others)
-                else:  # issue 8: concurrent writes share a transaction (ehr_core/group_commit.py)
+                else:  # Concurrent writes share a transaction (ehr_core/group_commit.py)
                     recordings = self._group.append([event for stream in streams for event in stream.collect_events()])
                 return {(r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
                         for r in recordings}  # fmt: skip

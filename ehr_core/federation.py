@@ -1,4 +1,4 @@
-"""issue 11: the institutions' event stores of a federation, and which one holds a resource.
+"""The institutions' event stores of a federation, and which one holds a resource.
 
 Each institution writes to its own PostgreSQL store (``EHR_STORES``); a server writes to its own
 institution's (``EHR_STORE``). A resource lives in the store where it was first written — its *home* — and

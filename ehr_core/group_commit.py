@@ -1,4 +1,4 @@
-"""Group commit (issue 8): concurrent writes of one process share a transaction of the event store.
+"""Group commit: concurrent writes of one process share a transaction of the event store.
 
 Every append takes the event table's ordering lock for a transaction's length (DESIGN.md: notification
 ids are committed in order), so writers that each commit alone queue on that lock, one round trip after

@@ -342,7 +342,7 @@ class KeyStore:
         return self._remember(row)
 
     def prepare(self, compartments: set[str]) -> None:
-        """Have the keys of ``compartments`` at hand before a write seals its events (issue 8).
+        """Have the keys of ``compartments`` at hand before a write seals its events.
 
         One query finds the keys not cached yet and one transaction creates those that do not exist, instead
         of a round trip or two per new patient inside the append. Statuses are still checked, per event, by

@@ -1,4 +1,4 @@
-"""Integers a client writes in URLs, headers and ETags: ASCII digits only, bounded to 64 bits (issue 10)."""
+"""Integers a client writes in URLs, headers and ETags: ASCII digits only, bounded to 64 bits."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 - The append runs without psycopg's pipeline mode. With a parameter of several MB (one large resource,
   a ~6 MB event) the pipeline's sync waited forever on a result while the transaction already held the
   event table's lock, so every other write queued behind it, and SIGTERM could not end the thread.
-  Reproduced with psycopg 3.3.9 / eventsourcing 9.5.6 (see psycopg issue 685 for the same deadlock);
+  Reproduced with psycopg 3.3.9 / eventsourcing 9.5.6 (see psycopg#685 for the same deadlock);
   outside pipeline mode the same append takes a second. The append is three statements (lock, notify,
   insert): the pipeline saved two round trips, nothing a write notices.
 - The append is not retried on a lost connection. The library retries ``insert_events`` up to ten times

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     #: Most entries a transaction or batch Bundle may hold (413 above it).
     max_bundle_entries: int = 10_000
-    # -- issue 10: limits that protect the server (fhir_api/limits.py) ----------------------------
+    # -- limits that protect the server (fhir_api/limits.py) ----------------------------
     #: Deepest nesting of JSON objects and arrays in a body (400 above it); R4 resources stay far below.
     max_json_depth: int = 100
     #: Largest page a search or history answers; a larger ``_count`` is served as this (R4 §3.1.1.6.3).
@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = 10
     #: Notifications a projection handles in one transaction.
     projection_batch_size: int = 500
-    #: Who applies events to the views (issue 8): ``inline`` — each API process, after its own writes and
+    #: Who applies events to the views: ``inline`` — each API process, after its own writes and
     #: following the others' (LISTEN); ``worker`` — a separate ``ehr project`` process (PostgreSQL), which
     #: the API processes wait for (read-your-writes) instead of projecting themselves.
     projection: str = "inline"
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     projection_wait_seconds: float = 30.0
     #: Connections each PostgreSQL pool may hold.
     postgres_pool_size: int = 10
-    # -- issue 11: per-institution stores federated into national projections -----------------------
+    # -- per-institution stores federated into national projections -----------------------
     #: Each institution's own event store, ``NAME=postgresql://...`` separated by commas or newlines (e.g.
     #: ``IMSS=postgresql://db-imss/ehr,ISSSTE=postgresql://db-issste/ehr``). Set, ``database_url`` is the
     #: national database: the views every store's log is projected into, the MPI's decisions, the audit log.
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     #: Bundle entries and imports alike. Well below ``max_body_bytes``: one event carries the whole resource,
     #: and every projection of it is written in one transaction.
     max_resource_bytes: int = 4 * 1024 * 1024
-    # -- issue 7: keys and access ------------------------------------------------------------------
+    # -- keys and access ------------------------------------------------------------------
     #: ``production`` refuses to start without a master key and without authentication.
     env: str = "development"
     #: The master key that wraps every data key: base64 of 32 bytes (or ``master_key_file``).
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         return bool(self.store_urls())
 
     def store_urls(self) -> dict[str, str]:
-        """issue 11: ``stores`` as {institution: database URL}, in the order given."""
+        """``stores`` as {institution: database URL}, in the order given."""
         urls: dict[str, str] = {}
         for item in self.stores.replace("\n", ",").split(","):
             name, _, url = item.strip().partition("=")

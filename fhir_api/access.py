@@ -1,4 +1,4 @@
-"""issue 7: the access policy across institutions (DESIGN.md "Access"): decisions for one resource or one
+"""The access policy across institutions (DESIGN.md "Access"): decisions for one resource or one
 patient's unified record, and the :class:`~projections.access.Viewer` that filters every other read path.
 
 An institution reads what it recorded. A resource recorded by another institution needs an active Consent,

@@ -1,4 +1,4 @@
-"""Fewer glibc malloc arenas for the server process (issue 10: resident memory under sustained traffic).
+"""Fewer glibc malloc arenas for the server process (resident memory under sustained traffic).
 
 glibc gives each thread that meets a locked arena an arena of its own, up to eight per core. The server's
 worker threads (anyio's pool, the projection and audit writers) each then keep the memory they freed in

@@ -8,16 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ehr_core.settings import Settings
-from fhir_api.audit_middleware import AuditMiddleware  # issue 6
-from fhir_api.auth import AuthMiddleware  # issue 7
+from fhir_api.audit_middleware import AuditMiddleware
+from fhir_api.auth import AuthMiddleware
 from fhir_api.errors import install_error_handlers
 from fhir_api.health import health_router
-from fhir_api.limits import RequestLimits  # issue 10
-from fhir_api.metrics import MetricsMiddleware, metrics_router  # issue 8
+from fhir_api.limits import RequestLimits
+from fhir_api.metrics import MetricsMiddleware, metrics_router
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.routes import fhir_router
 from fhir_api.services import Services
-from fhir_api.web import install as install_web_view  # issue 9
+from fhir_api.web import install as install_web_view
 
 __all__ = ["create_app"]
 
@@ -45,14 +45,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
-    # issue 10: body size, arrival time and request deadline; innermost, so its refusals are audited
+    # Body size, arrival time and request deadline; innermost, so its refusals are audited
     app.add_middleware(RequestLimits, settings=settings)
-    # issue 7: bearer tokens (inside the audit middleware, so refusals are audited too)
+    # Bearer tokens (inside the audit middleware, so refusals are audited too)
     app.add_middleware(AuthMiddleware, settings=settings)
-    app.add_middleware(AuditMiddleware)  # issue 6: one audit entry per FHIR interaction
-    app.add_middleware(MetricsMiddleware)  # issue 8: outermost, so every answer is counted
+    app.add_middleware(AuditMiddleware)  # One audit entry per FHIR interaction
+    app.add_middleware(MetricsMiddleware)  # Outermost, so every answer is counted
     app.include_router(fhir_router())
-    app.include_router(metrics_router())  # issue 8: GET /metrics (Prometheus text)
+    app.include_router(metrics_router())  # GET /metrics (Prometheus text)
     app.include_router(health_router())  # GET /health: 503 while the audit log cannot be written
-    install_web_view(app)  # issue 9: the web view under /web (pages over the FHIR API above)
+    install_web_view(app)  # The web view under /web (pages over the FHIR API above)
     return app

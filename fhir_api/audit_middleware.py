@@ -1,4 +1,4 @@
-"""Every FHIR interaction leaves exactly one audit entry, whatever its outcome (issue 6).
+"""Every FHIR interaction leaves exactly one audit entry, whatever its outcome.
 
 A plain ASGI middleware around the whole FHIR surface: it watches the response go out (status, ETag,
 Location, and the body up to :data:`BODY_LIMIT` to learn which resources, versions and patients were
@@ -132,7 +132,7 @@ class AuditMiddleware:
         writer = _writer(scope)
         if writer is not None and writer.unavailable():
             # Every access must be audited: while the audit log cannot be written (a full disk, a read-only
-            # database), the record answers nothing rather than answer unaudited (issue 10).
+            # database), the record answers nothing rather than answer unaudited.
             message = "the audit log cannot be written right now, so no access is served; try again shortly"
             response = outcome_response(503, [Issue("transient", message)], {"Retry-After": "5"})
             await response(scope, receive, send)
@@ -213,7 +213,7 @@ class AuditMiddleware:
         )
         committed = compliance.audit_writer.submit(entry)
         # The answer is already on its way; waiting here for the commit would only hold the connection's next
-        # request (issue 8: ~5 ms a request). Readers of the audit trail flush the writer first
+        # request (~5 ms a request). Readers of the audit trail flush the writer first
         # (read-your-audits). When the writer falls behind, callers wait for it again: that is the backpressure.
         if compliance.audit_writer.backlog() > _BACKLOG:
             try:

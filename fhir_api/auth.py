@@ -1,4 +1,4 @@
-"""issue 7: bearer JWTs from trusted issuers, SMART v1/v2 scopes, the caller's context from the token.
+"""Bearer JWTs from trusted issuers, SMART v1/v2 scopes, the caller's context from the token.
 
 **Issuers.** Each trusted issuer is one JSON file in the issuers directory (``EHR_AUTH_ISSUERS_DIR``,
 default ``<data dir>/issuers``)::
@@ -327,7 +327,7 @@ class Caller:
         if request_id:
             values["request_id"] = request_id[:128]
         if getattr(request.state, "ehr_break_glass", False):
-            # issue 7: the access was granted by breaking the glass; the audit entry says so (HL7 v3 BTG).
+            # The access was granted by breaking the glass; the audit entry says so (HL7 v3 BTG).
             values["purpose"] = "BTG"
         return WriteContext(**values)
 
@@ -558,7 +558,7 @@ async def _run_sync(function: Any, *args: Any) -> Any:
 
 
 def _policy(request: Request, caller: Caller, need: Need, reason: str | None) -> Decision:
-    """issue 7 access policy (fhir_api/access.py): own records, consent, or break-the-glass (logged)."""
+    """The access policy (fhir_api/access.py): own records, consent, or break-the-glass (logged)."""
     services = request.app.state.services
     institution = str(caller.claims["institution"])
     patient = need.patient_operation if need.target is None else None

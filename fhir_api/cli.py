@@ -90,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(handler=_serve)
     import_.add_parser(commands)
-    demo.add_parser(commands)  # issue 5
-    verify.add_parsers(commands)  # issue 6
-    audit.add_parser(commands)  # issue 6
-    privacy.add_parsers(commands)  # issue 7: keys, shred, arco-cancel
-    token.add_parser(commands)  # issue 7
-    project.add_parser(commands)  # issue 8: the projection worker
-    rebuild.add_parser(commands)  # issue 8
+    demo.add_parser(commands)
+    verify.add_parsers(commands)
+    audit.add_parser(commands)
+    privacy.add_parsers(commands)  # Keys, shred, arco-cancel
+    token.add_parser(commands)
+    project.add_parser(commands)  # The projection worker
+    rebuild.add_parser(commands)
     return parser
 
 

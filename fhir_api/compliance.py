@@ -1,4 +1,4 @@
-"""Compliance services, opened beside the record (issue 6): the audit log, its views, and the ledgers.
+"""Compliance services, opened beside the record: the audit log, its views, and the ledgers.
 
 - ``audit_log`` / ``audit_writer``: the separate append-only audit log and its group-commit writer;
 - ``audit_projector``: AuditEvent views over the audit log (caught up on demand, by their readers);
@@ -47,7 +47,7 @@ class Compliance:
         follow: bool,
         ledger_name: str = "ledger",
     ) -> Compliance:
-        """``ledger_name``: the tables of the clinical log's ledger (issue 11: one per institution's store)."""
+        """``ledger_name``: the tables of the clinical log's ledger (one per institution's store)."""
         ledger_settings = LedgerSettings()
         key = LedgerKey.configured(settings.data_dir, ledger_settings)
         audit_log = AuditLog(settings)
@@ -89,7 +89,7 @@ class Compliance:
         """Bring the AuditEvent views up to every audit entry submitted so far (read-your-audits)."""
         self.audit_writer.flush()
         position = self.audit_projector.catch_up()
-        self.audit_projector.database.settle({self.audit_projector.name: position}, 30.0)  # issue 11: a replica
+        self.audit_projector.database.settle({self.audit_projector.name: position}, 30.0)  # A replica
 
     def close(self) -> None:
         self.audit_writer.stop()

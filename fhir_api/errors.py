@@ -34,7 +34,7 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "deleted": 410,
     "precondition-failed": 412,
-    "request-timeout": 408,  # issue 10: the body did not arrive in time (fhir_api/limits.py)
+    "request-timeout": 408,  # The body did not arrive in time (fhir_api/limits.py)
     "too-large": 413,
     "unsupported-media-type": 415,
     "unprocessable": 422,
@@ -90,12 +90,12 @@ _SQLITE_UNAVAILABLE = ("locked", "disk i/o", "readonly", "read-only", "full", "u
 def _database_unavailable(request: Request, error: Exception) -> Response:
     # A lost or refused database connection is the server's state, not the request's fault: 503, retry later.
     # SQLite reports programming errors with the same class, so only its "busy/disk" kinds count here.
-    cause = error.__cause__ if isinstance(error, persistence.PersistenceError) else error  # issue 10
+    cause = error.__cause__ if isinstance(error, persistence.PersistenceError) else error
     if isinstance(cause, sqlite3.OperationalError) and not any(k in str(cause).lower() for k in _SQLITE_UNAVAILABLE):
         return _unexpected(request, error)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, error)
     if request.method not in ("GET", "HEAD") and _connection_lost(cause):
-        # issue 10: the connection died while a statement was in flight, possibly during its COMMIT: the
+        # The connection died while a statement was in flight, possibly during its COMMIT: the
         # server cannot know whether the write was stored, and must not claim it was not (tests/faults).
         unknown = "the database connection was lost during the request; the write may have been applied: read it "
         unknown += "back (or retry as a conditional create / update with its id) before sending it again"
@@ -115,7 +115,7 @@ def _connection_lost(error: BaseException | None) -> bool:
 
 
 def _read_only_or_unexpected(request: Request, error: Exception) -> Response:
-    # issue 10: a database (or standby) that refuses writes — SQLSTATE 25006 read_only_sql_transaction —
+    # A database (or standby) that refuses writes — SQLSTATE 25006 read_only_sql_transaction —
     # is unavailable for writing, not broken: 503, nothing was applied. Other internal errors stay 500.
     cause = error.__cause__ if isinstance(error, persistence.PersistenceError) else error
     if isinstance(cause, psycopg.errors.ReadOnlySqlTransaction):
@@ -134,7 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
-    # issue 10: a connection closed under the request (server restart), and the event store's own wrappers
+    # A connection closed under the request (server restart), and the event store's own wrappers
     # of the same failures (eventsourcing retries them, then raises these).
     app.add_exception_handler(psycopg.InterfaceError, _database_unavailable)
     app.add_exception_handler(persistence.OperationalError, _database_unavailable)

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text (issue 8) — request rates and latencies, projection positions and lag.
+"""``GET /metrics``: Prometheus text — request rates and latencies, projection positions and lag.
 
 Served outside ``/fhir`` and without a token, like any scrape endpoint on an internal port: it names no
 patient, user or resource, only counts. The process collector of the Prometheus client adds RSS and CPU.

@@ -81,7 +81,7 @@ async def read_json_body(request: Request, media_types: frozenset[str] = JSON_ME
         value = fhir_json.loads(body)
     except fhir_json.JsonError as error:
         raise InvalidResource([Issue("structure", str(error))]) from None
-    # issue 10: refuse absurd nesting before validation walks it, and a write already out of time.
+    # Refuse absurd nesting before validation walks it, and a write already out of time.
     check_json_depth(value, request.app.state.services.settings.max_json_depth)
     check_write_deadline()
     return value
@@ -112,8 +112,8 @@ def prefer_return(request: Request, default: str = "representation") -> str:
 
 
 def write_context(request: Request, interaction: str) -> WriteContext:
-    """Who writes: the bearer token's claims (issue 7); ``X-EHR-*`` headers only with auth disabled."""
-    caller = getattr(request.state, "ehr_caller", None)  # issue 7: set by fhir_api.auth.AuthMiddleware
+    """Who writes: the bearer token's claims; ``X-EHR-*`` headers only with auth disabled."""
+    caller = getattr(request.state, "ehr_caller", None)  # Set by fhir_api.auth.AuthMiddleware
     if caller is not None:
         context: WriteContext = caller.context(request, interaction)
         return context

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fhir_api import smart  # issue 7
+from fhir_api import smart
 from fhir_api.interactions import (
-    audit_resources,  # issue 6
+    audit_resources,
     capabilities,
     create,
     delete,
@@ -17,7 +17,7 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import everything, export, ledger, match, person, summary  # issue 6: ledger
+from fhir_api.operations import everything, export, ledger, match, person, summary  # Ledger
 
 __all__ = ["fhir_router"]
 
@@ -27,18 +27,18 @@ def fhir_router() -> APIRouter:
     # transaction/batch lives on the base URL itself, which an included router cannot declare.
     router.add_api_route("", transaction.transaction, methods=["POST"], summary="transaction / batch")
     router.add_api_route("/", transaction.transaction, methods=["POST"], include_in_schema=False)
-    router.include_router(smart.router)  # issue 7: /.well-known/smart-configuration before read
+    router.include_router(smart.router)  # /.well-known/smart-configuration before read
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     router.include_router(export.router)
-    # issue 6: $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
+    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
     router.include_router(ledger.router)
     router.include_router(audit_resources.router)
-    # Identity operations (issue 5): $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
+    # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
         router.include_router(operation.router)
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
     for interaction in (capabilities, history, search, create, read, update, patch, delete):
-        if interaction is read:  # issue 5: Patient served with links, Person as the golden record
+        if interaction is read:  # Patient served with links, Person as the golden record
             router.include_router(person.read_router)
         router.include_router(interaction.router)
     return router

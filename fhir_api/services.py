@@ -12,16 +12,16 @@ from starlette.concurrency import run_in_threadpool
 
 from ehr_core.application import RecordApplication, Written
 from ehr_core.errors import StoreUnavailable
-from ehr_core.federation import Federation, StoreDown  # issue 11
+from ehr_core.federation import Federation, StoreDown
 from ehr_core.files import private_tree
 from ehr_core.schema import setup_lock
 from ehr_core.settings import Settings
-from fhir_api.compliance import Compliance  # issue 6: audit log, ledgers
+from fhir_api.compliance import Compliance  # Audit log, ledgers
 from projections.db import ViewDatabase
-from projections.federation import FederatedIdentity, FederatedProjector  # issue 11
+from projections.federation import FederatedIdentity, FederatedProjector
 from projections.follower import LogFollower
 from projections.identity import IdentityIndex
-from projections.positions import PositionWatcher  # issue 8
+from projections.positions import PositionWatcher
 from projections.projector import Projector, projected_channel
 from projections.setup import open_view_database, resource_projector, resource_views
 
@@ -29,7 +29,7 @@ __all__ = ["Services", "home_application", "ledger_of"]
 
 
 def ledger_of(store: str) -> str:
-    """The ledger tables of one institution's store in the national database (issue 11)."""
+    """The ledger tables of one institution's store in the national database."""
     return "ledger_" + "".join(c if c.isascii() and c.isalnum() else "_" for c in store.lower())
 
 
@@ -43,13 +43,13 @@ class Services:
     views: ViewDatabase
     projector: Projector
     follower: LogFollower | None = None
-    #: issue 6: the audit log, its views and the ledgers (see fhir_api/compliance.py).
+    #: The audit log, its views and the ledgers (see fhir_api/compliance.py).
     compliance: Compliance | None = None
-    #: The master patient index (issue 5): matches Patient records as the log grows.
+    #: The master patient index: matches Patient records as the log grows.
     identity: IdentityIndex | None = None
-    #: issue 8: with ``EHR_PROJECTION=worker``, how this process learns what the ``ehr project`` worker applied.
+    #: With ``EHR_PROJECTION=worker``, how this process learns what the ``ehr project`` worker applied.
     watcher: PositionWatcher | None = None
-    #: issue 11: the institutions' stores, when this server is one of a federation (``EHR_STORES``).
+    #: The institutions' stores, when this server is one of a federation (``EHR_STORES``).
     federation: Federation | None = None
     _other_stores: dict[str, list[Projector]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,9 +78,9 @@ class Services:
             projector.catch_up()
             identity.catch_up()
         services = cls(settings, application, views, projector, identity=identity)
-        services.compliance = Compliance.open(settings, application, views, follow)  # issue 6
+        services.compliance = Compliance.open(settings, application, views, follow)
         if not inline and follow:
-            # issue 8: an ``ehr project`` worker applies the events; wait for its announcements instead.
+            # An ``ehr project`` worker applies the events; wait for its announcements instead.
             services.watcher = PositionWatcher(settings.postgres_conninfo(), channel, services._tracking_position)
             services.watcher.start()
         elif settings.uses_postgres and follow:
@@ -93,7 +93,7 @@ class Services:
 
     @classmethod
     def _open_federated(cls, settings: Settings, follow: bool) -> Services:
-        """issue 11: writes go to this server's institution store; reads come from the national views.
+        """Writes go to this server's institution store; reads come from the national views.
 
         The national database (``EHR_DATABASE_URL``) holds the views of every store, the MPI's decisions
         (its own small log) and the audit log. The ``ehr project`` worker follows every store's log; this
@@ -123,7 +123,7 @@ class Services:
         return services
 
     def application_for(self, resource_type: str, resource_id: str) -> RecordApplication:
-        """The store a change of ``Type/id`` is appended to: its home in a federation (issue 11)."""
+        """The store a change of ``Type/id`` is appended to: its home in a federation."""
         if self.federation is None:
             return self.application
         return self.federation.application(self.federation.home_of(resource_type, resource_id))
@@ -147,7 +147,7 @@ class Services:
                     projector.name,
                     written.notification_id,
                 )
-        # issue 11: with a read replica, the answer waits for the replica to replay what was applied.
+        # With a read replica, the answer waits for the replica to replay what was applied.
         if not self.views.settle(caught_up, self.settings.projection_wait_seconds):
             log.warning(
                 "the views replica has not replayed %s after %ss", caught_up, self.settings.projection_wait_seconds
@@ -161,18 +161,18 @@ class Services:
             try:
                 projector.catch_up(until=notification_id)
             except (*StoreDown, StoreUnavailable):
-                return False  # issue 11: its store went down right after the append: stored, not yet visible
+                return False  # Its store went down right after the append: stored, not yet visible
             return True
         deadline = time.monotonic() + self.settings.projection_wait_seconds
         while (remaining := deadline - time.monotonic()) > 0:
             if self.watcher.wait(projector.name, notification_id, min(remaining, 2.0)):
                 return True
             if self.federation is not None and not self.federation.reachable(store or self.federation.own):
-                return False  # issue 11: nothing can project it before its store returns
+                return False  # Nothing can project it before its store returns
         return False
 
     def store_projectors(self, store: str) -> list[Projector]:
-        """The resource and identity projectors of the log ``written`` went to (issue 11: any store's)."""
+        """The resource and identity projectors of the log ``written`` went to (any store's)."""
         own = [self.projector, *([self.identity] if self.identity is not None else [])]
         if self.federation is None or store in ("", self.federation.own):
             return own
@@ -208,7 +208,7 @@ class Services:
             self.follower.stop()
         if self.watcher is not None:
             self.watcher.stop()
-        if self.compliance is not None:  # issue 6
+        if self.compliance is not None:
             self.compliance.close()
         self.views.close()
         if isinstance(self.identity, FederatedIdentity):

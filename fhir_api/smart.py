@@ -1,4 +1,4 @@
-"""issue 7: ``GET /fhir/.well-known/smart-configuration`` (SMART App Launch 2.x discovery), public."""
+"""``GET /fhir/.well-known/smart-configuration`` (SMART App Launch 2.x discovery), public."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""issue 7: what the access policy needs from the log: who recorded each resource, and active Consents.
+"""What the access policy needs from the log: who recorded each resource, and active Consents.
 
 - ``resource_owners``: the institution that recorded a resource's first version ("an institution reads
   what it recorded").

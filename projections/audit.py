@@ -165,7 +165,7 @@ class AuditQuery:
     columns: dict[str, list[str]]
     dates: list[tuple[str, str]]
     before: int | None = None
-    #: issue 7: the access policy's SQL condition on the entry ``e`` (None: auth off, every entry).
+    #: The access policy's SQL condition on the entry ``e`` (None: auth off, every entry).
     policy: tuple[str, list[Any]] | None = None
 
 

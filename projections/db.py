@@ -123,7 +123,7 @@ class SQLiteViews:
 
     One connection per thread. anyio ends worker threads idle for 10 s and starts new ones for the next
     burst, so a connection is closed when its thread ends: kept open, each would hold its file handles and
-    page cache (up to ``cache_size``, 2 MiB) for the life of the process (issue 10).
+    page cache (up to ``cache_size``, 2 MiB) for the life of the process.
     """
 
     dialect: Dialect = "sqlite"
@@ -220,7 +220,7 @@ class _PostgresTx:
     @contextmanager
     def pipelined(self) -> Iterator[None]:
         # A projection batch of a few events is ~20 small statements; one after another they cost a round
-        # trip each, pipelined they cost about one (issue 8: a create's latency is mostly round trips).
+        # trip each, pipelined they cost about one (a create's latency is mostly round trips).
         with self._cursor.connection.pipeline():
             self._in_pipeline = True
             try:
@@ -237,7 +237,7 @@ class _PostgresTx:
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         # COPY streams every row in one statement: a projection batch writes tens of thousands of index
-        # rows, and executemany's one-statement-per-row pipeline cost ~20 us a row (issue 8 profile). A few
+        # rows, and executemany's one-statement-per-row pipeline cost ~20 us a row. A few
         # rows go faster pipelined: COPY costs three round trips however small.
         if len(rows) >= _COPY_FROM and not self._in_pipeline:
             with self._cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -301,7 +301,7 @@ class PostgresViews:
         self.conninfo = conninfo
         self.schema = schema
         self._pool = self._open_pool(conninfo, pool_size)
-        #: issue 11: a streaming replica of this database that answers the queries (``EHR_VIEWS_REPLICA_URL``).
+        #: A streaming replica of this database that answers the queries (``EHR_VIEWS_REPLICA_URL``).
         self._replica = self._open_pool(replica_conninfo, pool_size) if replica_conninfo else None
 
     def _open_pool(self, conninfo: str, size: int) -> Any:

@@ -1,4 +1,4 @@
-"""issue 11: every institution's log projected into one set of national views (DESIGN.md "Beyond one machine").
+"""Every institution's log projected into one set of national views (DESIGN.md "Beyond one machine").
 
 Each institution (IMSS, ISSSTE, IMSS-Bienestar) appends to its own event store, with its own ordering lock
 and its own notification ids. The national views follow every store with one tracking row per store and

@@ -7,7 +7,7 @@ notification changes nothing. A timeout poll covers notifications lost while rec
 Every API process applies its own writes before answering them, so the follower is the safety net for
 the rest (another process's writes it did not apply, an import without a projector). It lets a
 notification settle before looking, so that it does not race a request for the batch that request is
-about to apply itself (issue 8: that race cost a create ~5 ms).
+about to apply itself (that race cost a create ~5 ms).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class IdentityIndex(Projector):
         decisions: Application[UUID] | None = None,
     ) -> None:
         super().__init__(application, database, [], name=name, batch_size=batch_size)
-        #: Where the MPI appends its decisions: this log, or (issue 11) the national log of a federation.
+        #: Where the MPI appends its decisions: this log, or the national log of a federation.
         self.mpi = MasterPatientIndex(decisions or application)
 
     @property
@@ -250,7 +250,7 @@ class IdentityIndex(Projector):
 
     def _apply(self, tx: Tx, event: Any) -> None:
         erasure = erasure_from_event(0, event)
-        if erasure is not None:  # issue 7: a blocked or shredded patient leaves the index's views too
+        if erasure is not None:  # A blocked or shredded patient leaves the index's views too
             self._erase(tx, erasure.patient, erasure.resources)
             return
         if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):

@@ -1,4 +1,4 @@
-"""Projection metrics (issue 8), in the Prometheus client's default registry: what ``/metrics`` serves.
+"""Projection metrics, in the Prometheus client's default registry: what ``/metrics`` serves.
 
 Counters and histograms are updated by every projector as it applies batches; the positions and the lag
 are read at scrape time by a collector the API registers (it knows the log head), so a scrape always sees

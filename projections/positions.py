@@ -1,4 +1,4 @@
-"""Waiting for a projection worker (issue 8): read-your-writes when another process projects.
+"""Waiting for a projection worker: read-your-writes when another process projects.
 
 With ``EHR_PROJECTION=worker`` the API processes append events and an ``ehr project`` process applies
 them. Each projector batch ends with ``pg_notify(<projected channel>, '<name>:<position>')`` inside its

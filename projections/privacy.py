@@ -1,4 +1,4 @@
-"""Erasure in the views (issue 7): a blocked or shredded patient's rows leave every projection.
+"""Erasure in the views: a blocked or shredded patient's rows leave every projection.
 
 The projector meets an :class:`ehr_core.privacy.Erasure` event in the log and calls :func:`erase` with every
 view of its batch. A view may define ``erase(tx, dialect, erasure)``; any other view is handled generically,

@@ -26,10 +26,10 @@ from eventsourcing.persistence import Notification, PersistenceError
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 
 from ehr_core.errors import StoreUnavailable
-from projections import metrics  # issue 8
+from projections import metrics
 from projections.changes import Change, change_from_event
 from projections.db import Tx, ViewDatabase
-from projections.privacy import erase, erasure_from_event  # issue 7
+from projections.privacy import erase, erasure_from_event
 from projections.view import View
 
 __all__ = ["Projector", "Retry", "create_quarantine_table", "projected_channel", "transient"]
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def projected_channel(schema: str) -> str:
-    """The PostgreSQL channel on which projectors announce new positions (issue 8: ``ehr project``).
+    """The PostgreSQL channel on which projectors announce new positions (``ehr project``).
 
     One per schema (a deployment), and a valid identifier whatever the schema's name.
     """
@@ -287,7 +287,7 @@ class Projector:
         return len(notifications)
 
     def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
-        """The next batch after ``position`` (a federation's projector renumbers what it reads; issue 11)."""
+        """The next batch after ``position`` (a federation's projector renumbers what it reads)."""
         return self.application.recorder.select_notifications(start=position + 1, limit=self.batch_size)
 
     def _advance(self, tx: Tx, last: int) -> int:
@@ -310,7 +310,7 @@ class Projector:
         changes: list[Change] = []
         for notification in notifications:
             event = mapper.to_domain_event(notification)
-            erasure = erasure_from_event(notification.id, event)  # issue 7: a block or shredding
+            erasure = erasure_from_event(notification.id, event)  # A block or shredding
             if erasure is not None:
                 for view in self.views:
                     view.apply(tx, changes)

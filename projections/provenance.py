@@ -204,7 +204,7 @@ def search_provenance(
     limit: int,
     policy: tuple[str, list[Any]] | None = None,
 ) -> list[StoredProvenance]:
-    """Newest first; ``refs`` ORs values within a parameter and ANDs parameters; ``policy`` (issue 7) is the
+    """Newest first; ``refs`` ORs values within a parameter and ANDs parameters; ``policy`` is the
     access policy's SQL condition on the row ``p`` (None: auth off)."""
     where: list[str] = [policy[0]] if policy is not None else []
     params: list[Any] = list(policy[1]) if policy is not None else []

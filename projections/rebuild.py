@@ -1,4 +1,4 @@
-"""``ehr rebuild``: projections rebuilt from zero beside the live ones, then swapped in atomically (issue 8).
+"""``ehr rebuild``: projections rebuilt from zero beside the live ones, then swapped in atomically.
 
 Readers and the live projector keep using the current tables while a *shadow* projector of the same kind
 replays the whole log into empty tables elsewhere: a schema ``<schema>__rebuild`` on PostgreSQL, a file

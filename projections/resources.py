@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from projections.changes import Change
 from projections.db import Dialect, Tx
-from projections.privacy import check_erased  # issue 7
+from projections.privacy import check_erased
 from projections.view import View
 
 __all__ = ["HistoryEntry", "ResourceViews", "StoredResource"]
@@ -152,7 +152,7 @@ class ResourceViews(View):
             (resource_type, resource_id),
         ).fetchone()
         if row is None:
-            check_erased(tx, resource_type, resource_id)  # issue 7: 410 shredded, 403 blocked
+            check_erased(tx, resource_type, resource_id)  # 410 shredded, 403 blocked
             return None
         return StoredResource(resource_type, resource_id, int(row[0]), str(row[1]), _bytes(row[2]))
 
@@ -164,7 +164,7 @@ class ResourceViews(View):
             (resource_type, resource_id, version),
         ).fetchone()
         if row is None:
-            check_erased(tx, resource_type, resource_id)  # issue 7
+            check_erased(tx, resource_type, resource_id)
             return None
         return StoredResource(resource_type, resource_id, version, str(row[0]), _bytes(row[1]))
 
@@ -202,7 +202,7 @@ class ResourceViews(View):
         row = tx.execute(f"SELECT COUNT(*) FROM resource_history {clause}", params).fetchone()
         total = int(row[0]) if row else 0
         if total == 0 and resource_type is not None and resource_id is not None:
-            check_erased(tx, resource_type, resource_id)  # issue 7: instance history of the erased
+            check_erased(tx, resource_type, resource_id)  # Instance history of the erased
         return total
 
 

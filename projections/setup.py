@@ -7,11 +7,11 @@ from typing import Any
 from eventsourcing.application import Application
 
 from ehr_core.settings import Settings
-from projections.access import AccessView  # issue 7
+from projections.access import AccessView
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
-from projections.privacy import PrivacyView  # issue 7
+from projections.privacy import PrivacyView
 from projections.projector import Projector
-from projections.provenance import ProvenanceView  # issue 6
+from projections.provenance import ProvenanceView
 from projections.resources import ResourceViews
 from projections.search import SearchIndex
 from projections.view import View
@@ -26,13 +26,13 @@ def open_view_database(settings: Settings, schema: str | None = None) -> ViewDat
             settings.postgres_conninfo(),
             schema or settings.postgres_schema,
             settings.postgres_pool_size,
-            replica_conninfo=settings.replica_conninfo(),  # issue 11
+            replica_conninfo=settings.replica_conninfo(),
         )
     return SQLiteViews(settings.data_dir / "views.sqlite")
 
 
 def resource_views() -> list[View]:
-    # issue 6: ProvenanceView; issue 7: PrivacyView (erasures), AccessView (owners, consents)
+    # ProvenanceView: PrivacyView (erasures), AccessView (owners, consents)
     return [ResourceViews(), SearchIndex(), ProvenanceView(), PrivacyView(), AccessView()]
 
 

@@ -60,7 +60,7 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
         raise InvalidResource([Issue("not-supported", f"unknown resource type {resource_type}", "resourceType")])
     if "id" in resource and not is_valid_id(resource["id"]):
         raise InvalidResource([Issue("value", "id must match [A-Za-z0-9-.]{1,64}", f"{resource_type}.id")])
-    _check_characters(resource, resource_type)  # issue 10
+    _check_characters(resource, resource_type)
     model = get_fhir_model_class(resource_type)
     try:
         model.model_validate(resource)

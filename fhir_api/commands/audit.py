@@ -1,4 +1,4 @@
-"""``ehr audit replay --patient ID [--from T] [--to T] [--format text|csv|ndjson]`` (issue 6).
+"""``ehr audit replay --patient ID [--from T] [--to T] [--format text|csv|ndjson]``.
 
 A chronological account of one patient's record: every write (from the clinical log, via the Provenance
 view: who, institution, unit, the version written) and every access or refused attempt (from the audit

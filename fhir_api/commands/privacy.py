@@ -1,4 +1,4 @@
-"""issue 7: ``ehr keys rotate``, ``ehr keys list``, ``ehr shred`` and ``ehr arco-cancel``.
+"""``ehr keys rotate``, ``ehr keys list``, ``ehr shred`` and ``ehr arco-cancel``.
 
 - ``ehr keys rotate --new-key-file PATH [--generate]``: re-wrap every data key under a new master key (one
   transaction; events untouched), then point ``EHR_MASTER_KEY_FILE`` at PATH. Without ``--new-key-file`` in

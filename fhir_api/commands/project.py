@@ -1,4 +1,4 @@
-"""``ehr project``: the projection worker (issue 8) — applies the log to every view, apart from the API.
+"""``ehr project``: the projection worker — applies the log to every view, apart from the API.
 
 Run it beside API servers started with ``EHR_PROJECTION=worker``: they append and wait for its
 announcements (read-your-writes), it applies. It follows the clinical log and the audit log (LISTEN on
@@ -6,7 +6,7 @@ PostgreSQL, polling on SQLite), in batches of ``EHR_PROJECTION_BATCH_SIZE`` noti
 transaction with its tracking row; killed at any moment, it resumes at the recorded positions with no event
 applied twice or skipped. Several workers may run at once: the tracking rows' locks make them take turns.
 
-In a federation (issue 11, ``EHR_STORES``) it follows every institution's store on a thread of its own
+In a federation (``EHR_STORES``) it follows every institution's store on a thread of its own
 (LISTEN on that store's server), with the national logs (MPI decisions, audit) on the main thread: a store
 that goes down stops only its own thread's progress, which resumes where it stopped when the store returns.
 """
@@ -101,7 +101,7 @@ def follow(services: Services, stop: threading.Event, poll_seconds: float = 0.5,
 
 
 class StoreFollower(threading.Thread):
-    """issue 11: one institution's store into the national views — resources, identity, its ledger."""
+    """One institution's store into the national views — resources, identity, its ledger."""
 
     def __init__(self, services: Services, store: str, stop: threading.Event, poll_seconds: float = 0.5) -> None:
         super().__init__(name=f"ehr-store-{store}", daemon=True)

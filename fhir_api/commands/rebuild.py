@@ -1,4 +1,4 @@
-"""``ehr rebuild [NAME…]``: rebuild projections from zero beside the live ones and swap them in (issue 8).
+"""``ehr rebuild [NAME…]``: rebuild projections from zero beside the live ones and swap them in.
 
 NAME is ``resources`` (read, history, search, provenance, access, erasures), ``identity`` (the master
 patient index) or ``audit`` (the AuditEvent views); none means all three. The ledgers are not
@@ -30,7 +30,7 @@ def projectors_named(services: Services, names: list[str]) -> list[Projector]:
     available: dict[str, Projector] = {"resources": services.projector}
     if services.identity is not None:
         available["identity"] = services.identity
-    if services.federation is not None:  # issue 11: every store's projector, built beside and swapped together
+    if services.federation is not None:  # Every store's projector, built beside and swapped together
         per_store = [services.store_projectors(store) for store in services.federation.names]
         available["resources"] = StoreGroup([projectors[0] for projectors in per_store], "resources")
         available["identity"] = StoreGroup([projectors[1] for projectors in per_store], "identity")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(tasks[name], completed=position, total=head, rate=position / elapsed if elapsed else 0.0)
 
             done = rebuild(settings, projectors_named(services, args.names), progress)
-    except StoreUnavailable as error:  # issue 11: a rebuild reads every institution's log
+    except StoreUnavailable as error:  # A rebuild reads every institution's log
         console.print(f"ehr rebuild: {error}; a rebuild needs every store of EHR_STORES up")
         return 1
     finally:

@@ -1,4 +1,4 @@
-"""issue 7: ``ehr token``: mint a development bearer token from the local issuer (never in production)."""
+"""``ehr token``: mint a development bearer token from the local issuer (never in production)."""
 
 from __future__ import annotations
 

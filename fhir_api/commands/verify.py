@@ -1,4 +1,4 @@
-"""``ehr verify`` and ``ehr verify-proof`` (issue 6): check the ledger, or one inclusion proof, offline.
+"""``ehr verify`` and ``ehr verify-proof``: check the ledger, or one inclusion proof, offline.
 
 ``ehr verify`` recomputes every leaf, Merkle root, chain link and signature from the event store and
 exits 0 only if the ledger holds; otherwise it names the first altered, missing, moved or inserted event
@@ -76,7 +76,7 @@ def run_verify(args: argparse.Namespace) -> int:
         return max(outcome, _verify_break_glass_review(settings))
     if not settings.federated:
         return _verify_log(args, RecordApplication(settings), settings, settings, "ledger")
-    # issue 11: each institution's store has a ledger of its own in the national database.
+    # Each institution's store has a ledger of its own in the national database.
     outcome = 0
     for store in settings.store_urls():
         store_settings = settings.for_store(store)

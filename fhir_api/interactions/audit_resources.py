@@ -1,4 +1,4 @@
-"""AuditEvent and Provenance: read and search over their own views (issue 6).
+"""AuditEvent and Provenance: read and search over their own views.
 
 The server produces both (AuditEvent from the audit log, Provenance from each write's context) into their
 own views. A client may also send AuditEvents and Provenances of its own (another system's audit record, a
@@ -10,7 +10,7 @@ trail and never mixed into it. Search covers the server's own. Search parameters
   ``subtype`` (the FHIR interaction), ``address``; ``_count`` and a ``_page_before`` cursor; newest first.
 - Provenance: ``target`` (``Type/id`` or ``Type/id/_history/v``), ``patient``, ``agent``, ``recorded``.
 
-issue 7, with auth on, searches list only what the caller's institution may see of the server's trail
+With auth on, searches list only what the caller's institution may see of the server's trail
 (:func:`projections.access.audit_clause`, :func:`projections.access.provenance_clause`): AuditEvents of its
 own staff's actions, or naming only patients whose record it may read (own, or consent); Provenances of
 writes to resources it may read. Break-the-glass opens records for care, not other institutions' trails: it

@@ -26,5 +26,5 @@ async def create(resource_type: str, request: Request, services: ServicesDep) ->
             request, services, "POST", resource_type, resource, context, prefer, base, if_none_exist
         )
     written = await run_in_threadpool(services.application.create, resource, context, resource_type)
-    await run_in_threadpool(make_visible, services, written)  # issue 10
+    await run_in_threadpool(make_visible, services, written)
     return write_response(written, 201, prefer_return(request), base_url(request))

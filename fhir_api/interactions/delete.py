@@ -21,10 +21,10 @@ async def delete(resource_type: str, resource_id: str, request: Request, service
     require_type(resource_type)
     if_match = parse_if_match(request.headers.get("if-match"))
     context = write_context(request, "delete")
-    check_write_deadline()  # issue 10: out of time before the append: 503, nothing written
-    application = await home_application(services, resource_type, resource_id)  # issue 11
+    check_write_deadline()  # Out of time before the append: 503, nothing written
+    application = await home_application(services, resource_type, resource_id)
     written = await run_in_threadpool(application.delete, resource_type, resource_id, context, if_match)
-    await run_in_threadpool(make_visible, services, written)  # issue 10
+    await run_in_threadpool(make_visible, services, written)
     # Deleting what is absent or already deleted succeeds too: delete is idempotent (R4 §3.1.0.6).
     headers = {"ETag": etag(written.version)} if written is not None else {}
     return Response(status_code=204, headers=headers)

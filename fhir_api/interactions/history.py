@@ -3,7 +3,7 @@
 Pages are cut by notification id, not offset: the ``next`` link carries ``_page_before=N`` (entries
 older than N), so a page shows the same entries however many writes arrive while a client pages.
 
-Access (issue 7): instance history is decided for its one resource by the auth middleware; type and system
+Access: instance history is decided for its one resource by the auth middleware; type and system
 history list only the versions of resources the caller may see (the policy's SQL predicate joins the page
 query and its ``total``). Break-the-glass is not offered here: it grants access to a patient's records in an
 emergency, not a browse of every institution's log.
@@ -60,7 +60,7 @@ def parse_since(value: str | None) -> str | None:
 def _cursor(value: str | None) -> int | None:
     if value is None:
         return None
-    cursor = parse_int(value)  # issue 10: beyond 64 bits it still means "before everything"
+    cursor = parse_int(value)  # Beyond 64 bits it still means "before everything"
     if cursor is None:
         raise InvalidResource([Issue("invalid", f"invalid page cursor {value!r}", "_page_before")])
     return cursor
@@ -91,13 +91,13 @@ def _history(
     resource_type: str | None = None,
     resource_id: str | None = None,
 ) -> Response:
-    limit = clamp_count(_count(count), DEFAULT_COUNT, services.settings)  # issue 10: EHR_MAX_COUNT
+    limit = clamp_count(_count(count), DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT
     since_at, before = parse_since(since), _cursor(page_before)
     base = base_url(request)
     caller = caller_of(request)
     if caller is not None and resource_id is None:
         viewer = caller.viewer()
-        request.state.ehr_access = "filtered"  # for the audit entry (issue 7)
+        request.state.ehr_access = "filtered"  # for the audit entry
         with services.views.read() as tx:
             dialect = services.views.dialect
             total = count_visible_history(

@@ -43,9 +43,9 @@ async def patch(resource_type: str, resource_id: str, request: Request, services
     body = await read_json_body(request, PATCH_MEDIA_TYPES)
     change = patch_change(media_type(request), body)
     context = write_context(request, "patch")
-    application = await home_application(services, resource_type, resource_id)  # issue 11
+    application = await home_application(services, resource_type, resource_id)
     written = await run_in_threadpool(application.patch, resource_type, resource_id, change, context, if_match)
-    await run_in_threadpool(make_visible, services, written)  # issue 10
+    await run_in_threadpool(make_visible, services, written)
     return write_response(written, 200, prefer_return(request), base_url(request))
 
 

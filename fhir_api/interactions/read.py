@@ -16,7 +16,7 @@ from fhir_api.errors import outcome_response
 from fhir_api.request import ServicesDep, require_type
 from fhir_api.responses import etag, fhir_response, http_date
 from fhir_api.services import Services
-from projections.asof import normalise_instant, read_as_of  # issue 6
+from projections.asof import normalise_instant, read_as_of
 from projections.resources import ResourceViews, StoredResource
 
 router = APIRouter()
@@ -38,7 +38,7 @@ def read(
     resource_type: str, resource_id: str, services: ServicesDep, at: Annotated[str | None, Query(alias="_at")] = None
 ) -> Response:
     require_type(resource_type)
-    if at is not None:  # issue 6: as-of read, the version current at a recorded instant
+    if at is not None:  # As-of read, the version current at a recorded instant
         return _read_as_of(services, resource_type, resource_id, at)
     with services.views.read() as tx:
         stored = ResourceViews.read(tx, resource_type, resource_id)
@@ -46,7 +46,7 @@ def read(
 
 
 def _read_as_of(services: Services, resource_type: str, resource_id: str, at: str) -> Response:
-    """issue 6: ``GET [type]/[id]?_at=instant`` (see projections/asof.py)."""
+    """``GET [type]/[id]?_at=instant`` (see projections/asof.py)."""
     try:
         instant = normalise_instant(at)
     except ValueError:
@@ -61,7 +61,7 @@ def _read_as_of(services: Services, resource_type: str, resource_id: str, at: st
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="vread")
 def vread(resource_type: str, resource_id: str, version_id: str, services: ServicesDep) -> Response:
     require_type(resource_type)
-    version = parse_int(version_id)  # issue 10: beyond 64 bits, a version that does not exist
+    version = parse_int(version_id)  # Beyond 64 bits, a version that does not exist
     if version is None:
         raise InvalidResource([Issue("invalid", f"version id must be a number, got {version_id!r}")])
     with services.views.read() as tx:

@@ -7,7 +7,7 @@ OperationOutcome (``outcome``) saying which were ignored — or a 400 under ``Pr
 when ``_summary`` or ``_elements`` ask for part of them. ``next``/``prev`` links carry a keyset cursor
 (see :mod:`projections.search.engine`), so pages stay consistent while writes arrive.
 
-Access (issue 7): with auth on, the caller's :class:`~projections.access.Viewer` goes into the query, so
+Access: with auth on, the caller's :class:`~projections.access.Viewer` goes into the query, so
 matches, ``total``, cursors and included resources hold only what the policy lets the caller see. With
 ``X-EHR-Break-Glass: <reason>`` the institution rule is lifted; when the page shows something only that made
 visible, the response says ``X-EHR-Break-Glass: granted``, the grant is listed for review and the audit
@@ -136,7 +136,7 @@ def _search(
         raise InvalidResource(
             [Issue("not-supported", f"unknown search parameter(s) for {resource_type}: {names}", parsed.unknown[0])]
         )
-    count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # issue 10: EHR_MAX_COUNT
+    count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT
     with services.views.read() as tx:
         page = run_search(tx, services.views.dialect, parsed, base, count, viewer)
         entries = _entries(tx, base, page, parsed)
@@ -163,7 +163,7 @@ def _answer(services: Services, request: Request, resource_type: str, pairs: lis
     viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
     bundle, page = _search(services, resource_type, pairs, base_url(request), _strict(request), viewer)
     if page.filtered:
-        # For the audit entry (issue 7): the answer was filtered by the access policy.
+        # For the audit entry: the answer was filtered by the access policy.
         request.state.ehr_access = "filtered"
     headers: dict[str, str] = {}
     if caller is not None and reason is not None and page.break_glass_used:

@@ -32,9 +32,9 @@ async def update(resource_type: str, resource_id: str, request: Request, service
     if_match = parse_if_match(request.headers.get("if-match"))
     resource = await read_json_body(request)
     context = write_context(request, "update")
-    application = await home_application(services, resource_type, resource_id)  # issue 11
+    application = await home_application(services, resource_type, resource_id)
     written = await run_in_threadpool(application.update, resource_type, resource_id, resource, context, if_match)
-    await run_in_threadpool(make_visible, services, written)  # issue 10
+    await run_in_threadpool(make_visible, services, written)
     return write_response(written, 201 if written.created else 200, prefer_return(request), base_url(request))
 
 

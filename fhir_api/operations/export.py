@@ -5,7 +5,7 @@ GET [base]/$export-status/[job]      → 202 + X-Progress while running, 200 + m
 DELETE [base]/$export-status/[job]   → 202, the job is cancelled and its files deleted
 GET [base]/$export-file/[job]/[file] → the NDJSON file
 
-Access (issue 7, with auth on): the export holds what the caller's institution may see (see
+Access (with auth on): the export holds what the caller's institution may see (see
 :mod:`fhir_api.operations.export_jobs`); a Group export needs the Group itself to be readable by the caller
 (403 otherwise, as a read would answer). ``X-EHR-Break-Glass: <reason>`` lifts the institution rule for the
 job: the grant is flagged (``X-EHR-Break-Glass: granted``), listed for review and audited with purpose

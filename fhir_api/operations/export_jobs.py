@@ -4,7 +4,7 @@ per resource type, written page by page so memory stays flat however much is exp
 A job's directory holds its files and, once complete, ``manifest.json``; a server restarted after a job
 finished still serves it. Cancelling deletes the directory.
 
-Access (issue 7): with auth on, a job carries its caller's :class:`~projections.access.Viewer`: every page
+Access: with auth on, a job carries its caller's :class:`~projections.access.Viewer`: every page
 it writes is read through the access policy's SQL predicate (:func:`projections.access.visible_page`), so
 the files hold only what the caller's institution may see (own records, shared types, consented patients;
 everything under break-the-glass). ``owner.json`` names who started the job (institution, user, and the

@@ -1,4 +1,4 @@
-"""The ledger over HTTP (issue 6): the public key, the latest signed head, and inclusion proofs.
+"""The ledger over HTTP: the public key, the latest signed head, and inclusion proofs.
 
 - ``GET /fhir/$ledger-key``: the Ed25519 public key (PEM) that signs every block head;
 - ``GET /fhir/$ledger-head``: the latest signed head of the clinical log's ledger (``?log=audit``: the audit log's);

@@ -7,7 +7,7 @@ and ``count`` as in the spec. Scores come from the same matcher as the master pa
 $ihe-pix: ``sourceIdentifier=system|value`` (and optional ``targetSystem``) → Parameters with every
 identifier (``targetIdentifier``) and record (``targetId``) of the same person across institutions.
 
-issue 7, with auth on, one rule for both (and for ``Person/$review``): a Patient record, and the identifiers
+With auth on, one rule for both (and for ``Person/$review``): a Patient record, and the identifiers
 it carries, is disclosed only when the caller may read that record (the access policy of
 :mod:`fhir_api.access`: its institution recorded it, or an active Consent of the patient names the caller's
 institution, or the caller broke the glass, which is then flagged, listed for review and audited). So a
@@ -54,7 +54,7 @@ def _score(grade: Grade, score: float) -> float:
 
 @dataclass
 class Disclosure:
-    """Which Patient records an operation of the patient index may disclose to the caller (issue 7)."""
+    """Which Patient records an operation of the patient index may disclose to the caller."""
 
     #: None: auth is off, every record.
     viewer: Viewer | None = None

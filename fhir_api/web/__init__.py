@@ -1,4 +1,4 @@
-"""issue 9: the web view for clinicians and compliance officers, served by the FHIR server under ``/web``.
+"""The web view for clinicians and compliance officers, served by the FHIR server under ``/web``.
 
 Server-rendered pages (Jinja2, inline SVG charts, a few lines of vanilla JavaScript) over the FHIR API
 itself: patient search, the unified record across institutions, the record as it was at a moment, and the

@@ -5,7 +5,7 @@ the resource's index key ``sid``; a page cursor carries the last row's keys (key
 offset) and a snapshot bound — the highest ``sid`` when the first page was read — so resources created
 while a client pages do not slide into later pages, and no resource is seen twice or skipped.
 
-Access (issue 7): given a :class:`projections.access.Viewer`, the policy's SQL predicate joins the where
+Access: given a :class:`projections.access.Viewer`, the policy's SQL predicate joins the where
 clause of the matches, of the total and of every ``_include``/``_revinclude`` round, so what the caller may
 not see is neither listed, nor counted, nor followed, nor reachable through a page cursor.
 """
@@ -62,9 +62,9 @@ class Page:
     prev_cursor: str | None = None
     #: True when :data:`MAX_INCLUDES` cut the included resources short.
     includes_truncated: bool = False
-    #: issue 7: the viewer broke the glass and this page holds resources only that lifted the rule for.
+    #: The viewer broke the glass and this page holds resources only that lifted the rule for.
     break_glass_used: bool = False
-    #: issue 7: the access policy restricted the search (the caller is not entitled to everything).
+    #: The access policy restricted the search (the caller is not entitled to everything).
     filtered: bool = False
 
 
@@ -333,7 +333,7 @@ def run_search(
     # plans (measured: 0.2 ms custom, 140 ms generic). Custom plans for this search only.
     tx.execute("SET plan_cache_mode = force_custom_plan")
     if viewer is not None:
-        # issue 7: the policy's per-row subqueries inflate the cost estimate past jit_above_cost, and
+        # The policy's per-row subqueries inflate the cost estimate past jit_above_cost, and
         # compiling them costs about a second (measured) for a search answered in milliseconds.
         tx.execute("SET jit = off")
     try:
@@ -355,7 +355,7 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
     # meanwhile sorts last); it bounds the pages after it.
     viewer = with_consents(tx, viewer) if viewer is not None else None
     visible = _visible(viewer, "a", dialect)
-    # Chains and _has pass through other resources: the same policy holds for each of them (issue 7).
+    # Chains and _has pass through other resources: the same policy holds for each of them.
     policy = None if viewer is None else _policy(viewer, dialect)
     where = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy)
     page = Page([], filtered=viewer is not None and (viewer.types is not None or not viewer.break_glass))

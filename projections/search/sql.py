@@ -2,7 +2,7 @@
 
 Written once with ``?`` placeholders for both SQLite and PostgreSQL. Each value table is reached by an
 ``IN (SELECT sid ...)`` sub-select on its ``(resource_type, param, value...)`` index; chains and
-reverse chains nest the same conditions on the referenced or referring type, and (issue 7, auth on) the
+reverse chains nest the same conditions on the referenced or referring type, and (auth on) the
 access policy on each resource they pass through.
 """
 
@@ -51,7 +51,7 @@ class Context:
         self._numbers = itertools.count(1)
         #: Per (type, parameter): its date ranges' longest span and open ends (``search_date_spans``).
         self.spans = spans or {}
-        #: issue 7: the viewer's visibility condition on a ``search_ids`` alias (None: auth off, no policy).
+        #: The viewer's visibility condition on a ``search_ids`` alias (None: auth off, no policy).
         #: A chain or ``_has`` matches only through resources the viewer may see, or its result would tell
         #: the caller what a hidden resource contains (``Observation?subject:Patient.name=X``).
         self.visible = visible
