@@ -45,6 +45,9 @@ from ehr_core.transcoder import EventTranscoder
 
 __all__ = ["RecordApplication", "Written", "format_instant"]
 
+#: What a patient-facing app may record (patient scopes only): what the patient decides, their Consent.
+PATIENT_WRITABLE = frozenset({"Consent"})
+
 #: The institution of a writer that names none (see ``RecordApplication.authorize``).
 UNKNOWN_INSTITUTION = "unknown"
 
@@ -172,6 +175,18 @@ class RecordApplication(Application[UUID]):
             context = getattr(first[0], "context", None) if first else None
             stream.owner = str((context or {}).get("institution", "unknown"))
         return stream
+
+    @staticmethod
+    def authorize_patient(resource: dict[str, Any], compartment: list[str], context: WriteContext) -> None:
+        """A patient-facing app writes for its patient only what the patient decides (DESIGN.md "Access": a
+        Consent by the patient through a patient-facing app grants like one by the record's custodian)."""
+        if context.patient is None:
+            return
+        if resource["resourceType"] not in PATIENT_WRITABLE or context.patient not in compartment:
+            raise Forbidden(
+                f"a patient-facing app records only Patient/{context.patient}'s own "
+                f"{' or '.join(sorted(PATIENT_WRITABLE))}, not this {resource['resourceType']}"
+            )
 
     @staticmethod
     def authorize(stream: ResourceStream | None, context: WriteContext) -> None:
@@ -330,6 +345,8 @@ class RecordApplication(Application[UUID]):
         if_match: int | None = None,
         now: datetime | None = None,
     ) -> Pending:
+        if context.patient is not None:
+            raise Forbidden("a patient-facing app does not delete; a Consent is withdrawn by updating its status")
         stream = self.stream(resource_type, resource_id)
         self.authorize(stream, context)
         _check_if_match(stream, if_match, resource_type, resource_id)
@@ -375,6 +392,7 @@ class RecordApplication(Application[UUID]):
                 "bytes a resource may have (EHR_MAX_RESOURCE_BYTES)"
             )
         compartment = patient_compartment(resource)
+        self.authorize_patient(resource, compartment, context)
         recorded = context.as_dict() | {"interaction": interaction}
         if stream is not None:
             recorded["owner"] = stream.owner

@@ -19,6 +19,9 @@ class WriteContext:
     request_id: str = field(default_factory=lambda: uuid4().hex)
     address: str | None = None  # the caller's network address
     interaction: str | None = None  # the FHIR interaction that wrote: create, update, delete, transaction
+    #: The patient a patient-facing app writes for (SMART patient context, patient scopes only): such a
+    #: writer records only what the patient may decide, their own Consent (``ehr_core.application``).
+    patient: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ehr_core.application import UNKNOWN_INSTITUTION
+from ehr_core.application import PATIENT_WRITABLE, UNKNOWN_INSTITUTION
 from ehr_core.context import WriteContext
 from ehr_core.errors import Issue
 from ehr_core.settings import Settings
@@ -324,6 +324,9 @@ class Caller:
             "address": request.client.host if request.client else None,
             "interaction": interaction,
         }
+        patient = c.get("patient")
+        if isinstance(patient, str) and patient and not any(g.context in ("user", "system") for g in self.grants):
+            values["patient"] = patient  # a patient-facing app: it writes as the patient, not as staff
         if request_id:
             values["request_id"] = request_id[:128]
         if getattr(request.state, "ehr_break_glass", False):
@@ -412,7 +415,7 @@ def entry_need(method: str, url: str, if_none_exist: str | None = None) -> Need:
 def scope_refusal(services: Any, caller: Caller, need: Need, query: dict[str, list[str]]) -> str | None:
     """Why the caller's scopes do not allow ``need`` (None: they do). ``user``/``system`` scopes reach every
     patient; ``patient`` scopes only reads inside the token patient's compartment (SMART App Launch:
-    the patient context), never writes."""
+    the patient context), and of writes only the patient's own Consent."""
     wide = [g for g in caller.grants if g.context in ("user", "system")]
     if covered(wide, need):
         return None
@@ -434,9 +437,11 @@ def covered(grants: Iterable[Grant], need: Need) -> bool:
 
 
 def _in_compartment(services: Any, patient: str, need: Need, query: dict[str, list[str]]) -> bool:
-    """Whether a patient-context request stays inside the token's patient compartment."""
+    """Whether a patient-context request stays inside the token's patient compartment. Of writes, only a
+    plain create or update of a type the patient decides (their Consent) passes here; the domain then
+    checks that it is the token patient's own (``RecordApplication.authorize_patient``)."""
     if need.write:
-        return False
+        return need.resource_type in PATIENT_WRITABLE and "s" not in need.permissions and "d" not in need.permissions
     if need.patient_operation is not None:
         return need.patient_operation == patient
     refs = {patient, f"Patient/{patient}"}

@@ -299,7 +299,10 @@ class AccessView(View):
 
 
 def _by_custodian(tx: Tx, change: Change, patient: str) -> bool:
-    """Whether ``change`` (a Consent) was written by the institution that recorded ``Patient/patient``."""
+    """Whether ``change`` (a Consent) was written by the institution that recorded ``Patient/patient``, or by
+    that patient through a patient-facing app (the writer's context names them)."""
+    if change.context.get("patient") == patient:
+        return True
     row = tx.execute(
         "SELECT institution FROM resource_owners WHERE resource_type = 'Patient' AND resource_id = ?", (patient,)
     ).fetchone()

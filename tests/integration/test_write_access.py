@@ -365,3 +365,29 @@ def test_patient_app_sees_only_its_own_patients_accesses(secured: tuple[TestClie
     assert row is not None
     hidden = client.get("/fhir/$ledger-proof", params={"log": "audit", "event": row[0]}, headers=app)
     assert hidden.status_code == 403, hidden.text
+
+
+def test_patient_app_grants_its_own_consent_and_writes_nothing_else(
+    secured: tuple[TestClient, Services, Settings],
+) -> None:
+    """The patient, through a patient-facing app, may grant access to their own record like the custodian
+    does; the same app records no other resource and no Consent for another patient."""
+    client, _, settings = secured
+    imss, issste = _auth(settings, "IMSS", "dr.imss"), _auth(settings, "ISSSTE", "dr.issste")
+    mine = _post(client, imss, {"resourceType": "Patient", "name": [{"family": "Robles"}]})["id"]
+    theirs = _post(client, imss, {"resourceType": "Patient", "name": [{"family": "Soto"}]})["id"]
+    note = _post(client, imss, _observation(mine, "glucosa"))["id"]
+    app = _auth(settings, "IMSS", "portal", "patient/Consent.cru patient/*.rs", patient=mine)
+    assert client.get(f"/fhir/Observation/{note}", headers=issste).status_code == 403
+    for refused in (_consent(theirs, "ISSSTE"), _observation(mine, "auto-reporte")):
+        answer = client.post(f"/fhir/{refused['resourceType']}", json=refused, headers=FHIR | app)
+        assert answer.status_code == 403, answer.text
+    granted = client.post("/fhir/Consent", json=_consent(mine, "ISSSTE"), headers=FHIR | app)
+    assert granted.status_code == 201, granted.text
+    assert client.get(f"/fhir/Observation/{note}", headers=issste).status_code == 200
+    # Withdrawn by the patient (an update of its status, never a delete): the grant ends.
+    withdrawn = granted.json() | {"status": "inactive"}
+    assert client.delete(f"/fhir/Consent/{withdrawn['id']}", headers=app).status_code == 403
+    updated = client.put(f"/fhir/Consent/{withdrawn['id']}", json=withdrawn, headers=FHIR | app)
+    assert updated.status_code == 200, updated.text
+    assert client.get(f"/fhir/Observation/{note}", headers=issste).status_code == 403
