@@ -153,6 +153,12 @@ class AuditLog(Application[UUID]):
         env = settings.event_store_env()
         if not settings.uses_postgres:
             env["SQLITE_DBNAME"] = str(private_sqlite(settings.data_dir / "audit.sqlite"))
+        else:
+            # Check each pooled connection as the writer takes it: after the database killed the pool's
+            # sessions, every append would otherwise meet a dead one, and the audit log would be declared
+            # unwritable (every request refused until the next probe) for a fault a reconnect cures. One
+            # round trip per group commit, not per request.
+            env["POSTGRES_PRE_PING"] = "yes"
         super().__init__(env=env)
 
     def construct_transcoder(self) -> Transcoder:

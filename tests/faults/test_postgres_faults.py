@@ -182,3 +182,40 @@ def test_read_only_database_answers_503(cluster: PgCluster, tmp_path: Path) -> N
         f"{dict(ledger.statuses)}, {len(ledger.acknowledged)} acknowledged and stored once; {total} stored; "
         f"rebuild == live ({rows} rows); ledger ok"
     )
+
+
+def _kill_connections(cluster: PgCluster) -> int:
+    """``pg_terminate_backend`` on every session of the server's database (what an operator's or a
+    pooler's kill does): statements in flight, COMMITs included, lose their connection."""
+    rows = cluster.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = 'ehr' AND pid <> pg_backend_pid()"
+    )
+    return int(str(rows[0][0])) if rows else 0
+
+
+def test_connection_kills_never_answer_409_for_a_stored_create(cluster: PgCluster, tmp_path: Path) -> None:
+    """Connections killed over and over under load: a create whose COMMIT reached the store before its
+    connection died is answered as stored (the append finds its own events), an outcome that cannot be known
+    is a 503 "may have been applied", and no create is ever answered 409 "nothing was stored"."""
+    settings = _settings(cluster, tmp_path / "data")
+    ledger = WriteLedger()
+    kills = 0
+    with running_server(settings.data_dir, _env(settings)) as (base, _log):
+        stop, threads = _load(base, 0, ledger, "k")
+        for round_ in range(8):
+            # Each round waits for progress since the last kill (a write acknowledged), then kills again.
+            _acknowledged(ledger, f"writes acknowledged before kill {round_ + 1}", 10 * (round_ + 1))
+            kills += _kill_connections(cluster)
+        _acknowledged(ledger, "writes acknowledged after the last kill", 10 * 9)
+        _finish(stop, threads)
+        assert ledger.statuses[409] == 0, (dict(ledger.statuses), ledger.problems[:5])
+        assert ledger.statuses[500] == 0 and not ledger.unanswered, (dict(ledger.statuses), ledger.unanswered[:5])
+        total = _check_store(base, ledger)
+    assert kills >= 8, f"only {kills} sessions were killed"
+    rows = assert_rebuild_equals_live(settings)
+    ledger_verifies(settings)
+    print(
+        f"\n{kills} sessions killed in 8 rounds: statuses {dict(ledger.statuses)}; {len(ledger.acknowledged)} "
+        f"acknowledged and stored once, {len(ledger.uncertain)} uncertain, {total} stored; rebuild == live ({rows})"
+    )
