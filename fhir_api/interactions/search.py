@@ -2,7 +2,9 @@
 
 The answer is a ``searchset`` Bundle: the page's matches (``search.mode = match``), the resources
 ``_include``/``_revinclude`` bring (``include``) and, when some parameters were not understood, an
-OperationOutcome (``outcome``) saying which were ignored — or a 400 under ``Prefer: handling=strict``
+the search answers 400 naming them (strict by default: a parameter dropped from the query returns
+unfiltered results, which a clinician would take for filtered ones), or, under ``Prefer: handling=lenient``,
+ignores them and says so in an OperationOutcome (``outcome``) entry, leaving them out of the ``self`` link
 (R4 §3.1.1.2 "Handling errors"). Resources are the stored bytes (``orjson.Fragment``), reshaped only
 when ``_summary`` or ``_elements`` ask for part of them. ``next``/``prev`` links carry a keyset cursor
 (see :mod:`projections.search.engine`), so pages stay consistent while writes arrive.
@@ -36,7 +38,7 @@ from fhir_api.services import Services
 from projections.access import Viewer
 from projections.db import Tx
 from projections.resources import ResourceViews
-from projections.search import Match, Page, SearchRequest, parse_search
+from projections.search import Match, Page, SearchRequest, capability_search_params, parse_search
 from projections.search.engine import run_search
 from projections.search.subset import subset
 
@@ -49,12 +51,12 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def _strict(request: Request) -> bool:
-    """``Prefer: handling=strict`` (R4 §3.1.1.2); lenient is the default."""
+    """Strict unless ``Prefer: handling=lenient`` (R4 §3.1.1.2 leaves the default to the server)."""
     for part in request.headers.get("prefer", "").split(","):
         name, _, value = part.strip().partition("=")
         if name.strip().lower() == "handling":
-            return value.strip().strip('"').lower() == "strict"
-    return False
+            return value.strip().strip('"').lower() != "lenient"
+    return True
 
 
 def _link(base: str, resource_type: str, pairs: list[tuple[str, str]], cursor: str | None) -> str:
@@ -133,9 +135,12 @@ def _search(
     parsed = parse_search(resource_type, pairs, base)
     if strict and parsed.unknown:
         names = ", ".join(parsed.unknown)
-        raise InvalidResource(
-            [Issue("not-supported", f"unknown search parameter(s) for {resource_type}: {names}", parsed.unknown[0])]
+        known = ", ".join(sorted(p["name"] for p in capability_search_params(resource_type)))
+        message = (
+            f"unknown or unsupported search parameter(s) for {resource_type}: {names}; supported: {known} "
+            "(send Prefer: handling=lenient to have them ignored instead)"
         )
+        raise InvalidResource([Issue("not-supported", message, parsed.unknown[0])])
     count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT
     with services.views.read() as tx:
         page = run_search(tx, services.views.dialect, parsed, base, count, viewer)

@@ -37,6 +37,10 @@ SinceParam = Annotated[str | None, Query(alias="_since")]
 FormatParam = Annotated[str | None, Query(alias="_outputFormat")]
 
 
+#: The kick-off parameters this server applies (Bulk Data IG 2.0 "Query Parameters").
+_EXPORT_PARAMETERS = ("_outputFormat", "_since", "_type")
+
+
 def _jobs(request: Request) -> ExportJobs:
     jobs: ExportJobs = request.app.state.exports
     return jobs
@@ -54,6 +58,19 @@ def _kick_off(
         raise InvalidResource([Issue("invalid", "$export needs the header Prefer: respond-async")])
     if output_format is not None and output_format not in NDJSON_FORMATS:
         raise InvalidResource([Issue("not-supported", f"_outputFormat {output_format} is not supported; use ndjson")])
+    unknown = [name for name in request.query_params if name not in _EXPORT_PARAMETERS]
+    if unknown:
+        # Bulk Data IG: a server that cannot apply a parameter such as _typeFilter must not export everything
+        # as if it had (a filter silently dropped hands over more patients' data than asked for).
+        raise InvalidResource(
+            [
+                Issue(
+                    "not-supported",
+                    f"$export does not support {', '.join(unknown)}; supported: {', '.join(_EXPORT_PARAMETERS)}",
+                    unknown[0],
+                )
+            ]
+        )
     type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
     for resource_type in type_list or []:
         require_type(resource_type)

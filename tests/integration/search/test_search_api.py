@@ -111,15 +111,25 @@ def test_post_search_is_the_same_search(client: TestClient) -> None:
     assert client.post("/fhir/Patient/_search", content="{}", headers=FHIR).status_code == 415
 
 
-def test_unknown_parameters_are_reported_or_rejected(client: TestClient) -> None:
+def test_unknown_parameters_are_rejected_unless_lenient(client: TestClient) -> None:
+    """Strict by default: a parameter the server cannot apply would return unfiltered results."""
     _put(client, _patient(1))
-    bundle = _get(client, "/fhir/Patient?nickname=x&family=paginada")
+    lenient = client.get("/fhir/Patient?nickname=x&family=paginada", headers={"Prefer": "handling=lenient"})
+    bundle = lenient.json()
     assert _ids(bundle) == ["p1"]
     outcome = [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
     assert outcome and outcome[0]["resource"]["issue"][0]["expression"] == ["nickname"]
     assert "nickname" not in bundle["link"][0]["url"]
-    strict = client.get("/fhir/Patient?nickname=x", headers={"Prefer": "handling=strict"})
-    assert strict.status_code == 400 and strict.json()["resourceType"] == "OperationOutcome"
+    for headers in ({}, {"Prefer": "handling=strict"}):
+        strict = client.get("/fhir/Patient?nickname=x", headers=headers)
+        assert strict.status_code == 400 and strict.json()["resourceType"] == "OperationOutcome"
+        assert "nickname" in strict.text and "birthdate" in strict.text  # names it, lists what is supported
+    for query in ("Observation?code-value-quantity=http://loinc.org|29463-7$gt60", "Observation?_list=42",
+                  "Observation?_filter=code eq x", "Observation?_text=x", "Observation?_content=x"):  # fmt: skip
+        refused = client.get(f"/fhir/{query}")
+        assert refused.status_code == 400, (query, refused.text[:200])
+    export = client.get("/fhir/$export?_typeFilter=Observation%3Fcode%3Dx", headers={"Prefer": "respond-async"})
+    assert export.status_code == 400 and "_typeFilter" in export.text
 
 
 @pytest.mark.parametrize(
