@@ -17,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGETS", "definitions_dir", "patient_compartment_module", "search_parameter_index"]
+__all__ = [
+    "TARGETS",
+    "definitions_dir",
+    "patient_compartment_module",
+    "search_definitions_module",
+    "search_parameter_index",
+]
 
 _PACKAGE = Path(__file__).resolve().parent
 _REPO = _PACKAGE.parents[1]
@@ -133,9 +139,159 @@ def _tuple(items: list[str]) -> str:
     return f"({quoted},)" if len(items) == 1 else f"({quoted})"
 
 
+#: The resource types with search parameters of their own, in the module's order. Beyond the ones the
+#: server was built for: the types the Synthea corpus holds, so _revinclude and chains reach them, and
+#: RiskAssessment for a ``number`` parameter.
+SEARCH_TYPES = (
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "Encounter",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Procedure",
+    "Immunization",
+    "AllergyIntolerance",
+    "DiagnosticReport",
+    "ServiceRequest",
+    "Task",
+    "Consent",
+    "Provenance",
+    "AuditEvent",
+    "DocumentReference",
+    "CarePlan",
+    "Composition",
+    "RiskAssessment",
+    "CareTeam",
+    "Goal",
+    "Claim",
+    "ExplanationOfBenefit",
+    "Medication",
+)
+#: R4 §3.1.1.5 "Parameters for all resources" this server supports (``_text``, ``_content``, ``_list``,
+#: ``_query``, ``_has`` and ``_type`` are special: evaluated by no expression here).
+COMMON_CODES = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
+#: Parameter types the search engine does not index: composites combine two others, and the ``special``
+#: ones (``Location.near``) have no plain value to compare.
+UNSUPPORTED_TYPES = frozenset({"composite", "special"})
+#: Parameters of a supported type left out on purpose (the CapabilityStatement does not list them):
+#: ``phonetic`` needs a sound-alike algorithm the spec leaves to each server, and the ``*-udi`` ones of
+#: Claim and ExplanationOfBenefit reach Device through an item's UDI, which no workflow here records.
+UNSUPPORTED_CODES = frozenset(
+    {("*", "phonetic")}
+    | {
+        (resource_type, code)
+        for resource_type in ("Claim", "ExplanationOfBenefit")
+        for code in ("detail-udi", "item-udi", "procedure-udi", "subdetail-udi")
+    }
+)
+
+
+def _alternatives(expression: str) -> list[str]:
+    """The top-level ``|`` alternatives of a FHIRPath union (a ``|`` inside parentheses is no split)."""
+    found: list[str] = []
+    depth, current = 0, ""
+    for char in expression:
+        depth += (char == "(") - (char == ")")
+        if char == "|" and depth == 0:
+            found.append(current.strip())
+            current = ""
+        else:
+            current += char
+    found.append(current.strip())
+    return found
+
+
+def _own_expression(resource_type: str, expression: str) -> str:
+    """The alternatives of a (possibly shared) parameter's expression that belong to ``resource_type``."""
+    own = [a for a in _alternatives(expression) if a.startswith((f"{resource_type}.", f"({resource_type}."))]
+    return " | ".join(own)
+
+
+def search_definitions_module(directory: Path) -> str:
+    """The text of :mod:`projections.search.definitions`."""
+    bundle = _load(directory, "search-parameters.json")
+    version = next((e["resource"].get("version") for e in bundle.get("entry", [])), "?")
+    by_base: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in bundle.get("entry", []):
+        parameter = entry.get("resource", {})
+        for base in parameter.get("base", []):
+            by_base.setdefault(base, {}).setdefault(parameter["code"], parameter)
+
+    def rows(resource_type: str, codes: list[str]) -> list[str]:
+        lines = []
+        for code in codes:
+            parameter = by_base[resource_type][code]
+            expression = _own_expression(resource_type, parameter.get("expression") or "")
+            if expression:
+                lines.append(f"{code} {parameter['type']} {expression}")
+        return lines
+
+    out = [_SEARCH_HEAD.format(version=version) + '_COMMON = """', *rows("Resource", list(COMMON_CODES)), '"""']
+    out += ["", "_TABLES: dict[str, str] = {"]
+    for resource_type in SEARCH_TYPES:
+        codes = sorted(
+            code
+            for code, parameter in by_base.get(resource_type, {}).items()
+            if parameter["type"] not in UNSUPPORTED_TYPES
+            and ("*", code) not in UNSUPPORTED_CODES
+            and (resource_type, code) not in UNSUPPORTED_CODES
+        )
+        out += [f'    "{resource_type}": """', *rows(resource_type, codes), '""",']
+    out.append("}")
+    return "\n".join(out) + "\n" + _SEARCH_TAIL
+
+
+_SEARCH_HEAD = '''# ruff: noqa: E501 - the spec's expressions are kept verbatim, one parameter per line
+"""The search parameters this server supports: code, type and FHIRPath expression as R4 defines them.
+
+Generated by ehr_core.spec.generate from search-parameters.json of FHIR R4 {version}; do not edit
+(``make spec``; tests/unit/test_spec_generated.py fails when this file differs). The spec's expressions
+are kept verbatim, less the alternatives of other resource types in a shared parameter, so they can be
+checked against a FHIRPath engine (see ``tests/unit/search/test_paths.py``). Composite parameters and the
+special ones (``Location.near``, ``phonetic``, ``_text``, ``_content``, ``_list``, ``_query``) are not
+here: this server does not support them, and the CapabilityStatement says so by leaving them out.
+
+One line per parameter: ``code type expression``.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+__all__ = ["COMMON", "DEFINITIONS", "ParamType"]
+
+ParamType = str  # "token" | "string" | "date" | "reference" | "quantity" | "number" | "uri"
+
+# R4 §3.1.1.5 "Parameters for all resources" (the base Resource's parameters).
+'''
+
+_SEARCH_TAIL = """
+
+def _parse(text: str) -> tuple[tuple[str, ParamType, str], ...]:
+    rows = []
+    for line in text.strip().splitlines():
+        code, kind, expression = line.split(" ", 2)
+        rows.append((code, kind, expression))
+    return tuple(rows)
+
+
+#: The common parameters, on every resource type.
+COMMON: tuple[tuple[str, ParamType, str], ...] = _parse(_COMMON)
+
+#: Per resource type: its own parameters (the common ones are added by :mod:`projections.search.registry`).
+DEFINITIONS = MappingProxyType({resource_type: _parse(text) for resource_type, text in _TABLES.items()})
+"""
+
+
 #: Each generated module: its path in the repository and the function that writes its text.
 TARGETS: dict[str, Callable[[Path], str]] = {
     "ehr_core/spec/patient_compartment.py": patient_compartment_module,
+    "projections/search/definitions.py": search_definitions_module,
 }
 
 
