@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := ehr_core projections fhir_api
 
-.PHONY: run serve demo test test-fast lint format typecheck imports bench clean browser
+.PHONY: run serve demo test test-fast lint format typecheck imports spec bench clean browser
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 imports: $(VENV)/.installed
 	$(BIN)/lint-imports
+
+# Spec tables (ehr_core/spec/) regenerated from the FHIR R4 definitions in ../shared/corpus/spec/r4 (or
+# $$EHR_CORPUS/spec/r4); tests/unit/test_spec_generated.py fails while a committed table differs.
+spec: $(VENV)/.installed  ## regenerate the spec tables from the FHIR R4 definitions
+	$(BIN)/python -m ehr_core.spec.generate
 
 # wrk (a Debian package) is the benchmark's second load generator; sudo only when not root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

@@ -1,8 +1,10 @@
 """The patient compartment of a resource (R4 CompartmentDefinition ``patient``).
 
-The compartment decides whose data a resource is: which patient's key encrypts it, whose
-``$everything`` returns it, whose consent governs it. The table follows the R4 Patient
-CompartmentDefinition, written as element paths rather than search parameters.
+The compartment decides whose data a resource is: which patient's key encrypts it (the first id found),
+whose ``$everything`` returns it, whose consent governs it. The table,
+:data:`ehr_core.spec.patient_compartment.PATHS`, is generated from the R4 Patient CompartmentDefinition and
+the search parameters it names, as element paths (``make spec``). Each event records the compartment it was
+written with, so a change of the table moves only new writes: stored events keep their key and compartment.
 """
 
 from __future__ import annotations
@@ -10,74 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["patient_compartment"]
+from ehr_core.spec.patient_compartment import PATHS
 
-_PATHS: dict[str, tuple[str, ...]] = {
-    "Account": ("subject",),
-    "AdverseEvent": ("subject",),
-    "AllergyIntolerance": ("patient", "recorder", "asserter"),
-    "Appointment": ("participant.actor",),
-    "AppointmentResponse": ("actor",),
-    "Basic": ("subject", "author"),
-    "BodyStructure": ("patient",),
-    "CarePlan": ("subject", "activity.detail.performer"),
-    "CareTeam": ("subject", "participant.member"),
-    "ChargeItem": ("subject",),
-    "Claim": ("patient", "payee.party"),
-    "ClaimResponse": ("patient",),
-    "ClinicalImpression": ("subject",),
-    "Communication": ("subject", "sender", "recipient"),
-    "CommunicationRequest": ("subject", "sender", "recipient", "requester"),
-    "Composition": ("subject", "author", "attester.party"),
-    "Condition": ("subject", "asserter"),
-    "Consent": ("patient",),
-    "Coverage": ("policyHolder", "subscriber", "beneficiary", "payor"),
-    "CoverageEligibilityRequest": ("patient",),
-    "CoverageEligibilityResponse": ("patient",),
-    "DetectedIssue": ("patient",),
-    "DeviceRequest": ("subject", "performer"),
-    "DeviceUseStatement": ("subject",),
-    "DiagnosticReport": ("subject",),
-    "DocumentManifest": ("subject", "author", "recipient"),
-    "DocumentReference": ("subject", "author"),
-    "Encounter": ("subject",),
-    "EnrollmentRequest": ("candidate",),
-    "EpisodeOfCare": ("patient",),
-    "ExplanationOfBenefit": ("patient", "payee.party"),
-    "FamilyMemberHistory": ("patient",),
-    "Flag": ("subject",),
-    "Goal": ("subject",),
-    "Group": ("member.entity",),
-    "ImagingStudy": ("subject",),
-    "Immunization": ("patient",),
-    "ImmunizationEvaluation": ("patient",),
-    "ImmunizationRecommendation": ("patient",),
-    "Invoice": ("subject", "recipient"),
-    "List": ("subject", "source"),
-    "MeasureReport": ("subject",),
-    "Media": ("subject",),
-    "MedicationAdministration": ("subject", "performer.actor"),
-    "MedicationDispense": ("subject", "receiver"),
-    "MedicationRequest": ("subject",),
-    "MedicationStatement": ("subject",),
-    "MolecularSequence": ("patient",),
-    "NutritionOrder": ("patient",),
-    "Observation": ("subject", "performer"),
-    "Person": ("link.target",),
-    "Procedure": ("subject", "performer.actor"),
-    "Provenance": ("target", "agent.who"),
-    "QuestionnaireResponse": ("subject", "author"),
-    "RelatedPerson": ("patient",),
-    "RequestGroup": ("subject", "participant"),
-    "ResearchSubject": ("individual",),
-    "RiskAssessment": ("subject",),
-    "Schedule": ("actor",),
-    "ServiceRequest": ("subject", "performer"),
-    "Specimen": ("subject",),
-    "SupplyDelivery": ("patient",),
-    "SupplyRequest": ("requester",),
-    "VisionPrescription": ("patient",),
-}
+__all__ = ["patient_compartment"]
 
 
 def _walk(node: Any, steps: list[str]) -> list[Any]:
@@ -115,8 +52,9 @@ def patient_compartment(resource: dict[str, Any]) -> list[str]:
     resource_type = resource.get("resourceType")
     found: list[str] = []
     if resource_type == "Patient" and isinstance(resource.get("id"), str):
+        # Its own first, so its key is its own: the spec's ``link`` parameter adds the Patients it links to.
         found.append(resource["id"])
-    for path in _PATHS.get(str(resource_type), ()):
+    for path in PATHS.get(str(resource_type), ()):
         for reference in _walk(resource, path.split(".")):
             patient = _patient_id(reference)
             if patient is not None and patient not in found:
