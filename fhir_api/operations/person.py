@@ -24,7 +24,7 @@ from fastapi.responses import Response
 
 from ehr_core.errors import Forbidden, InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
-from fhir_api.access import decide
+from fhir_api.access import decide, record_break_glass
 from fhir_api.auth import caller_of, viewer_of
 from fhir_api.interactions import read
 from fhir_api.operations.match import Disclosure
@@ -246,17 +246,23 @@ def _may_link(services: Services, request: Request, patient_id: str, person_id: 
     if caller is None:
         return
     institution = str(caller.claims["institution"])
+    reason = request.headers.get("x-ehr-break-glass", "").strip() or None
     with services.views.read() as tx:
         own = decide(tx, institution, target=("Patient", patient_id))
-        person = decide(tx, institution, target=("Person", person_id)) if person_id is not None else None
+        person = decide(tx, institution, target=("Person", person_id), break_glass=reason) if person_id else None
     if own.basis not in ("own", "unknown"):
         owner = ", ".join(own.owners)
         raise Forbidden(f"Patient/{patient_id} was recorded by {owner}; only {owner} may link or unlink it")
     if person is not None and not person.permitted:
         raise Forbidden(
             f"Person/{person_id} holds records of {', '.join(person.owners)} that {institution} may not read; "
-            "a link needs the patient's consent at those institutions"
+            "a link needs the patient's consent at those institutions (or break-the-glass, X-EHR-Break-Glass)"
         )
+    if person is not None and person.basis == "break-the-glass" and reason is not None:
+        # The answer is that person's golden record: a disclosure like any other broken glass.
+        with services.views.write() as tx:
+            record_break_glass(tx, caller.claims, reason, f"Person/{person_id} ($link)")
+        request.state.ehr_break_glass = True
 
 
 def _who(user: str, role: str | None) -> str:

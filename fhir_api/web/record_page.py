@@ -296,7 +296,10 @@ async def link(request: Request, patient_id: str, record: str = Form(...), perso
     if not same_origin(request) or not FHIR_ID.match(record.strip()):
         return RedirectResponse(f"/web/patients/{patient_id}", status_code=303)
     body = {"resourceType": "Parameters", "parameter": [{"name": "person", "valueString": person.strip()}]}
-    answer = await InternalFhir(request, session).post(f"/fhir/Patient/{record.strip()}/$link", body)
+    # Linking into a person whose other records need the glass broken: the reason given for this page.
+    reason = session.reason_for([patient_id])
+    fhir = InternalFhir(request, session)
+    answer = await fhir.post(f"/fhir/Patient/{record.strip()}/$link", body, break_glass=reason)
     if not answer.ok:
         return failure(request, session, answer, patient_id)
     return RedirectResponse(f"/web/patients/{patient_id}?done=link", status_code=303)

@@ -55,9 +55,26 @@ def test_login_break_the_glass_audit_and_links(page: Any, console: Console, web_
     assert "paciente inconsciente" in page.get_by_test_id("break-glass-log").inner_text()
     shoot(page, "13-audit-break-the-glass")
 
-    # A data steward undoes a link, then confirms it again (the API's $unlink and $link).
-    other = next(record for record in demo.records.values() if record != imss)
+    # IMSS's data steward may not undo the link of another institution's record: the page says who may.
+    other_institution, other = next((i, r) for i, r in demo.records.items() if r != imss)
     page.goto(f"{demo.base_url}/web/patients/{imss}")
+    rows = page.locator("[data-testid=links] tbody tr")
+    assert rows.count() == 3
+    rows.filter(has_text=other).get_by_role("button").click()
+    page.wait_for_load_state()
+    assert f"only {other_institution} may link or unlink it" in page.inner_text("main")
+
+    # That institution's steward undoes it, then confirms it again (the API's $unlink and $link), breaking the
+    # glass on the person whose other records it may not read.
+    page.goto(f"{demo.base_url}/web/login")
+    page.get_by_test_id("token").fill(mint_token(demo.data_dir, other_institution, "gestor.datos", "steward"))
+    page.get_by_role("button", name="Entrar").click()
+    page.wait_for_load_state()
+    page.goto(f"{demo.base_url}/web/patients/{imss}")
+    if page.get_by_test_id("problem").count():
+        page.get_by_test_id("break-glass-reason").fill("Depuración del índice maestro: registro duplicado")
+        page.get_by_role("button", name="Romper el cristal y abrir").click()
+        page.wait_for_load_state()
     rows = page.locator("[data-testid=links] tbody tr")
     assert rows.count() == 3
     rows.filter(has_text=other).get_by_role("button").click()
