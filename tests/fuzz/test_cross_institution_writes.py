@@ -47,6 +47,7 @@ from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
 from tests.fuzz.target import check_answer
+from tests.support.access import consent
 
 # Minutes, not seconds, per backend: kept out of ``make test-fast`` like the corpus loads.
 pytestmark = [pytest.mark.slow]
@@ -143,18 +144,7 @@ def _post(client: TestClient, headers: dict[str, str], resource: dict[str, Any])
 
 
 def _consent(pid: str, reader: str) -> dict[str, Any]:
-    actor = {"role": {"text": "reader"}, "reference": {"identifier": {"system": INSTITUTION, "value": reader}}}
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"},
-        "policyRule": {"text": "LGPDPPSO"},
-        "provision": {"type": "permit", "actor": [actor]},
-    }
+    return consent(pid, reader)
 
 
 def _seed(client: TestClient, imss: dict[str, str]) -> tuple[list[Person], list[tuple[str, str, bool]]]:

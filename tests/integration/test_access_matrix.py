@@ -22,24 +22,22 @@ import base64
 import contextlib
 import io
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.audit import AuditRecord
 from ehr_core.settings import Settings
-from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.cli import main
 from fhir_api.services import Services
 from projections.access import SHARED_TYPES
+from tests.support.access import consent, secured_server
 
 INSTITUTIONS = ("IMSS", "ISSSTE", "IMSS-BIENESTAR")
 STATES = ("none", "active", "revoked", "expired", "future", "break-the-glass")
@@ -130,24 +128,8 @@ def visible(world: World, reader: str, scope: str, patient: str | None, glass: b
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data_dir = tmp_path_factory.mktemp(f"matrix-{request.param}")
-    schema = None
-    if request.param == "sqlite":
-        settings = Settings(data_dir=data_dir, auth="required")
-    else:
-        url: str = request.getfixturevalue("postgres_url")
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        settings = Settings(
-            database_url=url, postgres_schema=schema, postgres_pool_size=2, data_dir=data_dir, auth="required"
-        )
-    services = Services.open(settings)
-    try:
-        with TestClient(create_app(services=services)) as client:
-            yield _build(client, services, settings)
-    finally:
-        services.close()
-        if schema is not None:
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with secured_server(request, request.param, data_dir) as (client, services, settings):
+        yield _build(client, services, settings)
 
 
 def token(settings: Settings, institution: str, user: str, scope: str, patient: str | None = None) -> dict[str, str]:
@@ -169,18 +151,7 @@ def _create(client: TestClient, headers: dict[str, str], resource: dict[str, Any
 
 
 def _consent(patient: str, state: str) -> dict[str, Any]:
-    actor = {"role": {"text": "reader"}, "reference": {"identifier": {"system": INSTITUTION_SYSTEM, "value": "ISSSTE"}}}
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient}"},
-        "policyRule": {"text": "LGPDPPSO"},
-        "provision": {"type": "permit", "period": PERIODS[state], "actor": [actor]},
-    }
+    return consent(patient, "ISSSTE", PERIODS[state])
 
 
 def _patient(family: str, given: str, born: str) -> dict[str, Any]:
@@ -540,24 +511,8 @@ class WriteWorld:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def write_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WriteWorld]:
     data_dir = tmp_path_factory.mktemp(f"writes-{request.param}")
-    schema = None
-    if request.param == "sqlite":
-        settings = Settings(data_dir=data_dir, auth="required")
-    else:
-        url: str = request.getfixturevalue("postgres_url")
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        settings = Settings(
-            database_url=url, postgres_schema=schema, postgres_pool_size=2, data_dir=data_dir, auth="required"
-        )
-    services = Services.open(settings)
-    try:
-        with TestClient(create_app(services=services)) as client:
-            yield WriteWorld(client, settings, token(settings, "IMSS", "writer.IMSS", "user/*.cruds"))
-    finally:
-        services.close()
-        if schema is not None:
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with secured_server(request, request.param, data_dir) as (client, _, settings):
+        yield WriteWorld(client, settings, token(settings, "IMSS", "writer.IMSS", "user/*.cruds"))
 
 
 def _minted(settings: Settings, institution: str, user: str, scope: str, patient: str | None = None) -> dict[str, str]:
@@ -569,9 +524,7 @@ def _minted(settings: Settings, institution: str, user: str, scope: str, patient
 
 
 def _consent_by(client: TestClient, headers: dict[str, str], patient: str, reader: str) -> None:
-    consent = _consent(patient, "active")
-    consent["provision"]["actor"][0]["reference"]["identifier"]["value"] = reader
-    _create(client, headers, consent)
+    _create(client, headers, consent(patient, reader, PERIODS["active"]))
 
 
 def _write_request(write: str, oid: str, lab: str) -> tuple[str, str, Any, dict[str, str]]:

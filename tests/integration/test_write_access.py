@@ -27,6 +27,7 @@ from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
 from projections.identity import IdentityIndex
+from tests.support.access import consent
 
 FHIR = {"Content-Type": "application/fhir+json"}
 INSTITUTION = "urn:ehr-core:institution"
@@ -79,18 +80,7 @@ def _observation(patient: str, text: str) -> dict[str, Any]:
 
 
 def _consent(patient: str, reader: str) -> dict[str, Any]:
-    actor = {"role": {"text": "reader"}, "reference": {"identifier": {"system": INSTITUTION, "value": reader}}}
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient}"},
-        "policyRule": {"text": "LGPDPPSO"},
-        "provision": {"type": "permit", "actor": [actor]},
-    }
+    return consent(patient, reader)
 
 
 def test_patch_of_another_institutions_resource_discloses_nothing(

@@ -1,0 +1,66 @@
+"""What the access-policy tests share: a Consent as a custodian writes it, and a secured server per backend."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from ehr_core.settings import Settings
+from fhir_api.app import create_app
+from fhir_api.services import Services
+
+__all__ = ["INSTITUTION_SYSTEM", "consent", "secured_server"]
+
+INSTITUTION_SYSTEM = "urn:ehr-core:institution"
+
+
+def consent(patient: str, reader: str, period: dict[str, str] | None = None, status: str = "active") -> dict[str, Any]:
+    """A privacy Consent of ``Patient/patient`` permitting ``reader`` (an institution) to read the record."""
+    actor = {"role": {"text": "reader"}, "reference": {"identifier": {"system": INSTITUTION_SYSTEM, "value": reader}}}
+    provision: dict[str, Any] = {"type": "permit", "actor": [actor]}
+    if period is not None:
+        provision["period"] = period
+    return {
+        "resourceType": "Consent",
+        "status": status,
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "policyRule": {"text": "LGPDPPSO"},
+        "provision": provision,
+    }
+
+
+@contextmanager
+def secured_server(
+    request: pytest.FixtureRequest, backend: str, data_dir: Path
+) -> Iterator[tuple[TestClient, Services, Settings]]:
+    """A server with authentication on over ``backend`` (``sqlite`` or ``postgres``: a schema of its own,
+    dropped afterwards), for module-scoped worlds that build their data once."""
+    schema = None
+    if backend == "sqlite":
+        settings = Settings(data_dir=data_dir, auth="required")
+    else:
+        url: str = request.getfixturevalue("postgres_url")
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        settings = Settings(
+            database_url=url, postgres_schema=schema, postgres_pool_size=2, data_dir=data_dir, auth="required"
+        )
+    services = Services.open(settings)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            yield client, services, settings
+    finally:
+        services.close()
+        if schema is not None:
+            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
+                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
