@@ -128,6 +128,9 @@ def _create_indexes(settings: Settings, definitions: Sequence[str]) -> None:
         return
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
         connection.execute("SET maintenance_work_mem = '256MB'")
+        # An operator's rebuild, not a request: an index over a national log's views takes longer than the
+        # statement timeout that protects requests, and nothing waits on it but the rebuild itself.
+        connection.execute("SET statement_timeout = 0")
         for definition in definitions:
             connection.execute(definition)
 
