@@ -71,5 +71,7 @@ def test_read_past_the_deadline_is_503(postgres_settings: Settings, tmp_path: Pa
             blocker.rollback()
         assert stuck.status_code == 503, stuck.text
         assert stuck.json()["issue"][0]["code"] == "timeout" and stuck.headers["retry-after"] == "1"
-        assert waited < 5, f"the deadline of 1 s answered after {waited:.1f} s"
+        # Without the deadline the read would wait out the 60 s statement timeout; a loaded machine may add
+        # seconds to the 1 s deadline, so the bound only tells the two apart.
+        assert waited < 30, f"the deadline of 1 s answered after {waited:.1f} s"
         assert http.get(url).status_code == 200, "the server did not answer normally once the lock was gone"

@@ -1,9 +1,10 @@
-"""Soak: mixed traffic at a sustained rate from several client processes against a real server (issue 10).
+"""Soak: mixed traffic at a sustained rate from several client processes against a real server.
 
 Creates, updates (with ``If-Match``), reads, searches and transactions, paced by each client
 (tests/soak/traffic.py). Afterwards: zero errors; every acknowledged create is stored exactly once and every
-acknowledged update is the current version; the server's resident memory (``VmRSS`` from /proc) at the end
-is within :data:`RSS_TOLERANCE` of what it was after the warm-up; the rate held is printed.
+acknowledged update is the current version; every kind of request ran; the server's resident memory (``VmRSS``
+from /proc) at the end is within :data:`RSS_TOLERANCE` of what it was after the warm-up. The rate held and the
+p95 latency are printed, never asserted: they depend on what else the machine is doing.
 
 Bounded: ``EHR_SOAK_SECONDS`` (default 90) after a 30 s warm-up. ``EHR_SOAK_BACKEND=postgres`` runs it on
 PostgreSQL (default SQLite, the embedded deployment, so the shared PostgreSQL is not loaded for minutes).
@@ -24,7 +25,7 @@ import pytest
 
 from ehr_core.settings import Settings
 from tests.faults.load import server_pid, stored_markers
-from tests.soak.traffic import ClientReport, run_client
+from tests.soak.traffic import MIX, ClientReport, run_client
 from tests.support.server import running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -106,7 +107,10 @@ def test_soak_mixed_traffic(tmp_path: Path, request: pytest.FixtureRequest) -> N
         f"{end_rss // 1024} MiB (peak {peak_rss // 1024} MiB, tolerance {RSS_TOLERANCE:.0%}); "
         f"samples (s, MiB): {[(round(at), rss // 1024) for at, rss in samples[::5]]}"
     )
-    assert requests / seconds >= 0.9 * RATE, "the server did not hold the asked rate"
+    # The rate held is reported, not asserted: tests never assert on time (a CI machine running the rest of
+    # the suite beside the soak holds less than a quiet one). bench/ measures throughput against baselines.
+    missing = set(MIX) - set(kinds)
+    assert not missing, f"the traffic never exercised {missing}: {dict(kinds)}"
     assert end_rss <= start_rss * (1 + RSS_TOLERANCE), (
         f"memory not flat: {start_rss} KiB after the warm-up -> {end_rss} KiB at the end, beyond {RSS_TOLERANCE:.0%}"
     )

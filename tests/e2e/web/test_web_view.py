@@ -223,7 +223,8 @@ def test_a_person_of_a_thousand_resources(page: Any, console: Console, web_serve
     assert text
     total = int(page.locator("[data-testid=resource-count] strong").inner_text())
     assert total > 1000
-    assert seconds < 5.0, f"the record of {total} resources took {seconds:.2f} s"
+    # Reported, not asserted (tests never assert on time); what keeps it fast is asserted next: one page of 25.
+    print(f"\nthe record of {total} resources rendered in {seconds:.2f} s")
     assert page.locator("[data-testid=timeline] li.event").count() == 25  # paged on the server
     pager = page.locator(".pager").inner_text()
     assert "1 / " in pager
@@ -234,5 +235,5 @@ def test_a_person_of_a_thousand_resources(page: Any, console: Console, web_serve
     shoot(page, "07-record-1000-page-2")
     started = time.perf_counter()
     page.goto(f"{demo.base_url}/web/patients/{record}/as-of")
-    assert time.perf_counter() - started < 5.0
+    print(f"the record as of a date rendered in {time.perf_counter() - started:.2f} s")
     assert console.errors == []
