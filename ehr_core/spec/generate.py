@@ -23,6 +23,7 @@ __all__ = [
     "patient_compartment_module",
     "search_definitions_module",
     "search_parameter_index",
+    "stored_types",
 ]
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -139,39 +140,8 @@ def _tuple(items: list[str]) -> str:
     return f"({quoted},)" if len(items) == 1 else f"({quoted})"
 
 
-#: The resource types with search parameters of their own, in the module's order. Beyond the ones the
-#: server was built for: the types the Synthea corpus holds, so _revinclude and chains reach them, and
-#: RiskAssessment for a ``number`` parameter.
-SEARCH_TYPES = (
-    "Patient",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "Location",
-    "Encounter",
-    "Condition",
-    "Observation",
-    "MedicationRequest",
-    "MedicationStatement",
-    "Procedure",
-    "Immunization",
-    "AllergyIntolerance",
-    "DiagnosticReport",
-    "ServiceRequest",
-    "Task",
-    "Consent",
-    "Provenance",
-    "AuditEvent",
-    "DocumentReference",
-    "CarePlan",
-    "Composition",
-    "RiskAssessment",
-    "CareTeam",
-    "Goal",
-    "Claim",
-    "ExplanationOfBenefit",
-    "Medication",
-)
+#: The base types of the registry that are not resource types of their own.
+ABSTRACT_BASES = frozenset({"Resource", "DomainResource"})
 #: R4 §3.1.1.5 "Parameters for all resources" this server supports (``_text``, ``_content``, ``_list``,
 #: ``_query``, ``_has`` and ``_type`` are special: evaluated by no expression here).
 COMMON_CODES = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
@@ -181,6 +151,9 @@ UNSUPPORTED_TYPES = frozenset({"composite", "special"})
 #: Parameters of a supported type left out on purpose (the CapabilityStatement does not list them):
 #: ``phonetic`` needs a sound-alike algorithm the spec leaves to each server, and the ``*-udi`` ones of
 #: Claim and ExplanationOfBenefit reach Device through an item's UDI, which no workflow here records.
+#: ``Bundle.composition`` and ``Bundle.message`` search inside the first entry's resource, which the index
+#: (one value per element path) does not reach. Evidence and EvidenceVariable: R4B, whose models validate
+#: what this server stores, reshaped both resources; these R4 elements no longer exist there.
 UNSUPPORTED_CODES = frozenset(
     {("*", "phonetic")}
     | {
@@ -188,7 +161,28 @@ UNSUPPORTED_CODES = frozenset(
         for resource_type in ("Claim", "ExplanationOfBenefit")
         for code in ("detail-udi", "item-udi", "procedure-udi", "subdetail-udi")
     }
+    | {("Bundle", "composition"), ("Bundle", "message")}
+    | {("Evidence", code) for code in ("effective", "jurisdiction", "name", "topic")}
+    | {("EvidenceVariable", code) for code in ("effective", "jurisdiction", "topic")}
 )
+
+
+def stored_types(by_base: dict[str, Any]) -> list[str]:
+    """Every resource type of the registry that this server can store: R4B has a model for it.
+
+    R4's MedicinalProduct* family, SubstanceSpecification and the two *EvidenceSynthesis resources were
+    replaced in R4B; the server validates with the R4B models, so it stores none of them.
+    """
+    from fhir.resources.R4B import get_fhir_model_class
+
+    found = []
+    for resource_type in sorted(set(by_base) - ABSTRACT_BASES):
+        try:
+            get_fhir_model_class(resource_type)
+        except ValueError:  # not an R4B resource type
+            continue
+        found.append(resource_type)
+    return found
 
 
 def _alternatives(expression: str) -> list[str]:
@@ -209,6 +203,9 @@ def _alternatives(expression: str) -> list[str]:
 def _own_expression(resource_type: str, expression: str) -> str:
     """The alternatives of a (possibly shared) parameter's expression that belong to ``resource_type``."""
     own = [a for a in _alternatives(expression) if a.startswith((f"{resource_type}.", f"({resource_type}."))]
+    if not own and expression and "." not in expression:
+        # InsurancePlan.name is written ``name | alias`` in R4: elements of the base type, unprefixed.
+        own = [f"{resource_type}.{a}" for a in _alternatives(expression) if a.isidentifier()]
     return " | ".join(own)
 
 
@@ -233,7 +230,7 @@ def search_definitions_module(directory: Path) -> str:
 
     out = [_SEARCH_HEAD.format(version=version) + '_COMMON = """', *rows("Resource", list(COMMON_CODES)), '"""']
     out += ["", "_TABLES: dict[str, str] = {"]
-    for resource_type in SEARCH_TYPES:
+    for resource_type in stored_types(by_base):
         codes = sorted(
             code
             for code, parameter in by_base.get(resource_type, {}).items()

@@ -18,7 +18,7 @@ from projections.db import Dialect, Tx
 from projections.search.engine import Match, Page, run_search, select_ids
 from projections.search.index import SearchIndex
 from projections.search.query import SearchRequest, parse_search
-from projections.search.registry import parameters
+from projections.search.registry import declared
 
 __all__ = [
     "Match",
@@ -71,9 +71,9 @@ def capability_search_params(resource_type: str) -> list[dict[str, Any]]:
         {
             "name": code,
             "definition": f"http://hl7.org/fhir/SearchParameter/{_definition_id(resource_type, code)}",
-            "type": param.type,
+            "type": kind,
         }
-        for code, param in sorted(parameters(resource_type).items())
+        for code, kind in sorted(declared(resource_type).items())
     ]
 
 

@@ -30,6 +30,1267 @@ _source uri Resource.meta.source
 """
 
 _TABLES: dict[str, str] = {
+    "Account": """
+identifier token Account.identifier
+name string Account.name
+owner reference Account.owner
+patient reference Account.subject.where(resolve() is Patient)
+period date Account.servicePeriod
+status token Account.status
+subject reference Account.subject
+type token Account.type
+""",
+    "ActivityDefinition": """
+composed-of reference ActivityDefinition.relatedArtifact.where(type='composed-of').resource
+context token (ActivityDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (ActivityDefinition.useContext.value as Quantity) | (ActivityDefinition.useContext.value as Range)
+context-type token ActivityDefinition.useContext.code
+date date ActivityDefinition.date
+depends-on reference ActivityDefinition.relatedArtifact.where(type='depends-on').resource | ActivityDefinition.library
+derived-from reference ActivityDefinition.relatedArtifact.where(type='derived-from').resource
+description string ActivityDefinition.description
+effective date ActivityDefinition.effectivePeriod
+identifier token ActivityDefinition.identifier
+jurisdiction token ActivityDefinition.jurisdiction
+name string ActivityDefinition.name
+predecessor reference ActivityDefinition.relatedArtifact.where(type='predecessor').resource
+publisher string ActivityDefinition.publisher
+status token ActivityDefinition.status
+successor reference ActivityDefinition.relatedArtifact.where(type='successor').resource
+title string ActivityDefinition.title
+topic token ActivityDefinition.topic
+url uri ActivityDefinition.url
+version token ActivityDefinition.version
+""",
+    "AdverseEvent": """
+actuality token AdverseEvent.actuality
+category token AdverseEvent.category
+date date AdverseEvent.date
+event token AdverseEvent.event
+location reference AdverseEvent.location
+recorder reference AdverseEvent.recorder
+resultingcondition reference AdverseEvent.resultingCondition
+seriousness token AdverseEvent.seriousness
+severity token AdverseEvent.severity
+study reference AdverseEvent.study
+subject reference AdverseEvent.subject
+substance reference AdverseEvent.suspectEntity.instance
+""",
+    "AllergyIntolerance": """
+asserter reference AllergyIntolerance.asserter
+category token AllergyIntolerance.category
+clinical-status token AllergyIntolerance.clinicalStatus
+code token AllergyIntolerance.code | AllergyIntolerance.reaction.substance
+criticality token AllergyIntolerance.criticality
+date date AllergyIntolerance.recordedDate
+identifier token AllergyIntolerance.identifier
+last-date date AllergyIntolerance.lastOccurrence
+manifestation token AllergyIntolerance.reaction.manifestation
+onset date AllergyIntolerance.reaction.onset
+patient reference AllergyIntolerance.patient
+recorder reference AllergyIntolerance.recorder
+route token AllergyIntolerance.reaction.exposureRoute
+severity token AllergyIntolerance.reaction.severity
+type token AllergyIntolerance.type
+verification-status token AllergyIntolerance.verificationStatus
+""",
+    "Appointment": """
+actor reference Appointment.participant.actor
+appointment-type token Appointment.appointmentType
+based-on reference Appointment.basedOn
+date date Appointment.start
+identifier token Appointment.identifier
+location reference Appointment.participant.actor.where(resolve() is Location)
+part-status token Appointment.participant.status
+patient reference Appointment.participant.actor.where(resolve() is Patient)
+practitioner reference Appointment.participant.actor.where(resolve() is Practitioner)
+reason-code token Appointment.reasonCode
+reason-reference reference Appointment.reasonReference
+service-category token Appointment.serviceCategory
+service-type token Appointment.serviceType
+slot reference Appointment.slot
+specialty token Appointment.specialty
+status token Appointment.status
+supporting-info reference Appointment.supportingInformation
+""",
+    "AppointmentResponse": """
+actor reference AppointmentResponse.actor
+appointment reference AppointmentResponse.appointment
+identifier token AppointmentResponse.identifier
+location reference AppointmentResponse.actor.where(resolve() is Location)
+part-status token AppointmentResponse.participantStatus
+patient reference AppointmentResponse.actor.where(resolve() is Patient)
+practitioner reference AppointmentResponse.actor.where(resolve() is Practitioner)
+""",
+    "AuditEvent": """
+action token AuditEvent.action
+address string AuditEvent.agent.network.address
+agent reference AuditEvent.agent.who
+agent-name string AuditEvent.agent.name
+agent-role token AuditEvent.agent.role
+altid token AuditEvent.agent.altId
+date date AuditEvent.recorded
+entity reference AuditEvent.entity.what
+entity-name string AuditEvent.entity.name
+entity-role token AuditEvent.entity.role
+entity-type token AuditEvent.entity.type
+outcome token AuditEvent.outcome
+patient reference AuditEvent.agent.who.where(resolve() is Patient) | AuditEvent.entity.what.where(resolve() is Patient)
+policy uri AuditEvent.agent.policy
+site token AuditEvent.source.site
+source reference AuditEvent.source.observer
+subtype token AuditEvent.subtype
+type token AuditEvent.type
+""",
+    "Basic": """
+author reference Basic.author
+code token Basic.code
+created date Basic.created
+identifier token Basic.identifier
+patient reference Basic.subject.where(resolve() is Patient)
+subject reference Basic.subject
+""",
+    "BodyStructure": """
+identifier token BodyStructure.identifier
+location token BodyStructure.location
+morphology token BodyStructure.morphology
+patient reference BodyStructure.patient
+""",
+    "Bundle": """
+identifier token Bundle.identifier
+timestamp date Bundle.timestamp
+type token Bundle.type
+""",
+    "CapabilityStatement": """
+context token (CapabilityStatement.useContext.value as CodeableConcept)
+context-quantity quantity (CapabilityStatement.useContext.value as Quantity) | (CapabilityStatement.useContext.value as Range)
+context-type token CapabilityStatement.useContext.code
+date date CapabilityStatement.date
+description string CapabilityStatement.description
+fhirversion token CapabilityStatement.version
+format token CapabilityStatement.format
+guide reference CapabilityStatement.implementationGuide
+jurisdiction token CapabilityStatement.jurisdiction
+mode token CapabilityStatement.rest.mode
+name string CapabilityStatement.name
+publisher string CapabilityStatement.publisher
+resource token CapabilityStatement.rest.resource.type
+resource-profile reference CapabilityStatement.rest.resource.profile
+security-service token CapabilityStatement.rest.security.service
+software string CapabilityStatement.software.name
+status token CapabilityStatement.status
+supported-profile reference CapabilityStatement.rest.resource.supportedProfile
+title string CapabilityStatement.title
+url uri CapabilityStatement.url
+version token CapabilityStatement.version
+""",
+    "CarePlan": """
+activity-code token CarePlan.activity.detail.code
+activity-date date CarePlan.activity.detail.scheduled
+activity-reference reference CarePlan.activity.reference
+based-on reference CarePlan.basedOn
+care-team reference CarePlan.careTeam
+category token CarePlan.category
+condition reference CarePlan.addresses
+date date CarePlan.period
+encounter reference CarePlan.encounter
+goal reference CarePlan.goal
+identifier token CarePlan.identifier
+instantiates-canonical reference CarePlan.instantiatesCanonical
+instantiates-uri uri CarePlan.instantiatesUri
+intent token CarePlan.intent
+part-of reference CarePlan.partOf
+patient reference CarePlan.subject.where(resolve() is Patient)
+performer reference CarePlan.activity.detail.performer
+replaces reference CarePlan.replaces
+status token CarePlan.status
+subject reference CarePlan.subject
+""",
+    "CareTeam": """
+category token CareTeam.category
+date date CareTeam.period
+encounter reference CareTeam.encounter
+identifier token CareTeam.identifier
+participant reference CareTeam.participant.member
+patient reference CareTeam.subject.where(resolve() is Patient)
+status token CareTeam.status
+subject reference CareTeam.subject
+""",
+    "ChargeItem": """
+account reference ChargeItem.account
+code token ChargeItem.code
+context reference ChargeItem.context
+entered-date date ChargeItem.enteredDate
+enterer reference ChargeItem.enterer
+factor-override number ChargeItem.factorOverride
+identifier token ChargeItem.identifier
+occurrence date ChargeItem.occurrence
+patient reference ChargeItem.subject.where(resolve() is Patient)
+performer-actor reference ChargeItem.performer.actor
+performer-function token ChargeItem.performer.function
+performing-organization reference ChargeItem.performingOrganization
+price-override quantity ChargeItem.priceOverride
+quantity quantity ChargeItem.quantity
+requesting-organization reference ChargeItem.requestingOrganization
+service reference ChargeItem.service
+subject reference ChargeItem.subject
+""",
+    "ChargeItemDefinition": """
+context token (ChargeItemDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (ChargeItemDefinition.useContext.value as Quantity) | (ChargeItemDefinition.useContext.value as Range)
+context-type token ChargeItemDefinition.useContext.code
+date date ChargeItemDefinition.date
+description string ChargeItemDefinition.description
+effective date ChargeItemDefinition.effectivePeriod
+identifier token ChargeItemDefinition.identifier
+jurisdiction token ChargeItemDefinition.jurisdiction
+publisher string ChargeItemDefinition.publisher
+status token ChargeItemDefinition.status
+title string ChargeItemDefinition.title
+url uri ChargeItemDefinition.url
+version token ChargeItemDefinition.version
+""",
+    "Claim": """
+care-team reference Claim.careTeam.provider
+created date Claim.created
+encounter reference Claim.item.encounter
+enterer reference Claim.enterer
+facility reference Claim.facility
+identifier token Claim.identifier
+insurer reference Claim.insurer
+patient reference Claim.patient
+payee reference Claim.payee.party
+priority token Claim.priority
+provider reference Claim.provider
+status token Claim.status
+use token Claim.use
+""",
+    "ClaimResponse": """
+created date ClaimResponse.created
+disposition string ClaimResponse.disposition
+identifier token ClaimResponse.identifier
+insurer reference ClaimResponse.insurer
+outcome token ClaimResponse.outcome
+patient reference ClaimResponse.patient
+payment-date date ClaimResponse.payment.date
+request reference ClaimResponse.request
+requestor reference ClaimResponse.requestor
+status token ClaimResponse.status
+use token ClaimResponse.use
+""",
+    "ClinicalImpression": """
+assessor reference ClinicalImpression.assessor
+date date ClinicalImpression.date
+encounter reference ClinicalImpression.encounter
+finding-code token ClinicalImpression.finding.itemCodeableConcept
+finding-ref reference ClinicalImpression.finding.itemReference
+identifier token ClinicalImpression.identifier
+investigation reference ClinicalImpression.investigation.item
+patient reference ClinicalImpression.subject.where(resolve() is Patient)
+previous reference ClinicalImpression.previous
+problem reference ClinicalImpression.problem
+status token ClinicalImpression.status
+subject reference ClinicalImpression.subject
+supporting-info reference ClinicalImpression.supportingInfo
+""",
+    "CodeSystem": """
+code token CodeSystem.concept.code
+content-mode token CodeSystem.content
+context token (CodeSystem.useContext.value as CodeableConcept)
+context-quantity quantity (CodeSystem.useContext.value as Quantity) | (CodeSystem.useContext.value as Range)
+context-type token CodeSystem.useContext.code
+date date CodeSystem.date
+description string CodeSystem.description
+identifier token CodeSystem.identifier
+jurisdiction token CodeSystem.jurisdiction
+language token CodeSystem.concept.designation.language
+name string CodeSystem.name
+publisher string CodeSystem.publisher
+status token CodeSystem.status
+supplements reference CodeSystem.supplements
+system uri CodeSystem.url
+title string CodeSystem.title
+url uri CodeSystem.url
+version token CodeSystem.version
+""",
+    "Communication": """
+based-on reference Communication.basedOn
+category token Communication.category
+encounter reference Communication.encounter
+identifier token Communication.identifier
+instantiates-canonical reference Communication.instantiatesCanonical
+instantiates-uri uri Communication.instantiatesUri
+medium token Communication.medium
+part-of reference Communication.partOf
+patient reference Communication.subject.where(resolve() is Patient)
+received date Communication.received
+recipient reference Communication.recipient
+sender reference Communication.sender
+sent date Communication.sent
+status token Communication.status
+subject reference Communication.subject
+""",
+    "CommunicationRequest": """
+authored date CommunicationRequest.authoredOn
+based-on reference CommunicationRequest.basedOn
+category token CommunicationRequest.category
+encounter reference CommunicationRequest.encounter
+group-identifier token CommunicationRequest.groupIdentifier
+identifier token CommunicationRequest.identifier
+medium token CommunicationRequest.medium
+occurrence date (CommunicationRequest.occurrence as dateTime)
+patient reference CommunicationRequest.subject.where(resolve() is Patient)
+priority token CommunicationRequest.priority
+recipient reference CommunicationRequest.recipient
+replaces reference CommunicationRequest.replaces
+requester reference CommunicationRequest.requester
+sender reference CommunicationRequest.sender
+status token CommunicationRequest.status
+subject reference CommunicationRequest.subject
+""",
+    "CompartmentDefinition": """
+code token CompartmentDefinition.code
+context token (CompartmentDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (CompartmentDefinition.useContext.value as Quantity) | (CompartmentDefinition.useContext.value as Range)
+context-type token CompartmentDefinition.useContext.code
+date date CompartmentDefinition.date
+description string CompartmentDefinition.description
+name string CompartmentDefinition.name
+publisher string CompartmentDefinition.publisher
+resource token CompartmentDefinition.resource.code
+status token CompartmentDefinition.status
+url uri CompartmentDefinition.url
+version token CompartmentDefinition.version
+""",
+    "Composition": """
+attester reference Composition.attester.party
+author reference Composition.author
+category token Composition.category
+confidentiality token Composition.confidentiality
+context token Composition.event.code
+date date Composition.date
+encounter reference Composition.encounter
+entry reference Composition.section.entry
+identifier token Composition.identifier
+patient reference Composition.subject.where(resolve() is Patient)
+period date Composition.event.period
+related-id token (Composition.relatesTo.target as Identifier)
+related-ref reference (Composition.relatesTo.target as Reference)
+section token Composition.section.code
+status token Composition.status
+subject reference Composition.subject
+title string Composition.title
+type token Composition.type
+""",
+    "ConceptMap": """
+context token (ConceptMap.useContext.value as CodeableConcept)
+context-quantity quantity (ConceptMap.useContext.value as Quantity) | (ConceptMap.useContext.value as Range)
+context-type token ConceptMap.useContext.code
+date date ConceptMap.date
+dependson uri ConceptMap.group.element.target.dependsOn.property
+description string ConceptMap.description
+identifier token ConceptMap.identifier
+jurisdiction token ConceptMap.jurisdiction
+name string ConceptMap.name
+other reference ConceptMap.group.unmapped.url
+product uri ConceptMap.group.element.target.product.property
+publisher string ConceptMap.publisher
+source reference (ConceptMap.source as canonical)
+source-code token ConceptMap.group.element.code
+source-system uri ConceptMap.group.source
+source-uri reference (ConceptMap.source as uri)
+status token ConceptMap.status
+target reference (ConceptMap.target as canonical)
+target-code token ConceptMap.group.element.target.code
+target-system uri ConceptMap.group.target
+target-uri reference (ConceptMap.target as uri)
+title string ConceptMap.title
+url uri ConceptMap.url
+version token ConceptMap.version
+""",
+    "Condition": """
+abatement-age quantity Condition.abatement.as(Age) | Condition.abatement.as(Range)
+abatement-date date Condition.abatement.as(dateTime) | Condition.abatement.as(Period)
+abatement-string string Condition.abatement.as(string)
+asserter reference Condition.asserter
+body-site token Condition.bodySite
+category token Condition.category
+clinical-status token Condition.clinicalStatus
+code token Condition.code
+encounter reference Condition.encounter
+evidence token Condition.evidence.code
+evidence-detail reference Condition.evidence.detail
+identifier token Condition.identifier
+onset-age quantity Condition.onset.as(Age) | Condition.onset.as(Range)
+onset-date date Condition.onset.as(dateTime) | Condition.onset.as(Period)
+onset-info string Condition.onset.as(string)
+patient reference Condition.subject.where(resolve() is Patient)
+recorded-date date Condition.recordedDate
+severity token Condition.severity
+stage token Condition.stage.summary
+subject reference Condition.subject
+verification-status token Condition.verificationStatus
+""",
+    "Consent": """
+action token Consent.provision.action
+actor reference Consent.provision.actor.reference
+category token Consent.category
+consentor reference Consent.performer
+data reference Consent.provision.data.reference
+date date Consent.dateTime
+identifier token Consent.identifier
+organization reference Consent.organization
+patient reference Consent.patient
+period date Consent.provision.period
+purpose token Consent.provision.purpose
+scope token Consent.scope
+security-label token Consent.provision.securityLabel
+source-reference reference Consent.source
+status token Consent.status
+""",
+    "Contract": """
+authority reference Contract.authority
+domain reference Contract.domain
+identifier token Contract.identifier
+instantiates uri Contract.instantiatesUri
+issued date Contract.issued
+patient reference Contract.subject.where(resolve() is Patient)
+signer reference Contract.signer.party
+status token Contract.status
+subject reference Contract.subject
+url uri Contract.url
+""",
+    "Coverage": """
+beneficiary reference Coverage.beneficiary
+class-type token Coverage.class.type
+class-value string Coverage.class.value
+dependent string Coverage.dependent
+identifier token Coverage.identifier
+patient reference Coverage.beneficiary
+payor reference Coverage.payor
+policy-holder reference Coverage.policyHolder
+status token Coverage.status
+subscriber reference Coverage.subscriber
+type token Coverage.type
+""",
+    "CoverageEligibilityRequest": """
+created date CoverageEligibilityRequest.created
+enterer reference CoverageEligibilityRequest.enterer
+facility reference CoverageEligibilityRequest.facility
+identifier token CoverageEligibilityRequest.identifier
+patient reference CoverageEligibilityRequest.patient
+provider reference CoverageEligibilityRequest.provider
+status token CoverageEligibilityRequest.status
+""",
+    "CoverageEligibilityResponse": """
+created date CoverageEligibilityResponse.created
+disposition string CoverageEligibilityResponse.disposition
+identifier token CoverageEligibilityResponse.identifier
+insurer reference CoverageEligibilityResponse.insurer
+outcome token CoverageEligibilityResponse.outcome
+patient reference CoverageEligibilityResponse.patient
+request reference CoverageEligibilityResponse.request
+requestor reference CoverageEligibilityResponse.requestor
+status token CoverageEligibilityResponse.status
+""",
+    "DetectedIssue": """
+author reference DetectedIssue.author
+code token DetectedIssue.code
+identified date DetectedIssue.identified
+identifier token DetectedIssue.identifier
+implicated reference DetectedIssue.implicated
+patient reference DetectedIssue.patient
+""",
+    "Device": """
+device-name string Device.deviceName.name | Device.type.coding.display | Device.type.text
+identifier token Device.identifier
+location reference Device.location
+manufacturer string Device.manufacturer
+model string Device.modelNumber
+organization reference Device.owner
+patient reference Device.patient
+status token Device.status
+type token Device.type
+udi-carrier string Device.udiCarrier.carrierHRF
+udi-di string Device.udiCarrier.deviceIdentifier
+url uri Device.url
+""",
+    "DeviceDefinition": """
+identifier token DeviceDefinition.identifier
+parent reference DeviceDefinition.parentDevice
+type token DeviceDefinition.type
+""",
+    "DeviceMetric": """
+category token DeviceMetric.category
+identifier token DeviceMetric.identifier
+parent reference DeviceMetric.parent
+source reference DeviceMetric.source
+type token DeviceMetric.type
+""",
+    "DeviceRequest": """
+authored-on date DeviceRequest.authoredOn
+based-on reference DeviceRequest.basedOn
+code token (DeviceRequest.code as CodeableConcept)
+device reference (DeviceRequest.code as Reference)
+encounter reference DeviceRequest.encounter
+event-date date (DeviceRequest.occurrence as dateTime) | (DeviceRequest.occurrence as Period)
+group-identifier token DeviceRequest.groupIdentifier
+identifier token DeviceRequest.identifier
+instantiates-canonical reference DeviceRequest.instantiatesCanonical
+instantiates-uri uri DeviceRequest.instantiatesUri
+insurance reference DeviceRequest.insurance
+intent token DeviceRequest.intent
+patient reference DeviceRequest.subject.where(resolve() is Patient)
+performer reference DeviceRequest.performer
+prior-request reference DeviceRequest.priorRequest
+requester reference DeviceRequest.requester
+status token DeviceRequest.status
+subject reference DeviceRequest.subject
+""",
+    "DeviceUseStatement": """
+device reference DeviceUseStatement.device
+identifier token DeviceUseStatement.identifier
+patient reference DeviceUseStatement.subject
+subject reference DeviceUseStatement.subject
+""",
+    "DiagnosticReport": """
+based-on reference DiagnosticReport.basedOn
+category token DiagnosticReport.category
+code token DiagnosticReport.code
+conclusion token DiagnosticReport.conclusionCode
+date date DiagnosticReport.effective
+encounter reference DiagnosticReport.encounter
+identifier token DiagnosticReport.identifier
+issued date DiagnosticReport.issued
+media reference DiagnosticReport.media.link
+patient reference DiagnosticReport.subject.where(resolve() is Patient)
+performer reference DiagnosticReport.performer
+result reference DiagnosticReport.result
+results-interpreter reference DiagnosticReport.resultsInterpreter
+specimen reference DiagnosticReport.specimen
+status token DiagnosticReport.status
+subject reference DiagnosticReport.subject
+""",
+    "DocumentManifest": """
+author reference DocumentManifest.author
+created date DocumentManifest.created
+description string DocumentManifest.description
+identifier token DocumentManifest.masterIdentifier | DocumentManifest.identifier
+item reference DocumentManifest.content
+patient reference DocumentManifest.subject.where(resolve() is Patient)
+recipient reference DocumentManifest.recipient
+related-id token DocumentManifest.related.identifier
+related-ref reference DocumentManifest.related.ref
+source uri DocumentManifest.source
+status token DocumentManifest.status
+subject reference DocumentManifest.subject
+type token DocumentManifest.type
+""",
+    "DocumentReference": """
+authenticator reference DocumentReference.authenticator
+author reference DocumentReference.author
+category token DocumentReference.category
+contenttype token DocumentReference.content.attachment.contentType
+custodian reference DocumentReference.custodian
+date date DocumentReference.date
+description string DocumentReference.description
+encounter reference DocumentReference.context.encounter
+event token DocumentReference.context.event
+facility token DocumentReference.context.facilityType
+format token DocumentReference.content.format
+identifier token DocumentReference.masterIdentifier | DocumentReference.identifier
+language token DocumentReference.content.attachment.language
+location uri DocumentReference.content.attachment.url
+patient reference DocumentReference.subject.where(resolve() is Patient)
+period date DocumentReference.context.period
+related reference DocumentReference.context.related
+relatesto reference DocumentReference.relatesTo.target
+relation token DocumentReference.relatesTo.code
+security-label token DocumentReference.securityLabel
+setting token DocumentReference.context.practiceSetting
+status token DocumentReference.status
+subject reference DocumentReference.subject
+type token DocumentReference.type
+""",
+    "Encounter": """
+account reference Encounter.account
+appointment reference Encounter.appointment
+based-on reference Encounter.basedOn
+class token Encounter.class
+date date Encounter.period
+diagnosis reference Encounter.diagnosis.condition
+episode-of-care reference Encounter.episodeOfCare
+identifier token Encounter.identifier
+length quantity Encounter.length
+location reference Encounter.location.location
+location-period date Encounter.location.period
+part-of reference Encounter.partOf
+participant reference Encounter.participant.individual
+participant-type token Encounter.participant.type
+patient reference Encounter.subject.where(resolve() is Patient)
+practitioner reference Encounter.participant.individual.where(resolve() is Practitioner)
+reason-code token Encounter.reasonCode
+reason-reference reference Encounter.reasonReference
+service-provider reference Encounter.serviceProvider
+special-arrangement token Encounter.hospitalization.specialArrangement
+status token Encounter.status
+subject reference Encounter.subject
+type token Encounter.type
+""",
+    "Endpoint": """
+connection-type token Endpoint.connectionType
+identifier token Endpoint.identifier
+name string Endpoint.name
+organization reference Endpoint.managingOrganization
+payload-type token Endpoint.payloadType
+status token Endpoint.status
+""",
+    "EnrollmentRequest": """
+identifier token EnrollmentRequest.identifier
+patient reference EnrollmentRequest.candidate
+status token EnrollmentRequest.status
+subject reference EnrollmentRequest.candidate
+""",
+    "EnrollmentResponse": """
+identifier token EnrollmentResponse.identifier
+request reference EnrollmentResponse.request
+status token EnrollmentResponse.status
+""",
+    "EpisodeOfCare": """
+care-manager reference EpisodeOfCare.careManager.where(resolve() is Practitioner)
+condition reference EpisodeOfCare.diagnosis.condition
+date date EpisodeOfCare.period
+identifier token EpisodeOfCare.identifier
+incoming-referral reference EpisodeOfCare.referralRequest
+organization reference EpisodeOfCare.managingOrganization
+patient reference EpisodeOfCare.patient
+status token EpisodeOfCare.status
+type token EpisodeOfCare.type
+""",
+    "EventDefinition": """
+composed-of reference EventDefinition.relatedArtifact.where(type='composed-of').resource
+context token (EventDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (EventDefinition.useContext.value as Quantity) | (EventDefinition.useContext.value as Range)
+context-type token EventDefinition.useContext.code
+date date EventDefinition.date
+depends-on reference EventDefinition.relatedArtifact.where(type='depends-on').resource
+derived-from reference EventDefinition.relatedArtifact.where(type='derived-from').resource
+description string EventDefinition.description
+effective date EventDefinition.effectivePeriod
+identifier token EventDefinition.identifier
+jurisdiction token EventDefinition.jurisdiction
+name string EventDefinition.name
+predecessor reference EventDefinition.relatedArtifact.where(type='predecessor').resource
+publisher string EventDefinition.publisher
+status token EventDefinition.status
+successor reference EventDefinition.relatedArtifact.where(type='successor').resource
+title string EventDefinition.title
+topic token EventDefinition.topic
+url uri EventDefinition.url
+version token EventDefinition.version
+""",
+    "Evidence": """
+composed-of reference Evidence.relatedArtifact.where(type='composed-of').resource
+context token (Evidence.useContext.value as CodeableConcept)
+context-quantity quantity (Evidence.useContext.value as Quantity) | (Evidence.useContext.value as Range)
+context-type token Evidence.useContext.code
+date date Evidence.date
+depends-on reference Evidence.relatedArtifact.where(type='depends-on').resource
+derived-from reference Evidence.relatedArtifact.where(type='derived-from').resource
+description string Evidence.description
+identifier token Evidence.identifier
+predecessor reference Evidence.relatedArtifact.where(type='predecessor').resource
+publisher string Evidence.publisher
+status token Evidence.status
+successor reference Evidence.relatedArtifact.where(type='successor').resource
+title string Evidence.title
+url uri Evidence.url
+version token Evidence.version
+""",
+    "EvidenceVariable": """
+composed-of reference EvidenceVariable.relatedArtifact.where(type='composed-of').resource
+context token (EvidenceVariable.useContext.value as CodeableConcept)
+context-quantity quantity (EvidenceVariable.useContext.value as Quantity) | (EvidenceVariable.useContext.value as Range)
+context-type token EvidenceVariable.useContext.code
+date date EvidenceVariable.date
+depends-on reference EvidenceVariable.relatedArtifact.where(type='depends-on').resource
+derived-from reference EvidenceVariable.relatedArtifact.where(type='derived-from').resource
+description string EvidenceVariable.description
+identifier token EvidenceVariable.identifier
+name string EvidenceVariable.name
+predecessor reference EvidenceVariable.relatedArtifact.where(type='predecessor').resource
+publisher string EvidenceVariable.publisher
+status token EvidenceVariable.status
+successor reference EvidenceVariable.relatedArtifact.where(type='successor').resource
+title string EvidenceVariable.title
+url uri EvidenceVariable.url
+version token EvidenceVariable.version
+""",
+    "ExampleScenario": """
+context token (ExampleScenario.useContext.value as CodeableConcept)
+context-quantity quantity (ExampleScenario.useContext.value as Quantity) | (ExampleScenario.useContext.value as Range)
+context-type token ExampleScenario.useContext.code
+date date ExampleScenario.date
+identifier token ExampleScenario.identifier
+jurisdiction token ExampleScenario.jurisdiction
+name string ExampleScenario.name
+publisher string ExampleScenario.publisher
+status token ExampleScenario.status
+url uri ExampleScenario.url
+version token ExampleScenario.version
+""",
+    "ExplanationOfBenefit": """
+care-team reference ExplanationOfBenefit.careTeam.provider
+claim reference ExplanationOfBenefit.claim
+coverage reference ExplanationOfBenefit.insurance.coverage
+created date ExplanationOfBenefit.created
+disposition string ExplanationOfBenefit.disposition
+encounter reference ExplanationOfBenefit.item.encounter
+enterer reference ExplanationOfBenefit.enterer
+facility reference ExplanationOfBenefit.facility
+identifier token ExplanationOfBenefit.identifier
+patient reference ExplanationOfBenefit.patient
+payee reference ExplanationOfBenefit.payee.party
+provider reference ExplanationOfBenefit.provider
+status token ExplanationOfBenefit.status
+""",
+    "FamilyMemberHistory": """
+code token FamilyMemberHistory.condition.code
+date date FamilyMemberHistory.date
+identifier token FamilyMemberHistory.identifier
+instantiates-canonical reference FamilyMemberHistory.instantiatesCanonical
+instantiates-uri uri FamilyMemberHistory.instantiatesUri
+patient reference FamilyMemberHistory.patient
+relationship token FamilyMemberHistory.relationship
+sex token FamilyMemberHistory.sex
+status token FamilyMemberHistory.status
+""",
+    "Flag": """
+author reference Flag.author
+date date Flag.period
+encounter reference Flag.encounter
+identifier token Flag.identifier
+patient reference Flag.subject.where(resolve() is Patient)
+subject reference Flag.subject
+""",
+    "Goal": """
+achievement-status token Goal.achievementStatus
+category token Goal.category
+identifier token Goal.identifier
+lifecycle-status token Goal.lifecycleStatus
+patient reference Goal.subject.where(resolve() is Patient)
+start-date date (Goal.start as date)
+subject reference Goal.subject
+target-date date (Goal.target.due as date)
+""",
+    "GraphDefinition": """
+context token (GraphDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (GraphDefinition.useContext.value as Quantity) | (GraphDefinition.useContext.value as Range)
+context-type token GraphDefinition.useContext.code
+date date GraphDefinition.date
+description string GraphDefinition.description
+jurisdiction token GraphDefinition.jurisdiction
+name string GraphDefinition.name
+publisher string GraphDefinition.publisher
+start token GraphDefinition.start
+status token GraphDefinition.status
+url uri GraphDefinition.url
+version token GraphDefinition.version
+""",
+    "Group": """
+actual token Group.actual
+characteristic token Group.characteristic.code
+code token Group.code
+exclude token Group.characteristic.exclude
+identifier token Group.identifier
+managing-entity reference Group.managingEntity
+member reference Group.member.entity
+type token Group.type
+value token (Group.characteristic.value as CodeableConcept) | (Group.characteristic.value as boolean)
+""",
+    "GuidanceResponse": """
+identifier token GuidanceResponse.identifier
+patient reference GuidanceResponse.subject.where(resolve() is Patient)
+request token GuidanceResponse.requestIdentifier
+subject reference GuidanceResponse.subject
+""",
+    "HealthcareService": """
+active token HealthcareService.active
+characteristic token HealthcareService.characteristic
+coverage-area reference HealthcareService.coverageArea
+endpoint reference HealthcareService.endpoint
+identifier token HealthcareService.identifier
+location reference HealthcareService.location
+name string HealthcareService.name
+organization reference HealthcareService.providedBy
+program token HealthcareService.program
+service-category token HealthcareService.category
+service-type token HealthcareService.type
+specialty token HealthcareService.specialty
+""",
+    "ImagingStudy": """
+basedon reference ImagingStudy.basedOn
+bodysite token ImagingStudy.series.bodySite
+dicom-class token ImagingStudy.series.instance.sopClass
+encounter reference ImagingStudy.encounter
+endpoint reference ImagingStudy.endpoint | ImagingStudy.series.endpoint
+identifier token ImagingStudy.identifier
+instance token ImagingStudy.series.instance.uid
+interpreter reference ImagingStudy.interpreter
+modality token ImagingStudy.series.modality
+patient reference ImagingStudy.subject.where(resolve() is Patient)
+performer reference ImagingStudy.series.performer.actor
+reason token ImagingStudy.reasonCode
+referrer reference ImagingStudy.referrer
+series token ImagingStudy.series.uid
+started date ImagingStudy.started
+status token ImagingStudy.status
+subject reference ImagingStudy.subject
+""",
+    "Immunization": """
+date date Immunization.occurrence
+identifier token Immunization.identifier
+location reference Immunization.location
+lot-number string Immunization.lotNumber
+manufacturer reference Immunization.manufacturer
+patient reference Immunization.patient
+performer reference Immunization.performer.actor
+reaction reference Immunization.reaction.detail
+reaction-date date Immunization.reaction.date
+reason-code token Immunization.reasonCode
+reason-reference reference Immunization.reasonReference
+series string Immunization.protocolApplied.series
+status token Immunization.status
+status-reason token Immunization.statusReason
+target-disease token Immunization.protocolApplied.targetDisease
+vaccine-code token Immunization.vaccineCode
+""",
+    "ImmunizationEvaluation": """
+date date ImmunizationEvaluation.date
+dose-status token ImmunizationEvaluation.doseStatus
+identifier token ImmunizationEvaluation.identifier
+immunization-event reference ImmunizationEvaluation.immunizationEvent
+patient reference ImmunizationEvaluation.patient
+status token ImmunizationEvaluation.status
+target-disease token ImmunizationEvaluation.targetDisease
+""",
+    "ImmunizationRecommendation": """
+date date ImmunizationRecommendation.date
+identifier token ImmunizationRecommendation.identifier
+information reference ImmunizationRecommendation.recommendation.supportingPatientInformation
+patient reference ImmunizationRecommendation.patient
+status token ImmunizationRecommendation.recommendation.forecastStatus
+support reference ImmunizationRecommendation.recommendation.supportingImmunization
+target-disease token ImmunizationRecommendation.recommendation.targetDisease
+vaccine-type token ImmunizationRecommendation.recommendation.vaccineCode
+""",
+    "ImplementationGuide": """
+context token (ImplementationGuide.useContext.value as CodeableConcept)
+context-quantity quantity (ImplementationGuide.useContext.value as Quantity) | (ImplementationGuide.useContext.value as Range)
+context-type token ImplementationGuide.useContext.code
+date date ImplementationGuide.date
+depends-on reference ImplementationGuide.dependsOn.uri
+description string ImplementationGuide.description
+experimental token ImplementationGuide.experimental
+global reference ImplementationGuide.global.profile
+jurisdiction token ImplementationGuide.jurisdiction
+name string ImplementationGuide.name
+publisher string ImplementationGuide.publisher
+resource reference ImplementationGuide.definition.resource.reference
+status token ImplementationGuide.status
+title string ImplementationGuide.title
+url uri ImplementationGuide.url
+version token ImplementationGuide.version
+""",
+    "InsurancePlan": """
+address string InsurancePlan.contact.address
+address-city string InsurancePlan.contact.address.city
+address-country string InsurancePlan.contact.address.country
+address-postalcode string InsurancePlan.contact.address.postalCode
+address-state string InsurancePlan.contact.address.state
+address-use token InsurancePlan.contact.address.use
+administered-by reference InsurancePlan.administeredBy
+endpoint reference InsurancePlan.endpoint
+identifier token InsurancePlan.identifier
+name string InsurancePlan.name | InsurancePlan.alias
+owned-by reference InsurancePlan.ownedBy
+status token InsurancePlan.status
+type token InsurancePlan.type
+""",
+    "Invoice": """
+account reference Invoice.account
+date date Invoice.date
+identifier token Invoice.identifier
+issuer reference Invoice.issuer
+participant reference Invoice.participant.actor
+participant-role token Invoice.participant.role
+patient reference Invoice.subject.where(resolve() is Patient)
+recipient reference Invoice.recipient
+status token Invoice.status
+subject reference Invoice.subject
+totalgross quantity Invoice.totalGross
+totalnet quantity Invoice.totalNet
+type token Invoice.type
+""",
+    "Library": """
+composed-of reference Library.relatedArtifact.where(type='composed-of').resource
+content-type token Library.content.contentType
+context token (Library.useContext.value as CodeableConcept)
+context-quantity quantity (Library.useContext.value as Quantity) | (Library.useContext.value as Range)
+context-type token Library.useContext.code
+date date Library.date
+depends-on reference Library.relatedArtifact.where(type='depends-on').resource
+derived-from reference Library.relatedArtifact.where(type='derived-from').resource
+description string Library.description
+effective date Library.effectivePeriod
+identifier token Library.identifier
+jurisdiction token Library.jurisdiction
+name string Library.name
+predecessor reference Library.relatedArtifact.where(type='predecessor').resource
+publisher string Library.publisher
+status token Library.status
+successor reference Library.relatedArtifact.where(type='successor').resource
+title string Library.title
+topic token Library.topic
+type token Library.type
+url uri Library.url
+version token Library.version
+""",
+    "Linkage": """
+author reference Linkage.author
+item reference Linkage.item.resource
+source reference Linkage.item.resource
+""",
+    "List": """
+code token List.code
+date date List.date
+empty-reason token List.emptyReason
+encounter reference List.encounter
+identifier token List.identifier
+item reference List.entry.item
+notes string List.note.text
+patient reference List.subject.where(resolve() is Patient)
+source reference List.source
+status token List.status
+subject reference List.subject
+title string List.title
+""",
+    "Location": """
+address string Location.address
+address-city string Location.address.city
+address-country string Location.address.country
+address-postalcode string Location.address.postalCode
+address-state string Location.address.state
+address-use token Location.address.use
+endpoint reference Location.endpoint
+identifier token Location.identifier
+name string Location.name | Location.alias
+operational-status token Location.operationalStatus
+organization reference Location.managingOrganization
+partof reference Location.partOf
+status token Location.status
+type token Location.type
+""",
+    "Measure": """
+composed-of reference Measure.relatedArtifact.where(type='composed-of').resource
+context token (Measure.useContext.value as CodeableConcept)
+context-quantity quantity (Measure.useContext.value as Quantity) | (Measure.useContext.value as Range)
+context-type token Measure.useContext.code
+date date Measure.date
+depends-on reference Measure.relatedArtifact.where(type='depends-on').resource | Measure.library
+derived-from reference Measure.relatedArtifact.where(type='derived-from').resource
+description string Measure.description
+effective date Measure.effectivePeriod
+identifier token Measure.identifier
+jurisdiction token Measure.jurisdiction
+name string Measure.name
+predecessor reference Measure.relatedArtifact.where(type='predecessor').resource
+publisher string Measure.publisher
+status token Measure.status
+successor reference Measure.relatedArtifact.where(type='successor').resource
+title string Measure.title
+topic token Measure.topic
+url uri Measure.url
+version token Measure.version
+""",
+    "MeasureReport": """
+date date MeasureReport.date
+evaluated-resource reference MeasureReport.evaluatedResource
+identifier token MeasureReport.identifier
+measure reference MeasureReport.measure
+patient reference MeasureReport.subject.where(resolve() is Patient)
+period date MeasureReport.period
+reporter reference MeasureReport.reporter
+status token MeasureReport.status
+subject reference MeasureReport.subject
+""",
+    "Media": """
+based-on reference Media.basedOn
+created date Media.created
+device reference Media.device
+encounter reference Media.encounter
+identifier token Media.identifier
+modality token Media.modality
+operator reference Media.operator
+patient reference Media.subject.where(resolve() is Patient)
+site token Media.bodySite
+status token Media.status
+subject reference Media.subject
+type token Media.type
+view token Media.view
+""",
+    "Medication": """
+code token Medication.code
+expiration-date date Medication.batch.expirationDate
+form token Medication.form
+identifier token Medication.identifier
+ingredient reference (Medication.ingredient.item as Reference)
+ingredient-code token (Medication.ingredient.item as CodeableConcept)
+lot-number token Medication.batch.lotNumber
+manufacturer reference Medication.manufacturer
+status token Medication.status
+""",
+    "MedicationAdministration": """
+code token (MedicationAdministration.medication as CodeableConcept)
+context reference MedicationAdministration.context
+device reference MedicationAdministration.device
+effective-time date MedicationAdministration.effective
+identifier token MedicationAdministration.identifier
+medication reference (MedicationAdministration.medication as Reference)
+patient reference MedicationAdministration.subject.where(resolve() is Patient)
+performer reference MedicationAdministration.performer.actor
+reason-given token MedicationAdministration.reasonCode
+reason-not-given token MedicationAdministration.statusReason
+request reference MedicationAdministration.request
+status token MedicationAdministration.status
+subject reference MedicationAdministration.subject
+""",
+    "MedicationDispense": """
+code token (MedicationDispense.medication as CodeableConcept)
+context reference MedicationDispense.context
+destination reference MedicationDispense.destination
+identifier token MedicationDispense.identifier
+medication reference (MedicationDispense.medication as Reference)
+patient reference MedicationDispense.subject.where(resolve() is Patient)
+performer reference MedicationDispense.performer.actor
+prescription reference MedicationDispense.authorizingPrescription
+receiver reference MedicationDispense.receiver
+responsibleparty reference MedicationDispense.substitution.responsibleParty
+status token MedicationDispense.status
+subject reference MedicationDispense.subject
+type token MedicationDispense.type
+whenhandedover date MedicationDispense.whenHandedOver
+whenprepared date MedicationDispense.whenPrepared
+""",
+    "MedicationKnowledge": """
+classification token MedicationKnowledge.medicineClassification.classification
+classification-type token MedicationKnowledge.medicineClassification.type
+code token MedicationKnowledge.code
+doseform token MedicationKnowledge.doseForm
+ingredient reference (MedicationKnowledge.ingredient.item as Reference)
+ingredient-code token (MedicationKnowledge.ingredient.item as CodeableConcept)
+manufacturer reference MedicationKnowledge.manufacturer
+monitoring-program-name token MedicationKnowledge.monitoringProgram.name
+monitoring-program-type token MedicationKnowledge.monitoringProgram.type
+monograph reference MedicationKnowledge.monograph.source
+monograph-type token MedicationKnowledge.monograph.type
+source-cost token MedicationKnowledge.cost.source
+status token MedicationKnowledge.status
+""",
+    "MedicationRequest": """
+authoredon date MedicationRequest.authoredOn
+category token MedicationRequest.category
+code token (MedicationRequest.medication as CodeableConcept)
+date date MedicationRequest.dosageInstruction.timing.event
+encounter reference MedicationRequest.encounter
+identifier token MedicationRequest.identifier
+intended-dispenser reference MedicationRequest.dispenseRequest.performer
+intended-performer reference MedicationRequest.performer
+intended-performertype token MedicationRequest.performerType
+intent token MedicationRequest.intent
+medication reference (MedicationRequest.medication as Reference)
+patient reference MedicationRequest.subject.where(resolve() is Patient)
+priority token MedicationRequest.priority
+requester reference MedicationRequest.requester
+status token MedicationRequest.status
+subject reference MedicationRequest.subject
+""",
+    "MedicationStatement": """
+category token MedicationStatement.category
+code token (MedicationStatement.medication as CodeableConcept)
+context reference MedicationStatement.context
+effective date MedicationStatement.effective
+identifier token MedicationStatement.identifier
+medication reference (MedicationStatement.medication as Reference)
+part-of reference MedicationStatement.partOf
+patient reference MedicationStatement.subject.where(resolve() is Patient)
+source reference MedicationStatement.informationSource
+status token MedicationStatement.status
+subject reference MedicationStatement.subject
+""",
+    "MessageDefinition": """
+category token MessageDefinition.category
+context token (MessageDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (MessageDefinition.useContext.value as Quantity) | (MessageDefinition.useContext.value as Range)
+context-type token MessageDefinition.useContext.code
+date date MessageDefinition.date
+description string MessageDefinition.description
+event token MessageDefinition.event
+focus token MessageDefinition.focus.code
+identifier token MessageDefinition.identifier
+jurisdiction token MessageDefinition.jurisdiction
+name string MessageDefinition.name
+parent reference MessageDefinition.parent
+publisher string MessageDefinition.publisher
+status token MessageDefinition.status
+title string MessageDefinition.title
+url uri MessageDefinition.url
+version token MessageDefinition.version
+""",
+    "MessageHeader": """
+author reference MessageHeader.author
+code token MessageHeader.response.code
+destination string MessageHeader.destination.name
+destination-uri uri MessageHeader.destination.endpoint
+enterer reference MessageHeader.enterer
+event token MessageHeader.event
+focus reference MessageHeader.focus
+receiver reference MessageHeader.destination.receiver
+response-id token MessageHeader.response.identifier
+responsible reference MessageHeader.responsible
+sender reference MessageHeader.sender
+source string MessageHeader.source.name
+source-uri uri MessageHeader.source.endpoint
+target reference MessageHeader.destination.target
+""",
+    "MolecularSequence": """
+chromosome token MolecularSequence.referenceSeq.chromosome
+identifier token MolecularSequence.identifier
+patient reference MolecularSequence.patient
+referenceseqid token MolecularSequence.referenceSeq.referenceSeqId
+type token MolecularSequence.type
+variant-end number MolecularSequence.variant.end
+variant-start number MolecularSequence.variant.start
+window-end number MolecularSequence.referenceSeq.windowEnd
+window-start number MolecularSequence.referenceSeq.windowStart
+""",
+    "NamingSystem": """
+contact string NamingSystem.contact.name
+context token (NamingSystem.useContext.value as CodeableConcept)
+context-quantity quantity (NamingSystem.useContext.value as Quantity) | (NamingSystem.useContext.value as Range)
+context-type token NamingSystem.useContext.code
+date date NamingSystem.date
+description string NamingSystem.description
+id-type token NamingSystem.uniqueId.type
+jurisdiction token NamingSystem.jurisdiction
+kind token NamingSystem.kind
+name string NamingSystem.name
+period date NamingSystem.uniqueId.period
+publisher string NamingSystem.publisher
+responsible string NamingSystem.responsible
+status token NamingSystem.status
+telecom token NamingSystem.contact.telecom
+type token NamingSystem.type
+value string NamingSystem.uniqueId.value
+""",
+    "NutritionOrder": """
+additive token NutritionOrder.enteralFormula.additiveType
+datetime date NutritionOrder.dateTime
+encounter reference NutritionOrder.encounter
+formula token NutritionOrder.enteralFormula.baseFormulaType
+identifier token NutritionOrder.identifier
+instantiates-canonical reference NutritionOrder.instantiatesCanonical
+instantiates-uri uri NutritionOrder.instantiatesUri
+oraldiet token NutritionOrder.oralDiet.type
+patient reference NutritionOrder.patient
+provider reference NutritionOrder.orderer
+status token NutritionOrder.status
+supplement token NutritionOrder.supplement.type
+""",
+    "Observation": """
+based-on reference Observation.basedOn
+category token Observation.category
+code token Observation.code
+combo-code token Observation.code | Observation.component.code
+combo-data-absent-reason token Observation.dataAbsentReason | Observation.component.dataAbsentReason
+combo-value-concept token (Observation.value as CodeableConcept) | (Observation.component.value as CodeableConcept)
+combo-value-quantity quantity (Observation.value as Quantity) | (Observation.value as SampledData) | (Observation.component.value as Quantity) | (Observation.component.value as SampledData)
+component-code token Observation.component.code
+component-data-absent-reason token Observation.component.dataAbsentReason
+component-value-concept token (Observation.component.value as CodeableConcept)
+component-value-quantity quantity (Observation.component.value as Quantity) | (Observation.component.value as SampledData)
+data-absent-reason token Observation.dataAbsentReason
+date date Observation.effective
+derived-from reference Observation.derivedFrom
+device reference Observation.device
+encounter reference Observation.encounter
+focus reference Observation.focus
+has-member reference Observation.hasMember
+identifier token Observation.identifier
+method token Observation.method
+part-of reference Observation.partOf
+patient reference Observation.subject.where(resolve() is Patient)
+performer reference Observation.performer
+specimen reference Observation.specimen
+status token Observation.status
+subject reference Observation.subject
+value-concept token (Observation.value as CodeableConcept)
+value-date date (Observation.value as dateTime) | (Observation.value as Period)
+value-quantity quantity (Observation.value as Quantity) | (Observation.value as SampledData)
+value-string string (Observation.value as string) | (Observation.value as CodeableConcept).text
+""",
+    "OperationDefinition": """
+base reference OperationDefinition.base
+code token OperationDefinition.code
+context token (OperationDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (OperationDefinition.useContext.value as Quantity) | (OperationDefinition.useContext.value as Range)
+context-type token OperationDefinition.useContext.code
+date date OperationDefinition.date
+description string OperationDefinition.description
+input-profile reference OperationDefinition.inputProfile
+instance token OperationDefinition.instance
+jurisdiction token OperationDefinition.jurisdiction
+kind token OperationDefinition.kind
+name string OperationDefinition.name
+output-profile reference OperationDefinition.outputProfile
+publisher string OperationDefinition.publisher
+status token OperationDefinition.status
+system token OperationDefinition.system
+title string OperationDefinition.title
+type token OperationDefinition.type
+url uri OperationDefinition.url
+version token OperationDefinition.version
+""",
+    "Organization": """
+active token Organization.active
+address string Organization.address
+address-city string Organization.address.city
+address-country string Organization.address.country
+address-postalcode string Organization.address.postalCode
+address-state string Organization.address.state
+address-use token Organization.address.use
+endpoint reference Organization.endpoint
+identifier token Organization.identifier
+name string Organization.name | Organization.alias
+partof reference Organization.partOf
+type token Organization.type
+""",
+    "OrganizationAffiliation": """
+active token OrganizationAffiliation.active
+date date OrganizationAffiliation.period
+email token OrganizationAffiliation.telecom.where(system='email')
+endpoint reference OrganizationAffiliation.endpoint
+identifier token OrganizationAffiliation.identifier
+location reference OrganizationAffiliation.location
+network reference OrganizationAffiliation.network
+participating-organization reference OrganizationAffiliation.participatingOrganization
+phone token OrganizationAffiliation.telecom.where(system='phone')
+primary-organization reference OrganizationAffiliation.organization
+role token OrganizationAffiliation.code
+service reference OrganizationAffiliation.healthcareService
+specialty token OrganizationAffiliation.specialty
+telecom token OrganizationAffiliation.telecom
+""",
     "Patient": """
 active token Patient.active
 address string Patient.address
@@ -53,6 +1314,69 @@ name string Patient.name
 organization reference Patient.managingOrganization
 phone token Patient.telecom.where(system='phone')
 telecom token Patient.telecom
+""",
+    "PaymentNotice": """
+created date PaymentNotice.created
+identifier token PaymentNotice.identifier
+payment-status token PaymentNotice.paymentStatus
+provider reference PaymentNotice.provider
+request reference PaymentNotice.request
+response reference PaymentNotice.response
+status token PaymentNotice.status
+""",
+    "PaymentReconciliation": """
+created date PaymentReconciliation.created
+disposition string PaymentReconciliation.disposition
+identifier token PaymentReconciliation.identifier
+outcome token PaymentReconciliation.outcome
+payment-issuer reference PaymentReconciliation.paymentIssuer
+request reference PaymentReconciliation.request
+requestor reference PaymentReconciliation.requestor
+status token PaymentReconciliation.status
+""",
+    "Person": """
+address string Person.address
+address-city string Person.address.city
+address-country string Person.address.country
+address-postalcode string Person.address.postalCode
+address-state string Person.address.state
+address-use token Person.address.use
+birthdate date Person.birthDate
+email token Person.telecom.where(system='email')
+gender token Person.gender
+identifier token Person.identifier
+link reference Person.link.target
+name string Person.name
+organization reference Person.managingOrganization
+patient reference Person.link.target.where(resolve() is Patient)
+phone token Person.telecom.where(system='phone')
+practitioner reference Person.link.target.where(resolve() is Practitioner)
+relatedperson reference Person.link.target.where(resolve() is RelatedPerson)
+telecom token Person.telecom
+""",
+    "PlanDefinition": """
+composed-of reference PlanDefinition.relatedArtifact.where(type='composed-of').resource
+context token (PlanDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (PlanDefinition.useContext.value as Quantity) | (PlanDefinition.useContext.value as Range)
+context-type token PlanDefinition.useContext.code
+date date PlanDefinition.date
+definition reference PlanDefinition.action.definition
+depends-on reference PlanDefinition.relatedArtifact.where(type='depends-on').resource | PlanDefinition.library
+derived-from reference PlanDefinition.relatedArtifact.where(type='derived-from').resource
+description string PlanDefinition.description
+effective date PlanDefinition.effectivePeriod
+identifier token PlanDefinition.identifier
+jurisdiction token PlanDefinition.jurisdiction
+name string PlanDefinition.name
+predecessor reference PlanDefinition.relatedArtifact.where(type='predecessor').resource
+publisher string PlanDefinition.publisher
+status token PlanDefinition.status
+successor reference PlanDefinition.relatedArtifact.where(type='successor').resource
+title string PlanDefinition.title
+topic token PlanDefinition.topic
+type token PlanDefinition.type
+url uri PlanDefinition.url
+version token PlanDefinition.version
 """,
     "Practitioner": """
 active token Practitioner.active
@@ -87,147 +1411,6 @@ service reference PractitionerRole.healthcareService
 specialty token PractitionerRole.specialty
 telecom token PractitionerRole.telecom
 """,
-    "Organization": """
-active token Organization.active
-address string Organization.address
-address-city string Organization.address.city
-address-country string Organization.address.country
-address-postalcode string Organization.address.postalCode
-address-state string Organization.address.state
-address-use token Organization.address.use
-endpoint reference Organization.endpoint
-identifier token Organization.identifier
-name string Organization.name | Organization.alias
-partof reference Organization.partOf
-type token Organization.type
-""",
-    "Location": """
-address string Location.address
-address-city string Location.address.city
-address-country string Location.address.country
-address-postalcode string Location.address.postalCode
-address-state string Location.address.state
-address-use token Location.address.use
-endpoint reference Location.endpoint
-identifier token Location.identifier
-name string Location.name | Location.alias
-operational-status token Location.operationalStatus
-organization reference Location.managingOrganization
-partof reference Location.partOf
-status token Location.status
-type token Location.type
-""",
-    "Encounter": """
-account reference Encounter.account
-appointment reference Encounter.appointment
-based-on reference Encounter.basedOn
-class token Encounter.class
-date date Encounter.period
-diagnosis reference Encounter.diagnosis.condition
-episode-of-care reference Encounter.episodeOfCare
-identifier token Encounter.identifier
-length quantity Encounter.length
-location reference Encounter.location.location
-location-period date Encounter.location.period
-part-of reference Encounter.partOf
-participant reference Encounter.participant.individual
-participant-type token Encounter.participant.type
-patient reference Encounter.subject.where(resolve() is Patient)
-practitioner reference Encounter.participant.individual.where(resolve() is Practitioner)
-reason-code token Encounter.reasonCode
-reason-reference reference Encounter.reasonReference
-service-provider reference Encounter.serviceProvider
-special-arrangement token Encounter.hospitalization.specialArrangement
-status token Encounter.status
-subject reference Encounter.subject
-type token Encounter.type
-""",
-    "Condition": """
-abatement-age quantity Condition.abatement.as(Age) | Condition.abatement.as(Range)
-abatement-date date Condition.abatement.as(dateTime) | Condition.abatement.as(Period)
-abatement-string string Condition.abatement.as(string)
-asserter reference Condition.asserter
-body-site token Condition.bodySite
-category token Condition.category
-clinical-status token Condition.clinicalStatus
-code token Condition.code
-encounter reference Condition.encounter
-evidence token Condition.evidence.code
-evidence-detail reference Condition.evidence.detail
-identifier token Condition.identifier
-onset-age quantity Condition.onset.as(Age) | Condition.onset.as(Range)
-onset-date date Condition.onset.as(dateTime) | Condition.onset.as(Period)
-onset-info string Condition.onset.as(string)
-patient reference Condition.subject.where(resolve() is Patient)
-recorded-date date Condition.recordedDate
-severity token Condition.severity
-stage token Condition.stage.summary
-subject reference Condition.subject
-verification-status token Condition.verificationStatus
-""",
-    "Observation": """
-based-on reference Observation.basedOn
-category token Observation.category
-code token Observation.code
-combo-code token Observation.code | Observation.component.code
-combo-data-absent-reason token Observation.dataAbsentReason | Observation.component.dataAbsentReason
-combo-value-concept token (Observation.value as CodeableConcept) | (Observation.component.value as CodeableConcept)
-combo-value-quantity quantity (Observation.value as Quantity) | (Observation.value as SampledData) | (Observation.component.value as Quantity) | (Observation.component.value as SampledData)
-component-code token Observation.component.code
-component-data-absent-reason token Observation.component.dataAbsentReason
-component-value-concept token (Observation.component.value as CodeableConcept)
-component-value-quantity quantity (Observation.component.value as Quantity) | (Observation.component.value as SampledData)
-data-absent-reason token Observation.dataAbsentReason
-date date Observation.effective
-derived-from reference Observation.derivedFrom
-device reference Observation.device
-encounter reference Observation.encounter
-focus reference Observation.focus
-has-member reference Observation.hasMember
-identifier token Observation.identifier
-method token Observation.method
-part-of reference Observation.partOf
-patient reference Observation.subject.where(resolve() is Patient)
-performer reference Observation.performer
-specimen reference Observation.specimen
-status token Observation.status
-subject reference Observation.subject
-value-concept token (Observation.value as CodeableConcept)
-value-date date (Observation.value as dateTime) | (Observation.value as Period)
-value-quantity quantity (Observation.value as Quantity) | (Observation.value as SampledData)
-value-string string (Observation.value as string) | (Observation.value as CodeableConcept).text
-""",
-    "MedicationRequest": """
-authoredon date MedicationRequest.authoredOn
-category token MedicationRequest.category
-code token (MedicationRequest.medication as CodeableConcept)
-date date MedicationRequest.dosageInstruction.timing.event
-encounter reference MedicationRequest.encounter
-identifier token MedicationRequest.identifier
-intended-dispenser reference MedicationRequest.dispenseRequest.performer
-intended-performer reference MedicationRequest.performer
-intended-performertype token MedicationRequest.performerType
-intent token MedicationRequest.intent
-medication reference (MedicationRequest.medication as Reference)
-patient reference MedicationRequest.subject.where(resolve() is Patient)
-priority token MedicationRequest.priority
-requester reference MedicationRequest.requester
-status token MedicationRequest.status
-subject reference MedicationRequest.subject
-""",
-    "MedicationStatement": """
-category token MedicationStatement.category
-code token (MedicationStatement.medication as CodeableConcept)
-context reference MedicationStatement.context
-effective date MedicationStatement.effective
-identifier token MedicationStatement.identifier
-medication reference (MedicationStatement.medication as Reference)
-part-of reference MedicationStatement.partOf
-patient reference MedicationStatement.subject.where(resolve() is Patient)
-source reference MedicationStatement.informationSource
-status token MedicationStatement.status
-subject reference MedicationStatement.subject
-""",
     "Procedure": """
 based-on reference Procedure.basedOn
 category token Procedure.category
@@ -246,59 +1429,190 @@ reason-reference reference Procedure.reasonReference
 status token Procedure.status
 subject reference Procedure.subject
 """,
-    "Immunization": """
-date date Immunization.occurrence
-identifier token Immunization.identifier
-location reference Immunization.location
-lot-number string Immunization.lotNumber
-manufacturer reference Immunization.manufacturer
-patient reference Immunization.patient
-performer reference Immunization.performer.actor
-reaction reference Immunization.reaction.detail
-reaction-date date Immunization.reaction.date
-reason-code token Immunization.reasonCode
-reason-reference reference Immunization.reasonReference
-series string Immunization.protocolApplied.series
-status token Immunization.status
-status-reason token Immunization.statusReason
-target-disease token Immunization.protocolApplied.targetDisease
-vaccine-code token Immunization.vaccineCode
+    "Provenance": """
+agent reference Provenance.agent.who
+agent-role token Provenance.agent.role
+agent-type token Provenance.agent.type
+entity reference Provenance.entity.what
+location reference Provenance.location
+patient reference Provenance.target.where(resolve() is Patient)
+recorded date Provenance.recorded
+signature-type token Provenance.signature.type
+target reference Provenance.target
+when date (Provenance.occurred as dateTime)
 """,
-    "AllergyIntolerance": """
-asserter reference AllergyIntolerance.asserter
-category token AllergyIntolerance.category
-clinical-status token AllergyIntolerance.clinicalStatus
-code token AllergyIntolerance.code | AllergyIntolerance.reaction.substance
-criticality token AllergyIntolerance.criticality
-date date AllergyIntolerance.recordedDate
-identifier token AllergyIntolerance.identifier
-last-date date AllergyIntolerance.lastOccurrence
-manifestation token AllergyIntolerance.reaction.manifestation
-onset date AllergyIntolerance.reaction.onset
-patient reference AllergyIntolerance.patient
-recorder reference AllergyIntolerance.recorder
-route token AllergyIntolerance.reaction.exposureRoute
-severity token AllergyIntolerance.reaction.severity
-type token AllergyIntolerance.type
-verification-status token AllergyIntolerance.verificationStatus
+    "Questionnaire": """
+code token Questionnaire.item.code
+context token (Questionnaire.useContext.value as CodeableConcept)
+context-quantity quantity (Questionnaire.useContext.value as Quantity) | (Questionnaire.useContext.value as Range)
+context-type token Questionnaire.useContext.code
+date date Questionnaire.date
+definition uri Questionnaire.item.definition
+description string Questionnaire.description
+effective date Questionnaire.effectivePeriod
+identifier token Questionnaire.identifier
+jurisdiction token Questionnaire.jurisdiction
+name string Questionnaire.name
+publisher string Questionnaire.publisher
+status token Questionnaire.status
+subject-type token Questionnaire.subjectType
+title string Questionnaire.title
+url uri Questionnaire.url
+version token Questionnaire.version
 """,
-    "DiagnosticReport": """
-based-on reference DiagnosticReport.basedOn
-category token DiagnosticReport.category
-code token DiagnosticReport.code
-conclusion token DiagnosticReport.conclusionCode
-date date DiagnosticReport.effective
-encounter reference DiagnosticReport.encounter
-identifier token DiagnosticReport.identifier
-issued date DiagnosticReport.issued
-media reference DiagnosticReport.media.link
-patient reference DiagnosticReport.subject.where(resolve() is Patient)
-performer reference DiagnosticReport.performer
-result reference DiagnosticReport.result
-results-interpreter reference DiagnosticReport.resultsInterpreter
-specimen reference DiagnosticReport.specimen
-status token DiagnosticReport.status
-subject reference DiagnosticReport.subject
+    "QuestionnaireResponse": """
+author reference QuestionnaireResponse.author
+authored date QuestionnaireResponse.authored
+based-on reference QuestionnaireResponse.basedOn
+encounter reference QuestionnaireResponse.encounter
+identifier token QuestionnaireResponse.identifier
+part-of reference QuestionnaireResponse.partOf
+patient reference QuestionnaireResponse.subject.where(resolve() is Patient)
+questionnaire reference QuestionnaireResponse.questionnaire
+source reference QuestionnaireResponse.source
+status token QuestionnaireResponse.status
+subject reference QuestionnaireResponse.subject
+""",
+    "RelatedPerson": """
+active token RelatedPerson.active
+address string RelatedPerson.address
+address-city string RelatedPerson.address.city
+address-country string RelatedPerson.address.country
+address-postalcode string RelatedPerson.address.postalCode
+address-state string RelatedPerson.address.state
+address-use token RelatedPerson.address.use
+birthdate date RelatedPerson.birthDate
+email token RelatedPerson.telecom.where(system='email')
+gender token RelatedPerson.gender
+identifier token RelatedPerson.identifier
+name string RelatedPerson.name
+patient reference RelatedPerson.patient
+phone token RelatedPerson.telecom.where(system='phone')
+relationship token RelatedPerson.relationship
+telecom token RelatedPerson.telecom
+""",
+    "RequestGroup": """
+author reference RequestGroup.author
+authored date RequestGroup.authoredOn
+code token RequestGroup.code
+encounter reference RequestGroup.encounter
+group-identifier token RequestGroup.groupIdentifier
+identifier token RequestGroup.identifier
+instantiates-canonical reference RequestGroup.instantiatesCanonical
+instantiates-uri uri RequestGroup.instantiatesUri
+intent token RequestGroup.intent
+participant reference RequestGroup.action.participant
+patient reference RequestGroup.subject.where(resolve() is Patient)
+priority token RequestGroup.priority
+status token RequestGroup.status
+subject reference RequestGroup.subject
+""",
+    "ResearchDefinition": """
+composed-of reference ResearchDefinition.relatedArtifact.where(type='composed-of').resource
+context token (ResearchDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (ResearchDefinition.useContext.value as Quantity) | (ResearchDefinition.useContext.value as Range)
+context-type token ResearchDefinition.useContext.code
+date date ResearchDefinition.date
+depends-on reference ResearchDefinition.relatedArtifact.where(type='depends-on').resource | ResearchDefinition.library
+derived-from reference ResearchDefinition.relatedArtifact.where(type='derived-from').resource
+description string ResearchDefinition.description
+effective date ResearchDefinition.effectivePeriod
+identifier token ResearchDefinition.identifier
+jurisdiction token ResearchDefinition.jurisdiction
+name string ResearchDefinition.name
+predecessor reference ResearchDefinition.relatedArtifact.where(type='predecessor').resource
+publisher string ResearchDefinition.publisher
+status token ResearchDefinition.status
+successor reference ResearchDefinition.relatedArtifact.where(type='successor').resource
+title string ResearchDefinition.title
+topic token ResearchDefinition.topic
+url uri ResearchDefinition.url
+version token ResearchDefinition.version
+""",
+    "ResearchElementDefinition": """
+composed-of reference ResearchElementDefinition.relatedArtifact.where(type='composed-of').resource
+context token (ResearchElementDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (ResearchElementDefinition.useContext.value as Quantity) | (ResearchElementDefinition.useContext.value as Range)
+context-type token ResearchElementDefinition.useContext.code
+date date ResearchElementDefinition.date
+depends-on reference ResearchElementDefinition.relatedArtifact.where(type='depends-on').resource | ResearchElementDefinition.library
+derived-from reference ResearchElementDefinition.relatedArtifact.where(type='derived-from').resource
+description string ResearchElementDefinition.description
+effective date ResearchElementDefinition.effectivePeriod
+identifier token ResearchElementDefinition.identifier
+jurisdiction token ResearchElementDefinition.jurisdiction
+name string ResearchElementDefinition.name
+predecessor reference ResearchElementDefinition.relatedArtifact.where(type='predecessor').resource
+publisher string ResearchElementDefinition.publisher
+status token ResearchElementDefinition.status
+successor reference ResearchElementDefinition.relatedArtifact.where(type='successor').resource
+title string ResearchElementDefinition.title
+topic token ResearchElementDefinition.topic
+url uri ResearchElementDefinition.url
+version token ResearchElementDefinition.version
+""",
+    "ResearchStudy": """
+category token ResearchStudy.category
+date date ResearchStudy.period
+focus token ResearchStudy.focus
+identifier token ResearchStudy.identifier
+keyword token ResearchStudy.keyword
+location token ResearchStudy.location
+partof reference ResearchStudy.partOf
+principalinvestigator reference ResearchStudy.principalInvestigator
+protocol reference ResearchStudy.protocol
+site reference ResearchStudy.site
+sponsor reference ResearchStudy.sponsor
+status token ResearchStudy.status
+title string ResearchStudy.title
+""",
+    "ResearchSubject": """
+date date ResearchSubject.period
+identifier token ResearchSubject.identifier
+individual reference ResearchSubject.individual
+patient reference ResearchSubject.individual
+status token ResearchSubject.status
+study reference ResearchSubject.study
+""",
+    "RiskAssessment": """
+condition reference RiskAssessment.condition
+date date (RiskAssessment.occurrence as dateTime)
+encounter reference RiskAssessment.encounter
+identifier token RiskAssessment.identifier
+method token RiskAssessment.method
+patient reference RiskAssessment.subject.where(resolve() is Patient)
+performer reference RiskAssessment.performer
+probability number RiskAssessment.prediction.probability
+risk token RiskAssessment.prediction.qualitativeRisk
+subject reference RiskAssessment.subject
+""",
+    "Schedule": """
+active token Schedule.active
+actor reference Schedule.actor
+date date Schedule.planningHorizon
+identifier token Schedule.identifier
+service-category token Schedule.serviceCategory
+service-type token Schedule.serviceType
+specialty token Schedule.specialty
+""",
+    "SearchParameter": """
+base token SearchParameter.base
+code token SearchParameter.code
+component reference SearchParameter.component.definition
+context token (SearchParameter.useContext.value as CodeableConcept)
+context-quantity quantity (SearchParameter.useContext.value as Quantity) | (SearchParameter.useContext.value as Range)
+context-type token SearchParameter.useContext.code
+date date SearchParameter.date
+derived-from reference SearchParameter.derivedFrom
+description string SearchParameter.description
+jurisdiction token SearchParameter.jurisdiction
+name string SearchParameter.name
+publisher string SearchParameter.publisher
+status token SearchParameter.status
+target token SearchParameter.target
+type token SearchParameter.type
+url uri SearchParameter.url
+version token SearchParameter.version
 """,
     "ServiceRequest": """
 authored date ServiceRequest.authoredOn
@@ -323,6 +1637,110 @@ specimen reference ServiceRequest.specimen
 status token ServiceRequest.status
 subject reference ServiceRequest.subject
 """,
+    "Slot": """
+appointment-type token Slot.appointmentType
+identifier token Slot.identifier
+schedule reference Slot.schedule
+service-category token Slot.serviceCategory
+service-type token Slot.serviceType
+specialty token Slot.specialty
+start date Slot.start
+status token Slot.status
+""",
+    "Specimen": """
+accession token Specimen.accessionIdentifier
+bodysite token Specimen.collection.bodySite
+collected date Specimen.collection.collected
+collector reference Specimen.collection.collector
+container token Specimen.container.type
+container-id token Specimen.container.identifier
+identifier token Specimen.identifier
+parent reference Specimen.parent
+patient reference Specimen.subject.where(resolve() is Patient)
+status token Specimen.status
+subject reference Specimen.subject
+type token Specimen.type
+""",
+    "SpecimenDefinition": """
+container token SpecimenDefinition.typeTested.container.type
+identifier token SpecimenDefinition.identifier
+type token SpecimenDefinition.typeCollected
+""",
+    "StructureDefinition": """
+abstract token StructureDefinition.abstract
+base reference StructureDefinition.baseDefinition
+base-path token StructureDefinition.snapshot.element.base.path | StructureDefinition.differential.element.base.path
+context token (StructureDefinition.useContext.value as CodeableConcept)
+context-quantity quantity (StructureDefinition.useContext.value as Quantity) | (StructureDefinition.useContext.value as Range)
+context-type token StructureDefinition.useContext.code
+date date StructureDefinition.date
+derivation token StructureDefinition.derivation
+description string StructureDefinition.description
+experimental token StructureDefinition.experimental
+ext-context token StructureDefinition.context.type
+identifier token StructureDefinition.identifier
+jurisdiction token StructureDefinition.jurisdiction
+keyword token StructureDefinition.keyword
+kind token StructureDefinition.kind
+name string StructureDefinition.name
+path token StructureDefinition.snapshot.element.path | StructureDefinition.differential.element.path
+publisher string StructureDefinition.publisher
+status token StructureDefinition.status
+title string StructureDefinition.title
+type uri StructureDefinition.type
+url uri StructureDefinition.url
+valueset reference StructureDefinition.snapshot.element.binding.valueSet
+version token StructureDefinition.version
+""",
+    "StructureMap": """
+context token (StructureMap.useContext.value as CodeableConcept)
+context-quantity quantity (StructureMap.useContext.value as Quantity) | (StructureMap.useContext.value as Range)
+context-type token StructureMap.useContext.code
+date date StructureMap.date
+description string StructureMap.description
+identifier token StructureMap.identifier
+jurisdiction token StructureMap.jurisdiction
+name string StructureMap.name
+publisher string StructureMap.publisher
+status token StructureMap.status
+title string StructureMap.title
+url uri StructureMap.url
+version token StructureMap.version
+""",
+    "Subscription": """
+contact token Subscription.contact
+criteria string Subscription.criteria
+payload token Subscription.channel.payload
+status token Subscription.status
+type token Subscription.channel.type
+url uri Subscription.channel.endpoint
+""",
+    "Substance": """
+category token Substance.category
+code token Substance.code | (Substance.ingredient.substance as CodeableConcept)
+container-identifier token Substance.instance.identifier
+expiry date Substance.instance.expiry
+identifier token Substance.identifier
+quantity quantity Substance.instance.quantity
+status token Substance.status
+substance-reference reference (Substance.ingredient.substance as Reference)
+""",
+    "SupplyDelivery": """
+identifier token SupplyDelivery.identifier
+patient reference SupplyDelivery.patient
+receiver reference SupplyDelivery.receiver
+status token SupplyDelivery.status
+supplier reference SupplyDelivery.supplier
+""",
+    "SupplyRequest": """
+category token SupplyRequest.category
+date date SupplyRequest.authoredOn
+identifier token SupplyRequest.identifier
+requester reference SupplyRequest.requester
+status token SupplyRequest.status
+subject reference SupplyRequest.deliverTo
+supplier reference SupplyRequest.supplier
+""",
     "Task": """
 authored-on date Task.authoredOn
 based-on reference Task.basedOn
@@ -344,195 +1762,72 @@ requester reference Task.requester
 status token Task.status
 subject reference Task.for
 """,
-    "Consent": """
-action token Consent.provision.action
-actor reference Consent.provision.actor.reference
-category token Consent.category
-consentor reference Consent.performer
-data reference Consent.provision.data.reference
-date date Consent.dateTime
-identifier token Consent.identifier
-organization reference Consent.organization
-patient reference Consent.patient
-period date Consent.provision.period
-purpose token Consent.provision.purpose
-scope token Consent.scope
-security-label token Consent.provision.securityLabel
-source-reference reference Consent.source
-status token Consent.status
+    "TerminologyCapabilities": """
+context token (TerminologyCapabilities.useContext.value as CodeableConcept)
+context-quantity quantity (TerminologyCapabilities.useContext.value as Quantity) | (TerminologyCapabilities.useContext.value as Range)
+context-type token TerminologyCapabilities.useContext.code
+date date TerminologyCapabilities.date
+description string TerminologyCapabilities.description
+jurisdiction token TerminologyCapabilities.jurisdiction
+name string TerminologyCapabilities.name
+publisher string TerminologyCapabilities.publisher
+status token TerminologyCapabilities.status
+title string TerminologyCapabilities.title
+url uri TerminologyCapabilities.url
+version token TerminologyCapabilities.version
 """,
-    "Provenance": """
-agent reference Provenance.agent.who
-agent-role token Provenance.agent.role
-agent-type token Provenance.agent.type
-entity reference Provenance.entity.what
-location reference Provenance.location
-patient reference Provenance.target.where(resolve() is Patient)
-recorded date Provenance.recorded
-signature-type token Provenance.signature.type
-target reference Provenance.target
-when date (Provenance.occurred as dateTime)
+    "TestReport": """
+identifier token TestReport.identifier
+issued date TestReport.issued
+participant uri TestReport.participant.uri
+result token TestReport.result
+tester string TestReport.tester
+testscript reference TestReport.testScript
 """,
-    "AuditEvent": """
-action token AuditEvent.action
-address string AuditEvent.agent.network.address
-agent reference AuditEvent.agent.who
-agent-name string AuditEvent.agent.name
-agent-role token AuditEvent.agent.role
-altid token AuditEvent.agent.altId
-date date AuditEvent.recorded
-entity reference AuditEvent.entity.what
-entity-name string AuditEvent.entity.name
-entity-role token AuditEvent.entity.role
-entity-type token AuditEvent.entity.type
-outcome token AuditEvent.outcome
-patient reference AuditEvent.agent.who.where(resolve() is Patient) | AuditEvent.entity.what.where(resolve() is Patient)
-policy uri AuditEvent.agent.policy
-site token AuditEvent.source.site
-source reference AuditEvent.source.observer
-subtype token AuditEvent.subtype
-type token AuditEvent.type
+    "TestScript": """
+context token (TestScript.useContext.value as CodeableConcept)
+context-quantity quantity (TestScript.useContext.value as Quantity) | (TestScript.useContext.value as Range)
+context-type token TestScript.useContext.code
+date date TestScript.date
+description string TestScript.description
+identifier token TestScript.identifier
+jurisdiction token TestScript.jurisdiction
+name string TestScript.name
+publisher string TestScript.publisher
+status token TestScript.status
+testscript-capability string TestScript.metadata.capability.description
+title string TestScript.title
+url uri TestScript.url
+version token TestScript.version
 """,
-    "DocumentReference": """
-authenticator reference DocumentReference.authenticator
-author reference DocumentReference.author
-category token DocumentReference.category
-contenttype token DocumentReference.content.attachment.contentType
-custodian reference DocumentReference.custodian
-date date DocumentReference.date
-description string DocumentReference.description
-encounter reference DocumentReference.context.encounter
-event token DocumentReference.context.event
-facility token DocumentReference.context.facilityType
-format token DocumentReference.content.format
-identifier token DocumentReference.masterIdentifier | DocumentReference.identifier
-language token DocumentReference.content.attachment.language
-location uri DocumentReference.content.attachment.url
-patient reference DocumentReference.subject.where(resolve() is Patient)
-period date DocumentReference.context.period
-related reference DocumentReference.context.related
-relatesto reference DocumentReference.relatesTo.target
-relation token DocumentReference.relatesTo.code
-security-label token DocumentReference.securityLabel
-setting token DocumentReference.context.practiceSetting
-status token DocumentReference.status
-subject reference DocumentReference.subject
-type token DocumentReference.type
+    "ValueSet": """
+code token ValueSet.expansion.contains.code | ValueSet.compose.include.concept.code
+context token (ValueSet.useContext.value as CodeableConcept)
+context-quantity quantity (ValueSet.useContext.value as Quantity) | (ValueSet.useContext.value as Range)
+context-type token ValueSet.useContext.code
+date date ValueSet.date
+description string ValueSet.description
+expansion uri ValueSet.expansion.identifier
+identifier token ValueSet.identifier
+jurisdiction token ValueSet.jurisdiction
+name string ValueSet.name
+publisher string ValueSet.publisher
+reference uri ValueSet.compose.include.system
+status token ValueSet.status
+title string ValueSet.title
+url uri ValueSet.url
+version token ValueSet.version
 """,
-    "CarePlan": """
-activity-code token CarePlan.activity.detail.code
-activity-date date CarePlan.activity.detail.scheduled
-activity-reference reference CarePlan.activity.reference
-based-on reference CarePlan.basedOn
-care-team reference CarePlan.careTeam
-category token CarePlan.category
-condition reference CarePlan.addresses
-date date CarePlan.period
-encounter reference CarePlan.encounter
-goal reference CarePlan.goal
-identifier token CarePlan.identifier
-instantiates-canonical reference CarePlan.instantiatesCanonical
-instantiates-uri uri CarePlan.instantiatesUri
-intent token CarePlan.intent
-part-of reference CarePlan.partOf
-patient reference CarePlan.subject.where(resolve() is Patient)
-performer reference CarePlan.activity.detail.performer
-replaces reference CarePlan.replaces
-status token CarePlan.status
-subject reference CarePlan.subject
+    "VerificationResult": """
+target reference VerificationResult.target
 """,
-    "Composition": """
-attester reference Composition.attester.party
-author reference Composition.author
-category token Composition.category
-confidentiality token Composition.confidentiality
-context token Composition.event.code
-date date Composition.date
-encounter reference Composition.encounter
-entry reference Composition.section.entry
-identifier token Composition.identifier
-patient reference Composition.subject.where(resolve() is Patient)
-period date Composition.event.period
-related-id token (Composition.relatesTo.target as Identifier)
-related-ref reference (Composition.relatesTo.target as Reference)
-section token Composition.section.code
-status token Composition.status
-subject reference Composition.subject
-title string Composition.title
-type token Composition.type
-""",
-    "RiskAssessment": """
-condition reference RiskAssessment.condition
-date date (RiskAssessment.occurrence as dateTime)
-encounter reference RiskAssessment.encounter
-identifier token RiskAssessment.identifier
-method token RiskAssessment.method
-patient reference RiskAssessment.subject.where(resolve() is Patient)
-performer reference RiskAssessment.performer
-probability number RiskAssessment.prediction.probability
-risk token RiskAssessment.prediction.qualitativeRisk
-subject reference RiskAssessment.subject
-""",
-    "CareTeam": """
-category token CareTeam.category
-date date CareTeam.period
-encounter reference CareTeam.encounter
-identifier token CareTeam.identifier
-participant reference CareTeam.participant.member
-patient reference CareTeam.subject.where(resolve() is Patient)
-status token CareTeam.status
-subject reference CareTeam.subject
-""",
-    "Goal": """
-achievement-status token Goal.achievementStatus
-category token Goal.category
-identifier token Goal.identifier
-lifecycle-status token Goal.lifecycleStatus
-patient reference Goal.subject.where(resolve() is Patient)
-start-date date (Goal.start as date)
-subject reference Goal.subject
-target-date date (Goal.target.due as date)
-""",
-    "Claim": """
-care-team reference Claim.careTeam.provider
-created date Claim.created
-encounter reference Claim.item.encounter
-enterer reference Claim.enterer
-facility reference Claim.facility
-identifier token Claim.identifier
-insurer reference Claim.insurer
-patient reference Claim.patient
-payee reference Claim.payee.party
-priority token Claim.priority
-provider reference Claim.provider
-status token Claim.status
-use token Claim.use
-""",
-    "ExplanationOfBenefit": """
-care-team reference ExplanationOfBenefit.careTeam.provider
-claim reference ExplanationOfBenefit.claim
-coverage reference ExplanationOfBenefit.insurance.coverage
-created date ExplanationOfBenefit.created
-disposition string ExplanationOfBenefit.disposition
-encounter reference ExplanationOfBenefit.item.encounter
-enterer reference ExplanationOfBenefit.enterer
-facility reference ExplanationOfBenefit.facility
-identifier token ExplanationOfBenefit.identifier
-patient reference ExplanationOfBenefit.patient
-payee reference ExplanationOfBenefit.payee.party
-provider reference ExplanationOfBenefit.provider
-status token ExplanationOfBenefit.status
-""",
-    "Medication": """
-code token Medication.code
-expiration-date date Medication.batch.expirationDate
-form token Medication.form
-identifier token Medication.identifier
-ingredient reference (Medication.ingredient.item as Reference)
-ingredient-code token (Medication.ingredient.item as CodeableConcept)
-lot-number token Medication.batch.lotNumber
-manufacturer reference Medication.manufacturer
-status token Medication.status
+    "VisionPrescription": """
+datewritten date VisionPrescription.dateWritten
+encounter reference VisionPrescription.encounter
+identifier token VisionPrescription.identifier
+patient reference VisionPrescription.patient
+prescriber reference VisionPrescription.prescriber
+status token VisionPrescription.status
 """,
 }
 

@@ -15,6 +15,7 @@ from projections.search.paths import Route, compile_expression
 __all__ = [
     "SPECIAL",
     "SearchParameter",
+    "declared",
     "parameter",
     "parameters",
     "searchable_types",
@@ -60,8 +61,21 @@ def parameters(resource_type: str) -> dict[str, SearchParameter]:
         targets: list[str] = []
         for route in routes:
             targets += [t for t in route.targets if t not in targets]
+        if kind == "reference" and routes and not targets:
+            # A reference parameter over a plain ``uri`` (ConceptMap.source[x]) or an untyped ``canonical``:
+            # the element definition names no target profile, so any resource type may be its target.
+            targets = ["Resource"]
         found[code] = SearchParameter(resource_type, code, kind, expression, routes, tuple(targets))
     return found
+
+
+def declared(resource_type: str) -> dict[str, str]:
+    """Every supported parameter of ``resource_type`` by code, with its search type, uncompiled.
+
+    What the CapabilityStatement lists: compiling needs the type's R4B model, and importing every model
+    of 120-odd types costs seconds that a ``/metadata`` request should not pay.
+    """
+    return {code: kind for code, kind, _expression in (*COMMON, *DEFINITIONS.get(resource_type, ()))}
 
 
 def parameter(resource_type: str, code: str) -> SearchParameter | None:
