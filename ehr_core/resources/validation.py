@@ -1,4 +1,4 @@
-"""Validation against the FHIR R4B models: the one place ``fhir.resources`` is used.
+"""Validation against the FHIR R4B models (the one place ``fhir.resources`` is used) and R4's required codes.
 
 The model is only a checker. Its output is thrown away: a model dump rewrites timestamps, decimals and
 base64 (see shared/corpus/README.md), so the stored bytes are always the client's own.
@@ -17,6 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from ehr_core.errors import InvalidResource, Issue
+from ehr_core.resources.bindings import required_code_issues
 from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
 
 __all__ = ["is_repeating", "is_valid_id", "validate"]
@@ -72,6 +73,9 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
         raise InvalidResource(issues) from None
     except (ValueError, TypeError, RecursionError) as error:
         raise InvalidResource([Issue("structure", f"invalid {resource_type}: {error}")]) from None
+    outside = required_code_issues(resource, resource_type)
+    if outside:
+        raise InvalidResource(outside)
     return resource_type
 
 

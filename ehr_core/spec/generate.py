@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ehr_core.spec.bindings_generator import required_codes_module
+
 __all__ = [
     "TARGETS",
     "definitions_dir",
@@ -289,6 +291,7 @@ DEFINITIONS = MappingProxyType({resource_type: _parse(text) for resource_type, t
 TARGETS: dict[str, Callable[[Path], str]] = {
     "ehr_core/spec/patient_compartment.py": patient_compartment_module,
     "projections/search/definitions.py": search_definitions_module,
+    "ehr_core/spec/required_codes.py": required_codes_module,
 }
 
 
