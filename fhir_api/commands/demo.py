@@ -37,7 +37,6 @@ def load(people: int, seed: int, quiet: bool = False) -> dict[str, int]:
             counts["resources"] += len(written)
             counts["stored"] += sum(1 for w in written if w.notification_id is not None)
         services.projector.catch_up()
-        assert services.identity is not None
         services.identity.catch_up()
         with services.views.read() as tx:
             row = tx.execute("SELECT COUNT(DISTINCT person_id), COUNT(*) FROM mpi_records WHERE deleted = 0").fetchone()

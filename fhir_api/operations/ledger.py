@@ -17,7 +17,6 @@ from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.numbers import parse_int
 from fhir_api.access import decide
 from fhir_api.auth import caller_of
-from fhir_api.compliance import Compliance
 from fhir_api.errors import ApiError
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
@@ -29,14 +28,8 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-def _compliance(services: Services) -> Compliance:
-    if services.compliance is None:
-        raise NotFound("the ledger is not open on this server")
-    return services.compliance
-
-
 def _ledger(services: Services, log: str) -> Ledger:
-    compliance = _compliance(services)
+    compliance = services.compliance
     if log not in ("record", "audit"):
         raise InvalidResource([Issue("invalid", f"log must be record or audit, got {log!r}")])
     return compliance.audit_ledger if log == "audit" else compliance.ledger
@@ -44,7 +37,7 @@ def _ledger(services: Services, log: str) -> Ledger:
 
 @router.get("/$ledger-key", summary="the ledger's public key (PEM)")
 def ledger_key(services: ServicesDep) -> Response:
-    return Response(_compliance(services).key.public_pem(), media_type="application/x-pem-file")
+    return Response(services.compliance.key.public_pem(), media_type="application/x-pem-file")
 
 
 @router.get("/$ledger-head", summary="the latest signed block head")
@@ -102,7 +95,7 @@ def _audit_readable(services: Services, request: Request, event: int) -> None:
     caller = caller_of(request)
     if caller is None:
         return
-    _compliance(services).audit_views_current()
+    services.compliance.audit_views_current()
     clause, params = audit_clause(caller.viewer())
     with services.views.read() as tx:
         row = tx.execute(f"SELECT 1 FROM audit_entries e WHERE e.audit_nid = ? AND {clause}", [event, *params])

@@ -108,14 +108,11 @@ def ledger_status(services: Services, name: str, fresh: bool = False) -> LedgerS
         if cached is not None and not fresh and time.time() - cached.checked_at < _FRESH_SECONDS:
             return cached
         compliance = services.compliance
-        if compliance is None:
-            status = LedgerStatus(name, None, time.time(), "the ledger is not open on this server")
-        else:
-            application: Any = compliance.audit_log if name == "audit_ledger" else services.application
-            try:
-                report = verify(application, services.views, compliance.key.public_key, name)
-                status = LedgerStatus(name, report, time.time())
-            except Exception as error:  # an unreadable store is not an intact one: show why, never a traceback
-                status = LedgerStatus(name, None, time.time(), f"the store could not be read: {error}")
+        application: Any = compliance.audit_log if name == "audit_ledger" else services.application
+        try:
+            report = verify(application, services.views, compliance.key.public_key, name)
+            status = LedgerStatus(name, report, time.time())
+        except Exception as error:  # an unreadable store is not an intact one: show why, never a traceback
+            status = LedgerStatus(name, None, time.time(), f"the store could not be read: {error}")
         _cache[key] = status
         return status
