@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fhir_api.health import StoreHealth
 from fhir_api.registry import log_of
 from fhir_api.services import Services
+from projections.projector import quarantine_counts, tracking_positions
 
 __all__ = ["MetricsMiddleware", "metrics_router"]
 
@@ -81,10 +82,8 @@ class _Positions(Collector):
             labels=["projection"],
         )
         with self.services.views.read() as tx:
-            rows = dict(tx.execute("SELECT name, position FROM projection_tracking").fetchall())
-            skipped = dict(
-                tx.execute("SELECT projection, COUNT(*) FROM quarantined_events GROUP BY projection").fetchall()
-            )
+            rows = tracking_positions(tx)
+            skipped = quarantine_counts(tx)
         heads = {
             "ehr": self.services.application.recorder.max_notification_id() or 0,
             "audit": self.services.compliance.audit_log.recorder.max_notification_id() or 0,

@@ -26,7 +26,7 @@ from projections.federation import FederatedIdentity, StoreGroup
 from projections.follower import LogFollower
 from projections.identity import IdentityIndex
 from projections.positions import PositionWatcher
-from projections.projector import Projector
+from projections.projector import Projector, tracking_position
 
 __all__ = ["Services", "home_application", "ledger_of"]
 
@@ -151,8 +151,7 @@ class Services:
     def tracking_position(self, name: str) -> int:
         """Where the projection ``name`` stands in the views (as any process, e.g. ``ehr project``, left it)."""
         with self.views.read_primary() as tx:
-            row = tx.execute("SELECT position FROM projection_tracking WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else 0
+            return tracking_position(tx, name)
 
     def identity_current(self) -> IdentityIndex:
         """The master patient index, caught up with the log (read-your-writes for identity reads)."""

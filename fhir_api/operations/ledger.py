@@ -20,8 +20,9 @@ from fhir_api.auth import caller_of
 from fhir_api.errors import ApiError
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
-from projections.access import audit_clause
+from projections.access import audit_entry_visible
 from projections.ledger import Ledger
+from projections.resources import ResourceViews
 
 __all__ = ["router"]
 
@@ -55,13 +56,10 @@ def _notification_of(services: Services, resource: str, version: str) -> int:
     if not rid or number is None:
         raise InvalidResource([Issue("invalid", "resource must be Type/id and version a number")])
     with services.views.read() as tx:
-        row = tx.execute(
-            "SELECT notification_id FROM resource_history WHERE resource_type = ? AND resource_id = ? AND version = ?",
-            (kind, rid, number),
-        ).fetchone()
-    if row is None:
+        found = ResourceViews.notification_of(tx, kind, rid, number)
+    if found is None:
         raise NotFound(f"{resource}/_history/{version} is not known")
-    return int(row[0])
+    return found
 
 
 def _readable(services: Services, request: Request, event: int) -> None:
@@ -73,12 +71,9 @@ def _readable(services: Services, request: Request, event: int) -> None:
     if caller is None:  # authentication off (development): everything is visible, as for a read
         return
     with services.views.read() as tx:
-        row = tx.execute(
-            "SELECT resource_type, resource_id FROM resource_history WHERE notification_id = ?", (event,)
-        ).fetchone()
-        if row is None:  # not a resource's version (the identity index's own events): nobody's to prove
+        target = ResourceViews.written_at(tx, event)
+        if target is None:  # not a resource's version (the identity index's own events): nobody's to prove
             raise NotFound(f"event #{event} is not a version of a resource")
-        target = (str(row[0]), str(row[1]))
         institution = str(caller.claims["institution"])
         if not decide(tx, institution, target=target).permitted:
             raise ApiError(
@@ -96,10 +91,8 @@ def _audit_readable(services: Services, request: Request, event: int) -> None:
     if caller is None:
         return
     services.compliance.audit_views_current()
-    clause, params = audit_clause(caller.viewer())
     with services.views.read() as tx:
-        row = tx.execute(f"SELECT 1 FROM audit_entries e WHERE e.audit_nid = ? AND {clause}", [event, *params])
-        if row.fetchone() is None:
+        if not audit_entry_visible(tx, caller.viewer(), audit_nid=event):
             raise ApiError("forbidden", f"audit entry #{event} is not one your institution may read", code="forbidden")
 
 
