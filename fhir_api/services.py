@@ -20,7 +20,7 @@ from ehr_core.errors import StoreUnavailable
 from ehr_core.federation import Federation, StoreDown
 from ehr_core.settings import Settings
 from fhir_api.compliance import Compliance  # Audit log, ledgers
-from fhir_api.registry import NAMES, PROJECTIONS
+from fhir_api.registry import NAMES, PROJECTIONS, per_store
 from projections.db import ViewDatabase
 from projections.federation import FederatedIdentity, StoreGroup
 from projections.follower import LogFollower
@@ -141,7 +141,7 @@ class Services:
             if projection.name not in wanted:
                 continue
             if projection.per_store and self.federation is not None:
-                index = [p.name for p in PROJECTIONS if p.per_store].index(projection.name)
+                index = per_store().index(projection.name)
                 members = [self.store_projectors(store)[index] for store in self.federation.names]
                 found.append(StoreGroup(members, projection.name))
             else:
