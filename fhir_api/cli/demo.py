@@ -20,9 +20,9 @@ def load(people: int, seed: int, quiet: bool = False) -> dict[str, int]:
     from ehr_core.context import WriteContext
     from ehr_core.demo.population import population
     from ehr_core.settings import Settings
-    from fhir_api.services import Services
+    from fhir_api.bootstrap import open_services
 
-    services = Services.open(Settings(), follow=False)
+    services = open_services(Settings(), follow=False)
     started = time.perf_counter()
     counts = {"writes": 0, "resources": 0, "stored": 0}
     try:
