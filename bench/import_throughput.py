@@ -39,7 +39,7 @@ def _settings(backend: str, directory: Path, schema: str | None, url: str) -> An
 def _import(settings: Any, files: list[Path]) -> tuple[int, float]:
     """Resources stored and seconds until they are all projected."""
     from ehr_core.importing import Importer
-    from fhir_api.commands.import_ import project_until_stopped
+    from fhir_api.cli.import_ import project_until_stopped
     from fhir_api.resolver import ViewResolver
     from fhir_api.services import Services
 

@@ -54,7 +54,7 @@ def _read_log(application: Any, batch: int) -> tuple[int, float]:
 
 
 def measure_rebuild(settings: Any) -> RebuildRun:
-    from fhir_api.commands.rebuild import projectors_named
+    from fhir_api.cli.rebuild import projectors_named
     from fhir_api.services import Services
     from projections.rebuild import rebuild
 

@@ -66,12 +66,25 @@ class NotFound(RecordError):
 
 
 class Deleted(RecordError):
-    """The resource existed and was retracted (FHIR delete): reads answer Gone."""
+    """The resource existed and was retracted (FHIR delete): reads answer Gone.
+
+    ``version`` and ``last_updated``, when known, name the retraction itself: a read of a deleted resource
+    answers with that version's ETag and Last-Modified (R4 §3.1.0.2), so a client sees when it went.
+    """
 
     category = "deleted"
 
-    def __init__(self, issues: Sequence[Issue] | str, code: str = "deleted") -> None:
+    def __init__(
+        self,
+        issues: Sequence[Issue] | str,
+        code: str = "deleted",
+        *,
+        version: int | None = None,
+        last_updated: str | None = None,
+    ) -> None:
         super().__init__(issues, code)
+        self.version = version
+        self.last_updated = last_updated
 
 
 class Forbidden(RecordError):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from projections.access import SHARED_TYPES, institution_clause
+from projections.access import SHARED_TYPES, log_break_glass, owner_of, owners_and_consent
 from projections.db import Tx
 from projections.identity import IdentityIndex
 
@@ -58,24 +58,18 @@ def decide(
 ) -> Decision:
     """The decision for reading ``target`` (one resource) or ``patient``'s unified record."""
     instant = (now or datetime.now(UTC)).isoformat()
-    clause, params = institution_clause("x.resource_type", "x.resource_id", institution, instant)
     if target is not None:
-        row = tx.execute(
-            "SELECT institution FROM resource_owners WHERE resource_type = ? AND resource_id = ?", target
-        ).fetchone()
-        if row is None and target[0] == "Person":
-            return _golden_record(tx, institution, target[1], break_glass, clause, params)
-        if row is None:
+        owner = owner_of(tx, *target)
+        if owner is None and target[0] == "Person":
+            return _golden_record(tx, institution, target[1], break_glass, instant)
+        if owner is None:
             return Decision(True, "unknown")
-        owners: tuple[str, ...] = (str(row[0]),)
+        owners: tuple[str, ...] = (owner,)
         if owners == (institution,):
             return Decision(True, "own", owners)
         if target[0] in SHARED_TYPES:
             return Decision(True, "shared", owners)
-        visible = tx.execute(
-            f"SELECT 1 FROM resource_owners x WHERE x.resource_type = ? AND x.resource_id = ? AND {clause}",
-            [*target, *params],
-        ).fetchone()
+        visible = any(readable for _, readable in owners_and_consent(tx, target[0], [target[1]], institution, instant))
     else:
         assert patient is not None
         # The unified record: $everything and $summary return every linked record of the same person, so
@@ -83,41 +77,32 @@ def decide(
         # is then filtered entry by entry (projections.identity.everything_page): a foreign write into a
         # patient's compartment must not lock the record holder out of its own patient's record.
         patients = IdentityIndex.linked_records(tx, patient)
-        return _records_decision(tx, institution, patients, break_glass, clause, params)
-    if visible is not None:
+        return _records_decision(tx, institution, patients, break_glass, instant)
+    if visible:
         return Decision(True, "consent", owners)
     if break_glass:
         return Decision(True, "break-the-glass", owners)
     return Decision(False, "denied", owners)
 
 
-def _golden_record(
-    tx: Tx, institution: str, person: str, break_glass: str | None, clause: str, params: list[Any]
-) -> Decision:
+def _golden_record(tx: Tx, institution: str, person: str, break_glass: str | None, instant: str) -> Decision:
     """``Person/{id}`` of the master patient index merges the demographics of every Patient record linked to
     the person: readable when each of those records is."""
     records = [link.record for link in IdentityIndex.links(tx, person)]
-    return _records_decision(tx, institution, records, break_glass, clause, params)
+    return _records_decision(tx, institution, records, break_glass, instant)
 
 
-def _records_decision(
-    tx: Tx, institution: str, records: list[str], break_glass: str | None, clause: str, params: list[Any]
-) -> Decision:
+def _records_decision(tx: Tx, institution: str, records: list[str], break_glass: str | None, instant: str) -> Decision:
     """Readable when every one of the Patient ``records`` is (own or consent)."""
     if not records:
         return Decision(True, "unknown")
-    marks = ", ".join("?" for _ in records)
-    rows = tx.execute(
-        f"SELECT x.institution, CASE WHEN {clause} THEN 1 ELSE 0 END FROM resource_owners x "
-        f"WHERE x.resource_type = 'Patient' AND x.resource_id IN ({marks})",
-        [*params, *records],
-    ).fetchall()
-    owners = tuple(sorted({str(r[0]) for r in rows}))
+    rows = owners_and_consent(tx, "Patient", records, institution, instant)
+    owners = tuple(sorted({owner for owner, _ in rows}))
     if not rows:
         return Decision(True, "unknown")
     if owners == (institution,):
         return Decision(True, "own", owners)
-    if len(rows) == len(records) and all(int(r[1]) for r in rows):
+    if len(rows) == len(records) and all(readable for _, readable in rows):
         return Decision(True, "consent", owners)
     if break_glass:
         return Decision(True, "break-the-glass", owners)
@@ -126,16 +111,13 @@ def _records_decision(
 
 def record_break_glass(tx: Tx, claims: dict[str, Any], reason: str, what: str) -> None:
     """List a break-the-glass access for review (who, institution, why, what, when)."""
-    tx.execute(
-        "INSERT INTO break_glass_log (recorded, institution, unit, user_id, role, reason, target) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            datetime.now(UTC).isoformat(),
-            str(claims.get("institution")),
-            claims.get("unit"),
-            str(claims.get("user") or claims.get("sub") or "anonymous"),
-            claims.get("role"),
-            reason[:500],
-            what,
-        ),
+    log_break_glass(
+        tx,
+        datetime.now(UTC).isoformat(),
+        str(claims.get("institution")),
+        claims.get("unit"),
+        str(claims.get("user") or claims.get("sub") or "anonymous"),
+        claims.get("role"),
+        reason[:500],
+        what,
     )

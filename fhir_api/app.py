@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from ehr_core.settings import Settings
 from fhir_api.audit_middleware import AuditMiddleware
 from fhir_api.auth import AuthMiddleware
+from fhir_api.bootstrap import open_services
 from fhir_api.errors import install_error_handlers
 from fhir_api.health import health_router
 from fhir_api.limits import RequestLimits
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
-        app.state.services = services or Services.open(settings)
+        app.state.services = services or open_services(settings)
         app.state.exports = ExportJobs(app.state.services, app.state.services.settings.data_dir / "exports")
         try:
             yield

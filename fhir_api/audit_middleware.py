@@ -113,11 +113,10 @@ def _compartment(services: Any, resource_type: str, resource_id: str) -> list[st
 
 
 def _writer(scope: Scope) -> AuditWriter | None:
-    services = getattr(scope["app"].state, "services", None)
-    compliance = getattr(services, "compliance", None)
-    if compliance is None or not compliance.audit_enabled:
+    services = getattr(scope["app"].state, "services", None)  # None before the lifespan opened them
+    if services is None or not services.compliance.audit_enabled:
         return None
-    writer: AuditWriter = compliance.audit_writer
+    writer: AuditWriter = services.compliance.audit_writer
     return writer
 
 
@@ -160,10 +159,10 @@ class AuditMiddleware:
             await self._audit(scope, state)
 
     async def _audit(self, scope: Scope, state: dict[str, Any]) -> None:
-        services = getattr(scope["app"].state, "services", None)
-        compliance = getattr(services, "compliance", None)
-        if compliance is None or not compliance.audit_enabled:
+        services = getattr(scope["app"].state, "services", None)  # None before the lifespan opened them
+        if services is None or not services.compliance.audit_enabled:
             return
+        compliance = services.compliance
         method, path = str(scope["method"]), str(scope["path"])
         interaction, operation, parts = classify(method, path)
         context = write_context(Request(scope), interaction)

@@ -20,6 +20,7 @@ from ehr_core.settings import Settings
 from projections.audit import AuditProjector
 from projections.db import ViewDatabase
 from projections.ledger import Ledger, LedgerSealer, witness_path
+from projections.setup import audit_projector as audit_views_projector
 
 __all__ = ["Compliance"]
 
@@ -51,8 +52,7 @@ class Compliance:
         ledger_settings = LedgerSettings()
         key = LedgerKey.configured(settings.data_dir, ledger_settings)
         audit_log = AuditLog(settings)
-        projector = AuditProjector(audit_log, views, [], name="audit", batch_size=settings.projection_batch_size)
-        projector.create_tables()
+        projector = audit_views_projector(audit_log, views, settings)
         projector.catch_up()
         ledger = Ledger(
             application,

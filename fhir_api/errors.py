@@ -1,7 +1,8 @@
 """Errors mapped once: every failure becomes an OperationOutcome with its status, never a stack trace.
 
 The domain raises :class:`~ehr_core.errors.RecordError` subclasses that name an anomaly category;
-this module alone decides the HTTP status for each (Blaze's "errors as data").
+this module alone decides the HTTP status for each (Blaze's "errors as data"), and the response headers an
+error implies (:func:`headers_of`): a handler raises, it never builds an error response by hand.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from ehr_core.errors import InvalidResource, Issue, RecordError
+from ehr_core.errors import Deleted, InvalidResource, Issue, RecordError
 from fhir_api.outcome import operation_outcome
-from fhir_api.responses import FHIR_JSON
+from fhir_api.responses import FHIR_JSON, etag, http_date
 
-__all__ = ["ApiError", "install_error_handlers", "outcome_response"]
+__all__ = ["ApiError", "headers_of", "install_error_handlers", "outcome_response"]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,27 @@ _HTTP_CODES: dict[int, str] = {
 
 
 class ApiError(RecordError):
-    """An error found by the HTTP layer itself (media type, body size, headers)."""
+    """An error found by the HTTP layer itself (media type, body size, headers); ``headers`` go with its answer."""
 
-    def __init__(self, category: str, diagnostics: str, code: str = "invalid") -> None:
+    def __init__(
+        self, category: str, diagnostics: str, code: str = "invalid", headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__([Issue(code, diagnostics)])
         self.api_category = category
+        self.headers = dict(headers or {})
+
+
+def headers_of(error: RecordError) -> dict[str, str] | None:
+    """The response headers an error carries: its own (``ApiError``), or what its data implies."""
+    if isinstance(error, ApiError):
+        return error.headers or None
+    if isinstance(error, Deleted) and error.version is not None:
+        # The deleted version's ETag (and when it was deleted): R4 §3.1.0.2, read of a deleted resource
+        headers = {"ETag": etag(error.version)}
+        if error.last_updated is not None:
+            headers["Last-Modified"] = http_date(error.last_updated)
+        return headers
+    return None
 
 
 def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
@@ -66,7 +83,7 @@ def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] |
 def _record_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, RecordError)
     category = error.api_category if isinstance(error, ApiError) else error.category
-    return outcome_response(STATUS[category], error.issues)
+    return outcome_response(STATUS[category], error.issues, headers_of(error))
 
 
 def _validation_error(_: Request, error: Exception) -> Response:

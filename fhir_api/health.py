@@ -35,7 +35,7 @@ def store_states(services: Services) -> dict[str, dict[str, Any]]:
     clinical log or the views fails that request alone (503), the next one tries again.
     """
     compliance = services.compliance
-    if compliance is None or not compliance.audit_enabled:
+    if not compliance.audit_enabled:
         return {}
     writer = compliance.audit_writer
     return {

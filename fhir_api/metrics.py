@@ -21,7 +21,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_api.health import StoreHealth
+from fhir_api.registry import log_of
 from fhir_api.services import Services
+from projections.projector import quarantine_counts, tracking_positions
 
 __all__ = ["MetricsMiddleware", "metrics_router"]
 
@@ -80,18 +82,17 @@ class _Positions(Collector):
             labels=["projection"],
         )
         with self.services.views.read() as tx:
-            rows = dict(tx.execute("SELECT name, position FROM projection_tracking").fetchall())
-            skipped = dict(
-                tx.execute("SELECT projection, COUNT(*) FROM quarantined_events GROUP BY projection").fetchall()
-            )
-        heads = {"ehr": self.services.application.recorder.max_notification_id() or 0}
-        if self.services.compliance is not None:
-            heads["audit"] = self.services.compliance.audit_log.recorder.max_notification_id() or 0
+            rows = tracking_positions(tx)
+            skipped = quarantine_counts(tx)
+        heads = {
+            "ehr": self.services.application.recorder.max_notification_id() or 0,
+            "audit": self.services.compliance.audit_log.recorder.max_notification_id() or 0,
+        }
         head = GaugeMetricFamily("ehr_log_head", "Last notification id recorded, by log", labels=["log"])
         for log, value in heads.items():
             head.add_metric([log], value)
         for name, value in sorted(rows.items()):
-            followed = heads["audit"] if name.startswith("audit") and "audit" in heads else heads["ehr"]
+            followed = heads[log_of(str(name))]  # the log its projection follows (fhir_api/registry.py)
             position.add_metric([str(name)], int(value))
             lag.add_metric([str(name)], max(0, followed - int(value)))
         for name in sorted(rows):

@@ -1,29 +1,32 @@
-"""The composition root: one event store, its views and their projector, shared by every request."""
+"""What every request shares: the event store, its views, their projectors and the compliance services.
+
+Built by the composition root (``fhir_api/bootstrap.py``), one function per deployment shape; this module
+only uses what was built. It imports no HTTP framework: the CLI opens the same ``Services``.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
 
-from starlette.concurrency import run_in_threadpool
+import anyio.to_thread
 
 from ehr_core.application import RecordApplication, Written
 from ehr_core.errors import StoreUnavailable
 from ehr_core.federation import Federation, StoreDown
-from ehr_core.files import private_tree
-from ehr_core.schema import setup_lock
 from ehr_core.settings import Settings
 from fhir_api.compliance import Compliance  # Audit log, ledgers
+from fhir_api.registry import NAMES, PROJECTIONS, per_store
 from projections.db import ViewDatabase
-from projections.federation import FederatedIdentity, FederatedProjector
+from projections.federation import FederatedIdentity, StoreGroup
 from projections.follower import LogFollower
 from projections.identity import IdentityIndex
 from projections.positions import PositionWatcher
-from projections.projector import Projector, projected_channel
-from projections.setup import open_view_database, resource_projector, resource_views
+from projections.projector import Projector, tracking_position
 
 __all__ = ["Services", "home_application", "ledger_of"]
 
@@ -41,86 +44,31 @@ class Services:
     settings: Settings
     application: RecordApplication
     views: ViewDatabase
+    #: The resource views' projector of this server's own log (its institution's store in a federation).
     projector: Projector
-    follower: LogFollower | None = None
-    #: The audit log, its views and the ledgers (see fhir_api/compliance.py).
-    compliance: Compliance | None = None
     #: The master patient index: matches Patient records as the log grows.
-    identity: IdentityIndex | None = None
+    identity: IdentityIndex
+    #: The audit log, its views and the ledgers (see fhir_api/compliance.py).
+    compliance: Compliance
+    #: The projectors of the logs of the views' own database, by name (``fhir_api/registry.py``): every
+    #: projection on one store; in a federation, the national logs (the MPI's decisions, the audit log).
+    main_projectors: dict[str, Projector] = field(default_factory=dict)
+    follower: LogFollower | None = None
     #: With ``EHR_PROJECTION=worker``, how this process learns what the ``ehr project`` worker applied.
     watcher: PositionWatcher | None = None
     #: The institutions' stores, when this server is one of a federation (``EHR_STORES``).
     federation: Federation | None = None
+    #: In a federation: builds the per-store projectors of another institution's store (``registry.per_store``).
+    store_factory: Callable[[Services, str], list[Projector]] | None = None
     _other_stores: dict[str, list[Projector]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: Settings, follow: bool = True) -> Services:
-        # Files left readable by an older version (or copied in by hand): narrowed before serving anything.
-        private_tree(settings.data_dir)
-        with setup_lock(settings):  # one process at a time creates tables (see ehr_core/schema.py)
-            if settings.federated:
-                return cls._open_federated(settings, follow)
-            return cls._open(settings, follow)
+        """The deployment ``settings`` describe (see ``fhir_api.bootstrap.open_services``)."""
+        from fhir_api.bootstrap import open_services  # the root builds Services: imported when used
 
-    @classmethod
-    def _open(cls, settings: Settings, follow: bool) -> Services:
-        application = RecordApplication(settings)
-        views = open_view_database(settings)
-        projector = resource_projector(application, views, settings)
-        identity = IdentityIndex(application, views, settings.projection_batch_size)
-        identity.create_tables()
-        inline = settings.projects_inline or not settings.uses_postgres
-        if settings.uses_postgres:
-            channel = projected_channel(settings.postgres_schema)
-            projector.announce_to = identity.announce_to = channel
-        if inline:
-            projector.catch_up()
-            identity.catch_up()
-        services = cls(settings, application, views, projector, identity=identity)
-        services.compliance = Compliance.open(settings, application, views, follow)
-        if not inline and follow:
-            # An ``ehr project`` worker applies the events; wait for its announcements instead.
-            services.watcher = PositionWatcher(settings.postgres_conninfo(), channel, services._tracking_position)
-            services.watcher.start()
-        elif settings.uses_postgres and follow:
-            # Other processes write too: follow their notifications, not only our own writes.
-            channel = getattr(application.recorder, "channel_name", "ehr_events")
-            followed = [projector, cast(Any, identity)]  # IdentityIndex follows like a Projector (catch_up)
-            services.follower = LogFollower(followed, settings.postgres_conninfo(), channel)
-            services.follower.start()
-        return services
-
-    @classmethod
-    def _open_federated(cls, settings: Settings, follow: bool) -> Services:
-        """Writes go to this server's institution store; reads come from the national views.
-
-        The national database (``EHR_DATABASE_URL``) holds the views of every store, the MPI's decisions
-        (its own small log) and the audit log. The ``ehr project`` worker follows every store's log; this
-        process applies its own writes (or waits for the worker, with ``EHR_PROJECTION=worker``).
-        """
-        if not settings.uses_postgres:
-            raise ValueError("EHR_STORES needs EHR_DATABASE_URL to be the national PostgreSQL database")
-        federation = Federation(settings)
-        own = federation.application(federation.own)
-        views = open_view_database(settings)
-        batch = settings.projection_batch_size
-        projector = FederatedProjector(federation.own, own, views, resource_views(), batch_size=batch)
-        projector.create_tables()
-        national = IdentityIndex(RecordApplication(settings), views, batch)  # the MPI's decisions: national
-        identity = FederatedIdentity(federation.own, own, national, batch)
-        identity.create_tables()
-        channel = projected_channel(settings.postgres_schema)
-        projector.announce_to = identity.announce_to = channel
-        services = cls(settings, own, views, projector, identity=identity, federation=federation)
-        services.compliance = Compliance.open(settings, own, views, follow, ledger_name=ledger_of(federation.own))
-        if settings.projects_inline:
-            projector.catch_up()
-            identity.catch_up()
-        elif follow:
-            services.watcher = PositionWatcher(settings.postgres_conninfo(), channel, services._tracking_position)
-            services.watcher.start()
-        return services
+        return open_services(settings, follow)
 
     def application_for(self, resource_type: str, resource_id: str) -> RecordApplication:
         """The store a change of ``Type/id`` is appended to: its home in a federation."""
@@ -172,31 +120,41 @@ class Services:
         return False
 
     def store_projectors(self, store: str) -> list[Projector]:
-        """The resource and identity projectors of the log ``written`` went to (any store's)."""
-        own = [self.projector, *([self.identity] if self.identity is not None else [])]
+        """The per-store projectors (resources, identity) of the log ``written`` went to (any store's)."""
+        own = [self.projector, self.identity]
         if self.federation is None or store in ("", self.federation.own):
             return own
         with self._lock:
             if store not in self._other_stores:
-                application = self.federation.application(store)
-                batch = self.settings.projection_batch_size
-                projector = FederatedProjector(store, application, self.views, resource_views(), batch_size=batch)
-                assert isinstance(self.identity, FederatedIdentity)
-                identity = FederatedIdentity(store, application, self.identity.national, batch)
-                for created in (projector, identity):
-                    created.create_tables()
-                    created.announce_to = self.projector.announce_to
-                self._other_stores[store] = [projector, identity]
+                assert self.store_factory is not None  # set by the federated composition
+                self._other_stores[store] = self.store_factory(self, store)
             return self._other_stores[store]
 
-    def _tracking_position(self, name: str) -> int:
+    def projectors(self, names: Sequence[str] = ()) -> list[Projector]:
+        """The deployment's projector of each projection ``names`` (all of ``registry.NAMES`` if empty).
+
+        In a federation a per-store projection is every store's projector, built beside and swapped together.
+        """
+        wanted = set(names or NAMES)
+        found: list[Projector] = []
+        for projection in PROJECTIONS:
+            if projection.name not in wanted:
+                continue
+            if projection.per_store and self.federation is not None:
+                index = per_store().index(projection.name)
+                members = [self.store_projectors(store)[index] for store in self.federation.names]
+                found.append(StoreGroup(members, projection.name))
+            else:
+                found.append(self.main_projectors[projection.name])
+        return found
+
+    def tracking_position(self, name: str) -> int:
+        """Where the projection ``name`` stands in the views (as any process, e.g. ``ehr project``, left it)."""
         with self.views.read_primary() as tx:
-            row = tx.execute("SELECT position FROM projection_tracking WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else 0
+            return tracking_position(tx, name)
 
     def identity_current(self) -> IdentityIndex:
         """The master patient index, caught up with the log (read-your-writes for identity reads)."""
-        assert self.identity is not None
         # Only when behind the resource views (an in-memory comparison): identity reads cost no write.
         if self.identity.position < self.projector.position:
             self.identity.catch_up()
@@ -208,8 +166,7 @@ class Services:
             self.follower.stop()
         if self.watcher is not None:
             self.watcher.stop()
-        if self.compliance is not None:
-            self.compliance.close()
+        self.compliance.close()
         self.views.close()
         if isinstance(self.identity, FederatedIdentity):
             self.identity.national.application.close()
@@ -223,4 +180,5 @@ async def home_application(services: Services, resource_type: str, resource_id: 
     """The store a change of ``Type/id`` goes to; outside a federation, without leaving the event loop."""
     if services.federation is None:
         return services.application
-    return await run_in_threadpool(services.application_for, resource_type, resource_id)
+    # The worker threads of the event loop (what starlette's run_in_threadpool uses), without importing it.
+    return await anyio.to_thread.run_sync(functools.partial(services.application_for, resource_type, resource_id))

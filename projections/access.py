@@ -46,11 +46,17 @@ __all__ = [
     "AccessView",
     "Viewer",
     "audit_clause",
+    "audit_entry_visible",
+    "break_glass_entries",
     "break_glass_review_counts",
     "consent_grants",
     "count_visible_history",
     "institution_clause",
+    "log_break_glass",
+    "owner_of",
+    "owners_and_consent",
     "provenance_clause",
+    "provenance_visible",
     "visible_clause",
     "visible_history",
     "visible_ids",
@@ -447,3 +453,80 @@ def break_glass_review_counts(tx: Tx) -> dict[tuple[str, str, str], int]:
         "SELECT institution, user_id, reason, COUNT(*) FROM break_glass_log GROUP BY institution, user_id, reason"
     ).fetchall()
     return {(str(r[0]), str(r[1]), str(r[2])): int(r[3]) for r in rows}
+
+
+def owner_of(tx: Tx, resource_type: str, resource_id: str) -> str | None:
+    """The institution that holds the resource (None: nothing recorded)."""
+    row = tx.execute(
+        "SELECT institution FROM resource_owners WHERE resource_type = ? AND resource_id = ?",
+        (resource_type, resource_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def owners_and_consent(
+    tx: Tx, resource_type: str, resource_ids: Sequence[str], institution: str, now: str
+) -> list[tuple[str, bool]]:
+    """Per recorded resource of ``resource_ids``: its owner and whether ``institution`` may read it
+    (own, shared or consent: :func:`institution_clause`)."""
+    if not resource_ids:
+        return []
+    clause, params = institution_clause("x.resource_type", "x.resource_id", institution, now)
+    marks = ", ".join("?" for _ in resource_ids)
+    rows = tx.execute(
+        f"SELECT x.institution, CASE WHEN {clause} THEN 1 ELSE 0 END FROM resource_owners x "
+        f"WHERE x.resource_type = ? AND x.resource_id IN ({marks})",
+        [*params, resource_type, *resource_ids],
+    ).fetchall()
+    return [(str(row[0]), bool(int(row[1]))) for row in rows]
+
+
+def log_break_glass(
+    tx: Tx,
+    recorded: str,
+    institution: str,
+    unit: str | None,
+    user: str,
+    role: str | None,
+    reason: str,
+    target: str,
+) -> None:
+    """List a break-the-glass access for review (who, institution, why, what, when)."""
+    tx.execute(
+        "INSERT INTO break_glass_log (recorded, institution, unit, user_id, role, reason, target) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (recorded, institution, unit, user, role, reason, target),
+    )
+
+
+def break_glass_entries(tx: Tx, patient_ids: Sequence[str], limit: int = 200) -> list[tuple[Any, ...]]:
+    """Listed break-the-glass accesses to these Patient records (or their ``$everything``) or to resources in
+    their compartments, newest first: (recorded, institution, unit, user, role, reason, target)."""
+    if not patient_ids:
+        return []
+    marks = ", ".join("?" for _ in patient_ids)
+    patterns = [f"Patient/{p}" for p in patient_ids]
+    rows = tx.execute(
+        "SELECT recorded, institution, unit, user_id, role, reason, target FROM break_glass_log "
+        f"WHERE target IN ({marks}) OR target IN ({', '.join('?' for _ in patterns)}) "
+        "OR target IN (SELECT resource_type || '/' || resource_id FROM resource_compartments "
+        f"WHERE patient_id IN ({marks})) ORDER BY recorded DESC LIMIT ?",
+        (*[f"Patient/{p}/$everything" for p in patient_ids], *patterns, *patient_ids, limit),
+    ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def audit_entry_visible(tx: Tx, viewer: Viewer, *, entry_id: str | None = None, audit_nid: int | None = None) -> bool:
+    """Whether ``viewer`` may see one audit entry, by its AuditEvent id or its audit log position
+    (:func:`audit_clause`, the rule of the AuditEvent searches)."""
+    clause, params = audit_clause(viewer, "e")
+    column, value = ("e.id", entry_id) if audit_nid is None else ("e.audit_nid", audit_nid)
+    row = tx.execute(f"SELECT 1 FROM audit_entries e WHERE {column} = ? AND {clause}", [value, *params])
+    return row.fetchone() is not None
+
+
+def provenance_visible(tx: Tx, viewer: Viewer, entry_id: str) -> bool:
+    """Whether ``viewer`` may see the server's Provenance ``entry_id`` (:func:`provenance_clause`)."""
+    clause, params = provenance_clause(viewer, "p")
+    row = tx.execute(f"SELECT 1 FROM provenance p WHERE p.id = ? AND {clause}", [entry_id, *params])
+    return row.fetchone() is not None

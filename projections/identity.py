@@ -428,6 +428,15 @@ class IdentityIndex(Projector):
         ).fetchall()
         return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
+    @staticmethod
+    def counts(tx: Tx) -> dict[str, int]:
+        """The index at a glance: ``persons``, the ``patients`` (Patient records) matched to them, and how
+        many possible matches wait for a data steward's ``review``."""
+        row = tx.execute("SELECT COUNT(DISTINCT person_id), COUNT(*) FROM mpi_records WHERE deleted = 0").fetchone()
+        review = tx.execute("SELECT COUNT(*) FROM mpi_review").fetchone()
+        persons, patients = (int(row[0]), int(row[1])) if row else (0, 0)
+        return {"persons": persons, "patients": patients, "review": int(review[0]) if review else 0}
+
 
 def everything_page(
     tx: Tx,

@@ -56,6 +56,7 @@ __all__ = [
     "raw_reader",
     "read_witness",
     "recorder_reader",
+    "sealed_events",
     "verify",
     "witness_path",
     "write_witness",
@@ -289,6 +290,12 @@ class Ledger:
 
 
 # -- the witness: the latest signed head, kept outside the database ----------------------------------
+
+
+def sealed_events(tx: Tx, name: str) -> int:
+    """How many events the sealed blocks of the ledger ``name`` cover (what ``verify`` will read)."""
+    row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {name}_blocks").fetchone()
+    return int(row[0]) if row else 0
 
 
 def witness_path(settings: Settings, name: str) -> Path:

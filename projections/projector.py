@@ -32,7 +32,17 @@ from projections.db import Tx, ViewDatabase
 from projections.privacy import erase, erasure_from_event
 from projections.view import View
 
-__all__ = ["Projector", "Retry", "create_quarantine_table", "projected_channel", "transient"]
+__all__ = [
+    "Projector",
+    "Retry",
+    "create_quarantine_table",
+    "projected_channel",
+    "quarantine_counts",
+    "quarantined_events",
+    "tracking_position",
+    "tracking_positions",
+    "transient",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,32 @@ class Retry(Exception):
 #: (40: serialization, deadlock), insufficient resources (53), lock not available (55P03), operator
 #: intervention (57: statement timeout, shutdown), system error (58), idle-in-transaction timeout (25P03).
 _TRANSIENT_STATES = ("08", "40", "53", "55P03", "57", "58", "25P03")
+
+
+def tracking_position(tx: Tx, name: str) -> int:
+    """Where the projection ``name`` stands, as whichever process applied it last left it (0: never applied)."""
+    row = tx.execute("SELECT position FROM projection_tracking WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def tracking_positions(tx: Tx) -> dict[str, int]:
+    """Every tracking row: projection name (``name@store`` in a federation) to its position."""
+    rows = tx.execute("SELECT name, position FROM projection_tracking").fetchall()
+    return {str(name): int(position) for name, position in rows}
+
+
+def quarantine_counts(tx: Tx) -> dict[str, int]:
+    """How many events each projection quarantined (skipped because applying them failed)."""
+    rows = tx.execute("SELECT projection, COUNT(*) FROM quarantined_events GROUP BY projection").fetchall()
+    return {str(projection): int(count) for projection, count in rows}
+
+
+def quarantined_events(tx: Tx) -> list[tuple[str, int, str]]:
+    """(projection, notification id, error) of every quarantined event, oldest first."""
+    rows = tx.execute(
+        "SELECT projection, notification_id, error FROM quarantined_events ORDER BY notification_id"
+    ).fetchall()
+    return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
 
 
 def transient(error: BaseException) -> bool:

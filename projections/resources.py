@@ -146,6 +146,23 @@ class ResourceViews(View):
         return row is not None
 
     @staticmethod
+    def notification_of(tx: Tx, resource_type: str, resource_id: str, version: int) -> int | None:
+        """The log position of one version (what a ledger proof is about); None: no such version."""
+        row = tx.execute(
+            "SELECT notification_id FROM resource_history WHERE resource_type = ? AND resource_id = ? AND version = ?",
+            (resource_type, resource_id, version),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    @staticmethod
+    def written_at(tx: Tx, notification_id: int) -> tuple[str, str] | None:
+        """(type, id) of the resource whose version is the event ``notification_id``; None: not a resource's."""
+        row = tx.execute(
+            "SELECT resource_type, resource_id FROM resource_history WHERE notification_id = ?", (notification_id,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    @staticmethod
     def read(tx: Tx, resource_type: str, resource_id: str) -> StoredResource | None:
         row = tx.execute(
             "SELECT version, last_updated, body FROM resources WHERE resource_type = ? AND resource_id = ?",

@@ -8,6 +8,7 @@ from eventsourcing.application import Application
 
 from ehr_core.settings import Settings
 from projections.access import AccessView
+from projections.audit import AuditProjector
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.privacy import PrivacyView
 from projections.projector import Projector
@@ -16,7 +17,7 @@ from projections.resources import ResourceViews
 from projections.search import SearchIndex
 from projections.view import View
 
-__all__ = ["open_view_database", "resource_projector", "resource_views"]
+__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views"]
 
 
 def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
@@ -40,5 +41,12 @@ def resource_projector(application: Application[Any], database: ViewDatabase, se
     projector = Projector(
         application, database, resource_views(), name="resources", batch_size=settings.projection_batch_size
     )
+    projector.create_tables()
+    return projector
+
+
+def audit_projector(audit_log: Application[Any], database: ViewDatabase, settings: Settings) -> AuditProjector:
+    """The AuditEvent views over the audit log (tracking row ``audit``), their tables created."""
+    projector = AuditProjector(audit_log, database, [], name="audit", batch_size=settings.projection_batch_size)
     projector.create_tables()
     return projector

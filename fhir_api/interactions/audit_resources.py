@@ -34,7 +34,7 @@ from fhir_api.interactions import delete, patch, read, update
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON, fhir_response
 from fhir_api.services import Services
-from projections.access import audit_clause, provenance_clause
+from projections.access import audit_clause, audit_entry_visible, provenance_clause, provenance_visible
 from projections.audit import AuditQuery, date_condition, read_audit, search_audit
 from projections.provenance import read_provenance, search_provenance
 
@@ -111,8 +111,7 @@ def _audit_query(request: Request) -> AuditQuery:
 
 def _current(services: Services) -> None:
     """Read-your-audits: the views include every committed audit entry (projected off the request path)."""
-    if services.compliance is not None:
-        services.compliance.audit_views_current()
+    services.compliance.audit_views_current()
 
 
 def _search_audit(services: Services, query: AuditQuery, count: int) -> list[tuple[str, int, bytes]]:
@@ -159,11 +158,13 @@ def _permitted(services: Services, request: Request, table: str, resource_id: st
     caller = caller_of(request)
     if caller is None:
         return
-    alias = "e" if table == "audit_entries" else "p"
-    clause, params = (audit_clause if alias == "e" else provenance_clause)(caller.viewer(), alias)
+    viewer = caller.viewer()
     with services.views.read() as tx:
-        row = tx.execute(f"SELECT 1 FROM {table} {alias} WHERE {alias}.id = ? AND {clause}", [resource_id, *params])
-        if row.fetchone() is None:
+        if table == "audit_entries":
+            visible = audit_entry_visible(tx, viewer, entry_id=resource_id)
+        else:
+            visible = provenance_visible(tx, viewer, resource_id)
+        if not visible:
             raise ApiError(
                 "forbidden", "this entry is about a record your institution may not read (no Consent)", "forbidden"
             )

@@ -12,9 +12,8 @@ from fastapi.responses import Response
 
 from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
 from ehr_core.numbers import parse_int
-from fhir_api.errors import outcome_response
 from fhir_api.request import ServicesDep, require_type
-from fhir_api.responses import etag, fhir_response, http_date
+from fhir_api.responses import fhir_response
 from fhir_api.services import Services
 from projections.asof import normalise_instant, read_as_of
 from projections.resources import ResourceViews, StoredResource
@@ -25,11 +24,9 @@ router = APIRouter()
 def _served(stored: StoredResource | None, what: str) -> Response:
     if stored is None:
         raise NotFound(f"{what} is not known")
-    if stored.deleted:
-        # 410 carries the deleted version's ETag so a client can see when it went.
-        gone = Deleted(f"{what} was deleted (version {stored.version})")
-        headers = {"ETag": etag(stored.version), "Last-Modified": http_date(stored.last_updated)}
-        return outcome_response(410, gone.issues, headers)
+    if stored.deleted:  # 410 with the deleted version's ETag and Last-Modified (fhir_api/errors.py)
+        version, deleted = stored.version, stored.last_updated
+        raise Deleted(f"{what} was deleted (version {version})", version=version, last_updated=deleted)
     return fhir_response(stored.body, version=stored.version, last_updated=stored.last_updated)
 
 

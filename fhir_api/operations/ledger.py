@@ -17,26 +17,20 @@ from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.numbers import parse_int
 from fhir_api.access import decide
 from fhir_api.auth import caller_of
-from fhir_api.compliance import Compliance
 from fhir_api.errors import ApiError
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
-from projections.access import audit_clause
+from projections.access import audit_entry_visible
 from projections.ledger import Ledger
+from projections.resources import ResourceViews
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-def _compliance(services: Services) -> Compliance:
-    if services.compliance is None:
-        raise NotFound("the ledger is not open on this server")
-    return services.compliance
-
-
 def _ledger(services: Services, log: str) -> Ledger:
-    compliance = _compliance(services)
+    compliance = services.compliance
     if log not in ("record", "audit"):
         raise InvalidResource([Issue("invalid", f"log must be record or audit, got {log!r}")])
     return compliance.audit_ledger if log == "audit" else compliance.ledger
@@ -44,7 +38,7 @@ def _ledger(services: Services, log: str) -> Ledger:
 
 @router.get("/$ledger-key", summary="the ledger's public key (PEM)")
 def ledger_key(services: ServicesDep) -> Response:
-    return Response(_compliance(services).key.public_pem(), media_type="application/x-pem-file")
+    return Response(services.compliance.key.public_pem(), media_type="application/x-pem-file")
 
 
 @router.get("/$ledger-head", summary="the latest signed block head")
@@ -62,13 +56,10 @@ def _notification_of(services: Services, resource: str, version: str) -> int:
     if not rid or number is None:
         raise InvalidResource([Issue("invalid", "resource must be Type/id and version a number")])
     with services.views.read() as tx:
-        row = tx.execute(
-            "SELECT notification_id FROM resource_history WHERE resource_type = ? AND resource_id = ? AND version = ?",
-            (kind, rid, number),
-        ).fetchone()
-    if row is None:
+        found = ResourceViews.notification_of(tx, kind, rid, number)
+    if found is None:
         raise NotFound(f"{resource}/_history/{version} is not known")
-    return int(row[0])
+    return found
 
 
 def _readable(services: Services, request: Request, event: int) -> None:
@@ -80,12 +71,9 @@ def _readable(services: Services, request: Request, event: int) -> None:
     if caller is None:  # authentication off (development): everything is visible, as for a read
         return
     with services.views.read() as tx:
-        row = tx.execute(
-            "SELECT resource_type, resource_id FROM resource_history WHERE notification_id = ?", (event,)
-        ).fetchone()
-        if row is None:  # not a resource's version (the identity index's own events): nobody's to prove
+        target = ResourceViews.written_at(tx, event)
+        if target is None:  # not a resource's version (the identity index's own events): nobody's to prove
             raise NotFound(f"event #{event} is not a version of a resource")
-        target = (str(row[0]), str(row[1]))
         institution = str(caller.claims["institution"])
         if not decide(tx, institution, target=target).permitted:
             raise ApiError(
@@ -102,11 +90,9 @@ def _audit_readable(services: Services, request: Request, event: int) -> None:
     caller = caller_of(request)
     if caller is None:
         return
-    _compliance(services).audit_views_current()
-    clause, params = audit_clause(caller.viewer())
+    services.compliance.audit_views_current()
     with services.views.read() as tx:
-        row = tx.execute(f"SELECT 1 FROM audit_entries e WHERE e.audit_nid = ? AND {clause}", [event, *params])
-        if row.fetchone() is None:
+        if not audit_entry_visible(tx, caller.viewer(), audit_nid=event):
             raise ApiError("forbidden", f"audit entry #{event} is not one your institution may read", code="forbidden")
 
 

@@ -78,7 +78,7 @@ def linked_patient(services: Services, patient_id: str, viewer: Viewer | None = 
 def read_patient(patient_id: str, request: Request, services: ServicesDep) -> Response:
     at = request.query_params.get("_at")
     identity = services.identity
-    if identity is not None and identity.position < services.projector.position:
+    if identity.position < services.projector.position:
         identity.catch_up()  # e.g. after a transaction Bundle wrote Patients: match them before serving links
     if at is None:
         served = linked_patient(services, patient_id, viewer_of(request))
@@ -217,7 +217,6 @@ async def link(patient_id: str, request: Request, services: ServicesDep) -> Resp
         raise InvalidResource([Issue("required", "give other (Reference to a Patient) or person (its id)")])
     await run_in_threadpool(_person_of, services, patient_id)
     await run_in_threadpool(_may_link, services, request, patient_id, person_id)
-    assert services.identity is not None
     linked = await run_in_threadpool(
         services.identity.mpi.link, f"Patient/{patient_id}", person_id, _who(context.user, context.role)
     )
@@ -230,7 +229,6 @@ async def unlink(patient_id: str, request: Request, services: ServicesDep) -> Re
     context = write_context(request, "unlink")
     await run_in_threadpool(_person_of, services, patient_id)
     await run_in_threadpool(_may_link, services, request, patient_id, None)
-    assert services.identity is not None
     own = await run_in_threadpool(
         services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role)
     )

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from fhir_api.services import Services
+from projections.access import break_glass_entries
 from projections.ledger import VerifyReport, verify
 
 __all__ = ["BreakGlass", "LedgerStatus", "break_glass_for", "is_break_glass", "ledger_status"]
@@ -40,16 +41,8 @@ def break_glass_for(services: Services, patient_ids: list[str], limit: int = 200
     """Break-the-glass decisions on these Patient records or on resources in their compartments, newest first."""
     if not patient_ids:
         return []
-    marks = ", ".join("?" for _ in patient_ids)
-    patterns = [f"Patient/{p}" for p in patient_ids]
     with services.views.read() as tx:
-        rows = tx.execute(
-            "SELECT recorded, institution, unit, user_id, role, reason, target FROM break_glass_log "
-            f"WHERE target IN ({marks}) OR target IN ({', '.join('?' for _ in patterns)}) "
-            "OR target IN (SELECT resource_type || '/' || resource_id FROM resource_compartments "
-            f"WHERE patient_id IN ({marks})) ORDER BY recorded DESC LIMIT ?",
-            (*[f"Patient/{p}/$everything" for p in patient_ids], *patterns, *patient_ids, limit),
-        ).fetchall()
+        rows = break_glass_entries(tx, patient_ids, limit)
     return [BreakGlass(str(r[0]), str(r[1]), r[2], str(r[3]), r[4], str(r[5]), str(r[6])) for r in rows]
 
 
@@ -108,14 +101,11 @@ def ledger_status(services: Services, name: str, fresh: bool = False) -> LedgerS
         if cached is not None and not fresh and time.time() - cached.checked_at < _FRESH_SECONDS:
             return cached
         compliance = services.compliance
-        if compliance is None:
-            status = LedgerStatus(name, None, time.time(), "the ledger is not open on this server")
-        else:
-            application: Any = compliance.audit_log if name == "audit_ledger" else services.application
-            try:
-                report = verify(application, services.views, compliance.key.public_key, name)
-                status = LedgerStatus(name, report, time.time())
-            except Exception as error:  # an unreadable store is not an intact one: show why, never a traceback
-                status = LedgerStatus(name, None, time.time(), f"the store could not be read: {error}")
+        application: Any = compliance.audit_log if name == "audit_ledger" else services.application
+        try:
+            report = verify(application, services.views, compliance.key.public_key, name)
+            status = LedgerStatus(name, report, time.time())
+        except Exception as error:  # an unreadable store is not an intact one: show why, never a traceback
+            status = LedgerStatus(name, None, time.time(), f"the store could not be read: {error}")
         _cache[key] = status
         return status

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from fhir_api.commands.rebuild import projectors_named
+from fhir_api.cli.rebuild import projectors_named
 from fhir_api.services import Services
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.projector import Projector

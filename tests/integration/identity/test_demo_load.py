@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_api.commands.demo import load
+from fhir_api.cli.demo import load
 
 
 def test_demo_load_small_population(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

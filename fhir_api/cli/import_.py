@@ -23,8 +23,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ehr_core.importing import Importer, ImportReport
 from ehr_core.settings import Settings
+from fhir_api.bootstrap import open_services
 from fhir_api.resolver import ViewResolver
-from fhir_api.services import Services
 
 __all__ = ["add_parser"]
 
@@ -47,7 +47,7 @@ def _print_report(console: Console, report: ImportReport, seconds: float) -> Non
 
 
 def _import(files: list[Path], progress: Any) -> ImportReport:
-    services = Services.open(Settings(postgres_pool_size=2), follow=False)  # one thread each: few connections
+    services = open_services(Settings(postgres_pool_size=2), follow=False)  # one thread each: few connections
     try:
         importer = Importer(services.application, ViewResolver(services), lambda _: None)
         return importer.run(files, progress)
@@ -58,7 +58,7 @@ def _import(files: list[Path], progress: Any) -> ImportReport:
 def project_until_stopped(stop: Any, settings: Settings | None = None) -> None:
     """Follow the log until told to stop, then finish what is left (the projector process of an import)."""
     # One thread: a pool of two connections is plenty, and imports run beside servers on one database.
-    services = Services.open(settings or Settings(postgres_pool_size=2), follow=False)
+    services = open_services(settings or Settings(postgres_pool_size=2), follow=False)
     try:
         while not stop.wait(0.05):
             services.projector.catch_up()

@@ -25,40 +25,23 @@ from rich.console import Console
 from ehr_core.errors import StoreUnavailable
 from ehr_core.federation import StoreDown
 from ehr_core.settings import Settings
-from fhir_api.services import Services, ledger_of
-from projections.federation import FederatedIdentity
-from projections.ledger import Ledger, witness_path
+from fhir_api.bootstrap import construct_store_ledger, open_services
+from fhir_api.services import Services
+from projections.ledger import Ledger
 from projections.projector import Projector
 
 __all__ = ["add_parser", "follow"]
 
 
 def _channels(services: Services) -> list[str]:
-    recorders = [
-        _national_identity(services).application.recorder if services.federation else services.application.recorder
-    ]
-    if services.compliance is not None:
-        recorders.append(services.compliance.audit_log.recorder)
-    return [str(r.channel_name) for r in recorders if hasattr(r, "channel_name")]
-
-
-def _national_identity(services: Services) -> Projector:
-    assert isinstance(services.identity, FederatedIdentity)
-    return services.identity.national
+    """The logs the main thread follows: one channel per distinct log (a store's, the audit log)."""
+    recorders = {id(p.application.recorder): p.application.recorder for p in _projectors(services)}
+    return [str(r.channel_name) for r in recorders.values() if hasattr(r, "channel_name")]
 
 
 def _projectors(services: Services) -> list[Projector]:
     """What the main thread applies: every log of the one database (in a federation: the national logs)."""
-    found: list[Projector] = []
-    if services.federation is not None:
-        found.append(_national_identity(services))
-    else:
-        found.append(services.projector)
-        if services.identity is not None:
-            found.append(services.identity)
-    if services.compliance is not None:
-        found.append(services.compliance.audit_projector)
-    return found
+    return list(services.main_projectors.values())
 
 
 def _catch_up(services: Services) -> int:
@@ -66,10 +49,10 @@ def _catch_up(services: Services) -> int:
     for projector in _projectors(services):
         before = projector.position
         applied += projector.catch_up() - before
-    if services.compliance is not None:  # full ledger blocks are sealed as the log grows
-        if services.federation is None:  # a federation's store ledgers are sealed by their StoreFollower
-            services.compliance.ledger.seal()
-        services.compliance.audit_ledger.seal()
+    # Full ledger blocks are sealed as the log grows
+    if services.federation is None:  # a federation's store ledgers are sealed by their StoreFollower
+        services.compliance.ledger.seal()
+    services.compliance.audit_ledger.seal()
     return applied
 
 
@@ -142,20 +125,7 @@ class StoreFollower(threading.Thread):
                 self.stop.wait(1.0)
 
     def _ledger(self) -> Ledger:
-        compliance = self.services.compliance
-        assert compliance is not None
-        application = self.projectors[0].application
-        name = ledger_of(self.store)
-        ledger = Ledger(
-            application,
-            self.services.views,
-            compliance.key,
-            name,
-            compliance.ledger.block_size,
-            witness_path(self.services.settings, name),
-        )
-        ledger.create_tables()
-        return ledger
+        return construct_store_ledger(self.services, self.store, self.projectors[0].application)
 
 
 class _Reporter:
@@ -199,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
     try:
-        services = Services.open(settings, follow=False)
+        services = open_services(settings, follow=False)
     except psycopg.OperationalError as error:
         console.print(f"ehr project: cannot reach the database ({str(error).strip()}); check EHR_DATABASE_URL")
         return 1

@@ -48,9 +48,9 @@ def _report(report: ErasureReport) -> None:
 
 
 def run_shred(args: argparse.Namespace) -> int:
-    from fhir_api.services import Services
+    from fhir_api.bootstrap import open_services
 
-    services = Services.open(Settings(), follow=False)
+    services = open_services(Settings(), follow=False)
     try:
         report = Privacy(services.application).shred(
             args.patient, args.legal_basis, _context(args, "shred"), force=args.force
@@ -66,9 +66,9 @@ def run_shred(args: argparse.Namespace) -> int:
 
 
 def run_arco_cancel(args: argparse.Namespace) -> int:
-    from fhir_api.services import Services
+    from fhir_api.bootstrap import open_services
 
-    services = Services.open(Settings(), follow=False)
+    services = open_services(Settings(), follow=False)
     try:
         privacy = Privacy(services.application)
         _, _, last_act = privacy.scan(args.patient)

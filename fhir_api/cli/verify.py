@@ -32,8 +32,8 @@ from ehr_core.ledger import BlockHead, LedgerKey, LedgerSettings, check_proof, l
 from ehr_core.settings import Settings
 from fhir_api.services import ledger_of
 from projections.access import break_glass_review_counts
-from projections.ledger import VerifyReport, raw_reader, read_witness, verify, witness_path
-from projections.projector import create_quarantine_table
+from projections.ledger import VerifyReport, raw_reader, read_witness, sealed_events, verify, witness_path
+from projections.projector import create_quarantine_table, quarantined_events
 from projections.setup import open_view_database
 
 __all__ = ["add_parsers", "run_verify"]
@@ -131,10 +131,7 @@ def _quarantined(views: Any) -> list[tuple[str, int, str]]:
     """(projection, notification id, error) of every quarantined event (projections/projector.py)."""
     with views.write() as tx:
         create_quarantine_table(tx)
-        rows = tx.execute(
-            "SELECT projection, notification_id, error FROM quarantined_events ORDER BY notification_id"
-        ).fetchall()
-    return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+        return quarantined_events(tx)
 
 
 def _verify_log(
@@ -151,8 +148,7 @@ def _verify_log(
     try:
         public_key = _public_key(args.public_key, settings)
         with views.read() as tx:
-            row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {name}_blocks").fetchone()
-        total = int(row[0]) if row else 0
+            total = sealed_events(tx, name)
         started = time.perf_counter()
         columns = (
             TextColumn("[bold]verify"),

@@ -1,8 +1,9 @@
 """``ehr rebuild [NAME…]``: rebuild projections from zero beside the live ones and swap them in.
 
-NAME is ``resources`` (read, history, search, provenance, access, erasures), ``identity`` (the master
-patient index) or ``audit`` (the AuditEvent views); none means all three. The ledgers are not
-projections to rebuild: they are signed chains, checked by ``ehr verify``. The server may keep running.
+NAME is one of the projections of ``fhir_api/registry.py`` (``resources``: read, history, search, provenance,
+access, erasures; ``identity``: the master patient index; ``audit``: the AuditEvent views); none means all.
+The ledgers are not projections to rebuild: they are signed chains, checked by ``ehr verify``. The server may
+keep running.
 """
 
 from __future__ import annotations
@@ -16,27 +17,19 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from ehr_core.errors import StoreUnavailable
 from ehr_core.settings import Settings
+from fhir_api.bootstrap import open_services
+from fhir_api.registry import NAMES
 from fhir_api.services import Services
-from projections.federation import StoreGroup
 from projections.projector import Projector
 from projections.rebuild import rebuild
 
 __all__ = ["add_parser", "projectors_named"]
 
-NAMES = ("resources", "identity", "audit")
-
 
 def projectors_named(services: Services, names: list[str]) -> list[Projector]:
-    available: dict[str, Projector] = {"resources": services.projector}
-    if services.identity is not None:
-        available["identity"] = services.identity
-    if services.federation is not None:  # Every store's projector, built beside and swapped together
-        per_store = [services.store_projectors(store) for store in services.federation.names]
-        available["resources"] = StoreGroup([projectors[0] for projectors in per_store], "resources")
-        available["identity"] = StoreGroup([projectors[1] for projectors in per_store], "identity")
-    if services.compliance is not None:
-        available["audit"] = services.compliance.audit_projector
-    return [available[name] for name in (names or list(NAMES)) if name in available]
+    """The projectors to rebuild, in the order asked (registry order when none is named)."""
+    found = {projector.name: projector for projector in services.projectors(names)}
+    return [found[name] for name in (names or list(NAMES)) if name in found]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings()
     try:
-        services = Services.open(settings, follow=False)
+        services = open_services(settings, follow=False)
     except psycopg.OperationalError as error:
         console.print(f"ehr rebuild: cannot reach the database ({str(error).strip()}); check EHR_DATABASE_URL")
         return 1

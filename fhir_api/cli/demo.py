@@ -20,9 +20,9 @@ def load(people: int, seed: int, quiet: bool = False) -> dict[str, int]:
     from ehr_core.context import WriteContext
     from ehr_core.demo.population import population
     from ehr_core.settings import Settings
-    from fhir_api.services import Services
+    from fhir_api.bootstrap import open_services
 
-    services = Services.open(Settings(), follow=False)
+    services = open_services(Settings(), follow=False)
     started = time.perf_counter()
     counts = {"writes": 0, "resources": 0, "stored": 0}
     try:
@@ -37,13 +37,9 @@ def load(people: int, seed: int, quiet: bool = False) -> dict[str, int]:
             counts["resources"] += len(written)
             counts["stored"] += sum(1 for w in written if w.notification_id is not None)
         services.projector.catch_up()
-        assert services.identity is not None
         services.identity.catch_up()
         with services.views.read() as tx:
-            row = tx.execute("SELECT COUNT(DISTINCT person_id), COUNT(*) FROM mpi_records WHERE deleted = 0").fetchone()
-            review = tx.execute("SELECT COUNT(*) FROM mpi_review").fetchone()
-        counts["persons"], counts["patients"] = (int(row[0]), int(row[1])) if row else (0, 0)
-        counts["review"] = int(review[0]) if review else 0
+            counts.update(services.identity.counts(tx))
     finally:
         services.close()
     counts["seconds"] = round(time.perf_counter() - started)
@@ -64,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     load(args.people, args.seed)
     if args.no_serve:
         return 0
-    from fhir_api import cli
+    from fhir_api.server import serve
 
-    return cli._serve(args)
+    return serve(args.host, args.port, args.data, args.workers, args.log_level)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

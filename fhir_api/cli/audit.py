@@ -17,10 +17,10 @@ import orjson
 
 from ehr_core.audit import AuditLog
 from ehr_core.settings import Settings
-from projections.audit import AuditProjector, audit_entries_for_patient
+from projections.audit import audit_entries_for_patient
 from projections.db import Tx
 from projections.provenance import provenance_for_patient
-from projections.setup import open_view_database
+from projections.setup import audit_projector, open_view_database
 
 __all__ = ["ReplayLine", "add_parser", "replay"]
 
@@ -124,9 +124,7 @@ def run(args: argparse.Namespace) -> int:
     audit_log = AuditLog(settings)
     try:
         # The audit views may lag a server that is still running; bring them up to date first.
-        projector = AuditProjector(audit_log, views, [], name="audit", batch_size=settings.projection_batch_size)
-        projector.create_tables()
-        projector.catch_up()
+        audit_projector(audit_log, views, settings).catch_up()
         with views.read() as tx:
             lines = replay(tx, args.patient, args.since, args.until)
         _write(lines, args.format)

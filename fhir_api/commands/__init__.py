@@ -1,1 +1,0 @@
-"""The ``ehr`` command's subcommands, one module each."""
