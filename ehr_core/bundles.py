@@ -3,7 +3,9 @@
 Follows R4 §3.1.0.11 ("batch/transaction"): entries are processed DELETE, POST, PUT/PATCH, then
 GET/HEAD; temporary ``urn:uuid:``/``urn:oid:`` ids and conditional references are resolved before
 anything is stored; a transaction is one atomic append of every stream it touches, so it is stored
-whole or not at all. Reads (GET/HEAD entries) are left to the caller, which owns the read models.
+whole or not at all. Reads (GET/HEAD entries) are left to the caller, which owns the read models; it
+evaluates them between :func:`prepare_transaction` and :meth:`PreparedBundle.commit`, so that a failing read
+fails the transaction before anything is stored (R4 §3.1.0.11.2: a transaction succeeds or fails as a whole).
 """
 
 from __future__ import annotations

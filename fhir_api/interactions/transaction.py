@@ -9,6 +9,7 @@ entry succeeds or fails on its own (R4 §3.1.0.11.1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 from functools import partial
@@ -247,7 +248,9 @@ def _as_over_rest(entry: Entry) -> tuple[Entry, list[Issue]]:
     conditional = entry.method != "POST" and len(parts) == 1
     unknown: set[str] = set()
     if conditional and is_supported(path):
-        unknown = {name for name in parse_search(path, pairs).unknown if name.startswith("_")}
+        # A malformed criterion fails the entry where it is processed, named as the failing entry.
+        with contextlib.suppress(RecordError):
+            unknown = {name for name in parse_search(path, pairs).unknown if name.startswith("_")}
     kept: list[tuple[str, str]] = []
     ignored: list[str] = []
     for name, value in pairs:
@@ -257,6 +260,8 @@ def _as_over_rest(entry: Entry) -> tuple[Entry, list[Issue]]:
             kept.append((name, value))
         elif name not in ignored:
             ignored.append(name)
+    if pairs and len(kept) == len(pairs):
+        return entry, []
     warnings = [
         Issue(
             "not-supported",

@@ -103,8 +103,11 @@ def test_sigkill_during_a_transaction_leaves_all_or_nothing(
     outcomes = []
     expected_total = 0
     # Kill at several points of the request: while the body is read, while entries are validated,
-    # while the append runs; the store must end with all of each Bundle or none of it.
-    delays = (0.05, 0.3, 0.6, 1.0, 1.5, 2.5) if last_get == "search" else (0.3, 1.0, 2.5)
+    # while the append runs, while the GET entry is answered; the store must end with all of each Bundle or
+    # none of it. The last attempt (None) waits for the answer before the kill: the answer must match the store.
+    delays: tuple[float | None, ...] = (
+        (0.05, 0.3, 0.6, 1.0, 1.5, 2.5, 4.0, None) if last_get == "search" else (1.0, None)
+    )
     for attempt, delay in enumerate(delays):
         process, base = _start(env, tmp_path)
         before = _stored(base)
@@ -120,7 +123,11 @@ def test_sigkill_during_a_transaction_leaves_all_or_nothing(
 
         sender = threading.Thread(target=send)
         sender.start()
-        time.sleep(delay)
+        if delay is None:
+            sender.join()
+            assert answers, "the transaction was not answered"
+        else:
+            time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
         sender.join()
@@ -146,3 +153,5 @@ def test_sigkill_during_a_transaction_leaves_all_or_nothing(
     print(f"entries stored per killed transaction ({last_get}): {outcomes}")
     # The delays straddle the request: at least one kill must land before the commit.
     assert 0 in outcomes, outcomes
+    if last_get == "search":  # the attempt that waited for its answer stored the whole Bundle
+        assert outcomes[-1] == ENTRIES, outcomes

@@ -295,6 +295,8 @@ def test_an_unknown_criterion_on_a_conditional_entry_still_fails(client: TestCli
     bundle = _bundle("transaction", _put(_patient("Cond"), "Patient?no-such-parameter=1"))
     issue = _assert_one_issue_naming(client.post("/fhir", json=bundle, headers=FHIR), 0, 400)
     assert "no-such-parameter" in issue["diagnostics"]
+    malformed = _bundle("transaction", _post(_patient("First")), _put(_patient("Cond"), "Patient?birthdate=nope&_x=1"))
+    _assert_one_issue_naming(client.post("/fhir", json=malformed, headers=FHIR), 1, 400)
 
 
 def test_each_diagnostic_names_its_entry_once(client: TestClient) -> None:
