@@ -9,6 +9,7 @@ batch and transaction, under the access policy of a direct search. Batch entries
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from ehr_core.audit import AuditRecord
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
@@ -331,7 +333,8 @@ def _token(settings: Settings, institution: str, scope: str = "user/*.cruds") ->
 def test_search_entries_follow_the_access_policy_and_scopes(secured: tuple[TestClient, Services, Settings]) -> None:
     client, services, settings = secured
     imss, issste = _token(settings, "IMSS"), _token(settings, "ISSSTE")
-    assert client.post("/fhir/Patient", json=_patient("Hidden"), headers=imss).status_code == 201
+    hidden = client.post("/fhir/Patient", json=_patient("Hidden"), headers=imss)
+    assert hidden.status_code == 201
     direct = client.get("/fhir/Patient?family=hidden", headers=issste).json()
     for kind in ("batch", "transaction"):
         bundle = _bundle(kind, _get("Patient?family=hidden"))
@@ -350,3 +353,21 @@ def test_search_entries_follow_the_access_policy_and_scopes(secured: tuple[TestC
     transaction = _bundle("transaction", _post(_patient("Writer")), _get("Patient?family=hidden"))
     _assert_one_issue_naming(client.post("/fhir", json=transaction, headers=writer), 1, 403)
     assert _last_event(services) == before
+    # What a search entry disclosed is audited, as the same search on its own would be: the Bundle's audit
+    # entry names the patient the IMSS searchset held.
+    assert services.compliance is not None
+    deadline = time.monotonic() + 20
+    while True:
+        services.compliance.audit_views_current()
+        events = services.compliance.audit_log.recorder.select_notifications(start=1, limit=10_000)
+        recorded = [e for e in map(services.compliance.audit_log.mapper.to_domain_event, events)]
+        bundles = [
+            e.entry
+            for e in recorded
+            if isinstance(e, AuditRecord.Recorded)
+            and (e.entry.get("path"), e.entry.get("user")) == ("/fhir", "imss-user")
+        ]
+        if any(hidden.json()["id"] in entry.get("patients", []) for entry in bundles) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert any(hidden.json()["id"] in entry.get("patients", []) for entry in bundles), bundles
