@@ -3,7 +3,9 @@
 Follows R4 §3.1.0.11 ("batch/transaction"): entries are processed DELETE, POST, PUT/PATCH, then
 GET/HEAD; temporary ``urn:uuid:``/``urn:oid:`` ids and conditional references are resolved before
 anything is stored; a transaction is one atomic append of every stream it touches, so it is stored
-whole or not at all. Reads (GET/HEAD entries) are left to the caller, which owns the read models.
+whole or not at all. Reads (GET/HEAD entries) are left to the caller, which owns the read models; it
+evaluates them between :func:`prepare_transaction` and :meth:`PreparedBundle.commit`, so that a failing read
+fails the transaction before anything is stored (R4 §3.1.0.11.2: a transaction succeeds or fails as a whole).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
     "EntryResult",
     "PreparedBundle",
     "Resolver",
+    "entry_error",
+    "operation_of",
     "parse_bundle",
     "prepare_transaction",
     "run_batch_entry",
@@ -84,20 +88,29 @@ class EntryResult:
     outcome: list[Issue] = field(default_factory=list)
 
 
-def _entry_error(index: int, error: RecordError) -> RecordError:
-    """The same error, its messages naming the failing entry (so the client knows which one)."""
-    issues = [
-        Issue(
-            issue.code,
-            f"Bundle.entry[{index}]: {issue.diagnostics}",
-            f"Bundle.entry[{index}]" + (f".resource ({issue.expression})" if issue.expression else ""),
-            issue.severity,
-        )
-        for issue in error.issues
-    ]
+def entry_error(index: int, error: RecordError, part: str = "resource") -> RecordError:
+    """The same error, each message naming the failing entry once (so the client knows which one).
+
+    ``part`` is where an issue's own expression points: ``resource`` for a write's body, ``request.url``
+    for the parameters of a GET entry. A message that already names the entry is left as it is.
+    """
+    where = f"Bundle.entry[{index}]"
+    issues = []
+    for issue in error.issues:
+        diagnostics = issue.diagnostics if issue.diagnostics.startswith(where) else f"{where}: {issue.diagnostics}"
+        if issue.expression and issue.expression.startswith(where):
+            expression = issue.expression
+        else:
+            expression = where + (f".{part} ({issue.expression})" if issue.expression else "")
+        issues.append(Issue(issue.code, diagnostics, expression, issue.severity))
     renamed = type(error).__new__(type(error))
     RecordError.__init__(renamed, issues)
     return renamed
+
+
+def operation_of(url: str) -> str | None:
+    """The ``$operation`` an entry url invokes (``ValueSet/$lookup`` -> ``$lookup``), if any."""
+    return next((part for part in url.split("?")[0].split("/") if part.startswith("$")), None)
 
 
 def parse_bundle(bundle: Any) -> tuple[str, list[Entry]]:
@@ -145,7 +158,15 @@ def _version(etag: str | None, index: int) -> int | None:
     digits = etag.strip().removeprefix("W/").strip('"')
     version = parse_int(digits)
     if version is None:
-        raise InvalidResource([Issue("invalid", f'Bundle.entry[{index}]: ifMatch must be an ETag like W/"3"')])
+        raise InvalidResource(
+            [
+                Issue(
+                    "invalid",
+                    f'ifMatch must be an ETag like W/"3", not {etag!r}',
+                    f"Bundle.entry[{index}].request.ifMatch",
+                )
+            ]
+        )
     return version
 
 
@@ -181,6 +202,12 @@ class _Plan:
 
 
 def _check_entry(entry: Entry) -> None:
+    operation = operation_of(entry.url)
+    if operation is not None:
+        # R4 §3.1.0.11: an entry is processed as the same request on its own; this server offers no
+        # operation inside a Bundle, so the entry is refused as not supported (not as a malformed id).
+        message = f"{entry.method} {entry.url}: the operation {operation} is not supported inside a Bundle"
+        raise InvalidResource([Issue("not-supported", message)])
     if not is_supported(entry.resource_type) and entry.method != "GET":
         raise NotFound(f"unknown resource type {entry.resource_type!r}")
     if entry.method in ("PUT", "POST") and not isinstance(entry.resource, dict):
@@ -285,7 +312,7 @@ def prepare_transaction(
                 if entry.full_url:
                     plan.ids[entry.full_url] = key
         except RecordError as error:
-            raise _entry_error(entry.index, error) from None
+            raise entry_error(entry.index, error) from None
     now = datetime.now(UTC)
     prepared = PreparedBundle(list(entries), {}, [])
     for entry in ordered:
@@ -316,7 +343,7 @@ def prepare_transaction(
             pending = _prepare(application, entry, target, context, now, status == "201 Created")
             prepared.pendings.append((entry, pending, status))
         except RecordError as error:
-            raise _entry_error(entry.index, error) from None
+            raise entry_error(entry.index, error) from None
     return prepared
 
 

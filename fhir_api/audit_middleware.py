@@ -99,6 +99,12 @@ def _from_body(body: bytes, entities: list[str], patients: list[str]) -> None:
     for resource in resources:
         if not isinstance(resource, dict):
             continue
+        if resource.get("resourceType") == "Bundle" and document.get("resourceType") == "Bundle":
+            # A search entry of a batch/transaction answers a searchset inside the response Bundle: what it
+            # disclosed is audited as the same search sent on its own would be (one level, never deeper).
+            nested = [e.get("resource") for e in resource.get("entry", []) if isinstance(e, dict)]
+            resources.extend(r for r in nested if isinstance(r, dict) and r.get("resourceType") != "Bundle")
+            continue
         reference = _reference(resource)
         if reference is not None:
             entities.append(reference)

@@ -42,7 +42,7 @@ from projections.search import Match, Page, SearchRequest, capability_search_par
 from projections.search.engine import run_search
 from projections.search.subset import subset
 
-__all__ = ["router", "search_bundle"]
+__all__ = ["router", "search_bundle", "strict_handling"]
 
 router = APIRouter()
 
@@ -50,7 +50,7 @@ DEFAULT_COUNT = 20
 FORM = "application/x-www-form-urlencoded"
 
 
-def _strict(request: Request) -> bool:
+def strict_handling(request: Request) -> bool:
     """Strict unless ``Prefer: handling=lenient`` (R4 §3.1.1.2 leaves the default to the server)."""
     for part in request.headers.get("prefer", "").split(","):
         name, _, value = part.strip().partition("=")
@@ -166,7 +166,7 @@ def _answer(services: Services, request: Request, resource_type: str, pairs: lis
     caller = caller_of(request)
     reason = request.headers.get("x-ehr-break-glass", "").strip() or None
     viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
-    bundle, page = _search(services, resource_type, pairs, base_url(request), _strict(request), viewer)
+    bundle, page = _search(services, resource_type, pairs, base_url(request), strict_handling(request), viewer)
     if page.filtered:
         # For the audit entry: the answer was filtered by the access policy.
         request.state.ehr_access = "filtered"

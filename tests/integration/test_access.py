@@ -197,8 +197,10 @@ def test_the_unified_record_needs_consent_for_every_linked_record(
 
 
 def test_bundle_get_entries_follow_the_access_policy(secured: tuple[TestClient, Services, Settings]) -> None:
-    """A batch or transaction GET entry is a read: another institution's record needs consent (403 otherwise),
-    a scope must grant the type, and the Bundle's other entries are answered anyway."""
+    """A batch or transaction GET entry is a read: another institution's record needs consent (403 otherwise)
+    and a scope must grant the type. In a batch the other entries are answered anyway; a transaction fails
+    as a whole with the refused entry's 403 (R4 §3.1.0.11.2; this test used to expect a 200
+    transaction-response holding a 403 entry, which the spec does not allow)."""
     client, _, settings = secured
     imss, issste = _auth(settings, "IMSS", "dra.lopez"), _auth(settings, "ISSSTE", "dr.ruiz")
     patient = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"}, headers=imss)
@@ -215,6 +217,19 @@ def test_bundle_get_entries_follow_the_access_policy(secured: tuple[TestClient, 
             ],
         }
         answer = client.post("/fhir", json=bundle, headers=issste)
+        if kind == "transaction":
+            assert answer.status_code == 403, answer.text
+            issues = answer.json()["issue"]
+            assert len(issues) == 1 and issues[0]["expression"] == ["Bundle.entry[0]"]
+            assert "female" not in answer.text
+            # The recording institution reads its own record, and is refused ISSSTE's (entry 1).
+            theirs = client.post("/fhir", json=bundle, headers=imss)
+            assert theirs.status_code == 403 and theirs.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
+            alone = bundle | {"entry": bundle["entry"][:1]}
+            mine = client.post("/fhir", json=alone, headers=imss)
+            assert mine.status_code == 200, mine.text
+            assert mine.json()["entry"][0]["resource"]["id"] == patient.json()["id"]
+            continue
         assert answer.status_code == 200, answer.text
         refused, allowed = answer.json()["entry"]
         assert refused["response"]["status"].startswith("403")
