@@ -216,7 +216,9 @@ def test_audit_replay_of_one_patient(
     client.put(f"/fhir/Observation/{obs['id']}", json={**obs, "status": "amended"}, headers=DOCTOR)
     client.get(f"/fhir/Observation/{obs['id']}", headers=NURSE)
     client.get(f"/fhir/Patient/{other}", headers=NURSE)
-    client.put(f"/fhir/Observation/{obs['id']}", json={**obs, "status": "cancelled"}, headers={**NURSE, "If-Match": 'W/"1"'})
+    client.put(
+        f"/fhir/Observation/{obs['id']}", json={**obs, "status": "cancelled"}, headers={**NURSE, "If-Match": 'W/"1"'}
+    )
     # (ISSSTE's update of IMSS's record is refused: 403, before its stale If-Match could answer 412.)
     # An answer does not wait for its audit entry's commit (it follows within milliseconds); `ehr audit`
     # reads the committed log from outside the server, so the test waits for the server's writer first.
