@@ -21,7 +21,7 @@ serve: $(VENV)/.installed  ## the FHIR server alone, on what ./ehr-data holds
 
 demo: run
 
-# issue 9: the web view's browser tests drive Debian's Chromium through Playwright (browser downloads are not
+# The web view's browser tests drive Debian's Chromium through Playwright (browser downloads are not
 # possible); installed when missing, with sudo unless already root.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

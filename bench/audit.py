@@ -1,4 +1,4 @@
-"""``python -m bench.audit``: what auditing every read costs (issue 6; target: reads/s ratio >= 0.8).
+"""``python -m bench.audit``: what auditing every read costs (target: reads/s ratio >= 0.8).
 
 Runs the real server twice per round — ``EHR_AUDIT_ENABLED=true`` (the default: every interaction leaves a
 committed audit entry before the request completes) and ``false`` — on a fresh store each time, creates

@@ -1,4 +1,4 @@
-"""The cost of encryption at rest (issue 7): the same runs with the encrypting mapper and without it.
+"""The cost of encryption at rest: the same runs with the encrypting mapper and without it.
 
     .venv/bin/python -m bench.encryption [--backends sqlite,postgres] [--files 8] [--rounds 3] [--reads 2000]
 

@@ -1,4 +1,4 @@
-"""``$everything`` latency for one person with 1,000 resources across three institutions (issue 5).
+"""``$everything`` latency for one person with 1,000 resources across three institutions.
 
     .venv/bin/python -m bench.everything [--postgres-url URL] [--requests N] [--resources N]
 

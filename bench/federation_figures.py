@@ -1,4 +1,4 @@
-"""issue 11: write throughput with one, two and three institution stores, as ratios.
+"""Write throughput with one, two and three institution stores, as ratios.
 
 Each deployment is started from nothing and stopped before the next: the single-store deployment that is not
 federated (one PostgreSQL database: plain ``EHR_DATABASE_URL``), then federations of N = 1, 2, 3 institution

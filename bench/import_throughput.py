@@ -1,4 +1,4 @@
-"""Import throughput for the Synthea corpus, beside raw PostgreSQL COPY of the same bytes (issue 3).
+"""Import throughput for the Synthea corpus, beside raw PostgreSQL COPY of the same bytes.
 
     python -m bench.import_throughput [--backends sqlite,postgres] [--rounds N]
 

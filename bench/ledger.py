@@ -1,4 +1,4 @@
-"""``python -m bench.ledger``: how fast ``ehr verify`` checks the ledger, in events/s (issue 6; target ≥ 50,000).
+"""``python -m bench.ledger``: how fast ``ehr verify`` checks the ledger, in events/s (target ≥ 50,000).
 
 Builds a store of ``--events`` stored events — one real Patient create through the application (its
 stored, encrypted bytes), then copies of those bytes under fresh stream ids appended straight to the event

@@ -195,7 +195,7 @@ def search_lines(resources: int, figures: list[dict[str, Any]], other_cpu: float
 
 
 def federation_lines(deployments: list[Any]) -> list[Line]:
-    """issue 11, no target: the federation of 1 store beside the single store that is not federated (the cost of
+    """No target: the federation of 1 store beside the single store that is not federated (the cost of
     federating), 2 and 3 stores beside 1 (the scaling); then the worker's lag when each load stopped.
 
     ``deployments`` are :class:`bench.federation_figures.Deployment` (``stores`` 0 = not federated)."""

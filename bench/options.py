@@ -13,7 +13,7 @@ __all__ = ["SECTIONS", "Options", "parse_options"]
 
 #: http: creates and reads (raw client and wrk) with the server's RSS; import: `ehr import` of the Synthea
 #: corpus at two sizes with its RSS; rebuild: every projection from zero; everything, search: read latencies;
-#: federation: write throughput with one, two and three institution stores (issue 11).
+#: federation: write throughput with one, two and three institution stores.
 SECTIONS = ("http", "import", "rebuild", "everything", "search", "federation")
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,4 +1,4 @@
-"""Read latencies at a size that fits the suite: ``$everything`` (issue 5) and search (issue 4).
+"""Read latencies at a size that fits the suite: ``$everything`` and search.
 
 Both reuse their standalone benchmarks' loading and queries (``bench/everything.py``, ``bench/search.py``)
 and time requests through the FastAPI app in process, as those do. Baselines from the same run:

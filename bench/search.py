@@ -1,4 +1,4 @@
-"""Search latency at scale on PostgreSQL (issue 4): ``python -m bench.search [--resources N]``.
+"""Search latency at scale on PostgreSQL: ``python -m bench.search [--resources N]``.
 
 1. **Generate** N synthetic resources (5% Patient, 20% Encounter, 70% Observation, 4.9% Condition,
    a few Practitioners and Organizations: Mexican names with accents, CURPs, LOINC vital signs, dates
@@ -13,7 +13,7 @@
    (``search_bundle``: parse, SQL, stored bytes into the Bundle, JSON) and the whole HTTP request in
    process (FastAPI routing and the audit middleware, which records every search, included).
 
-Target (issue 4): median under 20 ms, p99 under 100 ms at 1 million resources.
+Target: median under 20 ms, p99 under 100 ms at 1 million resources.
 """
 
 from __future__ import annotations

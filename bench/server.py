@@ -101,7 +101,7 @@ def running_server(
     ``workers`` > 1 starts that many server processes (uvicorn's, PostgreSQL only)."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
-    env["EHR_AUTH"] = "disabled-for-development"  # issue 7: benchmarks send no bearer tokens
+    env["EHR_AUTH"] = "disabled-for-development"  # Benchmarks send no bearer tokens
     env.update(env_overrides or {})
     command = [
         sys.executable,

@@ -22,7 +22,7 @@ class Target:
     ratio_at_most: float | None = None
     #: What ``value`` is when it is not plain, e.g. "median".
     value_name: str = ""
-    #: Said after the bounds, e.g. "(issue 4, at 1M)".
+    #: Said after the bounds, e.g. "(at 1M)".
     note: str = ""
 
     def text(self, unit: str) -> str:

@@ -20,7 +20,7 @@ from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.services import Services
 
-# issue 7: authentication is on by default; the tests that send no bearer token run with the explicit
+# Authentication is on by default; the tests that send no bearer token run with the explicit
 # development switch (here, and in settings built anywhere in-process); tests/integration/test_auth.py turns it on.
 DEV_AUTH = "disabled-for-development"
 os.environ.setdefault("EHR_AUTH", DEV_AUTH)

@@ -98,7 +98,7 @@ def test_sigkill_during_a_transaction_leaves_all_or_nothing(
         "EHR_DATABASE_URL": str(postgres_settings.database_url),
         "EHR_POSTGRES_SCHEMA": postgres_settings.postgres_schema,
         "EHR_DATA_DIR": str(tmp_path / "data"),
-        "EHR_AUTH": "disabled-for-development",  # issue 7: this test sends no bearer tokens
+        "EHR_AUTH": "disabled-for-development",  # This test sends no bearer tokens
     }
     outcomes = []
     expected_total = 0

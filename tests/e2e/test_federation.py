@@ -1,4 +1,4 @@
-"""issue 11: three institutions' stores on three PostgreSQL clusters, one set of national views.
+"""Three institutions' stores on three PostgreSQL clusters, one set of national views.
 
 Three clusters are created by the test on loopback ports (``initdb``/``pg_ctl``, tests/support/pg_cluster.py),
 one per institution; the national views live in the shared server. One API server per institution writes to

@@ -1,4 +1,4 @@
-"""The projection worker (issue 8) on PostgreSQL: two API server processes write, ``ehr project`` applies.
+"""The projection worker on PostgreSQL: two API server processes write, ``ehr project`` applies.
 
 - Read-your-writes holds with the projection in another process: every write is readable and searchable
   the moment it is acknowledged, from the server that took it and from the other one.

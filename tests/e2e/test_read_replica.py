@@ -1,4 +1,4 @@
-"""issue 11: queries answered by a PostgreSQL streaming replica, read-your-writes kept.
+"""Queries answered by a PostgreSQL streaming replica, read-your-writes kept.
 
 A primary cluster and a hot standby of it (``pg_basebackup -R``) are created by the test on loopback ports.
 The server writes and projects on the primary and answers reads, searches and history from the standby

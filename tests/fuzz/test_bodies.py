@@ -1,6 +1,6 @@
 """Hypothesis against a real server: FHIR-shaped bodies with wrong types, huge strings, deep nesting,
 invalid unicode, duplicate keys, numbers beyond float range, invalid references; invalid search
-parameters and headers (issue 10, tests/fuzz/strategies.py).
+parameters and headers (tests/fuzz/strategies.py).
 
 Zero 5xx; every 4xx is an OperationOutcome; every write the server acknowledged can be read back at the
 version it announced; afterwards the views rebuilt from the log equal the live ones and the ledger verifies.

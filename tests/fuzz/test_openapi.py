@@ -1,5 +1,5 @@
 """Schemathesis against the server's own OpenAPI description (``GET /openapi.json``): every documented
-operation, with data that fits the description and data that does not (issue 10).
+operation, with data that fits the description and data that does not.
 
 Whatever arrives, the answer is never a 5xx and every 4xx is an OperationOutcome (R4 §6.1.3); after the
 fuzzing the views rebuilt from the log equal the live views, and the ledger verifies. Runs are

@@ -1,4 +1,4 @@
-"""issue 7: the access policy across institutions, with auth ON (both backends).
+"""The access policy across institutions, with auth ON (both backends).
 
 Matrix: reader institution (the recorder, another) x consent state (none, active, expired, not yet valid,
 revoked, for a third institution) x break-the-glass (absent, present) x interaction (read, vread,

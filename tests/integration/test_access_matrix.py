@@ -1,4 +1,4 @@
-"""issue 7: the access matrix, with auth ON, on both backends.
+"""The access matrix, with auth ON, on both backends.
 
 institutions (IMSS, ISSSTE, IMSS-BIENESTAR) x consent states (none, active, revoked, expired, not yet valid,
 break-the-glass) x scopes (``user/*.rs``, ``patient/*.rs``, ``user/Observation.rs``, ``system/*.rs``) x

@@ -1,4 +1,4 @@
-"""issue 7: disclosure paths beyond the plain read paths, with auth ON (both backends).
+"""Disclosure paths beyond the plain read paths, with auth ON (both backends).
 
 - Chained parameters and ``_has`` (R4 §3.1.1.4.13-14) pass through other resources; a match through a
   resource the caller may not see would tell it what that resource contains, so the policy holds for each

@@ -1,4 +1,4 @@
-"""issue 7: bearer JWTs, trusted issuers per institution, SMART v1/v2 scopes (auth ON; both backends)."""
+"""Bearer JWTs, trusted issuers per institution, SMART v1/v2 scopes (auth ON; both backends)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""issue 7: encryption at rest per patient compartment, master keys, rotation (both backends)."""
+"""Encryption at rest per patient compartment, master keys, rotation (both backends)."""
 
 from __future__ import annotations
 

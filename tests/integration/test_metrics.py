@@ -1,4 +1,4 @@
-"""``GET /metrics`` (issue 8): Prometheus text with request counts, projection positions and lag, RSS."""
+"""``GET /metrics``: Prometheus text with request counts, projection positions and lag, RSS."""
 
 from __future__ import annotations
 

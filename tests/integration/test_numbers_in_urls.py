@@ -1,4 +1,4 @@
-"""Numbers in URLs, ETags and Bundle entries: only ASCII digits are numbers, and no size is a 500 (issue 10).
+"""Numbers in URLs, ETags and Bundle entries: only ASCII digits are numbers, and no size is a 500.
 
 ``"²".isdigit()`` holds but ``int("²")`` fails; ``int`` also refuses more than 4,300 digits. Each such value
 must be answered 400 (not a number) or as a number too large to name anything stored, never 500.

@@ -1,4 +1,4 @@
-"""issue 7: crypto-shredding and ARCO blocks, end to end through the HTTP API (both backends)."""
+"""Crypto-shredding and ARCO blocks, end to end through the HTTP API (both backends)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ehr rebuild`` (issue 8): projections rebuilt beside the live ones and swapped in, on both backends.
+"""``ehr rebuild``: projections rebuilt beside the live ones and swapped in, on both backends.
 
 The rebuilt views must equal the live ones row for row, readers must keep answering during the rebuild,
 and writes arriving during it must all be in the swapped-in views.

@@ -1,4 +1,4 @@
-"""Rebuild equals live at national scale (issue 8): one million events on PostgreSQL.
+"""Rebuild equals live at national scale: one million events on PostgreSQL.
 
 The log gets ``EHR_TEST_REBUILD_EVENTS`` events (default 1,000,000): creates, revisions and retractions
 of Observations in 2,000 patients' compartments (each under its patient's data key), appended in

@@ -47,7 +47,7 @@ def _server_env(overrides: dict[str, str]) -> dict[str, str]:
     # Settings the developer's shell may carry (EHR_DATABASE_URL...) must not pick the backend for us.
     env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
     env["PYTHONUNBUFFERED"] = "1"
-    env["EHR_AUTH"] = "disabled-for-development"  # issue 7: end-to-end clients send no bearer tokens
+    env["EHR_AUTH"] = "disabled-for-development"  # End-to-end clients send no bearer tokens
     return env | overrides
 
 

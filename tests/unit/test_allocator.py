@@ -1,4 +1,4 @@
-"""The server caps glibc's malloc arenas (issue 10: memory growth under sustained traffic)."""
+"""The server caps glibc's malloc arenas (memory growth under sustained traffic)."""
 
 from __future__ import annotations
 

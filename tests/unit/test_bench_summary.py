@@ -43,7 +43,7 @@ def test_at_most_targets_and_the_memory_flatness_ratio() -> None:
 
 def test_target_text_names_every_bound() -> None:
     assert targets.CREATES.text("/s") == ">= 1,000 /s, p99 <= 50 ms"
-    assert targets.SEARCH.text("ms") == "median <= 20 ms, p99 <= 100 ms (issue 4, at 1M)"
+    assert targets.SEARCH.text("ms") == "median <= 20 ms, p99 <= 100 ms (at 1M)"
     assert Target(ratio_at_most=1.2).text("MiB") == "ratio <= 1.2"
 
 
@@ -129,7 +129,7 @@ def test_one_store_federated_is_set_beside_the_single_store_and_more_stores_besi
     assert [line.ratio(line.baselines[0]) for line in figures[1:]] == [0.5, 1.5, 2.5]
     assert figures[3].figure == "federation, 3 stores: Observation creates (8 clients x 3 servers)"
     assert figures[1].figure == "federation, 1 store: Observation creates (24 clients)"
-    assert {verdict(line) for line in rows} == {"-"}  # issue 11 states no target
+    assert {verdict(line) for line in rows} == {"-"}  # the federation figures state no target
     assert [(line.value, line.unit) for line in lags] == [(0, "events"), (3, "events"), (0, "events"), (0, "events")]
 
 

@@ -1,4 +1,4 @@
-"""issue 11: how a federation is configured (``EHR_STORES``, ``EHR_STORE``) and what each store is given."""
+"""How a federation is configured (``EHR_STORES``, ``EHR_STORE``) and what each store is given."""
 
 from __future__ import annotations
 

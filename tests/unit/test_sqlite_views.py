@@ -1,4 +1,4 @@
-"""SQLiteViews' per-thread connections end with their threads (issue 10: memory under sustained traffic)."""
+"""SQLiteViews' per-thread connections end with their threads (memory under sustained traffic)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Browser tests of the web view (issue 9): a real server process on the demo population, headless Chromium.
+"""Browser tests of the web view: a real server process on the demo population, headless Chromium.
 
 - ``backend``: SQLite, then PostgreSQL (a fresh schema; required under ``CI=true``, like every PG test).
 - ``demo_data``: ``ehr demo --no-serve`` run as a process into a data directory shared by the module.

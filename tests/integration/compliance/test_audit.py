@@ -1,4 +1,4 @@
-"""The audit log, AuditEvent, Provenance, ``_at`` reads and ``ehr audit replay`` (issue 6), on both backends."""
+"""The audit log, AuditEvent, Provenance, ``_at`` reads and ``ehr audit replay``, on both backends."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ DOCTOR = {
     "X-EHR-Unit": "DFIMS000123",
     "X-EHR-Purpose": "TREAT",
 }
-# Named, with a birth date: what the identity index (issue 5) expects of a Patient.
+# Named, with a birth date: what the identity index expects of a Patient.
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Pérez", "given": ["Ana"]}], "birthDate": "1980-02-03"}
 NURSE = {**DOCTOR, "X-EHR-User": "enf.ruiz", "X-EHR-Role": "nurse", "X-EHR-Institution": "ISSSTE"}
 # Only the institution that recorded a resource changes it: a colleague at IMSS amends the doctor's record.
@@ -249,7 +249,7 @@ def test_audit_replay_of_one_patient(
 
 
 def test_refusals_by_the_auth_layer_are_audited_once(settings: Settings, tmp_path: Path) -> None:
-    """With bearer tokens required (issue 7): 401 and 403 each leave exactly one entry, with who was refused."""
+    """With bearer tokens required: 401 and 403 each leave exactly one entry, with who was refused."""
     secured = settings.model_copy(
         update={"auth": "required", "data_dir": tmp_path / "ehr-data", "auth_issuers_dir": tmp_path / "issuers"}
     )

@@ -1,4 +1,4 @@
-"""The ledger (issue 6): ``ehr verify`` passes on an intact store and names the first tampered event.
+"""The ledger: ``ehr verify`` passes on an intact store and names the first tampered event.
 
 Every test runs on SQLite and on PostgreSQL; the tampering goes straight to the event table, as an
 attacker with database access would, bypassing the application.

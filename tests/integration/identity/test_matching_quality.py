@@ -2,7 +2,7 @@
 pipeline (application → log → identity follower → Person streams), on SQLite and PostgreSQL.
 
 Pairs of records of one true person are positives; the index's automatic links are predictions.
-Targets (issue 5): precision of automatic links ≥ 0.99, recall ≥ 0.95, zero links on placeholder CURPs.
+Targets: precision of automatic links ≥ 0.99, recall ≥ 0.95, zero links on placeholder CURPs.
 """
 
 from __future__ import annotations
