@@ -25,6 +25,7 @@ from ehr_core.resources.types import is_supported
 from ehr_core.resources.validation import is_valid_id
 
 __all__ = [
+    "REST_REQUEST",
     "Entry",
     "EntryResult",
     "PreparedBundle",
@@ -76,8 +77,15 @@ class EntryResult:
     outcome: list[Issue] = field(default_factory=list)
 
 
+#: The index of a REST conditional interaction run as a one-entry transaction (fhir_api.conditional): its
+#: errors are the request's own and name no Bundle entry.
+REST_REQUEST = -1
+
+
 def _entry_error(index: int, error: RecordError) -> RecordError:
     """The same error, its messages naming the failing entry (so the client knows which one)."""
+    if index == REST_REQUEST:
+        return error
     issues = [
         Issue(
             issue.code,
@@ -137,7 +145,8 @@ def _version(etag: str | None, index: int) -> int | None:
     digits = etag.strip().removeprefix("W/").strip('"')
     version = parse_int(digits)
     if version is None:
-        raise InvalidResource([Issue("invalid", f'Bundle.entry[{index}]: ifMatch must be an ETag like W/"3"')])
+        where = "If-Match" if index == REST_REQUEST else f"Bundle.entry[{index}]: ifMatch"
+        raise InvalidResource([Issue("invalid", f'{where} must be an ETag like W/"3"')])
     return version
 
 

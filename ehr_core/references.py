@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from ehr_core.errors import Issue, PreconditionFailed, Unprocessable
+from ehr_core.errors import InvalidResource, Issue, PreconditionFailed, Unprocessable
 
 __all__ = [
     "CONDITIONAL_REFERENCE",
@@ -103,7 +103,12 @@ class ConditionalReferences:
             return None
         if reference not in self.resolved:
             resource_type = conditional.group(1)
-            found = self.resolver.match(resource_type, parse_qsl(conditional.group(2), keep_blank_values=True))
+            try:
+                found = self.resolver.match(resource_type, parse_qsl(conditional.group(2), keep_blank_values=True))
+            except InvalidResource as error:  # criteria that are no search: say where they were written
+                raise InvalidResource(
+                    [Issue(i.code, f"{where}: {reference}: {i.diagnostics}", where or None) for i in error.issues]
+                ) from None
             if not found:
                 message = f"{where}: conditional reference {reference} matches no {resource_type} (R4 http.html#trules)"
                 raise Unprocessable([Issue("not-found", message, where or None)])

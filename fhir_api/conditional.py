@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ehr_core.bundles import Entry, EntryResult, run_transaction
+from ehr_core.bundles import REST_REQUEST, Entry, EntryResult, run_transaction
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.references import ConditionalReferences
@@ -57,7 +57,7 @@ async def run_conditional(
 ) -> Response:
     if method != "POST" and not request.url.query:
         raise InvalidResource([Issue("invalid", f"a conditional {method} needs search parameters in the URL")])
-    entry = Entry(0, method, url, None, resource, request.headers.get("if-match"), None, if_none_exist)
+    entry = Entry(REST_REQUEST, method, url, None, resource, request.headers.get("if-match"), None, if_none_exist)
     result = await run_in_threadpool(_run, services, entry, context, viewer_of(request))
     status = int(result.status.split()[0])
     written = result.written
