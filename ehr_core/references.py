@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from ehr_core.errors import InvalidResource, Issue, PreconditionFailed, Unprocessable
+from ehr_core.resources.types import is_supported
 
 __all__ = [
     "CONDITIONAL_REFERENCE",
@@ -103,6 +104,9 @@ class ConditionalReferences:
             return None
         if reference not in self.resolved:
             resource_type = conditional.group(1)
+            if not is_supported(resource_type):
+                message = f"{where}: conditional reference {reference} names no resource type this server knows"
+                raise InvalidResource([Issue("not-supported", message, where or None)])
             try:
                 found = self.resolver.match(resource_type, parse_qsl(conditional.group(2), keep_blank_values=True))
             except InvalidResource as error:  # criteria that are no search: say where they were written

@@ -262,8 +262,8 @@ def test_conditional_reference_matching_nothing_is_422_and_several_412(client: T
         second = _encounter("Practitioner/x")
         second["participant"].append({"individual": {"reference": reference}})
         _refused(client.post("/fhir/Encounter", json=second), status, "Encounter.participant[1].individual")
-    unknown = client.post("/fhir/Encounter", json=_encounter(f"Practitioner?flavour={NPI}|1"))
-    _refused(unknown, 400, element)
+    for criteria in (f"Practitioner?flavour={NPI}|1", "Practitioner?_count=1", "Foo?identifier=x|y"):
+        _refused(client.post("/fhir/Encounter", json=_encounter(criteria)), 400, element)
     current = client.get(url).json()
     assert current["meta"]["versionId"] == "1" and current["participant"] == []
     assert client.get("/fhir/Encounter/new-422").status_code == 404
