@@ -194,6 +194,7 @@ class Importer:
             still: list[Deferred] = []
             pendings: list[Pending] = []
             keys: set[tuple[str, str]] = set()
+            size = 0
             for deferred in waiting:
                 line = lines[deferred]
                 if line.key is not None and line.key in blocked:
@@ -208,16 +209,16 @@ class Importer:
                         blocked.add(line.key)
                     continue
                 except RecordError as error:
-                    report.rejected.append(
-                        Rejection(deferred.source, f"line {line.number}", _issues_text(error.issues))
-                    )
+                    _reject(report, deferred, error)
                     continue
-                if line.key in keys or len(pendings) >= self.chunk_size:
+                # Saved in chunks like the first pass: one resource once per save, each save under ~2 MB.
+                if line.key in keys or len(pendings) >= self.chunk_size or size >= self.chunk_bytes:
                     self._commit(pendings, None, report)
-                    pendings, keys = [], set()
+                    pendings, keys, size = [], set(), 0
                 pending = self._prepared(Path(deferred.source), line, resource, report)
                 if pending is not None:
                     pendings.append(pending)
+                    size += line.size
                     report.resolved_later += 1
                     if line.key is not None:
                         keys.add(line.key)
