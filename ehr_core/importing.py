@@ -189,6 +189,7 @@ class Importer:
         report.deferred = []
         failures: dict[Deferred, RecordError] = {}
         while waiting:
+            self.references.missing.clear()  # the store has changed since: search each reference again
             lines = _read_lines(waiting)
             blocked: set[tuple[str, str]] = set()  # resources with an earlier line still waiting
             still: list[Deferred] = []

@@ -96,6 +96,9 @@ class ConditionalReferences:
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self.resolved: dict[str, str] = {}
+        #: References found to match nothing, not searched again while kept (a bulk load keeps them for
+        #: one pass over its files: a reference to what is not loaded yet is not searched line after line).
+        self.missing: set[str] = set()
 
     def resolve(self, reference: str, where: str) -> str | None:
         """``Type/id`` for a conditional ``reference`` at ``where``; None for any other reference."""
@@ -104,6 +107,9 @@ class ConditionalReferences:
             return None
         if reference not in self.resolved:
             resource_type = conditional.group(1)
+            if reference in self.missing:
+                message = f"{where}: conditional reference {reference} matches no {resource_type} (R4 http.html#trules)"
+                raise Unprocessable([Issue("not-found", message, where or None)])
             if not is_supported(resource_type):
                 message = f"{where}: conditional reference {reference} names no resource type this server knows"
                 raise InvalidResource([Issue("not-supported", message, where or None)])
@@ -114,6 +120,7 @@ class ConditionalReferences:
                     [Issue(i.code, f"{where}: {reference}: {i.diagnostics}", where or None) for i in error.issues]
                 ) from None
             if not found:
+                self.missing.add(reference)
                 message = f"{where}: conditional reference {reference} matches no {resource_type} (R4 http.html#trules)"
                 raise Unprocessable([Issue("not-found", message, where or None)])
             if len(found) > 1:
