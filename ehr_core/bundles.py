@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 from uuid import uuid4
 
@@ -21,12 +21,13 @@ from ehr_core.application import Pending, RecordApplication, Written, format_ins
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue, NotFound, PreconditionFailed, RecordError
 from ehr_core.numbers import parse_int
-from ehr_core.references import CONDITIONAL_REFERENCE, rewrite_references
+from ehr_core.references import ConditionalReferences, Resolver, rewrite_references
 from ehr_core.resources.patch_body import patch_change
 from ehr_core.resources.types import is_supported
 from ehr_core.resources.validation import is_valid_id
 
 __all__ = [
+    "REST_REQUEST",
     "Entry",
     "EntryResult",
     "PreparedBundle",
@@ -40,14 +41,6 @@ __all__ = [
 ]
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
-
-
-class Resolver(Protocol):
-    """Finds current resources matching a search (conditional interactions and references)."""
-
-    def match(self, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
-        """Ids of at most two current ``resource_type`` resources matching ``params``."""
-        ...
 
 
 @dataclass
@@ -88,12 +81,19 @@ class EntryResult:
     outcome: list[Issue] = field(default_factory=list)
 
 
+#: The index of a REST conditional interaction run as a one-entry transaction (fhir_api.conditional): its
+#: errors are the request's own and name no Bundle entry.
+REST_REQUEST = -1
+
+
 def entry_error(index: int, error: RecordError, part: str = "resource") -> RecordError:
     """The same error, each message naming the failing entry once (so the client knows which one).
 
     ``part`` is where an issue's own expression points: ``resource`` for a write's body, ``request.url``
     for the parameters of a GET entry. A message that already names the entry is left as it is.
     """
+    if index == REST_REQUEST:
+        return error
     where = f"Bundle.entry[{index}]"
     issues = []
     for issue in error.issues:
@@ -158,6 +158,8 @@ def _version(etag: str | None, index: int) -> int | None:
     digits = etag.strip().removeprefix("W/").strip('"')
     version = parse_int(digits)
     if version is None:
+        if index == REST_REQUEST:
+            raise InvalidResource([Issue("invalid", f'If-Match must be an ETag like W/"3", not {etag!r}', "If-Match")])
         raise InvalidResource(
             [
                 Issue(
@@ -176,7 +178,7 @@ class _Plan:
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self.ids: dict[str, str] = {}  # fullUrl -> Type/id
-        self._conditional: dict[str, str] = {}
+        self.conditional = ConditionalReferences(resolver)
 
     def match_one(self, resource_type: str, query: list[tuple[str, str]], what: str) -> str | None:
         found = self.resolver.match(resource_type, query)
@@ -184,21 +186,19 @@ class _Plan:
             raise PreconditionFailed(f"{what} matches more than one {resource_type}")
         return found[0] if found else None
 
-    def resolve(self, reference: str) -> str | None:
+    def resolve(self, reference: str, where: str = "") -> str | None:
+        """What ``reference`` (at ``where``) stands for: an entry's id, or a conditional reference's match
+        (the same rules as outside a Bundle, see :mod:`ehr_core.references`)."""
+        temporary = self.resolve_temporary(reference, where)
+        return temporary if temporary is not None else self.conditional.resolve(reference, where)
+
+    def resolve_temporary(self, reference: str, where: str = "") -> str | None:
+        """An entry's id for its ``fullUrl``; None for any other reference."""
         if reference in self.ids:
             return self.ids[reference]
         if reference.startswith(("urn:uuid:", "urn:oid:")):
             raise NotFound(f"reference {reference} names no entry of this Bundle")
-        conditional = CONDITIONAL_REFERENCE.match(reference)
-        if conditional is None:
-            return None
-        if reference not in self._conditional:
-            resource_type, query = conditional.group(1), parse_qsl(conditional.group(2), keep_blank_values=True)
-            found = self.match_one(resource_type, query, f"conditional reference {reference}")
-            if found is None:
-                raise PreconditionFailed(f"conditional reference {reference} matches no {resource_type}")
-            self._conditional[reference] = f"{resource_type}/{found}"
-        return self._conditional[reference]
+        return None
 
 
 def _check_entry(entry: Entry) -> None:
@@ -243,7 +243,13 @@ def _assign(plan: _Plan, entry: Entry) -> tuple[str | None, str]:
 
 
 def _prepare(
-    application: RecordApplication, entry: Entry, target: str, context: WriteContext, now: datetime, created: bool
+    application: RecordApplication,
+    entry: Entry,
+    target: str,
+    context: WriteContext,
+    now: datetime,
+    created: bool,
+    references: ConditionalReferences,
 ) -> Pending:
     resource_type = entry.resource_type
     if_match = _version(entry.if_match, entry.index)
@@ -255,9 +261,15 @@ def _prepare(
             resource.setdefault("id", target)
         return application.prepare_update(resource_type, target, resource, context, if_match, now)
     if entry.method == "PATCH":
-        return application.prepare_patch(
-            resource_type, target, patch_change(None, entry.resource), context, if_match, now
-        )
+        change = patch_change(None, entry.resource)
+
+        def patched(current: dict[str, Any]) -> dict[str, Any]:
+            # The patched resource is checked like an update: its conditional references, wherever the
+            # patch put them (a JSON Patch travels base64 in a Binary), resolved at their element.
+            resolved: dict[str, Any] = references.rewrite(change(current))
+            return resolved
+
+        return application.prepare_patch(resource_type, target, patched, context, if_match, now)
     return application.prepare_delete(resource_type, target, context, if_match, now)
 
 
@@ -339,8 +351,12 @@ def prepare_transaction(
                 prepared.results[entry.index] = EntryResult(entry, "200 OK", existing)
                 continue
             if isinstance(entry.resource, dict):
-                entry = replace(entry, resource=rewrite_references(entry.resource, plan.resolve))
-            pending = _prepare(application, entry, target, context, now, status == "201 Created")
+                if entry.method == "PATCH":  # a patch body's conditional references resolve in the result
+                    resource = rewrite_references(entry.resource, plan.resolve_temporary)
+                else:
+                    resource = rewrite_references(entry.resource, plan.resolve, entry.resource_type)
+                entry = replace(entry, resource=resource)
+            pending = _prepare(application, entry, target, context, now, status == "201 Created", plan.conditional)
             prepared.pendings.append((entry, pending, status))
         except RecordError as error:
             raise entry_error(entry.index, error) from None

@@ -4,6 +4,18 @@ Each unit of work (a transaction Bundle, or a chunk of a batch Bundle or NDJSON 
 in one save together with an :class:`ImportMark` stream named after the file's digest and the chunk
 number. After an interruption, chunks whose mark exists are skipped: the mark and the data were
 stored atomically, so a chunk is imported exactly once however often the import is restarted.
+
+Conditional references (``Practitioner?identifier=sys|val``) are resolved by the same rules as any write
+(``ehr_core.references``). A Bundle file is its own unit: an entry (batch) or the whole Bundle (transaction)
+whose reference matches nothing is rejected and listed, as over REST. NDJSON is loaded in dependency order:
+a Bulk Data export is one file per type in no particular order, and its Encounters may come before the
+Practitioners they name. So files of the types others refer to go first (Organization, the other types
+outside the Patient compartment, then Patient, then the rest), and a line whose conditional reference
+matches nothing *yet* is not rejected but deferred: once every file is loaded the deferred lines are
+resolved again, in file order, round after round while any resolves (a reference to another deferred line).
+Only what still matches nothing then is rejected and listed (the 422 a REST write would get, naming the
+element). A restarted import finds the lines deferred in chunks already stored again: the lines with a
+conditional reference whose resource the store does not hold.
 """
 
 from __future__ import annotations
@@ -21,10 +33,12 @@ from eventsourcing.domain import Aggregate
 from ehr_core.application import Pending, RecordApplication
 from ehr_core.bundles import Entry, Resolver, parse_bundle, prepare_transaction
 from ehr_core.context import WriteContext
-from ehr_core.errors import Issue, RecordError
+from ehr_core.errors import Issue, RecordError, Unprocessable
+from ehr_core.references import ConditionalReferences, conditional_references
 from ehr_core.resources import json as fhir_json
+from ehr_core.spec.patient_compartment import PATHS
 
-__all__ = ["ImportMark", "ImportReport", "Importer", "Rejection"]
+__all__ = ["Deferred", "ImportMark", "ImportReport", "Importer", "Rejection"]
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:ehr-core:import-mark")
 
@@ -60,6 +74,14 @@ class Rejection:
     reason: str
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """An NDJSON line whose conditional reference matched nothing before every file was loaded."""
+
+    source: str
+    line: int
+
+
 @dataclass
 class ImportReport:
     files: int = 0
@@ -67,6 +89,10 @@ class ImportReport:
     unchanged: int = 0
     skipped_chunks: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    #: Lines waiting for the rest of the import (see :meth:`Importer.finish`).
+    deferred: list[Deferred] = field(default_factory=list)
+    #: Deferred lines that resolved once the rest was loaded.
+    resolved_later: int = 0
 
 
 #: Called after each chunk: (resources handled in it, bytes of the source consumed in it).
@@ -114,6 +140,10 @@ class Importer:
         # One save stays under ~2 MB: eventsourcing 9.5.6 with psycopg hangs on very large saves.
         self.chunk_size = chunk_size
         self.chunk_bytes = chunk_bytes
+        #: Conditional references resolved so far (each search once per import).
+        self.references = ConditionalReferences(resolver)
+        #: Resources with a deferred line: their later lines wait too, so versions keep the file's order.
+        self._deferred_keys: set[tuple[str, str]] = set()
 
     @staticmethod
     def sources(paths: Iterable[Path]) -> list[Path]:
@@ -125,16 +155,20 @@ class Importer:
             else:
                 files.append(path)
 
-        def batch_first(path: Path) -> tuple[int, str]:
+        def batch_first(path: Path) -> tuple[int, int, str]:
             if path.suffix == ".ndjson":
-                return (2, str(path))
+                return (2, _dependency_rank(path), str(path))
             with path.open("rb") as source:
                 head = source.read(4096)
-            return (0 if b'"batch"' in head else 1, str(path))
+            return (0 if b'"batch"' in head else 1, 0, str(path))
 
         return sorted(files, key=batch_first)
 
-    def run(self, files: Sequence[Path], progress: Progress | None = None) -> ImportReport:
+    def run(self, files: Sequence[Path], progress: Progress | None = None, finish: bool = True) -> ImportReport:
+        """Import ``files`` in order; with ``finish``, then resolve the deferred lines (:meth:`finish`).
+
+        Importers sharing one import among processes leave ``finish`` to whoever runs last.
+        """
         report = ImportReport()
         tick = progress or (lambda resources, consumed: None)
         for path in files:
@@ -143,15 +177,69 @@ class Importer:
                 self._ndjson(path, report, tick)
             else:
                 self._bundle(path, report, tick)
+        if finish:
+            self.finish(report, tick)
         return report
+
+    def finish(self, report: ImportReport, progress: Progress | None = None) -> None:
+        """Store the deferred lines whose conditional references now resolve, round after round; reject
+        (and list) the ones that still match nothing."""
+        tick = progress or (lambda resources, consumed: None)
+        waiting = sorted(set(report.deferred), key=lambda d: (d.source, d.line))
+        report.deferred = []
+        failures: dict[Deferred, RecordError] = {}
+        while waiting:
+            self.references.missing.clear()  # the store has changed since: search each reference again
+            lines = _read_lines(waiting)
+            blocked: set[tuple[str, str]] = set()  # resources with an earlier line still waiting
+            still: list[Deferred] = []
+            pendings: list[Pending] = []
+            keys: set[tuple[str, str]] = set()
+            size = 0
+            for deferred in waiting:
+                line = lines[deferred]
+                if line.key is not None and line.key in blocked:
+                    still.append(deferred)
+                    continue
+                try:
+                    resource = self._resolved(line)
+                except Unprocessable as error:  # matches nothing yet: another round may load its target
+                    failures[deferred] = error
+                    still.append(deferred)
+                    if line.key is not None:
+                        blocked.add(line.key)
+                    continue
+                except RecordError as error:
+                    _reject(report, deferred, error)
+                    continue
+                # Saved in chunks like the first pass: one resource once per save, each save under ~2 MB.
+                if line.key in keys or len(pendings) >= self.chunk_size or size >= self.chunk_bytes:
+                    self._commit(pendings, None, report)
+                    pendings, keys, size = [], set(), 0
+                pending = self._prepared(Path(deferred.source), line, resource, report)
+                if pending is not None:
+                    pendings.append(pending)
+                    size += line.size
+                    report.resolved_later += 1
+                    if line.key is not None:
+                        keys.add(line.key)
+                tick(1, 0)
+            self._commit(pendings, None, report)
+            if len(still) == len(waiting):
+                break  # no line resolved in this round: nothing more will
+            waiting = still
+        for deferred in waiting:
+            _reject(report, deferred, failures.get(deferred) or Unprocessable("an earlier line of it matches nothing"))
 
     # -- the units of work -------------------------------------------------------------------------
 
     def _done(self, digest: str, chunk: int) -> bool:
         return bool(list(self.application.events.get(ImportMark.mark_id(digest, chunk), limit=1)))
 
-    def _commit(self, pendings: list[Pending], mark: ImportMark, report: ImportReport) -> None:
-        written = self.application.commit(pendings, mark)
+    def _commit(self, pendings: list[Pending], mark: ImportMark | None, report: ImportReport) -> None:
+        if not pendings and mark is None:
+            return
+        written = self.application.commit(pendings, *([] if mark is None else [mark]))
         ids = [w.notification_id for w in written if w.notification_id is not None]
         report.stored += len(ids)
         report.unchanged += len(written) - len(ids)
@@ -219,6 +307,7 @@ class Importer:
             consumed = sum(line.size for line in lines)
             if self._done(digest, number):
                 report.skipped_chunks += 1
+                self._deferred_before(path, lines, report)
                 tick(len(lines), consumed)
                 continue
             pendings: list[Pending] = []
@@ -254,12 +343,43 @@ class Importer:
         if chunk:
             yield chunk
 
+    def _deferred_before(self, path: Path, lines: list[_Line], report: ImportReport) -> None:
+        """In a chunk stored by an interrupted run, the lines it deferred: a conditional reference, and the
+        resource not in the store (their deferral was not stored with the chunk)."""
+        for line in lines:
+            if line.key is None or not conditional_references(line.resource):
+                continue
+            if not self.application.holds(*line.key):
+                self._defer(path, line, report)
+
+    def _defer(self, path: Path, line: _Line, report: ImportReport) -> None:
+        report.deferred.append(Deferred(str(path), line.number))
+        if line.key is not None:
+            self._deferred_keys.add(line.key)
+
+    def _resolved(self, line: _Line) -> Any:
+        """The line's resource with its conditional references resolved (RecordError as for a write)."""
+        if line.error is not None:
+            raise line.error
+        return self.references.rewrite(line.resource)
+
     def _ndjson_line(self, path: Path, line: _Line, report: ImportReport) -> Pending | None:
-        """One NDJSON resource, kept under its own id (an update-as-create)."""
+        """One NDJSON resource, kept under its own id (an update-as-create); None when rejected or deferred."""
+        if line.key is not None and line.key in self._deferred_keys:
+            self._defer(path, line, report)  # an earlier version of it waits: so does this one
+            return None
         try:
-            if line.error is not None:
-                raise line.error
-            resource = line.resource
+            resource = self._resolved(line)
+        except Unprocessable:  # its target may come later in this import (module docstring)
+            self._defer(path, line, report)
+            return None
+        except RecordError as error:
+            report.rejected.append(Rejection(str(path), f"line {line.number}", _issues_text(error.issues)))
+            return None
+        return self._prepared(path, line, resource, report)
+
+    def _prepared(self, path: Path, line: _Line, resource: Any, report: ImportReport) -> Pending | None:
+        try:
             return self.application.prepare_update(
                 str(resource["resourceType"]), resource["id"], resource, self.context
             )
@@ -291,6 +411,46 @@ class _Line:
             problem = RecordError([Issue("required", "each NDJSON line must be a resource with resourceType and id")])
             return cls(number, len(raw), error=problem)
         return cls(number, len(raw), resource)
+
+
+def _reject(report: ImportReport, deferred: Deferred, error: RecordError) -> None:
+    report.rejected.append(Rejection(deferred.source, f"line {deferred.line}", _issues_text(error.issues)))
+
+
+def _dependency_rank(path: Path) -> int:
+    """Where an NDJSON file goes in dependency order, by the type of its first resource: the types others
+    refer to first (Organization, which the others of its kind name; then the rest outside the Patient
+    compartment: Practitioner, Location, Medication...), then Patient, then the rest."""
+    with path.open("rb") as source:
+        first = b""
+        while not first.strip():
+            first = source.readline()
+            if not first:
+                return 3
+    try:
+        parsed = fhir_json.loads(first)
+    except fhir_json.JsonError:
+        return 3
+    resource_type = parsed.get("resourceType") if isinstance(parsed, dict) else None
+    if resource_type == "Organization":
+        return 0
+    if resource_type == "Patient":
+        return 2
+    return 3 if resource_type in PATHS else 1
+
+
+def _read_lines(deferred: Sequence[Deferred]) -> dict[Deferred, _Line]:
+    """The deferred lines, read again from their files (a deferral keeps only where the line is)."""
+    wanted: dict[str, set[int]] = {}
+    for item in deferred:
+        wanted.setdefault(item.source, set()).add(item.line)
+    lines: dict[Deferred, _Line] = {}
+    for source, numbers in wanted.items():
+        with Path(source).open("rb") as stream:
+            for number, raw in enumerate(stream, start=1):
+                if number in numbers:
+                    lines[Deferred(source, number)] = _Line.parse(number, raw)
+    return lines
 
 
 def _query_key(query: str) -> tuple[tuple[str, str], ...]:

@@ -1,7 +1,10 @@
-"""Conditional create, update, patch and delete (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.6.1).
+"""Conditional create, update, patch and delete (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.6.1), and conditional
+references in any write (R4 http.html#trules "Conditional References", see ``ehr_core.references``).
 
-Each is run as a one-entry transaction: the domain's Bundle processing already knows how to match a
-search, refuse several matches with 412, and create, update, patch or delete the one it found.
+Each conditional interaction is run as a one-entry transaction: the domain's Bundle processing already
+knows how to match a search, refuse several matches with 412, and create, update, patch or delete the one
+it found. A plain create, update or patch resolves its conditional references with :func:`references_of`,
+matching among what the caller may read, exactly as a conditional interaction matches.
 """
 
 from __future__ import annotations
@@ -12,16 +15,27 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ehr_core.bundles import Entry, EntryResult, run_transaction
+from ehr_core.bundles import REST_REQUEST, Entry, EntryResult, run_transaction
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue
+from ehr_core.references import ConditionalReferences
 from fhir_api.auth import viewer_of
 from fhir_api.resolver import ViewResolver
 from fhir_api.responses import etag, write_response
 from fhir_api.services import Services
 from projections.access import Viewer
 
-__all__ = ["run_conditional"]
+__all__ = ["references_of", "resolve_references", "run_conditional"]
+
+
+def references_of(services: Services, request: Request) -> ConditionalReferences:
+    """Resolves conditional references for this caller: only resources it may read can match."""
+    return ConditionalReferences(ViewResolver(services, viewer_of(request)))
+
+
+async def resolve_references(services: Services, request: Request, resource: Any) -> Any:
+    """``resource`` with its conditional references resolved (422 none, 412 several), off the event loop."""
+    return await run_in_threadpool(references_of(services, request).rewrite, resource)
 
 
 def _run(services: Services, entry: Entry, context: WriteContext, viewer: Viewer | None) -> EntryResult:
@@ -43,7 +57,7 @@ async def run_conditional(
 ) -> Response:
     if method != "POST" and not request.url.query:
         raise InvalidResource([Issue("invalid", f"a conditional {method} needs search parameters in the URL")])
-    entry = Entry(0, method, url, None, resource, request.headers.get("if-match"), None, if_none_exist)
+    entry = Entry(REST_REQUEST, method, url, None, resource, request.headers.get("if-match"), None, if_none_exist)
     result = await run_in_threadpool(_run, services, entry, context, viewer_of(request))
     status = int(result.status.split()[0])
     written = result.written

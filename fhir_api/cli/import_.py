@@ -6,7 +6,9 @@ projections after each commit; a conditional reference or ``ifNoneExist`` catche
 matches. The import ends only when everything is projected, so what it reports is also searchable.
 
 With ``--workers N`` the files are shared among N importing processes. Batch Bundles go first: later
-transactions may refer to what they define.
+transactions may refer to what they define. NDJSON goes in dependency order, and lines whose conditional
+references match nothing until the rest is loaded are resolved last, once every worker is done
+(``ehr_core.importing``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def _print_report(console: Console, report: ImportReport, seconds: float) -> Non
     rate = (report.stored + report.unchanged) / seconds if seconds > 0 else 0.0
     console.print(
         f"imported {report.files} files: {report.stored} versions stored, {report.unchanged} unchanged, "
-        f"{len(report.rejected)} rejected, {report.skipped_chunks} chunks already imported "
+        f"{len(report.rejected)} rejected, {report.skipped_chunks} chunks already imported, "
+        f"{report.resolved_later} lines stored after the resources they refer to "
         f"({seconds:.1f} s, {rate:,.0f} resources/s)"
     )
     for rejection in report.rejected[:50]:
@@ -46,11 +49,15 @@ def _print_report(console: Console, report: ImportReport, seconds: float) -> Non
         console.print("Fix the rejected resources and run the same command again: what is stored is skipped.")
 
 
-def _import(files: list[Path], progress: Any) -> ImportReport:
+def _import(files: list[Path], progress: Any, finish: bool = True, report: ImportReport | None = None) -> ImportReport:
+    """Import ``files`` (``finish``: then the deferred lines), or with ``report``, only ``report``'s deferred lines."""
     services = open_services(Settings(postgres_pool_size=2), follow=False)  # one thread each: few connections
     try:
         importer = Importer(services.application, ViewResolver(services), lambda _: None)
-        return importer.run(files, progress)
+        if report is not None:
+            importer.finish(report, progress)
+            return report
+        return importer.run(files, progress, finish)
     finally:
         services.close()
 
@@ -68,7 +75,7 @@ def project_until_stopped(stop: Any, settings: Settings | None = None) -> None:
 
 
 def _worker(files: list[Path], ticks: Any) -> None:
-    report = _import(files, lambda resources, consumed: ticks.put((resources, consumed)))
+    report = _import(files, lambda resources, consumed: ticks.put((resources, consumed)), finish=False)
     ticks.put((_DONE, report))
 
 
@@ -78,6 +85,8 @@ def _merge(total: ImportReport, part: ImportReport) -> None:
     total.unchanged += part.unchanged
     total.skipped_chunks += part.skipped_chunks
     total.rejected += part.rejected
+    total.deferred += part.deferred
+    total.resolved_later += part.resolved_later
 
 
 def _is_batch(path: Path) -> bool:
@@ -150,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
                     tick(first, second)
             for process in processes:
                 process.join()
+            if report.deferred:  # every worker is done: what their lines refer to is stored, if anywhere
+                _import([], tick, report=report)
         bar.update(task, description="projecting")
         stop.set()
         projector.join()

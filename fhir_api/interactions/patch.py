@@ -7,6 +7,7 @@ the patched resource is validated like any update.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -15,7 +16,7 @@ from fastapi.responses import Response
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources.patch_body import JSON_PATCH, MERGE_PATCH, patch_change
-from fhir_api.conditional import run_conditional
+from fhir_api.conditional import references_of, run_conditional
 from fhir_api.interactions.visibility import make_visible
 from fhir_api.request import (
     JSON_MEDIA_TYPES,
@@ -42,9 +43,16 @@ async def patch(resource_type: str, resource_id: str, request: Request, services
     if_match = parse_if_match(request.headers.get("if-match"))
     body = await read_json_body(request, PATCH_MEDIA_TYPES)
     change = patch_change(media_type(request), body)
+    references = references_of(services, request)
+
+    def patched(current: dict[str, Any]) -> dict[str, Any]:
+        # Conditional references resolve in the patched resource, at their element (ehr_core.references).
+        resolved: dict[str, Any] = references.rewrite(change(current))
+        return resolved
+
     context = write_context(request, "patch")
     application = await home_application(services, resource_type, resource_id)
-    written = await run_in_threadpool(application.patch, resource_type, resource_id, change, context, if_match)
+    written = await run_in_threadpool(application.patch, resource_type, resource_id, patched, context, if_match)
     await run_in_threadpool(make_visible, services, written)
     return write_response(written, 200, prefer_return(request), base_url(request))
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from fhir_api.conditional import run_conditional
+from fhir_api.conditional import resolve_references, run_conditional
 from fhir_api.interactions.visibility import make_visible
 from fhir_api.request import (
     ServicesDep,
@@ -32,6 +32,7 @@ async def update(resource_type: str, resource_id: str, request: Request, service
     if_match = parse_if_match(request.headers.get("if-match"))
     resource = await read_json_body(request)
     context = write_context(request, "update")
+    resource = await resolve_references(services, request, resource)
     application = await home_application(services, resource_type, resource_id)
     written = await run_in_threadpool(application.update, resource_type, resource_id, resource, context, if_match)
     await run_in_threadpool(make_visible, services, written)

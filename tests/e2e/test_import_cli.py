@@ -14,11 +14,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
+from ehr_core.references import CONDITIONAL_REFERENCE
 from ehr_core.settings import Settings
+from fhir_api.app import create_app
 from fhir_api.services import Services
 from projections.resources import ResourceViews
 from tests.conftest import CORPUS
+from tests.support.bulk_sample import write_bulk_sample
 from tests.support.references import references
 from tests.support.server import REPO
 from tests.support.waiting import wait_until
@@ -152,3 +156,69 @@ def test_ndjson_with_bad_lines_keeps_the_rest(settings: Settings, store_env: dic
 def test_missing_path_says_what_to_do(store_env: dict[str, str], tmp_path: Path) -> None:
     result = _import(store_env, tmp_path / "nope.ndjson")
     assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def _stored_bodies(services: Services) -> list[dict[str, object]]:
+    with services.views.read() as tx:
+        rows = tx.execute("SELECT body FROM resources WHERE body IS NOT NULL").fetchall()
+    return [json.loads(bytes(row[0])) for row in rows]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bulk_export_with_conditional_references_imports_completely(
+    settings: Settings, store_env: dict[str, str], tmp_path: Path, workers: int
+) -> None:
+    """The SMART sample bulk data shape: Encounter.ndjson (first by name) names its practitioners, locations
+    and organizations by ``Type?identifier=…``; Location.ndjson names organizations in a later file. Loaded in
+    dependency order with the lines whose targets come later resolved last, every reference resolves, and
+    ``Encounter?participant=Practitioner/{id}`` finds each practitioner's encounters."""
+    sample = write_bulk_sample(tmp_path / "export")
+    result = subprocess.run(
+        [sys.executable, "-m", "fhir_api.cli", "import", "--quiet", "--workers", str(workers), str(sample.directory)],
+        cwd=REPO,
+        env=store_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{sample.lines} versions stored" in result.stderr and "0 rejected" in result.stderr, result.stderr
+    services = Services.open(settings, follow=False)
+    try:
+        bodies = _stored_bodies(services)
+        assert len(bodies) == sample.lines
+        unresolved = [r for body in bodies for r in references(body) if CONDITIONAL_REFERENCE.match(r)]
+        assert unresolved == []
+        stored = {(str(body["resourceType"]), str(body["id"])) for body in bodies}
+        dangling = [r for body in bodies for r in references(body) if tuple(r.split("/")) not in stored]
+        assert dangling == []
+        with TestClient(create_app(services=services)) as client:
+            for practitioner, encounters in sample.encounters_of.items():
+                found = client.get(
+                    "/fhir/Encounter", params={"participant": f"Practitioner/{practitioner}", "_count": "500"}
+                )
+                assert found.status_code == 200, found.text
+                assert sorted(e["resource"]["id"] for e in found.json()["entry"]) == sorted(encounters)
+    finally:
+        services.close()
+
+
+def test_bulk_line_whose_reference_matches_nothing_is_rejected_and_listed(
+    settings: Settings, store_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A line whose conditional reference still matches nothing once everything is loaded is rejected and
+    listed with the element it names (the 422 of a REST write); every other line is stored."""
+    sample = write_bulk_sample(tmp_path / "export", encounters=40, unknown_npi="1234567893")
+    result = _import(store_env, sample.directory)
+    assert result.returncode == 1, result.stderr
+    stored = sample.lines - 1  # all but the orphan
+    assert "1 rejected" in result.stderr and f"{stored} versions stored" in result.stderr, result.stderr
+    assert f"Encounter.ndjson line {40 + 1}" in result.stderr
+    assert "Encounter.participant[0].individual" in result.stderr and "us-npi|1234567893" in result.stderr
+    services = Services.open(settings, follow=False)
+    try:
+        bodies = _stored_bodies(services)
+        assert len(bodies) == stored
+        assert not [r for body in bodies for r in references(body) if CONDITIONAL_REFERENCE.match(r)]
+    finally:
+        services.close()
