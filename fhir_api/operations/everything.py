@@ -8,11 +8,11 @@ names the institution and unit (CLUES) whose write produced it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -20,6 +20,8 @@ from ehr_core.errors import InvalidResource, Issue
 from ehr_core.numbers import parse_int
 from fhir_api.auth import viewer_of
 from fhir_api.interactions.history import parse_since
+from fhir_api.operations.definitions import by_id
+from fhir_api.operations.parameters import operation_input
 from fhir_api.operations.unified import attributed, bundle, linked_patients
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON
@@ -78,29 +80,26 @@ def everything(
     return bundle({"type": "searchset", "link": links}, entries)
 
 
+OPERATION = by_id("everything")
+
+
 @router.get("/Patient/{patient_id}/$everything", summary="Patient $everything (unified across institutions)")
-async def patient_everything(
-    patient_id: str,
-    request: Request,
-    services: ServicesDep,
-    types: Annotated[str | None, Query(alias="_type")] = None,
-    since: Annotated[str | None, Query(alias="_since")] = None,
-    count: Annotated[str | None, Query(alias="_count")] = None,
-    page_after: Annotated[str | None, Query(alias="_page_after")] = None,
-) -> Response:
-    type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
+@router.post("/Patient/{patient_id}/$everything", summary="Patient $everything (POST, Parameters body)")
+async def patient_everything(patient_id: str, request: Request, services: ServicesDep) -> Response:
+    given = await operation_input(request, OPERATION)
+    type_list = [t.strip() for value in given.all("_type") for t in value.split(",") if t.strip()] or None
     for resource_type in type_list or []:
         require_type(resource_type)
-    size = max(1, min(_int(count, "_count", DEFAULT_COUNT), MAX_COUNT))
+    size = max(1, min(_int(given.first("_count"), "_count", DEFAULT_COUNT), MAX_COUNT))
     body = await run_in_threadpool(
         everything,
         services,
         base_url(request),
         patient_id,
         type_list,
-        parse_since(since),
+        parse_since(given.first("_since")),
         size,
-        _int(page_after, "_page_after", 0),
+        _int(given.first("_page_after"), "_page_after", 0),
         viewer_of(request),
     )
     return Response(body, media_type=FHIR_JSON)
