@@ -73,6 +73,8 @@ OPERATIONS: tuple[Operation, ...] = (
         instance=True,
         base="http://hl7.org/fhir/OperationDefinition/Patient-everything",
         parameters=(
+            Param("start", "date", documentation="Care date range start, inclusive (each resource's clinical date)"),
+            Param("end", "date", documentation="Care date range end, inclusive (each resource's clinical date)"),
             Param("_since", "instant", documentation="Only resources last updated at or after this instant"),
             Param("_type", "code", max="*", documentation="Resource types to include (comma-separated or repeated)"),
             _COUNT,
