@@ -38,6 +38,7 @@ TYPE_INTERACTIONS = (
     "search-type",
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system")
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 PATIENT_COMPARTMENT = "http://hl7.org/fhir/CompartmentDefinition/patient"
 #: Searched over the server's own logs (fhir_api/interactions/audit_resources.py), with these parameters only.
 LOG_SEARCH_PARAMETERS = {
@@ -105,7 +106,28 @@ def _resources(base: str) -> list[dict[str, Any]]:
     return resources
 
 
-def capability_statement(base: str) -> dict[str, Any]:
+def _security(auth_disabled: bool) -> dict[str, Any]:
+    """``rest.security`` (R4 capabilitystatement.html, SMART App Launch "Conformance"): bearer JWTs with
+    SMART scopes; the issuers and endpoints are in ``.well-known/smart-configuration``."""
+    if auth_disabled:
+        return {"description": "Authentication is disabled (EHR_AUTH=disabled-for-development): development only."}
+    return {
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ]
+            }
+        ],
+        "description": "Bearer JWTs from trusted institution issuers with SMART v1/v2 scopes; see "
+        ".well-known/smart-configuration",
+    }
+
+
+def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -119,6 +141,7 @@ def capability_statement(base: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": _security(auth_disabled),
                 "resource": _resources(base),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "operation": _operations(base, None),
@@ -129,8 +152,9 @@ def capability_statement(base: str) -> dict[str, Any]:
 
 
 @router.get("/metadata", summary="capabilities")
-def capabilities(request: Request) -> Response:
-    return Response(orjson.dumps(capability_statement(base_url(request))), media_type=FHIR_JSON)
+def capabilities(request: Request, services: ServicesDep) -> Response:
+    statement = capability_statement(base_url(request), services.settings.auth_disabled)
+    return Response(orjson.dumps(statement), media_type=FHIR_JSON)
 
 
 @router.get("/OperationDefinition/{definition_id}", summary="read OperationDefinition (the server's operations)")

@@ -100,6 +100,7 @@ def test_statement_declares_what_searches_take(client: TestClient) -> None:
     assert {"code": "search-system"} in rest["interaction"]
     assert rest["compartment"] == ["http://hl7.org/fhir/CompartmentDefinition/patient"]
     assert by_type["Patient"]["conditionalRead"] == "full-support"
+    assert "disabled" in rest["security"]["description"]  # these tests run without authentication
     assert "Observation:subject" in by_type["Observation"]["searchInclude"]
     assert "Observation:subject" in by_type["Patient"]["searchRevInclude"]
     # AuditEvent and Provenance are searched over the server's logs: only what those searches take.
