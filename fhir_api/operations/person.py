@@ -227,10 +227,12 @@ async def link(patient_id: str, request: Request, services: ServicesDep) -> Resp
 
 @router.post("/Patient/{patient_id}/$unlink", summary="undo the link of a Patient record (data steward)")
 async def unlink(patient_id: str, request: Request, services: ServicesDep) -> Response:
-    await operation_input(request, by_id("unlink"))  # no parameters: an empty body or an empty Parameters
     context = write_context(request, "unlink")
     await run_in_threadpool(_person_of, services, patient_id)
+    # Whether the caller may change this record's identity comes first: a refused caller learns nothing of
+    # what the body would have been checked for.
     await run_in_threadpool(_may_link, services, request, patient_id, None)
+    await operation_input(request, by_id("unlink"))  # no parameters: an empty body or an empty Parameters
     assert services.identity is not None
     own = await run_in_threadpool(
         services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role)
