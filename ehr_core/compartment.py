@@ -14,7 +14,7 @@ from typing import Any
 
 from ehr_core.spec.patient_compartment import PATHS
 
-__all__ = ["patient_compartment"]
+__all__ = ["compartment_types", "patient_compartment"]
 
 
 def _walk(node: Any, steps: list[str]) -> list[Any]:
@@ -60,3 +60,8 @@ def patient_compartment(resource: dict[str, Any]) -> list[str]:
             if patient is not None and patient not in found:
                 found.append(patient)
     return found
+
+
+def compartment_types() -> frozenset[str]:
+    """The resource types the Patient compartment can hold (those its CompartmentDefinition lists)."""
+    return frozenset(PATHS)

@@ -49,6 +49,11 @@ def classify(method: str, path: str) -> tuple[str, str | None, list[str]]:
         return "capabilities", None, parts
     if parts[0] == "_history":
         return "history-system", None, parts
+    if parts[0] == "_search":
+        return "search-system", None, parts
+    if len(parts) >= 3 and parts[2] != "_history":
+        # Compartment search: R4's restful-interaction codes have no code of its own; it searches a type.
+        return "search-type", None, parts
     if len(parts) == 1:
         kinds = {"GET": "search-type", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
         return kinds.get(method, "search-type"), None, parts

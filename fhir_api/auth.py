@@ -363,6 +363,8 @@ class Need:
     write: bool = False
     #: $everything / $summary of this Patient id.
     patient_operation: str | None = None
+    #: A compartment search in this Patient's compartment (filtered like a type search, not all or nothing).
+    compartment: str | None = None
 
 
 def need_of(method: str, path: str, query: str = "") -> Need:
@@ -385,8 +387,11 @@ def need_of(method: str, path: str, query: str = "") -> Need:
             return Need("*", "s")
         return Need(parts[0], "s")
     resource_type = parts[0]
-    if resource_type == "_history":
+    if resource_type in ("_history", "_search"):  # system history, system search by POST
         return Need("*", "s")
+    if len(parts) >= 3 and parts[2] not in ("_history",) and parts[0] == "Patient":
+        # Compartment search, GET Patient/[id]/[type] or POST .../[type]/_search (R4 §3.1.1.1).
+        return Need(parts[2], "s", compartment=parts[1])
     if len(parts) == 1:
         if method == "GET":
             return Need(resource_type, "s")
@@ -444,6 +449,8 @@ def _in_compartment(services: Any, patient: str, need: Need, query: dict[str, li
         return need.resource_type in PATIENT_WRITABLE and "s" not in need.permissions and "d" not in need.permissions
     if need.patient_operation is not None:
         return need.patient_operation == patient
+    if need.compartment is not None:
+        return need.compartment == patient
     refs = {patient, f"Patient/{patient}"}
     if need.target is not None:
         resource_type, resource_id = need.target

@@ -27,6 +27,9 @@ def fhir_router() -> APIRouter:
     # transaction/batch lives on the base URL itself, which an included router cannot declare.
     router.add_api_route("", transaction.transaction, methods=["POST"], summary="transaction / batch")
     router.add_api_route("/", transaction.transaction, methods=["POST"], include_in_schema=False)
+    # search-system, GET [base]?params (R4 §3.1.0.9), on the base URL too.
+    router.add_api_route("", search.search_system, methods=["GET"], summary="search-system")
+    router.add_api_route("/", search.search_system, methods=["GET"], include_in_schema=False)
     router.include_router(smart.router)  # /.well-known/smart-configuration before read
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     router.include_router(export.router)

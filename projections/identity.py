@@ -447,10 +447,15 @@ def everything_page(
     after: int = 0,
     limit: int = 50,
     viewer: Viewer | None = None,
+    clinical: tuple[int, int] | None = None,
 ) -> list[tuple[int, str, str, bytes, str, str | None]]:
     """Current resources in the compartments of ``patients``, by notification id after ``after``:
     (notification id, type, id, stored bytes, institution, unit); with a ``viewer``, only those it may read
-    (another institution's entry in a patient's compartment is not the record holder's to read)."""
+    (another institution's entry in a patient's compartment is not the record holder's to read).
+
+    ``clinical`` (a range of micros, as the search index keeps dates): only resources whose clinical date
+    (:data:`CLINICAL_DATE`, else the type's ``date`` parameter) overlaps it; a resource with none (the
+    Patient, a Consent without a date) is kept, as nothing places it outside the range."""
     marks = ", ".join("?" for _ in patients)
     conditions = [
         f"EXISTS (SELECT 1 FROM resource_compartments c WHERE c.patient_id IN ({marks}) "
@@ -465,6 +470,9 @@ def everything_page(
     if since:
         conditions.append("r.last_updated >= ?")
         params.append(since)
+    if clinical is not None:
+        conditions.append(_clinical_clause())
+        params.extend([clinical[1], clinical[0]])
     if viewer is not None:
         clause, clause_params = visible_clause(with_consents(tx, viewer), "r.resource_type", "r.resource_id")
         conditions.append(clause)
@@ -477,3 +485,79 @@ def everything_page(
         (*params, limit),
     ).fetchall()
     return [(int(r[0]), str(r[1]), str(r[2]), bytes(r[3]), str(r[4] or "unknown"), r[5]) for r in rows]
+
+
+#: The search parameter holding a type's clinical date (when care happened), where it is not ``date``:
+#: R4 patient-operation-everything's ``start``/``end`` ("care date range") compare with it.
+CLINICAL_DATE: dict[str, str] = {
+    "Condition": "onset-date",
+    "MedicationRequest": "authoredon",
+    "MedicationAdministration": "effective-time",
+    "MedicationDispense": "whenhandedover",
+    "MedicationStatement": "effective",
+    "ServiceRequest": "authored",
+    "DeviceRequest": "authored-on",
+    "Task": "authored-on",
+    "Claim": "created",
+    "ExplanationOfBenefit": "created",
+    "Goal": "start-date",
+    "Specimen": "collected",
+    "ImagingStudy": "started",
+    "Communication": "sent",
+    "NutritionOrder": "datetime",
+}
+
+
+def _clinical_clause() -> str:
+    """Parameters: the range's high, then its low (micros)."""
+    cases = " ".join(f"WHEN '{rtype}' THEN '{param}'" for rtype, param in CLINICAL_DATE.items())
+    param = f"(CASE r.resource_type {cases} ELSE 'date' END)"
+    dated = (
+        "SELECT 1 FROM search_ids i JOIN search_date d ON d.sid = i.sid AND d.resource_type = i.resource_type "
+        f"WHERE i.resource_type = r.resource_type AND i.resource_id = r.resource_id AND d.param = {param}"
+    )
+    return f"(NOT EXISTS ({dated}) OR EXISTS ({dated} AND d.low <= ? AND d.high >= ?))"
+
+
+def referenced_resources(
+    tx: Tx,
+    keys: Sequence[tuple[str, str]],
+    *,
+    types: Sequence[str] | None = None,
+    since: str | None = None,
+    viewer: Viewer | None = None,
+) -> list[tuple[int, str, str, bytes, str, str | None]]:
+    """The current resources ``keys`` name (what a page of ``$everything`` references), as
+    :func:`everything_page` rows: only those outside every patient compartment (a resource of this patient's
+    compartment is listed by :func:`everything_page` itself, another patient's is not this record),
+    of ``types``, updated since ``since``, and with a ``viewer``, only those it may read."""
+    wanted = sorted({key for key in keys if types is None or key[0] in types})
+    found: list[tuple[int, str, str, bytes, str, str | None]] = []
+    policy: tuple[str, list[Any]] | None = None
+    if viewer is not None:
+        policy = visible_clause(with_consents(tx, viewer), "r.resource_type", "r.resource_id")
+    for start in range(0, len(wanted), 200):
+        chunk = wanted[start : start + 200]
+        pairs = " OR ".join("(r.resource_type = ? AND r.resource_id = ?)" for _ in chunk)
+        conditions = [
+            f"({pairs})",
+            "r.body IS NOT NULL",
+            "NOT EXISTS (SELECT 1 FROM resource_compartments c WHERE c.resource_type = r.resource_type "
+            "AND c.resource_id = r.resource_id)",
+        ]
+        params: list[Any] = [value for key in chunk for value in key]
+        if since:
+            conditions.append("r.last_updated >= ?")
+            params.append(since)
+        if policy is not None:
+            conditions.append(policy[0])
+            params.extend(policy[1])
+        rows = tx.execute(
+            "SELECT r.notification_id, r.resource_type, r.resource_id, r.body, s.institution, s.unit "
+            "FROM resources r LEFT JOIN resource_sources s "
+            "ON s.resource_type = r.resource_type AND s.resource_id = r.resource_id "
+            f"WHERE {' AND '.join(conditions)} ORDER BY r.notification_id",
+            params,
+        ).fetchall()
+        found += [(int(r[0]), str(r[1]), str(r[2]), bytes(r[3]), str(r[4] or "unknown"), r[5]) for r in rows]
+    return found

@@ -32,7 +32,7 @@ from fhir_api.auth import caller_of
 from fhir_api.errors import ApiError
 from fhir_api.interactions import delete, patch, read, update
 from fhir_api.request import ServicesDep, base_url
-from fhir_api.responses import FHIR_JSON, fhir_response
+from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from projections.access import audit_clause, audit_entry_visible, provenance_clause, provenance_visible
 from projections.audit import AuditQuery, date_condition, read_audit, search_audit
@@ -179,9 +179,9 @@ def audit_read(resource_id: str, request: Request, services: ServicesDep) -> Res
         _permitted(services, request, "audit_entries", resource_id)
     if stored is None:
         # Not one of the server's own entries: an AuditEvent a client sent is an ordinary resource.
-        return read.read("AuditEvent", resource_id, services)
+        return read.read("AuditEvent", resource_id, services, None, request)
     body = _without_queries(stored.body) if _patient_app(request) else stored.body
-    return fhir_response(body, version=1, last_updated=stored.recorded)
+    return read.read_response(request, body, 1, stored.recorded)
 
 
 # -- Provenance ------------------------------------------------------------------------------------
@@ -231,8 +231,8 @@ def provenance_read(resource_id: str, request: Request, services: ServicesDep) -
         _permitted(services, request, "provenance", resource_id)
     if stored is None:
         # Not derived from the log: a Provenance a client sent (with a signed document, say) is ordinary.
-        return read.read("Provenance", resource_id, services)
-    return fhir_response(stored.body, version=1, last_updated=stored.recorded)
+        return read.read("Provenance", resource_id, services, None, request)
+    return read.read_response(request, stored.body, 1, stored.recorded)
 
 
 def _server_written(services: Services, resource_type: str, resource_id: str) -> bool:

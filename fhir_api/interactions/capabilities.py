@@ -1,4 +1,11 @@
-"""capabilities: ``GET [base]/metadata`` (R4 §3.1.0.10): exactly what this server does, nothing more."""
+"""capabilities: ``GET [base]/metadata`` (R4 §3.1.0.10): exactly what this server does, nothing more.
+
+Built from what is registered, so it cannot drift: the search parameters of each type from the search
+registry (AuditEvent and Provenance are searched over the server's own logs, with the parameters
+:mod:`fhir_api.interactions.audit_resources` takes), the includes from its reference parameters, the
+operations from :mod:`fhir_api.operations.definitions` (each definition readable at
+``OperationDefinition/[id]``, served here too).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ehr_core.resources.types import supported_types
-from fhir_api.request import base_url
+from fhir_api.interactions import read
+from fhir_api.operations.definitions import OPERATIONS, definition_resource, definition_url, operations_for
+from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
 from projections.search import capability_search_params
+from projections.search.registry import parameters
 
 router = APIRouter()
 
@@ -27,42 +37,97 @@ TYPE_INTERACTIONS = (
     "create",
     "search-type",
 )
-SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
-# Bulk Data Access IG 2.0 operations.
-EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
-PATIENT_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
-GROUP_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system")
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+PATIENT_COMPARTMENT = "http://hl7.org/fhir/CompartmentDefinition/patient"
+#: Searched over the server's own logs (fhir_api/interactions/audit_resources.py), with these parameters only.
+LOG_SEARCH_PARAMETERS = {
+    "AuditEvent": frozenset({"patient", "entity", "agent", "date", "action", "outcome", "subtype", "address"}),
+    "Provenance": frozenset({"target", "patient", "agent", "recorded"}),
+}
+
+
+def _search_params(resource_type: str) -> list[dict[str, Any]]:
+    found = capability_search_params(resource_type)
+    if resource_type in LOG_SEARCH_PARAMETERS:
+        return [p for p in found if p["name"] in LOG_SEARCH_PARAMETERS[resource_type]]
+    return found
 
 
 @cache
-def _resources() -> list[dict[str, Any]]:
-    return [
-        {
+def _includes() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``searchInclude`` and ``searchRevInclude`` per type: ``Source:param`` for each reference parameter
+    (R4 §3.1.1.5.4), a revinclude under every type the parameter may point to."""
+    includes: dict[str, list[str]] = {}
+    revincludes: dict[str, list[str]] = {}
+    types = supported_types()
+    for source in types:
+        if source in LOG_SEARCH_PARAMETERS:  # their searches take no _include, and they are not indexed
+            continue
+        for code, param in sorted(parameters(source).items()):
+            if param.type != "reference":
+                continue
+            includes.setdefault(source, []).append(f"{source}:{code}")
+            targets = types if "Resource" in param.targets or not param.targets else param.targets
+            for target in targets:
+                revincludes.setdefault(target, []).append(f"{source}:{code}")
+    return includes, revincludes
+
+
+def _operations(base: str, resource_type: str | None) -> list[dict[str, Any]]:
+    return [{"name": op.code, "definition": definition_url(base, op)} for op in operations_for(resource_type)]
+
+
+@cache
+def _resources(base: str) -> list[dict[str, Any]]:
+    includes, revincludes = _includes()
+    resources = []
+    for resource_type in supported_types():
+        resource: dict[str, Any] = {
             "type": resource_type,
             "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": True,
-            "conditionalRead": "not-supported",
+            "conditionalRead": "full-support",
             "conditionalUpdate": True,
             "conditionalDelete": "single",
-            **_type_operations(resource_type),
-            "searchParam": capability_search_params(resource_type),
         }
-        for resource_type in supported_types()
-    ]
+        if includes.get(resource_type):
+            resource["searchInclude"] = ["*", *includes[resource_type]]
+        if revincludes.get(resource_type):
+            resource["searchRevInclude"] = sorted(set(revincludes[resource_type]))
+        resource["searchParam"] = _search_params(resource_type)
+        operations = _operations(base, resource_type)
+        if operations:
+            resource["operation"] = operations
+        resources.append(resource)
+    return resources
 
 
-def _type_operations(resource_type: str) -> dict[str, Any]:
-    if resource_type == "Patient":
-        return {"operation": [{"name": "export", "definition": PATIENT_EXPORT}]}
-    if resource_type == "Group":
-        return {"operation": [{"name": "export", "definition": GROUP_EXPORT}]}
-    return {}
+def _security(auth_disabled: bool) -> dict[str, Any]:
+    """``rest.security`` (R4 capabilitystatement.html, SMART App Launch "Conformance"): bearer JWTs with
+    SMART scopes; the issuers and endpoints are in ``.well-known/smart-configuration``."""
+    if auth_disabled:
+        return {"description": "Authentication is disabled (EHR_AUTH=disabled-for-development): development only."}
+    return {
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ]
+            }
+        ],
+        "description": "Bearer JWTs from trusted institution issuers with SMART v1/v2 scopes; see "
+        ".well-known/smart-configuration",
+    }
 
 
-def capability_statement(base: str) -> dict[str, Any]:
+def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -76,14 +141,26 @@ def capability_statement(base: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": _resources(),
+                "security": _security(auth_disabled),
+                "resource": _resources(base),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
-                "operation": [{"name": "export", "definition": EXPORT}],
+                "operation": _operations(base, None),
+                "compartment": [PATIENT_COMPARTMENT],
             }
         ],
     }
 
 
 @router.get("/metadata", summary="capabilities")
-def capabilities(request: Request) -> Response:
-    return Response(orjson.dumps(capability_statement(base_url(request))), media_type=FHIR_JSON)
+def capabilities(request: Request, services: ServicesDep) -> Response:
+    statement = capability_statement(base_url(request), services.settings.auth_disabled)
+    return Response(orjson.dumps(statement), media_type=FHIR_JSON)
+
+
+@router.get("/OperationDefinition/{definition_id}", summary="read OperationDefinition (the server's operations)")
+def operation_definition(definition_id: str, request: Request, services: ServicesDep) -> Response:
+    """The definition of one of the server's operations; any other id is a stored OperationDefinition."""
+    operation = next((op for op in OPERATIONS if op.id == definition_id), None)
+    if operation is None:
+        return read.read("OperationDefinition", definition_id, services, request.query_params.get("_at"), request)
+    return Response(orjson.dumps(definition_resource(base_url(request), operation)), media_type=FHIR_JSON)

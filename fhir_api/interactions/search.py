@@ -26,7 +26,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ehr_core.errors import InvalidResource, Issue
+from ehr_core.compartment import compartment_types
+from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
 from fhir_api.access import record_break_glass
 from fhir_api.auth import caller_of
@@ -39,10 +40,10 @@ from projections.access import Viewer
 from projections.db import Tx
 from projections.resources import ResourceViews
 from projections.search import Match, Page, SearchRequest, capability_search_params, parse_search
-from projections.search.engine import run_search
+from projections.search.engine import indexed_types, run_search
 from projections.search.subset import subset
 
-__all__ = ["router", "search_bundle", "strict_handling"]
+__all__ = ["router", "search_bundle", "search_system", "strict_handling", "system_bundle"]
 
 router = APIRouter()
 
@@ -59,10 +60,10 @@ def strict_handling(request: Request) -> bool:
     return True
 
 
-def _link(base: str, resource_type: str, pairs: list[tuple[str, str]], cursor: str | None) -> str:
+def _link(base: str, path: str, pairs: list[tuple[str, str]], cursor: str | None) -> str:
     params = [*pairs, ("_cursor", cursor)] if cursor else pairs
     query = urlencode(params)
-    return f"{base}/{resource_type}" + (f"?{query}" if query else "")
+    return f"{base}/{path}".rstrip("/") + (f"?{query}" if query else "")
 
 
 def _resource(tx: Tx, match: Match, parsed: SearchRequest) -> Any | None:
@@ -130,9 +131,13 @@ def _search(
     base: str,
     strict: bool,
     viewer: Viewer | None,
+    compartment: str | None = None,
+    count: int | None = None,
 ) -> tuple[dict[str, Any], Page]:
     require_type(resource_type)
     parsed = parse_search(resource_type, pairs, base)
+    parsed.compartment = compartment
+    path = f"Patient/{compartment}/{resource_type}" if compartment is not None else resource_type
     if strict and parsed.unknown:
         names = ", ".join(parsed.unknown)
         known = ", ".join(sorted(p["name"] for p in capability_search_params(resource_type)))
@@ -141,16 +146,17 @@ def _search(
             "(send Prefer: handling=lenient to have them ignored instead)"
         )
         raise InvalidResource([Issue("not-supported", message, parsed.unknown[0])])
-    count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT
+    if count is None:
+        count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT
     with services.views.read() as tx:
         page = run_search(tx, services.views.dialect, parsed, base, count, viewer)
         entries = _entries(tx, base, page, parsed)
     applied = [(name, value) for name, value in parsed.applied if name != "_cursor"]
-    links = [{"relation": "self", "url": _link(base, resource_type, applied, parsed.cursor)}]
+    links = [{"relation": "self", "url": _link(base, path, applied, parsed.cursor)}]
     if page.next_cursor:
-        links.append({"relation": "next", "url": _link(base, resource_type, applied, page.next_cursor)})
+        links.append({"relation": "next", "url": _link(base, path, applied, page.next_cursor)})
     if page.prev_cursor:
-        links.append({"relation": "previous", "url": _link(base, resource_type, applied, page.prev_cursor)})
+        links.append({"relation": "previous", "url": _link(base, path, applied, page.prev_cursor)})
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if page.total is not None:
         bundle["total"] = page.total
@@ -162,23 +168,142 @@ def _search(
     return bundle, page
 
 
-def _answer(services: Services, request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
+def _viewer(request: Request) -> tuple[Viewer | None, str | None]:
     caller = caller_of(request)
     reason = request.headers.get("x-ehr-break-glass", "").strip() or None
-    viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
-    bundle, page = _search(services, resource_type, pairs, base_url(request), strict_handling(request), viewer)
-    if page.filtered:
+    return (caller.viewer(break_glass=reason is not None) if caller is not None else None), reason
+
+
+def _respond(services: Services, request: Request, bundle: dict[str, Any], pages: list[Page], what: str) -> Response:
+    """The searchset, with the access notes the policy asks for (audit entry, break-the-glass review)."""
+    caller = caller_of(request)
+    reason = request.headers.get("x-ehr-break-glass", "").strip() or None
+    if any(page.filtered for page in pages):
         # For the audit entry: the answer was filtered by the access policy.
         request.state.ehr_access = "filtered"
     headers: dict[str, str] = {}
-    if caller is not None and reason is not None and page.break_glass_used:
+    if caller is not None and reason is not None and any(page.break_glass_used for page in pages):
         with services.views.write() as tx:
             # The query may name the patient (name=, identifier=): the audit entry keeps it; the
             # review list, a plain view table, says only what kind of access it was.
-            record_break_glass(tx, caller.claims, reason, f"search {resource_type}")
+            record_break_glass(tx, caller.claims, reason, what)
         request.state.ehr_break_glass = True
         headers["X-EHR-Break-Glass"] = "granted"
     return Response(orjson.dumps(bundle), media_type=FHIR_JSON, headers=headers)
+
+
+def _answer(
+    services: Services,
+    request: Request,
+    resource_type: str,
+    pairs: list[tuple[str, str]],
+    compartment: str | None = None,
+) -> Response:
+    viewer, _ = _viewer(request)
+    bundle, page = _search(
+        services, resource_type, pairs, base_url(request), strict_handling(request), viewer, compartment=compartment
+    )
+    what = f"search Patient/{compartment}/{resource_type}" if compartment else f"search {resource_type}"
+    return _respond(services, request, bundle, [page], what)
+
+
+async def _form_pairs(request: Request) -> list[tuple[str, str]]:
+    """The query string's parameters, then the form body's (R4 §3.1.1 "POST ... _search")."""
+    kind = media_type(request)
+    if kind is not None and kind != FORM:
+        raise ApiError("unsupported-media-type", f"POST _search takes {FORM}, not {kind}", code="not-supported")
+    form = await request.form()
+    pairs = list(request.query_params.multi_items())
+    pairs += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+    return pairs
+
+
+# -- system search: GET [base]?params, POST [base]/_search (R4 §3.1.0.9 "search-system") --------------
+
+
+def _system_cursor(value: str | None, types: list[str]) -> tuple[int, str | None]:
+    """A system search's cursor: the index of the type the page starts in, and that type's own cursor."""
+    if value is None:
+        return 0, None
+    index, _, inner = value.partition(":")
+    if not index.isdecimal() or int(index) >= len(types):
+        raise InvalidResource([Issue("invalid", "_cursor is not one this server issued for this search", "_cursor")])
+    return int(index), inner or None
+
+
+def system_bundle(
+    services: Services, pairs: list[tuple[str, str]], base: str, strict: bool, viewer: Viewer | None
+) -> tuple[dict[str, Any], list[Page]]:
+    """A search across the ``_type`` types (every type with resources when there is no ``_type``): the types
+    one after the other, each in its own order, a page continuing into the next type when one runs out.
+    The parameters apply to every type, so they must be ones each type has (R4 §3.1.1.1: with several
+    types, only parameters common to them all)."""
+    types: list[str] = []
+    for name, value in pairs:
+        if name == "_type":
+            types += [require_type(t.strip()) for t in value.split(",") if t.strip() and t.strip() not in types]
+    rest = [(n, v) for n, v in pairs if n not in ("_type", "_cursor", "_count")]
+    cursor = next((v for n, v in pairs if n == "_cursor"), None)
+    requested = next((v for n, v in pairs if n == "_count"), None)
+    if not types:
+        with services.views.read() as tx:
+            types = indexed_types(tx)
+    count = clamp_count(
+        parse_search(types[0] if types else "Patient", [("_count", requested)] if requested else []).count,
+        DEFAULT_COUNT,
+        services.settings,
+    )
+    start, inner = _system_cursor(cursor, types)
+    remaining = count
+    entries: list[dict[str, Any]] = []
+    outcome: dict[str, Any] | None = None
+    pages: list[Page] = []
+    total: int | None = 0
+    next_cursor: str | None = None
+    for index, resource_type in enumerate(types):
+        listed = index >= start and remaining > 0 and next_cursor is None
+        own = [*rest, *([("_cursor", inner)] if index == start and inner else [])]
+        bundle, page = _search(services, resource_type, own, base, strict, viewer, count=remaining if listed else 0)
+        pages.append(page)
+        total = None if total is None or page.total is None else total + page.total
+        for entry in bundle.get("entry", []):
+            if entry.get("search", {}).get("mode") == "outcome":
+                outcome = outcome or entry
+            else:
+                entries.append(entry)
+        if listed:
+            remaining -= len(page.matches)
+            if page.next_cursor:
+                next_cursor = f"{index}:{page.next_cursor}"
+        elif index > start and next_cursor is None and page.total:
+            next_cursor = f"{index}:"
+    query = [("_type", ",".join(types)), *rest, ("_count", str(count))]
+    links = [{"relation": "self", "url": _link(base, "", query, cursor)}]
+    if next_cursor is not None:
+        links.append({"relation": "next", "url": _link(base, "", query, next_cursor)})
+    result: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        result["total"] = total
+    result["link"] = links
+    result["entry"] = [*entries, *([outcome] if outcome else [])]
+    return result, pages
+
+
+def _system_answer(services: Services, request: Request, pairs: list[tuple[str, str]]) -> Response:
+    viewer, _ = _viewer(request)
+    bundle, pages = system_bundle(services, pairs, base_url(request), strict_handling(request), viewer)
+    return _respond(services, request, bundle, pages, "search system")
+
+
+def search_system(request: Request, services: ServicesDep) -> Response:
+    """``GET [base]?params`` (declared on the base URL in fhir_api/routes.py)."""
+    return _system_answer(services, request, list(request.query_params.multi_items()))
+
+
+@router.post("/_search", summary="search-system (POST)")
+async def search_system_post(request: Request, services: ServicesDep) -> Response:
+    pairs = await _form_pairs(request)
+    return await run_in_threadpool(_system_answer, services, request, pairs)
 
 
 @router.get("/{resource_type}", summary="search-type")
@@ -188,10 +313,46 @@ def search_type(resource_type: str, request: Request, services: ServicesDep) -> 
 
 @router.post("/{resource_type}/_search", summary="search-type (POST)")
 async def search_post(resource_type: str, request: Request, services: ServicesDep) -> Response:
-    kind = media_type(request)
-    if kind is not None and kind != FORM:
-        raise ApiError("unsupported-media-type", f"POST _search takes {FORM}, not {kind}", code="not-supported")
-    form = await request.form()
-    pairs = list(request.query_params.multi_items())
-    pairs += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+    pairs = await _form_pairs(request)
     return await run_in_threadpool(_answer, services, request, resource_type, pairs)
+
+
+# -- compartment search: GET [base]/Patient/[id]/[type]?params (R4 §3.1.1.1 "Compartment search") -----
+
+
+def _compartment_type(compartment_type: str, resource_type: str) -> None:
+    if resource_type.startswith("$"):
+        raise NotFound(f"operation {resource_type} is not supported on {compartment_type}", code="not-supported")
+    if compartment_type != "Patient":
+        raise NotFound(
+            f"compartment search is supported in the Patient compartment only, not {compartment_type}",
+            code="not-supported",
+        )
+    require_type(resource_type)
+    if resource_type not in compartment_types():
+        raise InvalidResource(
+            [
+                Issue(
+                    "not-supported",
+                    f"{resource_type} is not a type of the Patient compartment (R4 CompartmentDefinition)",
+                )
+            ]
+        )
+
+
+@router.get("/{compartment_type}/{compartment_id}/{resource_type}", summary="search-compartment")
+def search_compartment(
+    compartment_type: str, compartment_id: str, resource_type: str, request: Request, services: ServicesDep
+) -> Response:
+    _compartment_type(compartment_type, resource_type)
+    pairs = list(request.query_params.multi_items())
+    return _answer(services, request, resource_type, pairs, compartment=compartment_id)
+
+
+@router.post("/{compartment_type}/{compartment_id}/{resource_type}/_search", summary="search-compartment (POST)")
+async def search_compartment_post(
+    compartment_type: str, compartment_id: str, resource_type: str, request: Request, services: ServicesDep
+) -> Response:
+    _compartment_type(compartment_type, resource_type)
+    pairs = await _form_pairs(request)
+    return await run_in_threadpool(_answer, services, request, resource_type, pairs, compartment_id)

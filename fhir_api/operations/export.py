@@ -14,10 +14,9 @@ job: the grant is flagged (``X-EHR-Break-Glass: granted``), listed for review an
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
 from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
@@ -25,20 +24,19 @@ from fhir_api.access import decide, record_break_glass
 from fhir_api.auth import caller_of
 from fhir_api.errors import ApiError
 from fhir_api.interactions.history import parse_since
+from fhir_api.operations.definitions import by_id
 from fhir_api.operations.export_jobs import ExportJobs, ExportRequest
+from fhir_api.operations.parameters import OperationInput, operation_input
 from fhir_api.request import ServicesDep, base_url, require_type
+from fhir_api.services import Services
 from projections.resources import ResourceViews
 
 router = APIRouter()
 
 NDJSON_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
-TypeParam = Annotated[str | None, Query(alias="_type")]
-SinceParam = Annotated[str | None, Query(alias="_since")]
-FormatParam = Annotated[str | None, Query(alias="_outputFormat")]
-
-
-#: The kick-off parameters this server applies (Bulk Data IG 2.0 "Query Parameters").
-_EXPORT_PARAMETERS = ("_outputFormat", "_since", "_type")
+# The kick-off parameters this server applies are those of its OperationDefinitions
+# (fhir_api/operations/definitions.py); any other (``_typeFilter``, ``_elements``…) is refused: a server that
+# cannot apply a filter must not export everything as if it had (Bulk Data IG 2.0 "Query Parameters").
 
 
 def _jobs(request: Request) -> ExportJobs:
@@ -49,37 +47,37 @@ def _jobs(request: Request) -> ExportJobs:
 def _kick_off(
     request: Request,
     level: str,
-    types: str | None,
-    since: str | None,
-    output_format: str | None,
+    given: OperationInput,
     patients: list[str] | None = None,
 ) -> Response:
     if "respond-async" not in request.headers.get("prefer", ""):
         raise InvalidResource([Issue("invalid", "$export needs the header Prefer: respond-async")])
+    output_format = given.first("_outputFormat")
     if output_format is not None and output_format not in NDJSON_FORMATS:
         raise InvalidResource([Issue("not-supported", f"_outputFormat {output_format} is not supported; use ndjson")])
-    unknown = [name for name in request.query_params if name not in _EXPORT_PARAMETERS]
-    if unknown:
-        # Bulk Data IG: a server that cannot apply a parameter such as _typeFilter must not export everything
-        # as if it had (a filter silently dropped hands over more patients' data than asked for).
-        raise InvalidResource(
-            [
-                Issue(
-                    "not-supported",
-                    f"$export does not support {', '.join(unknown)}; supported: {', '.join(_EXPORT_PARAMETERS)}",
-                    unknown[0],
-                )
-            ]
-        )
-    type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
+    type_list = [t.strip() for value in given.all("_type") for t in value.split(",") if t.strip()] or None
     for resource_type in type_list or []:
         require_type(resource_type)
+    named = given.all("patient")
+    if named:
+        if not given.posted:
+            # Bulk Data IG 2.0 "patient": a POST-only parameter (a list of references does not fit a URL).
+            raise InvalidResource([Issue("not-supported", "the patient parameter is taken by POST only", "patient")])
+        chosen = []
+        for reference in named:
+            kind, _, rid = reference.partition("/")
+            if kind != "Patient" or not rid or "/" in rid:
+                raise InvalidResource(
+                    [Issue("invalid", f"patient must reference a Patient, got {reference!r}", "patient")]
+                )
+            chosen.append(rid)
+        patients = chosen if patients is None else [p for p in patients if p in chosen]
     caller = caller_of(request)
     reason = _break_glass(request)
     viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
     if viewer is not None:
         request.state.ehr_access = "break-the-glass" if viewer.break_glass else "filtered"  # for the audit entry
-    export = ExportRequest(level, str(request.url), type_list, parse_since(since), patients, viewer)
+    export = ExportRequest(level, str(request.url), type_list, parse_since(given.first("_since")), patients, viewer)
     job = _jobs(request).start(export, _requester(request))
     headers = {"Content-Location": f"{base_url(request)}/$export-status/{job.id}"}
     if caller is not None and reason is not None:
@@ -105,28 +103,27 @@ def _requester(request: Request) -> str | None:
 
 
 @router.get("/$export", summary="$export (system)")
-def export_system(
-    request: Request, types: TypeParam = None, since: SinceParam = None, output_format: FormatParam = None
-) -> Response:
-    return _kick_off(request, "system", types, since, output_format)
+@router.post("/$export", summary="$export (system, POST kick-off with a Parameters body)")
+async def export_system(request: Request) -> Response:
+    given = await operation_input(request, by_id("export"))
+    return await run_in_threadpool(_kick_off, request, "system", given)
 
 
 @router.get("/Patient/$export", summary="$export (patient)")
-def export_patients(
-    request: Request, types: TypeParam = None, since: SinceParam = None, output_format: FormatParam = None
-) -> Response:
-    return _kick_off(request, "patient", types, since, output_format)
+@router.post("/Patient/$export", summary="$export (patient, POST kick-off with a Parameters body)")
+async def export_patients(request: Request) -> Response:
+    given = await operation_input(request, by_id("patient-export"))
+    return await run_in_threadpool(_kick_off, request, "patient", given)
 
 
 @router.get("/Group/{group_id}/$export", summary="$export (group)")
-def export_group(
-    group_id: str,
-    request: Request,
-    services: ServicesDep,
-    types: TypeParam = None,
-    since: SinceParam = None,
-    output_format: FormatParam = None,
-) -> Response:
+@router.post("/Group/{group_id}/$export", summary="$export (group, POST kick-off with a Parameters body)")
+async def export_group(group_id: str, request: Request, services: ServicesDep) -> Response:
+    given = await operation_input(request, by_id("group-export"))
+    return await run_in_threadpool(_export_group, group_id, request, services, given)
+
+
+def _export_group(group_id: str, request: Request, services: Services, given: OperationInput) -> Response:
     caller = caller_of(request)
     with services.views.read() as tx:
         group = ResourceViews.read(tx, "Group", group_id)
@@ -150,7 +147,7 @@ def export_group(
         for member in members
         if isinstance(ref := member.get("entity", {}).get("reference"), str) and ref.startswith("Patient/")
     ]
-    return _kick_off(request, "group", types, since, output_format, patients)
+    return _kick_off(request, "group", given, patients)
 
 
 @router.get("/$export-status/{job_id}", summary="$export status")

@@ -18,6 +18,8 @@ from ehr_core.numbers import parse_int
 from fhir_api.access import decide
 from fhir_api.auth import caller_of
 from fhir_api.errors import ApiError
+from fhir_api.operations.definitions import by_id
+from fhir_api.operations.parameters import operation_input
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
 from projections.access import audit_entry_visible
@@ -37,13 +39,18 @@ def _ledger(services: Services, log: str) -> Ledger:
 
 
 @router.get("/$ledger-key", summary="the ledger's public key (PEM)")
-def ledger_key(services: ServicesDep) -> Response:
+@router.post("/$ledger-key", summary="the ledger's public key (PEM; POST)")
+async def ledger_key(request: Request, services: ServicesDep) -> Response:
+    await operation_input(request, by_id("ledger-key"))  # it takes no parameter
     return Response(services.compliance.key.public_pem(), media_type="application/x-pem-file")
 
 
 @router.get("/$ledger-head", summary="the latest signed block head")
-def ledger_head(services: ServicesDep, log: str = "record") -> Response:
-    found = _ledger(services, log).latest_head()
+@router.post("/$ledger-head", summary="the latest signed block head (POST)")
+async def ledger_head(request: Request, services: ServicesDep) -> Response:
+    given = await operation_input(request, by_id("ledger-head"))
+    ledger = _ledger(services, given.first("log") or "record")
+    found = await run_in_threadpool(ledger.latest_head)
     if found is None:
         raise NotFound("no block has been sealed yet")
     head, signature = found
@@ -97,15 +104,15 @@ def _audit_readable(services: Services, request: Request, event: int) -> None:
 
 
 @router.get("/$ledger-proof", summary="an inclusion proof of one event against a signed head")
-async def ledger_proof(
-    request: Request,
-    services: ServicesDep,
-    event: int | None = None,
-    resource: str | None = None,
-    version: str | None = None,
-    log: str = "record",
-) -> Response:
+@router.post("/$ledger-proof", summary="an inclusion proof of one event against a signed head (POST)")
+async def ledger_proof(request: Request, services: ServicesDep) -> Response:
+    given = await operation_input(request, by_id("ledger-proof"))
+    resource, version, log = given.first("resource"), given.first("version"), given.first("log") or "record"
     ledger = _ledger(services, log)
+    number = given.first("event")
+    event = parse_int(number) if number is not None else None
+    if number is not None and event is None:
+        raise InvalidResource([Issue("invalid", f"event must be an event number, got {number!r}", "event")])
     if event is None:
         if resource is None or version is None:
             raise InvalidResource([Issue("required", "give event=N, or resource=Type/id and version=V")])

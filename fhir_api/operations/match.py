@@ -19,18 +19,21 @@ institution's identifiers of the same person need that person's consent).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.identity.features import patient_features
 from ehr_core.identity.matching import PROBABLE, Grade, compare
+from ehr_core.numbers import parse_int
 from fhir_api.access import record_break_glass
 from fhir_api.auth import caller_of
+from fhir_api.operations.definitions import by_id
+from fhir_api.operations.parameters import operation_input, query_input
 from fhir_api.operations.unified import bundle
 from fhir_api.request import ServicesDep, base_url, read_json_body
 from fhir_api.responses import FHIR_JSON
@@ -144,8 +147,14 @@ def _parameters(body: Any) -> tuple[dict[str, Any], bool, int | None]:
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise InvalidResource([Issue("invalid", "$match takes a Parameters resource (or a Patient)")])
     patient, only_certain, count = None, False, None
+    known = by_id("match").in_parameters
     for parameter in body.get("parameter") or []:
         name = parameter.get("name") if isinstance(parameter, dict) else None
+        if name not in known:
+            # R4 operations.html: the parameters are those the OperationDefinition names; an ignored one
+            # (a filter the client relies on) would change what the answer means.
+            listed = ", ".join(known)
+            raise InvalidResource([Issue("not-supported", f"$match has no parameter {name!r} ({listed})", str(name))])
         if name == "resource":
             patient = parameter.get("resource")
         elif name == "onlyCertainMatches":
@@ -162,7 +171,22 @@ def _parameters(body: Any) -> tuple[dict[str, Any], bool, int | None]:
 
 @router.post("/Patient/$match", summary="Patient $match (PDQm)")
 async def patient_match(request: Request, services: ServicesDep) -> Response:
-    patient, only_certain, count = _parameters(await read_json_body(request))
+    # URL parameters combine with the body's (R4 operations.html); an unknown one, or one given twice, is 400.
+    url = query_input(by_id("match"), request.query_params.multi_items())
+    body = await read_json_body(request)
+    patient, only_certain, count = _parameters(body)
+    in_body = (
+        {p.get("name") for p in body.get("parameter") or [] if isinstance(p, dict)} if "parameter" in body else set()
+    )
+    for name in url.values:
+        if name in in_body or name == "resource":
+            raise InvalidResource([Issue("invalid", f"$match takes {name} once, in the body or in the URL", name)])
+    if (certain := url.first("onlyCertainMatches")) is not None:
+        only_certain = certain == "true"
+    if (limit := url.first("count")) is not None:
+        count = parse_int(limit)
+        if count is None or count < 1:
+            raise InvalidResource([Issue("invalid", "count must be a positive integer", "count")])
     disclosure = Disclosure.of(request)
     body = await run_in_threadpool(match, services, base_url(request), patient, only_certain, count, disclosure)
     headers = await run_in_threadpool(disclosure.finish, services, request, "$match Patient")
@@ -205,13 +229,13 @@ def pix(services: Services, source: str, targets: list[str], disclosure: Disclos
 
 
 @router.get("/Patient/$ihe-pix", summary="Patient $ihe-pix (PIXm)")
-async def patient_pix(
-    request: Request,
-    services: ServicesDep,
-    source: Annotated[str, Query(alias="sourceIdentifier")],
-    targets: Annotated[list[str] | None, Query(alias="targetSystem")] = None,
-) -> Response:
-    target_list = [t for value in targets or [] for t in value.split(",") if t]
+@router.post("/Patient/$ihe-pix", summary="Patient $ihe-pix (PIXm, POST with a Parameters body)")
+async def patient_pix(request: Request, services: ServicesDep) -> Response:
+    given = await operation_input(request, by_id("ihe-pix"))
+    source = given.first("sourceIdentifier")
+    if source is None:
+        raise InvalidResource([Issue("required", "sourceIdentifier (system|value) is required", "sourceIdentifier")])
+    target_list = [t for value in given.all("targetSystem") for t in value.split(",") if t]
     disclosure = Disclosure.of(request)
     body = await run_in_threadpool(pix, services, source, target_list, disclosure)
     headers = await run_in_threadpool(disclosure.finish, services, request, "$ihe-pix Patient")

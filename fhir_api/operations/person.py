@@ -27,9 +27,11 @@ from ehr_core.resources import json as fhir_json
 from fhir_api.access import decide, record_break_glass
 from fhir_api.auth import caller_of, viewer_of
 from fhir_api.interactions import read
+from fhir_api.operations.definitions import by_id
 from fhir_api.operations.match import Disclosure
-from fhir_api.request import ServicesDep, read_json_body, write_context
-from fhir_api.responses import FHIR_JSON, fhir_response
+from fhir_api.operations.parameters import operation_input
+from fhir_api.request import ServicesDep, write_context
+from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from projections.access import Viewer, visible_ids
 from projections.identity import IdentityIndex
@@ -84,8 +86,8 @@ def read_patient(patient_id: str, request: Request, services: ServicesDep) -> Re
         served = linked_patient(services, patient_id, viewer_of(request))
         if served is not None:
             body, version, last_updated = served
-            return fhir_response(body, version=version, last_updated=last_updated)
-    return read.read("Patient", patient_id, services, at)
+            return read.read_response(request, body, version, last_updated)
+    return read.read("Patient", patient_id, services, at, request)
 
 
 def golden_record(services: Services, person_id: str) -> dict[str, Any] | None:
@@ -137,9 +139,11 @@ def golden_record(services: Services, person_id: str) -> dict[str, Any] | None:
 
 
 @router.get("/Person/$review", summary="MPI review queue (possible matches)")
+@router.post("/Person/$review", summary="MPI review queue (possible matches; POST)")
 async def review(request: Request, services: ServicesDep) -> Response:
     """A data steward reviews only the candidates whose record the caller may read (the rule of
     :mod:`fhir_api.operations.match`); another institution's possible matches stay in its own queue."""
+    await operation_input(request, by_id("review"))  # it takes no parameter
     disclosure = Disclosure.of(request)
 
     def queue() -> list[tuple[str, str, float]]:
@@ -169,11 +173,15 @@ async def review(request: Request, services: ServicesDep) -> Response:
 
 
 @read_router.get("/Person/{person_id}", summary="read Person (the golden record of the patient index)")
-async def read_person(person_id: str, services: ServicesDep) -> Response:
+async def read_person_route(person_id: str, request: Request, services: ServicesDep) -> Response:
+    return await read_person(person_id, services, request)
+
+
+async def read_person(person_id: str, services: Services, request: Request | None = None) -> Response:
     await run_in_threadpool(services.identity_current)
     person = await run_in_threadpool(golden_record, services, person_id)
     if person is None:  # not a person of the index: a stored Person resource, if any
-        return await run_in_threadpool(read.read, "Person", person_id, services)
+        return await run_in_threadpool(read.read, "Person", person_id, services, None, request)
     return Response(orjson.dumps(person), media_type=FHIR_JSON)
 
 
@@ -187,32 +195,24 @@ def _person_of(services: Services, patient_id: str) -> str:
 
 
 @router.get("/Patient/{patient_id}/$person", summary="the person (golden record) holding a Patient record")
-async def person_of(patient_id: str, services: ServicesDep) -> Response:
+@router.post("/Patient/{patient_id}/$person", summary="the person (golden record) holding a Patient record (POST)")
+async def person_of(patient_id: str, request: Request, services: ServicesDep) -> Response:
+    await operation_input(request, by_id("person"))  # it takes no parameter
     person_id = await run_in_threadpool(_person_of, services, patient_id)
     return await read_person(person_id, services)
 
 
-def _parameter(body: Any, name: str) -> Any:
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise InvalidResource([Issue("invalid", "the body must be a Parameters resource")])
-    for parameter in body.get("parameter") or []:
-        if isinstance(parameter, dict) and parameter.get("name") == name:
-            return parameter
-    return None
-
-
 @router.post("/Patient/{patient_id}/$link", summary="link a Patient record to a person (data steward)")
 async def link(patient_id: str, request: Request, services: ServicesDep) -> Response:
-    body = await read_json_body(request)
+    given = await operation_input(request, by_id("link"))
     context = write_context(request, "link")
-    other, person = _parameter(body, "other"), _parameter(body, "person")
+    other, person = given.first("other"), given.first("person")
     if other is not None:
-        reference = str((other.get("valueReference") or {}).get("reference", ""))
-        if not reference.startswith("Patient/"):
+        if not other.startswith("Patient/"):
             raise InvalidResource([Issue("invalid", "other must be a Reference to a Patient", "other")])
-        person_id = await run_in_threadpool(_person_of, services, reference.split("/", 1)[1])
+        person_id = await run_in_threadpool(_person_of, services, other.split("/", 1)[1])
     elif person is not None:
-        person_id = str(person.get("valueString") or person.get("valueId") or "")
+        person_id = person
     else:
         raise InvalidResource([Issue("required", "give other (Reference to a Patient) or person (its id)")])
     await run_in_threadpool(_person_of, services, patient_id)
@@ -228,7 +228,10 @@ async def link(patient_id: str, request: Request, services: ServicesDep) -> Resp
 async def unlink(patient_id: str, request: Request, services: ServicesDep) -> Response:
     context = write_context(request, "unlink")
     await run_in_threadpool(_person_of, services, patient_id)
+    # Whether the caller may change this record's identity comes first: a refused caller learns nothing of
+    # what the body would have been checked for.
     await run_in_threadpool(_may_link, services, request, patient_id, None)
+    await operation_input(request, by_id("unlink"))  # no parameters: an empty body or an empty Parameters
     own = await run_in_threadpool(
         services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role)
     )

@@ -21,6 +21,8 @@ from fastapi.responses import Response
 from ehr_core.application import format_instant
 from ehr_core.resources import json as fhir_json
 from fhir_api.auth import viewer_of
+from fhir_api.operations.definitions import by_id
+from fhir_api.operations.parameters import operation_input
 from fhir_api.operations.unified import attributed, linked_patients, source_uri
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
@@ -179,6 +181,8 @@ def summary(services: Services, base: str, patient_id: str, viewer: Viewer | Non
 
 
 @router.get("/Patient/{patient_id}/$summary", summary="Patient $summary (International Patient Summary)")
+@router.post("/Patient/{patient_id}/$summary", summary="Patient $summary (POST, Parameters body)")
 async def patient_summary(patient_id: str, request: Request, services: ServicesDep) -> Response:
+    await operation_input(request, by_id("summary"))  # none defined: any parameter is refused
     body = await run_in_threadpool(summary, services, base_url(request), patient_id, viewer_of(request))
     return Response(body, media_type=FHIR_JSON)

@@ -63,7 +63,13 @@ async def _everything(
         if not answer.ok:
             return [], answer
         bundle = answer.json() or {}
-        resources.extend(e["resource"] for e in bundle.get("entry", []) if isinstance(e, dict) and "resource" in e)
+        # The record's own resources; the referenced ones (search.mode include: practitioners, organizations)
+        # are not entries of the patient's timeline.
+        resources.extend(
+            e["resource"]
+            for e in bundle.get("entry", [])
+            if isinstance(e, dict) and "resource" in e and (e.get("search") or {}).get("mode", "match") == "match"
+        )
         following = next_query(bundle)
         if following is None:
             break

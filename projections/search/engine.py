@@ -39,7 +39,7 @@ from projections.search.query import (
 )
 from projections.search.sql import Condition, Context, condition, read_spans
 
-__all__ = ["MAX_INCLUDES", "Match", "Page", "run_search", "select_ids"]
+__all__ = ["MAX_INCLUDES", "Match", "Page", "indexed_types", "run_search", "select_ids"]
 
 #: Included resources per page, at most (R4 lets a server limit them; the Bundle says so).
 MAX_INCLUDES = 1000
@@ -108,6 +108,12 @@ def _where(
 ) -> Condition:
     parts = ["a.resource_type = ?"]
     params: list[Any] = [request.resource_type]
+    if request.compartment is not None:
+        parts.append(
+            "EXISTS (SELECT 1 FROM resource_compartments c WHERE c.patient_id = ? AND c.resource_type = ? "
+            "AND c.resource_id = a.resource_id)"
+        )
+        params += [request.compartment, request.resource_type]
     if visible is not None:
         parts.append(visible.sql)
         params += visible.params
@@ -261,6 +267,17 @@ def _decode(cursor: str, sort: Sequence[SortKey]) -> tuple[str, int, list[Any]]:
 
 
 # -- the page ---------------------------------------------------------------------------------------
+
+
+def indexed_types(tx: Tx) -> list[str]:
+    """The resource types that have something in the search index (a system search without ``_type``)."""
+    # A loose index scan (one index probe per type): DISTINCT would read every row of the index.
+    rows = tx.execute(
+        "WITH RECURSIVE t(rt) AS (SELECT MIN(resource_type) FROM search_ids UNION ALL "
+        "SELECT (SELECT MIN(s.resource_type) FROM search_ids s WHERE s.resource_type > t.rt) FROM t "
+        "WHERE t.rt IS NOT NULL) SELECT rt FROM t WHERE rt IS NOT NULL"
+    ).fetchall()
+    return sorted(str(row[0]) for row in rows)
 
 
 def _snapshot(tx: Tx, resource_type: str) -> int:

@@ -173,6 +173,9 @@ class SearchRequest:
     unknown: list[str] = field(default_factory=list)
     #: The parameters that were applied, as (name, value) pairs, for the ``self`` link.
     applied: list[tuple[str, str]] = field(default_factory=list)
+    #: Compartment search (R4 search.html §3.1.1.1 "Compartment search"): only resources in this patient's
+    #: compartment, as the Patient CompartmentDefinition places them (``resource_compartments``).
+    compartment: str | None = None
 
 
 def _invalid(name: str, message: str) -> InvalidResource:

@@ -128,7 +128,10 @@ def test_no_or_bad_token_is_401_with_an_operation_outcome(auth_client: TestClien
 
 
 def test_public_endpoints_answer_without_a_token(auth_client: TestClient) -> None:
-    assert auth_client.get("/fhir/metadata").status_code == 200
+    metadata = auth_client.get("/fhir/metadata")
+    assert metadata.status_code == 200
+    service = metadata.json()["rest"][0]["security"]["service"][0]["coding"][0]
+    assert service["code"] == "SMART-on-FHIR"  # rest.security: how a client authenticates (SMART App Launch)
     smart = auth_client.get("/fhir/.well-known/smart-configuration")
     assert smart.status_code == 200
     config = smart.json()

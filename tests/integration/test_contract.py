@@ -255,7 +255,8 @@ def test_capability_statement_lists_what_is_supported(client: TestClient) -> Non
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     interactions = {i["code"] for i in patient["interaction"]}
     assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"} <= interactions
-    assert patient["conditionalRead"] == "not-supported" and patient["conditionalDelete"] == "single"
+    # Conditional read answers 304 on If-None-Match and If-Modified-Since (R4 http.html#cread).
+    assert patient["conditionalRead"] == "full-support" and patient["conditionalDelete"] == "single"
     assert {i["code"] for i in rest["interaction"]} >= {"transaction", "batch", "history-system"}
     types = {r["type"] for r in rest["resource"]}
     assert "MedicinalProduct" not in types and "SubscriptionTopic" not in types and "Observation" in types
