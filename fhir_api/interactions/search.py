@@ -43,7 +43,7 @@ from projections.search import Match, Page, SearchRequest, capability_search_par
 from projections.search.engine import indexed_types, run_search
 from projections.search.subset import subset
 
-__all__ = ["router", "search_bundle", "search_system", "strict_handling", "system_bundle"]
+__all__ = ["compartment_bundle", "router", "search_bundle", "search_system", "strict_handling", "system_bundle"]
 
 router = APIRouter()
 
@@ -318,6 +318,20 @@ async def search_post(resource_type: str, request: Request, services: ServicesDe
 
 
 # -- compartment search: GET [base]/Patient/[id]/[type]?params (R4 §3.1.1.1 "Compartment search") -----
+
+
+def compartment_bundle(
+    services: Services,
+    compartment: str,
+    resource_type: str,
+    pairs: list[tuple[str, str]],
+    base: str,
+    strict: bool,
+    viewer: Viewer | None,
+) -> dict[str, Any]:
+    """The searchset of ``GET Patient/[compartment]/[type]?pairs`` (also for GET entries of a Bundle)."""
+    _compartment_type("Patient", resource_type)
+    return _search(services, resource_type, pairs, base, strict, viewer, compartment=compartment)[0]
 
 
 def _compartment_type(compartment_type: str, resource_type: str) -> None:

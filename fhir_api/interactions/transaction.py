@@ -38,7 +38,7 @@ from ehr_core.resources.types import is_supported
 from fhir_api.access import decide
 from fhir_api.auth import Caller, caller_of, entry_need, scope_refusal
 from fhir_api.errors import STATUS, ApiError
-from fhir_api.interactions.search import search_bundle, strict_handling
+from fhir_api.interactions.search import compartment_bundle, search_bundle, strict_handling, system_bundle
 from fhir_api.interactions.visibility import UNAVAILABLE, after_commit
 from fhir_api.outcome import operation_outcome
 from fhir_api.request import ServicesDep, base_url, prefer_return, read_json_body, require_type, write_context
@@ -159,17 +159,11 @@ def _search_entry(services: Services, entry: Entry, caller: Caller | None, base:
     operation = operation_of(entry.url)
     if operation is not None:
         raise _unsupported(entry, f"the operation {operation}")
-    if not parts:
-        raise _unsupported(entry, "system search (a search without a resource type)")
-    if parts == ["_history"]:
+    if "_history" in parts:
         raise _unsupported(entry, "history")
-    if len(parts) != 1:
-        if len(parts) == 3 and parts[0] == "Patient" and parts[2] != "_history":
-            raise _unsupported(entry, "compartment search")
-        if "_history" in parts:
-            raise _unsupported(entry, "history")
+    compartment = len(parts) == 3 and parts[0] == "Patient"
+    if len(parts) > 1 and not compartment:
         raise InvalidResource([Issue("invalid", f"{entry.method} {entry.url} is neither a read nor a search")])
-    resource_type = require_type(parts[0])
     pairs = _pairs(entry.url)
     if caller is not None:
         query: dict[str, list[str]] = {}
@@ -179,7 +173,12 @@ def _search_entry(services: Services, entry: Entry, caller: Caller | None, base:
         if refusal is not None:
             raise Forbidden([Issue("forbidden", f"{entry.method} {entry.url}: {refusal}")])
     viewer = caller.viewer() if caller is not None else None
-    bundle = search_bundle(services, resource_type, pairs, base, strict, viewer)
+    if not parts:  # system search, GET ?_type=... (R4 §3.1.1.1)
+        bundle = system_bundle(services, pairs, base, strict, viewer)[0]
+    elif compartment:  # GET Patient/[id]/[type]?... (R4 §3.1.1.1 "Compartment search")
+        bundle = compartment_bundle(services, parts[1], require_type(parts[2]), pairs, base, strict, viewer)
+    else:
+        bundle = search_bundle(services, require_type(parts[0]), pairs, base, strict, viewer)
     answer: dict[str, Any] = {"response": {"status": "200 OK"}}
     if entry.method == "GET":
         answer["resource"] = bundle

@@ -206,6 +206,42 @@ def test_search_entries_answer_searchsets(client: TestClient, kind: str) -> None
     assert every["resource"]["total"] == 3
 
 
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+def test_system_and_compartment_search_entries_answer_searchsets(client: TestClient, kind: str) -> None:
+    patient = client.post("/fhir/Patient", json=_patient("Compartida")).json()["id"]
+    other = client.post("/fhir/Patient", json=_patient("Ajena")).json()["id"]
+    for subject in (patient, patient, other):
+        observation = {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "peso"},
+            "subject": {"reference": f"Patient/{subject}"},
+        }
+        assert client.post("/fhir/Observation", json=observation).status_code == 201
+    bundle = _bundle(
+        kind,
+        _get(f"Patient/{patient}/Observation"),
+        _get("?_type=Patient&family=compartida"),
+        _get(f"Patient/{patient}/Organization"),
+    )
+    response = client.post("/fhir", json=bundle, headers=FHIR)
+    if kind == "transaction":
+        # Organization is in no Patient compartment: that entry fails, and with it the transaction.
+        assert response.status_code == 400, response.text
+        assert "Bundle.entry[2]" in response.json()["issue"][0]["diagnostics"]
+        bundle["entry"] = bundle["entry"][:2]
+        response = client.post("/fhir", json=bundle, headers=FHIR)
+    assert response.status_code == 200, response.text
+    compartment, system, *rest = response.json()["entry"]
+    assert compartment["resource"]["type"] == "searchset" and compartment["resource"]["total"] == 2
+    subjects = {e["resource"]["subject"]["reference"] for e in compartment["resource"]["entry"]}
+    assert subjects == {f"Patient/{patient}"}
+    assert system["resource"]["type"] == "searchset"
+    assert [e["resource"]["id"] for e in system["resource"]["entry"] if e["search"]["mode"] == "match"] == [patient]
+    if rest:
+        assert rest[0]["response"]["status"].startswith("400")
+
+
 def test_a_lenient_bundle_ignores_unknown_search_parameters_with_a_warning(client: TestClient) -> None:
     assert client.post("/fhir/Patient", json=_patient("Lenient")).status_code == 201
     bundle = _bundle("transaction", _get("Patient?family=lenient&no-such-parameter=1"))
