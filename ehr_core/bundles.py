@@ -104,6 +104,7 @@ def entry_error(index: int, error: RecordError, part: str = "resource") -> Recor
             expression = where + (f".{part} ({issue.expression})" if issue.expression else "")
         issues.append(Issue(issue.code, diagnostics, expression, issue.severity))
     renamed = type(error).__new__(type(error))
+    renamed.__dict__.update(error.__dict__)  # what the error carries beyond its issues (a Deleted's version)
     RecordError.__init__(renamed, issues)
     return renamed
 

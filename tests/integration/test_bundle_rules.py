@@ -139,7 +139,7 @@ def test_a_failing_conditional_entry_fails_the_transaction_and_stores_nothing(
         status = 412
     elif failure == "unresolved-reference":
         entry = _post(observation | {"subject": {"reference": f"Patient?identifier={SYSTEM}|nobody"}})
-        status = 412
+        status = 422  # a conditional reference that matches nothing, as on its own (R4 http.html#trules)
     else:
         entry = _put({"resourceType": "Patient", "id": "versioned"}, "Patient/versioned", ifMatch='W/"7"')
         status = 412
