@@ -16,7 +16,7 @@ __all__ = [
     "TARGET_CONCURRENCY",
 ]
 
-#: Issue 8 states the HTTP targets at 32 concurrent clients; other client counts are shown without a verdict.
+#: The HTTP targets are stated at 32 concurrent clients; other client counts are shown without a verdict.
 TARGET_CONCURRENCY = 32
 
 CREATES = Target(at_least=1_000, p99_at_most_ms=50)
@@ -27,7 +27,7 @@ API_RSS = Target(at_most=300)
 #: "Import memory flat regardless of input size": peak RSS on the larger input ÷ on the smaller one.
 #: 1.2 leaves room for caches that fill once; a leak proportional to the input (2.6x here) fails it.
 IMPORT_MEMORY_FLAT = Target(ratio_at_most=1.2)
-#: Issue 5: ``$everything`` of 1,000 resources across three institutions, median under 50 ms.
+#: ``$everything`` of 1,000 resources across three institutions, median under 50 ms.
 EVERYTHING = Target(at_most=50, value_name="median", note="(one patient across institutions)")
-#: Issue 4: first page of 20, median under 20 ms and p99 under 100 ms, stated at 1 million resources.
+#: Search: first page of 20, median under 20 ms and p99 under 100 ms, stated at 1 million resources.
 SEARCH = Target(at_most=20, p99_at_most_ms=100, value_name="median", note="(at 1M)")

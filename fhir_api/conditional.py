@@ -40,7 +40,7 @@ async def resolve_references(services: Services, request: Request, resource: Any
 
 def _run(services: Services, entry: Entry, context: WriteContext, viewer: Viewer | None) -> EntryResult:
     result = run_transaction(services.application, [entry], context, ViewResolver(services, viewer))[0]
-    services.visible(result.written)
+    services.wait_until_visible(result.written)
     return result
 
 

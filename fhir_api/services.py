@@ -28,7 +28,7 @@ from projections.identity import IdentityIndex
 from projections.positions import PositionWatcher
 from projections.projector import Projector, tracking_position
 
-__all__ = ["Services", "home_application", "ledger_of"]
+__all__ = ["Services", "home_store_async", "ledger_of"]
 
 
 def ledger_of(store: str) -> str:
@@ -70,14 +70,14 @@ class Services:
 
         return open_services(settings, follow)
 
-    def application_for(self, resource_type: str, resource_id: str) -> RecordApplication:
+    def home_store(self, resource_type: str, resource_id: str) -> RecordApplication:
         """The store a change of ``Type/id`` is appended to: its home in a federation."""
         if self.federation is None:
             return self.application
         return self.federation.application(self.federation.home_of(resource_type, resource_id))
 
-    def visible(self, written: Written | None) -> None:
-        """Read-your-writes: return only once the projections have applied ``written``."""
+    def wait_until_visible(self, written: Written | None) -> None:
+        """Read-your-writes: block until the projections have applied ``written`` (at most the projection wait)."""
         if written is None or written.notification_id is None:
             return
         needed: list[Projector] = self.store_projectors(written.store)
@@ -176,9 +176,9 @@ class Services:
             self.application.close()
 
 
-async def home_application(services: Services, resource_type: str, resource_id: str) -> RecordApplication:
-    """The store a change of ``Type/id`` goes to; outside a federation, without leaving the event loop."""
+async def home_store_async(services: Services, resource_type: str, resource_id: str) -> RecordApplication:
+    """:meth:`Services.home_store` from the event loop (outside a federation without leaving it)."""
     if services.federation is None:
         return services.application
     # The worker threads of the event loop (what starlette's run_in_threadpool uses), without importing it.
-    return await anyio.to_thread.run_sync(functools.partial(services.application_for, resource_type, resource_id))
+    return await anyio.to_thread.run_sync(functools.partial(services.home_store, resource_type, resource_id))

@@ -7,7 +7,7 @@ import getpass
 import sys
 
 from ehr_core.settings import Settings
-from fhir_api.auth import mint_development_token
+from fhir_api.auth.issuers import mint_development_token
 
 __all__ = ["add_parser"]
 

@@ -11,7 +11,7 @@ from fhir_api.interactions.visibility import make_visible
 from fhir_api.limits import check_write_deadline
 from fhir_api.request import ServicesDep, parse_if_match, require_type, write_context
 from fhir_api.responses import etag
-from fhir_api.services import home_application
+from fhir_api.services import home_store_async
 
 router = APIRouter()
 
@@ -22,7 +22,7 @@ async def delete(resource_type: str, resource_id: str, request: Request, service
     if_match = parse_if_match(request.headers.get("if-match"))
     context = write_context(request, "delete")
     check_write_deadline()  # Out of time before the append: 503, nothing written
-    application = await home_application(services, resource_type, resource_id)
+    application = await home_store_async(services, resource_type, resource_id)
     written = await run_in_threadpool(application.delete, resource_type, resource_id, context, if_match)
     await run_in_threadpool(make_visible, services, written)
     # Deleting what is absent or already deleted succeeds too: delete is idempotent (R4 §3.1.0.6).

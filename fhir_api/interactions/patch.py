@@ -30,7 +30,7 @@ from fhir_api.request import (
     write_context,
 )
 from fhir_api.responses import write_response
-from fhir_api.services import home_application
+from fhir_api.services import home_store_async
 
 router = APIRouter()
 
@@ -51,7 +51,7 @@ async def patch(resource_type: str, resource_id: str, request: Request, services
         return resolved
 
     context = write_context(request, "patch")
-    application = await home_application(services, resource_type, resource_id)
+    application = await home_store_async(services, resource_type, resource_id)
     written = await run_in_threadpool(application.patch, resource_type, resource_id, patched, context, if_match)
     await run_in_threadpool(make_visible, services, written)
     return write_response(written, 200, prefer_return(request), base_url(request))

@@ -21,7 +21,7 @@ from fhir_api.request import (
     write_context,
 )
 from fhir_api.responses import write_response
-from fhir_api.services import home_application
+from fhir_api.services import home_store_async
 
 router = APIRouter()
 
@@ -33,7 +33,7 @@ async def update(resource_type: str, resource_id: str, request: Request, service
     resource = await read_json_body(request)
     context = write_context(request, "update")
     resource = await resolve_references(services, request, resource)
-    application = await home_application(services, resource_type, resource_id)
+    application = await home_store_async(services, resource_type, resource_id)
     written = await run_in_threadpool(application.update, resource_type, resource_id, resource, context, if_match)
     await run_in_threadpool(make_visible, services, written)
     return write_response(written, 201 if written.created else 200, prefer_return(request), base_url(request))

@@ -64,7 +64,7 @@ def after_commit(catch_up: Callable[[], object], what: str) -> None:
 
 
 def make_visible(services: Services, written: Written | None) -> None:
-    """:meth:`Services.visible` for one committed write, waiting out a database that is briefly away."""
+    """:meth:`Services.wait_until_visible` for one committed write, waiting out a database that is briefly away."""
     if written is None:
         return
-    after_commit(lambda: services.visible(written), f"{written.resource_type}/{written.resource_id}")
+    after_commit(lambda: services.wait_until_visible(written), f"{written.resource_type}/{written.resource_id}")

@@ -1,5 +1,5 @@
-"""Issue 6 end to end: a real server, then ``ehr verify``, ``ehr verify-proof`` and ``ehr audit replay`` as
-real processes (their exit codes), on each backend."""
+"""Audit and ledger checks end to end: a real server, then ``ehr verify``, ``ehr verify-proof`` and
+``ehr audit replay`` as real processes (their exit codes), on each backend."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ SYNTHEA = "https://github.com/synthetichealth/synthea"
 
 def _put(services: Services, resource: dict[str, Any]) -> None:
     written = services.application.update(resource["resourceType"], resource["id"], resource, WriteContext())
-    services.visible(written)
+    services.wait_until_visible(written)
 
 
 def _match(services: Services, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:
@@ -89,7 +89,7 @@ def test_updates_and_deletes_leave_no_stale_values(loaded: Services) -> None:
     assert _match(loaded, "Practitioner", [("identifier", f"{NPI}|9999")]) == []
     assert _match(loaded, "Practitioner", [("identifier", f"{NPI}|1111")]) == ["p1"]
     assert _match(loaded, "Practitioner", [("name", "ana")]) == []
-    loaded.visible(loaded.application.delete("Practitioner", "p1", WriteContext()))
+    loaded.wait_until_visible(loaded.application.delete("Practitioner", "p1", WriteContext()))
     assert _match(loaded, "Practitioner", [("identifier", f"{NPI}|1111")]) == []
 
 

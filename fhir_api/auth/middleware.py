@@ -1,0 +1,136 @@
+"""The authentication middleware: 401 without a valid bearer token (RFC 6750 §3: ``WWW-Authenticate:
+Bearer``), 403 when no scope covers the interaction or the access policy refuses; the caller's claims go to
+``request.state``.
+
+**Off switch.** ``EHR_AUTH=disabled-for-development`` (refused with ``EHR_ENV=production``): no token is
+asked for, the ``X-EHR-*`` headers name the caller, and every response carries ``X-EHR-Auth:
+disabled-for-development``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ehr_core.application import UNKNOWN_INSTITUTION
+from ehr_core.errors import Issue
+from ehr_core.settings import Settings
+from fhir_api.auth.decision import Caller, policy, scope_refusal
+from fhir_api.auth.issuers import Issuers
+from fhir_api.auth.needs import need_of
+from fhir_api.auth.scopes import covered, parse_scopes
+from fhir_api.auth.tokens import TokenError
+from fhir_api.errors import outcome_response
+
+__all__ = ["DISABLED", "AuthMiddleware"]
+
+DISABLED = "disabled-for-development"
+_PUBLIC = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
+
+
+def _query(scope: Scope) -> dict[str, list[str]]:
+    from urllib.parse import parse_qs
+
+    return parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
+
+
+class AuthMiddleware:
+    """401 without a valid bearer token, 403 when no scope covers the interaction; claims → request.state."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.disabled = settings.auth_disabled
+        if self.disabled and settings.production:
+            raise RuntimeError("EHR_AUTH=disabled-for-development is refused with EHR_ENV=production")
+        if not self.disabled and settings.auth not in ("required", ""):
+            raise RuntimeError(f"EHR_AUTH={settings.auth!r}: use 'required' or '{DISABLED}'")
+        self.issuers: Issuers | None = None if self.disabled else Issuers.configured(settings)
+        if self.disabled:
+            print(
+                "ehr: WARNING — AUTHENTICATION IS DISABLED (EHR_AUTH=disabled-for-development): every caller is "
+                "trusted, X-EHR-* headers name them. Never with real data.",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.disabled:
+
+            async def announce(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), (b"x-ehr-auth", DISABLED.encode())]
+                await send(message)
+
+            await self.app(scope, receive, announce)
+            return
+        path = str(scope.get("path", ""))
+        if not path.startswith("/fhir") or path in _PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            await self._refuse(scope, receive, send, 401, "login", "a bearer token is required (Authorization: Bearer)")
+            return
+        assert self.issuers is not None
+        try:
+            claims = self.issuers.verify(token.strip())
+        except TokenError as error:
+            await self._refuse(scope, receive, send, 401, "login", f"invalid bearer token: {error}")
+            return
+        if str(claims.get("institution")) == UNKNOWN_INSTITUTION:
+            # The name the domain gives a writer without an institution, never held to the write policy.
+            await self._refuse(scope, receive, send, 401, "login", "the token names no institution")
+            return
+        caller = Caller(claims, parse_scopes(str(claims["scope"])))
+        scope.setdefault("state", {})["ehr_caller"] = caller
+        query_string = scope.get("query_string", b"").decode()
+        need = need_of(str(scope["method"]), path, query_string)
+        wide = [g for g in caller.grants if g.context in ("user", "system")]
+        refusal = None
+        if not covered(wide, need):  # only patient scopes may still cover it: that asks the views
+            refusal = await _run_sync(scope_refusal, request.app.state.services, caller, need, _query(scope))
+        if refusal is not None:
+            await self._refuse(scope, receive, send, 403, "forbidden", refusal)
+            return
+        if not need.write and (need.target is not None or need.patient_operation is not None):
+            reason = request.headers.get("x-ehr-break-glass", "").strip() or None
+            decision = await _run_sync(policy, request, caller, need, reason)
+            if not decision.permitted:
+                what = f"{need.target[0]}/{need.target[1]}" if need.target else f"Patient/{need.patient_operation}"
+                message = (
+                    f"{what} holds records of {', '.join(decision.owners)}; {claims['institution']} may read them only "
+                    "with the patient's active Consent or break-the-glass (X-EHR-Break-Glass: reason)"
+                )
+                await self._refuse(scope, receive, send, 403, "forbidden", message)
+                return
+            if decision.basis == "break-the-glass":
+                scope["state"]["ehr_break_glass"] = True
+
+                async def flagged(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        message["headers"] = [*message.get("headers", []), (b"x-ehr-break-glass", b"granted")]
+                    await send(message)
+
+                await self.app(scope, receive, flagged)
+                return
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="ehr-core"'} if status == 401 else None
+        response = outcome_response(status, [Issue(code, message)], headers)
+        await response(scope, receive, send)
+
+
+async def _run_sync(function: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(function, *args)
