@@ -16,7 +16,10 @@ __all__ = [
     "Forbidden",
     "InvalidResource",
     "Issue",
+    "MalformedPatch",
     "NotFound",
+    "PatchError",
+    "PatchNotApplicable",
     "PreconditionFailed",
     "RecordError",
     "RecordedElsewhere",
@@ -140,3 +143,26 @@ class TooLarge(RecordError):
 
     def __init__(self, issues: Sequence[Issue] | str, code: str = "too-long") -> None:
         super().__init__(issues, code)
+
+
+class PatchError(RecordError):
+    """A FHIR ``patch`` (R4 http.html#patch) that cannot be applied; its one issue explains why.
+
+    ``index`` is the 0-based position of the failing operation (the JSON Patch array element, RFC 6902
+    §3, or the ``Parameters.parameter``, R4 fhirpatch.html), or ``None`` when the document as a whole is
+    wrong. Raised only as one of its two kinds, :class:`MalformedPatch` or :class:`PatchNotApplicable`.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__([Issue("processing", message)])
+        self.index = index
+
+
+class MalformedPatch(PatchError, InvalidResource):
+    """The patch document itself is wrong: not an array of operations (RFC 6902 §3), an operation
+    missing a member (RFC 6902 §4) or a part (R4 fhirpatch.html), a path that does not parse..."""
+
+
+class PatchNotApplicable(PatchError, Unprocessable):
+    """A well-formed patch that does not apply to this resource: nothing at the path, a failed ``test``
+    (RFC 6902 §4.6), an add to a non-repeating element that has a value (R4 fhirpatch.html)..."""

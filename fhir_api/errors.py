@@ -21,7 +21,7 @@ from ehr_core.errors import Deleted, InvalidResource, Issue, RecordError
 from fhir_api.outcome import operation_outcome
 from fhir_api.responses import FHIR_JSON, etag, http_date
 
-__all__ = ["ApiError", "headers_of", "install_error_handlers", "outcome_response"]
+__all__ = ["ApiError", "headers_of", "install_error_handlers", "outcome_response", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,18 @@ def headers_of(error: RecordError) -> dict[str, str] | None:
     return None
 
 
+def status_of(error: RecordError) -> int:
+    """The HTTP status answering ``error``: the one its category maps to in :data:`STATUS`."""
+    return STATUS[error.api_category if isinstance(error, ApiError) else error.category]
+
+
 def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
     return Response(operation_outcome(issues), status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
 def _record_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, RecordError)
-    category = error.api_category if isinstance(error, ApiError) else error.category
-    return outcome_response(STATUS[category], error.issues, headers_of(error))
+    return outcome_response(status_of(error), error.issues, headers_of(error))
 
 
 def _validation_error(_: Request, error: Exception) -> Response:

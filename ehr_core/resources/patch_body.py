@@ -11,10 +11,11 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from ehr_core.errors import InvalidResource, Issue, Unprocessable
+from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources import json as fhir_json
+from ehr_core.resources.fhirpath_patch import apply_fhirpath_patch
+from ehr_core.resources.json_patch import apply_json_patch
 from ehr_core.resources.merge_patch import apply_merge_patch
-from ehr_core.resources.patch import PatchError, apply_fhirpath_patch, apply_json_patch
 from ehr_core.resources.validation import is_repeating
 
 __all__ = ["JSON_PATCH", "MERGE_PATCH", "Change", "patch_change"]
@@ -23,17 +24,8 @@ JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
 Change = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def _guarded(apply: Callable[[dict[str, Any], Any], dict[str, Any]], body: Any) -> Change:
-    def change(current: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return apply(current, body)
-        except PatchError as error:
-            issues = [Issue("processing", str(error))]
-            raise (Unprocessable(issues) if error.status == 422 else InvalidResource(issues)) from None
-
-    return change
+"""The current resource to the patched one; a patch that fails raises :class:`~ehr_core.errors.PatchError`
+(:class:`~ehr_core.errors.MalformedPatch` or :class:`~ehr_core.errors.PatchNotApplicable`)."""
 
 
 def _binary_json_patch(binary: dict[str, Any]) -> Any:
@@ -46,13 +38,12 @@ def _binary_json_patch(binary: dict[str, Any]) -> Any:
 def patch_change(media_type: str | None, body: Any) -> Change:
     """The change ``body`` describes; ``media_type`` is the request's (None inside a Bundle)."""
     if media_type == JSON_PATCH:
-        return _guarded(apply_json_patch, body)
+        return lambda current: apply_json_patch(current, body)
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        return _guarded(
-            lambda current, parameters: apply_fhirpath_patch(current, parameters, is_repeating=is_repeating), body
-        )
+        return lambda current: apply_fhirpath_patch(current, body, is_repeating=is_repeating)
     if isinstance(body, dict) and body.get("resourceType") == "Binary" and media_type is None:
-        return _guarded(apply_json_patch, _binary_json_patch(body))
+        operations = _binary_json_patch(body)
+        return lambda current: apply_json_patch(current, operations)
     if media_type in (MERGE_PATCH, "application/json") and isinstance(body, dict):
         return lambda current: apply_merge_patch(current, body)
     raise InvalidResource(

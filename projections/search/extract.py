@@ -13,7 +13,7 @@ Derived rows go under a suffixed parameter code, so modifiers are plain lookups:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,23 +73,14 @@ def extract(resource: dict[str, Any]) -> Rows:
     return rows.deduplicated()
 
 
+Extractor = Callable[[Rows, str, str, Any], None]
+"""Adds the index rows of one value (``rows``, parameter code, the value's FHIR datatype, the value)."""
+
+
 def _add(rows: Rows, param: SearchParameter, route: Route, value: Any) -> None:
-    kind, datatype, code = param.type, route.datatype, param.code
-    if kind == "token":
-        _token(rows, code, datatype, value)
-    elif kind == "string":
-        for text in _strings(datatype, value):
-            _string(rows, code, text)
-    elif kind == "date":
-        rows.date += [(code, low, high) for low, high in _dates(datatype, value)]
-    elif kind == "reference":
-        _reference(rows, code, datatype, value)
-    elif kind == "quantity":
-        _quantity(rows, code, datatype, value)
-    elif kind == "number":
-        _number(rows, code, datatype, value)
-    elif kind == "uri" and datatype in _URI_TYPES and isinstance(value, str):
-        rows.uri.append((code, value))
+    extractor = EXTRACTORS.get(param.type)
+    if extractor is not None:
+        extractor(rows, param.code, route.datatype, value)
 
 
 # -- token (R4 §3.1.1.5.10) -------------------------------------------------------------------------
@@ -278,3 +269,35 @@ def _number(rows: Rows, code: str, datatype: str, value: Any) -> None:
 
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+# -- the extraction of each parameter type ---------------------------------------------------------
+
+
+def _add_strings(rows: Rows, code: str, datatype: str, value: Any) -> None:
+    """R4 search.html#string."""
+    for text in _strings(datatype, value):
+        _string(rows, code, text)
+
+
+def _add_dates(rows: Rows, code: str, datatype: str, value: Any) -> None:
+    """R4 search.html#date."""
+    rows.date += [(code, low, high) for low, high in _dates(datatype, value)]
+
+
+def _add_uri(rows: Rows, code: str, datatype: str, value: Any) -> None:
+    """R4 search.html#uri."""
+    if datatype in _URI_TYPES and isinstance(value, str):
+        rows.uri.append((code, value))
+
+
+EXTRACTORS: dict[str, Extractor] = {
+    "token": _token,
+    "string": _add_strings,
+    "date": _add_dates,
+    "reference": _reference,
+    "quantity": _quantity,
+    "number": _number,
+    "uri": _add_uri,
+}
+"""Each search parameter type's extraction (R4 search.html#ptypes); a type missing here indexes nothing."""

@@ -13,6 +13,7 @@ naming the parameter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,30 +207,71 @@ def _value_filter(
         if modifier not in (None, "not"):
             raise _invalid(name, f"modifier :{modifier} is not supported on _id")
         return ValueFilter(param, modifier, _values(name, raw, unescape))
-    if kind == "token":
-        if modifier == "text":
-            return ValueFilter(param, modifier, _values(name, raw, unescape))
-        if modifier == "of-type":
-            if not any(route.datatype == "Identifier" for route in param.routes):
-                raise _invalid(name, ":of-type applies only to identifier parameters")
-            return ValueFilter(param, modifier, _values(name, raw, parse_of_type))
+    parse = _PARSERS.get(kind)
+    if parse is None:
+        raise _invalid(name, f"parameter type {kind} is not supported")
+    return parse(name, param, modifier, raw, base)
+
+
+ValueParser = Callable[[str, SearchParameter, str | None, str, str | None], ValueFilter]
+"""Reads one parameter type's values (name as given, parameter, modifier, raw value, searched type)."""
+
+
+def _token_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
+    """R4 search.html#token, with ``:text`` and ``:of-type``."""
+    if modifier == "text":
+        return ValueFilter(param, modifier, _values(name, raw, unescape))
+    if modifier == "of-type":
+        if not any(route.datatype == "Identifier" for route in param.routes):
+            raise _invalid(name, ":of-type applies only to identifier parameters")
+        return ValueFilter(param, modifier, _values(name, raw, parse_of_type))
+    return ValueFilter(param, modifier, _values(name, raw, parse_token))
+
+
+def _text_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
+    """R4 search.html#string and search.html#uri."""
+    values = _values(name, raw, unescape)
+    if any(not value for value in values):
+        raise _invalid(name, "an empty value matches nothing; leave the parameter out")
+    return ValueFilter(param, modifier, values)
+
+
+def _date_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
+    """R4 search.html#date."""
+    return ValueFilter(param, modifier, _values(name, raw, parse_date))
+
+
+def _number_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
+    """R4 search.html#number."""
+    return ValueFilter(param, modifier, _values(name, raw, parse_number))
+
+
+def _quantity_values(
+    name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None
+) -> ValueFilter:
+    """R4 search.html#quantity."""
+    return ValueFilter(param, modifier, _values(name, raw, parse_quantity))
+
+
+def _reference_values(
+    name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None
+) -> ValueFilter:
+    """R4 search.html#reference, with ``:identifier`` (a token)."""
+    if modifier == "identifier":
         return ValueFilter(param, modifier, _values(name, raw, parse_token))
-    if kind == "string" or kind == "uri":
-        values = _values(name, raw, unescape)
-        if any(not value for value in values):
-            raise _invalid(name, "an empty value matches nothing; leave the parameter out")
-        return ValueFilter(param, modifier, values)
-    if kind == "date":
-        return ValueFilter(param, modifier, _values(name, raw, parse_date))
-    if kind == "number":
-        return ValueFilter(param, modifier, _values(name, raw, parse_number))
-    if kind == "quantity":
-        return ValueFilter(param, modifier, _values(name, raw, parse_quantity))
-    if kind == "reference":
-        if modifier == "identifier":
-            return ValueFilter(param, modifier, _values(name, raw, parse_token))
-        return ValueFilter(param, modifier, _values(name, raw, lambda item: parse_reference_value(item, base)))
-    raise _invalid(name, f"parameter type {kind} is not supported")
+    return ValueFilter(param, modifier, _values(name, raw, lambda item: parse_reference_value(item, base)))
+
+
+_PARSERS: dict[str, ValueParser] = {
+    "token": _token_values,
+    "string": _text_values,
+    "uri": _text_values,
+    "date": _date_values,
+    "number": _number_values,
+    "quantity": _quantity_values,
+    "reference": _reference_values,
+}
+"""Each search parameter type's value parsing (R4 search.html#ptypes)."""
 
 
 def _split_modifier(part: str) -> tuple[str, str | None]:

@@ -125,27 +125,62 @@ def _value(item: ValueFilter, alias: str, base: str | None, context: Context) ->
     if param.code == "_lastUpdated":
         alternatives = [_date(value, f"{alias}.last_updated", f"{alias}.last_updated") for value in item.values]
         return Condition(" OR ".join(f"({alt.sql})" for alt in alternatives), _flatten(alternatives))
-    if param.type == "token":
-        if modifier == "text":
-            return _in_table(alias, "search_string", param, f"{param.code}:text", [_words(v) for v in item.values])
-        if modifier == "of-type":
-            return _in_table(alias, "search_token", param, f"{param.code}:of-type", [_of_type(v) for v in item.values])
-        # :not (R4 §3.1.1.5.10): resources with no matching token, those with no value at all included.
-        tokens = [_token(v) for v in item.values]
-        return _in_table(alias, "search_token", param, param.code, tokens, negate=modifier == "not")
-    if param.type == "reference" and modifier == "identifier":
+    return FILTERS[param.type](item, alias, base, context)
+
+
+ValueCondition = Callable[[ValueFilter, str, str | None, Context], Condition]
+"""The condition a :class:`ValueFilter` of one parameter type puts on ``alias`` (``base``: the searched type)."""
+
+
+def _token_filter(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+    """R4 search.html#token, with ``:text``, ``:of-type`` and ``:not``."""
+    param, modifier = item.param, item.modifier
+    if modifier == "text":
+        return _in_table(alias, "search_string", param, f"{param.code}:text", [_words(v) for v in item.values])
+    if modifier == "of-type":
+        return _in_table(alias, "search_token", param, f"{param.code}:of-type", [_of_type(v) for v in item.values])
+    # :not (R4 §3.1.1.5.10): resources with no matching token, those with no value at all included.
+    tokens = [_token(v) for v in item.values]
+    return _in_table(alias, "search_token", param, param.code, tokens, negate=modifier == "not")
+
+
+def _reference_filter(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+    """R4 search.html#reference, with ``:identifier`` (searched in the token table)."""
+    param = item.param
+    if item.modifier == "identifier":
         return _in_table(alias, "search_token", param, f"{param.code}:identifier", [_token(v) for v in item.values])
-    if param.type == "date":
-        return _date_filter(alias, param, [[value] for value in item.values], context.span(param))
-    builders: dict[str, Callable[[Any], Condition]] = {
-        "string": lambda v: _string(v, modifier),
-        "number": _number,
-        "quantity": _quantity,
-        "reference": lambda v: _reference(v, base),
-        "uri": lambda v: _uri(v, modifier),
-    }
-    table = VALUE_TABLES[param.type][0]
-    return _in_table(alias, table, param, param.code, [builders[param.type](v) for v in item.values])
+    return _in_table(alias, _table("reference"), param, param.code, [_reference(v, base) for v in item.values])
+
+
+def _date_value_filter(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+    """R4 search.html#date."""
+    return _date_filter(alias, item.param, [[value] for value in item.values], context.span(item.param))
+
+
+def _string_filter(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+    """R4 search.html#string."""
+    conditions = [_string(v, item.modifier) for v in item.values]
+    return _in_table(alias, _table("string"), item.param, item.param.code, conditions)
+
+
+def _number_filter(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+    """R4 search.html#number."""
+    return _in_table(alias, _table("number"), item.param, item.param.code, [_number(v) for v in item.values])
+
+
+def _quantity_filter(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+    """R4 search.html#quantity."""
+    return _in_table(alias, _table("quantity"), item.param, item.param.code, [_quantity(v) for v in item.values])
+
+
+def _uri_filter(item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+    """R4 search.html#uri."""
+    conditions = [_uri(v, item.modifier) for v in item.values]
+    return _in_table(alias, _table("uri"), item.param, item.param.code, conditions)
+
+
+def _table(kind: str) -> str:
+    return VALUE_TABLES[kind][0]
 
 
 def _flatten(conditions: Sequence[Condition]) -> list[Any]:
@@ -413,3 +448,15 @@ def _has(item: HasFilter, alias: str, base: str | None, context: Context) -> Con
         f"WHERE {source}.resource_type = ? AND ({nested.sql}){policy.sql}))",
         [item.source_type, item.reference.code, item.target_type, item.source_type, *nested.params, *policy.params],
     )
+
+
+FILTERS: dict[str, ValueCondition] = {
+    "token": _token_filter,
+    "reference": _reference_filter,
+    "date": _date_value_filter,
+    "string": _string_filter,
+    "number": _number_filter,
+    "quantity": _quantity_filter,
+    "uri": _uri_filter,
+}
+"""Each search parameter type's value condition (R4 search.html#ptypes)."""
