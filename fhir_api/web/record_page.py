@@ -317,7 +317,9 @@ async def unlink(request: Request, patient_id: str, record: str = Form(...)) -> 
     session = session_of_request(request)
     if not same_origin(request) or not FHIR_ID.match(record.strip()):
         return RedirectResponse(f"/web/patients/{patient_id}", status_code=303)
-    answer = await InternalFhir(request, session).post(f"/fhir/Patient/{record.strip()}/$unlink", {})
+    answer = await InternalFhir(request, session).post(
+        f"/fhir/Patient/{record.strip()}/$unlink", {"resourceType": "Parameters"}
+    )
     if not answer.ok:
         return failure(request, session, answer, patient_id)
     stay = patient_id if record.strip() != patient_id else record.strip()
