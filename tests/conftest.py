@@ -83,3 +83,15 @@ def services(settings: Settings) -> Iterator[Services]:
 def client(services: Services) -> Iterator[TestClient]:
     with TestClient(create_app(services=services)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def secured_client(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
+) -> Iterator[tuple[TestClient, Settings]]:
+    """A server with authentication on over the ``settings`` backend, for one test (tests/support/access.py)."""
+    from tests.support.access import secured_server
+
+    backend = "sqlite" if settings.database_url is None else "postgres"
+    with secured_server(request, backend, tmp_path / "ehr-data") as (client, _, configured):
+        yield client, configured

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from email.utils import format_datetime, parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
 from ehr_core.settings import Settings
-from fhir_api.auth import mint_development_token
-from tests.support.access import secured_server
+from tests.support.access import staff_headers
 
 SUBSETTED = "SUBSETTED"
 PATIENT = {
@@ -94,23 +90,9 @@ def test_summary_and_elements_on_read_and_vread(client: TestClient) -> None:
     assert client.get("/fhir/Patient/p1", params={"_summary": "maybe"}).status_code == 400
 
 
-@pytest.fixture
-def secured(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
-) -> Iterator[tuple[TestClient, Settings]]:
-    backend = "sqlite" if settings.database_url is None else "postgres"
-    with secured_server(request, backend, tmp_path / "ehr-data") as (client, _, configured):
-        yield client, configured
-
-
-def _auth(settings: Settings, institution: str) -> dict[str, str]:
-    claims = {"institution": institution, "user": "dr.x", "role": "physician", "scope": "user/*.cruds"}
-    return {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
-
-
-def test_conditional_read_does_not_bypass_the_access_policy(secured: tuple[TestClient, Settings]) -> None:
-    client, settings = secured
-    imss, issste = _auth(settings, "IMSS"), _auth(settings, "ISSSTE")
+def test_conditional_read_does_not_bypass_the_access_policy(secured_client: tuple[TestClient, Settings]) -> None:
+    client, settings = secured_client
+    imss, issste = staff_headers(settings, "IMSS"), staff_headers(settings, "ISSSTE")
     assert client.put("/fhir/Patient/p1", json=PATIENT, headers=imss).status_code == 201
     # Another institution learns neither the version (304 would confirm it) nor a subset of the record.
     for headers in ({"If-None-Match": 'W/"1"'}, {"If-None-Match": "*"}, {}):

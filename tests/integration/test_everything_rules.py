@@ -4,16 +4,12 @@ access policy (both backends)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
-from fhir_api.auth import mint_development_token
-from tests.support.access import consent, secured_server
+from tests.support.access import consent, staff_headers
 
 CURP = "urn:oid:2.16.840.1.113883.4.629"
 
@@ -121,23 +117,9 @@ def test_everything_since_and_paging(client: TestClient) -> None:
     assert _entries(_get(client, _since=last)) == ["Condition/c2021", "Practitioner/dr"]
 
 
-@pytest.fixture
-def secured(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
-) -> Iterator[tuple[TestClient, Settings]]:
-    backend = "sqlite" if settings.database_url is None else "postgres"
-    with secured_server(request, backend, tmp_path / "ehr-data") as (client, _, configured):
-        yield client, configured
-
-
-def _auth(settings: Settings, institution: str) -> dict[str, str]:
-    claims = {"institution": institution, "user": "dr.x", "role": "physician", "scope": "user/*.cruds"}
-    return {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
-
-
-def test_everything_across_linked_records_under_the_policy(secured: tuple[TestClient, Settings]) -> None:
-    client, settings = secured
-    imss, issste = _auth(settings, "IMSS"), _auth(settings, "ISSSTE")
+def test_everything_across_linked_records_under_the_policy(secured_client: tuple[TestClient, Settings]) -> None:
+    client, settings = secured_client
+    imss, issste = staff_headers(settings, "IMSS"), staff_headers(settings, "ISSSTE")
     person = {"name": [{"family": "Aguilar Mora", "given": ["Ramón"]}], "gender": "male", "birthDate": "1974-05-24",
               "identifier": [{"system": CURP, "value": "AAMR740524HOCBRN08"}]}  # fmt: skip
     _put(client, {"resourceType": "Patient", "id": "a", **person}, imss)

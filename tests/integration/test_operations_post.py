@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
-from fhir_api.auth import mint_development_token
-from tests.support.access import secured_server
+from tests.support.access import staff_headers
 
 FHIR = {"Content-Type": "application/fhir+json"}
 ASYNC = {"Prefer": "respond-async"}
@@ -145,23 +141,9 @@ def test_export_kick_off_by_post(client: TestClient) -> None:
     _outcome(client.get("/fhir/Patient/$export", params={"patient": "Patient/p2"}, headers=ASYNC), 400, "patient")
 
 
-@pytest.fixture
-def secured(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
-) -> Iterator[tuple[TestClient, Settings]]:
-    backend = "sqlite" if settings.database_url is None else "postgres"
-    with secured_server(request, backend, tmp_path / "ehr-data") as (client, _, configured):
-        yield client, configured
-
-
-def _auth(settings: Settings, institution: str) -> dict[str, str]:
-    claims = {"institution": institution, "user": "dr.x", "role": "physician", "scope": "user/*.cruds"}
-    return {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
-
-
-def test_posted_operations_keep_the_access_policy(secured: tuple[TestClient, Settings]) -> None:
-    client, settings = secured
-    imss, issste = _auth(settings, "IMSS"), _auth(settings, "ISSSTE")
+def test_posted_operations_keep_the_access_policy(secured_client: tuple[TestClient, Settings]) -> None:
+    client, settings = secured_client
+    imss, issste = staff_headers(settings, "IMSS"), staff_headers(settings, "ISSSTE")
     _load(client, imss)
     # What a direct read hides, POST does not show: the unified record, the summary, the identifiers.
     assert client.get("/fhir/Patient/p1", headers=issste).status_code == 403

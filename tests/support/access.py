@@ -14,9 +14,10 @@ from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
+from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
 
-__all__ = ["INSTITUTION_SYSTEM", "consent", "secured_server"]
+__all__ = ["INSTITUTION_SYSTEM", "consent", "secured_server", "staff_headers"]
 
 INSTITUTION_SYSTEM = "urn:ehr-core:institution"
 
@@ -64,3 +65,9 @@ def secured_server(
         if schema is not None:
             with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
                 connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def staff_headers(settings: Settings, institution: str, scope: str = "user/*.cruds") -> dict[str, str]:
+    """A physician's bearer token at ``institution``, from the development issuer of ``settings``."""
+    claims = {"institution": institution, "user": "dr.x", "role": "physician", "scope": scope}
+    return {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
