@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fhir_api import smart
 from fhir_api.interactions import (
     audit_resources,
+    binary,
     capabilities,
     create,
     delete,
@@ -40,7 +41,9 @@ def fhir_router() -> APIRouter:
     for operation in (match, everything, summary, person):
         router.include_router(operation.router)
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
-    for interaction in (capabilities, history, search, create, read, update, patch, delete):
+    # Binary's native content (read, vread, create, update) before the generic interactions; after history
+    # and search, whose ``Binary/_history`` and ``Binary/_search`` are not ids.
+    for interaction in (capabilities, history, search, binary, create, read, update, patch, delete):
         if interaction is read:  # Patient served with links, Person as the golden record
             router.include_router(person.read_router)
         router.include_router(interaction.router)
