@@ -18,7 +18,7 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import everything, export, ledger, match, person, summary  # Ledger
+from fhir_api.operations import bulk_import, everything, export, ledger, match, person, summary  # Ledger
 
 __all__ = ["fhir_router"]
 
@@ -34,6 +34,7 @@ def fhir_router() -> APIRouter:
     router.include_router(smart.router)  # /.well-known/smart-configuration before read
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     router.include_router(export.router)
+    router.include_router(bulk_import.router)  # $import and its status
     # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
     router.include_router(ledger.router)
     router.include_router(audit_resources.router)

@@ -42,6 +42,10 @@ def need_of(method: str, path: str, query: str = "") -> Need:
             return Need(parts[0], "u", write=True)
         if operation in ("$match", "$ihe-pix", "$review"):
             return Need(parts[0], "s")
+        if operation.startswith("$import"):
+            # $import writes any type (each NDJSON line is an update-as-create), and its status and
+            # cancellation belong to the same writer: create and update on every type.
+            return Need("*", "cu", write=True)
         # $export (system, Patient, Group), $export-status/file, $ledger-*: bulk reads over every type
         if operation.startswith("$export") or parts[0].startswith("$"):
             return Need("*", "s")

@@ -34,6 +34,7 @@ a securityContext a Binary stays with the institution that recorded it.
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from typing import Any
 
@@ -180,7 +181,12 @@ def _native(request: Request, stored: StoredResource) -> Response:
         return Response(status_code=304, headers=validators)
     resource = orjson.loads(stored.body)
     data = resource.get("data")
-    content = base64.b64decode(data) if isinstance(data, str) else b""
+    try:
+        content = base64.b64decode(data) if isinstance(data, str) else b""
+    except (binascii.Error, ValueError):
+        # Stored as a client sent it (the server never rewrites base64): what cannot be decoded is served
+        # as the resource it is, rather than as bytes it does not hold.
+        return read_response(request, stored.body, stored.version, stored.last_updated)
     content_type = resource.get("contentType") or "application/octet-stream"
     return Response(content, headers={"Content-Type": content_type, **validators, **_NATIVE_HEADERS})
 

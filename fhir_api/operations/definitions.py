@@ -25,6 +25,8 @@ class Param:
     documentation: str = ""
     #: The search type of a string-valued parameter that is used like a search parameter (R4: searchType).
     search_type: str | None = None
+    #: The parts of a parameter made of parts (R4 OperationDefinition.parameter.part): it then has no type.
+    parts: tuple[Param, ...] = ()
 
     @property
     def repeats(self) -> bool:
@@ -209,6 +211,40 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
     ),
     Operation(
+        "import",
+        "import",
+        "Import",
+        "Bulk import of NDJSON files from the server's import directory (file:// URLs under EHR_IMPORT_DIR), "
+        "as `ehr import` loads them: resumable, in dependency order, conditional references resolved, each line "
+        "written as the caller's institution. Asynchronous: 202 and Content-Location of its status.",
+        system=True,
+        affects_state=True,
+        post_only=True,
+        parameters=(
+            Param("inputFormat", "code", min=1, documentation="application/fhir+ndjson"),
+            Param("inputSource", "uri", documentation="Where the data comes from (recorded, not fetched)"),
+            Param(
+                "input",
+                "",
+                min=1,
+                max="*",
+                documentation="One NDJSON file",
+                parts=(
+                    Param("type", "code", min=1, documentation="The resource type of its lines"),
+                    Param("url", "uri", min=1, documentation="file:// URL of a .ndjson file in the import directory"),
+                ),
+            ),
+        ),
+        outputs=(
+            Param(
+                "return",
+                "Parameters",
+                use="out",
+                documentation="At $import-status when complete: versions stored per type, lines rejected and why",
+            ),
+        ),
+    ),
+    Operation(
         "ledger-key",
         "ledger-key",
         "LedgerKey",
@@ -256,6 +292,9 @@ def _parameter(param: Param) -> dict[str, Any]:
     item: dict[str, Any] = {"name": param.name, "use": param.use, "min": param.min, "max": param.max}
     if param.documentation:
         item["documentation"] = param.documentation
+    if param.parts:
+        item["part"] = [_parameter(part) for part in param.parts]
+        return item
     item["type"] = param.type
     if param.search_type:
         item["searchType"] = param.search_type
