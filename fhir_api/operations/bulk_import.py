@@ -97,14 +97,21 @@ def local_file(url: str, root: Path, where: str) -> Path:
     path = Path(unquote(parts.path))
     if not path.is_absolute() or "\x00" in parts.path:
         raise _invalid(f"{url[:200]}: a file:// URL needs an absolute path", where)
-    resolved, base = path.resolve(), root.resolve()
+    try:
+        resolved, base = path.resolve(), root.resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a name too long: it names no file of the directory
+        raise _invalid(f"{url[:200]}: not a readable path", where) from None
     if not resolved.is_relative_to(base) or resolved == base:
         raise Forbidden(
             [Issue("forbidden", f"{url[:200]} is outside the server's import directory (EHR_IMPORT_DIR)", where)]
         )
     if resolved.suffix != ".ndjson":
         raise _invalid(f"{url[:200]}: $import reads NDJSON files (.ndjson)", where)
-    if not resolved.is_file():
+    try:
+        present = resolved.is_file()
+    except OSError:  # a name too long for the file system, say: no such file either
+        present = False
+    if not present:
         raise _invalid(f"{url[:200]}: no such file in the import directory", where, "not-found")
     return resolved
 
