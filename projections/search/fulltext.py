@@ -22,7 +22,7 @@ read-your-writes covers it, and ``ehr rebuild`` rebuilds it with the other views
 Like the value tables of the search index (whose ``search_string`` rows hold folded names and texts in
 clear), the view holds the words of clinical text in clear: views live beside the encrypted log on the
 same server, are rebuilt from it, and lose an erased patient's rows with every other view
-(:mod:`projections.privacy`, by ``resource_type``/``resource_id``).
+(:meth:`FullTextIndex.erase`, by ``resource_type``/``resource_id``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import orjson
 from ehr_core.errors import InvalidResource, Issue
 from projections.changes import Change
 from projections.db import Dialect, Tx
+from projections.privacy import Erasure
 from projections.search.fold import fold
 from projections.search.spanish import terms
 from projections.search.special import SpecialFilter, SpecialParser, register
@@ -193,6 +194,14 @@ class FullTextIndex(View):
             if narrative or content:
                 rows.append((sid, change.resource_type, change.resource_id, narrative, content))
         self._insert(tx, rows)
+
+    def erase(self, tx: Tx, dialect: Dialect, erasure: Erasure) -> None:
+        """An erased patient's rows leave the view (projections/privacy.py). On SQLite the FTS5 index is
+        merged too: its ``delete`` only marks entries as gone, and their terms would stay in the index's
+        older segments until a later merge."""
+        self._delete(tx, sorted(erasure.resources))
+        if dialect == "sqlite":
+            tx.execute("INSERT INTO search_fulltext_terms (search_fulltext_terms) VALUES ('optimize')")
 
     @staticmethod
     def _delete(tx: Tx, keys: list[tuple[str, str]]) -> None:

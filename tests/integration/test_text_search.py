@@ -6,6 +6,9 @@ value must all be found (AND), commas separate alternatives (OR).
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +16,11 @@ from fastapi.testclient import TestClient
 
 from fhir_api.cli.rebuild import projectors_named
 from fhir_api.services import Services
+from projections.changes import Change
+from projections.db import SQLiteViews
+from projections.privacy import Erasure, erase
 from projections.rebuild import rebuild
+from projections.search import FullTextIndex, SearchIndex
 
 
 def _narrative(text: str) -> dict[str, str]:
@@ -125,3 +132,51 @@ def test_rebuild_fills_the_full_text_index(services: Services, conditions: TestC
     assert projectors[0].dump()["search_fulltext"] == before
     assert _search(client, "Condition?_text=dolores toracicos") == ["lower", "plural", "upper"]
     assert _search(client, "Condition?_content=anotado") == ["none"]
+
+
+def _change(notification_id: int, resource: dict[str, Any]) -> Change:
+    return Change(
+        notification_id=notification_id,
+        resource_type=resource["resourceType"],
+        resource_id=resource["id"],
+        version=1,
+        last_updated="2026-01-01T00:00:00Z",
+        recorded=datetime(2026, 1, 1, tzinfo=UTC),
+        method="POST",
+        body=json.dumps(resource).encode(),
+        compartment=[],
+        context={},
+    )
+
+
+def test_erasure_leaves_no_term_in_the_sqlite_index_segments(tmp_path: Path) -> None:
+    """FTS5's ``delete`` only marks entries as deleted: an erased patient's words would stay in the index's
+    segments (bytes on disk) until a merge. Erasure merges them away (crypto-shredding, DESIGN.md)."""
+    views = SQLiteViews(tmp_path / "views.sqlite")
+    index, fulltext = SearchIndex(), FullTextIndex()
+    kept = {"resourceType": "Patient", "id": "kept", "name": [{"family": "Barrera"}]}
+    gone = {"resourceType": "Patient", "id": "gone", "name": [{"family": "Xilófono"}]}
+    try:
+        with views.write() as tx:
+            for view in (index, fulltext):
+                view.create(tx, "sqlite")
+        for number, resource in enumerate((kept, gone), start=1):
+            with views.write() as tx:  # one transaction each: two FTS5 segments
+                for view in (index, fulltext):
+                    view.apply(tx, [_change(number, resource)])
+
+        def segments() -> bytes:
+            with views.read() as tx:
+                rows = tx.execute("SELECT block FROM search_fulltext_terms_data").fetchall()
+            return b"".join(row[0] for row in rows if isinstance(row[0], bytes))
+
+        assert b"xilofon" in segments()
+        erasure = Erasure(3, "gone", "shredded", "2026-01-02T00:00:00", [("Patient", "gone")])
+        with views.write() as tx:
+            erase(tx, "sqlite", [index, fulltext], erasure)
+        assert b"xilofon" not in segments() and b"barrer" in segments()
+        with views.read() as tx:
+            rows = tx.execute("SELECT resource_id FROM search_fulltext").fetchall()
+        assert [row[0] for row in rows] == ["kept"]
+    finally:
+        views.close()
