@@ -60,6 +60,17 @@ def _stem(word: str) -> str:
     return stemmed
 
 
+@lru_cache(maxsize=65536)
+def _fold_word(chunk: str) -> str:
+    return fold(chunk)
+
+
 def terms(text: str) -> list[str]:
-    """The index terms of ``text``, in order: folded, stop words dropped, stemmed."""
-    return [_stem(word) for word in _WORD.findall(fold(text)) if word not in STOP_WORDS]
+    """The index terms of ``text``, in order: folded, stop words dropped, stemmed.
+
+    Folded one whitespace-separated chunk at a time — the same as folding the whole text, as folding never
+    joins two chunks — with ASCII chunks merely lower-cased (what folding does to them) and the others'
+    folding cached: folding character by character was 85% of the time on clinical text (measured).
+    """
+    folded = " ".join(chunk.lower() if chunk.isascii() else _fold_word(chunk) for chunk in text.split())
+    return [_stem(word) for word in _WORD.findall(folded) if word not in STOP_WORDS]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from projections.search.fold import fold
 from projections.search.fulltext import content_text, narrative_text
-from projections.search.spanish import STOP_WORDS, terms
+from projections.search.spanish import _WORD, STOP_WORDS, _stem, terms
 
 
 def test_terms_fold_drop_stop_words_and_stem() -> None:
@@ -39,3 +43,9 @@ def test_content_is_every_string_value_but_binary_data() -> None:
     for expected in ("current", "resumen", "Nota de evolución", "http://example.org/x"):
         assert expected in text
     assert "aGVsbG8" not in text and "DocumentReference" not in text and "<p>" not in text
+
+
+@given(st.text(alphabet=st.sampled_from("aeiouñáéíóúüÁÉÑ ABC\u0301\u00a8\u00a0\tﬁ½_-.,1"), max_size=40))
+def test_folding_chunk_by_chunk_equals_folding_the_whole_text(text: str) -> None:
+    reference = [_stem(w) for w in _WORD.findall(fold(text)) if w not in STOP_WORDS]
+    assert terms(text) == reference
