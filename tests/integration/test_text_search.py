@@ -99,6 +99,10 @@ def test_content_searches_every_string_value(conditions: TestClient) -> None:
     assert len(_search(client, "Condition?_content=motivo consulta")) == 5
     assert _search(client, "Condition?_content=inexistente") == []
     assert _search(client, "Patient?_content=nunez") == ["p1"]
+    # A system search applies it to each type; POST _search reads it from the form.
+    assert _search(client, "?_type=Condition,Patient&_content=nunez") == ["p1"]
+    posted = client.post("/fhir/Condition/_search", data={"_content": "anotado"})
+    assert posted.status_code == 200 and [e["resource"]["id"] for e in posted.json()["entry"]] == ["none"]
 
 
 def test_the_index_follows_updates_and_deletes(conditions: TestClient) -> None:
