@@ -14,7 +14,7 @@ from projections.privacy import PrivacyView
 from projections.projector import Projector
 from projections.provenance import ProvenanceView
 from projections.resources import ResourceViews
-from projections.search import SearchIndex
+from projections.search import FullTextIndex, SearchIndex
 from projections.view import View
 
 __all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views"]
@@ -33,8 +33,9 @@ def open_view_database(settings: Settings, schema: str | None = None) -> ViewDat
 
 
 def resource_views() -> list[View]:
-    # ProvenanceView: PrivacyView (erasures), AccessView (owners, consents)
-    return [ResourceViews(), SearchIndex(), ProvenanceView(), PrivacyView(), AccessView()]
+    # ProvenanceView: PrivacyView (erasures), AccessView (owners, consents). FullTextIndex after SearchIndex:
+    # its rows carry the search key (sid) the search index gives a resource.
+    return [ResourceViews(), SearchIndex(), FullTextIndex(), ProvenanceView(), PrivacyView(), AccessView()]
 
 
 def resource_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:

@@ -13,13 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from projections.db import Tx
+from projections.db import Dialect, Tx
 from projections.indexed import indexed
 from projections.search.dates import MAX, MIN
 from projections.search.fold import fold, prefix_upper_bound
 from projections.search.index import VALUE_TABLES
 from projections.search.query import ChainFilter, Filter, HasFilter, MissingFilter, SameValueFilter, ValueFilter
 from projections.search.registry import SearchParameter
+from projections.search.special import SpecialFilter
 from projections.search.values import (
     DateValue,
     NumberValue,
@@ -47,6 +48,7 @@ class Context:
         self,
         spans: dict[tuple[str, str], Spans] | None = None,
         visible: Callable[[str], Condition] | None = None,
+        dialect: Dialect = "sqlite",
     ) -> None:
         self._numbers = itertools.count(1)
         #: Per (type, parameter): its date ranges' longest span and open ends (``search_date_spans``).
@@ -55,6 +57,8 @@ class Context:
         #: A chain or ``_has`` matches only through resources the viewer may see, or its result would tell
         #: the caller what a hidden resource contains (``Observation?subject:Patient.name=X``).
         self.visible = visible
+        #: The database the SQL is for: a special parameter's SQL may differ (full text, R4 ``_text``).
+        self.dialect: Dialect = dialect
 
     def policy(self, alias: str) -> Condition:
         """The access policy on ``alias`` as an extra ``AND`` (empty without a viewer)."""
@@ -96,6 +100,8 @@ def condition(item: Filter, alias: str, base: str | None, context: Context | Non
         return _date_filter(alias, item.param, [list(item.values)], context.span(item.param))
     if isinstance(item, ChainFilter):
         return _chain(item, alias, base, context)
+    if isinstance(item, SpecialFilter):
+        return item.condition(alias, base, context)
     return _has(item, alias, base, context)
 
 
