@@ -12,14 +12,24 @@ access, encryption at rest, ledger, access policy, master patient index all on),
 - ``round trips`` (PostgreSQL): how many times a connection waits for the server's answer (BEGIN and
   COMMIT included; a pipeline's statements answered together count once);
 - ``commits``: COMMITs (PostgreSQL: the command; SQLite: the statement, from the trace callback);
-- ``server CPU ms``: process CPU time minus the client thread's (the app runs in the test client's
-  portal thread, the group-commit writer and the audit writer in theirs: all of it is the server's).
+- ``CPU ms``: process CPU time minus the client thread's (the app runs in the test client's portal
+  thread and anyio's worker threads, the group commit in the request that leads it: all of it is the
+  server's); ``path``: without the background threads' (audit writer, ledger sealer, log followers:
+  they batch many requests, and the sealer also works on a timer), from /proc/self/task.
+
+Every figure comes as ``path`` (statements, round trips, commits made on the request's own threads: the
+same for every run) and ``all`` (with the background threads' share, which depends on how requests
+batch, so on timing).
 
 Every request of a window is sent, then the counters settle (the audit entries of reads commit after the
-response), then they are divided by the number of requests. ``--profile`` prints cProfile's top functions
-of each window (all threads are not profiled: the request thread only).
+response), then they are divided by the number of requests. One client sends them one after another:
+the figures are the cost of a request, not of a load. ``--baseline COMMIT`` measures ``git archive
+COMMIT`` first, in a process of its own, and prints the ratios; ``--statements`` lists each window's
+statements and where its round trips wait (stderr); ``--profile`` prints cProfile's top functions
+(CPU time, every server thread started after the server's creation).
 
-Usage: ``python -m bench.round_trips [--backends postgres,sqlite] [--requests 200] [--warmup 40] [--profile]``
+Usage: ``python -m bench.round_trips [--backends postgres,sqlite] [--requests 200] [--warmup 40]
+[--baseline main] [--statements] [--profile]``
 """
 
 from __future__ import annotations
@@ -62,6 +72,9 @@ class Counters:
         self.statements = 0
         self.round_trips = 0
         self.commits = 0
+        #: The same counts made by the background threads (audit writer, ledger sealer, log followers):
+        #: batched, so their share per request depends on timing, unlike the request path's.
+        self.background = [0, 0, 0]
         self.texts: collections.Counter[str] | None = None
 
     def text(self, query: Any, times: int = 1) -> None:
@@ -74,14 +87,24 @@ class Counters:
                 self.texts[" ".join(query.split())[:150]] += times
 
     def add(self, statements: int = 0, round_trips: int = 0, commits: int = 0) -> None:
+        if type(threading.current_thread()).__name__ in BACKGROUND_THREADS:
+            with self.lock:
+                self.background[0] += statements
+                self.background[1] += round_trips
+                self.background[2] += commits
         with self.lock:
             self.statements += statements
             self.round_trips += round_trips
             self.commits += commits
 
-    def snapshot(self) -> tuple[int, int, int]:
+    def snapshot(self) -> tuple[int, int, int, int, int, int]:
         with self.lock:
-            return self.statements, self.round_trips, self.commits
+            return self.statements, self.round_trips, self.commits, *self.background  # type: ignore[return-value]
+
+
+#: Threads that work for many requests at once (class names: ehr_core.audit, projections.ledger,
+#: projections.follower, projections.positions).
+BACKGROUND_THREADS = frozenset({"AuditWriter", "LedgerSealer", "LogFollower", "PositionWatcher"})
 
 
 COUNTERS = Counters()
@@ -198,8 +221,31 @@ class Figure:
     statements: float
     round_trips: float
     commits: float
+    #: Of those, the ones made on the request's own path (not by the background threads).
+    request_statements: float
+    request_round_trips: float
+    request_commits: float
     cpu_ms: float
+    #: Server CPU without the background threads' (which also work on timers: a slower window seals
+    #: more ledger blocks).
+    request_cpu_ms: float
     wall_ms: float
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _background_cpu() -> float:
+    """CPU seconds the background threads (:data:`BACKGROUND_THREADS`) used so far, from /proc (Linux)."""
+    ids = {t.native_id for t in threading.enumerate() if type(t).__name__ in BACKGROUND_THREADS}
+    total = 0
+    for native_id in ids:
+        try:
+            fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
 
 
 def _settle(timeout: float = 5.0) -> None:
@@ -224,6 +270,7 @@ def _window(
         COUNTERS.texts = collections.Counter()
     before = COUNTERS.snapshot()
     cpu0, client0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+    background0 = _background_cpu()
     if profile:
         for profiler in PROFILERS:
             profiler.clear()
@@ -233,6 +280,7 @@ def _window(
     client = time.thread_time() - client0
     _settle()
     cpu = time.process_time() - cpu0
+    background = _background_cpu() - background0
     after = COUNTERS.snapshot()
     if statements and COUNTERS.texts is not None:
         print(f"--- statements, {backend} {interaction}, per request", file=sys.stderr)
@@ -249,7 +297,9 @@ def _window(
         stats.sort_stats("tottime").print_stats(35)
         print(f"--- cProfile, {backend} {interaction}, every thread but the client's, by own time", file=sys.stderr)
         print(out.getvalue(), file=sys.stderr)
-    statements, round_trips, commits = (b - a for a, b in zip(before, after, strict=True))
+    statements, round_trips, commits, bg_statements, bg_round_trips, bg_commits = (
+        b - a for a, b in zip(before, after, strict=True)
+    )
     return Figure(
         backend=backend,
         interaction=interaction,
@@ -257,7 +307,11 @@ def _window(
         statements=statements / count,
         round_trips=round_trips / count,
         commits=commits / count,
+        request_statements=(statements - bg_statements) / count,
+        request_round_trips=(round_trips - bg_round_trips) / count,
+        request_commits=(commits - bg_commits) / count,
         cpu_ms=(cpu - client) * 1000 / count,
+        request_cpu_ms=(cpu - client - background) * 1000 / count,
         wall_ms=wall * 1000 / count,
     )
 
@@ -331,35 +385,49 @@ def measure(
         ]
 
 
+#: Columns: title, width, the figure's value, whether only PostgreSQL has it.
+_COLUMNS: list[tuple[str, int, Callable[[Figure], float], bool]] = [
+    ("path stmts", 10, lambda f: f.request_statements, False),
+    ("path trips", 10, lambda f: f.request_round_trips, True),
+    ("path commits", 12, lambda f: f.request_commits, False),
+    ("all stmts", 9, lambda f: f.statements, False),
+    ("all trips", 9, lambda f: f.round_trips, True),
+    ("all commits", 11, lambda f: f.commits, False),
+    ("path CPU ms", 11, lambda f: f.request_cpu_ms, False),
+    ("all CPU ms", 10, lambda f: f.cpu_ms, False),
+    ("wall ms", 8, lambda f: f.wall_ms, False),
+]
+
+
 def render(figures: list[Figure], baseline: list[Figure] | None = None, label: str = "baseline") -> str:
-    """One row per figure; with a ``baseline`` (same run), its row below each and the ratios (new ÷ old)."""
-    head = (
-        f"{'backend':9} {'interaction':36} {'code':10} {'n':>5} {'stmts/req':>10} {'trips/req':>10} "
-        f"{'commits/req':>11} {'server CPU ms/req':>18} {'wall ms/req':>12}"
-    )
+    """One row per figure, per request; with a ``baseline`` (same run), its row below each and the ratios
+    (this ÷ baseline). ``path``: on the request's own path; ``all``: with the background threads' share."""
+    label = label[:10]
+    head = f"{'backend':8} {'interaction':34} {'code':10} {'n':>4} " + " ".join(f"{t:>{w}}" for t, w, _, _ in _COLUMNS)
     lines = [head]
     old = {(f.backend, f.interaction): f for f in baseline or []}
 
-    def row(f: Figure, code: str) -> str:
-        trips = f"{f.round_trips:10.2f}" if f.backend == "postgres" else f"{'-':>10}"
-        return (
-            f"{f.backend:9} {f.interaction:36} {code:10} {f.requests:5d} {f.statements:10.2f} {trips} "
-            f"{f.commits:11.2f} {f.cpu_ms:18.2f} {f.wall_ms:12.2f}"
-        )
+    Get = Callable[[Figure], float]
 
-    def ratio(new: float, before: float) -> str:
-        return f"{new / before:.2f}" if before else "-"
+    def cells(f: Figure, text: Callable[[Figure, Get, bool], str]) -> str:
+        return " ".join(f"{text(f, get, pg_only):>{w}}" for _, w, get, pg_only in _COLUMNS)
+
+    def value(f: Figure, get: Get, pg_only: bool) -> str:
+        return "-" if pg_only and f.backend != "postgres" else f"{get(f):.2f}"
 
     for f in figures:
-        lines.append(row(f, "this"))
+        lines.append(f"{f.backend:8} {f.interaction:34} {'this':10} {f.requests:4d} " + cells(f, value))
         b = old.get((f.backend, f.interaction))
-        if b is not None:
-            lines.append(row(b, label[:10]))
-            trips = ratio(f.round_trips, b.round_trips) if f.backend == "postgres" else "-"
-            name = f"ratio (this / {label[:10]})"
-            stmts, commits = ratio(f.statements, b.statements), ratio(f.commits, b.commits)
-            cpu, wall = ratio(f.cpu_ms, b.cpu_ms), ratio(f.wall_ms, b.wall_ms)
-            lines.append(f"{'':9} {name:36} {'':10} {'':>5} {stmts:>10} {trips:>10} {commits:>11} {cpu:>18} {wall:>12}")
+        if b is None:
+            continue
+        lines.append(f"{b.backend:8} {b.interaction:34} {label:10} {b.requests:4d} " + cells(b, value))
+
+        def ratio(f: Figure, get: Get, pg_only: bool, b: Figure = b) -> str:
+            if (pg_only and f.backend != "postgres") or not get(b):
+                return "-"
+            return f"{get(f) / get(b):.2f}"
+
+        lines.append(f"{'':8} {'ratio this / ' + label:34} {'':10} {'':4} " + cells(f, ratio))
     return "\n".join(lines)
 
 
