@@ -294,7 +294,7 @@ def _window(
             profiler.create_stats()
             if profiler.stats:  # type: ignore[attr-defined]
                 stats.add(profiler)
-        stats.sort_stats("tottime").print_stats(35)
+        stats.sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime")).print_stats(45)
         print(f"--- cProfile, {backend} {interaction}, every thread but the client's, by own time", file=sys.stderr)
         print(out.getvalue(), file=sys.stderr)
     statements, round_trips, commits, bg_statements, bg_round_trips, bg_commits = (
