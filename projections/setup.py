@@ -15,9 +15,10 @@ from projections.projector import Projector
 from projections.provenance import ProvenanceView
 from projections.resources import ResourceViews
 from projections.search import SearchIndex
+from projections.terminology.store import TerminologyView
 from projections.view import View
 
-__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views"]
+__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views", "terminology_projector"]
 
 
 def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
@@ -40,6 +41,16 @@ def resource_views() -> list[View]:
 def resource_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:
     projector = Projector(
         application, database, resource_views(), name="resources", batch_size=settings.projection_batch_size
+    )
+    projector.create_tables()
+    return projector
+
+
+def terminology_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:
+    """The terminology store (tracking row ``terminology``): its own projection, so that a rebuild of it, or
+    its lag, concerns the terminology operations only."""
+    projector = Projector(
+        application, database, [TerminologyView()], name="terminology", batch_size=settings.projection_batch_size
     )
     projector.create_tables()
     return projector
