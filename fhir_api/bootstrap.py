@@ -30,7 +30,6 @@ from projections.ledger import Ledger, witness_path
 from projections.positions import PositionWatcher
 from projections.projector import Projector, projected_channel
 from projections.setup import open_view_database, resource_projector, resource_views, terminology_projector
-from projections.terminology.store import TerminologyView
 
 __all__ = [
     "construct_compliance",
@@ -60,7 +59,7 @@ def single_store(settings: Settings, follow: bool) -> Services:
     views = construct_views(settings)
     projector = resource_projector(application, views, settings)
     identity = construct_identity(application, views, settings)
-    terminology = terminology_projector(application, views, settings)
+    terminology = terminology_projector(application, views, settings.projection_batch_size)
     inline = settings.projects_inline or not settings.uses_postgres
     channel = projected_channel(settings.postgres_schema)
     if settings.uses_postgres:
@@ -110,8 +109,7 @@ def federated(settings: Settings, follow: bool) -> Services:
     national = IdentityIndex(RecordApplication(settings), views, batch)  # the MPI's decisions: national
     identity = FederatedIdentity(federation.own, own, national, batch)
     identity.create_tables()
-    terminology = FederatedProjector(federation.own, own, views, [TerminologyView()], "terminology", batch)
-    terminology.create_tables()
+    terminology = terminology_projector(own, views, batch, store=federation.own)
     channel = projected_channel(settings.postgres_schema)
     projector.announce_to = identity.announce_to = terminology.announce_to = channel
     compliance = construct_compliance(settings, own, views, follow, ledger_name=ledger_of(federation.own))
@@ -173,7 +171,7 @@ def construct_store_projectors(services: Services, store: str) -> list[Projector
     batch = services.settings.projection_batch_size
     projector = FederatedProjector(store, application, services.views, resource_views(), batch_size=batch)
     identity = FederatedIdentity(store, application, services.identity.national, batch)
-    terminology = FederatedProjector(store, application, services.views, [TerminologyView()], "terminology", batch)
+    terminology = terminology_projector(application, services.views, batch, store=store)
     for created in (projector, identity, terminology):
         created.create_tables()
         created.announce_to = services.projector.announce_to

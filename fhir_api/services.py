@@ -169,8 +169,11 @@ class Services:
 
     def terminology_current(self) -> TerminologyStore:
         """The terminology store, caught up with this server's log (read-your-writes for the operations)."""
-        if self.terminology is not None and self.terminology.position < self.projector.position:
-            self.terminology.catch_up()
+        # Its positions are its log's own ids (a store's, in a federation): compared with that log's head.
+        if self.terminology is None:
+            return TerminologyStore(self.views)
+        before = self.terminology.position
+        if self.terminology.catch_up_if_behind() > before:
             self.views.settle({self.terminology.name: self.terminology.position}, self.settings.projection_wait_seconds)
         return TerminologyStore(self.views)
 

@@ -10,6 +10,7 @@ from ehr_core.settings import Settings
 from projections.access import AccessView
 from projections.audit import AuditProjector
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
+from projections.federation import tracking_name
 from projections.privacy import PrivacyView
 from projections.projector import Projector
 from projections.provenance import ProvenanceView
@@ -46,12 +47,15 @@ def resource_projector(application: Application[Any], database: ViewDatabase, se
     return projector
 
 
-def terminology_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:
-    """The terminology store (tracking row ``terminology``): its own projection, so that a rebuild of it, or
-    its lag, concerns the terminology operations only."""
-    projector = Projector(
-        application, database, [TerminologyView()], name="terminology", batch_size=settings.projection_batch_size
-    )
+def terminology_projector(
+    application: Application[Any], database: ViewDatabase, batch_size: int, store: str | None = None
+) -> Projector:
+    """The terminology store: its own projection, so that a rebuild of it, or its lag, concerns the
+    terminology operations only. Tracking row ``terminology``, or ``terminology@{store}`` for one
+    institution's log in a federation: its rows hold no notification id, so it needs no national positions
+    (``federation_log`` is the resource projector's) and follows the store's own ids."""
+    name = "terminology" if store is None else tracking_name("terminology", store)
+    projector = Projector(application, database, [TerminologyView()], name=name, batch_size=batch_size)
     projector.create_tables()
     return projector
 
