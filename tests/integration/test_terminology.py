@@ -439,3 +439,24 @@ def test_the_capability_statement_lists_each_operation(client: TestClient, resou
     assert code in listed
     definition = _ok(client.get(f"/fhir/OperationDefinition/{listed[code].rsplit('/', 1)[1]}"))
     assert definition["code"] == code and resource_type in definition["resource"]
+
+
+# -- with authentication on ---------------------------------------------------------------------------
+
+
+def test_terminology_needs_the_search_scope_of_its_type(secured_client: tuple[TestClient, Any]) -> None:
+    from tests.support.access import staff_headers
+
+    client, settings = secured_client
+    writer = staff_headers(settings, "IMSS")
+    assert client.put("/fhir/CodeSystem/cie-10", json=CIE10_FRAGMENT, headers=writer | FHIR).status_code == 201
+    # R4 terminology resources hold no patient data: any institution's staff with the scope reads them.
+    reader = staff_headers(settings, "ISSSTE", scope="user/CodeSystem.s user/ValueSet.s")
+    looked_up = client.get("/fhir/CodeSystem/$lookup", params={"system": CIE10, "code": "I10"}, headers=reader)
+    assert _out(_ok(looked_up))["display"] == "Hipertensión esencial (primaria)"
+    assert (
+        _ok(client.get("/fhir/ValueSet/$expand", params={"url": GENDER_VS}, headers=reader))["expansion"]["total"] == 4
+    )
+    refused = client.get("/fhir/ConceptMap/$translate", params={"system": CIE10, "code": "I10"}, headers=reader)
+    assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+    assert client.get("/fhir/ValueSet/$expand", params={"url": GENDER_VS}).status_code == 401
