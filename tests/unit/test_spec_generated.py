@@ -55,3 +55,14 @@ def test_a_task_for_a_patient_is_in_that_patients_compartment() -> None:
     assert patient_compartment(task) == ["p1", "p2"]
     linked = {"resourceType": "Patient", "id": "p3", "link": [{"other": {"reference": "Patient/p1"}}]}
     assert patient_compartment(linked) == ["p3", "p1"]  # its own key first
+
+
+def test_a_gzip_target_is_compared_by_its_content() -> None:
+    import gzip
+
+    generated = gzip.compress(b'[{"url":"x"}]', compresslevel=9, mtime=0)
+    # Another zlib, another level or timestamp: the same content, no drift.
+    assert same("ehr_core/spec/terminology.json.gz", generated, gzip.compress(b'[{"url":"x"}]', 1, mtime=7))
+    assert not same("ehr_core/spec/terminology.json.gz", generated, gzip.compress(b'[{"url":"y"}]', mtime=0))
+    assert not same("ehr_core/spec/terminology.json.gz", generated, b"not gzip")
+    assert not same("ehr_core/spec/terminology.json.gz", generated, None)
