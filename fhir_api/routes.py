@@ -18,7 +18,20 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import bulk_import, everything, export, ledger, match, person, summary  # Ledger
+from fhir_api.operations import (  # Ledger; and the terminology service: expand, lookup, subsumes...
+    bulk_import,
+    everything,
+    expand,
+    export,
+    ledger,
+    lookup,
+    match,
+    person,
+    subsumes,
+    summary,
+    translate,
+    validate_code,
+)
 
 __all__ = ["fhir_router"]
 
@@ -40,6 +53,9 @@ def fhir_router() -> APIRouter:
     router.include_router(audit_resources.router)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
+        router.include_router(operation.router)
+    # Terminology (R4 terminology-service.html): before read, which would take ``$expand`` for an id.
+    for operation in (lookup, subsumes, expand, validate_code, translate):
         router.include_router(operation.router)
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
     # Binary's native content (read, vread, create, update) before the generic interactions; after history

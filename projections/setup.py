@@ -10,14 +10,16 @@ from ehr_core.settings import Settings
 from projections.access import AccessView
 from projections.audit import AuditProjector
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
+from projections.federation import tracking_name
 from projections.privacy import PrivacyView
 from projections.projector import Projector
 from projections.provenance import ProvenanceView
 from projections.resources import ResourceViews
 from projections.search import FullTextIndex, SearchIndex
+from projections.terminology.store import TerminologyView
 from projections.view import View
 
-__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views"]
+__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views", "terminology_projector"]
 
 
 def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
@@ -42,6 +44,19 @@ def resource_projector(application: Application[Any], database: ViewDatabase, se
     projector = Projector(
         application, database, resource_views(), name="resources", batch_size=settings.projection_batch_size
     )
+    projector.create_tables()
+    return projector
+
+
+def terminology_projector(
+    application: Application[Any], database: ViewDatabase, batch_size: int, store: str | None = None
+) -> Projector:
+    """The terminology store: its own projection, so that a rebuild of it, or its lag, concerns the
+    terminology operations only. Tracking row ``terminology``, or ``terminology@{store}`` for one
+    institution's log in a federation: its rows hold no notification id, so it needs no national positions
+    (``federation_log`` is the resource projector's) and follows the store's own ids."""
+    name = "terminology" if store is None else tracking_name("terminology", store)
+    projector = Projector(application, database, [TerminologyView()], name=name, batch_size=batch_size)
     projector.create_tables()
     return projector
 

@@ -17,6 +17,8 @@ from fhir_api.services import Services
 FHIR = {"Content-Type": "application/fhir+json"}
 ASYNC = {"Prefer": "respond-async"}
 MRN = "urn:ehr-core:sid:imss:mrn"
+GENDER = "http://hl7.org/fhir/administrative-gender"
+GENDER_VS = "http://hl7.org/fhir/ValueSet/administrative-gender"
 
 
 def _parameters(*items: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +53,12 @@ def _invoke(client: TestClient, definition: str, method: str, import_url: str = 
                         {}),
         "ledger-proof": ("/fhir/$ledger-proof", {"event": "1"}, _parameters({"name": "event", "valueInteger": 1}),
                          {}),
+        "lookup": ("/fhir/CodeSystem/$lookup", {"system": GENDER, "code": "male"}, None, {}),
+        "subsumes": ("/fhir/CodeSystem/$subsumes", {"system": "http://hl7.org/fhir/observation-status",
+                                                    "codeA": "amended", "codeB": "corrected"}, None, {}),
+        "expand": ("/fhir/ValueSet/$expand", {"url": GENDER_VS, "count": "2"}, None, {}),
+        "validate-code": ("/fhir/ValueSet/$validate-code", {"url": GENDER_VS, "code": "male"}, None, {}),
+        "translate": ("/fhir/ConceptMap/$translate", {"system": GENDER, "code": "male"}, None, {}),
     }  # fmt: skip
     path, query, body, headers = calls[definition]
     if get:
