@@ -7,7 +7,7 @@ from typing import Any
 from eventsourcing.application import Application
 
 from ehr_core.settings import Settings
-from projections.access import AccessView
+from projections.access import AccessView, BreakGlassReview
 from projections.audit import AuditProjector
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.privacy import PrivacyView
@@ -17,7 +17,7 @@ from projections.resources import ResourceViews
 from projections.search import SearchIndex
 from projections.view import View
 
-__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views"]
+__all__ = ["audit_projector", "break_glass_projector", "open_view_database", "resource_projector", "resource_views"]
 
 
 def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
@@ -48,5 +48,12 @@ def resource_projector(application: Application[Any], database: ViewDatabase, se
 def audit_projector(audit_log: Application[Any], database: ViewDatabase, settings: Settings) -> AuditProjector:
     """The AuditEvent views over the audit log (tracking row ``audit``), their tables created."""
     projector = AuditProjector(audit_log, database, [], name="audit", batch_size=settings.projection_batch_size)
+    projector.create_tables()
+    return projector
+
+
+def break_glass_projector(audit_log: Application[Any], database: ViewDatabase, settings: Settings) -> BreakGlassReview:
+    """The break-the-glass review list over the audit log (tracking row ``break_glass``), its table created."""
+    projector = BreakGlassReview(audit_log, database, [], name="break_glass", batch_size=settings.projection_batch_size)
     projector.create_tables()
     return projector
