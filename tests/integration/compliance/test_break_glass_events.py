@@ -19,6 +19,7 @@ from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.registry import NAMES
 from fhir_api.services import Services
+from fhir_api.web.compliance import break_glass_for
 from projections.access import break_glass_entries
 from projections.ledger import verify
 from tests.integration.compliance.conftest import Cli
@@ -94,6 +95,11 @@ def _accesses(client: TestClient, services: Services, secured: Settings) -> str:
     with services.views.read() as tx:
         shown = break_glass_entries(tx, [patient])  # what the compliance page lists for the patient
     assert [row[6] for row in shown] == [f"Patient/{patient}/$everything", f"Patient/{patient}"]
+    page = break_glass_for(services, [patient])  # the web view's compliance page
+    assert [(b.user, b.reason) for b in page] == [
+        ("enf.turno", "alergias antes de transfundir"),
+        ("dr.urgencias", "paciente inconsciente en urgencias"),
+    ]
     return patient
 
 
@@ -174,3 +180,33 @@ def test_the_break_the_glass_event_is_signed_by_the_audit_ledger(
         assert proof is not None
         assert proof["event"]["topic"] == GRANTED
         assert check_proof(proof, compliance.key.public_key) == []
+
+
+def test_a_review_list_from_before_the_events_is_kept_aside(secured: Settings) -> None:
+    """A ``break_glass_log`` written at request time (no log behind it, so nothing can rebuild it) is kept as
+    ``break_glass_log_legacy``, and the projection starts its own list from the log."""
+    services = Services.open(secured, follow=False)
+    try:
+        with services.views.write() as tx:
+            tx.execute("DROP TABLE break_glass_log")
+            tx.execute(
+                "CREATE TABLE break_glass_log (recorded TEXT NOT NULL, institution TEXT NOT NULL, unit TEXT, "
+                "user_id TEXT NOT NULL, role TEXT, reason TEXT NOT NULL, target TEXT NOT NULL, "
+                "reviewed INTEGER NOT NULL DEFAULT 0)"
+            )
+            tx.execute(
+                "INSERT INTO break_glass_log (recorded, institution, user_id, reason, target) "
+                "VALUES ('2026-01-02T03:04:05+00:00', 'ISSSTE', 'dr.antes', 'urgencia', 'Patient/p1')"
+            )
+    finally:
+        services.close()
+    server = Services.open(secured)
+    try:
+        with server.views.read() as tx:
+            kept = tx.execute("SELECT user_id, reason FROM break_glass_log_legacy").fetchall()
+        assert [tuple(row) for row in kept] == [("dr.antes", "urgencia")]
+        with TestClient(create_app(services=server)) as client:
+            _accesses(client, server, secured)
+        assert len(_review_list(server)) == 3
+    finally:
+        server.close()
