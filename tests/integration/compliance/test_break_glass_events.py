@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from eventsourcing.utils import get_topic
 from fastapi.testclient import TestClient
@@ -210,3 +211,29 @@ def test_a_review_list_from_before_the_events_is_kept_aside(secured: Settings) -
         assert len(_review_list(server)) == 3
     finally:
         server.close()
+
+
+@pytest.mark.postgres
+def test_an_access_that_cannot_be_recorded_is_refused(postgres_settings: Settings) -> None:
+    """Break-the-glass is granted only once recorded: while the audit log's table cannot be appended to (held
+    by another session past the lock timeout), the read answers 503 and discloses nothing."""
+    secured = postgres_settings.model_copy(update={"auth": "required", "postgres_lock_timeout_seconds": 1})
+    services = Services.open(secured)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            imss = _auth(secured, "IMSS", "dr.imss", "physician", "DFIMS000020")
+            patient = {"resourceType": "Patient", "name": [{"family": "Robles"}]}
+            pid = client.post("/fhir/Patient", json=patient, headers=FHIR | imss).json()["id"]
+            services.compliance.audit_writer.flush()
+            issste = _auth(secured, "ISSSTE", "dr.urgencias", "physician", "DFSSA001234")
+            table = f'"{secured.postgres_schema}".audit_events'
+            with psycopg.connect(secured.postgres_conninfo(), autocommit=True) as holder, holder.transaction():
+                holder.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")  # what an appender takes
+                answer = client.get(f"/fhir/Patient/{pid}", headers=issste | {"X-EHR-Break-Glass": "urgencia"})
+            assert answer.status_code == 503, answer.text
+            issue = answer.json()["issue"][0]
+            assert issue["code"] == "transient" and "break-the-glass could not be recorded" in issue["diagnostics"]
+            assert "Robles" not in answer.text and "x-ehr-break-glass" not in answer.headers
+            assert _review_list(services) == [] and _granted_events(services) == {}
+    finally:
+        services.close()
