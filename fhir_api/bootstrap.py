@@ -69,6 +69,8 @@ def single_store(settings: Settings, follow: bool) -> Services:
         identity.catch_up()
         terminology.catch_up()
     compliance = construct_compliance(settings, application, views, follow)
+    if settings.uses_postgres:
+        compliance.break_glass_review.announce_to = channel
     services = _services(
         settings,
         application,
@@ -113,6 +115,7 @@ def federated(settings: Settings, follow: bool) -> Services:
     channel = projected_channel(settings.postgres_schema)
     projector.announce_to = identity.announce_to = terminology.announce_to = channel
     compliance = construct_compliance(settings, own, views, follow, ledger_name=ledger_of(federation.own))
+    compliance.break_glass_review.announce_to = channel
     services = _services(settings, own, views, projector, identity, compliance, national={"identity": national})
     services.federation = federation
     services.store_factory = construct_store_projectors
@@ -136,7 +139,7 @@ def _services(
     national: dict[str, Projector],
 ) -> Services:
     """``national``: the projectors of the logs in the views' own database, by registry name."""
-    built = {**national, "audit": compliance.audit_projector}
+    built = {**national, "audit": compliance.audit_projector, "break_glass": compliance.break_glass_review}
     assert set(built) <= set(NAMES), f"projections missing from fhir_api/registry.py: {set(built) - set(NAMES)}"
     main = {name: built[name] for name in NAMES if name in built}  # registry order: the order they are applied
     return Services(settings, application, views, projector, identity, compliance, main_projectors=main)

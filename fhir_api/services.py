@@ -89,17 +89,25 @@ class Services:
             needed = own[:2]
         elif written.resource_type in TERMINOLOGY_TYPES:
             needed = [own[0], *own[2:3]]
+        self._wait_for(needed, written.store, written.notification_id)
+
+    def wait_until_projected(self, name: str, notification_id: int) -> None:
+        """Read-your-writes for a projection of a log in the views' own database (``main_projectors``), e.g.
+        the break-the-glass review list of the audit log: block until it has applied ``notification_id``."""
+        self._wait_for([self.main_projectors[name]], "", notification_id)
+
+    def _wait_for(self, needed: Sequence[Projector], store: str, notification_id: int) -> None:
         caught_up = {}
         for projector in needed:
-            if self._applied(projector, written.store, written.notification_id):
-                caught_up[projector.name] = written.notification_id
+            if self._applied(projector, store, notification_id):
+                caught_up[projector.name] = notification_id
             else:
                 # The write is durable and its answer is right; only the views lag. Answering beats a
                 # timeout the client would retry into a duplicate.
                 log.warning(
                     "projection %r has not applied notification %s: is `ehr project` running, is the store up?",
                     projector.name,
-                    written.notification_id,
+                    notification_id,
                 )
         # With a read replica, the answer waits for the replica to replay what was applied.
         if not self.views.settle(caught_up, self.settings.projection_wait_seconds):

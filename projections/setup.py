@@ -7,7 +7,7 @@ from typing import Any
 from eventsourcing.application import Application
 
 from ehr_core.settings import Settings
-from projections.access import AccessView
+from projections.access import AccessView, BreakGlassReview
 from projections.audit import AuditProjector
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.federation import tracking_name
@@ -19,7 +19,14 @@ from projections.search import FullTextIndex, SearchIndex
 from projections.terminology.store import TerminologyView
 from projections.view import View
 
-__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views", "terminology_projector"]
+__all__ = [
+    "audit_projector",
+    "break_glass_projector",
+    "open_view_database",
+    "resource_projector",
+    "resource_views",
+    "terminology_projector",
+]
 
 
 def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
@@ -64,5 +71,12 @@ def terminology_projector(
 def audit_projector(audit_log: Application[Any], database: ViewDatabase, settings: Settings) -> AuditProjector:
     """The AuditEvent views over the audit log (tracking row ``audit``), their tables created."""
     projector = AuditProjector(audit_log, database, [], name="audit", batch_size=settings.projection_batch_size)
+    projector.create_tables()
+    return projector
+
+
+def break_glass_projector(audit_log: Application[Any], database: ViewDatabase, settings: Settings) -> BreakGlassReview:
+    """The break-the-glass review list over the audit log (tracking row ``break_glass``), its table created."""
+    projector = BreakGlassReview(audit_log, database, [], name="break_glass", batch_size=settings.projection_batch_size)
     projector.create_tables()
     return projector
