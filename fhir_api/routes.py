@@ -33,14 +33,16 @@ def fhir_router() -> APIRouter:
     router.include_router(smart.router)  # /.well-known/smart-configuration before read
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     router.include_router(export.router)
-    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
+    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance; history
+    # before them, or ``AuditEvent/_history`` would be taken for a read of the id ``_history``.
     router.include_router(ledger.router)
+    router.include_router(history.router)
     router.include_router(audit_resources.router)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
         router.include_router(operation.router)
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
-    for interaction in (capabilities, history, search, create, read, update, patch, delete):
+    for interaction in (capabilities, search, create, read, update, patch, delete):
         if interaction is read:  # Patient served with links, Person as the golden record
             router.include_router(person.read_router)
         router.include_router(interaction.router)
