@@ -23,6 +23,7 @@ Without Node.js or npm, or if the registry cannot be reached, the JS cases are s
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -178,7 +179,7 @@ def _run_fhirpy(server: SecuredServer, mrn: str) -> dict[str, Any]:
         subject={"reference": f"Patient/{patient_id}"},
         valueQuantity={"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
     )
-    step("observation", lambda: observation.save() and observation)
+    step("observation", observation.save)
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"Patient?identifier={MRN}|{mrn}"}},
         {"request": {"method": "GET", "url": f"Observation?subject=Patient/{patient_id}&code=http://loinc.org|8867-4"}},
@@ -189,7 +190,7 @@ def _run_fhirpy(server: SecuredServer, mrn: str) -> dict[str, Any]:
     no_parameters = {"resourceType": "Parameters"}
     for operation in ("everything", "summary"):
         path = f"Patient/{patient_id}/${operation}"
-        step(operation, lambda path=path: client.execute(path, method="post", data=no_parameters))
+        step(operation, functools.partial(client.execute, path, method="post", data=no_parameters))
     # fhirpy's conditional patch: PATCH [type]?[search] with a merge patch of the fields.
     step("patch", lambda: by_mrn.patch(active=True))
     step("history-instance", lambda: client.execute(f"Patient/{patient_id}/_history", method="get"))
