@@ -48,8 +48,10 @@ def fhir_router() -> APIRouter:
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     router.include_router(export.router)
     router.include_router(bulk_import.router)  # $import and its status
-    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
+    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance; history
+    # before them, or ``AuditEvent/_history`` would be taken for a read of the id ``_history``.
     router.include_router(ledger.router)
+    router.include_router(history.router)
     router.include_router(audit_resources.router)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
@@ -59,8 +61,8 @@ def fhir_router() -> APIRouter:
         router.include_router(operation.router)
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
     # Binary's native content (read, vread, create, update) before the generic interactions; after history
-    # and search, whose ``Binary/_history`` and ``Binary/_search`` are not ids.
-    for interaction in (capabilities, history, search, binary, create, read, update, patch, delete):
+    # (included above) and search, whose ``Binary/_history`` and ``Binary/_search`` are not ids.
+    for interaction in (capabilities, search, binary, create, read, update, patch, delete):
         if interaction is read:  # Patient served with links, Person as the golden record
             router.include_router(person.read_router)
         router.include_router(interaction.router)
