@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ehr_core.spec.bindings_generator import required_codes_module
+from ehr_core.spec.invariants_generator import invariants_module
 
 __all__ = [
     "TARGETS",
@@ -292,6 +293,7 @@ TARGETS: dict[str, Callable[[Path], str]] = {
     "ehr_core/spec/patient_compartment.py": patient_compartment_module,
     "projections/search/definitions.py": search_definitions_module,
     "ehr_core/spec/required_codes.py": required_codes_module,
+    "ehr_core/spec/invariants.py": invariants_module,
 }
 
 
