@@ -17,7 +17,7 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import everything, export, ledger, match, person, summary  # Ledger
+from fhir_api.operations import everything, export, ledger, match, person, summary, validate  # Ledger
 
 __all__ = ["fhir_router"]
 
@@ -39,6 +39,7 @@ def fhir_router() -> APIRouter:
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
         router.include_router(operation.router)
+    router.include_router(validate.router)  # before create and read, which would take ``$validate`` for an id
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
     for interaction in (capabilities, history, search, create, read, update, patch, delete):
         if interaction is read:  # Patient served with links, Person as the golden record

@@ -209,6 +209,23 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
     ),
     Operation(
+        "validate",
+        "validate",
+        "Validate",
+        "Checks a resource as a create, update or delete would (the R4 models, required bindings, error-level"
+        " invariants, identifier rules) and stores nothing: an OperationOutcome listing every issue.",
+        resource=("Resource",),
+        type=True,
+        instance=True,
+        base="http://hl7.org/fhir/OperationDefinition/Resource-validate",
+        parameters=(
+            Param("resource", "Resource", documentation="The resource (or send it alone as the body)"),
+            Param("mode", "code", documentation="create | update | delete"),
+            Param("profile", "uri", documentation="Only the core profile of the type is supported"),
+        ),
+        outputs=(Param("return", "OperationOutcome", min=1, use="out", documentation="Every issue found"),),
+    ),
+    Operation(
         "ledger-key",
         "ledger-key",
         "LedgerKey",
@@ -246,10 +263,11 @@ def by_id(operation_id: str) -> Operation:
 
 
 def operations_for(resource_type: str | None) -> list[Operation]:
-    """The operations invoked on ``resource_type`` (type or instance level), or at system level (None)."""
+    """The operations invoked on ``resource_type`` (type or instance level), or at system level (None);
+    ``Resource`` in an operation's types means every type (R4 OperationDefinition.resource)."""
     if resource_type is None:
         return [op for op in OPERATIONS if op.system]
-    return [op for op in OPERATIONS if resource_type in op.resource]
+    return [op for op in OPERATIONS if resource_type in op.resource or "Resource" in op.resource]
 
 
 def _parameter(param: Param) -> dict[str, Any]:
