@@ -73,7 +73,7 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
             for detail in error.errors(include_url=False)[:20]
         ]
         raise InvalidResource(issues) from None
-    except (ValueError, TypeError, RecursionError) as error:
+    except (ValueError, TypeError, KeyError, RecursionError) as error:  # KeyError: a contained resourceType R4B lacks
         raise InvalidResource([Issue("structure", f"invalid {resource_type}: {error}")]) from None
     issues = conformance_issues(resource, resource_type)
     if issues:

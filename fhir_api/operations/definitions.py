@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ehr_core.resources.types import supported_types
+
 __all__ = ["OPERATIONS", "Operation", "Param", "by_id", "definition_resource", "operations_for"]
 
 
@@ -214,7 +216,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Validate",
         "Checks a resource as a create, update or delete would (the R4 models, required bindings, error-level"
         " invariants, identifier rules) and stores nothing: an OperationOutcome listing every issue.",
-        resource=("Resource",),
+        resource=supported_types(),  # every type this server stores (R4's definition says Resource)
         type=True,
         instance=True,
         base="http://hl7.org/fhir/OperationDefinition/Resource-validate",
@@ -263,11 +265,10 @@ def by_id(operation_id: str) -> Operation:
 
 
 def operations_for(resource_type: str | None) -> list[Operation]:
-    """The operations invoked on ``resource_type`` (type or instance level), or at system level (None);
-    ``Resource`` in an operation's types means every type (R4 OperationDefinition.resource)."""
+    """The operations invoked on ``resource_type`` (type or instance level), or at system level (None)."""
     if resource_type is None:
         return [op for op in OPERATIONS if op.system]
-    return [op for op in OPERATIONS if resource_type in op.resource or "Resource" in op.resource]
+    return [op for op in OPERATIONS if resource_type in op.resource]
 
 
 def _parameter(param: Param) -> dict[str, Any]:

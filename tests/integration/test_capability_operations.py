@@ -39,6 +39,8 @@ def _invoke(client: TestClient, definition: str, method: str) -> Response:
                    ASYNC),
         "patient-export": ("/fhir/Patient/$export", {}, None, ASYNC),
         "group-export": ("/fhir/Group/g/$export", {}, None, ASYNC),
+        "validate": ("/fhir/Patient/p1/$validate", {}, _parameters({"name": "resource", "resource": {
+            "resourceType": "Patient", "id": "p1"}}), {}),
         "ledger-key": ("/fhir/$ledger-key", {}, None, {}),
         "ledger-head": ("/fhir/$ledger-head", {"log": "record"}, _parameters({"name": "log", "valueCode": "record"}),
                         {}),
@@ -75,7 +77,7 @@ def test_every_listed_operation_answers_get_and_post(client: TestClient, service
         (resource["type"], op) for resource in rest["resource"] for op in resource.get("operation", [])
     ]
     assert {op["name"] for _, op in listed} >= {"everything", "summary", "match", "ihe-pix", "export",
-                                                "ledger-key", "ledger-head", "ledger-proof"}  # fmt: skip
+                                                "ledger-key", "ledger-head", "ledger-proof", "validate"}  # fmt: skip
     for resource_type, op in listed:
         definition_id = op["definition"].rsplit("/", 1)[1]
         definition = client.get(op["definition"].split("testserver")[1])
@@ -88,7 +90,7 @@ def test_every_listed_operation_answers_get_and_post(client: TestClient, service
             response = _invoke(client, definition_id, method)
             assert response.status_code in (200, 202), (definition_id, method, response.text)
     # Everything the server answers as an operation is listed: $unknown is not.
-    unknown = client.get("/fhir/Patient/p1/$validate")
+    unknown = client.get("/fhir/Patient/p1/$frobnicate")
     assert unknown.status_code == 404 and unknown.json()["resourceType"] == "OperationOutcome"
     stored = client.get("/fhir/OperationDefinition/not-one-of-ours")
     assert stored.status_code == 404 and stored.json()["resourceType"] == "OperationOutcome"

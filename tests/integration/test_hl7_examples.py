@@ -1,10 +1,10 @@
 """The official HL7 FHIR R4 (4.0.1) examples, loaded through the HTTP API on every backend.
 
 Each example that the ``fhir.resources`` R4B models accept (and whose type R4 4.0.1 has, and that is not in
-``BREAKS_AN_R4_RULE``) must be stored faithfully: a read answers the file's own JSON, decimals with their exact text, plus only
-``meta.versionId`` and ``meta.lastUpdated``. Each other example must get a 4xx OperationOutcome and leave
-nothing behind. No file may cause a 5xx. Which files are accepted is decided here, independently of the
-server's own validation.
+``BREAKS_AN_R4_RULE``) must be stored faithfully: a read answers the file's own JSON, decimals with their
+exact text, plus only ``meta.versionId`` and ``meta.lastUpdated``. Each other example must get a 4xx
+OperationOutcome and leave nothing behind. No file may cause a 5xx. Which files are accepted is decided
+here, independently of the server's own validation.
 
 All files go through one client (one database) per backend; failures are collected and reported together.
 """
