@@ -8,7 +8,12 @@ The R4B models check cardinality and types only, so these are evaluated here, fr
 
 Cost: each expression is parsed once (lazily, per element path, then cached), and only the invariants of
 elements present in the resource are evaluated: the resource is walked along the generated JSON paths of
-its type, so an Observation without ``referenceRange`` never evaluates ``obs-3``.
+its type, so an Observation without ``referenceRange`` never evaluates ``obs-3``. The universal ones are
+placed by a walk of the whole resource: ext-1 on every extension, ele-1 on every object that holds nothing
+but an ``id``. Contained resources are checked against their own type's rules (%resource is the contained
+one, %rootResource its container, R4 fhirpath.html#variables); the resources inside a stored Bundle are
+not (each entry of a transaction is validated as its own write). :data:`GUARDS` spare the evaluations of
+the rules on nearly every element where the expression's first terms already make it true.
 """
 
 from __future__ import annotations
