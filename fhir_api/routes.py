@@ -30,6 +30,7 @@ from fhir_api.operations import (  # Ledger; and the terminology service: expand
     subsumes,
     summary,
     translate,
+    validate,
     validate_code,
 )
 
@@ -59,6 +60,7 @@ def fhir_router() -> APIRouter:
     # Terminology (R4 terminology-service.html): before read, which would take ``$expand`` for an id.
     for operation in (lookup, subsumes, expand, validate_code, translate):
         router.include_router(operation.router)
+    router.include_router(validate.router)  # before create and read, which would take ``$validate`` for an id
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
     # Binary's native content (read, vread, create, update) before the generic interactions; after history
     # (included above) and search, whose ``Binary/_history`` and ``Binary/_search`` are not ids.

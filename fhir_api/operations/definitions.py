@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ehr_core.resources.types import supported_types
+
 __all__ = [
     "OPERATIONS",
     "TERMINOLOGY_OPERATIONS",
@@ -251,6 +253,23 @@ OPERATIONS: tuple[Operation, ...] = (
                 documentation="At $import-status when complete: versions stored per type, lines rejected and why",
             ),
         ),
+    ),
+    Operation(
+        "validate",
+        "validate",
+        "Validate",
+        "Checks a resource as a create, update or delete would (the R4 models, required bindings, error-level"
+        " invariants, identifier rules) and stores nothing: an OperationOutcome listing every issue.",
+        resource=supported_types(),  # every type this server stores (R4's definition says Resource)
+        type=True,
+        instance=True,
+        base="http://hl7.org/fhir/OperationDefinition/Resource-validate",
+        parameters=(
+            Param("resource", "Resource", documentation="The resource (or send it alone as the body)"),
+            Param("mode", "code", documentation="create | update | delete"),
+            Param("profile", "uri", documentation="Only the core profile of the type is supported"),
+        ),
+        outputs=(Param("return", "OperationOutcome", min=1, use="out", documentation="Every issue found"),),
     ),
     Operation(
         "ledger-key",

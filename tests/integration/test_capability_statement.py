@@ -53,7 +53,10 @@ SMALLEST: dict[str, dict[str, Any]] = {
     "SearchParameter": {"url": "urn:x:sp", "name": "x", "status": "draft", "description": "x", "code": "x",
                         "base": ["Patient"], "type": "token"},
     "StructureDefinition": {"url": "urn:x:sd", "name": "x", "status": "draft", "kind": "resource",
-                            "abstract": False, "type": "Patient"},
+                            "abstract": False, "type": "Patient",
+                            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",  # sdf-4
+                            "derivation": "constraint",
+                            "differential": {"element": [{"id": "Patient", "path": "Patient"}]}},  # sdf-6
     "StructureMap": {"url": "urn:x:sm", "name": "x", "status": "draft", "group": [{
         "name": "x", "typeMode": "none", "input": [{"name": "x", "mode": "source"}],
         "rule": [{"name": "x", "source": [{"context": "x"}]}]}]},
@@ -262,9 +265,18 @@ def _accounted_for(path: str, method: str, rest: dict[str, Any]) -> str | bool |
         return "history-system" in system and "history-system"
     if path == "/_search":
         return "search-system" in system and "search-system"
-    operation = re.match(r"^(?:/(?P<type>[A-Z][A-Za-z]+))?(?P<instance>/\{[a-z_]+\})?/\$(?P<name>[a-z-]+)$", path)
+    operation = re.match(
+        r"^(?:/(?P<type>[A-Z][A-Za-z]+|\{resource_type\}))?(?P<instance>/\{[a-z_]+\})?/\$(?P<name>[a-z-]+)$", path
+    )
     if operation:
         kind, name = operation["type"], operation["name"]
+        if kind == "{resource_type}":  # an operation of every type ($validate): listed on each
+            return (
+                all(
+                    any(item["name"] == name for item in resource.get("operation", [])) for resource in rest["resource"]
+                )
+                and f"operation ${name} on every type"
+            )
         listed = rest["operation"] if kind is None else by_type.get(kind, {}).get("operation", [])
         return any(item["name"] == name for item in listed) and f"operation ${name}"
     generic = {
