@@ -4,6 +4,19 @@ Certain: both records carry the same *valid* CURP and the same birth date. A pla
 never evidence, and a record carrying the placeholder is never linked automatically. Otherwise each field's
 agreement level adds log2(m/u) to the score; the total decides probable (linked), possible (a review queue,
 not linked) or no match. Names are compared accent-folded with Jaro-Winkler; surnames also in swapped order.
+
+Wrongly joining two people shows one patient's allergies, results and medicines as another's, far worse than
+a missed link, so a probable score links automatically only when nothing contradicts it and something besides
+name and birth date supports it:
+
+- Conflicting identifiers block the link: both records carry identifiers of one system and share no value
+  (two MRNs of one institution, two valid CURPs, two NSS). Two records of one institution with different
+  record numbers are two registrations; if they are one person, a steward merges them.
+- Name and birth date alone are common enough (namesakes share both) that they only make a possible match:
+  a probable link also needs a shared identifier value (an NSS, a record number) or agreement on both sex and
+  state of birth.
+
+Either way the pair goes to the review queue (possible), never to an automatic link.
 """
 
 from __future__ import annotations
@@ -15,8 +28,9 @@ from enum import StrEnum
 import jellyfish
 
 from ehr_core.identity.features import Features
+from ehr_core.identity.identifiers import CURP_SYSTEM
 
-__all__ = ["Grade", "Match", "compare", "grade"]
+__all__ = ["Grade", "Match", "compare", "conflicting_systems", "grade", "shared_systems"]
 
 
 class Grade(StrEnum):
@@ -133,6 +147,37 @@ def _pair(a: str, b: str, weights: tuple[float, float]) -> float:
     return weights[0] if a == b else weights[1]
 
 
+def _identifier_values(features: Features) -> dict[str, set[str]]:
+    """Identifier values by system; the CURP only when valid (a placeholder or invalid CURP is no evidence)."""
+    values: dict[str, set[str]] = {}
+    for system, value in features.identifiers:
+        if system == CURP_SYSTEM or not value.strip():
+            continue
+        values.setdefault(system, set()).add(value.strip())
+    if features.curp_status == "valid" and features.curp:
+        values[CURP_SYSTEM] = {features.curp}
+    return values
+
+
+def conflicting_systems(a: Features, b: Features) -> list[str]:
+    """Systems in which both records carry an identifier and no value is shared: evidence of two people."""
+    mine, theirs = _identifier_values(a), _identifier_values(b)
+    return sorted(system for system in mine.keys() & theirs.keys() if not mine[system] & theirs[system])
+
+
+def shared_systems(a: Features, b: Features) -> list[str]:
+    """Systems in which both records carry the same identifier value: evidence of one person."""
+    mine, theirs = _identifier_values(a), _identifier_values(b)
+    return sorted(system for system in mine.keys() & theirs.keys() if mine[system] & theirs[system])
+
+
+def _corroborated(a: Features, b: Features) -> bool:
+    """Something besides name and birth date says these are one person."""
+    if shared_systems(a, b):
+        return True
+    return bool(a.sex and a.state) and a.sex == b.sex and a.state == b.state
+
+
 def compare(a: Features, b: Features) -> Match:
     """How likely two records are one person."""
     if a.curp_status == "valid" and b.curp_status == "valid" and a.curp == b.curp and a.birth_date == b.birth_date:
@@ -148,6 +193,9 @@ def grade(score: float, a: Features, b: Features) -> Grade:
     if score >= PROBABLE:
         # Never link automatically on a placeholder CURP: such a record waits for a person to decide.
         if "placeholder" in (a.curp_status, b.curp_status):
+            return Grade.POSSIBLE
+        # Conflicting identifiers, or name and birth date with nothing else: a steward decides.
+        if conflicting_systems(a, b) or not _corroborated(a, b):
             return Grade.POSSIBLE
         return Grade.PROBABLE
     if score >= POSSIBLE:
