@@ -18,10 +18,6 @@ BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 # Particles of compound surnames ("de la Cruz"), ignored when comparing.
 _PARTICLES = frozenset({"DE", "DEL", "LA", "LAS", "LOS", "Y", "MC", "VAN", "VON"})
 _NOT_LETTER = re.compile(r"[^A-Z ]+")
-_STATE_NAMES = {
-    unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().upper(): code
-    for code, name in STATES.items()
-}
 _SEX = {"male": "H", "female": "M", "other": "X"}
 
 
@@ -31,6 +27,10 @@ def fold(text: str) -> str:
     letters = "".join(char for char in decomposed if not unicodedata.combining(char))
     words = _NOT_LETTER.sub(" ", letters).split()
     return " ".join(word for word in words if word not in _PARTICLES)
+
+
+# State names folded like the value they are looked up with ("Ciudad de México" → "CIUDAD MEXICO").
+_STATE_NAMES = {fold(name): code for code, name in STATES.items()}
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def test_name_and_birth_date_alone_across_institutions_go_to_review(client: Test
 def test_name_birth_date_sex_and_state_across_institutions_link(client: TestClient) -> None:
     """Strong agreement and no conflicting identifier: a probable match, linked automatically."""
     a = create(client, carmen((IMSS_MRN, "4001"), state="DF"), IMSS)
-    b = create(client, carmen((ISSSTE_MRN, "78"), state="DF"), ISSSTE)
+    b = create(client, carmen((ISSSTE_MRN, "78"), state="Ciudad de México"), ISSSTE)
     assert_linked(client, a, b)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ehr_core.identity.features import Features
+from ehr_core.identity.features import Features, patient_features
 from ehr_core.identity.identifiers import CURP_SYSTEM, NSS_SYSTEM
 from ehr_core.identity.matching import Grade, compare, conflicting_systems, shared_systems
 
@@ -53,3 +53,11 @@ def test_a_valid_curp_and_birth_date_stay_certain() -> None:
     curp = "SABC560626MDFLRN01"
     a, b = carmen((CURP_SYSTEM, curp), (MRN, "1"), curp=curp), carmen((CURP_SYSTEM, curp), (OTHER_MRN, "2"), curp=curp)
     assert compare(a, b).grade == Grade.CERTAIN
+
+
+def test_a_state_of_birth_written_out_is_folded_like_its_code() -> None:
+    """A name with a particle ("Ciudad de México", "Estado de México") reaches the same CURP state code."""
+    born = {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"}
+    for name, code in (("Ciudad de México", "DF"), ("Estado de México", "MC"), ("Baja California Sur", "BS")):
+        resource = {"resourceType": "Patient", "extension": [{**born, "valueAddress": {"state": name}}]}
+        assert patient_features(resource).state == code
