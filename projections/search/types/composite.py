@@ -1,0 +1,117 @@
+"""The ``composite`` search type (R4 search.html#composite): ``a$b`` matched within one repetition.
+
+``Observation?component-code-value-quantity=http://loinc.org|8480-6$gt100`` asks for a component whose
+code is systolic AND whose value is over 100 — the same ``Observation.component``, not any code with any
+value. So each repetition of the composite's element (the resource itself for ``code-value-quantity``,
+each ``Observation.component`` for ``component-code-value-quantity``) gets an ordinal, and each component
+value is indexed in ``search_composite`` with its repetition ordinal and component number, in the columns
+of its own type's table (token: system, code; quantity: system, code, unit, low, high...). A search is
+one index lookup for the first component, then a semi-join on ``(sid, rep)`` for each other one — the
+same SQL text on SQLite and PostgreSQL. Each component value is parsed and matched by its own type
+(:meth:`SearchType.parse_value`, :meth:`SearchType.match`). Composites take no modifiers but ``:missing``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.search.paths import walk
+from projections.search.registry import SearchParameter
+from projections.search.types.base import (
+    Condition,
+    Context,
+    IndexTable,
+    Rows,
+    SearchType,
+    ValueFilter,
+    parse_values,
+    split_unescaped,
+)
+
+__all__ = ["CompositeType"]
+
+#: Every column a component type's table has; a component row fills those of its own type.
+_COLUMNS = ("system", "code", "unit", "value", "exact", "target_type", "target_id", "base", "low", "high")
+
+
+class CompositeType:
+    name = "composite"
+    table = IndexTable(
+        "search_composite",
+        ("component", "rep", *_COLUMNS),
+        # low/high hold dates (exact integers) and numbers (infinite for an open Range): NUMERIC keeps both.
+        "component INTEGER NOT NULL, rep INTEGER NOT NULL, system {text}, code {text}, unit {text}, "
+        "value {text}, exact TEXT, target_type {text}, target_id {text}, base {text}, low NUMERIC, high NUMERIC",
+        ("component, code, system, sid", "component, sid, rep", "component, value, sid", "component, low"),
+        "resource_type, param, code",
+    )
+
+    def __init__(self, types: dict[str, SearchType]) -> None:
+        #: The component types (any type but composite).
+        self.types = types
+
+    def accepts(self, param: SearchParameter, modifier: str) -> bool:
+        return modifier == "missing"
+
+    def parse(self, name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
+        return ValueFilter(param, modifier, parse_values(name, raw, lambda text: self._parse(param, text, base)))
+
+    def _parse(self, param: SearchParameter, text: str, base: str | None) -> tuple[Any, ...]:
+        parts = split_unescaped(text, "$")
+        if len(parts) != len(param.components):
+            shape = "$".join(component.code for component in param.components)
+            raise ValueError(f"a value of {param.code} has {len(param.components)} parts ({shape}), got {text!r}")
+        return tuple(
+            self.types[component.type].parse_value(part, base)
+            for component, part in zip(param.components, parts, strict=True)
+        )
+
+    def parse_value(self, text: str, base: str | None) -> Any:
+        raise ValueError("a composite cannot be a component")
+
+    def extract(self, rows: Rows, code: str, datatype: str, value: Any) -> None:
+        raise TypeError("composites are extracted from the resource (extract_resource)")
+
+    def extract_resource(self, rows: Rows, param: SearchParameter, resource: dict[str, Any]) -> None:
+        """Each repetition's component values, with the repetition's ordinal (in document order)."""
+        ordinal = 0
+        for repetition in param.repetitions:
+            for element in walk(resource, repetition) if repetition.steps else [resource]:
+                for number, component in enumerate(param.components):
+                    kind = self.types[component.type]
+                    found = Rows()
+                    for route in component.routes:
+                        for value in walk(resource if component.from_resource else element, route):
+                            kind.extract(found, component.code, route.datatype, value)
+                    for row in getattr(found, component.type):
+                        if row[0] != component.code:  # derived rows (``code:text``...) are not components
+                            continue
+                        columns = dict(zip(kind.table.columns, kind.table.bound(row)[1:], strict=True))
+                        rows.composite.append((param.code, number, ordinal, *(columns.get(c) for c in _COLUMNS)))
+                ordinal += 1
+
+    def match(self, value: Any, base: str | None) -> Condition:
+        raise TypeError("a composite is matched by condition()")
+
+    def condition(self, item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+        param, table = item.param, self.table.name
+        key = [param.resource_type, param.code]
+        alternatives = []
+        for parts in item.values:
+            first = self.types[param.components[0].type].match(parts[0], base)
+            sql, params = f"component = 0 AND ({first.sql})", [*key, *first.params]
+            for number, (component, part) in enumerate(zip(param.components, parts, strict=True)):
+                if number == 0:
+                    continue
+                found = self.types[component.type].match(part, base)
+                sql += (
+                    f" AND (sid, rep) IN (SELECT sid, rep FROM {table} WHERE resource_type = ? AND param = ? "
+                    f"AND component = {number} AND ({found.sql}))"
+                )
+                params += [*key, *found.params]
+            alternatives.append(
+                Condition(
+                    f"{alias}.sid IN (SELECT sid FROM {table} WHERE resource_type = ? AND param = ? AND {sql})", params
+                )
+            )
+        return Condition(" OR ".join(f"({a.sql})" for a in alternatives), [p for a in alternatives for p in a.params])
