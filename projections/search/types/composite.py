@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from projections.search.paths import walk
-from projections.search.registry import SearchParameter
+from projections.search.registry import Component, SearchParameter
 from projections.search.types.base import (
     Condition,
     Context,
@@ -77,18 +77,26 @@ class CompositeType:
         ordinal = 0
         for repetition in param.repetitions:
             for element in walk(resource, repetition) if repetition.steps else [resource]:
-                for number, component in enumerate(param.components):
-                    kind = self.types[component.type]
-                    found = Rows()
-                    for route in component.routes:
-                        for value in walk(resource if component.from_resource else element, route):
-                            kind.extract(found, component.code, route.datatype, value)
-                    for row in getattr(found, component.type):
-                        if row[0] != component.code:  # derived rows (``code:text``...) are not components
-                            continue
-                        columns = dict(zip(kind.table.columns, kind.table.bound(row)[1:], strict=True))
-                        rows.composite.append((param.code, number, ordinal, *(columns.get(c) for c in _COLUMNS)))
+                found = [self._component_rows(component, resource, element) for component in param.components]
+                if all(found):  # a composite value needs every component (else it is missing)
+                    for number, component_rows in enumerate(found):
+                        rows.composite += [(param.code, number, ordinal, *row) for row in component_rows]
                 ordinal += 1
+
+    def _component_rows(self, component: Component, resource: dict[str, Any], element: Any) -> list[tuple[Any, ...]]:
+        """The component's values in one repetition, as composite columns (:data:`_COLUMNS`)."""
+        kind = self.types[component.type]
+        found = Rows()
+        for route in component.routes:
+            for value in walk(resource if component.from_resource else element, route):
+                kind.extract(found, component.code, route.datatype, value)
+        rows = []
+        for row in getattr(found, component.type):
+            if row[0] != component.code:  # derived rows (``code:text``...) are not the component
+                continue
+            columns = dict(zip(kind.table.columns, kind.table.bound(row)[1:], strict=True))
+            rows.append(tuple(columns.get(column) for column in _COLUMNS))
+        return rows
 
     def match(self, value: Any, base: str | None) -> Condition:
         raise TypeError("a composite is matched by condition()")
