@@ -180,6 +180,10 @@ class TokenType:
 
     def condition(self, item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
         param, modifier = item.param, item.modifier
+        if param.code == "_id":  # kept on the resource's own row (search_ids)
+            marks = ", ".join("?" * len(item.values))
+            negation = "NOT " if modifier == "not" else ""
+            return Condition(f"{alias}.resource_id {negation}IN ({marks})", list(item.values))
         if modifier == "text":
             return in_table(alias, STRING.table.name, param, f"{param.code}:text", [words(v) for v in item.values])
         if modifier == "of-type":
