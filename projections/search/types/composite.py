@@ -6,7 +6,7 @@ value. So each repetition of the composite's element (the resource itself for ``
 each ``Observation.component`` for ``component-code-value-quantity``) gets an ordinal, and each component
 value is indexed in ``search_composite`` with its repetition ordinal and component number, in the columns
 of its own type's table (token: system, code; quantity: system, code, unit, low, high...). A search is
-one index lookup for the first component, then a semi-join on ``(sid, rep)`` for each other one — the
+the components' matching rows joined on ``(sid, rep)`` — the
 same SQL text on SQLite and PostgreSQL. Each component value is parsed and matched by its own type
 (:meth:`SearchType.parse_value`, :meth:`SearchType.match`). Composites take no modifiers but ``:missing``.
 """
@@ -39,10 +39,20 @@ class CompositeType:
     table = IndexTable(
         "search_composite",
         ("component", "rep", *_COLUMNS),
-        # low/high hold dates (exact integers) and numbers (infinite for an open Range): NUMERIC keeps both.
+        # low/high hold numbers (infinite for an open Range) and dates as doubles, like the number table: a
+        # B-tree on them serves both (a NUMERIC column would be cast to double against a float, unindexed).
+        # Dates are exact to the microsecond between the years 1685 and 2255 (2**53 µs), the open ends
+        # (±2**62) exactly; beyond, to a few microseconds.
         "component INTEGER NOT NULL, rep INTEGER NOT NULL, system {text}, code {text}, unit {text}, "
-        "value {text}, exact TEXT, target_type {text}, target_id {text}, base {text}, low NUMERIC, high NUMERIC",
-        ("component, code, system, sid", "component, sid, rep", "component, value, sid", "component, low"),
+        "value {text}, exact TEXT, target_type {text}, target_id {text}, base {text}, low {real}, high {real}",
+        (
+            "component, code, system, sid",
+            "component, sid, rep",
+            "component, value, sid",
+            "component, target_id, sid",
+            "component, low, high",
+            "component, high",
+        ),
         "resource_type, param, code",
     )
 
@@ -102,24 +112,23 @@ class CompositeType:
         raise TypeError("a composite is matched by condition()")
 
     def condition(self, item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+        """Per value: the components' rows joined on ``(sid, rep)``. Each side is a derived table on its own
+        index (bare column names stay its own), so the planner starts from the more selective component."""
         param, table = item.param, self.table.name
-        key = [param.resource_type, param.code]
         alternatives = []
         for parts in item.values:
-            first = self.types[param.components[0].type].match(parts[0], base)
-            sql, params = f"component = 0 AND ({first.sql})", [*key, *first.params]
+            sides, params = [], []
             for number, (component, part) in enumerate(zip(param.components, parts, strict=True)):
-                if number == 0:
-                    continue
                 found = self.types[component.type].match(part, base)
-                sql += (
-                    f" AND (sid, rep) IN (SELECT sid, rep FROM {table} WHERE resource_type = ? AND param = ? "
-                    f"AND component = {number} AND ({found.sql}))"
+                sides.append(
+                    f"(SELECT sid, rep FROM {table} WHERE resource_type = ? AND param = ? "
+                    f"AND component = {number} AND ({found.sql})) c{number}"
                 )
-                params += [*key, *found.params]
-            alternatives.append(
-                Condition(
-                    f"{alias}.sid IN (SELECT sid FROM {table} WHERE resource_type = ? AND param = ? AND {sql})", params
-                )
+                params += [param.resource_type, param.code, *found.params]
+            joins = " ".join(
+                f"JOIN {side} ON c{number}.sid = c0.sid AND c{number}.rep = c0.rep"
+                for number, side in enumerate(sides)
+                if number
             )
+            alternatives.append(Condition(f"{alias}.sid IN (SELECT c0.sid FROM {sides[0]} {joins})", params))
         return Condition(" OR ".join(f"({a.sql})" for a in alternatives), [p for a in alternatives for p in a.params])
