@@ -22,6 +22,7 @@ __all__ = ["MAX_STRING", "Rows", "extract"]
 def extract(resource: dict[str, Any]) -> Rows:
     """Every index row of ``resource`` (its ``resourceType`` picks the parameters)."""
     rows = Rows()
+    components: dict[Any, Any] = {}  # component rows, shared by the composites of this resource
     for param in parameters(str(resource.get("resourceType"))).values():
         if param.code in ("_id", "_lastUpdated"):
             continue  # kept on the resource's own index row (search_ids)
@@ -29,7 +30,7 @@ def extract(resource: dict[str, Any]) -> Rows:
             _deceased(rows, param, resource)
             continue
         if param.type == COMPOSITE.name:
-            COMPOSITE.extract_resource(rows, param, resource)
+            COMPOSITE.extract_resource(rows, param, resource, components)
             continue
         search_type = SEARCH_TYPES.get(param.type)
         if search_type is None:

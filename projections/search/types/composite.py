@@ -82,23 +82,41 @@ class CompositeType:
     def extract(self, rows: Rows, code: str, datatype: str, value: Any) -> None:
         raise TypeError("composites are extracted from the resource (extract_resource)")
 
-    def extract_resource(self, rows: Rows, param: SearchParameter, resource: dict[str, Any]) -> None:
-        """Each repetition's component values, with the repetition's ordinal (in document order)."""
+    def extract_resource(
+        self,
+        rows: Rows,
+        param: SearchParameter,
+        resource: dict[str, Any],
+        cache: dict[tuple[int, str, str], list[tuple[Any, ...]]] | None = None,
+    ) -> None:
+        """Each repetition's component values, with the repetition's ordinal (in document order).
+
+        ``cache``: one resource's component rows by (element, component), shared by its composites — the
+        four ``code-value-*`` of an Observation read the same ``code``."""
+        cache = {} if cache is None else cache
         ordinal = 0
         for repetition in param.repetitions:
             for element in walk(resource, repetition) if repetition.steps else [resource]:
-                found = [self._component_rows(component, resource, element) for component in param.components]
-                if all(found):  # a composite value needs every component (else it is missing)
+                found: list[list[tuple[Any, ...]]] = []
+                for component in param.components:
+                    source = resource if component.from_resource else element
+                    key = (id(source), component.code, component.expression)
+                    if key not in cache:
+                        cache[key] = self._component_rows(component, source)
+                    if not cache[key]:
+                        break  # a composite value needs every component (else it is missing)
+                    found.append(cache[key])
+                else:
                     for number, component_rows in enumerate(found):
                         rows.composite += [(param.code, number, ordinal, *row) for row in component_rows]
                 ordinal += 1
 
-    def _component_rows(self, component: Component, resource: dict[str, Any], element: Any) -> list[tuple[Any, ...]]:
-        """The component's values in one repetition, as composite columns (:data:`_COLUMNS`)."""
+    def _component_rows(self, component: Component, source: Any) -> list[tuple[Any, ...]]:
+        """The component's values in one repetition (or the resource), as composite columns (:data:`_COLUMNS`)."""
         kind = self.types[component.type]
         found = Rows()
         for route in component.routes:
-            for value in walk(resource if component.from_resource else element, route):
+            for value in walk(source, route):
                 kind.extract(found, component.code, route.datatype, value)
         rows = []
         for row in getattr(found, component.type):
