@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, InterfaceError, Mapper, OperationalError, Transcoder
 
-from ehr_core.compartment import patient_compartment
+from ehr_core.compartment import patient_compartment, security_context_target
 from ehr_core.context import WriteContext
 from ehr_core.encryption import EncryptingMapper, Unreadable, compartment_of
 from ehr_core.errors import (
@@ -204,6 +204,20 @@ class RecordApplication(Application[UUID]):
             f"{stream.resource_type}/{stream.resource_id} was recorded by {stream.owner}; only {stream.owner} may "
             f"change it (record your own resource, e.g. a new {stream.resource_type} that refers to it)"
         )
+
+    def security_context_compartment(self, resource: dict[str, Any]) -> list[str]:
+        """A Binary whose ``securityContext`` is another resource (a DocumentReference, say) is accessed as
+        that resource is (R4 binary.html "Security"): it takes that resource's patient compartment as of
+        this write, as every event keeps the compartment it was written with (ehr_core/compartment.py). A
+        target this store does not hold (unknown, in another institution's store, or erased) gives none."""
+        target = security_context_target(resource)
+        if target is None:
+            return []
+        try:
+            stream = self.stream(*target)
+        except (RecordedElsewhere, Erased):
+            return []
+        return list(stream.compartment) if stream is not None and not stream.deleted else []
 
     def holds(self, resource_type: str, resource_id: str) -> bool:
         """Whether this store has ever recorded ``Type/id`` (one index lookup, nothing decrypted)."""
@@ -391,7 +405,7 @@ class RecordApplication(Application[UUID]):
                 f"{resource_type} of {len(body)} bytes is larger than the {self.settings.max_resource_bytes} "
                 "bytes a resource may have (EHR_MAX_RESOURCE_BYTES)"
             )
-        compartment = patient_compartment(resource)
+        compartment = patient_compartment(resource) or self.security_context_compartment(resource)
         self.authorize_patient(resource, compartment, context)
         recorded = context.as_dict() | {"interaction": interaction}
         if stream is not None:

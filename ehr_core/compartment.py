@@ -1,7 +1,15 @@
 """The patient compartment of a resource (R4 CompartmentDefinition ``patient``).
 
 The compartment decides whose data a resource is: which patient's key encrypts it (the first id found),
-whose ``$everything`` returns it, whose consent governs it. The table,
+whose ``$everything`` returns it, whose consent governs it.
+
+Binary is in no compartment of R4's Patient CompartmentDefinition, yet a PDF report or a scanned
+consent form is as much a patient's record as an Observation. R4 binary.html "Security": a Binary's
+``securityContext`` names the resource whose access rules apply to it. So a Binary whose securityContext
+is ``Patient/x`` is placed in x's compartment (x's key encrypts it, x's consent governs it); one whose
+securityContext is another resource takes that resource's compartment at the time of writing
+(:meth:`ehr_core.application.RecordApplication.security_context_compartment`). Without a securityContext a
+Binary is in no compartment and stays with the institution that recorded it. The table,
 :data:`ehr_core.spec.patient_compartment.PATHS`, is generated from the R4 Patient CompartmentDefinition and
 the search parameters it names, as element paths (``make spec``). Each event records the compartment it was
 written with, so a change of the table moves only new writes: stored events keep their key and compartment.
@@ -14,7 +22,7 @@ from typing import Any
 
 from ehr_core.spec.patient_compartment import PATHS
 
-__all__ = ["compartment_types", "patient_compartment"]
+__all__ = ["compartment_types", "patient_compartment", "security_context_target"]
 
 
 def _walk(node: Any, steps: list[str]) -> list[Any]:
@@ -45,6 +53,20 @@ def _patient_id(reference: Any) -> str | None:
 
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_RELATIVE = re.compile(r"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})")
+
+
+def security_context_target(resource: dict[str, Any]) -> tuple[str, str] | None:
+    """(type, id) a Binary's ``securityContext`` names by a relative reference, other than a Patient (whose
+    compartment :func:`patient_compartment` already gives); None otherwise."""
+    if resource.get("resourceType") != "Binary":
+        return None
+    context = resource.get("securityContext")
+    target = context.get("reference") if isinstance(context, dict) else None
+    match = _RELATIVE.fullmatch(target) if isinstance(target, str) else None
+    if match is None or match.group(1) == "Patient":
+        return None
+    return match.group(1), match.group(2)
 
 
 def patient_compartment(resource: dict[str, Any]) -> list[str]:
@@ -54,6 +76,10 @@ def patient_compartment(resource: dict[str, Any]) -> list[str]:
     if resource_type == "Patient" and isinstance(resource.get("id"), str):
         # Its own first, so its key is its own: the spec's ``link`` parameter adds the Patients it links to.
         found.append(resource["id"])
+    if resource_type == "Binary":
+        patient = _patient_id(resource.get("securityContext"))
+        if patient is not None:
+            found.append(patient)
     for path in PATHS.get(str(resource_type), ()):
         for reference in _walk(resource, path.split(".")):
             patient = _patient_id(reference)

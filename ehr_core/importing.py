@@ -93,6 +93,8 @@ class ImportReport:
     deferred: list[Deferred] = field(default_factory=list)
     #: Deferred lines that resolved once the rest was loaded.
     resolved_later: int = 0
+    #: Versions stored, by resource type (``stored`` is their sum).
+    stored_by_type: dict[str, int] = field(default_factory=dict)
 
 
 #: Called after each chunk: (resources handled in it, bytes of the source consumed in it).
@@ -242,6 +244,9 @@ class Importer:
         written = self.application.commit(pendings, *([] if mark is None else [mark]))
         ids = [w.notification_id for w in written if w.notification_id is not None]
         report.stored += len(ids)
+        for stored in written:
+            if stored.notification_id is not None:
+                report.stored_by_type[stored.resource_type] = report.stored_by_type.get(stored.resource_type, 0) + 1
         report.unchanged += len(written) - len(ids)
         if ids:
             self.visible(max(ids))

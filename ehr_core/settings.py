@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     #: Bundle entries and imports alike. Well below ``max_body_bytes``: one event carries the whole resource,
     #: and every projection of it is written in one transaction.
     max_resource_bytes: int = 4 * 1024 * 1024
+    #: The only directory ``$import`` over HTTP reads from (``file://`` URLs inside it; nothing is fetched
+    #: from the network). Unset: ``DATA_DIR/import``. See :attr:`import_root`.
+    import_dir: Path | None = None
     # -- keys and access ------------------------------------------------------------------
     #: ``production`` refuses to start without a master key and without authentication.
     env: str = "development"
@@ -88,6 +91,11 @@ class Settings(BaseSettings):
     auth: str = "required"
     #: Trusted issuers: a directory of ``*.json`` files (issuer, institution, PEM public keys or a JWKS).
     auth_issuers_dir: Path | None = None
+
+    @property
+    def import_root(self) -> Path:
+        """Where ``$import`` may read NDJSON: ``import_dir``, or ``import`` in the data directory."""
+        return self.import_dir if self.import_dir is not None else self.data_dir / "import"
 
     @property
     def production(self) -> bool:

@@ -16,6 +16,7 @@ from fhir_api.health import health_router
 from fhir_api.limits import RequestLimits
 from fhir_api.metrics import MetricsMiddleware, metrics_router
 from fhir_api.operations.export_jobs import ExportJobs
+from fhir_api.operations.import_jobs import ImportJobs
 from fhir_api.routes import fhir_router
 from fhir_api.services import Services
 from fhir_api.web import install as install_web_view
@@ -32,9 +33,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         owned = services is None
         app.state.services = services or open_services(settings)
         app.state.exports = ExportJobs(app.state.services, app.state.services.settings.data_dir / "exports")
+        app.state.imports = ImportJobs(app.state.services)
         try:
             yield
         finally:
+            app.state.imports.close()  # running $import jobs stop between chunks, before the store closes
             if owned:
                 app.state.services.close()
 

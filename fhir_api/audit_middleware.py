@@ -73,7 +73,7 @@ def _patient_of(resource: dict[str, Any]) -> str | None:
     if resource.get("resourceType") == "Patient":
         value = resource.get("id")
         return value if isinstance(value, str) else None
-    for key in ("subject", "patient"):
+    for key in ("subject", "patient", "securityContext"):
         target = resource.get(key)
         if isinstance(target, dict):
             reference = target.get("reference")
@@ -195,6 +195,10 @@ class AuditMiddleware:
             patients += await run_in_threadpool(_compartment, services, parts[0], parts[1])
         if status < 300 and state["size"] <= BODY_LIMIT and "json" in headers.get("content-type", ""):
             _from_body(b"".join(state["body"]), entities, patients)
+        elif status < 300 and method == "GET" and len(parts) >= 2 and parts[0] == "Binary":
+            # A Binary read in its native form (a PDF...) names nobody in its body: its compartment, which
+            # its securityContext decides (ehr_core/compartment.py), does.
+            patients += await run_in_threadpool(_compartment, services, parts[0], parts[1])
         location = headers.get("location")
         if location and "/fhir/" in location:
             entities.append(location.split("/fhir/", 1)[1])

@@ -20,6 +20,7 @@ __all__ = [
     "base_url",
     "parse_if_match",
     "prefer_return",
+    "read_body",
     "read_json_body",
     "require_type",
     "write_context",
@@ -55,15 +56,8 @@ def media_type(request: Request) -> str | None:
     return header.split(";")[0].strip().lower() if header else None
 
 
-async def read_json_body(request: Request, media_types: frozenset[str] = JSON_MEDIA_TYPES) -> Any:
-    """The parsed body: 415 for another media type, 413 over the size limit, 400 if it is not JSON."""
-    kind = media_type(request)
-    if kind is not None and kind not in media_types:
-        raise ApiError(
-            "unsupported-media-type",
-            f"Content-Type {kind} is not supported here; send one of {', '.join(sorted(media_types))}",
-            code="not-supported",
-        )
+async def read_body(request: Request) -> bytes:
+    """The raw body, 413 over ``EHR_MAX_BODY_BYTES`` (declared, or counted while it arrives)."""
     limit: int = request.app.state.services.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdecimal() and int(declared) > limit:
@@ -74,7 +68,19 @@ async def read_json_body(request: Request, media_types: frozenset[str] = JSON_ME
         if size > limit:
             raise ApiError("too-large", f"body is over the limit of {limit} bytes", "too-costly")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, media_types: frozenset[str] = JSON_MEDIA_TYPES) -> Any:
+    """The parsed body: 415 for another media type, 413 over the size limit, 400 if it is not JSON."""
+    kind = media_type(request)
+    if kind is not None and kind not in media_types:
+        raise ApiError(
+            "unsupported-media-type",
+            f"Content-Type {kind} is not supported here; send one of {', '.join(sorted(media_types))}",
+            code="not-supported",
+        )
+    body = await read_body(request)
     if not body.strip():
         raise InvalidResource([Issue("required", "the request body is empty; a FHIR resource is required")])
     try:

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fhir_api import smart
 from fhir_api.interactions import (
     audit_resources,
+    binary,
     capabilities,
     create,
     delete,
@@ -17,7 +18,21 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import everything, export, ledger, match, person, summary  # Ledger
+from fhir_api.operations import (  # Ledger; and the terminology service: expand, lookup, subsumes...
+    bulk_import,
+    everything,
+    expand,
+    export,
+    ledger,
+    lookup,
+    match,
+    person,
+    subsumes,
+    summary,
+    translate,
+    validate,
+    validate_code,
+)
 
 __all__ = ["fhir_router"]
 
@@ -33,14 +48,23 @@ def fhir_router() -> APIRouter:
     router.include_router(smart.router)  # /.well-known/smart-configuration before read
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     router.include_router(export.router)
-    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
+    router.include_router(bulk_import.router)  # $import and its status
+    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance; history
+    # before them, or ``AuditEvent/_history`` would be taken for a read of the id ``_history``.
     router.include_router(ledger.router)
+    router.include_router(history.router)
     router.include_router(audit_resources.router)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
         router.include_router(operation.router)
+    # Terminology (R4 terminology-service.html): before read, which would take ``$expand`` for an id.
+    for operation in (lookup, subsumes, expand, validate_code, translate):
+        router.include_router(operation.router)
+    router.include_router(validate.router)  # before create and read, which would take ``$validate`` for an id
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
-    for interaction in (capabilities, history, search, create, read, update, patch, delete):
+    # Binary's native content (read, vread, create, update) before the generic interactions; after history
+    # (included above) and search, whose ``Binary/_history`` and ``Binary/_search`` are not ids.
+    for interaction in (capabilities, search, binary, create, read, update, patch, delete):
         if interaction is read:  # Patient served with links, Person as the golden record
             router.include_router(person.read_router)
         router.include_router(interaction.router)

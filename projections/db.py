@@ -41,6 +41,10 @@ class Tx(Protocol):
     def pipelined(self) -> AbstractContextManager[None]:
         """Statements inside go out without waiting for each answer (PostgreSQL); results are read at fetches."""
 
+    def unprepared(self) -> Tx:
+        """The same transaction, whose statements are never prepared (PostgreSQL): planned for their values
+        each time, and no Parse round trip for a statement text seen once (a search's SQL has many shapes)."""
+
     def fetchone(self) -> Row | None: ...
     def fetchall(self) -> list[Row]: ...
 
@@ -90,6 +94,9 @@ class _SQLiteTx:
 
     def pipelined(self) -> AbstractContextManager[None]:
         return nullcontext()  # in-process: there are no round trips to save
+
+    def unprepared(self) -> _SQLiteTx:
+        return self  # sqlite3 caches its statements itself; there is no generic plan to avoid
 
     def fetchone(self) -> Row | None:
         row: Row | None = self._cursor.fetchone()
@@ -189,6 +196,8 @@ class SQLiteViews:
 
 #: From this many rows, :meth:`_PostgresTx.insert` uses COPY (and ``upsert`` a staging table filled by COPY).
 _COPY_FROM = 64
+#: Parameters of one multi-row ``VALUES`` statement at most (the protocol allows 65,535).
+_VALUES_PARAMETERS = 8_000
 
 
 def _last_per_key(rows: Sequence[Sequence[Any]], width: int) -> list[Sequence[Any]]:
@@ -212,10 +221,15 @@ def _to_pyformat(sql: str) -> str:
 
 
 class _PostgresTx:
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, prepare: bool | None = True) -> None:
         self._cursor = cursor
         #: COPY cannot run in pipeline mode: inside :meth:`pipelined`, many rows go as pipelined INSERTs.
         self._in_pipeline = False
+        #: Statements with parameters are prepared at once (True) or never (False, :meth:`unprepared`).
+        self._prepare = prepare
+
+    def unprepared(self) -> _PostgresTx:
+        return _PostgresTx(self._cursor, prepare=False)
 
     @contextmanager
     def pipelined(self) -> Iterator[None]:
@@ -229,7 +243,7 @@ class _PostgresTx:
                 self._in_pipeline = False
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _PostgresTx:
-        self._cursor.execute(_to_pyformat(sql), params, prepare=True if params else None)
+        self._cursor.execute(_to_pyformat(sql), params, prepare=self._prepare if params else None)
         return self
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -237,21 +251,34 @@ class _PostgresTx:
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         # COPY streams every row in one statement: a projection batch writes tens of thousands of index
-        # rows, and executemany's one-statement-per-row pipeline cost ~20 us a row. A few
-        # rows go faster pipelined: COPY costs three round trips however small.
+        # rows, and executemany's one-statement-per-row pipeline cost ~20 us a row. A few rows go as one
+        # multi-row INSERT (:meth:`_values`): COPY costs three round trips however small.
         if len(rows) >= _COPY_FROM and not self._in_pipeline:
             with self._cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         elif rows:
-            marks = ", ".join("%s" for _ in columns)
-            self._cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+            self._values(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ", len(columns), rows, "")
+
+    def _values(self, head: str, width: int, rows: Sequence[Sequence[Any]], tail: str) -> None:
+        """``head`` + one ``VALUES`` list of every row + ``tail``, as one statement per ``_VALUES_PARAMETERS``
+        parameters. A projection batch of one create writes ~30 index rows to a few tables: one statement
+        per table instead of one per row is fewer messages for the server and much less client CPU (each
+        statement costs psycopg tens of microseconds). Not prepared: the row count changes the text."""
+        per_statement = max(1, _VALUES_PARAMETERS // width)
+        row_marks = "(" + ", ".join("%s" for _ in range(width)) + ")"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            params = [value for row in chunk for value in row]
+            self._cursor.execute(head + ", ".join(row_marks for _ in chunk) + tail, params, prepare=False)
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         rows = _last_per_key(rows, len(key))
         if len(rows) < _COPY_FROM or self._in_pipeline:
             if rows:
-                self._cursor.executemany(_upsert_sql(table, tuple(columns), tuple(key), "%s"), rows)
+                upsert = _upsert_sql(table, tuple(columns), tuple(key), "%s")
+                conflict = upsert[upsert.index(" ON CONFLICT") :]
+                self._values(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ", len(columns), rows, conflict)
             return
         # Many rows: COPY them into a temporary twin of the table, then one INSERT … SELECT … ON CONFLICT.
         staging = f"staging_{table}"
@@ -309,7 +336,11 @@ class PostgresViews:
         from psycopg_pool import ConnectionPool
 
         # The conninfo's own options (statement and lock timeouts, see Settings.postgres_options) are kept.
-        options = f"{conninfo_to_dict(conninfo).get('options') or ''} -c search_path={self.schema}".strip()
+        # No JIT: the access policy's per-row subqueries inflate a search's cost estimate past
+        # jit_above_cost, and compiling them costs about a second (measured) for a query answered in
+        # milliseconds; nothing the views run is long enough to gain from it. Set once per connection,
+        # not SET and RESET around each query (two round trips each time).
+        options = f"{conninfo_to_dict(conninfo).get('options') or ''} -c search_path={self.schema} -c jit=off".strip()
         return ConnectionPool(
             conninfo,
             min_size=1,

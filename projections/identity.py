@@ -386,12 +386,17 @@ class IdentityIndex(Projector):
         ).fetchall()
         return [LinkRow(str(r[0]), str(r[1]), str(r[2]), r[3], str(r[4])) for r in rows]
 
-    @classmethod
-    def linked_records(cls, tx: Tx, patient_id: str) -> list[str]:
-        """The Patient ids of the same person (the record itself first); just itself when not indexed."""
-        person = cls.person_of(tx, patient_id)
-        others = [link.record for link in cls.links(tx, person)] if person else []
-        return [patient_id, *(r for r in others if r != patient_id)]
+    @staticmethod
+    def linked_records(tx: Tx, patient_id: str) -> list[str]:
+        """The Patient ids of the same person (the record itself first); just itself when not indexed.
+
+        One statement (the record's person, joined to that person's links): every read of a Patient asks."""
+        rows = tx.execute(
+            "SELECT l.record_id FROM mpi_records r JOIN mpi_links l ON l.person_id = r.person_id "
+            "WHERE r.record_id = ? AND r.person_id IS NOT NULL AND r.person_id <> '' ORDER BY l.record_id",
+            (patient_id,),
+        ).fetchall()
+        return [patient_id, *(str(row[0]) for row in rows if str(row[0]) != patient_id)]
 
     @staticmethod
     def record_sources(tx: Tx, patient_ids: Sequence[str]) -> dict[str, Source]:

@@ -174,6 +174,32 @@ class ResourceViews(View):
         return StoredResource(resource_type, resource_id, int(row[0]), str(row[1]), _bytes(row[2]))
 
     @staticmethod
+    def read_many(tx: Tx, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
+        """The current versions of ``keys`` (type, id) found, one statement per resource type instead of
+        one per resource: a searchset page of 20 entries is read in one round trip, not 20. A key not
+        found is checked as :meth:`read` checks it (410 shredded, 403 blocked), and else left out."""
+        ids_by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in keys:
+            ids = ids_by_type.setdefault(resource_type, [])
+            if resource_id not in ids:
+                ids.append(resource_id)
+        found: dict[tuple[str, str], StoredResource] = {}
+        for resource_type, ids in ids_by_type.items():
+            marks = ", ".join("?" for _ in ids)
+            rows = tx.execute(
+                "SELECT resource_id, version, last_updated, body FROM resources "
+                f"WHERE resource_type = ? AND resource_id IN ({marks})",
+                (resource_type, *ids),
+            ).fetchall()
+            for row in rows:
+                key = (resource_type, str(row[0]))
+                found[key] = StoredResource(resource_type, key[1], int(row[1]), str(row[2]), _bytes(row[3]))
+            for resource_id in ids:
+                if (resource_type, resource_id) not in found:
+                    check_erased(tx, resource_type, resource_id)
+        return found
+
+    @staticmethod
     def vread(tx: Tx, resource_type: str, resource_id: str, version: int) -> StoredResource | None:
         row = tx.execute(
             "SELECT last_updated, body FROM resource_history "

@@ -38,10 +38,17 @@ def need_of(method: str, path: str, query: str = "") -> Need:
     if operation is not None:
         if parts[0] == "Patient" and len(parts) == 3 and operation in ("$everything", "$summary", "$person"):
             return Need("*", "rs", patient_operation=parts[1])
+        if operation == "$validate":  # as a read of the type, or of the instance named
+            target = (parts[0], parts[1]) if len(parts) == 3 else None
+            return Need(parts[0], "r", target=target)
         if operation in ("$link", "$unlink"):
             return Need(parts[0], "u", write=True)
         if operation in ("$match", "$ihe-pix", "$review"):
             return Need(parts[0], "s")
+        if operation.startswith("$import"):
+            # $import writes any type (each NDJSON line is an update-as-create), and its status and
+            # cancellation belong to the same writer: create and update on every type.
+            return Need("*", "cu", write=True)
         # $export (system, Patient, Group), $export-status/file, $ledger-*: bulk reads over every type
         if operation.startswith("$export") or parts[0].startswith("$"):
             return Need("*", "s")

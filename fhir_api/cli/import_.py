@@ -87,6 +87,8 @@ def _merge(total: ImportReport, part: ImportReport) -> None:
     total.rejected += part.rejected
     total.deferred += part.deferred
     total.resolved_later += part.resolved_later
+    for resource_type, count in part.stored_by_type.items():
+        total.stored_by_type[resource_type] = total.stored_by_type.get(resource_type, 0) + count
 
 
 def _is_batch(path: Path) -> bool:

@@ -29,7 +29,7 @@ from projections.resources import ResourceViews, StoredResource
 from projections.search.query import SUMMARY_VALUES
 from projections.search.subset import subset
 
-__all__ = ["read", "read_response", "router"]
+__all__ = ["current", "lookup", "lookup_version", "not_modified", "read", "read_response", "router"]
 
 router = APIRouter()
 
@@ -87,13 +87,20 @@ def read_response(request: Request | None, body: bytes, version: int, last_updat
     return fhir_response(_part(request, body), version=version, last_updated=last_updated)
 
 
-def _served(stored: StoredResource | None, what: str, request: Request | None) -> Response:
+def current(stored: StoredResource | None, what: str) -> StoredResource:
+    """``stored``, or NotFound (never written) / Deleted (410 with the deleted version's ETag)."""
     if stored is None:
         raise NotFound(f"{what} is not known")
     if stored.deleted or stored.body is None:  # 410 with the deleted version's ETag (fhir_api/errors.py)
         version, deleted = stored.version, stored.last_updated
         raise Deleted(f"{what} was deleted (version {version})", version=version, last_updated=deleted)
-    return read_response(request, stored.body, stored.version, stored.last_updated)
+    return stored
+
+
+def _served(stored: StoredResource | None, what: str, request: Request | None) -> Response:
+    found = current(stored, what)
+    assert found.body is not None
+    return read_response(request, found.body, found.version, found.last_updated)
 
 
 @router.get("/{resource_type}/{resource_id}", summary="read")
@@ -108,16 +115,19 @@ def read(
     at: str | None = None,
     request: Request | None = None,
 ) -> Response:
+    return _served(*lookup(services, resource_type, resource_id, at), request)
+
+
+def lookup(
+    services: Services, resource_type: str, resource_id: str, at: str | None = None
+) -> tuple[StoredResource | None, str]:
+    """The current version of ``Type/id`` (or, with ``at``, the one current at that recorded instant), and
+    how to name it in an error."""
     require_type(resource_type)
-    if at is not None:  # As-of read, the version current at a recorded instant
-        return _read_as_of(services, resource_type, resource_id, at, request)
-    with services.views.read() as tx:
-        stored = ResourceViews.read(tx, resource_type, resource_id)
-    return _served(stored, f"{resource_type}/{resource_id}", request)
-
-
-def _read_as_of(services: Services, resource_type: str, resource_id: str, at: str, request: Request | None) -> Response:
-    """``GET [type]/[id]?_at=instant`` (see projections/asof.py)."""
+    if at is None:
+        with services.views.read() as tx:
+            return ResourceViews.read(tx, resource_type, resource_id), f"{resource_type}/{resource_id}"
+    # As-of read, ``GET [type]/[id]?_at=instant`` (see projections/asof.py)
     try:
         instant = normalise_instant(at)
     except ValueError:
@@ -126,15 +136,22 @@ def _read_as_of(services: Services, resource_type: str, resource_id: str, at: st
         ) from None
     with services.views.read() as tx:
         stored = read_as_of(tx, resource_type, resource_id, instant)
-    return _served(stored, f"{resource_type}/{resource_id} at {instant}", request)
+    return stored, f"{resource_type}/{resource_id} at {instant}"
 
 
-@router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="vread")
-def vread(resource_type: str, resource_id: str, version_id: str, request: Request, services: ServicesDep) -> Response:
+def lookup_version(
+    services: Services, resource_type: str, resource_id: str, version_id: str
+) -> tuple[StoredResource | None, str]:
+    """Version ``version_id`` of ``Type/id`` (vread), and how to name it in an error."""
     require_type(resource_type)
     version = parse_int(version_id)  # Beyond 64 bits, a version that does not exist
     if version is None:
         raise InvalidResource([Issue("invalid", f"version id must be a number, got {version_id!r}")])
     with services.views.read() as tx:
         stored = ResourceViews.vread(tx, resource_type, resource_id, version)
-    return _served(stored, f"{resource_type}/{resource_id}/_history/{version_id}", request)
+    return stored, f"{resource_type}/{resource_id}/_history/{version_id}"
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="vread")
+def vread(resource_type: str, resource_id: str, version_id: str, request: Request, services: ServicesDep) -> Response:
+    return _served(*lookup_version(services, resource_type, resource_id, version_id), request)

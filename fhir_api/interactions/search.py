@@ -38,8 +38,8 @@ from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from projections.access import Viewer
 from projections.db import Tx
-from projections.resources import ResourceViews
-from projections.search import Match, Page, SearchRequest, capability_search_params, parse_search
+from projections.resources import ResourceViews, StoredResource
+from projections.search import Page, SearchRequest, capability_search_params, parse_search
 from projections.search.engine import indexed_types, run_search
 from projections.search.subset import subset
 
@@ -66,9 +66,8 @@ def _link(base: str, path: str, pairs: list[tuple[str, str]], cursor: str | None
     return f"{base}/{path}".rstrip("/") + (f"?{query}" if query else "")
 
 
-def _resource(tx: Tx, match: Match, parsed: SearchRequest) -> Any | None:
-    """The stored bytes of ``match`` (None if it vanished), reshaped for ``_summary``/``_elements``."""
-    stored = ResourceViews.read(tx, match.resource_type, match.resource_id)
+def _resource(stored: StoredResource | None, parsed: SearchRequest) -> Any | None:
+    """The stored bytes of a match (None if it vanished), reshaped for ``_summary``/``_elements``."""
     if stored is None or stored.body is None:
         return None
     if parsed.summary in (None, "false") and parsed.elements is None:
@@ -79,11 +78,14 @@ def _resource(tx: Tx, match: Match, parsed: SearchRequest) -> Any | None:
 
 def _entries(tx: Tx, base: str, page: Page, parsed: SearchRequest) -> list[dict[str, Any]]:
     """The page's entries, read on the search's connection right after the page (a resource deleted in
-    between is left out; one updated in between is served in its newer version)."""
+    between is left out; one updated in between is served in its newer version), all in one statement per
+    resource type."""
+    pages = (("match", page.matches), ("include", page.includes))
+    stored = ResourceViews.read_many(tx, [(m.resource_type, m.resource_id) for _, ms in pages for m in ms])
     entries = []
-    for mode, matches in (("match", page.matches), ("include", page.includes)):
+    for mode, matches in pages:
         for match in matches:
-            resource = _resource(tx, match, parsed)
+            resource = _resource(stored.get((match.resource_type, match.resource_id)), parsed)
             if resource is not None:
                 entries.append(
                     {
@@ -183,10 +185,9 @@ def _respond(services: Services, request: Request, bundle: dict[str, Any], pages
         request.state.ehr_access = "filtered"
     headers: dict[str, str] = {}
     if caller is not None and reason is not None and any(page.break_glass_used for page in pages):
-        with services.views.write() as tx:
-            # The query may name the patient (name=, identifier=): the audit entry keeps it; the
-            # review list, a plain view table, says only what kind of access it was.
-            record_break_glass(tx, caller.claims, reason, what)
+        # The query may name the patient (name=, identifier=): the audit entry keeps it; the review
+        # list says only what kind of access it was.
+        record_break_glass(services, caller.claims, reason, what)
         request.state.ehr_break_glass = True
         headers["X-EHR-Break-Glass"] = "granted"
     return Response(orjson.dumps(bundle), media_type=FHIR_JSON, headers=headers)

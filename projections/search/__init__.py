@@ -2,6 +2,9 @@
 
 - :class:`SearchIndex`: the view (one table per parameter type), kept by the ``resources`` projector in
   the same transaction as the current resources, so read-your-writes covers search too.
+- :class:`FullTextIndex`: the words of each resource's narrative and content, for ``_text`` and
+  ``_content`` (:mod:`projections.search.fulltext`); ``_list`` and ``_filter`` live in
+  :mod:`projections.search.lists` and :mod:`projections.search.filter`.
 - :func:`match`: the ids matching a parameter list — what conditional create/update/delete and
   conditional references in transaction Bundles ask (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.7.1).
 - :func:`search`: one page of a searchset, with includes, total and page cursors.
@@ -16,11 +19,16 @@ from ehr_core.errors import InvalidResource, Issue
 from projections.access import Viewer
 from projections.db import Dialect, Tx
 from projections.search.engine import Match, Page, run_search, select_ids
+from projections.search.fulltext import FullTextIndex
 from projections.search.index import SearchIndex
 from projections.search.query import SearchRequest, parse_search
 from projections.search.registry import declared
 
+# The special parameters register their parsers on import (projections/search/special.py).
+from projections.search import filter as _filter, lists as _lists  # noqa: F401  isort: skip
+
 __all__ = [
+    "FullTextIndex",
     "Match",
     "Page",
     "SearchIndex",

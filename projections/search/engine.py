@@ -37,6 +37,7 @@ from projections.search.query import (
     ValueFilter,
     merge_same_value,
 )
+from projections.search.special import SpecialFilter
 from projections.search.sql import Condition, Context, condition, read_spans
 
 __all__ = ["MAX_INCLUDES", "Match", "Page", "indexed_types", "run_search", "select_ids"]
@@ -105,6 +106,7 @@ def _where(
     snapshot: int | None,
     visible: Condition | None = None,
     policy: Callable[[str], Condition] | None = None,
+    dialect: Dialect = "sqlite",
 ) -> Condition:
     parts = ["a.resource_type = ?"]
     params: list[Any] = [request.resource_type]
@@ -121,7 +123,7 @@ def _where(
         parts.append("a.sid <= ?")
         params.append(snapshot)
     filters = merge_same_value(request.filters)
-    context = Context(read_spans(tx) if any(_has_dates(item) for item in filters) else None, policy)
+    context = Context(read_spans(tx) if any(_has_dates(item) for item in filters) else None, policy, dialect)
     for item in filters:
         found = condition(item, "a", base, context)
         parts.append(f"({found.sql})")
@@ -135,6 +137,8 @@ def _has_dates(item: Filter) -> bool:
         return any(_has_dates(inner) for _, inner in item.inner)
     if isinstance(item, HasFilter):
         return _has_dates(item.inner)
+    if isinstance(item, SpecialFilter):
+        return item.dates
     return isinstance(item, ValueFilter | SameValueFilter) and item.param.type == "date"
 
 
@@ -150,7 +154,7 @@ def select_ids(
     resources ``viewer`` may see (every resource when ``viewer`` is None)."""
     viewer = with_consents(tx, viewer) if viewer is not None else None
     policy = None if viewer is None else _policy(viewer, dialect)
-    where = _where(tx, request, base, None, _visible(viewer, "a", dialect), policy)
+    where = _where(tx, request, base, None, _visible(viewer, "a", dialect), policy, dialect)
     rows = tx.execute(
         f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} ORDER BY a.sid LIMIT ?", [*where.params, limit]
     ).fetchall()
@@ -345,20 +349,11 @@ def run_search(
     resources ``viewer`` may see (every resource when ``viewer`` is None)."""
     if dialect != "postgres":
         return _run(tx, dialect, request, base, count, viewer)
-    # Statements are prepared (projections.db), and after five runs PostgreSQL may plan them once for
-    # any values: a generic plan cannot know that a common code and a rare identifier need different
-    # plans (measured: 0.2 ms custom, 140 ms generic). Custom plans for this search only.
-    tx.execute("SET plan_cache_mode = force_custom_plan")
-    if viewer is not None:
-        # The policy's per-row subqueries inflate the cost estimate past jit_above_cost, and
-        # compiling them costs about a second (measured) for a search answered in milliseconds.
-        tx.execute("SET jit = off")
-    try:
-        return _run(tx, dialect, request, base, count, viewer)
-    finally:
-        tx.execute("RESET plan_cache_mode")
-        if viewer is not None:
-            tx.execute("RESET jit")
+    # Not prepared: a prepared statement may, after five runs, get one generic plan for any values, which
+    # cannot know that a common code and a rare identifier need different plans (measured: 0.2 ms custom,
+    # 140 ms generic); unprepared, each is planned for its values, and a search's many SQL shapes cost no
+    # Parse round trip nor evict the prepared reads. (JIT is off on the views' connections: projections.db.)
+    return _run(tx.unprepared(), dialect, request, base, count, viewer)
 
 
 def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, count: int, viewer: Viewer | None) -> Page:
@@ -374,7 +369,7 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
     visible = _visible(viewer, "a", dialect)
     # Chains and _has pass through other resources: the same policy holds for each of them.
     policy = None if viewer is None else _policy(viewer, dialect)
-    where = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy)
+    where = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy, dialect)
     page = Page([], filtered=viewer is not None and (viewer.types is not None or not viewer.break_glass))
     total_how = request.total or "accurate"
     if total_how != "none" or count == 0 or request.summary == "count":
@@ -385,7 +380,9 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
             # access is one (logged for review and audited as BTG) even if no such entry is on the page.
             within = replace(viewer, break_glass=False)
             bound = snapshot if cursor_keys is not None else None
-            policed = _where(tx, request, base, bound, _visible(within, "a", dialect), _policy(within, dialect))
+            policed = _where(
+                tx, request, base, bound, _visible(within, "a", dialect), _policy(within, dialect), dialect
+            )
             page.break_glass_used = _total(tx, dialect, policed, how) != page.total
     if count == 0 or request.summary == "count":
         return page

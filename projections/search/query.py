@@ -19,6 +19,7 @@ from typing import Any
 from ehr_core.numbers import parse_int
 from ehr_core.resources.types import is_supported
 from projections.search.registry import SearchParameter, parameter, parameters
+from projections.search.special import SPECIAL_PARAMETERS, SpecialFilter
 from projections.search.types import SEARCH_TYPES
 from projections.search.types.base import ValueFilter, invalid, parse_values, unescape
 from projections.search.types.token import TokenValue
@@ -34,6 +35,7 @@ __all__ = [
     "SortKey",
     "ValueFilter",
     "merge_same_value",
+    "parameter_filter",
     "parse_search",
 ]
 
@@ -88,7 +90,7 @@ class SameValueFilter:
     values: tuple[Any, ...]
 
 
-Filter = ValueFilter | MissingFilter | ChainFilter | HasFilter | SameValueFilter
+Filter = ValueFilter | MissingFilter | ChainFilter | HasFilter | SameValueFilter | SpecialFilter
 
 
 def merge_same_value(filters: list[Filter]) -> list[Filter]:
@@ -307,6 +309,13 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], base: str | N
             _result(request, name, bare, suffix, raw)
             request.applied.append((name, raw))
             continue
+        special = SPECIAL_PARAMETERS.get(bare)
+        if special is not None:  # _text, _content, _list, _filter (projections/search/special.py)
+            if suffix:
+                raise _invalid(name, f"{bare} takes no modifier")
+            request.filters.append(special(resource_type, raw, base))
+            request.applied.append((name, raw))
+            continue
         try:
             request.filters.append(_filter(resource_type, name, raw, base))
         except _Unknown:
@@ -314,6 +323,15 @@ def parse_search(resource_type: str, pairs: list[tuple[str, str]], base: str | N
             continue
         request.applied.append((name, raw))
     return request
+
+
+def parameter_filter(resource_type: str, name: str, raw: str, base: str | None = None) -> Filter | None:
+    """One parameter as :func:`parse_search` reads it (``name`` possibly chained or with a modifier),
+    None when ``resource_type`` has no such parameter (for ``_filter``, which names parameters too)."""
+    try:
+        return _filter(resource_type, name, raw, base)
+    except _Unknown:
+        return None
 
 
 def _result(request: SearchRequest, name: str, bare: str, suffix: str, raw: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from projections.db import Tx
 from projections.search.query import ChainFilter, Filter, HasFilter, MissingFilter, SameValueFilter, ValueFilter
+from projections.search.special import SpecialFilter
 from projections.search.types import SEARCH_TYPES
 from projections.search.types.base import Condition, Context, Spans
 from projections.search.types.date import date_filter
@@ -37,6 +38,8 @@ def condition(item: Filter, alias: str, base: str | None, context: Context | Non
         return date_filter(alias, item.param, [list(item.values)], context.span(item.param))
     if isinstance(item, ChainFilter):
         return _chain(item, alias, base, context)
+    if isinstance(item, SpecialFilter):
+        return item.condition(alias, base, context)
     return _has(item, alias, base, context)
 
 

@@ -303,6 +303,10 @@ def test_interactions_map_to_the_permissions_they_need() -> None:
         ("GET", "/fhir/Patient/$export"): ("*", "s"),
         ("GET", "/fhir/Group/g/$export"): ("*", "s"),
         ("POST", "/fhir/Patient/$match"): ("Patient", "s"),
+        # $import writes any type as update-as-create; its status and cancellation need what it needed.
+        ("POST", "/fhir/$import"): ("*", "cu"),
+        ("GET", "/fhir/$import-status/j"): ("*", "cu"),
+        ("DELETE", "/fhir/$import-status/j"): ("*", "cu"),
     }
     for (method, path), (resource_type, permissions) in cases.items():
         need = need_of(method, path)

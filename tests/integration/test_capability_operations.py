@@ -4,8 +4,11 @@ claim only the parameters their searches take, conditional read is declared (bot
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
@@ -14,14 +17,17 @@ from fhir_api.services import Services
 FHIR = {"Content-Type": "application/fhir+json"}
 ASYNC = {"Prefer": "respond-async"}
 MRN = "urn:ehr-core:sid:imss:mrn"
+GENDER = "http://hl7.org/fhir/administrative-gender"
+GENDER_VS = "http://hl7.org/fhir/ValueSet/administrative-gender"
 
 
 def _parameters(*items: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": list(items)}
 
 
-def _invoke(client: TestClient, definition: str, method: str) -> Response:
-    """One call of the operation ``definition`` (an OperationDefinition id) by ``method``."""
+def _invoke(client: TestClient, definition: str, method: str, import_url: str = "") -> Response:
+    """One call of the operation ``definition`` (an OperationDefinition id) by ``method`` (``import_url``: an
+    NDJSON file in the server's import directory, for ``$import``)."""
     get = method == "GET"
     calls: dict[str, tuple[str, dict[str, str], dict[str, Any] | None, dict[str, str]]] = {
         "everything": ("/fhir/Patient/p1/$everything", {"_type": "Patient"}, None, {}),
@@ -39,11 +45,22 @@ def _invoke(client: TestClient, definition: str, method: str) -> Response:
                    ASYNC),
         "patient-export": ("/fhir/Patient/$export", {}, None, ASYNC),
         "group-export": ("/fhir/Group/g/$export", {}, None, ASYNC),
+        "import": ("/fhir/$import", {}, _parameters({"name": "inputFormat", "valueCode": "application/fhir+ndjson"},
+                   {"name": "input", "part": [{"name": "type", "valueCode": "Patient"},
+                                              {"name": "url", "valueUri": import_url}]}), {}),
+        "validate": ("/fhir/Patient/p1/$validate", {}, _parameters({"name": "resource", "resource": {
+            "resourceType": "Patient", "id": "p1"}}), {}),
         "ledger-key": ("/fhir/$ledger-key", {}, None, {}),
         "ledger-head": ("/fhir/$ledger-head", {"log": "record"}, _parameters({"name": "log", "valueCode": "record"}),
                         {}),
         "ledger-proof": ("/fhir/$ledger-proof", {"event": "1"}, _parameters({"name": "event", "valueInteger": 1}),
                          {}),
+        "lookup": ("/fhir/CodeSystem/$lookup", {"system": GENDER, "code": "male"}, None, {}),
+        "subsumes": ("/fhir/CodeSystem/$subsumes", {"system": "http://hl7.org/fhir/observation-status",
+                                                    "codeA": "amended", "codeB": "corrected"}, None, {}),
+        "expand": ("/fhir/ValueSet/$expand", {"url": GENDER_VS, "count": "2"}, None, {}),
+        "validate-code": ("/fhir/ValueSet/$validate-code", {"url": GENDER_VS, "code": "male"}, None, {}),
+        "translate": ("/fhir/ConceptMap/$translate", {"system": GENDER, "code": "male"}, None, {}),
     }  # fmt: skip
     path, query, body, headers = calls[definition]
     if get:
@@ -60,7 +77,9 @@ def _statement(client: TestClient) -> dict[str, Any]:
     return statement
 
 
-def test_every_listed_operation_answers_get_and_post(client: TestClient, services: Services) -> None:
+def test_every_listed_operation_answers_get_and_post(
+    client: TestClient, services: Services, request: pytest.FixtureRequest
+) -> None:
     patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": MRN, "value": "M-1"}],
                "name": [{"family": "Gómez"}], "birthDate": "1980-01-01"}  # fmt: skip
     assert client.put("/fhir/Patient/p1", json=patient).is_success
@@ -70,12 +89,16 @@ def test_every_listed_operation_answers_get_and_post(client: TestClient, service
     assert client.put("/fhir/Group/g", json=group).is_success
     assert services.compliance is not None
     services.compliance.ledger.seal(partial=True)
+    source = services.settings.import_root / f"capability-{uuid.uuid4().hex}.ndjson"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text('{"resourceType": "Patient", "id": "p3"}\n')
+    request.addfinalizer(lambda: source.unlink(missing_ok=True))
     rest = _statement(client)["rest"][0]
     listed = [(None, op) for op in rest["operation"]] + [
         (resource["type"], op) for resource in rest["resource"] for op in resource.get("operation", [])
     ]
     assert {op["name"] for _, op in listed} >= {"everything", "summary", "match", "ihe-pix", "export",
-                                                "ledger-key", "ledger-head", "ledger-proof"}  # fmt: skip
+                                                "ledger-key", "ledger-head", "ledger-proof", "validate"}  # fmt: skip
     for resource_type, op in listed:
         definition_id = op["definition"].rsplit("/", 1)[1]
         definition = client.get(op["definition"].split("testserver")[1])
@@ -85,10 +108,17 @@ def test_every_listed_operation_answers_get_and_post(client: TestClient, service
         assert (resource_type in body.get("resource", [])) if resource_type else body["system"]
         methods = ["POST"] if body["affectsState"] or definition_id == "match" else ["GET", "POST"]
         for method in methods:
-            response = _invoke(client, definition_id, method)
+            response = _invoke(client, definition_id, method, source.resolve().as_uri())
             assert response.status_code in (200, 202), (definition_id, method, response.text)
+            if definition_id == "import":  # done before the store closes under it
+                status = response.headers["content-location"].split("testserver")[1]
+                for _ in range(2400):
+                    if (polled := client.get(status)).status_code != 202:
+                        break
+                    time.sleep(0.05)
+                assert polled.status_code == 200, polled.text
     # Everything the server answers as an operation is listed: $unknown is not.
-    unknown = client.get("/fhir/Patient/p1/$validate")
+    unknown = client.get("/fhir/Patient/p1/$frobnicate")
     assert unknown.status_code == 404 and unknown.json()["resourceType"] == "OperationOutcome"
     stored = client.get("/fhir/OperationDefinition/not-one-of-ours")
     assert stored.status_code == 404 and stored.json()["resourceType"] == "OperationOutcome"

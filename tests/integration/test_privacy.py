@@ -118,6 +118,9 @@ def test_shredding_refuses_during_retention_then_forced_erases_the_patient_every
     gone, kept = _patient_with_record(client, "Olvidada"), _patient_with_record(client, "Conservada")
     before = _rows(services)
     assert _mentions(before, _ids(gone))
+    # The full-text index holds the family name's stem ("olvid"), in its FTS5 segments on SQLite too.
+    assert _mentions(_every_table(services), ["olvid"])
+    assert client.get("/fhir/Patient", params={"_content": "olvidada"}).json()["entry"]
     # The identity index held their CURP, NSS and name before (so its emptiness afterwards means something).
     assert all(_mentions({"mpi_records": before["mpi_records"]}, [value]) for value in (gone["curp"], gone["nss"]))
     privacy = Privacy(services.application)
@@ -147,6 +150,7 @@ def test_shredding_refuses_during_retention_then_forced_erases_the_patient_every
     found = client.get("/fhir/Observation", params={"subject": f"Patient/{gone['Patient']}"}).json()
     assert found.get("total", 0) == 0 and not found.get("entry")
     assert client.get("/fhir/Patient", params={"name": "Olvidada"}).json()["entry"] == []
+    assert client.get("/fhir/Patient", params={"_content": "olvidada"}).json()["entry"] == []
     assert gone["Observation"] not in client.get("/fhir/_history").text
     # Writes for them are refused: the key is gone.
     again = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
@@ -167,6 +171,7 @@ def test_shredding_refuses_during_retention_then_forced_erases_the_patient_every
     everywhere = {t: rows for t, rows in _every_table(services).items() if t not in RETAINED_TABLES}
     assert len(everywhere) >= len(after)
     assert _mentions(everywhere, _ids(gone)) == []
+    assert _mentions(everywhere, ["olvid"]) == []  # no stem left in the full-text index's segments either
 
     # A fresh rebuild from the log: the same views, none of their data (their events no longer decrypt).
     services.projector.reset()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ehr_core.errors import InvalidResource, Issue
+from projections.db import Dialect
 from projections.search.registry import SearchParameter
 
 __all__ = [
@@ -72,6 +73,7 @@ class Context:
         self,
         spans: dict[tuple[str, str], Spans] | None = None,
         visible: Callable[[str], Condition] | None = None,
+        dialect: Dialect = "sqlite",
     ) -> None:
         self._numbers = itertools.count(1)
         #: Per (type, parameter): its date ranges' longest span and open ends (``search_date_spans``).
@@ -80,6 +82,8 @@ class Context:
         #: A chain or ``_has`` matches only through resources the viewer may see, or its result would tell
         #: the caller what a hidden resource contains (``Observation?subject:Patient.name=X``).
         self.visible = visible
+        #: The database the SQL is for: a special parameter's SQL may differ (full text, R4 ``_text``).
+        self.dialect: Dialect = dialect
 
     def policy(self, alias: str) -> Condition:
         """The access policy on ``alias`` as an extra ``AND`` (empty without a viewer)."""

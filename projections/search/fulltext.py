@@ -1,0 +1,303 @@
+"""Full-text search: the R4 ``_text`` and ``_content`` parameters, over a Spanish-aware index.
+
+R4 §3.1.1.5 "Parameters for all resources": ``_text`` searches the narrative (``DomainResource.text``,
+its XHTML ``div`` stripped of markup) and ``_content`` the whole resource's text (every string value of
+it, narrative included). Words are matched as a person means them: case and accents folded (the string
+index's folding, "TORÁCICO" finds "toracico"), Spanish stop words dropped and words stemmed ("dolores
+torácicos" finds "dolor torácico"). The words of one value must all be there (AND); commas separate
+alternatives (OR, R4 §3.1.1.3); a repeated parameter ANDs.
+
+The index is a view, ``search_fulltext``: one row per current resource with text, keyed by the
+resource's search key ``sid`` (:mod:`projections.search.index`). It is kept by the ``resources``
+projector right after the search index (the ``sid`` comes from there), in the same transaction, so
+read-your-writes covers it, and ``ehr rebuild`` rebuilds it with the other views.
+
+- PostgreSQL: ``tsvector`` columns built by ``to_tsvector('spanish', ...)`` (the built-in configuration:
+  Snowball stemmer and stop words) under GIN indexes, queried with ``plainto_tsquery('spanish', ...)``,
+  which ANDs the words. Accents are folded in Python before: the ``unaccent`` extension would do the
+  same but needs a superuser to install, and the folding must equal the string index's anyway.
+- SQLite: an FTS5 index (external content, kept by triggers) over the terms of
+  :func:`projections.search.spanish.terms`: the same folding, stop words and Snowball stemmer, in Python.
+
+Like the value tables of the search index (whose ``search_string`` rows hold folded names and texts in
+clear), the view holds the words of clinical text in clear: views live beside the encrypted log on the
+same server, are rebuilt from it, and lose an erased patient's rows with every other view
+(:meth:`FullTextIndex.erase`, by ``resource_type``/``resource_id``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from html.parser import HTMLParser
+from typing import Any
+
+import orjson
+
+from ehr_core.errors import InvalidResource, Issue
+from projections.changes import Change
+from projections.db import Dialect, Tx
+from projections.privacy import Erasure
+from projections.search.fold import fold
+from projections.search.spanish import terms
+from projections.search.special import SpecialFilter, SpecialParser, register
+from projections.search.sql import Condition, Context
+from projections.search.values import split_unescaped, unescape
+from projections.view import View
+
+__all__ = ["FullTextFilter", "FullTextIndex", "content_text", "narrative_text"]
+
+#: Text kept per column: a tsvector holds at most 1 MB, and words past this many characters of one
+#: resource add little to finding it.
+MAX_CHARS = 200_000
+_CHUNK = 400
+#: Keys whose string values are not text: base64 content (Attachment.data, Binary.data).
+_SKIPPED = frozenset({"data"})
+#: Parameter → column.
+COLUMNS = {"_text": "narrative", "_content": "content"}
+
+
+class _Text(HTMLParser):
+    """The character data of an XHTML fragment, entities resolved, each element's text a separate word."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def _strip(xhtml: str) -> str:
+    parser = _Text()
+    parser.feed(xhtml)
+    parser.close()
+    return " ".join(" ".join(parser.parts).split())
+
+
+def narrative_text(resource: dict[str, Any]) -> str:
+    """``Resource.text.div`` stripped of XHTML (what ``_text`` searches)."""
+    text = resource.get("text")
+    div = text.get("div") if isinstance(text, dict) else None
+    return _strip(div)[:MAX_CHARS] if isinstance(div, str) else ""
+
+
+def _strings(value: Any, key: str | None = None) -> Iterable[str]:
+    if isinstance(value, str):
+        if key == "div":
+            yield _strip(value)
+        elif key not in _SKIPPED and key != "resourceType":
+            yield value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _strings(item, name)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, key)
+
+
+def content_text(resource: dict[str, Any]) -> str:
+    """Every string value of ``resource``, the narrative stripped of XHTML (what ``_content`` searches)."""
+    found, size = [], 0
+    for text in _strings(resource):
+        found.append(text)
+        size += len(text) + 1
+        if size > MAX_CHARS:
+            break
+    return " ".join(found)[:MAX_CHARS]
+
+
+# -- the view ---------------------------------------------------------------------------------------
+
+
+def _ddl(dialect: Dialect) -> list[str]:
+    if dialect == "postgres":
+        return [
+            'CREATE TABLE IF NOT EXISTS search_fulltext (sid BIGINT PRIMARY KEY, resource_type TEXT COLLATE "C" '
+            'NOT NULL, resource_id TEXT COLLATE "C" NOT NULL, narrative tsvector, content tsvector)',
+            "CREATE INDEX IF NOT EXISTS search_fulltext_resource ON search_fulltext (resource_type, resource_id)",
+            "CREATE INDEX IF NOT EXISTS search_fulltext_narrative ON search_fulltext USING GIN (narrative)",
+            "CREATE INDEX IF NOT EXISTS search_fulltext_content ON search_fulltext USING GIN (content)",
+        ]
+    columns = "narrative, content"
+    return [
+        "CREATE TABLE IF NOT EXISTS search_fulltext (sid INTEGER PRIMARY KEY, resource_type TEXT NOT NULL, "
+        "resource_id TEXT NOT NULL, narrative TEXT NOT NULL, content TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS search_fulltext_resource ON search_fulltext (resource_type, resource_id)",
+        # External content: the terms are stored once, in search_fulltext (what a rebuild's swap copies and
+        # what erasure deletes); the triggers keep the FTS5 index in step with it. detail=column: column
+        # filters work (``narrative : "dolor"``); word positions are not needed (no phrase search).
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS search_fulltext_terms USING fts5({columns}, "
+        "content='search_fulltext', content_rowid='sid', detail=column)",
+        "CREATE TRIGGER IF NOT EXISTS search_fulltext_added AFTER INSERT ON search_fulltext BEGIN "
+        f"INSERT INTO search_fulltext_terms (rowid, {columns}) VALUES (new.sid, new.narrative, new.content); END",
+        "CREATE TRIGGER IF NOT EXISTS search_fulltext_removed AFTER DELETE ON search_fulltext BEGIN "
+        f"INSERT INTO search_fulltext_terms (search_fulltext_terms, rowid, {columns}) "
+        "VALUES ('delete', old.sid, old.narrative, old.content); END",
+        "CREATE TRIGGER IF NOT EXISTS search_fulltext_changed AFTER UPDATE ON search_fulltext BEGIN "
+        f"INSERT INTO search_fulltext_terms (search_fulltext_terms, rowid, {columns}) "
+        "VALUES ('delete', old.sid, old.narrative, old.content); "
+        f"INSERT INTO search_fulltext_terms (rowid, {columns}) VALUES (new.sid, new.narrative, new.content); END",
+    ]
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # numbers beyond a double (1e400), as the search index reads them
+        return json.loads(body)
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class FullTextIndex(View):
+    """``search_fulltext``: the words of each current resource's narrative and of its whole content.
+
+    Applied after :class:`projections.search.index.SearchIndex` in the same batch: a resource's row
+    carries the ``sid`` the search index just gave it.
+    """
+
+    tables = ("search_fulltext",)
+    # GIN indexes: only searches read them, and a rebuild builds them once after the bulk load.
+    query_indexes = ("search_fulltext_narrative", "search_fulltext_content")
+
+    def __init__(self) -> None:
+        self._dialect: Dialect | None = None
+
+    def create(self, tx: Tx, dialect: Dialect) -> None:
+        self._dialect = dialect
+        for statement in _ddl(dialect):
+            tx.execute(statement)
+
+    def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
+        assert self._dialect is not None, "create() first: the SQL depends on the database"
+        latest: dict[tuple[str, str], Change] = {}
+        replaced: set[tuple[str, str]] = set()
+        for change in changes:
+            key = (change.resource_type, change.resource_id)
+            if key not in latest and change.version > 1:
+                replaced.add(key)  # it may have a row from an earlier batch
+            latest[key] = change
+        self._delete(tx, sorted(replaced))
+        wanted = [change for change in latest.values() if not change.deleted]
+        sids = self._sids(tx, wanted)
+        rows: list[tuple[Any, ...]] = []
+        for change in wanted:
+            sid = sids.get((change.resource_type, change.resource_id))
+            if sid is None or change.body is None:
+                continue
+            resource = _loads(change.body)
+            narrative, content = narrative_text(resource), content_text(resource)
+            if narrative or content:
+                rows.append((sid, change.resource_type, change.resource_id, narrative, content))
+        self._insert(tx, rows)
+
+    def erase(self, tx: Tx, dialect: Dialect, erasure: Erasure) -> None:
+        """An erased patient's rows leave the view (projections/privacy.py). On SQLite the FTS5 index is
+        merged too: its ``delete`` only marks entries as gone, and their terms would stay in the index's
+        older segments until a later merge."""
+        self._delete(tx, sorted(erasure.resources))
+        if dialect == "sqlite":
+            tx.execute("INSERT INTO search_fulltext_terms (search_fulltext_terms) VALUES ('optimize')")
+
+    @staticmethod
+    def _delete(tx: Tx, keys: list[tuple[str, str]]) -> None:
+        by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in keys:
+            by_type.setdefault(resource_type, []).append(resource_id)
+        for resource_type, ids in by_type.items():
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                tx.execute(
+                    f"DELETE FROM search_fulltext WHERE resource_type = ? AND resource_id IN ({marks})",
+                    [resource_type, *chunk],
+                )
+
+    @staticmethod
+    def _sids(tx: Tx, changes: list[Change]) -> dict[tuple[str, str], int]:
+        by_type: dict[str, list[str]] = {}
+        for change in changes:
+            by_type.setdefault(change.resource_type, []).append(change.resource_id)
+        found: dict[tuple[str, str], int] = {}
+        for resource_type, ids in by_type.items():
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                for sid, resource_id in tx.execute(
+                    f"SELECT sid, resource_id FROM search_ids WHERE resource_type = ? AND resource_id IN ({marks})",
+                    [resource_type, *chunk],
+                ).fetchall():
+                    found[(resource_type, str(resource_id))] = int(sid)
+        return found
+
+    def _insert(self, tx: Tx, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        columns = "sid, resource_type, resource_id, narrative, content"
+        if self._dialect == "postgres":
+            # Folded in Python (the string index's folding); NUL cannot be in PostgreSQL text.
+            folded = [(*row[:3], _pg_text(row[3]), _pg_text(row[4])) for row in rows]
+            tx.executemany(
+                f"INSERT INTO search_fulltext ({columns}) VALUES (?, ?, ?, "
+                "CASE WHEN ? = '' THEN NULL ELSE to_tsvector('spanish', ?) END, to_tsvector('spanish', ?))",
+                [(sid, rt, rid, narrative, narrative, content) for sid, rt, rid, narrative, content in folded],
+            )
+            return
+        tx.insert(
+            "search_fulltext",
+            ("sid", "resource_type", "resource_id", "narrative", "content"),
+            [(*row[:3], " ".join(terms(row[3])), " ".join(terms(row[4]))) for row in rows],
+        )
+
+
+def _pg_text(text: str) -> str:
+    return fold(text.replace("\x00", " "))
+
+
+# -- the parameters ---------------------------------------------------------------------------------
+
+
+class FullTextFilter(SpecialFilter):
+    """``_text`` or ``_content``: any of ``values`` (OR), each with all its words (AND)."""
+
+    def __init__(self, name: str, values: tuple[str, ...]) -> None:
+        self.name = name
+        self.column = COLUMNS[name]
+        self.values = values
+
+    def condition(self, alias: str, base: str | None, context: Context) -> Condition:
+        if context.dialect == "postgres":
+            ors = " OR ".join(f"f.{self.column} @@ plainto_tsquery('spanish', ?)" for _ in self.values)
+            return Condition(
+                f"{alias}.sid IN (SELECT f.sid FROM search_fulltext f WHERE {ors})",
+                [fold(value) for value in self.values],
+            )
+        alternatives = [terms(value) for value in self.values]
+        # A value of stop words only has nothing to look for: it matches nothing (as on PostgreSQL).
+        groups = [
+            "(" + " AND ".join(f'{self.column} : "{term}"' for term in words) + ")" for words in alternatives if words
+        ]
+        if not groups:
+            return Condition("1 = 0")
+        return Condition(
+            f"{alias}.sid IN (SELECT rowid FROM search_fulltext_terms WHERE search_fulltext_terms MATCH ?)",
+            [" OR ".join(groups)],
+        )
+
+
+def _parser(name: str) -> SpecialParser:
+    def parse(resource_type: str, raw: str, base: str | None) -> FullTextFilter:
+        values = tuple(unescape(item).strip() for item in split_unescaped(raw, ","))
+        if not any(values) or not all(values):
+            raise InvalidResource(
+                [Issue("invalid", f"search parameter {name}: an empty value matches nothing; leave it out", name)]
+            )
+        return FullTextFilter(name, values)
+
+    return parse
+
+
+for _name in COLUMNS:
+    register(_name, _parser(_name))

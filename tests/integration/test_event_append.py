@@ -1,0 +1,61 @@
+"""The PostgreSQL append (ehr_core/pgstore.py): BEGIN, the ordering lock and the notify go as one query,
+then the insert, then COMMIT. What that must keep: an append is atomic (one event refused, none stored),
+a refused append leaves its pooled connection out of any transaction (the next append works and holds no
+stale lock), and notification ids follow commit order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from ehr_core.application import RecordApplication
+from ehr_core.schema import setup_lock
+from ehr_core.settings import Settings
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def recorder(postgres_settings: Settings, tmp_path: Path) -> Iterator[object]:
+    settings = postgres_settings.model_copy(update={"data_dir": tmp_path / "ehr-data"})
+    with setup_lock(settings):  # creates the test's schema
+        application = RecordApplication(settings)
+    try:
+        yield application.recorder
+    finally:
+        application.close()
+
+
+def _event(originator: object, version: int = 1) -> StoredEvent:
+    return StoredEvent(originator_id=originator, originator_version=version, topic="t:Recorded", state=b"{}")
+
+
+def test_an_append_is_atomic_and_a_refused_one_leaves_no_transaction(recorder: object) -> None:
+    first, second, third = uuid4(), uuid4(), uuid4()
+    ids = recorder.insert_events([_event(first)])  # type: ignore[attr-defined]
+    assert ids is not None and len(ids) == 1
+
+    # Its second event repeats a stored (originator, version): the whole append is refused.
+    with pytest.raises(IntegrityError):
+        recorder.insert_events([_event(second), _event(first)])  # type: ignore[attr-defined]
+    assert recorder.select_events(second) == []  # type: ignore[attr-defined]
+
+    # Every pooled connection is usable again and none holds the table lock: appends go on, in order.
+    later = [recorder.insert_events([_event(third, version)]) for version in (1, 2, 3)]  # type: ignore[attr-defined]
+    numbers = [ids_[0] for ids_ in later if ids_]
+    assert len(numbers) == 3 and numbers == sorted(numbers) and numbers[0] > ids[0]
+    stored = recorder.select_notifications(start=ids[0], limit=10)  # type: ignore[attr-defined]
+    assert [n.originator_id for n in stored] == [first, third, third, third]
+
+
+def test_an_append_of_several_events_returns_their_notification_ids(recorder: object) -> None:
+    events = [_event(uuid4()) for _ in range(5)]
+    ids = recorder.insert_events(events)  # type: ignore[attr-defined]
+    assert ids is not None and len(ids) == 5 and ids == sorted(ids)
+    stored = recorder.select_notifications(start=ids[0], limit=10)  # type: ignore[attr-defined]
+    assert [n.id for n in stored] == ids
+    assert [n.originator_id for n in stored] == [e.originator_id for e in events]
