@@ -173,7 +173,14 @@ _DATE = {"date": "2020-01-01"}
 _CODED = {"coding": [{"system": "http://example.org/cs", "code": "x"}]}
 #: What each type with ``useContext`` composites requires besides ``status`` (R4B cardinalities).
 _REQUIRED: dict[str, dict[str, Any]] = {
-    "CapabilityStatement": {**_DATE, "fhirVersion": "4.0.1", "format": ["json"], "kind": "instance"},
+    "CapabilityStatement": {
+        **_DATE,
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "kind": "instance",
+        "implementation": {"description": "x"},
+        "rest": [{"mode": "server"}],
+    },
     "ChargeItemDefinition": _URL,
     "CodeSystem": {"content": "complete"},
     "CompartmentDefinition": {**_URL, "code": "Patient", "name": "x", "search": True},
@@ -195,7 +202,14 @@ _REQUIRED: dict[str, dict[str, Any]] = {
     "ResearchDefinition": {"population": {"reference": "ResearchElementDefinition/x"}},
     "ResearchElementDefinition": {"type": "population", "characteristic": [{"definitionCodeableConcept": _CODED}]},
     "SearchParameter": {**_URL, "base": ["Patient"], "code": "x", "description": "x", "name": "x", "type": "token"},
-    "StructureDefinition": {**_URL, "abstract": False, "kind": "resource", "name": "x", "type": "Patient"},
+    "StructureDefinition": {
+        **_URL,
+        "abstract": True,
+        "kind": "resource",
+        "name": "x",
+        "type": "Patient",
+        "differential": {"element": [{"id": "Patient", "path": "Patient"}]},
+    },
     "StructureMap": {
         **_URL,
         "name": "x",
@@ -208,7 +222,7 @@ _REQUIRED: dict[str, dict[str, Any]] = {
             }
         ],
     },
-    "TerminologyCapabilities": {**_DATE, "kind": "instance"},
+    "TerminologyCapabilities": {**_DATE, "kind": "instance", "implementation": {"description": "x"}},
     "TestScript": {**_URL, "name": "x"},
 }
 
