@@ -20,37 +20,23 @@ import orjson
 
 from projections.changes import Change
 from projections.db import Dialect, Tx
-from projections.indexed import indexed
 from projections.search.dates import MAX, MIN, date_range
 from projections.search.extract import Rows, extract
+from projections.search.types import SEARCH_TYPES
 from projections.view import View
 
 __all__ = ["VALUE_TABLES", "SearchIndex"]
 
 #: Parameter type → its table and value columns (each table also has resource_type, param and sid).
 VALUE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "token": ("search_token", ("system", "code")),
-    "string": ("search_string", ("value", "exact")),
-    "date": ("search_date", ("low", "high")),
-    "number": ("search_number", ("low", "high")),
-    "quantity": ("search_quantity", ("system", "code", "unit", "low", "high")),
-    "reference": ("search_reference", ("target_type", "target_id", "base")),
-    "uri": ("search_uri", ("value",)),
+    name: (kind.table.name, kind.table.columns) for name, kind in SEARCH_TYPES.items()
 }
 
 _CHUNK = 400
 
 
 #: Per value table, the indexes searches read (none of them is read by the index's own writes).
-_LOOKUPS = {
-    "search_token": ["code, system, sid"],
-    "search_string": ["value, sid"],
-    "search_date": ["low, high, sid", "high, sid"],
-    "search_number": ["low, high"],
-    "search_quantity": ["low, high"],
-    "search_reference": ["target_id, target_type, sid"],
-    "search_uri": ["value, sid"],
-}
+_LOOKUPS = {kind.table.name: list(kind.table.lookups) for kind in SEARCH_TYPES.values()}
 
 
 def _ddl(dialect: Dialect) -> list[str]:
@@ -60,15 +46,7 @@ def _ddl(dialect: Dialect) -> list[str]:
     # PostgreSQL: the key is (resource_type, sid), so a type's resources are read in sid order from one index.
     key = "BIGINT NOT NULL" if dialect == "postgres" else "INTEGER PRIMARY KEY"
     primary = ", PRIMARY KEY (resource_type, sid)" if dialect == "postgres" else ""
-    columns = {
-        "search_token": f"system {text}, code {text} NOT NULL",
-        "search_string": f"value {text} NOT NULL, exact TEXT NOT NULL",
-        "search_date": "low BIGINT NOT NULL, high BIGINT NOT NULL",
-        "search_number": f"low {real} NOT NULL, high {real} NOT NULL",
-        "search_quantity": f"system {text}, code {text}, unit {text}, low {real} NOT NULL, high {real} NOT NULL",
-        "search_reference": f"target_type {text}, target_id {text} NOT NULL, base {text}",
-        "search_uri": f"value {text} NOT NULL",
-    }
+    columns = {kind.table.name: kind.table.definition.format(text=text, real=real) for kind in SEARCH_TYPES.values()}
     statements = [
         f"""CREATE TABLE IF NOT EXISTS search_ids (
             sid {key},
@@ -110,15 +88,7 @@ def _ddl(dialect: Dialect) -> list[str]:
     return statements
 
 
-_STATISTICS = {
-    "search_token": "resource_type, param, code, system",
-    "search_string": "resource_type, param, value",
-    "search_reference": "resource_type, param, target_type",
-    "search_date": "resource_type, param",
-    "search_number": "resource_type, param",
-    "search_quantity": "resource_type, param, code",
-    "search_uri": "resource_type, param, value",
-}
+_STATISTICS = {kind.table.name: kind.table.statistics for kind in SEARCH_TYPES.values()}
 
 
 def _loads(body: bytes) -> Any:
@@ -243,20 +213,10 @@ class SearchIndex(View):
 
 def _bounded(kind: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row with each value a b-tree index holds cut to a bounded prefix (PostgreSQL refuses index rows
-    over ~2,700 bytes, see projections/indexed.py); ``exact`` and quantity units stay whole (unindexed)."""
-    if kind == "token":
-        param, system, code = row
-        return (param, indexed(system), indexed(code))
-    if kind == "string":
-        param, value, exact = row
-        return (param, indexed(value), exact)
-    if kind == "reference":
-        param, target_type, target_id, base = row
-        return (param, indexed(target_type), indexed(target_id), base)
-    if kind == "uri":
-        param, value = row
-        return (param, indexed(value))
-    return row
+    over ~2,700 bytes, see projections/indexed.py); each type's table says which of its values are."""
+    if kind == "composite":
+        return row  # bounded per component type when extracted
+    return SEARCH_TYPES[kind].table.bound(row)
 
 
 def _span_updates(date_rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int, int, int]]:

@@ -13,27 +13,16 @@ naming the parameter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ehr_core.errors import InvalidResource, Issue
 from ehr_core.numbers import parse_int
 from ehr_core.resources.types import is_supported
 from projections.search.registry import SearchParameter, parameter, parameters
 from projections.search.special import SPECIAL_PARAMETERS, SpecialFilter
-from projections.search.values import (
-    ReferenceValue,
-    TokenValue,
-    parse_date,
-    parse_number,
-    parse_of_type,
-    parse_quantity,
-    parse_reference_value,
-    parse_token,
-    split_unescaped,
-    unescape,
-)
+from projections.search.types import SEARCH_TYPES
+from projections.search.types.base import ValueFilter, invalid, parse_values, unescape
+from projections.search.types.token import TokenValue
 
 __all__ = [
     "ChainFilter",
@@ -50,15 +39,6 @@ __all__ = [
     "parse_search",
 ]
 
-MODIFIERS: dict[str, frozenset[str]] = {
-    "token": frozenset({"not", "text", "of-type", "missing"}),
-    "string": frozenset({"exact", "contains", "missing"}),
-    "date": frozenset({"missing"}),
-    "number": frozenset({"missing"}),
-    "quantity": frozenset({"missing"}),
-    "reference": frozenset({"identifier", "missing"}),
-    "uri": frozenset({"below", "above", "missing"}),
-}
 
 #: Result parameters understood but with nothing to do (R4 §3.1.1.6: formats are negotiated elsewhere).
 IGNORED = frozenset({"_format", "_pretty"})
@@ -68,15 +48,6 @@ RESULT_PARAMETERS = frozenset(
 SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
 MAX_CHAIN = 3
-
-
-@dataclass(frozen=True)
-class ValueFilter:
-    """Match any of ``values`` (OR) of ``param``, under ``modifier``."""
-
-    param: SearchParameter
-    modifier: str | None
-    values: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -181,20 +152,11 @@ class SearchRequest:
     compartment: str | None = None
 
 
-def _invalid(name: str, message: str) -> InvalidResource:
-    return InvalidResource([Issue("invalid", f"search parameter {name}: {message}", name)])
+_invalid = invalid
 
 
 class _Unknown(Exception):
     """A parameter (or chained parameter) this server does not support."""
-
-
-def _values(name: str, raw: str, parse: Any) -> tuple[Any, ...]:
-    items = split_unescaped(raw, ",")
-    try:
-        return tuple(parse(item) for item in items)
-    except ValueError as error:
-        raise _invalid(name, str(error)) from None
 
 
 def _value_filter(
@@ -208,72 +170,11 @@ def _value_filter(
     if param.code == "_id":
         if modifier not in (None, "not"):
             raise _invalid(name, f"modifier :{modifier} is not supported on _id")
-        return ValueFilter(param, modifier, _values(name, raw, unescape))
-    parse = _PARSERS.get(kind)
-    if parse is None:
+        return ValueFilter(param, modifier, parse_values(name, raw, unescape))
+    search_type = SEARCH_TYPES.get(kind)
+    if search_type is None:
         raise _invalid(name, f"parameter type {kind} is not supported")
-    return parse(name, param, modifier, raw, base)
-
-
-ValueParser = Callable[[str, SearchParameter, str | None, str, str | None], ValueFilter]
-"""Reads one parameter type's values (name as given, parameter, modifier, raw value, searched type)."""
-
-
-def _token_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
-    """R4 search.html#token, with ``:text`` and ``:of-type``."""
-    if modifier == "text":
-        return ValueFilter(param, modifier, _values(name, raw, unescape))
-    if modifier == "of-type":
-        if not any(route.datatype == "Identifier" for route in param.routes):
-            raise _invalid(name, ":of-type applies only to identifier parameters")
-        return ValueFilter(param, modifier, _values(name, raw, parse_of_type))
-    return ValueFilter(param, modifier, _values(name, raw, parse_token))
-
-
-def _text_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
-    """R4 search.html#string and search.html#uri."""
-    values = _values(name, raw, unescape)
-    if any(not value for value in values):
-        raise _invalid(name, "an empty value matches nothing; leave the parameter out")
-    return ValueFilter(param, modifier, values)
-
-
-def _date_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
-    """R4 search.html#date."""
-    return ValueFilter(param, modifier, _values(name, raw, parse_date))
-
-
-def _number_values(name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
-    """R4 search.html#number."""
-    return ValueFilter(param, modifier, _values(name, raw, parse_number))
-
-
-def _quantity_values(
-    name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None
-) -> ValueFilter:
-    """R4 search.html#quantity."""
-    return ValueFilter(param, modifier, _values(name, raw, parse_quantity))
-
-
-def _reference_values(
-    name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None
-) -> ValueFilter:
-    """R4 search.html#reference, with ``:identifier`` (a token)."""
-    if modifier == "identifier":
-        return ValueFilter(param, modifier, _values(name, raw, parse_token))
-    return ValueFilter(param, modifier, _values(name, raw, lambda item: parse_reference_value(item, base)))
-
-
-_PARSERS: dict[str, ValueParser] = {
-    "token": _token_values,
-    "string": _text_values,
-    "uri": _text_values,
-    "date": _date_values,
-    "number": _number_values,
-    "quantity": _quantity_values,
-    "reference": _reference_values,
-}
-"""Each search parameter type's value parsing (R4 search.html#ptypes)."""
+    return search_type.parse(name, param, modifier, raw, base)
 
 
 def _split_modifier(part: str) -> tuple[str, str | None]:
@@ -294,16 +195,7 @@ def _filter(resource_type: str, name: str, raw: str, base: str | None, depth: in
         raise _Unknown(name)
     if dot:
         return _chain(resource_type, name, param, modifier, rest, raw, base, depth)
-    if modifier is not None and modifier not in MODIFIERS[param.type]:
-        if param.type == "reference" and (
-            modifier in param.targets or ("Resource" in param.targets and is_supported(modifier))
-        ):
-            # ``subject:Patient=1``: the type modifier on a reference (R4 §3.1.1.5.9).
-            values = _values(name, raw, lambda item: parse_reference_value(item, base))
-            typed = tuple(ReferenceValue(modifier, v.target_id, v.base) if v.target_type is None else v for v in values)
-            if any(v.target_type != modifier for v in typed):
-                raise _invalid(name, f"the values must be {modifier} references")
-            return ValueFilter(param, None, typed)
+    if modifier is not None and not SEARCH_TYPES[param.type].accepts(param, modifier):
         raise _invalid(name, f"modifier :{modifier} is not supported on a {param.type} parameter")
     return _value_filter(name, param, modifier, raw, base)
 
@@ -369,7 +261,7 @@ def _sort(resource_type: str, raw: str) -> list[SortKey]:
         param = parameter(resource_type, code)
         if param is None:
             raise _invalid("_sort", f"{resource_type} has no search parameter {code!r} to sort by")
-        if param.type not in ("token", "string", "date", "number", "quantity", "reference", "uri"):
+        if param.type not in SEARCH_TYPES or param.type == "composite":
             raise _invalid("_sort", f"cannot sort by {code}")
         keys.append(SortKey(param, descending))
     return keys

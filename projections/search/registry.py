@@ -6,14 +6,15 @@ compiled to routes (:mod:`projections.search.paths`) and, for references, the ty
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
-from projections.search.definitions import COMMON, DEFINITIONS
+from projections.search.definitions import COMMON, COMPOSITES, DEFINITIONS
 from projections.search.paths import Route, compile_expression
 
 __all__ = [
     "SPECIAL",
+    "Component",
     "SearchParameter",
     "declared",
     "parameter",
@@ -26,15 +27,31 @@ SPECIAL = frozenset({"Patient.deceased.exists() and Patient.deceased != false"})
 
 
 @dataclass(frozen=True)
+class Component:
+    """One component of a composite parameter (R4 search.html#composite): its own code and type, and its
+    routes from one repetition of the composite's element (or, for ``%resource.x``, from the resource)."""
+
+    code: str
+    type: str
+    expression: str
+    routes: tuple[Route, ...]
+    from_resource: bool = False
+
+
+@dataclass(frozen=True)
 class SearchParameter:
     resource_type: str
     code: str
-    #: token, string, date, reference, quantity, number or uri.
+    #: token, string, date, reference, quantity, number, uri or composite.
     type: str
     expression: str
     routes: tuple[Route, ...]
     #: For references: the resource types the parameter may point to (``("Resource",)`` for any).
     targets: tuple[str, ...]
+    #: For composites: the components; :attr:`routes` then reach the repetitions they are matched within.
+    components: tuple[Component, ...] = ()
+    #: For composites: the routes to the repetitions (the resource itself: no step) components are matched in.
+    repetitions: tuple[Route, ...] = ()
 
     @property
     def special(self) -> bool:
@@ -57,6 +74,9 @@ def parameters(resource_type: str) -> dict[str, SearchParameter]:
     rows = (*COMMON, *DEFINITIONS.get(resource_type, ()))
     found: dict[str, SearchParameter] = {}
     for code, kind, expression in rows:
+        if kind == "composite":
+            found[code] = _composite(resource_type, code, expression)
+            continue
         routes = () if expression in SPECIAL else compile_expression(resource_type, expression)
         targets: list[str] = []
         for route in routes:
@@ -67,6 +87,30 @@ def parameters(resource_type: str) -> dict[str, SearchParameter]:
             targets = ["Resource"]
         found[code] = SearchParameter(resource_type, code, kind, expression, routes, tuple(targets))
     return found
+
+
+def _composite(resource_type: str, code: str, expression: str) -> SearchParameter:
+    """A composite: the routes to its repetitions (the resource itself is the empty route) and its components'
+    routes relative to one repetition — ``Observation.component`` then ``code``, ``value.as(Quantity)``."""
+    alternatives = [a.strip() for a in expression.split("|")]
+    repetitions = [
+        Route((), resource_type) if a == resource_type else compile_expression(resource_type, a)[0]
+        for a in alternatives
+    ]
+    components = []
+    for component_code, kind, relative in COMPOSITES[(resource_type, code)]:
+        parts = [part.strip() for part in relative.split("|")]
+        if all(part.startswith("%resource.") for part in parts):
+            full = " | ".join(f"{resource_type}.{part.removeprefix('%resource.')}" for part in parts)
+            components.append(Component(component_code, kind, relative, compile_expression(resource_type, full), True))
+            continue
+        routes: list[Route] = []
+        for alternative, repetition in zip(alternatives, repetitions, strict=True):
+            full = " | ".join(f"{alternative}.{part}" for part in parts)
+            for route in compile_expression(resource_type, full):
+                routes.append(replace(route, steps=route.steps[len(repetition.steps) :]))
+        components.append(Component(component_code, kind, relative, tuple(dict.fromkeys(routes))))
+    return SearchParameter(resource_type, code, "composite", expression, (), (), tuple(components), tuple(repetitions))
 
 
 def declared(resource_type: str) -> dict[str, str]:

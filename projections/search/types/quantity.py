@@ -1,0 +1,118 @@
+"""The ``quantity`` search type (R4 §3.1.1.5.8 search.html#quantity): ``[prefix]number|system|code``.
+
+Quantity, Age, Duration, Distance, Count, SimpleQuantity and MoneyQuantity index as their value (a
+point range); a ``Range`` as its low and high, with the units of the bound it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from projections.search.registry import SearchParameter
+from projections.search.types.base import (
+    Condition,
+    Context,
+    IndexTable,
+    Rows,
+    ValueFilter,
+    in_table,
+    parse_values,
+    split_unescaped,
+    text_or_none,
+    unescape,
+)
+from projections.search.types.number import NumberValue, finite, number_match, parse_number, range_bounds
+
+__all__ = ["QUANTITY", "QuantityValue", "parse_quantity"]
+
+_QUANTITY_TYPES = frozenset({"Quantity", "Age", "Duration", "Distance", "Count", "SimpleQuantity", "MoneyQuantity"})
+
+
+@dataclass(frozen=True)
+class QuantityValue:
+    number: NumberValue
+    #: None: any system; otherwise the unit system (``http://unitsofmeasure.org``).
+    system: str | None
+    #: None: any unit; otherwise matched against Quantity.code, or Quantity.unit when no system is given.
+    code: str | None
+
+
+def parse_quantity(text: str) -> QuantityValue:
+    parts = split_unescaped(text, "|")
+    if len(parts) not in (1, 3):
+        raise ValueError(f"a quantity is [prefix][number]|[system]|[code], got {text!r}")
+    number = parse_number(parts[0])
+    if len(parts) == 1:
+        return QuantityValue(number, None, None)
+    return QuantityValue(number, unescape(parts[1]) or None, unescape(parts[2]) or None)
+
+
+def _units(quantity: Any) -> tuple[str | None, str | None, str | None]:
+    if not isinstance(quantity, dict):
+        return None, None, None
+    return (
+        text_or_none(quantity.get("system")),
+        text_or_none(quantity.get("code")),
+        text_or_none(quantity.get("unit")),
+    )
+
+
+def _quantity(value: QuantityValue) -> Condition:
+    number = number_match(value.number)
+    sql, params = f"({number.sql})", list(number.params)
+    if value.system is not None:
+        sql += " AND system = ?"
+        params.append(value.system)
+    if value.code is not None:
+        if value.system is not None:
+            sql += " AND code = ?"
+            params.append(value.code)
+        else:  # ``5.4||mg``: the code, or the human unit (R4 §3.1.1.5.8)
+            sql += " AND (code = ? OR unit = ?)"
+            params += [value.code, value.code]
+    return Condition(sql, params)
+
+
+class QuantityType:
+    name = "quantity"
+    table = IndexTable(
+        "search_quantity",
+        ("system", "code", "unit", "low", "high"),
+        "system {text}, code {text}, unit {text}, low {real} NOT NULL, high {real} NOT NULL",
+        ("low, high",),
+        "resource_type, param, code",
+    )
+
+    def accepts(self, param: SearchParameter, modifier: str) -> bool:
+        return modifier == "missing"
+
+    def parse(self, name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
+        return ValueFilter(param, modifier, parse_values(name, raw, parse_quantity))
+
+    def parse_value(self, text: str, base: str | None) -> Any:
+        return parse_quantity(text)
+
+    def extract(self, rows: Rows, code: str, datatype: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            return
+        if datatype in _QUANTITY_TYPES:
+            number = finite(value.get("value"))
+            if number is not None:
+                rows.quantity.append((code, *_units(value), number, number))
+        elif datatype == "Range":
+            bounds = range_bounds(value)
+            if bounds is None:
+                return
+            low = value.get("low")
+            has_low = isinstance(low, dict) and finite(low.get("value")) is not None
+            rows.quantity.append((code, *_units(low if has_low else value.get("high")), *bounds))
+
+    def match(self, value: Any, base: str | None) -> Condition:
+        return _quantity(value)
+
+    def condition(self, item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+        return in_table(alias, self.table.name, item.param, item.param.code, [_quantity(v) for v in item.values])
+
+
+QUANTITY = QuantityType()
