@@ -76,7 +76,7 @@ def adopt_routes(router: APIRouter, source: APIRouter) -> None:
             response_description=route.response_description,
             responses=dict(route.responses),
             deprecated=route.deprecated,
-            methods=set(route.methods),
+            methods=route.methods,
             operation_id=route.operation_id,
             response_model_include=route.response_model_include,
             response_model_exclude=route.response_model_exclude,
