@@ -32,7 +32,16 @@ from ehr_core.files import private_sqlite
 from ehr_core.settings import Settings
 from ehr_core.transcoder import EventTranscoder
 
-__all__ = ["AuditEntry", "AuditLog", "AuditRecord", "AuditSettings", "AuditWriter", "audit_event", "audit_event_id"]
+__all__ = [
+    "AuditEntry",
+    "AuditLog",
+    "AuditRecord",
+    "AuditSettings",
+    "AuditWriter",
+    "BreakGlassAccess",
+    "audit_event",
+    "audit_event_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +155,47 @@ class AuditRecord(Aggregate):
         return cls._create(cls.Recorded, id=uuid4(), entry=entry.as_dict())
 
 
+class BreakGlassAccess(Aggregate):
+    """One break-the-glass access (DESIGN.md "Access"): who read another institution's records without its
+    consent, from which unit and in which role, why, and what (``Patient/id``, ``Patient/id/$everything``,
+    the kind of search). An aggregate of one event, like :class:`AuditRecord`, in the same append-only
+    log, so the audit ledger signs it and the review list (:class:`projections.access.BreakGlassReview`) is
+    a projection of it that ``ehr rebuild`` reproduces. When it happened is the event's timestamp."""
+
+    class Granted(Aggregate.Created):
+        institution: str
+        unit: str | None
+        user: str
+        role: str | None
+        reason: str
+        target: str
+
+    def __init__(
+        self, institution: str, unit: str | None, user: str, role: str | None, reason: str, target: str
+    ) -> None:
+        self.institution = institution
+        self.unit = unit
+        self.user = user
+        self.role = role
+        self.reason = reason
+        self.target = target
+
+    @classmethod
+    def grant(
+        cls, institution: str, unit: str | None, user: str, role: str | None, reason: str, target: str
+    ) -> BreakGlassAccess:
+        return cls._create(
+            cls.Granted,
+            id=uuid4(),
+            institution=institution,
+            unit=unit,
+            user=user,
+            role=role,
+            reason=reason,
+            target=target,
+        )
+
+
 class AuditLog(Application[UUID]):
     name = "audit"
 
@@ -167,6 +217,12 @@ class AuditLog(Application[UUID]):
     def append(self, entries: list[AuditEntry]) -> int:
         """Append entries in one transaction; return the last notification id."""
         recordings = self.save(*(AuditRecord.record(e) for e in entries))
+        return max(r.notification.id for r in recordings)
+
+    def record_break_glass(self, access: BreakGlassAccess) -> int:
+        """Append one break-the-glass access at once (not through the group-commit writer: the access is
+        granted only once it is recorded); return its notification id."""
+        recordings = self.save(access)
         return max(r.notification.id for r in recordings)
 
 

@@ -5,7 +5,8 @@ An institution reads what it recorded. A resource recorded by another institutio
 naming the caller's institution and valid now, of every patient whose compartment holds it; resources of
 :data:`~projections.access.SHARED_TYPES` (directories, terminology) are everyone's. Otherwise only
 break-the-glass: the header ``X-EHR-Break-Glass: <reason>`` — granted, flagged in the response
-(``X-EHR-Break-Glass: granted``), listed in ``break_glass_log`` for review, and audited with purpose of use
+(``X-EHR-Break-Glass: granted``), recorded as an event of the audit log (:func:`record_break_glass`) that the
+review list (``break_glass_log``) projects and the audit ledger signs, and audited with purpose of use
 ``BTG`` (HL7 v3 ActReason "break the glass").
 
 Where it applies (auth on):
@@ -28,13 +29,22 @@ Every decision reaches the audit log through the audit middleware (the status, a
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from projections.access import SHARED_TYPES, log_break_glass, owner_of, owners_and_consent
+import psycopg
+from eventsourcing.persistence import PersistenceError
+
+from ehr_core.audit import BreakGlassAccess
+from ehr_core.errors import StoreUnavailable
+from projections.access import SHARED_TYPES, owner_of, owners_and_consent
 from projections.db import Tx
 from projections.identity import IdentityIndex
+
+if TYPE_CHECKING:
+    from fhir_api.services import Services
 
 __all__ = ["Decision", "decide", "record_break_glass"]
 
@@ -109,15 +119,23 @@ def _records_decision(tx: Tx, institution: str, records: list[str], break_glass:
     return Decision(False, "denied", owners)
 
 
-def record_break_glass(tx: Tx, claims: dict[str, Any], reason: str, what: str) -> None:
-    """List a break-the-glass access for review (who, institution, why, what, when)."""
-    log_break_glass(
-        tx,
-        datetime.now(UTC).isoformat(),
-        str(claims.get("institution")),
-        claims.get("unit"),
-        str(claims.get("user") or claims.get("sub") or "anonymous"),
-        claims.get("role"),
-        reason[:500],
-        what,
+def record_break_glass(services: Services, claims: dict[str, Any], reason: str, what: str) -> None:
+    """Record a break-the-glass access (who, institution, unit, role, why, what; when is the event's time) in
+    the audit log, and return once the review list shows it (read-your-writes). Called before anything is
+    disclosed: an access that cannot be recorded is refused (503), never granted unrecorded."""
+    access = BreakGlassAccess.grant(
+        institution=str(claims.get("institution")),
+        unit=claims.get("unit"),
+        user=str(claims.get("user") or claims.get("sub") or "anonymous"),
+        role=claims.get("role"),
+        reason=reason[:500],
+        target=what,
     )
+    try:
+        notification_id = services.compliance.audit_log.record_break_glass(access)
+    except (PersistenceError, psycopg.Error, sqlite3.Error, OSError) as error:
+        raise StoreUnavailable(
+            f"break-the-glass could not be recorded in the audit log ({type(error).__name__}), so nothing is "
+            "disclosed; try again shortly"
+        ) from error
+    services.wait_until_projected("break_glass", notification_id)

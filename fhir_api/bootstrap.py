@@ -29,7 +29,7 @@ from projections.identity import IdentityIndex
 from projections.ledger import Ledger, witness_path
 from projections.positions import PositionWatcher
 from projections.projector import Projector, projected_channel
-from projections.setup import open_view_database, resource_projector, resource_views
+from projections.setup import open_view_database, resource_projector, resource_views, terminology_projector
 
 __all__ = [
     "construct_compliance",
@@ -59,14 +59,18 @@ def single_store(settings: Settings, follow: bool) -> Services:
     views = construct_views(settings)
     projector = resource_projector(application, views, settings)
     identity = construct_identity(application, views, settings)
+    terminology = terminology_projector(application, views, settings.projection_batch_size)
     inline = settings.projects_inline or not settings.uses_postgres
     channel = projected_channel(settings.postgres_schema)
     if settings.uses_postgres:
-        projector.announce_to = identity.announce_to = channel
+        projector.announce_to = identity.announce_to = terminology.announce_to = channel
     if inline:
         projector.catch_up()
         identity.catch_up()
+        terminology.catch_up()
     compliance = construct_compliance(settings, application, views, follow)
+    if settings.uses_postgres:
+        compliance.break_glass_review.announce_to = channel
     services = _services(
         settings,
         application,
@@ -74,15 +78,16 @@ def single_store(settings: Settings, follow: bool) -> Services:
         projector,
         identity,
         compliance,
-        national={"resources": projector, "identity": identity},
+        national={"resources": projector, "identity": identity, "terminology": terminology},
     )
+    services.terminology = terminology
     if not inline and follow:
         # An ``ehr project`` worker applies the events; wait for its announcements instead.
         services.watcher = construct_watcher(services, channel)
     elif settings.uses_postgres and follow:
         # Other processes write too: follow their notifications, not only our own writes.
         log_channel = getattr(application.recorder, "channel_name", "ehr_events")
-        followed = [projector, cast(Any, identity)]  # IdentityIndex follows like a Projector (catch_up)
+        followed = [projector, cast(Any, identity), terminology]  # IdentityIndex follows like a Projector
         services.follower = LogFollower(followed, settings.postgres_conninfo(), log_channel)
         services.follower.start()
     return services
@@ -106,15 +111,19 @@ def federated(settings: Settings, follow: bool) -> Services:
     national = IdentityIndex(RecordApplication(settings), views, batch)  # the MPI's decisions: national
     identity = FederatedIdentity(federation.own, own, national, batch)
     identity.create_tables()
+    terminology = terminology_projector(own, views, batch, store=federation.own)
     channel = projected_channel(settings.postgres_schema)
-    projector.announce_to = identity.announce_to = channel
+    projector.announce_to = identity.announce_to = terminology.announce_to = channel
     compliance = construct_compliance(settings, own, views, follow, ledger_name=ledger_of(federation.own))
+    compliance.break_glass_review.announce_to = channel
     services = _services(settings, own, views, projector, identity, compliance, national={"identity": national})
     services.federation = federation
     services.store_factory = construct_store_projectors
+    services.terminology = terminology
     if settings.projects_inline:
         projector.catch_up()
         identity.catch_up()
+        terminology.catch_up()
     elif follow:
         services.watcher = construct_watcher(services, channel)
     return services
@@ -130,7 +139,7 @@ def _services(
     national: dict[str, Projector],
 ) -> Services:
     """``national``: the projectors of the logs in the views' own database, by registry name."""
-    built = {**national, "audit": compliance.audit_projector}
+    built = {**national, "audit": compliance.audit_projector, "break_glass": compliance.break_glass_review}
     assert set(built) <= set(NAMES), f"projections missing from fhir_api/registry.py: {set(built) - set(NAMES)}"
     main = {name: built[name] for name in NAMES if name in built}  # registry order: the order they are applied
     return Services(settings, application, views, projector, identity, compliance, main_projectors=main)
@@ -165,10 +174,11 @@ def construct_store_projectors(services: Services, store: str) -> list[Projector
     batch = services.settings.projection_batch_size
     projector = FederatedProjector(store, application, services.views, resource_views(), batch_size=batch)
     identity = FederatedIdentity(store, application, services.identity.national, batch)
-    for created in (projector, identity):
+    terminology = terminology_projector(application, services.views, batch, store=store)
+    for created in (projector, identity, terminology):
         created.create_tables()
         created.announce_to = services.projector.announce_to
-    return [projector, identity]
+    return [projector, identity, terminology]  # in the order of registry.per_store()
 
 
 def construct_store_ledger(services: Services, store: str, application: Any) -> Ledger:

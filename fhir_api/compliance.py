@@ -2,6 +2,8 @@
 
 - ``audit_log`` / ``audit_writer``: the separate append-only audit log and its group-commit writer;
 - ``audit_projector``: AuditEvent views over the audit log (caught up on demand, by their readers);
+- ``break_glass_review``: the break-the-glass review list, a projection of the audit log's break-the-glass
+  events (brought up to each one before its access is answered: ``Services.wait_until_projected``);
 - ``ledger`` / ``audit_ledger``: signed Merkle blocks over the clinical log and over the audit log;
 - ``sealer``: seals partly filled blocks every ``EHR_LEDGER_SEAL_SECONDS``.
 """
@@ -17,10 +19,12 @@ from eventsourcing.application import Application
 from ehr_core.audit import AuditLog, AuditSettings, AuditWriter
 from ehr_core.ledger import LedgerKey, LedgerSettings
 from ehr_core.settings import Settings
+from projections.access import BreakGlassReview
 from projections.audit import AuditProjector
 from projections.db import ViewDatabase
 from projections.ledger import Ledger, LedgerSealer, witness_path
 from projections.setup import audit_projector as audit_views_projector
+from projections.setup import break_glass_projector
 
 __all__ = ["Compliance"]
 
@@ -32,6 +36,7 @@ class Compliance:
     audit_log: AuditLog
     audit_writer: AuditWriter
     audit_projector: AuditProjector
+    break_glass_review: BreakGlassReview
     ledger: Ledger
     audit_ledger: Ledger
     key: LedgerKey
@@ -54,6 +59,8 @@ class Compliance:
         audit_log = AuditLog(settings)
         projector = audit_views_projector(audit_log, views, settings)
         projector.catch_up()
+        review = break_glass_projector(audit_log, views, settings)
+        review.catch_up()
         ledger = Ledger(
             application,
             views,
@@ -78,7 +85,7 @@ class Compliance:
         audit_settings = AuditSettings()
         writer = AuditWriter(audit_log, probe_seconds=audit_settings.probe_seconds)
         writer.start()
-        compliance = cls(audit_log, writer, projector, ledger, audit_ledger, key, audit_settings.enabled)
+        compliance = cls(audit_log, writer, projector, review, ledger, audit_ledger, key, audit_settings.enabled)
         if follow and ledger_settings.seal_seconds > 0:
             compliance.threads.append(LedgerSealer([ledger, audit_ledger], ledger_settings.seal_seconds))
         for thread in compliance.threads:

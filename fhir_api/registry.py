@@ -28,6 +28,8 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection("resources", "ehr", "read, history, search, provenance, access, erasures", per_store=True),
     Projection("identity", "ehr", "the master patient index", per_store=True),
     Projection("audit", "audit", "the AuditEvent views", per_store=False),
+    Projection("terminology", "ehr", "the CodeSystems, ValueSets, ConceptMaps of $expand...", per_store=True),
+    Projection("break_glass", "audit", "the break-the-glass review list", per_store=False),
 )
 
 NAMES: tuple[str, ...] = tuple(projection.name for projection in PROJECTIONS)

@@ -19,7 +19,21 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import bulk_import, everything, export, ledger, match, person, summary  # Ledger
+from fhir_api.operations import (  # Ledger; and the terminology service: expand, lookup, subsumes...
+    bulk_import,
+    everything,
+    expand,
+    export,
+    ledger,
+    lookup,
+    match,
+    person,
+    subsumes,
+    summary,
+    translate,
+    validate,
+    validate_code,
+)
 
 __all__ = ["adopt_routes", "fhir_router"]
 
@@ -36,16 +50,22 @@ def fhir_router() -> APIRouter:
     # Operations first: ``$export`` would otherwise be taken for a resource type or id.
     adopt_routes(router, export.router)
     adopt_routes(router, bulk_import.router)  # $import and its status
-    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
+    # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance; history
+    # before them, or ``AuditEvent/_history`` would be taken for a read of the id ``_history``.
     adopt_routes(router, ledger.router)
+    adopt_routes(router, history.router)
     adopt_routes(router, audit_resources.router)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
         adopt_routes(router, operation.router)
+    # Terminology (R4 terminology-service.html): before read, which would take ``$expand`` for an id.
+    for operation in (lookup, subsumes, expand, validate_code, translate):
+        adopt_routes(router, operation.router)
+    adopt_routes(router, validate.router)  # before create and read, which would take ``$validate`` for an id
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
     # Binary's native content (read, vread, create, update) before the generic interactions; after history
-    # and search, whose ``Binary/_history`` and ``Binary/_search`` are not ids.
-    for interaction in (capabilities, history, search, binary, create, read, update, patch, delete):
+    # (included above) and search, whose ``Binary/_history`` and ``Binary/_search`` are not ids.
+    for interaction in (capabilities, search, binary, create, read, update, patch, delete):
         if interaction is read:  # Patient served with links, Person as the golden record
             adopt_routes(router, person.read_router)
         adopt_routes(router, interaction.router)

@@ -27,6 +27,7 @@ from projections.follower import LogFollower
 from projections.identity import IdentityIndex
 from projections.positions import PositionWatcher
 from projections.projector import Projector, tracking_position
+from projections.terminology.store import TERMINOLOGY_TYPES, TerminologyStore
 
 __all__ = ["Services", "home_store_async", "ledger_of"]
 
@@ -60,6 +61,8 @@ class Services:
     federation: Federation | None = None
     #: In a federation: builds the per-store projectors of another institution's store (``registry.per_store``).
     store_factory: Callable[[Services, str], list[Projector]] | None = None
+    #: The terminology store's projector of this server's own log (``projections/terminology``).
+    terminology: Projector | None = None
     _other_stores: dict[str, list[Projector]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,20 +83,31 @@ class Services:
         """Read-your-writes: block until the projections have applied ``written`` (at most the projection wait)."""
         if written is None or written.notification_id is None:
             return
-        needed: list[Projector] = self.store_projectors(written.store)
-        if written.resource_type != "Patient":
-            needed = needed[:1]
+        own = self.store_projectors(written.store)  # resources, identity, terminology (registry.per_store)
+        needed = own[:1]
+        if written.resource_type == "Patient":
+            needed = own[:2]
+        elif written.resource_type in TERMINOLOGY_TYPES:
+            needed = [own[0], *own[2:3]]
+        self._wait_for(needed, written.store, written.notification_id)
+
+    def wait_until_projected(self, name: str, notification_id: int) -> None:
+        """Read-your-writes for a projection of a log in the views' own database (``main_projectors``), e.g.
+        the break-the-glass review list of the audit log: block until it has applied ``notification_id``."""
+        self._wait_for([self.main_projectors[name]], "", notification_id)
+
+    def _wait_for(self, needed: Sequence[Projector], store: str, notification_id: int) -> None:
         caught_up = {}
         for projector in needed:
-            if self._applied(projector, written.store, written.notification_id):
-                caught_up[projector.name] = written.notification_id
+            if self._applied(projector, store, notification_id):
+                caught_up[projector.name] = notification_id
             else:
                 # The write is durable and its answer is right; only the views lag. Answering beats a
                 # timeout the client would retry into a duplicate.
                 log.warning(
                     "projection %r has not applied notification %s: is `ehr project` running, is the store up?",
                     projector.name,
-                    written.notification_id,
+                    notification_id,
                 )
         # With a read replica, the answer waits for the replica to replay what was applied.
         if not self.views.settle(caught_up, self.settings.projection_wait_seconds):
@@ -121,7 +135,7 @@ class Services:
 
     def store_projectors(self, store: str) -> list[Projector]:
         """The per-store projectors (resources, identity) of the log ``written`` went to (any store's)."""
-        own = [self.projector, self.identity]
+        own = [self.projector, self.identity, *([self.terminology] if self.terminology is not None else [])]
         if self.federation is None or store in ("", self.federation.own):
             return own
         with self._lock:
@@ -160,6 +174,16 @@ class Services:
             self.identity.catch_up()
             self.views.settle({self.identity.name: self.identity.position}, self.settings.projection_wait_seconds)
         return self.identity
+
+    def terminology_current(self) -> TerminologyStore:
+        """The terminology store, caught up with this server's log (read-your-writes for the operations)."""
+        # Its positions are its log's own ids (a store's, in a federation): compared with that log's head.
+        if self.terminology is None:
+            return TerminologyStore(self.views)
+        before = self.terminology.position
+        if self.terminology.catch_up_if_behind() > before:
+            self.views.settle({self.terminology.name: self.terminology.position}, self.settings.projection_wait_seconds)
+        return TerminologyStore(self.views)
 
     def close(self) -> None:
         if self.follower is not None:

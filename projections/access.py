@@ -34,9 +34,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+from eventsourcing.persistence import Notification
+from eventsourcing.utils import get_topic
 
+from ehr_core.application import format_instant
+from ehr_core.audit import BreakGlassAccess
 from projections.changes import Change
-from projections.db import Dialect, Tx
+from projections.db import Dialect, Tx, ViewDatabase
+from projections.projector import Projector
 from projections.resources import HistoryEntry
 from projections.view import View
 
@@ -44,15 +49,15 @@ __all__ = [
     "INSTITUTION_SYSTEM",
     "SHARED_TYPES",
     "AccessView",
+    "BreakGlassReview",
     "Viewer",
     "audit_clause",
     "audit_entry_visible",
     "break_glass_entries",
-    "break_glass_review_counts",
+    "break_glass_listed",
     "consent_grants",
     "count_visible_history",
     "institution_clause",
-    "log_break_glass",
     "owner_of",
     "owners_and_consent",
     "provenance_clause",
@@ -270,13 +275,6 @@ class AccessView(View):
         tx.execute("CREATE INDEX IF NOT EXISTS consent_grants_patient ON consent_grants (patient_id, institution)")
         # Whether an institution holds any consent at all (asked before each filtered search).
         tx.execute("CREATE INDEX IF NOT EXISTS consent_grants_institution ON consent_grants (institution)")
-        # Not a projection (it is written by the access policy at request time, and a rebuild must keep it),
-        # so it is not in ``tables``: break-the-glass grants waiting for review.
-        tx.execute(
-            "CREATE TABLE IF NOT EXISTS break_glass_log (recorded TEXT NOT NULL, institution TEXT NOT NULL, "
-            "unit TEXT, user_id TEXT NOT NULL, role TEXT, reason TEXT NOT NULL, target TEXT NOT NULL, "
-            "reviewed INTEGER NOT NULL DEFAULT 0)"
-        )
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
         tx.executemany(
@@ -447,12 +445,10 @@ def visible_page(
     return [(str(row[0]), bytes(row[1])) for row in rows]
 
 
-def break_glass_review_counts(tx: Tx) -> dict[tuple[str, str, str], int]:
-    """How many break-the-glass accesses the review list holds per (institution, user, reason)."""
-    rows = tx.execute(
-        "SELECT institution, user_id, reason, COUNT(*) FROM break_glass_log GROUP BY institution, user_id, reason"
-    ).fetchall()
-    return {(str(r[0]), str(r[1]), str(r[2])): int(r[3]) for r in rows}
+def break_glass_listed(tx: Tx) -> dict[int, tuple[str, str, str]]:
+    """The review list by audit log position: (institution, user, reason) of each listed access."""
+    rows = tx.execute("SELECT audit_nid, institution, user_id, reason FROM break_glass_log").fetchall()
+    return {int(r[0]): (str(r[1]), str(r[2]), str(r[3])) for r in rows}
 
 
 def owner_of(tx: Tx, resource_type: str, resource_id: str) -> str | None:
@@ -481,24 +477,6 @@ def owners_and_consent(
     return [(str(row[0]), bool(int(row[1]))) for row in rows]
 
 
-def log_break_glass(
-    tx: Tx,
-    recorded: str,
-    institution: str,
-    unit: str | None,
-    user: str,
-    role: str | None,
-    reason: str,
-    target: str,
-) -> None:
-    """List a break-the-glass access for review (who, institution, why, what, when)."""
-    tx.execute(
-        "INSERT INTO break_glass_log (recorded, institution, unit, user_id, role, reason, target) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (recorded, institution, unit, user, role, reason, target),
-    )
-
-
 def break_glass_entries(tx: Tx, patient_ids: Sequence[str], limit: int = 200) -> list[tuple[Any, ...]]:
     """Listed break-the-glass accesses to these Patient records (or their ``$everything``) or to resources in
     their compartments, newest first: (recorded, institution, unit, user, role, reason, target)."""
@@ -510,10 +488,116 @@ def break_glass_entries(tx: Tx, patient_ids: Sequence[str], limit: int = 200) ->
         "SELECT recorded, institution, unit, user_id, role, reason, target FROM break_glass_log "
         f"WHERE target IN ({marks}) OR target IN ({', '.join('?' for _ in patterns)}) "
         "OR target IN (SELECT resource_type || '/' || resource_id FROM resource_compartments "
-        f"WHERE patient_id IN ({marks})) ORDER BY recorded DESC LIMIT ?",
+        f"WHERE patient_id IN ({marks})) ORDER BY audit_nid DESC LIMIT ?",
         (*[f"Patient/{p}/$everything" for p in patient_ids], *patterns, *patient_ids, limit),
     ).fetchall()
     return [tuple(row) for row in rows]
+
+
+# -- the break-the-glass review list: a projection of the audit log -------------------------------------
+
+_GRANTED = get_topic(BreakGlassAccess.Granted)
+_REVIEW_COLUMNS = ("audit_nid", "recorded", "institution", "unit", "user_id", "role", "reason", "target")
+
+
+class BreakGlassReview(Projector):
+    """The break-the-glass review list (``break_glass_log``): one row per
+    :class:`ehr_core.audit.BreakGlassAccess` event of the audit log, keyed by its notification id, so
+    ``ehr rebuild break_glass`` gives the same rows and ``ehr verify --log audit`` can match each signed
+    event to its row. Only those events are read (by topic, which the log keeps in plain text): the audit
+    log holds one entry per API interaction, and break-the-glass accesses are few among them."""
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return ("break_glass_log",)
+
+    def beside(self, database: ViewDatabase) -> BreakGlassReview:
+        return BreakGlassReview(self.application, database, [], self.name, self.batch_size)
+
+    def create_tables(self) -> None:
+        with self.database.write() as tx:
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS projection_tracking (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+            if "audit_nid" not in _columns(tx, self.database.dialect, "break_glass_log"):
+                _keep_legacy_list(tx, self.database.dialect)
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS break_glass_log (audit_nid BIGINT PRIMARY KEY, recorded TEXT NOT NULL, "
+                "institution TEXT NOT NULL, unit TEXT, user_id TEXT NOT NULL, role TEXT, reason TEXT NOT NULL, "
+                "target TEXT NOT NULL)"
+            )
+            tx.execute("CREATE INDEX IF NOT EXISTS break_glass_log_target ON break_glass_log (target)")
+            tx.execute(
+                "INSERT INTO projection_tracking (name, position) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+                (self.name,),
+            )
+
+    def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
+        """The next break-the-glass events after ``position``; when they are fewer than a batch, the log's
+        last notification too (applied as nothing), so the tracking row reaches the log's head and the lag
+        reported is the review list's, not the count of audit entries since the last access."""
+        recorder = self.application.recorder
+        head = recorder.max_notification_id() or 0
+        if head <= position:
+            return []
+        found = list(
+            recorder.select_notifications(start=position + 1, limit=self.batch_size, stop=head, topics=[_GRANTED])
+        )
+        if len(found) < self.batch_size and (not found or found[-1].id < head):
+            # Every notification up to ``head`` was committed when it was read (the log appends in order).
+            found += recorder.select_notifications(start=head, limit=1, stop=head)
+        return found
+
+    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> int | None:
+        rows = []
+        for notification in notifications:
+            if notification.topic != _GRANTED:
+                continue
+            event = self.application.mapper.to_domain_event(notification)
+            assert isinstance(event, BreakGlassAccess.Granted)
+            rows.append(
+                (
+                    notification.id,
+                    format_instant(event.timestamp),
+                    event.institution,
+                    event.unit,
+                    event.user,
+                    event.role,
+                    event.reason,
+                    event.target,
+                )
+            )
+        tx.insert("break_glass_log", _REVIEW_COLUMNS, rows)
+        return None
+
+    def reset(self) -> None:
+        with self._lock, self.database.write() as tx:
+            tx.execute("DELETE FROM break_glass_log")
+            tx.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?", (self.name,))
+            self._position = 0
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        with self.database.read() as tx:
+            return {"break_glass_log": tx.execute("SELECT * FROM break_glass_log ORDER BY audit_nid").fetchall()}
+
+
+def _columns(tx: Tx, dialect: Dialect, table: str) -> list[str]:
+    if dialect == "postgres":
+        rows = tx.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = current_schema()",
+            (table,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+    return [str(r[1]) for r in tx.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
+def _keep_legacy_list(tx: Tx, dialect: Dialect) -> None:
+    """A review list from before break-the-glass was an event (written at request time, in no log, so no
+    rebuild can give its rows back): kept as ``break_glass_log_legacy`` for its reviewers, untouched."""
+    if not _columns(tx, dialect, "break_glass_log"):
+        return
+    tx.execute("ALTER TABLE break_glass_log RENAME TO break_glass_log_legacy")
 
 
 def audit_entry_visible(tx: Tx, viewer: Viewer, *, entry_id: str | None = None, audit_nid: int | None = None) -> bool:

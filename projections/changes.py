@@ -20,7 +20,7 @@ class Change:
     version: int
     last_updated: str
     recorded: datetime
-    #: The HTTP method of the history entry: POST, PUT or DELETE.
+    #: The HTTP method of the history entry: POST, PUT, PATCH or DELETE.
     method: str
     #: The stored resource; None for a retraction.
     body: bytes | None
@@ -38,7 +38,9 @@ def change_from_event(notification_id: int, event: Any) -> Change | None:
         method = "PUT" if event.context.get("interaction") == "update" else "POST"
         body: bytes | None = event.resource.encode()
     elif isinstance(event, ResourceStream.Revised):
-        method, body = "PUT", event.resource.encode()
+        # R4 Bundle.entry.request.method: "in a history bundle, this indicates the HTTP action that occurred".
+        method = "PATCH" if event.context.get("interaction") == "patch" else "PUT"
+        body = event.resource.encode()
     elif isinstance(event, ResourceStream.Retracted):
         method, body = "DELETE", None
     else:

@@ -24,7 +24,7 @@ __all__ = ["ProvenanceView", "StoredProvenance", "provenance_for_patient", "prov
 
 CLUES = "urn:oid:2.16.840.1.113883.4.631"
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:ehr-core:provenance")
-_ACTIVITY = {"POST": "CREATE", "PUT": "UPDATE", "DELETE": "DELETE"}
+_ACTIVITY = {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "UPDATE", "DELETE": "DELETE"}
 
 
 def provenance_id(resource_type: str, resource_id: str, version: int) -> str:

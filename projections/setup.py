@@ -7,17 +7,26 @@ from typing import Any
 from eventsourcing.application import Application
 
 from ehr_core.settings import Settings
-from projections.access import AccessView
+from projections.access import AccessView, BreakGlassReview
 from projections.audit import AuditProjector
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
+from projections.federation import tracking_name
 from projections.privacy import PrivacyView
 from projections.projector import Projector
 from projections.provenance import ProvenanceView
 from projections.resources import ResourceViews
 from projections.search import FullTextIndex, SearchIndex
+from projections.terminology.store import TerminologyView
 from projections.view import View
 
-__all__ = ["audit_projector", "open_view_database", "resource_projector", "resource_views"]
+__all__ = [
+    "audit_projector",
+    "break_glass_projector",
+    "open_view_database",
+    "resource_projector",
+    "resource_views",
+    "terminology_projector",
+]
 
 
 def open_view_database(settings: Settings, schema: str | None = None) -> ViewDatabase:
@@ -46,8 +55,28 @@ def resource_projector(application: Application[Any], database: ViewDatabase, se
     return projector
 
 
+def terminology_projector(
+    application: Application[Any], database: ViewDatabase, batch_size: int, store: str | None = None
+) -> Projector:
+    """The terminology store: its own projection, so that a rebuild of it, or its lag, concerns the
+    terminology operations only. Tracking row ``terminology``, or ``terminology@{store}`` for one
+    institution's log in a federation: its rows hold no notification id, so it needs no national positions
+    (``federation_log`` is the resource projector's) and follows the store's own ids."""
+    name = "terminology" if store is None else tracking_name("terminology", store)
+    projector = Projector(application, database, [TerminologyView()], name=name, batch_size=batch_size)
+    projector.create_tables()
+    return projector
+
+
 def audit_projector(audit_log: Application[Any], database: ViewDatabase, settings: Settings) -> AuditProjector:
     """The AuditEvent views over the audit log (tracking row ``audit``), their tables created."""
     projector = AuditProjector(audit_log, database, [], name="audit", batch_size=settings.projection_batch_size)
+    projector.create_tables()
+    return projector
+
+
+def break_glass_projector(audit_log: Application[Any], database: ViewDatabase, settings: Settings) -> BreakGlassReview:
+    """The break-the-glass review list over the audit log (tracking row ``break_glass``), its table created."""
+    projector = BreakGlassReview(audit_log, database, [], name="break_glass", batch_size=settings.projection_batch_size)
     projector.create_tables()
     return projector

@@ -2,7 +2,8 @@
 
 Three bodies are understood: JSON Patch (``application/json-patch+json``, or a Binary carrying one in a
 Bundle), FHIRPath Patch (a ``Parameters`` resource, R4 §3.1.0.5) and JSON Merge Patch
-(``application/merge-patch+json``, or a partial resource sent as plain JSON, as fhirpy does).
+(``application/merge-patch+json``, or a partial resource sent as plain JSON, as fhirpy does; in a Bundle, a
+Binary whose ``contentType`` says so, which is how a conditional PATCH of one travels).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ Change = Callable[[dict[str, Any]], dict[str, Any]]
 (:class:`~ehr_core.errors.MalformedPatch` or :class:`~ehr_core.errors.PatchNotApplicable`)."""
 
 
-def _binary_json_patch(binary: dict[str, Any]) -> Any:
+def _binary_json(binary: dict[str, Any], kind: str) -> Any:
     try:
         return fhir_json.loads(base64.b64decode(binary.get("data", ""), validate=True))
     except (ValueError, fhir_json.JsonError) as error:
-        raise InvalidResource([Issue("invalid", f"Binary.data is not a base64 JSON Patch: {error}")]) from None
+        raise InvalidResource([Issue("invalid", f"Binary.data is not a base64 {kind}: {error}")]) from None
 
 
 def patch_change(media_type: str | None, body: Any) -> Change:
@@ -42,7 +43,12 @@ def patch_change(media_type: str | None, body: Any) -> Change:
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
         return lambda current: apply_fhirpath_patch(current, body, is_repeating=is_repeating)
     if isinstance(body, dict) and body.get("resourceType") == "Binary" and media_type is None:
-        operations = _binary_json_patch(body)
+        if body.get("contentType") == MERGE_PATCH:
+            merge = _binary_json(body, "JSON Merge Patch")
+            if not isinstance(merge, dict):
+                raise InvalidResource([Issue("invalid", "a JSON Merge Patch of a resource is a JSON object")])
+            return lambda current: apply_merge_patch(current, merge)
+        operations = _binary_json(body, "JSON Patch")
         return lambda current: apply_json_patch(current, operations)
     if media_type in (MERGE_PATCH, "application/json") and isinstance(body, dict):
         return lambda current: apply_merge_patch(current, body)

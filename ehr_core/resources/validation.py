@@ -1,4 +1,5 @@
-"""Validation against the FHIR R4B models (the one place ``fhir.resources`` is used) and R4's required codes.
+"""Validation against the FHIR R4B models (the one place ``fhir.resources`` is used), R4's required
+bindings and its error-level invariants.
 
 The model is only a checker. Its output is thrown away: a model dump rewrites timestamps, decimals and
 base64 (see shared/corpus/README.md), so the stored bytes are always the client's own.
@@ -17,7 +18,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from ehr_core.errors import InvalidResource, Issue
-from ehr_core.resources.bindings import required_code_issues
+from ehr_core.resources.bindings import required_code_issues, required_coding_issues
+from ehr_core.resources.invariants import invariant_issues
 from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
 
 __all__ = ["is_repeating", "is_valid_id", "validate"]
@@ -71,12 +73,23 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
             for detail in error.errors(include_url=False)[:20]
         ]
         raise InvalidResource(issues) from None
-    except (ValueError, TypeError, RecursionError) as error:
+    except (ValueError, TypeError, KeyError, RecursionError) as error:  # KeyError: a contained resourceType R4B lacks
         raise InvalidResource([Issue("structure", f"invalid {resource_type}: {error}")]) from None
-    outside = required_code_issues(resource, resource_type)
-    if outside:
-        raise InvalidResource(outside)
+    issues = conformance_issues(resource, resource_type)
+    if issues:
+        raise InvalidResource(issues)
     return resource_type
+
+
+def conformance_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
+    """What the models do not check, for a resource they accept: required bindings (R4
+    terminologies.html#required) and error-level invariants (R4 conformance-rules.html#constraints), one
+    issue per broken rule."""
+    return [
+        *required_code_issues(resource, resource_type),
+        *required_coding_issues(resource, resource_type),
+        *invariant_issues(resource, resource_type),
+    ]
 
 
 # R4 §2.24.0.2 "string": "Strings SHALL NOT contain Unicode character points below 32, except for u0009

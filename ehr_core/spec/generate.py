@@ -9,6 +9,7 @@ committed module differs from what the definitions give. The server never import
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -18,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ehr_core.spec.bindings_generator import required_codes_module
+from ehr_core.spec.invariants_generator import invariants_module
+from ehr_core.spec.terminology_generator import terminology_tables
 
 __all__ = [
     "TARGETS",
     "definitions_dir",
     "patient_compartment_module",
+    "same",
     "search_definitions_module",
     "search_parameter_index",
     "stored_types",
@@ -287,12 +291,30 @@ DEFINITIONS = MappingProxyType({resource_type: _parse(text) for resource_type, t
 """
 
 
-#: Each generated module: its path in the repository and the function that writes its text.
-TARGETS: dict[str, Callable[[Path], str]] = {
+#: Each generated file: its path in the repository and the function that writes its text (a module) or
+#: its bytes (a gzip'd data file, too large to keep as source: compared decompressed, see :func:`same`).
+TARGETS: dict[str, Callable[[Path], str | bytes]] = {
     "ehr_core/spec/patient_compartment.py": patient_compartment_module,
     "projections/search/definitions.py": search_definitions_module,
     "ehr_core/spec/required_codes.py": required_codes_module,
+    "ehr_core/spec/terminology.json.gz": terminology_tables,
+    "ehr_core/spec/invariants.py": invariants_module,
 }
+
+
+def same(relative: str, generated: str | bytes, committed: bytes | None) -> bool:
+    """Whether a committed file is what its generator gives. A ``.gz`` is compared by its content: another
+    zlib may compress the same bytes differently, which is no drift."""
+    if committed is None:
+        return False
+    if isinstance(generated, str):
+        return committed == generated.encode("utf-8")
+    if relative.endswith(".gz"):
+        try:
+            return gzip.decompress(committed) == gzip.decompress(generated)
+        except (OSError, EOFError):  # not gzip at all: it differs
+            return False
+    return committed == generated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,14 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     for relative, generate in TARGETS.items():
         target = _REPO / relative
         text = generate(directory)
-        current = target.read_text(encoding="utf-8") if target.exists() else None
-        if current == text:
+        current = target.read_bytes() if target.exists() else None
+        if same(relative, text, current):
             continue
         differs = True
         if arguments.check:
             print(f"{relative} differs from what {directory} gives (run `make spec`)", file=sys.stderr)
         else:
-            target.write_text(text, encoding="utf-8")
+            target.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
             print(f"wrote {relative}")
     return 1 if differs and arguments.check else 0
 

@@ -123,8 +123,7 @@ def policy(request: Request, caller: Caller, need: Need, reason: str | None) -> 
         decision = decide(tx, institution, target=need.target, patient=patient, break_glass=reason)
     if decision.basis == "break-the-glass" and reason is not None:
         what = f"{need.target[0]}/{need.target[1]}" if need.target else f"Patient/{patient}/$everything"
-        with services.views.write() as tx:
-            record_break_glass(tx, caller.claims, reason, what)
+        record_break_glass(services, caller.claims, reason, what)
     return decision
 
 

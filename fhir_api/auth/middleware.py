@@ -16,14 +16,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ehr_core.application import UNKNOWN_INSTITUTION
-from ehr_core.errors import Issue
+from ehr_core.errors import Issue, RecordError
 from ehr_core.settings import Settings
 from fhir_api.auth.decision import Caller, policy, scope_refusal
 from fhir_api.auth.issuers import Issuers
 from fhir_api.auth.needs import need_of
 from fhir_api.auth.scopes import covered, parse_scopes
 from fhir_api.auth.tokens import TokenError
-from fhir_api.errors import outcome_response
+from fhir_api.errors import headers_of, outcome_response, status_of
 
 __all__ = ["DISABLED", "AuthMiddleware"]
 
@@ -103,7 +103,11 @@ class AuthMiddleware:
             return
         if not need.write and (need.target is not None or need.patient_operation is not None):
             reason = request.headers.get("x-ehr-break-glass", "").strip() or None
-            decision = await _run_sync(policy, request, caller, need, reason)
+            try:
+                decision = await _run_sync(policy, request, caller, need, reason)
+            except RecordError as error:  # e.g. a break-the-glass access that could not be recorded (503)
+                await outcome_response(status_of(error), error.issues, headers_of(error))(scope, receive, send)
+                return
             if not decision.permitted:
                 what = f"{need.target[0]}/{need.target[1]}" if need.target else f"Patient/{need.patient_operation}"
                 message = (

@@ -38,6 +38,9 @@ def need_of(method: str, path: str, query: str = "") -> Need:
     if operation is not None:
         if parts[0] == "Patient" and len(parts) == 3 and operation in ("$everything", "$summary", "$person"):
             return Need("*", "rs", patient_operation=parts[1])
+        if operation == "$validate":  # as a read of the type, or of the instance named
+            target = (parts[0], parts[1]) if len(parts) == 3 else None
+            return Need(parts[0], "r", target=target)
         if operation in ("$link", "$unlink"):
             return Need(parts[0], "u", write=True)
         if operation in ("$match", "$ihe-pix", "$review"):

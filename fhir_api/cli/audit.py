@@ -54,7 +54,7 @@ def replay(tx: Tx, patients: list[str], since: str | None, until: str | None) ->
     for patient in patients:
         for write in provenance_for_patient(tx, patient, low, high):
             context = write.context
-            action = {"POST": "create", "PUT": "update", "DELETE": "delete"}[write.method]
+            action = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}[write.method]
             lines.append(
                 ReplayLine(
                     write.recorded,

@@ -1,7 +1,8 @@
 """``ehr rebuild [NAME…]``: rebuild projections from zero beside the live ones and swap them in.
 
 NAME is one of the projections of ``fhir_api/registry.py`` (``resources``: read, history, search, provenance,
-access, erasures; ``identity``: the master patient index; ``audit``: the AuditEvent views); none means all.
+access, erasures; ``identity``: the master patient index; ``audit``: the AuditEvent views; ``break_glass``: the
+break-the-glass review list); none means all.
 The ledgers are not projections to rebuild: they are signed chains, checked by ``ehr verify``. The server may
 keep running.
 """

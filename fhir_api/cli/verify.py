@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ehr_core.application import RecordApplication
-from ehr_core.audit import AuditLog
+from ehr_core.audit import AuditLog, BreakGlassAccess
 from ehr_core.ledger import BlockHead, LedgerKey, LedgerSettings, check_proof, load_public_key
 from ehr_core.settings import Settings
 from fhir_api.services import ledger_of
-from projections.access import break_glass_review_counts
+from projections.access import break_glass_listed
 from projections.ledger import VerifyReport, raw_reader, read_witness, sealed_events, verify, witness_path
 from projections.projector import create_quarantine_table, quarantined_events
 from projections.setup import open_view_database
@@ -92,38 +91,47 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_break_glass_review(settings: Settings) -> int:
-    """Every break-the-glass access the signed audit log records (purpose ``BTG`` with its reason) must be on
-    the review list a compliance officer works from: a row removed from that list, which is a plain table,
-    is found here against the log the ledger vouches for."""
+    """The review list a compliance officer works from (``break_glass_log``) is a projection of the
+    break-the-glass events of the audit log, which its ledger signs: every event must have its row, and
+    every row its event. A row deleted from the table (or one added without an access behind it) is found
+    here, and ``ehr rebuild break_glass`` puts back what the log says."""
     audit_log = AuditLog(settings)
     views = open_view_database(settings)
     try:
-        audited: Counter[tuple[str, str, str]] = Counter()
+        recorded: dict[int, tuple[str, str, str]] = {}
         start = 1
         while True:
             notifications = audit_log.recorder.select_notifications(start=start, limit=1000)
             for notification in notifications:
-                entry = getattr(audit_log.mapper.to_domain_event(notification), "entry", {})
-                if entry.get("purpose") == "BTG" and entry.get("reason"):
-                    audited[(str(entry["institution"]), str(entry["user"]), str(entry["reason"]))] += 1
+                event = audit_log.mapper.to_domain_event(notification)
+                if isinstance(event, BreakGlassAccess.Granted):
+                    recorded[notification.id] = (event.institution, event.user, event.reason)
             if len(notifications) < 1000:
                 break
             start = notifications[-1].id + 1
         with views.read() as tx:
-            listed = break_glass_review_counts(tx)
+            listed = break_glass_listed(tx)
     finally:
         views.close()
         audit_log.close()
-    missing = {key: count - listed.get(key, 0) for key, count in audited.items() if listed.get(key, 0) < count}
-    if not missing:
-        print(f"break-the-glass review list complete: {sum(audited.values())} accesses in the audit log")
+    missing = sorted(set(recorded) - set(listed))
+    unrecorded = sorted(set(listed) - set(recorded))
+    if not missing and not unrecorded:
+        print(f"break-the-glass review list complete: {len(recorded)} accesses in the audit log")
         return 0
-    (institution, user, reason), count = next(iter(missing.items()))
-    print(
-        f"FAILED: {sum(missing.values())} break-the-glass accesses in the signed audit log are missing from the "
-        f"review list (break_glass_log), e.g. {count} by {user} of {institution} ({reason!r}); restore the list "
-        "from a backup or from `ehr audit replay`, and find who deleted them"
-    )
+    if missing:
+        institution, user, reason = recorded[missing[0]]
+        problem = (
+            f"{len(missing)} break-the-glass accesses in the signed audit log are missing from the review list "
+            f"(break_glass_log), e.g. #{missing[0]} by {user} of {institution} ({reason!r})"
+        )
+    else:
+        institution, user, reason = listed[unrecorded[0]]
+        problem = (
+            f"{len(unrecorded)} rows of the review list (break_glass_log) have no break-the-glass access in the "
+            f"signed audit log, e.g. #{unrecorded[0]} by {user} of {institution} ({reason!r})"
+        )
+    print(f"FAILED: {problem}; `ehr rebuild break_glass` restores the list from the log; find who changed it")
     return 1
 
 

@@ -70,7 +70,8 @@ def _includes() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
             includes.setdefault(source, []).append(f"{source}:{code}")
             targets = types if "Resource" in param.targets or not param.targets else param.targets
             for target in targets:
-                revincludes.setdefault(target, []).append(f"{source}:{code}")
+                if target not in LOG_SEARCH_PARAMETERS:  # their searches take no _revinclude either
+                    revincludes.setdefault(target, []).append(f"{source}:{code}")
     return includes, revincludes
 
 

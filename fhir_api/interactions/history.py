@@ -33,7 +33,7 @@ router = APIRouter()
 
 DEFAULT_COUNT = 50
 
-_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+_STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
 
 
 def _count(value: str | None) -> int | None:

@@ -68,8 +68,13 @@ async def conditional_patch(resource_type: str, request: Request, services: Serv
     if media == JSON_PATCH:
         # In a Bundle a JSON Patch travels as a Binary; wrap it so the entry means the same thing.
         body = {"resourceType": "Binary", "contentType": JSON_PATCH, "data": _base64_json(body)}
+    elif not isinstance(body, dict):
+        raise InvalidResource(
+            [Issue("invalid", f"PATCH takes {JSON_PATCH}, a FHIRPath Patch Parameters, or {MERGE_PATCH}")]
+        )
     elif media in (MERGE_PATCH, "application/json") and body.get("resourceType") != "Parameters":
-        raise InvalidResource([Issue("not-supported", "conditional PATCH takes JSON Patch or FHIRPath Patch")])
+        # A merge patch (fhirpy's ``search(...).patch(field=value)``), as the instance PATCH takes it.
+        body = {"resourceType": "Binary", "contentType": MERGE_PATCH, "data": _base64_json(body)}
     prefer, base = prefer_return(request), base_url(request)
     return await run_conditional(request, services, "PATCH", url, body, context, prefer, base)
 

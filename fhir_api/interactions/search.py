@@ -185,10 +185,9 @@ def _respond(services: Services, request: Request, bundle: dict[str, Any], pages
         request.state.ehr_access = "filtered"
     headers: dict[str, str] = {}
     if caller is not None and reason is not None and any(page.break_glass_used for page in pages):
-        with services.views.write() as tx:
-            # The query may name the patient (name=, identifier=): the audit entry keeps it; the
-            # review list, a plain view table, says only what kind of access it was.
-            record_break_glass(tx, caller.claims, reason, what)
+        # The query may name the patient (name=, identifier=): the audit entry keeps it; the review
+        # list says only what kind of access it was.
+        record_break_glass(services, caller.claims, reason, what)
         request.state.ehr_break_glass = True
         headers["X-EHR-Break-Glass"] = "granted"
     return Response(orjson.dumps(bundle), media_type=FHIR_JSON, headers=headers)

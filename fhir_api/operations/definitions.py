@@ -12,7 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OPERATIONS", "Operation", "Param", "by_id", "definition_resource", "operations_for"]
+from ehr_core.resources.types import supported_types
+
+__all__ = [
+    "OPERATIONS",
+    "TERMINOLOGY_OPERATIONS",
+    "Operation",
+    "Param",
+    "by_id",
+    "definition_resource",
+    "operations_for",
+]
 
 
 @dataclass(frozen=True)
@@ -245,6 +255,23 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
     ),
     Operation(
+        "validate",
+        "validate",
+        "Validate",
+        "Checks a resource as a create, update or delete would (the R4 models, required bindings, error-level"
+        " invariants, identifier rules) and stores nothing: an OperationOutcome listing every issue.",
+        resource=supported_types(),  # every type this server stores (R4's definition says Resource)
+        type=True,
+        instance=True,
+        base="http://hl7.org/fhir/OperationDefinition/Resource-validate",
+        parameters=(
+            Param("resource", "Resource", documentation="The resource (or send it alone as the body)"),
+            Param("mode", "code", documentation="create | update | delete"),
+            Param("profile", "uri", documentation="Only the core profile of the type is supported"),
+        ),
+        outputs=(Param("return", "OperationOutcome", min=1, use="out", documentation="Every issue found"),),
+    ),
+    Operation(
         "ledger-key",
         "ledger-key",
         "LedgerKey",
@@ -274,6 +301,132 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )
 
+_TERMINOLOGY = "http://hl7.org/fhir/OperationDefinition/"
+_SYSTEM = Param("system", "uri", documentation="The code system's canonical url")
+_CODING = "A Coding (POST) instead of system and code"
+
+#: The terminology service (R4 terminology-service.html): the spec's CodeSystems and ValueSets and those
+#: users stored (projections/terminology). Each is the spec's definition narrowed to what is supported.
+TERMINOLOGY_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "lookup",
+        "lookup",
+        "CodeSystemLookup",
+        "Details of a code of a code system: name, display, designations and properties (parent and child).",
+        resource=("CodeSystem",),
+        type=True,
+        base=_TERMINOLOGY + "CodeSystem-lookup",
+        parameters=(
+            Param("code", "code", documentation="The code to look up"),
+            _SYSTEM,
+            Param("version", "string", documentation="The code system's version"),
+            Param("coding", "Coding", documentation=_CODING),
+            Param("property", "code", max="*", documentation="Only these properties (parent, child, ...)"),
+        ),
+        outputs=(
+            Param("name", "string", min=1, use="out"),
+            Param("version", "string", use="out"),
+            Param("display", "string", min=1, use="out"),
+            Param("designation", "", max="*", use="out", documentation="language, use, value"),
+            Param("property", "", max="*", use="out", documentation="code, value"),
+        ),
+    ),
+    Operation(
+        "subsumes",
+        "subsumes",
+        "CodeSystemSubsumes",
+        "How code A relates to code B in the code system's hierarchy.",
+        resource=("CodeSystem",),
+        type=True,
+        instance=True,
+        base=_TERMINOLOGY + "CodeSystem-subsumes",
+        parameters=(
+            Param("codeA", "code"),
+            Param("codeB", "code"),
+            Param("system", "uri", documentation="The code system's canonical url (type level)"),
+            Param("version", "string"),
+            Param("codingA", "Coding"),
+            Param("codingB", "Coding"),
+        ),
+        outputs=(
+            Param(
+                "outcome", "code", min=1, use="out", documentation="equivalent | subsumes | subsumed-by | not-subsumed"
+            ),
+        ),
+    ),
+    Operation(
+        "expand",
+        "expand",
+        "ValueSetExpand",
+        "The codes of a value set: compose include/exclude (concept lists, whole systems, filters is-a, "
+        "descendent-of, is-not-a, in, =, regex, exists, nested value sets), text filter, paging.",
+        resource=("ValueSet",),
+        type=True,
+        instance=True,
+        base=_TERMINOLOGY + "ValueSet-expand",
+        parameters=(
+            Param("url", "uri", documentation="The value set's canonical url (type level)"),
+            Param("valueSet", "ValueSet", documentation="The value set itself (POST, type level)"),
+            Param("valueSetVersion", "string"),
+            Param("filter", "string", documentation="Text: each word begins a word of the display"),
+            Param("count", "integer", documentation="Page size"),
+            Param("offset", "integer", documentation="Codes to skip"),
+        ),
+        outputs=(Param("return", "ValueSet", min=1, use="out", documentation="The value set with its expansion"),),
+    ),
+    Operation(
+        "validate-code",
+        "validate-code",
+        "ValueSetValidateCode",
+        "Whether a code is in a value set (and its display right).",
+        resource=("ValueSet",),
+        type=True,
+        instance=True,
+        base=_TERMINOLOGY + "ValueSet-validate-code",
+        parameters=(
+            Param("url", "uri", documentation="The value set's canonical url (type level)"),
+            Param("valueSet", "ValueSet", documentation="The value set itself (POST, type level)"),
+            Param("valueSetVersion", "string"),
+            Param("code", "code"),
+            _SYSTEM,
+            Param("display", "string"),
+            Param("coding", "Coding", documentation=_CODING),
+        ),
+        outputs=(
+            Param("result", "boolean", min=1, use="out"),
+            Param("message", "string", use="out"),
+            Param("display", "string", use="out"),
+        ),
+    ),
+    Operation(
+        "translate",
+        "translate",
+        "ConceptMapTranslate",
+        "The mappings of a code in the stored ConceptMaps.",
+        resource=("ConceptMap",),
+        type=True,
+        instance=True,
+        base=_TERMINOLOGY + "ConceptMap-translate",
+        parameters=(
+            Param("url", "uri", documentation="The ConceptMap's canonical url (type level)"),
+            Param("code", "code"),
+            _SYSTEM,
+            Param("coding", "Coding", documentation=_CODING),
+            Param("source", "uri", documentation="The source value set of the maps to use"),
+            Param("target", "uri", documentation="The target value set of the maps to use"),
+            Param("targetsystem", "uri", documentation="Only mappings into this code system"),
+            Param("reverse", "boolean", documentation="Map from the targets to the sources"),
+        ),
+        outputs=(
+            Param("result", "boolean", min=1, use="out"),
+            Param("message", "string", use="out"),
+            Param("match", "", max="*", use="out", documentation="equivalence, concept, source"),
+        ),
+    ),
+)
+
+OPERATIONS = OPERATIONS + TERMINOLOGY_OPERATIONS
+
 _BY_ID = {operation.id: operation for operation in OPERATIONS}
 
 
@@ -295,7 +448,8 @@ def _parameter(param: Param) -> dict[str, Any]:
     if param.parts:
         item["part"] = [_parameter(part) for part in param.parts]
         return item
-    item["type"] = param.type
+    if param.type:  # a parameter with parts has no type (R4 OperationDefinition opd-1)
+        item["type"] = param.type
     if param.search_type:
         item["searchType"] = param.search_type
     return item

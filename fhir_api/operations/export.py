@@ -81,8 +81,7 @@ def _kick_off(
     job = _jobs(request).start(export, _requester(request))
     headers = {"Content-Location": f"{base_url(request)}/$export-status/{job.id}"}
     if caller is not None and reason is not None:
-        with request.app.state.services.views.write() as tx:
-            record_break_glass(tx, caller.claims, reason, f"$export {level}")
+        record_break_glass(request.app.state.services, caller.claims, reason, f"$export {level}")
         request.state.ehr_break_glass = True
         headers["X-EHR-Break-Glass"] = "granted"
     return Response(status_code=202, headers=headers)

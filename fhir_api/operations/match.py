@@ -91,8 +91,7 @@ class Disclosure:
         caller = caller_of(request)
         if not self.beyond_policy or self.reason is None or caller is None:
             return {}
-        with services.views.write() as tx:
-            record_break_glass(tx, caller.claims, self.reason, what)
+        record_break_glass(services, caller.claims, self.reason, what)
         request.state.ehr_break_glass = True
         return {"X-EHR-Break-Glass": "granted"}
 

@@ -261,8 +261,7 @@ def _may_link(services: Services, request: Request, patient_id: str, person_id: 
         )
     if person is not None and person.basis == "break-the-glass" and reason is not None:
         # The answer is that person's golden record: a disclosure like any other broken glass.
-        with services.views.write() as tx:
-            record_break_glass(tx, caller.claims, reason, f"Person/{person_id} ($link)")
+        record_break_glass(services, caller.claims, reason, f"Person/{person_id} ($link)")
         request.state.ehr_break_glass = True
 
 

@@ -1,9 +1,9 @@
 """What the compliance page shows beside the AuditEvents: break-the-glass accesses and the ledger's state.
 
-- Break-the-glass decisions are listed by the API's policy (fhir_api/access.py ``record_break_glass``) in the
-  ``break_glass_log`` view; the AuditEvent of the same request does not say it was one, so the page marks
-  an access as break-the-glass when a listed decision names the same user, institution and resource
-  within a few seconds before it.
+- Break-the-glass decisions are recorded by the API's policy (fhir_api/access.py ``record_break_glass``) as
+  events of the audit log, listed by the ``break_glass_log`` projection; the AuditEvent of the same request
+  does not say which decision it was, so the page marks an access as break-the-glass when a listed decision
+  names the same user, institution and resource within a few seconds before it.
 - The ledger's verification is :func:`projections.ledger.verify` (what ``ehr verify`` runs), done in process
   and kept for a while: the page shows when it was done and can ask for a fresh one.
 """

@@ -155,7 +155,9 @@ def _caught_up(national: Settings, clusters: dict[str, PgCluster]) -> bool:
                 f'SELECT coalesce(max(notification_id), 0) FROM "{national.postgres_schema}".ehr_events'
             ).fetchone()
         assert head is not None
-        if rows.get(f"resources@{name}", -1) < head[0] or rows.get(f"identity@{name}", -1) < head[0]:
+        if any(
+            rows.get(f"{projection}@{name}", -1) < head[0] for projection in ("resources", "identity", "terminology")
+        ):
             return False
     return True
 

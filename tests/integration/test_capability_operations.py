@@ -17,6 +17,8 @@ from fhir_api.services import Services
 FHIR = {"Content-Type": "application/fhir+json"}
 ASYNC = {"Prefer": "respond-async"}
 MRN = "urn:ehr-core:sid:imss:mrn"
+GENDER = "http://hl7.org/fhir/administrative-gender"
+GENDER_VS = "http://hl7.org/fhir/ValueSet/administrative-gender"
 
 
 def _parameters(*items: dict[str, Any]) -> dict[str, Any]:
@@ -46,11 +48,19 @@ def _invoke(client: TestClient, definition: str, method: str, import_url: str = 
         "import": ("/fhir/$import", {}, _parameters({"name": "inputFormat", "valueCode": "application/fhir+ndjson"},
                    {"name": "input", "part": [{"name": "type", "valueCode": "Patient"},
                                               {"name": "url", "valueUri": import_url}]}), {}),
+        "validate": ("/fhir/Patient/p1/$validate", {}, _parameters({"name": "resource", "resource": {
+            "resourceType": "Patient", "id": "p1"}}), {}),
         "ledger-key": ("/fhir/$ledger-key", {}, None, {}),
         "ledger-head": ("/fhir/$ledger-head", {"log": "record"}, _parameters({"name": "log", "valueCode": "record"}),
                         {}),
         "ledger-proof": ("/fhir/$ledger-proof", {"event": "1"}, _parameters({"name": "event", "valueInteger": 1}),
                          {}),
+        "lookup": ("/fhir/CodeSystem/$lookup", {"system": GENDER, "code": "male"}, None, {}),
+        "subsumes": ("/fhir/CodeSystem/$subsumes", {"system": "http://hl7.org/fhir/observation-status",
+                                                    "codeA": "amended", "codeB": "corrected"}, None, {}),
+        "expand": ("/fhir/ValueSet/$expand", {"url": GENDER_VS, "count": "2"}, None, {}),
+        "validate-code": ("/fhir/ValueSet/$validate-code", {"url": GENDER_VS, "code": "male"}, None, {}),
+        "translate": ("/fhir/ConceptMap/$translate", {"system": GENDER, "code": "male"}, None, {}),
     }  # fmt: skip
     path, query, body, headers = calls[definition]
     if get:
@@ -88,7 +98,7 @@ def test_every_listed_operation_answers_get_and_post(
         (resource["type"], op) for resource in rest["resource"] for op in resource.get("operation", [])
     ]
     assert {op["name"] for _, op in listed} >= {"everything", "summary", "match", "ihe-pix", "export",
-                                                "ledger-key", "ledger-head", "ledger-proof"}  # fmt: skip
+                                                "ledger-key", "ledger-head", "ledger-proof", "validate"}  # fmt: skip
     for resource_type, op in listed:
         definition_id = op["definition"].rsplit("/", 1)[1]
         definition = client.get(op["definition"].split("testserver")[1])
@@ -108,7 +118,7 @@ def test_every_listed_operation_answers_get_and_post(
                     time.sleep(0.05)
                 assert polled.status_code == 200, polled.text
     # Everything the server answers as an operation is listed: $unknown is not.
-    unknown = client.get("/fhir/Patient/p1/$validate")
+    unknown = client.get("/fhir/Patient/p1/$frobnicate")
     assert unknown.status_code == 404 and unknown.json()["resourceType"] == "OperationOutcome"
     stored = client.get("/fhir/OperationDefinition/not-one-of-ours")
     assert stored.status_code == 404 and stored.json()["resourceType"] == "OperationOutcome"

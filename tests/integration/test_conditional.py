@@ -39,6 +39,22 @@ def test_conditional_create(client: TestClient) -> None:
     assert several.status_code == 412
 
 
+def test_conditional_create_with_the_search_in_the_url(client: TestClient) -> None:
+    """fhirpy's ``get_or_create`` sends the condition as the query of the POST: it means If-None-Exist, never a
+    duplicate; both at once are refused."""
+    url = f"/fhir/Patient?identifier={CURP}|GOCA800203MDFMRN06"
+    first = client.post(url, json=_patient("GOCA800203MDFMRN06"))
+    assert first.status_code == 201, first.text
+    again = client.post(url, json=_patient("GOCA800203MDFMRN06", active=True))
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"] and "active" not in again.json()
+    found = client.get("/fhir/Patient", params={"identifier": f"{CURP}|GOCA800203MDFMRN06"}).json()
+    assert found["total"] == 1
+    both = client.post(url, json=_patient("GOCA800203MDFMRN06"), headers={"If-None-Exist": "identifier=x|y"})
+    assert both.status_code == 400 and both.json()["resourceType"] == "OperationOutcome"
+    plain = client.post("/fhir/Patient?_format=json", json=_patient("GOCA800203MDFMRN06"))
+    assert plain.status_code == 201 and plain.json()["id"] != first.json()["id"]  # _format is no condition
+
+
 def test_conditional_update(client: TestClient) -> None:
     url = f"/fhir/Patient?identifier={CURP}|AAMR740524HOCBRN08"
     created = client.put(url, json=_patient("AAMR740524HOCBRN08"))
@@ -62,6 +78,17 @@ def test_conditional_delete_and_patch(client: TestClient) -> None:
         headers={"content-type": "application/json-patch+json"},
     )
     assert patched.status_code == 200 and patched.json()["active"] is True
+    # A merge patch (fhirpy's ``search(...).patch(field=value)``, plain JSON) as the instance PATCH takes it.
+    for media_type, gender in (("application/json", "male"), ("application/merge-patch+json", "other")):
+        merged = client.patch(url, json={"gender": gender, "active": None}, headers={"content-type": media_type})
+        assert merged.status_code == 200, merged.text
+        assert merged.json()["gender"] == gender and "active" not in merged.json()
+    not_an_object = client.patch(url, json=[{"op": "add"}], headers={"content-type": "application/json"})
+    assert not_an_object.status_code == 400 and not_an_object.json()["resourceType"] == "OperationOutcome"
+    # History names the HTTP action of each version (R4 Bundle.entry.request.method).
+    history = client.get(f"/fhir/Patient/{patient_id}/_history").json()
+    requests = [(entry["request"]["method"], entry["response"]["status"]) for entry in history["entry"]]
+    assert requests == [("PATCH", "200 OK")] * 3 + [("POST", "201 Created")]
     assert client.delete(url).status_code == 204
     assert client.get(f"/fhir/Patient/{patient_id}").status_code == 410
 

@@ -25,6 +25,10 @@ BUNDLE = CORPUS / "synthea" / "smart-r4-2019" / "Alberto_Atencio_fc712d1f-5a2e-4
 def _load(client: TestClient) -> None:
     response = client.post("/fhir", content=BUNDLE.read_bytes(), headers={"content-type": "application/fhir+json"})
     assert response.status_code == 200, response.text[:500]
+    # Before the last Patient write: identity (which notes every resource's source) is current past it.
+    triage = {"resourceType": "CodeSystem", "id": "triage", "url": "urn:ehr-core:cs:triage", "name": "Triage",
+              "status": "active", "content": "complete", "concept": [{"code": "rojo", "display": "Rojo"}]}  # fmt: skip
+    assert client.put("/fhir/CodeSystem/triage", json=triage).status_code == 201
     patient = client.post(
         "/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "Zamora", "given": ["Inés"]}]}
     ).json()
@@ -73,14 +77,15 @@ def _fresh(services: Services, tmp_path: Path, projector: Projector) -> dict[str
 def test_rebuild_swaps_in_views_equal_to_the_live_ones(services: Services, client: TestClient) -> None:
     _load(client)
     projectors = projectors_named(services, [])
-    assert [p.name for p in projectors] == ["resources", "identity", "audit"]
+    assert [p.name for p in projectors] == ["resources", "identity", "audit", "terminology", "break_glass"]
     assert services.compliance is not None
     services.compliance.audit_views_current()
     live = _dumps(projectors)
     assert len(live["resources"]["resources"]) > 50 and live["identity"]["mpi_records"]
+    assert live["terminology"]["terminology_resources"]
     seen: list[tuple[str, int, int]] = []
     done = rebuild(services.settings, projectors, lambda name, position, head: seen.append((name, position, head)))
-    assert [d.name for d in done] == ["resources", "identity", "audit"]
+    assert [d.name for d in done] == ["resources", "identity", "audit", "terminology", "break_glass"]
     assert all(d.events > 0 for d in done[:2])
     # Progress was reported as batches went, ending at the log's head.
     resources = [s for s in seen if s[0] == "resources"]
@@ -89,6 +94,8 @@ def test_rebuild_swaps_in_views_equal_to_the_live_ones(services: Services, clien
     # The server reads from the swapped-in tables.
     found = client.get("/fhir/Patient", params={"name": "zamora"}).json()
     assert found["total"] == 1 and found["entry"][0]["resource"]["active"] is True
+    looked_up = client.get("/fhir/CodeSystem/$lookup", params={"system": "urn:ehr-core:cs:triage", "code": "rojo"})
+    assert looked_up.status_code == 200 and looked_up.json()["parameter"][0]["valueString"] == "Triage"
 
 
 def test_writes_during_a_rebuild_are_all_in_the_swapped_in_views(

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from ehr_core.audit import AuditRecord, BreakGlassAccess
 from ehr_core.demo.people import make_curp
 from ehr_core.identity.identifiers import CURP_SYSTEM
 from ehr_core.settings import Settings
@@ -317,10 +318,14 @@ def test_break_glass_reason_is_in_the_signed_audit_log(secured: tuple[TestClient
     compliance = services.compliance
     compliance.audit_writer.flush()
     notifications = compliance.audit_log.recorder.select_notifications(start=1, limit=100_000)
-    entries = [compliance.audit_log.mapper.to_domain_event(n).entry for n in notifications]
+    events = [compliance.audit_log.mapper.to_domain_event(n) for n in notifications]
+    entries = [e.entry for e in events if isinstance(e, AuditRecord.Recorded)]
     glass = [e for e in entries if e.get("purpose") == "BTG"]
     assert [(e["path"], e["reason"]) for e in glass] == [(f"/fhir/Observation/{oid}", GLASS["X-EHR-Break-Glass"])]
     assert all("reason" not in e for e in entries if e.get("purpose") != "BTG")
+    # The access itself is an event of the same log, the one the review list projects.
+    granted = [(e.target, e.reason) for e in events if isinstance(e, BreakGlassAccess.Granted)]
+    assert granted == [(f"Observation/{oid}", GLASS["X-EHR-Break-Glass"])]
     compliance.audit_views_current()
     events = client.get("/fhir/AuditEvent", params={"_count": "100"}, headers=issste)
     texts = [p.get("text") for e in events.json().get("entry", []) for p in e["resource"].get("purposeOfEvent", [])]

@@ -1,0 +1,230 @@
+"""Error-level invariants of R4 (conformance-rules.html#constraints), evaluated with fhirpathpy.
+
+R4 §2.19.0.6: each ``constraint`` of an element definition is a FHIRPath expression that SHALL be true on
+every instance of that element; one of severity ``error`` that is false makes the resource invalid
+(``per-1``: a Period's start is not after its end; ``obs-6``: dataAbsentReason only when there is no value).
+The R4B models check cardinality and types only, so these are evaluated here, from the generated table
+:mod:`ehr_core.spec.invariants`.
+
+Cost: each expression is parsed once (lazily, per element path, then cached), and only the invariants of
+elements present in the resource are evaluated: the resource is walked along the generated JSON paths of
+its type, so an Observation without ``referenceRange`` never evaluates ``obs-3``. The universal ones are
+placed by a walk of the whole resource: ext-1 on every extension, ele-1 on every object that holds nothing
+but an ``id``. Contained resources are checked against their own type's rules (%resource is the contained
+one, %rootResource its container, R4 fhirpath.html#variables); the resources inside a stored Bundle are
+not (each entry of a transaction is validated as its own write). :data:`GUARDS` spare the evaluations of
+the rules on nearly every element where the expression's first terms already make it true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import cache
+from typing import Any, TypeAlias
+
+from fhirpathpy import apply_parsed_path
+from fhirpathpy.engine.nodes import FP_Type, ResourceNode
+from fhirpathpy.models import models as fhirpath_models
+from fhirpathpy.parser import parse
+
+from ehr_core.errors import Issue
+from ehr_core.spec.invariants import INVARIANTS, PLACES
+
+__all__ = ["ADDED_FUNCTIONS", "GUARDS", "invariant_issues"]
+
+# fhirpathpy ships py.typed but leaves these unannotated (see ehr_core/resources/fhirpath_patch.py).
+_apply_parsed_path: Any = apply_parsed_path
+_parse: Any = parse
+_create_node: Any = ResourceNode.create_node
+_R4_MODEL: dict[str, Any] = fhirpath_models["r4"]
+
+
+def _has_value(inputs: list[Any]) -> list[bool]:
+    """FHIRPath ``hasValue()`` (R4 fhirpath.html#functions, FHIR's additions): a single primitive with a value.
+
+    fhirpathpy 2.2.4 lacks it; per-1, age-1 and cnt-3 use it. An element holding only extensions reaches
+    here as a dict (its ``_start`` object), which has no value.
+    """
+    if len(inputs) != 1:
+        return [False]
+    item = inputs[0]
+    return [isinstance(item, (str, int, float, bool, FP_Type))]
+
+
+#: Functions the FHIR profile of FHIRPath adds that fhirpathpy lacks, implemented here. The generator
+#: (ehr_core/spec/invariants_generator.py) counts them as evaluable.
+ADDED_FUNCTIONS: dict[str, Callable[[list[Any]], list[bool]]] = {"hasValue": _has_value}
+_OPTIONS = {
+    "userInvocationTable": {name: {"fn": function} for name, function in ADDED_FUNCTIONS.items()},
+    "traceFn": lambda label, value: None,  # ref-1 and dom-3 call trace(): fhirpathpy would print
+}
+
+#: Resources that are no DomainResource (R4 §2.20 resource list): dom-* do not apply to them.
+_NOT_DOMAIN = frozenset({"Bundle", "Binary", "Parameters"})
+_EXTENSION_KEYS = ("extension", "modifierExtension")
+
+_Compiled: TypeAlias = tuple[str, str, Any, bool]  # key, human, parsed expression, uses %resource
+
+
+def _has_contained(node: dict[str, Any]) -> bool:
+    return bool(node.get("contained"))
+
+
+def _unreferenced_contained(node: dict[str, Any]) -> bool:
+    """Whether some contained resource's ``#id`` is no string anywhere in the resource (else dom-3 holds:
+    each is referred to). A cheap over-approximation: fhirpathpy then judges, with the spec's expression."""
+    contained = node.get("contained")
+    if not contained:
+        return False
+    wanted = {f"#{item.get('id')}" for item in contained if isinstance(item, dict)}
+    stack: list[Any] = [{k: v for k, v in node.items() if k != "contained"}, *contained]
+    while stack and wanted:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            wanted.discard(item)
+    return bool(wanted)
+
+
+#: Invariants true by their first terms unless the element holds what the guard looks for: each key's
+#: expression starts with the prefix given (tests/unit/test_invariants.py checks it against the spec), so
+#: a guard that answers False means the expression is true without evaluating it. These are the rules on
+#: nearly every resource, Extension, Period and Reference, where evaluating everywhere was most of the cost
+#: (bench/validation.py); dom-3 walks ``%resource.descendants()`` once per contained resource.
+GUARDS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "dom-2": ("contained.contained.empty()", _has_contained),
+    "dom-3": ("contained.where(", _unreferenced_contained),
+    "dom-4": ("contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()", _has_contained),
+    "dom-5": ("contained.meta.security.empty()", _has_contained),
+    # True when exactly one of ``extension`` and ``value[x]`` is there: evaluated when both or neither are
+    # (a primitive's ``_valueX`` counted as a value, so a doubtful case goes to fhirpathpy).
+    "ext-1": (
+        "extension.exists() != value.exists()",
+        lambda node: ("extension" in node) == any(key.startswith(("value", "_value")) for key in node),
+    ),
+    "per-1": (
+        "start.hasValue().not() or end.hasValue().not() or ",
+        lambda node: "start" in node and "end" in node,
+    ),
+    "ref-1": ("reference.startsWith('#').not() or ", lambda node: str(node.get("reference", "")).startswith("#")),
+}
+
+
+@cache
+def _by_element() -> dict[str, list[tuple[str, str, str]]]:
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for path, key, human, expression in INVARIANTS:
+        found.setdefault(path, []).append((key, human, expression))
+    return found
+
+
+@cache
+def _compiled(element_path: str) -> tuple[_Compiled, ...]:
+    """The invariants attached to ``element_path``, each expression parsed once."""
+    return tuple(
+        (key, human, _parse(expression), "%resource" in expression or "%rootResource" in expression)
+        for key, human, expression in _by_element().get(element_path, ())
+    )
+
+
+_Tree: TypeAlias = dict[str, Any]  # JSON key -> subtree; "" -> the element paths at this node
+
+
+@cache
+def _tree(resource_type: str) -> _Tree:
+    tree: _Tree = {}
+    for json_path, element_path in PLACES.get(resource_type, ()):
+        node = tree
+        for key in json_path.split("."):
+            node = node.setdefault(key, {})
+        node.setdefault("", []).append(element_path)
+    return tree
+
+
+def invariant_issues(resource: dict[str, Any], resource_type: str, limit: int = 20) -> list[Issue]:
+    """An issue for each error-level invariant that ``resource`` breaks (at most ``limit``)."""
+    issues: list[Issue] = []
+    for node, element_path, where, context in _places(resource, resource_type, resource_type, resource):
+        for key, human, ast, uses_variables in _compiled(element_path):
+            guard = GUARDS.get(key)
+            if guard is not None and not guard[1](node):
+                continue
+            if _broken(node, element_path, ast, context if uses_variables else {}):
+                issues.append(Issue("invariant", f"Constraint failed: {key}: {human}", where))
+                if len(issues) >= limit:
+                    return issues
+    return issues
+
+
+_Place: TypeAlias = tuple[Any, str, str, dict[str, Any]]  # element, element path, FHIRPath, variables
+
+
+def _places(resource: dict[str, Any], resource_type: str, where: str, root: dict[str, Any]) -> Iterator[_Place]:
+    """(element, its element path, its FHIRPath, %resource and %rootResource) for every element carrying
+    invariants. FHIRPath's %resource is the resource the element is in, %rootResource its container when
+    contained (R4 fhirpath.html#variables)."""
+    variables = {"resource": resource, "rootResource": root}
+    yield resource, resource_type, where, variables
+    if resource_type not in _NOT_DOMAIN:
+        yield resource, "DomainResource", where, variables
+    stack: list[tuple[Any, _Tree, str]] = [(resource, _tree(resource_type), where)]
+    while stack:
+        node, branch, path = stack.pop()
+        for key, below in branch.items():
+            if not key or key not in node:
+                continue
+            value = node[key]
+            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+            for index, item in items:
+                if not isinstance(item, dict):
+                    continue
+                at = f"{path}.{key}" if index is None else f"{path}.{key}[{index}]"
+                for element_path in below.get("", ()):
+                    yield item, element_path, at, variables
+                stack.append((item, below, at))
+    yield from _everywhere(resource, where, variables)
+    for index, contained in enumerate(resource.get("contained") or ()):
+        if isinstance(contained, dict) and isinstance(contained.get("resourceType"), str):
+            # R4 references.html#contained: a contained resource is valid on its own terms.
+            yield from _places(contained, contained["resourceType"], f"{where}.contained[{index}]", root)
+
+
+def _everywhere(node: Any, where: str, variables: dict[str, Any]) -> Iterator[_Place]:
+    """The universal places: every Extension (the items of any ``extension``/``modifierExtension`` key,
+    for ext-1), and every object that holds nothing but an ``id`` (for ele-1, "All FHIR elements must have
+    a @value or children": an object with any other key passes it, so only these are worth evaluating)."""
+    stack: list[tuple[Any, str]] = [(node, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "contained":
+                    continue  # walked as its own resource
+                at = f"{path}.{key}"
+                if isinstance(value, dict) and not value.keys() - {"id"}:
+                    yield value, "Element", at, variables
+                if key in _EXTENSION_KEYS and isinstance(value, list):
+                    for index, extension in enumerate(value):
+                        if isinstance(extension, dict):
+                            yield extension, "Extension", f"{at}[{index}]", variables
+                if isinstance(value, (dict, list)):
+                    stack.append((value, at))
+        elif isinstance(item, list):
+            for index, value in enumerate(item):
+                if isinstance(value, dict):
+                    if not value.keys() - {"id"}:
+                        yield value, "Element", f"{path}[{index}]", variables
+                    stack.append((value, f"{path}[{index}]"))
+
+
+def _broken(node: Any, element_path: str, ast: Any, variables: dict[str, Any]) -> bool:
+    """Whether the invariant evaluates to false on ``node``; an empty result or an engine failure is no
+    evidence of a broken rule, so neither refuses the resource."""
+    try:
+        result = _apply_parsed_path(_create_node(node, element_path), ast, variables, _R4_MODEL, _OPTIONS)
+    except Exception:  # fhirpathpy raises plain exceptions on data it does not expect
+        return False
+    return bool(result == [False])

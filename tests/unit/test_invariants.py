@@ -1,0 +1,112 @@
+"""The generated invariants table covers every error-level constraint of R4, and nothing is left out silently.
+
+Every ``constraint`` of severity ``error`` in profiles-resources.json and profiles-types.json is either in
+:data:`ehr_core.spec.invariants.INVARIANTS` (evaluated) or in ``SKIPPED`` with a reason; each evaluated
+expression parses with fhirpathpy; the guards that spare evaluations rest on the spec's own expressions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fhirpathpy.parser import parse
+
+from ehr_core.errors import InvalidResource
+from ehr_core.resources.invariants import ADDED_FUNCTIONS, GUARDS, invariant_issues
+from ehr_core.resources.validation import validate
+from ehr_core.spec.invariants import INVARIANTS, SKIPPED
+from ehr_core.spec.invariants_generator import skip_reason
+from tests.conftest import CORPUS, IN_CI
+
+DEFINITIONS = CORPUS / "spec" / "r4"
+
+
+def _spec_constraints() -> set[str]:
+    """The keys of every error-level constraint of the core resources and data types."""
+    keys: set[str] = set()
+    for name in ("profiles-resources.json", "profiles-types.json"):
+        bundle = json.loads((DEFINITIONS / name).read_bytes())
+        for entry in bundle["entry"]:
+            definition = entry["resource"]
+            if definition.get("resourceType") != "StructureDefinition" or definition.get("kind") == "logical":
+                continue
+            if definition.get("derivation") == "constraint":
+                continue
+            for element in definition["snapshot"]["element"]:
+                keys |= {c["key"] for c in element.get("constraint", []) if c.get("severity") == "error"}
+    return keys
+
+
+def test_every_error_constraint_is_evaluated_or_skipped_with_a_reason() -> None:
+    if not DEFINITIONS.is_dir():
+        if IN_CI:
+            pytest.fail(f"FHIR R4 definitions not found at {DEFINITIONS}")
+        pytest.skip(f"FHIR R4 definitions not found at {DEFINITIONS} (set EHR_CORPUS)")
+    evaluated = {key for _path, key, _human, _expression in INVARIANTS}
+    skipped = {key for _path, key, _reason in SKIPPED}
+    assert _spec_constraints() - evaluated - skipped == set()
+    assert len(INVARIANTS) >= 200, len(INVARIANTS)
+
+
+def test_no_invariant_is_skipped_without_a_reason() -> None:
+    assert SKIPPED, "the narrative checks (htmlChecks) cannot be evaluated: SKIPPED cannot be empty"
+    for path, key, reason in SKIPPED:
+        assert path and key and len(reason.strip()) > 20, (path, key, reason)
+    evaluated = {(path, key) for path, key, _human, _expression in INVARIANTS}
+    assert not evaluated & {(path, key) for path, key, _reason in SKIPPED}
+
+
+def test_skip_reasons_name_the_missing_function() -> None:
+    functions = {"exists", "empty", "where"}
+    assert skip_reason("txt-1", "htmlChecks()", functions) == "uses htmlChecks(), which fhirpathpy does not implement"
+    assert "conformsTo()" in (skip_reason("x-1", "a.exists() and conformsTo('x')", functions) or "")
+    assert skip_reason("x-2", "a.exists() or b.where(c.empty()).exists()", functions) is None
+
+
+def test_every_evaluated_expression_parses() -> None:
+    for path, key, _human, expression in INVARIANTS:
+        assert parse(expression)["children"], (path, key)
+        assert "hasValue" not in expression or "hasValue" in ADDED_FUNCTIONS
+
+
+@pytest.mark.parametrize("key", sorted(GUARDS))
+def test_each_guard_rests_on_the_spec_expression(key: str) -> None:
+    prefix, _guard = GUARDS[key]
+    expressions = [expression for _path, k, _human, expression in INVARIANTS if k == key]
+    assert expressions and all(expression.startswith(prefix) for expression in expressions), expressions
+
+
+def test_has_value() -> None:
+    has_value = ADDED_FUNCTIONS["hasValue"]
+    assert has_value(["2020"]) == [True] and has_value([]) == [False] and has_value([{"extension": []}]) == [False]
+
+
+def _keys(resource: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [
+        (i.diagnostics.split(":")[1].strip(), i.expression)
+        for i in invariant_issues(resource, resource["resourceType"])
+    ]
+
+
+def test_rules_on_data_types_nested_and_contained() -> None:
+    period = {"start": "2020-02-01", "end": "2020-01-01"}
+    patient = {"resourceType": "Patient", "contact": [{"name": {"family": "x"}, "period": period}]}
+    assert _keys(patient) == [("per-1", "Patient.contact[0].period")]
+    assert _keys({**patient, "contact": [{"name": {"family": "x"}, "period": {"start": "2020-01-01"}}]}) == []
+    # A contained resource breaks its own type's rules; ref-1 needs the local reference to resolve.
+    contained = {
+        "resourceType": "Patient",
+        "contained": [{"resourceType": "Organization", "id": "o"}],
+        "managingOrganization": {"reference": "#o"},
+        "generalPractitioner": [{"reference": "#missing"}],
+    }
+    assert sorted(_keys(contained)) == [
+        ("org-1", "Patient.contained[0]"),
+        ("ref-1", "Patient.generalPractitioner[0]"),
+    ]
+    with pytest.raises(InvalidResource) as refused:
+        validate(contained)
+    assert {i.code for i in refused.value.issues} == {"invariant"}
+    assert "If present, start SHALL have a lower value than end" in invariant_issues(patient, "Patient")[0].diagnostics
