@@ -17,7 +17,7 @@ from fhir_api.limits import RequestLimits
 from fhir_api.metrics import MetricsMiddleware, metrics_router
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.operations.import_jobs import ImportJobs
-from fhir_api.routes import fhir_router
+from fhir_api.routes import adopt_routes, fhir_router
 from fhir_api.services import Services
 from fhir_api.web import install as install_web_view
 
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(AuthMiddleware, settings=settings)
     app.add_middleware(AuditMiddleware)  # One audit entry per FHIR interaction
     app.add_middleware(MetricsMiddleware)  # Outermost, so every answer is counted
-    app.include_router(fhir_router())
+    adopt_routes(app.router, fhir_router())  # one flat route list: see adopt_routes
     app.include_router(metrics_router())  # GET /metrics (Prometheus text)
     app.include_router(health_router())  # GET /health: 503 while the audit log cannot be written
     install_web_view(app)  # The web view under /web (pages over the FHIR API above)

@@ -36,6 +36,15 @@ def serve(
     from ehr_core.settings import Settings
 
     settings = Settings()
+    if workers > 1 and not settings.uses_postgres:
+        # SQLite has one writer, and each server process's group commit and inline projection assume they are
+        # that writer: a second process would wait on the file lock (or fail with "database is locked")
+        # instead of sharing the write. Several processes share one store on PostgreSQL only.
+        print(
+            "ehr: --workers above 1 needs PostgreSQL (EHR_DATABASE_URL); SQLite is served by one process",
+            file=sys.stderr,
+        )
+        return 2
     backend = "PostgreSQL" if settings.uses_postgres else f"SQLite in {settings.data_dir.resolve()}"
     print(f"ehr: FHIR R4 server at http://{host}:{port}/fhir ({backend})", flush=True)
     grace = settings.shutdown_timeout_seconds

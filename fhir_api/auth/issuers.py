@@ -16,6 +16,7 @@ is a resource server: tokens come from the issuers). It imports no HTTP framewor
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ehr_core.settings import Settings
-from fhir_api.auth.tokens import Issuer, jwk_key, sign_eddsa, verify_token
+from fhir_api.auth.tokens import Issuer, check_claims, jwk_key, sign_eddsa, signed_claims
 
 __all__ = [
     "LOCAL_ISSUER",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 LOCAL_ISSUER = "urn:ehr-core:local-development-issuer"
+#: How many verified tokens :class:`Issuers` remembers (each a few hundred bytes).
+_SIGNED_TOKENS = 4096
 
 
 def issuer_from_file(path: Path) -> Issuer:
@@ -85,6 +88,11 @@ class Issuers:
 
     def __init__(self, issuers: Iterable[Issuer]) -> None:
         self.by_iss = {i.issuer: i for i in issuers}
+        #: Tokens whose signature verified, with their claims and issuer. A client sends the same token on
+        #: every request until it expires; the signature (and the JSON under it) cannot change, so it is
+        #: checked once per token, while times, audience, institution and scope are checked on every request.
+        self._signed: dict[str, tuple[dict[str, Any], Issuer]] = {}
+        self._signed_lock = threading.Lock()
 
     @classmethod
     def configured(cls, settings: Settings) -> Issuers:
@@ -99,7 +107,16 @@ class Issuers:
 
     def verify(self, token: str, now: float | None = None) -> dict[str, Any]:
         """The claims of ``token`` if one of these issuers signed it and it checks out (else TokenError)."""
-        return verify_token(token, self.by_iss, now)
+        signed = self._signed.get(token)
+        if signed is None:
+            signed = signed_claims(token, self.by_iss)
+            with self._signed_lock:
+                if len(self._signed) >= _SIGNED_TOKENS:
+                    self._signed.pop(next(iter(self._signed)))  # the oldest: insertion order
+                self._signed[token] = signed
+        claims, issuer = signed
+        check_claims(claims, issuer, now)
+        return dict(claims)  # the caller's own copy: the cached claims never change
 
 
 def mint_development_token(settings: Settings, claims: dict[str, Any], minutes: int = 60) -> str:

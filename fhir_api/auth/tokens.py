@@ -109,6 +109,13 @@ def _verify_signature(key: Any, alg: str, signature: bytes, message: bytes) -> N
 
 def verify_token(token: str, by_iss: Mapping[str, Issuer], now: float | None = None) -> dict[str, Any]:
     """The claims of ``token`` once its signature, times, audience and institution check out."""
+    claims, issuer = signed_claims(token, by_iss)
+    check_claims(claims, issuer, now)
+    return claims
+
+
+def signed_claims(token: str, by_iss: Mapping[str, Issuer]) -> tuple[dict[str, Any], Issuer]:
+    """The claims of ``token`` and the trusted issuer whose key signed it; nothing else checked yet."""
     if len(token) > _MAX_TOKEN_CHARS:
         raise TokenError(f"the bearer token is longer than {_MAX_TOKEN_CHARS} characters")
     parts = token.split(".")
@@ -143,6 +150,12 @@ def verify_token(token: str, by_iss: Mapping[str, Issuer], now: float | None = N
             continue
     else:
         raise TokenError("the token's signature does not verify with the issuer's keys")
+    return claims, issuer
+
+
+def check_claims(claims: dict[str, Any], issuer: Issuer, now: float | None = None) -> None:
+    """TokenError unless the signed ``claims`` hold at ``now``: times (RFC 7519 §4.1.4-5), lifetime,
+    audience (§4.1.3), institution and scope."""
     now = time.time() if now is None else now
     exp, nbf, iat = (_numeric_date(claims, name) for name in ("exp", "nbf", "iat"))
     if exp is None:
@@ -168,7 +181,6 @@ def verify_token(token: str, by_iss: Mapping[str, Issuer], now: float | None = N
         raise TokenError(f"issuer {issuer.issuer} may not vouch for institution {institution!r}")
     if not isinstance(claims.get("scope"), str):
         raise TokenError("the token carries no scope")
-    return claims
 
 
 def sign_eddsa(key: Ed25519PrivateKey, payload: dict[str, Any]) -> str:

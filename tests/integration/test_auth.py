@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
-from fhir_api.auth import LOCAL_ISSUER, Issuers, mint_development_token, parse_scopes
+from fhir_api.auth import LOCAL_ISSUER, Issuers, TokenError, mint_development_token, parse_scopes
 from fhir_api.cli import main
 from fhir_api.services import Services
 
@@ -265,6 +265,25 @@ def test_ehr_token_mints_a_verifiable_development_token(
     token = capsys.readouterr().out.strip()
     claims = Issuers.configured(sqlite_settings).verify(token)
     assert claims["institution"] == "IMSS" and claims["scope"] == "user/*.rs" and claims["iss"] == LOCAL_ISSUER
+
+
+def test_a_token_accepted_once_is_still_checked_on_every_request(sqlite_settings: Settings) -> None:
+    """The signature is checked once per token; exp, nbf and the rest on every request (RFC 7519 §4.1.4)."""
+    issuers = Issuers.configured(sqlite_settings)
+    now = int(time.time())
+    claims = {"institution": "IMSS", "scope": "user/*.rs", "iat": now, "nbf": now + 300, "exp": now + 1200}
+    token = mint_development_token(sqlite_settings, claims)
+    with pytest.raises(TokenError, match="not valid yet"):
+        issuers.verify(token)
+    assert issuers.verify(token, now=now + 400)["institution"] == "IMSS"
+    issuers.verify(token, now=now + 400)["institution"] = "changed by a caller"
+    assert issuers.verify(token, now=now + 400)["institution"] == "IMSS"
+    with pytest.raises(TokenError, match="expired"):
+        issuers.verify(token, now=now + 3600)
+    header, payload, signature = token.split(".")
+    forged = _b64(orjson.dumps(json.loads(base64.urlsafe_b64decode(payload + "==")) | {"institution": "ISSSTE"}))
+    with pytest.raises(TokenError, match="signature"):
+        issuers.verify(f"{header}.{forged}.{signature}", now=now + 400)
 
 
 def test_scope_parsing_v1_and_v2() -> None:

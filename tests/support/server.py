@@ -97,7 +97,11 @@ def store_health(base_url: str) -> dict[str, dict[str, object]]:
 
 @contextmanager
 def running_server(
-    data_dir: Path, env: dict[str, str] | None = None, timeout: float = STARTUP_TIMEOUT, attempts: int = 3
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+    attempts: int = 3,
+    workers: int = 1,
 ) -> Iterator[tuple[str, Path]]:
     """Run ``ehr serve`` until the block ends; yield the FHIR base URL and the file with its output.
 
@@ -107,6 +111,8 @@ def running_server(
         port = free_port()
         log = data_dir.parent / f"server-{port}.log"
         command = [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port), "--data", str(data_dir)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
         # Output goes to a file, not a pipe: a pipe nobody reads would fill up and block the server.
         with log.open("wb") as output:
             process = subprocess.Popen(
