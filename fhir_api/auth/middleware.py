@@ -22,7 +22,7 @@ from fhir_api.auth.decision import Caller, policy, scope_refusal
 from fhir_api.auth.issuers import Issuers
 from fhir_api.auth.needs import need_of
 from fhir_api.auth.scopes import covered, parse_scopes
-from fhir_api.auth.tokens import TokenError
+from fhir_api.auth.tokens import Issuer, TokenError, verify_token
 from fhir_api.errors import headers_of, outcome_response, status_of
 
 __all__ = ["DISABLED", "AuthMiddleware"]
@@ -82,7 +82,7 @@ class AuthMiddleware:
             return
         assert self.issuers is not None
         try:
-            claims = self.issuers.verify(token.strip())
+            claims = await _run_sync(self._verify, request, token.strip())
         except TokenError as error:
             await self._refuse(scope, receive, send, 401, "login", f"invalid bearer token: {error}")
             return
@@ -127,6 +127,24 @@ class AuthMiddleware:
                 await self.app(scope, receive, flagged)
                 return
         await self.app(scope, receive, send)
+
+    def _verify(self, request: Request, token: str) -> dict[str, Any]:
+        """The token's claims: from a trusted issuer, or from this server's own authorization server
+        (``/oauth``: its signing keys, ``aud`` = this FHIR base URL, and its client still enabled and the
+        token not revoked, read at every request so a disabled client's tokens stop at once)."""
+        from fhir_api.oauth.routes import base_of, issuer_of, oauth_store, signing_keys
+
+        assert self.issuers is not None
+        own = issuer_of(request)
+        issuer = Issuer(own, "*", signing_keys(request.app).public(), f"{base_of(request)}/fhir")
+        claims = verify_token(token, {**self.issuers.by_iss, own: issuer})
+        if claims.get("iss") == own:
+            refusal = oauth_store(request.app).access_refused(
+                str(claims.get("client_id")), claims.get("jti"), claims.get("family")
+            )
+            if refusal is not None:
+                raise TokenError(refusal)
+        return claims
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
         headers = {"WWW-Authenticate": 'Bearer realm="ehr-core"'} if status == 401 else None
