@@ -28,8 +28,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 __all__ = ["ALGS", "Issuer", "TokenError", "joserfc_key", "jwk_key", "sign_eddsa", "verify_token"]
 
 # RFC 9864 deprecates the polymorphic "EdDSA" name in favour of "Ed25519"; tokens already issued carry it,
-# so it stays accepted here (the curve is pinned by the key: Ed25519 only).
-warnings.filterwarnings("ignore", message="EdDSA is deprecated")
+# so it stays accepted here (the curve is pinned by the key: Ed25519 only) and joserfc's warning is silenced
+# around the calls that use it.
 
 ALGS = ("EdDSA", "ES256", "RS256")
 _LEEWAY = 60
@@ -107,7 +107,9 @@ def joserfc_key(key: Any) -> Any:
 def _verify_signature(key: Any, alg: str, token: str) -> bool:
     """RFC 7515 §5.2 via joserfc (ES256's R || S form, RFC 7518 §3.4, included)."""
     try:
-        jws.deserialize_compact(token, joserfc_key(key), algorithms=[alg])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="EdDSA is deprecated")
+            jws.deserialize_compact(token, joserfc_key(key), algorithms=[alg])
     except (JoseError, ValueError):
         return False
     return True
@@ -172,7 +174,9 @@ def verify_token(token: str, by_iss: Mapping[str, Issuer], now: float | None = N
 
 def sign_eddsa(key: Ed25519PrivateKey, payload: dict[str, Any]) -> str:
     """A compact JWS (RFC 7515 §7.1) of ``payload``, signed with EdDSA (RFC 8037 §3.1)."""
-    token = jws.serialize_compact(
-        {"alg": "EdDSA", "typ": "JWT"}, orjson.dumps(payload), OKPKey.import_key(key), ["EdDSA"]
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="EdDSA is deprecated")
+        token = jws.serialize_compact(
+            {"alg": "EdDSA", "typ": "JWT"}, orjson.dumps(payload), OKPKey.import_key(key), ["EdDSA"]
+        )
     return token
