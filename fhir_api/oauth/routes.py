@@ -476,20 +476,49 @@ async def revoke(request: Request) -> Response:
     return Response(status_code=200)  # RFC 7009 §2.2: 200 whether or not the token was known
 
 
+def create_launch(app: Any, institution: str, patient: str, encounter: str | None) -> str:
+    """A launch id naming ``patient`` (and ``encounter``) for an EHR launch (SMART App Launch §EHR launch);
+    only a user of ``institution`` can redeem it at the login (checked there)."""
+    launch_id = secrets.token_urlsafe(16)
+    body = {"patient": patient, "encounter": encounter or None, "institution": institution}
+    oauth_store(app).put("oauth_launches", launch_id, body, _now() + REQUEST_SECONDS)
+    return launch_id
+
+
+def _bearer_claims(request: Request) -> dict[str, Any] | None:
+    """The caller's verified token (a trusted issuer's, or this server's own), for endpoints outside /fhir."""
+    from fhir_api.auth.issuers import Issuers
+
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    issuers: Issuers | None = getattr(request.app.state, "oauth_issuers", None)
+    if issuers is None:
+        issuers = Issuers.configured(request.app.state.services.settings)
+        request.app.state.oauth_issuers = issuers
+    own = issuer_of(request)
+    issuer = TrustedIssuer(own, "*", signing_keys(request.app).public(), f"{base_of(request)}/fhir")
+    try:
+        claims = verify_token(token.strip(), {**issuers.by_iss, own: issuer})
+    except TokenError:
+        return None
+    if claims.get("iss") == own and oauth_store(request.app).access_refused(
+        str(claims.get("client_id")), claims.get("jti"), claims.get("family")
+    ):
+        return None
+    return claims
+
+
 @router.post("/launch")
 async def launch(request: Request) -> Response:
-    """An EHR launch context for the web view (SMART App Launch §EHR launch): the ``launch`` value the app
-    gets in its launch URL, naming the patient (and encounter) the user has open. Same-origin form post."""
-    from fhir_api.auth.decision import caller_of
-
+    """An EHR launch context for a signed-in EHR user (a bearer token with ``user/`` scopes): the ``launch``
+    value and ``iss`` an app gets in its launch URL, naming the patient (and encounter) the user has open.
+    The web view's "launch app" action does the same from its session (``fhir_api/web/launch.py``)."""
+    claims = _bearer_claims(request)
+    if claims is None or not any(s.startswith("user/") for s in str(claims.get("scope", "")).split()):
+        return _error("invalid_token", "a bearer token with user/ scopes is required", 401)
     form = {k: str(v) for k, v in (await request.form()).items()}
-    caller = caller_of(request)
-    institution = str(caller.claims["institution"]) if caller is not None else form.get("institution", "")
-    launch_id = secrets.token_urlsafe(16)
-    body = {"patient": form.get("patient"), "encounter": form.get("encounter") or None, "institution": institution}
-    oauth_store(request.app).put("oauth_launches", launch_id, body, _now() + REQUEST_SECONDS)
-    app_url = form.get("app", "")
-    if not app_url:
-        return JSONResponse({"launch": launch_id, "iss": f"{base_of(request)}/fhir"})
-    query = urlencode({"launch": launch_id, "iss": f"{base_of(request)}/fhir"})
-    return RedirectResponse(f"{app_url}{'&' if '?' in app_url else '?'}{query}", 303)
+    if not form.get("patient"):
+        return _error("invalid_request", "patient is required")
+    launch_id = create_launch(request.app, str(claims["institution"]), form["patient"], form.get("encounter"))
+    return JSONResponse({"launch": launch_id, "iss": f"{base_of(request)}/fhir"})

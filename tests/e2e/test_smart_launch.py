@@ -62,7 +62,9 @@ def test_standalone_and_ehr_launch_across_a_restart(tmp_path: Path) -> None:
             assert http.get("/fhir/Patient/p1", headers=bearer).status_code == 200
             assert http.get("/fhir/Patient/p2", headers=bearer).status_code == 403
             # EHR launch: the web view's context names p2; the app never picks.
-            launched = http.post("/oauth/launch", data={"patient": "p2", "institution": "IMSS"}).json()
+            assert http.post("/oauth/launch", data={"patient": "p2"}).status_code == 401
+            launched = http.post("/oauth/launch", data={"patient": "p2"}, headers={"Authorization": f"Bearer {staff}"})
+            launched = launched.json()
             assert launched["iss"] == fhir
             verifier = secrets.token_urlsafe(48)
             code = authorize(http, client_id, "launch patient/*.rs", verifier, fhir, launch=launched["launch"])

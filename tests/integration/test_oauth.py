@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from argon2 import PasswordHasher
@@ -244,3 +245,39 @@ def test_smart_configuration_names_the_endpoints(world: dict[str, Any]) -> None:
     assert {"launch-standalone", "launch-ehr", "context-standalone-patient", "sso-openid-connect"} <= set(
         config["capabilities"]
     )
+
+
+def test_the_record_pages_launch_action_starts_an_ehr_launch(world: dict[str, Any]) -> None:
+    http, settings = world["client"], world["settings"]
+    token = staff_headers(settings, "IMSS")["Authorization"].split()[1]
+    assert http.post("/web/login", data={"token": token, "next": "/web/"}, follow_redirects=False).status_code == 303
+    record = http.get("/web/patients/p2")
+    assert record.status_code == 200 and 'data-testid="launch-app"' in record.text
+    started = http.post(
+        "/web/patients/p2/launch", data={"app": "https://app.example/launch", "encounter": "e1"}, follow_redirects=False
+    )
+    assert started.status_code == 303, started.text
+    query = parse_qs(urlsplit(started.headers["location"]).query)
+    assert query["iss"] == [FHIR_BASE]
+    http.cookies.clear()  # the app's browser session: no EHR cookie
+    verifier = secrets.token_urlsafe(48)
+    code = authorize(http, "app", "launch patient/*.rs", verifier, FHIR_BASE, launch=query["launch"][0])
+    body = exchange(http, "app", code, verifier).json()
+    assert body["patient"] == "p2" and body["encounter"] == "e1"
+    bearer = _bearer(body["access_token"])
+    assert http.get("/fhir/Patient/p2", headers=bearer).status_code == 200
+    assert http.get("/fhir/Patient/p1", headers=bearer).status_code == 403
+    # A made-up launch id is refused at the authorization endpoint.
+    params = {
+        "response_type": "code",
+        "client_id": "app",
+        "redirect_uri": REDIRECT,
+        "scope": "launch patient/*.rs",
+        "state": "s",
+        "aud": FHIR_BASE,
+        "code_challenge": "x" * 43,
+        "code_challenge_method": "S256",
+        "launch": "made-up",
+    }
+    refused = http.get("/oauth/authorize", params=params, follow_redirects=False)
+    assert refused.status_code == 302 and "error=invalid_request" in refused.headers["location"]
