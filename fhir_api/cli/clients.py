@@ -104,6 +104,14 @@ def _add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_key(args: argparse.Namespace) -> int:
+    from fhir_api.auth.signing import SigningKeys
+
+    settings = Settings() if args.data is None else Settings(data_dir=Path(args.data))
+    print(SigningKeys(settings).rotate())
+    return 0
+
+
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     clients = commands.add_parser("clients", help="the authorization server's registered clients (/oauth)")
     sub = clients.add_subparsers(dest="clients_command", required=True)
@@ -125,6 +133,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     disable.add_argument("client_id")
     disable.add_argument("--data", default=None)
     disable.set_defaults(handler=_disable_client)
+    rotate = sub.add_parser("rotate-signing-key", help="a new token signing key (older ones verify until expiry)")
+    rotate.add_argument("--data", default=None)
+    rotate.set_defaults(handler=_rotate_key)
     users = commands.add_parser("users", help="the development user store (never in production)")
     users_sub = users.add_subparsers(dest="users_command", required=True)
     user_add = users_sub.add_parser("add", help="add (or replace) a development user")

@@ -156,6 +156,9 @@ async def login(request: Request) -> Response:
     if refusal is not None:
         return refusal
     assert client is not None
+    if request.app.state.services.settings.production:
+        # The local user store is development-only (like the development master key).
+        return HTMLResponse(error_page("access_denied", "the development user store is off in production"), 403)
     store = oauth_store(request.app)
     user = store.user(form.get("username", ""))
     if (
