@@ -21,7 +21,7 @@ from ehr_core.settings import Settings
 from fhir_api.auth.decision import Caller, policy, scope_refusal
 from fhir_api.auth.issuers import Issuers
 from fhir_api.auth.needs import need_of
-from fhir_api.auth.scopes import covered, parse_scopes
+from fhir_api.auth.scopes import constraint_holds, covered, parse_scopes
 from fhir_api.auth.tokens import Issuer, TokenError, verify_token
 from fhir_api.errors import headers_of, outcome_response, status_of
 
@@ -90,14 +90,19 @@ class AuthMiddleware:
             # The name the domain gives a writer without an institution, never held to the write policy.
             await self._refuse(scope, receive, send, 401, "login", "the token names no institution")
             return
-        caller = Caller(claims, parse_scopes(str(claims["scope"])))
-        scope.setdefault("state", {})["ehr_caller"] = caller
+        grants = parse_scopes(str(claims["scope"]))
         query_string = scope.get("query_string", b"").decode()
         need = need_of(str(scope["method"]), path, query_string)
+        searched = _query(scope) if scope["method"] == "GET" else None
+        held = frozenset(g.resource_type for g in grants if g.constraints and constraint_holds(g, need, searched))
+        caller = Caller(claims, grants, held)
+        scope.setdefault("state", {})["ehr_caller"] = caller
         wide = [g for g in caller.grants if g.context in ("user", "system")]
         refusal = None
         if not covered(wide, need):  # only patient scopes may still cover it: that asks the views
-            refusal = await _run_sync(scope_refusal, request.app.state.services, caller, need, _query(scope))
+            refusal = await _run_sync(
+                scope_refusal, request.app.state.services, caller, need, _query(scope), str(scope["method"])
+            )
         if refusal is not None:
             await self._refuse(scope, receive, send, 403, "forbidden", refusal)
             return
