@@ -15,6 +15,7 @@ from fhir_api.errors import install_error_handlers
 from fhir_api.health import health_router
 from fhir_api.limits import RequestLimits
 from fhir_api.metrics import MetricsMiddleware, metrics_router
+from fhir_api.oauth import router as oauth_router
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.operations.import_jobs import ImportJobs
 from fhir_api.routes import adopt_routes, fhir_router
@@ -58,5 +59,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     adopt_routes(app.router, fhir_router())  # one flat route list: see adopt_routes
     app.include_router(metrics_router())  # GET /metrics (Prometheus text)
     app.include_router(health_router())  # GET /health: 503 while the audit log cannot be written
+    app.include_router(oauth_router)  # The authorization server under /oauth (SMART App Launch, Backend Services)
     install_web_view(app)  # The web view under /web (pages over the FHIR API above)
     return app

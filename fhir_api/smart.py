@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from fhir_api.auth import smart_configuration
@@ -15,5 +15,6 @@ router = APIRouter()
 
 
 @router.get("/.well-known/smart-configuration", summary="SMART configuration")
-def smart(services: ServicesDep) -> Response:
-    return Response(orjson.dumps(smart_configuration(services.settings)), media_type="application/json")
+def smart(request: Request, services: ServicesDep) -> Response:
+    base = str(request.base_url).rstrip("/")  # the authorization server is /oauth beside /fhir
+    return Response(orjson.dumps(smart_configuration(services.settings, base)), media_type="application/json")

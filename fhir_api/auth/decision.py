@@ -32,6 +32,9 @@ __all__ = ["Caller", "caller_of", "policy", "scope_refusal", "viewer_of"]
 class Caller:
     claims: dict[str, Any]
     grants: list[Grant]
+    #: Types of granular v2 scopes whose constraints this request's search holds to (the access policy may
+    #: show those types for this request only; anything else, e.g. another type's _revinclude, never).
+    constrained: frozenset[str] = frozenset()
 
     def context(self, request: Request, interaction: str) -> WriteContext:
         c = self.claims
@@ -59,7 +62,13 @@ class Caller:
         """What the access policy needs to filter searches, history and exports for this caller."""
 
         def reach(contexts: tuple[str, ...]) -> frozenset[str] | None:
-            types = {g.resource_type for g in self.grants if g.context in contexts and g.permissions & {"r", "s"}}
+            types = {
+                g.resource_type
+                for g in self.grants
+                if g.context in contexts
+                and g.permissions & {"r", "s"}
+                and (not g.constraints or g.resource_type in self.constrained)
+            }
             return None if "*" in types else frozenset(types)
 
         patient = self.claims.get("patient")
@@ -73,16 +82,19 @@ class Caller:
         )
 
 
-def scope_refusal(services: Any, caller: Caller, need: Need, query: dict[str, list[str]]) -> str | None:
+def scope_refusal(
+    services: Any, caller: Caller, need: Need, query: dict[str, list[str]], method: str = "GET"
+) -> str | None:
     """Why the caller's scopes do not allow ``need`` (None: they do). ``user``/``system`` scopes reach every
     patient; ``patient`` scopes only reads inside the token patient's compartment (SMART App Launch:
     the patient context), and of writes only the patient's own Consent."""
+    searched = query if method == "GET" else None  # granular scopes: GET searches only (the URL is the search)
     wide = [g for g in caller.grants if g.context in ("user", "system")]
-    if covered(wide, need):
+    if covered(wide, need, searched):
         return None
     narrow = [g for g in caller.grants if g.context == "patient"]
     patient = caller.claims.get("patient")
-    if not (covered(narrow, need) and isinstance(patient, str) and patient):
+    if not (covered(narrow, need, searched) and isinstance(patient, str) and patient):
         return f"no scope grants this interaction ({need.resource_type} needs '{need.permissions}')"
     if not _in_compartment(services, patient, need, query):
         return f"patient-level scopes reach only Patient/{patient}'s compartment (reads and searches naming it)"

@@ -129,33 +129,53 @@ def mint_development_token(settings: Settings, claims: dict[str, Any], minutes: 
     return sign_eddsa(key, payload)
 
 
-def smart_configuration(settings: Settings) -> dict[str, Any]:
-    """``/.well-known/smart-configuration``: this server is a resource server; tokens come from issuers."""
+def smart_configuration(settings: Settings, base: str | None = None) -> dict[str, Any]:
+    """``/.well-known/smart-configuration`` (SMART App Launch 2.x §Conformance). ``base`` is the server's root
+    as the client reached it: its authorization server (``/oauth``) issues tokens; trusted institution
+    issuers are listed too. ``capabilities`` name exactly what works: EHR and standalone launch (with the
+    patient picker), public and asymmetric confidential clients, OpenID Connect id_tokens naming the
+    Practitioner, refresh tokens (``offline_access``), v1 and v2 scopes."""
     issuers = [] if settings.auth_disabled else list(Issuers.configured(settings).by_iss.values())
     endpoints = [i.token_endpoint for i in issuers if i.token_endpoint]
     config: dict[str, Any] = {
         "issuer": issuers[0].issuer if len(issuers) == 1 else None,
-        "grant_types_supported": ["client_credentials", "authorization_code"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "response_types_supported": ["code"],
         "scopes_supported": [
             "system/*.rs",
             "system/*.cruds",
             "user/*.cruds",
             "user/*.rs",
             "patient/*.rs",
+            "patient/*.cruds",
             "user/*.read",
             "user/*.write",
             "patient/*.read",
             "openid",
             "fhirUser",
+            "launch",
             "launch/patient",
+            "launch/encounter",
+            "offline_access",
+            "online_access",
         ],
         "capabilities": [
+            "launch-ehr",
+            "launch-standalone",
+            "client-public",
+            "client-confidential-asymmetric",
+            "sso-openid-connect",
+            "context-ehr-patient",
+            "context-ehr-encounter",
+            "context-standalone-patient",
+            "permission-offline",
+            "permission-online",
+            "permission-patient",
+            "permission-user",
             "permission-v1",
             "permission-v2",
-            "permission-user",
-            "permission-patient",
-            "client-confidential-asymmetric",
         ],
         "code_challenge_methods_supported": ["S256"],
         "trusted_issuers": [{"issuer": i.issuer, "institution": i.institution} for i in issuers],
@@ -163,4 +183,16 @@ def smart_configuration(settings: Settings) -> dict[str, Any]:
     }
     if endpoints:
         config["token_endpoint"] = endpoints[0]
+    if base is not None and not settings.auth_disabled:
+        root = base.rstrip("/")
+        config.update(
+            {
+                "issuer": f"{root}/oauth",
+                "authorization_endpoint": f"{root}/oauth/authorize",
+                "token_endpoint": f"{root}/oauth/token",
+                "jwks_uri": f"{root}/oauth/jwks",
+                "introspection_endpoint": f"{root}/oauth/introspect",
+                "revocation_endpoint": f"{root}/oauth/revoke",
+            }
+        )
     return {k: v for k, v in config.items() if v is not None}

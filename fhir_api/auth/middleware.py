@@ -21,8 +21,8 @@ from ehr_core.settings import Settings
 from fhir_api.auth.decision import Caller, policy, scope_refusal
 from fhir_api.auth.issuers import Issuers
 from fhir_api.auth.needs import need_of
-from fhir_api.auth.scopes import covered, parse_scopes
-from fhir_api.auth.tokens import TokenError
+from fhir_api.auth.scopes import constraint_holds, covered, parse_scopes
+from fhir_api.auth.tokens import Issuer, TokenError, verify_token
 from fhir_api.errors import headers_of, outcome_response, status_of
 
 __all__ = ["DISABLED", "AuthMiddleware"]
@@ -82,7 +82,7 @@ class AuthMiddleware:
             return
         assert self.issuers is not None
         try:
-            claims = self.issuers.verify(token.strip())
+            claims = await _run_sync(self._verify, request, token.strip())
         except TokenError as error:
             await self._refuse(scope, receive, send, 401, "login", f"invalid bearer token: {error}")
             return
@@ -90,14 +90,19 @@ class AuthMiddleware:
             # The name the domain gives a writer without an institution, never held to the write policy.
             await self._refuse(scope, receive, send, 401, "login", "the token names no institution")
             return
-        caller = Caller(claims, parse_scopes(str(claims["scope"])))
-        scope.setdefault("state", {})["ehr_caller"] = caller
+        grants = parse_scopes(str(claims["scope"]))
         query_string = scope.get("query_string", b"").decode()
         need = need_of(str(scope["method"]), path, query_string)
+        searched = _query(scope) if scope["method"] == "GET" else None
+        held = frozenset(g.resource_type for g in grants if g.constraints and constraint_holds(g, need, searched))
+        caller = Caller(claims, grants, held)
+        scope.setdefault("state", {})["ehr_caller"] = caller
         wide = [g for g in caller.grants if g.context in ("user", "system")]
         refusal = None
         if not covered(wide, need):  # only patient scopes may still cover it: that asks the views
-            refusal = await _run_sync(scope_refusal, request.app.state.services, caller, need, _query(scope))
+            refusal = await _run_sync(
+                scope_refusal, request.app.state.services, caller, need, _query(scope), str(scope["method"])
+            )
         if refusal is not None:
             await self._refuse(scope, receive, send, 403, "forbidden", refusal)
             return
@@ -127,6 +132,24 @@ class AuthMiddleware:
                 await self.app(scope, receive, flagged)
                 return
         await self.app(scope, receive, send)
+
+    def _verify(self, request: Request, token: str) -> dict[str, Any]:
+        """The token's claims: from a trusted issuer, or from this server's own authorization server
+        (``/oauth``: its signing keys, ``aud`` = this FHIR base URL, and its client still enabled and the
+        token not revoked, read at every request so a disabled client's tokens stop at once)."""
+        from fhir_api.oauth.routes import base_of, issuer_of, oauth_store, signing_keys
+
+        assert self.issuers is not None
+        own = issuer_of(request)
+        issuer = Issuer(own, "*", signing_keys(request.app).public(), f"{base_of(request)}/fhir")
+        claims = verify_token(token, {**self.issuers.by_iss, own: issuer})
+        if claims.get("iss") == own:
+            refusal = oauth_store(request.app).access_refused(
+                str(claims.get("client_id")), claims.get("jti"), claims.get("family")
+            )
+            if refusal is not None:
+                raise TokenError(refusal)
+        return claims
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
         headers = {"WWW-Authenticate": 'Bearer realm="ehr-core"'} if status == 401 else None

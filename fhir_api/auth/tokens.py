@@ -13,18 +13,23 @@ from __future__ import annotations
 import base64
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-__all__ = ["ALGS", "Issuer", "TokenError", "jwk_key", "sign_eddsa", "verify_token"]
+__all__ = ["ALGS", "Issuer", "TokenError", "joserfc_key", "jwk_key", "sign_eddsa", "verify_token"]
+
+# RFC 9864 deprecates the polymorphic "EdDSA" name in favour of "Ed25519"; tokens already issued carry it,
+# so it stays accepted here (the curve is pinned by the key: Ed25519 only) and joserfc's warning is silenced
+# around the calls that use it.
 
 ALGS = ("EdDSA", "ES256", "RS256")
 _LEEWAY = 60
@@ -68,10 +73,6 @@ def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def jwk_key(jwk: dict[str, Any]) -> Any:
     """The public key of a JWK (RFC 7517; OKP keys: RFC 8037)."""
     kty = jwk.get("kty")
@@ -94,17 +95,24 @@ def _fits(key: Any, alg: str) -> bool:
     return isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048
 
 
-def _verify_signature(key: Any, alg: str, signature: bytes, message: bytes) -> None:
-    if alg == "EdDSA":
-        key.verify(signature, message)
-    elif alg == "ES256":
-        # RFC 7518 §3.4: the JWS signature is R || S, 32 octets each, not DER.
-        if len(signature) != 64:
-            raise InvalidSignature()
-        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
-    else:
-        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+def joserfc_key(key: Any) -> Any:
+    """The joserfc key of a ``cryptography`` public or private key (the library does the JWS arithmetic)."""
+    if isinstance(key, Ed25519PublicKey | Ed25519PrivateKey):
+        return OKPKey.import_key(key)
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        return ECKey.import_key(key)
+    return RSAKey.import_key(key)
+
+
+def _verify_signature(key: Any, alg: str, token: str) -> bool:
+    """RFC 7515 §5.2 via joserfc (ES256's R || S form, RFC 7518 §3.4, included)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="EdDSA is deprecated")
+            jws.deserialize_compact(token, joserfc_key(key), algorithms=[alg])
+    except (JoseError, ValueError):
+        return False
+    return True
 
 
 def verify_token(token: str, by_iss: Mapping[str, Issuer], now: float | None = None) -> dict[str, Any]:
@@ -141,14 +149,7 @@ def signed_claims(token: str, by_iss: Mapping[str, Issuer]) -> tuple[dict[str, A
         raise TokenError(f"issuer {claims.get('iss')!r} is not trusted")
     kid = header.get("kid")
     candidates = [k for key_id, k in issuer.keys if (kid is None or key_id in (None, kid)) and _fits(k, alg)]
-    message = f"{parts[0]}.{parts[1]}".encode()
-    for key in candidates:
-        try:
-            _verify_signature(key, alg, signature, message)
-            break
-        except InvalidSignature:
-            continue
-    else:
+    if not signature or not any(_verify_signature(key, alg, token) for key in candidates):
         raise TokenError("the token's signature does not verify with the issuer's keys")
     return claims, issuer
 
@@ -185,7 +186,9 @@ def check_claims(claims: dict[str, Any], issuer: Issuer, now: float | None = Non
 
 def sign_eddsa(key: Ed25519PrivateKey, payload: dict[str, Any]) -> str:
     """A compact JWS (RFC 7515 §7.1) of ``payload``, signed with EdDSA (RFC 8037 §3.1)."""
-    header = _b64url_encode(orjson.dumps({"alg": "EdDSA", "typ": "JWT"}))
-    body = _b64url_encode(orjson.dumps(payload))
-    signature = key.sign(f"{header}.{body}".encode())
-    return f"{header}.{body}.{_b64url_encode(signature)}"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="EdDSA is deprecated")
+        token = jws.serialize_compact(
+            {"alg": "EdDSA", "typ": "JWT"}, orjson.dumps(payload), OKPKey.import_key(key), ["EdDSA"]
+        )
+    return token

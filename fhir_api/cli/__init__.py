@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ehr_core.files import private_umask
-from fhir_api.cli import audit, demo, import_, privacy, project, rebuild, token, verify
+from fhir_api.cli import audit, clients, demo, import_, privacy, project, rebuild, token, verify
 from fhir_api.server import serve
 
 __all__ = ["main"]
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(commands)
     privacy.add_parsers(commands)  # Keys, shred, arco-cancel
     token.add_parser(commands)
+    clients.add_parsers(commands)  # The authorization server's clients and development users
     project.add_parser(commands)  # The projection worker
     rebuild.add_parser(commands)
     return parser

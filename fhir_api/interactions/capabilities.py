@@ -107,12 +107,31 @@ def _resources(base: str) -> list[dict[str, Any]]:
     return resources
 
 
-def _security(auth_disabled: bool) -> dict[str, Any]:
+def _oauth_uris(base: str) -> dict[str, Any]:
+    """SMART App Launch 2.x §Conformance: the ``oauth-uris`` extension naming the authorization server's
+    endpoints (``/oauth`` beside ``/fhir``), for clients that read the CapabilityStatement."""
+    root = base.removesuffix("/fhir")
+    return {
+        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+        "extension": [
+            {"url": name, "valueUri": f"{root}/oauth/{path}"}
+            for name, path in (
+                ("authorize", "authorize"),
+                ("token", "token"),
+                ("introspect", "introspect"),
+                ("revoke", "revoke"),
+            )
+        ],
+    }
+
+
+def _security(auth_disabled: bool, base: str | None = None) -> dict[str, Any]:
     """``rest.security`` (R4 capabilitystatement.html, SMART App Launch "Conformance"): bearer JWTs with
     SMART scopes; the issuers and endpoints are in ``.well-known/smart-configuration``."""
     if auth_disabled:
         return {"description": "Authentication is disabled (EHR_AUTH=disabled-for-development): development only."}
     return {
+        **({"extension": [_oauth_uris(base)]} if base is not None else {}),
         "service": [
             {
                 "coding": [
@@ -123,8 +142,8 @@ def _security(auth_disabled: bool) -> dict[str, Any]:
                 ]
             }
         ],
-        "description": "Bearer JWTs from trusted institution issuers with SMART v1/v2 scopes; see "
-        ".well-known/smart-configuration",
+        "description": "Bearer JWTs from this server's authorization server (/oauth) or trusted institution "
+        "issuers, with SMART v1/v2 scopes; see .well-known/smart-configuration",
     }
 
 
@@ -142,7 +161,7 @@ def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, An
         "rest": [
             {
                 "mode": "server",
-                "security": _security(auth_disabled),
+                "security": _security(auth_disabled, base),
                 "resource": _resources(base),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "operation": _operations(base, None),

@@ -84,6 +84,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "record.tab.summary": ("Resumen", "Summary"),
     "record.asof": ("Ver como estaba en una fecha", "View as it was at a moment"),
     "record.audit": ("Bitácora de accesos", "Audit trail"),
+    "record.launch": ("Abrir aplicación SMART", "Launch SMART app"),
     "record.timeline": ("Línea de tiempo", "Timeline"),
     "record.problems": ("Problemas activos", "Active problems"),
     "record.allergies": ("Alergias", "Allergies"),
