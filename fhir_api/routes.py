@@ -18,7 +18,7 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import bulk_import, everything, export, ledger, match, person, summary  # Ledger
+from fhir_api.operations import bulk_import, everything, export, grants, ledger, match, person, summary  # Ledger
 
 __all__ = ["fhir_router"]
 
@@ -39,7 +39,7 @@ def fhir_router() -> APIRouter:
     router.include_router(ledger.router)
     router.include_router(audit_resources.router)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
-    for operation in (match, everything, summary, person):
+    for operation in (match, everything, summary, person, grants):
         router.include_router(operation.router)
     # search before create and read: ``POST /{type}/_search`` and ``GET /{type}`` need no other pattern.
     # Binary's native content (read, vread, create, update) before the generic interactions; after history

@@ -38,6 +38,9 @@ def need_of(method: str, path: str, query: str = "") -> Need:
     if operation is not None:
         if parts[0] == "Patient" and len(parts) == 3 and operation in ("$everything", "$summary", "$person"):
             return Need("*", "rs", patient_operation=parts[1])
+        if parts[0] == "Patient" and len(parts) == 3 and operation == "$access-grants":
+            # Who may read the record is told to whoever may read the Patient record (and to its patient).
+            return Need("Patient", "r", target=("Patient", parts[1]))
         if operation in ("$link", "$unlink"):
             return Need(parts[0], "u", write=True)
         if operation in ("$match", "$ihe-pix", "$review"):
