@@ -2,13 +2,20 @@
 
 - ``resource_owners``: the institution that recorded a resource's first version ("an institution reads
   what it recorded").
-- ``consent_grants``: one row per (Consent, institution) that an active, permitting Consent lets read the
-  patient's record, with its period. The institution is named in ``Consent.provision.actor.reference``
-  by ``identifier`` (system ``urn:ehr-core:institution``) or ``display``. A Consent updated to another
-  status, or deleted, stops granting (its rows are replaced or removed). Only the custodian grants
-  (DESIGN.md "Access"): a Consent takes effect when the institution that recorded the patient's record wrote
-  it; one written by anyone else is kept as what it is, a request, and grants nothing (its author stays in
-  the log's context and in the server's Provenance). Otherwise any institution could write itself a grant.
+- ``consent_grants``: one row per (Consent or referral Task, institution) that lets that institution read a
+  patient's record, with its period. A Consent grants while ``active`` with a ``permit`` provision, to the
+  institutions named in ``Consent.provision.actor.reference`` by ``identifier`` (system
+  ``urn:ehr-core:institution``) or ``display``, or to every institution (``*``) when it names none. A
+  referral Task (:mod:`ehr_core.referrals`) grants its receiving institution from acceptance, and until
+  ``referral_grant_days`` after completion. A Consent or Task changed to a non-granting state, or deleted,
+  stops granting at once (its rows are replaced or removed). Only the custodian grants (DESIGN.md
+  "Access"): a Consent or referral takes effect when the institution that recorded the patient's record
+  wrote it (or the patient through a patient-facing app, for a Consent); one written by anyone else is kept
+  as what it is, a request, and grants nothing. Otherwise any institution could write itself a grant.
+- ``consent_denials``: what an active Consent keeps inside the institution that recorded it (its ``deny``
+  provisions by class, code or security label).
+- ``referral_addressees``: the referral Task and its ServiceRequest, readable by the receiving institution
+  from the moment it is requested.
 
 The policy as SQL (:func:`visible_clause`): one predicate, written once and used by every read path (single
 reads through :mod:`fhir_api.access`, search matches and ``_include``/``_revinclude``, type and system
@@ -16,9 +23,11 @@ history, bulk export), so no path can disagree with another. A resource is visib
 
 1. it recorded the resource (``resource_owners``), or
 2. the resource's type holds nobody's record (:data:`SHARED_TYPES`: directories, terminology), or
-3. it is in at least one patient compartment and *every* patient of its compartment has an active Consent
-   naming the institution, valid now (a Group or a shared Encounter needs all of them, not one), or
-4. the caller broke the glass (the institution rule is lifted; the request is flagged and logged).
+3. it is a referral Task or ServiceRequest addressed to it, or
+4. it is in at least one patient compartment, *every* patient of its compartment has a grant (Consent or
+   referral) naming the institution, valid now (a Group or a shared Encounter needs all of them, not one),
+   and no active Consent of those patients denies it (class, code or security label), or
+5. the caller broke the glass (the institution rule is lifted; the request is flagged and logged).
 
 and the caller's SMART scopes cover the type (``user``/``system`` scopes), or a ``patient`` scope covers it
 and the resource is in the token patient's compartment. The predicate runs inside the query (correlated
