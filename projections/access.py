@@ -556,15 +556,23 @@ def grant_basis(
         patient_ids = [*patient_ids, *(str(r[0]) for r in rows)]
         if target[0] == "Patient":
             patient_ids.append(target[1])
+    addressed: list[str] = []
+    if target is not None:
+        # A referral Task or ServiceRequest read by the institution it is addressed to: under that referral.
+        found = tx.execute(
+            "SELECT task_id FROM referral_addressees WHERE resource_type = ? AND resource_id = ? AND institution = ?",
+            (*target, institution),
+        ).fetchall()
+        addressed = [f"Task/{r[0]}" for r in found]
     if not patient_ids:
-        return []
+        return addressed
     marks = ", ".join("?" for _ in patient_ids)
     rows = tx.execute(
         f"SELECT DISTINCT g.resource_type, g.resource_id FROM consent_grants g WHERE g.patient_id IN ({marks}) "
         f"AND g.institution IN (?, '*') AND {_VALID} ORDER BY g.resource_type DESC, g.resource_id",
         [*patient_ids, institution, now, now],
     ).fetchall()
-    return [f"{r[0]}/{r[1]}" for r in rows]
+    return list(dict.fromkeys([*addressed, *(f"{r[0]}/{r[1]}" for r in rows)]))
 
 
 # -- the read paths that list many resources -------------------------------------------------------------

@@ -108,6 +108,13 @@ def test_accepted_referral_grants_read_and_cancel_ends_it(world: tuple[TestClien
     reads = [e for e in events if e["subtype"][0]["code"] == "read" and e["outcome"] == "0"]
     assert reads and all(f"Task/{task}" in e.get("outcomeDesc", "") for e in reads), events
     assert reads[0]["purposeOfEvent"][0]["text"] == f"Task/{task}"
+    # Reading the Task it was asked to accept was also under that referral.
+    trail = client.get("/fhir/AuditEvent", params={"entity": f"Task/{task}"}, headers=issste).json()
+    task_reads = [
+        e["resource"] for e in trail.get("entry", [])
+        if e["resource"]["subtype"][0]["code"] == "read" and e["resource"]["agent"][1]["who"]["display"] == "ISSSTE"
+    ]  # fmt: skip
+    assert task_reads and all(f"Task/{task}" in e.get("outcomeDesc", "") for e in task_reads), task_reads
     # Only the referring institution cancels; then the grant ends at once.
     assert _move(client, issste, task, "cancelled") == 403
     assert _move(client, heads["IMSS-BIENESTAR"], task, "cancelled") == 200
