@@ -191,8 +191,11 @@ def institution_clause(
         # totals, _include and every other path as for the matches themselves.
         compartment = f"c.resource_type = {type_column} AND c.resource_id = {id_column}"
         sql += (
-            " OR ((SELECT 1 FROM resource_compartments c JOIN consent_grants g ON g.patient_id = c.patient_id"
-            f" WHERE {compartment} AND g.institution IN (?, '*') AND {_VALID} LIMIT 1) IS NOT NULL"
+            # From the resource's compartments to their grants (a nested EXISTS fixes the order): driven by
+            # the institution's grants instead, each row would walk every grant the institution holds.
+            f" OR ((SELECT 1 FROM resource_compartments c WHERE {compartment} AND EXISTS (SELECT 1 FROM"
+            f" consent_grants g WHERE g.patient_id = c.patient_id AND g.institution IN (?, '*') AND {_VALID})"
+            " LIMIT 1) IS NOT NULL"
             f" AND (SELECT 1 FROM resource_compartments c WHERE {compartment} AND NOT EXISTS"
             " (SELECT 1 FROM consent_grants g WHERE g.patient_id = c.patient_id AND g.institution IN (?, '*')"
             f" AND {_VALID}) LIMIT 1) IS NULL"

@@ -284,7 +284,7 @@ def population(people: int = 300, seed: int = 2024, years: tuple[int, int] = (20
             # A generator of its own per person: the population above stays what it was for a seed.
             sharing = random.Random(seed * 100_003 + person.key)
             yield from _consents(sharing, person, institutions, by_institution)
-            yield from _referral(sharing, person, institutions, by_institution, when)
+            yield from _referral(rng, sharing, person, institutions, by_institution, when)
 
 
 def _immunizations(person: Person, pid: str, unit: Unit) -> Iterator[Write]:
@@ -427,14 +427,21 @@ def _consents(
 
 
 def _referral(
-    rng: random.Random, person: Person, institutions: list[str], by_institution: dict[str, list[Unit]], when: datetime
+    population_rng: random.Random,
+    rng: random.Random,
+    person: Person,
+    institutions: list[str],
+    by_institution: dict[str, list[Unit]],
+    when: datetime,
 ) -> Iterator[Write]:
     """A referral from the person's first institution to another, as far as it went: pending (requested),
-    accepted, completed with a counter-referral, rejected or cancelled."""
+    accepted, completed with a counter-referral, rejected or cancelled. Where it goes and from which unit
+    come from the population's generator (as they always did); the rest from the person's own."""
     source = institutions[0]
-    target = institutions[1] if len(institutions) > 1 else rng.choice([i for i in ORGANIZATIONS if i != source])
+    others = [i for i in ORGANIZATIONS if i != source]
+    target = institutions[1] if len(institutions) > 1 else population_rng.choice(others)
     pid = _pid(source, person)
-    origin = rng.choice(by_institution[source])
+    origin = population_rng.choice(by_institution[source])
     hospital = next((u for u in by_institution[target] if u.level == 2), by_institution[target][0])
     stamp = when.strftime("%Y-%m-%dT%H:%M:00-06:00")
     write = Write(source, origin.clues, "med-referencia")
