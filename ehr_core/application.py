@@ -31,12 +31,14 @@ from ehr_core.errors import (
     NotFound,
     PreconditionFailed,
     RecordedElsewhere,
+    RecordError,
     StoreUnavailable,
     TooLarge,
 )
 from ehr_core.group_commit import GroupCommit
 from ehr_core.identity.rules import check_identifiers
 from ehr_core.keys import Erased, KeyStore
+from ehr_core.referrals import check_transition, receiving_institution
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources.validation import is_valid_id, validate
 from ehr_core.settings import Settings
@@ -205,6 +207,33 @@ class RecordApplication(Application[UUID]):
             f"change it (record your own resource, e.g. a new {stream.resource_type} that refers to it)"
         )
 
+    def authorize_change(self, stream: ResourceStream | None, context: WriteContext) -> None:
+        """The write policy for an update or patch: :meth:`authorize`, with the one write grant there is — the
+        institution that owns a referral Task (``Task.owner``, the receiving institution) moves it (accept,
+        reject, start, complete); which changes each side may make is checked once the new content is known
+        (:func:`ehr_core.referrals.check_transition`, from :meth:`_prepare`)."""
+        if (
+            stream is not None
+            and stream.resource_type == "Task"
+            and stream.resource is not None
+            and not stream.deleted
+            and context.patient is None
+            and receiving_institution(fhir_json.loads(stream.resource), self._organization) == context.institution
+        ):
+            return
+        self.authorize(stream, context)
+
+    def _organization(self, organization_id: str) -> dict[str, Any] | None:
+        """The stored Organization ``organization_id`` (None: unknown, retracted, or held elsewhere)."""
+        try:
+            stream = self.stream("Organization", organization_id)
+        except RecordError:
+            return None
+        if stream is None or stream.deleted or stream.resource is None:
+            return None
+        found: dict[str, Any] = fhir_json.loads(stream.resource)
+        return found
+
     def security_context_compartment(self, resource: dict[str, Any]) -> list[str]:
         """A Binary whose ``securityContext`` is another resource (a DocumentReference, say) is accessed as
         that resource is (R4 binary.html "Security"): it takes that resource's patient compartment as of
@@ -327,7 +356,7 @@ class RecordApplication(Application[UUID]):
             message = f"id in the body ({body_id}) does not match the id in the URL ({resource_id})"
             raise InvalidResource([Issue("invalid", message, f"{resource_type}.id")])
         stream = self.stream(resource_type, resource_id)
-        self.authorize(stream, context)
+        self.authorize_change(stream, context)
         _check_if_match(stream, if_match, resource_type, resource_id)
         return self._prepare(stream, resource, context, "update", now)
 
@@ -341,7 +370,7 @@ class RecordApplication(Application[UUID]):
         now: datetime | None = None,
     ) -> Pending:
         stream = self.require_current(resource_type, resource_id)
-        self.authorize(stream, context)  # before the patch runs: a JSON Patch ``test`` would be an oracle
+        self.authorize_change(stream, context)  # before the patch runs: a JSON Patch ``test`` would be an oracle
         _check_if_match(stream, if_match, resource_type, resource_id)
         assert stream.resource is not None
         patched = change(fhir_json.loads(stream.resource))
@@ -382,6 +411,15 @@ class RecordApplication(Application[UUID]):
     ) -> Pending:
         resource_type, resource_id = resource["resourceType"], resource["id"]
         check_identifiers(resource)  # domain rules (CURP, NSS, RFC, CLUES): 422 names the identifier
+        if resource_type == "Task" and context.institution != UNKNOWN_INSTITUTION:
+            old = None if stream is None or stream.deleted or stream.resource is None else stream.resource
+            check_transition(
+                None if old is None else fhir_json.loads(old),
+                resource,
+                context.institution,
+                None if stream is None else stream.owner,
+                self._organization,
+            )
         digest = content_hash(resource)
         if stream is not None and not stream.deleted and stream.content_hash == digest:
             # Identical content: no new version (DESIGN.md, write path step 2).

@@ -112,10 +112,12 @@ class AuditEntry:
     #: Patient ids whose records were concerned.
     patients: list[str] = field(default_factory=list)
     #: How the access policy shaped the answer: ``filtered`` (other institutions' records left out),
-    #: ``break-the-glass``; None when it did not apply.
+    #: ``break-the-glass``, ``consent`` or ``referral`` (another institution's record read under the patient's
+    #: Consent or an accepted referral); None when it did not apply.
     access: str | None = None
-    #: The reason given for breaking the glass (purpose ``BTG``): kept in the signed audit log, not only in
-    #: the review list, so that what was claimed cannot be changed or removed unnoticed.
+    #: The reason given for breaking the glass (purpose ``BTG``), or the grants a ``consent``/``referral`` read
+    #: was made under (``Consent/id``, ``Task/id``): kept in the signed audit log, not only in the review list,
+    #: so that what was claimed cannot be changed or removed unnoticed.
     reason: str | None = None
 
     @property
@@ -456,4 +458,8 @@ def audit_event(entry: AuditEntry, resource_id: str) -> dict[str, Any]:
         event["outcomeDesc"] = "answered without the records the access policy withholds from this institution"
     elif entry.access == "break-the-glass":
         event["outcomeDesc"] = "answered with records disclosed by break-the-glass"
+    elif entry.access == "referral":
+        event["outcomeDesc"] = f"answered under the referral grant of {entry.reason or 'an accepted referral'}"
+    elif entry.access == "consent":
+        event["outcomeDesc"] = f"answered under the patient's consent ({entry.reason or 'an active Consent'})"
     return event

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ehr_core.files import private_sqlite
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = 10
     #: Notifications a projection handles in one transaction.
     projection_batch_size: int = 500
+    #: Days a completed referral still lets the receiving institution read the patient's record (the
+    #: counter-referral's follow-up); the grant starts at acceptance and ends at once on cancel or reject.
+    #: Periods are computed when the referral Task is projected: a change applies after ``ehr rebuild``.
+    referral_grant_days: int = Field(default=90, ge=0, le=3650)
     #: Who applies events to the views: ``inline`` — each API process, after its own writes and
     #: following the others' (LISTEN); ``worker`` — a separate ``ehr project`` process (PostgreSQL), which
     #: the API processes wait for (read-your-writes) instead of projecting themselves.

@@ -1,8 +1,10 @@
 """The access policy across institutions (DESIGN.md "Access"): decisions for one resource or one
 patient's unified record, and the :class:`~projections.access.Viewer` that filters every other read path.
 
-An institution reads what it recorded. A resource recorded by another institution needs an active Consent,
-naming the caller's institution and valid now, of every patient whose compartment holds it; resources of
+An institution reads what it recorded. A resource recorded by another institution needs a grant valid now of
+every patient whose compartment holds it — an active Consent naming the caller's institution (or naming no
+institution: every one), or an accepted referral Task owned by it (:mod:`ehr_core.referrals`) — and no deny
+provision of the patient's active Consents covering it (class, code or security label); resources of
 :data:`~projections.access.SHARED_TYPES` (directories, terminology) are everyone's. Otherwise only
 break-the-glass: the header ``X-EHR-Break-Glass: <reason>`` — granted, flagged in the response
 (``X-EHR-Break-Glass: granted``), recorded as an event of the audit log (:func:`record_break_glass`) that the
@@ -39,7 +41,7 @@ from eventsourcing.persistence import PersistenceError
 
 from ehr_core.audit import BreakGlassAccess
 from ehr_core.errors import StoreUnavailable
-from projections.access import SHARED_TYPES, owner_of, owners_and_consent
+from projections.access import SHARED_TYPES, grant_basis, owner_of, owners_and_consent
 from projections.db import Tx
 from projections.identity import IdentityIndex
 
@@ -52,9 +54,18 @@ __all__ = ["Decision", "decide", "record_break_glass"]
 @dataclass(frozen=True)
 class Decision:
     permitted: bool
-    #: own, shared, consent, break-the-glass, unknown (nothing recorded: the read answers 404), denied
+    #: own, shared, consent, referral, break-the-glass, unknown (nothing recorded: the read answers 404), denied
     basis: str
     owners: tuple[str, ...] = ()
+    #: The grants that allow a consent or referral read (``Consent/id``, ``Task/id``): the audit entry's reason.
+    grants: tuple[str, ...] = ()
+
+
+def _granted(tx: Tx, institution: str, instant: str, owners: tuple[str, ...], **where: Any) -> Decision:
+    """A read allowed by grants: ``referral`` when only referral Tasks allow it, else ``consent``."""
+    grants = tuple(grant_basis(tx, where.get("patients", []), institution, instant, where.get("target")))
+    basis = "referral" if grants and all(g.startswith("Task/") for g in grants) else "consent"
+    return Decision(True, basis, owners, grants)
 
 
 def decide(
@@ -89,7 +100,7 @@ def decide(
         patients = IdentityIndex.linked_records(tx, patient)
         return _records_decision(tx, institution, patients, break_glass, instant)
     if visible:
-        return Decision(True, "consent", owners)
+        return _granted(tx, institution, instant, owners, target=target)
     if break_glass:
         return Decision(True, "break-the-glass", owners)
     return Decision(False, "denied", owners)
@@ -113,7 +124,7 @@ def _records_decision(tx: Tx, institution: str, records: list[str], break_glass:
     if owners == (institution,):
         return Decision(True, "own", owners)
     if len(rows) == len(records) and all(readable for _, readable in rows):
-        return Decision(True, "consent", owners)
+        return _granted(tx, institution, instant, owners, patients=records)
     if break_glass:
         return Decision(True, "break-the-glass", owners)
     return Decision(False, "denied", owners)

@@ -223,7 +223,7 @@ class AuditMiddleware:
             entities=list(dict.fromkeys(entities)),
             patients=list(dict.fromkeys(patients)),
             access=scope.get("state", {}).get("ehr_access"),  # set by search, history, $export
-            reason=_break_glass_reason(scope) if context.purpose == "BTG" else None,
+            reason=_break_glass_reason(scope) if context.purpose == "BTG" else _grant_reason(scope),
         )
         committed = compliance.audit_writer.submit(entry)
         # The answer is already on its way; waiting here for the commit would only hold the connection's next
@@ -234,6 +234,12 @@ class AuditMiddleware:
                 await asyncio.wrap_future(committed)
             except Exception:  # the answer is sent; the writer logged it and refuses the next requests
                 log.warning("audit entry for %s %s not stored", method, path)
+
+
+def _grant_reason(scope: Scope) -> str | None:
+    """The grants (``Consent/id``, referral ``Task/id``) under which another institution's record was read."""
+    grants = scope.get("state", {}).get("ehr_access_grants")
+    return " ".join(grants)[:500] if grants else None
 
 
 def _break_glass_reason(scope: Scope) -> str | None:

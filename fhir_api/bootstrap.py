@@ -106,7 +106,7 @@ def federated(settings: Settings, follow: bool) -> Services:
     own = federation.application(federation.own)
     views = construct_views(settings)
     batch = settings.projection_batch_size
-    projector = FederatedProjector(federation.own, own, views, resource_views(), batch_size=batch)
+    projector = FederatedProjector(federation.own, own, views, resource_views(settings), batch_size=batch)
     projector.create_tables()
     national = IdentityIndex(RecordApplication(settings), views, batch)  # the MPI's decisions: national
     identity = FederatedIdentity(federation.own, own, national, batch)
@@ -172,7 +172,9 @@ def construct_store_projectors(services: Services, store: str) -> list[Projector
     assert services.federation is not None and isinstance(services.identity, FederatedIdentity)
     application = services.federation.application(store)
     batch = services.settings.projection_batch_size
-    projector = FederatedProjector(store, application, services.views, resource_views(), batch_size=batch)
+    projector = FederatedProjector(
+        store, application, services.views, resource_views(services.settings), batch_size=batch
+    )
     identity = FederatedIdentity(store, application, services.identity.national, batch)
     terminology = terminology_projector(application, services.views, batch, store=store)
     for created in (projector, identity, terminology):

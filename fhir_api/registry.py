@@ -25,7 +25,12 @@ class Projection:
 
 
 PROJECTIONS: tuple[Projection, ...] = (
-    Projection("resources", "ehr", "read, history, search, provenance, access, erasures", per_store=True),
+    Projection(
+        "resources",
+        "ehr",
+        "read, history, search, provenance, access (owners, consent and referral grants, denials), erasures",
+        per_store=True,
+    ),
     Projection("identity", "ehr", "the master patient index", per_store=True),
     Projection("audit", "audit", "the AuditEvent views", per_store=False),
     Projection("terminology", "ehr", "the CodeSystems, ValueSets, ConceptMaps of $expand...", per_store=True),

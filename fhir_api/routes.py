@@ -24,6 +24,7 @@ from fhir_api.operations import (  # Ledger; and the terminology service: expand
     everything,
     expand,
     export,
+    grants,
     ledger,
     lookup,
     match,
@@ -56,7 +57,7 @@ def fhir_router() -> APIRouter:
     adopt_routes(router, history.router)
     adopt_routes(router, audit_resources.router)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
-    for operation in (match, everything, summary, person):
+    for operation in (match, everything, summary, person, grants):
         adopt_routes(router, operation.router)
     # Terminology (R4 terminology-service.html): before read, which would take ``$expand`` for an id.
     for operation in (lookup, subsumes, expand, validate_code, translate):

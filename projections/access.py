@@ -2,13 +2,20 @@
 
 - ``resource_owners``: the institution that recorded a resource's first version ("an institution reads
   what it recorded").
-- ``consent_grants``: one row per (Consent, institution) that an active, permitting Consent lets read the
-  patient's record, with its period. The institution is named in ``Consent.provision.actor.reference``
-  by ``identifier`` (system ``urn:ehr-core:institution``) or ``display``. A Consent updated to another
-  status, or deleted, stops granting (its rows are replaced or removed). Only the custodian grants
-  (DESIGN.md "Access"): a Consent takes effect when the institution that recorded the patient's record wrote
-  it; one written by anyone else is kept as what it is, a request, and grants nothing (its author stays in
-  the log's context and in the server's Provenance). Otherwise any institution could write itself a grant.
+- ``consent_grants``: one row per (Consent or referral Task, institution) that lets that institution read a
+  patient's record, with its period. A Consent grants while ``active`` with a ``permit`` provision, to the
+  institutions named in ``Consent.provision.actor.reference`` by ``identifier`` (system
+  ``urn:ehr-core:institution``) or ``display``, or to every institution (``*``) when it names none. A
+  referral Task (:mod:`ehr_core.referrals`) grants its receiving institution from acceptance, and until
+  ``referral_grant_days`` after completion. A Consent or Task changed to a non-granting state, or deleted,
+  stops granting at once (its rows are replaced or removed). Only the custodian grants (DESIGN.md
+  "Access"): a Consent or referral takes effect when the institution that recorded the patient's record
+  wrote it (or the patient through a patient-facing app, for a Consent); one written by anyone else is kept
+  as what it is, a request, and grants nothing. Otherwise any institution could write itself a grant.
+- ``consent_denials``: what an active Consent keeps inside the institution that recorded it (its ``deny``
+  provisions by class, code or security label).
+- ``referral_addressees``: the referral Task and its ServiceRequest, readable by the receiving institution
+  from the moment it is requested.
 
 The policy as SQL (:func:`visible_clause`): one predicate, written once and used by every read path (single
 reads through :mod:`fhir_api.access`, search matches and ``_include``/``_revinclude``, type and system
@@ -16,9 +23,11 @@ history, bulk export), so no path can disagree with another. A resource is visib
 
 1. it recorded the resource (``resource_owners``), or
 2. the resource's type holds nobody's record (:data:`SHARED_TYPES`: directories, terminology), or
-3. it is in at least one patient compartment and *every* patient of its compartment has an active Consent
-   naming the institution, valid now (a Group or a shared Encounter needs all of them, not one), or
-4. the caller broke the glass (the institution rule is lifted; the request is flagged and logged).
+3. it is a referral Task or ServiceRequest addressed to it, or
+4. it is in at least one patient compartment, *every* patient of its compartment has a grant (Consent or
+   referral) naming the institution, valid now (a Group or a shared Encounter needs all of them, not one),
+   and no active Consent of those patients denies it (class, code or security label), or
+5. the caller broke the glass (the institution rule is lifted; the request is flagged and logged).
 
 and the caller's SMART scopes cover the type (``user``/``system`` scopes), or a ``patient`` scope covers it
 and the resource is in the token patient's compartment. The predicate runs inside the query (correlated
@@ -31,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, timedelta
 from typing import Any
 
 import orjson
@@ -39,6 +49,7 @@ from eventsourcing.utils import get_topic
 
 from ehr_core.application import format_instant
 from ehr_core.audit import BreakGlassAccess
+from ehr_core.referrals import GRANTING, receiving_institution
 from projections.changes import Change
 from projections.db import Dialect, Tx, ViewDatabase
 from projections.projector import Projector
@@ -51,12 +62,16 @@ __all__ = [
     "AccessView",
     "BreakGlassReview",
     "Viewer",
+    "access_denials",
+    "access_grants",
     "audit_clause",
     "audit_entry_visible",
     "break_glass_entries",
     "break_glass_listed",
+    "consent_denials",
     "consent_grants",
     "count_visible_history",
+    "grant_basis",
     "institution_clause",
     "owner_of",
     "owners_and_consent",
@@ -136,7 +151,7 @@ def with_consents(tx: Tx, viewer: Viewer) -> Viewer:
     if viewer.consents is not None or viewer.break_glass:
         return viewer
     row = tx.execute(
-        f"SELECT 1 FROM consent_grants g WHERE g.institution = ? AND {_VALID} LIMIT 1",
+        f"SELECT 1 FROM consent_grants g WHERE g.institution IN (?, '*') AND {_VALID} LIMIT 1",
         (viewer.institution, viewer.now, viewer.now),
     ).fetchone()
     return replace(viewer, consents=row is not None)
@@ -165,17 +180,41 @@ def institution_clause(
         f"AND o.resource_id = {id_column}) = ? OR {type_column} IN ({_SHARED_SQL})"
     )
     params: list[Any] = [institution]
+    # Aliases here are long and unlikely: the caller's columns (``a.resource_id``...) are inside the subqueries,
+    # and a subquery alias equal to the caller's would silently compare a column with itself.
+    # A referral is addressed to its receiving institution: the Task and the ServiceRequest it tracks are
+    # readable by it from the moment it is requested (it must see what it is asked to accept).
+    sql += (
+        f" OR (SELECT 1 FROM referral_addressees ref_a WHERE ref_a.resource_type = {type_column} AND "
+        f"ref_a.resource_id = {id_column} AND ref_a.institution = ? LIMIT 1) IS NOT NULL"
+    )
+    params.append(institution)
     if consents:
-        # A consenting patient's compartment holds it, and no patient of its compartment is without a grant.
+        # A consenting (or referred) patient's compartment holds it, no patient of its compartment is without
+        # a grant, and no active Consent of theirs keeps it in the institution that recorded it (a deny
+        # provision by class, code or security label): denials are part of the predicate, so they hold for
+        # totals, _include and every other path as for the matches themselves.
         compartment = f"c.resource_type = {type_column} AND c.resource_id = {id_column}"
         sql += (
-            " OR ((SELECT 1 FROM resource_compartments c JOIN consent_grants g ON g.patient_id = c.patient_id"
-            f" WHERE {compartment} AND g.institution = ? AND {_VALID} LIMIT 1) IS NOT NULL"
+            # From the resource's compartments to their grants (a nested EXISTS fixes the order): driven by
+            # the institution's grants instead, each row would walk every grant the institution holds.
+            f" OR ((SELECT 1 FROM resource_compartments c WHERE {compartment} AND EXISTS (SELECT 1 FROM"
+            f" consent_grants g WHERE g.patient_id = c.patient_id AND g.institution IN (?, '*') AND {_VALID})"
+            " LIMIT 1) IS NOT NULL"
             f" AND (SELECT 1 FROM resource_compartments c WHERE {compartment} AND NOT EXISTS"
-            f" (SELECT 1 FROM consent_grants g WHERE g.patient_id = c.patient_id AND g.institution = ? AND {_VALID})"
-            " LIMIT 1) IS NULL)"
+            " (SELECT 1 FROM consent_grants g WHERE g.patient_id = c.patient_id AND g.institution IN (?, '*')"
+            f" AND {_VALID}) LIMIT 1) IS NULL"
+            " AND (SELECT 1 FROM resource_compartments den_c JOIN consent_denials den_d"
+            f" ON den_d.patient_id = den_c.patient_id WHERE den_c.resource_type = {type_column}"
+            f" AND den_c.resource_id = {id_column} AND den_d.institution IN (?, '*')"
+            f" AND ((den_d.kind = 'class' AND den_d.code = {type_column})"
+            " OR (den_d.kind <> 'class' AND EXISTS (SELECT 1 FROM search_ids den_s JOIN search_token den_k"
+            " ON den_k.resource_type = den_s.resource_type AND den_k.sid = den_s.sid"
+            f" WHERE den_s.resource_type = {type_column} AND den_s.resource_id = {id_column}"
+            " AND den_k.param = den_d.kind AND den_k.code = den_d.code"
+            " AND (den_d.system IS NULL OR den_k.system = den_d.system)))) LIMIT 1) IS NULL)"
         )
-        params += [institution, now, now, institution, now, now]
+        params += [institution, now, now, institution, now, now, institution]
     return sql + ")", params
 
 
@@ -230,30 +269,129 @@ def provenance_clause(viewer: Viewer, alias: str = "p") -> tuple[str, list[Any]]
     return visible_clause(viewer, f"{alias}.target_type", f"{alias}.target_id")
 
 
+def _institutions(actors: Any) -> list[str]:
+    """The institutions a provision's ``actor`` list names (``identifier`` ``urn:ehr-core:institution``, or
+    ``display``); ``['*']`` when it names none — the consent then holds for every public institution."""
+    if not actors:
+        return ["*"]
+    named = []
+    for actor in actors:
+        ref = actor.get("reference") or {}
+        identifier = ref.get("identifier") or {}
+        institution = identifier.get("value") if identifier.get("system") == INSTITUTION_SYSTEM else ref.get("display")
+        if isinstance(institution, str) and institution:
+            named.append(institution)
+    return named
+
+
+def _patient_of(consent: dict[str, Any]) -> str | None:
+    reference = str((consent.get("patient") or {}).get("reference", ""))
+    return reference.split("/", 1)[1] if reference.startswith("Patient/") else None
+
+
 def consent_grants(consent: dict[str, Any]) -> list[tuple[str, str, str | None, str | None]]:
-    """(patient id, institution, start, end) that a Consent grants; none unless active and permitting."""
+    """(patient id, institution, start, end) that a Consent grants; none unless active and permitting. A
+    permit naming no actor grants every institution (institution ``*``)."""
     if consent.get("status") != "active":
         return []
     provision = consent.get("provision") or {}
     if provision.get("type", "permit") != "permit":
         return []
-    reference = str((consent.get("patient") or {}).get("reference", ""))
-    if not reference.startswith("Patient/"):
+    patient = _patient_of(consent)
+    if patient is None:
         return []
-    patient = reference.split("/", 1)[1]
     period = provision.get("period") or {}
-    grants = []
-    for actor in provision.get("actor") or []:
-        ref = actor.get("reference") or {}
-        identifier = ref.get("identifier") or {}
-        institution = identifier.get("value") if identifier.get("system") == INSTITUTION_SYSTEM else ref.get("display")
-        if isinstance(institution, str) and institution:
-            grants.append((patient, institution, period.get("start"), period.get("end")))
-    return grants
+    return [
+        (patient, institution, period.get("start"), period.get("end"))
+        for institution in _institutions(provision.get("actor"))
+    ]
+
+
+#: Consent.provision.class codes are resource types (R4 consent.html: "The class of information covered").
+DENY_KINDS = ("class", "code", "_security")
+
+
+def consent_denials(consent: dict[str, Any]) -> list[tuple[str, str, str, str | None, str]]:
+    """(patient id, institution, kind, system, code) that an active Consent keeps inside the institution that
+    recorded them: each ``deny`` provision (the top one, or nested ones, R4 consent.html "provision.provision")
+    by ``class`` (a resource type), ``code`` (matched against the resource's ``code`` search parameter) or
+    ``securityLabel`` (matched against ``meta.security``, search parameter ``_security``), for the
+    institutions its ``actor`` names (none: every institution)."""
+    if consent.get("status") != "active":
+        return []
+    patient = _patient_of(consent)
+    if patient is None:
+        return []
+    rows: list[tuple[str, str, str, str | None, str]] = []
+
+    def walk(provision: dict[str, Any], inherited: list[str]) -> None:
+        actors = _institutions(provision.get("actor")) if provision.get("actor") else inherited
+        if provision.get("type") == "deny":
+            codings: list[tuple[str, dict[str, Any]]] = [("class", c) for c in provision.get("class") or []]
+            for concept in provision.get("code") or []:
+                codings += [("code", c) for c in (concept or {}).get("coding") or []]
+            codings += [("_security", c) for c in provision.get("securityLabel") or []]
+            for kind, coding in codings:
+                code = (coding or {}).get("code")
+                if not isinstance(code, str) or not code:
+                    continue
+                system = None if kind == "class" else coding.get("system")
+                rows.extend((patient, institution, kind, system, code) for institution in actors)
+        for nested in provision.get("provision") or []:
+            if isinstance(nested, dict):
+                walk(nested, actors)
+
+    top = consent.get("provision") or {}
+    # A nested deny without actors holds for everyone the consent shares with — every institution.
+    walk(top, ["*"])
+    return rows
+
+
+def _referral_grant(tx: Tx, change: Change, grant_days: int) -> tuple[str, str, str | None, str | None] | None:
+    """(patient id, receiving institution, start, end) that a referral Task grants as of ``change``: while it
+    is accepted, in progress or on hold, and for ``grant_days`` after it was completed (the log's recorded
+    time of each step, so ``ehr rebuild`` gives the same periods). Only a referral recorded by the institution
+    that holds the patient's record grants (DESIGN.md "Access"), and never to that institution itself."""
+    if change.body is None:
+        return None
+    task = orjson.loads(change.body)
+    receiver = receiving_institution(task, lambda oid: _stored(tx, "Organization", oid))
+    if receiver is None or task.get("status") not in GRANTING:
+        return None
+    patient = str(task["for"]["reference"]).split("/", 1)[1]
+    referrer = owner_of(tx, "Task", change.resource_id)
+    if referrer is None or referrer == receiver or owner_of(tx, "Patient", patient) != referrer:
+        return None
+    previous = tx.execute(
+        "SELECT period_start, period_end FROM consent_grants WHERE resource_type = 'Task' AND resource_id = ?",
+        (change.resource_id,),
+    ).fetchone()
+    at = change.recorded.astimezone(UTC)
+    start = str(previous[0]) if previous is not None and previous[0] else at.isoformat(timespec="microseconds")
+    end = None
+    if task.get("status") == "completed":
+        kept = previous[1] if previous is not None else None
+        end = str(kept) if kept else (at + timedelta(days=grant_days)).isoformat(timespec="microseconds")
+    return patient, receiver, start, end
+
+
+def _stored(tx: Tx, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    row = tx.execute(
+        "SELECT body FROM resources WHERE resource_type = ? AND resource_id = ?", (resource_type, resource_id)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    found: dict[str, Any] = orjson.loads(bytes(row[0]))
+    return found
 
 
 class AccessView(View):
-    tables = ("resource_owners", "consent_grants")
+    """Owners, consents' and referrals' grants, consents' denials (see the module's docstring)."""
+
+    tables = ("resource_owners", "consent_grants", "consent_denials", "referral_addressees")
+
+    def __init__(self, referral_grant_days: int = 90) -> None:
+        self.referral_grant_days = referral_grant_days
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         tx.execute(
@@ -263,6 +401,8 @@ class AccessView(View):
                 institution TEXT NOT NULL,
                 PRIMARY KEY (resource_type, resource_id))"""
         )
+        # One row per institution a Consent (resource_type 'Consent') or an accepted referral ('Task') lets
+        # read a patient's record, with its period; institution '*' is every institution.
         tx.execute(
             """CREATE TABLE IF NOT EXISTS consent_grants (
                 resource_type TEXT NOT NULL,
@@ -275,6 +415,33 @@ class AccessView(View):
         tx.execute("CREATE INDEX IF NOT EXISTS consent_grants_patient ON consent_grants (patient_id, institution)")
         # Whether an institution holds any consent at all (asked before each filtered search).
         tx.execute("CREATE INDEX IF NOT EXISTS consent_grants_institution ON consent_grants (institution)")
+        tx.execute("CREATE INDEX IF NOT EXISTS consent_grants_source ON consent_grants (resource_id)")
+        # What an active Consent keeps inside the recording institution (deny provisions): kind 'class' (code
+        # = a resource type), 'code' or '_security' (the search parameter the resource's codes are indexed by).
+        tx.execute(
+            """CREATE TABLE IF NOT EXISTS consent_denials (
+                resource_id TEXT NOT NULL,
+                patient_id TEXT NOT NULL,
+                institution TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                system TEXT,
+                code TEXT NOT NULL)"""
+        )
+        tx.execute("CREATE INDEX IF NOT EXISTS consent_denials_patient ON consent_denials (patient_id, institution)")
+        tx.execute("CREATE INDEX IF NOT EXISTS consent_denials_source ON consent_denials (resource_id)")
+        # The referral Task and its ServiceRequest, readable by the institution the referral is addressed to.
+        tx.execute(
+            """CREATE TABLE IF NOT EXISTS referral_addressees (
+                resource_type TEXT NOT NULL,
+                resource_id TEXT NOT NULL,
+                institution TEXT NOT NULL,
+                task_id TEXT NOT NULL)"""
+        )
+        tx.execute(
+            "CREATE INDEX IF NOT EXISTS referral_addressees_resource ON referral_addressees "
+            "(resource_type, resource_id, institution)"
+        )
+        tx.execute("CREATE INDEX IF NOT EXISTS referral_addressees_task ON referral_addressees (task_id)")
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
         tx.executemany(
@@ -287,18 +454,54 @@ class AccessView(View):
             ],
         )
         for change in changes:
+            if change.resource_type == "Task":
+                self._apply_referral(tx, change)
             if change.resource_type != "Consent":
                 continue
-            tx.execute("DELETE FROM consent_grants WHERE resource_id = ?", (change.resource_id,))
+            # A revoked, rejected, updated or deleted Consent stops granting and denying at once: its rows go.
+            tx.execute(
+                "DELETE FROM consent_grants WHERE resource_type = 'Consent' AND resource_id = ?", (change.resource_id,)
+            )
+            tx.execute("DELETE FROM consent_denials WHERE resource_id = ?", (change.resource_id,))
             if change.body is None:
                 continue
-            grants = consent_grants(orjson.loads(change.body))
-            if not grants or not _by_custodian(tx, change, grants[0][0]):
+            consent = orjson.loads(change.body)
+            patient = _patient_of(consent)
+            if patient is None or not _by_custodian(tx, change, patient):
                 continue
             tx.executemany(
                 "INSERT INTO consent_grants (resource_type, resource_id, patient_id, institution, period_start, "
                 "period_end) VALUES ('Consent', ?, ?, ?, ?, ?)",
-                [(change.resource_id, *grant) for grant in grants],
+                [(change.resource_id, *grant) for grant in consent_grants(consent)],
+            )
+            tx.executemany(
+                "INSERT INTO consent_denials (resource_id, patient_id, institution, kind, system, code) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(change.resource_id, *denial) for denial in consent_denials(consent)],
+            )
+
+    def _apply_referral(self, tx: Tx, change: Change) -> None:
+        tx.execute("DELETE FROM referral_addressees WHERE task_id = ?", (change.resource_id,))
+        if change.body is not None:
+            task = orjson.loads(change.body)
+            receiver = receiving_institution(task, lambda oid: _stored(tx, "Organization", oid))
+            if receiver is not None and receiver != owner_of(tx, "Task", change.resource_id):
+                request = str(task["focus"]["reference"]).split("/", 1)[1]
+                tx.executemany(
+                    "INSERT INTO referral_addressees (resource_type, resource_id, institution, task_id) "
+                    "VALUES (?, ?, ?, ?)",
+                    [
+                        (kind, rid, receiver, change.resource_id)
+                        for kind, rid in (("Task", change.resource_id), ("ServiceRequest", request))
+                    ],
+                )
+        grant = _referral_grant(tx, change, self.referral_grant_days)
+        tx.execute("DELETE FROM consent_grants WHERE resource_type = 'Task' AND resource_id = ?", (change.resource_id,))
+        if grant is not None:
+            tx.execute(
+                "INSERT INTO consent_grants (resource_type, resource_id, patient_id, institution, period_start, "
+                "period_end) VALUES ('Task', ?, ?, ?, ?, ?)",
+                (change.resource_id, *grant),
             )
 
 
@@ -311,6 +514,66 @@ def _by_custodian(tx: Tx, change: Change, patient: str) -> bool:
         "SELECT institution FROM resource_owners WHERE resource_type = 'Patient' AND resource_id = ?", (patient,)
     ).fetchone()
     return row is not None and str(row[0]) == str(change.context.get("institution"))
+
+
+def access_grants(tx: Tx, patient_ids: Sequence[str]) -> list[tuple[str, str, str, str, str | None, str | None]]:
+    """Every grant on these Patient records, valid or not yet/no longer valid: (patient id, institution,
+    source type, source id, start, end) — who may read the record, why (a Consent or a referral Task), and
+    until when."""
+    if not patient_ids:
+        return []
+    marks = ", ".join("?" for _ in patient_ids)
+    rows = tx.execute(
+        "SELECT patient_id, institution, resource_type, resource_id, period_start, period_end FROM consent_grants "
+        f"WHERE patient_id IN ({marks}) ORDER BY patient_id, institution, resource_type, resource_id",
+        list(patient_ids),
+    ).fetchall()
+    return [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5]) for r in rows]
+
+
+def access_denials(tx: Tx, patient_ids: Sequence[str]) -> list[tuple[str, str, str, str, str | None, str]]:
+    """Every deny provision in force on these Patient records: (patient id, institution, Consent id, kind,
+    system, code)."""
+    if not patient_ids:
+        return []
+    marks = ", ".join("?" for _ in patient_ids)
+    rows = tx.execute(
+        "SELECT patient_id, institution, resource_id, kind, system, code FROM consent_denials "
+        f"WHERE patient_id IN ({marks}) ORDER BY patient_id, resource_id, kind, code",
+        list(patient_ids),
+    ).fetchall()
+    return [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], str(r[5])) for r in rows]
+
+
+def grant_basis(
+    tx: Tx, patient_ids: Sequence[str], institution: str, now: str, target: tuple[str, str] | None = None
+) -> list[str]:
+    """The grants valid now through which ``institution`` reads these Patient records (or the compartments
+    holding ``target``): ``Consent/id`` and ``Task/id`` (a referral), for the audit entry of a read they allow."""
+    if target is not None:
+        rows = tx.execute(
+            "SELECT patient_id FROM resource_compartments WHERE resource_type = ? AND resource_id = ?", target
+        ).fetchall()
+        patient_ids = [*patient_ids, *(str(r[0]) for r in rows)]
+        if target[0] == "Patient":
+            patient_ids.append(target[1])
+    addressed: list[str] = []
+    if target is not None:
+        # A referral Task or ServiceRequest read by the institution it is addressed to: under that referral.
+        found = tx.execute(
+            "SELECT task_id FROM referral_addressees WHERE resource_type = ? AND resource_id = ? AND institution = ?",
+            (*target, institution),
+        ).fetchall()
+        addressed = [f"Task/{r[0]}" for r in found]
+    if not patient_ids:
+        return addressed
+    marks = ", ".join("?" for _ in patient_ids)
+    rows = tx.execute(
+        f"SELECT DISTINCT g.resource_type, g.resource_id FROM consent_grants g WHERE g.patient_id IN ({marks}) "
+        f"AND g.institution IN (?, '*') AND {_VALID} ORDER BY g.resource_type DESC, g.resource_id",
+        [*patient_ids, institution, now, now],
+    ).fetchall()
+    return list(dict.fromkeys([*addressed, *(f"{r[0]}/{r[1]}" for r in rows)]))
 
 
 # -- the read paths that list many resources -------------------------------------------------------------

@@ -41,15 +41,23 @@ def open_view_database(settings: Settings, schema: str | None = None) -> ViewDat
     return SQLiteViews(settings.data_dir / "views.sqlite")
 
 
-def resource_views() -> list[View]:
-    # ProvenanceView: PrivacyView (erasures), AccessView (owners, consents). FullTextIndex after SearchIndex:
-    # its rows carry the search key (sid) the search index gives a resource.
-    return [ResourceViews(), SearchIndex(), FullTextIndex(), ProvenanceView(), PrivacyView(), AccessView()]
+def resource_views(settings: Settings | None = None) -> list[View]:
+    # ProvenanceView: PrivacyView (erasures), AccessView (owners, consents, referral grants). FullTextIndex
+    # after SearchIndex: its rows carry the search key (sid) the search index gives a resource.
+    days = settings.referral_grant_days if settings is not None else 90
+    return [
+        ResourceViews(),
+        SearchIndex(),
+        FullTextIndex(),
+        ProvenanceView(),
+        PrivacyView(),
+        AccessView(referral_grant_days=days),
+    ]
 
 
 def resource_projector(application: Application[Any], database: ViewDatabase, settings: Settings) -> Projector:
     projector = Projector(
-        application, database, resource_views(), name="resources", batch_size=settings.projection_batch_size
+        application, database, resource_views(settings), name="resources", batch_size=settings.projection_batch_size
     )
     projector.create_tables()
     return projector

@@ -4,6 +4,14 @@ For each person: a Patient record at their institution (some also at a second on
 noise and sometimes no CURP), encounters over several years at units identified by CLUES, LOINC vital
 signs, CIE-10 conditions, prescriptions, immunizations per the national schedule for children, pregnancies,
 and referrals between institutions (ServiceRequest + Task). Every write names its institution and unit.
+
+Sharing across institutions as a real population shows it: most persons with records at several
+institutions gave each institution a consent to share (scope patient-privacy, policyRule OPTIN), some of
+them with a deny provision keeping mental-health records (security label ``PSY``) inside the recording
+institution; referrals are left requested (pending), accepted by the receiving institution, or completed
+with a counter-referral (the receiving Encounter and a note), some rejected or cancelled. The receiving
+institution's own writes move its Tasks (the write policy of :mod:`ehr_core.referrals`); a write that
+advances a Task says to which version (:attr:`Write.step`), so a second load skips what is already done.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 
 from ehr_core.demo.people import Person, make_people, noisy_record, patient_resource
 from ehr_core.identity.identifiers import CLUES_SYSTEM
+from ehr_core.referrals import INSTITUTION_SYSTEM, REFERRAL_CATEGORY
 
 __all__ = ["Unit", "Write", "population"]
 
@@ -88,6 +97,9 @@ class Write:
     unit: str | None
     user: str
     resources: list[dict[str, Any]] = field(default_factory=list)
+    #: A workflow step: (type, id, version) of the resource this write brings to that version; a loader
+    #: skips the write when the stored resource is already there (a Task never goes back a state).
+    step: tuple[str, str, int] | None = None
 
 
 def _ref(resource: dict[str, Any]) -> dict[str, str]:
@@ -120,7 +132,15 @@ def _vital(pid: str, enc: str, code: str, display: str, value: float, unit: str,
 def _infrastructure() -> Write:
     write = Write("ehr-core", None, "demo-admin")
     for code, name in ORGANIZATIONS.items():
-        write.resources.append({"resourceType": "Organization", "id": code.lower(), "name": name, "active": True})
+        write.resources.append(
+            {
+                "resourceType": "Organization",
+                "id": code.lower(),
+                "identifier": [{"system": INSTITUTION_SYSTEM, "value": code}],
+                "name": name,
+                "active": True,
+            }
+        )
     for unit in UNITS:
         write.resources.append(
             {
@@ -260,9 +280,11 @@ def population(people: int = 300, seed: int = 2024, years: tuple[int, int] = (20
             if person.sex == "M" and 18 <= _age(person, date(2023, 1, 1)) <= 40 and rng.random() < 0.3:
                 yield _pregnancy(rng, pid, unit, first + timedelta(minutes=rng.randrange(span)))
         if len(institutions) > 1 or rng.random() < 0.05:
-            yield from _referral(
-                rng, person, institutions, by_institution, first + timedelta(minutes=rng.randrange(span))
-            )
+            when = first + timedelta(minutes=rng.randrange(span))
+            # A generator of its own per person: the population above stays what it was for a seed.
+            sharing = random.Random(seed * 100_003 + person.key)
+            yield from _consents(sharing, person, institutions, by_institution)
+            yield from _referral(rng, sharing, person, institutions, by_institution, when)
 
 
 def _immunizations(person: Person, pid: str, unit: Unit) -> Iterator[Write]:
@@ -319,37 +341,192 @@ def _pregnancy(rng: random.Random, pid: str, unit: Unit, when: datetime) -> Writ
     return write
 
 
-def _referral(
-    rng: random.Random, person: Person, institutions: list[str], by_institution: dict[str, list[Unit]], when: datetime
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+#: "Contrarreferencia: continuar control en primer nivel." (base64, the attachment of the counter-referral note)
+_NOTE = "Q29udHJhcnJlZmVyZW5jaWE6IGNvbnRpbnVhciBjb250cm9sIGVuIHByaW1lciBuaXZlbC4="
+
+
+def _pid(institution: str, person: Person) -> str:
+    return f"{institution.split('-')[-1].lower()[:4]}-{person.key:04d}"
+
+
+def _institution_reference(institution: str) -> dict[str, Any]:
+    return {
+        "reference": f"Organization/{institution.lower()}",
+        "identifier": {"system": INSTITUTION_SYSTEM, "value": institution},
+        "display": ORGANIZATIONS[institution],
+    }
+
+
+def _consents(
+    rng: random.Random, person: Person, institutions: list[str], by_institution: dict[str, list[Unit]]
 ) -> Iterator[Write]:
+    """Each institution holding a record of a person seen at several gives, most of the time, the patient's
+    consent to share it: with the other institutions named, or with every public institution (no actor);
+    some keep mental-health records (label PSY) inside the institution that recorded them."""
+    if len(institutions) < 2 or rng.random() >= 0.8:
+        return
+    deny = rng.random() < 0.2
+    everyone = rng.random() < 0.3
+    for institution in institutions:
+        pid = _pid(institution, person)
+        unit = by_institution[institution][0]
+        write = Write(institution, unit.clues, "trabajo-social")
+        if deny:
+            write.resources.append(
+                {
+                    "resourceType": "Condition",
+                    "id": f"{pid}-psy",
+                    "meta": {"security": [{"system": ACT_CODE, "code": "PSY", "display": "psychiatry disorder"}]},
+                    "clinicalStatus": {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+                        ]
+                    },
+                    "code": {
+                        "coding": [{"system": ICD10, "code": "F32.9", "display": "Episodio depresivo, no especificado"}]
+                    },
+                    "subject": {"reference": f"Patient/{pid}"},
+                }
+            )
+        provision: dict[str, Any] = {"type": "permit", "period": {"start": "2019-01-01"}}
+        if not everyone:
+            provision["actor"] = [
+                {
+                    "role": {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+                        ]
+                    },
+                    "reference": _institution_reference(other),
+                }
+                for other in institutions
+                if other != institution
+            ]
+        if deny:
+            provision["provision"] = [
+                {"type": "deny", "securityLabel": [{"system": ACT_CODE, "code": "PSY"}]},
+            ]
+        write.resources.append(
+            {
+                "resourceType": "Consent",
+                "id": f"{pid}-consent",
+                "status": "active",
+                "scope": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+                    ]
+                },
+                "category": [{"coding": [{"system": LOINC, "code": "59284-0", "display": "Patient Consent"}]}],
+                "patient": {"reference": f"Patient/{pid}"},
+                "policyRule": {"coding": [{"system": ACT_CODE, "code": "OPTIN"}]},
+                "provision": provision,
+            }
+        )
+        yield write
+
+
+def _referral(
+    population_rng: random.Random,
+    rng: random.Random,
+    person: Person,
+    institutions: list[str],
+    by_institution: dict[str, list[Unit]],
+    when: datetime,
+) -> Iterator[Write]:
+    """A referral from the person's first institution to another, as far as it went: pending (requested),
+    accepted, completed with a counter-referral, rejected or cancelled. Where it goes and from which unit
+    come from the population's generator (as they always did); the rest from the person's own."""
     source = institutions[0]
-    target = institutions[1] if len(institutions) > 1 else rng.choice([i for i in ORGANIZATIONS if i != source])
-    pid = f"{source.split('-')[-1].lower()[:4]}-{person.key:04d}"
-    origin = rng.choice(by_institution[source])
+    others = [i for i in ORGANIZATIONS if i != source]
+    target = institutions[1] if len(institutions) > 1 else population_rng.choice(others)
+    pid = _pid(source, person)
+    origin = population_rng.choice(by_institution[source])
     hospital = next((u for u in by_institution[target] if u.level == 2), by_institution[target][0])
+    stamp = when.strftime("%Y-%m-%dT%H:%M:00-06:00")
     write = Write(source, origin.clues, "med-referencia")
+    reason = rng.choice(CHRONIC)
     request = {
         "resourceType": "ServiceRequest",
         "id": f"{pid}-ref",
         "status": "active",
         "intent": "order",
+        "category": [
+            {"coding": [{"system": REFERRAL_CATEGORY[0], "code": REFERRAL_CATEGORY[1], "display": "Patient referral"}]}
+        ],
+        "priority": rng.choice(["routine", "routine", "urgent"]),
         "code": {"text": "Referencia a segundo nivel: valoración por medicina interna"},
         "subject": {"reference": f"Patient/{pid}"},
-        "authoredOn": when.strftime("%Y-%m-%dT%H:%M:00-06:00"),
-        "performer": [{"reference": f"Organization/{target.lower()}"}],
+        "authoredOn": stamp,
+        "requester": {"identifier": {"system": CLUES_SYSTEM, "value": origin.clues}, "display": origin.name},
+        "performer": [_institution_reference(target)],
         "locationReference": [{"reference": f"Location/{hospital.clues.lower()}"}],
+        "reasonCode": [{"coding": [{"system": ICD10, "code": reason[0], "display": reason[1]}]}],
     }
     write.resources.append(request)
-    write.resources.append(
-        {
-            "resourceType": "Task",
-            "id": f"{pid}-ref-task",
-            "status": "requested",
-            "intent": "order",
-            "focus": _ref(request),
-            "for": {"reference": f"Patient/{pid}"},
-            "authoredOn": when.strftime("%Y-%m-%dT%H:%M:00-06:00"),
-            "owner": {"reference": f"Organization/{target.lower()}"},
-        }
-    )
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "id": f"{pid}-ref-task",
+        "status": "requested",
+        "intent": "order",
+        "priority": request["priority"],
+        "focus": _ref(request),
+        "for": {"reference": f"Patient/{pid}"},
+        "authoredOn": stamp,
+        "requester": request["requester"],
+        "owner": _institution_reference(target),
+    }
+    write.resources.append(task)
+    write.step = ("Task", task["id"], 1)
     yield write
+    outcome = rng.choices(["requested", "accepted", "completed", "rejected", "cancelled"], weights=[3, 3, 4, 1, 1])[0]
+    if outcome == "requested":
+        return
+    if outcome == "cancelled":
+        yield Write(source, origin.clues, "med-referencia", [task | {"status": "cancelled"}], ("Task", task["id"], 2))
+        return
+    receiving = Write(target, hospital.clues, "recepcion-referencia")
+    if outcome == "rejected":
+        rejected = task | {"status": "rejected", "statusReason": {"text": "Sin disponibilidad de cama"}}
+        yield Write(target, hospital.clues, "recepcion-referencia", [rejected], ("Task", task["id"], 2))
+        return
+    receiving.resources.append(task | {"status": "accepted"})
+    receiving.step = ("Task", task["id"], 2)
+    yield receiving
+    if outcome != "completed":
+        return
+    seen = when + timedelta(days=rng.randint(2, 20))
+    seen_stamp = seen.strftime("%Y-%m-%dT%H:%M:00-06:00")
+    done = Write(target, hospital.clues, f"med-{hospital.clues[-3:]}-{rng.randrange(20)}")
+    encounter = {
+        "resourceType": "Encounter",
+        "id": f"{pid}-ref-enc",
+        "status": "finished",
+        "class": {"system": ACT_CODE, "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "basedOn": [_ref(request)],
+        "period": {"start": seen_stamp, "end": seen_stamp},
+        "location": [{"location": {"reference": f"Location/{hospital.clues.lower()}"}}],
+        "serviceProvider": {"reference": f"Organization/{target.lower()}"},
+    }
+    note = {
+        "resourceType": "DocumentReference",
+        "id": f"{pid}-contraref",
+        "status": "current",
+        "type": {
+            "coding": [{"system": LOINC, "code": "57133-1", "display": "Referral note"}],
+            "text": "Nota de contrarreferencia",
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "date": seen.strftime("%Y-%m-%dT%H:%M:00-06:00"),
+        "content": [{"attachment": {"contentType": "text/plain", "title": "Contrarreferencia", "data": _NOTE}}],
+        "context": {"encounter": [_ref(encounter)]},
+    }
+    done.resources += [encounter, note]
+    outputs = [
+        {"type": {"text": "Encuentro de atención"}, "valueReference": _ref(encounter)},
+        {"type": {"text": "Nota de contrarreferencia"}, "valueReference": _ref(note)},
+    ]
+    done.resources.append(task | {"status": "completed", "output": outputs})
+    done.step = ("Task", task["id"], 3)
+    yield done

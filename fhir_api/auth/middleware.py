@@ -117,10 +117,15 @@ class AuthMiddleware:
                 what = f"{need.target[0]}/{need.target[1]}" if need.target else f"Patient/{need.patient_operation}"
                 message = (
                     f"{what} holds records of {', '.join(decision.owners)}; {claims['institution']} may read them only "
-                    "with the patient's active Consent or break-the-glass (X-EHR-Break-Glass: reason)"
+                    "with the patient's active Consent, an accepted referral, or break-the-glass "
+                    "(X-EHR-Break-Glass: reason)"
                 )
                 await self._refuse(scope, receive, send, 403, "forbidden", message)
                 return
+            if decision.basis in ("consent", "referral"):
+                # The audit entry says under which grant another institution's record was read.
+                scope["state"]["ehr_access"] = decision.basis
+                scope["state"]["ehr_access_grants"] = decision.grants
             if decision.basis == "break-the-glass":
                 scope["state"]["ehr_break_glass"] = True
 

@@ -41,6 +41,9 @@ def need_of(method: str, path: str, query: str = "") -> Need:
         if operation == "$validate":  # as a read of the type, or of the instance named
             target = (parts[0], parts[1]) if len(parts) == 3 else None
             return Need(parts[0], "r", target=target)
+        if parts[0] == "Patient" and len(parts) == 3 and operation == "$access-grants":
+            # Who may read the record is told to whoever may read the Patient record (and to its patient).
+            return Need("Patient", "r", target=("Patient", parts[1]))
         if operation in ("$link", "$unlink"):
             return Need(parts[0], "u", write=True)
         if operation in ("$match", "$ihe-pix", "$review"):

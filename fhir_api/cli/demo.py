@@ -27,7 +27,28 @@ def load(people: int, seed: int, quiet: bool = False) -> dict[str, int]:
     counts = {"writes": 0, "resources": 0, "stored": 0}
     try:
         application = services.application
+        referrals: dict[str, str] = {}  # Task id -> its last status
+        consents: set[str] = set()
+        denials: set[str] = set()
+        consenting: set[str] = set()
+        registrations: dict[str, int] = {}  # person (the Patient id's key) -> institutions registering them
         for write in population(people, seed):
+            for resource in write.resources:
+                if resource["resourceType"] == "Patient":
+                    key = resource["id"].rsplit("-", 1)[-1]
+                    registrations[key] = registrations.get(key, 0) + 1
+                elif resource["resourceType"] == "Task":
+                    referrals[resource["id"]] = resource["status"]
+                elif resource["resourceType"] == "Consent":
+                    consents.add(resource["id"])
+                    consenting.add(resource["id"].split("-")[1])  # {institution}-{person}-consent
+                    if (resource.get("provision") or {}).get("provision"):
+                        denials.add(resource["id"])
+            if write.step is not None:
+                # A workflow step already taken (a second load): a Task never goes back a state.
+                stream = application.stream(write.step[0], write.step[1])
+                if stream is not None and stream.version >= write.step[2]:
+                    continue
             context = WriteContext(
                 institution=write.institution, unit=write.unit, user=write.user, interaction="update"
             )
@@ -43,12 +64,30 @@ def load(people: int, seed: int, quiet: bool = False) -> dict[str, int]:
     finally:
         services.close()
     counts["seconds"] = round(time.perf_counter() - started)
+    counts["persons_at_several"] = sum(1 for n in registrations.values() if n > 1)
+    counts["consents"] = len(consents)
+    counts["persons_consenting"] = len(consenting)
+    counts["consents_with_denials"] = len(denials)
+    for status in ("requested", "accepted", "completed", "rejected", "cancelled"):
+        counts[f"referrals_{status}"] = sum(1 for s in referrals.values() if s == status)
     if not quiet:
         print(
             f"ehr demo: {counts['resources']:,} resources in {counts['writes']:,} writes "
             f"({counts['stored']:,} new versions) in {counts['seconds']} s; "
             f"{counts['patients']} Patient records of {counts['persons']} persons in the index, "
             f"{counts['review']} possible matches waiting for review",
+            flush=True,
+        )
+        print(
+            f"ehr demo: sharing — {counts['persons_at_several']} persons with records at several institutions; "
+            f"{counts['persons_consenting']} of them consented to share ({counts['consents']} Consents, one per "
+            f"institution's record; {counts['consents_with_denials']} with a deny provision); "
+            f"referrals: {len(referrals)} ("
+            + ", ".join(
+                f"{counts[f'referrals_{s}']} {s}"
+                for s in ("requested", "accepted", "completed", "rejected", "cancelled")
+            )
+            + ")",
             flush=True,
         )
     return counts

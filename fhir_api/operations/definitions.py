@@ -138,6 +138,50 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
     ),
     Operation(
+        "access-grants",
+        "access-grants",
+        "PatientAccessGrants",
+        "Who may read this Patient record besides the institution that recorded it, why and until when: each "
+        "grant (an active Consent naming an institution, or every institution; an accepted referral Task for its "
+        "receiving institution) with its period, and each deny provision that keeps resources inside the "
+        "institution that recorded them.",
+        resource=("Patient",),
+        instance=True,
+        outputs=(
+            Param(
+                "grant",
+                "",
+                max="*",
+                use="out",
+                documentation="Who may read the record, why (a Consent or a referral Task) and until when",
+                parts=(
+                    Param("patient", "Reference", min=1, use="out"),
+                    Param("institution", "string", min=1, use="out", documentation="* is every institution"),
+                    Param("basis", "code", min=1, use="out", documentation="consent or referral"),
+                    Param("source", "Reference", min=1, use="out"),
+                    Param("start", "string", use="out"),
+                    Param("end", "string", use="out"),
+                    Param("active", "boolean", min=1, use="out"),
+                ),
+            ),
+            Param(
+                "denial",
+                "",
+                max="*",
+                use="out",
+                documentation="A deny provision: what stays inside the institution that recorded it",
+                parts=(
+                    Param("patient", "Reference", min=1, use="out"),
+                    Param("institution", "string", min=1, use="out"),
+                    Param("source", "Reference", min=1, use="out"),
+                    Param("kind", "code", min=1, use="out", documentation="class, code or _security"),
+                    Param("system", "uri", use="out"),
+                    Param("code", "code", min=1, use="out"),
+                ),
+            ),
+        ),
+    ),
+    Operation(
         "person",
         "person",
         "PatientPerson",

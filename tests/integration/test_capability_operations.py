@@ -37,6 +37,7 @@ def _invoke(client: TestClient, definition: str, method: str, import_url: str = 
         "ihe-pix": ("/fhir/Patient/$ihe-pix", {"sourceIdentifier": f"{MRN}|M-1"}, _parameters(
             {"name": "sourceIdentifier", "valueIdentifier": {"system": MRN, "value": "M-1"}}), {}),
         "person": ("/fhir/Patient/p1/$person", {}, None, {}),
+        "access-grants": ("/fhir/Patient/p1/$access-grants", {}, None, {}),
         "link": ("/fhir/Patient/p2/$link", {}, _parameters({"name": "other", "valueReference": {
             "reference": "Patient/p1"}}), {}),
         "unlink": ("/fhir/Patient/p2/$unlink", {}, None, {}),

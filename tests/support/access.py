@@ -17,7 +17,7 @@ from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
 
-__all__ = ["INSTITUTION_SYSTEM", "consent", "secured_server", "staff_headers"]
+__all__ = ["INSTITUTION_SYSTEM", "REFERRAL", "consent", "referral", "referral_task", "secured_server", "staff_headers"]
 
 INSTITUTION_SYSTEM = "urn:ehr-core:institution"
 
@@ -71,3 +71,34 @@ def staff_headers(settings: Settings, institution: str, scope: str = "user/*.cru
     """A physician's bearer token at ``institution``, from the development issuer of ``settings``."""
     claims = {"institution": institution, "user": "dr.x", "role": "physician", "scope": scope}
     return {"Authorization": f"Bearer {mint_development_token(settings, claims)}"}
+
+
+REFERRAL = {"system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral"}
+
+
+def referral(patient: str, referrer_unit: str, receiver: str, reason: str = "E11.9") -> dict[str, Any]:
+    """A referral ServiceRequest of ``Patient/patient`` from the unit ``referrer_unit`` (CLUES) to ``receiver``."""
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "category": [{"coding": [REFERRAL]}],
+        "priority": "urgent",
+        "code": {"text": "Valoración por medicina interna"},
+        "subject": {"reference": f"Patient/{patient}"},
+        "requester": {"identifier": {"system": "urn:oid:2.16.840.1.113883.4.631", "value": referrer_unit}},
+        "performer": [{"identifier": {"system": INSTITUTION_SYSTEM, "value": receiver}}],
+        "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": reason}]}],
+    }
+
+
+def referral_task(patient: str, request: str, receiver: str, status: str = "requested") -> dict[str, Any]:
+    """The Task tracking the referral ServiceRequest ``request``, owned by the receiving institution."""
+    return {
+        "resourceType": "Task",
+        "status": status,
+        "intent": "order",
+        "focus": {"reference": f"ServiceRequest/{request}"},
+        "for": {"reference": f"Patient/{patient}"},
+        "owner": {"identifier": {"system": INSTITUTION_SYSTEM, "value": receiver}},
+    }

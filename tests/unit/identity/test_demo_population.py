@@ -41,3 +41,20 @@ def test_vital_signs_use_the_domain_loinc_codes() -> None:
         for coding in resource["code"]["coding"]
     }
     assert {"8480-6", "8462-4", "8867-4", "8310-5", "59408-5", "29463-7"} <= codes
+
+
+def test_the_population_shares_through_consents_and_referrals() -> None:
+    """Most persons seen at several institutions consented to share; referrals at every step of their workflow."""
+    writes = list(population(people=120, seed=3))
+    resources = [r for write in writes for r in write.resources]
+    registered = Counter(r["id"].rsplit("-", 1)[-1] for r in resources if r["resourceType"] == "Patient")
+    several = {key for key, n in registered.items() if n > 1}
+    consenting = {r["id"].split("-")[1] for r in resources if r["resourceType"] == "Consent"}
+    assert consenting <= several and len(consenting) > len(several) / 2
+    assert any((r.get("provision") or {}).get("provision") for r in resources if r["resourceType"] == "Consent")
+    final = {r["id"]: r["status"] for r in resources if r["resourceType"] == "Task"}
+    assert {"requested", "accepted", "completed"} <= set(final.values())
+    # The receiving institution moves its Tasks: every acceptance is written by the Task's owner.
+    for write in writes:
+        for task in (r for r in write.resources if r["resourceType"] == "Task" and r["status"] == "accepted"):
+            assert task["owner"]["identifier"]["value"] == write.institution
