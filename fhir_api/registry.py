@@ -28,6 +28,8 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection("resources", "ehr", "read, history, search, provenance, access, erasures", per_store=True),
     Projection("identity", "ehr", "the master patient index", per_store=True),
     Projection("audit", "audit", "the AuditEvent views", per_store=False),
+    # After ``resources``: the matcher searches the resource views and never runs ahead of them.
+    Projection("subscriptions", "ehr", "the subscriptions' matched events (their outbox)", per_store=False),
 )
 
 NAMES: tuple[str, ...] = tuple(projection.name for projection in PROJECTIONS)

@@ -18,7 +18,7 @@ from fhir_api.interactions import (
     transaction,
     update,
 )
-from fhir_api.operations import bulk_import, everything, export, ledger, match, person, summary  # Ledger
+from fhir_api.operations import bulk_import, everything, export, ledger, match, person, subscription, summary  # Ledger
 
 __all__ = ["fhir_router"]
 
@@ -38,6 +38,7 @@ def fhir_router() -> APIRouter:
     # $ledger-key/$ledger-head/$ledger-proof, and the server-written AuditEvent and Provenance.
     router.include_router(ledger.router)
     router.include_router(audit_resources.router)
+    router.include_router(subscription.router)  # Subscription $status and $events (backport IG)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person):
         router.include_router(operation.router)

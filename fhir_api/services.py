@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio.to_thread
 
@@ -58,6 +59,8 @@ class Services:
     watcher: PositionWatcher | None = None
     #: The institutions' stores, when this server is one of a federation (``EHR_STORES``).
     federation: Federation | None = None
+    #: The subscriptions' delivery thread (``fhir_api/subscriptions.py``), where this process delivers.
+    deliverer: Any = None
     #: In a federation: builds the per-store projectors of another institution's store (``registry.per_store``).
     store_factory: Callable[[Services, str], list[Projector]] | None = None
     _other_stores: dict[str, list[Projector]] = field(default_factory=dict)
@@ -144,7 +147,7 @@ class Services:
                 index = per_store().index(projection.name)
                 members = [self.store_projectors(store)[index] for store in self.federation.names]
                 found.append(StoreGroup(members, projection.name))
-            else:
+            elif projection.name in self.main_projectors:  # a federation keeps no subscriptions (yet)
                 found.append(self.main_projectors[projection.name])
         return found
 
@@ -162,6 +165,8 @@ class Services:
         return self.identity
 
     def close(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop()
         if self.follower is not None:
             self.follower.stop()
         if self.watcher is not None:
