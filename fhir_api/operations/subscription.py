@@ -31,6 +31,9 @@ router = APIRouter()
 
 
 def _subscription(services: Services, subscription_id: str, viewer: Viewer | None) -> SubscriptionRow:
+    matcher = services.main_projectors.get("subscriptions")
+    if matcher is not None and services.watcher is None:
+        matcher.catch_up_if_behind()  # this process matches: the caller's own Subscription write is seen
     with services.views.read_primary() as tx:
         row = subscription_row(tx, subscription_id)
     if row is None or (viewer is not None and not viewer.break_glass and viewer.institution != row.institution):

@@ -73,14 +73,14 @@ def _fresh(services: Services, tmp_path: Path, projector: Projector) -> dict[str
 def test_rebuild_swaps_in_views_equal_to_the_live_ones(services: Services, client: TestClient) -> None:
     _load(client)
     projectors = projectors_named(services, [])
-    assert [p.name for p in projectors] == ["resources", "identity", "audit"]
+    assert [p.name for p in projectors] == ["resources", "identity", "audit", "subscriptions"]
     assert services.compliance is not None
     services.compliance.audit_views_current()
     live = _dumps(projectors)
     assert len(live["resources"]["resources"]) > 50 and live["identity"]["mpi_records"]
     seen: list[tuple[str, int, int]] = []
     done = rebuild(services.settings, projectors, lambda name, position, head: seen.append((name, position, head)))
-    assert [d.name for d in done] == ["resources", "identity", "audit"]
+    assert [d.name for d in done] == ["resources", "identity", "audit", "subscriptions"]
     assert all(d.events > 0 for d in done[:2])
     # Progress was reported as batches went, ending at the log's head.
     resources = [s for s in seen if s[0] == "resources"]
