@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Any
@@ -58,6 +59,8 @@ __all__ = ["Deliverer", "endpoint_allowed", "notification_bundle", "status_param
 log = logging.getLogger(__name__)
 
 _LOOPBACK_NAMES = ("localhost",)
+#: Subscriptions sent to at once (each has at most one event in flight: its order is kept).
+_PARALLEL = 8
 
 
 def endpoint_allowed(endpoint: str, allow_http: bool) -> bool:
@@ -181,7 +184,10 @@ class Deliverer(threading.Thread):
         self.allow_http = settings.subscription_allow_http
         self.poll = settings.subscription_poll_seconds
         self._stopping = threading.Event()
-        self._client = httpx.Client(timeout=10.0, follow_redirects=False)
+        self._client = httpx.Client(
+            timeout=10.0, follow_redirects=False, limits=httpx.Limits(max_connections=_PARALLEL * 2)
+        )
+        self._pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="ehr-subscription-send")
         #: Subscriptions whose handshake succeeded, until the log shows them ``active``.
         self._handshaken: dict[str, int] = {}
         self._handshake_due: dict[str, float] = {}
@@ -190,6 +196,7 @@ class Deliverer(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     def run(self) -> None:
@@ -214,13 +221,29 @@ class Deliverer(threading.Thread):
                 sent |= self._handshake(row)
             elif row.status == "active":
                 sent |= self._heartbeat(row)
-        for outbound in due:
-            found = rows.get(outbound.subscription_id)
-            if found is None or found.status != "active":
-                continue
-            self._deliver(found, outbound)
-            sent = True
-        return sent
+        # One event per subscription is due at a time (its order), so subscriptions are sent to in parallel.
+        ready = [
+            (subscribed, outbound)
+            for outbound in due
+            if (subscribed := rows.get(outbound.subscription_id)) is not None and subscribed.status == "active"
+        ]
+        if not ready:
+            return sent
+        outcomes = list(self._pool.map(lambda pair: self._send_event(*pair), ready))
+        failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
+        with self.services.views.write() as tx:
+            for (row, outbound), (_, error) in zip(ready, outcomes, strict=True):
+                if not error:
+                    mark_delivered(tx, row.id, outbound.event_number)
+                    continue
+                next_attempt = time.time() + self._backoff(outbound.attempts + 1)
+                failed.append(
+                    (row, outbound, mark_failed(tx, row.id, outbound.event_number, next_attempt, error), error)
+                )
+        for row, outbound, attempts, error in failed:
+            if attempts >= self.max_attempts:
+                self._set_status(row, "error", f"notification {outbound.event_number} failed {attempts} times: {error}")
+        return True
 
     # -- channel ---------------------------------------------------------------------------------
 
@@ -312,7 +335,8 @@ class Deliverer(threading.Thread):
         self._audit(row, "POST", endpoint, status, [])
         return True
 
-    def _deliver(self, row: SubscriptionRow, outbound: Outbound) -> None:
+    def _send_event(self, row: SubscriptionRow, outbound: Outbound) -> tuple[int, str]:
+        """Send one event; (HTTP status, error). Marked delivered or failed by the caller, in one transaction."""
         endpoint = str(row.channel.get("endpoint") or "")
         with self.services.views.read_primary() as tx:
             body = visible_focus(tx, row.institution, outbound)
@@ -327,17 +351,8 @@ class Deliverer(threading.Thread):
             status_error = self._send(row, method, url, body, number)
         else:
             method, url, status_error = "POST", endpoint, self._send(row, "POST", endpoint, None, number)
-        status, error = status_error
-        self._audit(row, method, url, status, [focus] if body is not None else [])
-        with self.services.views.write() as tx:
-            if not error:
-                mark_delivered(tx, row.id, outbound.event_number)
-                return
-            attempts = mark_failed(
-                tx, row.id, outbound.event_number, time.time() + self._backoff(outbound.attempts + 1), error
-            )
-        if attempts >= self.max_attempts:
-            self._set_status(row, "error", f"notification {outbound.event_number} failed {attempts} times: {error}")
+        self._audit(row, method, url, status_error[0], [focus] if body is not None else [])
+        return status_error
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.retry_max, self.retry_base * 2 ** (attempts - 1)))

@@ -204,23 +204,60 @@ class SubscriptionOutbox(View):
         )
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
-        active: list[SubscriptionRow] | None = None
+        # Subscription changes split the batch: a run of other changes is matched against the subscriptions
+        # as they stood before it, with one search per distinct criteria (not one per change and subscription).
+        run: list[Change] = []
         for change in changes:
             if change.resource_type == "Subscription":
+                self._match_run(tx, run)
+                run = []
                 self._subscription(tx, change)
-                active = None
-                continue
-            if change.deleted or change.body is None:
-                continue
-            if active is None:
-                active = [row for row in subscription_rows(tx) if row.status in _MATCHING]
-            candidates = [row for row in active if row.resource_type == change.resource_type]
-            if not candidates:
-                continue
-            resource = json.loads(change.body)
-            for row in candidates:
-                if self._matches(tx, row, change, resource):
-                    self._record(tx, row.id, change)
+            elif not change.deleted and change.body is not None:
+                run.append(change)
+        self._match_run(tx, run)
+
+    def _match_run(self, tx: Tx, run: Sequence[Change]) -> None:
+        if not run:
+            return
+        active = [row for row in subscription_rows(tx) if row.status in _MATCHING]
+        types = {change.resource_type for change in run}
+        active = [row for row in active if row.resource_type in types]
+        if not active:
+            return
+        matched: dict[tuple[str, str, str], set[str]] = {}
+        for row in active:
+            key = (row.institution, row.resource_type, json.dumps(row.params))
+            if key not in matched:
+                ids = sorted({c.resource_id for c in run if c.resource_type == row.resource_type})
+                matched[key] = self._matching_ids(tx, row, ids)
+        resources: dict[int, dict[str, Any]] = {}
+        for change in run:  # in log order: event numbers follow the log
+            for row in active:
+                if row.resource_type != change.resource_type:
+                    continue
+                if change.resource_id not in matched[(row.institution, row.resource_type, json.dumps(row.params))]:
+                    continue
+                topic = TOPICS.get(row.topic or "")
+                if topic is not None:
+                    if change.notification_id not in resources:
+                        resources[change.notification_id] = json.loads(change.body or b"{}")
+                    if not topic.concerns(row.institution, change, resources[change.notification_id], tx):
+                        continue
+                self._record(tx, row.id, change)
+
+    @staticmethod
+    def _matching_ids(tx: Tx, row: SubscriptionRow, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` the criteria search finds, as the subscriber's institution may read them."""
+        viewer = Viewer(institution=row.institution, now=datetime.now(UTC).isoformat())
+        found: set[str] = set()
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            params = [*row.params, ("_id", ",".join(chunk))]
+            try:
+                found.update(match(tx, row.resource_type, params, limit=len(chunk), viewer=viewer))
+            except InvalidResource:  # criteria the search engine refuses never match
+                return set()
+        return found
 
     @staticmethod
     def _subscription(tx: Tx, change: Change) -> None:
@@ -260,18 +297,6 @@ class SubscriptionOutbox(View):
                     change.body.decode(),
                 ),
             )
-
-    @staticmethod
-    def _matches(tx: Tx, row: SubscriptionRow, change: Change, resource: dict[str, Any]) -> bool:
-        viewer = Viewer(institution=row.institution, now=datetime.now(UTC).isoformat())
-        try:
-            found = match(tx, row.resource_type, [*row.params, ("_id", change.resource_id)], limit=1, viewer=viewer)
-        except InvalidResource:  # criteria the search engine refuses never match
-            return False
-        if not found:
-            return False
-        topic = TOPICS.get(row.topic or "")
-        return topic is None or topic.concerns(row.institution, change, resource, tx)
 
     @staticmethod
     def _record(tx: Tx, subscription_id: str, change: Change) -> None:

@@ -80,8 +80,9 @@ def test_every_listed_operation_answers_get_and_post(
     group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True,
              "member": [{"entity": {"reference": "Patient/p1"}}]}  # fmt: skip
     assert client.put("/fhir/Group/g", json=group).is_success
+    channel = {"type": "rest-hook", "endpoint": "https://example.org/"}
     subscription = {"resourceType": "Subscription", "id": "s", "status": "off", "reason": "capability",
-                    "criteria": "Patient?name=Gomez", "channel": {"type": "rest-hook", "endpoint": "https://example.org/"}}  # fmt: skip
+                    "criteria": "Patient?name=Gomez", "channel": channel}  # fmt: skip
     assert client.put("/fhir/Subscription/s", json=subscription).is_success
     assert services.compliance is not None
     services.compliance.ledger.seal(partial=True)
