@@ -359,3 +359,30 @@ def test_a_server_killed_while_delivering_loses_nothing(server: Server, listener
     assert all(by_number[number] == focus for number, focus in events)
     firsts = list(dict.fromkeys(number for number, _ in events))
     assert firsts == sorted(firsts)  # in order, duplicates aside
+
+
+def test_off_set_by_the_client_stops_delivery(server: Server, listener: Listener) -> None:
+    patient = _patient(server)
+    stopped = server.post(_topic_subscription("laboratory-result", listener.url + "/stopped", []))
+    sentinel = server.post(_topic_subscription("laboratory-result", listener.url + "/sentinel", []))
+    _active(server, stopped["id"])
+    _active(server, sentinel["id"])
+    current = server.get(f"Subscription/{stopped['id']}").json()
+    current["status"] = "off"
+    response = httpx.put(f"{server.base}/Subscription/{stopped['id']}", json=current, headers=_as("imss"), timeout=30)
+    assert response.status_code == 200, response.text
+    written = server.post(_observation(patient, LAB))["id"]
+    # Both subscriptions are matched in the same pass over the log: once the sentinel has the event, the
+    # stopped one's count is final.
+    wait_until(
+        lambda: any(item.path.endswith("/sentinel") for item in listener.notifications() if item.body
+                    and len(item.body["entry"]) > 1),
+        "the sentinel's notification",
+    )  # fmt: skip
+    assert not [
+        item for item in listener.notifications() if item.path.endswith("/stopped") and written in json.dumps(item.body)
+    ]
+    status = server.get(f"Subscription/{stopped['id']}/$status").json()
+    parameters = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+    assert parameters["status"]["valueCode"] == "off"
+    assert parameters["events-since-subscription-start"]["valueString"] == "0"
