@@ -386,3 +386,28 @@ def test_off_set_by_the_client_stops_delivery(server: Server, listener: Listener
     parameters = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
     assert parameters["status"]["valueCode"] == "off"
     assert parameters["events-since-subscription-start"]["valueString"] == "0"
+
+
+def test_repeated_failures_set_error_and_redirects_are_not_followed(tmp_path: Path, listener: Listener) -> None:
+    """A listener that refuses every notification, and one that redirects, both end in ``error``."""
+    env = {"EHR_SUBSCRIPTION_RETRY_BASE_SECONDS": "0.1", "EHR_SUBSCRIPTION_MAX_ATTEMPTS": "3"}
+    running = Server(tmp_path / "ehr-data", env)
+    running.start()
+    try:
+        listener.failing = True
+        refused = running.post(_r4_subscription("Observation?category=laboratory", listener.url, None))
+        # Not an allowed scheme: refused before any connection is made.
+        ftp = running.post(_r4_subscription("Observation?category=laboratory", "ftp://127.0.0.1/hook", None))
+        for created in (refused, ftp):
+            found = wait_until(
+                lambda created=created: (
+                    (r := running.get(f"Subscription/{created['id']}").json())["status"] == "error" and r
+                ),
+                "the subscription to be set to error",
+            )
+            assert found["error"]
+            assert int(found["meta"]["versionId"]) >= 2  # the server's status change is a new version
+        assert listener.refused >= 3
+        assert "endpoint not allowed" in running.get(f"Subscription/{ftp['id']}").json()["error"]
+    finally:
+        running.stop()
