@@ -411,3 +411,25 @@ def test_repeated_failures_set_error_and_redirects_are_not_followed(tmp_path: Pa
         assert "endpoint not allowed" in running.get(f"Subscription/{ftp['id']}").json()["error"]
     finally:
         running.stop()
+
+
+def test_referral_received_by_my_institution(server: Server, listener: Listener) -> None:
+    """The referral topic: a ServiceRequest (SNOMED CT 3457005) whose performer is the subscriber."""
+    patient = _patient(server, "imss")
+    server.post(consent(patient, "issste"), "imss")  # the performer may read the referred patient's record
+    created = server.post(_topic_subscription("referral-received", listener.url, []), "issste")
+    _active(server, created["id"], "issste")
+
+    def referral(performer: str) -> dict[str, Any]:
+        return {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005"}]}],
+            "subject": {"reference": f"Patient/{patient}"},
+            "performer": [{"identifier": {"system": "urn:ehr-core:institution", "value": performer}}],
+        }
+
+    server.post(referral("imss-bienestar"), "imss")  # referred elsewhere: not for this subscriber
+    mine = server.post(referral("issste"), "imss")["id"]
+    assert _notified(listener, 1) == [(1, f"ServiceRequest/{mine}")]
