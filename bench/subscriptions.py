@@ -118,21 +118,34 @@ def _observation(code: str) -> dict[str, Any]:
     }
 
 
-def latency(base: str, listener: Listener, rate: float, seconds: float) -> None:
+def latency(base: str, listener: Listener, rate: float, seconds: float, clients: int) -> None:
+    """``clients`` threads, each pacing its writes at ``rate / clients`` per second (one client cannot reach
+    100 writes/s when a write takes more than 10 ms)."""
     with httpx.Client(timeout=30) as http:
         _subscribe(http, base, listener.url, "latency-1")
-        committed: dict[str, float] = {}
-        interval = 1.0 / rate
-        start = time.monotonic()
+    committed: dict[str, float] = {}
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def client() -> None:
+        interval = clients / rate
         sent = 0
-        while time.monotonic() - start < seconds:
-            created = http.post(f"{base}/Observation", json=_observation("latency-1"), headers=HEADERS).json()
-            committed[created["id"]] = datetime.fromisoformat(created["meta"]["lastUpdated"]).timestamp()
-            sent += 1
-            pause = start + sent * interval - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-        achieved = sent / (time.monotonic() - start)
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() - start < seconds:
+                created = http.post(f"{base}/Observation", json=_observation("latency-1"), headers=HEADERS).json()
+                with lock:
+                    committed[created["id"]] = datetime.fromisoformat(created["meta"]["lastUpdated"]).timestamp()
+                sent += 1
+                pause = start + sent * interval - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    achieved = len(committed) / (time.monotonic() - start)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(listener.arrivals) < len(committed):
         time.sleep(0.05)
@@ -182,7 +195,7 @@ def main() -> None:
         process, base = _start(args.backend, Path(directory) / "ehr-data", args.postgres_url)
         try:
             print(f"backend: {args.backend}; the machine may be shared: figures are noisy")
-            latency(base, listener, args.rate, args.seconds)
+            latency(base, listener, args.rate, args.seconds, args.clients)
             bare = throughput(base, args.clients, args.seconds, "throughput")
             print(f"write throughput, 0 subscriptions: {bare:.0f} creates/s ({args.clients} clients)")
             with httpx.Client(timeout=30) as http:

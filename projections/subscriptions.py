@@ -231,6 +231,8 @@ class SubscriptionOutbox(View):
                 ids = sorted({c.resource_id for c in run if c.resource_type == row.resource_type})
                 matched[key] = self._matching_ids(tx, row, ids)
         resources: dict[int, dict[str, Any]] = {}
+        counters = {row.id: row.events for row in active}  # read once: a run numbers its events in memory
+        outbox: list[tuple[Any, ...]] = []
         for change in run:  # in log order: event numbers follow the log
             for row in active:
                 if row.resource_type != change.resource_type:
@@ -243,7 +245,18 @@ class SubscriptionOutbox(View):
                         resources[change.notification_id] = json.loads(change.body or b"{}")
                     if not topic.concerns(row.institution, change, resources[change.notification_id], tx):
                         continue
-                self._record(tx, row.id, change)
+                counters[row.id] += 1
+                outbox.append(
+                    (row.id, counters[row.id], change.notification_id, change.resource_type, change.resource_id,
+                     change.version, change.last_updated)
+                )  # fmt: skip
+        if outbox:
+            # Many rows go as one COPY on PostgreSQL: 50 subscriptions matching a batch of 500 writes are 25,000.
+            tx.insert("subscription_outbox", _OUTBOX_INSERT, outbox)
+            tx.executemany(
+                "UPDATE subscriptions SET events = ? WHERE id = ?",
+                [(count, sid) for sid, count in counters.items() if count != _events_of(active, sid)],
+            )
 
     @staticmethod
     def _matching_ids(tx: Tx, row: SubscriptionRow, ids: Sequence[str]) -> set[str]:
@@ -298,24 +311,14 @@ class SubscriptionOutbox(View):
                 ),
             )
 
-    @staticmethod
-    def _record(tx: Tx, subscription_id: str, change: Change) -> None:
-        row = tx.execute("SELECT events FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
-        number = int(row[0]) + 1 if row else 1
-        tx.execute("UPDATE subscriptions SET events = ? WHERE id = ?", (number, subscription_id))
-        tx.execute(
-            "INSERT INTO subscription_outbox (subscription_id, event_number, notification_id, focus_type, focus_id, "
-            "focus_version, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                subscription_id,
-                number,
-                change.notification_id,
-                change.resource_type,
-                change.resource_id,
-                change.version,
-                change.last_updated,
-            ),
-        )
+
+_OUTBOX_INSERT = (
+    "subscription_id", "event_number", "notification_id", "focus_type", "focus_id", "focus_version", "recorded"
+)  # fmt: skip
+
+
+def _events_of(rows: Sequence[SubscriptionRow], subscription_id: str) -> int:
+    return next(row.events for row in rows if row.id == subscription_id)
 
 
 class SubscriptionMatcher(Projector):
