@@ -221,29 +221,45 @@ class Deliverer(threading.Thread):
                 sent |= self._handshake(row)
             elif row.status == "active":
                 sent |= self._heartbeat(row)
-        # One event per subscription is due at a time (its order), so subscriptions are sent to in parallel.
-        ready = [
-            (subscribed, outbound)
-            for outbound in due
-            if (subscribed := rows.get(outbound.subscription_id)) is not None and subscribed.status == "active"
-        ]
-        if not ready:
+        # Each subscription's events go in event-number order, stopping at its first failure; subscriptions
+        # are sent to in parallel.
+        queues: dict[str, list[Outbound]] = {}
+        for outbound in due:
+            subscribed = rows.get(outbound.subscription_id)
+            if subscribed is not None and subscribed.status == "active":
+                queues.setdefault(outbound.subscription_id, []).append(outbound)
+        if not queues:
             return sent
-        outcomes = list(self._pool.map(lambda pair: self._send_event(*pair), ready))
+        work = [(rows[sid], queue) for sid, queue in queues.items()]
+        outcomes = list(self._pool.map(lambda pair: self._send_in_order(*pair), work))
         failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
         with self.services.views.write() as tx:
-            for (row, outbound), (_, error) in zip(ready, outcomes, strict=True):
-                if not error:
+            for (row, _), (delivered, failure) in zip(work, outcomes, strict=True):
+                for outbound in delivered:
                     mark_delivered(tx, row.id, outbound.event_number)
-                    continue
-                next_attempt = time.time() + self._backoff(outbound.attempts + 1)
-                failed.append(
-                    (row, outbound, mark_failed(tx, row.id, outbound.event_number, next_attempt, error), error)
-                )
+                if failure is not None:
+                    outbound, error = failure
+                    next_attempt = time.time() + self._backoff(outbound.attempts + 1)
+                    attempts = mark_failed(tx, row.id, outbound.event_number, next_attempt, error)
+                    failed.append((row, outbound, attempts, error))
         for row, outbound, attempts, error in failed:
             if attempts >= self.max_attempts:
                 self._set_status(row, "error", f"notification {outbound.event_number} failed {attempts} times: {error}")
         return True
+
+    def _send_in_order(
+        self, row: SubscriptionRow, queue: list[Outbound]
+    ) -> tuple[list[Outbound], tuple[Outbound, str] | None]:
+        """Send ``queue`` in order; (those delivered, the first failure and its error)."""
+        delivered: list[Outbound] = []
+        for outbound in queue:
+            if self._stopping.is_set():
+                break
+            _, error = self._send_event(row, outbound)
+            if error:
+                return delivered, (outbound, error)
+            delivered.append(outbound)
+        return delivered, None
 
     # -- channel ---------------------------------------------------------------------------------
 

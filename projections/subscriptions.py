@@ -399,15 +399,25 @@ def _outbound(row: Sequence[Any]) -> Outbound:
     )
 
 
-def due_events(tx: Tx, now: float, limit: int = 100) -> list[Outbound]:
-    """Per subscription, its oldest undelivered event when it is due (order per subscription: event number)."""
+def due_events(tx: Tx, now: float, per_subscription: int = 50, limit: int = 2000) -> list[Outbound]:
+    """The undelivered events of each subscription whose oldest undelivered event is due, in event-number
+    order (at most ``per_subscription`` each): sent in that order, stopping at the first failure."""
     rows = tx.execute(
-        f"SELECT {_OUTBOX} FROM subscription_outbox o WHERE o.delivered = 0 AND o.event_number = "
-        "(SELECT MIN(p.event_number) FROM subscription_outbox p WHERE p.subscription_id = o.subscription_id "
-        "AND p.delivered = 0) AND o.next_attempt <= ? ORDER BY o.notification_id LIMIT ?",
+        f"SELECT {_OUTBOX} FROM subscription_outbox o WHERE o.delivered = 0 AND o.subscription_id IN ("
+        "SELECT p.subscription_id FROM subscription_outbox p WHERE p.delivered = 0 AND p.next_attempt <= ? "
+        "AND p.event_number = (SELECT MIN(q.event_number) FROM subscription_outbox q "
+        "WHERE q.subscription_id = p.subscription_id AND q.delivered = 0)) "
+        "ORDER BY o.subscription_id, o.event_number LIMIT ?",
         (now, limit),
     ).fetchall()
-    return [_outbound(row) for row in rows]
+    found: list[Outbound] = []
+    taken: dict[str, int] = {}
+    for row in rows:
+        outbound = _outbound(row)
+        if taken.get(outbound.subscription_id, 0) < per_subscription:
+            taken[outbound.subscription_id] = taken.get(outbound.subscription_id, 0) + 1
+            found.append(outbound)
+    return found
 
 
 def events_between(tx: Tx, subscription_id: str, since: int, until: int | None) -> list[Outbound]:
