@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     projection: str = "inline"
     #: With ``projection=worker``: how long a write waits for the worker before answering anyway.
     projection_wait_seconds: float = 30.0
+    # -- subscriptions (R4 subscription.html, Subscriptions R5 Backport IG 1.1.0) ------------
+    #: The first retry of a failed notification waits this long; each next one twice as long.
+    subscription_retry_base_seconds: float = 1.0
+    #: The longest wait between two attempts at one notification.
+    subscription_retry_max_seconds: float = 300.0
+    #: Failed attempts at one notification before the subscription is set to ``error``.
+    subscription_max_attempts: int = 12
+    #: Plain http endpoints beyond loopback (development only): otherwise https, or http on loopback.
+    subscription_allow_http: bool = False
+    #: The server's public FHIR base, for the references in notifications (``fullUrl``, ``subscription``).
+    subscription_base_url: str = "http://127.0.0.1:8080/fhir"
+    #: How often the delivery thread looks for matched events when idle.
+    subscription_poll_seconds: float = 0.05
     #: Connections each PostgreSQL pool may hold.
     postgres_pool_size: int = 10
     # -- per-institution stores federated into national projections -----------------------

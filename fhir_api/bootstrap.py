@@ -30,16 +30,19 @@ from projections.ledger import Ledger, witness_path
 from projections.positions import PositionWatcher
 from projections.projector import Projector, projected_channel
 from projections.setup import open_view_database, resource_projector, resource_views, terminology_projector
+from projections.subscriptions import SubscriptionMatcher
 
 __all__ = [
     "construct_compliance",
     "construct_identity",
+    "construct_matcher",
     "construct_store_ledger",
     "construct_store_projectors",
     "construct_views",
     "federated",
     "open_services",
     "single_store",
+    "start_deliverer",
 ]
 
 
@@ -60,6 +63,7 @@ def single_store(settings: Settings, follow: bool) -> Services:
     projector = resource_projector(application, views, settings)
     identity = construct_identity(application, views, settings)
     terminology = terminology_projector(application, views, settings.projection_batch_size)
+    matcher = construct_matcher(application, views, settings)
     inline = settings.projects_inline or not settings.uses_postgres
     channel = projected_channel(settings.postgres_schema)
     if settings.uses_postgres:
@@ -78,9 +82,12 @@ def single_store(settings: Settings, follow: bool) -> Services:
         projector,
         identity,
         compliance,
-        national={"resources": projector, "identity": identity, "terminology": terminology},
+        national={"resources": projector, "identity": identity, "terminology": terminology, "subscriptions": matcher},
     )
     services.terminology = terminology
+    if inline and follow:
+        # This process projects: it matches and delivers too, on a thread of its own (never a write's path).
+        start_deliverer(services)
     if not inline and follow:
         # An ``ehr project`` worker applies the events; wait for its announcements instead.
         services.watcher = construct_watcher(services, channel)
@@ -159,6 +166,22 @@ def construct_compliance(
     settings: Settings, application: RecordApplication, views: ViewDatabase, follow: bool, ledger_name: str = "ledger"
 ) -> Compliance:
     return Compliance.open(settings, application, views, follow, ledger_name=ledger_name)
+
+
+def construct_matcher(application: RecordApplication, views: ViewDatabase, settings: Settings) -> SubscriptionMatcher:
+    matcher = SubscriptionMatcher(application, views, settings.projection_batch_size)
+    matcher.create_tables()
+    return matcher
+
+
+def start_deliverer(services: Services) -> None:
+    """Deliver the subscriptions' outbox from this process (``ehr serve`` inline, or ``ehr project``)."""
+    from fhir_api.subscriptions import Deliverer  # the HTTP client: only where something is delivered
+
+    matcher = services.main_projectors.get("subscriptions")
+    if isinstance(matcher, SubscriptionMatcher) and services.deliverer is None:
+        services.deliverer = Deliverer(services, matcher)
+        services.deliverer.start()
 
 
 def construct_watcher(services: Services, channel: str) -> PositionWatcher:

@@ -35,6 +35,8 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection("audit", "audit", "the AuditEvent views", per_store=False),
     Projection("terminology", "ehr", "the CodeSystems, ValueSets, ConceptMaps of $expand...", per_store=True),
     Projection("break_glass", "audit", "the break-the-glass review list", per_store=False),
+    # After ``resources``: the matcher searches the resource views and never runs ahead of them.
+    Projection("subscriptions", "ehr", "the subscriptions' matched events (their outbox)", per_store=False),
 )
 
 NAMES: tuple[str, ...] = tuple(projection.name for projection in PROJECTIONS)

@@ -29,6 +29,7 @@ from fhir_api.operations import (  # Ledger; and the terminology service: expand
     lookup,
     match,
     person,
+    subscription,
     subsumes,
     summary,
     translate,
@@ -56,6 +57,7 @@ def fhir_router() -> APIRouter:
     adopt_routes(router, ledger.router)
     adopt_routes(router, history.router)
     adopt_routes(router, audit_resources.router)
+    adopt_routes(router, subscription.router)  # Subscription $status and $events (backport IG)
     # Identity operations: $match, $ihe-pix, $everything, $summary, Person, and Patient read with links.
     for operation in (match, everything, summary, person, grants):
         adopt_routes(router, operation.router)

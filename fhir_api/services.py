@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio.to_thread
 
@@ -59,6 +60,8 @@ class Services:
     watcher: PositionWatcher | None = None
     #: The institutions' stores, when this server is one of a federation (``EHR_STORES``).
     federation: Federation | None = None
+    #: The subscriptions' delivery thread (``fhir_api/subscriptions.py``), where this process delivers.
+    deliverer: Any = None
     #: In a federation: builds the per-store projectors of another institution's store (``registry.per_store``).
     store_factory: Callable[[Services, str], list[Projector]] | None = None
     #: The terminology store's projector of this server's own log (``projections/terminology``).
@@ -158,7 +161,7 @@ class Services:
                 index = per_store().index(projection.name)
                 members = [self.store_projectors(store)[index] for store in self.federation.names]
                 found.append(StoreGroup(members, projection.name))
-            else:
+            elif projection.name in self.main_projectors:  # a federation keeps no subscriptions (yet)
                 found.append(self.main_projectors[projection.name])
         return found
 
@@ -186,6 +189,8 @@ class Services:
         return TerminologyStore(self.views)
 
     def close(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop()
         if self.follower is not None:
             self.follower.stop()
         if self.watcher is not None:

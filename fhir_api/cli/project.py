@@ -25,7 +25,7 @@ from rich.console import Console
 from ehr_core.errors import StoreUnavailable
 from ehr_core.federation import StoreDown
 from ehr_core.settings import Settings
-from fhir_api.bootstrap import construct_store_ledger, open_services
+from fhir_api.bootstrap import construct_store_ledger, open_services, start_deliverer
 from fhir_api.services import Services
 from projections.ledger import Ledger
 from projections.projector import Projector
@@ -182,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
     ]
     for thread in stores:
         thread.start()
+    if not settings.projects_inline:
+        # The API processes leave projection to this worker: it delivers the subscriptions' outbox too.
+        start_deliverer(services)
     try:
         follow(services, stop, report=_Reporter(services, console, args.report_seconds, stores))
     finally:

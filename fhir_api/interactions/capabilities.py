@@ -23,6 +23,7 @@ from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
 from projections.search import capability_search_params
 from projections.search.registry import parameters
+from projections.subscriptions import BACKPORT, TOPICS
 
 router = APIRouter()
 
@@ -103,6 +104,8 @@ def _resources(base: str) -> list[dict[str, Any]]:
         operations = _operations(base, resource_type)
         if operations:
             resource["operation"] = operations
+        if resource_type == "Subscription":
+            resource.update(_subscription_support())
         resources.append(resource)
     return resources
 
@@ -121,6 +124,21 @@ def _oauth_uris(base: str) -> dict[str, Any]:
                 ("introspect", "introspect"),
                 ("revoke", "revoke"),
             )
+        ],
+    }
+
+
+def _subscription_support() -> dict[str, Any]:
+    """Subscriptions R5 Backport IG for R4 1.1.0 (CapabilityStatement "backport-subscription-server-r4"): the
+    backport Subscription profile, and each SubscriptionTopic this server ships by its canonical URL."""
+    return {
+        "supportedProfile": [f"{BACKPORT}/StructureDefinition/backport-subscription"],
+        "extension": [
+            {
+                "url": f"{BACKPORT}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical",
+                "valueCanonical": url,
+            }
+            for url in TOPICS
         ],
     }
 
@@ -156,6 +174,7 @@ def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, An
         "kind": "instance",
         "software": {"name": "ehr-core", "version": "0.1.0"},
         "implementation": {"description": "Event-sourced health record core", "url": base},
+        "instantiates": [f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4"],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [

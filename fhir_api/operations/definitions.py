@@ -316,6 +316,33 @@ OPERATIONS: tuple[Operation, ...] = (
         outputs=(Param("return", "OperationOutcome", min=1, use="out", documentation="Every issue found"),),
     ),
     Operation(
+        "subscription-status",
+        "status",
+        "SubscriptionStatus",
+        "The status of a subscription (Subscriptions R5 Backport IG for R4): a searchset Bundle of one "
+        "SubscriptionStatus Parameters (type query-status) with the events matched since it started.",
+        resource=("Subscription",),
+        instance=True,
+        base="http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status",
+        outputs=(Param("return", "Bundle", min=1, use="out", documentation="A searchset Bundle"),),
+    ),
+    Operation(
+        "subscription-events",
+        "events",
+        "SubscriptionEvents",
+        "Replays a range of a subscription's events from its outbox (a projection of the log): a history Bundle, "
+        "SubscriptionStatus (type query-event) first, then each focus the subscriber's institution may read now.",
+        resource=("Subscription",),
+        instance=True,
+        base="http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events",
+        parameters=(
+            Param("eventsSinceNumber", "string", documentation="The first event number to return (inclusive)"),
+            Param("eventsUntilNumber", "string", documentation="The last event number to return (inclusive)"),
+            Param("content", "code", documentation="empty, id-only or full-resource (default: the subscription's)"),
+        ),
+        outputs=(Param("return", "Bundle", min=1, use="out", documentation="A history Bundle"),),
+    ),
+    Operation(
         "ledger-key",
         "ledger-key",
         "LedgerKey",

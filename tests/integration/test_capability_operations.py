@@ -51,6 +51,9 @@ def _invoke(client: TestClient, definition: str, method: str, import_url: str = 
                                               {"name": "url", "valueUri": import_url}]}), {}),
         "validate": ("/fhir/Patient/p1/$validate", {}, _parameters({"name": "resource", "resource": {
             "resourceType": "Patient", "id": "p1"}}), {}),
+        "subscription-status": ("/fhir/Subscription/s/$status", {}, None, {}),
+        "subscription-events": ("/fhir/Subscription/s/$events", {"eventsSinceNumber": "1"}, _parameters(
+            {"name": "eventsSinceNumber", "valueString": "1"}), {}),
         "ledger-key": ("/fhir/$ledger-key", {}, None, {}),
         "ledger-head": ("/fhir/$ledger-head", {"log": "record"}, _parameters({"name": "log", "valueCode": "record"}),
                         {}),
@@ -88,6 +91,10 @@ def test_every_listed_operation_answers_get_and_post(
     group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True,
              "member": [{"entity": {"reference": "Patient/p1"}}]}  # fmt: skip
     assert client.put("/fhir/Group/g", json=group).is_success
+    channel = {"type": "rest-hook", "endpoint": "https://example.org/"}
+    subscription = {"resourceType": "Subscription", "id": "s", "status": "off", "reason": "capability",
+                    "criteria": "Patient?name=Gomez", "channel": channel}  # fmt: skip
+    assert client.put("/fhir/Subscription/s", json=subscription).is_success
     assert services.compliance is not None
     services.compliance.ledger.seal(partial=True)
     source = services.settings.import_root / f"capability-{uuid.uuid4().hex}.ndjson"

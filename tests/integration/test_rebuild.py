@@ -77,7 +77,8 @@ def _fresh(services: Services, tmp_path: Path, projector: Projector) -> dict[str
 def test_rebuild_swaps_in_views_equal_to_the_live_ones(services: Services, client: TestClient) -> None:
     _load(client)
     projectors = projectors_named(services, [])
-    assert [p.name for p in projectors] == ["resources", "identity", "audit", "terminology", "break_glass"]
+    every = ["resources", "identity", "audit", "terminology", "break_glass", "subscriptions"]
+    assert [p.name for p in projectors] == every
     assert services.compliance is not None
     services.compliance.audit_views_current()
     live = _dumps(projectors)
@@ -85,7 +86,7 @@ def test_rebuild_swaps_in_views_equal_to_the_live_ones(services: Services, clien
     assert live["terminology"]["terminology_resources"]
     seen: list[tuple[str, int, int]] = []
     done = rebuild(services.settings, projectors, lambda name, position, head: seen.append((name, position, head)))
-    assert [d.name for d in done] == ["resources", "identity", "audit", "terminology", "break_glass"]
+    assert [d.name for d in done] == every
     assert all(d.events > 0 for d in done[:2])
     # Progress was reported as batches went, ending at the log's head.
     resources = [s for s in seen if s[0] == "resources"]

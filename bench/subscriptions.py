@@ -1,0 +1,217 @@
+"""Subscriptions: notification latency (commit → listener) and write throughput with 0 and 50 subscriptions.
+
+    .venv/bin/python -m bench.subscriptions [--backend sqlite|postgres] [--seconds 10] [--rate 100]
+
+A real ``ehr serve`` and a listener on loopback. Latency: Observations written at ``--rate`` per second,
+each matching one R4 criteria subscription; from the write's ``meta.lastUpdated`` (the server's recorded
+time, the commit) to the listener receiving it (the same machine's clock), p50/p99. Throughput: creates/s
+from ``--clients`` threads for ``--seconds``, with no subscription, then with 50 active subscriptions all
+matching every write (50 notifications per write), and the ratio. A benchmark, not a test: nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+HEADERS = {"X-EHR-Institution": "imss", "Content-Type": "application/fhir+json"}
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.count = 0
+        self.lock = threading.Lock()
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                now = time.time()
+                with state.lock:
+                    state.count += 1
+                    if self.command == "PUT":
+                        state.arrivals.setdefault(self.path.rsplit("/", 1)[-1], now)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_PUT = _record
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _start(backend: str, data: Path, postgres_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
+    env |= {"EHR_AUTH": "disabled-for-development", "PYTHONUNBUFFERED": "1"}
+    if backend == "postgres":
+        schema = f"bench_sub_{int(time.time())}"
+        env |= {"EHR_DATABASE_URL": postgres_url, "EHR_POSTGRES_SCHEMA": schema}
+    log = (data.parent / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port), "--data", str(data)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/fhir"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/metadata", timeout=10).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the server did not start")
+
+
+def _subscribe(http: httpx.Client, base: str, endpoint: str, code: str) -> None:
+    subscription = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "bench",
+        "criteria": f"Observation?code=http://loinc.org|{code}",
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"},
+    }
+    created = http.post(f"{base}/Subscription", json=subscription, headers=HEADERS).json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if http.get(f"{base}/Subscription/{created['id']}", headers=HEADERS).json().get("status") == "active":
+            return
+        time.sleep(0.05)
+    raise SystemExit("a subscription never became active")
+
+
+def _observation(code: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+    }
+
+
+def latency(base: str, listener: Listener, rate: float, seconds: float, clients: int) -> None:
+    """``clients`` threads, each pacing its writes at ``rate / clients`` per second (one client cannot reach
+    100 writes/s when a write takes more than 10 ms)."""
+    with httpx.Client(timeout=30) as http:
+        _subscribe(http, base, listener.url, "latency-1")
+    committed: dict[str, float] = {}
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def client() -> None:
+        interval = clients / rate
+        sent = 0
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() - start < seconds:
+                created = http.post(f"{base}/Observation", json=_observation("latency-1"), headers=HEADERS).json()
+                with lock:
+                    committed[created["id"]] = datetime.fromisoformat(created["meta"]["lastUpdated"]).timestamp()
+                sent += 1
+                pause = start + sent * interval - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    achieved = len(committed) / (time.monotonic() - start)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(listener.arrivals) < len(committed):
+        time.sleep(0.05)
+    latencies = sorted((listener.arrivals[i] - t) * 1000 for i, t in committed.items() if i in listener.arrivals)
+    if not latencies:
+        print("latency: no notification arrived")
+        return
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(
+        f"notification latency commit→listener at {achieved:.0f} writes/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {latencies[-1]:.1f} ms ({len(latencies)}/{len(committed)} notified)"
+    )
+
+
+def throughput(base: str, clients: int, seconds: float, code: str) -> float:
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() < stop:
+                response = http.post(f"{base}/Observation", json=_observation(code), headers=HEADERS)
+                if response.status_code == 201:
+                    done[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--subscriptions", type=int, default=50)
+    args = parser.parse_args()
+    listener = Listener()
+    with tempfile.TemporaryDirectory() as directory:
+        process, base = _start(args.backend, Path(directory) / "ehr-data", args.postgres_url)
+        try:
+            print(f"backend: {args.backend}; the machine may be shared: figures are noisy")
+            latency(base, listener, args.rate, args.seconds, args.clients)
+            bare = throughput(base, args.clients, args.seconds, "throughput")
+            print(f"write throughput, 0 subscriptions: {bare:.0f} creates/s ({args.clients} clients)")
+            with httpx.Client(timeout=30) as http:
+                for _ in range(args.subscriptions):
+                    _subscribe(http, base, listener.url, "throughput")
+            received = listener.count
+            loaded = throughput(base, args.clients, args.seconds, "throughput")
+            print(
+                f"write throughput, {args.subscriptions} active subscriptions matching every write: "
+                f"{loaded:.0f} creates/s ({listener.count - received} notifications received meanwhile)"
+            )
+            print(f"ratio (with / without): {loaded / bare:.2f}")
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+if __name__ == "__main__":
+    main()

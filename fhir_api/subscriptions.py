@@ -1,0 +1,392 @@
+"""Delivering subscription notifications (R4 subscription.html, Subscriptions R5 Backport IG for R4 1.1.0).
+
+The matcher (``projections/subscriptions.py``) records each matched event in an outbox in the same
+transaction as its tracking position; this thread delivers the outbox over ``rest-hook`` channels:
+
+- at least once: an event is marked delivered only after the endpoint answered 2xx, so a crash between the
+  POST and the mark sends it again; every notification carries its event number, so duplicates are
+  recognisable (backport: ``notification-event.event-number``; R4 criteria subscriptions: the
+  ``X-Subscription-Event-Number`` header, R4 defines no body for an empty payload);
+- in order: per subscription only its lowest undelivered event is ever in flight;
+- retried with exponential backoff (``EHR_SUBSCRIPTION_RETRY_*``); after ``subscription_max_attempts``
+  failures the Subscription gets ``status = error`` and ``error`` (a new version, written by the server);
+- never on a write's critical path: the matcher is caught up here, apart from the requests.
+
+A subscription the client creates as ``requested`` gets a handshake first (backport: a ``handshake``
+notification; R4 criteria: a POST with no body) and becomes ``active`` once it is answered 2xx; ``off``
+(set by the client) stops matching and delivery. Endpoints: https, or http on loopback only (unless
+``EHR_SUBSCRIPTION_ALLOW_HTTP``); redirects are never followed (R4 §Security: the server only talks to
+the endpoint the subscriber named). The focus travels only when the subscriber's institution may read it
+at notify time (the read policy); every attempt is an AuditEvent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from ipaddress import ip_address
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ehr_core.application import format_instant
+from ehr_core.audit import AuditEntry
+from ehr_core.context import WriteContext
+from fhir_api.services import Services
+from projections.subscriptions import (
+    HEARTBEAT_PERIOD,
+    PAYLOAD_CONTENT,
+    Outbound,
+    SubscriptionMatcher,
+    SubscriptionRow,
+    due_events,
+    mark_delivered,
+    mark_failed,
+    reset_attempts,
+    subscription_rows,
+    visible_focus,
+)
+
+__all__ = ["Deliverer", "endpoint_allowed", "notification_bundle", "status_parameters"]
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK_NAMES = ("localhost",)
+#: Subscriptions sent to at once (each has at most one event in flight: its order is kept).
+_PARALLEL = 8
+
+
+def endpoint_allowed(endpoint: str, allow_http: bool) -> bool:
+    """https anywhere; http on loopback (127.0.0.0/8, ::1, localhost) or when development allows it."""
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if allow_http or parts.hostname in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def payload_content(row: SubscriptionRow) -> str:
+    """Backport ``backport-payload-content`` on channel.payload: empty, id-only or full-resource."""
+    payload = row.resource.get("channel", {}).get("_payload") or {}
+    for extension in payload.get("extension") or []:
+        if extension.get("url") == PAYLOAD_CONTENT:
+            return str(extension.get("valueCode") or "id-only")
+    return "full-resource" if row.channel.get("payload") else "empty"
+
+
+def status_parameters(
+    row: SubscriptionRow, kind: str, base: str, events: Sequence[tuple[Outbound, bool]] = (), since: int | None = None
+) -> dict[str, Any]:
+    """The backport SubscriptionStatus (a ``Parameters``, R4): the first entry of every notification."""
+    parameters: list[dict[str, Any]] = [
+        {"name": "subscription", "valueReference": {"reference": f"{base}/Subscription/{row.id}"}},
+    ]
+    if row.topic:
+        parameters.append({"name": "topic", "valueCanonical": row.topic})
+    parameters += [
+        {"name": "status", "valueCode": row.status},
+        {"name": "type", "valueCode": kind},
+        {"name": "events-since-subscription-start", "valueString": str(since if since is not None else row.events)},
+    ]
+    for outbound, _ in events:
+        parameters.append(
+            {
+                "name": "notification-event",
+                "part": [
+                    {"name": "event-number", "valueString": str(outbound.event_number)},
+                    {"name": "timestamp", "valueInstant": outbound.recorded},
+                    {"name": "focus", "valueReference": {"reference": f"{outbound.focus_type}/{outbound.focus_id}"}},
+                ],
+            }
+        )
+    return {
+        "resourceType": "Parameters",
+        "id": str(uuid.uuid4()),
+        "meta": {
+            "profile": [
+                "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
+            ]
+        },
+        "parameter": parameters,
+    }
+
+
+def notification_bundle(
+    row: SubscriptionRow,
+    kind: str,
+    base: str,
+    events: Sequence[tuple[Outbound, bytes | None]] = (),
+    since: int | None = None,
+) -> dict[str, Any]:
+    """A backport notification: a ``history`` Bundle, SubscriptionStatus first, then the focus resources."""
+    content = payload_content(row)
+    status = status_parameters(row, kind, base, [(outbound, body is not None) for outbound, body in events], since)
+    entries: list[dict[str, Any]] = [{"fullUrl": f"urn:uuid:{status['id']}", "resource": status}]
+    for outbound, body in events:
+        if content == "empty" or body is None:
+            continue  # what the subscriber may not read now is never sent
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{outbound.focus_type}/{outbound.focus_id}"}
+        if content == "full-resource":
+            entry["resource"] = json.loads(body)
+        entry["request"] = {"method": "PUT", "url": f"{outbound.focus_type}/{outbound.focus_id}"}
+        entry["response"] = {"status": "200"}
+        entries.append(entry)
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": "history",
+        "timestamp": format_instant(datetime.now(UTC)),
+        "entry": entries,
+    }
+
+
+def _headers(row: SubscriptionRow) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for header in row.channel.get("header") or []:
+        name, _, value = str(header).partition(":")
+        if name.strip():
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _heartbeat_seconds(row: SubscriptionRow) -> float | None:
+    for extension in row.channel.get("extension") or []:
+        if extension.get("url") == HEARTBEAT_PERIOD and extension.get("valueUnsignedInt"):
+            return float(extension["valueUnsignedInt"])
+    return None
+
+
+class Deliverer(threading.Thread):
+    """Catches the matcher up and delivers its outbox (one thread; see the module docstring)."""
+
+    def __init__(self, services: Services, matcher: SubscriptionMatcher) -> None:
+        super().__init__(name="ehr-subscription-delivery", daemon=True)
+        self.services = services
+        self.matcher = matcher
+        settings = services.settings
+        self.base = settings.subscription_base_url.rstrip("/")
+        self.retry_base = settings.subscription_retry_base_seconds
+        self.retry_max = settings.subscription_retry_max_seconds
+        self.max_attempts = settings.subscription_max_attempts
+        self.allow_http = settings.subscription_allow_http
+        self.poll = settings.subscription_poll_seconds
+        self._stopping = threading.Event()
+        self._client = httpx.Client(
+            timeout=10.0, follow_redirects=False, limits=httpx.Limits(max_connections=_PARALLEL * 2)
+        )
+        self._pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="ehr-subscription-send")
+        #: Subscriptions whose handshake succeeded, until the log shows them ``active``.
+        self._handshaken: dict[str, int] = {}
+        self._handshake_due: dict[str, float] = {}
+        self._heartbeat_sent: dict[str, float] = {}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                busy = self.step()
+            except Exception:  # the delivery must outlive a database restart or a bad endpoint
+                log.warning("subscription delivery failed; retrying", exc_info=True)
+                busy = False
+            if not busy:
+                self._stopping.wait(self.poll)
+
+    def step(self) -> bool:
+        """One round: match, handshake, heartbeat, deliver what is due; True if anything was sent."""
+        self.matcher.catch_up()
+        with self.services.views.read_primary() as tx:
+            rows = {row.id: row for row in subscription_rows(tx)}
+            due = due_events(tx, time.time())
+        sent = False
+        for row in rows.values():
+            if row.status == "requested":
+                sent |= self._handshake(row)
+            elif row.status == "active":
+                sent |= self._heartbeat(row)
+        # Each subscription's events go in event-number order, stopping at its first failure; subscriptions
+        # are sent to in parallel.
+        queues: dict[str, list[Outbound]] = {}
+        for outbound in due:
+            subscribed = rows.get(outbound.subscription_id)
+            if subscribed is not None and subscribed.status == "active":
+                queues.setdefault(outbound.subscription_id, []).append(outbound)
+        if not queues:
+            return sent
+        work = [(rows[sid], queue) for sid, queue in queues.items()]
+        outcomes = list(self._pool.map(lambda pair: self._send_in_order(*pair), work))
+        failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
+        with self.services.views.write() as tx:
+            for (row, _), (delivered, failure) in zip(work, outcomes, strict=True):
+                for outbound in delivered:
+                    mark_delivered(tx, row.id, outbound.event_number)
+                if failure is not None:
+                    outbound, error = failure
+                    next_attempt = time.time() + self._backoff(outbound.attempts + 1)
+                    attempts = mark_failed(tx, row.id, outbound.event_number, next_attempt, error)
+                    failed.append((row, outbound, attempts, error))
+        for row, outbound, attempts, error in failed:
+            if attempts >= self.max_attempts:
+                self._set_status(row, "error", f"notification {outbound.event_number} failed {attempts} times: {error}")
+        return True
+
+    def _send_in_order(
+        self, row: SubscriptionRow, queue: list[Outbound]
+    ) -> tuple[list[Outbound], tuple[Outbound, str] | None]:
+        """Send ``queue`` in order; (those delivered, the first failure and its error)."""
+        delivered: list[Outbound] = []
+        for outbound in queue:
+            if self._stopping.is_set():
+                break
+            _, error = self._send_event(row, outbound)
+            if error:
+                return delivered, (outbound, error)
+            delivered.append(outbound)
+        return delivered, None
+
+    # -- channel ---------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        row: SubscriptionRow,
+        method: str,
+        url: str,
+        body: dict[str, Any] | bytes | None,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """(HTTP status, error) of one request; status 0: no answer."""
+        if not endpoint_allowed(url, self.allow_http):
+            return 0, f"endpoint not allowed (https, or http on loopback): {url}"
+        headers = _headers(row) | (extra or {})
+        content: bytes | None = None
+        if isinstance(body, dict):
+            content = json.dumps(body).encode()
+        elif body is not None:
+            content = body
+        if content is not None:
+            headers.setdefault("Content-Type", "application/fhir+json")
+        try:
+            response = self._client.request(method, url, content=content, headers=headers)
+        except httpx.HTTPError as error:
+            return 0, f"{type(error).__name__}: {error}"
+        if 200 <= response.status_code < 300:
+            return response.status_code, ""
+        return response.status_code, f"the endpoint answered {response.status_code}"
+
+    def _audit(self, row: SubscriptionRow, method: str, url: str, status: int, entities: list[str]) -> None:
+        entry = AuditEntry(
+            recorded=format_instant(datetime.now(UTC)),
+            interaction="subscription-notification",
+            method=method,
+            path=urlsplit(url).path or "/",
+            status=status or 502,
+            institution=row.institution,
+            user="system/subscriptions",
+            purpose="TREAT",
+            request_id=uuid.uuid4().hex,
+            operation="subscription-notification",
+            entities=[f"Subscription/{row.id}", *entities],
+        )
+        try:
+            self.services.compliance.audit_writer.submit(entry)
+        except Exception:
+            log.warning("could not audit a subscription notification", exc_info=True)
+
+    # -- handshake, heartbeat, events --------------------------------------------------------------
+
+    def _handshake(self, row: SubscriptionRow) -> bool:
+        if self._handshaken.get(row.id) == row.version or self._handshake_due.get(row.id, 0) > time.time():
+            return False
+        endpoint = str(row.channel.get("endpoint") or "")
+        if row.topic:
+            status, error = self._send(row, "POST", endpoint, notification_bundle(row, "handshake", self.base))
+        else:
+            status, error = self._send(row, "POST", endpoint, None)
+        self._audit(row, "POST", endpoint, status, [])
+        if error:
+            attempts = int(self._handshake_due.get(f"{row.id}#n", 0)) + 1
+            self._handshake_due[f"{row.id}#n"] = attempts
+            if attempts >= self.max_attempts:
+                self._set_status(row, "error", f"handshake failed: {error}")
+                self._handshake_due.pop(f"{row.id}#n", None)
+            else:
+                self._handshake_due[row.id] = time.time() + self._backoff(attempts)
+            return True
+        self._handshake_due.pop(f"{row.id}#n", None)
+        self._handshake_due.pop(row.id, None)
+        with self.services.views.write() as tx:
+            reset_attempts(tx, row.id)
+        self._handshaken[row.id] = row.version
+        self._set_status(row, "active", None)
+        return True
+
+    def _heartbeat(self, row: SubscriptionRow) -> bool:
+        period = _heartbeat_seconds(row)
+        if period is None or not row.topic:
+            return False
+        now = time.time()
+        last = self._heartbeat_sent.setdefault(row.id, now)
+        if now - last < period:
+            return False
+        self._heartbeat_sent[row.id] = now
+        endpoint = str(row.channel.get("endpoint") or "")
+        status, _ = self._send(row, "POST", endpoint, notification_bundle(row, "heartbeat", self.base))
+        self._audit(row, "POST", endpoint, status, [])
+        return True
+
+    def _send_event(self, row: SubscriptionRow, outbound: Outbound) -> tuple[int, str]:
+        """Send one event; (HTTP status, error). Marked delivered or failed by the caller, in one transaction."""
+        endpoint = str(row.channel.get("endpoint") or "")
+        with self.services.views.read_primary() as tx:
+            body = visible_focus(tx, row.institution, outbound)
+        number = {"X-Subscription-Event-Number": str(outbound.event_number)}
+        focus = f"{outbound.focus_type}/{outbound.focus_id}"
+        if row.topic:
+            bundle = notification_bundle(row, "event-notification", self.base, [(outbound, body)])
+            method, url, status_error = "POST", endpoint, self._send(row, "POST", endpoint, bundle, number)
+        elif row.channel.get("payload") and body is not None:
+            # R4 subscription.html: with a payload the resource is PUT to [endpoint]/[type]/[id].
+            method, url = "PUT", f"{endpoint.rstrip('/')}/{focus}"
+            status_error = self._send(row, method, url, body, number)
+        else:
+            method, url, status_error = "POST", endpoint, self._send(row, "POST", endpoint, None, number)
+        self._audit(row, method, url, status_error[0], [focus] if body is not None else [])
+        return status_error
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self.retry_max, self.retry_base * 2 ** (attempts - 1)))
+
+    def _set_status(self, row: SubscriptionRow, status: str, error: str | None) -> None:
+        """The server's own status change: a new version of the Subscription, unless the client changed it."""
+        resource = dict(row.resource)
+        resource.pop("meta", None)
+        resource["status"] = status
+        if error is None:
+            resource.pop("error", None)
+        else:
+            resource["error"] = error[:1000]
+        context = WriteContext(
+            institution=row.institution, user="system/subscriptions", interaction="update", purpose="TREAT"
+        )
+        try:
+            written = self.services.application.update("Subscription", row.id, resource, context, if_match=row.version)
+            self.services.wait_until_visible(written)
+        except Exception as problem:
+            log.info("subscription %s: status %s not written: %s", row.id, status, problem)

@@ -1,0 +1,469 @@
+"""Subscriptions as a projection of the log: the matcher and its outbox (DESIGN.md "Notifications").
+
+The matcher follows the clinical log like any projector, with its own tracking row (``subscriptions``):
+each batch reads the ``Subscription`` resources it meets (their criteria, channel and status) and, for
+every other change, asks the server's own search engine whether the changed resource matches an active
+subscription's criteria (the criteria search restricted to ``_id`` of the changed resource, as the
+subscription owner's institution may read it). Each match is one outbox row, numbered per subscription
+(the backport IG's ``eventNumber``), written in the batch's transaction with the tracking row: matching
+is exactly-once. Delivery reads the outbox apart from the log (``fhir_api/subscriptions.py``): at least
+once, in event-number order per subscription, retried with exponential backoff; it never blocks a write.
+
+The search index answers for the resource as it is now, not as of the event: the matcher never runs
+ahead of the ``resources`` projection (it stops at that projection's position), so a resource is matched
+as the views hold it, at most a few versions later than the event; a change that no longer matches by
+then is not notified.
+
+Topic-based subscriptions (Subscriptions R5 Backport IG for R4, 1.1.0) name a topic canonical in
+``Subscription.criteria``; :data:`TOPICS` are those this server ships.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from eventsourcing.persistence import Notification
+
+from ehr_core.errors import InvalidResource
+from projections.access import Viewer, owner_of, visible_ids
+from projections.changes import Change, change_from_event
+from projections.db import Dialect, Tx
+from projections.projector import Projector, tracking_position
+from projections.resources import ResourceViews
+from projections.search import match
+from projections.view import View
+
+__all__ = [
+    "BACKPORT",
+    "FILTER_CRITERIA",
+    "HEARTBEAT_PERIOD",
+    "PAYLOAD_CONTENT",
+    "TOPICS",
+    "Outbound",
+    "SubscriptionMatcher",
+    "SubscriptionRow",
+    "Topic",
+    "due_events",
+    "events_between",
+    "mark_delivered",
+    "mark_failed",
+    "reset_attempts",
+    "subscription_row",
+    "subscription_rows",
+    "visible_focus",
+]
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
+FILTER_CRITERIA = f"{BACKPORT}/StructureDefinition/backport-filter-criteria"
+PAYLOAD_CONTENT = f"{BACKPORT}/StructureDefinition/backport-payload-content"
+HEARTBEAT_PERIOD = f"{BACKPORT}/StructureDefinition/backport-heartbeat-period"
+INSTITUTION_SYSTEM = "urn:ehr-core:institution"
+#: Statuses in which a subscription is matched (R4 subscription-status: ``off`` and ``error`` stop it).
+_MATCHING = ("requested", "active")
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A SubscriptionTopic this server ships: a resource type, a fixed search, and a rule about the owner."""
+
+    url: str
+    title: str
+    resource_type: str
+    #: The topic's own search (the trigger), before the subscriber's filters.
+    params: tuple[tuple[str, str], ...]
+    #: Whether a matching change concerns the subscriber's institution (owner, the change, the tx).
+    concerns: Callable[[str, Change, dict[str, Any], Tx], bool]
+
+
+def _performer_is(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+    for performer in resource.get("performer") or []:
+        identifier = performer.get("identifier") or {}
+        if identifier.get("system") == INSTITUTION_SYSTEM and identifier.get("value") == owner:
+            return True
+        if performer.get("reference") == f"Organization/{owner}":
+            return True
+    return False
+
+
+def _patient_of_owner(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+    reference = str((resource.get("subject") or {}).get("reference") or "")
+    if not reference.startswith("Patient/"):
+        return False
+    return owner_of(tx, "Patient", reference.removeprefix("Patient/")) == owner
+
+
+def _elsewhere(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+    # Visible to the owner although written elsewhere: only through the patient's consent (or a grant).
+    return str(change.context.get("institution") or "") != owner
+
+
+_BASE = "urn:ehr-core:SubscriptionTopic"
+TOPICS: dict[str, Topic] = {
+    topic.url: topic
+    for topic in (
+        Topic(
+            f"{_BASE}/referral-received",
+            "A referral (ServiceRequest, SNOMED CT 3457005) whose performer is my institution",
+            "ServiceRequest",
+            (("category", "http://snomed.info/sct|3457005"),),
+            _performer_is,
+        ),
+        Topic(
+            f"{_BASE}/laboratory-result",
+            "A laboratory result (Observation category laboratory) for a patient of my institution",
+            "Observation",
+            (("category", "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"),),
+            _patient_of_owner,
+        ),
+        Topic(
+            f"{_BASE}/encounter-elsewhere",
+            "An encounter at another institution of a patient who consented to share with mine",
+            "Encounter",
+            (),
+            _elsewhere,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    id: str
+    institution: str
+    resource_type: str
+    params: list[tuple[str, str]]
+    topic: str | None
+    status: str
+    version: int
+    #: The Subscription as stored (the server writes status changes as new versions of it).
+    resource: dict[str, Any]
+    #: Events matched since the subscription started (the backport IG's ``eventsSinceSubscriptionStart``).
+    events: int
+
+    @property
+    def channel(self) -> dict[str, Any]:
+        return dict(self.resource.get("channel") or {})
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One matched event waiting to be (or already) delivered."""
+
+    subscription_id: str
+    event_number: int
+    notification_id: int
+    focus_type: str
+    focus_id: str
+    focus_version: int
+    recorded: str
+    attempts: int
+    delivered: bool
+
+
+def parse_criteria(resource: dict[str, Any]) -> tuple[str | None, str, list[tuple[str, str]]]:
+    """(topic, resource type, search parameters) of a Subscription: R4 ``Type?query`` or a backport topic."""
+    criteria = str(resource.get("criteria") or "")
+    topic = TOPICS.get(criteria)
+    if topic is not None:
+        params = list(topic.params)
+        for extension in (resource.get("_criteria") or {}).get("extension") or []:
+            if extension.get("url") == FILTER_CRITERIA:
+                text = str(extension.get("valueString") or "")
+                kind, _, query = text.partition("?")
+                if kind in ("", topic.resource_type):
+                    params.extend(parse_qsl(query, keep_blank_values=True))
+        return topic.url, topic.resource_type, params
+    kind, _, query = criteria.partition("?")
+    return None, kind, parse_qsl(query, keep_blank_values=True)
+
+
+class SubscriptionOutbox(View):
+    tables = ("subscription_outbox", "subscriptions")
+
+    def create(self, tx: Tx, dialect: Dialect) -> None:
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS subscriptions (id TEXT PRIMARY KEY, institution TEXT NOT NULL, "
+            "resource_type TEXT NOT NULL, params TEXT NOT NULL, topic TEXT, status TEXT NOT NULL, "
+            "version BIGINT NOT NULL, resource TEXT NOT NULL, events BIGINT NOT NULL DEFAULT 0)"
+        )
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS subscription_outbox (subscription_id TEXT NOT NULL, "
+            "event_number BIGINT NOT NULL, notification_id BIGINT NOT NULL, focus_type TEXT NOT NULL, "
+            "focus_id TEXT NOT NULL, focus_version BIGINT NOT NULL, recorded TEXT NOT NULL, "
+            "delivered INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, "
+            "next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0, error TEXT, "
+            "PRIMARY KEY (subscription_id, event_number))"
+        )
+        tx.execute(
+            "CREATE INDEX IF NOT EXISTS subscription_outbox_pending ON subscription_outbox (delivered, next_attempt)"
+        )
+
+    def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
+        # Subscription changes split the batch: a run of other changes is matched against the subscriptions
+        # as they stood before it, with one search per distinct criteria (not one per change and subscription).
+        run: list[Change] = []
+        for change in changes:
+            if change.resource_type == "Subscription":
+                self._match_run(tx, run)
+                run = []
+                self._subscription(tx, change)
+            elif not change.deleted and change.body is not None:
+                run.append(change)
+        self._match_run(tx, run)
+
+    def _match_run(self, tx: Tx, run: Sequence[Change]) -> None:
+        if not run:
+            return
+        active = [row for row in subscription_rows(tx) if row.status in _MATCHING]
+        types = {change.resource_type for change in run}
+        active = [row for row in active if row.resource_type in types]
+        if not active:
+            return
+        matched: dict[tuple[str, str, str], set[str]] = {}
+        for row in active:
+            key = (row.institution, row.resource_type, json.dumps(row.params))
+            if key not in matched:
+                ids = sorted({c.resource_id for c in run if c.resource_type == row.resource_type})
+                matched[key] = self._matching_ids(tx, row, ids)
+        resources: dict[int, dict[str, Any]] = {}
+        counters = {row.id: row.events for row in active}  # read once: a run numbers its events in memory
+        outbox: list[tuple[Any, ...]] = []
+        for change in run:  # in log order: event numbers follow the log
+            for row in active:
+                if row.resource_type != change.resource_type:
+                    continue
+                if change.resource_id not in matched[(row.institution, row.resource_type, json.dumps(row.params))]:
+                    continue
+                topic = TOPICS.get(row.topic or "")
+                if topic is not None:
+                    if change.notification_id not in resources:
+                        resources[change.notification_id] = json.loads(change.body or b"{}")
+                    if not topic.concerns(row.institution, change, resources[change.notification_id], tx):
+                        continue
+                counters[row.id] += 1
+                outbox.append(
+                    (row.id, counters[row.id], change.notification_id, change.resource_type, change.resource_id,
+                     change.version, change.last_updated)
+                )  # fmt: skip
+        if outbox:
+            # Many rows go as one COPY on PostgreSQL: 50 subscriptions matching a batch of 500 writes are 25,000.
+            tx.insert("subscription_outbox", _OUTBOX_INSERT, outbox)
+            tx.executemany(
+                "UPDATE subscriptions SET events = ? WHERE id = ?",
+                [(count, sid) for sid, count in counters.items() if count != _events_of(active, sid)],
+            )
+
+    @staticmethod
+    def _matching_ids(tx: Tx, row: SubscriptionRow, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` the criteria search finds, as the subscriber's institution may read them."""
+        viewer = Viewer(institution=row.institution, now=datetime.now(UTC).isoformat())
+        found: set[str] = set()
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            params = [*row.params, ("_id", ",".join(chunk))]
+            try:
+                found.update(match(tx, row.resource_type, params, limit=len(chunk), viewer=viewer))
+            except InvalidResource:  # criteria the search engine refuses never match
+                return set()
+        return found
+
+    @staticmethod
+    def _subscription(tx: Tx, change: Change) -> None:
+        if change.deleted or change.body is None:
+            tx.execute("DELETE FROM subscription_outbox WHERE subscription_id = ?", (change.resource_id,))
+            tx.execute("DELETE FROM subscriptions WHERE id = ?", (change.resource_id,))
+            return
+        resource = json.loads(change.body)
+        topic, kind, params = parse_criteria(resource)
+        institution = str(change.context.get("institution") or "unknown")
+        updated = tx.execute(
+            "UPDATE subscriptions SET resource_type = ?, params = ?, topic = ?, status = ?, version = ?, resource = ? "
+            "WHERE id = ?",
+            (
+                kind,
+                json.dumps(params),
+                topic,
+                str(resource.get("status") or ""),
+                change.version,
+                change.body.decode(),
+                change.resource_id,
+            ),
+        )
+        del updated
+        if subscription_row(tx, change.resource_id) is None:
+            tx.execute(
+                "INSERT INTO subscriptions (id, institution, resource_type, params, topic, status, version, resource, "
+                "events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    change.resource_id,
+                    institution,
+                    kind,
+                    json.dumps(params),
+                    topic,
+                    str(resource.get("status") or ""),
+                    change.version,
+                    change.body.decode(),
+                ),
+            )
+
+
+_OUTBOX_INSERT = (
+    "subscription_id", "event_number", "notification_id", "focus_type", "focus_id", "focus_version", "recorded"
+)  # fmt: skip
+
+
+def _events_of(rows: Sequence[SubscriptionRow], subscription_id: str) -> int:
+    return next(row.events for row in rows if row.id == subscription_id)
+
+
+class SubscriptionMatcher(Projector):
+    """The ``subscriptions`` projection: never ahead of the ``resources`` projection it searches."""
+
+    def __init__(self, application: Any, database: Any, batch_size: int = 500) -> None:
+        super().__init__(application, database, [SubscriptionOutbox()], name="subscriptions", batch_size=batch_size)
+
+    def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
+        ceiling = tracking_position(tx, "resources")
+        if ceiling <= position:
+            return []
+        limit = min(self.batch_size, ceiling - position)
+        found = self.application.recorder.select_notifications(start=position + 1, limit=limit, stop=ceiling)
+        return list(found)
+
+    def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> int | None:
+        mapper = self.application.mapper
+        changes = [
+            change
+            for notification in notifications
+            if (change := change_from_event(notification.id, mapper.to_domain_event(notification))) is not None
+        ]
+        for view in self.views:
+            view.apply(tx, changes)
+        return None
+
+    def beside(self, database: Any) -> Projector:
+        return SubscriptionMatcher(self.application, database, self.batch_size)
+
+    def head(self) -> int:
+        with self.database.read_primary() as tx:
+            return tracking_position(tx, "resources")
+
+
+def _row(row: Sequence[Any]) -> SubscriptionRow:
+    return SubscriptionRow(
+        id=str(row[0]),
+        institution=str(row[1]),
+        resource_type=str(row[2]),
+        params=[(str(k), str(v)) for k, v in json.loads(row[3])],
+        topic=None if row[4] is None else str(row[4]),
+        status=str(row[5]),
+        version=int(row[6]),
+        resource=json.loads(row[7]),
+        events=int(row[8]),
+    )
+
+
+_COLUMNS = "id, institution, resource_type, params, topic, status, version, resource, events"
+
+
+def subscription_rows(tx: Tx) -> list[SubscriptionRow]:
+    return [_row(row) for row in tx.execute(f"SELECT {_COLUMNS} FROM subscriptions ORDER BY id").fetchall()]
+
+
+def subscription_row(tx: Tx, subscription_id: str) -> SubscriptionRow | None:
+    row = tx.execute(f"SELECT {_COLUMNS} FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+    return None if row is None else _row(row)
+
+
+_OUTBOX = (
+    "subscription_id, event_number, notification_id, focus_type, focus_id, focus_version, recorded, attempts, delivered"
+)
+
+
+def _outbound(row: Sequence[Any]) -> Outbound:
+    return Outbound(
+        str(row[0]),
+        int(row[1]),
+        int(row[2]),
+        str(row[3]),
+        str(row[4]),
+        int(row[5]),
+        str(row[6]),
+        int(row[7]),
+        bool(row[8]),
+    )
+
+
+def due_events(tx: Tx, now: float, per_subscription: int = 50, limit: int = 2000) -> list[Outbound]:
+    """The undelivered events of each subscription whose oldest undelivered event is due, in event-number
+    order (at most ``per_subscription`` each): sent in that order, stopping at the first failure."""
+    rows = tx.execute(
+        f"SELECT {_OUTBOX} FROM subscription_outbox o WHERE o.delivered = 0 AND o.subscription_id IN ("
+        "SELECT p.subscription_id FROM subscription_outbox p WHERE p.delivered = 0 AND p.next_attempt <= ? "
+        "AND p.event_number = (SELECT MIN(q.event_number) FROM subscription_outbox q "
+        "WHERE q.subscription_id = p.subscription_id AND q.delivered = 0)) "
+        "ORDER BY o.subscription_id, o.event_number LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    found: list[Outbound] = []
+    taken: dict[str, int] = {}
+    for row in rows:
+        outbound = _outbound(row)
+        if taken.get(outbound.subscription_id, 0) < per_subscription:
+            taken[outbound.subscription_id] = taken.get(outbound.subscription_id, 0) + 1
+            found.append(outbound)
+    return found
+
+
+def events_between(tx: Tx, subscription_id: str, since: int, until: int | None) -> list[Outbound]:
+    """The events ``since``..``until`` (inclusive) of a subscription, delivered or not (``$events``)."""
+    upper = until if until is not None else 2**62
+    rows = tx.execute(
+        f"SELECT {_OUTBOX} FROM subscription_outbox WHERE subscription_id = ? AND event_number >= ? "
+        "AND event_number <= ? ORDER BY event_number",
+        (subscription_id, since, upper),
+    ).fetchall()
+    return [_outbound(row) for row in rows]
+
+
+def mark_delivered(tx: Tx, subscription_id: str, event_number: int) -> None:
+    tx.execute(
+        "UPDATE subscription_outbox SET delivered = 1, error = NULL WHERE subscription_id = ? AND event_number = ?",
+        (subscription_id, event_number),
+    )
+
+
+def mark_failed(tx: Tx, subscription_id: str, event_number: int, next_attempt: float, error: str) -> int:
+    """Count a failed attempt and schedule the next one; return the attempts so far."""
+    tx.execute(
+        "UPDATE subscription_outbox SET attempts = attempts + 1, next_attempt = ?, error = ? "
+        "WHERE subscription_id = ? AND event_number = ?",
+        (next_attempt, error[:2000], subscription_id, event_number),
+    )
+    row = tx.execute(
+        "SELECT attempts FROM subscription_outbox WHERE subscription_id = ? AND event_number = ?",
+        (subscription_id, event_number),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def visible_focus(tx: Tx, institution: str, outbound: Outbound) -> bytes | None:
+    """The focus resource as the owner's institution may read it now (None: not readable, or gone)."""
+    viewer = Viewer(institution=institution, now=datetime.now(UTC).isoformat())
+    if not visible_ids(tx, viewer, outbound.focus_type, [outbound.focus_id]):
+        return None
+    stored = ResourceViews.read(tx, outbound.focus_type, outbound.focus_id)
+    return None if stored is None else stored.body
+
+
+def reset_attempts(tx: Tx, subscription_id: str) -> None:
+    """A subscription handshaken again (after ``error``) retries its pending events from the start."""
+    tx.execute(
+        "UPDATE subscription_outbox SET attempts = 0, next_attempt = 0 WHERE subscription_id = ? AND delivered = 0",
+        (subscription_id,),
+    )
