@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ehr_core.spec.bindings_generator import required_codes_module
+from ehr_core.spec.elements_generator import elements_module
 from ehr_core.spec.terminology_generator import terminology_tables
 
 __all__ = [
@@ -297,6 +298,7 @@ TARGETS: dict[str, Callable[[Path], str | bytes]] = {
     "projections/search/definitions.py": search_definitions_module,
     "ehr_core/spec/required_codes.py": required_codes_module,
     "ehr_core/spec/terminology.json.gz": terminology_tables,
+    "ehr_core/spec/elements.py": elements_module,
 }
 
 
