@@ -109,8 +109,9 @@ def _parse(data: bytes, max_depth: int) -> _Node:
     def refuse(message: str) -> None:
         raise XmlError(f"line {parser.CurrentLineNumber}: {message}")
 
-    def doctype(*_: Any) -> None:
+    def doctype(*_: Any) -> int:
         refuse("a document type declaration (DTD) is not allowed in FHIR XML (R4 xml.html)")
+        return 0
 
     def start(name: str, attributes: dict[str, str]) -> None:
         if len(stack) + len(xhtml) >= max_depth:
@@ -213,11 +214,12 @@ def _complex(node: _Node, owner: str, where: str) -> dict[str, Any]:
     if fields is None:
         raise XmlError(f"line {node.line}: no definition for the type {owner}")
     out: dict[str, Any] = {}
-    for attribute, value in node.attributes.items():
+    value: Any
+    for attribute, text in node.attributes.items():
         known = fields.get(attribute)
         if known is None or not known[3]:
             raise XmlError(f"line {node.line}: {where} has an unknown attribute {attribute!r}")
-        out[attribute] = value
+        out[attribute] = text
     choices = _CHOICES[owner]
     for child in node.children:
         name = child.name
@@ -233,8 +235,7 @@ def _complex(node: _Node, owner: str, where: str) -> dict[str, Any]:
         if type_name == "xhtml":
             if child.xhtml is None:
                 raise XmlError(f"line {child.line}: {path} must be an XHTML <div> in the namespace {XHTML_NS}")
-            value: Any = _xhtml(child)
-            out[name] = value
+            out[name] = _xhtml(child)
             continue
         if child.namespace != FHIR_NS:
             raise XmlError(f"line {child.line}: <{name}> is not in the FHIR namespace {FHIR_NS}")

@@ -38,12 +38,11 @@ def _structure_definitions(bundle: dict[str, Any]) -> list[dict[str, Any]]:
 def _type_code(element_type: dict[str, Any]) -> str:
     """A FHIR type name; the FHIRPath system types of ``id``/``url``/primitive values name theirs in an
     extension (R4 structuredefinition-fhir-type)."""
-    code: str = element_type["code"]
+    code = str(element_type["code"])
     if code.startswith("http://hl7.org/fhirpath/System."):
         for extension in element_type.get("extension", []):
             if extension.get("url") == _FHIR_TYPE:
-                named: str = extension["valueUrl"]
-                return named
+                return str(extension["valueUrl"])
         return "string"
     return code
 
@@ -52,7 +51,7 @@ def _lines(definition: dict[str, Any]) -> list[str]:
     """``@Owner`` then ``name max types flags`` for every element of one type and of its backbones."""
     elements = [e for e in definition["snapshot"]["element"] if "sliceName" not in e]
     root = elements[0]["path"]
-    name = definition["id"]
+    name = str(definition["id"])
 
     def rename(path: str) -> str:
         return name + path[len(root) :]
@@ -118,13 +117,12 @@ from types import MappingProxyType
 
 __all__ = ["ELEMENTS", "PRIMITIVES", "RESOURCES"]
 
-PRIMITIVES = frozenset(
-    "{" ".join(primitives)}".split()
-)
+_PRIMITIVES = "{" ".join(primitives)}"
+_RESOURCES = "{resource_names}"
 
-RESOURCES = frozenset(
-    "{resource_names}".split()
-)
+PRIMITIVES = frozenset(_PRIMITIVES.split())
+
+RESOURCES = frozenset(_RESOURCES.split())
 
 # ``@Owner`` starts a type (or backbone element); then one line per element: ``name max types flags``,
 # max ``1`` or ``*``, types comma-separated, flags ``a`` for an XML attribute, ``-`` otherwise.
