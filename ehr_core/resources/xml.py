@@ -136,13 +136,12 @@ def _parse(data: bytes, max_depth: int) -> _Node:
                 return
             node, begin = opened
             here = parser.CurrentByteIndex
-            if here == begin:  # <div .../>: start and end are the same tag
-                match = _START_TAG.match(data, begin)
-                node.xhtml = (data[begin : match.end()] if match else data[begin:here]).decode("utf-8")
+            head = _START_TAG.match(data, begin)
+            if head is not None and head.group(0).endswith(b"/>"):  # <div .../>: start and end in one tag
+                node.xhtml = head.group(0).decode("utf-8")
             else:
                 match = _END_TAG.match(data, here)
-                stop = match.end() if match else here
-                node.xhtml = data[begin:stop].decode("utf-8")
+                node.xhtml = data[begin : match.end() if match else here].decode("utf-8")
             return
         stack.pop()
 

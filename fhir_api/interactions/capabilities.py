@@ -137,7 +137,7 @@ def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, An
         "software": {"name": "ehr-core", "version": "0.1.0"},
         "implementation": {"description": "Event-sourced health record core", "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "rest": [
             {
                 "mode": "server",
