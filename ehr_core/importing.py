@@ -1,4 +1,4 @@
-"""Bulk import: transaction/batch Bundle files (JSON, or FHIR XML for `.xml`) and NDJSON, streamed, resumable, never stopped by one bad line.
+"""Bulk import: transaction/batch Bundle files (JSON, or FHIR XML named `.xml`) and NDJSON, streamed, resumable.
 
 Each unit of work (a transaction Bundle, or a chunk of a batch Bundle or NDJSON file) is appended
 in one save together with an :class:`ImportMark` stream named after the file's digest and the chunk
