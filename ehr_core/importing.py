@@ -1,4 +1,4 @@
-"""Bulk import: transaction/batch Bundle files (JSON, or FHIR XML named `.xml`) and NDJSON, streamed, resumable.
+"""Bulk import: transaction/batch Bundle files and NDJSON, streamed, resumable, never stopped by one bad line.
 
 Each unit of work (a transaction Bundle, or a chunk of a batch Bundle or NDJSON file) is appended
 in one save together with an :class:`ImportMark` stream named after the file's digest and the chunk
@@ -16,6 +16,8 @@ resolved again, in file order, round after round while any resolves (a reference
 Only what still matches nothing then is rejected and listed (the 422 a REST write would get, naming the
 element). A restarted import finds the lines deferred in chunks already stored again: the lines with a
 conditional reference whose resource the store does not hold.
+
+A Bundle file named ``.xml`` is FHIR XML (R4 xml.html), read into its R4 JSON form before anything else.
 """
 
 from __future__ import annotations
