@@ -69,6 +69,7 @@ def negotiate(accept: str | None, format_parameter: str | None) -> str | None:
         return "json"
     best: tuple[float, int] = (0.0, -1)
     chosen: str | None = None
+    other = False
     for part in accept.split(","):
         media, *parameters = part.split(";")
         media = media.strip().lower()
@@ -88,13 +89,16 @@ def negotiate(accept: str | None, format_parameter: str | None) -> str | None:
             candidate, specific = "xml", 2
         elif media in JSON_MEDIA_TYPES:
             candidate, specific = "json", 2
-        elif media in ("*/*", "application/*") or media in _OTHER_ANSWERS:
+        elif media in ("*/*", "application/*"):
             candidate, specific = "json", 0
         else:
+            # Not a FHIR format: an answer of its own type (NDJSON, PEM...) is not refused for it, but a
+            # FHIR format the client also accepts, even with a lower q-value, is preferred to none.
+            other = other or media in _OTHER_ANSWERS
             continue
         if (quality, specific) > best:
             best, chosen = (quality, specific), candidate
-    return chosen
+    return chosen if chosen is not None or not other else "json"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
