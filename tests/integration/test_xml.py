@@ -18,10 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
+from ehr_core.importing import Importer
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources.xml import XmlError, from_xml, to_xml
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
+from fhir_api.resolver import ViewResolver
 from fhir_api.services import Services
 from tests.conftest import CORPUS, DEV_AUTH
 from tests.integration.test_hl7_examples import (
@@ -376,3 +378,29 @@ def test_codec_refuses_what_is_not_fhir_xml() -> None:
         from_xml(b'<Patient xmlns="http://hl7.org/fhir"><active value="yes"/></Patient>')
     with pytest.raises(XmlError, match="only once"):
         from_xml(b'<Patient xmlns="http://hl7.org/fhir"><gender value="male"/><gender value="male"/></Patient>')
+
+
+def test_ehr_import_reads_xml_bundles(services: Services, tmp_path: Path) -> None:
+    """``ehr import`` (ehr_core.importing) takes XML Bundle files beside JSON ones, batch files first."""
+    directory = tmp_path / "xml"
+    directory.mkdir()
+    transaction = fhir_json.loads(_smallest_synthea().read_bytes())
+    (directory / "a-transaction.xml").write_bytes(to_xml(transaction))
+    organization = {"resourceType": "Organization", "name": "IMSS"}
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"resource": organization, "request": {"method": "POST", "url": "Organization"}}],
+    }
+    (directory / "b-batch.xml").write_bytes(to_xml(batch))
+    files = Importer.sources([directory])
+    assert [path.name for path in files] == ["b-batch.xml", "a-transaction.xml"]
+    report = Importer(services.application, ViewResolver(services), lambda _: None).run(files)
+    assert report.files == 2 and report.rejected == [] and report.deferred == []
+    assert report.stored == len(transaction["entry"]) + 1
+    assert report.stored_by_type["Patient"] == 1 and report.stored_by_type["Organization"] >= 1
+
+    broken = tmp_path / "broken.xml"
+    broken.write_bytes(b'<Bundle xmlns="http://hl7.org/fhir">\n<type value="batch">\n</Bundle>')
+    refused = Importer(services.application, ViewResolver(services), lambda _: None).run([broken])
+    assert len(refused.rejected) == 1 and "line 3" in refused.rejected[0].reason
