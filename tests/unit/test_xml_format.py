@@ -8,6 +8,8 @@ bytes) and follow the R4 element order.
 from __future__ import annotations
 
 import json
+import re
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from ehr_core.resources import json as fhir_json
 from ehr_core.resources.xml import from_xml, to_xml
 from fhir_api.formats import negotiate
 from tests.conftest import CORPUS
+from tests.unit.test_patch_vectors import FHIR_PATCH_FILE, canonical, resource_json
 
 EXAMPLES = CORPUS / "hl7-examples" / "r4-examples"
 
@@ -93,3 +96,37 @@ def test_attribute_values_keep_line_breaks_and_markup() -> None:
 )
 def test_negotiate(accept: str | None, format_parameter: str | None, expected: str | None) -> None:
     assert negotiate(accept, format_parameter) == expected
+
+
+def _tree(element: ET.Element) -> Any:
+    """An XML element as (tag, attributes, children), whitespace-only text left out: what FHIR XML means."""
+    text = (element.text or "").strip()
+    children = [_tree(child) for child in element]
+    return (element.tag, dict(element.attrib), text, children)
+
+
+def _divs(value: Any) -> Any:
+    """Narrative divs as element trees: this codec keeps the div's text verbatim, the test converter
+    re-serialises it; both must hold the same XHTML."""
+    if isinstance(value, dict):
+        return {k: repr(_tree(ET.fromstring(v))) if k == "div" else _divs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_divs(item) for item in value]
+    return value
+
+
+def test_official_hl7_xml_reads_as_an_independent_reader_does_and_writes_back_the_same() -> None:
+    """The HL7 FHIRPath Patch vectors hold FHIR XML written by HL7 (inputs, Parameters, outputs). Each must
+    read into the JSON an independent reader gives (the test converter of test_patch_vectors.py), and be
+    written back as the same element tree: the strongest check of element order and of attributes."""
+    if not FHIR_PATCH_FILE.is_file():
+        pytest.fail(f"{FHIR_PATCH_FILE} not found (set EHR_CORPUS)")
+    # Each resource as HL7 wrote it (a re-serialised tree would name its namespaces differently).
+    text = FHIR_PATCH_FILE.read_text(encoding="utf-8")
+    resources = [m.group(0) for m in re.finditer(r'<([A-Z][A-Za-z]+) xmlns="http://hl7.org/fhir">.*?</\1>', text, re.S)]
+    assert len(resources) >= 90
+    for source in resources:
+        official = ET.fromstring(source)
+        read = from_xml(source.encode("utf-8"))
+        assert canonical(_divs(read)) == canonical(_divs(resource_json(official))), source[:300]
+        assert _tree(ET.fromstring(to_xml(read))) == _tree(official), source[:300]
