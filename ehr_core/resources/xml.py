@@ -44,6 +44,7 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _RESOURCE_TYPES = frozenset({"Resource", "DomainResource"})
 _DEFAULT_DEPTH = 100
+_XSI = "http://www.w3.org/2001/XMLSchema-instance "
 
 
 class XmlError(ValueError):
@@ -120,7 +121,9 @@ def _parse(data: bytes, max_depth: int) -> _Node:
             xhtml.append(None)
             return
         namespace, local = _split(name)
-        node = _Node(namespace, local, {_split(k)[1]: v for k, v in attributes.items()}, parser.CurrentLineNumber)
+        # FHIR attributes are unqualified; xsi:schemaLocation (common in HL7's own files) means nothing here.
+        kept = {k: v for k, v in attributes.items() if not k.startswith(_XSI)}
+        node = _Node(namespace, local, kept, parser.CurrentLineNumber)
         (stack[-1].children if stack else roots).append(node)
         if namespace == XHTML_NS:
             xhtml.append((node, parser.CurrentByteIndex))

@@ -376,6 +376,10 @@ def test_codec_refuses_what_is_not_fhir_xml() -> None:
         from_xml(b'<?xml version="1.0" encoding="ISO-8859-1"?><Patient xmlns="http://hl7.org/fhir"/>')
     with pytest.raises(XmlError, match="true or false"):
         from_xml(b'<Patient xmlns="http://hl7.org/fhir"><active value="yes"/></Patient>')
+    with pytest.raises(XmlError, match="unknown attribute"):
+        from_xml(b'<Patient xmlns="http://hl7.org/fhir"><active value="true" colour="x"/></Patient>')
+    schema = b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://hl7.org/fhir p.xsd"'
+    assert from_xml(b'<Patient xmlns="http://hl7.org/fhir" ' + schema + b"/>") == {"resourceType": "Patient"}
     with pytest.raises(XmlError, match="only once"):
         from_xml(b'<Patient xmlns="http://hl7.org/fhir"><gender value="male"/><gender value="male"/></Patient>')
 
