@@ -16,6 +16,8 @@ resolved again, in file order, round after round while any resolves (a reference
 Only what still matches nothing then is rejected and listed (the 422 a REST write would get, naming the
 element). A restarted import finds the lines deferred in chunks already stored again: the lines with a
 conditional reference whose resource the store does not hold.
+
+A Bundle file named ``.xml`` is FHIR XML (R4 xml.html), read into its R4 JSON form before anything else.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from ehr_core.context import WriteContext
 from ehr_core.errors import Issue, RecordError, Unprocessable
 from ehr_core.references import ConditionalReferences, conditional_references
 from ehr_core.resources import json as fhir_json
+from ehr_core.resources import xml as fhir_xml
 from ehr_core.spec.patient_compartment import PATHS
 
-__all__ = ["Deferred", "ImportMark", "ImportReport", "Importer", "Rejection"]
+__all__ = ["Deferred", "ImportMark", "ImportReport", "Importer", "Rejection", "is_batch_head", "read_bundle_file"]
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:ehr-core:import-mark")
 
@@ -153,7 +156,7 @@ class Importer:
         files: list[Path] = []
         for path in paths:
             if path.is_dir():
-                files += sorted(p for p in path.rglob("*") if p.suffix in (".json", ".ndjson") and p.is_file())
+                files += sorted(p for p in path.rglob("*") if p.suffix in (".json", ".ndjson", ".xml") and p.is_file())
             else:
                 files.append(path)
 
@@ -162,7 +165,7 @@ class Importer:
                 return (2, _dependency_rank(path), str(path))
             with path.open("rb") as source:
                 head = source.read(4096)
-            return (0 if b'"batch"' in head else 1, 0, str(path))
+            return (0 if is_batch_head(head) else 1, 0, str(path))
 
         return sorted(files, key=batch_first)
 
@@ -255,8 +258,8 @@ class Importer:
         size = path.stat().st_size
         digest = _digest(path)
         try:
-            kind, entries = parse_bundle(fhir_json.loads(path.read_bytes()))
-        except (RecordError, fhir_json.JsonError) as error:
+            kind, entries = parse_bundle(read_bundle_file(path))
+        except (RecordError, fhir_json.JsonError, fhir_xml.XmlError) as error:
             reason = _issues_text(error.issues) if isinstance(error, RecordError) else str(error)
             report.rejected.append(Rejection(str(path), "file", reason))
             tick(0, size)
@@ -416,6 +419,17 @@ class _Line:
             problem = RecordError([Issue("required", "each NDJSON line must be a resource with resourceType and id")])
             return cls(number, len(raw), error=problem)
         return cls(number, len(raw), resource)
+
+
+def read_bundle_file(path: Path) -> Any:
+    """A Bundle file in its R4 JSON form: ``.xml`` files are FHIR XML (R4 xml.html), any other JSON."""
+    data = path.read_bytes()
+    return fhir_xml.from_xml(data) if path.suffix == ".xml" else fhir_json.loads(data)
+
+
+def is_batch_head(head: bytes) -> bool:
+    """Whether the first bytes of a Bundle file say it is a batch, in JSON or in XML."""
+    return b'"batch"' in head or b'<type value="batch"' in head
 
 
 def _reject(report: ImportReport, deferred: Deferred, error: RecordError) -> None:

@@ -12,6 +12,7 @@ from fhir_api.audit_middleware import AuditMiddleware
 from fhir_api.auth import AuthMiddleware
 from fhir_api.bootstrap import open_services
 from fhir_api.errors import install_error_handlers
+from fhir_api.formats import FormatNegotiation, XmlRequestBodies
 from fhir_api.health import health_router
 from fhir_api.limits import RequestLimits
 from fhir_api.metrics import MetricsMiddleware, metrics_router
@@ -50,10 +51,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    # An XML request body becomes JSON; innermost, so the body limits below apply to it as to JSON
+    app.add_middleware(XmlRequestBodies, max_depth=settings.max_json_depth)
     # Body size, arrival time and request deadline; innermost, so its refusals are audited
     app.add_middleware(RequestLimits, settings=settings)
     # Bearer tokens (inside the audit middleware, so refusals are audited too)
     app.add_middleware(AuthMiddleware, settings=settings)
+    # Accept/_format: 406, or FHIR JSON answers turned into XML (outside auth and limits: their refusals too)
+    app.add_middleware(FormatNegotiation)
     app.add_middleware(AuditMiddleware)  # One audit entry per FHIR interaction
     app.add_middleware(MetricsMiddleware)  # Outermost, so every answer is counted
     adopt_routes(app.router, fhir_router())  # one flat route list: see adopt_routes

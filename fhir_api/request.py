@@ -77,7 +77,8 @@ async def read_json_body(request: Request, media_types: frozenset[str] = JSON_ME
     if kind is not None and kind not in media_types:
         raise ApiError(
             "unsupported-media-type",
-            f"Content-Type {kind} is not supported here; send one of {', '.join(sorted(media_types))}",
+            f"Content-Type {kind} is not supported here; send one of {', '.join(sorted(media_types))}"
+            + (" (or application/fhir+xml)" if "application/fhir+json" in media_types else ""),
             code="not-supported",
         )
     body = await read_body(request)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ehr_core.spec.bindings_generator import required_codes_module
+from ehr_core.spec.elements_generator import elements_module
 from ehr_core.spec.invariants_generator import invariants_module
 from ehr_core.spec.terminology_generator import terminology_tables
 
@@ -350,6 +351,7 @@ TARGETS: dict[str, Callable[[Path], str | bytes]] = {
     "ehr_core/spec/required_codes.py": required_codes_module,
     "ehr_core/spec/terminology.json.gz": terminology_tables,
     "ehr_core/spec/invariants.py": invariants_module,
+    "ehr_core/spec/elements.py": elements_module,
 }
 
 

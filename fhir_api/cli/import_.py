@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ehr_core.importing import Importer, ImportReport
+from ehr_core.importing import Importer, ImportReport, is_batch_head
 from ehr_core.settings import Settings
 from fhir_api.bootstrap import open_services
 from fhir_api.resolver import ViewResolver
@@ -92,10 +92,10 @@ def _merge(total: ImportReport, part: ImportReport) -> None:
 
 
 def _is_batch(path: Path) -> bool:
-    if path.suffix != ".json":
+    if path.suffix not in (".json", ".xml"):
         return False
     with path.open("rb") as source:
-        return b'"batch"' in source.read(4096)
+        return is_batch_head(source.read(4096))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "import",
-        help="load transaction/batch Bundle files, directories and NDJSON (resumable)",
+        help="load transaction/batch Bundle files (JSON or FHIR XML), directories and NDJSON (resumable)",
         description="Resumable: re-running after an interruption skips what was already stored.",
     )
     parser.add_argument("paths", nargs="+", type=Path)

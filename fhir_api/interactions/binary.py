@@ -5,8 +5,9 @@ Write: ``POST [base]/Binary`` and ``PUT [base]/Binary/[id]`` with any non-FHIR `
 (``application/pdf``, ``image/png``...) store a Binary whose ``contentType`` is that type and ``data`` the
 body's base64, as R4 says ("the data is accepted as is and treated as the binary content of a Binary").
 A FHIR body (``application/fhir+json``, and ``application/json``, which this server takes as FHIR JSON
-everywhere) is a Binary resource and goes through the ordinary create and update. ``EHR_MAX_BODY_BYTES``
-limits the native body (413), and the stored resource, base64 included, is held to
+everywhere; ``application/fhir+xml``, read into JSON by :mod:`fhir_api.formats` before it arrives here) is a
+Binary resource and goes through the ordinary create and update; a generic ``application/xml`` body is
+content. ``EHR_MAX_BODY_BYTES`` limits the native body (413), and the stored resource, base64 included, is held to
 ``EHR_MAX_RESOURCE_BYTES`` (413) like any resource: base64 makes it a third larger than the body.
 
 ``X-Security-Context: Patient/123`` (R4 http.html: "the client may provide a security context for the

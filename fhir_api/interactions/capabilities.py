@@ -176,7 +176,7 @@ def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, An
         "implementation": {"description": "Event-sourced health record core", "url": base},
         "instantiates": [f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4"],
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "rest": [
             {
                 "mode": "server",

@@ -67,18 +67,17 @@ def _add(operation: Operation, found: OperationInput, name: str, value: str | di
         raise InvalidResource([Issue("invalid", f"${operation.code} takes {name} at most once", name)])
 
 
-#: R4 http.html "General parameters", valid on every interaction: answered in JSON whatever they ask.
-_JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
+#: R4 http.html "General parameters", valid on every interaction: the answer's format (``_format``, chosen
+#: by fhir_api.formats before any handler runs, 406 there for a format the server cannot produce) and layout.
+_GENERAL = frozenset({"_format", "_pretty"})
 
 
 def query_input(operation: Operation, pairs: Iterable[tuple[str, str]]) -> OperationInput:
     """The input of a GET: each URL parameter must be one the operation defines (or a general one)."""
     found = OperationInput()
     for name, value in pairs:
-        if name == "_pretty" or (name == "_format" and value.split(";")[0].strip() in _JSON_FORMATS):
+        if name in _GENERAL:
             continue
-        if name == "_format":
-            raise InvalidResource([Issue("not-supported", f"_format {value} is not supported; use json", name)])
         _add(operation, found, name, value)
     return found
 

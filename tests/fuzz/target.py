@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from ehr_core.resources.xml import from_xml
 from ehr_core.settings import Settings
 from fhir_api.services import Services
 from tests.support.server import REPO, running_server
@@ -29,6 +30,7 @@ __all__ = [
     "assert_fhir_answer",
     "assert_rebuild_equals_live",
     "check_answer",
+    "fhir_body",
     "fuzz_target",
     "ledger_verifies",
 ]
@@ -76,16 +78,26 @@ def check_answer(
     if status < 400 or method == "HEAD":
         return
     try:
-        outcome = json.loads(body)
+        outcome = fhir_body(content_type, body)
     except ValueError:
-        raise AssertionError(f"{what} -> {status} with a body that is not JSON: {text[:300]!r}") from None
+        raise AssertionError(f"{what} -> {status} with a body that is not FHIR: {text[:300]!r}") from None
     assert isinstance(outcome, dict) and outcome.get("resourceType") == "OperationOutcome", (
         f"{what} -> {status} without an OperationOutcome: {text[:300]}"
     )
     issues = outcome.get("issue")
     assert isinstance(issues, list) and issues, f"{what} -> {status}: OperationOutcome without issues"
     assert all(issue.get("severity") in ("fatal", "error") for issue in issues), f"{what} -> {status}: {issues}"
-    assert "application/fhir+json" in content_type, f"{what} -> {status} as {content_type!r}"
+    # In the format asked for (Accept, fhir_api/formats.py): FHIR JSON, or FHIR XML.
+    assert "application/fhir+json" in content_type or "application/fhir+xml" in content_type, (
+        f"{what} -> {status} as {content_type!r}"
+    )
+
+
+def fhir_body(content_type: str, body: bytes) -> Any:
+    """A FHIR answer in its JSON form, whichever format it came in (``XmlError`` is a ``ValueError``)."""
+    if "application/fhir+xml" in content_type:
+        return from_xml(body)
+    return json.loads(body)
 
 
 def _canonical(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[str]]:

@@ -84,7 +84,7 @@ def test_every_interaction_leaves_exactly_one_audit_entry(client: TestClient, se
     call("GET", "/fhir/NoSuchType/1")  # 404
     stale = {"If-Match": 'W/"9"'}
     call("PUT", f"/fhir/Patient/{patient}", json={"resourceType": "Patient", "id": patient}, headers=stale)  # 412
-    call("POST", "/fhir/Patient", content=b"<Patient/>", headers={"Content-Type": "application/xml"})  # 415
+    call("POST", "/fhir/Patient", content=b"Patient", headers={"Content-Type": "text/plain"})  # 415
     call("POST", "/fhir/AuditEvent", json={"resourceType": "AuditEvent"})  # 400: invalid (no type, agent, source)
     call("GET", f"/fhir/AuditEvent?patient={patient}")
     call("GET", f"/fhir/Provenance?target=Patient/{patient}")
