@@ -81,6 +81,7 @@ def single_store(settings: Settings, follow: bool) -> Services:
         national={"resources": projector, "identity": identity, "terminology": terminology},
     )
     services.terminology = terminology
+    application.profile_check = services.profile_issues  # meta.profile (projections/terminology/conformance)
     if not inline and follow:
         # An ``ehr project`` worker applies the events; wait for its announcements instead.
         services.watcher = construct_watcher(services, channel)
@@ -120,6 +121,7 @@ def federated(settings: Settings, follow: bool) -> Services:
     services.federation = federation
     services.store_factory = construct_store_projectors
     services.terminology = terminology
+    own.profile_check = services.profile_issues  # meta.profile (projections/terminology/conformance)
     if settings.projects_inline:
         projector.catch_up()
         identity.catch_up()
