@@ -5,11 +5,13 @@ shipped Mexican profiles (ehr_core/profiles/mx) and a profile stored with PUT ar
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from ehr_core.identity.identifiers import CURP_SYSTEM, curp_check_digit
+from tests.conftest import CORPUS
 
 FHIR = {"content-type": "application/fhir+json"}
 MX_PATIENT = "http://ehr-core.mx/fhir/StructureDefinition/MXPatient"
@@ -231,3 +233,30 @@ def test_an_unknown_claimed_profile_is_accepted_with_a_warning(client: TestClien
         "/fhir/Patient/$validate?profile=http://hl7.org/fhir/StructureDefinition/Patient", json=patient, headers=FHIR
     )
     assert core.status_code == 200, core.text
+
+
+R4_ONLY_EXAMPLES = CORPUS / "hl7-examples" / "r4-examples"
+
+
+def test_r4_types_removed_in_r4b_are_validated_stored_and_read_back(client: TestClient) -> None:
+    raw = (R4_ONLY_EXAMPLES / "MedicinalProduct-example.json").read_bytes()
+    example = json.loads(raw)
+    answer = client.put(f"/fhir/MedicinalProduct/{example['id']}", content=raw, headers=FHIR)
+    assert answer.status_code == 201, answer.text
+    read = client.get(f"/fhir/MedicinalProduct/{example['id']}")
+    assert read.status_code == 200, read.text
+    body = read.json()
+    assert {k: v for k, v in body.items() if k != "meta"} == {k: v for k, v in example.items() if k != "meta"}
+    assert client.get("/fhir/MedicinalProduct").json()["total"] == 1
+    summary = client.get(f"/fhir/MedicinalProduct/{example['id']}?_summary=true")
+    assert summary.status_code < 500, summary.text
+    # The R4 element table is a real check: an unknown element, a wrong shape, a wrong primitive type.
+    for broken, where in (
+        ({**example, "colour": "red"}, "MedicinalProduct.colour"),
+        ({**example, "name": example["name"][0]}, "MedicinalProduct.name"),
+        ({**example, "name": [{"productName": 5}]}, "MedicinalProduct.name[0].productName"),
+        ({**example, "name": [{}]}, "MedicinalProduct.name[0]"),
+    ):
+        answer = client.post("/fhir/MedicinalProduct", json=broken, headers=FHIR)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["issue"][0]["expression"] == [where], answer.text
