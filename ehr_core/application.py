@@ -137,6 +137,9 @@ class RecordApplication(Application[UUID]):
         self.store = ""
         #: Wraps every use of the store (a federation's fails fast while its store is down).
         self.guard: Callable[[], AbstractContextManager[None]] = nullcontext
+        #: The issues of a resource against the profiles it claims in ``meta.profile`` (R4
+        #: profiling.html#profile-use), looked up in the read side; set by the composition root.
+        self.profile_check: Callable[[dict[str, Any]], list[Issue]] | None = None
 
     def construct_transcoder(self) -> Transcoder:
         return EventTranscoder()
@@ -410,6 +413,12 @@ class RecordApplication(Application[UUID]):
         now: datetime | None,
     ) -> Pending:
         resource_type, resource_id = resource["resourceType"], resource["id"]
+        meta = resource.get("meta")
+        if self.profile_check is not None and isinstance(meta, dict) and meta.get("profile"):
+            # A claimed profile's constraints hold like the core's: breaking one is an invalid resource.
+            errors = [issue for issue in self.profile_check(resource) if issue.severity == "error"]
+            if errors:
+                raise InvalidResource(errors)
         check_identifiers(resource)  # domain rules (CURP, NSS, RFC, CLUES): 422 names the identifier
         if resource_type == "Task" and context.institution != UNKNOWN_INSTITUTION:
             old = None if stream is None or stream.deleted or stream.resource is None else stream.resource

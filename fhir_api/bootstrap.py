@@ -85,6 +85,7 @@ def single_store(settings: Settings, follow: bool) -> Services:
         national={"resources": projector, "identity": identity, "terminology": terminology, "subscriptions": matcher},
     )
     services.terminology = terminology
+    application.profile_check = services.profile_issues  # meta.profile (projections/terminology/conformance)
     if inline and follow:
         # This process projects: it matches and delivers too, on a thread of its own (never a write's path).
         start_deliverer(services)
@@ -127,6 +128,7 @@ def federated(settings: Settings, follow: bool) -> Services:
     services.federation = federation
     services.store_factory = construct_store_projectors
     services.terminology = terminology
+    own.profile_check = services.profile_issues  # meta.profile (projections/terminology/conformance)
     if settings.projects_inline:
         projector.catch_up()
         identity.catch_up()

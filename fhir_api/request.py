@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from ehr_core.context import WriteContext
 from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
-from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
+from ehr_core.resources.types import is_supported
 from fhir_api.errors import ApiError
 from fhir_api.limits import check_json_depth, check_write_deadline
 from fhir_api.services import Services
@@ -46,8 +46,6 @@ def base_url(request: Request) -> str:
 def require_type(resource_type: str) -> str:
     if is_supported(resource_type):
         return resource_type
-    if resource_type in REMOVED_IN_R4B:
-        raise NotFound(f"{resource_type} is an R4 type this server does not support (removed in R4B)")
     raise NotFound(f"unknown resource type {resource_type!r}", code="not-supported")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import anyio.to_thread
 
 from ehr_core.application import RecordApplication, Written
-from ehr_core.errors import StoreUnavailable
+from ehr_core.errors import Issue, StoreUnavailable
 from ehr_core.federation import Federation, StoreDown
 from ehr_core.settings import Settings
 from fhir_api.compliance import Compliance  # Audit log, ledgers
@@ -28,6 +28,7 @@ from projections.follower import LogFollower
 from projections.identity import IdentityIndex
 from projections.positions import PositionWatcher
 from projections.projector import Projector, tracking_position
+from projections.terminology.conformance import claimed_profiles, conformance_issues_in
 from projections.terminology.store import TERMINOLOGY_TYPES, TerminologyStore
 
 __all__ = ["Services", "home_store_async", "ledger_of"]
@@ -187,6 +188,16 @@ class Services:
         if self.terminology.catch_up_if_behind() > before:
             self.views.settle({self.terminology.name: self.terminology.position}, self.settings.projection_wait_seconds)
         return TerminologyStore(self.views)
+
+    def profile_issues(
+        self, resource: dict[str, Any], profiles: list[str] | None = None, named: bool = False
+    ) -> list[Issue]:
+        """The issues of ``resource`` against ``profiles`` (default: those it claims in ``meta.profile``),
+        looked up in the terminology store caught up with this server's log (a profile just PUT applies)."""
+        store = self.terminology_current()
+        wanted = claimed_profiles(resource) if profiles is None else profiles
+        with store.database.read() as tx:
+            return conformance_issues_in(tx, resource, wanted, named)
 
     def close(self) -> None:
         if self.deliverer is not None:

@@ -162,7 +162,8 @@ R4_RESOURCE_TYPES = frozenset(
     }
 )
 
-# R4 types that R4B dropped: known to a client, not storable here (answered with a clear outcome).
+# R4 types that R4B dropped: no model describes them; they are validated against the generated R4 element
+# table instead (ehr_core/resources/r4_only.py) and stored like any other.
 REMOVED_IN_R4B = frozenset(
     {
         "EffectEvidenceSynthesis",
@@ -186,7 +187,7 @@ REMOVED_IN_R4B = frozenset(
     }
 )
 
-_SUPPORTED = R4_RESOURCE_TYPES - REMOVED_IN_R4B
+_SUPPORTED = R4_RESOURCE_TYPES
 _SORTED = tuple(sorted(_SUPPORTED))
 
 

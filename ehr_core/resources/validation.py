@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources.bindings import required_code_issues, required_coding_issues
 from ehr_core.resources.invariants import invariant_issues
+from ehr_core.resources.r4_only import r4_only_issues
 from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
 
 __all__ = ["is_repeating", "is_valid_id", "validate"]
@@ -57,13 +58,14 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
             [Issue("invalid", f"resourceType {resource_type} does not match the URL ({expected_type})")]
         )
     if not is_supported(resource_type):
-        if resource_type in REMOVED_IN_R4B:
-            message = f"{resource_type} is an R4 type that this server cannot validate (removed in R4B)"
-            raise InvalidResource([Issue("not-supported", message, "resourceType")])
         raise InvalidResource([Issue("not-supported", f"unknown resource type {resource_type}", "resourceType")])
     if "id" in resource and not is_valid_id(resource["id"]):
         raise InvalidResource([Issue("value", "id must match [A-Za-z0-9-.]{1,64}", f"{resource_type}.id")])
     _check_characters(resource, resource_type)
+    if resource_type in REMOVED_IN_R4B:  # no R4B model: the generated R4 element table
+        if issues := r4_only_issues(resource, resource_type, _contained_issues):
+            raise InvalidResource(issues)
+        return resource_type
     model = get_fhir_model_class(resource_type)
     try:
         model.model_validate(resource)
@@ -79,6 +81,14 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
     if issues:
         raise InvalidResource(issues)
     return resource_type
+
+
+def _contained_issues(resource: Any) -> list[Issue]:
+    try:
+        validate(resource)
+    except InvalidResource as error:
+        return error.issues
+    return []
 
 
 def conformance_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:

@@ -21,6 +21,7 @@ from typing import Any
 from ehr_core.spec.bindings_generator import required_codes_module
 from ehr_core.spec.elements_generator import elements_module
 from ehr_core.spec.invariants_generator import invariants_module
+from ehr_core.spec.r4_only_generator import r4_only_table
 from ehr_core.spec.terminology_generator import terminology_tables
 
 __all__ = [
@@ -175,10 +176,11 @@ UNSUPPORTED_CODES = frozenset(
 
 
 def stored_types(by_base: dict[str, Any]) -> list[str]:
-    """Every resource type of the registry that this server can store: R4B has a model for it.
+    """Every resource type of the registry that this server can search: R4B has a model for it.
 
     R4's MedicinalProduct* family, SubstanceSpecification and the two *EvidenceSynthesis resources were
-    replaced in R4B; the server validates with the R4B models, so it stores none of them.
+    replaced in R4B; the server stores them (validated against the generated R4 element table,
+    ehr_core/resources/r4_only.py), but its search paths are read from the R4B models: none are indexed.
     """
     from fhir.resources.R4B import get_fhir_model_class
 
@@ -352,6 +354,7 @@ TARGETS: dict[str, Callable[[Path], str | bytes]] = {
     "ehr_core/spec/terminology.json.gz": terminology_tables,
     "ehr_core/spec/invariants.py": invariants_module,
     "ehr_core/spec/elements.py": elements_module,
+    "ehr_core/spec/r4_only.json.gz": r4_only_table,
 }
 
 

@@ -5,8 +5,11 @@ The resource is checked exactly as a write would check it (the R4B models, the r
 error-level invariants, the identifier rules) and nothing is stored. R4 "$validate": the answer is an
 OperationOutcome listing every issue, 200 whether the resource is valid or not; only a request that cannot
 be read (a body that is not JSON) is refused with 400. The body is the resource itself, or a Parameters
-with ``resource``, ``mode`` (create, update, delete) and ``profile``; only the core profile of the type is
-supported (this server validates against no other), any other ``profile`` is refused, 400 not-supported.
+with ``resource``, ``mode`` (create, update, delete) and ``profile``. A ``profile`` (and each profile the
+resource claims in ``meta.profile``) is looked up among the stored and shipped StructureDefinitions
+(projections/terminology/conformance.py): its constraints are reported like the core's, its must-support
+elements the resource lacks as information (R4 profiling.html#mustsupport); a ``profile`` this server does
+not know is refused, 400 not-supported.
 
 Access: as for a read of the type (the instance forms: as for a read of that instance).
 """
@@ -30,13 +33,13 @@ from fhir_api.request import ServicesDep, read_json_body, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from projections.resources import ResourceViews
+from projections.terminology.conformance import claimed_profiles
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 _MODES = frozenset({"create", "update", "delete"})
-_CORE_PROFILE = "http://hl7.org/fhir/StructureDefinition/"
 
 
 @router.post("/{resource_type}/$validate", summary="$validate (type)")
@@ -59,11 +62,12 @@ async def validate_instance(resource_type: str, resource_id: str, request: Reque
     require_type(resource_type)
     given = query_input(by_id("validate"), request.query_params.multi_items())
     mode = _mode(given.first("mode"))
-    _check_profile(resource_type, given.all("profile"))
+    profiles = given.all("profile")
+    await run_in_threadpool(_check_profile, services, resource_type, profiles)
     stored = await run_in_threadpool(_stored, services, resource_type, resource_id)
     if mode == "delete":
         return _answer([])
-    issues = await run_in_threadpool(_issues, resource_type, resource_id, stored, "update")
+    issues = await run_in_threadpool(_issues, services, resource_type, resource_id, stored, "update", profiles)
     return _answer(issues)
 
 
@@ -75,7 +79,7 @@ async def _posted(resource_type: str, resource_id: str | None, request: Request,
         resource, body_mode, body_profiles = _parameters(body)
         mode, profiles = body_mode or mode, [*profiles, *body_profiles]
     mode = _mode(mode)
-    _check_profile(resource_type, profiles)
+    await run_in_threadpool(_check_profile, services, resource_type, profiles)
     if mode == "delete":
         if resource_id is None:
             raise InvalidResource([Issue("required", "mode delete validates the deletion of an instance: name it")])
@@ -83,7 +87,9 @@ async def _posted(resource_type: str, resource_id: str | None, request: Request,
         return _answer([])
     if resource is None:
         raise InvalidResource([Issue("required", "$validate needs a resource (the body, or the resource parameter)")])
-    issues = await run_in_threadpool(_issues, resource_type, resource_id, resource, mode or "create")
+    issues = await run_in_threadpool(
+        _issues, services, resource_type, resource_id, resource, mode or "create", profiles
+    )
     return _answer(issues)
 
 
@@ -127,11 +133,10 @@ def _mode(mode: str | None) -> str | None:
     return mode
 
 
-def _check_profile(resource_type: str, profiles: list[str]) -> None:
-    for profile in profiles:
-        if profile.split("|", 1)[0] != _CORE_PROFILE + resource_type:
-            message = f"profile {profile} is not supported: this server validates against the core {resource_type}"
-            raise InvalidResource([Issue("not-supported", message, "profile")])
+def _check_profile(services: Services, resource_type: str, profiles: list[str]) -> None:
+    """400 not-supported for a ``profile`` this server does not know (before anything is read)."""
+    if profiles:
+        services.profile_issues({"resourceType": resource_type}, profiles, named=True)
 
 
 def _stored(services: Services, resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -146,8 +151,11 @@ def _stored(services: Services, resource_type: str, resource_id: str) -> dict[st
     return resource
 
 
-def _issues(resource_type: str, resource_id: str | None, resource: Any, mode: str) -> list[Issue]:
-    """Every issue a write of ``resource`` in ``mode`` would meet, none stored."""
+def _issues(
+    services: Services, resource_type: str, resource_id: str | None, resource: Any, mode: str, profiles: list[str]
+) -> list[Issue]:
+    """Every issue a write of ``resource`` in ``mode`` would meet, none stored, then those of the profiles
+    named or claimed (warnings and must-support information included)."""
     issues: list[Issue] = []
     try:
         validate(resource, resource_type)
@@ -161,6 +169,8 @@ def _issues(resource_type: str, resource_id: str | None, resource: Any, mode: st
     if resource_id is not None and body_id is not None and body_id != resource_id:
         message = f"id in the body ({body_id}) does not match the id in the URL ({resource_id})"
         issues.append(Issue("invalid", message, f"{resource_type}.id"))
+    wanted = [*profiles, *(p for p in claimed_profiles(resource) if p not in profiles)]
+    issues += services.profile_issues(resource, wanted)
     try:
         check_identifiers(resource)
     except RecordError as error:

@@ -20,6 +20,8 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from ehr_core.resources.types import REMOVED_IN_R4B
+
 __all__ = ["Route", "Step", "UnsupportedExpression", "compile_expression", "walk"]
 
 
@@ -89,8 +91,11 @@ def _datatype(annotation: Any) -> str:
 
 @cache
 def _fields(type_name: str) -> dict[str, tuple[str, Any]]:
-    """JSON key → (datatype, field info) for a resource, backbone element or data type."""
-    model = get_fhir_model_class(type_name)
+    """JSON key → (datatype, field info) for a resource, backbone element or data type.
+
+    An R4 type R4B removed has no model: it is searched by the common parameters only (``_id``,
+    ``_lastUpdated``, ``_tag``...), over the elements every DomainResource has."""
+    model = get_fhir_model_class("DomainResource" if type_name in REMOVED_IN_R4B else type_name)
     fields: dict[str, tuple[str, Any]] = {}
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra

@@ -12,6 +12,8 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from ehr_core.resources.types import REMOVED_IN_R4B
+
 __all__ = ["SUBSETTED", "subset"]
 
 SUBSETTED = {
@@ -25,7 +27,9 @@ _ALWAYS = frozenset({"resourceType", "id", "meta"})
 @cache
 def _elements(resource_type: str) -> tuple[frozenset[str], frozenset[str], dict[str, frozenset[str]]]:
     """(summary keys, mandatory keys, element name → JSON keys) of a type's top-level elements."""
-    model = get_fhir_model_class(resource_type)
+    # An R4 type R4B removed has no model: its summary is that of a DomainResource (the R4 isSummary flags
+    # of its own elements are not in the generated table); _elements knows its DomainResource elements only.
+    model = get_fhir_model_class("DomainResource" if resource_type in REMOVED_IN_R4B else resource_type)
     summary, mandatory = set(), set()
     keys: dict[str, set[str]] = {}
     for name, field in model.model_fields.items():

@@ -1,5 +1,7 @@
 """The terminology store: the CodeSystem, ValueSet and ConceptMap resources users stored, followed from the
-log like every view, and the spec's own (``ehr_core.spec.terminology``) behind them.
+log like every view, and the spec's own (``ehr_core.spec.terminology``) behind them. It also holds the
+StructureDefinitions (profiles, R4 profiling.html), found by canonical url the same way, and behind the
+stored ones the resources this server ships (``ehr_core.profiles``: the Mexican profiles and CIE-10).
 
 ``terminology_resources`` holds the current version of each stored resource with its canonical url and
 version, so the operations find a code system or value set by the url a ``compose`` or a request names
@@ -14,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ehr_core.profiles import shipped_resource
 from ehr_core.spec.terminology import spec_terminology
 from projections.changes import Change
 from projections.db import Dialect, Tx, ViewDatabase
@@ -23,7 +26,7 @@ from projections.view import View
 __all__ = ["TERMINOLOGY_TYPES", "TerminologyStore", "TerminologyView"]
 
 #: The resource types this store follows.
-TERMINOLOGY_TYPES = frozenset({"CodeSystem", "ValueSet", "ConceptMap"})
+TERMINOLOGY_TYPES = frozenset({"CodeSystem", "ValueSet", "ConceptMap", "StructureDefinition"})
 
 
 class TerminologyView(View):
@@ -91,7 +94,7 @@ class TerminologyStore:
         spec = spec_terminology().find(resource_type, url)
         if spec is not None and (not version or spec.get("version") in (None, version)):
             return spec
-        return None
+        return shipped_resource(resource_type, url, version)
 
     @staticmethod
     def read(tx: Tx, resource_type: str, resource_id: str) -> dict[str, Any] | None:

@@ -260,4 +260,5 @@ def test_capability_statement_lists_what_is_supported(client: TestClient) -> Non
     assert patient["conditionalRead"] == "full-support" and patient["conditionalDelete"] == "single"
     assert {i["code"] for i in rest["interaction"]} >= {"transaction", "batch", "history-system"}
     types = {r["type"] for r in rest["resource"]}
-    assert "MedicinalProduct" not in types and "SubscriptionTopic" not in types and "Observation" in types
+    # MedicinalProduct: R4, dropped by R4B, stored here (ehr_core/resources/r4_only.py); SubscriptionTopic: R4B only.
+    assert "MedicinalProduct" in types and "SubscriptionTopic" not in types and "Observation" in types
