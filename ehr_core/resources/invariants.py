@@ -204,6 +204,11 @@ def _everywhere(node: Any, where: str, variables: dict[str, Any]) -> Iterator[_P
                 if key == "contained":
                     continue  # walked as its own resource
                 at = f"{path}.{key}"
+                if key.startswith("_"):
+                    # A primitive's id and extensions (R4 json.html#primitive): the element's @value is the
+                    # sibling without the underscore, so an ``{"id": ...}`` here has a value when that does.
+                    yield from _primitive_companions(value, item.get(key[1:]), at, variables, stack)
+                    continue
                 if isinstance(value, dict) and not value.keys() - {"id"}:
                     yield value, "Element", at, variables
                 if key in _EXTENSION_KEYS and isinstance(value, list):
@@ -218,6 +223,25 @@ def _everywhere(node: Any, where: str, variables: dict[str, Any]) -> Iterator[_P
                     if not value.keys() - {"id"}:
                         yield value, "Element", f"{path}[{index}]", variables
                     stack.append((value, f"{path}[{index}]"))
+
+
+def _primitive_companions(
+    value: Any, primitive: Any, at: str, variables: dict[str, Any], stack: list[tuple[Any, str]]
+) -> Iterator[_Place]:
+    """ele-1 places among a primitive's ``_field`` companions: only those whose primitive has no value."""
+    if isinstance(value, dict):
+        if primitive is None and not value.keys() - {"id"}:
+            yield value, "Element", at, variables
+        stack.append((value, at))
+    elif isinstance(value, list):
+        values = primitive if isinstance(primitive, list) else []
+        for index, companion in enumerate(value):
+            if not isinstance(companion, dict):
+                continue
+            valued = index < len(values) and values[index] is not None
+            if not valued and not companion.keys() - {"id"}:
+                yield companion, "Element", f"{at}[{index}]", variables
+            stack.append((companion, f"{at}[{index}]"))
 
 
 def _broken(node: Any, element_path: str, ast: Any, variables: dict[str, Any]) -> bool:

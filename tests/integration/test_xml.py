@@ -273,6 +273,7 @@ PATIENT_XML = b"""<?xml version="1.0" encoding="UTF-8"?>
     <extension url="http://example.org/time"><valueDateTime value="1980-02-03T10:00:00-06:00"/></extension>
   </birthDate>
   <multipleBirthInteger value="2"/>
+  <managingOrganization><reference value="#org"/></managingOrganization>
   <contained><Organization><id value="org"/><name value="IMSS"/></Organization></contained>
 </Patient>"""
 

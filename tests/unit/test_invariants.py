@@ -110,3 +110,14 @@ def test_rules_on_data_types_nested_and_contained() -> None:
         validate(contained)
     assert {i.code for i in refused.value.issues} == {"invariant"}
     assert "If present, start SHALL have a lower value than end" in invariant_issues(patient, "Patient")[0].diagnostics
+
+
+def test_ele_1_sees_a_primitive_value_beside_its_id() -> None:
+    """R4 json.html#primitive: ``_given[i]`` carries the id and extensions of ``given[i]``; an id-only companion
+    of a valued primitive has a @value (ele-1 holds), one of a null primitive has nothing (ele-1 breaks)."""
+    valued = {"resourceType": "Patient", "name": [{"given": ["Ana", "Luisa"], "_given": [None, {"id": "g2"}]}]}
+    assert _keys(valued) == []
+    assert _keys({"resourceType": "Patient", "birthDate": "1980-02-03", "_birthDate": {"id": "b"}}) == []
+    empty = {"resourceType": "Patient", "name": [{"given": ["Ana", None], "_given": [None, {"id": "g2"}]}]}
+    assert _keys(empty) == [("ele-1", "Patient.name[0]._given[1]")]
+    assert _keys({"resourceType": "Patient", "_birthDate": {"id": "b"}}) == [("ele-1", "Patient._birthDate")]
