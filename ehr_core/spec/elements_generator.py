@@ -69,7 +69,7 @@ def _lines(definition: dict[str, Any]) -> list[str]:
             types = ",".join(_type_code(t) for t in element.get("type", []))
         cardinality = "*" if element.get("max") != "1" else "1"
         flags = "a" if "xmlAttr" in element.get("representation", []) else "-"
-        owners.setdefault(owner, []).append(f"{field} {cardinality} {types} {flags}")
+        owners.setdefault(owner, []).append(f"{cardinality} {field} {types} {flags}")
     lines: list[str] = []
     for owner, fields in owners.items():
         lines.append(f"@{owner}")
@@ -124,8 +124,8 @@ PRIMITIVES = frozenset(_PRIMITIVES.split())
 
 RESOURCES = frozenset(_RESOURCES.split())
 
-# ``@Owner`` starts a type (or backbone element); then one line per element: ``name max types flags``,
-# max ``1`` or ``*``, types comma-separated, flags ``a`` for an XML attribute, ``-`` otherwise.
+# ``@Owner`` starts a type (or backbone element); then one line per element: ``max name types flags``,
+# max ``1`` or ``*`` first, types comma-separated, flags ``a`` for an XML attribute, ``-`` otherwise.
 _TABLE = """
 {table}
 """
@@ -141,7 +141,7 @@ def _parse(text: str) -> dict[str, tuple[tuple[str, bool, tuple[str, ...], bool]
             owner = line[1:]
             table[owner] = []
             continue
-        name, cardinality, types, flags = line.split(" ")
+        cardinality, name, types, flags = line.split(" ")
         table[owner].append((name, cardinality == "*", tuple(types.split(",")) if types else (), flags == "a"))
     return {{owner: tuple(fields) for owner, fields in table.items()}}
 
