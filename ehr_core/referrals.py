@@ -16,8 +16,9 @@ An accepted (in-progress, on-hold, completed) referral grants the receiving inst
 referred patient's record (``projections.access``); cancelled, rejected, failed and draft/requested ones
 grant nothing.
 
-The receiving institution is named in ``Task.owner`` by ``identifier`` (system ``urn:ehr-core:institution``),
-by a reference to an ``Organization`` that carries such an identifier, or by ``display``.
+The receiving institution is named in ``Task.owner`` by ``identifier`` (system ``urn:ehr-core:institution``)
+or by a reference to an ``Organization`` that carries such an identifier. A Task owned by no named
+institution is no referral between institutions: it grants nothing, and its workflow is its recorder's.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ _FIXED = ("for", "focus", "owner", "requester", "intent")
 
 
 def institution_named(reference: Any, organization: Callable[[str], dict[str, Any] | None]) -> str | None:
-    """The institution a Reference names: its ``identifier`` (``urn:ehr-core:institution``), the identifier of
-    the ``Organization`` it refers to (``organization(id)`` gives its stored JSON), or its ``display``."""
+    """The institution a Reference names: its ``identifier`` (``urn:ehr-core:institution``) or the identifier
+    of the ``Organization`` it refers to (``organization(id)`` gives its stored JSON). A ``display`` alone names
+    none: free text ("Clinical Laboratory @ Acme Hospital") must not open a record to whoever it resembles."""
     if not isinstance(reference, dict):
         return None
     identifier = reference.get("identifier") or {}
@@ -65,8 +67,7 @@ def institution_named(reference: Any, organization: Callable[[str], dict[str, An
         for ident in (found or {}).get("identifier") or []:
             if isinstance(ident, dict) and ident.get("system") == INSTITUTION_SYSTEM and ident.get("value"):
                 return str(ident["value"])
-    display = reference.get("display")
-    return display if isinstance(display, str) and display else None
+    return None
 
 
 def is_referral_task(task: dict[str, Any]) -> bool:
@@ -103,8 +104,10 @@ def check_transition(
     referrer = recorder or writer
     receiver = receiving_institution(old if old is not None else new, organization)
     status = str(new.get("status"))
-    if receiver == referrer:
-        return  # a referral inside one institution grants nothing across institutions: its own workflow
+    if receiver is None or receiver == referrer:
+        # Owned by no named institution (a lab, a practitioner: the HL7 Task examples) or inside one
+        # institution: it grants nothing across institutions, so its workflow is the recorder's own.
+        return
     if old is None:
         if status not in _REFERRER - {"cancelled"}:
             raise Forbidden(
