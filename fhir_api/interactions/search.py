@@ -42,6 +42,7 @@ from projections.resources import ResourceViews, StoredResource
 from projections.search import Page, SearchRequest, capability_search_params, parse_search
 from projections.search.engine import indexed_types, run_search
 from projections.search.subset import subset
+from projections.search.types.token import TERMINOLOGY_MODIFIERS
 
 __all__ = ["compartment_bundle", "router", "search_bundle", "search_system", "strict_handling", "system_bundle"]
 
@@ -126,6 +127,11 @@ def search_bundle(
     return _search(services, resource_type, pairs, base, strict, viewer)[0]
 
 
+def _terminology_modifier(name: str) -> bool:
+    """Whether ``name`` (a chain's last link, too) has a modifier the terminology store answers."""
+    return ":" in name and name.rsplit(":", 1)[1] in TERMINOLOGY_MODIFIERS
+
+
 def _search(
     services: Services,
     resource_type: str,
@@ -150,6 +156,9 @@ def _search(
         raise InvalidResource([Issue("not-supported", message, parsed.unknown[0])])
     if count is None:
         count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT
+    if any(_terminology_modifier(name) for name, _ in pairs):
+        # R4 search.html#token :in/:below...: a value set or code system just stored applies (read-your-writes).
+        services.terminology_current()
     with services.views.read() as tx:
         page = run_search(tx, services.views.dialect, parsed, base, count, viewer)
         entries = _entries(tx, base, page, parsed)

@@ -39,6 +39,7 @@ from projections.search.query import (
 )
 from projections.search.special import SpecialFilter
 from projections.search.sql import Condition, Context, condition, read_spans
+from projections.terminology.codes import TerminologyCodes
 
 __all__ = ["MAX_INCLUDES", "Match", "Page", "indexed_types", "run_search", "select_ids"]
 
@@ -123,7 +124,8 @@ def _where(
         parts.append("a.sid <= ?")
         params.append(snapshot)
     filters = merge_same_value(request.filters)
-    context = Context(read_spans(tx) if any(_has_dates(item) for item in filters) else None, policy, dialect)
+    spans = read_spans(tx) if any(_has_dates(item) for item in filters) else None
+    context = Context(spans, policy, dialect, TerminologyCodes(tx))
     for item in filters:
         found = condition(item, "a", base, context)
         parts.append(f"({found.sql})")

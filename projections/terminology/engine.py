@@ -31,6 +31,7 @@ __all__ = [
     "Resolver",
     "Term",
     "expand",
+    "expansion_terms",
     "holds_codes",
     "lookup_parameters",
     "subsumption",
@@ -342,6 +343,15 @@ def _terms(context: _Context, value_set: dict[str, Any], depth: int) -> list[Ter
         for term in _include(context, item, depth, what):
             found.pop((term.system, term.code), None)
     return list(found.values())
+
+
+def expansion_terms(resolve: Resolver, value_set: dict[str, Any]) -> list[Term]:
+    """Every code of ``value_set`` (its compose, or the expansion it carries), at most :data:`MAX_EXPANSION`."""
+    terms = _terms(_Context(resolve), value_set, 0)
+    if len(terms) > MAX_EXPANSION:  # an expansion the value set carries is not capped by _terms
+        what = f"ValueSet {value_set.get('url') or value_set.get('id') or ''}".strip()
+        raise Unprocessable([Issue("too-costly", f"{what} has over {MAX_EXPANSION} codes: not expanded")])
+    return terms
 
 
 def _flatten(contains: Iterable[dict[str, Any]]) -> Iterable[Term]:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ehr_core.errors import InvalidResource, Issue
 from projections.db import Dialect
 from projections.search.registry import SearchParameter
+
+if TYPE_CHECKING:
+    from projections.terminology.codes import TerminologyCodes
 
 __all__ = [
     "PREFIXES",
@@ -74,6 +77,7 @@ class Context:
         spans: dict[tuple[str, str], Spans] | None = None,
         visible: Callable[[str], Condition] | None = None,
         dialect: Dialect = "sqlite",
+        terminology: TerminologyCodes | None = None,
     ) -> None:
         self._numbers = itertools.count(1)
         #: Per (type, parameter): its date ranges' longest span and open ends (``search_date_spans``).
@@ -84,6 +88,9 @@ class Context:
         self.visible = visible
         #: The database the SQL is for: a special parameter's SQL may differ (full text, R4 ``_text``).
         self.dialect: Dialect = dialect
+        #: The terminology store in the search's transaction: the value sets of token ``:in``/``:not-in`` and
+        #: the hierarchies of ``:above``/``:below`` (None: no store at hand, those modifiers are refused).
+        self.terminology = terminology
 
     def policy(self, alias: str) -> Condition:
         """The access policy on ``alias`` as an extra ``AND`` (empty without a viewer)."""

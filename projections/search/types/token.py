@@ -1,9 +1,16 @@
-"""The ``token`` search type (R4 §3.1.1.5.10 search.html#token), with ``:not``, ``:text`` and ``:of-type``.
+"""The ``token`` search type (R4 §3.1.1.5.10 search.html#token), with ``:not``, ``:text``, ``:of-type``, and the
+terminology modifiers ``:in``, ``:not-in``, ``:above`` and ``:below``.
 
 A CodeableConcept gives one token per coding, an Identifier ``system|value``, a ContactPoint its value,
 a boolean ``true``/``false``. Derived rows go under a suffixed parameter code, so modifiers are plain
 lookups: ``code:text`` (strings: ``Coding.display``, ``CodeableConcept.text``, ``Identifier.type.text``)
 and ``identifier:of-type`` (tokens ``type-system | type-code|value``).
+
+The terminology modifiers turn into plain lookups too: when the search runs, the terminology store
+(:mod:`projections.terminology.codes`, through :attr:`Context.terminology`) expands the value set (``:in``,
+``:not-in``) or walks the code system's hierarchy (``:below``: the code and its descendants; ``:above``: the
+code and its ancestors), and the SQL matches the ``(system, code)`` pairs found, grouped per system as
+``system = ? AND code IN (...)`` (the same text on SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ehr_core.errors import Issue, Unprocessable
 from projections.indexed import indexed
 from projections.search.registry import SearchParameter
 from projections.search.types.base import (
@@ -28,7 +36,19 @@ from projections.search.types.base import (
 )
 from projections.search.types.string import STRING, add_string, words
 
-__all__ = ["TOKEN", "OfTypeValue", "TokenValue", "parse_of_type", "parse_token", "token_match"]
+__all__ = [
+    "TERMINOLOGY_MODIFIERS",
+    "TOKEN",
+    "OfTypeValue",
+    "TokenValue",
+    "parse_of_type",
+    "parse_subsumption",
+    "parse_token",
+    "token_match",
+]
+
+#: The modifiers whose matches the terminology decides (R4 search.html#token).
+TERMINOLOGY_MODIFIERS = frozenset({"in", "not-in", "above", "below"})
 
 _TOKEN_PRIMITIVES = frozenset({"code", "id", "string", "uri", "url", "canonical", "oid", "uuid", "markdown"})
 
@@ -69,6 +89,22 @@ def parse_of_type(text: str) -> OfTypeValue:
     if len(parts) != 3 or not all(parts):
         raise ValueError(f":of-type takes [type system]|[type code]|[value], got {text!r}")
     return OfTypeValue(*parts)
+
+
+def parse_subsumption(text: str) -> TokenValue:
+    """``:above``/``:below`` take ``[system]|[code]`` (R4 search.html#token): a hierarchy is a code system's."""
+    value = parse_token(text)
+    if not value.system or value.code is None:
+        raise ValueError(f":above and :below take [system]|[code], both given, got {text!r}")
+    return value
+
+
+def parse_value_set(text: str) -> str:
+    """``:in``/``:not-in`` take a value set's canonical url or a reference to it (``ValueSet/[id]``)."""
+    reference = unescape(text).strip()
+    if not reference:
+        raise ValueError(":in and :not-in take a value set (its url, or ValueSet/[id])")
+    return reference
 
 
 # -- extraction -------------------------------------------------------------------------------------
@@ -125,6 +161,25 @@ def _of_type(value: OfTypeValue) -> Condition:
     return Condition("code = ? AND system = ?", [code, indexed(value.type_system)])
 
 
+def _coded(param: SearchParameter, pairs: list[tuple[str, str]]) -> list[Condition]:
+    """Rows holding any of ``pairs``: per system, ``system = ? AND code IN (...)``.
+
+    A ``code`` element (``Patient.gender``) is indexed without a system, its system being the one its binding
+    implies (R4 datatypes.html#code): on a parameter reaching such elements a row without a system matches
+    by its code alone. An empty set matches no row (an empty value set has no member)."""
+    systems: dict[str, list[str]] = {}
+    for system, code in pairs:
+        systems.setdefault(indexed(system), []).append(indexed(code))
+    found = []
+    for system, codes in systems.items():
+        unique = list(dict.fromkeys(codes))
+        found.append(Condition(f"system = ? AND code IN ({', '.join('?' * len(unique))})", [system, *unique]))
+    if pairs and any(route.datatype in _TOKEN_PRIMITIVES for route in param.routes):
+        unique = list(dict.fromkeys(indexed(code) for _, code in pairs))
+        found.append(Condition(f"system IS NULL AND code IN ({', '.join('?' * len(unique))})", unique))
+    return found or [Condition("1 = 0")]
+
+
 def _bound(row: tuple[Any, ...]) -> tuple[Any, ...]:
     param, system, code = row
     return (param, indexed(system), indexed(code))
@@ -140,10 +195,11 @@ class TokenType:
         "resource_type, param, code, system",
         _bound,
     )
-    _modifiers = frozenset({"not", "text", "of-type", "missing"})
+    _modifiers = frozenset({"not", "text", "of-type", "missing"}) | TERMINOLOGY_MODIFIERS
 
     def accepts(self, param: SearchParameter, modifier: str) -> bool:
-        return modifier in self._modifiers
+        # ``_id`` is the resource's own id, not a code of any code system.
+        return modifier in self._modifiers and not (param.code == "_id" and modifier in TERMINOLOGY_MODIFIERS)
 
     def parse(self, name: str, param: SearchParameter, modifier: str | None, raw: str, base: str | None) -> ValueFilter:
         if modifier == "text":
@@ -152,6 +208,10 @@ class TokenType:
             if not any(route.datatype == "Identifier" for route in param.routes):
                 raise invalid(name, ":of-type applies only to identifier parameters")
             return ValueFilter(param, modifier, parse_values(name, raw, parse_of_type))
+        if modifier in ("in", "not-in"):
+            return ValueFilter(param, modifier, parse_values(name, raw, parse_value_set))
+        if modifier in ("above", "below"):
+            return ValueFilter(param, modifier, parse_values(name, raw, parse_subsumption))
         return ValueFilter(param, modifier, parse_values(name, raw, parse_token))
 
     def parse_value(self, text: str, base: str | None) -> Any:
@@ -188,9 +248,26 @@ class TokenType:
             return in_table(alias, STRING.table.name, param, f"{param.code}:text", [words(v) for v in item.values])
         if modifier == "of-type":
             return in_table(alias, self.table.name, param, f"{param.code}:of-type", [_of_type(v) for v in item.values])
+        if modifier in TERMINOLOGY_MODIFIERS:
+            return self._terminology(item, alias, base, context)
         # :not (R4 §3.1.1.5.10): resources with no matching token, those with no value at all included.
         tokens = [token_match(v) for v in item.values]
         return in_table(alias, self.table.name, param, param.code, tokens, negate=modifier == "not")
+
+    def _terminology(self, item: ValueFilter, alias: str, base: str | None, context: Context) -> Condition:
+        param, modifier = item.param, item.modifier
+        name = f"{param.code}:{modifier}"
+        if context.terminology is None:
+            raise Unprocessable([Issue("not-supported", f"{name} needs the terminology store, not at hand here", name)])
+        pairs: list[tuple[str, str]] = []
+        for value in item.values:
+            if modifier in ("in", "not-in"):
+                pairs += context.terminology.value_set(name, value, base)
+            else:
+                codes = context.terminology.subsumption(name, value.system, value.code, above=modifier == "above")
+                pairs += [(value.system, code) for code in codes]
+        # :not-in, as :not (R4 §3.1.1.5.10): the resources with no coding in the set, those with none at all too.
+        return in_table(alias, self.table.name, param, param.code, _coded(param, pairs), negate=modifier == "not-in")
 
 
 TOKEN = TokenType()

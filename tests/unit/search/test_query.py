@@ -97,3 +97,31 @@ def test_malformed_parameters_name_themselves(name: str, value: str) -> None:
     with pytest.raises(InvalidResource) as raised:
         parse_search("Patient", [(name, value)])
     assert raised.value.issues[0].expression == name
+
+
+def test_terminology_modifiers_of_a_token() -> None:
+    """R4 search.html#token: ``:in``/``:not-in`` take a value set, ``:above``/``:below`` a ``system|code``."""
+    request = parse_search(
+        "Condition",
+        [
+            ("code:in", "http://example.org/vs,ValueSet/diabetes"),
+            ("code:not-in", "ValueSet/x"),
+            ("code:below", "http://hl7.org/fhir/sid/icd-10|E11"),
+            ("code:above", r"urn:a|E11\,9"),
+        ],
+    )
+    within, outside, below, above = request.filters
+    assert isinstance(within, ValueFilter) and within.values == ("http://example.org/vs", "ValueSet/diabetes")
+    assert isinstance(outside, ValueFilter) and outside.modifier == "not-in"
+    assert isinstance(below, ValueFilter) and below.values == (TokenValue("http://hl7.org/fhir/sid/icd-10", "E11"),)
+    assert isinstance(above, ValueFilter) and above.values == (TokenValue("urn:a", "E11,9"),)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("code:below", "E11"), ("code:above", "|E11"), ("code:below", "urn:a|"), ("_id:in", "ValueSet/x")],
+)
+def test_terminology_modifiers_refuse_what_they_cannot_answer(name: str, value: str) -> None:
+    with pytest.raises(InvalidResource) as raised:
+        parse_search("Condition", [(name, value)])
+    assert raised.value.issues[0].expression == name
