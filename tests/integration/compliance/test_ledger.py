@@ -100,7 +100,9 @@ def test_later_writes_are_reported_unsealed_not_tampered(
     for thread in sealed.compliance.threads:
         if isinstance(thread, LedgerSealer):
             thread.stop()  # else it may seal the new event before ehr verify runs
-    sealed.application.create({"resourceType": "Observation", "status": "final", "code": {}}, WriteContext())
+    sealed.application.create(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "peso"}}, WriteContext()
+    )
     assert ehr("verify", "--quiet") == 0
     line = _last_line(capsys)
     assert line.startswith("intact: ") and "(0 newer events" not in line, line
@@ -125,7 +127,9 @@ def test_verify_with_another_key_fails(
 def test_inclusion_proof_over_http_checks_offline(
     sealed: Services, client: TestClient, ehr: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    created = client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final", "code": {}})
+    created = client.post(
+        "/fhir/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "peso"}}
+    )
     oid = created.json()["id"]
     key = client.get("/fhir/$ledger-key")
     assert key.status_code == 200 and key.text.startswith("-----BEGIN PUBLIC KEY-----")
@@ -222,7 +226,9 @@ def test_event_left_unsealed_past_the_sealing_interval_fails_verify(
     sealed: Services, ehr: Cli, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _stop_sealer(sealed)
-    sealed.application.create({"resourceType": "Observation", "status": "final", "code": {}}, WriteContext())
+    sealed.application.create(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "peso"}}, WriteContext()
+    )
     monkeypatch.setenv("EHR_LEDGER_SEAL_SECONDS", "0")
     monkeypatch.setenv("EHR_LEDGER_UNSEALED_GRACE_SECONDS", "0")
     assert ehr("verify", "--quiet") == 1
