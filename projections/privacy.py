@@ -81,7 +81,11 @@ def _erase_generic(tx: Tx, dialect: Dialect, view: View, resources: Sequence[tup
                         r[0] for r in tx.execute(f"SELECT {link} FROM {table} WHERE {where}", resource).fetchall()
                     )
         tx.executemany(f"DELETE FROM {table} WHERE {where}", list(resources))
-        done.add(table)
+        if pair == _PAIRS[0]:
+            # Keyed by the resource: nothing of it is left. A table matched by its reference target
+            # (``search_reference``, ``search_composite``) also holds the erased resources' own rows by
+            # ``sid``, pointing anywhere: those go by link below.
+            done.add(table)
     for table, names in columns.items():
         if table in done:
             continue

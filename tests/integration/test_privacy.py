@@ -57,6 +57,8 @@ def _patient_with_record(client: TestClient, family: str) -> dict[str, str]:
             "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0", "display": "Glucose"}]},
             "subject": ref,
+            # A reference out of the compartment: its index row is the erased Observation's, not its target's.
+            "performer": [{"reference": "Practitioner/dr-que-se-queda"}],
             "valueQuantity": {"value": 181, "unit": "mg/dL"},
         },
         headers=FHIR,
