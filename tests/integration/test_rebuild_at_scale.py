@@ -1,10 +1,11 @@
-"""Rebuild equals live at national scale: one million events on PostgreSQL.
+"""Rebuild equals live at scale: 200,000 events on PostgreSQL (a million with EHR_TEST_REBUILD_EVENTS).
 
-The log gets ``EHR_TEST_REBUILD_EVENTS`` events (default 1,000,000): creates, revisions and retractions
-of Observations in 2,000 patients' compartments (each under its patient's data key), appended in
-chunks through the application and projected live after each chunk, as a busy server would. Then every
-projection is rebuilt from zero beside the live one, and the two are compared table by table in SQL
-(``EXCEPT ALL`` both ways, so duplicates count). The rates are printed.
+The log gets ``EHR_TEST_REBUILD_EVENTS`` events (default 200,000; 1000000 gives the national figure, which
+since the composite and full-text indexes joined the rebuild takes longer than the whole suite may):
+creates, revisions and retractions of Observations in 2,000 patients' compartments (each under its
+patient's data key), appended in chunks through the application and projected live after each chunk, as a
+busy server would. Then every projection is rebuilt from zero beside the live one, and the two are compared
+table by table in SQL (``EXCEPT ALL`` both ways, so duplicates count). The rates are printed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from projections.rebuild import build_beside, drop_shadow
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-EVENTS = int(os.environ.get("EHR_TEST_REBUILD_EVENTS", "1000000"))
+EVENTS = int(os.environ.get("EHR_TEST_REBUILD_EVENTS", "200000"))
 CHUNK = 5_000
 PATIENTS = 2_000
 
@@ -95,7 +96,7 @@ def _differences(connection: psycopg.Connection, live: str, rebuilt: str, table:
     return int(row[0])
 
 
-def test_rebuild_of_a_million_events_equals_the_live_views(postgres_settings: Settings, tmp_path: Path) -> None:
+def test_rebuild_of_many_events_equals_the_live_views(postgres_settings: Settings, tmp_path: Path) -> None:
     settings = postgres_settings.model_copy(update={"data_dir": tmp_path / "ehr-data"})
     services = Services.open(settings, follow=False)
     try:
