@@ -1,9 +1,9 @@
 """Which resource types this server stores.
 
-The server speaks FHIR R4 (4.0.1) and validates with the R4B models of ``fhir.resources``. A type is
-supported when it exists in both: the R4 list below, less the R4 types that R4B removed
-(``MedicinalProduct*``, ``EffectEvidenceSynthesis``...), which cannot be validated here. The list is
-written out rather than discovered from the models, because building every model costs seconds at start.
+The server speaks FHIR R4 (4.0.1): every type of the R4 list below is stored. Most are validated with the
+R4B models of ``fhir.resources``; the R4 types that R4B removed (``MedicinalProduct*``,
+``EffectEvidenceSynthesis``...) against the generated R4 element table instead. The list is written out
+rather than discovered from the models, because building every model costs seconds at start.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 from httpx import Response
 
+from ehr_core.resources.types import REMOVED_IN_R4B  # validated against the R4 element table, not a model
 from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.slow
@@ -31,29 +32,6 @@ EXAMPLES = CORPUS / "hl7-examples" / "r4-examples"
 FHIR = {"content-type": "application/fhir+json"}
 #: A FHIR client reading asks for FHIR: a Binary read without it answers the raw content (R4 binary.html).
 ACCEPT_FHIR = {"accept": "application/fhir+json"}
-# R4 (4.0.1) types R4B removed ("R4B changes"): no model; the server validates them against the R4 definitions.
-REMOVED_IN_R4B = frozenset(
-    {
-        "EffectEvidenceSynthesis",
-        "MedicinalProduct",
-        "MedicinalProductAuthorization",
-        "MedicinalProductContraindication",
-        "MedicinalProductIndication",
-        "MedicinalProductIngredient",
-        "MedicinalProductInteraction",
-        "MedicinalProductManufactured",
-        "MedicinalProductPackaged",
-        "MedicinalProductPharmaceutical",
-        "MedicinalProductUndesirableEffect",
-        "RiskEvidenceSynthesis",
-        "SubstanceNucleicAcid",
-        "SubstancePolymer",
-        "SubstanceProtein",
-        "SubstanceReferenceInformation",
-        "SubstanceSourceMaterial",
-        "SubstanceSpecification",
-    }
-)
 # Bundles of other types (message, *-response, history...) are outside this test.
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "document", "searchset"})
 SERVER_META = ("versionId", "lastUpdated")
