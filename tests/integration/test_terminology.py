@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
+from tests.support.terminology import concept as _concept
+
 FHIR = {"Content-Type": "application/fhir+json"}
 GENDER_VS = "http://hl7.org/fhir/ValueSet/administrative-gender"
 GENDER = "http://hl7.org/fhir/administrative-gender"
@@ -22,13 +24,6 @@ SNOMED = "http://snomed.info/sct"
 CIE10 = "urn:ehr-core:cs:cie-10"
 HYPERTENSION_VS = "urn:ehr-core:vs:cie-10-hipertension"
 MAP = "urn:ehr-core:cm:cie-10-a-snomed"
-
-
-def _concept(code: str, display: str, *children: dict[str, Any]) -> dict[str, Any]:
-    concept: dict[str, Any] = {"code": code, "display": display}
-    if children:
-        concept["concept"] = list(children)
-    return concept
 
 
 CIE10_FRAGMENT: dict[str, Any] = {

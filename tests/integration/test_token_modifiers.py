@@ -12,18 +12,13 @@ from typing import Any
 from fastapi.testclient import TestClient
 from httpx import Response
 
+from tests.support.terminology import concept as _concept
+
 FHIR = {"Content-Type": "application/fhir+json"}
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 SNOMED = "http://snomed.info/sct"
 GENDER_VS = "http://hl7.org/fhir/ValueSet/administrative-gender"
 DIABETES_VS = "urn:ehr-core:vs:cie-10-diabetes"
-
-
-def _concept(code: str, display: str, *children: dict[str, Any]) -> dict[str, Any]:
-    concept: dict[str, Any] = {"code": code, "display": display}
-    if children:
-        concept["concept"] = list(children)
-    return concept
 
 
 CIE10: dict[str, Any] = {
