@@ -14,9 +14,10 @@ Run through ``python -m ehr_core.spec.generate`` (``make spec``); the server nev
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from ehr_core.spec.sources import core_definitions, load
 
 __all__ = ["required_codes_module"]
 
@@ -28,22 +29,6 @@ _NOT_FOLLOWED = frozenset({"Extension", "Reference", "Meta", "Resource"})
 _CODED = ("code", "Coding", "CodeableConcept")
 #: How deep data types are followed inside each other (``Timing.repeat.boundsDuration.comparator``).
 _DEPTH = 4
-
-
-def _load(directory: Path, name: str) -> Any:
-    with (directory / name).open("rb") as file:
-        return json.load(file)
-
-
-def _definitions(bundle: dict[str, Any], kinds: set[str]) -> dict[str, dict[str, Any]]:
-    found = {}
-    for entry in bundle.get("entry", []):
-        resource = entry.get("resource", {})
-        if resource.get("resourceType") == "StructureDefinition" and resource.get("kind") in kinds:
-            if resource.get("derivation") == "constraint":
-                continue  # profiles (SimpleQuantity, the vital signs...) bind nothing a base type does not
-            found[resource["type"]] = resource
-    return found
 
 
 class _Terminology:
@@ -174,9 +159,9 @@ def required_codes_module(directory: Path) -> str:
     """The text of :mod:`ehr_core.spec.required_codes`."""
     from fhir.resources.R4B import get_fhir_model_class
 
-    resources = _definitions(_load(directory, "profiles-resources.json"), {"resource"})
-    types = _definitions(_load(directory, "profiles-types.json"), {"complex-type"})
-    terminology = _Terminology(_load(directory, "valuesets.json"), _load(directory, "v3-codesystems.json"))
+    resources = core_definitions(load(directory, "profiles-resources.json"), {"resource"})
+    types = core_definitions(load(directory, "profiles-types.json"), {"complex-type"})
+    terminology = _Terminology(load(directory, "valuesets.json"), load(directory, "v3-codesystems.json"))
     version = next(iter(resources.values())).get("fhirVersion", "?")
 
     elements: dict[str, list[tuple[str, str]]] = {}

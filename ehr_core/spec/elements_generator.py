@@ -13,18 +13,14 @@ Run through ``python -m ehr_core.spec.generate`` (``make spec``); the server nev
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from ehr_core.spec.sources import load
 
 __all__ = ["elements_module"]
 
 _FHIR_TYPE = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
-
-
-def _load(directory: Path, name: str) -> Any:
-    with (directory / name).open("rb") as file:
-        return json.load(file)
 
 
 def _structure_definitions(bundle: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,8 +74,8 @@ def _lines(definition: dict[str, Any]) -> list[str]:
 
 
 def elements_module(directory: Path) -> str:
-    types = _structure_definitions(_load(directory, "profiles-types.json"))
-    resources = _structure_definitions(_load(directory, "profiles-resources.json"))
+    types = _structure_definitions(load(directory, "profiles-types.json"))
+    resources = _structure_definitions(load(directory, "profiles-resources.json"))
     primitives = sorted(d["id"] for d in types if d.get("kind") == "primitive-type")
     lines: list[str] = []
     complex_types = sorted(

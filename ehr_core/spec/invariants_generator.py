@@ -16,10 +16,11 @@ Run through ``python -m ehr_core.spec.generate`` (``make spec``); the server nev
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
+
+from ehr_core.spec.sources import core_definitions, load
 
 __all__ = ["evaluable_expression", "invariants_module", "skip_reason"]
 
@@ -42,22 +43,6 @@ _AS_FUNCTION = re.compile(r"(?<![A-Za-z0-9_])as\(")
 def evaluable_expression(expression: str) -> str:
     """The spec's expression as evaluated here: whitespace runs made one space, ``as(T)`` read ``ofType(T)``."""
     return _AS_FUNCTION.sub("ofType(", " ".join(expression.split()))
-
-
-def _load(directory: Path, name: str) -> Any:
-    with (directory / name).open("rb") as file:
-        return json.load(file)
-
-
-def _definitions(bundle: dict[str, Any], kinds: set[str]) -> dict[str, dict[str, Any]]:
-    found = {}
-    for entry in bundle.get("entry", []):
-        resource = entry.get("resource", {})
-        if resource.get("resourceType") == "StructureDefinition" and resource.get("kind") in kinds:
-            if resource.get("derivation") == "constraint":
-                continue  # profiles (SimpleQuantity, the vital signs...): not the core definitions
-            found[resource["type"]] = resource
-    return found
 
 
 def skip_reason(key: str, expression: str, evaluable: set[str]) -> str | None:
@@ -117,8 +102,8 @@ def invariants_module(directory: Path) -> str:
     from ehr_core.resources.invariants import ADDED_FUNCTIONS
 
     evaluable = set(invocation_registry) | set(ADDED_FUNCTIONS)
-    resources = _definitions(_load(directory, "profiles-resources.json"), {"resource"})
-    types = _definitions(_load(directory, "profiles-types.json"), {"complex-type"})
+    resources = core_definitions(load(directory, "profiles-resources.json"), {"resource"})
+    types = core_definitions(load(directory, "profiles-types.json"), {"complex-type"})
     version = next(iter(resources.values())).get("fhirVersion", "?")
 
     invariants: dict[tuple[str, str], tuple[str, str]] = {}  # (element path, key) -> (human, expression)
