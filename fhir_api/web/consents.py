@@ -77,6 +77,8 @@ class ConsentRow:
     recorded_by: str
     recorded: str
     updated: str
+    #: ``meta.versionId``: how many times it was recorded or changed (a revocation is a version)
+    version: str
     start: str
     end: str
     #: the institutions it shares with; empty: every one
@@ -111,6 +113,7 @@ def consent_row(consent: dict[str, Any]) -> ConsentRow:
         recorded_by=source_of(consent)[0],
         recorded=str(consent.get("dateTime") or "")[:10],
         updated=str((consent.get("meta") or {}).get("lastUpdated") or "")[:16].replace("T", " "),
+        version=str((consent.get("meta") or {}).get("versionId") or ""),
         start=str(period.get("start") or ""),
         end=str(period.get("end") or ""),
         institutions=institutions,

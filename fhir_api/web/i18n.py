@@ -307,6 +307,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "consent.denies": ("No comparte", "Keeps back"),
     "consent.recorded_by": ("Registrado por", "Recorded by"),
     "consent.updated": ("Última modificación", "Last changed"),
+    "consent.version": ("versión", "version"),
     "consent.revoke": ("Revocar", "Revoke"),
     "consent.confirm_revoke": (
         "¿Revocar este consentimiento? El acceso termina de inmediato.",
