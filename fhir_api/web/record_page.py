@@ -315,7 +315,7 @@ async def link(request: Request, patient_id: str, record: str = Form(...), perso
     fhir = InternalFhir(request, session)
     answer = await fhir.post(f"/fhir/Patient/{record.strip()}/$link", body, break_glass=reason)
     if not answer.ok:
-        return failure(request, session, answer, patient_id)
+        return failure(request, session, answer, patient_id, reading=False)
     return RedirectResponse(f"/web/patients/{patient_id}?done=link", status_code=303)
 
 
@@ -329,6 +329,6 @@ async def unlink(request: Request, patient_id: str, record: str = Form(...)) -> 
         f"/fhir/Patient/{record.strip()}/$unlink", {"resourceType": "Parameters"}
     )
     if not answer.ok:
-        return failure(request, session, answer, patient_id)
+        return failure(request, session, answer, patient_id, reading=False)
     stay = patient_id if record.strip() != patient_id else record.strip()
     return RedirectResponse(f"/web/patients/{stay}?done=unlink", status_code=303)
