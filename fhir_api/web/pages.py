@@ -72,8 +72,17 @@ def safe_next(target: str | None) -> str:
     return target if target and target.startswith("/web/") and not target.startswith("//") else "/web/"
 
 
-def failure(request: Request, session: sessions.Session, answer: FhirAnswer, patient_id: str | None = None) -> Response:
-    """What the API refused or failed, said on a page: 401 → sign in; 403 on a patient → break the glass."""
+def failure(
+    request: Request,
+    session: sessions.Session,
+    answer: FhirAnswer,
+    patient_id: str | None = None,
+    reading: bool = True,
+) -> Response:
+    """What the API refused or failed, said on a page: 401 → sign in; 403 on a patient → break the glass.
+
+    A refused *read* of a patient's record (``reading``) is the access-denied page: said in the reader's
+    language, with the ways in (consent, referral, break the glass); a refused write shows the API's reason."""
     if answer.status == 401:
         return login_redirect(request)
     can_break_glass = answer.status == 403 and not session.auth_disabled and patient_id is not None
@@ -88,6 +97,7 @@ def failure(request: Request, session: sessions.Session, answer: FhirAnswer, pat
         answer_status=answer.status,
         patient_id=patient_id,
         can_break_glass=can_break_glass,
+        access_denied=can_break_glass and reading,
     )
 
 

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from fhir_api.web import session as sessions
 from fhir_api.web.asof import as_of, parse_moment
 from fhir_api.web.charts import chart
+from fhir_api.web.consents import SENSITIVE
 from fhir_api.web.fhir_client import FhirAnswer, InternalFhir
 from fhir_api.web.i18n import translator
 from fhir_api.web.pages import (
@@ -41,6 +42,8 @@ from fhir_api.web.record import (
     institution_colour,
     source_of,
 )
+from fhir_api.web.referrals import PRIORITIES
+from fhir_api.web.sharing import panel
 
 __all__ = ["router"]
 
@@ -207,7 +210,9 @@ async def record_page(request: Request, patient_id: str, page: int = 1, done: st
     if refused is not None:
         return failure(request, session, refused, patient_id)
     record = arrange(resources, names, date.today())
-    links = await _links(fhir, patient_id, reason)
+    links, sharing = await asyncio.gather(
+        _links(fhir, patient_id, reason), panel(fhir, session, patient_id, resources, reason)
+    )
     items, page, pages = _timeline_page(record, page)
     return render_page(
         request,
@@ -221,6 +226,9 @@ async def record_page(request: Request, patient_id: str, page: int = 1, done: st
         pages=pages,
         charts=_charts(record, translator(session.lang)),
         links=links,
+        sharing=sharing,
+        priorities=PRIORITIES,
+        sensitive=SENSITIVE,
         sources=_sources(resources, patient_id),
         colour=institution_colour,
         break_glass=reason,
@@ -307,7 +315,7 @@ async def link(request: Request, patient_id: str, record: str = Form(...), perso
     fhir = InternalFhir(request, session)
     answer = await fhir.post(f"/fhir/Patient/{record.strip()}/$link", body, break_glass=reason)
     if not answer.ok:
-        return failure(request, session, answer, patient_id)
+        return failure(request, session, answer, patient_id, reading=False)
     return RedirectResponse(f"/web/patients/{patient_id}?done=link", status_code=303)
 
 
@@ -321,6 +329,6 @@ async def unlink(request: Request, patient_id: str, record: str = Form(...)) -> 
         f"/fhir/Patient/{record.strip()}/$unlink", {"resourceType": "Parameters"}
     )
     if not answer.ok:
-        return failure(request, session, answer, patient_id)
+        return failure(request, session, answer, patient_id, reading=False)
     stay = patient_id if record.strip() != patient_id else record.strip()
     return RedirectResponse(f"/web/patients/{stay}?done=unlink", status_code=303)

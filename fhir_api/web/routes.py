@@ -10,14 +10,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from fhir_api.web import account, audit_page, launch, record_page, search_page
+from fhir_api.web import account, audit_page, launch, record_page, search_page, sharing_page
 
 __all__ = ["install"]
 
 
 def install(app: FastAPI) -> None:
     """Mount the web view on the app (the FHIR API stays under ``/fhir``); ``/`` leads to it."""
-    for pages in (account, search_page, record_page, audit_page, launch):
+    for pages in (account, search_page, record_page, audit_page, launch, sharing_page):
         app.include_router(pages.router)
 
     @app.get("/", include_in_schema=False)
