@@ -39,7 +39,9 @@ from fhir_api.web.record import (
     Record,
     arrange,
     institution_colour,
+    named,
     source_of,
+    unnamed_codes,
 )
 
 __all__ = ["router"]
@@ -48,6 +50,8 @@ router = APIRouter(prefix="/web", include_in_schema=False)
 
 
 TIMELINE_PAGE = 25
+#: Codes looked up for their display on one page (the rest shown as the resource gives them).
+MAX_LOOKUPS = 100
 MAX_EVERYTHING_PAGES = 50
 ZONES = ["-06:00", "-05:00", "-07:00", "-08:00", "+00:00"]
 
@@ -110,6 +114,23 @@ async def _unit_names(fhir: InternalFhir, resources: list[dict[str, Any]]) -> di
                 if identifier.get("system") == CLUES_SYSTEM and identifier.get("value"):
                     names[str(identifier["value"])] = str(name)
     return names
+
+
+async def _displays(fhir: InternalFhir, resources: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(system, code) → display, from the terminology store (``CodeSystem/$lookup``, R4
+    codesystem-operation-lookup) for the codes the resources name by no text or display. A code system the
+    store does not hold (404) or a code it lacks leaves the code as it is."""
+    codes = unnamed_codes(resources)[:MAX_LOOKUPS]
+    answers = await asyncio.gather(
+        *(fhir.get("/fhir/CodeSystem/$lookup", {"system": system, "code": code}) for system, code in codes)
+    )
+    displays: dict[tuple[str, str], str] = {}
+    for pair, answer in zip(codes, answers, strict=True):
+        parameters = (answer.json() or {}).get("parameter") if answer.ok else None
+        for parameter in parameters or []:
+            if parameter.get("name") == "display" and isinstance(parameter.get("valueString"), str):
+                displays[pair] = parameter["valueString"]
+    return displays
 
 
 def _charts(record: Record, t: Any) -> list[Any]:
@@ -180,8 +201,8 @@ async def _load_record(
     resources, refused = await _everything(fhir, patient_id, reason)
     if refused is not None:
         return fhir, [], {}, refused, reason
-    names = await _unit_names(fhir, resources)
-    return fhir, resources, names, None, reason
+    names, displays = await asyncio.gather(_unit_names(fhir, resources), _displays(fhir, resources))
+    return fhir, named(resources, displays), names, None, reason
 
 
 def _subject(resources: list[dict[str, Any]], patient_id: str) -> dict[str, Any]:
@@ -260,6 +281,7 @@ async def as_of_page(
     if refused is not None:
         return failure(request, session, refused, patient_id)
     then = await as_of(fhir, resources, moment, reason)
+    then.resources = named(then.resources, await _displays(fhir, then.resources))  # versions read since
     record = arrange(then.resources, names, moment.date())
     items, page, pages = _timeline_page(record, page)
     return render_page(
