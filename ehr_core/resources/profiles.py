@@ -35,12 +35,12 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
-from fhirpathpy import evaluate as fhirpath_evaluate
+from fhirpathpy import compile as fhirpath_compile
 
 from ehr_core.errors import Issue
 from ehr_core.identity.identifiers import is_valid_curp
 from ehr_core.resources.invariants import ADDED_FUNCTIONS
-from ehr_core.resources.snapshot import CORE, is_core_source
+from ehr_core.resources.snapshot import CORE, core_typing, is_core_source
 from ehr_core.spec.elements import PRIMITIVES
 
 __all__ = ["Member", "element_definitions", "matches_pattern", "profile_issues"]
@@ -49,7 +49,7 @@ __all__ = ["Member", "element_definitions", "matches_pattern", "profile_issues"]
 #: unknown to the terminology store (then the binding cannot be checked: a warning).
 Member = Callable[[str, str | None, str], bool | None]
 
-_evaluate: Any = fhirpath_evaluate
+_compile: Any = fhirpath_compile
 
 
 def _curp_valid(inputs: list[Any]) -> list[bool]:
@@ -229,6 +229,23 @@ def _type_of(node: _Node, name: str) -> str | None:
     return primitive if primitive in PRIMITIVES else suffix
 
 
+def _as_its_base(element: dict[str, Any]) -> bool:
+    """An element of a snapshot that says no more than its core definition: nothing to check beyond what the
+    core validation checks (most elements of a generated snapshot)."""
+    if element.get("mustSupport") is True or "sliceName" in element or "slicing" in element:
+        return False
+    if (element.get("binding") or {}).get("strength") in ("required", "extensible") or _fixed_or_pattern(element):
+        return False
+    constraints = [c for c in element.get("constraint") or [] if isinstance(c, dict)]
+    if not all(is_core_source(str(c.get("source", ""))) for c in constraints):
+        return False
+    base = element.get("base")
+    if not isinstance(base, dict) or (element.get("min"), element.get("max")) != (base.get("min"), base.get("max")):
+        return False
+    typing = core_typing(str(base.get("path")))
+    return typing is not None and all(element.get(key) == value for key, value in typing.items())
+
+
 def profile_issues(resource: dict[str, Any], structure: dict[str, Any], member: Member, limit: int = 50) -> list[Issue]:
     """Every way ``resource`` falls short of the profile ``structure`` (errors, warnings, information)."""
     resource_type = resource.get("resourceType")
@@ -240,6 +257,8 @@ def profile_issues(resource: dict[str, Any], structure: dict[str, Any], member: 
     root: _Node = (resource, str(resource_type))
     issues: list[Issue] = []
     for element in profile.elements:
+        if _as_its_base(element):
+            continue
         segments = _segments(element)
         if len(segments) < 2:
             issues += _constraints(element, [root], resource, url)
@@ -375,12 +394,13 @@ def _binding_issues(
 
 
 @lru_cache(maxsize=512)
-def _parsed_ok(expression: str) -> bool:
+def _compiled(expression: str) -> Callable[[Any, dict[str, Any]], list[Any]] | None:
+    """The expression parsed once (parsing costs more than evaluating); None when this engine cannot."""
     try:
-        _evaluate({}, expression, {}, None, _OPTIONS)
+        compiled: Callable[[Any, dict[str, Any]], list[Any]] = _compile(expression, None, _OPTIONS)
     except Exception:  # a profile's expression this engine cannot parse is skipped, not a 500
-        return False
-    return True
+        return None
+    return compiled
 
 
 def _constraints(element: dict[str, Any], occurrences: list[_Node], resource: dict[str, Any], url: str) -> list[Issue]:
@@ -402,10 +422,11 @@ def _constraints(element: dict[str, Any], occurrences: list[_Node], resource: di
 def _holds(value: Any, expression: str, resource: dict[str, Any]) -> bool:
     """Whether the expression is true on the value (an empty result is no violation, like the invariants);
     an expression the engine cannot evaluate is no violation either."""
-    if not _parsed_ok(expression):
+    compiled = _compiled(expression)
+    if compiled is None:
         return True
     try:
-        result = _evaluate(value, expression, {"resource": resource, "rootResource": resource}, None, _OPTIONS)
-    except Exception:  # see _parsed_ok
+        result = compiled(value, {"resource": resource, "rootResource": resource})
+    except Exception:  # see _compiled
         return True
     return not (result and all(item is False for item in result))

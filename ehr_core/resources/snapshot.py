@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.spec.elements import ELEMENTS, PRIMITIVES, REQUIRED, RESOURCES
 
-__all__ = ["CORE", "Resolve", "is_core_source", "snapshot_elements", "with_snapshot"]
+__all__ = ["CORE", "Resolve", "core_typing", "is_core_source", "snapshot_elements", "with_snapshot"]
 
 CORE = "http://hl7.org/fhir/StructureDefinition/"
 
@@ -104,16 +105,26 @@ def _children_of(owner: str, parent_id: str, parent_path: str) -> list[dict[str,
             "max": maximum,
             "base": {"path": base_path, "min": minimum, "max": maximum},
         }
-        if len(types) == 1 and "." in types[0]:
-            if types[0] == base_path:  # a backbone element: its own entry in the table
-                root = owner.split(".")[0]
-                element["type"] = [{"code": "BackboneElement" if root in RESOURCES else "Element"}]
-            else:
-                element["contentReference"] = "#" + types[0]
-        else:
-            element["type"] = [{"code": code} for code in types]
-        children.append(element)
+        children.append(element | _typing(owner, base_path, types))
     return children
+
+
+def _typing(owner: str, base_path: str, types: tuple[str, ...]) -> dict[str, Any]:
+    """``type`` (or ``contentReference``) of a core element as a snapshot gives it."""
+    if len(types) == 1 and "." in types[0]:
+        if types[0] == base_path:  # a backbone element: its own entry in the table
+            root = owner.split(".")[0]
+            return {"type": [{"code": "BackboneElement" if root in RESOURCES else "Element"}]}
+        return {"contentReference": "#" + types[0]}
+    return {"type": [{"code": code} for code in types]}
+
+
+@cache
+def core_typing(base_path: str) -> dict[str, Any] | None:
+    """``type``/``contentReference`` of the core element ``Owner.name`` (None: no such element)."""
+    owner, _, name = base_path.rpartition(".")
+    found = next((types for element, _, types, _ in ELEMENTS.get(owner, ()) if element == name), None)
+    return None if found is None else _typing(owner, base_path, found)
 
 
 def _table_key(path: str) -> str | None:
