@@ -14,10 +14,11 @@ StructureDefinition carries one) says beyond the base:
   Reference one of its ``targetProfile`` types (the core ones: ``Reference(Patient)``);
 - required bindings (terminologies.html#required), checked against the terminology store by ``member``;
   extensible ones (terminologies.html#extensible) the same way, a code outside the value set a warning;
-- slices (profiling.html#slicing) told apart by ``value``, ``pattern`` or ``type`` discriminators: a slice's
-  members are the repetitions whose discriminator path holds the slice's fixed or pattern value (or is of the
-  slice's type); the slice's ``min``/``max`` count them, its child elements apply to them only; with
-  ``rules`` ``closed`` a repetition in no slice is an error;
+- slices (profiling.html#slicing) told apart by ``value``, ``pattern``, ``type`` or ``profile``
+  discriminators: a slice's members are the repetitions whose discriminator path holds the slice's fixed or
+  pattern value (is of the slice's type; conforms to one of the slice's profiles there, which needs the
+  value inline: ``resolve()`` of a reference is not followed); the slice's ``min``/``max`` count them,
+  its child elements apply to them only; with ``rules`` ``closed`` a repetition in no slice is an error;
 - the profile's own constraints and those of its base profiles (``constraint.expression``, FHIRPath, on each
   occurrence of the element, R4 §2.19.0.6), errors refusing, warnings reported; the constraints a snapshot
   repeats from the core definitions (their ``source``) are the core validation's;
@@ -37,10 +38,10 @@ from typing import Any
 
 from fhirpathpy import compile as fhirpath_compile
 
-from ehr_core.errors import Issue
+from ehr_core.errors import InvalidResource, Issue
 from ehr_core.identity.identifiers import is_valid_curp
 from ehr_core.resources.invariants import ADDED_FUNCTIONS
-from ehr_core.resources.snapshot import CORE, core_typing, is_core_source
+from ehr_core.resources.snapshot import CORE, Resolve, core_typing, is_core_source, with_snapshot
 from ehr_core.spec.elements import PRIMITIVES
 
 __all__ = ["Member", "element_definitions", "matches_pattern", "profile_issues"]
@@ -129,7 +130,9 @@ def matches_pattern(value: Any, pattern: Any) -> bool:
 class _Profile:
     """A StructureDefinition's elements, indexed by id, with the slices' membership tests."""
 
-    def __init__(self, structure: dict[str, Any]) -> None:
+    def __init__(self, structure: dict[str, Any], member: Member, resolve: Resolve | None) -> None:
+        self.member = member
+        self.resolve = resolve
         self.elements = element_definitions(structure)
         self.by_id = {".".join(_segments(e)): e for e in self.elements}
         self.slices: dict[str, list[str]] = {}
@@ -154,6 +157,10 @@ class _Profile:
                 if not self._of_slice_type(slice_id, slice_element, path, node):
                     return False
                 continue
+            if discriminator.get("type") == "profile":
+                if not self._of_slice_profile(slice_id, slice_element, path, node):
+                    return False
+                continue
             wanted = self._discriminator_value(slice_id, slice_element, path)
             if wanted is None:
                 return False
@@ -172,6 +179,19 @@ class _Profile:
         else:
             found = [(child, path.rsplit(".", 1)[-1]) for child in _nodes_at(node, path)]
         return bool(wanted) and any(_type_of(child, name) in wanted for child, name in found)
+
+    def _of_slice_profile(self, slice_id: str, slice_element: dict[str, Any], path: str, node: _Node) -> bool:
+        """A ``profile`` discriminator: the value at ``path`` conforms (no error) to one of the profiles the
+        slice names there (``type.profile``)."""
+        element = slice_element if path == "$this" else self.by_id.get(f"{slice_id}.{path}") or {}
+        urls = [str(u) for t in element.get("type") or [] if isinstance(t, dict) for u in t.get("profile") or []]
+        found = [node] if path == "$this" else _nodes_at(node, path)
+        structures = [s for s in (self.resolve(url) for url in urls) if s is not None] if self.resolve else []
+        return any(
+            isinstance(value, dict) and _conforms(value, structure, self.member, self.resolve)
+            for value, _ in found
+            for structure in structures
+        )
 
     def _discriminator_value(self, slice_id: str, slice_element: dict[str, Any], path: str) -> Any:
         if path == "$this":
@@ -246,14 +266,28 @@ def _as_its_base(element: dict[str, Any]) -> bool:
     return typing is not None and all(element.get(key) == value for key, value in typing.items())
 
 
-def profile_issues(resource: dict[str, Any], structure: dict[str, Any], member: Member, limit: int = 50) -> list[Issue]:
-    """Every way ``resource`` falls short of the profile ``structure`` (errors, warnings, information)."""
+def _conforms(value: dict[str, Any], structure: dict[str, Any], member: Member, resolve: Resolve | None) -> bool:
+    if resolve is None or "resourceType" not in value:
+        return False  # a data type's profile: not checked here (only resources are)
+    try:
+        full = with_snapshot(structure, resolve)
+    except InvalidResource:
+        return False
+    issues = profile_issues(value, full, member, resolve=resolve)
+    return not any(issue.severity == "error" for issue in issues)
+
+
+def profile_issues(
+    resource: dict[str, Any], structure: dict[str, Any], member: Member, limit: int = 50, resolve: Resolve | None = None
+) -> list[Issue]:
+    """Every way ``resource`` falls short of the profile ``structure`` (errors, warnings, information);
+    ``resolve`` finds the profiles a ``profile`` discriminator names."""
     resource_type = resource.get("resourceType")
     url = structure.get("url", f"StructureDefinition/{structure.get('id')}")
     if structure.get("type") != resource_type:
         message = f"the profile {url} constrains {structure.get('type')}, not {resource_type}"
         return [Issue("invalid", message, str(resource_type))]
-    profile = _Profile(structure)
+    profile = _Profile(structure, member, resolve)
     root: _Node = (resource, str(resource_type))
     issues: list[Issue] = []
     for element in profile.elements:
@@ -306,6 +340,10 @@ def _type_issues(element: dict[str, Any], node: _Node, name: str, label: str, ur
     if not types:
         return []
     codes = {str(t.get("code")) for t in types}
+    inline = isinstance(value, dict) and isinstance(value.get("resourceType"), str)
+    if inline and not codes & {"Resource", "DomainResource", value["resourceType"]}:
+        message = f"{label}: a {value['resourceType']}, where {url} allows {', '.join(sorted(codes))}"
+        return [Issue("structure", message, where)]
     if name.endswith("[x]") and (found := _type_of(node, name)) not in codes:
         message = f"{label}: {found} is not among the types {', '.join(sorted(codes))} allowed by {url}"
         return [Issue("structure", message, where)]

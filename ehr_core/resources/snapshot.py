@@ -255,7 +255,10 @@ def _widenings(element: dict[str, Any], change: dict[str, Any]) -> list[str]:
             problems.append(f"min {minimum} is above max {maximum}")
     if "type" in change:
         allowed = set(_type_codes(element))
-        outside = [code for code in _type_codes(change) if allowed and code not in allowed]
+        any_resource = bool(allowed & {"Resource", "DomainResource"})  # may be narrowed to a resource type
+        outside = [
+            c for c in _type_codes(change) if allowed and c not in allowed and not (any_resource and c in RESOURCES)
+        ]
         if outside:
             problems.append(f"type {', '.join(outside)} is not among the base's {', '.join(sorted(allowed))}")
     binding = change.get("binding")

@@ -105,5 +105,5 @@ def conformance_issues_in(tx: Tx, resource: dict[str, Any], profiles: list[str],
             message = f"the profile {profile} cannot be applied: " + "; ".join(i.diagnostics for i in error.issues)
             issues.append(Issue("processing", message, f"{resource_type}.meta.profile"))
             continue
-        issues += profile_issues(resource, structure, member_in(tx))
+        issues += profile_issues(resource, structure, member_in(tx), resolve=structures_in(tx))
     return issues

@@ -281,3 +281,45 @@ def test_slicing_by_type(client: TestClient) -> None:
     assert [w for w, _ in _by_severity(_validate(client, no_unit, url), "error")] == ["Observation.valueQuantity.unit"]
     text = {**observation, "valueString": "70 kg"}
     assert [w for w, _ in _by_severity(_validate(client, text, url), "error")] == ["Observation.valueString"]
+
+
+def test_slicing_by_profile(client: TestClient) -> None:
+    """A collection Bundle that must hold a Mexican Patient (the shipped MXPatient profile) among its
+    entries: an entry belongs to the slice when its resource conforms to that profile."""
+    mx_patient = "http://ehr-core.mx/fhir/StructureDefinition/MXPatient"
+    profile = _profile(
+        "PatientDossier",
+        "Bundle",
+        [
+            {"id": "Bundle.type", "path": "Bundle.type", "fixedCode": "collection"},
+            {
+                "id": "Bundle.entry",
+                "path": "Bundle.entry",
+                "slicing": {"discriminator": [{"type": "profile", "path": "resource"}], "rules": "open"},
+            },
+            {"id": "Bundle.entry:patient", "path": "Bundle.entry", "sliceName": "patient", "min": 1, "max": "1"},
+            {
+                "id": "Bundle.entry:patient.resource",
+                "path": "Bundle.entry.resource",
+                "type": [{"code": "Patient", "profile": [mx_patient]}],
+            },
+        ],
+    )
+    answer = _put(client, profile)
+    assert answer.status_code == 201, answer.text
+    url = BASE + "PatientDossier"
+    curp = {"system": "urn:oid:2.16.840.1.113883.4.629", "value": "SABC560626MDFLRN01"}
+    mexican = {"resourceType": "Patient", "identifier": [curp], "name": [{"family": "Sánchez"}]}
+    other = {"resourceType": "Patient", "identifier": [{"system": MRN, "value": "5"}], "name": [{"family": "Otro"}]}
+
+    def dossier(*patients: dict[str, Any]) -> dict[str, Any]:
+        entries = [{"fullUrl": f"urn:uuid:0000000{i}-0000-4000-8000-000000000000", "resource": p} for i, p in
+                   enumerate(patients)]  # fmt: skip
+        return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+    assert _by_severity(_validate(client, dossier(other, mexican), url), "error") == []
+    errors = _by_severity(_validate(client, dossier(other), url), "error")
+    assert [where for where, _ in errors] == ["Bundle.entry"], errors
+    assert "Bundle.entry:patient" in errors[0][1], errors
+    two = _by_severity(_validate(client, dossier(mexican, mexican), url), "error")
+    assert [where for where, _ in two] == ["Bundle.entry[1]"], two
