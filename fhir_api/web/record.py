@@ -2,8 +2,9 @@
 
 Pure functions over FHIR JSON (no I/O): the same arrangement serves the current record and the record as
 it was at a moment (:mod:`fhir_api.web.asof`). A code the resource names by neither ``text`` nor any
-``display`` is named by its display in the terminology store (looked up by the page, ``CodeSystem/$lookup``,
-then given to :func:`named`), so a reader sees "Diabetes mellitus tipo 2" rather than ``E11.9``.
+``display`` is named by its display in the terminology store (what ``CodeSystem/$lookup`` answers, looked
+up by the page, projections/terminology/displays.py, then given to :func:`named`), so a reader sees
+"Diabetes mellitus tipo 2" rather than ``E11.9``.
 Each resource's institution and unit come from the ``meta.source`` the API sets on ``$everything`` entries
 (``urn:ehr-core:source:{institution}:{CLUES}``, see fhir_api/operations/unified.py).
 """
