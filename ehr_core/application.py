@@ -138,7 +138,8 @@ class RecordApplication(Application[UUID]):
         #: Wraps every use of the store (a federation's fails fast while its store is down).
         self.guard: Callable[[], AbstractContextManager[None]] = nullcontext
         #: The issues of a resource against the profiles it claims in ``meta.profile`` (R4
-        #: profiling.html#profile-use), looked up in the read side; set by the composition root.
+        #: profiling.html#profile-use), and of a StructureDefinition's differential against its base
+        #: (profiling.html#snapshot), looked up in the read side; set by the composition root.
         self.profile_check: Callable[[dict[str, Any]], list[Issue]] | None = None
 
     def construct_transcoder(self) -> Transcoder:
@@ -414,8 +415,10 @@ class RecordApplication(Application[UUID]):
     ) -> Pending:
         resource_type, resource_id = resource["resourceType"], resource["id"]
         meta = resource.get("meta")
-        if self.profile_check is not None and isinstance(meta, dict) and meta.get("profile"):
-            # A claimed profile's constraints hold like the core's: breaking one is an invalid resource.
+        claims = isinstance(meta, dict) and bool(meta.get("profile"))
+        if self.profile_check is not None and (claims or resource_type == "StructureDefinition"):
+            # A claimed profile's constraints hold like the core's: breaking one is an invalid resource;
+            # a profile's differential must constrain its base (its snapshot can be generated).
             errors = [issue for issue in self.profile_check(resource) if issue.severity == "error"]
             if errors:
                 raise InvalidResource(errors)

@@ -43,8 +43,9 @@ def _type_code(element_type: dict[str, Any]) -> str:
     return code
 
 
-def _lines(definition: dict[str, Any]) -> list[str]:
-    """``@Owner`` then ``name max types flags`` for every element of one type and of its backbones."""
+def _lines(definition: dict[str, Any], required: list[str]) -> list[str]:
+    """``@Owner`` then ``name max types flags`` for every element of one type and of its backbones; the
+    paths of the elements with ``min`` 1 are added to ``required``."""
     elements = [e for e in definition["snapshot"]["element"] if "sliceName" not in e]
     root = elements[0]["path"]
     name = str(definition["id"])
@@ -64,6 +65,8 @@ def _lines(definition: dict[str, Any]) -> list[str]:
         else:
             types = ",".join(_type_code(t) for t in element.get("type", []))
         cardinality = "*" if element.get("max") != "1" else "1"
+        if element.get("min", 0) >= 1:
+            required.append(path)
         flags = "a" if "xmlAttr" in element.get("representation", []) else "-"
         owners.setdefault(owner, []).append(f"{cardinality} {field} {types} {flags}")
     lines: list[str] = []
@@ -78,11 +81,12 @@ def elements_module(directory: Path) -> str:
     resources = _structure_definitions(load(directory, "profiles-resources.json"))
     primitives = sorted(d["id"] for d in types if d.get("kind") == "primitive-type")
     lines: list[str] = []
+    required: list[str] = []
     complex_types = sorted(
         (d for d in types if d.get("kind") == "complex-type" and d.get("snapshot")), key=lambda d: d["id"]
     )
     for definition in complex_types:
-        lines.extend(_lines(definition))
+        lines.extend(_lines(definition, required))
     resource_types = sorted(
         (
             d
@@ -92,7 +96,7 @@ def elements_module(directory: Path) -> str:
         key=lambda d: d["id"],
     )
     for definition in resource_types:
-        lines.extend(_lines(definition))
+        lines.extend(_lines(definition, required))
     table = "\n".join(lines)
     resource_names = " ".join(d["id"] for d in resource_types if not d.get("abstract"))
     return f'''# ruff: noqa: E501 - one element per line
@@ -104,21 +108,25 @@ type, resource type and backbone element path (``Observation.component``), its e
 order, each as ``(name, repeats, types, is_xml_attribute)``; a choice element keeps its ``[x]`` name and
 lists its types; a backbone element's type is its own path, a ``contentReference`` the path it refers to.
 ``PRIMITIVES``: the primitive types (a ``value`` attribute in XML, a JSON scalar). ``RESOURCES``: the
-concrete resource types.
+concrete resource types. ``REQUIRED``: the elements (``Owner.name``, as keyed in ``ELEMENTS``) whose
+``min`` is 1 (snapshot generation, :mod:`ehr_core.resources.snapshot`, gives their base cardinality).
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
-__all__ = ["ELEMENTS", "PRIMITIVES", "RESOURCES"]
+__all__ = ["ELEMENTS", "PRIMITIVES", "REQUIRED", "RESOURCES"]
 
 _PRIMITIVES = "{" ".join(primitives)}"
 _RESOURCES = "{resource_names}"
+_REQUIRED = "{" ".join(required)}"
 
 PRIMITIVES = frozenset(_PRIMITIVES.split())
 
 RESOURCES = frozenset(_RESOURCES.split())
+
+REQUIRED = frozenset(_REQUIRED.split())
 
 # ``@Owner`` starts a type (or backbone element); then one line per element: ``max name types flags``,
 # max ``1`` or ``*`` first, types comma-separated, flags ``a`` for an XML attribute, ``-`` otherwise.

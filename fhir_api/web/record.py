@@ -1,9 +1,12 @@
 """The unified record of one person, arranged for reading: built from the resources ``$everything`` serves.
 
 Pure functions over FHIR JSON (no I/O): the same arrangement serves the current record and the record as
-it was at a moment (:mod:`fhir_api.web.asof`). Each resource's institution and unit come from the
-``meta.source`` the API sets on ``$everything`` entries (``urn:ehr-core:source:{institution}:{CLUES}``,
-see fhir_api/operations/unified.py).
+it was at a moment (:mod:`fhir_api.web.asof`). A code the resource names by neither ``text`` nor any
+``display`` is named by its display in the terminology store (what ``CodeSystem/$lookup`` answers, looked
+up by the page, projections/terminology/displays.py, then given to :func:`named`), so a reader sees
+"Diabetes mellitus tipo 2" rather than ``E11.9``.
+Each resource's institution and unit come from the ``meta.source`` the API sets on ``$everything`` entries
+(``urn:ehr-core:source:{institution}:{CLUES}``, see fhir_api/operations/unified.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from urllib.parse import unquote
 
 from fhir_api.web.schedule import CVX, SCHEDULE, Dose
 
-__all__ = ["Record", "TimelineItem", "arrange", "institution_colour", "source_of"]
+__all__ = ["Record", "TimelineItem", "arrange", "institution_colour", "named", "source_of", "unnamed_codes"]
 
 SOURCE_PREFIX = "urn:ehr-core:source:"
 CLUES_SYSTEM = "urn:oid:2.16.840.1.113883.4.631"
@@ -55,6 +58,72 @@ def source_of(resource: dict[str, Any]) -> tuple[str, str | None]:
         unit = unquote(unit)
         return unquote(institution) or "?", (None if unit in ("", "unknown") else unit)
     return "?", None
+
+
+#: The elements whose concepts the record shows (_concept_text of each, in :func:`arrange`).
+_SHOWN_CONCEPTS = ("code", "vaccineCode", "medicationCodeableConcept", "reasonCode")
+
+
+def _shown_concepts(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    concepts = []
+    for key in _SHOWN_CONCEPTS:
+        value = resource.get(key)
+        concepts += [c for c in (value if isinstance(value, list) else [value]) if isinstance(c, dict)]
+    return concepts
+
+
+def _unnamed(concept: dict[str, Any]) -> list[dict[str, Any]]:
+    """The codings of a concept that has neither text nor any display (else the resource names it)."""
+    codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+    if concept.get("text") or any(c.get("display") for c in codings):
+        return []
+    return [c for c in codings if isinstance(c.get("system"), str) and isinstance(c.get("code"), str)]
+
+
+def unnamed_codes(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (system, code) pairs the record would show bare, in first-seen order."""
+    found = (
+        (str(c["system"]), str(c["code"]))
+        for resource in resources
+        for concept in _shown_concepts(resource)
+        for c in _unnamed(concept)
+    )
+    return list(dict.fromkeys(found))
+
+
+def named(resources: list[dict[str, Any]], displays: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """The resources, a display added (for reading, never stored) to each coding :func:`unnamed_codes`
+    found whose code system gives one; the others are the same objects."""
+    if not displays:
+        return resources
+    result = []
+    for resource in resources:
+        copied: dict[str, Any] | None = None
+        for key in _SHOWN_CONCEPTS:
+            value = resource.get(key)
+            concepts = value if isinstance(value, list) else [value]
+            if not any(isinstance(c, dict) and _named_codings(c, displays) for c in concepts):
+                continue
+            copied = copied or dict(resource)
+            fixed = [_with_displays(c, displays) if isinstance(c, dict) else c for c in concepts]
+            copied[key] = fixed if isinstance(value, list) else fixed[0]
+        result.append(copied or resource)
+    return result
+
+
+def _named_codings(concept: dict[str, Any], displays: dict[tuple[str, str], str]) -> bool:
+    return any((c["system"], c["code"]) in displays for c in _unnamed(concept))
+
+
+def _with_displays(concept: dict[str, Any], displays: dict[tuple[str, str], str]) -> dict[str, Any]:
+    unnamed = {id(c) for c in _unnamed(concept)}
+    codings = [
+        c | {"display": displays[(c["system"], c["code"])]}
+        if id(c) in unnamed and (c["system"], c["code"]) in displays
+        else c
+        for c in concept.get("coding") or []
+    ]
+    return concept | {"coding": codings}
 
 
 def _concept_text(concept: Any) -> str:

@@ -12,8 +12,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
+from fhir_api.services import Services
 from fhir_api.web import session as sessions
 from fhir_api.web.asof import as_of, parse_moment
 from fhir_api.web.charts import chart
@@ -29,6 +31,7 @@ from fhir_api.web.pages import (
     render_page,
     safe_next,
     same_origin,
+    services_of,
     session_of_request,
 )
 from fhir_api.web.record import (
@@ -40,10 +43,13 @@ from fhir_api.web.record import (
     Record,
     arrange,
     institution_colour,
+    named,
     source_of,
+    unnamed_codes,
 )
 from fhir_api.web.referrals import PRIORITIES
 from fhir_api.web.sharing import panel
+from projections.terminology.displays import displays_in
 
 __all__ = ["router"]
 
@@ -51,6 +57,8 @@ router = APIRouter(prefix="/web", include_in_schema=False)
 
 
 TIMELINE_PAGE = 25
+#: Codes looked up for their display on one page (the rest shown as the resource gives them).
+MAX_LOOKUPS = 1000
 MAX_EVERYTHING_PAGES = 50
 ZONES = ["-06:00", "-05:00", "-07:00", "-08:00", "+00:00"]
 
@@ -113,6 +121,19 @@ async def _unit_names(fhir: InternalFhir, resources: list[dict[str, Any]]) -> di
                 if identifier.get("system") == CLUES_SYSTEM and identifier.get("value"):
                     names[str(identifier["value"])] = str(name)
     return names
+
+
+def _displays(services: Services, resources: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(system, code) → display from the terminology store, for the codes the resources name by no text or
+    display (what ``CodeSystem/$lookup`` answers, R4 codesystem-operation-lookup; read here in one pass per
+    code system: code systems are no patient data, any signed-in user may look them up). A code system the
+    store does not hold, or a code it lacks, leaves the code as it is."""
+    codes = unnamed_codes(resources)[:MAX_LOOKUPS]
+    if not codes:
+        return {}
+    store = services.terminology_current()
+    with store.database.read() as tx:
+        return displays_in(tx, codes)
 
 
 def _charts(record: Record, t: Any) -> list[Any]:
@@ -184,7 +205,8 @@ async def _load_record(
     if refused is not None:
         return fhir, [], {}, refused, reason
     names = await _unit_names(fhir, resources)
-    return fhir, resources, names, None, reason
+    displays = await run_in_threadpool(_displays, services_of(request), resources)
+    return fhir, named(resources, displays), names, None, reason
 
 
 def _subject(resources: list[dict[str, Any]], patient_id: str) -> dict[str, Any]:
@@ -268,6 +290,8 @@ async def as_of_page(
     if refused is not None:
         return failure(request, session, refused, patient_id)
     then = await as_of(fhir, resources, moment, reason)
+    displays = await run_in_threadpool(_displays, services_of(request), then.resources)
+    then.resources = named(then.resources, displays)  # the versions read as of then
     record = arrange(then.resources, names, moment.date())
     items, page, pages = _timeline_page(record, page)
     return render_page(

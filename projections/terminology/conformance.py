@@ -10,6 +10,12 @@ profile ... servers may choose to reject resources that claim profiles they do n
 accepts such a write (the HL7 examples claim the spec's vitalsigns profiles; refusing would refuse the
 published examples) and ``$validate`` reports the claim as a warning; ``$validate?profile=`` naming an
 unknown profile is refused, 400 not-supported: the caller asked for a check that cannot be made.
+
+A profile stored with only a ``differential`` is checked through the snapshot generated against its base
+(:mod:`ehr_core.resources.snapshot`), the base being a core definition or another profile found here. A
+StructureDefinition written is checked the same way: a differential that does not constrain its base (an
+element the base lacks, a widened cardinality, a type the base does not allow) or names a base this server
+does not know is refused when it is written, rather than when a resource first claims it.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from typing import Any
 
 from ehr_core.errors import InvalidResource, Issue, RecordError
 from ehr_core.resources.profiles import Member, profile_issues
+from ehr_core.resources.snapshot import Resolve, with_snapshot
 from projections.db import Tx
 from projections.terminology.engine import validate_code
 from projections.terminology.store import TerminologyStore
 
-__all__ = ["CORE_PROFILE", "claimed_profiles", "conformance_issues_in", "member_in"]
+__all__ = ["CORE_PROFILE", "claimed_profiles", "conformance_issues_in", "member_in", "structures_in"]
 
 CORE_PROFILE = "http://hl7.org/fhir/StructureDefinition/"
 
@@ -54,11 +61,33 @@ def member_in(tx: Tx) -> Member:
     return member
 
 
+def structures_in(tx: Tx) -> Resolve:
+    """StructureDefinitions by canonical url (``url|version``) in the store: the base profiles of a snapshot."""
+
+    def resolve(canonical: str) -> dict[str, Any] | None:
+        url, _, version = canonical.partition("|")
+        return TerminologyStore.find(tx, "StructureDefinition", url, version or None)
+
+    return resolve
+
+
+def _snapshot_issues(tx: Tx, structure: dict[str, Any]) -> list[Issue]:
+    """A constraining StructureDefinition's differential generated into a snapshot, or why it cannot be."""
+    if structure.get("derivation") != "constraint" or not structure.get("differential"):
+        return []
+    try:
+        with_snapshot(structure, structures_in(tx))
+    except RecordError as error:
+        return error.issues
+    return []
+
+
 def conformance_issues_in(tx: Tx, resource: dict[str, Any], profiles: list[str], named: bool = False) -> list[Issue]:
-    """Issues of ``resource`` against each of ``profiles`` (the core ones skipped). An unknown profile: a
-    warning, or (``named``: $validate asked for it) 400 not-supported."""
-    issues: list[Issue] = []
+    """Issues of ``resource`` against each of ``profiles`` (the core ones skipped), and, for a
+    StructureDefinition, those of its differential against its base. An unknown profile: a warning, or
+    (``named``: $validate asked for it) 400 not-supported."""
     resource_type = str(resource.get("resourceType"))
+    issues = _snapshot_issues(tx, resource) if resource_type == "StructureDefinition" else []
     for profile in profiles:
         url, _, version = profile.partition("|")
         if url == CORE_PROFILE + resource_type:
@@ -70,5 +99,11 @@ def conformance_issues_in(tx: Tx, resource: dict[str, Any], profiles: list[str],
                 raise InvalidResource([Issue("not-supported", message, "profile")])
             issues.append(Issue("not-found", message, f"{resource_type}.meta.profile", severity="warning"))
             continue
-        issues += profile_issues(resource, structure, member_in(tx))
+        try:
+            structure = with_snapshot(structure, structures_in(tx))
+        except RecordError as error:  # stored before its base, or its base changed since
+            message = f"the profile {profile} cannot be applied: " + "; ".join(i.diagnostics for i in error.issues)
+            issues.append(Issue("processing", message, f"{resource_type}.meta.profile"))
+            continue
+        issues += profile_issues(resource, structure, member_in(tx), resolve=structures_in(tx))
     return issues

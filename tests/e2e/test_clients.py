@@ -15,6 +15,12 @@ the client handed back; every step is checked here against what R4 says the answ
 - history (R4 §3.1.0.11): ``history`` Bundles with a total, newest first, ``request`` and ``response`` on
   every entry (bdl-3, bdl-4); instance, type (only that type) and system level.
 
+A second scenario, ``$validate`` (R4 resource-operation-validate), runs through fhir-kit-client's
+``operation`` and @medplum/core's ``validateResource`` and ``post``/``get``: at type level with a resource
+(200 and an OperationOutcome listing every issue, or only information for a valid one), at instance level
+with a Parameters body (``resource``, ``mode`` update, ``profile``) and by GET on the stored instance with a
+``profile`` (the profile's issues, its must-support elements as information).
+
 The npm packages are installed once per lockfile (``npm ci``) under ``build/e2e-clients/`` (ignored by git).
 Without Node.js or npm, or if the registry cannot be reached, the JS cases are skipped, except under
 ``CI=true``, where they fail (as tests/conftest.py does for PostgreSQL).
@@ -49,6 +55,15 @@ pytestmark = pytest.mark.e2e
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 SCRIPTS = {"fhir-kit-client": "fhir_kit_client.mjs", "fhirclient": "fhirclient.cjs"}
+VALIDATE_SCRIPTS = {"fhir-kit-client": "fhir_kit_client_validate.mjs", "@medplum/core": "medplum_validate.mjs"}
+MX_PATIENT = "http://ehr-core.mx/fhir/StructureDefinition/MXPatient"
+#: A Patient breaking a required binding (administrative-gender) and two invariants (pat-1, per-1).
+BROKEN_PATIENT = {
+    "resourceType": "Patient",
+    "gender": "banana",
+    "contact": [{"gender": "male"}],
+    "name": [{"family": "Ruiz", "period": {"start": "2020-02-01", "end": "2020-01-01"}}],
+}
 MRN = "urn:ehr-core:sid:imss:mrn"
 #: Seconds for ``npm ci`` (a few hundred packages) and for one client's whole scenario.
 NPM_TIMEOUT = 600
@@ -93,7 +108,8 @@ def node_clients() -> Path:
             if done.returncode != 0:
                 _unavailable(f"npm ci failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
             installed.touch()
-        for script in SCRIPTS.values():  # next to node_modules, where an ES module resolves its imports
+        # Next to node_modules, where an ES module resolves its imports.
+        for script in [*SCRIPTS.values(), *VALIDATE_SCRIPTS.values()]:
             shutil.copyfile(CLIENTS / script, home / script)
     return home
 
@@ -138,7 +154,11 @@ def secured_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
 
 
 def _run_node(home: Path, client: str, server: SecuredServer, mrn: str) -> dict[str, Any]:
-    command = ["node", SCRIPTS[client], server.base_url, server.token, MRN, mrn]
+    return _node(home, client, [SCRIPTS[client], server.base_url, server.token, MRN, mrn])
+
+
+def _node(home: Path, client: str, arguments: list[str]) -> dict[str, Any]:
+    command = ["node", *arguments]
     done = subprocess.run(command, cwd=home, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT)
     assert done.returncode == 0, f"{client} failed ({done.returncode}):\n{done.stderr[-4000:]}"
     steps: dict[str, Any] = json.loads(done.stdout)
@@ -307,3 +327,33 @@ def test_fhirpy(secured_server: SecuredServer) -> None:
     mrn = f"M-{uuid.uuid4().hex[:8]}"
     steps = _run_fhirpy(secured_server, mrn)
     _check_scenario(steps, mrn)
+
+
+def _outcome(steps: dict[str, Any], name: str) -> list[tuple[str, str, str, str]]:
+    """(severity, code, expression, diagnostics) of each issue of the OperationOutcome a step answered 200."""
+    outcome = _ok(steps, name, 200, "OperationOutcome")
+    return [(i["severity"], i["code"], (i.get("expression") or [""])[0], i["diagnostics"]) for i in outcome["issue"]]
+
+
+def _check_validate(steps: dict[str, Any]) -> None:
+    assert {severity for severity, *_ in _outcome(steps, "type-valid")} == {"information"}, steps["type-valid"]
+    broken = _outcome(steps, "type-broken")
+    errors = {(code, where) for severity, code, where, _ in broken if severity == "error"}
+    assert ("code-invalid", "Patient.gender") in errors, broken
+    invariants = [text for severity, code, _, text in broken if code == "invariant"]
+    assert any("pat-1" in text for text in invariants) and any("per-1" in text for text in invariants), broken
+    _ok(steps, "create", 201, "Patient")
+    # The instance, as posted (mode update) and as stored, against the Mexican Patient profile: no CURP.
+    for name in ("instance-profile", "instance-stored"):
+        issues = _outcome(steps, name)
+        errors = [text for severity, _, _, text in issues if severity == "error"]
+        assert any("Patient.identifier:curp" in text for text in errors), (name, issues)
+        information = [where for severity, _, where, _ in issues if severity == "information"]
+        assert "Patient.birthDate" in information, (name, issues)
+
+
+@pytest.mark.parametrize("client", sorted(VALIDATE_SCRIPTS))
+def test_js_client_validate(client: str, node_clients: Path, secured_server: SecuredServer) -> None:
+    arguments = [VALIDATE_SCRIPTS[client], secured_server.base_url, secured_server.token]
+    steps = _node(node_clients, client, [*arguments, json.dumps(BROKEN_PATIENT), MX_PATIENT])
+    _check_validate(steps)
