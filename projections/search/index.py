@@ -127,7 +127,13 @@ class SearchIndex(View):
 
     def reset(self, tx: Tx) -> None:
         super().reset(tx)
-        tx.execute("INSERT INTO search_registry (fingerprint) VALUES (?)", (FINGERPRINT,))
+        tx.execute("INSERT INTO search_registry (fingerprint) VALUES (?)", (FINGERPRINT,))  # empty: current
+
+    def dump(self, tx: Tx) -> dict[str, list[tuple[Any, ...]]]:
+        """The rows of the resources (the registry they were indexed with is not one of them)."""
+        rows = super().dump(tx)
+        del rows["search_registry"]
+        return rows
 
     # -- the registry the rows were built with -------------------------------------------------------
 
