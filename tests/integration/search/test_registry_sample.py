@@ -1,9 +1,10 @@
 """Every kind of search parameter in the generated registry finds what it should, on both backends.
 
-For a sample drawn here from :mod:`projections.search.definitions` (seeded, stratified by resource type:
-``_PER_TYPE`` parameters of each type, every composite; ``EHR_TEST_REGISTRY_SAMPLE=all`` takes every
-parameter) two resources are built per parameter: one with a value written at the parameter's expression
-path, one with a different value there. A search by that parameter must return exactly the first.
+For a sample drawn here from :mod:`projections.search.definitions` (seeded, stratified: ``_PER_TYPE``
+parameters of each resource type, every composite, and one parameter of each kind — search type × data types
+reached — that the draw missed; ``EHR_TEST_REGISTRY_SAMPLE=all`` takes every parameter) two resources are
+built per parameter: one with a value written at the parameter's expression path, one with a different value
+there. A search by that parameter, limited by ``_id`` to the pair, must return exactly the first.
 
 The path is the parameter's compiled route (:mod:`projections.search.paths`); whether each element on the way
 repeats, and the type a choice key names, come from the generated R4 element table
