@@ -73,7 +73,8 @@ def test_parameters_for_all_resources_are_listed_at_the_rest_level(client: TestC
             assert param["type"] == "special" and "definition" not in param and param["documentation"], code
         else:
             assert (param["definition"], param["type"]) == (definition["url"], definition["type"]), code
-        # Each is understood by a search (a 400 would say the statement promises what the server refuses).
+    # Each is understood by a search (a 400 would say the statement promises what the server refuses).
+    assert client.get("/fhir", params={"_type": "Patient"}).status_code == 200
     for query in (
         {"_text": "dolor"},
         {"_content": "dolor"},

@@ -1,7 +1,7 @@
 """Every kind of search parameter in the generated registry finds what it should, on both backends.
 
 For a sample drawn here from :mod:`projections.search.definitions` (seeded, stratified: ``_PER_TYPE``
-parameters of each resource type, every composite, and one parameter of each kind — search type × data types
+parameters of each resource type, every composite, and one parameter of each kind — search type by data types
 reached — that the draw missed; ``EHR_TEST_REGISTRY_SAMPLE=all`` takes every parameter) two resources are
 built per parameter: one with a value written at the parameter's expression path, one with a different value
 there. A search by that parameter, limited by ``_id`` to the pair, must return exactly the first.
