@@ -20,6 +20,7 @@ from fhir_api.oauth import router as oauth_router
 from fhir_api.operations.export_jobs import ExportJobs
 from fhir_api.operations.import_jobs import ImportJobs
 from fhir_api.routes import adopt_routes, fhir_router
+from fhir_api.search_registry import reindex_if_stale
 from fhir_api.services import Services
 from fhir_api.web import install as install_web_view
 
@@ -34,6 +35,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or open_services(settings)
+        if owned and (settings.projects_inline or not settings.uses_postgres):
+            reindex_if_stale(app.state.services)  # this process projects: its index follows this registry
         app.state.exports = ExportJobs(app.state.services, app.state.services.settings.data_dir / "exports")
         app.state.imports = ImportJobs(app.state.services)
         try:

@@ -26,6 +26,7 @@ from ehr_core.errors import StoreUnavailable
 from ehr_core.federation import StoreDown
 from ehr_core.settings import Settings
 from fhir_api.bootstrap import construct_store_ledger, open_services, start_deliverer
+from fhir_api.search_registry import reindex_if_stale
 from fhir_api.services import Services
 from projections.ledger import Ledger
 from projections.projector import Projector
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     where = f"PostgreSQL schema {settings.postgres_schema}" if settings.uses_postgres else str(settings.data_dir)
     if args.retry_quarantined:
         return _retry_quarantined(services, console)
+    reindex_if_stale(services)  # the worker projects: the index follows this version's search registry
     console.print(f"ehr project: applying the log to the views of {where}; Ctrl-C stops after the current batch")
     stores = [
         StoreFollower(services, name, stop) for name in (services.federation.names if services.federation else [])

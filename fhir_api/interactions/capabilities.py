@@ -21,7 +21,7 @@ from fhir_api.interactions import read
 from fhir_api.operations.definitions import OPERATIONS, definition_resource, definition_url, operations_for
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
-from projections.search import capability_search_params
+from projections.search import capability_search_params, capability_system_search_params
 from projections.search.registry import parameters
 from projections.subscriptions import BACKPORT, TOPICS
 
@@ -183,6 +183,7 @@ def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, An
                 "security": _security(auth_disabled, base),
                 "resource": _resources(base),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "searchParam": capability_system_search_params(),
                 "operation": _operations(base, None),
                 "compartment": [PATIENT_COMPARTMENT],
             }

@@ -8,7 +8,8 @@
 - :func:`match`: the ids matching a parameter list — what conditional create/update/delete and
   conditional references in transaction Bundles ask (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.7.1).
 - :func:`search`: one page of a searchset, with includes, total and page cursors.
-- :func:`capability_search_params`: the ``searchParam`` list of each type for the CapabilityStatement.
+- :func:`capability_search_params`: the ``searchParam`` list of each type for the CapabilityStatement, and
+  :func:`capability_system_search_params` the parameters for all resources (``rest.searchParam``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Any
 from ehr_core.errors import InvalidResource, Issue
 from projections.access import Viewer
 from projections.db import Dialect, Tx
+from projections.search.definitions import COMMON, SPECIAL, definition_url
 from projections.search.engine import Match, Page, run_search, select_ids
 from projections.search.fulltext import FullTextIndex
 from projections.search.index import SearchIndex
 from projections.search.query import SearchRequest, parse_search
 from projections.search.registry import declared
+from projections.search.special import SPECIAL_PARAMETERS
 
 # The special parameters register their parsers on import (projections/search/special.py).
 from projections.search import filter as _filter, lists as _lists  # noqa: F401  isort: skip
@@ -34,6 +37,7 @@ __all__ = [
     "SearchIndex",
     "SearchRequest",
     "capability_search_params",
+    "capability_system_search_params",
     "match",
     "parse_search",
     "search",
@@ -74,18 +78,44 @@ def search(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, c
 
 
 def capability_search_params(resource_type: str) -> list[dict[str, Any]]:
-    """``CapabilityStatement.rest.resource.searchParam`` for ``resource_type`` (R4 §3.1.1.4)."""
+    """``CapabilityStatement.rest.resource.searchParam`` for ``resource_type`` (R4 §3.1.1.4): each parameter
+    with its type and its ``SearchParameter.url`` (R4 capabilitystatement-definitions.html
+    #CapabilityStatement.rest.resource.searchParam.definition: "SHALL be populated if the search parameter
+    refers to a SearchParameter defined by the FHIR core specification"; a shared one, such as
+    ``clinical-patient``, by its own url)."""
+    common = {code for code, _kind, _expression in COMMON}
     return [
         {
             "name": code,
-            "definition": f"http://hl7.org/fhir/SearchParameter/{_definition_id(resource_type, code)}",
+            "definition": definition_url("Resource" if code in common else resource_type, code),
             "type": kind,
         }
         for code, kind in sorted(declared(resource_type).items())
     ]
 
 
-def _definition_id(resource_type: str, code: str) -> str:
-    if code.startswith("_"):
-        return f"Resource-{code[1:]}"
-    return f"{resource_type}-{code}"
+#: The parameters for all resources that R4 defines in prose only (no SearchParameter resource): where.
+_UNDEFINED_SPECIAL = {
+    "_list": "R4 search.html#list: the entries of a List (_list=[id]), or a functional list ($current-problems, "
+    "$current-allergies, $current-medications)",
+    "_filter": "R4 search_filter.html: a filter expression over the type's parameters",
+    "_has": "R4 search.html#has: reverse chaining (_has:Type:reference:parameter), with every parameter of Type",
+    "_type": "R4 http.html#search: the types a system search covers",
+}
+
+
+def capability_system_search_params() -> list[dict[str, Any]]:
+    """``CapabilityStatement.rest.searchParam``: the parameters for all resources (R4 §3.1.1.5; the element's
+    comment: "typically ... those that apply to all resources - tags, profiles, text search etc."), the
+    common ones and the special ones this server implements, with their definition where R4 has one."""
+    found = [
+        {"name": code, "definition": definition_url("Resource", code), "type": kind}
+        for code, kind, _expression in COMMON
+    ]
+    for code in sorted(set(SPECIAL_PARAMETERS) | {"_has", "_type"}):
+        if code in SPECIAL:
+            kind, url = SPECIAL[code]
+            found.append({"name": code, "definition": url, "type": kind})
+        else:
+            found.append({"name": code, "type": "special", "documentation": _UNDEFINED_SPECIAL[code]})
+    return found

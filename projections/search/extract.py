@@ -8,15 +8,27 @@ Reference its ``Type/id`` (§3.1.1.5.9); a composite its components per repetiti
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+from projections.search.definitions import COMMON, COMPOSITES, DEFINITIONS
 from projections.search.paths import walk
 from projections.search.registry import SearchParameter, parameters
 from projections.search.types import COMPOSITE, SEARCH_TYPES
 from projections.search.types.base import Rows
 from projections.search.types.string import MAX_STRING
 
-__all__ = ["MAX_STRING", "Rows", "extract"]
+__all__ = ["FINGERPRINT", "MAX_STRING", "Rows", "extract"]
+
+#: Raised when the rows an unchanged parameter gives change (how a data type is read: 2, Money as a quantity),
+#: which leaves the index of stored resources as stale as a change of the registry does.
+EXTRACTION_VERSION = 2
+
+#: What the index of a resource depends on: the generated registry and how values are read. The search
+#: index records the fingerprint it was built with (projections/search/reindex.py).
+FINGERPRINT = hashlib.sha256(
+    repr((EXTRACTION_VERSION, COMMON, sorted(DEFINITIONS.items()), sorted(COMPOSITES.items()))).encode()
+).hexdigest()[:16]
 
 
 def extract(resource: dict[str, Any]) -> Rows:

@@ -21,7 +21,7 @@ import orjson
 from projections.changes import Change
 from projections.db import Dialect, Tx
 from projections.search.dates import MAX, MIN, date_range
-from projections.search.extract import Rows, extract
+from projections.search.extract import FINGERPRINT, Rows, extract
 from projections.search.types import SEARCH_TYPES
 from projections.view import View
 
@@ -103,9 +103,13 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
+#: The tables holding rows of a resource, by its sid.
+_ROW_TABLES = ("search_ids", *(table for table, _ in VALUE_TABLES.values()))
+
+
 class SearchIndex(View):
-    # search_date_spans last: it is rebuilt and swapped with the rows it summarises (``ehr rebuild``).
-    tables = ("search_ids", *(table for table, _ in VALUE_TABLES.values()), "search_date_spans")
+    # search_date_spans and search_registry last: rebuilt and swapped with the rows they describe (``ehr rebuild``).
+    tables = (*_ROW_TABLES, "search_date_spans", "search_registry")
     query_indexes = (
         "search_ids_updated",
         *(f"{table}_lookup{n}" for table, indexes in _LOOKUPS.items() for n in range(len(indexes))),
@@ -114,13 +118,58 @@ class SearchIndex(View):
     def create(self, tx: Tx, dialect: Dialect) -> None:
         for statement in _ddl(dialect):
             tx.execute(statement)
+        # The registry fingerprint (projections/search/extract.py) the rows were built with. An empty index
+        # is current whatever the registry; an index built before fingerprints were recorded is not known to be.
+        tx.execute("CREATE TABLE IF NOT EXISTS search_registry (fingerprint TEXT NOT NULL)")
+        if tx.execute("SELECT 1 FROM search_registry").fetchone() is None:
+            empty = tx.execute("SELECT 1 FROM search_ids LIMIT 1").fetchone() is None
+            tx.execute("INSERT INTO search_registry (fingerprint) VALUES (?)", (FINGERPRINT if empty else "",))
+
+    def reset(self, tx: Tx) -> None:
+        super().reset(tx)
+        tx.execute("INSERT INTO search_registry (fingerprint) VALUES (?)", (FINGERPRINT,))  # empty: current
+
+    def dump(self, tx: Tx) -> dict[str, list[tuple[Any, ...]]]:
+        """The rows of the resources (the registry they were indexed with is not one of them)."""
+        rows = super().dump(tx)
+        del rows["search_registry"]
+        return rows
+
+    # -- the registry the rows were built with -------------------------------------------------------
+
+    @staticmethod
+    def fingerprint(tx: Tx) -> str:
+        """The fingerprint of the registry the rows were built with ("": unknown, built before it was kept)."""
+        row = tx.execute("SELECT fingerprint FROM search_registry").fetchone()
+        return str(row[0]) if row else ""
+
+    @staticmethod
+    def mark_current(tx: Tx) -> None:
+        tx.execute("UPDATE search_registry SET fingerprint = ?", (FINGERPRINT,))
+
+    def reindex_batch(self, tx: Tx, dialect: Dialect, after: int, limit: int) -> tuple[int, int]:
+        """Index again, with this registry, the next ``limit`` resources by sid after ``after``, from the
+        current resources' view (their stored bodies: no log replay); (resources done, last sid)."""
+        # search_ids' text columns are COLLATE "C" on PostgreSQL, the resources view's are not: compare as one.
+        kind = 'CAST(s.resource_type AS TEXT) COLLATE "default"' if dialect == "postgres" else "s.resource_type"
+        key = 'CAST(s.resource_id AS TEXT) COLLATE "default"' if dialect == "postgres" else "s.resource_id"
+        rows = tx.execute(
+            f"SELECT s.sid, s.resource_type, s.resource_id, r.body FROM search_ids s JOIN resources r "
+            f"ON r.resource_type = {kind} AND r.resource_id = {key} WHERE s.sid > ? ORDER BY s.sid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        if not rows:
+            return 0, after
+        self._delete(tx, {(str(t), str(i)): int(sid) for sid, t, i, _ in rows}, _ROW_TABLES[1:])
+        self._insert_values(tx, [(int(sid), str(t), bytes(body)) for sid, t, _, body in rows if body is not None])
+        return len(rows), int(rows[-1][0])
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
         keys = self._keys(tx, changes)
         latest: dict[tuple[str, str], Change] = {}
         for change in changes:
             latest[(change.resource_type, change.resource_id)] = change
-        self._delete(tx, keys.existing)
+        self._delete(tx, keys.existing, _ROW_TABLES)
         inserts: list[tuple[int, Change]] = []
         for key, change in latest.items():
             sid = keys.final.get(key)
@@ -167,15 +216,15 @@ class SearchIndex(View):
 
     # -- rows --------------------------------------------------------------------------------------
 
-    def _delete(self, tx: Tx, existing: dict[tuple[str, str], int]) -> None:
-        """Remove every row of these resources (their previous version's values)."""
+    def _delete(self, tx: Tx, existing: dict[tuple[str, str], int], tables: Sequence[str]) -> None:
+        """Remove every row of these resources from ``tables`` (their previous version's values)."""
         by_type: dict[str, list[int]] = {}
         for (resource_type, _), sid in existing.items():
             by_type.setdefault(resource_type, []).append(sid)
         for resource_type, sids in by_type.items():
             for chunk in _chunks(sids):
                 marks = ", ".join("?" * len(chunk))
-                for table in self.tables[:-1]:  # not search_date_spans: it holds no rows of a resource
+                for table in tables:
                     tx.execute(
                         f"DELETE FROM {table} WHERE sid IN ({marks}) AND resource_type = ?", [*chunk, resource_type]
                     )
@@ -197,15 +246,22 @@ class SearchIndex(View):
 
     def _insert(self, tx: Tx, inserts: list[tuple[int, Change]]) -> None:
         ids: list[tuple[Any, ...]] = []
-        values: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in VALUE_TABLES}
+        bodies: list[tuple[int, str, bytes]] = []
         for sid, change in inserts:
             assert change.body is not None
             ids.append((sid, change.resource_type, change.resource_id, date_range(change.last_updated)[0]))
-            rows = extract(_loads(change.body))
-            for kind in VALUE_TABLES:
-                values[kind] += [(change.resource_type, *_bounded(kind, row), sid) for row in getattr(rows, kind)]
+            bodies.append((sid, change.resource_type, change.body))
         if ids:
             tx.insert("search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids)
+        self._insert_values(tx, bodies)
+
+    def _insert_values(self, tx: Tx, bodies: list[tuple[int, str, bytes]]) -> None:
+        """The value rows of each (sid, type, stored body)."""
+        values: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in VALUE_TABLES}
+        for sid, resource_type, body in bodies:
+            rows = extract(_loads(body))
+            for kind in VALUE_TABLES:
+                values[kind] += [(resource_type, *_bounded(kind, row), sid) for row in getattr(rows, kind)]
         self._spans(tx, values["date"])
         for kind, (table, columns) in VALUE_TABLES.items():
             tx.insert(table, ("resource_type", "param", *columns, "sid"), values[kind])

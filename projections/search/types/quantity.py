@@ -1,7 +1,10 @@
 """The ``quantity`` search type (R4 §3.1.1.5.8 search.html#quantity): ``[prefix]number|system|code``.
 
 Quantity, Age, Duration, Distance, Count, SimpleQuantity and MoneyQuantity index as their value (a
-point range); a ``Range`` as its low and high, with the units of the bound it has.
+point range); a ``Range`` as its low and high, with the units of the bound it has. ``Money`` (R4's
+``ChargeItem.price-override``, ``Invoice.totalgross``...: quantity parameters over Money) as its value with
+its currency as the code of ISO 4217 (R4 datatypes.html#Money: "currency: ISO 4217 Currency Code"), so
+``40|urn:iso:std:iso:4217|EUR`` and ``40||EUR`` find it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from projections.search.types.number import NumberValue, finite, number_match, p
 __all__ = ["QUANTITY", "QuantityValue", "parse_quantity"]
 
 _QUANTITY_TYPES = frozenset({"Quantity", "Age", "Duration", "Distance", "Count", "SimpleQuantity", "MoneyQuantity"})
+#: The system of Money.currency's codes (R4 valueset-currencies: ``urn:iso:std:iso:4217``).
+ISO_4217 = "urn:iso:std:iso:4217"
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,10 @@ class QuantityType:
             low = value.get("low")
             has_low = isinstance(low, dict) and finite(low.get("value")) is not None
             rows.quantity.append((code, *_units(low if has_low else value.get("high")), *bounds))
+        elif datatype == "Money":
+            number, currency = finite(value.get("value")), text_or_none(value.get("currency"))
+            if number is not None:
+                rows.quantity.append((code, ISO_4217 if currency else None, currency, None, number, number))
 
     def match(self, value: Any, base: str | None) -> Condition:
         return _quantity(value)
