@@ -233,6 +233,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_outputFormat", "string"),
             Param("_since", "instant"),
             Param("_type", "string", max="*"),
+            Param("_typeFilter", "string", max="*", documentation="Type?search: only the resources it finds"),
         ),
     ),
     Operation(
@@ -247,6 +248,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_outputFormat", "string"),
             Param("_since", "instant"),
             Param("_type", "string", max="*"),
+            Param("_typeFilter", "string", max="*", documentation="Type?search: only the resources it finds"),
             Param("patient", "Reference", max="*", documentation="Only these patients (POST only)"),
         ),
     ),
@@ -262,6 +264,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_outputFormat", "string"),
             Param("_since", "instant"),
             Param("_type", "string", max="*"),
+            Param("_typeFilter", "string", max="*", documentation="Type?search: only the resources it finds"),
         ),
     ),
     Operation(

@@ -10,6 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from fhir_api.app import create_app
+from fhir_api.services import Services
+from projections.search.index import SearchIndex
+
 FHIR = {"content-type": "application/fhir+json"}
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -130,3 +134,19 @@ def test_a_range_converts_both_bounds(client: TestClient) -> None:
     assert _ids(client, f"/fhir/Condition?onset-age=gt610|{UCUM}|mo") == []
     assert _ids(client, f"/fhir/Condition?onset-age=lt490|{UCUM}|mo") == ["c1"]
     assert _ids(client, f"/fhir/Condition?onset-age=lt470|{UCUM}|mo") == []
+
+
+def test_a_store_indexed_before_canonical_units_gets_the_columns(services: Services) -> None:
+    """Tables created before the canonical columns get them when the index opens; their old rows match by
+    their own unit until ``ehr rebuild`` (README)."""
+    database = services.views
+    with database.write() as tx:
+        tx.execute("DROP INDEX search_quantity_lookup1")  # on the canonical columns
+        for table in ("search_quantity", "search_composite"):
+            for column in ("canonical", "canonical_low", "canonical_high"):
+                tx.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    with database.write() as tx:
+        SearchIndex().create(tx, database.dialect)
+    with TestClient(create_app(services=services)) as client:
+        _put(client, _observation("kg70", "29463-7", 70, "kg"))
+        assert _ids(client, f"/fhir/Observation?value-quantity=70000|{UCUM}|g") == ["kg70"]
