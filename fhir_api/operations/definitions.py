@@ -91,6 +91,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_type", "code", max="*", documentation="Resource types to include (comma-separated or repeated)"),
             _COUNT,
             _EVERYTHING_PAGE,
+            Param("_at", "instant", documentation="The record as it was at this recorded instant"),
         ),
         outputs=(Param("return", "Bundle", min=1, use="out", documentation="A searchset Bundle"),),
     ),
