@@ -2,6 +2,8 @@
 
 Pages are cut by notification id, not offset: the ``next`` link carries ``_page_before=N`` (entries
 older than N), so a page shows the same entries however many writes arrive while a client pages.
+``_at`` keeps the versions current at some point during the period it names (R4 http.html#history,
+:func:`projections.resources.current_during`).
 
 Access: instance history is decided for its one resource by the auth middleware; type and system
 history list only the versions of resources the caller may see (the policy's SQL predicate joins the page
