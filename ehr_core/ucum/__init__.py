@@ -23,11 +23,12 @@ Where this departs from the letter of UCUM, it is to never equate what a clinici
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
-from functools import cache
+from decimal import Context, Decimal, localcontext
+from functools import cache, lru_cache
 from pathlib import Path
 
 __all__ = ["UCUM", "Canonical", "canonical"]
@@ -55,13 +56,21 @@ class Canonical:
     factor: Decimal
     offset: Decimal = Decimal(0)
 
-    def value(self, number: Decimal | float) -> float:
-        """``number`` of this unit in the canonical unit (an infinite bound stays infinite)."""
-        if isinstance(number, float) and (number != number or number in (float("inf"), float("-inf"))):
+    def value(self, number: float) -> float:
+        """``number`` of this unit in the canonical unit (an infinite bound stays infinite), computed in
+        decimal from the number's shortest text, so ``1000 mg`` is ``1 g`` exactly, not ``1.0000000000000002``."""
+        if not math.isfinite(number):
             return number
-        with localcontext(prec=_PRECISION):
-            exact = Decimal(repr(number)) if isinstance(number, float) else number
-            return float(exact * self.factor + self.offset)
+        return _convert(self.factor, self.offset, number)
+
+
+_CONTEXT = Context(prec=_PRECISION)
+
+
+@lru_cache(maxsize=1 << 16)
+def _convert(factor: Decimal, offset: Decimal, number: float) -> float:
+    """(Cached: an index batch converts the same values again and again, each composite's too.)"""
+    return float(_CONTEXT.add(_CONTEXT.multiply(Decimal(repr(number)), factor), offset))
 
 
 @dataclass(frozen=True)
