@@ -53,7 +53,7 @@ from ehr_core.referrals import GRANTING, receiving_institution
 from projections.changes import Change
 from projections.db import Dialect, Tx, ViewDatabase
 from projections.projector import Projector
-from projections.resources import HistoryEntry
+from projections.resources import HistoryEntry, Period, current_during
 from projections.view import View
 
 __all__ = [
@@ -597,10 +597,14 @@ def _no_jit(tx: Tx, dialect: Dialect) -> Iterator[None]:
 
 
 def _history_where(
-    viewer: Viewer, resource_type: str | None, before: int | None, since: str | None
+    viewer: Viewer, resource_type: str | None, before: int | None, since: str | None, at: Period | None = None
 ) -> tuple[str, list[Any]]:
     clause, params = visible_clause(viewer, "h.resource_type", "h.resource_id")
     where, values = [clause], list(params)
+    if at is not None:
+        during, during_params = current_during("h", at)
+        where.append(during)
+        values += during_params
     for column, value, op in (("resource_type", resource_type, "="), ("notification_id", before, "<")):
         if value is not None:
             where.append(f"h.{column} {op} ?")
@@ -620,10 +624,11 @@ def visible_history(
     since: str | None = None,
     limit: int = 50,
     dialect: Dialect = "sqlite",
+    at: Period | None = None,
 ) -> list[HistoryEntry]:
     """Type or system history (newest first, notification id < ``before``) of what ``viewer`` may see."""
     viewer = with_consents(tx, viewer)
-    where, params = _history_where(viewer, resource_type, before, since)
+    where, params = _history_where(viewer, resource_type, before, since, at)
     with _no_jit(tx, dialect):
         rows = tx.execute(
             "SELECT h.notification_id, h.resource_type, h.resource_id, h.version, h.last_updated, h.method, h.body "
@@ -646,8 +651,9 @@ def count_visible_history(
     before: int | None = None,
     since: str | None = None,
     dialect: Dialect = "sqlite",
+    at: Period | None = None,
 ) -> int:
-    where, params = _history_where(with_consents(tx, viewer), resource_type, before, since)
+    where, params = _history_where(with_consents(tx, viewer), resource_type, before, since, at)
     with _no_jit(tx, dialect):
         row = tx.execute(f"SELECT COUNT(*) FROM resource_history h WHERE {where}", params).fetchone()
     return int(row[0]) if row else 0

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from ehr_core.application import format_instant
 from projections.db import Tx
-from projections.resources import StoredResource
+from projections.resources import Period, StoredResource
+from projections.search.dates import date_range
 
-__all__ = ["normalise_instant", "read_as_of"]
+__all__ = ["normalise_instant", "period_of", "read_as_of"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def period_of(value: str) -> Period:
+    """A history ``_at`` value as the recorded-time period it names, ``[start, end)``: R4 http.html#history
+    reads it "as for search" (search.html#date), so ``2024-04`` is all of April 2024 and an instant is one
+    microsecond. ValueError when it is not a FHIR date, dateTime or instant."""
+    low, high = date_range(value.strip().replace(" ", "+"))
+    start = _EPOCH + timedelta(microseconds=low)
+    try:
+        end = _EPOCH + timedelta(microseconds=high + 1)
+    except OverflowError:  # open past the year 9999
+        end = datetime.max.replace(tzinfo=UTC)
+    return format_instant(start), format_instant(end)
 
 
 def normalise_instant(value: str) -> str:

@@ -15,7 +15,7 @@ from projections.db import Dialect, Tx
 from projections.privacy import check_erased
 from projections.view import View
 
-__all__ = ["HistoryEntry", "ResourceViews", "StoredResource"]
+__all__ = ["HistoryEntry", "Period", "ResourceViews", "StoredResource", "current_during"]
 
 
 @dataclass(frozen=True)
@@ -220,12 +220,14 @@ class ResourceViews(View):
         before: int | None = None,
         since: str | None = None,
         limit: int = 50,
+        at: Period | None = None,
     ) -> list[HistoryEntry]:
-        """Versions newest first, with notification id < ``before`` (the page cursor)."""
-        clause, params = _where(resource_type, resource_id, before, since)
+        """Versions newest first, with notification id < ``before`` (the page cursor); with ``at``, only
+        those current at some point during it (:func:`current_during`)."""
+        clause, params = _where(resource_type, resource_id, before, since, at)
         rows = tx.execute(
             "SELECT notification_id, resource_type, resource_id, version, last_updated, method, body "
-            f"FROM resource_history {clause} ORDER BY notification_id DESC LIMIT ?",
+            f"FROM resource_history h {clause} ORDER BY notification_id DESC LIMIT ?",
             (*params, limit),
         ).fetchall()
         return [
@@ -240,19 +242,40 @@ class ResourceViews(View):
         resource_id: str | None = None,
         before: int | None = None,
         since: str | None = None,
+        at: Period | None = None,
     ) -> int:
-        clause, params = _where(resource_type, resource_id, before, since)
-        row = tx.execute(f"SELECT COUNT(*) FROM resource_history {clause}", params).fetchone()
+        clause, params = _where(resource_type, resource_id, before, since, at)
+        row = tx.execute(f"SELECT COUNT(*) FROM resource_history h {clause}", params).fetchone()
         total = int(row[0]) if row else 0
         if total == 0 and resource_type is not None and resource_id is not None:
             check_erased(tx, resource_type, resource_id)  # Instance history of the erased
         return total
 
 
+#: A period of recorded time, ``[start, end)``, as stored instants (``meta.lastUpdated``'s form).
+Period = tuple[str, str]
+
+
+def current_during(alias: str, period: Period) -> tuple[str, list[object]]:
+    """R4 http.html#history ``_at``: "only include resource versions that were current at some point during
+    the time period" — the ``resource_history`` rows (``alias``) recorded before the period ends and not
+    replaced, by a later version or a delete, at or before it starts."""
+    return (
+        f"{alias}.last_updated < ? AND NOT EXISTS (SELECT 1 FROM resource_history n "
+        f"WHERE n.resource_type = {alias}.resource_type AND n.resource_id = {alias}.resource_id "
+        f"AND n.version = {alias}.version + 1 AND n.last_updated <= ?)",
+        [period[1], period[0]],
+    )
+
+
 def _where(
-    resource_type: str | None, resource_id: str | None, before: int | None, since: str | None
+    resource_type: str | None,
+    resource_id: str | None,
+    before: int | None,
+    since: str | None,
+    at: Period | None = None,
 ) -> tuple[str, list[object]]:
-    """The WHERE clause shared by history pages and their totals."""
+    """The WHERE clause shared by history pages and their totals (``resource_history h``)."""
     where: list[str] = []
     params: list[object] = []
     for column, value, op in (
@@ -262,8 +285,12 @@ def _where(
         ("last_updated", since, ">="),
     ):
         if value is not None:
-            where.append(f"{column} {op} ?")
+            where.append(f"h.{column} {op} ?")
             params.append(value)
+    if at is not None:
+        clause, values = current_during("h", at)
+        where.append(clause)
+        params += values
     return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 

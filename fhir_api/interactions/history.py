@@ -2,6 +2,8 @@
 
 Pages are cut by notification id, not offset: the ``next`` link carries ``_page_before=N`` (entries
 older than N), so a page shows the same entries however many writes arrive while a client pages.
+``_at`` keeps the versions current at some point during the period it names (R4 http.html#history,
+:func:`projections.resources.current_during`).
 
 Access: instance history is decided for its one resource by the auth middleware; type and system
 history list only the versions of resources the caller may see (the policy's SQL predicate joins the page
@@ -27,7 +29,8 @@ from fhir_api.limits import clamp_count
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON, etag, http_date
 from projections.access import count_visible_history, visible_history
-from projections.resources import HistoryEntry, ResourceViews
+from projections.asof import period_of
+from projections.resources import HistoryEntry, Period, ResourceViews
 
 router = APIRouter()
 
@@ -55,6 +58,18 @@ def parse_since(value: str | None) -> str | None:
     if moment.tzinfo is None:
         raise InvalidResource([Issue("invalid", "_since must include a time zone", "_since")])
     return format_instant(moment.astimezone(UTC))
+
+
+def parse_at(value: str | None) -> Period | None:
+    """A history ``_at`` (R4 http.html#history): a FHIR date, dateTime or instant, read as a period."""
+    if value is None:
+        return None
+    try:
+        return period_of(value)
+    except ValueError:
+        raise InvalidResource(
+            [Issue("invalid", f"_at must be a FHIR date, dateTime or instant, got {value!r}", "_at")]
+        ) from None
 
 
 def _cursor(value: str | None) -> int | None:
@@ -90,9 +105,11 @@ def _history(
     page_before: str | None,
     resource_type: str | None = None,
     resource_id: str | None = None,
+    at: str | None = None,
 ) -> Response:
     limit = clamp_count(_count(count), DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT
-    since_at, before = parse_since(since), _cursor(page_before)
+    since_at, before, period = parse_since(since), _cursor(page_before), parse_at(at)
+    shown = {"_since": since, "_at": at}
     base = base_url(request)
     caller = caller_of(request)
     if caller is not None and resource_id is None:
@@ -101,15 +118,22 @@ def _history(
         with services.views.read() as tx:
             dialect = services.views.dialect
             total = count_visible_history(
-                tx, viewer, resource_type=resource_type, before=before, since=since_at, dialect=dialect
+                tx, viewer, resource_type=resource_type, before=before, since=since_at, dialect=dialect, at=period
             )
             items = visible_history(
-                tx, viewer, resource_type=resource_type, before=before, since=since_at, limit=limit + 1, dialect=dialect
+                tx,
+                viewer,
+                resource_type=resource_type,
+                before=before,
+                since=since_at,
+                limit=limit + 1,
+                dialect=dialect,
+                at=period,
             )
-        return _bundle(base, path, limit, since, before, total, items)
+        return _bundle(base, path, limit, shown, before, total, items)
     with services.views.read() as tx:
         total = ResourceViews.count_history(
-            tx, resource_type=resource_type, resource_id=resource_id, before=before, since=since_at
+            tx, resource_type=resource_type, resource_id=resource_id, before=before, since=since_at, at=period
         )
         items = ResourceViews.history(
             tx,
@@ -118,17 +142,23 @@ def _history(
             before=before,
             since=since_at,
             limit=limit + 1,
+            at=period,
         )
-    return _bundle(base, path, limit, since, before, total, items)
+    return _bundle(base, path, limit, shown, before, total, items)
 
 
 def _bundle(
-    base: str, path: str, limit: int, since: str | None, before: int | None, total: int, items: list[HistoryEntry]
+    base: str,
+    path: str,
+    limit: int,
+    shown: dict[str, str | None],
+    before: int | None,
+    total: int,
+    items: list[HistoryEntry],
 ) -> Response:
     has_next, items = len(items) > limit, items[:limit]
     params: dict[str, str] = {"_count": str(limit)}
-    if since is not None:
-        params["_since"] = since
+    params.update({name: value for name, value in shown.items() if value is not None})
     self_params = dict(params, **({"_page_before": str(before)} if before is not None else {}))
     links = [{"relation": "self", "url": f"{base}/{path}?{urlencode(self_params)}"}]
     if has_next and items:
@@ -148,13 +178,19 @@ def _bundle(
 Count = Annotated[str | None, Query(alias="_count")]
 Since = Annotated[str | None, Query(alias="_since")]
 PageBefore = Annotated[str | None, Query(alias="_page_before")]
+At = Annotated[str | None, Query(alias="_at")]
 
 
 @router.get("/_history", summary="history-system")
 def history_system(
-    request: Request, services: ServicesDep, count: Count = None, since: Since = None, page: PageBefore = None
+    request: Request,
+    services: ServicesDep,
+    count: Count = None,
+    since: Since = None,
+    page: PageBefore = None,
+    at: At = None,
 ) -> Response:
-    return _history(request, services, "_history", count, since, page)
+    return _history(request, services, "_history", count, since, page, at=at)
 
 
 @router.get("/{resource_type}/_history", summary="history-type")
@@ -165,9 +201,10 @@ def history_type(
     count: Count = None,
     since: Since = None,
     page: PageBefore = None,
+    at: At = None,
 ) -> Response:
     require_type(resource_type)
-    return _history(request, services, f"{resource_type}/_history", count, since, page, resource_type)
+    return _history(request, services, f"{resource_type}/_history", count, since, page, resource_type, at=at)
 
 
 @router.get("/{resource_type}/{resource_id}/_history", summary="history-instance")
@@ -179,7 +216,8 @@ def history_instance(
     count: Count = None,
     since: Since = None,
     page: PageBefore = None,
+    at: At = None,
 ) -> Response:
     require_type(resource_type)
     path = f"{resource_type}/{resource_id}/_history"
-    return _history(request, services, path, count, since, page, resource_type, resource_id)
+    return _history(request, services, path, count, since, page, resource_type, resource_id, at)

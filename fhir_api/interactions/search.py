@@ -127,6 +127,15 @@ def search_bundle(
     return _search(services, resource_type, pairs, base, strict, viewer)[0]
 
 
+#: Why a search ``_at`` is refused: R4 defines ``_at`` for history (http.html#history), and a search as of a
+#: past moment would need every past version indexed (the index holds current versions, R4 §3.1.1), not
+#: the current values answered as if they were the past's.
+_AS_OF_SEARCH = (
+    "_at (as of a past moment) is not supported on search, whose index holds current versions only: "
+    "use [type]/[id]?_at= (read), [type]/_history?_at= or Patient/[id]/$everything?_at="
+)
+
+
 def _terminology_modifier(name: str) -> bool:
     """Whether ``name`` (a chain's last link, too) has a modifier the terminology store answers."""
     return ":" in name and name.rsplit(":", 1)[1] in TERMINOLOGY_MODIFIERS
@@ -153,6 +162,8 @@ def _search(
             f"unknown or unsupported search parameter(s) for {resource_type}: {names}; supported: {known} "
             "(send Prefer: handling=lenient to have them ignored instead)"
         )
+        if "_at" in parsed.unknown:
+            message += f"; {_AS_OF_SEARCH}"
         raise InvalidResource([Issue("not-supported", message, parsed.unknown[0])])
     if count is None:
         count = clamp_count(parsed.count, DEFAULT_COUNT, services.settings)  # EHR_MAX_COUNT

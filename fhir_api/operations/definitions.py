@@ -91,6 +91,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_type", "code", max="*", documentation="Resource types to include (comma-separated or repeated)"),
             _COUNT,
             _EVERYTHING_PAGE,
+            Param("_at", "instant", documentation="The record as it was at this recorded instant"),
         ),
         outputs=(Param("return", "Bundle", min=1, use="out", documentation="A searchset Bundle"),),
     ),
@@ -233,6 +234,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_outputFormat", "string"),
             Param("_since", "instant"),
             Param("_type", "string", max="*"),
+            Param("_typeFilter", "string", max="*", documentation="Type?search: only the resources it finds"),
         ),
     ),
     Operation(
@@ -247,6 +249,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_outputFormat", "string"),
             Param("_since", "instant"),
             Param("_type", "string", max="*"),
+            Param("_typeFilter", "string", max="*", documentation="Type?search: only the resources it finds"),
             Param("patient", "Reference", max="*", documentation="Only these patients (POST only)"),
         ),
     ),
@@ -262,6 +265,7 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("_outputFormat", "string"),
             Param("_since", "instant"),
             Param("_type", "string", max="*"),
+            Param("_typeFilter", "string", max="*", documentation="Type?search: only the resources it finds"),
         ),
     ),
     Operation(

@@ -13,7 +13,9 @@ date (:data:`projections.identity.CLINICAL_DATE`, else its ``date`` search param
 one — the Patient itself — stays, and referenced resources, which have no care date, are not filtered by it);
 ``_since`` (last updated at or after, for matches and included resources alike); ``_type`` (for both);
 ``_count`` and ``next`` links that page by notification id (``_page_after``), so pages never shift while
-writes arrive. Each entry's ``meta.source`` names the institution and unit (CLUES) whose write produced it.
+writes arrive. ``_at`` (an instant): the record as it was then, each resource's version current at that
+recorded instant (:mod:`projections.everything_asof`; not with ``_since``/``start``/``end``).
+Each entry's ``meta.source`` names the institution and unit (CLUES) whose write produced it.
 With auth on, every entry, included ones too, is one the caller may read (the access policy's filter).
 """
 
@@ -39,6 +41,8 @@ from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from projections.access import Viewer
+from projections.asof import normalise_instant
+from projections.everything_asof import everything_as_of, referenced_as_of
 from projections.identity import everything_page, referenced_resources
 from projections.search.dates import MAX, MIN, date_range
 
@@ -68,19 +72,34 @@ def everything(
     viewer: Viewer | None = None,
     start: str | None = None,
     end: str | None = None,
+    at: str | None = None,
 ) -> bytes:
     clinical = _care_range(start, end)
+    instant = _instant(at)
+    if instant is not None and (since is not None or clinical is not None):
+        # Both filter on the current index (last update, clinical date): as of a past moment they would
+        # filter on values the record did not have then.
+        name = "_since" if since is not None else "start"
+        raise InvalidResource([Issue("not-supported", f"{name} cannot be combined with _at", name)])
     services.identity_current()
     with services.views.read() as tx:
         patients = linked_patients(services, tx, patient_id)
-        rows = everything_page(
-            tx, patients, types=types, since=since, after=after, limit=count + 1, viewer=viewer, clinical=clinical
-        )
+        if instant is None:
+            rows = everything_page(
+                tx, patients, types=types, since=since, after=after, limit=count + 1, viewer=viewer, clinical=clinical
+            )
+        else:
+            rows = everything_as_of(tx, patients, instant, types=types, after=after, limit=count + 1, viewer=viewer)
         more = len(rows) > count
         rows = rows[:count]
         listed = {(rtype, rid) for _, rtype, rid, *_ in rows}
         wanted = [key for _, _, _, body, _, _ in rows for key in _references(body, base) if key not in listed]
-        included = referenced_resources(tx, wanted, types=types, since=since, viewer=viewer) if wanted else []
+        if not wanted:
+            included = []
+        elif instant is None:
+            included = referenced_resources(tx, wanted, types=types, since=since, viewer=viewer)
+        else:
+            included = referenced_as_of(tx, wanted, instant, types=types, viewer=viewer)
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{base}/{rtype}/{rid}",
@@ -99,11 +118,25 @@ def everything(
         query["start"] = start
     if end:
         query["end"] = end
+    if at:
+        query["_at"] = at
     url = f"{base}/Patient/{patient_id}/$everything"
     links = [{"relation": "self", "url": f"{url}?{urlencode({**query, '_page_after': str(after)})}"}]
     if more and rows:
         links.append({"relation": "next", "url": f"{url}?{urlencode({**query, '_page_after': str(rows[-1][0])})}"})
     return bundle({"type": "searchset", "link": links}, entries)
+
+
+def _instant(at: str | None) -> str | None:
+    """``_at``: the recorded instant the record is shown as of (an instant with its zone, as a read's)."""
+    if at is None:
+        return None
+    try:
+        return normalise_instant(at)
+    except ValueError:
+        raise InvalidResource(
+            [Issue("invalid", f"_at must be an instant with a time zone, got {at!r}", "_at")]
+        ) from None
 
 
 def _care_range(start: str | None, end: str | None) -> tuple[int, int] | None:
@@ -189,5 +222,6 @@ async def patient_everything(patient_id: str, request: Request, services: Servic
         viewer_of(request),
         given.first("start"),
         given.first("end"),
+        given.first("_at"),
     )
     return Response(body, media_type=FHIR_JSON)

@@ -27,6 +27,7 @@ from fhir_api.interactions.history import parse_since
 from fhir_api.operations.definitions import by_id
 from fhir_api.operations.export_jobs import ExportJobs, ExportRequest
 from fhir_api.operations.parameters import OperationInput, operation_input
+from fhir_api.operations.type_filter import parse_type_filters
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.services import Services
 from projections.resources import ResourceViews
@@ -35,8 +36,9 @@ router = APIRouter()
 
 NDJSON_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
 # The kick-off parameters this server applies are those of its OperationDefinitions
-# (fhir_api/operations/definitions.py); any other (``_typeFilter``, ``_elements``…) is refused: a server that
-# cannot apply a filter must not export everything as if it had (Bulk Data IG 2.0 "Query Parameters").
+# (fhir_api/operations/definitions.py); any other (``_elements``, ``includeAssociatedData``…) is refused: a
+# server that cannot apply a filter must not export everything as if it had (Bulk Data IG 2.0 "Query
+# Parameters"). ``_typeFilter`` is applied (fhir_api/operations/type_filter.py).
 
 
 def _jobs(request: Request) -> ExportJobs:
@@ -77,7 +79,11 @@ def _kick_off(
     viewer = caller.viewer(break_glass=reason is not None) if caller is not None else None
     if viewer is not None:
         request.state.ehr_access = "break-the-glass" if viewer.break_glass else "filtered"  # for the audit entry
-    export = ExportRequest(level, str(request.url), type_list, parse_since(given.first("_since")), patients, viewer)
+    services: Services = request.app.state.services
+    with services.views.read() as tx:
+        type_filters = parse_type_filters(given.all("_typeFilter"), type_list, tx, viewer, services.views.dialect)
+    since = parse_since(given.first("_since"))
+    export = ExportRequest(level, str(request.url), type_list, since, patients, viewer, type_filters)
     job = _jobs(request).start(export, _requester(request))
     headers = {"Content-Location": f"{base_url(request)}/$export-status/{job.id}"}
     if caller is not None and reason is not None:

@@ -29,6 +29,7 @@ from ehr_core.files import DIR_MODE, private_dir, write_private
 from fhir_api.services import Services
 from projections.access import Viewer, visible_page
 from projections.resources import compartment_page, current_page, types_present
+from projections.search import SearchRequest, select_among
 
 __all__ = ["ExportJob", "ExportJobs", "ExportRequest"]
 
@@ -46,6 +47,8 @@ class ExportRequest:
     patients: list[str] | None = None
     #: Whose access the export is filtered by (None: auth is off, everything).
     viewer: Viewer | None = None
+    #: ``_typeFilter``: per type, the searches a resource must match one of (a type absent: all of it).
+    type_filters: dict[str, list[SearchRequest]] = field(default_factory=dict)
 
 
 @dataclass
@@ -160,6 +163,21 @@ class ExportJobs:
                 tx, resource_type, request.patients, after_id=after, since=request.since, limit=PAGE
             )
 
+    def _filtered(
+        self, resource_type: str, request: ExportRequest, page: list[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        """The page's resources that match one of the type's ``_typeFilter`` searches (Bulk Data IG 2.0:
+        several filters of one type are ORed), applied before anything is written."""
+        searches = request.type_filters.get(resource_type)
+        if not searches or not page:
+            return page
+        ids = [resource_id for resource_id, _ in page]
+        kept: set[str] = set()
+        with self.services.views.read() as tx:
+            for search in searches:
+                kept |= select_among(tx, search, ids, request.viewer, self.services.views.dialect)
+        return [(resource_id, body) for resource_id, body in page if resource_id in kept]
+
     def _export_type(self, job: ExportJob, resource_type: str) -> None:
         target = job.directory / f"{resource_type}.ndjson"
         after = ""
@@ -167,10 +185,11 @@ class ExportJobs:
         with target.open("wb") as output:
             while not job.cancelled.is_set():
                 page = self._page(resource_type, job.request, after)
-                for _, body in page:
+                kept = self._filtered(resource_type, job.request, page)
+                for _, body in kept:
                     output.write(body)
                     output.write(b"\n")
-                job.exported += len(page)
+                job.exported += len(kept)
                 if len(page) < PAGE:
                     break
                 after = page[-1][0]

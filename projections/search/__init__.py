@@ -8,6 +8,7 @@
 - :func:`match`: the ids matching a parameter list — what conditional create/update/delete and
   conditional references in transaction Bundles ask (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.7.1).
 - :func:`search`: one page of a searchset, with includes, total and page cursors.
+- :func:`select_among`: which of some chosen resources match a search (``$export``'s ``_typeFilter``).
 - :func:`capability_search_params`: the ``searchParam`` list of each type for the CapabilityStatement, and
   :func:`capability_system_search_params` the parameters for all resources (``rest.searchParam``).
 """
@@ -20,7 +21,7 @@ from ehr_core.errors import InvalidResource, Issue
 from projections.access import Viewer
 from projections.db import Dialect, Tx
 from projections.search.definitions import COMMON, SPECIAL, definition_url
-from projections.search.engine import Match, Page, run_search, select_ids
+from projections.search.engine import Match, Page, run_search, select_among, select_ids
 from projections.search.fulltext import FullTextIndex
 from projections.search.index import SearchIndex
 from projections.search.query import SearchRequest, parse_search
@@ -41,6 +42,7 @@ __all__ = [
     "match",
     "parse_search",
     "search",
+    "select_among",
 ]
 
 

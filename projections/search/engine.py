@@ -41,7 +41,7 @@ from projections.search.special import SpecialFilter
 from projections.search.sql import Condition, Context, condition, read_spans
 from projections.terminology.codes import TerminologyCodes
 
-__all__ = ["MAX_INCLUDES", "Match", "Page", "indexed_types", "run_search", "select_ids"]
+__all__ = ["MAX_INCLUDES", "Match", "Page", "indexed_types", "run_search", "select_among", "select_ids"]
 
 #: Included resources per page, at most (R4 lets a server limit them; the Bundle says so).
 MAX_INCLUDES = 1000
@@ -161,6 +161,28 @@ def select_ids(
         f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} ORDER BY a.sid LIMIT ?", [*where.params, limit]
     ).fetchall()
     return [str(row[0]) for row in rows]
+
+
+def select_among(
+    tx: Tx,
+    request: SearchRequest,
+    ids: Sequence[str],
+    viewer: Viewer | None = None,
+    dialect: Dialect = "sqlite",
+) -> set[str]:
+    """Which of ``ids`` (resources of ``request.resource_type`` already chosen, e.g. one page of a Bulk Data
+    export) match ``request``: the same conditions as a search, on those resources only."""
+    if not ids:
+        return set()
+    viewer = with_consents(tx, viewer) if viewer is not None else None
+    policy = None if viewer is None else _policy(viewer, dialect)
+    where = _where(tx, request, None, None, _visible(viewer, "a", dialect), policy, dialect)
+    marks = ", ".join("?" * len(ids))
+    rows = tx.execute(
+        f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} AND a.resource_id IN ({marks})",
+        [*where.params, *ids],
+    ).fetchall()
+    return {str(row[0]) for row in rows}
 
 
 # -- sorting ----------------------------------------------------------------------------------------

@@ -39,9 +39,15 @@ _CHUNK = 400
 _LOOKUPS = {kind.table.name: list(kind.table.lookups) for kind in SEARCH_TYPES.values()}
 
 
+def _column_types(dialect: Dialect) -> dict[str, str]:
+    """The ``{text}`` and ``{real}`` of the tables' definitions (:class:`IndexTable`)."""
+    if dialect == "postgres":
+        return {"text": 'TEXT COLLATE "C"', "real": "DOUBLE PRECISION"}
+    return {"text": "TEXT", "real": "REAL"}
+
+
 def _ddl(dialect: Dialect) -> list[str]:
-    text = 'TEXT COLLATE "C"' if dialect == "postgres" else "TEXT"
-    real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
+    text, real = _column_types(dialect).values()
     # SQLite: INTEGER PRIMARY KEY is the rowid itself (no second B-tree), with (resource_type, sid) beside it.
     # PostgreSQL: the key is (resource_type, sid), so a type's resources are read in sid order from one index.
     key = "BIGINT NOT NULL" if dialect == "postgres" else "INTEGER PRIMARY KEY"
@@ -116,6 +122,7 @@ class SearchIndex(View):
     )
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
+        _add_canonical_columns(tx, dialect)
         for statement in _ddl(dialect):
             tx.execute(statement)
         # The registry fingerprint (projections/search/extract.py) the rows were built with. An empty index
@@ -273,6 +280,29 @@ def _bounded(kind: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
     if kind == "composite":
         return row  # bounded per component type when extracted
     return SEARCH_TYPES[kind].table.bound(row)
+
+
+#: Columns added after stores were created with these tables: the canonical UCUM value of a quantity
+#: (types/quantity.py). Old rows keep them NULL (found by their own unit only) until ``ehr rebuild``.
+_ADDED_COLUMNS = {
+    table: {"canonical": "{text}", "canonical_low": "{real}", "canonical_high": "{real}"}
+    for table in ("search_quantity", "search_composite")
+}
+
+
+def _add_canonical_columns(tx: Tx, dialect: Dialect) -> None:
+    types = _column_types(dialect)
+    for table, added in _ADDED_COLUMNS.items():
+        if dialect == "postgres":
+            found = tx.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()
+            if found and found[0]:
+                for column, kind in added.items():
+                    tx.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind.format(**types)}")
+            continue
+        present = {str(row[1]) for row in tx.execute(f"PRAGMA table_info({table})").fetchall()}
+        for column, kind in added.items():
+            if present and column not in present:
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind.format(**types)}")
 
 
 def _span_updates(date_rows: list[tuple[Any, ...]]) -> list[tuple[str, str, int, int, int]]:

@@ -114,7 +114,10 @@ class Rows:
     string: list[tuple[str, str, str]] = field(default_factory=list)
     date: list[tuple[str, int, int]] = field(default_factory=list)
     number: list[tuple[str, float, float]] = field(default_factory=list)
-    quantity: list[tuple[str, str | None, str | None, str | None, float, float]] = field(default_factory=list)
+    #: (param, system, code, unit, low, high, canonical UCUM unit, canonical low, canonical high).
+    quantity: list[
+        tuple[str, str | None, str | None, str | None, float, float, str | None, float | None, float | None]
+    ] = field(default_factory=list)
     reference: list[tuple[str, str | None, str, str | None]] = field(default_factory=list)
     uri: list[tuple[str, str]] = field(default_factory=list)
     #: (param, component, repetition, then the component type's columns; see types/composite.py).

@@ -5,7 +5,8 @@ code is systolic AND whose value is over 100 — the same ``Observation.componen
 value. So each repetition of the composite's element (the resource itself for ``code-value-quantity``,
 each ``Observation.component`` for ``component-code-value-quantity``) gets an ordinal, and each component
 value is indexed in ``search_composite`` with its repetition ordinal and component number, in the columns
-of its own type's table (token: system, code; quantity: system, code, unit, low, high...). A search is
+of its own type's table (token: system, code; quantity: system, code, unit, low, high and the canonical
+UCUM value...). A search is
 the components' matching rows joined on ``(sid, rep)`` — the
 same SQL text on SQLite and PostgreSQL. Each component value is parsed and matched by its own type
 (:meth:`SearchType.parse_value`, :meth:`SearchType.match`). Composites take no modifiers but ``:missing``.
@@ -31,7 +32,21 @@ from projections.search.types.base import (
 __all__ = ["CompositeType"]
 
 #: Every column a component type's table has; a component row fills those of its own type.
-_COLUMNS = ("system", "code", "unit", "value", "exact", "target_type", "target_id", "base", "low", "high")
+_COLUMNS = (
+    "system",
+    "code",
+    "unit",
+    "value",
+    "exact",
+    "target_type",
+    "target_id",
+    "base",
+    "low",
+    "high",
+    "canonical",
+    "canonical_low",
+    "canonical_high",
+)
 
 
 class CompositeType:
@@ -44,7 +59,8 @@ class CompositeType:
         # Dates are exact to the microsecond between the years 1685 and 2255 (2**53 µs), the open ends
         # (±2**62) exactly; beyond, to a few microseconds.
         "component INTEGER NOT NULL, rep INTEGER NOT NULL, system {text}, code {text}, unit {text}, "
-        "value {text}, exact TEXT, target_type {text}, target_id {text}, base {text}, low {real}, high {real}",
+        "value {text}, exact TEXT, target_type {text}, target_id {text}, base {text}, low {real}, high {real}, "
+        "canonical {text}, canonical_low {real}, canonical_high {real}",
         (
             "component, code, system, sid",
             "component, sid, rep",

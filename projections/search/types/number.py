@@ -75,29 +75,30 @@ def range_bounds(value: dict[str, Any]) -> tuple[float, float] | None:
     )
 
 
-def number_match(value: NumberValue) -> Condition:
-    """R4 §3.1.1.5.5: ``eq`` uses the range the value's precision implies; the others the exact value."""
+def number_match(value: NumberValue, low: str = "low", high: str = "high") -> Condition:
+    """R4 §3.1.1.5.5: ``eq`` uses the range the value's precision implies; the others the exact value.
+    ``low``/``high``: the columns of the indexed range (a quantity's canonical ones, types/quantity.py)."""
     v = value.value
     match value.prefix:
         case "eq":
-            return Condition("low >= ? AND high < ?", [value.low, value.high])
+            return Condition(f"{low} >= ? AND {high} < ?", [value.low, value.high])
         case "ne":
-            return Condition("NOT (low >= ? AND high < ?)", [value.low, value.high])
+            return Condition(f"NOT ({low} >= ? AND {high} < ?)", [value.low, value.high])
         case "gt":
-            return Condition("high > ?", [v])
+            return Condition(f"{high} > ?", [v])
         case "lt":
-            return Condition("low < ?", [v])
+            return Condition(f"{low} < ?", [v])
         case "ge":
-            return Condition("high >= ?", [v])
+            return Condition(f"{high} >= ?", [v])
         case "le":
-            return Condition("low <= ?", [v])
+            return Condition(f"{low} <= ?", [v])
         case "sa":
-            return Condition("low > ?", [v])
+            return Condition(f"{low} > ?", [v])
         case "eb":
-            return Condition("high < ?", [v])
+            return Condition(f"{high} < ?", [v])
         case _:  # ap: within 10%
             spread = abs(v) / 10
-            return Condition("low <= ? AND high >= ?", [v + spread, v - spread])
+            return Condition(f"{low} <= ? AND {high} >= ?", [v + spread, v - spread])
 
 
 class NumberType:

@@ -5,6 +5,12 @@ point range); a ``Range`` as its low and high, with the units of the bound it ha
 ``ChargeItem.price-override``, ``Invoice.totalgross``...: quantity parameters over Money) as its value with
 its currency as the code of ISO 4217 (R4 datatypes.html#Money: "currency: ISO 4217 Currency Code"), so
 ``40|urn:iso:std:iso:4217|EUR`` and ``40||EUR`` find it.
+
+A UCUM quantity (system ``http://unitsofmeasure.org``) is also indexed in its canonical unit
+(:mod:`ehr_core.ucum`: 70 kg is 70000 g), and a search whose system is UCUM matches on it too, its prefix
+applied to the canonical values: R4 §3.1.1.5.8 "the server SHOULD ... convert ... to the canonical form",
+so ``70000|http://unitsofmeasure.org|g`` finds 70 kg. Units UCUM cannot convert between (``mg/dL`` and
+``mmol/L``: that needs the molar mass) have different canonical units and match only by their own code.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ehr_core.ucum import UCUM, Canonical, canonical
 from projections.search.registry import SearchParameter
 from projections.search.types.base import (
     Condition,
@@ -63,7 +70,42 @@ def _units(quantity: Any) -> tuple[str | None, str | None, str | None]:
     )
 
 
+def _ucum(system: str | None, code: str | None) -> Canonical | None:
+    return canonical(code) if system == UCUM and code is not None else None
+
+
+def _row(
+    code: str, units: tuple[str | None, str | None, str | None], low: float, high: float
+) -> tuple[str, str | None, str | None, str | None, float, float, str | None, float | None, float | None]:
+    """An index row: the value as given, then in its canonical UCUM unit (None when it has none)."""
+    unit = _ucum(units[0], units[1])
+    if unit is None:
+        return (code, *units, low, high, None, None, None)
+    return (code, *units, low, high, unit.unit, unit.value(low), unit.value(high))
+
+
+def _canonical(number: NumberValue, unit: Canonical) -> Condition:
+    """``number`` (in ``unit``) against the canonical columns: the bounds converted, so every prefix keeps
+    its meaning; ``ap``'s 10% is taken of the value as asked, then converted (a temperature's offset
+    would otherwise widen it)."""
+    v = number.value
+    if number.prefix == "ap":
+        spread = abs(v) / 10
+        return Condition("canonical_low <= ? AND canonical_high >= ?", [unit.value(v + spread), unit.value(v - spread)])
+    converted = NumberValue(number.prefix, unit.value(v), unit.value(number.low), unit.value(number.high))
+    return number_match(converted, "canonical_low", "canonical_high")
+
+
 def _quantity(value: QuantityValue) -> Condition:
+    exact = _exact(value)
+    unit = _ucum(value.system, value.code)
+    if unit is None:
+        return exact
+    found = _canonical(value.number, unit)
+    return Condition(f"({exact.sql}) OR (canonical = ? AND {found.sql})", [*exact.params, unit.unit, *found.params])
+
+
+def _exact(value: QuantityValue) -> Condition:
     number = number_match(value.number)
     sql, params = f"({number.sql})", list(number.params)
     if value.system is not None:
@@ -83,9 +125,10 @@ class QuantityType:
     name = "quantity"
     table = IndexTable(
         "search_quantity",
-        ("system", "code", "unit", "low", "high"),
-        "system {text}, code {text}, unit {text}, low {real} NOT NULL, high {real} NOT NULL",
-        ("low, high",),
+        ("system", "code", "unit", "low", "high", "canonical", "canonical_low", "canonical_high"),
+        "system {text}, code {text}, unit {text}, low {real} NOT NULL, high {real} NOT NULL, "
+        "canonical {text}, canonical_low {real}, canonical_high {real}",
+        ("low, high", "canonical, canonical_low, canonical_high"),
         "resource_type, param, code",
     )
 
@@ -104,18 +147,18 @@ class QuantityType:
         if datatype in _QUANTITY_TYPES:
             number = finite(value.get("value"))
             if number is not None:
-                rows.quantity.append((code, *_units(value), number, number))
+                rows.quantity.append(_row(code, _units(value), number, number))
         elif datatype == "Range":
             bounds = range_bounds(value)
             if bounds is None:
                 return
             low = value.get("low")
             has_low = isinstance(low, dict) and finite(low.get("value")) is not None
-            rows.quantity.append((code, *_units(low if has_low else value.get("high")), *bounds))
+            rows.quantity.append(_row(code, _units(low if has_low else value.get("high")), *bounds))
         elif datatype == "Money":
             number, currency = finite(value.get("value")), text_or_none(value.get("currency"))
             if number is not None:
-                rows.quantity.append((code, ISO_4217 if currency else None, currency, None, number, number))
+                rows.quantity.append(_row(code, (ISO_4217 if currency else None, currency, None), number, number))
 
     def match(self, value: Any, base: str | None) -> Condition:
         return _quantity(value)

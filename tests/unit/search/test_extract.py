@@ -61,8 +61,10 @@ def test_observation_codes_quantities_periods_and_typed_references() -> None:
     assert ("combo-code", "http://loinc.org", "8480-6") in rows.token
     assert {("code:text", "systolic"), ("code:text", "ta")} <= {(c, v) for c, v, _ in rows.string}
     assert ("status", None, "final") in rows.token
-    assert ("value-quantity", "http://unitsofmeasure.org", "mm[Hg]", "mmHg", 120.0, 120.0) in rows.quantity
-    assert ("component-value-quantity", None, None, "g", 1.5, 1.5) in rows.quantity
+    # A UCUM quantity also in its canonical unit (UCUM: 1 mm[Hg] = 133.322 g.m-1.s-2); others have none.
+    canonical = ("g.m-1.s-2", 120 * 133322.0, 120 * 133322.0)
+    assert ("value-quantity", "http://unitsofmeasure.org", "mm[Hg]", "mmHg", 120.0, 120.0, *canonical) in rows.quantity
+    assert ("component-value-quantity", None, None, "g", 1.5, 1.5, None, None, None) in rows.quantity
     assert ("date", date_range("2024-04-09T10:00:00Z")[0], MAX) in rows.date
     assert ("subject", "Patient", "p1", "http://other.org/fhir") in rows.reference
     assert ("patient", "Patient", "p1", "http://other.org/fhir") in rows.reference
@@ -77,7 +79,7 @@ def test_ranges_timings_and_numbers() -> None:
             "abatementPeriod": {"end": "2020"},
         }
     )
-    assert ("onset-age", None, None, "a", 10.0, math.inf) in condition.quantity
+    assert ("onset-age", None, None, "a", 10.0, math.inf, None, None, None) in condition.quantity
     assert next(row for row in condition.date if row[0] == "abatement-date")[2] == date_range("2020")[1]
     assert not [row for row in condition.reference if row[0] == "patient"]  # a Group is not a Patient
     risk = extract({"resourceType": "RiskAssessment", "prediction": [{"probabilityDecimal": 0.02}]})
