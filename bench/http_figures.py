@@ -1,4 +1,5 @@
-"""Figures 1 and 2: creates and reads by id through a real server process, on one backend."""
+"""Creates and reads by id, then the search, consultation transactions and $everything (bench/workloads.py),
+through a real server process, on one backend."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from bench.pg import conninfo, fresh_schema
 from bench.recorder import open_recorder
 from bench.server import issue_token, running_server, running_worker
 from bench.stats import Measurement
+from bench.workloads import clinical_figures
 from bench.wrk import WrkLoad, write_bodies, wrk_available
 
 __all__ = ["HttpRun", "http_figures"]
@@ -190,6 +192,8 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
         for concurrency in options.concurrency:
             measure(read_load(created, credentials), concurrency).notes["distinct_ids"] = len(created)
             measure_wrk("read", concurrency)
+        # Search, consultation transactions and $everything at the largest concurrency (the targets' 32).
+        clinical_figures(created, credentials, max(options.concurrency), measure)
         rss.stop()
         run.rss_peak_mb, run.rss_end_mb, run.rss_samples = rss.peak_mb, rss.last_mb, rss.samples
         run.rss_largest = rss.largest
