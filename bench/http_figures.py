@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bench.lines import AUDIT_OFF
 from bench.loadgen import Load, create_load, read_load, run_load
 from bench.memory import RssSampler
 from bench.options import Options
@@ -135,19 +136,20 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             env["EHR_PROJECTION"] = "worker"
         if options.pool_size is not None:
             env["EHR_POSTGRES_POOL_SIZE"] = str(options.pool_size)
-        server = stack.enter_context(
+        serving = stack.enter_context(ExitStack())  # the server and its samplers, closed before the audit-off run
+        server = serving.enter_context(
             running_server(data_dir, log, env, wrapper, headers=credentials.read(), workers=options.server_workers)
         )
         run.server_log = str(log)
         rss = RssSampler(server.pid).start()
-        stack.callback(rss.stop)  # also when a figure fails: the sampler must not outlive the server
+        serving.callback(rss.stop)  # also when a figure fails: the sampler must not outlive the server
         worker_rss: RssSampler | None = None
         pids = [server.pid]  # whose CPU is the server's in the cpu columns
         if options.projection == "worker":
             worker_log = options.results / f"worker-{backend}-{stamp}.log"
-            pids.append(stack.enter_context(running_worker(data_dir, worker_log, env)))
+            pids.append(serving.enter_context(running_worker(data_dir, worker_log, env)))
             worker_rss = RssSampler(pids[-1]).start()
-            stack.callback(worker_rss.stop)
+            serving.callback(worker_rss.stop)
         wrk = _wrk_load(run, options, work_dir / f"wrk-{backend}", server.base_url, credentials)
 
         def mark() -> None:
@@ -200,7 +202,29 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
         if worker_rss is not None:
             worker_rss.stop()
             run.worker_rss_samples = worker_rss.samples
+        serving.close()
         run.stored_events = _stored_events(backend, data_dir, options.postgres_url, schema)
+        # The "reads with the audit log >= 0.8x reads without it": the same reads on the same store,
+        # by a server with EHR_AUDIT_ENABLED=false (one server at a time: SQLite has one writer).
+        top = max(options.concurrency)
+        plain_log = options.results / f"server-{backend}-{stamp}-audit-off.log"
+        plain_env = env | {"EHR_AUDIT_ENABLED": "false"}
+        with running_server(data_dir, plain_log, plain_env, headers=credentials.read()) as plain:
+            reads = read_load(created, credentials)
+            reads.name = AUDIT_OFF
+            measurement = run_load(
+                plain.base_url,
+                reads,
+                top,
+                options.seconds,
+                options.warmup,
+                options.max_requests,
+                [plain.pid],
+                with_db=backend == "postgres",
+                client=options.client,
+            )
+            measurement.backend = backend
+            run.measurements.append(measurement)
     if profile is not None:
         _name_profiles(profile, windows)
     return run

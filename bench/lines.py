@@ -52,6 +52,8 @@ def _baseline(measurement: Measurement, name: str | None = None) -> Baseline:
     return Baseline(label, measurement.rate, _p(measurement, "p99"))
 
 
+#: Reads by id again at the largest concurrency, by a server on the same store with the audit log turned off.
+AUDIT_OFF = "read, audit log off"
 #: The workloads run at the largest concurrency only, after creates and reads (bench/workloads.py).
 WORKLOADS = (
     ("search", "/s", targets.SEARCH_HTTP),
@@ -98,6 +100,11 @@ def http_lines(
                 # Beside the raw client only: the two load generators check each other; the floors are above.
                 beside = [Baseline("raw client, same c", raw.rate, raw.p99_ms)]
                 lines.append(_line(f"{backend} {load} (wrk)", wrk, beside, aim))
+    for off in (m for m in figures if m.name == f"http {AUDIT_OFF}"):
+        on = next((m for m in figures if m.name == "http read" and m.concurrency == off.concurrency), None)
+        if on is not None:
+            beside = [Baseline(f"{AUDIT_OFF}, same c", off.rate, _p(off, "p99"))]
+            lines.append(_line(f"{backend} read with the audit log (raw client)", on, beside, targets.AUDITED_READS))
     for load, unit, target in WORKLOADS:
         for raw in (m for m in figures if m.name == f"http {load}"):
             c = raw.concurrency

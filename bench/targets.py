@@ -6,6 +6,7 @@ from bench.summary import Target
 
 __all__ = [
     "API_RSS",
+    "AUDITED_READS",
     "CREATES",
     "EVERYTHING",
     "IMPORT",
@@ -37,3 +38,5 @@ SEARCH = Target(at_most=20, p99_at_most_ms=100, value_name="median", note="(at 1
 SEARCH_HTTP = Target(at_least=900)
 #: A consultation-sized transaction (15 resources) at 32 clients, in resources stored per second.
 TRANSACTION = Target(at_least=1_500)
+#: Reads by id with the audit log (an entry committed per access) ÷ the same reads with it off, same store and c.
+AUDITED_READS = Target(ratio_at_least=0.8)

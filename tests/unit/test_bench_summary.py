@@ -157,3 +157,14 @@ def test_the_peer_goes_first_beside_each_http_figure_and_transactions_count_reso
     # Without a peer the same figures stand alone, and the peer's absence hides none.
     alone = http_lines("postgres", figures, floors)
     assert [len(line.baselines) for line in alone] == [1, 0, 0, 0]
+
+
+def test_reads_with_the_audit_log_are_set_beside_the_same_reads_without_it() -> None:
+    figures = [_measured("http read", 8), _measured("http read", 32, 70), _measured("http read, audit log off", 32)]
+    lines = http_lines("postgres", figures, [])
+    audited = next(line for line in lines if line.figure == "postgres read with the audit log (raw client)")
+    assert audited.concurrency == 32 and [b.name for b in audited.baselines] == ["read, audit log off, same c"]
+    assert audited.ratio(audited.baselines[0]) == 0.7 and verdict(audited) == "NO"
+    assert targets.AUDITED_READS.text("/s") == "ratio >= 0.8"
+    reached = Line("reads", 80, "/s", baselines=(Baseline("off", 100),), target=targets.AUDITED_READS)
+    assert verdict(reached) == "yes"
