@@ -116,6 +116,11 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
             run = http_figures(backend, options, work_dir)
             if run.wrk_skipped:
                 _say(f"{backend}: wrk not run: {run.wrk_skipped}; the raw client's figures stand alone")
+            if run.audit_off_failed:
+                result["failures"][f"http {backend} reads without the audit log"] = run.audit_off_failed
+                _say(
+                    f"{backend}: reads without the audit log FAILED, shown without them: {run.audit_off_failed[:1000]}"
+                )
             _say(f"{backend}: baselines (bare recorder{', raw psycopg, jsonb table' if backend == 'postgres' else ''})")
             missing: dict[str, str] = {}
             floors = baselines(run, options, work_dir, topic, state, missing)
