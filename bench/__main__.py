@@ -103,6 +103,9 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
     result["payload"] = {"patient_json_bytes": body_bytes, "event_topic": topic, "event_state_bytes": len(state)}
     lines: list[Line] = []
     measured: list[Measurement] = []
+    peer: list[Measurement] = []
+    if options.peer is not None:
+        peer = _peer(options, result)
     for backend in _backends(options):
         _say(
             f"{backend}: HTTP creates and reads, clients {options.concurrency}, "
@@ -113,6 +116,11 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
             run = http_figures(backend, options, work_dir)
             if run.wrk_skipped:
                 _say(f"{backend}: wrk not run: {run.wrk_skipped}; the raw client's figures stand alone")
+            if run.audit_off_failed:
+                result["failures"][f"http {backend} reads without the audit log"] = run.audit_off_failed
+                _say(
+                    f"{backend}: reads without the audit log FAILED, shown without them: {run.audit_off_failed[:1000]}"
+                )
             _say(f"{backend}: baselines (bare recorder{', raw psycopg, jsonb table' if backend == 'postgres' else ''})")
             missing: dict[str, str] = {}
             floors = baselines(run, options, work_dir, topic, state, missing)
@@ -126,7 +134,7 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
         if run.profile:
             _say(f"{backend}: server profile in {run.profile}")
         measured += run.measurements + floors
-        lines += table_lines.http_lines(backend, run.measurements, floors)
+        lines += table_lines.http_lines(backend, run.measurements, floors, peer)
         several = options.server_workers > 1
         lines += table_lines.memory_lines(backend, run.rss_samples, run.rss_largest, run.worker_rss_samples, several)
         result["http_runs"].append(
@@ -144,6 +152,26 @@ def _http(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line
         )
     _warn_if_busy(measured)
     return lines
+
+
+def _peer(options: Options, result: dict[str, Any]) -> list[Measurement]:
+    """The same HTTP workloads against the peer (``--peer``), before ehr-core's server starts."""
+    from bench.peer import peer_figures
+
+    _say(f"peer {options.peer}: seeding through its FHIR API, then the same workloads, clients {options.concurrency}")
+    try:
+        run = peer_figures(options, _say)
+    except Exception as error:  # ehr-core's figures still stand, without the peer beside them
+        _fail(result, "peer", error)
+        return []
+    result["peer"] = {
+        "base_url": run.base_url,
+        "seeded": len(run.seeded),
+        "measurements": [m.as_json() for m in run.measurements],
+    }
+    for m in run.measurements:
+        _say(f"peer: {m.name} c{m.concurrency}: {m.rate:,.0f}/s, p99 {m.p99_ms:.1f} ms, {m.errors} errors")
+    return run.measurements
 
 
 def _import_and_rebuild(options: Options, work_dir: Path, result: dict[str, Any]) -> list[Line]:

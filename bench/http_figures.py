@@ -1,4 +1,5 @@
-"""Figures 1 and 2: creates and reads by id through a real server process, on one backend."""
+"""Creates and reads by id, then the search, consultation transactions and $everything (bench/workloads.py),
+through a real server process, on one backend."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bench.lines import AUDIT_OFF
 from bench.loadgen import Load, create_load, read_load, run_load
 from bench.memory import RssSampler
 from bench.options import Options
@@ -22,6 +24,7 @@ from bench.pg import conninfo, fresh_schema
 from bench.recorder import open_recorder
 from bench.server import issue_token, running_server, running_worker
 from bench.stats import Measurement
+from bench.workloads import clinical_figures
 from bench.wrk import WrkLoad, write_bodies, wrk_available
 
 __all__ = ["HttpRun", "http_figures"]
@@ -45,6 +48,8 @@ class HttpRun:
     worker_rss_samples: list[float] = field(default_factory=list, repr=False)
     #: Why wrk did not run, if it did not.
     wrk_skipped: str | None = None
+    #: Why the reads without the audit log were not measured, if they were not.
+    audit_off_failed: str | None = None
 
     def find(self, name: str, concurrency: int) -> Measurement | None:
         for measurement in self.measurements:
@@ -105,6 +110,38 @@ def _wrk_load(
     return WrkLoad(path, base_url, credentials.token, directory / "patients.ndjson", directory / "ids.txt")
 
 
+def _reads_without_audit(
+    backend: str,
+    options: Options,
+    data_dir: Path,
+    env: dict[str, str],
+    credentials: Credentials,
+    created: list[str],
+    stamp: str,
+) -> Measurement:
+    """The issue's "reads with the audit log >= 0.8x reads without it": the same reads on the same store, at
+    the largest concurrency, by a server with EHR_AUDIT_ENABLED=false (one server at a time: SQLite has one
+    writer). It opens a store that already holds the whole run: its start takes longer."""
+    log = options.results / f"server-{backend}-{stamp}-audit-off.log"
+    plain_env = env | {"EHR_AUDIT_ENABLED": "false"}
+    with running_server(data_dir, log, plain_env, timeout=300.0, headers=credentials.read()) as plain:
+        reads = read_load(created, credentials)
+        reads.name = AUDIT_OFF
+        measurement = run_load(
+            plain.base_url,
+            reads,
+            max(options.concurrency),
+            options.seconds,
+            options.warmup,
+            options.max_requests,
+            [plain.pid],
+            with_db=backend == "postgres",
+            client=options.client,
+        )
+    measurement.backend = backend
+    return measurement
+
+
 def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
     """Start a server on ``backend``, run creates then reads at every concurrency, stop it."""
     run = HttpRun(backend)
@@ -133,19 +170,20 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             env["EHR_PROJECTION"] = "worker"
         if options.pool_size is not None:
             env["EHR_POSTGRES_POOL_SIZE"] = str(options.pool_size)
-        server = stack.enter_context(
+        serving = stack.enter_context(ExitStack())  # the server and its samplers, closed before the audit-off run
+        server = serving.enter_context(
             running_server(data_dir, log, env, wrapper, headers=credentials.read(), workers=options.server_workers)
         )
         run.server_log = str(log)
         rss = RssSampler(server.pid).start()
-        stack.callback(rss.stop)  # also when a figure fails: the sampler must not outlive the server
+        serving.callback(rss.stop)  # also when a figure fails: the sampler must not outlive the server
         worker_rss: RssSampler | None = None
         pids = [server.pid]  # whose CPU is the server's in the cpu columns
         if options.projection == "worker":
             worker_log = options.results / f"worker-{backend}-{stamp}.log"
-            pids.append(stack.enter_context(running_worker(data_dir, worker_log, env)))
+            pids.append(serving.enter_context(running_worker(data_dir, worker_log, env)))
             worker_rss = RssSampler(pids[-1]).start()
-            stack.callback(worker_rss.stop)
+            serving.callback(worker_rss.stop)
         wrk = _wrk_load(run, options, work_dir / f"wrk-{backend}", server.base_url, credentials)
 
         def mark() -> None:
@@ -190,13 +228,20 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
         for concurrency in options.concurrency:
             measure(read_load(created, credentials), concurrency).notes["distinct_ids"] = len(created)
             measure_wrk("read", concurrency)
+        # Search, consultation transactions and $everything at the largest concurrency (the targets' 32).
+        clinical_figures(created, credentials, max(options.concurrency), measure)
         rss.stop()
         run.rss_peak_mb, run.rss_end_mb, run.rss_samples = rss.peak_mb, rss.last_mb, rss.samples
         run.rss_largest = rss.largest
         if worker_rss is not None:
             worker_rss.stop()
             run.worker_rss_samples = worker_rss.samples
+        serving.close()
         run.stored_events = _stored_events(backend, data_dir, options.postgres_url, schema)
+        try:
+            run.measurements.append(_reads_without_audit(backend, options, data_dir, env, credentials, created, stamp))
+        except Exception as error:  # the figures above stand without it
+            run.audit_off_failed = f"{type(error).__name__}: {error}"
     if profile is not None:
         _name_profiles(profile, windows)
     return run

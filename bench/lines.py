@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from bench import targets
 from bench.stats import Measurement, other_percent
 from bench.summary import Baseline, Line
+from bench.workloads import CONSULTATION_RESOURCES
 
 __all__ = [
     "everything_lines",
@@ -50,8 +52,37 @@ def _baseline(measurement: Measurement, name: str | None = None) -> Baseline:
     return Baseline(label, measurement.rate, _p(measurement, "p99"))
 
 
-def http_lines(backend: str, figures: list[Measurement], floors: list[Measurement]) -> list[Line]:
-    """Raw-client and wrk lines per load and concurrency; wrk's baseline is the raw client's figure."""
+#: Reads by id again at the largest concurrency, by a server on the same store with the audit log turned off.
+AUDIT_OFF = "read, audit log off"
+#: The workloads run at the largest concurrency only, after creates and reads (bench/workloads.py).
+WORKLOADS = (
+    ("search", "/s", targets.SEARCH_HTTP),
+    ("transaction", "res/s", targets.TRANSACTION),
+    ("everything", "/s", None),
+)
+
+
+def _peer(peer: list[Measurement], load: str, concurrency: int) -> list[Baseline]:
+    """The peer's figure of the same load at the same concurrency, if it was measured (``--peer``)."""
+    scale = _scale(load)
+    return [
+        Baseline(f"peer {load}, same c", m.rate * scale, _p(m, "p99"))
+        for m in peer
+        if m.name == f"http {load}" and m.concurrency == concurrency
+    ]
+
+
+def _scale(load: str) -> int:
+    """Transactions are counted in resources stored (15 a Bundle), the rest in requests."""
+    return CONSULTATION_RESOURCES if load == "transaction" else 1
+
+
+def http_lines(
+    backend: str, figures: list[Measurement], floors: list[Measurement], peer: list[Measurement] | None = None
+) -> list[Line]:
+    """Raw-client and wrk lines per load and concurrency; wrk's baseline is the raw client's figure. With
+    ``peer`` (another FHIR server's figures, ``--peer``), the peer's same load comes first beside each."""
+    peer = peer or []
     lines: list[Line] = []
     for load, target in (("create", targets.CREATES), ("read", targets.READS)):
         for raw in (m for m in figures if m.name == f"http {load}"):
@@ -63,11 +94,23 @@ def http_lines(backend: str, figures: list[Measurement], floors: list[Measuremen
                 if base.name == name and base.backend == backend and (not same or base.concurrency == c)
             ]
             aim = target if c == targets.TARGET_CONCURRENCY else None
-            lines.append(_line(f"{backend} {load} (raw client)", raw, [_baseline(b, b.name) for b in chosen], aim))
+            beside = _peer(peer, load, c) + [_baseline(b, b.name) for b in chosen]
+            lines.append(_line(f"{backend} {load} (raw client)", raw, beside, aim))
             for wrk in (m for m in figures if m.name == f"wrk {load}" and m.concurrency == c):
                 # Beside the raw client only: the two load generators check each other; the floors are above.
                 beside = [Baseline("raw client, same c", raw.rate, raw.p99_ms)]
                 lines.append(_line(f"{backend} {load} (wrk)", wrk, beside, aim))
+    for off in (m for m in figures if m.name == f"http {AUDIT_OFF}"):
+        on = next((m for m in figures if m.name == "http read" and m.concurrency == off.concurrency), None)
+        if on is not None:
+            beside = [Baseline(f"{AUDIT_OFF}, same c", off.rate, _p(off, "p99"))]
+            lines.append(_line(f"{backend} read with the audit log (raw client)", on, beside, targets.AUDITED_READS))
+    for load, unit, target in WORKLOADS:
+        for raw in (m for m in figures if m.name == f"http {load}"):
+            c = raw.concurrency
+            aim = target if c == targets.TARGET_CONCURRENCY else None
+            line = _line(f"{backend} {load} (raw client)", raw, _peer(peer, load, c), aim)
+            lines.append(replace(line, value=raw.rate * _scale(load), unit=unit))
     return lines
 
 

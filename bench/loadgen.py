@@ -1,9 +1,9 @@
 """The HTTP load: ``concurrency`` clients, each sending its next request when the last one is answered.
 
 Bounded in time and in count; a warm-up of the same shape runs first and is not counted. Traffic goes
-only to 127.0.0.1. Two clients: ``raw`` (default, :mod:`bench.rawhttp`, one keep-alive connection per
-concurrent client) and ``httpx`` (one ``AsyncClient`` whose pool holds ``concurrency`` connections,
-``trust_env=False`` so no proxy from the environment applies).
+only to this machine (:data:`LOOPBACK`). Two clients: ``raw`` (default, :mod:`bench.rawhttp`, one
+keep-alive connection per concurrent client) and ``httpx`` (one ``AsyncClient`` whose pool holds
+``concurrency`` connections, ``trust_env=False`` so no proxy from the environment applies).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from bench.payload import Credentials, PatientFactory
 from bench.rawhttp import RawConnection
 from bench.stats import CpuClock, Measurement, Pids
 
-__all__ = ["CLIENTS", "Load", "create_load", "read_load", "run_load", "run_spread_load"]
+__all__ = ["CLIENTS", "LOOPBACK", "Load", "create_load", "read_load", "run_load", "run_spread_load"]
 
 CLIENTS = ("raw", "httpx")
+#: The load goes to this machine only: ehr-core's server, or a peer started beside it (``--peer``).
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Reply(Protocol):
@@ -63,8 +65,8 @@ def create_load(patients: PatientFactory, credentials: Credentials) -> Load:
     load = Load("create", send, 201)
 
     def remember(reply: Reply) -> None:
-        # Location: [base]/Patient/{id}/_history/1
-        load.created.append(reply.headers["location"].rsplit("/", 3)[-3])
+        # Location: [base]/Patient/{id}/_history/1 (R4 §3.1.0.4.1; a peer may leave out the version)
+        load.created.append(reply.headers["location"].split("Patient/", 1)[1].split("/", 1)[0])
 
     load.on_ok = remember
     return load
@@ -139,8 +141,8 @@ async def _run(
     with_db: bool,
     mark: Callable[[], None] | None,
 ) -> Measurement:
-    if urlsplit(base_url).hostname != "127.0.0.1":
-        raise ValueError(f"the load only goes to 127.0.0.1, not {base_url}")
+    if urlsplit(base_url).hostname not in LOOPBACK:
+        raise ValueError(f"the load only goes to this machine, not {base_url}")
     async with _sessions(client, base_url, concurrency) as sessions:
         if warmup > 0:
             await _phase(sessions, load, warmup, max_count, record=False)
@@ -200,8 +202,8 @@ async def _run_spread(
     targets: list[tuple[str, Load]], each: int, seconds: float, warmup: float, max_count: int, pids: Pids
 ) -> Measurement:
     for base_url, _ in targets:
-        if urlsplit(base_url).hostname != "127.0.0.1":
-            raise ValueError(f"the load only goes to 127.0.0.1, not {base_url}")
+        if urlsplit(base_url).hostname not in LOOPBACK:
+            raise ValueError(f"the load only goes to this machine, not {base_url}")
     async with AsyncExitStack() as stack:
         sessions = [await stack.enter_async_context(_sessions("raw", url, each)) for url, _ in targets]
         bound = max(1, max_count // len(targets))

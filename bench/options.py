@@ -6,7 +6,9 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from bench.loadgen import LOOPBACK
 from bench.pg import DEFAULT_URL
 
 __all__ = ["SECTIONS", "Options", "parse_options"]
@@ -41,6 +43,9 @@ class Options:
     search_resources: int
     requests: int
     federation_clients: int = 24
+    #: Peer mode: the base URL of another FHIR R4 server on this machine, and its bearer token.
+    peer: str | None = None
+    peer_token: str | None = None
 
     @property
     def baseline_warmup(self) -> float:
@@ -67,7 +72,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--concurrency", default="1,8,32", help="concurrent clients, comma list (default 1,8,32)")
     parser.add_argument(
         "--sections",
-        default=",".join(SECTIONS),
+        default=None,
         help=f"what to run, comma list of {', '.join(SECTIONS)} (default all)",
     )
     parser.add_argument(
@@ -139,8 +144,26 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "disabled: EHR_AUTH=disabled-for-development and X-EHR-* headers",
     )
     parser.add_argument("--quick", action="store_true", help="short run: 3 s per figure, 1 s warm-up")
+    parser.add_argument(
+        "--peer",
+        default=None,
+        metavar="URL",
+        help="base URL of another FHIR R4 server on this machine (loopback): the same HTTP workloads run against "
+        "it, after seeding it through its own API, and ehr-core's figures are shown beside its (default "
+        "sections: http)",
+    )
+    parser.add_argument("--peer-token", default=None, metavar="TOKEN", help="bearer token the peer requires")
     args = parser.parse_args(argv)
-    sections = _csv(args.sections)
+    if args.peer is not None:
+        try:
+            peer_host = urlsplit(args.peer).hostname
+        except ValueError:
+            peer_host = None
+        if peer_host not in LOOPBACK or not args.peer.startswith("http://"):
+            parser.error(f"--peer must be http:// on this machine ({', '.join(LOOPBACK)}), not {args.peer}")
+        if args.sections is None:
+            args.sections = "http"
+    sections = _csv(args.sections or ",".join(SECTIONS))
     if set(sections) - set(SECTIONS):
         parser.error(f"unknown section(s): {', '.join(sorted(set(sections) - set(SECTIONS)))}")
     backends = _csv(args.backends)
@@ -179,4 +202,6 @@ def parse_options(argv: list[str] | None = None) -> Options:
         search_resources=args.search_resources or (10_000 if args.quick else 50_000),
         requests=args.requests or (30 if args.quick else 100),
         federation_clients=args.federation_clients,
+        peer=args.peer.rstrip("/") if args.peer else None,
+        peer_token=args.peer_token,
     )

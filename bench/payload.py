@@ -24,7 +24,7 @@ from uuid import uuid4
 
 import orjson
 
-__all__ = ["TOKEN_CLAIMS", "Credentials", "PatientFactory", "sample_stored_event", "synthetic_patient"]
+__all__ = ["FAMILIES", "TOKEN_CLAIMS", "Credentials", "PatientFactory", "sample_stored_event", "synthetic_patient"]
 
 CURP_SYSTEM = "urn:oid:2.16.840.1.113883.4.629"
 NSS_SYSTEM = "urn:ehr-core:sid:imss-nss"
@@ -33,6 +33,8 @@ _CURP_ALPHABET = "0123456789ABCDEFGHIJKLMNÑOPQRSTUVWXYZ"
 _FAMILY = ["García", "Hernández", "López", "Martínez", "González", "Pérez", "Rodríguez", "Sánchez", "Ramírez",
            "Cruz", "Flores", "Gómez", "Morales", "Vázquez", "Reyes", "Jiménez", "Torres", "Díaz", "Gutiérrez",
            "Ruiz"]  # fmt: skip
+#: The first surnames of the synthetic persons (``name.family`` is "first second"): the search workload's terms.
+FAMILIES = tuple(_FAMILY)
 _GIVEN_F = ["María", "Guadalupe", "Juana", "Margarita", "Verónica", "Leticia", "Rosa", "Fernanda", "Alejandra",
             "Patricia"]  # fmt: skip
 _GIVEN_M = ["José", "Juan", "Miguel", "Francisco", "Jesús", "Antonio", "Alejandro", "Pedro", "Manuel",

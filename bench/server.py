@@ -63,7 +63,9 @@ def _wait_ready(
     process: subprocess.Popen[bytes], url: str, log: Path, timeout: float, headers: dict[str, str] | None
 ) -> None:
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2.0, trust_env=False, headers=headers) as client:
+    # The first answer builds what later ones reuse (15 s on a busy 2-core machine): a slow answer is no reason
+    # to give up on it and ask again, which only queues more work behind it.
+    with httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0), trust_env=False, headers=headers) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}; log:\n{log.read_text()[-3000:]}")

@@ -20,6 +20,8 @@ class Target:
     p99_at_most_ms: float | None = None
     #: The figure ÷ its first baseline must not pass this (e.g. memory "flat": RSS at 2.6x the input ÷ RSS at 1x).
     ratio_at_most: float | None = None
+    #: The figure ÷ its first baseline must reach this (e.g. reads with the audit log ÷ reads without it).
+    ratio_at_least: float | None = None
     #: What ``value`` is when it is not plain, e.g. "median".
     value_name: str = ""
     #: Said after the bounds, e.g. "(at 1M)".
@@ -36,6 +38,8 @@ class Target:
             parts.append(f"p99 <= {_short(self.p99_at_most_ms)} ms")
         if self.ratio_at_most is not None:
             parts.append(f"ratio <= {self.ratio_at_most:g}")
+        if self.ratio_at_least is not None:
+            parts.append(f"ratio >= {self.ratio_at_least:g}")
         return ", ".join(parts) + (f" {self.note}" if self.note else "")
 
 
@@ -86,6 +90,8 @@ def verdict(line: Line) -> str:
         checks.append((line.p99_ms, line.p99_ms <= target.p99_at_most_ms))
     if target.ratio_at_most is not None:
         checks.append((ratio, ratio <= target.ratio_at_most))
+    if target.ratio_at_least is not None:
+        checks.append((ratio, ratio >= target.ratio_at_least))
     if any(math.isnan(value) for value, _ in checks):
         return "?"
     return "yes" if all(holds for _, holds in checks) else "NO"

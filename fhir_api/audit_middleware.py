@@ -2,9 +2,11 @@
 
 A plain ASGI middleware around the whole FHIR surface: it watches the response go out (status, ETag,
 Location, and the body up to :data:`BODY_LIMIT` to learn which resources, versions and patients were
-concerned), then submits one :class:`~ehr_core.audit.AuditEntry` to the audit log's group-commit writer
-and waits for the commit before the request completes. Failures and refusals (4xx, 5xx, exceptions)
-are audited the same way. Who, where and why come from :func:`fhir_api.request.write_context`.
+concerned), then, before the answer's last body chunk goes out, submits one
+:class:`~ehr_core.audit.AuditEntry` to the audit log's group-commit writer and waits for the commit: an
+answer the client holds in full is an access on the record, whatever happens to the server next.
+Failures and refusals (4xx, 5xx, exceptions) are audited the same way. Who, where and why come from
+:func:`fhir_api.request.write_context`.
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ log = logging.getLogger(__name__)
 
 BODY_LIMIT = 4 * 1024 * 1024
 _VERSION = re.compile(r'^(?:W/)?"?(\d+)"?$')
-#: Entries waiting for the audit writer beyond which requests wait for their own commit (backpressure).
-_BACKLOG = 1000
 
 
 def classify(method: str, path: str) -> tuple[str, str | None, list[str]]:
@@ -158,16 +158,24 @@ class AuditMiddleware:
                     for k, v in message.get("headers", [])
                     if k.lower() in (b"etag", b"location", b"content-type")
                 }
-            elif message["type"] == "http.response.body" and state["size"] <= BODY_LIMIT:
-                chunk = message.get("body", b"")
-                state["size"] += len(chunk)
-                state["body"].append(chunk)
+            elif message["type"] == "http.response.body":
+                if state["size"] <= BODY_LIMIT:
+                    chunk = message.get("body", b"")
+                    state["size"] += len(chunk)
+                    state["body"].append(chunk)
+                if not message.get("more_body", False):
+                    # Every access audited, nothing lost on a crash: the answer is complete only once its
+                    # audit entry is committed, so a client holding an answer can count on its AuditEvent
+                    # even if the server is killed the next instant (tests/e2e/test_audit_crash.py).
+                    state["audited"] = True
+                    await self._audit(scope, state)
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            await self._audit(scope, state)
+            if not state.get("audited"):  # no complete answer went out (an exception, a disconnect)
+                await self._audit(scope, state)
 
     async def _audit(self, scope: Scope, state: dict[str, Any]) -> None:
         services = getattr(scope["app"].state, "services", None)  # None before the lifespan opened them
@@ -225,15 +233,12 @@ class AuditMiddleware:
             access=scope.get("state", {}).get("ehr_access"),  # set by search, history, $export
             reason=_break_glass_reason(scope) if context.purpose == "BTG" else _grant_reason(scope),
         )
-        committed = compliance.audit_writer.submit(entry)
-        # The answer is already on its way; waiting here for the commit would only hold the connection's next
-        # request (~5 ms a request). Readers of the audit trail flush the writer first
-        # (read-your-audits). When the writer falls behind, callers wait for it again: that is the backpressure.
-        if compliance.audit_writer.backlog() > _BACKLOG:
-            try:
-                await asyncio.wrap_future(committed)
-            except Exception:  # the answer is sent; the writer logged it and refuses the next requests
-                log.warning("audit entry for %s %s not stored", method, path)
+        # The group commit takes every entry submitted meanwhile into one transaction: concurrent requests
+        # share the wait, and a writer that falls behind holds its callers back (backpressure).
+        try:
+            await asyncio.wrap_future(compliance.audit_writer.submit(entry))
+        except Exception:  # the status is sent; the writer logged it and refuses the next requests (unavailable)
+            log.warning("audit entry for %s %s not stored", method, path)
 
 
 def _grant_reason(scope: Scope) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from ehr_core.files import private_umask
@@ -41,7 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     clients.add_parsers(commands)  # The authorization server's clients and development users
     project.add_parser(commands)  # The projection worker
     rebuild.add_parser(commands)
+    for command in commands_of(parser):
+        if "--data" not in command._option_string_actions:
+            command.add_argument(
+                "--data", type=Path, default=None, help="data directory (default $EHR_DATA_DIR, else ./ehr-data)"
+            )
     return parser
+
+
+def commands_of(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every command that runs (``ehr keys rotate``, not ``ehr keys``): each takes ``--data``."""
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not groups:
+        yield parser
+    for group in groups:
+        for command in dict.fromkeys(group.choices.values()):  # aliases name one parser twice
+            yield from commands_of(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     # Every command may create files in the data dir (logs, views, exports, keys): owner-only from the start.
     # Restored afterwards, for callers that run a command in process.
     previous = private_umask()
+    # --data is the data directory every command's Settings() reads (EHR_DATA_DIR), set for this command only.
+    previous_data = os.environ.get("EHR_DATA_DIR")
+    if args.data is not None:
+        os.environ["EHR_DATA_DIR"] = str(args.data)
     handler = args.handler
     try:
         result: int = handler(args)
     finally:
         os.umask(previous)
+        if previous_data is None:
+            os.environ.pop("EHR_DATA_DIR", None)
+        else:
+            os.environ["EHR_DATA_DIR"] = previous_data
     return result

@@ -3,7 +3,11 @@
 ``ehr verify`` recomputes every leaf, Merkle root, chain link and signature from the event store and
 exits 0 only if the ledger holds; otherwise it names the first altered, missing, moved or inserted event
 and exits 1. ``--public-key`` takes the published key (``GET /fhir/$ledger-key``); without it the server's
-own key file is used. ``--log audit`` checks the audit log's ledger instead of the clinical log's.
+own key file is used. Both logs are checked, the clinical log's ledger then the audit log's (with the
+break-the-glass review list it signs), unless ``--log clinical`` or ``--log audit`` names one: an intact
+record whose access trail was altered is not intact. A ``--head`` is one log's head (``$ledger-head``
+answers the clinical log's unless asked ``?log=audit``), so with ``--head`` and no ``--log`` only the
+clinical log is checked.
 
 A ledger in the database cannot, alone, show that the log's tail is gone: whoever deletes the last events
 can delete their blocks too. So ``ehr verify`` also checks the signed heads kept outside the database —
@@ -68,11 +72,25 @@ def _verify(console: Console, *args: Any, **kwargs: Any) -> VerifyReport | None:
         return None
 
 
+def _logs(args: argparse.Namespace) -> tuple[str, ...]:
+    """Which logs to check: ``--log`` (``record`` is the clinical log's name in ``$ledger-head?log=``)."""
+    chosen = args.log or ("clinical" if args.head else "both")
+    return {"both": ("clinical", "audit"), "audit": ("audit",)}.get(chosen, ("clinical",))
+
+
 def run_verify(args: argparse.Namespace) -> int:
     settings = Settings()
-    if args.log == "audit":
-        outcome = _verify_log(args, AuditLog(settings), settings, settings, "audit_ledger")
-        return max(outcome, _verify_break_glass_review(settings))
+    outcome = 0
+    for log in _logs(args):
+        if log == "audit":
+            checked = _verify_log(args, AuditLog(settings), settings, settings, "audit_ledger", "audit log: ")
+            outcome = max(outcome, checked, _verify_break_glass_review(settings))
+        else:
+            outcome = max(outcome, _verify_clinical(args, settings))
+    return outcome
+
+
+def _verify_clinical(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.federated:
         return _verify_log(args, RecordApplication(settings), settings, settings, "ledger")
     # Each institution's store has a ledger of its own in the national database.
@@ -233,7 +251,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "verify", help="recompute the tamper-evident ledger from the store (exit 1 if anything was altered)"
     )
     parser.add_argument("--public-key", type=Path, default=None, help="PEM of the published ledger key")
-    parser.add_argument("--log", choices=("record", "audit"), default="record")
+    parser.add_argument(
+        "--log",
+        choices=("both", "clinical", "record", "audit"),
+        default=None,
+        help="which log's ledger (default both; with --head, clinical); record is another name for clinical",
+    )
     parser.add_argument(
         "--head",
         type=Path,

@@ -25,8 +25,9 @@ def _ehr(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_verify_proof_and_replay_as_processes(fhir_server: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # No EHR_DATA_DIR: every command is told the data directory (the ledger keys, the SQLite files) by --data.
     env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
-    env["EHR_DATA_DIR"] = str(tmp_path / "ehr-data")
+    data = ("--data", str(tmp_path / "ehr-data"))
     if request.node.callspec.params["fhir_server"] == "postgres":
         settings: Settings = request.getfixturevalue("postgres_settings")
         env |= {"EHR_DATABASE_URL": str(settings.database_url), "EHR_POSTGRES_SCHEMA": settings.postgres_schema}
@@ -45,12 +46,18 @@ def test_verify_proof_and_replay_as_processes(fhir_server: str, tmp_path: Path, 
         (tmp_path / "proof.json").write_text(proof.text)
         (tmp_path / "key.pem").write_text(client.get("/$ledger-key").text)
 
-    verified = _ehr(env, "verify", "--quiet", "--public-key", str(tmp_path / "key.pem"))
+    verified = _ehr(env, "verify", "--quiet", *data)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert verified.stdout.startswith("intact: ")
+    # Both logs by default: the clinical log's ledger, then the audit log's.
+    said = verified.stdout.splitlines()
+    assert said[0].startswith("intact: "), verified.stdout
+    assert any(line.startswith("audit log: intact: ") for line in said[1:]), verified.stdout
+    clinical = _ehr(env, "verify", "--quiet", "--log", "clinical", "--public-key", str(tmp_path / "key.pem"), *data)
+    assert clinical.returncode == 0, clinical.stdout + clinical.stderr
+    assert [line.split(":")[0] for line in clinical.stdout.splitlines()] == ["intact"], clinical.stdout
     checked = _ehr(env, "verify-proof", str(tmp_path / "proof.json"), "--public-key", str(tmp_path / "key.pem"))
     assert checked.returncode == 0 and checked.stdout.startswith("valid: "), checked.stdout + checked.stderr
-    replay = _ehr(env, "audit", "replay", "--patient", "p-e2e", "--format", "ndjson")
+    replay = _ehr(env, "audit", "replay", "--patient", "p-e2e", "--format", "ndjson", *data)
     assert replay.returncode == 0, replay.stderr
     lines = [json.loads(line) for line in replay.stdout.splitlines()]
     assert [(line["kind"], line["resources"]) for line in lines] == [

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,41 +17,11 @@ import httpx
 import pytest
 
 from ehr_core.settings import Settings
-from tests.support.server import REPO, free_port
-from tests.support.waiting import wait_until
+from tests.support.server import start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 ENTRIES = 1500
-
-
-def _start(env: dict[str, str], data: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    log = (data / f"server-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def ready() -> bool:
-        assert process.poll() is None, f"the server exited: {(data / f'server-{port}.log').read_text()[-2000:]}"
-        try:
-            return httpx.get(f"{base}/metadata", timeout=30).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(
-            ready, "the server to answer GET /metadata", seen=lambda: (data / f"server-{port}.log").read_text()[-2000:]
-        )
-    except BaseException:
-        process.kill()
-        raise
-    return process, base
 
 
 def _bundle(tag: str, last_get: str) -> dict[str, Any]:
@@ -109,7 +77,7 @@ def test_sigkill_during_a_transaction_leaves_all_or_nothing(
         (0.05, 0.3, 0.6, 1.0, 1.5, 2.5, 4.0, None) if last_get == "search" else (1.0, None)
     )
     for attempt, delay in enumerate(delays):
-        process, base = _start(env, tmp_path)
+        process, base = start_server(env, tmp_path)
         before = _stored(base)
         assert before == expected_total
         tag = f"crash{attempt}"
@@ -131,7 +99,7 @@ def test_sigkill_during_a_transaction_leaves_all_or_nothing(
         process.send_signal(signal.SIGKILL)
         process.wait()
         sender.join()
-        process, base = _start(env, tmp_path)
+        process, base = start_server(env, tmp_path)
         try:
             added = _stored(base) - before
             assert added in (0, ENTRIES), f"attempt {attempt}: {added} of {ENTRIES} entries stored"

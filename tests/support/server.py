@@ -21,8 +21,17 @@ import httpx
 import pytest
 
 from ehr_core.settings import Settings
+from tests.support.waiting import wait_until
 
-__all__ = ["ServerFailed", "fhir_server", "free_port", "running_server", "running_worker", "store_health"]
+__all__ = [
+    "ServerFailed",
+    "fhir_server",
+    "free_port",
+    "running_server",
+    "running_worker",
+    "start_server",
+    "store_health",
+]
 
 #: Seconds for a server to answer its first ``GET /metadata``: a bound only a hang reaches (it usually takes
 #: 2-3 s, but several times that on a machine whose cores other test runs keep busy).
@@ -179,3 +188,35 @@ def running_worker(
         if process.poll() is None:
             process.terminate()
             process.wait(stop_seconds)
+
+
+def start_server(env: dict[str, str], logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``ehr serve`` with exactly ``env`` (its data directory from ``EHR_DATA_DIR``), output in ``logs``;
+    return the process and the FHIR base URL once ``GET /metadata`` answers. The caller stops it (crash
+    tests kill it with SIGKILL; ``process.terminate()`` otherwise)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    log = logs / f"server-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+    def ready() -> bool:
+        assert process.poll() is None, f"the server exited: {_output(log)}"
+        try:
+            return httpx.get(f"{base}/metadata", timeout=30).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(ready, "the server to answer GET /metadata", seen=lambda: _output(log))
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, base

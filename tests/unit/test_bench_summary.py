@@ -136,3 +136,35 @@ def test_one_store_federated_is_set_beside_the_single_store_and_more_stores_besi
 def test_without_the_one_store_federation_the_others_are_shown_without_a_baseline() -> None:
     single, two = (Deployment(stores, _measured("federation", 24)) for stores in (0, 2))
     assert [line.baselines for line in federation_lines([single, two])[:2]] == [(), ()]
+
+
+def test_the_peer_goes_first_beside_each_http_figure_and_transactions_count_resources() -> None:
+    figures = [_measured(f"http {load}", 32) for load in ("read", "search", "transaction", "everything")]
+    peer = [_measured(f"http {load}", 32, 50) for load in ("read", "search", "transaction", "everything")]
+    floors = [_measured("recorder select latest", 32)]
+    read, search, transaction, everything = http_lines("postgres", figures, floors, peer)
+    assert [b.name for b in read.baselines] == ["peer read, same c", "recorder select latest"]
+    assert read.ratio(read.baselines[0]) == 2.0 and read.target is targets.READS
+    assert (search.figure, search.target, search.ratio(search.baselines[0])) == (
+        "postgres search (raw client)",
+        targets.SEARCH_HTTP,
+        2.0,
+    )
+    # 100 Bundles a second of 15 resources each: 1,500 resources a second, the target's bound.
+    assert (transaction.value, transaction.unit, verdict(transaction)) == (1_500, "res/s", "yes")
+    assert transaction.baselines[0].value == 750 and transaction.ratio(transaction.baselines[0]) == 2.0
+    assert everything.target is None and verdict(everything) == "-"
+    # Without a peer the same figures stand alone, and the peer's absence hides none.
+    alone = http_lines("postgres", figures, floors)
+    assert [len(line.baselines) for line in alone] == [1, 0, 0, 0]
+
+
+def test_reads_with_the_audit_log_are_set_beside_the_same_reads_without_it() -> None:
+    figures = [_measured("http read", 8), _measured("http read", 32, 70), _measured("http read, audit log off", 32)]
+    lines = http_lines("postgres", figures, [])
+    audited = next(line for line in lines if line.figure == "postgres read with the audit log (raw client)")
+    assert audited.concurrency == 32 and [b.name for b in audited.baselines] == ["read, audit log off, same c"]
+    assert audited.ratio(audited.baselines[0]) == 0.7 and verdict(audited) == "NO"
+    assert targets.AUDITED_READS.text("/s") == "ratio >= 0.8"
+    reached = Line("reads", 80, "/s", baselines=(Baseline("off", 100),), target=targets.AUDITED_READS)
+    assert verdict(reached) == "yes"

@@ -42,3 +42,6 @@ def test_deleted_break_glass_review_row_fails_verify(settings: Settings, ehr: Cl
     finally:
         views.close()
     assert ehr("verify", "--log", "audit", "--quiet") == 1
+    # The clinical log is intact; the default checks the audit log too, so the store as a whole is not.
+    assert ehr("verify", "--log", "clinical", "--quiet") == 0
+    assert ehr("verify", "--quiet") == 1

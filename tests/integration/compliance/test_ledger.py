@@ -1,4 +1,6 @@
 """The ledger: ``ehr verify`` passes on an intact store and names the first tampered event.
+The cases tamper with the clinical log, so they check it alone (``--log clinical``; by default the audit log's
+ledger is checked after it, test_break_glass_review.py).
 
 Every test runs on SQLite and on PostgreSQL; the tampering goes straight to the event table, as an
 attacker with database access would, bypassing the application.
@@ -43,7 +45,7 @@ def _last_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_intact_store_verifies(sealed: Services, ehr: Cli, capsys: pytest.CaptureFixture[str]) -> None:
-    assert ehr("verify", "--quiet") == 0
+    assert ehr("verify", "--quiet", "--log", "clinical") == 0
     line = _last_line(capsys)
     # Other projections (the identity index) may append events of their own, sealed by the periodic sealer.
     match = re.match(r"intact: (\d+) events in (\d+) signed blocks", line)
@@ -56,7 +58,7 @@ def test_one_altered_byte_is_named(
 ) -> None:
     originator, version, _, _ = raw_log.event(17)
     raw_log.flip_byte(17)
-    assert ehr("verify", "--quiet") == 1
+    assert ehr("verify", "--quiet", "--log", "clinical") == 1
     line = _last_line(capsys)
     assert f"event #17 (stream {originator} version {version}) was altered" in line, line
 
@@ -66,7 +68,7 @@ def test_one_deleted_event_is_named(
 ) -> None:
     originator, version, _, _ = raw_log.event(9)
     raw_log.delete(9)
-    assert ehr("verify", "--quiet") == 1
+    assert ehr("verify", "--quiet", "--log", "clinical") == 1
     line = _last_line(capsys)
     assert f"event #9 (stream {originator} version {version}) is missing from the store" in line, line
 
@@ -76,7 +78,7 @@ def test_two_swapped_events_are_named(
 ) -> None:
     second = raw_log.event(23)
     raw_log.swap(22, 23)
-    assert ehr("verify", "--quiet") == 1
+    assert ehr("verify", "--quiet", "--log", "clinical") == 1
     line = _last_line(capsys)
     assert f"event #22 (stream {second[0]} version {second[1]}) was moved (reordered)" in line, line
     assert "recorded it as event #23" in line
@@ -88,7 +90,7 @@ def test_one_inserted_event_is_named(
     _, _, topic, state = raw_log.event(30)
     forged = str(uuid.uuid4())
     raw_log.insert_after(30, forged, state, topic)
-    assert ehr("verify", "--quiet") == 1
+    assert ehr("verify", "--quiet", "--log", "clinical") == 1
     line = _last_line(capsys)
     assert f"event #31 (stream {forged} version 1) was inserted" in line, line
 
@@ -103,7 +105,7 @@ def test_later_writes_are_reported_unsealed_not_tampered(
     sealed.application.create(
         {"resourceType": "Observation", "status": "final", "code": {"text": "peso"}}, WriteContext()
     )
-    assert ehr("verify", "--quiet") == 0
+    assert ehr("verify", "--quiet", "--log", "clinical") == 0
     line = _last_line(capsys)
     assert line.startswith("intact: ") and "(0 newer events" not in line, line
 
@@ -120,7 +122,7 @@ def test_verify_with_another_key_fails(
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    assert ehr("verify", "--quiet", "--public-key", str(other)) == 1
+    assert ehr("verify", "--quiet", "--log", "clinical", "--public-key", str(other)) == 1
     assert "block 0: the head's signature does not verify" in _last_line(capsys)
 
 
@@ -184,7 +186,7 @@ def test_truncated_log_fails_verify(
 ) -> None:
     _stop_sealer(sealed)
     number = _cut_last_block(sealed, raw_log)
-    assert ehr("verify", "--quiet") == 1
+    assert ehr("verify", "--quiet", "--log", "clinical") == 1
     line = _last_line(capsys)
     assert "the log was truncated" in line and f"block {number}" in line, line
 
@@ -204,7 +206,9 @@ def test_truncation_before_a_published_head_fails_verify(
     (tmp_path / "head.json").write_text(published.text)
     _cut_last_block(sealed, raw_log)
     witness_path(sealed.settings, "ledger").unlink()
-    assert ehr("verify", "--quiet") == 0  # without a head kept elsewhere, a clean cut cannot be seen
+    assert (
+        ehr("verify", "--quiet", "--log", "clinical") == 0
+    )  # without a head kept elsewhere, a clean cut cannot be seen
     assert ehr("verify", "--quiet", "--head", str(tmp_path / "head.json")) == 1
     assert "the log was truncated" in _last_line(capsys)
 
@@ -217,7 +221,7 @@ def test_event_forged_after_the_last_sealed_block_fails_verify(
     forged = str(uuid.uuid4())
     last = int(raw_log.sql("SELECT MAX({nid}) FROM {t}")[0][0])
     raw_log.insert_after(last, forged, state, topic)
-    assert ehr("verify", "--quiet") == 1
+    assert ehr("verify", "--quiet", "--log", "clinical") == 1
     line = _last_line(capsys)
     assert f"event #{last + 1} (stream {forged} version 1) after the last signed head was inserted" in line, line
 
@@ -231,7 +235,7 @@ def test_event_left_unsealed_past_the_sealing_interval_fails_verify(
     )
     monkeypatch.setenv("EHR_LEDGER_SEAL_SECONDS", "0")
     monkeypatch.setenv("EHR_LEDGER_UNSEALED_GRACE_SECONDS", "0")
-    assert ehr("verify", "--quiet") == 1
+    assert ehr("verify", "--quiet", "--log", "clinical") == 1
     assert "events after the last signed head are not yet sealed" in _last_line(capsys)
 
 
@@ -255,6 +259,6 @@ def test_format_1_heads_still_verify(sealed: Services, ehr: Cli) -> None:
             )
             previous = head.digest()
     witness_path(sealed.settings, "ledger").unlink()
-    assert ehr("verify", "--quiet") == 0
+    assert ehr("verify", "--quiet", "--log", "clinical") == 0
     ledger.seal(partial=True)  # a format-2 head may follow format-1 ones
-    assert ehr("verify", "--quiet") == 0
+    assert ehr("verify", "--quiet", "--log", "clinical") == 0
