@@ -155,6 +155,7 @@ def smart_configuration(settings: Settings, base: str | None = None) -> dict[str
             "patient/*.read",
             "openid",
             "fhirUser",
+            "profile",
             "launch",
             "launch/patient",
             "launch/encounter",

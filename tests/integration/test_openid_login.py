@@ -184,3 +184,15 @@ def test_providers_are_configured_per_institution_from_the_environment(monkeypat
         "clues",
     )
     assert "s3cret" not in repr(provider)  # a secret is never printed
+
+
+def test_production_offers_only_the_institutions_provider(world: tuple[TestClient, Provider]) -> None:
+    http, _ = world
+    http.app.state.services.settings.env = "production"  # type: ignore[attr-defined]
+    params = _authorization(secrets.token_urlsafe(48))
+    page = http.get("/oauth/authorize", params=params)
+    assert page.status_code == 200, page.text
+    assert "Sign in with IMSS Digital" in page.text
+    assert 'name="password"' not in page.text and "Development only" not in page.text
+    login = http.post("/oauth/authorize/login", data={**params, "username": "dra.lopez", "password": "x"})
+    assert login.status_code == 403  # the development user store does not exist in production
