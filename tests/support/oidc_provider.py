@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -25,6 +24,8 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+
+from tests.support.smart_app import serving
 
 __all__ = ["Provider", "running_provider"]
 
@@ -135,14 +136,6 @@ class _Handler(BaseHTTPRequestHandler):
 def running_provider(claims: dict[str, Any]) -> Iterator[Provider]:
     """The provider on a free loopback port until the block ends."""
     holder: list[Provider] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), lambda *args: _Handler(holder[0], *args))
-    provider = Provider(f"http://127.0.0.1:{server.server_address[1]}", claims=claims)
-    holder.append(provider)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield provider
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(lambda *args: _Handler(holder[0], *args)) as origin:
+        holder.append(Provider(origin, claims=claims))
+        yield holder[0]

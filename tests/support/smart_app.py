@@ -5,7 +5,7 @@ the test, as a hospital's app would be served from its own origin: the SMART JS 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-__all__ = ["APP", "SmartApp", "serving_app"]
+__all__ = ["APP", "SmartApp", "serving", "serving_app"]
 
 APP = Path(__file__).resolve().parents[1] / "e2e" / "smart_app"
 
@@ -58,17 +58,24 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serving_app(node_modules: Path) -> Iterator[SmartApp]:
-    """The app on a free loopback port until the block ends; set ``config["clientId"]`` once registered."""
-    app = SmartApp("")
-    bundle = node_modules / "fhirclient" / "build" / "fhir-client.min.js"
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, app, bundle))
-    app.origin = f"http://127.0.0.1:{server.server_address[1]}"
+def serving(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler``'s HTTP server on a free loopback port, in a thread, until the block ends; its origin."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield app
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@contextmanager
+def serving_app(node_modules: Path) -> Iterator[SmartApp]:
+    """The app on a free loopback port until the block ends; set ``config["clientId"]`` once registered."""
+    app = SmartApp("")
+    bundle = node_modules / "fhirclient" / "build" / "fhir-client.min.js"
+    with serving(partial(_Handler, app, bundle)) as origin:
+        app.origin = origin
+        yield app

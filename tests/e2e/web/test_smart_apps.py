@@ -47,21 +47,23 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, backend: dict[str, str], node_clients: Path) -> Iterator[World]:
     data = tmp_path_factory.mktemp("smart") / "ehr-data"
-    ehr(data, "users", "add", "dra.lopez", "--institution", "IMSS", "--unit", "DFIMS000020", "--role", "physician",
-        "--practitioner", "pr-lopez", "--password", PASSWORD, env=backend)  # fmt: skip
     staff = ehr(data, "token", "--institution", "IMSS", "--user", "registro", "--scope", "user/*.cruds", env=backend)
-    with serving_app(node_clients / "node_modules") as app:
+    with (
+        serving_app(node_clients / "node_modules") as app,
+        running_server(data, backend | {"EHR_AUTH": "required"}) as (fhir, _log),
+        httpx.Client(timeout=30) as http,
+    ):
+        # Registered while the server runs (it made the schema): it reads clients and users at each request.
+        ehr(data, "users", "add", "dra.lopez", "--institution", "IMSS", "--unit", "DFIMS000020", "--role",
+            "physician", "--practitioner", "pr-lopez", "--password", PASSWORD, env=backend)  # fmt: skip
         client_id = ehr(data, "clients", "add", "--institution", "IMSS", "--redirect-uri", app.redirect_uri,
                         "--public", "--name", "Expediente de bolsillo", env=backend)  # fmt: skip
         app.config["clientId"] = client_id
-        with running_server(data, backend | {"EHR_AUTH": "required"}) as (fhir, _log), httpx.Client(timeout=30) as http:
-            for patient, family in PATIENTS.items():
-                resource = {"resourceType": "Patient", "id": patient, "name": [{"family": family, "given": ["Ana"]}]}
-                answer = http.put(
-                    f"{fhir}/Patient/{patient}", json=resource, headers={"Authorization": f"Bearer {staff}"}
-                )
-                assert answer.status_code in (200, 201), answer.text
-            yield World(fhir.removesuffix("/fhir"), data, app, client_id)
+        for patient, family in PATIENTS.items():
+            resource = {"resourceType": "Patient", "id": patient, "name": [{"family": family, "given": ["Ana"]}]}
+            answer = http.put(f"{fhir}/Patient/{patient}", json=resource, headers={"Authorization": f"Bearer {staff}"})
+            assert answer.status_code in (200, 201), answer.text
+        yield World(fhir.removesuffix("/fhir"), data, app, client_id)
 
 
 def _sign_in_and_allow(page: Any, patient: str | None) -> None:
