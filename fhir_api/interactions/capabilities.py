@@ -147,7 +147,10 @@ def _security(auth_disabled: bool, base: str | None = None, cors: bool = True) -
     """``rest.security`` (R4 capabilitystatement.html, SMART App Launch "Conformance"): bearer JWTs with
     SMART scopes; the issuers and endpoints are in ``.well-known/smart-configuration``."""
     if auth_disabled:
-        return {"description": "Authentication is disabled (EHR_AUTH=disabled-for-development): development only."}
+        return {
+            "cors": cors,
+            "description": "Authentication is disabled (EHR_AUTH=disabled-for-development): development only.",
+        }
     return {
         **({"extension": [_oauth_uris(base)]} if base is not None else {}),
         "cors": cors,  # browser apps on their own origin may call the API (fhir_api/app.py, EHR_CORS_ORIGINS)

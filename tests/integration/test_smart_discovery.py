@@ -126,3 +126,11 @@ def test_a_browser_apps_preflight_is_answered(secured_client: tuple[TestClient, 
     answer = http.get("/fhir/Patient/p1", headers={"Origin": "https://app.example"})
     assert answer.status_code == 401 and answer.headers["access-control-allow-origin"] == "*"
     assert "www-authenticate" in answer.headers["access-control-expose-headers"].lower()
+
+
+def test_with_authentication_disabled_discovery_names_nothing_to_launch(client: TestClient) -> None:
+    config = client.get("/fhir/.well-known/smart-configuration").json()
+    assert config["capabilities"] == [] and config["authentication"] == "disabled-for-development"
+    assert not {"authorization_endpoint", "token_endpoint"} & set(config)
+    security = client.get("/fhir/metadata").json()["rest"][0]["security"]
+    assert "service" not in security and "extension" not in security
