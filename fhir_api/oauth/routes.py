@@ -5,8 +5,10 @@
   FHIR base URL, PKCE ``code_challenge`` with ``code_challenge_method=S256`` (RFC 7636; required, ``plain``
   refused). Errors about the client or the redirect URI are shown, never redirected (RFC 6749 §4.1.2.1);
   others go back to the redirect URI with ``error`` and ``state``.
-- ``POST /oauth/authorize/login`` and ``/consent``: the development user store's login, the consent screen
-  listing the scopes, and the patient picker of a standalone launch asking for ``launch/patient``.
+- ``POST /oauth/authorize/login`` and ``/consent``: the development user store's login (or the institution's
+  OpenID Connect provider, ``openid.py``), the consent screen listing the scopes, and the patient picker of a
+  standalone launch asking for ``launch/patient``.
+- ``GET /oauth/.well-known/openid-configuration``: OpenID Connect discovery of this issuer (its id_tokens).
 - ``POST /oauth/token``: ``authorization_code`` (code once, 60 s, PKCE verifier, same client and redirect
   URI), ``refresh_token`` (rotated on every use; a used one presented again revokes its family, RFC 9700
   §4.14.2; a wider scope is ``invalid_scope``, RFC 6749 §6), ``client_credentials`` with a
@@ -221,7 +223,7 @@ async def consent(request: Request) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
     store = oauth_store(request.app)
     pending = store.get("oauth_requests", form.get("request_id", ""), _now())
-    if pending is None:
+    if pending is None or "claims" not in pending:  # (a request pending since before an upgrade: sign in again)
         return HTMLResponse(error_page("invalid_request", "unknown or expired authorization request"), 400)
     params: dict[str, str] = pending["params"]
     client, refusal = check_authorize(request, params)
