@@ -5,12 +5,44 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ehr_core.files import private_sqlite
 
-__all__ = ["Settings"]
+__all__ = ["OpenIDProvider", "Settings"]
+
+
+class OpenIDProvider(BaseModel):
+    """One institution's OpenID Connect provider (OpenID Connect Core 1.0, authorization code flow): its users
+    sign in there, and the claims of its ``id_token`` say who they are at the institution. The endpoints and
+    keys come from ``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery 1.0 §4)."""
+
+    model_config = {"extra": "forbid"}
+
+    issuer: str
+    client_id: str
+    #: The client secret this server authenticates with at the provider's token endpoint
+    #: (``client_secret_basic``, OpenID Connect Core §9), or a file holding it.
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    #: Shown on the login page ("Entrar con ... / Sign in with ..."); the institution's name by default.
+    display_name: str | None = None
+    scope: str = "openid profile"
+    #: The claims carrying the user, the institution (checked: a provider vouches only for its own
+    #: institution), the unit (CLUES), the role, and the user's Practitioner id (for ``fhirUser``).
+    user_claim: str = "sub"
+    institution_claim: str | None = None
+    unit_claim: str | None = None
+    role_claim: str | None = None
+    practitioner_claim: str | None = None
+
+    def secret(self) -> str | None:
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text().strip()
+        return None
 
 
 class Settings(BaseSettings):
@@ -109,6 +141,17 @@ class Settings(BaseSettings):
     auth: str = "required"
     #: Trusted issuers: a directory of ``*.json`` files (issuer, institution, PEM public keys or a JWKS).
     auth_issuers_dir: Path | None = None
+    #: The server's root URL as its users reach it (``https://ehr.example.org``, behind a reverse proxy):
+    #: the authorization server's issuer, the endpoints in discovery, the FHIR base of tokens' ``aud`` and of
+    #: the answers' URLs, the redirects. Unset: the root each request was addressed to.
+    public_url: str | None = None
+    #: Each institution's OpenID Connect provider, as JSON ``{"IMSS": {"issuer": ..., "client_id": ...,
+    #: "client_secret": ..., "unit_claim": ..., "role_claim": ...}}`` (:class:`OpenIDProvider`): the
+    #: production way users sign in at the authorization server; the local user store is for development.
+    oidc_providers: dict[str, OpenIDProvider] = Field(default_factory=dict)
+    #: Origins whose browser apps may call the API (CORS, comma-separated; ``*`` any): SMART apps run in
+    #: the browser on their own origin. Bearer tokens, not cookies, authorize those calls.
+    cors_origins: str = "*"
 
     @property
     def import_root(self) -> Path:

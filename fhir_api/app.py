@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from ehr_core.settings import Settings
 from fhir_api.audit_middleware import AuditMiddleware
@@ -63,7 +64,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # Accept/_format: 406, or FHIR JSON answers turned into XML (outside auth and limits: their refusals too)
     app.add_middleware(FormatNegotiation)
     app.add_middleware(AuditMiddleware)  # One audit entry per FHIR interaction
-    app.add_middleware(MetricsMiddleware)  # Outermost, so every answer is counted
+    app.add_middleware(MetricsMiddleware)  # Every answer is counted
+    # SMART apps run in the browser on their own origin (SMART App Launch 2.x §App Launch): discovery, the
+    # token endpoint and the FHIR API answer their fetches. Outermost, so a preflight (OPTIONS) is answered
+    # before authentication; no credentials mode: the calls carry bearer tokens, never the web view's cookies.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["Location", "Content-Location", "ETag", "Last-Modified", "WWW-Authenticate"],
+    )
     adopt_routes(app.router, fhir_router())  # one flat route list: see adopt_routes
     app.include_router(metrics_router())  # GET /metrics (Prometheus text)
     app.include_router(health_router())  # GET /health: 503 while the audit log cannot be written

@@ -20,6 +20,7 @@ __all__ = [
     "base_url",
     "parse_if_match",
     "prefer_return",
+    "public_root",
     "read_body",
     "read_json_body",
     "require_type",
@@ -38,9 +39,16 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def public_root(request: Request) -> str:
+    """The server's root URL: ``EHR_PUBLIC_URL`` (behind a proxy, the URL users reach), else as the
+    client addressed this request."""
+    configured = request.app.state.services.settings.public_url
+    return str(configured or request.base_url).rstrip("/")
+
+
 def base_url(request: Request) -> str:
-    """The server's FHIR base, as the client reached it."""
-    return f"{str(request.base_url).rstrip('/')}/fhir"
+    """The server's FHIR base, as its users reach it."""
+    return f"{public_root(request)}/fhir"
 
 
 def require_type(resource_type: str) -> str:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from fhir_api.auth import smart_configuration
-from fhir_api.request import ServicesDep
+from fhir_api.request import ServicesDep, public_root
 
 __all__ = ["router"]
 
@@ -16,5 +16,5 @@ router = APIRouter()
 
 @router.get("/.well-known/smart-configuration", summary="SMART configuration")
 def smart(request: Request, services: ServicesDep) -> Response:
-    base = str(request.base_url).rstrip("/")  # the authorization server is /oauth beside /fhir
+    base = public_root(request)  # the authorization server is /oauth beside /fhir
     return Response(orjson.dumps(smart_configuration(services.settings, base)), media_type="application/json")

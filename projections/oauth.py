@@ -171,6 +171,17 @@ class OAuthStore:
         body: dict[str, Any] = orjson.loads(row[0])
         return body
 
+    def take(self, table: str, key: str, now: int) -> dict[str, Any] | None:
+        """Like :meth:`get`, and the row is gone: a value good for one use (an OpenID Connect ``state``)."""
+        assert table in ("oauth_requests", "oauth_launches")
+        column = "request_id" if table == "oauth_requests" else "launch_id"
+        with self.database.write() as tx:
+            row = tx.execute(f"DELETE FROM {table} WHERE {column} = ? RETURNING body, expires", (key,)).fetchone()
+        if row is None or int(row[1]) < now:
+            return None
+        body: dict[str, Any] = orjson.loads(row[0])
+        return body
+
     # Authorization codes -------------------------------------------------------------------------------
     def add_code(self, code: str, client_id: str, body: dict[str, Any], expires: int) -> None:
         with self.database.write() as tx:

@@ -134,7 +134,7 @@ def smart_configuration(settings: Settings, base: str | None = None) -> dict[str
     as the client reached it: its authorization server (``/oauth``) issues tokens; trusted institution
     issuers are listed too. ``capabilities`` name exactly what works: EHR and standalone launch (with the
     patient picker), public and asymmetric confidential clients, OpenID Connect id_tokens naming the
-    Practitioner, refresh tokens (``offline_access``), v1 and v2 scopes."""
+    Practitioner, refresh tokens (``offline_access``), v1 and v2 scopes; none with authentication disabled."""
     issuers = [] if settings.auth_disabled else list(Issuers.configured(settings).by_iss.values())
     endpoints = [i.token_endpoint for i in issuers if i.token_endpoint]
     config: dict[str, Any] = {
@@ -155,6 +155,7 @@ def smart_configuration(settings: Settings, base: str | None = None) -> dict[str
             "patient/*.read",
             "openid",
             "fhirUser",
+            "profile",
             "launch",
             "launch/patient",
             "launch/encounter",
@@ -181,6 +182,10 @@ def smart_configuration(settings: Settings, base: str | None = None) -> dict[str
         "trusted_issuers": [{"issuer": i.issuer, "institution": i.institution} for i in issuers],
         "authentication": "disabled-for-development" if settings.auth_disabled else "required",
     }
+    if settings.auth_disabled:
+        # No token is asked for: no launch or client kind is needed, and no endpoint is named, so a SMART
+        # client treats the server as open (SMART App Launch 2.x §Conformance).
+        config["capabilities"] = []
     if endpoints:
         config["token_endpoint"] = endpoints[0]
     if base is not None and not settings.auth_disabled:

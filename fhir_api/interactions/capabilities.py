@@ -143,13 +143,17 @@ def _subscription_support() -> dict[str, Any]:
     }
 
 
-def _security(auth_disabled: bool, base: str | None = None) -> dict[str, Any]:
+def _security(auth_disabled: bool, base: str | None = None, cors: bool = True) -> dict[str, Any]:
     """``rest.security`` (R4 capabilitystatement.html, SMART App Launch "Conformance"): bearer JWTs with
     SMART scopes; the issuers and endpoints are in ``.well-known/smart-configuration``."""
     if auth_disabled:
-        return {"description": "Authentication is disabled (EHR_AUTH=disabled-for-development): development only."}
+        return {
+            "cors": cors,
+            "description": "Authentication is disabled (EHR_AUTH=disabled-for-development): development only.",
+        }
     return {
         **({"extension": [_oauth_uris(base)]} if base is not None else {}),
+        "cors": cors,  # browser apps on their own origin may call the API (fhir_api/app.py, EHR_CORS_ORIGINS)
         "service": [
             {
                 "coding": [
@@ -165,7 +169,7 @@ def _security(auth_disabled: bool, base: str | None = None) -> dict[str, Any]:
     }
 
 
-def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, Any]:
+def capability_statement(base: str, auth_disabled: bool = False, cors: bool = True) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -180,7 +184,7 @@ def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, An
         "rest": [
             {
                 "mode": "server",
-                "security": _security(auth_disabled, base),
+                "security": _security(auth_disabled, base, cors),
                 "resource": _resources(base),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": capability_system_search_params(),
@@ -193,7 +197,8 @@ def capability_statement(base: str, auth_disabled: bool = False) -> dict[str, An
 
 @router.get("/metadata", summary="capabilities")
 def capabilities(request: Request, services: ServicesDep) -> Response:
-    statement = capability_statement(base_url(request), services.settings.auth_disabled)
+    settings = services.settings
+    statement = capability_statement(base_url(request), settings.auth_disabled, bool(settings.cors_origins.strip()))
     return Response(orjson.dumps(statement), media_type=FHIR_JSON)
 
 

@@ -5,8 +5,10 @@
   FHIR base URL, PKCE ``code_challenge`` with ``code_challenge_method=S256`` (RFC 7636; required, ``plain``
   refused). Errors about the client or the redirect URI are shown, never redirected (RFC 6749 §4.1.2.1);
   others go back to the redirect URI with ``error`` and ``state``.
-- ``POST /oauth/authorize/login`` and ``/consent``: the development user store's login, the consent screen
-  listing the scopes, and the patient picker of a standalone launch asking for ``launch/patient``.
+- ``POST /oauth/authorize/login`` and ``/consent``: the development user store's login (or the institution's
+  OpenID Connect provider, ``openid.py``), the consent screen listing the scopes, and the patient picker of a
+  standalone launch asking for ``launch/patient``.
+- ``GET /oauth/.well-known/openid-configuration``: OpenID Connect discovery of this issuer (its id_tokens).
 - ``POST /oauth/token``: ``authorization_code`` (code once, 60 s, PKCE verifier, same client and redirect
   URI), ``refresh_token`` (rotated on every use; a used one presented again revokes its family, RFC 9700
   §4.14.2; a wider scope is ``invalid_scope``, RFC 6749 §6), ``client_credentials`` with a
@@ -38,9 +40,19 @@ from fhir_api.auth.signing import SigningKeys
 from fhir_api.auth.tokens import Issuer as TrustedIssuer
 from fhir_api.auth.tokens import TokenError, verify_token
 from fhir_api.oauth.pages import consent_page, error_page, login_page
+from fhir_api.request import public_root
 from projections.oauth import Client, OAuthStore
 
-__all__ = ["ACCESS_SECONDS", "issuer_of", "oauth_store", "router", "signing_keys"]
+__all__ = [
+    "ACCESS_SECONDS",
+    "AUTHORIZE_FIELDS",
+    "check_authorize",
+    "consent_screen",
+    "issuer_of",
+    "oauth_store",
+    "router",
+    "signing_keys",
+]
 
 router = APIRouter(prefix="/oauth", include_in_schema=False)
 
@@ -79,7 +91,7 @@ def signing_keys(app: Any) -> SigningKeys:
 
 
 def base_of(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    return public_root(request)
 
 
 def issuer_of(request: Request) -> str:
@@ -100,7 +112,7 @@ def _redirect_error(redirect_uri: str, state: str | None, error: str, descriptio
 
 
 # Authorization endpoint ------------------------------------------------------------------------------------
-_AUTHORIZE_FIELDS = (
+AUTHORIZE_FIELDS = (
     "response_type",
     "client_id",
     "redirect_uri",
@@ -114,7 +126,7 @@ _AUTHORIZE_FIELDS = (
 )
 
 
-def _check_authorize(request: Request, params: dict[str, str]) -> tuple[Client | None, Response | None]:
+def check_authorize(request: Request, params: dict[str, str]) -> tuple[Client | None, Response | None]:
     store = oauth_store(request.app)
     client = store.client(params.get("client_id", ""))
     if client is None or client.disabled:
@@ -140,19 +152,31 @@ def _check_authorize(request: Request, params: dict[str, str]) -> tuple[Client |
 
 @router.get("/authorize")
 def authorize(request: Request) -> Response:
-    params = {k: v for k, v in request.query_params.items() if k in _AUTHORIZE_FIELDS}
-    client, refusal = _check_authorize(request, params)
+    params = {k: v for k, v in request.query_params.items() if k in AUTHORIZE_FIELDS}
+    client, refusal = check_authorize(request, params)
     if refusal is not None:
         return refusal
     assert client is not None
-    return HTMLResponse(login_page(params, client.name), headers={"Cache-Control": "no-store"})
+    return HTMLResponse(_login_page(request, params, client), headers={"Cache-Control": "no-store"})
+
+
+def _login_page(request: Request, params: dict[str, str], client: Client, message: str | None = None) -> str:
+    """The institution's OpenID Connect providers (production), and the development user store's form
+    (never in production)."""
+    settings = request.app.state.services.settings
+    providers = {
+        key: provider.display_name or key
+        for key, provider in settings.oidc_providers.items()
+        if key == client.institution
+    }
+    return login_page(params, client.name, message, providers, local=not settings.production)
 
 
 @router.post("/authorize/login")
 async def login(request: Request) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
-    params = {k: v for k, v in form.items() if k in _AUTHORIZE_FIELDS}
-    client, refusal = _check_authorize(request, params)
+    params = {k: v for k, v in form.items() if k in AUTHORIZE_FIELDS}
+    client, refusal = check_authorize(request, params)
     if refusal is not None:
         return refusal
     assert client is not None
@@ -166,21 +190,32 @@ async def login(request: Request) -> Response:
         or not _password_ok(user.password_hash, form.get("password", ""))
         or (user.institution != client.institution)
     ):
-        page = login_page(params, client.name, "Usuario o contraseña incorrectos / Wrong user or password")
+        page = _login_page(request, params, client, "Usuario o contraseña incorrectos / Wrong user or password")
         return HTMLResponse(page, 401)
+    signed_in = {"claims": _user_claims(user), "practitioner": user.practitioner, "development": True}
+    return consent_screen(request, params, client, signed_in)
+
+
+def consent_screen(request: Request, params: dict[str, str], client: Client, signed_in: dict[str, Any]) -> Response:
+    """After the user signed in (the development store, or their institution's OpenID Connect provider):
+    ``signed_in`` holds the token claims that say who they are (institution, unit, user, role), their
+    Practitioner id; the consent screen lists the scopes, with the patient picker of a standalone launch."""
+    store = oauth_store(request.app)
+    institution = signed_in["claims"]["institution"]
     scopes = _user_scopes(params.get("scope", ""))
     launch = store.get("oauth_launches", params["launch"], _now()) if params.get("launch") else None
-    if launch is not None and launch.get("institution") != user.institution:
+    if launch is not None and launch.get("institution") != institution:
         return _redirect_error(
             params["redirect_uri"], params.get("state"), "access_denied", "launch of another institution"
         )
     request_id = secrets.token_urlsafe(24)
-    body = {"params": params, "user": user.username, "scopes": scopes, "launch": launch}
+    body = {"params": params, **signed_in, "scopes": scopes, "launch": launch}
     store.put("oauth_requests", request_id, body, _now() + REQUEST_SECONDS)
     patients = None
     if "launch/patient" in scopes and not (launch and launch.get("patient")):
-        patients = store.institution_patients(user.institution)  # the standalone launch's patient picker
-    return HTMLResponse(consent_page(request_id, client.name, scopes, patients), headers={"Cache-Control": "no-store"})
+        patients = store.institution_patients(institution)  # the standalone launch's patient picker
+    page = consent_page(request_id, client.name, scopes, patients, signed_in.get("development", False))
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/authorize/consent")
@@ -188,23 +223,22 @@ async def consent(request: Request) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
     store = oauth_store(request.app)
     pending = store.get("oauth_requests", form.get("request_id", ""), _now())
-    if pending is None:
+    if pending is None or "claims" not in pending:  # (a request pending since before an upgrade: sign in again)
         return HTMLResponse(error_page("invalid_request", "unknown or expired authorization request"), 400)
     params: dict[str, str] = pending["params"]
-    client, refusal = _check_authorize(request, params)
+    client, refusal = check_authorize(request, params)
     if refusal is not None:
         return refusal
     assert client is not None
     redirect_uri, state = params["redirect_uri"], params.get("state")
     if form.get("decision") != "allow":
         return _redirect_error(redirect_uri, state, "access_denied", "the user denied the request")
-    user = store.user(pending["user"])
-    assert user is not None
+    claims: dict[str, Any] = pending["claims"]
     launch = pending.get("launch") or {}
     patient = launch.get("patient")
     if "launch/patient" in pending["scopes"] and not patient:
         patient = form.get("patient")
-        if not patient or not store.patient_owned(user.institution, patient):
+        if not patient or not store.patient_owned(claims["institution"], patient):
             return _redirect_error(redirect_uri, state, "invalid_request", "pick a patient of your institution")
     code = secrets.token_urlsafe(32)
     body = {
@@ -213,8 +247,8 @@ async def consent(request: Request) -> Response:
         "scope": " ".join(pending["scopes"]),
         "nonce": params.get("nonce"),
         "family": secrets.token_urlsafe(16),
-        "claims": _user_claims(user),
-        "practitioner": user.practitioner,
+        "claims": claims,
+        "practitioner": pending.get("practitioner"),
         "patient": patient,
         "encounter": launch.get("encounter") if "launch/encounter" in pending["scopes"] or launch else None,
     }
@@ -419,6 +453,30 @@ async def token(request: Request) -> Response:
 @router.get("/jwks")
 def jwks(request: Request) -> Response:
     return JSONResponse(signing_keys(request.app).jwks(), headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/.well-known/openid-configuration")
+def openid_configuration(request: Request) -> Response:
+    """OpenID Connect Discovery 1.0 §4 at the issuer: SMART App Launch 2.x (scopes ``openid fhirUser``) has
+    a client verify the ``id_token`` with the keys this names. Lists what the token endpoint does."""
+    issuer, root = issuer_of(request), base_of(request)
+    config = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/jwks",
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "scopes_supported": ["openid", "fhirUser", "profile", "launch", "launch/patient", "offline_access"],
+        "claims_supported": ["iss", "sub", "aud", "iat", "exp", "nonce", "fhirUser"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
+        "code_challenge_methods_supported": ["S256"],
+        "service_documentation": f"{root}/fhir/.well-known/smart-configuration",
+    }
+    return JSONResponse(config, headers={"Cache-Control": "max-age=300"})
 
 
 def own_token_claims(request: Request, token: str) -> dict[str, Any] | None:

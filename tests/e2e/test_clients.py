@@ -21,19 +21,14 @@ A second scenario, ``$validate`` (R4 resource-operation-validate), runs through 
 with a Parameters body (``resource``, ``mode`` update, ``profile``) and by GET on the stored instance with a
 ``profile`` (the profile's issues, its must-support elements as information).
 
-The npm packages are installed once per lockfile (``npm ci``) under ``build/e2e-clients/`` (ignored by git).
-Without Node.js or npm, or if the registry cannot be reached, the JS cases are skipped, except under
-``CI=true``, where they fail (as tests/conftest.py does for PostgreSQL).
+The npm packages are installed by the ``node_clients`` fixture (tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -48,12 +43,10 @@ from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import BaseFHIRError
 
 from ehr_core.settings import Settings
-from tests.conftest import IN_CI
 from tests.support.server import REPO, ServerFailed, running_server
 
 pytestmark = pytest.mark.e2e
 
-CLIENTS = Path(__file__).resolve().parent / "clients"
 SCRIPTS = {"fhir-kit-client": "fhir_kit_client.mjs", "fhirclient": "fhirclient.cjs"}
 VALIDATE_SCRIPTS = {"fhir-kit-client": "fhir_kit_client_validate.mjs", "@medplum/core": "medplum_validate.mjs"}
 MX_PATIENT = "http://ehr-core.mx/fhir/StructureDefinition/MXPatient"
@@ -65,53 +58,8 @@ BROKEN_PATIENT = {
     "name": [{"family": "Ruiz", "period": {"start": "2020-02-01", "end": "2020-01-01"}}],
 }
 MRN = "urn:ehr-core:sid:imss:mrn"
-#: Seconds for ``npm ci`` (a few hundred packages) and for one client's whole scenario.
-NPM_TIMEOUT = 600
+#: Seconds for one client's whole scenario.
 SCENARIO_TIMEOUT = 300
-#: The oldest Node.js with a global ``fetch``, which both JS clients use.
-NODE_MAJOR = 18
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message + " (required under CI=true)", pytrace=False)
-    pytest.skip(message)
-
-
-def _node_version(node: str) -> int:
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
-    return int(version.strip().lstrip("v").split(".", 1)[0])
-
-
-@pytest.fixture(scope="session")
-def node_clients() -> Path:
-    """A directory holding the pinned npm packages and the client scripts (``npm ci`` once per lockfile)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        _unavailable("Node.js and npm are needed to run the JS FHIR clients")
-    assert node is not None and npm is not None
-    if _node_version(node) < NODE_MAJOR:
-        _unavailable(f"the JS FHIR clients need Node.js {NODE_MAJOR} or later")
-    lock = (CLIENTS / "package-lock.json").read_bytes()
-    package = (CLIENTS / "package.json").read_bytes()
-    home = REPO / "build" / "e2e-clients" / hashlib.sha256(package + lock).hexdigest()[:16]
-    home.mkdir(parents=True, exist_ok=True)
-    # Parallel workers share the directory: one installs, the others wait for it.
-    with (home / ".lock").open("w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        installed = home / ".installed"
-        if not installed.exists():
-            (home / "package.json").write_bytes(package)
-            (home / "package-lock.json").write_bytes(lock)
-            command = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
-            done = subprocess.run(command, cwd=home, capture_output=True, text=True, timeout=NPM_TIMEOUT)
-            if done.returncode != 0:
-                _unavailable(f"npm ci failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
-            installed.touch()
-        # Next to node_modules, where an ES module resolves its imports.
-        for script in [*SCRIPTS.values(), *VALIDATE_SCRIPTS.values()]:
-            shutil.copyfile(CLIENTS / script, home / script)
-    return home
 
 
 @dataclass(frozen=True)

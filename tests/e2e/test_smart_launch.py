@@ -4,42 +4,25 @@ token that survives a server restart, and ``ehr clients disable`` stopping a run
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.oauth import PASSWORD, REDIRECT, authorize, exchange
-from tests.support.server import REPO, running_server
+from tests.support.server import ehr, running_server
 
 pytestmark = pytest.mark.e2e
 
 
-def _ehr(data: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")} | {"EHR_AUTH": "required"}
-    done = subprocess.run(
-        [sys.executable, "-m", "fhir_api.cli", *args, "--data", str(data)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def test_standalone_and_ehr_launch_across_a_restart(tmp_path: Path) -> None:
     data = tmp_path / "ehr-data"
-    _ehr(data, "users", "add", "dra.lopez", "--institution", "IMSS", "--unit", "DFIMS000020", "--role", "physician",
+    ehr(data, "users", "add", "dra.lopez", "--institution", "IMSS", "--unit", "DFIMS000020", "--role", "physician",
          "--practitioner", "pr-lopez", "--password", PASSWORD)  # fmt: skip
-    client_id = _ehr(data, "clients", "add", "--institution", "IMSS", "--redirect-uri", REDIRECT, "--public")
-    assert client_id in _ehr(data, "clients", "list")
-    staff = _ehr(data, "token", "--institution", "IMSS", "--user", "dr.x", "--scope", "user/*.cruds")
+    client_id = ehr(data, "clients", "add", "--institution", "IMSS", "--redirect-uri", REDIRECT, "--public")
+    assert client_id in ehr(data, "clients", "list")
+    staff = ehr(data, "token", "--institution", "IMSS", "--user", "dr.x", "--scope", "user/*.cruds")
     env = {"EHR_AUTH": "required"}
     with running_server(data, env) as (fhir, _):
         root = fhir.removesuffix("/fhir")
@@ -80,6 +63,6 @@ def test_standalone_and_ehr_launch_across_a_restart(tmp_path: Path) -> None:
         bearer = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
         assert http.get("/fhir/Patient/p1", headers=bearer).status_code == 200
         # Disabled by another process: the running server refuses the client's tokens at the next request.
-        _ehr(data, "clients", "disable", client_id)
+        ehr(data, "clients", "disable", client_id)
         refused = http.get("/fhir/Patient/p1", headers=bearer)
         assert refused.status_code == 401 and refused.json()["resourceType"] == "OperationOutcome"

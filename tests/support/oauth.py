@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jws
 from joserfc.jwk import ECKey, RSAKey
 
-__all__ = ["PASSWORD", "REDIRECT", "Backend", "authorize", "challenge", "exchange"]
+__all__ = ["PASSWORD", "REDIRECT", "Backend", "authorize", "challenge", "exchange", "sign_in"]
 
 REDIRECT = "https://app.example/callback"
 PASSWORD = "correct horse battery staple"
@@ -52,23 +52,29 @@ def authorize(
         "code_challenge_method": "S256",
         **({"launch": launch} if launch else {}),
     }
+    location = urlsplit(sign_in(http, params, username, patient))
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    query = parse_qs(location.query)
+    assert query["state"] == [state], query
+    return query["code"][0]
+
+
+def sign_in(http: httpx.Client | Any, params: dict[str, str], username: str, patient: str | None = None) -> str:
+    """What a browser does with an authorization request's ``params``: the authorize page, the development
+    login form, the consent form (allow, picking ``patient``); the redirect back to the app (its URL)."""
     page = http.get("/oauth/authorize", params=params)
     assert page.status_code == 200, page.text
     assert "Development only" in page.text
     consent = http.post("/oauth/authorize/login", data={**params, "username": username, "password": PASSWORD})
     assert consent.status_code == 200, consent.text
-    for item in scope.split():
+    for item in params["scope"].split():
         assert item in consent.text  # the consent screen lists every scope asked for
     found = re.search(r'name="request_id" value="([^"]+)"', consent.text)
     assert found is not None
     form = {"request_id": found.group(1), "decision": "allow", **({"patient": patient} if patient else {})}
     answer = http.post("/oauth/authorize/consent", data=form, follow_redirects=False)
     assert answer.status_code == 302, answer.text
-    location = urlsplit(answer.headers["location"])
-    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
-    query = parse_qs(location.query)
-    assert query["state"] == [state], query
-    return query["code"][0]
+    return str(answer.headers["location"])
 
 
 def exchange(http: httpx.Client | Any, client_id: str, code: str, verifier: str | None) -> httpx.Response:

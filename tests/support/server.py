@@ -25,6 +25,7 @@ from tests.support.waiting import wait_until
 
 __all__ = [
     "ServerFailed",
+    "ehr",
     "fhir_server",
     "free_port",
     "running_server",
@@ -94,6 +95,21 @@ def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path
                 last_problem = f"GET /metadata answered {response.status_code}: {response.text[:200]}"
             time.sleep(0.1)
     raise ServerFailed(f"no CapabilityStatement within {timeout:.0f}s ({last_problem}); output:\n{_output(log)}")
+
+
+def ehr(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """``ehr ARGS --data DATA_DIR`` run as a process (as the README says), its output; fails the test on error."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")} | {"EHR_AUTH": "required"} | (env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "fhir_api.cli", *args, "--data", str(data_dir)],
+        cwd=REPO,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 def store_health(base_url: str) -> dict[str, dict[str, object]]:
