@@ -28,6 +28,7 @@ from fhirpathpy.models import models as fhirpath_models
 from fhirpathpy.parser import parse
 
 from ehr_core.errors import Issue
+from ehr_core.resources.fhirpath_predicates import Predicate, compile_predicate
 from ehr_core.spec.invariants import INVARIANTS, PLACES
 
 __all__ = ["ADDED_FUNCTIONS", "GUARDS", "invariant_issues"]
@@ -63,7 +64,8 @@ _OPTIONS = {
 _NOT_DOMAIN = frozenset({"Bundle", "Binary", "Parameters"})
 _EXTENSION_KEYS = ("extension", "modifierExtension")
 
-_Compiled: TypeAlias = tuple[str, str, Any, bool]  # key, human, parsed expression, uses %resource
+# key, human, parsed expression, uses %resource, its Python translation if any
+_Compiled: TypeAlias = tuple[str, str, Any, bool, Predicate | None]
 
 
 def _has_contained(node: dict[str, Any]) -> bool:
@@ -123,11 +125,14 @@ def _by_element() -> dict[str, list[tuple[str, str, str]]]:
 
 @cache
 def _compiled(element_path: str) -> tuple[_Compiled, ...]:
-    """The invariants attached to ``element_path``, each expression parsed once."""
-    return tuple(
-        (key, human, _parse(expression), "%resource" in expression or "%rootResource" in expression)
-        for key, human, expression in _by_element().get(element_path, ())
-    )
+    """The invariants attached to ``element_path``, each expression parsed once and translated into Python
+    where it can be (:mod:`ehr_core.resources.fhirpath_predicates`)."""
+    compiled = []
+    for key, human, expression in _by_element().get(element_path, ()):
+        tree = _parse(expression)
+        uses_variables = "%resource" in expression or "%rootResource" in expression
+        compiled.append((key, human, tree, uses_variables, compile_predicate(expression, tree, element_path)))
+    return tuple(compiled)
 
 
 _Tree: TypeAlias = dict[str, Any]  # JSON key -> subtree; "" -> the element paths at this node
@@ -148,11 +153,13 @@ def invariant_issues(resource: dict[str, Any], resource_type: str, limit: int = 
     """An issue for each error-level invariant that ``resource`` breaks (at most ``limit``)."""
     issues: list[Issue] = []
     for node, element_path, where, context in _places(resource, resource_type, resource_type, resource):
-        for key, human, ast, uses_variables in _compiled(element_path):
+        for key, human, ast, uses_variables, predicate in _compiled(element_path):
             guard = GUARDS.get(key)
             if guard is not None and not guard[1](node):
                 continue
-            if _broken(node, element_path, ast, context if uses_variables else {}):
+            variables = context if uses_variables else {}
+            holds = predicate(node, variables) if predicate is not None else None
+            if not holds if holds is not None else _broken(node, element_path, ast, variables):
                 issues.append(Issue("invariant", f"Constraint failed: {key}: {human}", where))
                 if len(issues) >= limit:
                     return issues
