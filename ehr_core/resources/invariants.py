@@ -29,6 +29,7 @@ from fhirpathpy.parser import parse
 
 from ehr_core.errors import Issue
 from ehr_core.resources.fhirpath_predicates import Predicate, compile_predicate
+from ehr_core.resources.json import dumps
 from ehr_core.spec.invariants import INVARIANTS, PLACES
 
 __all__ = ["ADDED_FUNCTIONS", "GUARDS", "invariant_issues"]
@@ -152,7 +153,8 @@ def _tree(resource_type: str) -> _Tree:
 def invariant_issues(resource: dict[str, Any], resource_type: str, limit: int = 20) -> list[Issue]:
     """An issue for each error-level invariant that ``resource`` breaks (at most ``limit``)."""
     issues: list[Issue] = []
-    for node, element_path, where, context in _places(resource, resource_type, resource_type, resource):
+    universal = _may_have_universal_places(resource)
+    for node, element_path, where, context in _places(resource, resource_type, resource_type, resource, universal):
         for key, human, ast, uses_variables, predicate in _compiled(element_path):
             guard = GUARDS.get(key)
             if guard is not None and not guard[1](node):
@@ -169,10 +171,13 @@ def invariant_issues(resource: dict[str, Any], resource_type: str, limit: int = 
 _Place: TypeAlias = tuple[Any, str, str, dict[str, Any]]  # element, element path, FHIRPath, variables
 
 
-def _places(resource: dict[str, Any], resource_type: str, where: str, root: dict[str, Any]) -> Iterator[_Place]:
+def _places(
+    resource: dict[str, Any], resource_type: str, where: str, root: dict[str, Any], universal: bool = True
+) -> Iterator[_Place]:
     """(element, its element path, its FHIRPath, %resource and %rootResource) for every element carrying
     invariants. FHIRPath's %resource is the resource the element is in, %rootResource its container when
-    contained (R4 fhirpath.html#variables)."""
+    contained (R4 fhirpath.html#variables). ``universal``: whether the resource may hold an Extension or an
+    element with nothing but an ``id`` (see :func:`_may_have_universal_places`)."""
     variables = {"resource": resource, "rootResource": root}
     yield resource, resource_type, where, variables
     if resource_type not in _NOT_DOMAIN:
@@ -192,11 +197,28 @@ def _places(resource: dict[str, Any], resource_type: str, where: str, root: dict
                 for element_path in below.get("", ()):
                     yield item, element_path, at, variables
                 stack.append((item, below, at))
-    yield from _everywhere(resource, where, variables)
+    if universal:
+        yield from _everywhere(resource, where, variables)
     for index, contained in enumerate(resource.get("contained") or ()):
         if isinstance(contained, dict) and isinstance(contained.get("resourceType"), str):
             # R4 references.html#contained: a contained resource is valid on its own terms.
-            yield from _places(contained, contained["resourceType"], f"{where}.contained[{index}]", root)
+            yield from _places(contained, contained["resourceType"], f"{where}.contained[{index}]", root, universal)
+
+
+# In the resource as JSON text, what every place of ext-1 and ele-1 shows: an ``extension`` or
+# ``modifierExtension`` key, a ``_field`` key, an object with nothing or only an ``id``. A string value that
+# merely contains one of these costs a walk, never a missed place.
+_UNIVERSAL_MARKS = (b'"extension":', b'"modifierExtension":', b'"_', b"{}", b'{"id":')
+
+
+def _may_have_universal_places(resource: dict[str, Any]) -> bool:
+    """Whether :func:`_everywhere` can find anything in ``resource``: its text, written in one call of
+    native code, says so far faster than the walk; most resources hold no extension at all."""
+    try:
+        text = dumps(resource)
+    except (TypeError, ValueError):
+        return True
+    return any(mark in text for mark in _UNIVERSAL_MARKS)
 
 
 def _everywhere(node: Any, where: str, variables: dict[str, Any]) -> Iterator[_Place]:
@@ -208,10 +230,11 @@ def _everywhere(node: Any, where: str, variables: dict[str, Any]) -> Iterator[_P
         item, path = stack.pop()
         if isinstance(item, dict):
             for key, value in item.items():
-                if key == "contained":
-                    continue  # walked as its own resource
+                # Most values are primitives: their path is never written out.
+                if key == "contained" or not isinstance(value, (dict, list)):
+                    continue  # contained: walked as its own resource
                 at = f"{path}.{key}"
-                if key.startswith("_"):
+                if key[:1] == "_":
                     # A primitive's id and extensions (R4 json.html#primitive): the element's @value is the
                     # sibling without the underscore, so an ``{"id": ...}`` here has a value when that does.
                     yield from _primitive_companions(value, item.get(key[1:]), at, variables, stack)
@@ -222,9 +245,8 @@ def _everywhere(node: Any, where: str, variables: dict[str, Any]) -> Iterator[_P
                     for index, extension in enumerate(value):
                         if isinstance(extension, dict):
                             yield extension, "Extension", f"{at}[{index}]", variables
-                if isinstance(value, (dict, list)):
-                    stack.append((value, at))
-        elif isinstance(item, list):
+                stack.append((value, at))
+        else:
             for index, value in enumerate(item):
                 if isinstance(value, dict):
                     if not value.keys() - {"id"}:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources.bindings import required_code_issues, required_coding_issues
 from ehr_core.resources.invariants import invariant_issues
+from ehr_core.resources.json import dumps
 from ehr_core.resources.r4_only import r4_only_issues
 from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
 
@@ -109,7 +110,24 @@ def conformance_issues(resource: dict[str, Any], resource_type: str) -> list[Iss
 _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 
+# orjson writes a character below U+0020 as an escape, by its short form (\\t \\n \\r \\b \\f) or \\u00XX, and
+# refuses a lone surrogate; the text of every other character is itself.
+_SUSPECT_ESCAPES = (b"\\u", b"\\b", b"\\f")
+
+
 def _check_characters(resource: dict[str, Any], resource_type: str) -> None:
+    """Refuse a forbidden character, at its path. The resource serialized in one call (orjson, native code)
+    shows whether any can be there: only then is it walked key by key, value by value, to find it."""
+    try:
+        text = dumps(resource)
+    except (TypeError, ValueError):  # a lone surrogate (or what orjson cannot write): the walk says where
+        text = b"\\u"
+    if any(escape in text for escape in _SUSPECT_ESCAPES):
+        find_bad_character(resource, resource_type)
+
+
+def find_bad_character(resource: dict[str, Any], resource_type: str) -> None:
+    """Walk ``resource`` and raise :class:`InvalidResource` at the first forbidden character."""
     stack: list[tuple[Any, str]] = [(resource, resource_type)]
     while stack:
         node, path = stack.pop()
