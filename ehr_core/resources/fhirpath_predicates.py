@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any, TypeAlias
 
 from fhirpathpy.models import models as fhirpath_models
@@ -104,6 +105,33 @@ def _function(tree: dict[str, Any]) -> str | None:
     return str(functn["children"][0].get("text", "")) or None
 
 
+@cache
+def _candidates(parent: str, key: str) -> tuple[tuple[str, str], ...]:
+    """The JSON keys (value, ``_`` companion) that ``parent.key`` may take, in the order :func:`_member`
+    tries them: one pair, or one per type of a choice element."""
+    path = _ELSEWHERE.get(f"{parent}.{key}", f"{parent}.{key}")
+    types = _CHOICES.get(path)
+    if types:
+        return tuple((f"{key}{suffix}", f"_{key}{suffix}") for suffix in types)
+    return ((key, f"_{key}"),)
+
+
+def _present(key: str) -> _Boolean:
+    """``key.exists()`` on one element, without building its nodes: what :func:`_member` finds is not
+    empty exactly when the first pair of keys with anything holds a value other than an empty array."""
+
+    def present(data: Any, path: str) -> bool:
+        if not isinstance(data, Mapping):
+            return False
+        for value_key, companion_key in _candidates(_node_path(data, path), key):
+            value, companion = data.get(value_key), data.get(companion_key)
+            if value is not None or companion is not None:
+                return (value is not None and value != []) or (companion is not None and companion != [])
+        return False
+
+    return present
+
+
 def _collect(names: list[str]) -> Callable[[Any, str], _Nodes]:
     def nodes(data: Any, path: str) -> _Nodes:
         found: _Nodes = [(data, _node_path(data, path))]
@@ -131,6 +159,11 @@ def _compile(tree: dict[str, Any]) -> _Boolean | None:
         names = _path(children[0]) if name in ("exists", "empty") else None
         if names is None:
             return None
+        if len(names) == 1:
+            present = _present(names[0])
+            if name == "exists":
+                return present
+            return lambda data, path: not present(data, path)
         nodes = _collect(names)
         if name == "exists":
             return lambda data, path: bool(nodes(data, path))
