@@ -64,6 +64,8 @@ _OPTIONS = {
 #: Resources that are no DomainResource (R4 §2.20 resource list): dom-* do not apply to them.
 _NOT_DOMAIN = frozenset({"Bundle", "Binary", "Parameters"})
 _EXTENSION_KEYS = ("extension", "modifierExtension")
+#: Which universal places (ext-1's, ele-1's) a resource may hold: see _universal_places.
+_ALL, _EXTENSIONS, _NONE = "all", "extensions", "none"
 
 # key, human, parsed expression, uses %resource, its Python translation if any
 _Compiled: TypeAlias = tuple[str, str, Any, bool, Predicate | None]
@@ -161,7 +163,7 @@ def invariant_issues(
     """An issue for each error-level invariant that ``resource`` breaks (at most ``limit``); ``text``: the
     resource as JSON (:func:`ehr_core.resources.json.dumps`), if the caller has it already."""
     issues: list[Issue] = []
-    universal = _may_have_universal_places(resource, text)
+    universal = _universal_places(resource, text)
     for node, element_path, where, context in _places(resource, resource_type, resource_type, resource, universal):
         for key, human, ast, uses_variables, predicate in _compiled(element_path):
             guard = GUARDS.get(key)
@@ -180,12 +182,12 @@ _Place: TypeAlias = tuple[Any, str, str, dict[str, Any]]  # element, element pat
 
 
 def _places(
-    resource: dict[str, Any], resource_type: str, where: str, root: dict[str, Any], universal: bool = True
+    resource: dict[str, Any], resource_type: str, where: str, root: dict[str, Any], universal: str = _ALL
 ) -> Iterator[_Place]:
     """(element, its element path, its FHIRPath, %resource and %rootResource) for every element carrying
     invariants. FHIRPath's %resource is the resource the element is in, %rootResource its container when
-    contained (R4 fhirpath.html#variables). ``universal``: whether the resource may hold an Extension or an
-    element with nothing but an ``id`` (see :func:`_may_have_universal_places`)."""
+    contained (R4 fhirpath.html#variables). ``universal``: which of the places of ext-1 and ele-1 the
+    resource may hold (see :func:`_universal_places`)."""
     variables = {"resource": resource, "rootResource": root}
     yield resource, resource_type, where, variables
     if resource_type not in _NOT_DOMAIN:
@@ -205,33 +207,69 @@ def _places(
                 for element_path in below.get("", ()):
                     yield item, element_path, at, variables
                 stack.append((item, below, at))
-    if universal:
+    if universal == _ALL:
         yield from _everywhere(resource, where, variables)
+    elif universal == _EXTENSIONS:
+        yield from _extensions(resource, where, variables)
     for index, contained in enumerate(resource.get("contained") or ()):
         if isinstance(contained, dict) and isinstance(contained.get("resourceType"), str):
             # R4 references.html#contained: a contained resource is valid on its own terms.
             yield from _places(contained, contained["resourceType"], f"{where}.contained[{index}]", root, universal)
 
 
-# In the resource as JSON text (orjson's, compact: every key follows a ``{`` or a ``,``), what every place of
-# ext-1 and ele-1 shows: an ``extension`` or ``modifierExtension`` key, an object with nothing or only an
-# ``id``, a ``_field`` key. A string value that merely contains one of these costs a walk, never a missed
-# place. (Searched with ``in``: a regular expression with these alternatives scans several times slower.)
-_UNIVERSAL_MARKS = (b'xtension":', b"{}", b'{"id":')
+# In the resource as JSON text (orjson's, compact: every key follows a ``{`` or a ``,``), what the places of
+# ext-1 show (an ``extension`` or ``modifierExtension`` key) and what those of ele-1 show (an object with
+# nothing or only an ``id``, a ``_field`` key). A string value that merely contains one of these costs a
+# walk, never a missed place. (Searched with ``in``: a regular expression with these alternatives scans
+# several times slower.)
+_EXTENSION_MARK = b'xtension":'
+_ELEMENT_MARKS = (b"{}", b'{"id":')
 _COMPANION_MARKS = (b',"_', b'{"_')
 
 
-def _may_have_universal_places(resource: dict[str, Any], text: bytes | None) -> bool:
-    """Whether :func:`_everywhere` can find anything in ``resource``: its text, written in one call of
-    native code, says so far faster than the walk; most resources hold no extension at all."""
+def _universal_places(resource: dict[str, Any], text: bytes | None) -> str:
+    """Which universal places ``resource`` may hold: any (:func:`_everywhere` walks it), Extensions only
+    (:func:`_extensions`), or none. Its text, written in one call of native code, says so far faster than a
+    walk; most resources hold no extension at all, and nearly none an element without a value."""
     if text is None:
         try:
             text = dumps(resource)
         except (TypeError, ValueError):
-            return True
-    if any(mark in text for mark in _UNIVERSAL_MARKS):
-        return True
-    return b"_" in text and any(mark in text for mark in _COMPANION_MARKS)
+            return _ALL
+    if any(mark in text for mark in _ELEMENT_MARKS) or (
+        b"_" in text and any(mark in text for mark in _COMPANION_MARKS)
+    ):
+        return _ALL
+    return _EXTENSIONS if _EXTENSION_MARK in text else _NONE
+
+
+def _extensions(node: dict[str, Any], where: str, variables: dict[str, Any]) -> Iterator[_Place]:
+    """The places of :func:`_everywhere` in a resource without ele-1 places: the Extensions. Paths are
+    written out only for the Extensions found (a parent's path is kept as its parts until then)."""
+    stack: list[tuple[dict[str, Any], Any]] = [(node, where)]
+    while stack:
+        item, path = stack.pop()
+        for key, value in item.items():
+            if type(value) is list:
+                if key == "contained":
+                    continue  # walked as its own resource
+                at = (path, key)
+                for index, child in enumerate(value):
+                    if type(child) is dict:
+                        if key in _EXTENSION_KEYS:
+                            yield child, "Extension", f"{_written(at)}[{index}]", variables
+                        stack.append((child, (at, index)))
+            elif type(value) is dict:
+                stack.append((value, (path, key)))
+
+
+def _written(path: Any) -> str:
+    """The FHIRPath of a path kept as parts: ``((("Patient", "extension"), 0), "extension")``."""
+    parts: list[str] = []
+    while not isinstance(path, str):
+        path, last = path
+        parts.append(f"[{last}]" if isinstance(last, int) else f".{last}")
+    return path + "".join(reversed(parts))
 
 
 def _nothing_but_id(node: dict[str, Any]) -> bool:
