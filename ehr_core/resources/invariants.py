@@ -71,6 +71,14 @@ _ALL, _EXTENSIONS, _NONE = "all", "extensions", "none"
 _Compiled: TypeAlias = tuple[str, str, Any, bool, Predicate | None]
 
 
+def _has_value_key(node: dict[str, Any]) -> bool:
+    # A loop rather than any() over a generator, which costs about twice as much, on every Extension.
+    for key in node:  # noqa: SIM110
+        if key.startswith(("value", "_value")):
+            return True
+    return False
+
+
 def _has_contained(node: dict[str, Any]) -> bool:
     return bool(node.get("contained"))
 
@@ -108,7 +116,7 @@ GUARDS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
     # (a primitive's ``_valueX`` counted as a value, so a doubtful case goes to fhirpathpy).
     "ext-1": (
         "extension.exists() != value.exists()",
-        lambda node: ("extension" in node) == any(key.startswith(("value", "_value")) for key in node),
+        lambda node: ("extension" in node) == _has_value_key(node),
     ),
     # Spelled out whole: true when there is no value or no component, the other Observations evaluate it.
     "obs-7": (
@@ -172,13 +180,14 @@ def invariant_issues(
             variables = context if uses_variables else {}
             holds = predicate(node, variables) if predicate is not None else None
             if not holds if holds is not None else _broken(node, element_path, ast, variables):
-                issues.append(Issue("invariant", f"Constraint failed: {key}: {human}", where))
+                issues.append(Issue("invariant", f"Constraint failed: {key}: {human}", _written(where)))
                 if len(issues) >= limit:
                     return issues
     return issues
 
 
-_Place: TypeAlias = tuple[Any, str, str, dict[str, Any]]  # element, element path, FHIRPath, variables
+# element, element path, FHIRPath (a string, or its parts: see _written), variables
+_Place: TypeAlias = tuple[Any, str, Any, dict[str, Any]]
 
 
 def _places(
@@ -244,8 +253,8 @@ def _universal_places(resource: dict[str, Any], text: bytes | None) -> str:
 
 
 def _extensions(node: dict[str, Any], where: str, variables: dict[str, Any]) -> Iterator[_Place]:
-    """The places of :func:`_everywhere` in a resource without ele-1 places: the Extensions. Paths are
-    written out only for the Extensions found (a parent's path is kept as its parts until then)."""
+    """The places of :func:`_everywhere` in a resource without ele-1 places: the Extensions. Their paths
+    are kept as parts, written out only for an issue (:func:`_written`)."""
     stack: list[tuple[dict[str, Any], Any]] = [(node, where)]
     while stack:
         item, path = stack.pop()
@@ -257,14 +266,14 @@ def _extensions(node: dict[str, Any], where: str, variables: dict[str, Any]) -> 
                 for index, child in enumerate(value):
                     if type(child) is dict:
                         if key in _EXTENSION_KEYS:
-                            yield child, "Extension", f"{_written(at)}[{index}]", variables
+                            yield child, "Extension", (at, index), variables
                         stack.append((child, (at, index)))
             elif type(value) is dict:
                 stack.append((value, (path, key)))
 
 
 def _written(path: Any) -> str:
-    """The FHIRPath of a path kept as parts: ``((("Patient", "extension"), 0), "extension")``."""
+    """The FHIRPath of a path, written out or kept as parts: ``((("Patient", "extension"), 0), "url")``."""
     parts: list[str] = []
     while not isinstance(path, str):
         path, last = path

@@ -15,7 +15,14 @@ import pytest
 from fhirpathpy.parser import parse
 
 from ehr_core.errors import InvalidResource
-from ehr_core.resources.invariants import ADDED_FUNCTIONS, GUARDS, _places, _universal_places, invariant_issues
+from ehr_core.resources.invariants import (
+    ADDED_FUNCTIONS,
+    GUARDS,
+    _places,
+    _universal_places,
+    _written,
+    invariant_issues,
+)
 from ehr_core.resources.validation import validate
 from ehr_core.spec.invariants import INVARIANTS, SKIPPED
 from ehr_core.spec.invariants_generator import skip_reason
@@ -152,4 +159,4 @@ def test_the_text_finds_every_universal_place() -> None:
 
 def _walk(resource: dict[str, Any], mode: str) -> list[tuple[str, str]]:
     kind = resource["resourceType"]
-    return sorted((path, where) for _node, path, where, _v in _places(resource, kind, kind, resource, mode))
+    return sorted((path, _written(where)) for _node, path, where, _v in _places(resource, kind, kind, resource, mode))
