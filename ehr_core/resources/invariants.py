@@ -18,7 +18,9 @@ the rules on nearly every element where the expression's first terms already mak
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from functools import cache
 from typing import Any, TypeAlias
 
@@ -83,13 +85,24 @@ def _has_contained(node: dict[str, Any]) -> bool:
     return bool(node.get("contained"))
 
 
-def _unreferenced_contained(node: dict[str, Any]) -> bool:
+_PLAIN_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def _unreferenced_contained(node: dict[str, Any], text: bytes | None) -> bool:
     """Whether some contained resource's ``#id`` is no string anywhere in the resource (else dom-3 holds:
-    each is referred to). A cheap over-approximation: fhirpathpy then judges, with the spec's expression."""
+    each is referred to). A cheap over-approximation: fhirpathpy then judges, with the spec's expression.
+
+    ``text``, the resource as JSON when known, answers without a walk for ids of the FHIR id characters
+    (R4 §2.24.0.1): a string value ``"#id"`` is there exactly when the text has it after a ``:``, ``[`` or
+    ``,`` (a quote after anything else is inside a string); keys are element names, never ``#id``."""
     contained = node.get("contained")
     if not contained:
         return False
-    wanted = {f"#{item.get('id')}" for item in contained if isinstance(item, dict)}
+    ids = [item.get("id") for item in contained if isinstance(item, dict)]
+    if text is not None and all(isinstance(i, str) and _PLAIN_ID.fullmatch(i) for i in ids):
+        quoted = [f'"#{i}"'.encode() for i in ids]
+        return not all(b":" + q in text or b"[" + q in text or b"," + q in text for q in quoted)
+    wanted = {f"#{i}" for i in ids}
     stack: list[Any] = [{k: v for k, v in node.items() if k != "contained"}, *contained]
     while stack and wanted:
         item = stack.pop()
@@ -107,27 +120,33 @@ def _unreferenced_contained(node: dict[str, Any]) -> bool:
 #: a guard that answers False means the expression is true without evaluating it. These are the rules on
 #: nearly every resource, Extension, Period and Reference, where evaluating everywhere was most of the cost
 #: (bench/validation.py); dom-3 walks ``%resource.descendants()`` once per contained resource.
-GUARDS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
-    "dom-2": ("contained.contained.empty()", _has_contained),
+GUARDS: dict[str, tuple[str, Callable[[dict[str, Any], bytes | None], bool]]] = {
+    "dom-2": ("contained.contained.empty()", lambda node, _text: _has_contained(node)),
     "dom-3": ("contained.where(", _unreferenced_contained),
-    "dom-4": ("contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()", _has_contained),
-    "dom-5": ("contained.meta.security.empty()", _has_contained),
+    "dom-4": (
+        "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()",
+        lambda node, _text: _has_contained(node),
+    ),
+    "dom-5": ("contained.meta.security.empty()", lambda node, _text: _has_contained(node)),
     # True when exactly one of ``extension`` and ``value[x]`` is there: evaluated when both or neither are
     # (a primitive's ``_valueX`` counted as a value, so a doubtful case goes to fhirpathpy).
     "ext-1": (
         "extension.exists() != value.exists()",
-        lambda node: ("extension" in node) == _has_value_key(node),
+        lambda node, _text: ("extension" in node) == _has_value_key(node),
     ),
     # Spelled out whole: true when there is no value or no component, the other Observations evaluate it.
     "obs-7": (
         "value.empty() or component.code.where(coding.intersect(%resource.code.coding).exists()).empty()",
-        lambda node: "component" in node and any(key.startswith(("value", "_value")) for key in node),
+        lambda node, _text: "component" in node and any(key.startswith(("value", "_value")) for key in node),
     ),
     "per-1": (
         "start.hasValue().not() or end.hasValue().not() or ",
-        lambda node: "start" in node and "end" in node,
+        lambda node, _text: "start" in node and "end" in node,
     ),
-    "ref-1": ("reference.startsWith('#').not() or ", lambda node: str(node.get("reference", "")).startswith("#")),
+    "ref-1": (
+        "reference.startsWith('#').not() or ",
+        lambda node, _text: str(node.get("reference", "")).startswith("#"),
+    ),
 }
 
 
@@ -171,11 +190,14 @@ def invariant_issues(
     """An issue for each error-level invariant that ``resource`` breaks (at most ``limit``); ``text``: the
     resource as JSON (:func:`ehr_core.resources.json.dumps`), if the caller has it already."""
     issues: list[Issue] = []
+    if text is None:
+        with suppress(TypeError, ValueError):  # what orjson cannot write: the walks below do without the text
+            text = dumps(resource)
     universal = _universal_places(resource, text)
     for node, element_path, where, context in _places(resource, resource_type, resource_type, resource, universal):
         for key, human, ast, uses_variables, predicate in _compiled(element_path):
             guard = GUARDS.get(key)
-            if guard is not None and not guard[1](node):
+            if guard is not None and not guard[1](node, text if node is resource else None):
                 continue
             variables = context if uses_variables else {}
             holds = predicate(node, variables) if predicate is not None else None

@@ -23,6 +23,7 @@ from ehr_core.resources.invariants import (
     _written,
     invariant_issues,
 )
+from ehr_core.resources.json import dumps
 from ehr_core.resources.validation import validate
 from ehr_core.spec.invariants import INVARIANTS, SKIPPED
 from ehr_core.spec.invariants_generator import skip_reason
@@ -160,3 +161,25 @@ def test_the_text_finds_every_universal_place() -> None:
 def _walk(resource: dict[str, Any], mode: str) -> list[tuple[str, str]]:
     kind = resource["resourceType"]
     return sorted((path, _written(where)) for _node, path, where, _v in _places(resource, kind, kind, resource, mode))
+
+
+def test_dom_3_guard_reads_the_text_as_the_walk_does() -> None:
+    """dom-3's guard answers from the resource's JSON text as from a walk of its values: on every HL7 example
+    with contained resources, and where a ``"#id"`` is only part of a string or a key."""
+    guard = GUARDS["dom-3"][1]
+    examples = CORPUS / "hl7-examples" / "r4-examples"
+    contained = {"resourceType": "Organization", "id": "o", "name": "x"}
+    resources = [
+        {"resourceType": "Patient", "contained": [contained], "managingOrganization": {"reference": "#o"}},
+        {"resourceType": "Patient", "contained": [contained], "name": [{"text": 'say "#o", twice'}]},
+        {"resourceType": "Patient", "contained": [contained], "name": [{"given": ["a", "#o"]}]},
+        {"resourceType": "Patient", "contained": [contained]},
+    ]
+    resources += [json.loads(file.read_bytes()) for file in sorted(examples.glob("*.json"))]
+    answers: Counter[bool] = Counter()
+    for resource in resources:
+        if isinstance(resource.get("contained"), list):
+            answer = guard(resource, dumps(resource))
+            assert answer is guard(resource, None), resource.get("id")
+            answers[answer] += 1
+    assert answers[True] >= 2 and answers[False] >= 20, answers
