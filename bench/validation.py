@@ -7,7 +7,7 @@ as it is (the same checks, the characters judged from the orjson text first, plu
 Coding/CodeableConcept bindings and the invariants: fhirpathpy, or its Python translation where there is
 one). "models": the R4B model alone, for scale. Three inputs: an Observation and a Patient (a Synthea
 patient's own), and every resource of one Synthea transaction Bundle. After a warm-up (expressions compiled
-once, on first use), old, new and models take turns on each resource, ``--rounds`` tries each (a fifth of
+once, on first use), old, new and models take turns on each resource, ``--rounds`` tries each (half of
 them for the transaction's resources), so that a shared machine's load weighs on all three alike; a
 resource's time is its fastest try (the least disturbed by other processes, as :mod:`timeit` advises). The
 table gives the mean time per resource and the ratio new/old. A benchmark: nothing is asserted. Reads the
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{'input':<42} {'old µs/res':>11} {'new µs/res':>11} {'new/old':>8} {'models µs/res':>14}")
     for name, items in inputs.items():
-        rounds = arguments.rounds if len(items) < 10 else max(3, arguments.rounds // 5)
+        rounds = arguments.rounds if len(items) < 10 else max(3, arguments.rounds // 2)
         old, new, models = _per_resource([_old, validation.validate, _models], items, rounds)
         print(f"{name:<42} {old * 1e6:>11.0f} {new * 1e6:>11.0f} {new / old:>8.2f} {models * 1e6:>14.0f}")
     return 0

@@ -6,14 +6,18 @@ every instance of that element; one of severity ``error`` that is false makes th
 The R4B models check cardinality and types only, so these are evaluated here, from the generated table
 :mod:`ehr_core.spec.invariants`.
 
-Cost: each expression is parsed once (lazily, per element path, then cached), and only the invariants of
-elements present in the resource are evaluated: the resource is walked along the generated JSON paths of
-its type, so an Observation without ``referenceRange`` never evaluates ``obs-3``. The universal ones are
-placed by a walk of the whole resource: ext-1 on every extension, ele-1 on every object that holds nothing
-but an ``id``. Contained resources are checked against their own type's rules (%resource is the contained
-one, %rootResource its container, R4 fhirpath.html#variables); the resources inside a stored Bundle are
-not (each entry of a transaction is validated as its own write). :data:`GUARDS` spare the evaluations of
-the rules on nearly every element where the expression's first terms already make it true.
+Cost (bench/validation.py: no more than the checks of before the invariants): each expression is parsed
+once (lazily, per element path, then cached) and translated into a Python predicate where that is
+mechanical (:mod:`ehr_core.resources.fhirpath_predicates`; fhirpathpy evaluates the others), and only the
+invariants of elements present in the resource are evaluated: the resource is walked along the generated
+JSON paths of its type, so an Observation without ``referenceRange`` never evaluates ``obs-3``. The
+universal ones are placed by a walk of the whole resource: ext-1 on every extension, ele-1 on every object
+that holds nothing but an ``id``; the resource's JSON text (written once by orjson, for the character
+check) says whether it holds any, or extensions only, so most resources are not walked at all. Contained
+resources are checked against their own type's rules (%resource is the contained one, %rootResource its
+container, R4 fhirpath.html#variables); the resources inside a stored Bundle are not (each entry of a
+transaction is validated as its own write). :data:`GUARDS` spare the evaluations of the rules on nearly
+every element where the expression's first terms already make it true.
 """
 
 from __future__ import annotations
@@ -213,39 +217,42 @@ _Place: TypeAlias = tuple[Any, str, Any, dict[str, Any]]
 
 
 def _places(
-    resource: dict[str, Any], resource_type: str, where: str, root: dict[str, Any], universal: str = _ALL
+    resource: dict[str, Any], resource_type: str, where: Any, root: dict[str, Any], universal: str = _ALL
 ) -> Iterator[_Place]:
     """(element, its element path, its FHIRPath, %resource and %rootResource) for every element carrying
     invariants. FHIRPath's %resource is the resource the element is in, %rootResource its container when
     contained (R4 fhirpath.html#variables). ``universal``: which of the places of ext-1 and ele-1 the
-    resource may hold (see :func:`_universal_places`)."""
+    resource may hold (see :func:`_universal_places`). FHIRPaths are kept as parts (see :func:`_written`)."""
     variables = {"resource": resource, "rootResource": root}
     yield resource, resource_type, where, variables
     if resource_type not in _NOT_DOMAIN:
         yield resource, "DomainResource", where, variables
-    stack: list[tuple[Any, _Tree, str]] = [(resource, _tree(resource_type), where)]
+    stack: list[tuple[Any, _Tree, Any]] = [(resource, _tree(resource_type), where)]
     while stack:
         node, branch, path = stack.pop()
         for key, below in branch.items():
             if not key or key not in node:
                 continue
             value = node[key]
-            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-            for index, item in items:
-                if not isinstance(item, dict):
-                    continue
-                at = f"{path}.{key}" if index is None else f"{path}.{key}[{index}]"
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    if isinstance(item, dict):
+                        at = ((path, key), index)
+                        for element_path in below.get("", ()):
+                            yield item, element_path, at, variables
+                        stack.append((item, below, at))
+            elif isinstance(value, dict):
                 for element_path in below.get("", ()):
-                    yield item, element_path, at, variables
-                stack.append((item, below, at))
+                    yield value, element_path, (path, key), variables
+                stack.append((value, below, (path, key)))
     if universal == _ALL:
-        yield from _everywhere(resource, where, variables)
+        yield from _everywhere(resource, _written(where), variables)
     elif universal == _EXTENSIONS:
         yield from _extensions(resource, where, variables)
     for index, contained in enumerate(resource.get("contained") or ()):
         if isinstance(contained, dict) and isinstance(contained.get("resourceType"), str):
             # R4 references.html#contained: a contained resource is valid on its own terms.
-            yield from _places(contained, contained["resourceType"], f"{where}.contained[{index}]", root, universal)
+            yield from _places(contained, contained["resourceType"], ((where, "contained"), index), root, universal)
 
 
 # In the resource as JSON text (orjson's, compact: every key follows a ``{`` or a ``,``), what the places of
@@ -281,16 +288,16 @@ def _extensions(node: dict[str, Any], where: str, variables: dict[str, Any]) -> 
     while stack:
         item, path = stack.pop()
         for key, value in item.items():
-            if type(value) is list:
+            if isinstance(value, list):
                 if key == "contained":
                     continue  # walked as its own resource
                 at = (path, key)
                 for index, child in enumerate(value):
-                    if type(child) is dict:
+                    if isinstance(child, dict):
                         if key in _EXTENSION_KEYS:
                             yield child, "Extension", (at, index), variables
                         stack.append((child, (at, index)))
-            elif type(value) is dict:
+            elif isinstance(value, dict):
                 stack.append((value, (path, key)))
 
 
