@@ -174,6 +174,14 @@ def _compiled(element_path: str) -> tuple[_Compiled, ...]:
     return tuple(compiled)
 
 
+@cache
+def _checks(element_path: str) -> tuple[tuple[str, str, Any, bool, Predicate | None, Any], ...]:
+    """:func:`_compiled` with each invariant's guard, if any (:data:`GUARDS`)."""
+    return tuple(
+        (*compiled, GUARDS[compiled[0]][1] if compiled[0] in GUARDS else None) for compiled in _compiled(element_path)
+    )
+
+
 _Tree: TypeAlias = dict[str, Any]  # JSON key -> subtree; "" -> the element paths at this node
 
 
@@ -199,9 +207,8 @@ def invariant_issues(
             text = dumps(resource)
     universal = _universal_places(resource, text)
     for node, element_path, where, context in _places(resource, resource_type, resource_type, resource, universal):
-        for key, human, ast, uses_variables, predicate in _compiled(element_path):
-            guard = GUARDS.get(key)
-            if guard is not None and not guard[1](node, text if node is resource else None):
+        for key, human, ast, uses_variables, predicate, guard in _checks(element_path):
+            if guard is not None and not guard(node, text if node is resource else None):
                 continue
             variables = context if uses_variables else {}
             holds = predicate(node, variables) if predicate is not None else None
@@ -274,9 +281,9 @@ def _universal_places(resource: dict[str, Any], text: bytes | None) -> str:
             text = dumps(resource)
         except (TypeError, ValueError):
             return _ALL
-    if any(mark in text for mark in _ELEMENT_MARKS) or (
-        b"_" in text and any(mark in text for mark in _COMPANION_MARKS)
-    ):
+    if _ELEMENT_MARKS[0] in text or _ELEMENT_MARKS[1] in text:
+        return _ALL
+    if b"_" in text and (_COMPANION_MARKS[0] in text or _COMPANION_MARKS[1] in text):
         return _ALL
     return _EXTENSIONS if _EXTENSION_MARK in text else _NONE
 
@@ -285,20 +292,24 @@ def _extensions(node: dict[str, Any], where: str, variables: dict[str, Any]) -> 
     """The places of :func:`_everywhere` in a resource without ele-1 places: the Extensions. Their paths
     are kept as parts, written out only for an issue (:func:`_written`)."""
     stack: list[tuple[dict[str, Any], Any]] = [(node, where)]
+    push, pop = stack.append, stack.pop
     while stack:
-        item, path = stack.pop()
+        item, path = pop()
         for key, value in item.items():
+            if isinstance(value, str):
+                continue  # most values: one test
             if isinstance(value, list):
                 if key == "contained":
                     continue  # walked as its own resource
                 at = (path, key)
+                extensions = key in _EXTENSION_KEYS
                 for index, child in enumerate(value):
                     if isinstance(child, dict):
-                        if key in _EXTENSION_KEYS:
+                        if extensions:
                             yield child, "Extension", (at, index), variables
-                        stack.append((child, (at, index)))
+                        push((child, (at, index)))
             elif isinstance(value, dict):
-                stack.append((value, (path, key)))
+                push((value, (path, key)))
 
 
 def _written(path: Any) -> str:
