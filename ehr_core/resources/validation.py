@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ehr_core.errors import InvalidResource, Issue
 from ehr_core.resources.bindings import required_code_issues, required_coding_issues
 from ehr_core.resources.invariants import invariant_issues
+from ehr_core.resources.json import dumps
 from ehr_core.resources.r4_only import r4_only_issues
 from ehr_core.resources.types import REMOVED_IN_R4B, is_supported
 
@@ -61,7 +62,7 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
         raise InvalidResource([Issue("not-supported", f"unknown resource type {resource_type}", "resourceType")])
     if "id" in resource and not is_valid_id(resource["id"]):
         raise InvalidResource([Issue("value", "id must match [A-Za-z0-9-.]{1,64}", f"{resource_type}.id")])
-    _check_characters(resource, resource_type)
+    text = _check_characters(resource, resource_type)
     if resource_type in REMOVED_IN_R4B:  # no R4B model: the generated R4 element table
         if issues := r4_only_issues(resource, resource_type, _contained_issues):
             raise InvalidResource(issues)
@@ -77,7 +78,7 @@ def validate(resource: Any, expected_type: str | None = None) -> str:
         raise InvalidResource(issues) from None
     except (ValueError, TypeError, KeyError, RecursionError) as error:  # KeyError: a contained resourceType R4B lacks
         raise InvalidResource([Issue("structure", f"invalid {resource_type}: {error}")]) from None
-    issues = conformance_issues(resource, resource_type)
+    issues = conformance_issues(resource, resource_type, text)
     if issues:
         raise InvalidResource(issues)
     return resource_type
@@ -91,14 +92,14 @@ def _contained_issues(resource: Any) -> list[Issue]:
     return []
 
 
-def conformance_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
+def conformance_issues(resource: dict[str, Any], resource_type: str, text: bytes | None = None) -> list[Issue]:
     """What the models do not check, for a resource they accept: required bindings (R4
     terminologies.html#required) and error-level invariants (R4 conformance-rules.html#constraints), one
-    issue per broken rule."""
+    issue per broken rule. ``text``: the resource as JSON, if the caller has it already."""
     return [
         *required_code_issues(resource, resource_type),
         *required_coding_issues(resource, resource_type),
-        *invariant_issues(resource, resource_type),
+        *invariant_issues(resource, resource_type, text=text),
     ]
 
 
@@ -109,7 +110,28 @@ def conformance_issues(resource: dict[str, Any], resource_type: str) -> list[Iss
 _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 
-def _check_characters(resource: dict[str, Any], resource_type: str) -> None:
+# orjson writes a character below U+0020 as an escape, by its short form (\\t \\n \\r \\b \\f) or \\u00XX, and
+# refuses a lone surrogate; the text of every other character is itself. (One search: ``in`` on bytes is
+# slower than this for a two-byte needle.)
+_SUSPECT_ESCAPE = re.compile(rb"\\[ubf]")
+
+
+def _check_characters(resource: dict[str, Any], resource_type: str) -> bytes | None:
+    """Refuse a forbidden character, at its path. The resource serialized in one call (orjson, native code)
+    shows whether any can be there: only then is it walked key by key, value by value, to find it. Returns
+    that text (None if orjson cannot write the resource) for the invariants to read."""
+    try:
+        text = dumps(resource)
+    except (TypeError, ValueError):  # a lone surrogate (or what orjson cannot write): the walk says where
+        find_bad_character(resource, resource_type)
+        return None
+    if _SUSPECT_ESCAPE.search(text) is not None:
+        find_bad_character(resource, resource_type)
+    return text
+
+
+def find_bad_character(resource: dict[str, Any], resource_type: str) -> None:
+    """Walk ``resource`` and raise :class:`InvalidResource` at the first forbidden character."""
     stack: list[tuple[Any, str]] = [(resource, resource_type)]
     while stack:
         node, path = stack.pop()

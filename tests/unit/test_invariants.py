@@ -8,13 +8,22 @@ expression parses with fhirpathpy; the guards that spare evaluations rest on the
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
 from fhirpathpy.parser import parse
 
 from ehr_core.errors import InvalidResource
-from ehr_core.resources.invariants import ADDED_FUNCTIONS, GUARDS, invariant_issues
+from ehr_core.resources.invariants import (
+    ADDED_FUNCTIONS,
+    GUARDS,
+    _places,
+    _universal_places,
+    _written,
+    invariant_issues,
+)
+from ehr_core.resources.json import dumps
 from ehr_core.resources.validation import validate
 from ehr_core.spec.invariants import INVARIANTS, SKIPPED
 from ehr_core.spec.invariants_generator import skip_reason
@@ -121,3 +130,56 @@ def test_ele_1_sees_a_primitive_value_beside_its_id() -> None:
     empty = {"resourceType": "Patient", "name": [{"given": ["Ana", None], "_given": [None, {"id": "g2"}]}]}
     assert _keys(empty) == [("ele-1", "Patient.name[0]._given[1]")]
     assert _keys({"resourceType": "Patient", "_birthDate": {"id": "b"}}) == [("ele-1", "Patient._birthDate")]
+
+
+def test_the_text_finds_every_universal_place() -> None:
+    """The ext-1 and ele-1 places are looked for only where the resource's JSON text shows some
+    (invariants._universal_places); on every HL7 example, what that finds is what the full walk finds."""
+    examples = CORPUS / "hl7-examples" / "r4-examples"
+    if not examples.is_dir():
+        if IN_CI:
+            pytest.fail(f"HL7 examples not found at {examples}")
+        pytest.skip(f"HL7 examples not found at {examples} (set EHR_CORPUS)")
+    # ele-1's places, which the examples hardly hold: an empty object, an id alone, a lone companion.
+    resources = [
+        {"resourceType": "Patient", "maritalStatus": {}},
+        {"resourceType": "Patient", "name": [{"id": "n1"}]},
+        {"resourceType": "Patient", "_birthDate": {"id": "b"}},
+        {"resourceType": "Patient", "name": [{"family": "x", "_given": [{"id": "g"}]}]},
+    ]
+    resources += [json.loads(file.read_bytes()) for file in sorted(examples.glob("*.json"))]
+    modes: Counter[str] = Counter()
+    for resource in resources:
+        if not isinstance(resource.get("resourceType"), str):
+            continue  # package.json
+        mode = _universal_places(resource, None)
+        modes[mode] += 1
+        assert _walk(resource, mode) == _walk(resource, "all"), resource.get("id")
+    assert all(modes[mode] > 20 for mode in ("all", "extensions", "none")), modes
+
+
+def _walk(resource: dict[str, Any], mode: str) -> list[tuple[str, str]]:
+    kind = resource["resourceType"]
+    return sorted((path, _written(where)) for _node, path, where, _v in _places(resource, kind, kind, resource, mode))
+
+
+def test_dom_3_guard_reads_the_text_as_the_walk_does() -> None:
+    """dom-3's guard answers from the resource's JSON text as from a walk of its values: on every HL7 example
+    with contained resources, and where a ``"#id"`` is only part of a string or a key."""
+    guard = GUARDS["dom-3"][1]
+    examples = CORPUS / "hl7-examples" / "r4-examples"
+    contained = {"resourceType": "Organization", "id": "o", "name": "x"}
+    resources = [
+        {"resourceType": "Patient", "contained": [contained], "managingOrganization": {"reference": "#o"}},
+        {"resourceType": "Patient", "contained": [contained], "name": [{"text": 'say "#o", twice'}]},
+        {"resourceType": "Patient", "contained": [contained], "name": [{"given": ["a", "#o"]}]},
+        {"resourceType": "Patient", "contained": [contained]},
+    ]
+    resources += [json.loads(file.read_bytes()) for file in sorted(examples.glob("*.json"))]
+    answers: Counter[bool] = Counter()
+    for resource in resources:
+        if isinstance(resource.get("contained"), list):
+            answer = guard(resource, dumps(resource))
+            assert answer is guard(resource, None), resource.get("id")
+            answers[answer] += 1
+    assert answers[True] >= 2 and answers[False] >= 20, answers
