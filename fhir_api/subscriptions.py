@@ -54,11 +54,13 @@ from projections.subscriptions import (
     visible_focus,
 )
 
-__all__ = ["Deliverer", "endpoint_allowed", "notification_bundle", "status_parameters"]
+__all__ = ["LINK_EVENT", "Deliverer", "endpoint_allowed", "notification_bundle", "status_parameters"]
 
 log = logging.getLogger(__name__)
 
 _LOOPBACK_NAMES = ("localhost",)
+#: On a ``patient-link`` notification event: ``linked`` or ``unlinked`` (the record joined or left the person).
+LINK_EVENT = "urn:ehr-core:mpi:link-event"
 #: Subscriptions sent to at once (each has at most one event in flight: its order is kept).
 _PARALLEL = 8
 
@@ -102,16 +104,21 @@ def status_parameters(
         {"name": "events-since-subscription-start", "valueString": str(since if since is not None else row.events)},
     ]
     for outbound, _ in events:
-        parameters.append(
-            {
-                "name": "notification-event",
-                "part": [
-                    {"name": "event-number", "valueString": str(outbound.event_number)},
-                    {"name": "timestamp", "valueInstant": outbound.recorded},
-                    {"name": "focus", "valueReference": {"reference": f"{outbound.focus_type}/{outbound.focus_id}"}},
-                ],
-            }
-        )
+        event: dict[str, Any] = {
+            "name": "notification-event",
+            "part": [
+                {"name": "event-number", "valueString": str(outbound.event_number)},
+                {"name": "timestamp", "valueInstant": outbound.recorded},
+                {"name": "focus", "valueReference": {"reference": f"{outbound.focus_type}/{outbound.focus_id}"}},
+            ],
+        }
+        if outbound.context and outbound.context.get("person"):
+            # A master patient index link: the person is the backport's additional-context; whether the
+            # record joined or left it has no element of its own there, so an extension says it.
+            person = {"reference": f"Person/{outbound.context['person']}"}
+            event["part"].append({"name": "additional-context", "valueReference": person})
+            event["extension"] = [{"url": LINK_EVENT, "valueCode": outbound.context.get("link", "linked")}]
+        parameters.append(event)
     return {
         "resourceType": "Parameters",
         "id": str(uuid.uuid4()),
@@ -211,6 +218,9 @@ class Deliverer(threading.Thread):
 
     def step(self) -> bool:
         """One round: match, handshake, heartbeat, deliver what is due; True if anything was sent."""
+        # The matcher never passes the resource views; on SQLite they follow the log only after a write, and
+        # the master patient index appends its links after the write that caused them: project those too.
+        self.services.projector.catch_up_if_behind()
         self.matcher.catch_up()
         with self.services.views.read_primary() as tx:
             rows = {row.id: row for row in subscription_rows(tx)}

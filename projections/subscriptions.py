@@ -29,7 +29,9 @@ from urllib.parse import parse_qsl
 
 from eventsourcing.persistence import Notification
 
+from ehr_core.application import format_instant
 from ehr_core.errors import InvalidResource
+from ehr_core.identity.person import Person
 from projections.access import Viewer, owner_of, visible_ids
 from projections.changes import Change, change_from_event
 from projections.db import Dialect, Tx
@@ -45,6 +47,7 @@ __all__ = [
     "PAYLOAD_CONTENT",
     "TOPICS",
     "Outbound",
+    "RecordLink",
     "SubscriptionMatcher",
     "SubscriptionRow",
     "Topic",
@@ -52,6 +55,7 @@ __all__ = [
     "events_between",
     "mark_delivered",
     "mark_failed",
+    "record_link_from_event",
     "reset_attempts",
     "subscription_row",
     "subscription_rows",
@@ -68,6 +72,43 @@ _MATCHING = ("requested", "active")
 
 
 @dataclass(frozen=True)
+class RecordLink:
+    """A Patient record linked to, or unlinked from, a person of the master patient index (DESIGN.md
+    "Identity across institutions": linking and undoing a link are events of the person's stream)."""
+
+    notification_id: int
+    person: str
+    #: The Patient id (the record).
+    record: str
+    linked: bool
+    recorded: str
+    resource_type = "Patient"
+
+    @property
+    def resource_id(self) -> str:
+        return self.record
+
+    @property
+    def context(self) -> dict[str, str]:
+        """What the outbox keeps beside the focus: the person, and whether the record joined or left it."""
+        return {"person": self.person, "link": "linked" if self.linked else "unlinked"}
+
+
+def record_link_from_event(notification_id: int, event: Any) -> RecordLink | None:
+    """The link or unlink a person event records; None for any other event (an enrolment founds a person of
+    one record: no link between records)."""
+    if not isinstance(event, Person.Linked | Person.Unlinked):
+        return None
+    record = str(event.record).removeprefix("Patient/")
+    linked = isinstance(event, Person.Linked)
+    return RecordLink(notification_id, str(event.originator_id), record, linked, format_instant(event.timestamp))
+
+
+#: What the matcher follows: resource changes, and the master patient index's links.
+Matched = Change | RecordLink
+
+
+@dataclass(frozen=True)
 class Topic:
     """A SubscriptionTopic this server ships: a resource type, a fixed search, and a rule about the owner."""
 
@@ -77,10 +118,12 @@ class Topic:
     #: The topic's own search (the trigger), before the subscriber's filters.
     params: tuple[tuple[str, str], ...]
     #: Whether a matching change concerns the subscriber's institution (owner, the change, the tx).
-    concerns: Callable[[str, Change, dict[str, Any], Tx], bool]
+    concerns: Callable[[str, Matched, dict[str, Any], Tx], bool]
+    #: Triggered by the master patient index's links of a ``resource_type`` record, not by its changes.
+    links: bool = False
 
 
-def _performer_is(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+def _performer_is(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
     for performer in resource.get("performer") or []:
         identifier = performer.get("identifier") or {}
         if identifier.get("system") == INSTITUTION_SYSTEM and identifier.get("value") == owner:
@@ -90,16 +133,20 @@ def _performer_is(owner: str, change: Change, resource: dict[str, Any], tx: Tx) 
     return False
 
 
-def _patient_of_owner(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+def _patient_of_owner(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
     reference = str((resource.get("subject") or {}).get("reference") or "")
     if not reference.startswith("Patient/"):
         return False
     return owner_of(tx, "Patient", reference.removeprefix("Patient/")) == owner
 
 
-def _elsewhere(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+def _elsewhere(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
     # Visible to the owner although written elsewhere: only through the patient's consent (or a grant).
-    return str(change.context.get("institution") or "") != owner
+    return isinstance(change, Change) and str(change.context.get("institution") or "") != owner
+
+
+def _record_of_owner(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
+    return owner_of(tx, "Patient", change.resource_id) == owner
 
 
 _BASE = "urn:ehr-core:SubscriptionTopic"
@@ -126,6 +173,14 @@ TOPICS: dict[str, Topic] = {
             "Encounter",
             (),
             _elsewhere,
+        ),
+        Topic(
+            f"{_BASE}/patient-link",
+            "A Patient record of my institution linked to, or unlinked from, a person of the master patient index",
+            "Patient",
+            (),
+            _record_of_owner,
+            links=True,
         ),
     )
 }
@@ -163,6 +218,8 @@ class Outbound:
     recorded: str
     attempts: int
     delivered: bool
+    #: Beside the focus (a link event: the ``person`` and ``link``: linked or unlinked); None for a change.
+    context: dict[str, str] | None = None
 
 
 def parse_criteria(resource: dict[str, Any]) -> tuple[str | None, str, list[tuple[str, str]]]:
@@ -196,59 +253,70 @@ class SubscriptionOutbox(View):
             "event_number BIGINT NOT NULL, notification_id BIGINT NOT NULL, focus_type TEXT NOT NULL, "
             "focus_id TEXT NOT NULL, focus_version BIGINT NOT NULL, recorded TEXT NOT NULL, "
             "delivered INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, "
-            "next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0, error TEXT, "
+            "next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0, error TEXT, context TEXT, "
             "PRIMARY KEY (subscription_id, event_number))"
         )
+        # Outboxes created before the master patient index's links were matched: add the column (NULL: a change).
+        if dialect == "postgres":
+            tx.execute("ALTER TABLE subscription_outbox ADD COLUMN IF NOT EXISTS context TEXT")
+        elif "context" not in [str(r[1]) for r in tx.execute("PRAGMA table_info(subscription_outbox)").fetchall()]:
+            tx.execute("ALTER TABLE subscription_outbox ADD COLUMN context TEXT")
         tx.execute(
             "CREATE INDEX IF NOT EXISTS subscription_outbox_pending ON subscription_outbox (delivered, next_attempt)"
         )
 
-    def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
+    def apply(self, tx: Tx, changes: Sequence[Matched]) -> None:
         # Subscription changes split the batch: a run of other changes is matched against the subscriptions
         # as they stood before it, with one search per distinct criteria (not one per change and subscription).
-        run: list[Change] = []
+        run: list[Matched] = []
         for change in changes:
-            if change.resource_type == "Subscription":
+            if isinstance(change, Change) and change.resource_type == "Subscription":
                 self._match_run(tx, run)
                 run = []
                 self._subscription(tx, change)
-            elif not change.deleted and change.body is not None:
+            elif isinstance(change, RecordLink) or (not change.deleted and change.body is not None):
                 run.append(change)
         self._match_run(tx, run)
 
-    def _match_run(self, tx: Tx, run: Sequence[Change]) -> None:
+    def _match_run(self, tx: Tx, run: Sequence[Matched]) -> None:
         if not run:
             return
         active = [row for row in subscription_rows(tx) if row.status in _MATCHING]
-        types = {change.resource_type for change in run}
-        active = [row for row in active if row.resource_type in types]
+        kinds = {_kind(item) for item in run}
+        active = [row for row in active if (row.resource_type, _links(row)) in kinds]
         if not active:
             return
-        matched: dict[tuple[str, str, str], set[str]] = {}
+        matched: dict[tuple[str, ...], set[str]] = {}
         for row in active:
-            key = (row.institution, row.resource_type, json.dumps(row.params))
+            key = _criteria_key(row)
             if key not in matched:
-                ids = sorted({c.resource_id for c in run if c.resource_type == row.resource_type})
+                kind = (row.resource_type, _links(row))
+                ids = sorted({item.resource_id for item in run if _kind(item) == kind})
                 matched[key] = self._matching_ids(tx, row, ids)
         resources: dict[int, dict[str, Any]] = {}
         counters = {row.id: row.events for row in active}  # read once: a run numbers its events in memory
         outbox: list[tuple[Any, ...]] = []
-        for change in run:  # in log order: event numbers follow the log
+        for item in run:  # in log order: event numbers follow the log
             for row in active:
-                if row.resource_type != change.resource_type:
+                if (row.resource_type, _links(row)) != _kind(item):
                     continue
-                if change.resource_id not in matched[(row.institution, row.resource_type, json.dumps(row.params))]:
+                if item.resource_id not in matched[_criteria_key(row)]:
                     continue
                 topic = TOPICS.get(row.topic or "")
                 if topic is not None:
-                    if change.notification_id not in resources:
-                        resources[change.notification_id] = json.loads(change.body or b"{}")
-                    if not topic.concerns(row.institution, change, resources[change.notification_id], tx):
+                    if item.notification_id not in resources:
+                        body = item.body if isinstance(item, Change) else None
+                        resources[item.notification_id] = json.loads(body or b"{}")
+                    if not topic.concerns(row.institution, item, resources[item.notification_id], tx):
                         continue
                 counters[row.id] += 1
+                if isinstance(item, Change):
+                    focus, recorded, context = item.version, item.last_updated, None
+                else:  # a link is no version of the record: the focus is the record as it is when notified
+                    focus, recorded, context = 0, item.recorded, json.dumps(item.context)
                 outbox.append(
-                    (row.id, counters[row.id], change.notification_id, change.resource_type, change.resource_id,
-                     change.version, change.last_updated)
+                    (row.id, counters[row.id], item.notification_id, item.resource_type, item.resource_id, focus,
+                     recorded, context)
                 )  # fmt: skip
         if outbox:
             # Many rows go as one COPY on PostgreSQL: 50 subscriptions matching a batch of 500 writes are 25,000.
@@ -313,8 +381,23 @@ class SubscriptionOutbox(View):
 
 
 _OUTBOX_INSERT = (
-    "subscription_id", "event_number", "notification_id", "focus_type", "focus_id", "focus_version", "recorded"
+    "subscription_id", "event_number", "notification_id", "focus_type", "focus_id", "focus_version", "recorded",
+    "context",
 )  # fmt: skip
+
+
+def _links(row: SubscriptionRow) -> bool:
+    """Whether the subscription follows the master patient index's links rather than resource changes."""
+    topic = TOPICS.get(row.topic or "")
+    return topic is not None and topic.links
+
+
+def _kind(item: Matched) -> tuple[str, bool]:
+    return item.resource_type, isinstance(item, RecordLink)
+
+
+def _criteria_key(row: SubscriptionRow) -> tuple[str, ...]:
+    return (row.institution, row.resource_type, str(_links(row)), json.dumps(row.params))
 
 
 def _events_of(rows: Sequence[SubscriptionRow], subscription_id: str) -> int:
@@ -325,7 +408,8 @@ class SubscriptionMatcher(Projector):
     """The ``subscriptions`` projection: never ahead of the ``resources`` projection it searches."""
 
     def __init__(self, application: Any, database: Any, batch_size: int = 500) -> None:
-        super().__init__(application, database, [SubscriptionOutbox()], name="subscriptions", batch_size=batch_size)
+        self.outbox = SubscriptionOutbox()
+        super().__init__(application, database, [self.outbox], name="subscriptions", batch_size=batch_size)
 
     def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
         ceiling = tracking_position(tx, "resources")
@@ -337,13 +421,13 @@ class SubscriptionMatcher(Projector):
 
     def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> int | None:
         mapper = self.application.mapper
-        changes = [
-            change
-            for notification in notifications
-            if (change := change_from_event(notification.id, mapper.to_domain_event(notification))) is not None
-        ]
-        for view in self.views:
-            view.apply(tx, changes)
+        changes: list[Matched] = []
+        for notification in notifications:
+            event = mapper.to_domain_event(notification)
+            change = change_from_event(notification.id, event) or record_link_from_event(notification.id, event)
+            if change is not None:
+                changes.append(change)
+        self.outbox.apply(tx, changes)
         return None
 
     def beside(self, database: Any) -> Projector:
@@ -381,7 +465,8 @@ def subscription_row(tx: Tx, subscription_id: str) -> SubscriptionRow | None:
 
 
 _OUTBOX = (
-    "subscription_id, event_number, notification_id, focus_type, focus_id, focus_version, recorded, attempts, delivered"
+    "subscription_id, event_number, notification_id, focus_type, focus_id, focus_version, recorded, attempts, "
+    "delivered, context"
 )
 
 
@@ -396,6 +481,7 @@ def _outbound(row: Sequence[Any]) -> Outbound:
         str(row[6]),
         int(row[7]),
         bool(row[8]),
+        None if row[9] is None else {str(k): str(v) for k, v in json.loads(row[9]).items()},
     )
 
 
