@@ -40,6 +40,8 @@ from ehr_core.application import format_instant
 from ehr_core.audit import AuditEntry
 from ehr_core.context import WriteContext
 from fhir_api.services import Services
+from projections.db import PostgresViews
+from projections.delivery_claims import AdvisoryClaims, DeliveryClaims, SoleProcess
 from projections.subscriptions import (
     HEARTBEAT_PERIOD,
     PAYLOAD_CONTENT,
@@ -199,12 +201,17 @@ class Deliverer(threading.Thread):
         self._handshaken: dict[str, int] = {}
         self._handshake_due: dict[str, float] = {}
         self._heartbeat_sent: dict[str, float] = {}
+        views = services.views
+        self.claims: DeliveryClaims = (
+            AdvisoryClaims(views.conninfo, views.schema) if isinstance(views, PostgresViews) else SoleProcess()
+        )
 
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+        self.claims.close()
 
     def run(self) -> None:
         while not self._stopping.is_set():
@@ -224,9 +231,13 @@ class Deliverer(threading.Thread):
         self.matcher.catch_up()
         with self.services.views.read_primary() as tx:
             rows = {row.id: row for row in subscription_rows(tx)}
-            due = due_events(tx, time.time())
+        # Only the subscriptions this process holds (one process at a time each); their outbox is read after
+        # the claim, so a subscription taken over starts after what its previous holder marked delivered.
+        claimed = self.claims.claim(sid for sid, row in rows.items() if row.status in ("requested", "active"))
+        with self.services.views.read_primary() as tx:
+            due = due_events(tx, time.time(), sorted(claimed))
         sent = False
-        for row in rows.values():
+        for row in (rows[sid] for sid in sorted(claimed)):
             if row.status == "requested":
                 sent |= self._handshake(row)
             elif row.status == "active":

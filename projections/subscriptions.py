@@ -485,16 +485,22 @@ def _outbound(row: Sequence[Any]) -> Outbound:
     )
 
 
-def due_events(tx: Tx, now: float, per_subscription: int = 50, limit: int = 2000) -> list[Outbound]:
-    """The undelivered events of each subscription whose oldest undelivered event is due, in event-number
-    order (at most ``per_subscription`` each): sent in that order, stopping at the first failure."""
+def due_events(
+    tx: Tx, now: float, subscriptions: Sequence[str], per_subscription: int = 50, limit: int = 2000
+) -> list[Outbound]:
+    """The undelivered events of each of ``subscriptions`` whose oldest undelivered event is due, in
+    event-number order (at most ``per_subscription`` each): sent in that order, stopping at the first failure."""
+    if not subscriptions:
+        return []
+    marks = ", ".join("?" for _ in subscriptions)
     rows = tx.execute(
         f"SELECT {_OUTBOX} FROM subscription_outbox o WHERE o.delivered = 0 AND o.subscription_id IN ("
-        "SELECT p.subscription_id FROM subscription_outbox p WHERE p.delivered = 0 AND p.next_attempt <= ? "
+        f"SELECT p.subscription_id FROM subscription_outbox p WHERE p.subscription_id IN ({marks}) "
+        "AND p.delivered = 0 AND p.next_attempt <= ? "
         "AND p.event_number = (SELECT MIN(q.event_number) FROM subscription_outbox q "
         "WHERE q.subscription_id = p.subscription_id AND q.delivered = 0)) "
         "ORDER BY o.subscription_id, o.event_number LIMIT ?",
-        (now, limit),
+        (*subscriptions, now, limit),
     ).fetchall()
     found: list[Outbound] = []
     taken: dict[str, int] = {}

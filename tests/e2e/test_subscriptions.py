@@ -503,3 +503,43 @@ def test_patient_link_topic_tells_the_record_holder_of_a_link_and_its_undoing(
     parameters = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
     assert parameters["events-since-subscription-start"]["valueString"] == "0"
     assert _link_events(listener, "/imss") == []
+
+
+@pytest.mark.postgres
+def test_two_servers_on_one_database_deliver_each_event_once_in_order(
+    postgres_settings: Settings, tmp_path: Path, listener: Listener
+) -> None:
+    """Two ``ehr serve`` processes on one schema, each matching and delivering: a subscription is delivered
+    by one of them at a time, so its events arrive once each, in event-number order, after one handshake."""
+    assert postgres_settings.database_url is not None
+    env = {
+        "EHR_DATABASE_URL": postgres_settings.database_url,
+        "EHR_POSTGRES_SCHEMA": postgres_settings.postgres_schema,
+        "EHR_POSTGRES_POOL_SIZE": "3",  # PostgreSQL's connections are shared by every test run on the machine
+    }
+    first, second = Server(tmp_path / "ehr-data", env), Server(tmp_path / "ehr-data", env)
+    first.start()
+    second.start()  # the same data directory: the first's development master key
+    try:
+        patient = _patient(first)
+        created = second.post(_topic_subscription("laboratory-result", listener.url, [], "id-only"))
+        _active(first, created["id"])
+        written = [
+            f"Observation/{server.post(_observation(patient, LAB))['id']}"
+            for index in range(40)
+            for server in [(first, second)[index % 2]]
+        ]
+        wait_until(
+            lambda: len(listener.events()) >= len(written),
+            "every notification",
+            timeout=30,
+            seen=listener.events,
+        )
+        assert listener.events() == [(number, focus) for number, focus in enumerate(written, start=1)]
+        handshakes = [item for item in listener.notifications() if item.body and len(item.body["entry"]) == 1]
+        kinds = [p["valueCode"] for h in handshakes for p in h.body["entry"][0]["resource"]["parameter"]  # type: ignore[index]
+                 if p["name"] == "type"]  # fmt: skip
+        assert kinds == ["handshake"]
+    finally:
+        second.stop()
+        first.stop()
