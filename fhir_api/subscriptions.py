@@ -53,7 +53,7 @@ from projections.subscriptions import (
     mark_failed,
     reset_attempts,
     subscription_rows,
-    visible_focus,
+    visible_foci,
 )
 
 __all__ = ["LINK_EVENT", "Deliverer", "endpoint_allowed", "notification_bundle", "status_parameters"]
@@ -251,8 +251,11 @@ class Deliverer(threading.Thread):
                 queues.setdefault(outbound.subscription_id, []).append(outbound)
         if not queues:
             return sent
+        # The foci as each subscriber's institution may read them now: read once for the round, not per event.
+        with self.services.views.read_primary() as tx:
+            bodies = visible_foci(tx, [(rows[sid].institution, o) for sid, queue in queues.items() for o in queue])
         work = [(rows[sid], queue) for sid, queue in queues.items()]
-        outcomes = list(self._pool.map(lambda pair: self._send_in_order(*pair), work))
+        outcomes = list(self._pool.map(lambda pair: self._send_in_order(pair[0], pair[1], bodies), work))
         failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
         with self.services.views.write() as tx:
             for (row, _), (delivered, failure) in zip(work, outcomes, strict=True):
@@ -269,14 +272,15 @@ class Deliverer(threading.Thread):
         return True
 
     def _send_in_order(
-        self, row: SubscriptionRow, queue: list[Outbound]
+        self, row: SubscriptionRow, queue: list[Outbound], bodies: dict[tuple[str, str, str], bytes | None]
     ) -> tuple[list[Outbound], tuple[Outbound, str] | None]:
         """Send ``queue`` in order; (those delivered, the first failure and its error)."""
         delivered: list[Outbound] = []
         for outbound in queue:
             if self._stopping.is_set():
                 break
-            _, error = self._send_event(row, outbound)
+            body = bodies.get((row.institution, outbound.focus_type, outbound.focus_id))
+            _, error = self._send_event(row, outbound, body)
             if error:
                 return delivered, (outbound, error)
             delivered.append(outbound)
@@ -372,11 +376,10 @@ class Deliverer(threading.Thread):
         self._audit(row, "POST", endpoint, status, [])
         return True
 
-    def _send_event(self, row: SubscriptionRow, outbound: Outbound) -> tuple[int, str]:
-        """Send one event; (HTTP status, error). Marked delivered or failed by the caller, in one transaction."""
+    def _send_event(self, row: SubscriptionRow, outbound: Outbound, body: bytes | None) -> tuple[int, str]:
+        """Send one event with its focus ``body`` as the subscriber may read it (None: not readable); (HTTP
+        status, error). Marked delivered or failed by the caller, in one transaction."""
         endpoint = str(row.channel.get("endpoint") or "")
-        with self.services.views.read_primary() as tx:
-            body = visible_focus(tx, row.institution, outbound)
         number = {"X-Subscription-Event-Number": str(outbound.event_number)}
         focus = f"{outbound.focus_type}/{outbound.focus_id}"
         if row.topic:
