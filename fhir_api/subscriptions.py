@@ -22,6 +22,7 @@ at notify time (the read policy); every attempt is an AuditEvent.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -34,11 +35,10 @@ from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from ehr_core.application import format_instant
 from ehr_core.audit import AuditEntry
 from ehr_core.context import WriteContext
+from fhir_api.rest_hook import RestHookClient
 from fhir_api.services import Services
 from projections.db import PostgresViews
 from projections.delivery_claims import AdvisoryClaims, DeliveryClaims, SoleProcess
@@ -193,9 +193,7 @@ class Deliverer(threading.Thread):
         self.allow_http = settings.subscription_allow_http
         self.poll = settings.subscription_poll_seconds
         self._stopping = threading.Event()
-        self._client = httpx.Client(
-            timeout=10.0, follow_redirects=False, limits=httpx.Limits(max_connections=_PARALLEL * 2)
-        )
+        self._http = RestHookClient(timeout=10.0)
         self._pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="ehr-subscription-send")
         #: Subscriptions whose handshake succeeded, until the log shows them ``active``.
         self._handshaken: dict[str, int] = {}
@@ -210,7 +208,7 @@ class Deliverer(threading.Thread):
         self._stopping.set()
         self.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        self._http.close()
         self.claims.close()
 
     def run(self) -> None:
@@ -308,12 +306,12 @@ class Deliverer(threading.Thread):
         if content is not None:
             headers.setdefault("Content-Type", "application/fhir+json")
         try:
-            response = self._client.request(method, url, content=content, headers=headers)
-        except httpx.HTTPError as error:
+            status = self._http.request(method, url, content, headers)
+        except (OSError, http.client.HTTPException, ValueError) as error:  # ValueError: a header http refuses
             return 0, f"{type(error).__name__}: {error}"
-        if 200 <= response.status_code < 300:
-            return response.status_code, ""
-        return response.status_code, f"the endpoint answered {response.status_code}"
+        if 200 <= status < 300:
+            return status, ""
+        return status, f"the endpoint answered {status}"
 
     def _audit(self, row: SubscriptionRow, method: str, url: str, status: int, entities: list[str]) -> None:
         entry = AuditEntry(
