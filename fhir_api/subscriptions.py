@@ -17,7 +17,8 @@ notification; R4 criteria: a POST with no body) and becomes ``active`` once it i
 (set by the client) stops matching and delivery. Endpoints: https, or http on loopback only (unless
 ``EHR_SUBSCRIPTION_ALLOW_HTTP``); redirects are never followed (R4 §Security: the server only talks to
 the endpoint the subscriber named). The focus travels only when the subscriber's institution may read it
-at notify time (the read policy); every attempt is an AuditEvent.
+at notify time (the read policy); what a round delivered to a subscription is one AuditEvent, each
+failed attempt another.
 """
 
 from __future__ import annotations
@@ -272,17 +273,30 @@ class Deliverer(threading.Thread):
     def _send_in_order(
         self, row: SubscriptionRow, queue: list[Outbound], bodies: dict[tuple[str, str, str], bytes | None]
     ) -> tuple[list[Outbound], tuple[Outbound, str] | None]:
-        """Send ``queue`` in order; (those delivered, the first failure and its error)."""
+        """Send ``queue`` in order; (those delivered, the first failure and its error).
+
+        The events a round delivered are one AuditEvent (an entity per focus sent), a failed attempt another:
+        fifty subscriptions matching every write would otherwise add fifty audit entries (each appended,
+        projected and sealed into the audit ledger) to each write."""
         delivered: list[Outbound] = []
+        sent: list[str] = []
+        method, status = "POST", 0
+        failure: tuple[Outbound, str] | None = None
         for outbound in queue:
             if self._stopping.is_set():
                 break
             body = bodies.get((row.institution, outbound.focus_type, outbound.focus_id))
-            _, error = self._send_event(row, outbound, body)
+            attempt_status, error, attempt_method, url, entities = self._send_event(row, outbound, body)
             if error:
-                return delivered, (outbound, error)
+                self._audit(row, attempt_method, url, attempt_status, entities)
+                failure = (outbound, error)
+                break
             delivered.append(outbound)
-        return delivered, None
+            sent += entities
+            method, status = attempt_method, attempt_status
+        if delivered:
+            self._audit(row, method, str(row.channel.get("endpoint") or ""), status, sent)
+        return delivered, failure
 
     # -- channel ---------------------------------------------------------------------------------
 
@@ -374,9 +388,12 @@ class Deliverer(threading.Thread):
         self._audit(row, "POST", endpoint, status, [])
         return True
 
-    def _send_event(self, row: SubscriptionRow, outbound: Outbound, body: bytes | None) -> tuple[int, str]:
+    def _send_event(
+        self, row: SubscriptionRow, outbound: Outbound, body: bytes | None
+    ) -> tuple[int, str, str, str, list[str]]:
         """Send one event with its focus ``body`` as the subscriber may read it (None: not readable); (HTTP
-        status, error). Marked delivered or failed by the caller, in one transaction."""
+        status, error, method, URL, the focus if it travelled). Marked delivered or failed, and audited, by
+        the caller."""
         endpoint = str(row.channel.get("endpoint") or "")
         number = {"X-Subscription-Event-Number": str(outbound.event_number)}
         focus = f"{outbound.focus_type}/{outbound.focus_id}"
@@ -389,8 +406,7 @@ class Deliverer(threading.Thread):
             status_error = self._send(row, method, url, body, number)
         else:
             method, url, status_error = "POST", endpoint, self._send(row, "POST", endpoint, None, number)
-        self._audit(row, method, url, status_error[0], [focus] if body is not None else [])
-        return status_error
+        return *status_error, method, url, [focus] if body is not None else []
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.retry_max, self.retry_base * 2 ** (attempts - 1)))

@@ -283,24 +283,23 @@ class SubscriptionOutbox(View):
             return
         active = [row for row in subscription_rows(tx) if row.status in _MATCHING]
         kinds = {_kind(item) for item in run}
-        active = [row for row in active if (row.resource_type, _links(row)) in kinds]
+        row_kinds = {row.id: (row.resource_type, _links(row)) for row in active}
+        active = [row for row in active if row_kinds[row.id] in kinds]
         if not active:
             return
+        keys = {row.id: _criteria_key(row) for row in active}
         matched: dict[tuple[str, ...], set[str]] = {}
         for row in active:
-            key = _criteria_key(row)
-            if key not in matched:
-                kind = (row.resource_type, _links(row))
-                ids = sorted({item.resource_id for item in run if _kind(item) == kind})
-                matched[key] = self._matching_ids(tx, row, ids)
+            if keys[row.id] not in matched:
+                ids = sorted({item.resource_id for item in run if _kind(item) == row_kinds[row.id]})
+                matched[keys[row.id]] = self._matching_ids(tx, row, ids)
         resources: dict[int, dict[str, Any]] = {}
         counters = {row.id: row.events for row in active}  # read once: a run numbers its events in memory
         outbox: list[tuple[Any, ...]] = []
         for item in run:  # in log order: event numbers follow the log
+            kind = _kind(item)
             for row in active:
-                if (row.resource_type, _links(row)) != _kind(item):
-                    continue
-                if item.resource_id not in matched[_criteria_key(row)]:
+                if row_kinds[row.id] != kind or item.resource_id not in matched[keys[row.id]]:
                     continue
                 topic = TOPICS.get(row.topic or "")
                 if topic is not None:
