@@ -257,9 +257,8 @@ class Deliverer(threading.Thread):
         outcomes = list(self._pool.map(lambda pair: self._send_in_order(pair[0], pair[1], bodies), work))
         failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
         with self.services.views.write() as tx:
-            for (row, _), (delivered, failure) in zip(work, outcomes, strict=True):
-                for outbound in delivered:
-                    mark_delivered(tx, row.id, outbound.event_number)
+            mark_delivered(tx, [(o.subscription_id, o.event_number) for delivered, _ in outcomes for o in delivered])
+            for (row, _), (_, failure) in zip(work, outcomes, strict=True):
                 if failure is not None:
                     outbound, error = failure
                     next_attempt = time.time() + self._backoff(outbound.attempts + 1)

@@ -519,10 +519,11 @@ def events_between(tx: Tx, subscription_id: str, since: int, until: int | None) 
     return [_outbound(row) for row in rows]
 
 
-def mark_delivered(tx: Tx, subscription_id: str, event_number: int) -> None:
-    tx.execute(
+def mark_delivered(tx: Tx, delivered: Sequence[tuple[str, int]]) -> None:
+    """Mark (subscription id, event number) delivered: one batch, not a round trip each."""
+    tx.executemany(
         "UPDATE subscription_outbox SET delivered = 1, error = NULL WHERE subscription_id = ? AND event_number = ?",
-        (subscription_id, event_number),
+        delivered,
     )
 
 
