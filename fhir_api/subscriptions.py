@@ -17,11 +17,13 @@ notification; R4 criteria: a POST with no body) and becomes ``active`` once it i
 (set by the client) stops matching and delivery. Endpoints: https, or http on loopback only (unless
 ``EHR_SUBSCRIPTION_ALLOW_HTTP``); redirects are never followed (R4 §Security: the server only talks to
 the endpoint the subscriber named). The focus travels only when the subscriber's institution may read it
-at notify time (the read policy); every attempt is an AuditEvent.
+at notify time (the read policy); what a round delivered to a subscription is one AuditEvent, each
+failed attempt another.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -34,12 +36,13 @@ from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from ehr_core.application import format_instant
 from ehr_core.audit import AuditEntry
 from ehr_core.context import WriteContext
+from fhir_api.rest_hook import RestHookClient
 from fhir_api.services import Services
+from projections.db import PostgresViews
+from projections.delivery_claims import AdvisoryClaims, DeliveryClaims, SoleProcess
 from projections.subscriptions import (
     HEARTBEAT_PERIOD,
     PAYLOAD_CONTENT,
@@ -51,14 +54,16 @@ from projections.subscriptions import (
     mark_failed,
     reset_attempts,
     subscription_rows,
-    visible_focus,
+    visible_foci,
 )
 
-__all__ = ["Deliverer", "endpoint_allowed", "notification_bundle", "status_parameters"]
+__all__ = ["LINK_EVENT", "Deliverer", "endpoint_allowed", "notification_bundle", "status_parameters"]
 
 log = logging.getLogger(__name__)
 
 _LOOPBACK_NAMES = ("localhost",)
+#: On a ``patient-link`` notification event: ``linked`` or ``unlinked`` (the record joined or left the person).
+LINK_EVENT = "urn:ehr-core:mpi:link-event"
 #: Subscriptions sent to at once (each has at most one event in flight: its order is kept).
 _PARALLEL = 8
 
@@ -102,16 +107,21 @@ def status_parameters(
         {"name": "events-since-subscription-start", "valueString": str(since if since is not None else row.events)},
     ]
     for outbound, _ in events:
-        parameters.append(
-            {
-                "name": "notification-event",
-                "part": [
-                    {"name": "event-number", "valueString": str(outbound.event_number)},
-                    {"name": "timestamp", "valueInstant": outbound.recorded},
-                    {"name": "focus", "valueReference": {"reference": f"{outbound.focus_type}/{outbound.focus_id}"}},
-                ],
-            }
-        )
+        event: dict[str, Any] = {
+            "name": "notification-event",
+            "part": [
+                {"name": "event-number", "valueString": str(outbound.event_number)},
+                {"name": "timestamp", "valueInstant": outbound.recorded},
+                {"name": "focus", "valueReference": {"reference": f"{outbound.focus_type}/{outbound.focus_id}"}},
+            ],
+        }
+        if outbound.context and outbound.context.get("person"):
+            # A master patient index link: the person is the backport's additional-context; whether the
+            # record joined or left it has no element of its own there, so an extension says it.
+            person = {"reference": f"Person/{outbound.context['person']}"}
+            event["part"].append({"name": "additional-context", "valueReference": person})
+            event["extension"] = [{"url": LINK_EVENT, "valueCode": outbound.context.get("link", "linked")}]
+        parameters.append(event)
     return {
         "resourceType": "Parameters",
         "id": str(uuid.uuid4()),
@@ -184,20 +194,23 @@ class Deliverer(threading.Thread):
         self.allow_http = settings.subscription_allow_http
         self.poll = settings.subscription_poll_seconds
         self._stopping = threading.Event()
-        self._client = httpx.Client(
-            timeout=10.0, follow_redirects=False, limits=httpx.Limits(max_connections=_PARALLEL * 2)
-        )
+        self._http = RestHookClient(timeout=10.0)
         self._pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="ehr-subscription-send")
         #: Subscriptions whose handshake succeeded, until the log shows them ``active``.
         self._handshaken: dict[str, int] = {}
         self._handshake_due: dict[str, float] = {}
         self._heartbeat_sent: dict[str, float] = {}
+        views = services.views
+        self.claims: DeliveryClaims = (
+            AdvisoryClaims(views.conninfo, views.schema) if isinstance(views, PostgresViews) else SoleProcess()
+        )
 
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        self._http.close()
+        self.claims.close()
 
     def run(self) -> None:
         while not self._stopping.is_set():
@@ -211,12 +224,19 @@ class Deliverer(threading.Thread):
 
     def step(self) -> bool:
         """One round: match, handshake, heartbeat, deliver what is due; True if anything was sent."""
+        # The matcher never passes the resource views; on SQLite they follow the log only after a write, and
+        # the master patient index appends its links after the write that caused them: project those too.
+        self.services.projector.catch_up_if_behind()
         self.matcher.catch_up()
         with self.services.views.read_primary() as tx:
             rows = {row.id: row for row in subscription_rows(tx)}
-            due = due_events(tx, time.time())
+        # Only the subscriptions this process holds (one process at a time each); their outbox is read after
+        # the claim, so a subscription taken over starts after what its previous holder marked delivered.
+        claimed = self.claims.claim(sid for sid, row in rows.items() if row.status in ("requested", "active"))
+        with self.services.views.read_primary() as tx:
+            due = due_events(tx, time.time(), sorted(claimed))
         sent = False
-        for row in rows.values():
+        for row in (rows[sid] for sid in sorted(claimed)):
             if row.status == "requested":
                 sent |= self._handshake(row)
             elif row.status == "active":
@@ -230,13 +250,15 @@ class Deliverer(threading.Thread):
                 queues.setdefault(outbound.subscription_id, []).append(outbound)
         if not queues:
             return sent
+        # The foci as each subscriber's institution may read them now: read once for the round, not per event.
+        with self.services.views.read_primary() as tx:
+            bodies = visible_foci(tx, [(rows[sid].institution, o) for sid, queue in queues.items() for o in queue])
         work = [(rows[sid], queue) for sid, queue in queues.items()]
-        outcomes = list(self._pool.map(lambda pair: self._send_in_order(*pair), work))
+        outcomes = list(self._pool.map(lambda pair: self._send_in_order(pair[0], pair[1], bodies), work))
         failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
         with self.services.views.write() as tx:
-            for (row, _), (delivered, failure) in zip(work, outcomes, strict=True):
-                for outbound in delivered:
-                    mark_delivered(tx, row.id, outbound.event_number)
+            mark_delivered(tx, [(o.subscription_id, o.event_number) for delivered, _ in outcomes for o in delivered])
+            for (row, _), (_, failure) in zip(work, outcomes, strict=True):
                 if failure is not None:
                     outbound, error = failure
                     next_attempt = time.time() + self._backoff(outbound.attempts + 1)
@@ -248,18 +270,32 @@ class Deliverer(threading.Thread):
         return True
 
     def _send_in_order(
-        self, row: SubscriptionRow, queue: list[Outbound]
+        self, row: SubscriptionRow, queue: list[Outbound], bodies: dict[tuple[str, str, str], bytes | None]
     ) -> tuple[list[Outbound], tuple[Outbound, str] | None]:
-        """Send ``queue`` in order; (those delivered, the first failure and its error)."""
+        """Send ``queue`` in order; (those delivered, the first failure and its error).
+
+        The events a round delivered are one AuditEvent (an entity per focus sent), a failed attempt another:
+        fifty subscriptions matching every write would otherwise add fifty audit entries (each appended,
+        projected and sealed into the audit ledger) to each write."""
         delivered: list[Outbound] = []
+        sent: list[str] = []
+        method, status = "POST", 0
+        failure: tuple[Outbound, str] | None = None
         for outbound in queue:
             if self._stopping.is_set():
                 break
-            _, error = self._send_event(row, outbound)
+            body = bodies.get((row.institution, outbound.focus_type, outbound.focus_id))
+            attempt_status, error, attempt_method, url, entities = self._send_event(row, outbound, body)
             if error:
-                return delivered, (outbound, error)
+                self._audit(row, attempt_method, url, attempt_status, entities)
+                failure = (outbound, error)
+                break
             delivered.append(outbound)
-        return delivered, None
+            sent += entities
+            method, status = attempt_method, attempt_status
+        if delivered:
+            self._audit(row, method, str(row.channel.get("endpoint") or ""), status, sent)
+        return delivered, failure
 
     # -- channel ---------------------------------------------------------------------------------
 
@@ -283,12 +319,12 @@ class Deliverer(threading.Thread):
         if content is not None:
             headers.setdefault("Content-Type", "application/fhir+json")
         try:
-            response = self._client.request(method, url, content=content, headers=headers)
-        except httpx.HTTPError as error:
+            status = self._http.request(method, url, content, headers)
+        except (OSError, http.client.HTTPException, ValueError) as error:  # ValueError: a header http refuses
             return 0, f"{type(error).__name__}: {error}"
-        if 200 <= response.status_code < 300:
-            return response.status_code, ""
-        return response.status_code, f"the endpoint answered {response.status_code}"
+        if 200 <= status < 300:
+            return status, ""
+        return status, f"the endpoint answered {status}"
 
     def _audit(self, row: SubscriptionRow, method: str, url: str, status: int, entities: list[str]) -> None:
         entry = AuditEntry(
@@ -351,11 +387,13 @@ class Deliverer(threading.Thread):
         self._audit(row, "POST", endpoint, status, [])
         return True
 
-    def _send_event(self, row: SubscriptionRow, outbound: Outbound) -> tuple[int, str]:
-        """Send one event; (HTTP status, error). Marked delivered or failed by the caller, in one transaction."""
+    def _send_event(
+        self, row: SubscriptionRow, outbound: Outbound, body: bytes | None
+    ) -> tuple[int, str, str, str, list[str]]:
+        """Send one event with its focus ``body`` as the subscriber may read it (None: not readable); (HTTP
+        status, error, method, URL, the focus if it travelled). Marked delivered or failed, and audited, by
+        the caller."""
         endpoint = str(row.channel.get("endpoint") or "")
-        with self.services.views.read_primary() as tx:
-            body = visible_focus(tx, row.institution, outbound)
         number = {"X-Subscription-Event-Number": str(outbound.event_number)}
         focus = f"{outbound.focus_type}/{outbound.focus_id}"
         if row.topic:
@@ -367,8 +405,7 @@ class Deliverer(threading.Thread):
             status_error = self._send(row, method, url, body, number)
         else:
             method, url, status_error = "POST", endpoint, self._send(row, "POST", endpoint, None, number)
-        self._audit(row, method, url, status_error[0], [focus] if body is not None else [])
-        return status_error
+        return *status_error, method, url, [focus] if body is not None else []
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.retry_max, self.retry_base * 2 ** (attempts - 1)))

@@ -29,7 +29,9 @@ from urllib.parse import parse_qsl
 
 from eventsourcing.persistence import Notification
 
+from ehr_core.application import format_instant
 from ehr_core.errors import InvalidResource
+from ehr_core.identity.person import Person
 from projections.access import Viewer, owner_of, visible_ids
 from projections.changes import Change, change_from_event
 from projections.db import Dialect, Tx
@@ -45,6 +47,7 @@ __all__ = [
     "PAYLOAD_CONTENT",
     "TOPICS",
     "Outbound",
+    "RecordLink",
     "SubscriptionMatcher",
     "SubscriptionRow",
     "Topic",
@@ -52,10 +55,11 @@ __all__ = [
     "events_between",
     "mark_delivered",
     "mark_failed",
+    "record_link_from_event",
     "reset_attempts",
     "subscription_row",
     "subscription_rows",
-    "visible_focus",
+    "visible_foci",
 ]
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
@@ -68,6 +72,43 @@ _MATCHING = ("requested", "active")
 
 
 @dataclass(frozen=True)
+class RecordLink:
+    """A Patient record linked to, or unlinked from, a person of the master patient index (DESIGN.md
+    "Identity across institutions": linking and undoing a link are events of the person's stream)."""
+
+    notification_id: int
+    person: str
+    #: The Patient id (the record).
+    record: str
+    linked: bool
+    recorded: str
+    resource_type = "Patient"
+
+    @property
+    def resource_id(self) -> str:
+        return self.record
+
+    @property
+    def context(self) -> dict[str, str]:
+        """What the outbox keeps beside the focus: the person, and whether the record joined or left it."""
+        return {"person": self.person, "link": "linked" if self.linked else "unlinked"}
+
+
+def record_link_from_event(notification_id: int, event: Any) -> RecordLink | None:
+    """The link or unlink a person event records; None for any other event (an enrolment founds a person of
+    one record: no link between records)."""
+    if not isinstance(event, Person.Linked | Person.Unlinked):
+        return None
+    record = str(event.record).removeprefix("Patient/")
+    linked = isinstance(event, Person.Linked)
+    return RecordLink(notification_id, str(event.originator_id), record, linked, format_instant(event.timestamp))
+
+
+#: What the matcher follows: resource changes, and the master patient index's links.
+Matched = Change | RecordLink
+
+
+@dataclass(frozen=True)
 class Topic:
     """A SubscriptionTopic this server ships: a resource type, a fixed search, and a rule about the owner."""
 
@@ -77,10 +118,12 @@ class Topic:
     #: The topic's own search (the trigger), before the subscriber's filters.
     params: tuple[tuple[str, str], ...]
     #: Whether a matching change concerns the subscriber's institution (owner, the change, the tx).
-    concerns: Callable[[str, Change, dict[str, Any], Tx], bool]
+    concerns: Callable[[str, Matched, dict[str, Any], Tx], bool]
+    #: Triggered by the master patient index's links of a ``resource_type`` record, not by its changes.
+    links: bool = False
 
 
-def _performer_is(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+def _performer_is(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
     for performer in resource.get("performer") or []:
         identifier = performer.get("identifier") or {}
         if identifier.get("system") == INSTITUTION_SYSTEM and identifier.get("value") == owner:
@@ -90,16 +133,20 @@ def _performer_is(owner: str, change: Change, resource: dict[str, Any], tx: Tx) 
     return False
 
 
-def _patient_of_owner(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+def _patient_of_owner(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
     reference = str((resource.get("subject") or {}).get("reference") or "")
     if not reference.startswith("Patient/"):
         return False
     return owner_of(tx, "Patient", reference.removeprefix("Patient/")) == owner
 
 
-def _elsewhere(owner: str, change: Change, resource: dict[str, Any], tx: Tx) -> bool:
+def _elsewhere(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
     # Visible to the owner although written elsewhere: only through the patient's consent (or a grant).
-    return str(change.context.get("institution") or "") != owner
+    return isinstance(change, Change) and str(change.context.get("institution") or "") != owner
+
+
+def _record_of_owner(owner: str, change: Matched, resource: dict[str, Any], tx: Tx) -> bool:
+    return owner_of(tx, "Patient", change.resource_id) == owner
 
 
 _BASE = "urn:ehr-core:SubscriptionTopic"
@@ -126,6 +173,14 @@ TOPICS: dict[str, Topic] = {
             "Encounter",
             (),
             _elsewhere,
+        ),
+        Topic(
+            f"{_BASE}/patient-link",
+            "A Patient record of my institution linked to, or unlinked from, a person of the master patient index",
+            "Patient",
+            (),
+            _record_of_owner,
+            links=True,
         ),
     )
 }
@@ -163,6 +218,8 @@ class Outbound:
     recorded: str
     attempts: int
     delivered: bool
+    #: Beside the focus (a link event: the ``person`` and ``link``: linked or unlinked); None for a change.
+    context: dict[str, str] | None = None
 
 
 def parse_criteria(resource: dict[str, Any]) -> tuple[str | None, str, list[tuple[str, str]]]:
@@ -196,66 +253,81 @@ class SubscriptionOutbox(View):
             "event_number BIGINT NOT NULL, notification_id BIGINT NOT NULL, focus_type TEXT NOT NULL, "
             "focus_id TEXT NOT NULL, focus_version BIGINT NOT NULL, recorded TEXT NOT NULL, "
             "delivered INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, "
-            "next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0, error TEXT, "
+            "next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0, error TEXT, context TEXT, "
             "PRIMARY KEY (subscription_id, event_number))"
         )
+        # Outboxes created before the master patient index's links were matched: add the column (NULL: a change).
+        if dialect == "postgres":
+            tx.execute("ALTER TABLE subscription_outbox ADD COLUMN IF NOT EXISTS context TEXT")
+        elif "context" not in [str(r[1]) for r in tx.execute("PRAGMA table_info(subscription_outbox)").fetchall()]:
+            tx.execute("ALTER TABLE subscription_outbox ADD COLUMN context TEXT")
         tx.execute(
             "CREATE INDEX IF NOT EXISTS subscription_outbox_pending ON subscription_outbox (delivered, next_attempt)"
         )
+        tx.execute(
+            "CREATE INDEX IF NOT EXISTS subscription_outbox_undelivered ON subscription_outbox "
+            "(subscription_id, event_number) WHERE delivered = 0"
+        )
 
-    def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
+    def apply(self, tx: Tx, changes: Sequence[Matched]) -> None:
         # Subscription changes split the batch: a run of other changes is matched against the subscriptions
         # as they stood before it, with one search per distinct criteria (not one per change and subscription).
-        run: list[Change] = []
+        run: list[Matched] = []
         for change in changes:
-            if change.resource_type == "Subscription":
+            if isinstance(change, Change) and change.resource_type == "Subscription":
                 self._match_run(tx, run)
                 run = []
                 self._subscription(tx, change)
-            elif not change.deleted and change.body is not None:
+            elif isinstance(change, RecordLink) or (not change.deleted and change.body is not None):
                 run.append(change)
         self._match_run(tx, run)
 
-    def _match_run(self, tx: Tx, run: Sequence[Change]) -> None:
+    def _match_run(self, tx: Tx, run: Sequence[Matched]) -> None:
         if not run:
             return
         active = [row for row in subscription_rows(tx) if row.status in _MATCHING]
-        types = {change.resource_type for change in run}
-        active = [row for row in active if row.resource_type in types]
+        kinds = {_kind(item) for item in run}
+        row_kinds = {row.id: (row.resource_type, _links(row)) for row in active}
+        active = [row for row in active if row_kinds[row.id] in kinds]
         if not active:
             return
-        matched: dict[tuple[str, str, str], set[str]] = {}
+        keys = {row.id: _criteria_key(row) for row in active}
+        matched: dict[tuple[str, ...], set[str]] = {}
         for row in active:
-            key = (row.institution, row.resource_type, json.dumps(row.params))
-            if key not in matched:
-                ids = sorted({c.resource_id for c in run if c.resource_type == row.resource_type})
-                matched[key] = self._matching_ids(tx, row, ids)
+            if keys[row.id] not in matched:
+                ids = sorted({item.resource_id for item in run if _kind(item) == row_kinds[row.id]})
+                matched[keys[row.id]] = self._matching_ids(tx, row, ids)
         resources: dict[int, dict[str, Any]] = {}
         counters = {row.id: row.events for row in active}  # read once: a run numbers its events in memory
         outbox: list[tuple[Any, ...]] = []
-        for change in run:  # in log order: event numbers follow the log
+        for item in run:  # in log order: event numbers follow the log
+            kind = _kind(item)
             for row in active:
-                if row.resource_type != change.resource_type:
-                    continue
-                if change.resource_id not in matched[(row.institution, row.resource_type, json.dumps(row.params))]:
+                if row_kinds[row.id] != kind or item.resource_id not in matched[keys[row.id]]:
                     continue
                 topic = TOPICS.get(row.topic or "")
                 if topic is not None:
-                    if change.notification_id not in resources:
-                        resources[change.notification_id] = json.loads(change.body or b"{}")
-                    if not topic.concerns(row.institution, change, resources[change.notification_id], tx):
+                    if item.notification_id not in resources:
+                        body = item.body if isinstance(item, Change) else None
+                        resources[item.notification_id] = json.loads(body or b"{}")
+                    if not topic.concerns(row.institution, item, resources[item.notification_id], tx):
                         continue
                 counters[row.id] += 1
+                if isinstance(item, Change):
+                    focus, recorded, context = item.version, item.last_updated, None
+                else:  # a link is no version of the record: the focus is the record as it is when notified
+                    focus, recorded, context = 0, item.recorded, json.dumps(item.context)
                 outbox.append(
-                    (row.id, counters[row.id], change.notification_id, change.resource_type, change.resource_id,
-                     change.version, change.last_updated)
+                    (row.id, counters[row.id], item.notification_id, item.resource_type, item.resource_id, focus,
+                     recorded, context)
                 )  # fmt: skip
         if outbox:
             # Many rows go as one COPY on PostgreSQL: 50 subscriptions matching a batch of 500 writes are 25,000.
             tx.insert("subscription_outbox", _OUTBOX_INSERT, outbox)
+            before = {row.id: row.events for row in active}
             tx.executemany(
                 "UPDATE subscriptions SET events = ? WHERE id = ?",
-                [(count, sid) for sid, count in counters.items() if count != _events_of(active, sid)],
+                [(count, sid) for sid, count in counters.items() if count != before[sid]],
             )
 
     @staticmethod
@@ -313,19 +385,31 @@ class SubscriptionOutbox(View):
 
 
 _OUTBOX_INSERT = (
-    "subscription_id", "event_number", "notification_id", "focus_type", "focus_id", "focus_version", "recorded"
+    "subscription_id", "event_number", "notification_id", "focus_type", "focus_id", "focus_version", "recorded",
+    "context",
 )  # fmt: skip
 
 
-def _events_of(rows: Sequence[SubscriptionRow], subscription_id: str) -> int:
-    return next(row.events for row in rows if row.id == subscription_id)
+def _links(row: SubscriptionRow) -> bool:
+    """Whether the subscription follows the master patient index's links rather than resource changes."""
+    topic = TOPICS.get(row.topic or "")
+    return topic is not None and topic.links
+
+
+def _kind(item: Matched) -> tuple[str, bool]:
+    return item.resource_type, isinstance(item, RecordLink)
+
+
+def _criteria_key(row: SubscriptionRow) -> tuple[str, ...]:
+    return (row.institution, row.resource_type, str(_links(row)), json.dumps(row.params))
 
 
 class SubscriptionMatcher(Projector):
     """The ``subscriptions`` projection: never ahead of the ``resources`` projection it searches."""
 
     def __init__(self, application: Any, database: Any, batch_size: int = 500) -> None:
-        super().__init__(application, database, [SubscriptionOutbox()], name="subscriptions", batch_size=batch_size)
+        self.outbox = SubscriptionOutbox()
+        super().__init__(application, database, [self.outbox], name="subscriptions", batch_size=batch_size)
 
     def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
         ceiling = tracking_position(tx, "resources")
@@ -337,13 +421,13 @@ class SubscriptionMatcher(Projector):
 
     def apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> int | None:
         mapper = self.application.mapper
-        changes = [
-            change
-            for notification in notifications
-            if (change := change_from_event(notification.id, mapper.to_domain_event(notification))) is not None
-        ]
-        for view in self.views:
-            view.apply(tx, changes)
+        changes: list[Matched] = []
+        for notification in notifications:
+            event = mapper.to_domain_event(notification)
+            change = change_from_event(notification.id, event) or record_link_from_event(notification.id, event)
+            if change is not None:
+                changes.append(change)
+        self.outbox.apply(tx, changes)
         return None
 
     def beside(self, database: Any) -> Projector:
@@ -381,7 +465,8 @@ def subscription_row(tx: Tx, subscription_id: str) -> SubscriptionRow | None:
 
 
 _OUTBOX = (
-    "subscription_id, event_number, notification_id, focus_type, focus_id, focus_version, recorded, attempts, delivered"
+    "subscription_id, event_number, notification_id, focus_type, focus_id, focus_version, recorded, attempts, "
+    "delivered, context"
 )
 
 
@@ -396,27 +481,30 @@ def _outbound(row: Sequence[Any]) -> Outbound:
         str(row[6]),
         int(row[7]),
         bool(row[8]),
+        None if row[9] is None else {str(k): str(v) for k, v in json.loads(row[9]).items()},
     )
 
 
-def due_events(tx: Tx, now: float, per_subscription: int = 50, limit: int = 2000) -> list[Outbound]:
-    """The undelivered events of each subscription whose oldest undelivered event is due, in event-number
-    order (at most ``per_subscription`` each): sent in that order, stopping at the first failure."""
-    rows = tx.execute(
-        f"SELECT {_OUTBOX} FROM subscription_outbox o WHERE o.delivered = 0 AND o.subscription_id IN ("
-        "SELECT p.subscription_id FROM subscription_outbox p WHERE p.delivered = 0 AND p.next_attempt <= ? "
-        "AND p.event_number = (SELECT MIN(q.event_number) FROM subscription_outbox q "
-        "WHERE q.subscription_id = p.subscription_id AND q.delivered = 0)) "
-        "ORDER BY o.subscription_id, o.event_number LIMIT ?",
-        (now, limit),
-    ).fetchall()
+def due_events(
+    tx: Tx, now: float, subscriptions: Sequence[str], per_subscription: int = 50, limit: int = 2000
+) -> list[Outbound]:
+    """The undelivered events of each of ``subscriptions`` whose oldest undelivered event is due, in
+    event-number order (at most ``per_subscription`` each): sent in that order, stopping at the first failure.
+
+    One indexed read per subscription (the partial index of undelivered events): a single statement finding
+    each subscription's first undelivered event with a correlated ``MIN`` scanned every delivered event
+    again for every undelivered one (measured: 0.9 s on PostgreSQL for 50 subscriptions of 1,000 events)."""
     found: list[Outbound] = []
-    taken: dict[str, int] = {}
-    for row in rows:
-        outbound = _outbound(row)
-        if taken.get(outbound.subscription_id, 0) < per_subscription:
-            taken[outbound.subscription_id] = taken.get(outbound.subscription_id, 0) + 1
-            found.append(outbound)
+    for subscription in subscriptions:
+        if len(found) >= limit:
+            break
+        rows = tx.execute(
+            f"SELECT {_OUTBOX}, next_attempt FROM subscription_outbox WHERE subscription_id = ? AND delivered = 0 "
+            "ORDER BY event_number LIMIT ?",
+            (subscription, min(per_subscription, limit - len(found))),
+        ).fetchall()
+        if rows and float(rows[0][-1]) <= now:
+            found += [_outbound(row) for row in rows]
     return found
 
 
@@ -431,10 +519,11 @@ def events_between(tx: Tx, subscription_id: str, since: int, until: int | None) 
     return [_outbound(row) for row in rows]
 
 
-def mark_delivered(tx: Tx, subscription_id: str, event_number: int) -> None:
-    tx.execute(
+def mark_delivered(tx: Tx, delivered: Sequence[tuple[str, int]]) -> None:
+    """Mark (subscription id, event number) delivered: one batch, not a round trip each."""
+    tx.executemany(
         "UPDATE subscription_outbox SET delivered = 1, error = NULL WHERE subscription_id = ? AND event_number = ?",
-        (subscription_id, event_number),
+        delivered,
     )
 
 
@@ -452,13 +541,25 @@ def mark_failed(tx: Tx, subscription_id: str, event_number: int, next_attempt: f
     return int(row[0]) if row else 0
 
 
-def visible_focus(tx: Tx, institution: str, outbound: Outbound) -> bytes | None:
-    """The focus resource as the owner's institution may read it now (None: not readable, or gone)."""
-    viewer = Viewer(institution=institution, now=datetime.now(UTC).isoformat())
-    if not visible_ids(tx, viewer, outbound.focus_type, [outbound.focus_id]):
-        return None
-    stored = ResourceViews.read(tx, outbound.focus_type, outbound.focus_id)
-    return None if stored is None else stored.body
+def visible_foci(tx: Tx, wanted: Sequence[tuple[str, Outbound]]) -> dict[tuple[str, str, str], bytes | None]:
+    """The focus of each (institution, event) as that institution may read it now (None: not readable, or
+    gone), keyed (institution, focus type, focus id): one policy query per institution and type, one read per
+    resource type (50 subscriptions matching the same write ask once, not 50 times)."""
+    asked: dict[tuple[str, str], set[str]] = {}
+    for institution, outbound in wanted:
+        asked.setdefault((institution, outbound.focus_type), set()).add(outbound.focus_id)
+    now = datetime.now(UTC).isoformat()
+    readable: set[tuple[str, str, str]] = set()
+    for (institution, kind), ids in asked.items():
+        viewer = Viewer(institution=institution, now=now)
+        readable |= {(institution, kind, i) for i in visible_ids(tx, viewer, kind, sorted(ids))}
+    stored = ResourceViews.read_many(tx, sorted({(kind, i) for _, kind, i in readable}))
+    found: dict[tuple[str, str, str], bytes | None] = {}
+    for (institution, kind), ids in asked.items():
+        for i in ids:
+            current = stored.get((kind, i)) if (institution, kind, i) in readable else None
+            found[(institution, kind, i)] = None if current is None else current.body
+    return found
 
 
 def reset_attempts(tx: Tx, subscription_id: str) -> None:

@@ -25,7 +25,7 @@ from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from fhir_api.subscriptions import notification_bundle, status_parameters
 from projections.access import Viewer
-from projections.subscriptions import SubscriptionRow, events_between, subscription_row, visible_focus
+from projections.subscriptions import SubscriptionRow, events_between, subscription_row, visible_foci
 
 router = APIRouter()
 
@@ -72,7 +72,8 @@ def events(
         raise InvalidResource([Issue("invalid", "content must be empty, id-only or full-resource", "content")])
     with services.views.read_primary() as tx:
         found = events_between(tx, row.id, since, until)
-        replayed = [(outbound, visible_focus(tx, row.institution, outbound)) for outbound in found]
+        bodies = visible_foci(tx, [(row.institution, outbound) for outbound in found])
+        replayed = [(o, bodies[(row.institution, o.focus_type, o.focus_id)]) for o in found]
     if content is not None:
         payload = dict(row.resource.get("channel") or {})
         payload["_payload"] = {

@@ -433,3 +433,113 @@ def test_referral_received_by_my_institution(server: Server, listener: Listener)
     server.post(referral("imss-bienestar"), "imss")  # referred elsewhere: not for this subscriber
     mine = server.post(referral("issste"), "imss")["id"]
     assert _notified(listener, 1) == [(1, f"ServiceRequest/{mine}")]
+
+
+def _record(curp: str | None, family: str) -> dict[str, Any]:
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "name": [{"family": family, "given": ["Miguel"]}],
+        "gender": "male",
+        "birthDate": "1969-02-16",
+    }
+    if curp:
+        patient["identifier"] = [{"system": "urn:oid:2.16.840.1.113883.4.629", "value": curp}]
+    return patient
+
+
+def _link_events(listener: Listener, path: str) -> list[tuple[int, str, str, str, str]]:
+    """(event number, focus, linked/unlinked, person, focus id in the payload) of ``path``'s notifications."""
+    found = []
+    for item in listener.notifications():
+        if not item.path.endswith(path) or item.body is None or len(item.body["entry"]) < 2:
+            continue
+        status = item.body["entry"][0]["resource"]
+        for parameter in status["parameter"]:
+            if parameter["name"] == "notification-event":
+                parts = {part["name"]: part for part in parameter["part"]}
+                found.append(
+                    (
+                        int(parts["event-number"]["valueString"]),
+                        parts["focus"]["valueReference"]["reference"],
+                        parameter["extension"][0]["valueCode"],
+                        parts["additional-context"]["valueReference"]["reference"],
+                        item.body["entry"][1]["resource"]["id"],
+                    )
+                )
+    return found
+
+
+def test_patient_link_topic_tells_the_record_holder_of_a_link_and_its_undoing(
+    server: Server, listener: Listener
+) -> None:
+    """ISSSTE's record matched (certain: CURP and birth date) to IMSS's person, then a steward undoes it:
+    ISSSTE hears both, IMSS (whose record founded the person, and was neither linked nor unlinked) nothing."""
+    imss = server.post(_topic_subscription("patient-link", listener.url + "/imss", []), "imss")
+    issste = server.post(_topic_subscription("patient-link", listener.url + "/issste", []), "issste")
+    _active(server, imss["id"], "imss")
+    _active(server, issste["id"], "issste")
+    curp = "BAUM690216HMSLRG18"
+    founder = server.post(_record(curp, "Bautista Uribe"), "imss")["id"]
+    server.post(_record(None, "Ortega"), "issste")  # a person of its own: no link
+    linked = server.post(_record(curp, "Bautista"), "issste")["id"]
+    person = server.get(f"Patient/{linked}/$person", "issste").json()["id"]
+    assert person == server.get(f"Patient/{founder}/$person", "imss").json()["id"]
+    steward = _as("issste") | {"X-EHR-User": "steward.ana", "X-EHR-Role": "data-steward"}
+    undone = httpx.post(f"{server.base}/Patient/{linked}/$unlink", headers=steward, timeout=30)
+    assert undone.status_code == 200, undone.text
+    events = wait_until(
+        lambda: found if len(found := _link_events(listener, "/issste")) >= 2 else None,
+        "the link and the unlink",
+        timeout=NOTIFIED_WITHIN,
+        seen=lambda: _link_events(listener, "/issste"),
+    )
+    focus = f"Patient/{linked}"
+    assert events == [
+        (1, focus, "linked", f"Person/{person}", linked),
+        (2, focus, "unlinked", f"Person/{person}", linked),
+    ]
+    # Both subscriptions are matched in the same pass over the log: IMSS's count is final by now.
+    status = server.get(f"Subscription/{imss['id']}/$status", "imss").json()
+    parameters = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+    assert parameters["events-since-subscription-start"]["valueString"] == "0"
+    assert _link_events(listener, "/imss") == []
+
+
+@pytest.mark.postgres
+def test_two_servers_on_one_database_deliver_each_event_once_in_order(
+    postgres_settings: Settings, tmp_path: Path, listener: Listener
+) -> None:
+    """Two ``ehr serve`` processes on one schema, each matching and delivering: a subscription is delivered
+    by one of them at a time, so its events arrive once each, in event-number order, after one handshake."""
+    assert postgres_settings.database_url is not None
+    env = {
+        "EHR_DATABASE_URL": postgres_settings.database_url,
+        "EHR_POSTGRES_SCHEMA": postgres_settings.postgres_schema,
+        "EHR_POSTGRES_POOL_SIZE": "3",  # PostgreSQL's connections are shared by every test run on the machine
+    }
+    first, second = Server(tmp_path / "ehr-data", env), Server(tmp_path / "ehr-data", env)
+    first.start()
+    second.start()  # the same data directory: the first's development master key
+    try:
+        patient = _patient(first)
+        created = second.post(_topic_subscription("laboratory-result", listener.url, [], "id-only"))
+        _active(first, created["id"])
+        written = [
+            f"Observation/{server.post(_observation(patient, LAB))['id']}"
+            for index in range(40)
+            for server in [(first, second)[index % 2]]
+        ]
+        wait_until(
+            lambda: len(listener.events()) >= len(written),
+            "every notification",
+            timeout=30,
+            seen=listener.events,
+        )
+        assert listener.events() == [(number, focus) for number, focus in enumerate(written, start=1)]
+        handshakes = [item for item in listener.notifications() if item.body and len(item.body["entry"]) == 1]
+        kinds = [p["valueCode"] for h in handshakes for p in h.body["entry"][0]["resource"]["parameter"]  # type: ignore[index]
+                 if p["name"] == "type"]  # fmt: skip
+        assert kinds == ["handshake"]
+    finally:
+        second.stop()
+        first.stop()
