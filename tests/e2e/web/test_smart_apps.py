@@ -130,7 +130,7 @@ def test_js_client_ehr_launch_from_the_web_view(page: Any, console: Console, wor
     # A clinician signed in to the web view opens p1's record and launches the app from it.
     page.goto(f"{world.root}/web/login")
     page.get_by_test_id("token").fill(mint_token(world.data_dir, "IMSS", "dra.lopez"))
-    page.get_by_role("button", name="Entrar").click()
+    page.get_by_test_id("token-submit").click()
     page.wait_for_load_state()
     page.goto(f"{world.root}/web/patients/p1")
     launch = page.get_by_test_id("launch-app")
