@@ -116,7 +116,8 @@ async def callback(request: Request) -> Response:
     # A page, not a redirect: after a hop through another site (the provider), a browser sends no
     # SameSite=Strict cookie on the rest of that redirect chain; a navigation from this page does.
     page = (
-        f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={escape(target)}">'
+        f'<!doctype html><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f'<meta http-equiv="refresh" content="0;url={escape(target)}">'
         f'<a href="{escape(target)}">Continuar / Continue</a>'
     )
     response = HTMLResponse(page, headers={"Cache-Control": "no-store"})
