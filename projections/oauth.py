@@ -95,10 +95,14 @@ class OAuthStore:
                 tx.execute(statement)
 
     # Clients -------------------------------------------------------------------------------------------
-    def add_client(self, client: Client, now: int) -> None:
+    def add_client(self, client: Client, now: int, keep_existing: bool = False) -> None:
+        """``keep_existing``: a client already registered under that id is kept as it is (disabled or not),
+        so every server process may register a built-in client at start."""
+        on_conflict = " ON CONFLICT (client_id) DO NOTHING" if keep_existing else ""
         with self.database.write() as tx:
             tx.execute(
-                f"INSERT INTO oauth_clients ({_CLIENT_COLUMNS}, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO oauth_clients ({_CLIENT_COLUMNS}, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                + on_conflict,
                 (
                     client.client_id,
                     client.institution,

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 import threading
 import time
@@ -41,6 +40,8 @@ from fhir_api.oauth.routes import (
     check_authorize,
     consent_screen,
     oauth_store,
+    pkce_challenge,
+    serves,
 )
 
 __all__ = ["router"]
@@ -157,10 +158,6 @@ def _callback_url(request: Request) -> str:
     return f"{base_of(request)}/oauth/openid/callback"
 
 
-def _challenge(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-
-
 def _refused(description: str, status: int = 400) -> HTMLResponse:
     return HTMLResponse(error_page("access_denied", description), status, headers={"Cache-Control": "no-store"})
 
@@ -174,7 +171,7 @@ def sign_in(request: Request) -> Response:
     assert client is not None
     key = request.query_params.get("provider", "")
     provider = request.app.state.services.settings.oidc_providers.get(key)
-    if provider is None or key != client.institution:
+    if provider is None or not serves(client, key):
         return _refused(f"no OpenID Connect provider {key!r} for {client.institution}")
     try:
         metadata = discovery(provider)
@@ -190,7 +187,7 @@ def sign_in(request: Request) -> Response:
         "scope": provider.scope,
         "state": state,
         "nonce": nonce,
-        "code_challenge": _challenge(verifier),
+        "code_challenge": pkce_challenge(verifier),
         "code_challenge_method": "S256",
     }
     endpoint = str(metadata["authorization_endpoint"])
@@ -238,6 +235,6 @@ def callback(request: Request) -> Response:
         signed_in = signed_in_user(key, provider, claims)
     except ProviderError as error:
         return _refused(str(error), 403)
-    if client.institution != key:
+    if not serves(client, key):
         return _refused(f"{client.name} belongs to {client.institution}, not {key}", 403)
     return consent_screen(request, params, client, signed_in)

@@ -17,6 +17,11 @@
 - ``GET /oauth/jwks``: the signing keys (old ones still listed until their tokens expire).
 - ``POST /oauth/introspect`` (RFC 7662) and ``POST /oauth/revoke`` (RFC 7009).
 - ``POST /oauth/launch``: an EHR launch context (patient, encounter) for the web view's "launch app".
+
+The web view (``/web``) is this server's own first-party client, ``ehr-web``: public (it runs in this
+process and keeps no secret of its own) with PKCE, its redirect URI a path on this server, serving the users
+of every institution (each signs in at their own institution's provider, or the development store); being
+the EHR itself, it asks no consent.
 """
 
 from __future__ import annotations
@@ -46,11 +51,16 @@ from projections.oauth import Client, OAuthStore
 __all__ = [
     "ACCESS_SECONDS",
     "AUTHORIZE_FIELDS",
+    "WEB_CLIENT_ID",
+    "WEB_REDIRECT_PATH",
+    "WEB_SCOPE",
     "check_authorize",
     "consent_screen",
     "issuer_of",
     "oauth_store",
+    "pkce_challenge",
     "router",
+    "serves",
     "signing_keys",
 ]
 
@@ -67,6 +77,17 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Scopes a user may grant an app at the consent screen (system/ scopes are for backend services only).
 _CONTEXT = {"openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter", "offline_access"}
 _CONTEXT |= {"online_access"}
+#: The web view's client (registered at first use; ``ehr clients disable ehr-web`` stops its sessions).
+WEB_CLIENT_ID = "ehr-web"
+WEB_REDIRECT_PATH = "/web/callback"
+#: What a clinician's web session may do: who they are (``openid fhirUser``: the id_token naming their
+#: Practitioner), and read, search, create and update any record the access policy lets their institution
+#: see (``user/``: not one patient's context). No delete (the web view deletes nothing), no system/ scopes,
+#: no refresh (the session ends with its access token). The role is not narrowed here: it travels in the
+#: token's claims, and the access policy (institution, consent, referral, break-the-glass) decides per call.
+WEB_SCOPE = "openid fhirUser user/*.rs user/*.cu"
+#: A client's institution that stands for "the signed-in user's own" (only the web view's).
+ANY_INSTITUTION = "*"
 
 
 def _now() -> int:
@@ -78,6 +99,8 @@ def oauth_store(app: Any) -> OAuthStore:
     store: OAuthStore | None = getattr(app.state, "oauth_store", None)
     if store is None:
         store = OAuthStore(app.state.services.views)
+        web = Client(WEB_CLIENT_ID, ANY_INSTITUTION, "ehr-core web", [WEB_REDIRECT_PATH], None, None, True, False)
+        store.add_client(web, _now(), keep_existing=True)
         app.state.oauth_store = store
     return store
 
@@ -96,6 +119,16 @@ def base_of(request: Request) -> str:
 
 def issuer_of(request: Request) -> str:
     return f"{base_of(request)}/oauth"
+
+
+def pkce_challenge(verifier: str) -> str:
+    """RFC 7636 §4.2, S256: BASE64URL(SHA256(verifier)), unpadded."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def serves(client: Client, institution: str | None) -> bool:
+    """Whether ``client`` may act for a user of ``institution`` (its own; the web view's: anyone's)."""
+    return client.institution in (ANY_INSTITUTION, institution)
 
 
 def _error(error: str, description: str, status: int = 400) -> JSONResponse:
@@ -132,7 +165,9 @@ def check_authorize(request: Request, params: dict[str, str]) -> tuple[Client | 
     if client is None or client.disabled:
         return None, HTMLResponse(error_page("invalid_request", "unknown or disabled client_id"), 400)
     redirect_uri = params.get("redirect_uri", "")
-    if redirect_uri not in client.redirect_uris:  # RFC 6749 §3.1.2.3: exact match against a registered URI
+    # A registered path (the web view's) is on this server: its absolute URL is compared.
+    registered = [uri if "://" in uri else f"{base_of(request)}{uri}" for uri in client.redirect_uris]
+    if redirect_uri not in registered:  # RFC 6749 §3.1.2.3: exact match against a registered URI
         return None, HTMLResponse(error_page("invalid_request", "redirect_uri is not registered for this client"), 400)
     state = params.get("state")
     if params.get("response_type") != "code":
@@ -165,9 +200,7 @@ def _login_page(request: Request, params: dict[str, str], client: Client, messag
     (never in production)."""
     settings = request.app.state.services.settings
     providers = {
-        key: provider.display_name or key
-        for key, provider in settings.oidc_providers.items()
-        if key == client.institution
+        key: provider.display_name or key for key, provider in settings.oidc_providers.items() if serves(client, key)
     }
     return login_page(params, client.name, message, providers, local=not settings.production)
 
@@ -188,7 +221,7 @@ async def login(request: Request) -> Response:
     if (
         user is None
         or not _password_ok(user.password_hash, form.get("password", ""))
-        or (user.institution != client.institution)
+        or not serves(client, user.institution)
     ):
         page = _login_page(request, params, client, "Usuario o contraseña incorrectos / Wrong user or password")
         return HTMLResponse(page, 401)
@@ -203,13 +236,17 @@ def consent_screen(request: Request, params: dict[str, str], client: Client, sig
     store = oauth_store(request.app)
     institution = signed_in["claims"]["institution"]
     scopes = _user_scopes(params.get("scope", ""))
+    if client.client_id == WEB_CLIENT_ID:  # granted without a consent screen: never more than a session needs
+        scopes = [item for item in scopes if item in WEB_SCOPE.split()]
     launch = store.get("oauth_launches", params["launch"], _now()) if params.get("launch") else None
     if launch is not None and launch.get("institution") != institution:
         return _redirect_error(
             params["redirect_uri"], params.get("state"), "access_denied", "launch of another institution"
         )
-    request_id = secrets.token_urlsafe(24)
     body = {"params": params, **signed_in, "scopes": scopes, "launch": launch}
+    if client.client_id == WEB_CLIENT_ID:
+        return _issue_code(request, client, body, None)
+    request_id = secrets.token_urlsafe(24)
     store.put("oauth_requests", request_id, body, _now() + REQUEST_SECONDS)
     patients = None
     if "launch/patient" in scopes and not (launch and launch.get("patient")):
@@ -233,11 +270,19 @@ async def consent(request: Request) -> Response:
     redirect_uri, state = params["redirect_uri"], params.get("state")
     if form.get("decision") != "allow":
         return _redirect_error(redirect_uri, state, "access_denied", "the user denied the request")
+    return _issue_code(request, client, pending, form.get("patient"))
+
+
+def _issue_code(request: Request, client: Client, pending: dict[str, Any], picked: str | None) -> Response:
+    """The authorization code of an allowed request (RFC 6749 §4.1.2), back to the client's redirect URI."""
+    store = oauth_store(request.app)
+    params: dict[str, str] = pending["params"]
+    redirect_uri, state = params["redirect_uri"], params.get("state")
     claims: dict[str, Any] = pending["claims"]
     launch = pending.get("launch") or {}
     patient = launch.get("patient")
     if "launch/patient" in pending["scopes"] and not patient:
-        patient = form.get("patient")
+        patient = picked
         if not patient or not store.patient_owned(claims["institution"], patient):
             return _redirect_error(redirect_uri, state, "invalid_request", "pick a patient of your institution")
     code = secrets.token_urlsafe(32)
@@ -419,8 +464,7 @@ async def token(request: Request) -> Response:
         if form.get("redirect_uri") != body["redirect_uri"]:
             return _error("invalid_grant", "redirect_uri differs from the authorization request's")
         verifier = form.get("code_verifier", "")
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        if not verifier or not secrets.compare_digest(challenge, body["code_challenge"]):
+        if not verifier or not secrets.compare_digest(pkce_challenge(verifier), body["code_challenge"]):
             return _error("invalid_grant", "code_verifier does not match the code_challenge (PKCE, RFC 7636 §4.6)")
         return _token_answer(request, client, body["scope"], body)
     if grant == "refresh_token":

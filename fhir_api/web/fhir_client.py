@@ -58,7 +58,9 @@ class InternalFhir:
         self.request = request
         self.session = session
 
-    def _headers(self, body: bytes | None, break_glass: str | None) -> list[tuple[bytes, bytes]]:
+    def _headers(
+        self, body: bytes | None, break_glass: str | None, content_type: bytes = b"application/fhir+json"
+    ) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = [
             (b"host", self.request.headers.get("host", "localhost").encode("latin-1")),
             (b"accept", b"application/fhir+json"),
@@ -75,7 +77,7 @@ class InternalFhir:
         if break_glass:
             headers.append((b"x-ehr-break-glass", break_glass.encode("utf-8")))
         if body is not None:
-            headers.append((b"content-type", b"application/fhir+json"))
+            headers.append((b"content-type", content_type))
             headers.append((b"content-length", str(len(body)).encode()))
         return headers
 
@@ -86,9 +88,12 @@ class InternalFhir:
         params: dict[str, str] | list[tuple[str, str]] | str | None = None,
         body: Any = None,
         break_glass: str | None = None,
+        form: dict[str, str] | None = None,
     ) -> FhirAnswer:
+        """``form``: an ``application/x-www-form-urlencoded`` body instead of JSON (the OAuth token endpoint)."""
         query = params if isinstance(params, str) else urlencode(params or {})
-        payload = orjson.dumps(body) if body is not None else None
+        payload = orjson.dumps(body) if body is not None else urlencode(form).encode() if form is not None else None
+        content_type = b"application/x-www-form-urlencoded" if form is not None else b"application/fhir+json"
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -101,7 +106,7 @@ class InternalFhir:
             "path": path,
             "raw_path": path.encode(),
             "query_string": query.encode("latin-1"),
-            "headers": self._headers(payload, break_glass),
+            "headers": self._headers(payload, break_glass, content_type),
             "state": {},
         }
         sent = False

@@ -25,6 +25,14 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "Use a development token minted on the server (see the README):",
     ),
     "login.submit": ("Entrar", "Sign in"),
+    "login.signin_help": (
+        "Con la cuenta de su institución (o, en desarrollo, un usuario local de prueba).",
+        "With your institution's account (or, in development, a local test user).",
+    ),
+    "login.development": (
+        "Solo para desarrollo: entrar con un token pegado (nunca en producción)",
+        "Development only: sign in with a pasted token (never in production)",
+    ),
     "login.refused": ("Token rechazado", "Token refused"),
     "login.disabled_help": (
         "La autenticación está desactivada: indique, si quiere, quién es (se envía como cabeceras X-EHR-*).",

@@ -1,10 +1,12 @@
-"""Who is using the web view: the development bearer token kept in a cookie, the language, break-the-glass.
+"""Who is using the web view: the user's bearer token kept in a cookie, the language, break-the-glass.
 
-With auth on, the login page takes a token (``ehr token ...``), checks it once with the same trusted
-issuers the API uses (:class:`fhir_api.auth.Issuers`) and keeps it in an HttpOnly, SameSite=Strict
+With auth on, the user signs in at this server's authorization server (``account.py``: the web view is its
+first-party client ``ehr-web``), and the access token it issues is kept in an HttpOnly, SameSite=Strict
 cookie; every FHIR call the pages make carries it as ``Authorization: Bearer``, so the API's middleware
-decides exactly as for any client. With ``EHR_AUTH=disabled-for-development`` there is no login: the
-user may name themself (institution, unit, user, role), sent as the ``X-EHR-*`` headers.
+decides exactly as for any client. Outside production a pasted development token (``ehr token ...``) is
+accepted too, checked with the same trusted issuers the API uses (:class:`fhir_api.auth.Issuers`).
+With ``EHR_AUTH=disabled-for-development`` there is no login: the user may name themself (institution, unit,
+user, role), sent as the ``X-EHR-*`` headers.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ from starlette.responses import Response
 
 from ehr_core.settings import Settings
 from fhir_api.auth import Issuers, TokenError
+from fhir_api.oauth.routes import own_token_claims
 
 __all__ = ["LANGUAGES", "Session", "login_claims", "session_of"]
 
 TOKEN_COOKIE = "ehr_token"
 DEVELOPER_COOKIE = "ehr_developer"
+#: The ``state`` of the sign-in under way in this browser: the callback is accepted only with it (RFC 6749
+#: §10.12, no signing in a victim as someone else). SameSite=Lax: the callback arrives as a top-level
+#: navigation from the institution's OpenID Connect provider, another site.
+SIGN_IN_COOKIE = "ehr_sign_in"
 LANG_COOKIE = "ehr_lang"
 BREAK_GLASS_COOKIE = "ehr_break_glass"
 LANGUAGES = ("es", "en")
@@ -70,7 +77,14 @@ def _issuers(request: Request, settings: Settings) -> Issuers:
 
 
 def login_claims(request: Request, settings: Settings, token: str) -> dict[str, Any]:
-    """The token's verified claims; TokenError says why it is refused (the API would refuse it too)."""
+    """The token's verified claims; TokenError says why it is refused (the API would refuse it too).
+
+    In production only this server's own access tokens (a sign-in at its authorization server)."""
+    own = own_token_claims(request, token.strip())
+    if own is not None:
+        return own
+    if settings.production:
+        raise TokenError("only a sign-in at this server's authorization server is accepted in production")
     try:
         return _issuers(request, settings).verify(token.strip())
     except TokenError:
@@ -122,6 +136,16 @@ def remember_developer(response: Response, request: Request, values: dict[str, s
     response.set_cookie(
         DEVELOPER_COOKIE, quote(orjson.dumps(kept).decode()), path="/", httponly=True, samesite="strict"
     )
+
+
+def remember_sign_in(response: Response, request: Request, state: str, seconds: int) -> None:
+    response.set_cookie(
+        SIGN_IN_COOKIE, state, max_age=seconds, path="/web/", httponly=True, samesite="lax", secure=_secure(request)
+    )
+
+
+def forget_sign_in(response: Response) -> None:
+    response.delete_cookie(SIGN_IN_COOKIE, path="/web/")
 
 
 def forget(response: Response) -> None:

@@ -19,22 +19,14 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from ehr_core.settings import OpenIDProvider, Settings
+from ehr_core.settings import Settings
 from fhir_api.oauth import oauth_store
 from projections.oauth import Client
 from tests.support.access import staff_headers
 from tests.support.oauth import REDIRECT, challenge, exchange
-from tests.support.oidc_provider import Provider, running_provider
+from tests.support.oidc_provider import IMSS_CLAIMS, Provider, imss_provider, running_provider
 
 FHIR_BASE = "http://testserver/fhir"
-CLAIMS = {
-    "sub": "8f2c0e",
-    "preferred_username": "dra.garcia",
-    "https://imss.gob.mx/institucion": "IMSS",
-    "clues": "DFIMS000020",
-    "rol": "physician",
-    "practitioner": "pr-garcia",
-}
 
 
 @pytest.fixture
@@ -46,18 +38,8 @@ def world(secured_client: tuple[TestClient, Settings]) -> Iterator[tuple[TestCli
     )
     assert answer.status_code in (200, 201), answer.text
     oauth_store(client.app).add_client(Client("app", "IMSS", "Growth chart", [REDIRECT], None, None, True, False), 0)
-    with running_provider(dict(CLAIMS)) as provider:
-        settings.oidc_providers["IMSS"] = OpenIDProvider(
-            issuer=provider.issuer,
-            client_id=provider.client_id,
-            client_secret=provider.client_secret,
-            display_name="IMSS Digital",
-            user_claim="preferred_username",
-            institution_claim="https://imss.gob.mx/institucion",
-            unit_claim="clues",
-            role_claim="rol",
-            practitioner_claim="practitioner",
-        )
+    with running_provider(dict(IMSS_CLAIMS)) as provider:
+        settings.oidc_providers["IMSS"] = imss_provider(provider)
         yield client, provider
 
 

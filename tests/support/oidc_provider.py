@@ -25,9 +25,20 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from ehr_core.settings import OpenIDProvider
 from tests.support.smart_app import serving
 
-__all__ = ["Provider", "running_provider"]
+__all__ = ["IMSS_CLAIMS", "Provider", "imss_provider", "running_provider"]
+
+#: What IMSS's provider says about its signed-in physician: the claim names ``imss_provider`` maps.
+IMSS_CLAIMS = {
+    "sub": "8f2c0e",
+    "preferred_username": "dra.garcia",
+    "https://imss.gob.mx/institucion": "IMSS",
+    "clues": "DFIMS000020",
+    "rol": "physician",
+    "practitioner": "pr-garcia",
+}
 
 
 def _key(kid: str) -> RSAKey:
@@ -139,3 +150,18 @@ def running_provider(claims: dict[str, Any]) -> Iterator[Provider]:
     with serving(lambda *args: _Handler(holder[0], *args)) as origin:
         holder.append(Provider(origin, claims=claims))
         yield holder[0]
+
+
+def imss_provider(provider: Provider) -> OpenIDProvider:
+    """IMSS's configuration (``EHR_OIDC_PROVIDERS``) naming the running ``provider`` and its claims."""
+    return OpenIDProvider(
+        issuer=provider.issuer,
+        client_id=provider.client_id,
+        client_secret=provider.client_secret,
+        display_name="IMSS Digital",
+        user_claim="preferred_username",
+        institution_claim="https://imss.gob.mx/institucion",
+        unit_claim="clues",
+        role_claim="rol",
+        practitioner_claim="practitioner",
+    )

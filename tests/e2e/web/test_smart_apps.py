@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from tests.e2e.web.conftest import Console, mint_token, shoot
+from tests.e2e.web.conftest import Console, shoot
 from tests.support.oauth import PASSWORD, sign_in
 from tests.support.server import ehr, running_server
 from tests.support.smart_app import SmartApp, serving_app
@@ -127,12 +127,16 @@ def test_js_client_standalone_launch_in_the_browser(page: Any, console: Console,
 
 
 def test_js_client_ehr_launch_from_the_web_view(page: Any, console: Console, world: World) -> None:
-    # A clinician signed in to the web view opens p1's record and launches the app from it.
-    page.goto(f"{world.root}/web/login")
-    page.get_by_test_id("token").fill(mint_token(world.data_dir, "IMSS", "dra.lopez"))
-    page.get_by_role("button", name="Entrar").click()
-    page.wait_for_load_state()
+    # A clinician opens p1's record, signs in to the web view at the authorization server (the development
+    # user store; no consent screen for the EHR's own client), is back on the record, and launches the app.
     page.goto(f"{world.root}/web/patients/p1")
+    page.get_by_test_id("sign-in").click()
+    page.wait_for_url(f"{world.root}/oauth/authorize?*")
+    page.get_by_label("Usuario / User").fill("dra.lopez")
+    page.get_by_label("Contraseña / Password").fill(PASSWORD)
+    page.get_by_role("button", name="Entrar / Sign in").click()
+    page.wait_for_url(f"{world.root}/web/patients/p1")
+    assert "dra.lopez · IMSS · DFIMS000020" in page.inner_text("header")
     launch = page.get_by_test_id("launch-app")
     launch.locator("input[name=app]").fill(f"{world.app.origin}/launch.html")
     launch.get_by_role("button").click()

@@ -22,13 +22,13 @@ def test_login_break_the_glass_audit_and_links(page: Any, console: Console, web_
     assert "/web/login" in page.url
     shoot(page, "10-login")
     page.get_by_test_id("token").fill("not.a.token")
-    page.get_by_role("button", name="Entrar").click()
+    page.get_by_test_id("token-submit").click()
     page.wait_for_load_state()
     assert "Token rechazado" in page.inner_text("body")
 
     token = mint_token(demo.data_dir, "IMSS", "dra.lopez")
     page.get_by_test_id("token").fill(token)
-    page.get_by_role("button", name="Entrar").click()
+    page.get_by_test_id("token-submit").click()
     page.wait_for_load_state()
     assert "dra.lopez · IMSS" in page.inner_text("header")
 
@@ -68,7 +68,7 @@ def test_login_break_the_glass_audit_and_links(page: Any, console: Console, web_
     # glass on the person whose other records it may not read.
     page.goto(f"{demo.base_url}/web/login")
     page.get_by_test_id("token").fill(mint_token(demo.data_dir, other_institution, "gestor.datos", "steward"))
-    page.get_by_role("button", name="Entrar").click()
+    page.get_by_test_id("token-submit").click()
     page.wait_for_load_state()
     page.goto(f"{demo.base_url}/web/patients/{imss}")
     if page.get_by_test_id("problem").count():

@@ -25,7 +25,7 @@ NOTE = "Contrarreferencia: ecocardiograma sin alteraciones; continuar control en
 def _sign_in(page: Any, demo: Demo, token: str) -> None:
     page.goto(f"{demo.base_url}/web/login")
     page.get_by_test_id("token").fill(token)
-    page.get_by_role("button", name="Entrar").click()
+    page.get_by_test_id("token-submit").click()
     page.wait_for_load_state()
 
 
