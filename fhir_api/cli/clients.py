@@ -35,6 +35,11 @@ def _store(args: argparse.Namespace) -> tuple[OAuthStore, ViewDatabase]:
 
 
 def _add_client(args: argparse.Namespace) -> int:
+    if args.institution.strip() in ("", "*"):
+        # A client of "every institution" may sign in any institution's user; only the server's own web
+        # view is registered so (by the server itself), never an app from the command line.
+        print("ehr clients add: --institution names one institution (its identifier, e.g. IMSS)", file=sys.stderr)
+        return 2
     if not args.public and not (args.jwks_file or args.jwks_url):
         print(
             "ehr clients add: a confidential client needs --jwks-file or --jwks-url (or say --public)", file=sys.stderr

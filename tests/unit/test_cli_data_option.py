@@ -41,3 +41,17 @@ def test_data_reaches_the_settings_of_the_command_only(tmp_path: Path, monkeypat
     assert cli.main(["verify", "--data", str(tmp_path / "given")]) == 0
     assert seen == [tmp_path / "given"]
     assert os.environ["EHR_DATA_DIR"] == str(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("institution", ["*", " "])
+def test_clients_add_names_one_institution(
+    institution: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A client of every institution could sign in any institution's user: only the server's own web view is.
+    code = cli.main(
+        ["clients", "add", "--institution", institution, "--public", "--redirect-uri", "https://app.example/cb",
+         "--data", str(tmp_path / "data")]
+    )  # fmt: skip
+    assert code == 2
+    assert "one institution" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
