@@ -500,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200, help="measured queries per figure (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured queries per figure first")
     parser.add_argument("--postgres-url", default=DEFAULT_URL)
+    parser.add_argument(
+        "--build-cost",
+        action="store_true",
+        help="also the index build cost per resource, today's code beside the baseline's (bench/search_build.py)",
+    )
     args = parser.parse_args(argv)
     problem = available(args.postgres_url)
     if problem is not None:
@@ -532,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for figure in figures:
         print(_line(figure))
+    if args.build_cost:
+        from bench import search_build
+
+        print()
+        print(search_build.report(search_build.measure(3000, search_build.BASELINE, conninfo(args.postgres_url))))
     return 0
 
 
