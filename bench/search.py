@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import psycopg
@@ -34,6 +35,7 @@ from psycopg import sql
 
 from bench.pg import DEFAULT_URL, available, conninfo, fresh_schema
 from bench.stats import percentile
+from projections.search.fold import fold
 
 FAMILIES = [
     "García", "Hernández", "Martínez", "López", "González", "Pérez", "Rodríguez", "Sánchez", "Ramírez", "Cruz",
@@ -61,6 +63,21 @@ VITALS = [
     ("2339-0", "Glucose", "mg/dL", 60, 300),
 ]
 CONDITIONS = [("E11.9", "Diabetes mellitus tipo 2"), ("I10", "Hipertensión esencial"), ("J06.9", "Infección aguda")]
+#: Reasons for a visit, in the Encounter's narrative (what ``_text`` searches), written as a clinician would:
+#: accents and capitals vary ("dolor torácico", "DOLOR TORACICO"), which the full-text index folds.
+REASONS = [
+    "dolor torácico", "cefalea intensa", "tos persistente", "dolor abdominal", "fiebre y escalofríos",
+    "control de diabetes", "revisión de presión arterial", "lumbalgia mecánica", "mareo y vómito", "disnea de esfuerzo",
+    "erupción cutánea", "dolor de garganta", "ansiedad e insomnio", "control prenatal", "herida en la mano",
+    "dolor de rodilla", "diarrea aguda", "visión borrosa", "palpitaciones nocturnas", "pérdida de peso",
+]  # fmt: skip
+#: Value sets of LOINC vital-sign codes (what ``:in`` expands), stored as a user would store them.
+VALUE_SETS = {
+    "presion-arterial": ("Presión arterial", ["8480-6", "8462-4"]),
+    "medidas-corporales": ("Medidas corporales", ["8302-2", "29463-7", "8280-0"]),
+    "signos-cardiorrespiratorios": ("Signos cardiorrespiratorios", ["8867-4", "9279-1", "59408-5"]),
+}
+VALUE_SET_BASE = "http://imss.gob.mx/fhir/ValueSet/"
 CURP = "urn:oid:2.16.840.1.113883.4.629"
 UCUM = "http://unitsofmeasure.org"
 VITAL_SIGNS = {
@@ -84,7 +101,7 @@ class Generator:
         self.encounters = max(1, total * 20 // 100)
         self.conditions = max(1, total * 49 // 1000)
         self.observations = total - self.patients - self.organizations - self.practitioners
-        self.observations -= self.encounters + self.conditions
+        self.observations -= self.encounters + self.conditions + len(VALUE_SETS)
         self.curps: list[str] = []
         self.patient_ids: list[str] = []
         self.encounter_ids: list[str] = []
@@ -105,6 +122,17 @@ class Generator:
 
     def resources(self) -> Iterator[dict[str, Any]]:
         rng = self.rng
+        for name, (title, codes) in VALUE_SETS.items():
+            yield {
+                "resourceType": "ValueSet",
+                "id": name,
+                "url": VALUE_SET_BASE + name,
+                "version": "1.0.0",
+                "name": name.replace("-", "_"),
+                "title": title,
+                "status": "active",
+                "compose": {"include": [{"system": LOINC, "concept": [{"code": code} for code in codes]}]},
+            }
         for _ in range(self.organizations):
             self.organization_ids.append(oid := self._id())
             yield {
@@ -152,9 +180,16 @@ class Generator:
         for _ in range(self._share(self.encounters)):
             encounters.append(eid := self._id())
             start = self._moment()
+            reason = rng.choice(REASONS)
+            reason = reason.upper() if rng.random() < 0.1 else reason
             yield {
                 "resourceType": "Encounter",
                 "id": eid,
+                "text": {
+                    "status": "generated",
+                    "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p>Consulta de medicina familiar.</p>'
+                    f"<p>Motivo: {reason}.</p></div>",
+                },
                 "status": "finished",
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
                 "subject": subject,
@@ -209,7 +244,9 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
     """Bulk-load the generated resources; returns timings (seconds)."""
     from projections.search.dates import date_range
     from projections.search.extract import extract
+    from projections.search.fulltext import _pg_text, content_text, narrative_text
     from projections.search.index import VALUE_TABLES, _span_updates
+    from projections.terminology.store import TERMINOLOGY_TYPES
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -218,6 +255,12 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
         indexes = _search_indexes(cursor, schema)
         for name, _ in indexes:
             cursor.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+        # The full-text view's rows as FullTextIndex writes them: text folded in Python, turned into
+        # tsvectors by PostgreSQL's Spanish configuration (COPY cannot call to_tsvector: a staging table).
+        cursor.execute(
+            "CREATE TEMP TABLE bench_fulltext (sid BIGINT, resource_type TEXT, resource_id TEXT, narrative TEXT, "
+            "content TEXT)"
+        )
         extract_seconds = 0.0
         spans: dict[tuple[str, str], tuple[int, ...]] = {}
         batch: list[dict[str, Any]] = []
@@ -230,13 +273,21 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
             tick = time.perf_counter()
             resources_rows: list[tuple[Any, ...]] = []
             ids_rows: list[tuple[Any, ...]] = []
+            text_rows: list[tuple[Any, ...]] = []
+            terminology_rows: list[tuple[Any, ...]] = []
             values: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in VALUE_TABLES}
             for resource in batch:
                 sid += 1
                 resource["meta"] = {"versionId": "1", "lastUpdated": instant}
                 kind, rid = resource["resourceType"], resource["id"]
-                resources_rows.append((kind, rid, 1, instant, orjson.dumps(resource), sid))
+                body = orjson.dumps(resource)
+                resources_rows.append((kind, rid, 1, instant, body, sid))
                 ids_rows.append((sid, kind, rid, micros))
+                narrative, content = narrative_text(resource), content_text(resource)
+                if narrative or content:
+                    text_rows.append((sid, kind, rid, _pg_text(narrative), _pg_text(content)))
+                if kind in TERMINOLOGY_TYPES:  # what TerminologyView keeps of it
+                    terminology_rows.append((kind, rid, resource["url"], resource["version"], body.decode()))
                 rows = extract(resource)
                 for table in VALUE_TABLES:
                     values[table] += [(kind, *row, sid) for row in getattr(rows, table)]
@@ -254,6 +305,17 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
                 _copy(cursor, "search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids_rows)
                 for kind, (table, columns) in VALUE_TABLES.items():
                     _copy(cursor, table, ("resource_type", "param", *columns, "sid"), values[kind])
+                _copy(
+                    cursor, "bench_fulltext", ("sid", "resource_type", "resource_id", "narrative", "content"), text_rows
+                )
+                cursor.execute(
+                    "INSERT INTO search_fulltext (sid, resource_type, resource_id, narrative, content) "
+                    "SELECT sid, resource_type, resource_id, CASE WHEN narrative = '' THEN NULL "
+                    "ELSE to_tsvector('spanish', narrative) END, to_tsvector('spanish', content) FROM bench_fulltext"
+                )
+                cursor.execute("TRUNCATE bench_fulltext")
+                _copy(cursor, "terminology_resources", ("resource_type", "resource_id", "url", "version", "body"),
+                      terminology_rows)  # fmt: skip
             batch.clear()
 
         for resource in generator.resources():
@@ -275,7 +337,8 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
             cursor.execute(definition)
         timings["create_indexes"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        for table in ("resources", "search_ids", *(t for t, _ in VALUE_TABLES.values())):
+        tables = ("resources", "search_ids", *(t for t, _ in VALUE_TABLES.values()), "search_fulltext")
+        for table in (*tables, "terminology_resources"):
             cursor.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
         timings["vacuum_analyze"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
@@ -327,6 +390,16 @@ def queries(generator: Generator, rng: random.Random) -> dict[str, Callable[[], 
     def code() -> str:
         return str(rng.choice(VITALS)[0])
 
+    def above() -> str:
+        """A code and a threshold within its values' range (search.html#composite: both in one Observation)."""
+        code, _, _, low, high = rng.choice(VITALS)
+        return f"{LOINC}|{code}${'gt'}{round(rng.uniform(low, high))}"
+
+    def reason() -> str:
+        """A reason for a visit, as typed: without accents or in capitals at times (folded either way)."""
+        words = rng.choice(REASONS)
+        return fold(words) if rng.random() < 0.3 else words
+
     return {
         "token: Observation?code (1 of 10 codes)": lambda: f"Observation?code={LOINC}|{code()}&{page}",
         "token: Patient?identifier (CURP)": lambda: f"Patient?identifier={curp()}&{page}",
@@ -336,6 +409,9 @@ def queries(generator: Generator, rng: random.Random) -> dict[str, Callable[[], 
         "date+token: Observation?code&date (week)": lambda: f"Observation?code={code()}&{week()}&{page}",
         "chain: Observation?patient.identifier": lambda: f"Observation?patient.identifier={curp()}&{page}",
         "chain: Encounter?patient.name&date": lambda: f"Encounter?patient.name={rng.choice(FAMILIES)}&date=ge2024-01-01&{page}",  # noqa: E501
+        "composite: Observation?code-value-quantity": lambda: f"Observation?code-value-quantity={above()}&{page}",
+        "_text: Encounter?_text (Spanish narrative)": lambda: f"Encounter?_text={reason()}&{page}",
+        ":in: Observation?code:in (ValueSet url)": lambda: f"Observation?code:in={VALUE_SET_BASE}{rng.choice(list(VALUE_SETS))}&{page}",  # noqa: E501
     }  # fmt: skip
 
 
@@ -359,15 +435,13 @@ def measure(url: str, schema: str, generator: Generator, count: int, warmup: int
                 http: list[float] = []
                 hits: list[int] = []
                 for number in range(warmup + count):
-                    query = make()
-                    resource_type, _, text = query.partition("?")
-                    pairs = [tuple(p.split("=", 1)) for p in text.split("&")]
+                    resource_type, pairs, url = _request(make())
                     tick = time.perf_counter()
-                    bundle = search_bundle(services, resource_type, pairs, base)  # type: ignore[arg-type]
+                    bundle = search_bundle(services, resource_type, pairs, base)
                     orjson.dumps(bundle)
                     elapsed = time.perf_counter() - tick
                     tick = time.perf_counter()
-                    response = client.get(f"/fhir/{query}")
+                    response = client.get(url)
                     http_elapsed = time.perf_counter() - tick
                     assert response.status_code == 200, response.text
                     if number >= warmup:
@@ -375,10 +449,21 @@ def measure(url: str, schema: str, generator: Generator, count: int, warmup: int
                         http.append(http_elapsed)
                         hits.append(len(bundle["entry"]))
                 figures.append(_figure(name, engine, http, hits))
+                # How many resources one such query finds in all (a non-empty answer shows the data fits it).
+                resource_type, pairs, _ = _request(make().replace("_total=none", "_total=accurate"))
+                figures[-1]["sample_total"] = search_bundle(services, resource_type, pairs, base).get("total")
                 print(_line(figures[-1]), file=sys.stderr, flush=True)
     finally:
         services.close()
     return figures
+
+
+def _request(query: str) -> tuple[str, list[tuple[str, str]], str]:
+    """``Type?a=b&...`` as written → its type, its (name, value) pairs and the URL path that sends it."""
+    resource_type, _, text = query.partition("?")
+    pairs = [(name, value) for name, _, value in (part.partition("=") for part in text.split("&"))]
+    encoded = "&".join(f"{name}={quote(value, safe='|$:/,')}" for name, value in pairs)
+    return resource_type, pairs, f"/fhir/{resource_type}?{encoded}"
 
 
 def _no_auth(settings_class: Any) -> dict[str, str]:
@@ -397,6 +482,7 @@ def _figure(name: str, engine: list[float], http: list[float], hits: list[int]) 
         "http_median_ms": statistics.median(http) * 1000,
         "http_p99_ms": percentile(http, 0.99) * 1000,
         "mean_entries": statistics.mean(hits) if hits else 0,
+        "empty_pages": sum(1 for hit in hits if hit == 0),
     }
 
 
@@ -404,6 +490,7 @@ def _line(f: dict[str, Any]) -> str:
     return (
         f"{f['query']:<44} search median {f['search_median_ms']:6.1f} ms  p99 {f['search_p99_ms']:6.1f} ms   "
         f"http median {f['http_median_ms']:6.1f} ms  p99 {f['http_p99_ms']:6.1f} ms   entries {f['mean_entries']:.1f}"
+        f" (empty pages {f.get('empty_pages', 0)}, one query's total {f.get('sample_total', '-')})"
     )
 
 
@@ -413,6 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200, help="measured queries per figure (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured queries per figure first")
     parser.add_argument("--postgres-url", default=DEFAULT_URL)
+    parser.add_argument(
+        "--build-cost",
+        action="store_true",
+        help="also the index build cost per resource, today's code beside the baseline's (bench/search_build.py)",
+    )
     args = parser.parse_args(argv)
     problem = available(args.postgres_url)
     if problem is not None:
@@ -445,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for figure in figures:
         print(_line(figure))
+    if args.build_cost:
+        from bench import search_build
+
+        print()
+        print(search_build.report(search_build.measure(3000, search_build.BASELINE, conninfo(args.postgres_url))))
     return 0
 
 
