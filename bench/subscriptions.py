@@ -33,6 +33,8 @@ HEADERS = {"X-EHR-Institution": "imss", "Content-Type": "application/fhir+json"}
 class Listener:
     def __init__(self) -> None:
         self.arrivals: dict[str, float] = {}
+        #: When each notification arrived (wall clock): whether delivery streams or comes in bursts.
+        self.times: list[float] = []
         self.count = 0
         self.lock = threading.Lock()
         state = self
@@ -47,6 +49,7 @@ class Listener:
                 now = time.time()
                 with state.lock:
                     state.count += 1
+                    state.times.append(now)
                     if self.command == "PUT":
                         state.arrivals.setdefault(self.path.rsplit("/", 1)[-1], now)
                 self.send_response(200)
@@ -181,6 +184,21 @@ def throughput(base: str, clients: int, seconds: float, code: str) -> float:
     return sum(done) / (time.monotonic() - started)
 
 
+def _streaming(listener: Listener, began: float, ended: float) -> str:
+    """Notifications per second over [began, ended) (fewest, most) and the longest silence: delivery that
+    streams has no empty second while events are due; delivery in blocking rounds has long silences."""
+    with listener.lock:
+        times = sorted(t for t in listener.times if began <= t < ended)
+    seconds = [0] * max(1, int(ended - began))
+    for t in times:
+        seconds[min(len(seconds) - 1, int(t - began))] += 1
+    gaps = [b - a for a, b in zip([began, *times], [*times, ended], strict=True)]
+    return (
+        f"notifications per second: fewest {min(seconds)}, most {max(seconds)}; "
+        f"longest silence {max(gaps) * 1000:.0f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -202,11 +220,14 @@ def main() -> None:
                 for _ in range(args.subscriptions):
                     _subscribe(http, base, listener.url, "throughput")
             received = listener.count
+            began = time.time()
             loaded = throughput(base, args.clients, args.seconds, "throughput")
+            ended = time.time()
             print(
                 f"write throughput, {args.subscriptions} active subscriptions matching every write: "
                 f"{loaded:.0f} creates/s ({listener.count - received} notifications received meanwhile)"
             )
+            print(f"meanwhile: {_streaming(listener, began, ended)}")
             print(f"ratio (with / without): {loaded / bare:.2f}")
         finally:
             process.terminate()

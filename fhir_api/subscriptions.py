@@ -66,6 +66,10 @@ _LOOPBACK_NAMES = ("localhost",)
 LINK_EVENT = "urn:ehr-core:mpi:link-event"
 #: Subscriptions sent to at once (each has at most one event in flight: its order is kept).
 _PARALLEL = 8
+#: How long one turn of matching, and one round of sending, may last before the other gets its turn: the
+#: notifications stream (new events are matched and sent every fraction of a second) instead of a backlog
+#: going in blocking rounds whose length grew with it.
+_TURN_SECONDS = 0.25
 
 
 def endpoint_allowed(endpoint: str, allow_http: bool) -> bool:
@@ -227,7 +231,7 @@ class Deliverer(threading.Thread):
         # The matcher never passes the resource views; on SQLite they follow the log only after a write, and
         # the master patient index appends its links after the write that caused them: project those too.
         self.services.projector.catch_up_if_behind()
-        self.matcher.catch_up()
+        self.matcher.catch_up_within(_TURN_SECONDS)
         with self.services.views.read_primary() as tx:
             rows = {row.id: row for row in subscription_rows(tx)}
         # Only the subscriptions this process holds (one process at a time each); their outbox is read after
@@ -254,7 +258,8 @@ class Deliverer(threading.Thread):
         with self.services.views.read_primary() as tx:
             bodies = visible_foci(tx, [(rows[sid].institution, o) for sid, queue in queues.items() for o in queue])
         work = [(rows[sid], queue) for sid, queue in queues.items()]
-        outcomes = list(self._pool.map(lambda pair: self._send_in_order(pair[0], pair[1], bodies), work))
+        until = time.monotonic() + _TURN_SECONDS
+        outcomes = list(self._pool.map(lambda pair: self._send_in_order(pair[0], pair[1], bodies, until), work))
         failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
         with self.services.views.write() as tx:
             mark_delivered(tx, [(o.subscription_id, o.event_number) for delivered, _ in outcomes for o in delivered])
@@ -270,9 +275,14 @@ class Deliverer(threading.Thread):
         return True
 
     def _send_in_order(
-        self, row: SubscriptionRow, queue: list[Outbound], bodies: dict[tuple[str, str, str], bytes | None]
+        self,
+        row: SubscriptionRow,
+        queue: list[Outbound],
+        bodies: dict[tuple[str, str, str], bytes | None],
+        until: float,
     ) -> tuple[list[Outbound], tuple[Outbound, str] | None]:
-        """Send ``queue`` in order; (those delivered, the first failure and its error).
+        """Send ``queue`` in order until the first failure or the round's end (``until``, monotonic: what
+        is left goes next round, first); (those delivered, the first failure and its error).
 
         The events a round delivered are one AuditEvent (an entity per focus sent), a failed attempt another:
         fifty subscriptions matching every write would otherwise add fifty audit entries (each appended,
@@ -282,7 +292,7 @@ class Deliverer(threading.Thread):
         method, status = "POST", 0
         failure: tuple[Outbound, str] | None = None
         for outbound in queue:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or (delivered and time.monotonic() >= until):
                 break
             body = bodies.get((row.institution, outbound.focus_type, outbound.focus_id))
             attempt_status, error, attempt_method, url, entities = self._send_event(row, outbound, body)

@@ -21,6 +21,7 @@ Topic-based subscriptions (Subscriptions R5 Backport IG for R4, 1.1.0) name a to
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -430,6 +431,22 @@ class SubscriptionMatcher(Projector):
         self.outbox.apply(tx, changes)
         return None
 
+    def catch_up_within(self, seconds: float) -> int:
+        """Apply batches until none is pending or ``seconds`` have passed; return the events applied.
+
+        The delivery loop matches and sends in turns: an unbounded catch-up chases a log that writes keep
+        extending (the matcher stops at the ``resources`` projection, which moves with every write, so its
+        batches are small) and sends nothing meanwhile (measured on PostgreSQL with 50 subscriptions
+        matching every write: 3.7 s of matching without a notification)."""
+        deadline = time.monotonic() + seconds
+        applied = 0
+        with self._lock:
+            while True:
+                done = self._apply_batch(None)
+                applied += done
+                if done == 0 or time.monotonic() >= deadline:
+                    return applied
+
     def beside(self, database: Any) -> Projector:
         return SubscriptionMatcher(self.application, database, self.batch_size)
 
@@ -489,19 +506,21 @@ def due_events(
     tx: Tx, now: float, subscriptions: Sequence[str], per_subscription: int = 50, limit: int = 2000
 ) -> list[Outbound]:
     """The undelivered events of each of ``subscriptions`` whose oldest undelivered event is due, in
-    event-number order (at most ``per_subscription`` each): sent in that order, stopping at the first failure.
+    event-number order (at most ``per_subscription`` each, fewer when ``limit`` shared among them all asks
+    less): sent in that order, stopping at the first failure. ``limit`` is shared so that every subscription
+    gets its turn each round: filling it with the first subscriptions in id order left the others waiting
+    for as long as those first ones had a backlog.
 
     One indexed read per subscription (the partial index of undelivered events): a single statement finding
     each subscription's first undelivered event with a correlated ``MIN`` scanned every delivered event
     again for every undelivered one (measured: 0.9 s on PostgreSQL for 50 subscriptions of 1,000 events)."""
     found: list[Outbound] = []
+    each = max(1, min(per_subscription, limit // max(1, len(subscriptions))))
     for subscription in subscriptions:
-        if len(found) >= limit:
-            break
         rows = tx.execute(
             f"SELECT {_OUTBOX}, next_attempt FROM subscription_outbox WHERE subscription_id = ? AND delivered = 0 "
             "ORDER BY event_number LIMIT ?",
-            (subscription, min(per_subscription, limit - len(found))),
+            (subscription, each),
         ).fetchall()
         if rows and float(rows[0][-1]) <= now:
             found += [_outbound(row) for row in rows]

@@ -1,0 +1,41 @@
+"""A delivery round's due events: every subscription gets its turn, each in event-number order."""
+
+from __future__ import annotations
+
+import time
+
+from fhir_api.services import Services
+from projections.subscriptions import due_events
+
+SUBSCRIPTIONS = 50
+BACKLOG = 60  # each subscription has more undelivered events than a round takes from it
+
+
+def test_a_round_serves_every_subscription_in_order_whatever_their_backlog(services: Services) -> None:
+    ids = [f"sub-{n:02d}" for n in range(SUBSCRIPTIONS)]
+    rows = [
+        (sid, number, number, "Observation", f"obs-{number}", 1, "2026-01-01T00:00:00Z")
+        for sid in ids
+        for number in range(1, BACKLOG + 1)
+    ]
+    with services.views.write() as tx:
+        tx.executemany(
+            "INSERT INTO subscription_outbox (subscription_id, event_number, notification_id, focus_type, focus_id, "
+            "focus_version, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        tx.executemany(
+            "UPDATE subscription_outbox SET delivered = 1 WHERE subscription_id = ? AND event_number = ?",
+            [(sid, 1) for sid in ids],
+        )
+    limit = 2000
+    with services.views.read_primary() as tx:
+        due = due_events(tx, time.time(), ids, per_subscription=50, limit=limit)
+    by_subscription: dict[str, list[int]] = {}
+    for outbound in due:
+        by_subscription.setdefault(outbound.subscription_id, []).append(outbound.event_number)
+    assert sorted(by_subscription) == ids
+    assert len(due) <= limit
+    for numbers in by_subscription.values():
+        # The lowest undelivered events, in order (number 1 was delivered): a gap would break the order.
+        assert numbers == list(range(2, 2 + len(numbers)))
