@@ -17,6 +17,10 @@ TOP = "\U0010ffff"
 
 def fold(text: str) -> str:
     """Case- and accent-insensitive form: NFKD, combining marks dropped, casefolded, spaces collapsed."""
+    if text.isascii():
+        # ASCII has no compatibility decompositions nor combining marks, and casefolds as it lowercases:
+        # the same result without a Python step per character (most indexed text is ASCII).
+        return " ".join(text.lower().split())
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return " ".join(stripped.casefold().split())

@@ -25,7 +25,7 @@ from projections.search.extract import FINGERPRINT, Rows, extract
 from projections.search.types import SEARCH_TYPES
 from projections.view import View
 
-__all__ = ["VALUE_TABLES", "SearchIndex"]
+__all__ = ["VALUE_TABLES", "ResourceKeys", "SearchIndex", "resource_keys"]
 
 #: Parameter type → its table and value columns (each table also has resource_type, param and sid).
 VALUE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -113,6 +113,70 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 _ROW_TABLES = ("search_ids", *(table for table, _ in VALUE_TABLES.values()))
 
 
+class ResourceKeys:
+    """The ``sid`` of each resource a batch touches."""
+
+    def __init__(self) -> None:
+        #: sid of resources that already had rows before this batch (their rows get replaced).
+        self.existing: dict[tuple[str, str], int] = {}
+        #: sid of each resource after this batch (absent: deleted).
+        self.final: dict[tuple[str, str], int] = {}
+
+
+def resource_keys(tx: Tx, dialect: Dialect, changes: Sequence[Change]) -> ResourceKeys:
+    """Each resource's sid, decided in log order so that any batching gives the same keys.
+
+    Only a resource whose first change in the batch is not its first version can have a key already: a
+    batch of creates (a rebuild's, an import's) looks nothing up. Read after :class:`SearchIndex` applied
+    the batch (as :class:`projections.search.fulltext.FullTextIndex` does), it gives the same keys: a key
+    found is the one the batch ended with, and the batch's own deletes and re-creations lead to it again.
+    """
+    keys = ResourceKeys()
+    unknown: dict[str, list[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    for change in changes:
+        key = (change.resource_type, change.resource_id)
+        if key not in seen and change.version > 1:
+            unknown.setdefault(change.resource_type, []).append(change.resource_id)
+        seen.add(key)
+    for resource_type, ids in unknown.items():
+        for sid, resource_id in _lookup(tx, dialect, resource_type, ids):
+            keys.existing[(resource_type, str(resource_id))] = int(sid)
+    current: dict[tuple[str, str], int | None] = dict(keys.existing)
+    for change in changes:
+        key = (change.resource_type, change.resource_id)
+        if change.deleted:
+            current[key] = None
+        elif current.get(key) is None:
+            current[key] = change.notification_id
+    keys.final = {key: sid for key, sid in current.items() if sid is not None}
+    return keys
+
+
+def _lookup(tx: Tx, dialect: Dialect, resource_type: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """(sid, resource_id) of those of ``ids`` that have a key.
+
+    PostgreSQL: one statement text whatever the count (one prepared statement, where ``IN`` with a mark
+    per id prepares a new one per length), on the unique index ``search_ids_resource`` with both columns
+    bound (``= ANY`` is an index condition): no plan that depends on statistics, which a rebuild's fresh
+    tables never have (autovacuum may be off)."""
+    if dialect == "postgres":
+        return list(
+            tx.execute(
+                "SELECT sid, resource_id FROM search_ids WHERE resource_type = ? AND resource_id = ANY(?)",
+                (resource_type, list(ids)),
+            ).fetchall()
+        )
+    found: list[tuple[Any, ...]] = []
+    for chunk in _chunks(ids):
+        marks = ", ".join("?" * len(chunk))
+        found += tx.execute(
+            f"SELECT sid, resource_id FROM search_ids WHERE resource_type = ? AND resource_id IN ({marks})",
+            (resource_type, *chunk),
+        ).fetchall()
+    return found
+
+
 class SearchIndex(View):
     # search_date_spans and search_registry last: rebuilt and swapped with the rows they describe (``ehr rebuild``).
     tables = (*_ROW_TABLES, "search_date_spans", "search_registry")
@@ -121,7 +185,11 @@ class SearchIndex(View):
         *(f"{table}_lookup{n}" for table, indexes in _LOOKUPS.items() for n in range(len(indexes))),
     )
 
+    def __init__(self) -> None:
+        self._dialect: Dialect | None = None
+
     def create(self, tx: Tx, dialect: Dialect) -> None:
+        self._dialect = dialect
         _add_canonical_columns(tx, dialect)
         for statement in _ddl(dialect):
             tx.execute(statement)
@@ -172,7 +240,8 @@ class SearchIndex(View):
         return len(rows), int(rows[-1][0])
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
-        keys = self._keys(tx, changes)
+        assert self._dialect is not None, "create() first: the SQL depends on the database"
+        keys = resource_keys(tx, self._dialect, changes)
         latest: dict[tuple[str, str], Change] = {}
         for change in changes:
             latest[(change.resource_type, change.resource_id)] = change
@@ -183,43 +252,6 @@ class SearchIndex(View):
             if sid is not None and not change.deleted:
                 inserts.append((sid, change))
         self._insert(tx, inserts)
-
-    # -- keys --------------------------------------------------------------------------------------
-
-    class _Keys:
-        def __init__(self) -> None:
-            #: sid of resources that already had rows before this batch (their rows get replaced).
-            self.existing: dict[tuple[str, str], int] = {}
-            #: sid of each resource after this batch (absent: deleted).
-            self.final: dict[tuple[str, str], int] = {}
-
-    def _keys(self, tx: Tx, changes: Sequence[Change]) -> SearchIndex._Keys:
-        """Each resource's sid, decided in log order so that any batching gives the same keys."""
-        keys = SearchIndex._Keys()
-        unknown: dict[str, list[str]] = {}
-        seen: set[tuple[str, str]] = set()
-        for change in changes:
-            key = (change.resource_type, change.resource_id)
-            if key not in seen and change.version > 1:
-                unknown.setdefault(change.resource_type, []).append(change.resource_id)
-            seen.add(key)
-        for resource_type, ids in unknown.items():
-            for chunk in _chunks(ids):
-                marks = ", ".join("?" * len(chunk))
-                for sid, resource_id in tx.execute(
-                    f"SELECT sid, resource_id FROM search_ids WHERE resource_type = ? AND resource_id IN ({marks})",
-                    (resource_type, *chunk),
-                ).fetchall():
-                    keys.existing[(resource_type, str(resource_id))] = int(sid)
-        current: dict[tuple[str, str], int | None] = dict(keys.existing)
-        for change in changes:
-            key = (change.resource_type, change.resource_id)
-            if change.deleted:
-                current[key] = None
-            elif current.get(key) is None:
-                current[key] = change.notification_id
-        keys.final = {key: sid for key, sid in current.items() if sid is not None}
-        return keys
 
     # -- rows --------------------------------------------------------------------------------------
 
