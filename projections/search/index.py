@@ -25,7 +25,7 @@ from projections.search.extract import FINGERPRINT, Rows, extract
 from projections.search.types import SEARCH_TYPES
 from projections.view import View
 
-__all__ = ["VALUE_TABLES", "ResourceKeys", "SearchIndex", "resource_keys"]
+__all__ = ["VALUE_TABLES", "ResourceKeys", "SearchIndex", "delete_by_sid", "resource_keys"]
 
 #: Parameter type → its table and value columns (each table also has resource_type, param and sid).
 VALUE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -262,11 +262,8 @@ class SearchIndex(View):
             by_type.setdefault(resource_type, []).append(sid)
         for resource_type, sids in by_type.items():
             for chunk in _chunks(sids):
-                marks = ", ".join("?" * len(chunk))
                 for table in tables:
-                    tx.execute(
-                        f"DELETE FROM {table} WHERE sid IN ({marks}) AND resource_type = ?", [*chunk, resource_type]
-                    )
+                    tx.execute(delete_by_sid(table, len(chunk)), [*chunk, resource_type])
 
     @staticmethod
     def _spans(tx: Tx, date_rows: list[tuple[Any, ...]]) -> None:
@@ -304,6 +301,19 @@ class SearchIndex(View):
         self._spans(tx, values["date"])
         for kind, (table, columns) in VALUE_TABLES.items():
             tx.insert(table, ("resource_type", "param", *columns, "sid"), values[kind])
+
+
+def delete_by_sid(table: str, count: int) -> str:
+    """The delete of ``count`` resources' rows of one type from ``table``, by sid.
+
+    search_ids is keyed (resource_type, sid): the type leads its key. A value table's only index on sid is
+    ``<table>_sid``, but its lookup indexes also lead with resource_type: without statistics (a store never
+    analysed; autovacuum may be off) PostgreSQL ANDs the sid index with a scan of *every* row of the type in a
+    lookup index (measured 8 ms instead of 0.04 ms at 230,000 rows, per table and update). Comparing
+    ``resource_type || ''`` keeps the condition but out of any index: the plan is the sid index whatever the
+    statistics."""
+    kind = "resource_type = ?" if table == "search_ids" else "resource_type || '' = ?"
+    return f"DELETE FROM {table} WHERE sid IN ({', '.join('?' * count)}) AND {kind}"
 
 
 def _bounded(kind: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
