@@ -27,6 +27,9 @@ Row = tuple[Any, ...]
 class Tx(Protocol):
     """A cursor inside a transaction."""
 
+    #: The database's SQL dialect, for the few statements written differently on each.
+    dialect: Dialect
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Tx: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -68,6 +71,8 @@ class ViewDatabase(Protocol):
 
 
 class _SQLiteTx:
+    dialect: Dialect = "sqlite"
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._cursor = connection.cursor()
 
@@ -221,6 +226,8 @@ def _to_pyformat(sql: str) -> str:
 
 
 class _PostgresTx:
+    dialect: Dialect = "postgres"
+
     def __init__(self, cursor: Any, prepare: bool | None = True) -> None:
         self._cursor = cursor
         #: COPY cannot run in pipeline mode: inside :meth:`pipelined`, many rows go as pipelined INSERTs.

@@ -198,6 +198,12 @@ def _verify_log(
             )
         if report is None:
             return 2
+        # Tampering first: an event forged into the log is also what a projection then fails on and
+        # quarantines, and the forgery, not its symptom, is what the compliance officer must be told.
+        if not report.ok:
+            console.print(f"[bold red]TAMPERED[/]: {label}{report.problems[0]}")
+            print(f"FAILED: {label}{report.problems[0]}")
+            return 1
         quarantined = _quarantined(views)
         if quarantined:
             # The log is the record, but a view that skipped events answers as if they did not exist.
@@ -211,10 +217,6 @@ def _verify_log(
             return 1
         seconds = time.perf_counter() - started
         rate = report.events / seconds if seconds > 0 else 0.0
-        if not report.ok:
-            console.print(f"[bold red]TAMPERED[/]: {label}{report.problems[0]}")
-            print(f"FAILED: {label}{report.problems[0]}")
-            return 1
         print(
             f"{label}intact: {report.events} events in {report.blocks} signed blocks "
             f"({report.unsealed} newer events not yet sealed); {seconds:.2f} s, {rate:,.0f} events/s"

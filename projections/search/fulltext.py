@@ -165,16 +165,11 @@ class FullTextIndex(View):
     # GIN indexes: only searches read them, and a rebuild builds them once after the bulk load.
     query_indexes = ("search_fulltext_narrative", "search_fulltext_content")
 
-    def __init__(self) -> None:
-        self._dialect: Dialect | None = None
-
     def create(self, tx: Tx, dialect: Dialect) -> None:
-        self._dialect = dialect
         for statement in _ddl(dialect):
             tx.execute(statement)
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
-        assert self._dialect is not None, "create() first: the SQL depends on the database"
         latest: dict[tuple[str, str], Change] = {}
         replaced: set[tuple[str, str]] = set()
         for change in changes:
@@ -184,7 +179,7 @@ class FullTextIndex(View):
             latest[key] = change
         self._delete(tx, sorted(replaced))
         wanted = [change for change in latest.values() if not change.deleted]
-        sids = resource_keys(tx, self._dialect, changes).final
+        sids = resource_keys(tx, changes).final
         rows: list[tuple[Any, ...]] = []
         for change in wanted:
             sid = sids.get((change.resource_type, change.resource_id))
@@ -221,7 +216,7 @@ class FullTextIndex(View):
         if not rows:
             return
         columns = "sid, resource_type, resource_id, narrative, content"
-        if self._dialect == "postgres":
+        if tx.dialect == "postgres":
             # Folded in Python (the string index's folding); NUL cannot be in PostgreSQL text.
             folded = [(*row[:3], _pg_text(row[3]), _pg_text(row[4])) for row in rows]
             # One statement for the batch, its columns as arrays: a statement per row cost the client more

@@ -123,7 +123,7 @@ class ResourceKeys:
         self.final: dict[tuple[str, str], int] = {}
 
 
-def resource_keys(tx: Tx, dialect: Dialect, changes: Sequence[Change]) -> ResourceKeys:
+def resource_keys(tx: Tx, changes: Sequence[Change]) -> ResourceKeys:
     """Each resource's sid, decided in log order so that any batching gives the same keys.
 
     Only a resource whose first change in the batch is not its first version can have a key already: a
@@ -140,7 +140,7 @@ def resource_keys(tx: Tx, dialect: Dialect, changes: Sequence[Change]) -> Resour
             unknown.setdefault(change.resource_type, []).append(change.resource_id)
         seen.add(key)
     for resource_type, ids in unknown.items():
-        for sid, resource_id in _lookup(tx, dialect, resource_type, ids):
+        for sid, resource_id in _lookup(tx, resource_type, ids):
             keys.existing[(resource_type, str(resource_id))] = int(sid)
     current: dict[tuple[str, str], int | None] = dict(keys.existing)
     for change in changes:
@@ -153,14 +153,14 @@ def resource_keys(tx: Tx, dialect: Dialect, changes: Sequence[Change]) -> Resour
     return keys
 
 
-def _lookup(tx: Tx, dialect: Dialect, resource_type: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+def _lookup(tx: Tx, resource_type: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
     """(sid, resource_id) of those of ``ids`` that have a key.
 
     PostgreSQL: one statement text whatever the count (one prepared statement, where ``IN`` with a mark
     per id prepares a new one per length), on the unique index ``search_ids_resource`` with both columns
     bound (``= ANY`` is an index condition): no plan that depends on statistics, which a rebuild's fresh
     tables never have (autovacuum may be off)."""
-    if dialect == "postgres":
+    if tx.dialect == "postgres":
         return list(
             tx.execute(
                 "SELECT sid, resource_id FROM search_ids WHERE resource_type = ? AND resource_id = ANY(?)",
@@ -185,11 +185,7 @@ class SearchIndex(View):
         *(f"{table}_lookup{n}" for table, indexes in _LOOKUPS.items() for n in range(len(indexes))),
     )
 
-    def __init__(self) -> None:
-        self._dialect: Dialect | None = None
-
     def create(self, tx: Tx, dialect: Dialect) -> None:
-        self._dialect = dialect
         _add_canonical_columns(tx, dialect)
         for statement in _ddl(dialect):
             tx.execute(statement)
@@ -240,8 +236,7 @@ class SearchIndex(View):
         return len(rows), int(rows[-1][0])
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
-        assert self._dialect is not None, "create() first: the SQL depends on the database"
-        keys = resource_keys(tx, self._dialect, changes)
+        keys = resource_keys(tx, changes)
         latest: dict[tuple[str, str], Change] = {}
         for change in changes:
             latest[(change.resource_type, change.resource_id)] = change
