@@ -4,7 +4,6 @@ exported whole; a filter the server cannot apply is a 400 OperationOutcome, neve
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from urllib.parse import quote
@@ -13,17 +12,12 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.support.fhir import put
+
 FHIR = {"content-type": "application/fhir+json"}
 ASYNC = {"Prefer": "respond-async"}
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
-
-
-def _put(client: TestClient, resource: dict[str, Any]) -> None:
-    response = client.put(
-        f"/fhir/{resource['resourceType']}/{resource['id']}", content=json.dumps(resource), headers=FHIR
-    )
-    assert response.status_code in (200, 201), response.text
 
 
 def _observation(resource_id: str, patient: str, code: str, value: float, unit: str) -> dict[str, Any]:
@@ -66,11 +60,11 @@ def _filter(*queries: str) -> str:
 @pytest.fixture
 def loaded(client: TestClient) -> TestClient:
     for patient, gender in (("ana", "female"), ("beto", "male")):
-        _put(client, {"resourceType": "Patient", "id": patient, "gender": gender})
-    _put(client, _observation("ana-weight", "ana", "29463-7", 70, "kg"))
-    _put(client, _observation("ana-height", "ana", "8302-2", 160, "cm"))
-    _put(client, _observation("beto-weight", "beto", "29463-7", 50000, "g"))
-    _put(client, {"resourceType": "Organization", "id": "org", "name": "IMSS"})
+        put(client, {"resourceType": "Patient", "id": patient, "gender": gender})
+    put(client, _observation("ana-weight", "ana", "29463-7", 70, "kg"))
+    put(client, _observation("ana-height", "ana", "8302-2", 160, "cm"))
+    put(client, _observation("beto-weight", "beto", "29463-7", 50000, "g"))
+    put(client, {"resourceType": "Organization", "id": "org", "name": "IMSS"})
     return client
 
 

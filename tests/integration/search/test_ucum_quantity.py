@@ -4,7 +4,6 @@ prefix applied to the converted values; units UCUM cannot convert between match 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -13,17 +12,11 @@ from fastapi.testclient import TestClient
 from fhir_api.app import create_app
 from fhir_api.services import Services
 from projections.search.index import SearchIndex
+from tests.support.fhir import put
 
 FHIR = {"content-type": "application/fhir+json"}
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
-
-
-def _put(client: TestClient, resource: dict[str, Any]) -> None:
-    response = client.put(
-        f"/fhir/{resource['resourceType']}/{resource['id']}", content=json.dumps(resource), headers=FHIR
-    )
-    assert response.status_code in (200, 201), response.text
 
 
 def _ids(client: TestClient, url: str) -> list[str]:
@@ -53,7 +46,7 @@ def weights(client: TestClient) -> TestClient:
         _observation("lb176", "29463-7", 176, "[lb_av]"),  # 79.83 kg
         _observation("local70", "29463-7", 70, "kg", system="http://example.org/units"),
     ):
-        _put(client, resource)
+        put(client, resource)
     return client
 
 
@@ -85,18 +78,18 @@ def test_prefixes_apply_to_canonical_values(weights: TestClient, query: str, exp
 
 
 def test_temperatures_convert_with_their_offset(client: TestClient) -> None:
-    _put(client, _observation("fever", "8310-5", 39, "Cel"))
-    _put(client, _observation("normal", "8310-5", 98.6, "[degF]"))
+    put(client, _observation("fever", "8310-5", 39, "Cel"))
+    put(client, _observation("normal", "8310-5", 98.6, "[degF]"))
     assert _ids(client, f"/fhir/Observation?value-quantity=gt100|{UCUM}|[degF]") == ["fever"]
     assert _ids(client, f"/fhir/Observation?value-quantity=37|{UCUM}|Cel") == ["normal"]
     assert _ids(client, f"/fhir/Observation?value-quantity=ge310|{UCUM}|K") == ["fever", "normal"]
 
 
 def test_concentrations_ucum_cannot_convert_match_only_by_their_own_unit(client: TestClient) -> None:
-    _put(client, _observation("glucose-mg", "2345-7", 99, "mg/dL"))
-    _put(client, _observation("glucose-mmol", "2345-7", 5.5, "mmol/L"))
-    _put(client, _observation("glucose-umol", "2345-7", 5500, "umol/L"))
-    _put(client, _observation("leukocytes", "6690-2", 5.5, "10*9/L"))
+    put(client, _observation("glucose-mg", "2345-7", 99, "mg/dL"))
+    put(client, _observation("glucose-mmol", "2345-7", 5.5, "mmol/L"))
+    put(client, _observation("glucose-umol", "2345-7", 5500, "umol/L"))
+    put(client, _observation("leukocytes", "6690-2", 5.5, "10*9/L"))
     # mg/dL ↔ g/L converts (mass per volume); mmol/L ↔ µmol/L converts (amount per volume).
     assert _ids(client, f"/fhir/Observation?value-quantity=0.99|{UCUM}|g/L") == ["glucose-mg"]
     assert _ids(client, f"/fhir/Observation?value-quantity=5.5|{UCUM}|mmol/L") == ["glucose-mmol", "glucose-umol"]
@@ -107,15 +100,15 @@ def test_concentrations_ucum_cannot_convert_match_only_by_their_own_unit(client:
 
 
 def test_a_unit_ucum_cannot_read_matches_by_its_own_code(client: TestClient) -> None:
-    _put(client, _observation("ph", "2744-1", 7.4, "[pH]"))
-    _put(client, _observation("odd", "2744-1", 7.4, "mEq/L"))
+    put(client, _observation("ph", "2744-1", 7.4, "[pH]"))
+    put(client, _observation("odd", "2744-1", 7.4, "mEq/L"))
     assert _ids(client, f"/fhir/Observation?value-quantity=7.4|{UCUM}|[pH]") == ["ph"]
     assert _ids(client, f"/fhir/Observation?value-quantity=7.4|{UCUM}|mEq/L") == ["odd"]
     assert _ids(client, "/fhir/Observation?value-quantity=7.4||mEq/L") == ["odd"]
 
 
 def test_composite_code_value_quantity_converts_its_quantity(weights: TestClient) -> None:
-    _put(weights, _observation("height", "8302-2", 170, "cm"))
+    put(weights, _observation("height", "8302-2", 170, "cm"))
     url = "/fhir/Observation?code-value-quantity"
     assert _ids(weights, f"{url}={LOINC}|29463-7$gt66|{UCUM}|kg") == ["kg70", "lb176"]
     assert _ids(weights, f"{url}={LOINC}|29463-7$70000|{UCUM}|g") == ["kg70"]
@@ -125,7 +118,7 @@ def test_composite_code_value_quantity_converts_its_quantity(weights: TestClient
 
 def test_a_range_converts_both_bounds(client: TestClient) -> None:
     years = {"low": {"value": 40, "system": UCUM, "code": "a"}, "high": {"value": 50, "system": UCUM, "code": "a"}}
-    _put(
+    put(
         client,
         {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/x"}, "onsetRange": years},
     )
@@ -148,5 +141,5 @@ def test_a_store_indexed_before_canonical_units_gets_the_columns(services: Servi
     with database.write() as tx:
         SearchIndex().create(tx, database.dialect)
     with TestClient(create_app(services=services)) as client:
-        _put(client, _observation("kg70", "29463-7", 70, "kg"))
+        put(client, _observation("kg70", "29463-7", 70, "kg"))
         assert _ids(client, f"/fhir/Observation?value-quantity=70000|{UCUM}|g") == ["kg70"]
