@@ -265,7 +265,13 @@ class Deliverer(threading.Thread):
         # Only the subscriptions this process holds (one process at a time each); their outbox is read after
         # the claim, so a subscription taken over starts after what its previous holder marked delivered.
         claimed = self.claims.claim(sid for sid, row in rows.items() if row.status in ("requested", "active"))
-        asked = [sid for sid in sorted(claimed) if sid in self._retrying or self._drained.get(sid) != rows[sid].events]
+        # Only an active subscription is sent its events (a requested one waits for its handshake): only those
+        # with something new since their outbox was last found empty, or an event waiting for its retry.
+        asked = [
+            sid
+            for sid in sorted(claimed)
+            if rows[sid].status == "active" and (sid in self._retrying or self._drained.get(sid) != rows[sid].events)
+        ]
         held: set[str] = set()
         with self.services.views.read_primary() as tx:
             due = due_events(tx, time.time(), asked, held=held) if asked else []
