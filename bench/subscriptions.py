@@ -6,7 +6,9 @@ A real ``ehr serve`` and a listener on loopback. Latency: Observations written a
 each matching one R4 criteria subscription; from the write's ``meta.lastUpdated`` (the server's recorded
 time, the commit) to the listener receiving it (the same machine's clock), p50/p99. Throughput: creates/s
 from ``--clients`` threads for ``--seconds``, with no subscription, then with 50 active subscriptions all
-matching every write (50 notifications per write), and the ratio. A benchmark, not a test: nothing asserts.
+matching every write (50 notifications per write), and the ratio; ``--matching-only``: the 50 subscriptions
+stay ``requested`` (their endpoint refuses connections), so they are matched and nothing is delivered: the
+ratio is the matching's cost alone. A benchmark, not a test: nothing asserts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 HEADERS = {"X-EHR-Institution": "imss", "Content-Type": "application/fhir+json"}
@@ -66,7 +69,12 @@ class Listener:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def _start(backend: str, data: Path, postgres_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def _drop_schema(postgres_url: str, schema: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(psycopg.sql.Identifier(schema)))
+
+
+def _start(backend: str, data: Path, postgres_url: str, schema: str) -> tuple[subprocess.Popen[bytes], str]:
     sock = __import__("socket").socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -74,7 +82,6 @@ def _start(backend: str, data: Path, postgres_url: str) -> tuple[subprocess.Pope
     env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
     env |= {"EHR_AUTH": "disabled-for-development", "PYTHONUNBUFFERED": "1"}
     if backend == "postgres":
-        schema = f"bench_sub_{int(time.time())}"
         env |= {"EHR_DATABASE_URL": postgres_url, "EHR_POSTGRES_SCHEMA": schema}
     log = (data.parent / "server.log").open("wb")
     process = subprocess.Popen(
@@ -96,6 +103,11 @@ def _start(backend: str, data: Path, postgres_url: str) -> tuple[subprocess.Pope
     raise SystemExit("the server did not start")
 
 
+#: A loopback port nothing listens on: a subscription to it stays ``requested`` (matched, its handshake
+#: refused and retried with backoff), so nothing is delivered (``--matching-only``).
+REFUSED = "http://127.0.0.1:9/hook"
+
+
 def _subscribe(http: httpx.Client, base: str, endpoint: str, code: str) -> None:
     subscription = {
         "resourceType": "Subscription",
@@ -105,6 +117,8 @@ def _subscribe(http: httpx.Client, base: str, endpoint: str, code: str) -> None:
         "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"},
     }
     created = http.post(f"{base}/Subscription", json=subscription, headers=HEADERS).json()
+    if endpoint == REFUSED:
+        return  # matched from its own event on; never active
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if http.get(f"{base}/Subscription/{created['id']}", headers=HEADERS).json().get("status") == "active":
@@ -207,24 +221,32 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--subscriptions", type=int, default=50)
+    parser.add_argument(
+        "--matching-only",
+        action="store_true",
+        help="the 50 subscriptions' endpoint refuses connections: matched, not delivered (the matching's cost)",
+    )
     args = parser.parse_args()
     listener = Listener()
     with tempfile.TemporaryDirectory() as directory:
-        process, base = _start(args.backend, Path(directory) / "ehr-data", args.postgres_url)
+        schema = f"bench_sub_{int(time.time())}"
+        process, base = _start(args.backend, Path(directory) / "ehr-data", args.postgres_url, schema)
         try:
             print(f"backend: {args.backend}; the machine may be shared: figures are noisy")
             latency(base, listener, args.rate, args.seconds, args.clients)
             bare = throughput(base, args.clients, args.seconds, "throughput")
             print(f"write throughput, 0 subscriptions: {bare:.0f} creates/s ({args.clients} clients)")
+            endpoint = REFUSED if args.matching_only else listener.url
             with httpx.Client(timeout=30) as http:
                 for _ in range(args.subscriptions):
-                    _subscribe(http, base, listener.url, "throughput")
+                    _subscribe(http, base, endpoint, "throughput")
             received = listener.count
             began = time.time()
             loaded = throughput(base, args.clients, args.seconds, "throughput")
             ended = time.time()
+            kind = "requested (endpoint refusing: matched, not delivered)" if args.matching_only else "active"
             print(
-                f"write throughput, {args.subscriptions} active subscriptions matching every write: "
+                f"write throughput, {args.subscriptions} {kind} subscriptions matching every write: "
                 f"{loaded:.0f} creates/s ({listener.count - received} notifications received meanwhile)"
             )
             print(f"meanwhile: {_streaming(listener, began, ended)}")
@@ -232,6 +254,8 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(30)
+            if args.backend == "postgres":
+                _drop_schema(args.postgres_url, schema)
 
 
 if __name__ == "__main__":

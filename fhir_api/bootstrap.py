@@ -183,6 +183,8 @@ def start_deliverer(services: Services) -> None:
     matcher = services.main_projectors.get("subscriptions")
     if isinstance(matcher, SubscriptionMatcher) and services.deliverer is None:
         services.deliverer = Deliverer(services, matcher)
+        # Woken by each commit of the resource views it matches against (never on the write's path).
+        services.projector.on_applied.append(services.deliverer.wake)
         services.deliverer.start()
 
 

@@ -10,7 +10,9 @@ transaction as its tracking position; this thread delivers the outbox over ``res
 - in order: per subscription only its lowest undelivered event is ever in flight;
 - retried with exponential backoff (``EHR_SUBSCRIPTION_RETRY_*``); after ``subscription_max_attempts``
   failures the Subscription gets ``status = error`` and ``error`` (a new version, written by the server);
-- never on a write's critical path: the matcher is caught up here, apart from the requests.
+- never on a write's critical path: the matcher is caught up here, apart from the requests, when the
+  resource views move (woken by their commits, not polling); idle, a round reads nothing more than the
+  subscriptions, and asks for due events only of the subscriptions with something new or to retry.
 
 A subscription the client creates as ``requested`` gets a handshake first (backport: a ``handshake``
 notification; R4 criteria: a POST with no body) and becomes ``active`` once it is answered 2xx; ``off``
@@ -70,6 +72,9 @@ _PARALLEL = 8
 #: notifications stream (new events are matched and sent every fraction of a second) instead of a backlog
 #: going in blocking rounds whose length grew with it.
 _TURN_SECONDS = 0.25
+#: The longest the thread sleeps unless woken by a commit of the resource views: it learns of what another
+#: process matched (several processes on one PostgreSQL database) at most this late.
+_IDLE_SECONDS = 1.0
 
 
 def endpoint_allowed(endpoint: str, allow_http: bool) -> bool:
@@ -204,13 +209,32 @@ class Deliverer(threading.Thread):
         self._handshaken: dict[str, int] = {}
         self._handshake_due: dict[str, float] = {}
         self._heartbeat_sent: dict[str, float] = {}
+        #: Set by a commit of the resource views (``wake``): there may be events to match.
+        self._woken = threading.Event()
+        #: The log's last notification id at the previous round (see ``_follow_log``).
+        self._previous_head = 0
+        #: When the matcher was last caught up (monotonic).
+        self._matched_at = 0.0
+        #: Per subscription, its matched-events counter when its outbox last held nothing undelivered: it is
+        #: not asked again until the matcher numbers a new event for it.
+        self._drained: dict[str, int] = {}
+        #: Subscriptions with an event waiting for its retry: asked every round.
+        self._retrying: set[str] = set()
+        #: Whether a timer (a retry, a handshake, a heartbeat, events appended after a write) wants the next
+        #: round soon rather than on the next commit.
+        self._timed = True
         views = services.views
         self.claims: DeliveryClaims = (
             AdvisoryClaims(views.conninfo, views.schema) if isinstance(views, PostgresViews) else SoleProcess()
         )
 
+    def wake(self, position: int = 0) -> None:
+        """A commit of the resource views (``Projector.on_applied``): match and deliver now."""
+        self._woken.set()
+
     def stop(self) -> None:
         self._stopping.set()
+        self._woken.set()
         self.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
@@ -224,27 +248,50 @@ class Deliverer(threading.Thread):
                 log.warning("subscription delivery failed; retrying", exc_info=True)
                 busy = False
             if not busy:
-                self._stopping.wait(self.poll)
+                self._woken.wait(self.poll if self._timed else _IDLE_SECONDS)
+                self._woken.clear()
 
     def step(self) -> bool:
         """One round: match, handshake, heartbeat, deliver what is due; True if anything was sent."""
-        # The matcher never passes the resource views; on SQLite they follow the log only after a write, and
-        # the master patient index appends its links after the write that caused them: project those too.
-        self.services.projector.catch_up_if_behind()
-        self.matcher.catch_up_within(_TURN_SECONDS)
+        behind = self._follow_log()
+        # Matched when the resource views moved in this process (what woke the thread), and at least every
+        # idle period (another process's writes, which that process matches itself unless it died).
+        now = time.monotonic()
+        if self.matcher.position < self.services.projector.position or now >= self._matched_at + _IDLE_SECONDS:
+            self._matched_at = now
+            self.matcher.catch_up_within(_TURN_SECONDS)
         with self.services.views.read_primary() as tx:
             rows = {row.id: row for row in subscription_rows(tx)}
         # Only the subscriptions this process holds (one process at a time each); their outbox is read after
         # the claim, so a subscription taken over starts after what its previous holder marked delivered.
         claimed = self.claims.claim(sid for sid, row in rows.items() if row.status in ("requested", "active"))
+        # Only an active subscription is sent its events (a requested one waits for its handshake): only those
+        # with something new since their outbox was last found empty, or an event waiting for its retry.
+        asked = [
+            sid
+            for sid in sorted(claimed)
+            if rows[sid].status == "active" and (sid in self._retrying or self._drained.get(sid) != rows[sid].events)
+        ]
+        held: set[str] = set()
         with self.services.views.read_primary() as tx:
-            due = due_events(tx, time.time(), sorted(claimed))
+            due = due_events(tx, time.time(), asked, held=held) if asked else []
+        with_events = {outbound.subscription_id for outbound in due}
+        for sid in asked:
+            if sid not in with_events and sid not in held:
+                self._drained[sid] = rows[sid].events
+                self._retrying.discard(sid)
+        self._retrying |= held
         sent = False
         for row in (rows[sid] for sid in sorted(claimed)):
             if row.status == "requested":
                 sent |= self._handshake(row)
             elif row.status == "active":
                 sent |= self._heartbeat(row)
+        self._timed = bool(
+            behind
+            or self._retrying
+            or any(rows[sid].status == "requested" or _heartbeat_seconds(rows[sid]) for sid in claimed)
+        )
         # Each subscription's events go in event-number order, stopping at its first failure; subscriptions
         # are sent to in parallel.
         queues: dict[str, list[Outbound]] = {}
@@ -266,6 +313,7 @@ class Deliverer(threading.Thread):
             for (row, _), (_, failure) in zip(work, outcomes, strict=True):
                 if failure is not None:
                     outbound, error = failure
+                    self._retrying.add(row.id)
                     next_attempt = time.time() + self._backoff(outbound.attempts + 1)
                     attempts = mark_failed(tx, row.id, outbound.event_number, next_attempt, error)
                     failed.append((row, outbound, attempts, error))
@@ -306,6 +354,20 @@ class Deliverer(threading.Thread):
         if delivered:
             self._audit(row, method, str(row.channel.get("endpoint") or ""), status, sent)
         return delivered, failure
+
+    def _follow_log(self) -> bool:
+        """Project into the resource views what the log held at the previous round and nobody projected
+        (on SQLite the views follow the log only after a write, and the master patient index appends its
+        links after the write that caused them); True if the log is ahead of them now.
+
+        Only what was already there at the previous round: a write appended since then is being made
+        visible by the request that made it, which must not wait for this thread to apply it instead."""
+        projector = self.services.projector
+        head = projector.application.recorder.max_notification_id() or 0
+        if projector.position < self._previous_head:
+            projector.catch_up(until=self._previous_head)
+        self._previous_head = head
+        return head > projector.position
 
     # -- channel ---------------------------------------------------------------------------------
 

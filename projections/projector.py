@@ -141,6 +141,9 @@ class Projector:
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._position = 0
+        #: Called (with the new position) after each batch this process commits: what follows this projection
+        #: in the same process (the subscriptions' matcher follows ``resources``) wakes on it instead of polling.
+        self.on_applied: list[Callable[[int], None]] = []
 
     def create_tables(self) -> None:
         with self.database.write() as tx:
@@ -308,19 +311,27 @@ class Projector:
         with self.database.write() as tx:
             position = self._read_position(tx, lock=True)
             if until is not None and position >= until:
-                self._position = position
+                self._moved_to(position)
                 return 0
             notifications = self._fetch(tx, position)
             if not notifications:
-                self._position = position
+                self._moved_to(position)  # another process applied up to here
                 return 0
             # A small batch (a request's own write) is many tiny statements: pipelined. A large one is COPY.
             small = len(notifications) <= _PIPELINED_UP_TO
             with tx.pipelined() if small else nullcontext():
                 last = self._advance(tx, self.apply_notifications(tx, notifications) or notifications[-1].id)
-        self._position = last
         metrics.applied(self.name, len(notifications), time.perf_counter() - started)
+        self._moved_to(last)
         return len(notifications)
+
+    def _moved_to(self, position: int) -> None:
+        """Record that the views stand at ``position``; tell ``on_applied`` if they moved."""
+        moved = position > self._position
+        self._position = position
+        if moved:
+            for listener in self.on_applied:
+                listener(position)
 
     def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
         """The next batch after ``position`` (a federation's projector renumbers what it reads)."""

@@ -48,6 +48,8 @@ def _projectors(services: Services) -> list[Projector]:
 def _catch_up(services: Services) -> int:
     applied = 0
     for projector in _projectors(services):
+        if services.deliverer is not None and projector is services.deliverer.matcher:
+            continue  # matched on the delivery thread: the resource views never wait for the subscriptions
         before = projector.position
         applied += projector.catch_up() - before
     # Full ledger blocks are sealed as the log grows
@@ -162,7 +164,8 @@ class _Reporter:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     # The worker itself projects: it opens the store as an inline projector whatever EHR_PROJECTION says.
-    settings = Settings().model_copy(update={"projection": "inline"})
+    configured = Settings()
+    settings = configured.model_copy(update={"projection": "inline"})
     if settings.federated:  # a thread per store, each with a views connection, and the national logs
         pool = max(settings.postgres_pool_size, len(settings.store_urls()) + 2)
         settings = settings.model_copy(update={"postgres_pool_size": pool})
@@ -184,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     for thread in stores:
         thread.start()
-    if not settings.projects_inline:
-        # The API processes leave projection to this worker: it delivers the subscriptions' outbox too.
+    if not configured.projects_inline:
+        # The API processes leave projection to this worker: it matches and delivers the subscriptions too.
         start_deliverer(services)
     try:
         follow(services, stop, report=_Reporter(services, console, args.report_seconds, stores))

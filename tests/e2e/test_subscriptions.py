@@ -23,7 +23,7 @@ import pytest
 
 from ehr_core.settings import Settings
 from tests.support.access import consent
-from tests.support.server import REPO, _server_env, _stop, _wait_until_ready, free_port
+from tests.support.server import REPO, _server_env, _stop, _wait_until_ready, free_port, running_worker
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e]
@@ -543,3 +543,35 @@ def test_two_servers_on_one_database_deliver_each_event_once_in_order(
     finally:
         second.stop()
         first.stop()
+
+
+@pytest.mark.postgres
+def test_with_a_projection_worker_the_worker_matches_and_delivers(
+    postgres_settings: Settings, tmp_path: Path, listener: Listener
+) -> None:
+    """``EHR_PROJECTION=worker``: the API server leaves projection to ``ehr project``, which matches and
+    delivers too (README "Where it runs"), beside the resource views it applies, never before them."""
+    assert postgres_settings.database_url is not None
+    data = tmp_path / "ehr-data"
+    env = {
+        "EHR_DATABASE_URL": postgres_settings.database_url,
+        "EHR_POSTGRES_SCHEMA": postgres_settings.postgres_schema,
+        "EHR_POSTGRES_POOL_SIZE": "3",
+        "EHR_DATA_DIR": str(data),  # one development master key for both processes
+        "EHR_PROJECTION": "worker",
+        "EHR_SUBSCRIPTION_RETRY_BASE_SECONDS": "0.2",
+        "EHR_SUBSCRIPTION_RETRY_MAX_SECONDS": "1.0",
+    }
+    server = Server(data, env)
+    server.start()
+    try:
+        with running_worker(env, tmp_path / "worker.log"):
+            patient = _patient(server)
+            created = server.post(
+                _r4_subscription("Observation?code=http://loinc.org|2345-7", listener.url, "application/fhir+json")
+            )
+            _active(server, created["id"])
+            written = [f"Observation/{server.post(_observation(patient, LAB, code='2345-7'))['id']}" for _ in range(3)]
+            assert _notified(listener, 3) == [(n, focus) for n, focus in enumerate(written, start=1)]
+    finally:
+        server.stop()

@@ -1,0 +1,88 @@
+"""Subscription matching is off the write's path (DESIGN.md "Notifications": never on the write's critical
+path): a create waits for the views it reads back, not for the matcher, and a matcher held up in the middle
+of a batch loses nothing once it goes on (exactly once, numbered in log order)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_api.services import Services
+from projections.subscriptions import SubscriptionOutbox, events_between
+from tests.support.waiting import wait_until
+
+CODE = "http://loinc.org|718-7"
+#: A loopback port nothing listens on: the handshake fails, the subscription stays ``requested`` (matched).
+UNREACHABLE = "http://127.0.0.1:9/hook"
+#: How long the test waits for a condition that holds at once when matching is off the write's path.
+GUARD_SECONDS = 20
+
+
+def _observation() -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+    }
+
+
+def test_a_stalled_matcher_does_not_delay_a_write_or_its_read_back(
+    services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stalled, release = threading.Event(), threading.Event()
+    criteria_search = SubscriptionOutbox._matching_ids
+
+    def stalling(tx: Any, row: Any, ids: Any) -> set[str]:
+        # The matcher in the middle of a batch (its criteria search), held until the test lets it go on.
+        stalled.set()
+        release.wait(GUARD_SECONDS * 3)
+        return criteria_search(tx, row, ids)
+
+    monkeypatch.setattr(SubscriptionOutbox, "_matching_ids", staticmethod(stalling))
+    subscription = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "matched while a write goes on",
+        "criteria": f"Observation?code={CODE}",
+        "channel": {"type": "rest-hook", "endpoint": UNREACHABLE},
+    }
+    created = client.post("/fhir/Subscription", json=subscription)
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    first = client.post("/fhir/Observation", json=_observation())
+    assert first.status_code == 201, first.text
+    answers: list[int] = []
+    done = threading.Event()
+
+    def write_and_read_back() -> None:
+        second = client.post("/fhir/Observation", json=_observation())
+        answers.append(second.status_code)
+        answers.append(client.get(f"/fhir/Observation/{second.json()['id']}").status_code)
+        done.set()
+
+    try:
+        assert stalled.wait(GUARD_SECONDS), "the matcher never matched the first Observation"
+        threading.Thread(target=write_and_read_back, daemon=True).start()
+        # While the matcher is still held: the write is answered and readable.
+        finished = done.wait(GUARD_SECONDS)
+        assert not release.is_set()
+    finally:
+        release.set()
+    assert finished, "a write waited for the stalled subscription matcher"
+    assert answers == [201, 200]
+    # Once the matcher goes on, both Observations are matched, once each, in log order.
+    observations = [first.json()["id"]]
+
+    def matched() -> list[str] | None:
+        with services.views.read_primary() as tx:
+            found = events_between(tx, sid, 1, None)
+        return [o.focus_id for o in found] if len(found) >= 2 else None
+
+    focused = wait_until(matched, "both Observations matched after the matcher went on")
+    assert len(focused) == 2
+    assert focused[0] == observations[0]
+    with services.views.read_primary() as tx:
+        assert [o.event_number for o in events_between(tx, sid, 1, None)] == [1, 2]
