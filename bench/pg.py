@@ -30,13 +30,15 @@ def available(url: str) -> str | None:
 
 
 @contextmanager
-def fresh_schema(url: str, prefix: str) -> Iterator[str]:
-    """A new, empty schema named ``{prefix}_<random>``; dropped with everything in it on exit."""
+def fresh_schema(url: str, prefix: str, keep: bool = False) -> Iterator[str]:
+    """A new, empty schema named ``{prefix}_<random>``; dropped with everything in it on exit, unless ``keep``
+    (a benchmark measured again later without loading again; whoever keeps it drops it)."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(conninfo(url), autocommit=True) as connection:
         connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
     try:
         yield name
     finally:
-        with psycopg.connect(conninfo(url), autocommit=True) as connection:
-            connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+        if not keep:
+            with psycopg.connect(conninfo(url), autocommit=True) as connection:
+                connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))

@@ -415,7 +415,9 @@ def queries(generator: Generator, rng: random.Random) -> dict[str, Callable[[], 
     }  # fmt: skip
 
 
-def measure(url: str, schema: str, generator: Generator, count: int, warmup: int) -> list[dict[str, Any]]:
+def measure(
+    url: str, schema: str, generator: Generator, count: int, warmup: int, only: list[str] | None = None
+) -> list[dict[str, Any]]:
     from fastapi.testclient import TestClient
 
     from ehr_core.settings import Settings
@@ -431,6 +433,8 @@ def measure(url: str, schema: str, generator: Generator, count: int, warmup: int
     try:
         with TestClient(create_app(services=services)) as client:
             for name, make in queries(generator, rng).items():
+                if only and not any(word in name for word in only):
+                    continue
                 engine: list[float] = []
                 http: list[float] = []
                 hits: list[int] = []
@@ -455,6 +459,91 @@ def measure(url: str, schema: str, generator: Generator, count: int, warmup: int
                 print(_line(figures[-1]), file=sys.stderr, flush=True)
     finally:
         services.close()
+    return figures
+
+
+class _Recording:
+    """A :class:`projections.db.Tx` that remembers the statements a search sends (for ``--explain``)."""
+
+    def __init__(self, tx: Any, seen: list[tuple[str, list[Any]]]) -> None:
+        self._tx, self._seen = tx, seen
+        self.dialect = tx.dialect
+
+    def execute(self, statement: str, params: Any = ()) -> _Recording:
+        self._seen.append((statement, list(params)))
+        self._tx.execute(statement, params)
+        return self
+
+    def unprepared(self) -> _Recording:
+        return _Recording(self._tx.unprepared(), self._seen)
+
+    def fetchone(self) -> Any:
+        return self._tx.fetchone()
+
+    def fetchall(self) -> Any:
+        return self._tx.fetchall()
+
+
+def explain(url: str, schema: str, generator: Generator, only: list[str], count: int) -> list[dict[str, Any]]:
+    """Per figure, the page query (the last statement a search sends, no ``_include`` here) of ``count`` requests
+    under ``EXPLAIN (ANALYZE, BUFFERS)``: the first one's plan is printed, and the buffers every one touched
+    are summed up (what other sessions' load does not change, unlike a time)."""
+    from ehr_core.settings import Settings
+    from fhir_api.services import Services
+    from projections.search.engine import run_search
+    from projections.search.query import parse_search
+
+    settings = Settings(database_url=url, postgres_schema=schema, postgres_pool_size=1, auth="disabled-for-development")
+    services = Services.open(settings, follow=False)
+    rng = random.Random(11)
+    figures = []
+    try:
+        with psycopg.connect(conninfo(url), options=f"-c search_path={schema} -c jit=off") as connection:
+            for name, make in queries(generator, rng).items():
+                if only and not any(word in name for word in only):
+                    continue
+                buffers: list[float] = []
+                times: list[float] = []
+                for number in range(count):
+                    resource_type, pairs, _ = _request(make())
+                    seen: list[tuple[str, list[Any]]] = []
+                    with services.views.read() as tx:
+                        request = parse_search(resource_type, pairs)
+                        run_search(_Recording(tx, seen), "postgres", request, None, 20)  # type: ignore[arg-type]
+                    statement, params = seen[-1]  # the page's own query comes last (no _include here)
+                    text = statement.replace("%", "%%").replace("?", "%s")
+                    if number == 0:
+                        print(f"\n== {name}: {resource_type}?{'&'.join(f'{k}={v}' for k, v in pairs)}")
+                        print(f"{statement}\n{params}")
+                        plan = connection.execute(f"EXPLAIN (ANALYZE, BUFFERS) {text}", params).fetchall()  # type: ignore[arg-type]
+                        print("\n".join(str(row[0]) for row in plan), flush=True)
+                    found = connection.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {text}", params).fetchone()  # type: ignore[arg-type]
+                    document = found[0] if found and not isinstance(found[0], str) else orjson.loads(found[0])  # type: ignore[index]
+                    top = document[0]["Plan"]
+                    buffers.append(int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"]))
+                    times.append(float(document[0]["Execution Time"]))
+                    connection.rollback()
+                buffers.sort()
+                times.sort()
+                figures.append(
+                    {
+                        "query": name,
+                        "buffers_median": statistics.median(buffers),
+                        "buffers_p99": percentile(buffers, 0.99),
+                        "buffers_max": buffers[-1],
+                        "execution_median_ms": statistics.median(times),
+                        "execution_p99_ms": percentile(times, 0.99),
+                    }
+                )
+    finally:
+        services.close()
+    print()
+    for figure in figures:
+        print(
+            f"{figure['query']:<44} buffers median {figure['buffers_median']:8,.0f}  p99 {figure['buffers_p99']:8,.0f}"
+            f"  max {figure['buffers_max']:8,}   execution median {figure['execution_median_ms']:6.1f} ms"
+            f"  p99 {figure['execution_p99_ms']:6.1f} ms"
+        )
     return figures
 
 
@@ -505,35 +594,36 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the index build cost per resource, today's code beside the baseline's (bench/search_build.py)",
     )
+    parser.add_argument(
+        "--keep-schema",
+        action="store_true",
+        help="leave the loaded schema in place and print its name (drop it by hand)",
+    )
+    parser.add_argument(
+        "--schema", help="measure a schema loaded before (--keep-schema) instead of loading one; N is its resources"
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], help="only the figures whose name contains this (repeatable)"
+    )
+    parser.add_argument(
+        "--explain", action="store_true", help="print EXPLAIN (ANALYZE, BUFFERS) of one page query per figure first"
+    )
+    parser.add_argument("--explain-only", action="store_true", help="with --explain: plans and buffers, no timing")
     args = parser.parse_args(argv)
     problem = available(args.postgres_url)
     if problem is not None:
         print(f"PostgreSQL at {args.postgres_url} is not answering: {problem}", file=sys.stderr)
         return 1
-    from ehr_core.settings import Settings
-    from fhir_api.services import Services
-
-    generator = Generator(args.resources)
-    with fresh_schema(args.postgres_url, "bench_search") as schema:
-        settings = Settings(database_url=args.postgres_url, postgres_schema=schema)
-        Services.open(settings, follow=False).close()  # every table, as the server creates them
-        print(f"generating and loading {args.resources:,} resources into schema {schema}", file=sys.stderr)
-        timings = load(args.postgres_url, schema, generator)
-        table_sizes = sizes(args.postgres_url, schema)
-        index_bytes = sum(size for name, size in table_sizes.items() if name.startswith("search_"))
-        loaded = int(timings["resources"])
-        print(
-            f"\nresources: {loaded:,}  generation+load: {timings['total']:.0f} s "
-            f"(extract {timings['extract_only']:.0f} s, extract+COPY {timings['extract_and_copy']:.0f} s, "
-            f"indexes {timings['create_indexes']:.0f} s, vacuum analyze {timings['vacuum_analyze']:.0f} s)"
-        )
-        print(
-            f"search index on disk: {index_bytes / 2**20:,.0f} MiB = {index_bytes / loaded:,.0f} bytes per resource"
-            f" (resources table: {table_sizes.get('resources', 0) / 2**20:,.0f} MiB)"
-        )
-        for name, size in sorted(table_sizes.items(), key=lambda item: -item[1]):
-            print(f"  {name:<22} {size / 2**20:10,.1f} MiB")
-        figures = measure(args.postgres_url, schema, generator, args.queries, args.warmup)
+    if args.schema:
+        generator = _loaded(args.postgres_url, args.schema)
+        figures = _measure_all(args, args.schema, generator)
+    else:
+        generator = Generator(args.resources)
+        with fresh_schema(args.postgres_url, "bench_search", keep=args.keep_schema) as schema:
+            _load_and_report(args.postgres_url, schema, generator)
+            if args.keep_schema:
+                print(f"kept schema {schema} (DROP SCHEMA {schema} CASCADE when done)", flush=True)
+            figures = _measure_all(args, schema, generator)
     print()
     for figure in figures:
         print(_line(figure))
@@ -543,6 +633,54 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(search_build.report(search_build.measure(3000, search_build.BASELINE, conninfo(args.postgres_url))))
     return 0
+
+
+def _loaded(url: str, schema: str) -> Generator:
+    """The generator of a schema loaded before: its size read back, its values (CURPs...) generated again
+    (the generator is deterministic), and the schema brought to today's tables and indexes."""
+    from ehr_core.settings import Settings
+    from fhir_api.services import Services
+
+    with psycopg.connect(conninfo(url), autocommit=True, options=f"-c search_path={schema}") as connection:
+        row = connection.execute("SELECT COUNT(*) FROM search_ids").fetchone()
+    generator = Generator(int(row[0]) if row else 0)
+    for _ in generator.resources():
+        pass
+    Services.open(Settings(database_url=url, postgres_schema=schema), follow=False).close()
+    print(f"schema {schema}: {generator.total:,} resources", file=sys.stderr)
+    return generator
+
+
+def _load_and_report(url: str, schema: str, generator: Generator) -> None:
+    from ehr_core.settings import Settings
+    from fhir_api.services import Services
+
+    settings = Settings(database_url=url, postgres_schema=schema)
+    Services.open(settings, follow=False).close()  # every table, as the server creates them
+    print(f"generating and loading {generator.total:,} resources into schema {schema}", file=sys.stderr)
+    timings = load(url, schema, generator)
+    table_sizes = sizes(url, schema)
+    index_bytes = sum(size for name, size in table_sizes.items() if name.startswith("search_"))
+    loaded = int(timings["resources"])
+    print(
+        f"\nresources: {loaded:,}  generation+load: {timings['total']:.0f} s "
+        f"(extract {timings['extract_only']:.0f} s, extract+COPY {timings['extract_and_copy']:.0f} s, "
+        f"indexes {timings['create_indexes']:.0f} s, vacuum analyze {timings['vacuum_analyze']:.0f} s)"
+    )
+    print(
+        f"search index on disk: {index_bytes / 2**20:,.0f} MiB = {index_bytes / loaded:,.0f} bytes per resource"
+        f" (resources table: {table_sizes.get('resources', 0) / 2**20:,.0f} MiB)"
+    )
+    for name, size in sorted(table_sizes.items(), key=lambda item: -item[1]):
+        print(f"  {name:<22} {size / 2**20:10,.1f} MiB")
+
+
+def _measure_all(args: argparse.Namespace, schema: str, generator: Generator) -> list[dict[str, Any]]:
+    if args.explain:
+        explain(args.postgres_url, schema, generator, args.only, args.queries)
+        if args.explain_only:
+            return []
+    return measure(args.postgres_url, schema, generator, args.queries, args.warmup, args.only)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from projections.db import Dialect, Tx
 from projections.search.dates import MAX, MIN
 from projections.search.fold import TOP
 from projections.search.index import VALUE_TABLES
+from projections.search.keysets import KeySets, driven_page, key_sets
 from projections.search.query import (
     ChainFilter,
     Filter,
@@ -108,29 +109,29 @@ def _where(
     visible: Condition | None = None,
     policy: Callable[[str], Condition] | None = None,
     dialect: Dialect = "sqlite",
-) -> Condition:
-    parts = ["a.resource_type = ?"]
-    params: list[Any] = [request.resource_type]
+) -> KeySets:
+    parts: list[tuple[Condition, bool]] = [(Condition("a.resource_type = ?", [request.resource_type]), False)]
     if request.compartment is not None:
         parts.append(
-            "EXISTS (SELECT 1 FROM resource_compartments c WHERE c.patient_id = ? AND c.resource_type = ? "
-            "AND c.resource_id = a.resource_id)"
+            (
+                Condition(
+                    "EXISTS (SELECT 1 FROM resource_compartments c WHERE c.patient_id = ? AND c.resource_type = ? "
+                    "AND c.resource_id = a.resource_id)",
+                    [request.compartment, request.resource_type],
+                ),
+                False,
+            )
         )
-        params += [request.compartment, request.resource_type]
     if visible is not None:
-        parts.append(visible.sql)
-        params += visible.params
+        parts.append((visible, False))
     if snapshot is not None:
-        parts.append("a.sid <= ?")
-        params.append(snapshot)
+        parts.append((Condition("a.sid <= ?", [snapshot]), False))
     filters = merge_same_value(request.filters)
     spans = read_spans(tx) if any(_has_dates(item) for item in filters) else None
     context = Context(spans, policy, dialect, TerminologyCodes(tx))
     for item in filters:
-        found = condition(item, "a", base, context)
-        parts.append(f"({found.sql})")
-        params += found.params
-    return Condition(" AND ".join(parts), params)
+        parts.append((condition(item, "a", base, context), isinstance(item, SpecialFilter) and item.unordered))
+    return key_sets(parts, "a")
 
 
 def _has_dates(item: Filter) -> bool:
@@ -156,7 +157,7 @@ def select_ids(
     resources ``viewer`` may see (every resource when ``viewer`` is None)."""
     viewer = with_consents(tx, viewer) if viewer is not None else None
     policy = None if viewer is None else _policy(viewer, dialect)
-    where = _where(tx, request, base, None, _visible(viewer, "a", dialect), policy, dialect)
+    where = _where(tx, request, base, None, _visible(viewer, "a", dialect), policy, dialect).where
     rows = tx.execute(
         f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} ORDER BY a.sid LIMIT ?", [*where.params, limit]
     ).fetchall()
@@ -176,7 +177,7 @@ def select_among(
         return set()
     viewer = with_consents(tx, viewer) if viewer is not None else None
     policy = None if viewer is None else _policy(viewer, dialect)
-    where = _where(tx, request, None, None, _visible(viewer, "a", dialect), policy, dialect)
+    where = _where(tx, request, None, None, _visible(viewer, "a", dialect), policy, dialect).where
     marks = ", ".join("?" * len(ids))
     rows = tx.execute(
         f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} AND a.resource_id IN ({marks})",
@@ -314,9 +315,13 @@ def _snapshot(tx: Tx, resource_type: str) -> int:
 
 
 def _page_rows(
-    tx: Tx, request: SearchRequest, where: Condition, limit: int, after: list[Any] | None, backwards: bool
+    tx: Tx, request: SearchRequest, sets: KeySets, limit: int, after: list[Any] | None, backwards: bool
 ) -> list[tuple[Any, ...]]:
-    sort = request.sort
+    sort, where = request.sort, sets.where
+    if not sort and sets.keys is not None and tx.dialect == "postgres":
+        # Full-text matches come out of a GIN bitmap in no key order (keysets.py); SQLite has no LATERAL.
+        driven = driven_page(sets, None if after is None else int(after[-1]), backwards, limit)
+        return tx.execute(driven.sql, driven.params).fetchall()
     if not sort:
         # The fast path: index order, keyset on sid alone.
         clause, params = where.sql, list(where.params)
@@ -393,7 +398,8 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
     visible = _visible(viewer, "a", dialect)
     # Chains and _has pass through other resources: the same policy holds for each of them.
     policy = None if viewer is None else _policy(viewer, dialect)
-    where = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy, dialect)
+    sets = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy, dialect)
+    where = sets.where
     page = Page([], filtered=viewer is not None and (viewer.types is not None or not viewer.break_glass))
     total_how = request.total or "accurate"
     if total_how != "none" or count == 0 or request.summary == "count":
@@ -406,11 +412,11 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
             bound = snapshot if cursor_keys is not None else None
             policed = _where(
                 tx, request, base, bound, _visible(within, "a", dialect), _policy(within, dialect), dialect
-            )
+            ).where
             page.break_glass_used = _total(tx, dialect, policed, how) != page.total
     if count == 0 or request.summary == "count":
         return page
-    rows = _page_rows(tx, request, where, count + 1, cursor_keys, backwards)
+    rows = _page_rows(tx, request, sets, count + 1, cursor_keys, backwards)
     more = len(rows) > count
     rows = rows[:count]
     if backwards:

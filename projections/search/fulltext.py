@@ -246,6 +246,9 @@ def _pg_text(text: str) -> str:
 class FullTextFilter(SpecialFilter):
     """``_text`` or ``_content``: any of ``values`` (OR), each with all its words (AND)."""
 
+    #: A GIN index gives its matches in no key order.
+    unordered = True
+
     def __init__(self, name: str, values: tuple[str, ...]) -> None:
         self.name = name
         self.column = COLUMNS[name]

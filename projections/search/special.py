@@ -26,6 +26,9 @@ class SpecialFilter(ABC):
     #: Whether the condition holds date conditions of the value tables (the search then reads the
     #: date parameters' spans, see :func:`projections.search.sql.read_spans`).
     dates: bool = False
+    #: Whether its matches come from an index in no key order (a GIN bitmap): a page is then driven from
+    #: them, sorted once (projections/search/keysets.py).
+    unordered: bool = False
 
     @abstractmethod
     def condition(self, alias: str, base: str | None, context: Context) -> Condition:
