@@ -14,8 +14,9 @@ access, encryption at rest, ledger, access policy, master patient index all on),
 - ``commits``: COMMITs (PostgreSQL: the command; SQLite: the statement, from the trace callback);
 - ``CPU ms``: process CPU time minus the client thread's (the app runs in the test client's portal
   thread and anyio's worker threads, the group commit in the request that leads it: all of it is the
-  server's); ``path``: without the background threads' (audit writer, ledger sealer, log followers:
-  they batch many requests, and the sealer also works on a timer), from /proc/self/task.
+  server's); ``path``: without the background threads' (audit writer, ledger sealer, log followers,
+  subscription delivery: they batch many requests, and the sealer and the delivery also work on a timer),
+  from /proc/self/task.
 
 Every figure comes as ``path`` (statements, round trips, commits made on the request's own threads: the
 same for every run) and ``all`` (with the background threads' share, which depends on how requests
@@ -103,8 +104,10 @@ class Counters:
 
 
 #: Threads that work for many requests at once (class names: ehr_core.audit, projections.ledger,
-#: projections.follower, projections.positions).
-BACKGROUND_THREADS = frozenset({"AuditWriter", "LedgerSealer", "LogFollower", "PositionWatcher"})
+#: projections.follower, projections.positions, fhir_api.subscriptions). The subscriptions' Deliverer polls
+#: on a timer (``EHR_SUBSCRIPTION_POLL_SECONDS``): counted on the path, its statements made a request's
+#: figures grow with its wall time.
+BACKGROUND_THREADS = frozenset({"AuditWriter", "LedgerSealer", "LogFollower", "PositionWatcher", "Deliverer"})
 
 
 COUNTERS = Counters()
