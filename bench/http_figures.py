@@ -158,6 +158,7 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             env = {"EHR_DATABASE_URL": options.postgres_url, "EHR_POSTGRES_SCHEMA": schema}
         if options.auth == "token":
             credentials = Credentials(issue_token(data_dir, TOKEN_CLAIMS))
+            env["EHR_AUTH"] = "required"  # running_server turns authentication off unless told otherwise
         else:
             credentials = Credentials(None)
             env["EHR_AUTH"] = "disabled-for-development"

@@ -20,12 +20,13 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Transcoder
+from eventsourcing.utils import get_topic
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ehr_core.files import private_sqlite
@@ -153,8 +154,21 @@ class AuditRecord(Aggregate):
         self.entry = entry
 
     @classmethod
-    def record(cls, entry: AuditEntry) -> AuditRecord:
-        return cls._create(cls.Recorded, id=uuid4(), entry=entry.as_dict())
+    def recorded(cls, entry: AuditEntry) -> AuditRecord.Recorded:
+        """The one event that records ``entry`` (the fields ``Aggregate._create`` gives a created event, so the
+        same stored bytes), without building the aggregate around it: the audit writer appends one per API
+        interaction and never reads an aggregate back."""
+        event: AuditRecord.Recorded = cast(Any, cls.Recorded)(  # eventsourcing makes it a dataclass at run time
+            originator_id=uuid4(),
+            originator_version=cls.INITIAL_VERSION,
+            timestamp=cls.Recorded.create_timestamp(),
+            originator_topic=_RECORD_TOPIC,
+            entry=entry.as_dict(),
+        )
+        return event
+
+
+_RECORD_TOPIC = get_topic(AuditRecord)
 
 
 class BreakGlassAccess(Aggregate):
@@ -217,8 +231,12 @@ class AuditLog(Application[UUID]):
         return EventTranscoder()
 
     def append(self, entries: list[AuditEntry]) -> int:
-        """Append entries in one transaction; return the last notification id."""
-        recordings = self.save(*(AuditRecord.record(e) for e in entries))
+        """Append entries in one transaction; return the last notification id.
+
+        Straight to the event store: ``save`` would build an aggregate per entry and test each object
+        against the library's runtime protocols, which cost more CPU than storing the entry (measured:
+        about a third of a batch's append), and there are no snapshots or subscribers for it to serve."""
+        recordings = self.events.put([AuditRecord.recorded(e) for e in entries])
         return max(r.notification.id for r in recordings)
 
     def record_break_glass(self, access: BreakGlassAccess) -> int:

@@ -55,6 +55,36 @@ class EventRecorder(PostgresApplicationRecorder):
             self._prelude_sql = prelude
         return prelude
 
+    @property
+    def _insert_rows_sql(self) -> Composed:
+        """The library's insert (``INSERT ... SELECT ... FROM unnest(...) RETURNING notification_id``, the ids in
+        the order of the events), from one array per column instead of one array of its composite type."""
+        statement: Composed | None = getattr(self, "_insert_rows_statement", None)
+        if statement is None:
+            statement = SQL(
+                "INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(%s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[]) "
+                "RETURNING notification_id"
+            ).format(
+                schema=Identifier(self.datastore.schema),
+                table=Identifier(self.events_table_name),
+                id_type=Identifier(self.datastore.originator_id_type),
+            )
+            self._insert_rows_statement = statement
+        return statement
+
+    def _insert_rows(self, curs: Any, stored_events: Sequence[StoredEvent]) -> None:
+        # Sent in binary: an array of the composite type goes as text, which psycopg builds by escaping every
+        # event's bytes with regular expressions in Python (measured: a third of the CPU of appending a batch
+        # of audit entries); a bytea array in binary is the bytes themselves.
+        columns = (
+            [event.originator_id for event in stored_events],
+            [event.originator_version for event in stored_events],
+            [event.topic for event in stored_events],
+            [event.state for event in stored_events],
+        )
+        curs.execute(self._insert_rows_sql, columns, binary=True)
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         # No pipeline, no retry, three round trips: see the module's docstring.
         if not stored_events:
@@ -64,7 +94,7 @@ class EventRecorder(PostgresApplicationRecorder):
             try:
                 curs.execute(self._prelude, prepare=False)
                 self._insert_events(curs, stored_events, **kwargs)
-                super(PostgresApplicationRecorder, self)._insert_stored_events(curs, stored_events, **kwargs)
+                self._insert_rows(curs, stored_events)
                 notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
                 curs.execute(SQL("COMMIT"), prepare=False)
             except BaseException:

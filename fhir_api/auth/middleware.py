@@ -22,7 +22,7 @@ from fhir_api.auth.decision import Caller, policy, scope_refusal
 from fhir_api.auth.issuers import Issuers
 from fhir_api.auth.needs import need_of
 from fhir_api.auth.scopes import constraint_holds, covered, parse_scopes
-from fhir_api.auth.tokens import Issuer, TokenError, verify_token
+from fhir_api.auth.tokens import Issuer, TokenError, claimed_issuer, verify_token
 from fhir_api.errors import headers_of, outcome_response, status_of
 
 __all__ = ["DISABLED", "AuthMiddleware"]
@@ -82,7 +82,13 @@ class AuthMiddleware:
             return
         assert self.issuers is not None
         try:
-            claims = await _run_sync(self._verify, request, token.strip())
+            # A token seen before is checked here, on the event loop (its signature was verified once; times,
+            # audience, institution and scope are checked again now); only a new token, or one of this
+            # server's own authorization server (its revocation is read from the database on every request),
+            # goes to a worker thread.
+            claims = self.issuers.verified_before(token.strip())
+            if claims is None:
+                claims = await _run_sync(self._verify, request, token.strip())
         except TokenError as error:
             await self._refuse(scope, receive, send, 401, "login", f"invalid bearer token: {error}")
             return
@@ -146,14 +152,17 @@ class AuthMiddleware:
 
         assert self.issuers is not None
         own = issuer_of(request)
+        if claimed_issuer(token) != own:
+            # A trusted issuer's token: its keys are read at start-up and never change under a running
+            # server, so its signature is verified once and remembered (Issuers.verify).
+            return self.issuers.verify(token)
         issuer = Issuer(own, "*", signing_keys(request.app).public(), f"{base_of(request)}/fhir")
-        claims = verify_token(token, {**self.issuers.by_iss, own: issuer})
-        if claims.get("iss") == own:
-            refusal = oauth_store(request.app).access_refused(
-                str(claims.get("client_id")), claims.get("jti"), claims.get("family")
-            )
-            if refusal is not None:
-                raise TokenError(refusal)
+        claims = verify_token(token, {own: issuer})
+        refusal = oauth_store(request.app).access_refused(
+            str(claims.get("client_id")), claims.get("jti"), claims.get("family")
+        )
+        if refusal is not None:
+            raise TokenError(refusal)
         return claims
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:

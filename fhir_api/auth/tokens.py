@@ -25,7 +25,18 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-__all__ = ["ALGS", "Issuer", "TokenError", "joserfc_key", "jwk_key", "sign_eddsa", "verify_token"]
+__all__ = [
+    "ALGS",
+    "Issuer",
+    "TokenError",
+    "check_claims",
+    "claimed_issuer",
+    "joserfc_key",
+    "jwk_key",
+    "sign_eddsa",
+    "signed_claims",
+    "verify_token",
+]
 
 # RFC 9864 deprecates the polymorphic "EdDSA" name in favour of "Ed25519"; tokens already issued carry it,
 # so it stays accepted here (the curve is pinned by the key: Ed25519 only) and joserfc's warning is silenced
@@ -120,6 +131,19 @@ def verify_token(token: str, by_iss: Mapping[str, Issuer], now: float | None = N
     claims, issuer = signed_claims(token, by_iss)
     check_claims(claims, issuer, now)
     return claims
+
+
+def claimed_issuer(token: str) -> str | None:
+    """The ``iss`` a token claims, unverified: only to choose which keys verify it (None: unreadable)."""
+    parts = token.split(".")
+    if len(token) > _MAX_TOKEN_CHARS or len(parts) != 3:
+        return None
+    try:
+        claims = orjson.loads(_b64url(parts[1]))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
 
 
 def signed_claims(token: str, by_iss: Mapping[str, Issuer]) -> tuple[dict[str, Any], Issuer]:

@@ -34,6 +34,7 @@ from fhir_api.request import ServicesDep, write_context
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from projections.access import Viewer, visible_ids
+from projections.db import Tx
 from projections.identity import IdentityIndex
 from projections.resources import ResourceViews
 
@@ -44,26 +45,25 @@ read_router = APIRouter()
 _ASSURANCE = {"enrolment": "level4", "curp": "level4", "manual": "level4", "fellegi-sunter": "level3"}
 
 
-def linked_patient(services: Services, patient_id: str, viewer: Viewer | None = None) -> tuple[bytes, int, str] | None:
+def linked_patient(tx: Tx, patient_id: str, viewer: Viewer | None = None) -> tuple[bytes, int, str] | None:
     """The current Patient with ``seealso`` links merged in; None when it is linked to no other record (or
     unknown or deleted): then the plain read serves it, byte for byte as stored. With a ``viewer``, only
     links to records it may read: a link names another institution's record of the person, which
     ``$ihe-pix`` hides from a caller who may not read it."""
-    with services.views.read() as tx:
-        others = IdentityIndex.linked_records(tx, patient_id)[1:]
-        if others and viewer is not None:
-            readable = visible_ids(tx, viewer, "Patient", others)
-            others = [other for other in others if other in readable]
-        if not others:
-            return None
-        # ``seealso`` joins one person's records at *other* institutions (DOMAIN.md); two records of one
-        # institution are a duplicate for that institution to merge, not a link to serve.
-        sources = IdentityIndex.record_sources(tx, [patient_id, *others])
-        own = sources.get(patient_id)
-        others = [o for o in others if own is None or o not in sources or sources[o].institution != own.institution]
-        if not others:
-            return None
-        stored = ResourceViews.read(tx, "Patient", patient_id)
+    others = IdentityIndex.linked_records(tx, patient_id)[1:]
+    if others and viewer is not None:
+        readable = visible_ids(tx, viewer, "Patient", others)
+        others = [other for other in others if other in readable]
+    if not others:
+        return None
+    # ``seealso`` joins one person's records at *other* institutions (DOMAIN.md); two records of one
+    # institution are a duplicate for that institution to merge, not a link to serve.
+    sources = IdentityIndex.record_sources(tx, [patient_id, *others])
+    own = sources.get(patient_id)
+    others = [o for o in others if own is None or o not in sources or sources[o].institution != own.institution]
+    if not others:
+        return None
+    stored = ResourceViews.read(tx, "Patient", patient_id)
     if stored is None or stored.body is None:
         return None
     resource = fhir_json.loads(stored.body)
@@ -83,10 +83,17 @@ def read_patient(patient_id: str, request: Request, services: ServicesDep) -> Re
     if identity.position < services.projector.position:
         identity.catch_up()  # e.g. after a transaction Bundle wrote Patients: match them before serving links
     if at is None:
-        served = linked_patient(services, patient_id, viewer_of(request))
-        if served is not None:
-            body, version, last_updated = served
-            return read.read_response(request, body, version, last_updated)
+        # The links and, for the many Patients linked to nothing, the stored record: one connection taken
+        # from the pool, not one for each.
+        with services.views.read() as tx:
+            served = linked_patient(tx, patient_id, viewer_of(request))
+            stored = ResourceViews.read(tx, "Patient", patient_id) if served is None else None
+        if served is None:
+            found = read.current(stored, f"Patient/{patient_id}")
+            assert found.body is not None  # current() refuses a deleted version
+            served = found.body, found.version, found.last_updated
+        body, version, last_updated = served
+        return read.read_response(request, body, version, last_updated)
     return read.read("Patient", patient_id, services, at, request)
 
 

@@ -286,6 +286,42 @@ def test_a_token_accepted_once_is_still_checked_on_every_request(sqlite_settings
         issuers.verify(f"{header}.{forged}.{signature}", now=now + 400)
 
 
+def test_the_server_verifies_a_tokens_signature_once_however_many_requests_carry_it(
+    auth_client: TestClient, auth_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sends the same bearer token until it expires: its signature (an Ed25519 or ECDSA check, the
+    costliest part of a read's authentication) is verified on the first request, remembered with its claims,
+    and the claims are checked again on every later one, an expired token refused as ever."""
+    import fhir_api.auth.tokens as tokens
+
+    checked: list[str] = []
+    verify_signature = tokens._verify_signature
+
+    def counted(key: Any, alg: str, token: str) -> bool:
+        checked.append(token)
+        return verify_signature(key, alg, token)
+
+    monkeypatch.setattr(tokens, "_verify_signature", counted)
+    headers = _token(auth_settings, "user/*.cruds")
+    token = headers["Authorization"].split()[1]
+    pid = _patient(auth_client, headers)
+    for _ in range(3):
+        assert auth_client.get(f"/fhir/Patient/{pid}", headers=headers).status_code == 200
+    assert checked.count(token) == 1
+    expired = mint_development_token(
+        auth_settings,
+        {
+            "institution": "IMSS",
+            "scope": "user/*.cruds",
+            "iat": int(time.time()) - 7200,
+            "exp": int(time.time()) - 3600,
+        },
+    )
+    for _ in range(2):
+        response = auth_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {expired}"})
+        assert response.status_code == 401 and "expired" in response.text
+
+
 def test_scope_parsing_v1_and_v2() -> None:
     grants = {(g.context, g.resource_type, "".join(sorted(g.permissions))) for g in parse_scopes(
         "system/*.rs user/Observation.cru patient/*.r user/*.read user/Patient.write launch openid x/y.z"

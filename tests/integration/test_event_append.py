@@ -59,3 +59,20 @@ def test_an_append_of_several_events_returns_their_notification_ids(recorder: ob
     stored = recorder.select_notifications(start=ids[0], limit=10)  # type: ignore[attr-defined]
     assert [n.id for n in stored] == ids
     assert [n.originator_id for n in stored] == [e.originator_id for e in events]
+
+
+def test_an_append_stores_each_events_bytes_as_they_were_given(recorder: object) -> None:
+    """The append sends one array per column (binary), not an array of the composite type (text, escaped
+    in Python): bytes a text array would have to escape, of every value 0-255, come back unchanged, with
+    their versions and topics, in the order appended."""
+    awkward = bytes(range(256)) + b'{"a": "\\"}' + b'\x00,()"'
+    events = [
+        StoredEvent(originator_id=uuid4(), originator_version=version, topic=f't:Recorded "{version}",()', state=state)
+        for version, state in ((1, awkward), (7, b""), (2, awkward[::-1]))
+    ]
+    ids = recorder.insert_events(events)  # type: ignore[attr-defined]
+    assert ids is not None and len(ids) == 3 and ids == sorted(ids)
+    stored = recorder.select_notifications(start=ids[0], limit=10)  # type: ignore[attr-defined]
+    assert [(n.originator_id, n.originator_version, n.topic, bytes(n.state)) for n in stored] == [
+        (e.originator_id, e.originator_version, e.topic, e.state) for e in events
+    ]

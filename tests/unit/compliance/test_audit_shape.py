@@ -58,3 +58,35 @@ def test_search_entry_as_balp_query() -> None:
     assert patient["what"] == {"reference": "Patient/p1"}
     refused = audit_event(AuditEntry(**{**entry.as_dict(), "status": 403}), "a2")
     assert refused["outcome"] == "4" and refused["outcomeDesc"] == "HTTP 403"
+
+
+def test_an_entry_is_stored_as_the_aggregate_would_have_stored_it() -> None:
+    """The audit writer appends the created event alone, not an aggregate around it: what is stored (topic,
+    the state's fields in their order) is what the aggregate's created event gives, so entries written
+    before and after read, project and verify the same."""
+    from eventsourcing.persistence import Mapper
+
+    from ehr_core.audit import AuditRecord
+    from ehr_core.transcoder import EventTranscoder
+
+    entry = AuditEntry(
+        recorded="2026-01-01T00:00:00.000000+00:00",
+        interaction="read",
+        method="GET",
+        path="/fhir/Patient/p1",
+        status=200,
+        institution="IMSS",
+        user="dra.lopez",
+        purpose="TREAT",
+        request_id="r1",
+        entities=["Patient/p1/_history/1"],
+        patients=["p1"],
+    )
+    event = AuditRecord.recorded(entry)
+    aggregate = AuditRecord._create(
+        AuditRecord.Recorded, id=event.originator_id, timestamp=event.timestamp, entry=entry.as_dict()
+    )
+    (created,) = aggregate.collect_events()
+    mapper: Mapper[object] = Mapper(EventTranscoder())
+    assert mapper.to_stored_event(event) == mapper.to_stored_event(created)
+    assert mapper.to_domain_event(mapper.to_stored_event(event)).entry == entry.as_dict()  # type: ignore[attr-defined]
