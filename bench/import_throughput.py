@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -25,7 +26,9 @@ import psycopg
 
 from bench.pg import DEFAULT_URL, available, conninfo, fresh_schema
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "synthea"
+# As the tests find it: ``$EHR_CORPUS``, else ``shared/corpus`` beside the repository (a git worktree elsewhere
+# sets the variable).
+CORPUS = Path(os.environ.get("EHR_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus")) / "synthea"
 
 
 def _settings(backend: str, directory: Path, schema: str | None, url: str) -> Any:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,13 @@ class Importer:
 
     # -- the units of work -------------------------------------------------------------------------
 
+    def _unit(self) -> AbstractContextManager[None]:
+        """The reads of one unit of work (a chunk, a transaction), whose writes are appended together at its
+        end: a resolver that offers it (``unit_of_work``) catches the views up once for the whole unit, not
+        once per conditional reference and claimed profile (a round trip each)."""
+        unit: Callable[[], AbstractContextManager[None]] | None = getattr(self.resolver, "unit_of_work", None)
+        return unit() if unit is not None else nullcontext()
+
     def _done(self, digest: str, chunk: int) -> bool:
         return bool(list(self.application.events.get(ImportMark.mark_id(digest, chunk), limit=1)))
 
@@ -269,7 +277,8 @@ class Importer:
                 report.skipped_chunks += 1
             else:
                 try:
-                    prepared = prepare_transaction(self.application, entries, self.context, self.resolver)
+                    with self._unit():
+                        prepared = prepare_transaction(self.application, entries, self.context, self.resolver)
                     pendings = [pending for _, pending, _ in prepared.pendings]
                     self._commit(pendings, ImportMark.record(str(path), digest, 0, len(entries)), report)
                 except RecordError as error:
@@ -285,6 +294,12 @@ class Importer:
             tick(len(chunk), size * len(chunk) // max(1, len(entries)))
 
     def _batch_chunk(self, path: Path, digest: str, number: int, chunk: list[Entry], report: ImportReport) -> None:
+        with self._unit():
+            pendings = self._batch_pendings(path, chunk, report)
+        self._commit(pendings, ImportMark.record(str(path), digest, number, len(chunk)), report)
+
+    def _batch_pendings(self, path: Path, chunk: list[Entry], report: ImportReport) -> list[Pending]:
+        """A batch chunk's entries prepared (each its own transaction; a rejected one is listed)."""
         resolver = _ChunkResolver(self.resolver)
         pendings: list[Pending] = []
         touched: set[str] = set()
@@ -307,7 +322,7 @@ class Importer:
                 if prepared_entry.if_none_exist:
                     query = _query_key(prepared_entry.if_none_exist)
                     resolver.created[(prepared_entry.resource_type, query)] = pending.written.resource_id
-        self._commit(pendings, ImportMark.record(str(path), digest, number, len(chunk)), report)
+        return pendings
 
     def _ndjson(self, path: Path, report: ImportReport, tick: Progress) -> None:
         digest = _digest(path)
@@ -319,10 +334,11 @@ class Importer:
                 tick(len(lines), consumed)
                 continue
             pendings: list[Pending] = []
-            for line in lines:
-                pending = self._ndjson_line(path, line, report)
-                if pending is not None:
-                    pendings.append(pending)
+            with self._unit():
+                for line in lines:
+                    pending = self._ndjson_line(path, line, report)
+                    if pending is not None:
+                        pendings.append(pending)
             self._commit(pendings, ImportMark.record(str(path), digest, number, len(lines)), report)
             tick(len(lines), consumed)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from fhir_api.services import Services
 from projections.access import Viewer
 from projections.search import match
@@ -22,7 +24,13 @@ class ViewResolver:
 
     def match(self, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
         # A conditional must see every committed write, including those of a bulk import that does not
-        # wait for the projections after each commit: catch up first (a no-op when already there).
-        self.services.projector.catch_up_if_behind()
+        # wait for the projections after each commit: catch up first (a no-op when already there; once per
+        # unit of work within ``unit_of_work``).
+        self.services.projector_current()
         with self.services.views.read() as tx:
             return match(tx, resource_type, params, 2, self.viewer, self.services.views.dialect)
+
+    def unit_of_work(self) -> AbstractContextManager[None]:
+        """Matches and profile checks of one unit whose writes are appended together at its end (a bulk
+        import's chunk) read one state of the views (:meth:`Services.one_read_state`)."""
+        return self.services.one_read_state()

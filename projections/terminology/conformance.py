@@ -20,6 +20,7 @@ does not know is refused when it is written, rather than when a resource first c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ehr_core.errors import InvalidResource, Issue, RecordError
@@ -28,6 +29,9 @@ from ehr_core.resources.snapshot import Resolve, with_snapshot
 from projections.db import Tx
 from projections.terminology.engine import validate_code
 from projections.terminology.store import TerminologyStore
+
+#: Looks a canonical resource up: (tx, resource type, url, version) to the resource, or None.
+Find = Callable[[Tx, str, str, str | None], dict[str, Any] | None]
 
 __all__ = ["CORE_PROFILE", "claimed_profiles", "conformance_issues_in", "member_in", "structures_in"]
 
@@ -82,17 +86,21 @@ def _snapshot_issues(tx: Tx, structure: dict[str, Any]) -> list[Issue]:
     return []
 
 
-def conformance_issues_in(tx: Tx, resource: dict[str, Any], profiles: list[str], named: bool = False) -> list[Issue]:
+def conformance_issues_in(
+    tx: Tx, resource: dict[str, Any], profiles: list[str], named: bool = False, find: Find | None = None
+) -> list[Issue]:
     """Issues of ``resource`` against each of ``profiles`` (the core ones skipped), and, for a
     StructureDefinition, those of its differential against its base. An unknown profile: a warning, or
-    (``named``: $validate asked for it) 400 not-supported."""
+    (``named``: $validate asked for it) 400 not-supported. ``find`` looks a profile up (default: the
+    terminology store, each time; a bulk import's chunk looks each one up once)."""
+    find = find or TerminologyStore.find
     resource_type = str(resource.get("resourceType"))
     issues = _snapshot_issues(tx, resource) if resource_type == "StructureDefinition" else []
     for profile in profiles:
         url, _, version = profile.partition("|")
         if url == CORE_PROFILE + resource_type:
             continue
-        structure = TerminologyStore.find(tx, "StructureDefinition", url, version or None)
+        structure = find(tx, "StructureDefinition", url, version or None)
         if structure is None:
             message = f"the profile {profile} is not known to this server: the resource is not checked against it"
             if named:
