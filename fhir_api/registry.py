@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["NAMES", "PROJECTIONS", "Projection", "log_of", "per_store"]
+__all__ = ["NAMES", "PROJECTIONS", "REBUILT", "Projection", "log_of", "per_store"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class Projection:
     summary: str
     #: In a federation, one projector per institution's store writes into the national views.
     per_store: bool
+    #: Whether ``ehr rebuild`` replays it. A projection whose rows record what was done in the world (sent
+    #: notifications) is not a view of the log that can be thrown away and derived again.
+    rebuilt: bool = True
 
 
 PROJECTIONS: tuple[Projection, ...] = (
@@ -36,10 +39,16 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection("terminology", "ehr", "the CodeSystems, ValueSets, ConceptMaps of $expand...", per_store=True),
     Projection("break_glass", "audit", "the break-the-glass review list", per_store=False),
     # After ``resources``: the matcher searches the resource views and never runs ahead of them.
-    Projection("subscriptions", "ehr", "the subscriptions' matched events (their outbox)", per_store=False),
+    # Not rebuilt: its outbox numbers the events each subscriber was or will be sent (SubscriptionStatus
+    # event numbers, `$events`); replayed from zero it would notify every subscriber of the whole log again.
+    Projection(
+        "subscriptions", "ehr", "the subscriptions' matched events (their outbox)", per_store=False, rebuilt=False
+    ),
 )
 
 NAMES: tuple[str, ...] = tuple(projection.name for projection in PROJECTIONS)
+#: What ``ehr rebuild`` may replay (all of them when no name is given).
+REBUILT: tuple[str, ...] = tuple(projection.name for projection in PROJECTIONS if projection.rebuilt)
 
 
 def per_store() -> tuple[str, ...]:

@@ -2,9 +2,10 @@
 
 NAME is one of the projections of ``fhir_api/registry.py`` (``resources``: read, history, search, provenance,
 access, erasures; ``identity``: the master patient index; ``audit``: the AuditEvent views; ``break_glass``: the
-break-the-glass review list); none means all.
-The ledgers are not projections to rebuild: they are signed chains, checked by ``ehr verify``. The server may
-keep running.
+break-the-glass review list; ``terminology``: the CodeSystems and ValueSets of ``$expand``); none means all.
+The ledgers are not projections to rebuild: they are signed chains, checked by ``ehr verify``. Nor is the
+subscriptions' outbox: it records which events each subscriber was or will be notified of, under their event
+numbers. The server may keep running.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from ehr_core.errors import StoreUnavailable
 from ehr_core.settings import Settings
 from fhir_api.bootstrap import open_services
-from fhir_api.registry import NAMES
+from fhir_api.registry import REBUILT
 from fhir_api.services import Services
 from projections.projector import Projector
 from projections.rebuild import rebuild
@@ -29,15 +30,20 @@ __all__ = ["add_parser", "projectors_named"]
 
 def projectors_named(services: Services, names: list[str]) -> list[Projector]:
     """The projectors to rebuild, in the order asked (registry order when none is named)."""
-    found = {projector.name: projector for projector in services.projectors(names)}
-    return [found[name] for name in (names or list(NAMES)) if name in found]
+    wanted = names or list(REBUILT)
+    found = {projector.name: projector for projector in services.projectors(wanted)}
+    return [found[name] for name in wanted if name in found]
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
-    unknown = sorted(set(args.names) - set(NAMES))
+    unknown = sorted(set(args.names) - set(REBUILT))
     if unknown:
-        console.print(f"ehr rebuild: unknown projection {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+        console.print(
+            f"ehr rebuild: no projection to rebuild named {', '.join(unknown)}; choose from {', '.join(REBUILT)} "
+            "(the subscriptions' outbox is not rebuilt: replayed, it would notify every subscriber of the whole "
+            "log again)"
+        )
         return 2
     settings = Settings()
     try:
@@ -87,6 +93,6 @@ def add_parser(commands: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(NAMES)} (default: all)")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(REBUILT)} (default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
