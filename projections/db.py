@@ -259,7 +259,7 @@ class _PostgresTx:
         which cannot share a round trip with it)."""
         if self._opening is not None and self._opening.pending:
             self._opening.pending = False
-            self._cursor.connection.execute(b"BEGIN", prepare=False)
+            self._cursor.connection.execute("BEGIN", prepare=False)
 
     @contextmanager
     def pipelined(self, commit: bool = False) -> Iterator[None]:
@@ -276,7 +276,7 @@ class _PostgresTx:
             if commit and self._opening is not None and not self._opening.pending:
                 # Queued behind the statements and answered with them at the pipeline's one sync (``commit()``
                 # would sync on its own); ``PostgresViews._transaction`` then finds the connection idle.
-                connection.execute(b"COMMIT", prepare=False)
+                connection.execute("COMMIT", prepare=False)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _PostgresTx:
         prepare = self._prepare if params else None
