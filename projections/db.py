@@ -280,8 +280,10 @@ class _PostgresTx:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _PostgresTx:
         prepare = self._prepare if params else None
-        if self._opening is not None and self._opening.pending and not self._in_pipeline:
-            # BEGIN and the first statement (a projector's lock of its tracking row) in one round trip.
+        if params and self._opening is not None and self._opening.pending and not self._in_pipeline:
+            # BEGIN and the first statement (a projector's lock of its tracking row) in one round trip. Only
+            # with parameters: a pipeline sends one statement per message, and a text without parameters
+            # may hold several (it goes as a simple query after its own BEGIN).
             with self._cursor.connection.pipeline():
                 self._begin()
                 self._cursor.execute(_to_pyformat(sql), params, prepare=prepare)
