@@ -3,17 +3,20 @@
 ``Settings.event_store_env`` names this module as ``PERSISTENCE_MODULE``, so the library builds
 :class:`Factory`, whose application recorder is :class:`EventRecorder`:
 
-- The append runs without psycopg's pipeline mode. With a parameter of several MB (one large resource,
-  a ~6 MB event) the pipeline's sync waited forever on a result while the transaction already held the
-  event table's lock, so every other write queued behind it, and SIGTERM could not end the thread.
-  Reproduced with psycopg 3.3.9 / eventsourcing 9.5.6 (see psycopg#685 for the same deadlock);
-  outside pipeline mode the same append takes a second. The round trips are saved another way: BEGIN,
+- A small append (:data:`PIPELINED_UP_TO` bytes of state at most: a create's resource, the master patient
+  index's decisions, a batch of audit entries) goes as one pipeline: BEGIN, the lock timeout, the table
+  lock, the notify, the insert and COMMIT are sent together and answered together, one round trip. The
+  event table's lock is then held only while the server runs them, never while a message crosses the
+  network: every create appends at least three times (the resource, the index's decisions, its audit
+  entry), every read and search once (its audit entry), and each append holds the lock every other
+  writer queues for.
+- A large append runs without psycopg's pipeline mode. With a parameter of several MB (one large
+  resource, a ~6 MB event) the pipeline's sync waited forever on a result while the transaction already
+  held the event table's lock, so every other write queued behind it, and SIGTERM could not end the
+  thread. Reproduced with psycopg 3.3.9 / eventsourcing 9.5.6 (see psycopg#685 for the same deadlock);
+  outside pipeline mode the same append takes a second. Its round trips are saved another way: BEGIN,
   the lock timeout, the table lock and the notify go as one simple-protocol query (no parameters, so
-  several statements are allowed), then the insert, then COMMIT: three round trips instead of six
-  (psycopg's pipeline mode, measured, answered the same statements in four or five). Every create appends
-  at least twice (the resource, then its audit entry), every read and search once (its audit entry), and
-  each append holds the event table's lock from the LOCK to the COMMIT: every round trip saved there is
-  time other writers no longer queue for the lock.
+  several statements are allowed), then the insert, then COMMIT: three round trips instead of six.
 - The append is not retried on a lost connection. The library retries ``insert_events`` up to ten times
   on any operational error, but an error after COMMIT was sent leaves the outcome unknown: the retry then
   hits the unique key of its own first attempt and the write was answered 409 "nothing was stored"
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import psycopg
@@ -36,7 +39,11 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from psycopg.sql import SQL, Composed, Identifier
 
-__all__ = ["EventRecorder", "Factory"]
+__all__ = ["PIPELINED_UP_TO", "EventRecorder", "Factory"]
+
+#: Appends of at most this many bytes of event state go as one pipeline (see the module's docstring): far
+#: below the multi-MB parameters that hung in pipeline mode, and above a group commit of tens of creates.
+PIPELINED_UP_TO = 128 * 1024
 
 #: Environment keys this module reads beside the library's own (set by ``Settings.event_store_env``).
 OPTIONS = "EHR_POSTGRES_OPTIONS"
@@ -85,13 +92,34 @@ class EventRecorder(PostgresApplicationRecorder):
         )
         curs.execute(self._insert_rows_sql, columns, binary=True)
 
+    @property
+    def _prelude_statements(self) -> list[SQL | Composed]:
+        """The prelude's statements one by one (a pipeline sends each with the extended protocol, which
+        takes one statement per message)."""
+        statements: list[SQL | Composed] | None = getattr(self, "_prelude_list", None)
+        if statements is None:
+            notify = SQL("NOTIFY {0}").format(Identifier(self.channel_name))
+            statements = [SQL("BEGIN"), *cast(list[Composed], self.lock_table_statements), notify]
+            self._prelude_list = statements
+        return statements
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        # No pipeline, no retry, three round trips: see the module's docstring.
+        # No retry; one round trip when small, else no pipeline and three: see the module's docstring.
         if not stored_events:
             return []
+        small = sum(len(event.state) for event in stored_events) <= PIPELINED_UP_TO
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             assert conn.autocommit  # the library's pool: BEGIN and COMMIT are ours
             try:
+                if small:
+                    with conn.pipeline(), conn.cursor() as control:
+                        for statement in self._prelude_statements:
+                            control.execute(statement, prepare=False)
+                        self._insert_events(curs, stored_events, **kwargs)
+                        self._insert_rows(curs, stored_events)
+                        control.execute(SQL("COMMIT"), prepare=False)
+                    # The pipeline's one sync brought every answer, the insert's notification ids among them.
+                    return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
                 curs.execute(self._prelude, prepare=False)
                 self._insert_events(curs, stored_events, **kwargs)
                 self._insert_rows(curs, stored_events)

@@ -11,10 +11,12 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+import psycopg
 
 from ehr_core.files import private_sqlite
 
@@ -41,8 +43,11 @@ class Tx(Protocol):
     def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
         """Delete the rows whose ``key`` columns equal one of ``keys``."""
 
-    def pipelined(self) -> AbstractContextManager[None]:
-        """Statements inside go out without waiting for each answer (PostgreSQL); results are read at fetches."""
+    def pipelined(self, commit: bool = False) -> AbstractContextManager[None]:
+        """Statements inside go out without waiting for each answer (PostgreSQL); results are read at fetches.
+
+        ``commit``: the transaction ends with the block, its COMMIT sent in the same pipeline (one round trip
+        for the statements and the COMMIT, where the COMMIT would wait for one more on its own)."""
 
     def unprepared(self) -> Tx:
         """The same transaction, whose statements are never prepared (PostgreSQL): planned for their values
@@ -97,8 +102,8 @@ class _SQLiteTx:
             condition = " AND ".join(f"{column} = ?" for column in key)
             self._cursor.executemany(f"DELETE FROM {table} WHERE {condition}", keys)
 
-    def pipelined(self) -> AbstractContextManager[None]:
-        return nullcontext()  # in-process: there are no round trips to save
+    def pipelined(self, commit: bool = False) -> AbstractContextManager[None]:
+        return nullcontext()  # in-process: there are no round trips to save (it commits when the block ends)
 
     def unprepared(self) -> _SQLiteTx:
         return self  # sqlite3 caches its statements itself; there is no generic plan to avoid
@@ -225,41 +230,77 @@ def _to_pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+class _Opening:
+    """A write transaction's BEGIN while not sent yet: it goes out with the transaction's first statement."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = True
+
+
 class _PostgresTx:
     dialect: Dialect = "postgres"
 
-    def __init__(self, cursor: Any, prepare: bool | None = True) -> None:
+    def __init__(self, cursor: Any, prepare: bool | None = True, opening: _Opening | None = None) -> None:
         self._cursor = cursor
         #: COPY cannot run in pipeline mode: inside :meth:`pipelined`, many rows go as pipelined INSERTs.
         self._in_pipeline = False
         #: Statements with parameters are prepared at once (True) or never (False, :meth:`unprepared`).
         self._prepare = prepare
+        #: A write transaction's BEGIN, sent with its first statement (None: autocommit reads).
+        self._opening = opening
 
     def unprepared(self) -> _PostgresTx:
-        return _PostgresTx(self._cursor, prepare=False)
+        return _PostgresTx(self._cursor, prepare=False, opening=self._opening)
+
+    def _begin(self) -> None:
+        """Send the pending BEGIN: queued when in a pipeline, else on its own (before COPY or executemany,
+        which cannot share a round trip with it)."""
+        if self._opening is not None and self._opening.pending:
+            self._opening.pending = False
+            self._cursor.connection.execute("BEGIN", prepare=False)
 
     @contextmanager
-    def pipelined(self) -> Iterator[None]:
+    def pipelined(self, commit: bool = False) -> Iterator[None]:
         # A projection batch of a few events is ~20 small statements; one after another they cost a round
         # trip each, pipelined they cost about one (a create's latency is mostly round trips).
-        with self._cursor.connection.pipeline():
+        connection = self._cursor.connection
+        with connection.pipeline():
+            self._begin()
             self._in_pipeline = True
             try:
                 yield
             finally:
                 self._in_pipeline = False
+            if commit and self._opening is not None and not self._opening.pending:
+                # Queued behind the statements and answered with them at the pipeline's one sync (``commit()``
+                # would sync on its own); ``PostgresViews._transaction`` then finds the connection idle.
+                connection.execute("COMMIT", prepare=False)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _PostgresTx:
-        self._cursor.execute(_to_pyformat(sql), params, prepare=self._prepare if params else None)
+        prepare = self._prepare if params else None
+        if params and self._opening is not None and self._opening.pending and not self._in_pipeline:
+            # BEGIN and the first statement (a projector's lock of its tracking row) in one round trip. Only
+            # with parameters: a pipeline sends one statement per message, and a text without parameters
+            # may hold several (it goes as a simple query after its own BEGIN).
+            with self._cursor.connection.pipeline():
+                self._begin()
+                self._cursor.execute(_to_pyformat(sql), params, prepare=prepare)
+            return self
+        self._begin()
+        self._cursor.execute(_to_pyformat(sql), params, prepare=prepare)
         return self
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._begin()
         self._cursor.executemany(_to_pyformat(sql), rows)
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         # COPY streams every row in one statement: a projection batch writes tens of thousands of index
         # rows, and executemany's one-statement-per-row pipeline cost ~20 us a row. A few rows go as one
         # multi-row INSERT (:meth:`_values`): COPY costs three round trips however small.
+        self._begin()
         if len(rows) >= _COPY_FROM and not self._in_pipeline:
             with self._cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for row in rows:
@@ -281,6 +322,7 @@ class _PostgresTx:
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         rows = _last_per_key(rows, len(key))
+        self._begin()
         if len(rows) < _COPY_FROM or self._in_pipeline:
             if rows:
                 upsert = _upsert_sql(table, tuple(columns), tuple(key), "%s")
@@ -304,6 +346,7 @@ class _PostgresTx:
     def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
         if not keys:
             return
+        self._begin()
         if len(keys) < _COPY_FROM:
             condition = " AND ".join(f"{column} = %s" for column in key)
             self._cursor.executemany(f"DELETE FROM {table} WHERE {condition}", keys)
@@ -360,8 +403,20 @@ class PostgresViews:
 
     @contextmanager
     def _transaction(self) -> Iterator[Tx]:
-        with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
-            yield _PostgresTx(cursor)
+        # The pool's connections are in autocommit: BEGIN is sent with the first statement instead of on
+        # its own (a projector's batch begins by locking its tracking row: one round trip, not two), and a
+        # transaction that sent nothing sends neither BEGIN nor COMMIT.
+        with self._pool.connection() as connection, connection.cursor() as cursor:
+            opening = _Opening()
+            try:
+                yield _PostgresTx(cursor, opening=opening)
+            except BaseException:
+                if not opening.pending and not connection.closed:
+                    with suppress(psycopg.Error):  # a broken connection: the pool discards it
+                        connection.rollback()
+                raise
+            if not opening.pending:
+                connection.commit()
 
     @contextmanager
     def _autocommit(self, pool: Any) -> Iterator[Tx]:

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.application import Application
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, Recording
 
 from ehr_core.identity.features import Features, patient_features
 from ehr_core.identity.index import Candidate, MasterPatientIndex
@@ -29,7 +29,7 @@ from projections.access import Viewer, visible_clause, with_consents
 from projections.db import Tx, ViewDatabase
 from projections.indexed import indexed
 from projections.privacy import erasure_from_event
-from projections.projector import Progress, Projector, Retry
+from projections.projector import Projector, Retry
 
 __all__ = ["IdentityIndex", "LinkRow", "Source", "everything_page"]
 
@@ -87,12 +87,9 @@ class IdentityIndex(Projector):
     def tables(self) -> tuple[str, ...]:
         return _TABLES
 
-    def catch_up(self, until: int | None = None, progress: Progress | None = None) -> int:
-        # A batch appends Person and Membership events of its own: follow to the end of the log, so that the
-        # links a write just caused are visible with it (read-your-writes for identity).
-        if until is not None and self.position >= until:
-            return self.position
-        return super().catch_up(None, progress)
+    # catch_up(until) is the base class's: a batch that reaches ``until`` also applies the Person and
+    # Membership events it appended (``apply_notifications``), so the links a write caused are visible with
+    # it (read-your-writes for identity) without one more transaction that finds nothing to apply.
 
     def beside(self, database: ViewDatabase) -> IdentityIndex:
         return IdentityIndex(self.application, database, self.batch_size)
@@ -193,36 +190,49 @@ class IdentityIndex(Projector):
         # with whatever other writers appended before them: once the tracking row passes a Patient's
         # version, the links it caused are in the views too (read-your-writes for identity).
         last = notifications[-1].id
-        while notifications:
+        events = [self.application.mapper.to_domain_event(notification) for notification in notifications]
+        while events:
             if self._batched:
                 self.mpi.begin()
             try:
-                self._apply_notifications(tx, notifications)
+                self._apply_events(tx, events)
             except BaseException:
                 self.mpi.abandon()
                 raise
-            appended = self.mpi.flush() if self._batched else self._unbatched_appended()
-            if appended is None:
+            recordings = self.mpi.flush() if self._batched else self._unbatched_appended()
+            if recordings is None:
                 raise _DecisionsRaced
+            appended = max((recording.notification.id for recording in recordings), default=0)
             if appended <= last:
                 break
+            decided = {recording.notification.id: recording.domain_event for recording in recordings}
+            if decided.keys() == set(range(last + 1, appended + 1)):
+                # Nothing was appended between the batch and its decisions: apply the decisions as made,
+                # not read back from the log and decrypted again (a create's MPI events, one client).
+                events = [decided[notification_id] for notification_id in sorted(decided)]
+                last = appended
+                continue
+            # Other writers appended in between: their events are applied too, in log order.
             notifications = self.application.recorder.select_notifications(
                 start=last + 1, limit=appended - last, stop=appended
             )
+            events = [self.application.mapper.to_domain_event(notification) for notification in notifications]
             last = notifications[-1].id if notifications else last
         return last
 
-    def _unbatched_appended(self) -> int:
+    def _unbatched_appended(self) -> list[Recording[UUID]]:
         # One decision, one append (after a race): what they appended follows in the next batch, as before.
-        return 0
+        return []
 
     def _apply_notifications(self, tx: Tx, notifications: Sequence[Notification]) -> None:
         mapper = self.application.mapper
+        self._apply_events(tx, [mapper.to_domain_event(notification) for notification in notifications])
+
+    def _apply_events(self, tx: Tx, events: Sequence[Any]) -> None:
         # Who wrote each resource, gathered over the batch and written at its end: one statement, not one per
         # event (nothing in the batch reads resource_sources back).
         sources: dict[tuple[str, str], tuple[str, str | None] | None] = {}
-        for notification in notifications:
-            event = mapper.to_domain_event(notification)
+        for event in events:
             if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
                 key = (event.resource_type, event.resource_id)
                 sources.pop(key, None)  # keep the batch's order of last changes

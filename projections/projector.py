@@ -317,9 +317,10 @@ class Projector:
             if not notifications:
                 self._moved_to(position)  # another process applied up to here
                 return 0
-            # A small batch (a request's own write) is many tiny statements: pipelined. A large one is COPY.
+            # A small batch (a request's own write) is many tiny statements: pipelined with the COMMIT. A large
+            # one is COPY.
             small = len(notifications) <= _PIPELINED_UP_TO
-            with tx.pipelined() if small else nullcontext():
+            with tx.pipelined(commit=True) if small else nullcontext():
                 last = self._advance(tx, self.apply_notifications(tx, notifications) or notifications[-1].id)
         metrics.applied(self.name, len(notifications), time.perf_counter() - started)
         self._moved_to(last)

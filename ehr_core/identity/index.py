@@ -14,7 +14,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Recording
 
 from ehr_core.errors import Conflict, NotFound, Unprocessable
 from ehr_core.identity.features import Features
@@ -66,17 +66,18 @@ class MasterPatientIndex:
         """Decide several records, then save every decision in one append (:meth:`flush`)."""
         self._session = {}
 
-    def flush(self) -> int | None:
-        """Save what was decided since :meth:`begin`: the last notification id appended (0: nothing to
-        append), or None if another writer got there first (nothing saved)."""
+    def flush(self) -> list[Recording[UUID]] | None:
+        """Save what was decided since :meth:`begin`: the recordings of the events appended (empty: nothing
+        to append), or None if another writer got there first (nothing saved). The recordings hold the
+        decisions themselves, so the caller need not read them back from the log it just wrote."""
         session, self._session = self._session, None
         if not session:
-            return 0
+            return []
         try:
-            recordings = self.application.save(*session.values())
+            recordings: list[Recording[UUID]] = self.application.save(*session.values())
         except IntegrityError:
             return None
-        return max((r.notification.id for r in recordings), default=0)
+        return recordings
 
     def abandon(self) -> None:
         self._session = None

@@ -1,7 +1,8 @@
-"""The PostgreSQL append (ehr_core/pgstore.py): BEGIN, the ordering lock and the notify go as one query,
-then the insert, then COMMIT. What that must keep: an append is atomic (one event refused, none stored),
-a refused append leaves its pooled connection out of any transaction (the next append works and holds no
-stale lock), and notification ids follow commit order."""
+"""The PostgreSQL append (ehr_core/pgstore.py): a small one is one pipeline (BEGIN, the ordering lock, the
+notify, the insert and COMMIT answered together); a large one sends BEGIN, the lock and the notify as one
+query, then the insert, then COMMIT. What both must keep: an append is atomic (one event refused, none
+stored), a refused append leaves its pooled connection out of any transaction (the next append works and
+holds no stale lock), and notification ids follow commit order."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from ehr_core.application import RecordApplication
+from ehr_core.pgstore import PIPELINED_UP_TO
 from ehr_core.schema import setup_lock
 from ehr_core.settings import Settings
+from tests.support.round_trips import counting_round_trips
 
 pytestmark = pytest.mark.postgres
 
@@ -30,18 +33,23 @@ def recorder(postgres_settings: Settings, tmp_path: Path) -> Iterator[object]:
         application.close()
 
 
-def _event(originator: object, version: int = 1) -> StoredEvent:
-    return StoredEvent(originator_id=originator, originator_version=version, topic="t:Recorded", state=b"{}")
+def _event(originator: object, version: int = 1, state: bytes = b"{}") -> StoredEvent:
+    return StoredEvent(originator_id=originator, originator_version=version, topic="t:Recorded", state=state)
 
 
-def test_an_append_is_atomic_and_a_refused_one_leaves_no_transaction(recorder: object) -> None:
+#: A state that makes an append too large for the pipeline (the three round trips' path).
+LARGE = b"x" * (PIPELINED_UP_TO + 1)
+
+
+@pytest.mark.parametrize("refused_state", [b"{}", LARGE], ids=["small", "large"])
+def test_an_append_is_atomic_and_a_refused_one_leaves_no_transaction(recorder: object, refused_state: bytes) -> None:
     first, second, third = uuid4(), uuid4(), uuid4()
     ids = recorder.insert_events([_event(first)])  # type: ignore[attr-defined]
     assert ids is not None and len(ids) == 1
 
     # Its second event repeats a stored (originator, version): the whole append is refused.
     with pytest.raises(IntegrityError):
-        recorder.insert_events([_event(second), _event(first)])  # type: ignore[attr-defined]
+        recorder.insert_events([_event(second, state=refused_state), _event(first)])  # type: ignore[attr-defined]
     assert recorder.select_events(second) == []  # type: ignore[attr-defined]
 
     # Every pooled connection is usable again and none holds the table lock: appends go on, in order.
@@ -76,3 +84,16 @@ def test_an_append_stores_each_events_bytes_as_they_were_given(recorder: object)
     assert [(n.originator_id, n.originator_version, n.topic, bytes(n.state)) for n in stored] == [
         (e.originator_id, e.originator_version, e.topic, e.state) for e in events
     ]
+
+
+def test_a_small_append_is_one_round_trip_and_a_large_one_is_stored_too(recorder: object) -> None:
+    # The event table's ordering lock is held from the LOCK to the COMMIT: sent in one pipeline, it is never
+    # held while a message crosses the network, and every writer queues for it.
+    with counting_round_trips() as round_trips:
+        ids = recorder.insert_events([_event(uuid4()), _event(uuid4())])  # type: ignore[attr-defined]
+    assert round_trips.count == 1
+    large = _event(uuid4(), state=LARGE)
+    later = recorder.insert_events([large])  # type: ignore[attr-defined]
+    assert ids is not None and later is not None and len(ids) == 2 and later[0] > ids[1]
+    stored = recorder.select_notifications(start=later[0], limit=1)  # type: ignore[attr-defined]
+    assert stored[0].originator_id == large.originator_id and bytes(stored[0].state) == LARGE

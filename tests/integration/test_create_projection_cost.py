@@ -1,0 +1,101 @@
+"""What making a Patient create visible costs (read-your-writes): the resource views and the master patient
+index each apply it in one batch, and the index applies the decisions it appended as it made them, not
+read back from the log it just wrote; on PostgreSQL each batch is three round trips (BEGIN with the lock of
+its tracking row, the log's next events, the statements with the COMMIT) and a new patient's data key one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ehr_core.context import WriteContext
+from ehr_core.settings import Settings
+from fhir_api.services import Services
+from tests.support.round_trips import counting_round_trips
+
+
+@pytest.fixture
+def unfollowed(settings: Settings) -> Iterator[Services]:
+    """Services without the log follower: only the request's own catch-up applies the create."""
+    services = Services.open(settings, follow=False)
+    yield services
+    services.close()
+
+
+def _patient(family: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "name": [{"family": family, "given": ["Ana"]}], "birthDate": "1980-02-03"}
+
+
+def test_a_patient_create_is_made_visible_reading_the_log_once_per_projection(
+    unfollowed: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = unfollowed
+    context = WriteContext(institution="IMSS", user="registro")
+    services.wait_until_visible(services.application.create(_patient("Pérez"), context, "Patient"))
+    recorder = services.application.recorder
+    reads: list[int] = []
+    select = recorder.select_notifications
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return select(*args, **kwargs)
+
+    monkeypatch.setattr(recorder, "select_notifications", counted)
+    written = services.application.create(_patient("Gómez"), context, "Patient")
+    services.wait_until_visible(written)
+
+    # One read of the log by the resource views, one by the index: not a read-back of the index's own
+    # decisions, nor one more batch that finds nothing.
+    assert len(reads) == 2
+    head = recorder.max_notification_id()
+    assert services.identity.position == services.identity.current_position() == head  # its decisions applied
+    with services.views.read() as tx:
+        person = services.identity.person_of(tx, written.resource_id)
+        assert person is not None
+        links = services.identity.links(tx, person)
+    assert [(link.record, link.method) for link in links] == [(written.resource_id, "enrolment")]
+
+
+def _on_postgres(postgres_settings: Settings, tmp_path: Path) -> Services:
+    return Services.open(postgres_settings.model_copy(update={"data_dir": tmp_path / "ehr-data"}), follow=False)
+
+
+@pytest.mark.postgres
+def test_a_projection_batch_is_three_round_trips(postgres_settings: Settings, tmp_path: Path) -> None:
+    services = _on_postgres(postgres_settings, tmp_path)
+    try:
+        context = WriteContext(institution="IMSS", user="registro")
+        written = services.application.create({"resourceType": "Organization", "name": "Clínica"}, context)
+        assert written.notification_id is not None
+        with counting_round_trips() as round_trips:
+            services.projector.catch_up(until=written.notification_id)
+        assert round_trips.count == 3
+        with services.views.read() as tx:
+            found = tx.execute(
+                "SELECT version FROM resources WHERE resource_type = ? AND resource_id = ?",
+                ("Organization", written.resource_id),
+            ).fetchone()
+        assert found is not None and found[0] == 1
+    finally:
+        services.close()
+
+
+@pytest.mark.postgres
+def test_a_new_patients_data_key_is_one_round_trip(postgres_settings: Settings, tmp_path: Path) -> None:
+    services = _on_postgres(postgres_settings, tmp_path)
+    try:
+        keys = services.application.keys
+        with counting_round_trips() as round_trips:
+            keys.prepare({"p-new-1", "p-new-2"})
+        assert round_trips.count == 1
+        # The keys are stored: the row holds the key the cache serves.
+        first = keys.for_compartment("p-new-1")
+        row = keys.row("p-new-1")
+        assert row is not None and row.key_id == first.key_id and row.status == "active"
+        keys.prepare({"p-new-1"})  # cached: nothing to do
+        assert keys.for_compartment("p-new-1").key_id == first.key_id
+    finally:
+        services.close()
