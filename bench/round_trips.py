@@ -3,8 +3,9 @@ cannot move.
 
 Throughput on a shared machine says as much about the neighbours as about the server. What a request
 costs does not: how many statements it sends, how many round trips it waits for, how many transactions
-it commits, and how much CPU the server spends on it. This measures those for the three interactions the
-HTTP targets name — create Patient, read Patient by id, search ``Patient?family=X&_count=20`` — on
+it commits, and how much CPU the server spends on it. This measures those for the interactions the
+HTTP targets name — create Patient, read Patient by id, search ``Patient?family=X&_count=20``, and the
+consultation transaction Bundle of 15 resources (``bench.workloads.consultation``, per Bundle) — on
 PostgreSQL and SQLite, with the README's default configuration (authentication, audit entry per
 access, encryption at rest, ledger, access policy, master patient index all on), in-process:
 
@@ -30,7 +31,7 @@ statements and where its round trips wait (stderr); ``--profile`` prints cProfil
 (CPU time, every server thread started after the server's creation).
 
 Usage: ``python -m bench.round_trips [--backends postgres,sqlite] [--requests 200] [--warmup 40]
-[--baseline main] [--statements] [--profile]``
+[--interactions create,read,search,transaction] [--baseline main] [--statements] [--profile]``
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import psycopg
 from psycopg.waiting import Wait
 
 from bench.payload import TOKEN_CLAIMS, PatientFactory
+from bench.workloads import CONSULTATION_RESOURCES, consultation
 
 __all__ = ["Counters", "main"]
 
@@ -297,9 +299,11 @@ def _window(
             if profiler.stats:  # type: ignore[attr-defined]
                 stats.add(profiler)
         # BENCH_PROFILE_SORT=cumulative BENCH_PROFILE_ONLY='ehr_core|projections|fhir_api' gives the budget's
-        # view: the project's own functions by time spent in them and below (bench/README.md).
+        # view: the project's own functions by time spent in them and below (bench/README.md);
+        # BENCH_PROFILE_LINES how many (45).
         order = os.environ.get("BENCH_PROFILE_SORT", "tottime")
-        stats.sort_stats(order).print_stats(os.environ.get("BENCH_PROFILE_ONLY", ""), 45)
+        lines = int(os.environ.get("BENCH_PROFILE_LINES", "45"))
+        stats.sort_stats(order).print_stats(os.environ.get("BENCH_PROFILE_ONLY", ""), lines)
         print(f"--- cProfile, {backend} {interaction}, every thread but the client's, by {order}", file=sys.stderr)
         print(out.getvalue(), file=sys.stderr)
     statements, round_trips, commits, bg_statements, bg_round_trips, bg_commits = (
@@ -346,8 +350,18 @@ def _server(backend: str, url: str, data_dir: Path) -> Iterator[tuple[Any, Any]]
                 connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+#: What ``--interactions`` chooses from, in the order measured.
+INTERACTIONS = ("create", "read", "search", "transaction")
+
+
 def measure(
-    backend: str, url: str, requests: int, warmup: int, profile: bool, statements: bool = False
+    backend: str,
+    url: str,
+    requests: int,
+    warmup: int,
+    profile: bool,
+    statements: bool = False,
+    interactions: tuple[str, ...] = INTERACTIONS,
 ) -> list[Figure]:
     from fhir_api.auth import mint_development_token
 
@@ -372,6 +386,14 @@ def measure(
             if response.status_code != 200:
                 raise RuntimeError(f"read answered {response.status_code}: {response.text[:500]}")
 
+        def transaction(i: int) -> None:
+            # R4 §3.1.0.11: one consultation (15 resources, 14 pointing at the Encounter by urn:uuid), as the
+            # http section's transaction load sends it (bench/workloads.py).
+            body = consultation(ids[i % len(ids)])
+            response = client.post("/fhir", content=body, headers={**write, "X-Request-ID": uuid.uuid4().hex})
+            if response.status_code != 200:
+                raise RuntimeError(f"transaction answered {response.status_code}: {response.text[:500]}")
+
         def search(i: int) -> None:
             family = families[i % len(families)]
             response = client.get(f"/fhir/Patient?family={family}&_count=20", headers=who)
@@ -383,10 +405,16 @@ def measure(
         for i in range(warmup):
             read(i)
             search(i)
+            if "transaction" in interactions:
+                transaction(i)
+        windows = {
+            "create": ("create Patient", create),
+            "read": ("read Patient/{id}", read),
+            "search": ("search Patient?family=X&_count=20", search),
+            "transaction": (f"transaction ({CONSULTATION_RESOURCES} res)", transaction),
+        }
         return [
-            _window(backend, "create Patient", requests, create, profile, statements),
-            _window(backend, "read Patient/{id}", requests, read, profile, statements),
-            _window(backend, "search Patient?family=X&_count=20", requests, search, profile, statements),
+            _window(backend, windows[name][0], requests, windows[name][1], profile, statements) for name in interactions
         ]
 
 
@@ -459,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default=DEFAULT_URL)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--statements", action="store_true", help="print each window's statements (stderr)")
+    parser.add_argument(
+        "--interactions",
+        default=",".join(INTERACTIONS),
+        help=f"which to measure, comma-separated among {','.join(INTERACTIONS)} (creates always run as the warm-up)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
         "--baseline", metavar="COMMIT", help="also measure COMMIT's code (e.g. main) first, and print the ratios"
@@ -467,14 +500,25 @@ def main(argv: list[str] | None = None) -> int:
     baseline: list[Figure] | None = None
     if options.baseline:
         shared = ["--backends", options.backends, "--requests", str(options.requests), "--warmup", str(options.warmup)]
+        shared += ["--interactions", options.interactions]
         baseline = _baseline(options.baseline, [*shared, "--postgres-url", options.postgres_url])
     _install()
     if options.profile:
         _profile_threads()
+    interactions = tuple(name.strip() for name in options.interactions.split(",") if name.strip())
+    unknown = set(interactions) - set(INTERACTIONS)
+    if unknown:
+        parser.error(f"unknown interactions: {', '.join(sorted(unknown))} (choose among {', '.join(INTERACTIONS)})")
     figures: list[Figure] = []
     for backend in options.backends.split(","):
         figures += measure(
-            backend.strip(), options.postgres_url, options.requests, options.warmup, options.profile, options.statements
+            backend.strip(),
+            options.postgres_url,
+            options.requests,
+            options.warmup,
+            options.profile,
+            options.statements,
+            interactions,
         )
     print(render(figures, baseline, options.baseline or "baseline"))
     if options.json is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from uuid import uuid4
 
@@ -24,4 +24,9 @@ class WriteContext:
     patient: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        # Every field is a plain string (or None): read them as they are. ``dataclasses.asdict`` deep-copies
+        # each value, and every event of a transaction Bundle records its context (15 per consultation).
+        return {name: value for name in _FIELDS if (value := getattr(self, name)) is not None}
+
+
+_FIELDS = tuple(f.name for f in fields(WriteContext))

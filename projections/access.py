@@ -444,9 +444,11 @@ class AccessView(View):
         tx.execute("CREATE INDEX IF NOT EXISTS referral_addressees_task ON referral_addressees (task_id)")
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
-        tx.executemany(
-            "INSERT INTO resource_owners (resource_type, resource_id, institution) VALUES (?, ?, ?) "
-            "ON CONFLICT (resource_type, resource_id) DO NOTHING",
+        # The first version's institution owns a resource: a later version never replaces the row.
+        tx.insert_new(
+            "resource_owners",
+            ("resource_type", "resource_id", "institution"),
+            ("resource_type", "resource_id"),
             [
                 (c.resource_type, c.resource_id, str(c.context.get("institution", "unknown")))
                 for c in changes

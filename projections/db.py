@@ -40,6 +40,9 @@ class Tx(Protocol):
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows or replace those with the same ``key`` (the leading columns); the last row of a key wins."""
 
+    def insert_new(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert the rows whose ``key`` (the leading columns) no row has yet; of rows sharing a key the first wins."""
+
     def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
         """Delete the rows whose ``key`` columns equal one of ``keys``."""
 
@@ -96,6 +99,10 @@ class _SQLiteTx:
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             self._cursor.executemany(_upsert_sql(table, tuple(columns), tuple(key), "?"), _last_per_key(rows, len(key)))
+
+    def insert_new(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cursor.executemany(_insert_new_sql(table, tuple(columns), tuple(key), "?"), rows)
 
     def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
         if keys:
@@ -225,6 +232,22 @@ def _upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], mark
     )
 
 
+@lru_cache(maxsize=64)  # the texts of the shapes seen most (a few KiB each; a batch's largest, tens)
+def _value_marks(width: int, count: int) -> str:
+    """``($1, $2), ($3, $4)`` for ``count`` rows of ``width`` columns: a multi-row ``VALUES`` list."""
+    return ", ".join(
+        "(" + ", ".join(f"${row * width + column}" for column in range(1, width + 1)) + ")" for row in range(count)
+    )
+
+
+@lru_cache(maxsize=64)
+def _insert_new_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], mark: str) -> str:
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(mark for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+    )
+
+
 @lru_cache(maxsize=512)
 def _to_pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
@@ -250,6 +273,7 @@ class _PostgresTx:
         self._prepare = prepare
         #: A write transaction's BEGIN, sent with its first statement (None: autocommit reads).
         self._opening = opening
+        self._raw: Any = None
 
     def unprepared(self) -> _PostgresTx:
         return _PostgresTx(self._cursor, prepare=False, opening=self._opening)
@@ -312,13 +336,25 @@ class _PostgresTx:
         """``head`` + one ``VALUES`` list of every row + ``tail``, as one statement per ``_VALUES_PARAMETERS``
         parameters. A projection batch of one create writes ~30 index rows to a few tables: one statement
         per table instead of one per row is fewer messages for the server and much less client CPU (each
-        statement costs psycopg tens of microseconds). Not prepared: the row count changes the text."""
+        statement costs psycopg tens of microseconds). Not prepared: the row count changes the text.
+
+        Written with PostgreSQL's own ``$n`` placeholders on a raw cursor: psycopg rewrites ``%s`` ones
+        with a regular expression over the whole text, uncached past 4 KiB, which for a transaction
+        Bundle's index rows (thousands of parameters) cost more than building the rows."""
         per_statement = max(1, _VALUES_PARAMETERS // width)
-        row_marks = "(" + ", ".join("%s" for _ in range(width)) + ")"
+        raw = self._raw_cursor()
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
             params = [value for row in chunk for value in row]
-            self._cursor.execute(head + ", ".join(row_marks for _ in chunk) + tail, params, prepare=False)
+            raw.execute(head + _value_marks(width, len(chunk)) + tail, params, prepare=False)
+
+    def _raw_cursor(self) -> Any:
+        """A cursor of the same connection (so the same transaction and pipeline) taking ``$n`` placeholders."""
+        if self._raw is None:
+            from psycopg import RawCursor
+
+            self._raw = RawCursor(self._cursor.connection)
+        return self._raw
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         rows = _last_per_key(rows, len(key))
@@ -342,6 +378,14 @@ class _PostgresTx:
         conflict = insert[insert.index(" ON CONFLICT") :]
         self._cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{conflict}")
         self._cursor.execute(f"TRUNCATE {staging}")
+
+    def insert_new(self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        # One statement for the batch (a transaction Bundle's resources), not one per row: DO NOTHING may meet
+        # the same key twice in one statement, the first row inserted standing.
+        if rows:
+            self._begin()
+            head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            self._values(head, len(columns), rows, f" ON CONFLICT ({', '.join(key)}) DO NOTHING")
 
     def delete_keys(self, table: str, key: Sequence[str], keys: Sequence[Sequence[Any]]) -> None:
         if not keys:

@@ -138,6 +138,18 @@ GUARDS: dict[str, tuple[str, Callable[[dict[str, Any], bytes | None], bool]]] = 
         "extension.exists() != value.exists()",
         lambda node, _text: ("extension" in node) == _has_value_key(node),
     ),
+    # A Condition without abatement[x] (nearly every one a consultation records) holds con-4 by its first
+    # term; with one (a primitive's ``_abatementX`` counted too) fhirpathpy judges the clinicalStatus.
+    "con-4": (
+        "abatement.empty() or ",
+        lambda node, _text: any(key.startswith(("abatement", "_abatement")) for key in node),
+    ),
+    # Spelled out whole: true without a verificationStatus or without a clinicalStatus; with both it is evaluated.
+    "con-5": (
+        "verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/condition-ver-status' and "
+        "code='entered-in-error').empty() or clinicalStatus.empty()",
+        lambda node, _text: "verificationStatus" in node and "clinicalStatus" in node,
+    ),
     # Spelled out whole: true when there is no value or no component, the other Observations evaluate it.
     "obs-7": (
         "value.empty() or component.code.where(coding.intersect(%resource.code.coding).exists()).empty()",

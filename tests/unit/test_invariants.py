@@ -183,3 +183,40 @@ def test_dom_3_guard_reads_the_text_as_the_walk_does() -> None:
             assert answer is guard(resource, None), resource.get("id")
             answers[answer] += 1
     assert answers[True] >= 2 and answers[False] >= 20, answers
+
+
+_ACTIVE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+_ENTERED_IN_ERROR = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}]
+}
+
+
+def test_a_consultation_condition_is_checked_without_the_fhirpath_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A diagnosis as a consultation records it (clinicalStatus, no abatement, no verificationStatus) holds
+    con-4 and con-5 by their first terms: no fhirpathpy evaluation (a transaction Bundle carries several)."""
+    import ehr_core.resources.invariants as invariants
+
+    evaluated: list[str] = []
+    broken = invariants._broken
+
+    def counting(node: Any, element_path: str, ast: Any, variables: dict[str, Any]) -> bool:
+        evaluated.append(element_path)
+        return broken(node, element_path, ast, variables)
+
+    monkeypatch.setattr(invariants, "_broken", counting)
+    condition = {
+        "resourceType": "Condition",
+        "clinicalStatus": _ACTIVE,
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+        "subject": {"reference": "Patient/p"},
+        "recordedDate": "2026-12-01T10:00:00-06:00",
+    }
+    assert _keys(condition) == []
+    assert evaluated == []
+    # Where the guards let the rules through, they are still evaluated and still refuse.
+    assert _keys({**condition, "abatementDateTime": "2026-12-02"}) == [("con-4", "Condition")]
+    assert _keys({**condition, "verificationStatus": _ENTERED_IN_ERROR}) == [("con-5", "Condition")]
+    assert _keys({**condition, "clinicalStatus": {**_ACTIVE, "coding": []}, "abatementString": "x"}) == [
+        ("con-4", "Condition")
+    ]
+    assert evaluated
