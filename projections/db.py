@@ -142,12 +142,26 @@ def _close_for_ended_thread(
     connection.close()
 
 
+#: Page cache a connection keeps between its transactions, in KiB (``PRAGMA cache_size=-N``). SQLite's default
+#: is 2,000 KiB per connection; the server has a connection per worker thread (anyio's 40), so under a load
+#: that reads much (``$everything``, searches) the caches filled to 35 x 2 MiB = 70 MiB of the process, most of
+#: its growth under the benchmark's load. They buy little: in WAL mode a connection drops its whole cache when
+#: it begins a read after another connection committed (any write to the views), and the pages it would
+#: re-read are in the operating system's file cache. What stays is the B-tree roots and inner pages.
+CACHE_KIB = 512
+#: Pages a transaction may hold in its cache before SQLite writes dirty ones to the WAL mid-transaction
+#: (``PRAGMA cache_spill``; the threshold is the larger of this and ``cache_size``): SQLite's default for a
+#: 2,000 KiB cache, so a projection batch writes as it did before the smaller cache above. The pages beyond
+#: ``cache_size`` are freed when the transaction ends.
+SPILL_PAGES = 483
+
+
 class SQLiteViews:
     """Views in one SQLite file (WAL: readers never wait for the projection writer).
 
     One connection per thread. anyio ends worker threads idle for 10 s and starts new ones for the next
     burst, so a connection is closed when its thread ends: kept open, each would hold its file handles and
-    page cache (up to ``cache_size``, 2 MiB) for the life of the process.
+    page cache (up to :data:`CACHE_KIB`) for the life of the process.
     """
 
     dialect: Dialect = "sqlite"
@@ -167,6 +181,8 @@ class SQLiteViews:
             private_sqlite(self.path)  # the -wal and -shm files WAL mode just created
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=30000")
+            connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            connection.execute(f"PRAGMA cache_spill={SPILL_PAGES}")
             holder = _ThreadConnection(connection)
             weakref.finalize(holder, _close_for_ended_thread, self._connections, self._lock, connection)
             self._local.holder = holder
