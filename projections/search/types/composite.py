@@ -217,9 +217,7 @@ class CompositeExtraction:
                     self._add(rows, ordinal, sources, cache)
                 ordinal += 1
 
-    def _add(
-        self, rows: Rows, ordinal: int, sources: list[Any], cache: dict[tuple[int, str, str], list[Any]]
-    ) -> None:
+    def _add(self, rows: Rows, ordinal: int, sources: list[Any], cache: dict[tuple[int, str, str], list[Any]]) -> None:
         found: list[list[tuple[Any, ...]]] = []
         for component, source in zip(self.components, sources, strict=True):
             # The rows hold the component's columns, not its code: ``code`` of ``code-value-quantity`` and
