@@ -206,11 +206,14 @@ def measure(resources: int, baseline: str, conninfo: str, rounds: int = 3) -> di
         for number in range(rounds):
             for name, tree in trees.items():
                 print(f"  build cost: {name} ({tree}), try {number + 1}/{rounds}", file=sys.stderr, flush=True)
-                output = subprocess.run(
+                child = subprocess.run(
                     [sys.executable, "-m", "bench.search_build", "--worker", tree, "--sample", str(sample),
                      "--conninfo", conninfo],
-                    cwd=ROOT, check=True, capture_output=True, text=True,
-                ).stdout  # fmt: skip
+                    cwd=ROOT, check=False, capture_output=True, text=True,
+                )  # fmt: skip
+                if child.returncode:  # the child's own error, not only its exit status
+                    raise RuntimeError(f"{name} try {number + 1} failed:\n{child.stderr[-3000:]}")
+                output = child.stdout
                 result = json.loads(output.strip().splitlines()[-1])
                 figures = _per_resource(result)
                 results[name] = result
