@@ -184,6 +184,26 @@ def _per_resource(result: dict[str, Any]) -> dict[str, float]:
     return {name: seconds / n * 1e6 for name, seconds in found.items()}
 
 
+#: A try whose child found the shared server out of connections runs again, after a pause, this many times.
+_CONNECTION_RETRIES = 5
+
+
+def _child(tree: str, sample: str, conninfo: str, what: str) -> str:
+    """One try's output; a failed child's own error is raised (not only its exit status)."""
+    for attempt in range(_CONNECTION_RETRIES + 1):
+        child = subprocess.run(
+            [sys.executable, "-m", "bench.search_build", "--worker", tree, "--sample", sample, "--conninfo", conninfo],
+            cwd=ROOT, check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        if not child.returncode:
+            return child.stdout
+        if "too many clients" not in child.stderr or attempt == _CONNECTION_RETRIES:
+            break
+        print(f"  {what}: the server has no free connection, again in 30 s", file=sys.stderr, flush=True)
+        time.sleep(30)
+    raise RuntimeError(f"{what} failed:\n{child.stderr[-3000:]}")
+
+
 def measure(resources: int, baseline: str, conninfo: str, rounds: int = 3) -> dict[str, Any]:
     from bench.search import Generator
 
@@ -206,11 +226,7 @@ def measure(resources: int, baseline: str, conninfo: str, rounds: int = 3) -> di
         for number in range(rounds):
             for name, tree in trees.items():
                 print(f"  build cost: {name} ({tree}), try {number + 1}/{rounds}", file=sys.stderr, flush=True)
-                output = subprocess.run(
-                    [sys.executable, "-m", "bench.search_build", "--worker", tree, "--sample", str(sample),
-                     "--conninfo", conninfo],
-                    cwd=ROOT, check=True, capture_output=True, text=True,
-                ).stdout  # fmt: skip
+                output = _child(tree, str(sample), conninfo, f"{name} try {number + 1}")
                 result = json.loads(output.strip().splitlines()[-1])
                 figures = _per_resource(result)
                 results[name] = result

@@ -23,6 +23,7 @@ from projections.db import Dialect, Tx
 from projections.search.dates import MAX, MIN, date_range
 from projections.search.extract import FINGERPRINT, Rows, extract
 from projections.search.types import SEARCH_TYPES
+from projections.search.writes import insert_rows
 from projections.view import View
 
 __all__ = ["VALUE_TABLES", "ResourceKeys", "SearchIndex", "delete_by_sid", "resource_keys"]
@@ -261,8 +262,7 @@ class SearchIndex(View):
                     tx.execute(delete_by_sid(table, len(chunk)), [*chunk, resource_type])
 
     @staticmethod
-    def _spans(tx: Tx, date_rows: list[tuple[Any, ...]]) -> None:
-        updates = _span_updates(date_rows)
+    def _spans(tx: Tx, updates: list[tuple[str, str, int, int, int]]) -> None:
         if updates:
             grown = " ".join(
                 f"{column} = CASE WHEN excluded.{column} > search_date_spans.{column} THEN excluded.{column} "
@@ -282,18 +282,23 @@ class SearchIndex(View):
             assert change.body is not None
             ids.append((sid, change.resource_type, change.resource_id, date_range(change.last_updated)[0]))
             bodies.append((sid, change.resource_type, change.body))
-        if ids:
-            tx.insert("search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids)
-        self._insert_values(tx, bodies)
+        self._insert_values(tx, bodies, ids)
 
-    def _insert_values(self, tx: Tx, bodies: list[tuple[int, str, bytes]]) -> None:
-        """The value rows of each (sid, type, stored body)."""
+    def _insert_values(self, tx: Tx, bodies: list[tuple[int, str, bytes]], ids: Sequence[tuple[Any, ...]] = ()) -> None:
+        """The key rows ``ids`` and the value rows of each (sid, type, stored body)."""
         values: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in VALUE_TABLES}
         for sid, resource_type, body in bodies:
             rows = extract(_loads(body))
             for kind in VALUE_TABLES:
-                values[kind] += [(resource_type, *_bounded(kind, row), sid) for row in getattr(rows, kind)]
-        self._spans(tx, values["date"])
+                found = getattr(rows, kind)
+                if found:
+                    values[kind] += [(resource_type, *_bounded(kind, row), sid) for row in found]
+        spans = _span_updates(values["date"])
+        if insert_rows(tx, ids, values, spans):
+            return
+        if ids:
+            tx.insert("search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids)
+        self._spans(tx, spans)
         for kind, (table, columns) in VALUE_TABLES.items():
             tx.insert(table, ("resource_type", "param", *columns, "sid"), values[kind])
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -22,7 +22,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from ehr_core.resources.types import REMOVED_IN_R4B
 
-__all__ = ["Route", "Step", "UnsupportedExpression", "compile_expression", "walk"]
+__all__ = ["Reader", "Route", "Step", "UnsupportedExpression", "compile_expression", "reader", "walk"]
 
 
 class UnsupportedExpression(ValueError):
@@ -257,33 +257,69 @@ def compile_expression(resource_type: str, expression: str) -> tuple[Route, ...]
     return tuple(routes)
 
 
+#: What a compiled route does with the value found at its first key: every value the route reaches from it.
+Reader = Callable[[Any], list[Any]]
+
+
+def _flatten(value: Any) -> list[Any]:
+    """A JSON value as a FHIRPath collection: an array's items (nulls left out), or the value alone."""
+    if isinstance(value, list):
+        return [item for item in value if item is not None]
+    return [value]
+
+
+def _matches(item: Any, where: tuple[tuple[str, str], ...]) -> bool:
+    return isinstance(item, dict) and all(item.get(name) == wanted for name, wanted in where)
+
+
+def reader(route: Route) -> Reader:
+    """``route`` compiled into a function of the value at its first key (``resource[route.steps[0].key]``,
+    not None): the values the route reaches, JSON arrays flattened as FHIRPath collections.
+
+    Compiled once per parameter (:mod:`projections.search.extract`): an index build reads every route of
+    every resource, and most routes are one member step (``Observation.status``), which needs no loop.
+    """
+    first = route.steps[0].where
+    later = tuple((step.key, step.where) for step in route.steps[1:])
+    reference_type = route.reference_type
+    if not first and not later and reference_type is None:
+        return _flatten
+
+    def read(value: Any) -> list[Any]:
+        current = _flatten(value)
+        if first:
+            current = [item for item in current if _matches(item, first)]
+        for key, where in later:
+            following: list[Any] = []
+            for node in current:
+                if not isinstance(node, dict):
+                    continue
+                found = node.get(key)
+                if found is None:
+                    continue
+                if isinstance(found, list):
+                    following += [item for item in found if item is not None]
+                else:
+                    following.append(found)
+            current = [item for item in following if _matches(item, where)] if where else following
+            if not current:
+                return current
+        if reference_type is not None:
+            return [value for value in current if _reference_is(value, reference_type)]
+        return current
+
+    return read
+
+
 def walk(resource: dict[str, Any], route: Route) -> Iterator[Any]:
     """Every value ``route`` reaches in ``resource`` (JSON arrays flattened, as FHIRPath collections)."""
-    current: list[Any] = [resource]
-    for step in route.steps:
-        following: list[Any] = []
-        for node in current:
-            if not isinstance(node, dict):
-                continue
-            value = node.get(step.key)
-            if value is None:
-                continue
-            items = value if isinstance(value, list) else [value]
-            for item in items:
-                if item is None:
-                    continue
-                if step.where and not (
-                    isinstance(item, dict) and all(item.get(field) == wanted for field, wanted in step.where)
-                ):
-                    continue
-                following.append(item)
-        current = following
-        if not current:
-            return
-    for value in current:
-        if route.reference_type is not None and not _reference_is(value, route.reference_type):
-            continue
-        yield value
+    if not route.steps:  # the resource itself (a composite's repetition)
+        if route.reference_type is None or _reference_is(resource, route.reference_type):
+            yield resource
+        return
+    value = resource.get(route.steps[0].key) if isinstance(resource, dict) else None
+    if value is not None:
+        yield from reader(route)(value)
 
 
 def _reference_is(value: Any, resource_type: str) -> bool:

@@ -8,7 +8,7 @@ or any other URL that does not end in ``Type/id`` is kept whole, with no type.
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 from ehr_core.resources.types import supported_types
 
@@ -22,8 +22,12 @@ def _types() -> frozenset[str]:
     return frozenset(supported_types())
 
 
+@lru_cache(maxsize=4096)
 def parse_reference(literal: str) -> tuple[str | None, str, str | None]:
-    """``(target_type, target_id, base)``: base is None for a relative reference; type is None when unknown."""
+    """``(target_type, target_id, base)``: base is None for a relative reference; type is None when unknown.
+
+    Kept for the literals seen last: one reference is read by several parameters (an Observation's
+    ``subject`` by ``subject`` and ``patient``), and a record's resources name the same patient."""
     text = literal.strip()
     path = text.split("|")[0] if "://" in text or text.startswith("urn:") else text
     parts = path.split("/")

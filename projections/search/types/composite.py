@@ -14,9 +14,10 @@ same SQL text on SQLite and PostgreSQL. Each component value is parsed and match
 
 from __future__ import annotations
 
+from collections.abc import KeysView
 from typing import Any
 
-from projections.search.paths import walk
+from projections.search.paths import reader
 from projections.search.registry import Component, SearchParameter
 from projections.search.types.base import (
     Condition,
@@ -29,7 +30,7 @@ from projections.search.types.base import (
     split_unescaped,
 )
 
-__all__ = ["CompositeType"]
+__all__ = ["CompositeExtraction", "CompositeType"]
 
 #: Every column a component type's table has; a component row fills those of its own type.
 _COLUMNS = (
@@ -96,51 +97,11 @@ class CompositeType:
         raise ValueError("a composite cannot be a component")
 
     def extract(self, rows: Rows, code: str, datatype: str, value: Any) -> None:
-        raise TypeError("composites are extracted from the resource (extract_resource)")
+        raise TypeError("composites are extracted from the resource (compiled())")
 
-    def extract_resource(
-        self,
-        rows: Rows,
-        param: SearchParameter,
-        resource: dict[str, Any],
-        cache: dict[tuple[int, str, str], list[tuple[Any, ...]]] | None = None,
-    ) -> None:
-        """Each repetition's component values, with the repetition's ordinal (in document order).
-
-        ``cache``: one resource's component rows by (element, component), shared by its composites — the
-        four ``code-value-*`` of an Observation read the same ``code``."""
-        cache = {} if cache is None else cache
-        ordinal = 0
-        for repetition in param.repetitions:
-            for element in walk(resource, repetition) if repetition.steps else [resource]:
-                found: list[list[tuple[Any, ...]]] = []
-                for component in param.components:
-                    source = resource if component.from_resource else element
-                    key = (id(source), component.code, component.expression)
-                    if key not in cache:
-                        cache[key] = self._component_rows(component, source)
-                    if not cache[key]:
-                        break  # a composite value needs every component (else it is missing)
-                    found.append(cache[key])
-                else:
-                    for number, component_rows in enumerate(found):
-                        rows.composite += [(param.code, number, ordinal, *row) for row in component_rows]
-                ordinal += 1
-
-    def _component_rows(self, component: Component, source: Any) -> list[tuple[Any, ...]]:
-        """The component's values in one repetition (or the resource), as composite columns (:data:`_COLUMNS`)."""
-        kind = self.types[component.type]
-        found = Rows()
-        for route in component.routes:
-            for value in walk(source, route):
-                kind.extract(found, component.code, route.datatype, value)
-        rows = []
-        for row in getattr(found, component.type):
-            if row[0] != component.code:  # derived rows (``code:text``...) are not the component
-                continue
-            columns = dict(zip(kind.table.columns, kind.table.bound(row)[1:], strict=True))
-            rows.append(tuple(columns.get(column) for column in _COLUMNS))
-        return rows
+    def compiled(self, param: SearchParameter) -> CompositeExtraction:
+        """How ``param``'s rows are read from a resource, compiled once (an index build reads every resource)."""
+        return CompositeExtraction(param, self.types)
 
     def match(self, value: Any, base: str | None) -> Condition:
         raise TypeError("a composite is matched by condition()")
@@ -166,3 +127,107 @@ class CompositeType:
             )
             alternatives.append(Condition(f"{alias}.sid IN (SELECT c0.sid FROM {sides[0]} {joins})", params))
         return Condition(" OR ".join(f"({a.sql})" for a in alternatives), [p for a in alternatives for p in a.params])
+
+
+class _ComponentReads:
+    """One component compiled: its routes as readers (:func:`projections.search.paths.reader`) and where
+    its type's columns go among the composite's (:data:`_COLUMNS`)."""
+
+    def __init__(self, component: Component, kind: SearchType) -> None:
+        self.code = component.code
+        self.expression = component.expression
+        self.from_resource = component.from_resource
+        self.kind = kind
+        self.table = component.type  # the Rows list its type fills
+        self.reads = tuple((route.steps[0].key, route.datatype, reader(route)) for route in component.routes)
+        self.keys = tuple(dict.fromkeys(key for key, _, _ in self.reads))
+        self.slots = tuple(_COLUMNS.index(column) for column in kind.table.columns)
+        self.bound = kind.table.bound
+
+    def present(self, source: Any) -> bool:
+        """Whether any route can reach a value in ``source`` (a first key holds something): a cheap test
+        before the rows, since a composite value needs every component."""
+        return isinstance(source, dict) and any(source.get(key) is not None for key in self.keys)
+
+    def rows(self, source: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The component's values in one repetition (or the resource), as composite columns (:data:`_COLUMNS`)."""
+        found = Rows()
+        for key, datatype, read in self.reads:
+            value = source.get(key)
+            if value is not None:
+                for item in read(value):
+                    self.kind.extract(found, self.code, datatype, item)
+        rows = []
+        for row in getattr(found, self.table):
+            if row[0] != self.code:  # derived rows (``code:text``...) are not the component
+                continue
+            columns: list[Any] = [None] * len(_COLUMNS)
+            for slot, value in zip(self.slots, self.bound(row)[1:], strict=True):
+                columns[slot] = value
+            rows.append(tuple(columns))
+        return rows
+
+
+class CompositeExtraction:
+    """A composite parameter's rows of a resource: each repetition's component values, with the repetition's
+    ordinal (in document order)."""
+
+    def __init__(self, param: SearchParameter, types: dict[str, SearchType]) -> None:
+        self.code = param.code
+        #: Per repetition route: (first key, reader), or None for the resource itself.
+        self.repetitions = tuple(
+            (route.steps[0].key, reader(route)) if route.steps else None for route in param.repetitions
+        )
+        self.components = tuple(_ComponentReads(component, types[component.type]) for component in param.components)
+        #: Per repetition, sets of top-level keys a resource must have one of each for the repetition to give
+        #: a row: its own key (for the resource itself: each component's), and each ``%resource`` component's.
+        self.requirements = tuple(
+            tuple(frozenset(component.keys) for component in self.components)
+            if repetition is None
+            else (
+                frozenset((repetition[0],)),
+                *(frozenset(component.keys) for component in self.components if component.from_resource),
+            )
+            for repetition in self.repetitions
+        )
+        #: One necessary key set of each repetition, together: a resource with none of them gives no row.
+        self.gate = frozenset().union(*(needs[-1] for needs in self.requirements))
+
+    def possible(self, keys: KeysView[str]) -> bool:
+        """Whether a resource with these top-level keys may give rows: most composites of a type find their
+        element absent (an Observation with a ``valueQuantity`` has no ``valueCodeableConcept`` for
+        ``code-value-concept``, no ``component`` for ``component-code-value-quantity``)."""
+        if keys.isdisjoint(self.gate):
+            return False
+        return any(all(not keys.isdisjoint(needed) for needed in needs) for needs in self.requirements)
+
+    def extract(self, rows: Rows, resource: dict[str, Any], cache: dict[tuple[int, str, str], list[Any]]) -> None:
+        """Add the composite's rows of ``resource``. ``cache``: one resource's component rows by (element, type,
+        expression), shared by its composites — the ``code-value-*`` of an Observation read the same ``code``."""
+        ordinal = 0
+        for repetition in self.repetitions:
+            if repetition is None:
+                elements: list[Any] = [resource]
+            else:
+                value = resource.get(repetition[0])
+                elements = repetition[1](value) if value is not None else []
+            for element in elements:
+                sources = [resource if component.from_resource else element for component in self.components]
+                if all(component.present(source) for component, source in zip(self.components, sources, strict=True)):
+                    self._add(rows, ordinal, sources, cache)
+                ordinal += 1
+
+    def _add(self, rows: Rows, ordinal: int, sources: list[Any], cache: dict[tuple[int, str, str], list[Any]]) -> None:
+        found: list[list[tuple[Any, ...]]] = []
+        for component, source in zip(self.components, sources, strict=True):
+            # The rows hold the component's columns, not its code: ``code`` of ``code-value-quantity`` and
+            # ``combo-code`` of ``combo-code-value-quantity`` read the same ``code`` once.
+            key = (id(source), component.table, component.expression)
+            component_rows = cache.get(key)
+            if component_rows is None:
+                component_rows = cache[key] = component.rows(source)
+            if not component_rows:
+                return  # a composite value needs every component (else it is missing)
+            found.append(component_rows)
+        for number, component_rows in enumerate(found):
+            rows.composite += [(self.code, number, ordinal, *row) for row in component_rows]

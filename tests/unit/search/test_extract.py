@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
+
+import pytest
 
 from projections.search.dates import MAX, date_range
-from projections.search.extract import extract
+from projections.search.extract import Rows, extract
+from projections.search.paths import walk
+from projections.search.registry import SearchParameter, parameters, searchable_types
+from projections.search.types import SEARCH_TYPES
+from tests.conftest import CORPUS
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
@@ -99,3 +107,69 @@ def test_unparseable_values_are_skipped_not_fatal() -> None:
     rows = extract({"resourceType": "Patient", "birthDate": "not-a-date", "deceasedDateTime": "2020"})
     assert not [row for row in rows.date if row[0] == "birthdate"]
     assert ("deceased", None, "true") in rows.token
+
+
+def _reference(resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every parameter's routes walked one by one over the whole resource (what extraction computes; it reads
+    only the parameters whose element the resource has, and shares component rows between composites)."""
+    rows = Rows()
+    for param in parameters(resource["resourceType"]).values():
+        if param.code in ("_id", "_lastUpdated") or param.special:
+            continue
+        if param.type == "composite":
+            _composite(rows, param, resource)
+            continue
+        for route in param.routes:
+            for value in walk(resource, route):
+                SEARCH_TYPES[param.type].extract(rows, param.code, route.datatype, value)
+    return {name: sorted(set(getattr(rows, name)), key=repr) for name in vars(rows)}
+
+
+def _composite(rows: Rows, param: SearchParameter, resource: dict[str, Any]) -> None:
+    columns = SEARCH_TYPES["composite"].table.columns[2:]  # after component, rep
+    ordinal = 0
+    for repetition in param.repetitions:
+        for element in walk(resource, repetition):
+            found = []
+            for component in param.components:
+                kind, values = SEARCH_TYPES[component.type], Rows()
+                for route in component.routes:
+                    for value in walk(resource if component.from_resource else element, route):
+                        kind.extract(values, component.code, route.datatype, value)
+                typed = [
+                    dict(zip(kind.table.columns, kind.table.bound(row)[1:], strict=True))
+                    for row in getattr(values, component.type)
+                    if row[0] == component.code
+                ]
+                found.append([tuple(row.get(column) for column in columns) for row in typed])
+            if all(found):
+                for number, component_rows in enumerate(found):
+                    rows.composite += [(param.code, number, ordinal, *row) for row in component_rows]
+            ordinal += 1
+
+
+def _corpus() -> list[dict[str, Any]]:
+    resources: list[dict[str, Any]] = []
+    for path in sorted((CORPUS / "hl7-examples" / "r4-examples").glob("*.json")):
+        found = json.loads(path.read_text())
+        entries = found.get("entry") or [] if found.get("resourceType") == "Bundle" else []
+        resources += [found, *(entry["resource"] for entry in entries if isinstance(entry.get("resource"), dict))]
+    synthea = sorted((CORPUS / "synthea" / "smart-r4-2019").glob("*.json"))[0]
+    resources += [entry["resource"] for entry in json.loads(synthea.read_text())["entry"]]
+    known = set(searchable_types())
+    return [resource for resource in resources if resource.get("resourceType") in known]
+
+
+@pytest.mark.slow
+def test_extraction_gives_the_rows_of_every_parameter_read_on_its_own() -> None:
+    resources = _corpus()
+    assert len(resources) > 1000
+    composites = 0
+    for resource in resources:
+        expected = _reference(resource)
+        rows = extract(resource)
+        composites += len(rows.composite)
+        for name, wanted in expected.items():
+            found = [row for row in getattr(rows, name) if not (name == "token" and row[0] == "deceased")]
+            assert sorted(found, key=repr) == wanted, (resource["resourceType"], resource.get("id"), name)
+    assert composites > 1000
