@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
+from projections.statistics import analyze_changed_tables
 from tests.conftest import CORPUS
 from tests.support.waiting import wait_until
 
@@ -61,3 +62,29 @@ def test_the_search_tables_are_analysed_after_writes_fill_them(settings: Setting
     # The planner now knows each table's size (never analysed, reltuples is -1: "unknown").
     for table, (_, reltuples, _) in _statistics(settings).items():
         assert reltuples == written[table], (table, reltuples, written)
+
+
+def _write(connection: psycopg.Connection[Any], table: str, rows: int) -> None:
+    """``rows`` inserts into ``table``, counted in ``n_mod_since_analyze`` before this returns: the backend
+    flushes its counts to the statistics collector when it next goes idle, forced here (not up to 1 s later)."""
+    connection.execute(f"INSERT INTO {table} (n) SELECT g FROM generate_series(1, %s) g", (rows,))
+    connection.execute("SELECT pg_stat_force_next_flush()")
+
+
+def test_a_table_is_analysed_past_1000_changed_rows_and_10_percent(postgres_settings: Settings) -> None:
+    schema = postgres_settings.postgres_schema
+    conninfo = postgres_settings.postgres_conninfo()
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+        connection.execute(f'SET search_path = "{schema}"')
+        connection.execute("CREATE TABLE small (n BIGINT)")
+        connection.execute("CREATE TABLE large (n BIGINT)")
+        _write(connection, "small", 900)
+        _write(connection, "large", 20_000)
+        assert analyze_changed_tables(conninfo, schema) == ["large"]  # "small" is below 1,000 changed rows
+        _write(connection, "large", 1_500)
+        assert analyze_changed_tables(conninfo, schema) == []  # 1,500 rows are less than 10 % of 20,000
+        _write(connection, "large", 600)
+        assert analyze_changed_tables(conninfo, schema) == ["large"]
+        _write(connection, "small", 200)
+        assert analyze_changed_tables(conninfo, schema) == ["small"]
