@@ -106,9 +106,11 @@ class Counters:
 
 
 #: Threads that work for many requests at once (class names: ehr_core.audit, projections.ledger,
-#: projections.follower, projections.positions, and the subscriptions' matcher and delivery thread of
-#: fhir_api.subscriptions, which no request waits for).
-BACKGROUND_THREADS = frozenset({"AuditWriter", "LedgerSealer", "LogFollower", "PositionWatcher", "Deliverer"})
+#: projections.follower, projections.positions, the subscriptions' matcher and delivery thread of
+#: fhir_api.subscriptions, and the views' ANALYZE of projections.statistics, which no request waits for).
+BACKGROUND_THREADS = frozenset(
+    {"AuditWriter", "LedgerSealer", "LogFollower", "PositionWatcher", "Deliverer", "StatisticsAnalyser"}
+)
 
 
 COUNTERS = Counters()

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     #: Longest a PostgreSQL statement may run (``statement_timeout`` on every connection): a stuck one ends
     #: in an error (503) instead of holding its request, and its locks, for ever.
     postgres_statement_timeout_seconds: float = 60.0
+    #: Analyse each table of the schema once projections changed more than max(1,000 rows, 10 %) of it, on a
+    #: background connection (``projections/statistics.py``): the planner's statistics stay fresh even where
+    #: autovacuum is off. Off only where something else analyses the tables.
+    postgres_auto_analyze: bool = True
     #: Longest an append waits for the event table's ordering lock (another append holding it): then 503.
     postgres_lock_timeout_seconds: int = 10
     #: A connection left inside a transaction this long is closed by the server (its locks released).

@@ -12,13 +12,14 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import psycopg
 
 from ehr_core.files import private_sqlite
+from projections.statistics import PlannerStatistics, analyze_changed_tables
 
 __all__ = ["Dialect", "PostgresViews", "SQLiteViews", "Tx", "ViewDatabase"]
 
@@ -74,6 +75,9 @@ class ViewDatabase(Protocol):
 
     def settle(self, positions: dict[str, int], timeout: float) -> bool:
         """Wait until :meth:`read` sees each tracking row at least at ``positions`` (a replica's lag)."""
+
+    def batch_committed(self) -> None:
+        """A projection batch committed: the planner's statistics of the tables may be due a refresh."""
 
     def close(self) -> None: ...
 
@@ -213,6 +217,11 @@ class SQLiteViews:
 
     def settle(self, positions: dict[str, int], timeout: float) -> bool:
         return True  # one file: what is committed is what readers see
+
+    def batch_committed(self) -> None:
+        # SQLite 3.40's PRAGMA optimize analyses only the tables its own connection has queried, so a
+        # background connection would do nothing, and the request threads' connections must not pay for it.
+        return None
 
     def open_connections(self) -> int:
         with self._lock:
@@ -433,10 +442,20 @@ class PostgresViews:
     dialect: Dialect = "postgres"
 
     def __init__(
-        self, conninfo: str, schema: str = "public", pool_size: int = 10, replica_conninfo: str | None = None
+        self,
+        conninfo: str,
+        schema: str = "public",
+        pool_size: int = 10,
+        replica_conninfo: str | None = None,
+        auto_analyze: bool = False,
     ) -> None:
         self.conninfo = conninfo
         self.schema = schema
+        #: ``auto_analyze``: the tables analysed as projections change them (``EHR_POSTGRES_AUTO_ANALYZE``),
+        #: for servers whose autovacuum is off; off for the short-lived shadows and tools that analyse themselves.
+        self.statistics = (
+            PlannerStatistics(partial(analyze_changed_tables, conninfo, schema), schema) if auto_analyze else None
+        )
         self._pool = self._open_pool(conninfo, pool_size)
         #: A streaming replica of this database that answers the queries (``EHR_VIEWS_REPLICA_URL``).
         self._replica = self._open_pool(replica_conninfo, pool_size) if replica_conninfo else None
@@ -516,7 +535,13 @@ class PostgresViews:
                 return False
             time.sleep(0.003)
 
+    def batch_committed(self) -> None:
+        if self.statistics is not None:
+            self.statistics.changed()
+
     def close(self) -> None:
+        if self.statistics is not None:
+            self.statistics.close()
         self._pool.close()
         if self._replica is not None:
             self._replica.close()

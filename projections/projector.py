@@ -323,6 +323,7 @@ class Projector:
             with tx.pipelined(commit=True) if small else nullcontext():
                 last = self._advance(tx, self.apply_notifications(tx, notifications) or notifications[-1].id)
         metrics.applied(self.name, len(notifications), time.perf_counter() - started)
+        self.database.batch_committed()
         self._moved_to(last)
         return len(notifications)
 

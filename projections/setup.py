@@ -37,6 +37,7 @@ def open_view_database(settings: Settings, schema: str | None = None) -> ViewDat
             schema or settings.postgres_schema,
             settings.postgres_pool_size,
             replica_conninfo=settings.replica_conninfo(),
+            auto_analyze=settings.postgres_auto_analyze,
         )
     return SQLiteViews(settings.data_dir / "views.sqlite")
 
