@@ -462,20 +462,21 @@ def measure(
     return figures
 
 
-class _Recording:
-    """A :class:`projections.db.Tx` that remembers the statements a search sends (for ``--explain``)."""
+class RecordingTx:
+    """A :class:`projections.db.Tx` that remembers the statements a search sends (for ``--explain``, and for
+    the tests that check a page query's plan)."""
 
     def __init__(self, tx: Any, seen: list[tuple[str, list[Any]]]) -> None:
         self._tx, self._seen = tx, seen
         self.dialect = tx.dialect
 
-    def execute(self, statement: str, params: Any = ()) -> _Recording:
+    def execute(self, statement: str, params: Any = ()) -> RecordingTx:
         self._seen.append((statement, list(params)))
         self._tx.execute(statement, params)
         return self
 
-    def unprepared(self) -> _Recording:
-        return _Recording(self._tx.unprepared(), self._seen)
+    def unprepared(self) -> RecordingTx:
+        return RecordingTx(self._tx.unprepared(), self._seen)
 
     def fetchone(self) -> Any:
         return self._tx.fetchone()
@@ -509,7 +510,7 @@ def explain(url: str, schema: str, generator: Generator, only: list[str], count:
                     seen: list[tuple[str, list[Any]]] = []
                     with services.views.read() as tx:
                         request = parse_search(resource_type, pairs)
-                        run_search(_Recording(tx, seen), "postgres", request, None, 20)  # type: ignore[arg-type]
+                        run_search(RecordingTx(tx, seen), "postgres", request, None, 20)  # type: ignore[arg-type]
                     statement, params = seen[-1]  # the page's own query comes last (no _include here)
                     text = statement.replace("%", "%%").replace("?", "%s")
                     if number == 0:

@@ -486,34 +486,24 @@ def _write_subscription(tx: Tx, change: Change) -> None:
     resource = json.loads(change.body)
     topic, kind, params = parse_criteria(resource)
     institution = str(change.context.get("institution") or "unknown")
+    # One statement whether the Subscription is new or updated; an update keeps the institution that created
+    # it (the owner the access policy checks at notify time) and the count of events numbered so far.
     tx.execute(
-        "UPDATE subscriptions SET resource_type = ?, params = ?, topic = ?, status = ?, version = ?, resource = ? "
-        "WHERE id = ?",
+        "INSERT INTO subscriptions (id, institution, resource_type, params, topic, status, version, resource, events) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO UPDATE SET resource_type = excluded.resource_type, "
+        "params = excluded.params, topic = excluded.topic, status = excluded.status, version = excluded.version, "
+        "resource = excluded.resource",
         (
+            change.resource_id,
+            institution,
             kind,
             json.dumps(params),
             topic,
             str(resource.get("status") or ""),
             change.version,
             change.body.decode(),
-            change.resource_id,
         ),
     )
-    if subscription_row(tx, change.resource_id) is None:
-        tx.execute(
-            "INSERT INTO subscriptions (id, institution, resource_type, params, topic, status, version, resource, "
-            "events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-            (
-                change.resource_id,
-                institution,
-                kind,
-                json.dumps(params),
-                topic,
-                str(resource.get("status") or ""),
-                change.version,
-                change.body.decode(),
-            ),
-        )
 
 
 _OUTBOX_INSERT = (

@@ -12,6 +12,7 @@ import orjson
 import psycopg
 import pytest
 
+from bench.search import RecordingTx
 from ehr_core.settings import Settings
 from fhir_api.services import Services
 from projections.search.engine import run_search
@@ -21,27 +22,6 @@ pytestmark = pytest.mark.postgres
 
 #: Resources of each set: enough that looking every one up costs what a page does not.
 ROWS = 3000
-
-
-class _Recording:
-    """The search's transaction, remembering each statement (the page query is explained after)."""
-
-    def __init__(self, tx: Any, seen: list[tuple[str, list[Any]]]) -> None:
-        self._tx, self._seen, self.dialect = tx, seen, tx.dialect
-
-    def execute(self, statement: str, params: Any = ()) -> _Recording:
-        self._seen.append((statement, list(params)))
-        self._tx.execute(statement, params)
-        return self
-
-    def unprepared(self) -> _Recording:
-        return _Recording(self._tx.unprepared(), self._seen)
-
-    def fetchone(self) -> Any:
-        return self._tx.fetchone()
-
-    def fetchall(self) -> Any:
-        return self._tx.fetchall()
 
 
 @pytest.fixture
@@ -61,7 +41,7 @@ def _page(services: Services, query: str, count: int = 20) -> tuple[list[int], A
     pairs = [(name, value) for name, _, value in (part.partition("=") for part in text.split("&"))]
     seen: list[tuple[str, list[Any]]] = []
     with services.views.read() as tx:
-        page = run_search(_Recording(tx, seen), "postgres", parse_search(resource_type, pairs), None, count)  # type: ignore[arg-type]
+        page = run_search(RecordingTx(tx, seen), "postgres", parse_search(resource_type, pairs), None, count)  # type: ignore[arg-type]
     return [match.sid for match in page.matches], page, seen
 
 
