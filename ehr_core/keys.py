@@ -372,18 +372,13 @@ class KeyStore:
             self._prepare_in_one(unknown)
             return
         # Each statement stands alone (an INSERT ... ON CONFLICT DO NOTHING is idempotent and a key nobody
-        # uses yet harms no one), so on PostgreSQL they run without BEGIN and COMMIT: a new patient's key
-        # costs three round trips, not seven, on the path of every create that starts a compartment.
+        # uses yet harms no one), so they run without BEGIN and COMMIT.
         with self._table.statements() as cursor:
             found = [_row(values) for values in self._select_compartments(cursor, unknown)]
             missing = sorted(set(unknown) - {row.compartment for row in found})
             for start in range(0, len(missing), _INSERT_ROWS):
                 chunk = missing[start : start + _INSERT_ROWS]
-                params: list[Any] = []
-                for compartment in chunk:
-                    key_id, data_key = os.urandom(_ID_BYTES), AESGCM.generate_key(bit_length=256)
-                    params += [key_id, compartment, self.master.wrap(key_id, data_key), self.master.id, _now()]
-                values = ", ".join("(?, ?, ?, ?, 'active', ?)" for _ in chunk)
+                params, values = self._new_rows(chunk)
                 cursor.execute(
                     f"INSERT INTO {self._table.name} (key_id, compartment, wrapped, master_id, status, created) "
                     f"VALUES {values} ON CONFLICT (compartment) DO NOTHING",
@@ -396,6 +391,15 @@ class KeyStore:
             if row.status != "shredded":
                 self._remember(row)
 
+    def _new_rows(self, compartments: list[str]) -> tuple[list[Any], str]:
+        """The parameters and ``VALUES`` list of one new key row per compartment, each data key wrapped by the
+        master key."""
+        params: list[Any] = []
+        for compartment in compartments:
+            key_id, data_key = os.urandom(_ID_BYTES), AESGCM.generate_key(bit_length=256)
+            params += [key_id, compartment, self.master.wrap(key_id, data_key), self.master.id, _now()]
+        return params, ", ".join("(?, ?, ?, ?, 'active', ?)" for _ in compartments)
+
     def _prepare_in_one(self, unknown: list[str]) -> None:
         """:meth:`prepare` on PostgreSQL: one statement (one round trip, on the path of every create that starts a
         compartment) inserts a key for each compartment and returns the rows: those it inserted, and those
@@ -405,11 +409,7 @@ class KeyStore:
         with self._table.statements() as cursor:
             for start in range(0, len(unknown), _INSERT_ROWS):
                 chunk = unknown[start : start + _INSERT_ROWS]
-                params: list[Any] = []
-                for compartment in chunk:
-                    key_id, data_key = os.urandom(_ID_BYTES), AESGCM.generate_key(bit_length=256)
-                    params += [key_id, compartment, self.master.wrap(key_id, data_key), self.master.id, _now()]
-                values = ", ".join("(?, ?, ?, ?, 'active', ?)" for _ in chunk)
+                params, values = self._new_rows(chunk)
                 marks = ", ".join("?" for _ in chunk)
                 # The statement's snapshot predates its own inserts: the inserted rows come from RETURNING,
                 # the others from the table.
