@@ -1,9 +1,9 @@
 """Round trips to PostgreSQL made by the current thread: what a request waits for, whatever the load.
 
 A round trip is each time a connection starts waiting for the server's answer after having sent something
-(a result arriving in pieces, or a pipeline's sends that only wait for the socket, count once), as
-``bench/round_trips.py`` counts them; only the calling thread's are counted (background writers keep
-working beside a test).
+(a result arriving in pieces, or a pipeline's sends that only wait for the socket, count once), counted by
+``bench/round_trips.py``'s own :func:`count_waits`; only the calling thread's are counted (background writers
+keep working beside a test).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.waiting import Wait
+
+from bench.round_trips import count_waits
 
 __all__ = ["RoundTrips", "counting_round_trips"]
 
@@ -23,6 +24,9 @@ class RoundTrips:
     def __init__(self) -> None:
         self.count = 0
 
+    def add(self) -> None:
+        self.count += 1
+
 
 @contextmanager
 def counting_round_trips() -> Iterator[RoundTrips]:
@@ -30,21 +34,9 @@ def counting_round_trips() -> Iterator[RoundTrips]:
     thread = threading.get_ident()
     original = psycopg.Connection.wait
 
-    def counting(gen: Any) -> Any:
-        reading = False
-        try:
-            state = next(gen)
-            while True:
-                if state == Wait.R and not reading:
-                    counted.count += 1
-                reading = state == Wait.R
-                state = gen.send((yield state))
-        except StopIteration as stop:
-            return stop.value
-
     def wait(self: Any, gen: Any, *args: Any, **kwargs: Any) -> Any:
         if threading.get_ident() == thread:
-            gen = counting(gen)
+            gen = count_waits(gen, counted.add)
         return original(self, gen, *args, **kwargs)
 
     psycopg.Connection.wait = wait  # type: ignore[method-assign]
