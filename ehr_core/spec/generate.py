@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ehr_core.resources.fhirpath_routes import compile_expression, reference_targets
 from ehr_core.spec.bindings_generator import required_codes_module
 from ehr_core.spec.elements_generator import elements_module
 from ehr_core.spec.invariants_generator import invariants_module
@@ -220,6 +221,19 @@ def _own_expression(resource_type: str, expression: str) -> str:
     return " | ".join(own)
 
 
+def _reference_targets(resource_type: str, rows: list[str]) -> list[str]:
+    """``type code target...`` for each reference parameter among ``rows`` (``code type expression``): what
+    its routes may point to, as the search registry compiles them, so the CapabilityStatement's includes and
+    revincludes (R4 §3.1.1.5.4) are plain data, read without the model of every resource type."""
+    lines = []
+    for row in rows:
+        code, kind, expression = row.split(" ", 2)
+        if kind == "reference":
+            found = reference_targets(compile_expression(resource_type, expression))
+            lines.append(" ".join((resource_type, code, *found)))
+    return lines
+
+
 def search_definitions_module(directory: Path) -> str:
     """The text of :mod:`projections.search.definitions`."""
     bundle = load(directory, "search-parameters.json")
@@ -237,6 +251,7 @@ def search_definitions_module(directory: Path) -> str:
     }
     composites: list[str] = []
     urls: list[str] = []
+    targets: list[str] = []
 
     def components(resource_type: str, code: str, parameter: dict[str, Any]) -> list[str] | None:
         """R4 search.html#composite: each component's parameter (definition url → code) and expression,
@@ -284,13 +299,18 @@ def search_definitions_module(directory: Path) -> str:
             and ("*", code) not in UNSUPPORTED_CODES
             and (resource_type, code) not in UNSUPPORTED_CODES
         )
-        out += [f'    "{resource_type}": """', *rows(resource_type, codes), '""",']
+        own = rows(resource_type, codes)
+        out += [f'    "{resource_type}": """', *own, '""",']
+        targets += _reference_targets(resource_type, own)
     out.append("}")
     out += ["", "# R4 search.html#composite: ``type composite component-code component-type component-expression``."]
     out += ['_COMPOSITES = """', *composites, '"""']
     out += ["", "# Each parameter's SearchParameter.url, where it is not ``SearchParameter/[type]-[code]`` (a shared"]
     out += ["# definition: ``clinical-patient``): ``type code url``."]
     out += ['_URLS = """', *urls, '"""']
+    out += ["", "# The types each reference parameter may point to, from its compiled routes (the R4B models' target"]
+    out += ["# profiles; ``Resource``: any type): ``type code target...``."]
+    out += ['_TARGETS = """', *targets, '"""']
     out += ["", "# R4 §3.1.1.5 parameters for all resources that no expression evaluates: ``code type url``."]
     specials = [
         f"{code} {parameter['type']} {parameter['url']}"
@@ -315,14 +335,15 @@ each is supported only where a module of ``projections/search`` implements it.
 
 One line per parameter: ``code type expression``; a composite's components (R4 search.html#composite)
 in :data:`COMPOSITES`, each with its expression relative to the composite's; :func:`definition_url` gives
-each parameter's ``SearchParameter.url`` (what the CapabilityStatement cites).
+each parameter's ``SearchParameter.url`` (what the CapabilityStatement cites); :data:`TARGETS` the types each
+reference parameter may point to, from its routes compiled against the R4B models (its includes and revincludes).
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
-__all__ = ["COMMON", "COMPOSITES", "DEFINITIONS", "SPECIAL", "ParamType", "definition_url"]
+__all__ = ["COMMON", "COMPOSITES", "DEFINITIONS", "SPECIAL", "TARGETS", "ParamType", "definition_url"]
 
 ParamType = str  # "token" | "string" | "date" | "reference" | "quantity" | "number" | "uri" | "composite"
 
@@ -357,9 +378,21 @@ def _components(text: str) -> dict[tuple[str, str], tuple[tuple[str, ParamType, 
 #: Per (resource type, composite code): its components' (code, type, expression relative to the composite's).
 COMPOSITES = MappingProxyType(_components(_COMPOSITES))
 
+
+def _targets(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for line in text.strip().splitlines():
+        resource_type, code, *targets = line.split(" ")
+        found[(resource_type, code)] = tuple(targets)
+    return found
+
+
 _SHARED_URLS = {
     (resource_type, code): url for resource_type, code, url in (line.split(" ") for line in _URLS.strip().splitlines())
 }
+
+#: Per (resource type, reference parameter code): the types it may point to (``("Resource",)``: any).
+TARGETS = MappingProxyType(_targets(_TARGETS))
 
 #: The parameters for all resources that no expression evaluates: code → (type, SearchParameter.url).
 SPECIAL = MappingProxyType(

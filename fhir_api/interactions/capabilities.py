@@ -22,7 +22,8 @@ from fhir_api.operations.definitions import OPERATIONS, definition_resource, def
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
 from projections.search import capability_search_params, capability_system_search_params
-from projections.search.registry import parameters
+from projections.search.definitions import TARGETS
+from projections.search.registry import declared
 from projections.subscriptions import BACKPORT, TOPICS
 
 router = APIRouter()
@@ -58,18 +59,22 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
 @cache
 def _includes() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """``searchInclude`` and ``searchRevInclude`` per type: ``Source:param`` for each reference parameter
-    (R4 §3.1.1.5.4), a revinclude under every type the parameter may point to."""
+    (R4 §3.1.1.5.4), a revinclude under every type the parameter may point to.
+
+    Read from the generated tables, not the compiled registry: compiling needs the R4B model of every type,
+    tens of MiB that a server answering ``/metadata`` would then keep for its whole life."""
     includes: dict[str, list[str]] = {}
     revincludes: dict[str, list[str]] = {}
     types = supported_types()
     for source in types:
         if source in LOG_SEARCH_PARAMETERS:  # their searches take no _include, and they are not indexed
             continue
-        for code, param in sorted(parameters(source).items()):
-            if param.type != "reference":
+        for code, kind in sorted(declared(source).items()):
+            if kind != "reference":
                 continue
             includes.setdefault(source, []).append(f"{source}:{code}")
-            targets = types if "Resource" in param.targets or not param.targets else param.targets
+            found = TARGETS.get((source, code), ())
+            targets = types if "Resource" in found or not found else found
             for target in targets:
                 if target not in LOG_SEARCH_PARAMETERS:  # their searches take no _revinclude either
                     revincludes.setdefault(target, []).append(f"{source}:{code}")

@@ -11,14 +11,15 @@ each is supported only where a module of ``projections/search`` implements it.
 
 One line per parameter: ``code type expression``; a composite's components (R4 search.html#composite)
 in :data:`COMPOSITES`, each with its expression relative to the composite's; :func:`definition_url` gives
-each parameter's ``SearchParameter.url`` (what the CapabilityStatement cites).
+each parameter's ``SearchParameter.url`` (what the CapabilityStatement cites); :data:`TARGETS` the types each
+reference parameter may point to, from its routes compiled against the R4B models (its includes and revincludes).
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
-__all__ = ["COMMON", "COMPOSITES", "DEFINITIONS", "SPECIAL", "ParamType", "definition_url"]
+__all__ = ["COMMON", "COMPOSITES", "DEFINITIONS", "SPECIAL", "TARGETS", "ParamType", "definition_url"]
 
 ParamType = str  # "token" | "string" | "date" | "reference" | "quantity" | "number" | "uri" | "composite"
 
@@ -2424,6 +2425,511 @@ VisionPrescription identifier http://hl7.org/fhir/SearchParameter/clinical-ident
 VisionPrescription patient http://hl7.org/fhir/SearchParameter/clinical-patient
 """
 
+# The types each reference parameter may point to, from its compiled routes (the R4B models' target
+# profiles; ``Resource``: any type): ``type code target...``.
+_TARGETS = """
+Account owner Organization
+Account patient Patient
+Account subject Patient Device Practitioner PractitionerRole Location HealthcareService Organization
+ActivityDefinition composed-of Resource
+ActivityDefinition depends-on Resource Library
+ActivityDefinition derived-from Resource
+ActivityDefinition predecessor Resource
+ActivityDefinition successor Resource
+AdverseEvent location Location
+AdverseEvent recorder Patient Practitioner PractitionerRole RelatedPerson
+AdverseEvent resultingcondition Condition
+AdverseEvent study ResearchStudy
+AdverseEvent subject Patient Group Practitioner RelatedPerson
+AdverseEvent substance Immunization Procedure Substance Medication MedicationAdministration MedicationStatement Device
+AllergyIntolerance asserter Patient RelatedPerson Practitioner PractitionerRole
+AllergyIntolerance patient Patient
+AllergyIntolerance recorder Practitioner PractitionerRole Patient RelatedPerson
+Appointment actor Patient Practitioner PractitionerRole RelatedPerson Device HealthcareService Location
+Appointment based-on ServiceRequest
+Appointment location Location
+Appointment patient Patient
+Appointment practitioner Practitioner
+Appointment reason-reference Condition Procedure Observation ImmunizationRecommendation
+Appointment slot Slot
+Appointment supporting-info Resource
+AppointmentResponse actor Patient Practitioner PractitionerRole RelatedPerson Device HealthcareService Location
+AppointmentResponse appointment Appointment
+AppointmentResponse location Location
+AppointmentResponse patient Patient
+AppointmentResponse practitioner Practitioner
+AuditEvent agent PractitionerRole Practitioner Organization Device Patient RelatedPerson
+AuditEvent entity Resource
+AuditEvent patient Patient
+AuditEvent source PractitionerRole Practitioner Organization Device Patient RelatedPerson
+Basic author Practitioner PractitionerRole Patient RelatedPerson Organization
+Basic patient Patient
+Basic subject Resource
+BodyStructure patient Patient
+CapabilityStatement guide ImplementationGuide
+CapabilityStatement resource-profile StructureDefinition
+CapabilityStatement supported-profile StructureDefinition
+CarePlan activity-reference Appointment CommunicationRequest DeviceRequest MedicationRequest NutritionOrder Task ServiceRequest VisionPrescription RequestGroup
+CarePlan based-on CarePlan
+CarePlan care-team CareTeam
+CarePlan condition Condition
+CarePlan encounter Encounter
+CarePlan goal Goal
+CarePlan instantiates-canonical PlanDefinition Questionnaire Measure ActivityDefinition OperationDefinition
+CarePlan part-of CarePlan
+CarePlan patient Patient
+CarePlan performer Practitioner PractitionerRole Organization RelatedPerson Patient CareTeam HealthcareService Device
+CarePlan replaces CarePlan
+CarePlan subject Patient Group
+CareTeam encounter Encounter
+CareTeam participant Practitioner PractitionerRole RelatedPerson Patient Organization CareTeam
+CareTeam patient Patient
+CareTeam subject Patient Group
+ChargeItem account Account
+ChargeItem context Encounter EpisodeOfCare
+ChargeItem enterer Practitioner PractitionerRole Organization Patient Device RelatedPerson
+ChargeItem patient Patient
+ChargeItem performer-actor Practitioner PractitionerRole Organization CareTeam Patient Device RelatedPerson
+ChargeItem performing-organization Organization
+ChargeItem requesting-organization Organization
+ChargeItem service DiagnosticReport ImagingStudy Immunization MedicationAdministration MedicationDispense Observation Procedure SupplyDelivery
+ChargeItem subject Patient Group
+Claim care-team Practitioner PractitionerRole Organization
+Claim encounter Encounter
+Claim enterer Practitioner PractitionerRole
+Claim facility Location
+Claim insurer Organization
+Claim patient Patient
+Claim payee Practitioner PractitionerRole Organization Patient RelatedPerson
+Claim provider Practitioner PractitionerRole Organization
+ClaimResponse insurer Organization
+ClaimResponse patient Patient
+ClaimResponse request Claim
+ClaimResponse requestor Practitioner PractitionerRole Organization
+ClinicalImpression assessor Practitioner PractitionerRole
+ClinicalImpression encounter Encounter
+ClinicalImpression finding-ref Condition Observation Media
+ClinicalImpression investigation Observation QuestionnaireResponse FamilyMemberHistory DiagnosticReport RiskAssessment ImagingStudy Media
+ClinicalImpression patient Patient
+ClinicalImpression previous ClinicalImpression
+ClinicalImpression problem Condition AllergyIntolerance
+ClinicalImpression subject Patient Group
+ClinicalImpression supporting-info Resource
+CodeSystem supplements CodeSystem
+Communication based-on Resource
+Communication encounter Encounter
+Communication instantiates-canonical PlanDefinition ActivityDefinition Measure OperationDefinition Questionnaire
+Communication part-of Resource
+Communication patient Patient
+Communication recipient Device Organization Patient Practitioner PractitionerRole RelatedPerson Group CareTeam HealthcareService
+Communication sender Device Organization Patient Practitioner PractitionerRole RelatedPerson HealthcareService
+Communication subject Patient Group
+CommunicationRequest based-on Resource
+CommunicationRequest encounter Encounter
+CommunicationRequest patient Patient
+CommunicationRequest recipient Device Organization Patient Practitioner PractitionerRole RelatedPerson Group CareTeam HealthcareService
+CommunicationRequest replaces CommunicationRequest
+CommunicationRequest requester Practitioner PractitionerRole Organization Patient RelatedPerson Device
+CommunicationRequest sender Device Organization Patient Practitioner PractitionerRole RelatedPerson HealthcareService
+CommunicationRequest subject Patient Group
+Composition attester Patient RelatedPerson Practitioner PractitionerRole Organization
+Composition author Practitioner PractitionerRole Device Patient RelatedPerson Organization
+Composition encounter Encounter
+Composition entry Resource
+Composition patient Patient
+Composition related-ref Composition
+Composition subject Resource
+ConceptMap other ConceptMap
+ConceptMap source ValueSet
+ConceptMap source-uri Resource
+ConceptMap target ValueSet
+ConceptMap target-uri Resource
+Condition asserter Practitioner PractitionerRole Patient RelatedPerson
+Condition encounter Encounter
+Condition evidence-detail Resource
+Condition patient Patient
+Condition subject Patient Group
+Consent actor Device Group CareTeam Organization Patient Practitioner RelatedPerson PractitionerRole
+Consent consentor Organization Patient Practitioner RelatedPerson PractitionerRole
+Consent data Resource
+Consent organization Organization
+Consent patient Patient
+Consent source-reference Consent DocumentReference Contract QuestionnaireResponse
+Contract authority Organization
+Contract domain Location
+Contract patient Patient
+Contract signer Organization Patient Practitioner PractitionerRole RelatedPerson
+Contract subject Resource
+Coverage beneficiary Patient
+Coverage patient Patient
+Coverage payor Organization Patient RelatedPerson
+Coverage policy-holder Patient RelatedPerson Organization
+Coverage subscriber Patient RelatedPerson
+CoverageEligibilityRequest enterer Practitioner PractitionerRole
+CoverageEligibilityRequest facility Location
+CoverageEligibilityRequest patient Patient
+CoverageEligibilityRequest provider Practitioner PractitionerRole Organization
+CoverageEligibilityResponse insurer Organization
+CoverageEligibilityResponse patient Patient
+CoverageEligibilityResponse request CoverageEligibilityRequest
+CoverageEligibilityResponse requestor Practitioner PractitionerRole Organization
+DetectedIssue author Practitioner PractitionerRole Device
+DetectedIssue implicated Resource
+DetectedIssue patient Patient
+Device location Location
+Device organization Organization
+Device patient Patient
+DeviceDefinition parent DeviceDefinition
+DeviceMetric parent Device
+DeviceMetric source Device
+DeviceRequest based-on Resource
+DeviceRequest device Device
+DeviceRequest encounter Encounter
+DeviceRequest instantiates-canonical ActivityDefinition PlanDefinition
+DeviceRequest insurance Coverage ClaimResponse
+DeviceRequest patient Patient
+DeviceRequest performer Practitioner PractitionerRole Organization CareTeam HealthcareService Patient Device RelatedPerson
+DeviceRequest prior-request Resource
+DeviceRequest requester Device Practitioner PractitionerRole Organization
+DeviceRequest subject Patient Group Location Device
+DeviceUseStatement device Device
+DeviceUseStatement patient Patient Group
+DeviceUseStatement subject Patient Group
+DiagnosticReport based-on CarePlan ImmunizationRecommendation MedicationRequest NutritionOrder ServiceRequest
+DiagnosticReport encounter Encounter
+DiagnosticReport media Media
+DiagnosticReport patient Patient
+DiagnosticReport performer Practitioner PractitionerRole Organization CareTeam
+DiagnosticReport result Observation
+DiagnosticReport results-interpreter Practitioner PractitionerRole Organization CareTeam
+DiagnosticReport specimen Specimen
+DiagnosticReport subject Patient Group Device Location Organization Procedure Practitioner Medication Substance
+DocumentManifest author Practitioner PractitionerRole Organization Device Patient RelatedPerson
+DocumentManifest item Resource
+DocumentManifest patient Patient
+DocumentManifest recipient Patient Practitioner PractitionerRole RelatedPerson Organization
+DocumentManifest related-ref Resource
+DocumentManifest subject Patient Practitioner Group Device
+DocumentReference authenticator Practitioner PractitionerRole Organization
+DocumentReference author Practitioner PractitionerRole Organization Device Patient RelatedPerson
+DocumentReference custodian Organization
+DocumentReference encounter Encounter EpisodeOfCare
+DocumentReference patient Patient
+DocumentReference related Resource
+DocumentReference relatesto DocumentReference
+DocumentReference subject Patient Practitioner Group Device
+Encounter account Account
+Encounter appointment Appointment
+Encounter based-on ServiceRequest
+Encounter diagnosis Condition Procedure
+Encounter episode-of-care EpisodeOfCare
+Encounter location Location
+Encounter part-of Encounter
+Encounter participant Practitioner PractitionerRole RelatedPerson
+Encounter patient Patient
+Encounter practitioner Practitioner
+Encounter reason-reference Condition Procedure Observation ImmunizationRecommendation
+Encounter service-provider Organization
+Encounter subject Patient Group
+Endpoint organization Organization
+EnrollmentRequest patient Patient
+EnrollmentRequest subject Patient
+EnrollmentResponse request EnrollmentRequest
+EpisodeOfCare care-manager Practitioner
+EpisodeOfCare condition Condition
+EpisodeOfCare incoming-referral ServiceRequest
+EpisodeOfCare organization Organization
+EpisodeOfCare patient Patient
+EventDefinition composed-of Resource
+EventDefinition depends-on Resource
+EventDefinition derived-from Resource
+EventDefinition predecessor Resource
+EventDefinition successor Resource
+Evidence composed-of Resource
+Evidence depends-on Resource
+Evidence derived-from Resource
+Evidence predecessor Resource
+Evidence successor Resource
+EvidenceVariable composed-of Resource
+EvidenceVariable depends-on Resource
+EvidenceVariable derived-from Resource
+EvidenceVariable predecessor Resource
+EvidenceVariable successor Resource
+ExplanationOfBenefit care-team Practitioner PractitionerRole Organization
+ExplanationOfBenefit claim Claim
+ExplanationOfBenefit coverage Coverage
+ExplanationOfBenefit encounter Encounter
+ExplanationOfBenefit enterer Practitioner PractitionerRole
+ExplanationOfBenefit facility Location
+ExplanationOfBenefit patient Patient
+ExplanationOfBenefit payee Practitioner PractitionerRole Organization Patient RelatedPerson
+ExplanationOfBenefit provider Practitioner PractitionerRole Organization
+FamilyMemberHistory instantiates-canonical PlanDefinition Questionnaire ActivityDefinition Measure OperationDefinition
+FamilyMemberHistory patient Patient
+Flag author Device Organization Patient Practitioner PractitionerRole
+Flag encounter Encounter
+Flag patient Patient
+Flag subject Patient Location Group Organization Practitioner PlanDefinition Medication Procedure
+Goal patient Patient
+Goal subject Patient Group Organization
+Group managing-entity Organization RelatedPerson Practitioner PractitionerRole
+Group member Patient RelatedPerson Practitioner PractitionerRole Device Medication Substance Group
+GuidanceResponse patient Patient
+GuidanceResponse subject Patient Group
+HealthcareService coverage-area Location
+HealthcareService endpoint Endpoint
+HealthcareService location Location
+HealthcareService organization Organization
+ImagingStudy basedon CarePlan ServiceRequest Appointment AppointmentResponse Task
+ImagingStudy encounter Encounter
+ImagingStudy endpoint Endpoint
+ImagingStudy interpreter Practitioner PractitionerRole
+ImagingStudy patient Patient
+ImagingStudy performer Practitioner PractitionerRole Organization CareTeam Patient Device RelatedPerson
+ImagingStudy referrer Practitioner PractitionerRole
+ImagingStudy subject Patient Device Group
+Immunization location Location
+Immunization manufacturer Organization
+Immunization patient Patient
+Immunization performer Practitioner PractitionerRole Organization
+Immunization reaction Observation
+Immunization reason-reference Condition Observation DiagnosticReport
+ImmunizationEvaluation immunization-event Immunization
+ImmunizationEvaluation patient Patient
+ImmunizationRecommendation information Resource
+ImmunizationRecommendation patient Patient
+ImmunizationRecommendation support Immunization ImmunizationEvaluation
+ImplementationGuide depends-on ImplementationGuide
+ImplementationGuide global StructureDefinition
+ImplementationGuide resource Resource
+InsurancePlan administered-by Organization
+InsurancePlan endpoint Endpoint
+InsurancePlan owned-by Organization
+Invoice account Account
+Invoice issuer Organization
+Invoice participant Practitioner Organization Patient PractitionerRole Device RelatedPerson
+Invoice patient Patient
+Invoice recipient Organization Patient RelatedPerson
+Invoice subject Patient Group
+Library composed-of Resource
+Library depends-on Resource
+Library derived-from Resource
+Library predecessor Resource
+Library successor Resource
+Linkage author Practitioner PractitionerRole Organization
+Linkage item Resource
+Linkage source Resource
+List encounter Encounter
+List item Resource
+List patient Patient
+List source Practitioner PractitionerRole Patient Device
+List subject Patient Group Device Location
+Location endpoint Endpoint
+Location organization Organization
+Location partof Location
+Measure composed-of Resource
+Measure depends-on Resource Library
+Measure derived-from Resource
+Measure predecessor Resource
+Measure successor Resource
+MeasureReport evaluated-resource Resource
+MeasureReport measure Measure
+MeasureReport patient Patient
+MeasureReport reporter Practitioner PractitionerRole Location Organization
+MeasureReport subject Patient Practitioner PractitionerRole Location Device RelatedPerson Group
+Media based-on ServiceRequest CarePlan
+Media device Device DeviceMetric Device
+Media encounter Encounter
+Media operator Practitioner PractitionerRole Organization CareTeam Patient Device RelatedPerson
+Media patient Patient
+Media subject Patient Practitioner PractitionerRole Group Device Specimen Location
+Medication ingredient Substance Medication
+Medication manufacturer Organization
+MedicationAdministration context Encounter EpisodeOfCare
+MedicationAdministration device Device
+MedicationAdministration medication Medication
+MedicationAdministration patient Patient
+MedicationAdministration performer Practitioner PractitionerRole Patient RelatedPerson Device
+MedicationAdministration request MedicationRequest
+MedicationAdministration subject Patient Group
+MedicationDispense context Encounter EpisodeOfCare
+MedicationDispense destination Location
+MedicationDispense medication Medication
+MedicationDispense patient Patient
+MedicationDispense performer Practitioner PractitionerRole Organization Patient Device RelatedPerson
+MedicationDispense prescription MedicationRequest
+MedicationDispense receiver Patient Practitioner
+MedicationDispense responsibleparty Practitioner PractitionerRole
+MedicationDispense subject Patient Group
+MedicationKnowledge ingredient Substance
+MedicationKnowledge manufacturer Organization
+MedicationKnowledge monograph DocumentReference Media
+MedicationRequest encounter Encounter
+MedicationRequest intended-dispenser Organization
+MedicationRequest intended-performer Practitioner PractitionerRole Organization Patient Device RelatedPerson CareTeam
+MedicationRequest medication Medication
+MedicationRequest patient Patient
+MedicationRequest requester Practitioner PractitionerRole Organization Patient RelatedPerson Device
+MedicationRequest subject Patient Group
+MedicationStatement context Encounter EpisodeOfCare
+MedicationStatement medication Medication
+MedicationStatement part-of MedicationAdministration MedicationDispense MedicationStatement Procedure Observation
+MedicationStatement patient Patient
+MedicationStatement source Patient Practitioner PractitionerRole RelatedPerson Organization
+MedicationStatement subject Patient Group
+MessageDefinition parent ActivityDefinition PlanDefinition
+MessageHeader author Practitioner PractitionerRole
+MessageHeader enterer Practitioner PractitionerRole
+MessageHeader focus Resource
+MessageHeader receiver Practitioner PractitionerRole Organization
+MessageHeader responsible Practitioner PractitionerRole Organization
+MessageHeader sender Practitioner PractitionerRole Organization
+MessageHeader target Device
+MolecularSequence patient Patient
+NutritionOrder encounter Encounter
+NutritionOrder instantiates-canonical ActivityDefinition PlanDefinition
+NutritionOrder patient Patient
+NutritionOrder provider Practitioner PractitionerRole
+Observation based-on CarePlan DeviceRequest ImmunizationRecommendation MedicationRequest NutritionOrder ServiceRequest
+Observation derived-from DocumentReference ImagingStudy Media QuestionnaireResponse Observation MolecularSequence
+Observation device Device DeviceMetric
+Observation encounter Encounter
+Observation focus Resource
+Observation has-member Observation QuestionnaireResponse MolecularSequence
+Observation part-of MedicationAdministration MedicationDispense MedicationStatement Procedure Immunization ImagingStudy
+Observation patient Patient
+Observation performer Practitioner PractitionerRole Organization CareTeam Patient RelatedPerson
+Observation specimen Specimen
+Observation subject Patient Group Device Location Organization Procedure Practitioner Medication Substance
+OperationDefinition base OperationDefinition
+OperationDefinition input-profile StructureDefinition
+OperationDefinition output-profile StructureDefinition
+Organization endpoint Endpoint
+Organization partof Organization
+OrganizationAffiliation endpoint Endpoint
+OrganizationAffiliation location Location
+OrganizationAffiliation network Organization
+OrganizationAffiliation participating-organization Organization
+OrganizationAffiliation primary-organization Organization
+OrganizationAffiliation service HealthcareService
+Patient general-practitioner Organization Practitioner PractitionerRole
+Patient link Patient RelatedPerson
+Patient organization Organization
+PaymentNotice provider Practitioner PractitionerRole Organization
+PaymentNotice request Resource
+PaymentNotice response Resource
+PaymentReconciliation payment-issuer Organization
+PaymentReconciliation request Task
+PaymentReconciliation requestor Practitioner PractitionerRole Organization
+Person link Patient Practitioner RelatedPerson Person
+Person organization Organization
+Person patient Patient
+Person practitioner Practitioner
+Person relatedperson RelatedPerson
+PlanDefinition composed-of Resource
+PlanDefinition definition ActivityDefinition PlanDefinition Questionnaire
+PlanDefinition depends-on Resource Library
+PlanDefinition derived-from Resource
+PlanDefinition predecessor Resource
+PlanDefinition successor Resource
+PractitionerRole endpoint Endpoint
+PractitionerRole location Location
+PractitionerRole organization Organization
+PractitionerRole practitioner Practitioner
+PractitionerRole service HealthcareService
+Procedure based-on CarePlan ServiceRequest
+Procedure encounter Encounter
+Procedure instantiates-canonical PlanDefinition ActivityDefinition Measure OperationDefinition Questionnaire
+Procedure location Location
+Procedure part-of Procedure Observation MedicationAdministration
+Procedure patient Patient
+Procedure performer Practitioner PractitionerRole Organization Patient RelatedPerson Device
+Procedure reason-reference Condition Observation Procedure DiagnosticReport DocumentReference
+Procedure subject Patient Group
+Provenance agent Practitioner PractitionerRole RelatedPerson Patient Device Organization
+Provenance entity Resource
+Provenance location Location
+Provenance patient Patient
+Provenance target Resource
+QuestionnaireResponse author Device Practitioner PractitionerRole Patient RelatedPerson Organization
+QuestionnaireResponse based-on CarePlan ServiceRequest
+QuestionnaireResponse encounter Encounter
+QuestionnaireResponse part-of Observation Procedure
+QuestionnaireResponse patient Patient
+QuestionnaireResponse questionnaire Questionnaire
+QuestionnaireResponse source Patient Practitioner PractitionerRole RelatedPerson
+QuestionnaireResponse subject Resource
+RelatedPerson patient Patient
+RequestGroup author Device Practitioner PractitionerRole
+RequestGroup encounter Encounter
+RequestGroup instantiates-canonical Resource
+RequestGroup participant Patient Practitioner PractitionerRole RelatedPerson Device
+RequestGroup patient Patient
+RequestGroup subject Patient Group
+ResearchDefinition composed-of Resource
+ResearchDefinition depends-on Resource Library
+ResearchDefinition derived-from Resource
+ResearchDefinition predecessor Resource
+ResearchDefinition successor Resource
+ResearchElementDefinition composed-of Resource
+ResearchElementDefinition depends-on Resource Library
+ResearchElementDefinition derived-from Resource
+ResearchElementDefinition predecessor Resource
+ResearchElementDefinition successor Resource
+ResearchStudy partof ResearchStudy
+ResearchStudy principalinvestigator Practitioner PractitionerRole
+ResearchStudy protocol PlanDefinition
+ResearchStudy site Location
+ResearchStudy sponsor Organization
+ResearchSubject individual Patient
+ResearchSubject patient Patient
+ResearchSubject study ResearchStudy
+RiskAssessment condition Condition
+RiskAssessment encounter Encounter
+RiskAssessment patient Patient
+RiskAssessment performer Practitioner PractitionerRole Device
+RiskAssessment subject Patient Group
+Schedule actor Patient Practitioner PractitionerRole RelatedPerson Device HealthcareService Location
+SearchParameter component SearchParameter
+SearchParameter derived-from SearchParameter
+ServiceRequest based-on CarePlan ServiceRequest MedicationRequest
+ServiceRequest encounter Encounter
+ServiceRequest instantiates-canonical ActivityDefinition PlanDefinition
+ServiceRequest patient Patient
+ServiceRequest performer Practitioner PractitionerRole Organization CareTeam HealthcareService Patient Device RelatedPerson
+ServiceRequest replaces ServiceRequest
+ServiceRequest requester Practitioner PractitionerRole Organization Patient RelatedPerson Device
+ServiceRequest specimen Specimen
+ServiceRequest subject Patient Group Location Device
+Slot schedule Schedule
+Specimen collector Practitioner PractitionerRole
+Specimen parent Specimen
+Specimen patient Patient
+Specimen subject Patient Group Device Substance Location
+StructureDefinition base StructureDefinition
+StructureDefinition valueset ValueSet
+Substance substance-reference Substance
+SupplyDelivery patient Patient
+SupplyDelivery receiver Practitioner PractitionerRole
+SupplyDelivery supplier Practitioner PractitionerRole Organization
+SupplyRequest requester Practitioner PractitionerRole Organization Patient RelatedPerson Device
+SupplyRequest subject Organization Location Patient
+SupplyRequest supplier Organization HealthcareService
+Task based-on Resource
+Task encounter Encounter
+Task focus Resource
+Task owner Practitioner PractitionerRole Organization CareTeam HealthcareService Patient Device RelatedPerson
+Task part-of Task
+Task patient Patient
+Task requester Device Organization Patient Practitioner PractitionerRole RelatedPerson
+Task subject Resource
+TestReport testscript TestScript
+VerificationResult target Resource
+VisionPrescription encounter Encounter
+VisionPrescription patient Patient
+VisionPrescription prescriber Practitioner PractitionerRole
+"""
+
 # R4 §3.1.1.5 parameters for all resources that no expression evaluates: ``code type url``.
 _SPECIAL = """
 _text string http://hl7.org/fhir/SearchParameter/DomainResource-text
@@ -2458,9 +2964,21 @@ def _components(text: str) -> dict[tuple[str, str], tuple[tuple[str, ParamType, 
 #: Per (resource type, composite code): its components' (code, type, expression relative to the composite's).
 COMPOSITES = MappingProxyType(_components(_COMPOSITES))
 
+
+def _targets(text: str) -> dict[tuple[str, str], tuple[str, ...]]:
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for line in text.strip().splitlines():
+        resource_type, code, *targets = line.split(" ")
+        found[(resource_type, code)] = tuple(targets)
+    return found
+
+
 _SHARED_URLS = {
     (resource_type, code): url for resource_type, code, url in (line.split(" ") for line in _URLS.strip().splitlines())
 }
+
+#: Per (resource type, reference parameter code): the types it may point to (``("Resource",)``: any).
+TARGETS = MappingProxyType(_targets(_TARGETS))
 
 #: The parameters for all resources that no expression evaluates: code → (type, SearchParameter.url).
 SPECIAL = MappingProxyType(

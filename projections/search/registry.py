@@ -1,7 +1,7 @@
 """The search parameters by resource type, compiled (R4 §3.1.1.4 "Search Parameters").
 
 A :class:`SearchParameter` is one row of :mod:`projections.search.definitions` with its expression
-compiled to routes (:mod:`projections.search.paths`) and, for references, the types it may point to.
+compiled to routes (:mod:`ehr_core.resources.fhirpath_routes`) and, for references, the types it may point to.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import cache
 
+from ehr_core.resources.fhirpath_routes import Route, compile_expression, reference_targets
 from projections.search.definitions import COMMON, COMPOSITES, DEFINITIONS
-from projections.search.paths import Route, compile_expression
 
 __all__ = [
     "SPECIAL",
@@ -78,14 +78,11 @@ def parameters(resource_type: str) -> dict[str, SearchParameter]:
             found[code] = _composite(resource_type, code, expression)
             continue
         routes = () if expression in SPECIAL else compile_expression(resource_type, expression)
-        targets: list[str] = []
-        for route in routes:
-            targets += [t for t in route.targets if t not in targets]
-        if kind == "reference" and routes and not targets:
-            # A reference parameter over a plain ``uri`` (ConceptMap.source[x]) or an untyped ``canonical``:
-            # the element definition names no target profile, so any resource type may be its target.
-            targets = ["Resource"]
-        found[code] = SearchParameter(resource_type, code, kind, expression, routes, tuple(targets))
+        if kind == "reference":
+            targets = reference_targets(routes)
+        else:
+            targets = tuple(dict.fromkeys(t for route in routes for t in route.targets))
+        found[code] = SearchParameter(resource_type, code, kind, expression, routes, targets)
     return found
 
 
