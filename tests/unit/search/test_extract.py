@@ -126,7 +126,8 @@ def _reference(resource: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def _composite(rows: Rows, param: SearchParameter, resource: dict[str, Any]) -> None:
-    columns = SEARCH_TYPES["composite"].table.columns[2:]  # after component, rep
+    columns = SEARCH_TYPES["composite"].table.columns[4:]  # after component, rep and the key's token
+    key = next((n for n, component in enumerate(param.components) if component.type == "token"), None)
     ordinal = 0
     for repetition in param.repetitions:
         for element in walk(resource, repetition):
@@ -143,8 +144,13 @@ def _composite(rows: Rows, param: SearchParameter, resource: dict[str, Any]) -> 
                 ]
                 found.append([tuple(row.get(column) for column in columns) for row in typed])
             if all(found):
+                # The key (first token component) has no rows: each of the others' rows carries its token.
+                tokens = [(None, None)] if key is None else [row[:2] for row in found[key]]
                 for number, component_rows in enumerate(found):
-                    rows.composite += [(param.code, number, ordinal, *row) for row in component_rows]
+                    if number != key:
+                        rows.composite += [
+                            (param.code, number, ordinal, *token, *row) for token in tokens for row in component_rows
+                        ]
             ordinal += 1
 
 
