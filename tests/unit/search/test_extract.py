@@ -178,4 +178,4 @@ def test_extraction_gives_the_rows_of_every_parameter_read_on_its_own() -> None:
         for name, wanted in expected.items():
             found = [row for row in getattr(rows, name) if not (name == "token" and row[0] == "deceased")]
             assert sorted(found, key=repr) == wanted, (resource["resourceType"], resource.get("id"), name)
-    assert composites > 1000
+    assert composites > 500  # the key has no rows of its own: a code$value pair is one row (types/composite.py)
