@@ -378,10 +378,15 @@ def test_an_index_of_the_unkeyed_layout_is_built_again(services: Services, clien
             "canonical_high REAL, sid BIGINT NOT NULL)"
         )
         tx.execute("CREATE INDEX search_composite_lookup0 ON search_composite (resource_type, param, component, code)")
+        tx.execute(
+            "INSERT INTO search_composite (resource_type, param, component, rep, system, code, sid) "
+            "VALUES ('Observation', 'code-value-quantity', 0, 0, 'http://loinc.org', '29463-7', 1)"
+        )
         tx.execute("UPDATE search_registry SET fingerprint = 'before-keys'")
     with services.views.write() as tx:
         SearchIndex().create(tx, services.views.dialect)
         assert tx.execute("SELECT COUNT(*) FROM search_composite").fetchone()[0] == 0
+        assert tx.execute("SELECT COUNT(*) FROM search_composite WHERE token_code IS NULL").fetchone()[0] == 0
     assert stale(services.views)
     reindex(services.views)
     assert _ids(client, f"/fhir/Observation?code-value-quantity={LOINC}|29463-7$gt60") == ["w70"]
