@@ -17,11 +17,12 @@ row per coding when the key has several). So ``code = X AND value > 60`` is one 
 order — the order a page is read in, so the page stops after its first matches — with the value compared
 within the index entry. Joining a code row to a value row instead (two ranges, hashed or looped whatever
 the statistics say) read every row of the code and every value over the threshold of any code (measured
-at 1,000,000 resources: p99 300 ms). A third component (``chromosome$start$end``) is its rows joined on
-``(sid, rep)``, reached through the same key. A composite without a token component (none in R4) keeps a
-row per component value, and a search joins the components' rows on ``(sid, rep)``. The SQL is the same
-text on SQLite and PostgreSQL. Each component value is parsed and matched by its own type
-(:meth:`SearchType.parse_value`, :meth:`SearchType.match`). Composites take no modifiers but ``:missing``.
+at 400,000 resources, bench.search: page query p99 129,386 buffers against 388). A third component
+(``chromosome$start$end``) is its rows joined on ``(sid, rep)``, reached through the same key. A
+composite without a token component (none in R4) keeps a row per component value, and a search joins the
+components' rows on ``(sid, rep)``. The SQL is the same text on SQLite and PostgreSQL. Each component
+value is parsed and matched by its own type (:meth:`SearchType.parse_value`, :meth:`SearchType.match`).
+Composites take no modifiers but ``:missing``.
 """
 
 from __future__ import annotations
