@@ -187,6 +187,7 @@ class SearchIndex(View):
     )
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
+        _drop_unkeyed_composites(tx, dialect)
         _add_canonical_columns(tx, dialect)
         for statement in _ddl(dialect):
             tx.execute(statement)
@@ -330,6 +331,28 @@ _ADDED_COLUMNS = {
     table: {"canonical": "{text}", "canonical_low": "{real}", "canonical_high": "{real}"}
     for table in ("search_quantity", "search_composite")
 }
+
+
+def _columns_of(tx: Tx, dialect: Dialect, table: str) -> set[str]:
+    """The columns of ``table`` (empty: no such table)."""
+    if dialect == "postgres":
+        rows = tx.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(?) AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        ).fetchall()
+    else:
+        rows = [(row[1],) for row in tx.execute(f"PRAGMA table_info({table})").fetchall()]
+    return {str(row[0]) for row in rows}
+
+
+def _drop_unkeyed_composites(tx: Tx, dialect: Dialect) -> None:
+    """A ``search_composite`` of the layout before composites had keys (a row per component value, no
+    ``token_code``; types/composite.py) is dropped, its indexes with it, to be created anew: its rows cannot
+    answer the keyed searches, and the extraction version those rows were built with (extract.py) makes the
+    server index every stored resource again (reindex.py)."""
+    present = _columns_of(tx, dialect, "search_composite")
+    if present and "token_code" not in present:
+        tx.execute("DROP TABLE search_composite")
 
 
 def _add_canonical_columns(tx: Tx, dialect: Dialect) -> None:

@@ -9,7 +9,11 @@ and every one of them is read whatever the page: planned as a semi-join, each ma
 ``Encounter?_text=<reason>``, 2,500 matches). So when such a set is a search's only set of keys, the page
 is driven from it (:func:`driven_page`): its keys sorted once, then looked up one at a time in key order
 (a lateral join is a nested loop, whatever the statistics say, and autovacuum may never have run) until the
-page is full, the other conditions (type, access policy, snapshot) checked on each: 2,460 buffers.
+page is full, the other conditions (type, access policy, snapshot) checked on each: 2,460 buffers. A keyed
+composite's matches (types/composite.py) come in key order, from one index range; but as a semi-join on a
+store never analysed PostgreSQL guesses one match and collects, looks up and sorts every one of them. Driven,
+the range is read in key order (a ``DISTINCT ... ORDER BY sid`` over an index already in that order is a
+streamed ``Unique``) and stops with the page.
 
 With several sets of keys the plain semi-joins stay: which set should drive is the planner's to judge, and
 intersecting the sets first was measured faster with statistics but slower without them (a store is never
@@ -49,7 +53,7 @@ class KeySets:
 
     #: Every condition AND-ed: what totals, sorted pages and pages in index order read.
     where: Condition
-    #: The only set of keys, when its matches come in no key order (full text): the page is driven from it.
+    #: The only set of keys, when the page is driven from it (full text, a keyed composite: engine._drives).
     keys: Condition | None = None
     #: The other conditions (type, access policy, snapshot...), AND-ed.
     rest: Condition = field(default_factory=lambda: Condition("1 = 1"))

@@ -12,7 +12,9 @@ from fastapi.testclient import TestClient
 
 from fhir_api.services import Services
 from projections.rebuild import rebuild
+from projections.search.index import SearchIndex
 from projections.search.registry import SearchParameter, parameters, searchable_types
+from projections.search.reindex import reindex, stale
 
 FHIR = {"content-type": "application/fhir+json"}
 LOINC = "http://loinc.org"
@@ -298,4 +300,93 @@ def test_rebuild_indexes_composites_of_resources_stored_before(services: Service
     assert _ids(client, url) == []
     rebuild(services.settings, [services.projector])
     assert _ids(client, url) == ["high"]
+    assert _ids(client, f"/fhir/Observation?code-value-quantity={LOINC}|29463-7$gt60") == ["w70"]
+
+
+# -- the key: a composite's token on the rows of its other components (types/composite.py) -----------
+
+
+def test_each_coding_of_the_key_pairs_with_the_values_of_its_own_component(client: TestClient) -> None:
+    """A key with two codings (LOINC and a local code) is found by either, with the value of its own
+    component only: the diastolic value never pairs with the systolic codes."""
+    local = "http://example.org/local"
+    pressure = _pressure("bp", 150, 90)
+    pressure["component"][0]["code"]["coding"].append({"system": local, "code": "SYS"})
+    assert _put(client, pressure) in (200, 201)
+    url = "/fhir/Observation?component-code-value-quantity="
+    assert _ids(client, f"{url}{local}|SYS$gt140") == ["bp"]
+    assert _ids(client, f"{url}SYS$gt140") == ["bp"]
+    assert _ids(client, f"{url}{LOINC}|8480-6$gt140") == ["bp"]
+    assert _ids(client, f"{url}{local}|SYS$lt100") == []  # 90 is the diastolic component's
+    assert _ids(client, f"{url}{LOINC}|SYS$gt140") == []  # the local code under another system
+    assert _ids(client, f"{url}|SYS$gt140") == []  # ``|code``: a code without a system
+    assert _ids(client, f"{url}{local}|$gt140") == ["bp"]  # ``system|``: any code of the system
+    assert _ids(client, f"{url}{LOINC}|8462-4$lt100") == ["bp"]
+    assert _ids(client, f"{url}{LOINC}|8462-4$gt140") == []
+
+
+def _sequence(resource_id: str, chromosome: str, variants: list[tuple[int, int]]) -> dict[str, Any]:
+    chromosomes = "http://terminology.hl7.org/CodeSystem/chromosome-human"
+    return {
+        "resourceType": "MolecularSequence",
+        "id": resource_id,
+        "coordinateSystem": 0,
+        "referenceSeq": {
+            "chromosome": {"coding": [{"system": chromosomes, "code": chromosome}]},
+            "genomeBuild": "GRCh38",  # msq-5, msq-6: a chromosome goes with its genome build
+            "windowStart": 100,
+            "windowEnd": 200,
+        },
+        "variant": [{"start": start, "end": end} for start, end in variants],
+    }
+
+
+def test_three_components_hold_in_one_repetition_with_the_key_from_the_resource(client: TestClient) -> None:
+    """``chromosome$variant-start$variant-end``: the chromosome is the resource's (``%resource``), start
+    and end must be one variant's."""
+    assert _put(client, _sequence("s1", "1", [(10, 20), (30, 40)])) in (200, 201)
+    assert _put(client, _sequence("s2", "2", [(30, 34)])) in (200, 201)
+    url = "/fhir/MolecularSequence?chromosome-variant-coordinate="
+    assert _ids(client, f"{url}1$gt25$lt45") == ["s1"]
+    # Start 30 (second variant) and end 20 (first): no one variant has both.
+    assert _ids(client, f"{url}1$gt25$lt35") == []
+    assert _ids(client, f"{url}2$gt25$lt35") == ["s2"]
+    assert _ids(client, f"{url}1$lt15$lt25") == ["s1"]
+    assert _ids(client, f"{url}3$lt15$lt25") == []
+    assert _ids(client, "/fhir/MolecularSequence?chromosome-window-coordinate=2$ge100$le200") == ["s2"]
+    assert _ids(client, "/fhir/MolecularSequence?chromosome-window-coordinate=2$gt100$le200") == []
+
+
+def test_an_update_replaces_the_keyed_rows(client: TestClient) -> None:
+    assert _put(client, _weight("w", 70)) in (200, 201)
+    assert _put(client, _weight("w", 70, code="8302-2")) == 200
+    assert _ids(client, f"/fhir/Observation?code-value-quantity={LOINC}|29463-7$gt60") == []
+    assert _ids(client, f"/fhir/Observation?code-value-quantity={LOINC}|8302-2$gt60") == ["w"]
+    assert _ids(client, "/fhir/Observation?code-value-quantity:missing=false") == ["w"]
+
+
+def test_an_index_of_the_unkeyed_layout_is_built_again(services: Services, client: TestClient) -> None:
+    """A store indexed before composites had keys (a row per component value): its composite table is
+    created anew when the index opens, and the extraction version makes the server index it again."""
+    assert _put(client, _weight("w70", 70)) in (200, 201)
+    with services.views.write() as tx:
+        tx.execute("DROP TABLE search_composite")
+        tx.execute(
+            "CREATE TABLE search_composite (resource_type TEXT NOT NULL, param TEXT NOT NULL, component INTEGER "
+            "NOT NULL, rep INTEGER NOT NULL, system TEXT, code TEXT, unit TEXT, value TEXT, exact TEXT, "
+            "target_type TEXT, target_id TEXT, base TEXT, low REAL, high REAL, canonical TEXT, canonical_low REAL, "
+            "canonical_high REAL, sid BIGINT NOT NULL)"
+        )
+        tx.execute("CREATE INDEX search_composite_lookup0 ON search_composite (resource_type, param, component, code)")
+        tx.execute(
+            "INSERT INTO search_composite (resource_type, param, component, rep, system, code, sid) "
+            "VALUES ('Observation', 'code-value-quantity', 0, 0, 'http://loinc.org', '29463-7', 1)"
+        )
+        tx.execute("UPDATE search_registry SET fingerprint = 'before-keys'")
+    with services.views.write() as tx:
+        SearchIndex().create(tx, services.views.dialect)
+        assert tx.execute("SELECT COUNT(*) FROM search_composite").fetchone()[0] == 0
+        assert tx.execute("SELECT COUNT(*) FROM search_composite WHERE token_code IS NULL").fetchone()[0] == 0
+    assert stale(services.views)
+    reindex(services.views)
     assert _ids(client, f"/fhir/Observation?code-value-quantity={LOINC}|29463-7$gt60") == ["w70"]

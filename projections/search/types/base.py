@@ -120,7 +120,8 @@ class Rows:
     ] = field(default_factory=list)
     reference: list[tuple[str, str | None, str, str | None]] = field(default_factory=list)
     uri: list[tuple[str, str]] = field(default_factory=list)
-    #: (param, component, repetition, then the component type's columns; see types/composite.py).
+    #: (param, component, repetition, the key's token system and code, then the component type's columns;
+    #: see types/composite.py).
     composite: list[tuple[Any, ...]] = field(default_factory=list)
 
     def deduplicated(self) -> Rows:

@@ -144,16 +144,17 @@ def add_identifier_token(rows: Rows, code: str, identifier: Any) -> None:
 # -- SQL --------------------------------------------------------------------------------------------
 
 
-def token_match(value: TokenValue) -> Condition:
+def token_match(value: TokenValue, code_column: str = "code", system_column: str = "system") -> Condition:
+    """``value`` on a row's token columns (a composite's rows hold their repetition's token under other names)."""
     # Indexed values are bounded prefixes (projections/indexed.py): compare like with like.
     code, system = indexed(value.code), indexed(value.system)
     if code is None:
-        return Condition("system = ?", [system])
+        return Condition(f"{system_column} = ?", [system])
     if system is None:
-        return Condition("code = ?", [code])
+        return Condition(f"{code_column} = ?", [code])
     if system == "":
-        return Condition("code = ? AND system IS NULL", [code])
-    return Condition("code = ? AND system = ?", [code, system])
+        return Condition(f"{code_column} = ? AND {system_column} IS NULL", [code])
+    return Condition(f"{code_column} = ? AND {system_column} = ?", [code, system])
 
 
 def _of_type(value: OfTypeValue) -> Condition:

@@ -98,3 +98,53 @@ def test_a_full_text_page_looks_up_only_its_rows(store: tuple[Services, psycopg.
     assert _search_ids_lookups(connection, seen) <= 21
     forward, backward = _all_pages(services, "Encounter?_text=dolor", 500)
     assert forward == backward == list(range(2, 2 * ROWS + 1, 2))
+
+
+def _rows_read(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]], relation: str) -> int:
+    """How many rows the page query's scans of ``relation`` gave (over all their loops), as executed."""
+    statement, params = seen[-1]
+    explained = connection.execute(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.replace("%", "%%").replace("?", "%s"),
+        params,  # type: ignore[arg-type]
+    ).fetchone()
+    assert explained is not None
+    document = explained[0] if not isinstance(explained[0], str) else orjson.loads(explained[0])
+
+    def rows(node: dict[str, Any]) -> int:
+        own = int(node["Actual Rows"]) * int(node["Actual Loops"]) if node.get("Relation Name") == relation else 0
+        return own + sum(rows(child) for child in node.get("Plans", ()))
+
+    return rows(document[0]["Plan"])
+
+
+@pytest.mark.parametrize("analysed", [False, True], ids=["never-analysed", "analysed"])
+def test_a_composite_page_reads_its_key_range_in_key_order(
+    store: tuple[Services, psycopg.Connection[Any]], analysed: bool
+) -> None:
+    """``code-value-quantity=X$gt10``: the rows of code X over 10 read in sid order until the page is full
+    (types/composite.py), with statistics or without; never every match of the code, nor every value over
+    10 of any code."""
+    services, connection = store
+    connection.execute(
+        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
+        "SELECT g, 'Observation', 'o' || g, 0 FROM generate_series(1, %s) g",
+        (2 * ROWS,),
+    )
+    # Even sids have code A, odd ones code B; each value is its sid.
+    connection.execute(
+        "INSERT INTO search_composite (resource_type, param, component, rep, token_system, token_code, low, high, "
+        "sid) SELECT 'Observation', 'code-value-quantity', 1, 0, 'http://loinc.org', CASE WHEN g %% 2 = 0 THEN "
+        "'A' ELSE 'B' END, g, g, g FROM generate_series(1, %s) g",
+        (2 * ROWS,),
+    )
+    if analysed:
+        connection.execute("ANALYZE search_ids")
+        connection.execute("ANALYZE search_composite")
+    query = "Observation?code-value-quantity=http://loinc.org|A$gt10"
+    sids, _, seen = _page(services, query)
+    assert sids == list(range(12, 52, 2))
+    assert _rows_read(connection, seen, "search_composite") <= 21
+    assert _search_ids_lookups(connection, seen) <= 21
+    forward, backward = _all_pages(services, query, 500)
+    assert forward == backward == list(range(12, 2 * ROWS + 1, 2))
+    assert _page(services, f"Observation?code-value-quantity=http://loinc.org|A$gt{2 * ROWS}")[0] == []
