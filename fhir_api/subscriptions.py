@@ -13,6 +13,9 @@ transaction as its tracking position; this thread delivers the outbox over ``res
 - never on a write's critical path: the matcher is caught up here, apart from the requests, when the
   resource views move (woken by their commits, not polling); idle, a round reads nothing more than the
   subscriptions, and asks for due events only of the subscriptions with something new or to retry.
+- never slowing writes beyond a share of the CPU: while writes commit, each round (matching included) is
+  followed by a rest in proportion to the CPU it took (``fhir_api/delivery_pacing.py``); a burst leaves a
+  backlog that drains once the writes pause.
 
 A subscription the client creates as ``requested`` gets a handshake first (backport: a ``handshake``
 notification; R4 criteria: a POST with no body) and becomes ``active`` once it is answered 2xx; ``off``
