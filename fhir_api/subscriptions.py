@@ -79,6 +79,10 @@ _TURN_SECONDS = 0.25
 #: The turns while writes commit and delivery is paced (``fhir_api/delivery_pacing.py``): a round rests about
 #: ``1 / share`` times the CPU it spent, so shorter rounds keep the notifications streaming between rests.
 _PACED_TURN_SECONDS = 0.05
+#: The matcher's batch while paced: on SQLite a batch's outbox rows (one per subscription and event) are
+#: written under the views' one writer lock, which the projection of each write waits for; fifty events of
+#: fifty subscriptions are 2,500 rows, the default batch of 500 would be 25,000.
+_PACED_BATCH = 50
 #: The longest the thread sleeps unless woken by a commit of the resource views: it learns of what another
 #: process matched (several processes on one PostgreSQL database) at most this late.
 _IDLE_SECONDS = 1.0
@@ -278,7 +282,7 @@ class Deliverer(threading.Thread):
         turn = _PACED_TURN_SECONDS if self.pacing.writing() else _TURN_SECONDS
         if self.matcher.position < self.services.projector.position or now >= self._matched_at + _IDLE_SECONDS:
             self._matched_at = now
-            self.matcher.catch_up_within(turn)
+            self.matcher.catch_up_within(turn, _PACED_BATCH if self.pacing.writing() else None)
         with self.services.views.read_primary() as tx:
             rows = {row.id: row for row in subscription_rows(tx)}
         # Only the subscriptions this process holds (one process at a time each); their outbox is read after
