@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     subscription_base_url: str = "http://127.0.0.1:8080/fhir"
     #: How often the delivery thread looks for matched events when idle.
     subscription_poll_seconds: float = 0.05
+    #: While writes commit, the largest fraction of the time subscription delivery's CPU may take in the
+    #: process that takes them (``fhir_api/delivery_pacing.py``): it lags during a burst and catches up after,
+    #: at full speed once no write came for half a second. 1: never paced.
+    subscription_delivery_share: float = Field(default=0.1, gt=0, le=1)
     #: Connections each PostgreSQL pool may hold.
     postgres_pool_size: int = 10
     # -- per-institution stores federated into national projections -----------------------

@@ -13,6 +13,9 @@ transaction as its tracking position; this thread delivers the outbox over ``res
 - never on a write's critical path: the matcher is caught up here, apart from the requests, when the
   resource views move (woken by their commits, not polling); idle, a round reads nothing more than the
   subscriptions, and asks for due events only of the subscriptions with something new or to retry.
+- never slowing writes beyond a share of the CPU: while writes commit, each round (matching included) is
+  followed by a rest in proportion to the CPU it took (``fhir_api/delivery_pacing.py``); a burst leaves a
+  backlog that drains once the writes pause.
 
 A subscription the client creates as ``requested`` gets a handshake first (backport: a ``handshake``
 notification; R4 criteria: a POST with no body) and becomes ``active`` once it is answered 2xx; ``off``
@@ -41,6 +44,7 @@ from urllib.parse import urlsplit
 from ehr_core.application import format_instant
 from ehr_core.audit import AuditEntry
 from ehr_core.context import WriteContext
+from fhir_api.delivery_pacing import DeliveryPacing
 from fhir_api.rest_hook import RestHookClient
 from fhir_api.services import Services
 from projections.db import PostgresViews
@@ -72,6 +76,13 @@ _PARALLEL = 8
 #: notifications stream (new events are matched and sent every fraction of a second) instead of a backlog
 #: going in blocking rounds whose length grew with it.
 _TURN_SECONDS = 0.25
+#: The turns while writes commit and delivery is paced (``fhir_api/delivery_pacing.py``): a round rests about
+#: ``1 / share`` times the CPU it spent, so shorter rounds keep the notifications streaming between rests.
+_PACED_TURN_SECONDS = 0.05
+#: The matcher's batch while paced: on SQLite a batch's outbox rows (one per subscription and event) are
+#: written under the views' one writer lock, which the projection of each write waits for; fifty events of
+#: fifty subscriptions are 2,500 rows, the default batch of 500 would be 25,000.
+_PACED_BATCH = 50
 #: The longest the thread sleeps unless woken by a commit of the resource views: it learns of what another
 #: process matched (several processes on one PostgreSQL database) at most this late.
 _IDLE_SECONDS = 1.0
@@ -202,6 +213,8 @@ class Deliverer(threading.Thread):
         self.max_attempts = settings.subscription_max_attempts
         self.allow_http = settings.subscription_allow_http
         self.poll = settings.subscription_poll_seconds
+        #: Delivery's share of the CPU while writes commit: it never slows them beyond that.
+        self.pacing = DeliveryPacing(settings.subscription_delivery_share)
         self._stopping = threading.Event()
         self._http = RestHookClient(timeout=10.0)
         self._pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="ehr-subscription-send")
@@ -229,7 +242,9 @@ class Deliverer(threading.Thread):
         )
 
     def wake(self, position: int = 0) -> None:
-        """A commit of the resource views (``Projector.on_applied``): match and deliver now."""
+        """A commit of the resource views (``Projector.on_applied``): match and deliver now (paced: see
+        ``run``)."""
+        self.pacing.write_committed()
         self._woken.set()
 
     def stop(self) -> None:
@@ -242,11 +257,18 @@ class Deliverer(threading.Thread):
 
     def run(self) -> None:
         while not self._stopping.is_set():
+            began, cpu = self.pacing.clock(), time.thread_time()
             try:
                 busy = self.step()
             except Exception:  # the delivery must outlive a database restart or a bad endpoint
                 log.warning("subscription delivery failed; retrying", exc_info=True)
                 busy = False
+            # While writes commit, rest until the round's CPU (this thread's: matching, reading, marking; and
+            # the sending threads') is within delivery's share: writes never wait on delivery beyond it.
+            self.pacing.spent(time.thread_time() - cpu)
+            rest = self.pacing.rest(began)
+            if rest > 0:
+                self._stopping.wait(rest)
             if not busy:
                 self._woken.wait(self.poll if self._timed else _IDLE_SECONDS)
                 self._woken.clear()
@@ -257,9 +279,10 @@ class Deliverer(threading.Thread):
         # Matched when the resource views moved in this process (what woke the thread), and at least every
         # idle period (another process's writes, which that process matches itself unless it died).
         now = time.monotonic()
+        turn = _PACED_TURN_SECONDS if self.pacing.writing() else _TURN_SECONDS
         if self.matcher.position < self.services.projector.position or now >= self._matched_at + _IDLE_SECONDS:
             self._matched_at = now
-            self.matcher.catch_up_within(_TURN_SECONDS)
+            self.matcher.catch_up_within(turn, _PACED_BATCH if self.pacing.writing() else None)
         with self.services.views.read_primary() as tx:
             rows = {row.id: row for row in subscription_rows(tx)}
         # Only the subscriptions this process holds (one process at a time each); their outbox is read after
@@ -305,7 +328,7 @@ class Deliverer(threading.Thread):
         with self.services.views.read_primary() as tx:
             bodies = visible_foci(tx, [(rows[sid].institution, o) for sid, queue in queues.items() for o in queue])
         work = [(rows[sid], queue) for sid, queue in queues.items()]
-        until = time.monotonic() + _TURN_SECONDS
+        until = time.monotonic() + turn
         outcomes = list(self._pool.map(lambda pair: self._send_in_order(pair[0], pair[1], bodies, until), work))
         failed: list[tuple[SubscriptionRow, Outbound, int, str]] = []
         with self.services.views.write() as tx:
@@ -335,6 +358,19 @@ class Deliverer(threading.Thread):
         The events a round delivered are one AuditEvent (an entity per focus sent), a failed attempt another:
         fifty subscriptions matching every write would otherwise add fifty audit entries (each appended,
         projected and sealed into the audit ledger) to each write."""
+        cpu = time.thread_time()
+        try:
+            return self._send_queue(row, queue, bodies, until)
+        finally:
+            self.pacing.spent(time.thread_time() - cpu)  # this sending thread's part of the round
+
+    def _send_queue(
+        self,
+        row: SubscriptionRow,
+        queue: list[Outbound],
+        bodies: dict[tuple[str, str, str], bytes | None],
+        until: float,
+    ) -> tuple[list[Outbound], tuple[Outbound, str] | None]:
         delivered: list[Outbound] = []
         sent: list[str] = []
         method, status = "POST", 0

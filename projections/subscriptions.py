@@ -548,13 +548,15 @@ class SubscriptionMatcher(Projector):
         self._planned: SubscriptionIndex | None = None
         #: The position the batch being applied was read after (None: not read by ``_fetch``).
         self._fetched_after: int | None = None
+        #: A smaller batch asked by ``catch_up_within`` (None: ``batch_size``).
+        self._batch_limit: int | None = None
 
     def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
         self._fetched_after = position
         ceiling = tracking_position(tx, "resources")
         if ceiling <= position:
             return []
-        limit = min(self.batch_size, ceiling - position)
+        limit = min(self._batch_limit or self.batch_size, ceiling - position)
         found = self.application.recorder.select_notifications(start=position + 1, limit=limit, stop=ceiling)
         return list(found)
 
@@ -638,21 +640,27 @@ class SubscriptionMatcher(Projector):
         super().reset()
         self._index = None
 
-    def catch_up_within(self, seconds: float) -> int:
+    def catch_up_within(self, seconds: float, batch_size: int | None = None) -> int:
         """Apply batches until none is pending or ``seconds`` have passed; return the events applied.
 
         The delivery loop matches and sends in turns: an unbounded catch-up chases a log that writes keep
         extending (the matcher stops at the ``resources`` projection, which moves with every write, so its
         batches are small) and sends nothing meanwhile (measured on PostgreSQL with 50 subscriptions
-        matching every write: 3.7 s of matching without a notification)."""
+        matching every write: 3.7 s of matching without a notification). ``batch_size``: smaller batches than
+        the projection's (the delivery thread's paced turns, ``fhir_api/delivery_pacing.py``), so that a
+        batch's write holds the views' writer for less."""
         deadline = time.monotonic() + seconds
         applied = 0
         with self._lock:
-            while True:
-                done = self._apply_batch(None)
-                applied += done
-                if done == 0 or time.monotonic() >= deadline:
-                    return applied
+            self._batch_limit = batch_size
+            try:
+                while True:
+                    done = self._apply_batch(None)
+                    applied += done
+                    if done == 0 or time.monotonic() >= deadline:
+                        return applied
+            finally:
+                self._batch_limit = None
 
     def beside(self, database: Any) -> Projector:
         return SubscriptionMatcher(self.application, database, self.batch_size)

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from ehr_core.context import WriteContext
+from ehr_core.settings import Settings
 from fhir_api.services import Services
-from projections.subscriptions import SubscriptionOutbox, events_between
+from projections.subscriptions import SubscriptionMatcher, SubscriptionOutbox, events_between
 from tests.support.waiting import wait_until
 
 CODE = "http://loinc.org|718-7"
@@ -86,3 +88,21 @@ def test_a_stalled_matcher_does_not_delay_a_write_or_its_read_back(
     assert focused[0] == observations[0]
     with services.views.read_primary() as tx:
         assert [o.event_number for o in events_between(tx, sid, 1, None)] == [1, 2]
+
+
+def test_a_paced_turn_matches_in_smaller_batches(settings: Settings) -> None:
+    """While writes commit, the delivery thread asks the matcher for small batches (``catch_up_within``'s
+    ``batch_size``): on SQLite a batch's outbox rows are written under the views' one writer lock, which the
+    projection of the next write waits for."""
+    opened = Services.open(settings, follow=False)  # no delivery thread: this test alone moves the matcher
+    try:
+        context = WriteContext(institution="imss", user="test", purpose="TREAT")
+        for _ in range(5):
+            opened.application.create(_observation(), context)
+        opened.projector.catch_up()
+        matcher = opened.main_projectors["subscriptions"]
+        assert isinstance(matcher, SubscriptionMatcher)
+        assert matcher.catch_up_within(0, batch_size=2) == 2  # one turn that has run out: one batch
+        assert matcher.catch_up_within(GUARD_SECONDS) >= 3  # the rest, in the usual batches
+    finally:
+        opened.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from ehr_core.context import WriteContext
+from fhir_api.delivery_pacing import DeliveryPacing
 from fhir_api.services import Services
 from projections.subscriptions import due_events
 
@@ -39,3 +41,19 @@ def test_a_round_serves_every_subscription_in_order_whatever_their_backlog(servi
     for numbers in by_subscription.values():
         # The lowest undelivered events, in order (number 1 was delivered): a gap would break the order.
         assert numbers == list(range(2, 2 + len(numbers)))
+
+
+def test_a_write_reaching_the_views_paces_delivery(services: Services) -> None:
+    """Delivery learns of writes from the resource views' commits (``Projector.on_applied``), which is what
+    limits its share of the CPU while they go on (``fhir_api/delivery_pacing.py``)."""
+    deliverer = services.deliverer
+    assert deliverer is not None  # this process projects: it delivers
+    frozen = 1000.0
+    deliverer.pacing = DeliveryPacing(share=0.1, clock=lambda: frozen)
+    assert not deliverer.pacing.writing()
+    context = WriteContext(institution="imss", user="test", purpose="TREAT")
+    written = services.application.create({"resourceType": "Patient", "name": [{"family": "Paced"}]}, context)
+    services.wait_until_visible(written)
+    assert deliverer.pacing.writing()
+    deliverer.pacing.spent(0.05)
+    assert deliverer.pacing.rest(frozen) > 0  # a round's CPU during writes is followed by a rest
