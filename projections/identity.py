@@ -232,6 +232,14 @@ class IdentityIndex(Projector):
         # Who wrote each resource, gathered over the batch and written at its end: one statement, not one per
         # event (nothing in the batch reads resource_sources back).
         sources: dict[tuple[str, str], tuple[str, str | None] | None] = {}
+        # Each Patient's Membership, read for the whole batch in one query (inside the batch's transaction,
+        # which every create of a Patient waits for: one read per record made its length grow with the batch).
+        self.mpi.preload(
+            f"Patient/{event.resource_id}"
+            for event in events
+            if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted)
+            and event.resource_type == "Patient"
+        )
         for event in events:
             if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
                 key = (event.resource_type, event.resource_id)

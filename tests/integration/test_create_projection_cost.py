@@ -99,3 +99,50 @@ def test_a_new_patients_data_key_is_one_round_trip(postgres_settings: Settings, 
         assert keys.for_compartment("p-new-1").key_id == first.key_id
     finally:
         services.close()
+
+
+def _people(count: int) -> list[dict[str, Any]]:
+    """Distinct people (no two share a blocking key with the others' names), so each founds a person."""
+    families = ["Pérez", "Gómez", "López", "Ruiz", "Díaz", "Mora", "Vega", "Soto"]
+    return [
+        {
+            "resourceType": "Patient",
+            "name": [{"family": families[n], "given": [f"Nombre{n}"]}],
+            "birthDate": f"19{50 + n}-0{1 + n % 9}-1{n % 9}",
+        }
+        for n in range(count)
+    ]
+
+
+@pytest.mark.postgres
+def test_the_index_reads_a_batchs_memberships_in_one_query(postgres_settings: Settings, tmp_path: Path) -> None:
+    # Concurrent creates of Patients are projected by the master patient index in one batch, and each waits
+    # for that batch (read-your-writes): reading every record's Membership stream on its own made the batch,
+    # which holds the index's tracking row, one round trip longer per Patient.
+    services = _on_postgres(postgres_settings, tmp_path)
+    try:
+        context = WriteContext(institution="IMSS", user="registro")
+        written = [services.application.create(patient, context, "Patient") for patient in _people(6)]
+        recorder = services.application.recorder
+        per_stream: list[Any] = []
+        select = recorder.select_events
+
+        def counted(originator_id: Any, *args: Any, **kwargs: Any) -> Any:
+            per_stream.append(originator_id)
+            return select(originator_id, *args, **kwargs)
+
+        recorder.select_events = counted  # type: ignore[method-assign]
+        try:
+            services.identity.catch_up(until=written[-1].notification_id)
+        finally:
+            del recorder.select_events
+        assert per_stream == []
+        with services.views.read() as tx:
+            persons = [services.identity.person_of(tx, w.resource_id) for w in written]
+            assert all(persons) and len(set(persons)) == len(written)  # each founded its own person, once
+            for w, person in zip(written, persons, strict=True):
+                assert person is not None
+                links = services.identity.links(tx, person)
+                assert [(link.record, link.method) for link in links] == [(w.resource_id, "enrolment")]
+    finally:
+        services.close()
