@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from ehr_core.context import WriteContext
+from ehr_core.demo.labelled import labelled_records
+from ehr_core.demo.people import patient_resource
 from ehr_core.settings import Settings
 from fhir_api.services import Services
 from tests.support.round_trips import counting_round_trips
@@ -146,3 +148,48 @@ def test_the_index_reads_a_batchs_memberships_in_one_query(postgres_settings: Se
                 assert [(link.record, link.method) for link in links] == [(w.resource_id, "enrolment")]
     finally:
         services.close()
+
+
+def _index_of(settings: Settings, batched: bool) -> tuple[dict[str, Any], int]:
+    """The index's links, review queue and persons after the same records (some of one person, so they
+    link or are flagged within one batch), caught up in one batch or record by record; and the round
+    trips of the index's work."""
+    services = Services.open(settings, follow=False)
+    try:
+        records = labelled_records(people=18, seed=3)[:24]
+        last = 0
+        trips = 0
+        for n, record in enumerate(records):
+            context = WriteContext(institution=record.institution, user="registro")
+            written = services.application.update("Patient", f"r{n}", patient_resource(record, f"r{n}"), context)
+            assert written.notification_id is not None
+            last = written.notification_id
+            if not batched or n == 0:  # the first makes the system key the index's decisions are sealed with
+                services.identity.catch_up(until=last)
+        with counting_round_trips() as round_trips:
+            services.identity.catch_up(until=last)
+        trips = round_trips.count
+        with services.views.read() as tx:
+            found = {
+                "links": sorted(tx.execute("SELECT person_id, record_id, method, score FROM mpi_links").fetchall()),
+                "review": sorted(tx.execute("SELECT record_id, person_id, score FROM mpi_review").fetchall()),
+                "persons": sorted(tx.execute("SELECT record_id, person_id FROM mpi_records").fetchall()),
+            }
+        return found, trips
+    finally:
+        services.close()
+
+
+@pytest.mark.postgres
+def test_a_batch_of_patients_is_matched_in_a_constant_number_of_round_trips(
+    postgres_settings: Settings, sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    # The batch that concurrent creates of Patients wait for reads every record's candidates in one
+    # statement: its round trips no longer grow with the batch (two per Patient before, its candidates and
+    # its Membership), and each record still meets the records decided before it in the same batch.
+    settings = postgres_settings.model_copy(update={"data_dir": tmp_path / "ehr-data"})
+    batched, trips = _index_of(settings, batched=True)
+    assert trips <= 6
+    assert any(method != "enrolment" for _, _, method, _ in batched["links"])  # records linked within the batch
+    one_by_one, _ = _index_of(sqlite_settings, batched=False)
+    assert batched == one_by_one
