@@ -6,6 +6,7 @@ its tracking row, the log's next events, the statements with the COMMIT) and a n
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,32 @@ def test_a_batch_of_patients_is_matched_in_a_constant_number_of_round_trips(
     assert any(method != "enrolment" for _, _, method, _ in batched["links"])  # records linked within the batch
     one_by_one, _ = _index_of(sqlite_settings, batched=False)
     assert batched == one_by_one
+
+
+def test_concurrent_creates_are_each_projected_and_matched_once(settings: Settings, tmp_path: Path) -> None:
+    # Concurrent creates share the group commit and the projection batches (the index's candidates and
+    # memberships read for a whole batch): each is still stored, visible when answered, and founds its own
+    # person exactly once.
+    services = Services.open(settings.model_copy(update={"data_dir": tmp_path / "ehr-data"}), follow=False)
+    try:
+        context = WriteContext(institution="IMSS", user="registro")
+        people = _people(8)
+
+        def create(patient: dict[str, Any]) -> str:
+            written = services.application.create(patient, context, "Patient")
+            services.wait_until_visible(written)
+            with services.views.read() as tx:  # read-your-writes: visible to its writer once answered
+                assert services.identity.person_of(tx, written.resource_id) is not None
+            return written.resource_id
+
+        with ThreadPoolExecutor(max_workers=len(people)) as pool:
+            ids = list(pool.map(create, people))
+        with services.views.read() as tx:
+            persons = [services.identity.person_of(tx, rid) for rid in ids]
+            links = sorted(tx.execute("SELECT person_id, record_id, method FROM mpi_links").fetchall())
+            stored = tx.execute("SELECT COUNT(*) FROM resources WHERE resource_type = 'Patient'").fetchone()
+        assert stored is not None and stored[0] == len(ids)
+        assert len(set(persons)) == len(ids)
+        assert links == sorted((person, rid, "enrolment") for person, rid in zip(persons, ids, strict=True))
+    finally:
+        services.close()
