@@ -28,6 +28,7 @@ from ehr_core.streams import ResourceStream
 from projections.access import Viewer, visible_clause, with_consents
 from projections.db import Tx, ViewDatabase
 from projections.indexed import indexed
+from projections.mpi_candidates import NONE, BatchCandidates
 from projections.privacy import erasure_from_event
 from projections.projector import Projector, Retry
 
@@ -35,7 +36,9 @@ __all__ = ["IdentityIndex", "LinkRow", "Source", "everything_page"]
 
 _NAME = "identity"
 _TABLES = ("mpi_records", "mpi_links", "mpi_review", "resource_sources")
-_NONE = "-"  # a blocking key no record has (keys are letters, digits and spaces)
+_NONE = NONE  # a blocking key no record has (keys are letters, digits and spaces)
+#: Most candidates a record is compared with (those sharing a blocking key, by record id).
+_CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,24 @@ class IdentityIndex(Projector):
         # Who wrote each resource, gathered over the batch and written at its end: one statement, not one per
         # event (nothing in the batch reads resource_sources back).
         sources: dict[tuple[str, str], tuple[str, str | None] | None] = {}
+        # Each Patient's Membership, read for the whole batch in one query (inside the batch's transaction,
+        # which every create of a Patient waits for: one read per record made its length grow with the batch).
+        self.mpi.preload(
+            f"Patient/{event.resource_id}"
+            for event in events
+            if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted)
+            and event.resource_type == "Patient"
+        )
+        self._features_cache = {}
+        try:
+            self._batch = self._read_candidates(tx, events)
+            self._apply_each(tx, events, sources)
+        finally:
+            self._batch = self._features_cache = None
+
+    def _apply_each(
+        self, tx: Tx, events: Sequence[Any], sources: dict[tuple[str, str], tuple[str, str | None] | None]
+    ) -> None:
         for event in events:
             if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
                 key = (event.resource_type, event.resource_id)
@@ -245,6 +266,37 @@ class IdentityIndex(Projector):
                 sources = {}
             self._apply(tx, event)
         self._write_sources(tx, sources)
+
+    #: The candidates of the batch being applied, read ahead (None: each record asks the database).
+    _batch: BatchCandidates | None = None
+
+    def _read_candidates(self, tx: Tx, events: Sequence[Any]) -> BatchCandidates | None:
+        """Every Patient's candidates of a batch of resource events, in one statement (PostgreSQL, where each
+        statement whose answer is needed is a round trip inside the batch every create waits for)."""
+        if self.database.dialect != "postgres" or not self._batched:
+            return None
+        records: list[tuple[str, int, Features]] = []
+        for event in events:
+            if not isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
+                return None  # Person, Membership or erasure events change mpi_records too: record by record
+            if event.resource_type == "Patient" and not isinstance(event, ResourceStream.Retracted):
+                records.append((event.resource_id, event.originator_version, self._features_of(event)))
+        if len(records) < 2:
+            return None  # one record: its own query is as many round trips
+        return BatchCandidates(tx, records, _CANDIDATES)
+
+    #: Features computed for the batch's read-ahead, kept for its decisions: (record id, version) to them.
+    _features_cache: dict[tuple[str, int], Features] | None = None
+
+    def _features_of(self, event: Any) -> Features:
+        cache = self._features_cache
+        key = (event.resource_id, event.originator_version)
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            found = patient_features(fhir_json.loads(event.resource))
+            if cache is not None:
+                cache[key] = found
+        return found
 
     @staticmethod
     def _write_sources(tx: Tx, sources: dict[tuple[str, str], tuple[str, str | None] | None]) -> None:
@@ -266,8 +318,8 @@ class IdentityIndex(Projector):
         if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
             context = event.context  # resource_sources: written per batch by apply_notifications
             if event.resource_type == "Patient":
-                body = None if isinstance(event, ResourceStream.Retracted) else fhir_json.loads(event.resource)
-                self._patient_changed(tx, event.resource_id, event.originator_version, body, context)
+                features = None if isinstance(event, ResourceStream.Retracted) else self._features_of(event)
+                self._patient_changed(tx, event.resource_id, event.originator_version, features, context)
         elif isinstance(event, Person.Enrolled):
             self._link_row(tx, str(event.originator_id), event.record, "enrolment", None, event.by)
         elif isinstance(event, Person.Linked):
@@ -324,9 +376,8 @@ class IdentityIndex(Projector):
         )
 
     def _patient_changed(
-        self, tx: Tx, patient_id: str, version: int, body: dict[str, Any] | None, context: dict[str, Any]
+        self, tx: Tx, patient_id: str, version: int, features: Features | None, context: dict[str, Any]
     ) -> None:
-        features = patient_features(body) if body is not None else None
         if features is not None:
             f = features
             tx.execute(
@@ -349,17 +400,20 @@ class IdentityIndex(Projector):
                     orjson.dumps(f.as_dict()).decode(),
                 ),
             )
-            candidates = self.candidates(tx, features, exclude=patient_id)
+            read = self._batch.candidates(patient_id, version, features) if self._batch is not None else None
+            candidates = read if read is not None else self.candidates(tx, features, exclude=patient_id)
         else:
             tx.execute("UPDATE mpi_records SET deleted = 1 WHERE record_id = ?", (patient_id,))
             candidates = []
         outcome = self.mpi.record_changed(f"Patient/{patient_id}", version, features, candidates)
         tx.execute("UPDATE mpi_records SET person_id = ? WHERE record_id = ?", (outcome.person, patient_id))
+        if self._batch is not None:
+            self._batch.wrote(patient_id, features, outcome.person)
 
     # -- queries ---------------------------------------------------------------------------------
 
     @staticmethod
-    def candidates(tx: Tx, features: Features, exclude: str = "", limit: int = 200) -> list[Candidate]:
+    def candidates(tx: Tx, features: Features, exclude: str = "", limit: int = _CANDIDATES) -> list[Candidate]:
         """Records sharing a blocking key: CURP, birth date, birth year and a surname, or name and surname."""
         f = features
         year = f.birth_date[:4] or _NONE

@@ -7,12 +7,12 @@ append; a record version already matched appends nothing (idempotent, so a follo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
@@ -59,18 +59,44 @@ class MasterPatientIndex:
         self.application = application
         #: Between :meth:`begin` and :meth:`flush`: the aggregates decided on but not yet saved.
         self._session: dict[UUID, Aggregate] | None = None
+        #: Between :meth:`begin` and :meth:`flush`: aggregates read ahead by :meth:`preload` (None: no such stream).
+        self._loaded: dict[UUID, Aggregate | None] = {}
 
     # -- a batch of decisions, saved together (the identity projector's batches) -----------------
 
     def begin(self) -> None:
         """Decide several records, then save every decision in one append (:meth:`flush`)."""
         self._session = {}
+        self._loaded = {}
+
+    def preload(self, records: Iterable[str]) -> None:
+        """Within a batch: read the Membership streams of ``records`` in one query, so deciding each record
+        reads none (a projection batch of N Patients made N reads, one round trip each, while it held the
+        identity projection's tracking row that every create waits on for read-your-writes).
+
+        A stream read here may change before :meth:`flush` (a data steward's link): the flush then fails on
+        its version like any decision read earlier, and the caller decides again one by one. Only where the
+        event store reads several streams at once (PostgreSQL) and keeps no snapshots or cache to consult."""
+        select = getattr(self.application.recorder, "select_streams", None)
+        repository = self.application.repository
+        if self._session is None or select is None or repository.snapshot_store is not None or repository.cache:
+            return
+        wanted = [key for key in dict.fromkeys(membership_id(record) for record in records) if key not in self._session]
+        if not wanted:
+            return
+        events: dict[UUID, list[Any]] = {key: [] for key in wanted}
+        mapper = self.application.mapper
+        for stored in select(wanted):
+            events[UUID(str(stored.originator_id))].append(mapper.to_domain_event(stored))
+        for key, found in events.items():
+            self._loaded[key] = project_aggregate(None, found)
 
     def flush(self) -> list[Recording[UUID]] | None:
         """Save what was decided since :meth:`begin`: the recordings of the events appended (empty: nothing
         to append), or None if another writer got there first (nothing saved). The recordings hold the
         decisions themselves, so the caller need not read them back from the log it just wrote."""
         session, self._session = self._session, None
+        self._loaded = {}
         if not session:
             return []
         try:
@@ -81,12 +107,15 @@ class MasterPatientIndex:
 
     def abandon(self) -> None:
         self._session = None
+        self._loaded = {}
 
     # -- loading ---------------------------------------------------------------------------------
 
     def _get(self, aggregate_id: UUID) -> Any:
         if self._session is not None and aggregate_id in self._session:
             return self._session[aggregate_id]  # decided earlier in this batch, not saved yet
+        if self._session is not None and aggregate_id in self._loaded:
+            return self._loaded[aggregate_id]  # read ahead for this batch (preload)
         try:
             return self.application.repository.get(aggregate_id)
         except AggregateNotFoundError:

@@ -6,12 +6,15 @@ its tracking row, the log's next events, the statements with the COMMIT) and a n
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ehr_core.context import WriteContext
+from ehr_core.demo.labelled import labelled_records
+from ehr_core.demo.people import patient_resource
 from ehr_core.settings import Settings
 from fhir_api.services import Services
 from tests.support.round_trips import counting_round_trips
@@ -97,5 +100,126 @@ def test_a_new_patients_data_key_is_one_round_trip(postgres_settings: Settings, 
         assert row is not None and row.key_id == first.key_id and row.status == "active"
         keys.prepare({"p-new-1"})  # cached: nothing to do
         assert keys.for_compartment("p-new-1").key_id == first.key_id
+    finally:
+        services.close()
+
+
+def _people(count: int) -> list[dict[str, Any]]:
+    """Distinct people (no two share a blocking key with the others' names), so each founds a person."""
+    families = ["Pérez", "Gómez", "López", "Ruiz", "Díaz", "Mora", "Vega", "Soto"]
+    return [
+        {
+            "resourceType": "Patient",
+            "name": [{"family": families[n], "given": [f"Nombre{n}"]}],
+            "birthDate": f"19{50 + n}-0{1 + n % 9}-1{n % 9}",
+        }
+        for n in range(count)
+    ]
+
+
+@pytest.mark.postgres
+def test_the_index_reads_a_batchs_memberships_in_one_query(postgres_settings: Settings, tmp_path: Path) -> None:
+    # Concurrent creates of Patients are projected by the master patient index in one batch, and each waits
+    # for that batch (read-your-writes): reading every record's Membership stream on its own made the batch,
+    # which holds the index's tracking row, one round trip longer per Patient.
+    services = _on_postgres(postgres_settings, tmp_path)
+    try:
+        context = WriteContext(institution="IMSS", user="registro")
+        written = [services.application.create(patient, context, "Patient") for patient in _people(6)]
+        recorder = services.application.recorder
+        per_stream: list[Any] = []
+        select = recorder.select_events
+
+        def counted(originator_id: Any, *args: Any, **kwargs: Any) -> Any:
+            per_stream.append(originator_id)
+            return select(originator_id, *args, **kwargs)
+
+        recorder.select_events = counted  # type: ignore[method-assign]
+        try:
+            services.identity.catch_up(until=written[-1].notification_id)
+        finally:
+            del recorder.select_events
+        assert per_stream == []
+        with services.views.read() as tx:
+            persons = [services.identity.person_of(tx, w.resource_id) for w in written]
+            assert all(persons) and len(set(persons)) == len(written)  # each founded its own person, once
+            for w, person in zip(written, persons, strict=True):
+                assert person is not None
+                links = services.identity.links(tx, person)
+                assert [(link.record, link.method) for link in links] == [(w.resource_id, "enrolment")]
+    finally:
+        services.close()
+
+
+def _index_of(settings: Settings, batched: bool) -> tuple[dict[str, Any], int]:
+    """The index's links, review queue and persons after the same records (some of one person, so they
+    link or are flagged within one batch), caught up in one batch or record by record; and the round
+    trips of the index's work."""
+    services = Services.open(settings, follow=False)
+    try:
+        records = labelled_records(people=18, seed=3)[:24]
+        last = 0
+        trips = 0
+        for n, record in enumerate(records):
+            context = WriteContext(institution=record.institution, user="registro")
+            written = services.application.update("Patient", f"r{n}", patient_resource(record, f"r{n}"), context)
+            assert written.notification_id is not None
+            last = written.notification_id
+            if not batched or n == 0:  # the first makes the system key the index's decisions are sealed with
+                services.identity.catch_up(until=last)
+        with counting_round_trips() as round_trips:
+            services.identity.catch_up(until=last)
+        trips = round_trips.count
+        with services.views.read() as tx:
+            found = {
+                "links": sorted(tx.execute("SELECT person_id, record_id, method, score FROM mpi_links").fetchall()),
+                "review": sorted(tx.execute("SELECT record_id, person_id, score FROM mpi_review").fetchall()),
+                "persons": sorted(tx.execute("SELECT record_id, person_id FROM mpi_records").fetchall()),
+            }
+        return found, trips
+    finally:
+        services.close()
+
+
+@pytest.mark.postgres
+def test_a_batch_of_patients_is_matched_in_a_constant_number_of_round_trips(
+    postgres_settings: Settings, sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    # The batch that concurrent creates of Patients wait for reads every record's candidates in one
+    # statement: its round trips no longer grow with the batch (two per Patient before, its candidates and
+    # its Membership), and each record still meets the records decided before it in the same batch.
+    settings = postgres_settings.model_copy(update={"data_dir": tmp_path / "ehr-data"})
+    batched, trips = _index_of(settings, batched=True)
+    assert trips <= 6
+    assert any(method != "enrolment" for _, _, method, _ in batched["links"])  # records linked within the batch
+    one_by_one, _ = _index_of(sqlite_settings, batched=False)
+    assert batched == one_by_one
+
+
+def test_concurrent_creates_are_each_projected_and_matched_once(settings: Settings, tmp_path: Path) -> None:
+    # Concurrent creates share the group commit and the projection batches (the index's candidates and
+    # memberships read for a whole batch): each is still stored, visible when answered, and founds its own
+    # person exactly once.
+    services = Services.open(settings.model_copy(update={"data_dir": tmp_path / "ehr-data"}), follow=False)
+    try:
+        context = WriteContext(institution="IMSS", user="registro")
+        people = _people(8)
+
+        def create(patient: dict[str, Any]) -> str:
+            written = services.application.create(patient, context, "Patient")
+            services.wait_until_visible(written)
+            with services.views.read() as tx:  # read-your-writes: visible to its writer once answered
+                assert services.identity.person_of(tx, written.resource_id) is not None
+            return written.resource_id
+
+        with ThreadPoolExecutor(max_workers=len(people)) as pool:
+            ids = list(pool.map(create, people))
+        with services.views.read() as tx:
+            persons = [services.identity.person_of(tx, rid) for rid in ids]
+            links = sorted(tx.execute("SELECT person_id, record_id, method FROM mpi_links").fetchall())
+            stored = tx.execute("SELECT COUNT(*) FROM resources WHERE resource_type = 'Patient'").fetchone()
+        assert stored is not None and stored[0] == len(ids)
+        assert len(set(persons)) == len(ids)
+        assert links == sorted((person, rid, "enrolment") for person, rid in zip(persons, ids, strict=True))
     finally:
         services.close()
