@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from projections.search.special import SpecialFilter
 from projections.search.sql import Condition
 
 __all__ = ["KeySets", "driven_page", "key_sets", "key_subquery"]
@@ -53,23 +54,25 @@ class KeySets:
     keys: Condition | None = None
     #: The other conditions (type, access policy, snapshot...), AND-ed.
     rest: Condition = field(default_factory=lambda: Condition("1 = 1"))
+    #: The filter whose condition is :attr:`keys` (it may read its matches in key order itself).
+    driver: SpecialFilter | None = None
 
 
-def key_sets(parts: Sequence[tuple[Condition, bool]], alias: str) -> KeySets:
-    """AND ``parts``, each a condition on ``alias`` and whether its matches come in no key order; the first
-    part"""
+def key_sets(parts: Sequence[tuple[Condition, SpecialFilter | None]], alias: str) -> KeySets:
+    """AND ``parts``, each a condition on ``alias`` and, when its matches come in no key order, the filter
+    that made it."""
     where = Condition(
         " AND ".join(part.sql if number == 0 else f"({part.sql})" for number, (part, _) in enumerate(parts)),
         [p for part, _ in parts for p in part.params],
     )
     sets = [(part, unordered) for part, unordered in parts if key_subquery(part.sql, alias) is not None]
-    if len(sets) != 1 or not sets[0][1]:
+    if len(sets) != 1 or sets[0][1] is None:
         return KeySets(where)
-    driver = sets[0][0]
+    driver, unordered = sets[0]
     rest = [part for part, _ in parts if part is not driver]
     subquery = key_subquery(driver.sql, alias)
     assert subquery is not None
-    return KeySets(where, Condition(subquery, list(driver.params)), _and(rest))
+    return KeySets(where, Condition(subquery, list(driver.params)), _and(rest), unordered)
 
 
 def _and(conditions: Sequence[Condition]) -> Condition:
