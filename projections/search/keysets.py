@@ -9,7 +9,10 @@ and every one of them is read whatever the page: planned as a semi-join, each ma
 ``Encounter?_text=<reason>``, 2,500 matches). So when such a set is a search's only set of keys, the page
 is driven from it (:func:`driven_page`): its keys sorted once, then looked up one at a time in key order
 (a lateral join is a nested loop, whatever the statistics say, and autovacuum may never have run) until the
-page is full, the other conditions (type, access policy, snapshot) checked on each: 2,460 buffers.
+page is full, the other conditions (type, access policy, snapshot) checked on each: 2,460 buffers. A
+filter that can read its matches in key order itself gives its own page query instead
+(:meth:`projections.search.special.SpecialFilter.ordered_page`: ``_text``'s words on PostgreSQL,
+projections/search/narrative.py), which stops at the page's end without reading the other matches.
 
 With several sets of keys the plain semi-joins stay: which set should drive is the planner's to judge, and
 intersecting the sets first was measured faster with statistics but slower without them (a store is never
