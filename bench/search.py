@@ -246,6 +246,8 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
     from projections.search.extract import extract
     from projections.search.fulltext import _pg_text, content_text, narrative_text
     from projections.search.index import VALUE_TABLES, _span_updates
+    from projections.search.narrative import WORDS
+    from projections.search.narrative import insert_from as insert_words
     from projections.terminology.store import TERMINOLOGY_TYPES
 
     timings: dict[str, float] = {}
@@ -309,9 +311,10 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
                     cursor, "bench_fulltext", ("sid", "resource_type", "resource_id", "narrative", "content"), text_rows
                 )
                 cursor.execute(
-                    "INSERT INTO search_fulltext (sid, resource_type, resource_id, narrative, content) "
+                    "WITH f AS (INSERT INTO search_fulltext (sid, resource_type, resource_id, narrative, content) "
                     "SELECT sid, resource_type, resource_id, CASE WHEN narrative = '' THEN NULL "
-                    "ELSE to_tsvector('spanish', narrative) END, to_tsvector('spanish', content) FROM bench_fulltext"
+                    "ELSE to_tsvector('spanish', narrative) END, to_tsvector('spanish', content) FROM bench_fulltext "
+                    f"RETURNING sid, resource_type, narrative) {insert_words('f')}"
                 )
                 cursor.execute("TRUNCATE bench_fulltext")
                 _copy(cursor, "terminology_resources", ("resource_type", "resource_id", "url", "version", "body"),
@@ -337,7 +340,7 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
             cursor.execute(definition)
         timings["create_indexes"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        tables = ("resources", "search_ids", *(t for t, _ in VALUE_TABLES.values()), "search_fulltext")
+        tables = ("resources", "search_ids", *(t for t, _ in VALUE_TABLES.values()), "search_fulltext", WORDS)
         for table in (*tables, "terminology_resources"):
             cursor.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
         timings["vacuum_analyze"] = time.perf_counter() - tick

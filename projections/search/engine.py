@@ -110,7 +110,7 @@ def _where(
     policy: Callable[[str], Condition] | None = None,
     dialect: Dialect = "sqlite",
 ) -> KeySets:
-    parts: list[tuple[Condition, bool]] = [(Condition("a.resource_type = ?", [request.resource_type]), False)]
+    parts: list[tuple[Condition, Filter | None]] = [(Condition("a.resource_type = ?", [request.resource_type]), None)]
     if request.compartment is not None:
         parts.append(
             (
@@ -119,18 +119,18 @@ def _where(
                     "AND c.resource_id = a.resource_id)",
                     [request.compartment, request.resource_type],
                 ),
-                False,
+                None,
             )
         )
     if visible is not None:
-        parts.append((visible, False))
+        parts.append((visible, None))
     if snapshot is not None:
-        parts.append((Condition("a.sid <= ?", [snapshot]), False))
+        parts.append((Condition("a.sid <= ?", [snapshot]), None))
     filters = merge_same_value(request.filters)
     spans = read_spans(tx) if any(_has_dates(item) for item in filters) else None
     context = Context(spans, policy, dialect, TerminologyCodes(tx))
     for item in filters:
-        parts.append((condition(item, "a", base, context), _drives(item)))
+        parts.append((condition(item, "a", base, context), item if _drives(item) else None))
     return key_sets(parts, "a")
 
 
@@ -331,8 +331,16 @@ def _page_rows(
 ) -> list[tuple[Any, ...]]:
     sort, where = request.sort, sets.where
     if not sort and sets.keys is not None and tx.dialect == "postgres":
-        # Full-text matches come out of a GIN bitmap in no key order (keysets.py); SQLite has no LATERAL.
-        driven = driven_page(sets, None if after is None else int(after[-1]), backwards, limit)
+        # Full-text matches come out of a GIN bitmap in no key order (keysets.py), unless the filter reads
+        # them in key order itself (_text: projections.search.narrative); SQLite has no LATERAL.
+        bound = None if after is None else int(after[-1])
+        driven = (
+            sets.driver.ordered_page(sets.rest, bound, backwards, limit)
+            if isinstance(sets.driver, SpecialFilter)
+            else None
+        )
+        if driven is None:
+            driven = driven_page(sets, bound, backwards, limit)
         return tx.execute(driven.sql, driven.params).fetchall()
     if not sort:
         # The fast path: index order, keyset on sid alone.

@@ -13,8 +13,10 @@ projector right after the search index (the ``sid`` comes from there), in the sa
 read-your-writes covers it, and ``ehr rebuild`` rebuilds it with the other views.
 
 - PostgreSQL: ``tsvector`` columns built by ``to_tsvector('spanish', ...)`` (the built-in configuration:
-  Snowball stemmer and stop words) under GIN indexes, queried with ``plainto_tsquery('spanish', ...)``,
-  which ANDs the words. Accents are folded in Python before: the ``unaccent`` extension would do the
+  Snowball stemmer and stop words). ``_content`` is a GIN index on its column, queried with
+  ``plainto_tsquery('spanish', ...)``, which ANDs the words; ``_text`` reads the narrative's words kept in
+  key order (:mod:`projections.search.narrative`), so a page reads its own rows and not every match.
+  Accents are folded in Python before: the ``unaccent`` extension would do the
   same but needs a superuser to install, and the folding must equal the string index's anyway.
 - SQLite: an FTS5 index (external content, kept by triggers) over the terms of
   :func:`projections.search.spanish.terms`: the same folding, stop words and Snowball stemmer, in Python.
@@ -40,6 +42,11 @@ from projections.db import Dialect, Tx
 from projections.privacy import Erasure
 from projections.search.fold import fold
 from projections.search.index import resource_keys
+from projections.search.narrative import WORDS, ordered_page
+from projections.search.narrative import ddl as words_ddl
+from projections.search.narrative import delete as delete_words
+from projections.search.narrative import insert_from as insert_words
+from projections.search.narrative import matches as word_matches
 from projections.search.spanish import terms
 from projections.search.special import SpecialFilter, SpecialParser, register
 from projections.search.sql import Condition, Context
@@ -117,7 +124,9 @@ def _ddl(dialect: Dialect) -> list[str]:
             'CREATE TABLE IF NOT EXISTS search_fulltext (sid BIGINT PRIMARY KEY, resource_type TEXT COLLATE "C" '
             'NOT NULL, resource_id TEXT COLLATE "C" NOT NULL, narrative tsvector, content tsvector)',
             "CREATE INDEX IF NOT EXISTS search_fulltext_resource ON search_fulltext (resource_type, resource_id)",
-            "CREATE INDEX IF NOT EXISTS search_fulltext_narrative ON search_fulltext USING GIN (narrative)",
+            # _text reads search_narrative_words (projections.search.narrative); a store made before it had
+            # a GIN index on the narrative too, which only cost writes now.
+            "DROP INDEX IF EXISTS search_fulltext_narrative",
             "CREATE INDEX IF NOT EXISTS search_fulltext_content ON search_fulltext USING GIN (content)",
         ]
     columns = "narrative, content"
@@ -161,13 +170,15 @@ class FullTextIndex(View):
     carries the ``sid`` the search index just gave it.
     """
 
-    tables = ("search_fulltext",)
-    # GIN indexes: only searches read them, and a rebuild builds them once after the bulk load.
-    query_indexes = ("search_fulltext_narrative", "search_fulltext_content")
+    tables = ("search_fulltext", WORDS)
+    # A GIN index: only searches read it, and a rebuild builds it once after the bulk load. (The words'
+    # primary key stays: an update's delete finds a resource's words through it.)
+    query_indexes = ("search_fulltext_content",)
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         for statement in _ddl(dialect):
             tx.execute(statement)
+        words_ddl(tx, dialect)
 
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
         latest: dict[tuple[str, str], Change] = {}
@@ -206,6 +217,8 @@ class FullTextIndex(View):
             by_type.setdefault(resource_type, []).append(resource_id)
         for resource_type, ids in by_type.items():
             for chunk in _chunks(ids):
+                if tx.dialect == "postgres":
+                    delete_words(tx, resource_type, chunk)
                 marks = ", ".join("?" * len(chunk))
                 tx.execute(
                     f"DELETE FROM search_fulltext WHERE resource_type = ? AND resource_id IN ({marks})",
@@ -221,11 +234,13 @@ class FullTextIndex(View):
             # fixed text for the batch, prepared once per connection, its rows one JSON array (orjson: no work
             # per value in Python): a statement per row cost the client more than the server's to_tsvector (a
             # rebuild inserts one row per resource), and arrays per column cost psycopg a dump per value.
+            # The narrative's words go to their own table in the same statement (projections.search.narrative).
             folded = [(*row[:3], _pg_text(row[3]), _pg_text(row[4])) for row in rows]
             tx.execute(
-                f"INSERT INTO search_fulltext ({columns}) SELECT (r->>0)::bigint, r->>1, r->>2, "
+                f"WITH f AS (INSERT INTO search_fulltext ({columns}) SELECT (r->>0)::bigint, r->>1, r->>2, "
                 "CASE WHEN r->>3 = '' THEN NULL ELSE to_tsvector('spanish', r->>3) END, "
-                "to_tsvector('spanish', r->>4) FROM jsonb_array_elements(?::jsonb) r",
+                "to_tsvector('spanish', r->>4) FROM jsonb_array_elements(?::jsonb) r "
+                f"RETURNING sid, resource_type, narrative) {insert_words('f')}",
                 (orjson.dumps(folded).decode(),),
             )
             return
@@ -244,17 +259,27 @@ def _pg_text(text: str) -> str:
 
 
 class FullTextFilter(SpecialFilter):
-    """``_text`` or ``_content``: any of ``values`` (OR), each with all its words (AND)."""
+    """``_text`` or ``_content`` on ``resource_type``: any of ``values`` (OR), each with all its words (AND)."""
 
-    #: A GIN index gives its matches in no key order.
+    #: A GIN index (``_content``; FTS5 on SQLite) gives its matches in no key order; ``_text`` pages on
+    #: PostgreSQL walk its words' lists in key order instead (:meth:`ordered_page`).
     unordered = True
 
-    def __init__(self, name: str, values: tuple[str, ...]) -> None:
+    def __init__(self, name: str, resource_type: str, values: tuple[str, ...]) -> None:
         self.name = name
         self.column = COLUMNS[name]
+        self.resource_type = resource_type
         self.values = values
 
+    def ordered_page(self, rest: Condition, after: int | None, backwards: bool, limit: int) -> Condition | None:
+        if self.name != "_text":
+            return None
+        folded = [fold(value) for value in self.values]
+        return ordered_page(self.resource_type, folded, rest, after, backwards, limit)
+
     def condition(self, alias: str, base: str | None, context: Context) -> Condition:
+        if context.dialect == "postgres" and self.name == "_text":
+            return word_matches(self.resource_type, [fold(value) for value in self.values], alias)
         if context.dialect == "postgres":
             ors = " OR ".join(f"f.{self.column} @@ plainto_tsquery('spanish', ?)" for _ in self.values)
             return Condition(
@@ -281,7 +306,7 @@ def _parser(name: str) -> SpecialParser:
             raise InvalidResource(
                 [Issue("invalid", f"search parameter {name}: an empty value matches nothing; leave it out", name)]
             )
-        return FullTextFilter(name, values)
+        return FullTextFilter(name, resource_type, values)
 
     return parse
 

@@ -13,7 +13,10 @@ page is full, the other conditions (type, access policy, snapshot) checked on ea
 composite's matches (types/composite.py) come in key order, from one index range; but as a semi-join on a
 store never analysed PostgreSQL guesses one match and collects, looks up and sorts every one of them. Driven,
 the range is read in key order (a ``DISTINCT ... ORDER BY sid`` over an index already in that order is a
-streamed ``Unique``) and stops with the page.
+streamed ``Unique``) and stops with the page. A filter that can read its matches in key order itself gives
+its own page query instead (:meth:`projections.search.special.SpecialFilter.ordered_page`: ``_text``'s
+words on PostgreSQL, projections/search/narrative.py), which stops at the page's end without reading the
+other matches.
 
 With several sets of keys the plain semi-joins stay: which set should drive is the planner's to judge, and
 intersecting the sets first was measured faster with statistics but slower without them (a store is never
@@ -25,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from projections.search.query import Filter
 from projections.search.sql import Condition
 
 __all__ = ["KeySets", "driven_page", "key_sets", "key_subquery"]
@@ -57,23 +61,25 @@ class KeySets:
     keys: Condition | None = None
     #: The other conditions (type, access policy, snapshot...), AND-ed.
     rest: Condition = field(default_factory=lambda: Condition("1 = 1"))
+    #: The filter whose condition is :attr:`keys` (a special one may read its matches in key order itself).
+    driver: Filter | None = None
 
 
-def key_sets(parts: Sequence[tuple[Condition, bool]], alias: str) -> KeySets:
-    """AND ``parts``, each a condition on ``alias`` and whether its matches come in no key order; the first
-    part"""
+def key_sets(parts: Sequence[tuple[Condition, Filter | None]], alias: str) -> KeySets:
+    """AND ``parts``, each a condition on ``alias`` and, when a page may be driven from its keys (engine's
+    ``_drives``), the filter that made it."""
     where = Condition(
         " AND ".join(part.sql if number == 0 else f"({part.sql})" for number, (part, _) in enumerate(parts)),
         [p for part, _ in parts for p in part.params],
     )
-    sets = [(part, unordered) for part, unordered in parts if key_subquery(part.sql, alias) is not None]
-    if len(sets) != 1 or not sets[0][1]:
+    sets = [(part, drives) for part, drives in parts if key_subquery(part.sql, alias) is not None]
+    if len(sets) != 1 or sets[0][1] is None:
         return KeySets(where)
-    driver = sets[0][0]
+    driver, drives = sets[0]
     rest = [part for part, _ in parts if part is not driver]
     subquery = key_subquery(driver.sql, alias)
     assert subquery is not None
-    return KeySets(where, Condition(subquery, list(driver.params)), _and(rest))
+    return KeySets(where, Condition(subquery, list(driver.params)), _and(rest), drives)
 
 
 def _and(conditions: Sequence[Condition]) -> Condition:

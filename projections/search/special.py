@@ -34,6 +34,12 @@ class SpecialFilter(ABC):
     def condition(self, alias: str, base: str | None, context: Context) -> Condition:
         """The condition on ``alias`` (a ``search_ids`` row)."""
 
+    def ordered_page(self, rest: Condition, after: int | None, backwards: bool, limit: int) -> Condition | None:
+        """When its matches are a search's only set of keys: a PostgreSQL page query (rows ``sid``,
+        ``resource_id``) reading them in key order, at most ``limit`` after the key ``after`` (before it when
+        ``backwards``) that pass ``rest`` (conditions on ``search_ids a``); None: they are sorted once."""
+        return None
+
 
 SpecialParser = Callable[[str, str, str | None], SpecialFilter]
 """Reads one special parameter's value: (searched type, raw value, server base) → filter."""

@@ -21,6 +21,7 @@ from projections.db import SQLiteViews
 from projections.privacy import Erasure, erase
 from projections.rebuild import rebuild
 from projections.search import FullTextIndex, SearchIndex
+from projections.search.narrative import WORDS
 
 
 def _narrative(text: str) -> dict[str, str]:
@@ -116,6 +117,33 @@ def test_the_index_follows_updates_and_deletes(conditions: TestClient) -> None:
     assert _search(client, "Condition?_text=escalofrio") == ["upper"]
 
 
+def test_pages_of_matches_in_key_order(client: TestClient) -> None:
+    """Pages of a full-text search follow each other in the index's order, forwards and back, whatever
+    the words' index reads them from (R4 §3.1.1.6 "Paging")."""
+    _put(client, {"resourceType": "Patient", "id": "p1"})
+    for number in range(23):
+        reason = ["Dolor torácico", "DOLOR ABDOMINAL", "cefalea", "tos y dolor toracico"][number % 4]
+        _put(client, _condition(f"c{number:02d}", f"Consulta {number}: {reason}"))
+    expected = [f"c{n:02d}" for n in range(23) if n % 4 in (0, 2, 3)]  # "torácico" or "cefalea"
+    url: str | None = "/fhir/Condition?_text=dolores toracicos,cefalea&_count=4"
+    seen: list[str] = []
+    pages: list[dict[str, Any]] = []
+    while url is not None:
+        bundle = client.get(url).json()
+        assert bundle["total"] == len(expected)
+        pages.append(bundle)
+        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+    assert seen == expected
+    back: list[str] = [e["resource"]["id"] for e in pages[-1]["entry"]]
+    url = next((link["url"] for link in pages[-1]["link"] if link["relation"] == "previous"), None)
+    while url is not None:
+        bundle = client.get(url).json()
+        back = [e["resource"]["id"] for e in bundle.get("entry", [])] + back
+        url = next((link["url"] for link in bundle["link"] if link["relation"] == "previous"), None)
+    assert back == expected
+
+
 def test_self_link_and_combination_with_other_parameters(conditions: TestClient) -> None:
     client = conditions
     bundle = client.get("/fhir/Condition", params={"_text": "dolor torácico", "subject": "Patient/p1"}).json()
@@ -131,9 +159,12 @@ def test_rebuild_fills_the_full_text_index(services: Services, conditions: TestC
     client = conditions
     projectors = projectors_named(services, ["resources"])
     before = projectors[0].dump()["search_fulltext"]
+    words = projectors[0].dump()[WORDS]  # PostgreSQL's _text index (SQLite reads FTS5: none)
     assert len(before) == 6  # five Conditions and the Patient
+    assert len(words) > 0 if services.settings.uses_postgres else words == []
     rebuild(services.settings, projectors)
     assert projectors[0].dump()["search_fulltext"] == before
+    assert projectors[0].dump()[WORDS] == words
     assert _search(client, "Condition?_text=dolores toracicos") == ["lower", "plural", "upper"]
     assert _search(client, "Condition?_content=anotado") == ["none"]
 

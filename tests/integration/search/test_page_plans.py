@@ -1,7 +1,8 @@
-"""A full-text page looks up in ``search_ids`` only the rows it returns, on a store never analysed (this
-machine kind runs PostgreSQL with autovacuum off): the matches, out of a GIN bitmap in no key order, are
-sorted once and looked up one at a time until the page is full (projections/search/keysets.py). The pages
-are checked against what the index holds, forwards and back."""
+"""A full-text page reads about its own rows, on a store never analysed (this machine kind runs PostgreSQL
+with autovacuum off): ``_text`` walks its words' lists in key order (projections/search/narrative.py) and
+``_content``'s matches, out of a GIN bitmap in no key order, are sorted once and looked up one at a time until
+the page is full (projections/search/keysets.py). The pages are checked against what the index holds,
+forwards and back."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bench.search import RecordingTx
 from ehr_core.settings import Settings
 from fhir_api.services import Services
 from projections.search.engine import run_search
+from projections.search.narrative import WORDS, insert_from
 from projections.search.query import parse_search
 
 pytestmark = pytest.mark.postgres
@@ -45,8 +47,8 @@ def _page(services: Services, query: str, count: int = 20) -> tuple[list[int], A
     return [match.sid for match in page.matches], page, seen
 
 
-def _search_ids_lookups(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]]) -> int:
-    """How many times the page query read ``search_ids`` (the loops of its scans there), as executed."""
+def _executed(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+    """The page query's plan as executed (``EXPLAIN ANALYZE``)."""
     statement, params = seen[-1]  # the page's own query comes last (no _include here)
     explained = connection.execute(
         "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.replace("%", "%%").replace("?", "%s"),
@@ -54,12 +56,37 @@ def _search_ids_lookups(connection: psycopg.Connection[Any], seen: list[tuple[st
     ).fetchone()
     assert explained is not None
     document = explained[0] if not isinstance(explained[0], str) else orjson.loads(explained[0])
+    return dict(document[0]["Plan"])
 
-    def loops(node: dict[str, Any]) -> int:
-        own = int(node["Actual Loops"]) if node.get("Relation Name") == "search_ids" else 0
-        return own + sum(loops(child) for child in node.get("Plans", ()))
 
-    return loops(document[0]["Plan"])
+def _scans(node: dict[str, Any], tables: tuple[str, ...], rows: bool) -> int:
+    """The loops of the plan's scans of ``tables`` (or, with ``rows``, the rows they returned in all)."""
+    own = 0
+    if node.get("Relation Name") in tables:
+        own = int(node["Actual Loops"]) * (int(node["Actual Rows"]) if rows else 1)
+    return own + sum(_scans(child, tables, rows) for child in node.get("Plans", ()))
+
+
+def _search_ids_lookups(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]]) -> int:
+    """How many times the page query read ``search_ids`` (the loops of its scans there), as executed."""
+    return _scans(_executed(connection, seen), ("search_ids",), rows=False)
+
+
+def _encounters(connection: psycopg.Connection[Any], narratives: str, count: int) -> None:
+    """``count`` Encounters, sids 1.., their narratives the SQL expression ``narratives`` of ``g`` (the
+    sid), indexed as the full-text view writes them (folded)."""
+    connection.execute(
+        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
+        "SELECT g, 'Encounter', 'e' || g, 0 FROM generate_series(1, %s) g",
+        (count,),
+    )
+    connection.execute(
+        "INSERT INTO search_fulltext (sid, resource_type, resource_id, narrative, content) "
+        f"SELECT g, 'Encounter', 'e' || g, to_tsvector('spanish', {narratives}), to_tsvector('spanish', "
+        "'consulta') FROM generate_series(1, %s) g",
+        (count,),
+    )
+    connection.execute(insert_from("search_fulltext"))
 
 
 def _all_pages(services: Services, query: str, count: int) -> tuple[list[int], list[int]]:
@@ -82,22 +109,60 @@ def _all_pages(services: Services, query: str, count: int) -> tuple[list[int], l
 def test_a_full_text_page_looks_up_only_its_rows(store: tuple[Services, psycopg.Connection[Any]]) -> None:
     services, connection = store
     # Every other Encounter's narrative says "dolor torácico" (folded, as the index writes it).
-    connection.execute(
-        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
-        "SELECT g, 'Encounter', 'e' || g, 0 FROM generate_series(1, %s) g",
-        (2 * ROWS,),
-    )
-    connection.execute(
-        "INSERT INTO search_fulltext (sid, resource_type, resource_id, narrative, content) "
-        "SELECT g, 'Encounter', 'e' || g, to_tsvector('spanish', CASE WHEN g %% 2 = 0 THEN 'dolor toracico' "
-        "ELSE 'cefalea' END), to_tsvector('spanish', 'consulta') FROM generate_series(1, %s) g",
-        (2 * ROWS,),
-    )
+    _encounters(connection, "CASE WHEN g %% 2 = 0 THEN 'dolor toracico' ELSE 'cefalea' END", 2 * ROWS)
     sids, _, seen = _page(services, "Encounter?_text=dolor torácico")
     assert sids == list(range(2, 42, 2))
     assert _search_ids_lookups(connection, seen) <= 21
+    # The words' index gives the page's matches in key order: a step or two per word of each row it
+    # returns, not the 3,000 matches a GIN bitmap gives in no order.
+    assert _scans(_executed(connection, seen), ("search_fulltext", WORDS), rows=True) <= 2 * 2 * 21
     forward, backward = _all_pages(services, "Encounter?_text=dolor", 500)
     assert forward == backward == list(range(2, 2 * ROWS + 1, 2))
+    for query in ("Encounter?_content=consulta", "Encounter?_text=cefalea,dolor"):
+        forward, backward = _all_pages(services, query, 700)
+        assert forward == backward == list(range(1, 2 * ROWS + 1))
+
+
+def test_a_text_page_walks_a_common_and_a_rare_word_side_by_side(
+    store: tuple[Services, psycopg.Connection[Any]],
+) -> None:
+    """Every narrative has "dolor", one in 37 "torácico" and one in 11 "cefalea": the page of "dolor torácico"
+    skips from one "torácico" to the next (a leapfrog over the two lists), it does not read "dolor" row by
+    row; alternatives (commas) and the total are those of the words' sets."""
+    services, connection = store
+    _encounters(
+        connection,
+        "'dolor ' || CASE WHEN g %% 37 = 0 THEN 'toracico ' ELSE '' END || CASE WHEN g %% 11 = 0 THEN 'cefalea' "
+        "ELSE '' END",
+        37 * 40,
+    )
+    sids, _, seen = _page(services, "Encounter?_text=DOLOR TORÁCICO")
+    assert sids == [37 * n for n in range(1, 21)]
+    assert _scans(_executed(connection, seen), (WORDS,), rows=False) <= 3 * 21
+    both = sorted({37 * n for n in range(1, 41)} | {11 * n for n in range(1, 37 * 40 // 11 + 1)})
+    forward, backward = _all_pages(services, "Encounter?_text=torácico,cefalea dolor", 9)
+    assert forward == backward == both
+    forward, backward = _all_pages(services, "Encounter?_text=cefalea torácico", 5)
+    assert forward == backward == [37 * 11 * n for n in range(1, 4)]
+    _, page, _ = _page(services, "Encounter?_text=torácico,cefalea&_total=accurate")
+    assert page.total == len(both)
+    assert _page(services, "Encounter?_text=de la")[0] == []  # stop words only: nothing to look for
+
+
+def test_a_store_made_before_the_words_table_gets_it_filled(postgres_settings: Settings) -> None:
+    """A full-text view written before ``search_narrative_words`` existed holds each narrative's ``tsvector``:
+    opening the store fills the table from them, so ``_text`` finds what it found before."""
+    services = Services.open(postgres_settings, follow=False)
+    services.close()
+    with psycopg.connect(postgres_settings.postgres_conninfo(), autocommit=True) as connection:
+        connection.execute(f'SET search_path = "{postgres_settings.postgres_schema}"')
+        _encounters(connection, "CASE WHEN g %% 2 = 0 THEN 'dolor toracico' ELSE 'cefalea' END", 100)
+        connection.execute(f"DROP TABLE {WORDS}")
+    services = Services.open(postgres_settings, follow=False)
+    try:
+        assert _page(services, "Encounter?_text=toracico", 100)[0] == list(range(2, 101, 2))
+    finally:
+        services.close()
 
 
 def _rows_read(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]], relation: str) -> int:
