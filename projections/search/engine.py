@@ -26,7 +26,15 @@ from projections.db import Dialect, Tx
 from projections.search.dates import MAX, MIN
 from projections.search.fold import TOP
 from projections.search.index import VALUE_TABLES
-from projections.search.keysets import KeySets, driven_page, key_sets
+from projections.search.keysets import (
+    KeySets,
+    driven_page,
+    intersectable,
+    intersected_count,
+    intersected_page,
+    key_sets,
+    probe,
+)
 from projections.search.query import (
     ChainFilter,
     Filter,
@@ -342,6 +350,14 @@ def _page_rows(
         if driven is None:
             driven = driven_page(sets, bound, backwards, limit)
         return tx.execute(driven.sql, driven.params).fetchall()
+    if not sort and tx.dialect == "postgres" and intersectable(sets):
+        # Several sets of keys: driven from the smallest, as counted (keysets.py), not as estimated.
+        counts = _counts(tx, sets)
+        if 0 in counts:
+            return []  # a set without keys: nothing matches (the counts read no policy, snapshot or cursor)
+        page = intersected_page(sets, counts, None if after is None else int(after[-1]), backwards, limit)
+        if page is not None:
+            return tx.execute(page.sql, page.params).fetchall()
     if not sort:
         # The fast path: index order, keyset on sid alone.
         clause, params = where.sql, list(where.params)
@@ -372,6 +388,16 @@ def _page_rows(
     ).fetchall()
 
 
+def _counts(tx: Tx, sets: KeySets) -> list[int]:
+    """Each set's keys, counted up to keysets.PROBE_KEYS, once per search (the total and the page share them)."""
+    if sets.counts is None:
+        counted = probe(sets.sets)
+        row = tx.execute(counted.sql, counted.params).fetchone()
+        assert row is not None
+        sets.counts = [int(n) for n in row]
+    return sets.counts
+
+
 def _keys_of(row: tuple[Any, ...], sort_length: int) -> list[Any]:
     return [_plain(value) for value in row[2 : 2 + sort_length]] + [int(row[0])]
 
@@ -380,13 +406,22 @@ def _plain(value: Any) -> Any:
     return float(value) if not isinstance(value, int | float | str) else value
 
 
-def _total(tx: Tx, dialect: Dialect, where: Condition, how: str) -> int:
+def _total(tx: Tx, dialect: Dialect, sets: KeySets, how: str) -> int:
+    where = sets.where
     if how == "estimate" and dialect == "postgres":
         row = tx.execute(f"EXPLAIN (FORMAT JSON) SELECT a.sid FROM search_ids a WHERE {where.sql}", where.params)
         plan = row.fetchone()
         if plan is not None:
             document = plan[0] if not isinstance(plan[0], str) else orjson.loads(plan[0])
             return int(document[0]["Plan"]["Plan Rows"])
+    if dialect == "postgres" and intersectable(sets):
+        counts = _counts(tx, sets)
+        if 0 in counts:
+            return 0
+        counted = intersected_count(sets, counts)
+        if counted is not None:
+            found = tx.execute(counted.sql, counted.params).fetchone()
+            return int(found[0]) if found else 0
     found = tx.execute(f"SELECT COUNT(*) FROM search_ids a WHERE {where.sql}", where.params).fetchone()
     return int(found[0]) if found else 0
 
@@ -419,12 +454,11 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
     # Chains and _has pass through other resources: the same policy holds for each of them.
     policy = None if viewer is None else _policy(viewer, dialect)
     sets = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy, dialect)
-    where = sets.where
     page = Page([], filtered=viewer is not None and (viewer.types is not None or not viewer.break_glass))
     total_how = request.total or "accurate"
     if total_how != "none" or count == 0 or request.summary == "count":
         how = total_how if total_how != "none" else "accurate"
-        page.total = _total(tx, dialect, where, how)
+        page.total = _total(tx, dialect, sets, how)
         if viewer is not None and viewer.break_glass and page.total:
             # A count is a disclosure too: when it includes what only breaking the glass reaches, the
             # access is one (logged for review and audited as BTG) even if no such entry is on the page.
@@ -432,7 +466,7 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
             bound = snapshot if cursor_keys is not None else None
             policed = _where(
                 tx, request, base, bound, _visible(within, "a", dialect), _policy(within, dialect), dialect
-            ).where
+            )
             page.break_glass_used = _total(tx, dialect, policed, how) != page.total
     if count == 0 or request.summary == "count":
         return page

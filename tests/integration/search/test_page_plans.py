@@ -1,8 +1,9 @@
-"""A full-text page reads about its own rows, on a store never analysed (this machine kind runs PostgreSQL
-with autovacuum off): ``_text`` walks its words' lists in key order (projections/search/narrative.py) and
-``_content``'s matches, out of a GIN bitmap in no key order, are sorted once and looked up one at a time until
-the page is full (projections/search/keysets.py). The pages are checked against what the index holds,
-forwards and back."""
+"""A page reads about its own rows, on a store never analysed (this machine kind runs PostgreSQL with
+autovacuum off): ``_text`` walks its words' lists in key order (projections/search/narrative.py); the keys
+that drive a page (``_content``'s matches, out of a GIN bitmap in no key order; a keyed composite's range;
+the smallest of several conditions' sets, as counted) are sorted once and looked up one at a time until the
+page is full (projections/search/keysets.py). The pages are checked against what the index holds, forwards
+and back."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 from bench.search import RecordingTx
 from ehr_core.settings import Settings
 from fhir_api.services import Services
+from projections.search.dates import date_range
 from projections.search.engine import run_search
+from projections.search.keysets import PROBE_KEYS
 from projections.search.narrative import WORDS, insert_from
 from projections.search.query import parse_search
 
@@ -213,3 +216,102 @@ def test_a_composite_page_reads_its_key_range_in_key_order(
     forward, backward = _all_pages(services, query, 500)
     assert forward == backward == list(range(12, 2 * ROWS + 1, 2))
     assert _page(services, f"Observation?code-value-quantity=http://loinc.org|A$gt{2 * ROWS}")[0] == []
+
+
+def _plan_nodes(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Every node of the page query's plan, as executed."""
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(found for child in node.get("Plans", ()) for found in nodes(child))]
+
+    return nodes(_executed(connection, seen))
+
+
+def _search_ids_rows(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]]) -> int:
+    """How many rows of ``search_ids`` the page query read, as executed."""
+    return _scans(_executed(connection, seen), ("search_ids",), rows=True)
+
+
+#: Patients of the family&given test, and Observations of the code&date test.
+PEOPLE = 20_000
+FAMILIES, GIVEN = 50, 30
+CODES, DAYS = 3, 3650
+
+
+def _family(n: int) -> str:
+    return f"familia{n % FAMILIES:02d}"
+
+
+def _given(n: int) -> tuple[str, str]:
+    return f"nombre{n * 7 % GIVEN:02d}", f"nombre{(n * 13 + 5) % GIVEN:02d}"
+
+
+def test_a_page_of_two_names_is_driven_from_the_smaller_set(store: tuple[Services, psycopg.Connection[Any]]) -> None:
+    services, connection = store
+    connection.execute(
+        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
+        "SELECT g, 'Patient', 'p' || g, 0 FROM generate_series(1, %s) g",
+        (PEOPLE,),
+    )
+    connection.execute(
+        "INSERT INTO search_string (resource_type, param, value, exact, sid) "
+        "SELECT 'Patient', 'family', v, v, g FROM generate_series(1, %(n)s) g, "
+        "LATERAL (SELECT 'familia' || lpad((g %% %(f)s)::text, 2, '0') AS v) f "
+        "UNION ALL SELECT 'Patient', 'given', v, v, g FROM generate_series(1, %(n)s) g, "
+        "LATERAL (VALUES ('nombre' || lpad((g * 7 %% %(g)s)::text, 2, '0')), "
+        "('nombre' || lpad(((g * 13 + 5) %% %(g)s)::text, 2, '0'))) v(v)",
+        {"n": PEOPLE, "f": FAMILIES, "g": GIVEN},
+    )
+    query = "Patient?family=familia07&given=nombre19"
+    expected = [n for n in range(1, PEOPLE + 1) if _family(n) == "familia07" and "nombre19" in _given(n)]
+    assert len(expected) > 40
+    sids, _, seen = _page(services, query)
+    assert sids == expected[:20]
+    # The smaller set (the family's 400 keys) drives; the page's 20 rows, and the one after, are all
+    # search_ids gives (walking search_ids in key order read a row per Patient until the page was full).
+    assert _search_ids_rows(connection, seen) <= 21
+    forward, backward = _all_pages(services, query, 7)
+    assert forward == backward == expected
+
+
+def test_a_page_of_a_code_and_a_week_looks_the_code_up_by_key(
+    store: tuple[Services, psycopg.Connection[Any]],
+) -> None:
+    services, connection = store
+    day = 86_400_000_000
+    start = date_range("2015-01-01")[0]
+    connection.execute(
+        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
+        "SELECT g, 'Observation', 'o' || g, 0 FROM generate_series(1, %s) g",
+        (PEOPLE,),
+    )
+    # Every code has more Observations than a set is counted to (keysets.PROBE_KEYS): read whole, it is dear.
+    connection.execute(
+        "INSERT INTO search_token (resource_type, param, system, code, sid) "
+        "SELECT 'Observation', 'code', 'http://loinc.org', 'c' || (g %% %s), g FROM generate_series(1, %s) g",
+        (CODES, PEOPLE),
+    )
+    connection.execute(
+        "INSERT INTO search_date (resource_type, param, low, high, sid) "
+        "SELECT 'Observation', 'date', %(start)s + (g * 7919 %% %(days)s) * %(day)s::bigint, "
+        "%(start)s + (g * 7919 %% %(days)s) * %(day)s::bigint, g FROM generate_series(1, %(n)s) g",
+        {"start": start, "days": DAYS, "day": day, "n": PEOPLE},
+    )
+    connection.execute(
+        "INSERT INTO search_date_spans (resource_type, param, max_span, open_start, open_end) "
+        "VALUES ('Observation', 'date', 0, 0, 0)"
+    )
+    query = "Observation?code=c2&date=ge2016-01-01&date=lt2016-03-01"
+    low, high = date_range("2016-01-01")[0], date_range("2016-03-01")[0]
+    expected = [n for n in range(1, PEOPLE + 1) if n % CODES == 2 and low <= start + (n * 7919 % DAYS) * day < high]
+    assert len(expected) > 40 and PEOPLE // CODES > PROBE_KEYS
+    sids, _, seen = _page(services, query)
+    assert sids == expected[:20]
+    nodes = _plan_nodes(connection, seen)
+    assert _search_ids_rows(connection, seen) <= 21
+    # The week's keys drive; the code is looked up by each key in the token table's sid index, never by
+    # reading the code's range of a lookup index again for each key.
+    assert all(int(node["Actual Loops"]) <= 1 for node in nodes if "lookup" in node.get("Index Name", "")), nodes
+    assert any(node.get("Index Name") == "search_token_sid" for node in nodes), nodes
+    forward, backward = _all_pages(services, query, 7)
+    assert forward == backward == expected
