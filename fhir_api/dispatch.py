@@ -106,5 +106,7 @@ class IndexedRoutes:
 
 
 def index_routes(router: Router) -> None:
-    """Dispatch ``router``'s requests through :class:`IndexedRoutes` (call once, on the app's router)."""
-    router.middleware_stack = IndexedRoutes(router, router.middleware_stack)
+    """Dispatch ``router``'s requests through :class:`IndexedRoutes` (call once, on the app's router). Only a
+    router with no middleware of its own (a body limit...): the indexed dispatch calls the routes directly."""
+    if router.middleware_stack == router.app:
+        router.middleware_stack = IndexedRoutes(router, router.middleware_stack)
