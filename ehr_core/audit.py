@@ -219,13 +219,20 @@ class AuditLog(Application[UUID]):
         env = settings.event_store_env()
         if not settings.uses_postgres:
             env["SQLITE_DBNAME"] = str(private_sqlite(settings.data_dir / "audit.sqlite"))
-        else:
-            # Check each pooled connection as the writer takes it: after the database killed the pool's
-            # sessions, every append would otherwise meet a dead one, and the audit log would be declared
-            # unwritable (every request refused until the next probe) for a fault a reconnect cures. One
-            # round trip per group commit, not per request.
-            env["POSTGRES_PRE_PING"] = "yes"
+        # No check of each pooled connection as the writer takes it (POSTGRES_PRE_PING): that is one more round
+        # trip per group commit, on every audited request's wait, to guard against a rare fault that
+        # :meth:`repair` cures after it happened.
         super().__init__(env=env)
+
+    def repair(self) -> None:
+        """After a failed append: drop the pool's dead connections before the retry. Once the database killed
+        the pool's sessions (a restart, ``pg_terminate_backend``), every pooled connection is dead; without
+        this each retry would meet the next one, and the audit log would be declared unwritable (every
+        request refused until the next probe) for a fault a reconnect cures."""
+        datastore = getattr(self.recorder, "datastore", None)
+        pool = getattr(datastore, "pool", None)
+        if pool is not None and hasattr(pool, "check"):
+            pool.check()  # psycopg_pool: tests each idle connection, replaces the broken ones
 
     def construct_transcoder(self) -> Transcoder:
         return EventTranscoder()
@@ -341,6 +348,10 @@ class AuditWriter(threading.Thread):
             except Exception as error:  # keep the entries; a failing audit write must not lose them silently
                 log.warning("audit append failed (attempt %d)", attempt + 1, exc_info=True)
                 if pause is not None:
+                    try:
+                        self.log.repair()
+                    except Exception:  # the database still down: the retries below say so
+                        log.warning("audit log's connections not checked", exc_info=True)
                     # A connection killed under the pool is replaced on the next checkout; retrying at once
                     # would meet the pool's other dead connections and declare the log unwritable (every
                     # request 503 until the next probe) for what was a passing fault.

@@ -12,6 +12,7 @@ from ehr_core.settings import Settings
 from fhir_api.audit_middleware import AuditMiddleware
 from fhir_api.auth import AuthMiddleware
 from fhir_api.bootstrap import open_services
+from fhir_api.dispatch import index_routes
 from fhir_api.errors import install_error_handlers
 from fhir_api.formats import FormatNegotiation, XmlRequestBodies
 from fhir_api.health import health_router
@@ -75,9 +76,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         allow_headers=["*"],
         expose_headers=["Location", "Content-Location", "ETag", "Last-Modified", "WWW-Authenticate"],
     )
-    adopt_routes(app.router, fhir_router())  # one flat route list: see adopt_routes
+    # One flat route list, each route taking the access policy's pending decision first: see adopt_routes
+    adopt_routes(app.router, fhir_router(), decided=True)
     app.include_router(metrics_router())  # GET /metrics (Prometheus text)
     app.include_router(health_router())  # GET /health: 503 while the audit log cannot be written
     app.include_router(oauth_router)  # The authorization server under /oauth (SMART App Launch, Backend Services)
     install_web_view(app)  # The web view under /web (pages over the FHIR API above)
+    index_routes(app.router)  # each request tries only the routes its path can match (fhir_api/dispatch.py)
     return app

@@ -85,12 +85,12 @@ def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] |
     return Response(operation_outcome(issues), status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
-def _record_error(_: Request, error: Exception) -> Response:
+async def _record_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, RecordError)
     return outcome_response(status_of(error), error.issues, headers_of(error))
 
 
-def _validation_error(_: Request, error: Exception) -> Response:
+async def _validation_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     issues = [
         Issue("invalid", str(detail.get("msg")), ".".join(str(p) for p in detail.get("loc", ())))
@@ -99,7 +99,7 @@ def _validation_error(_: Request, error: Exception) -> Response:
     return outcome_response(400, issues)
 
 
-def _http_error(_: Request, error: Exception) -> Response:
+async def _http_error(_: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     code = _HTTP_CODES.get(error.status_code, "processing")
     return outcome_response(error.status_code, [Issue(code, str(error.detail))], dict(error.headers or {}))
@@ -108,12 +108,12 @@ def _http_error(_: Request, error: Exception) -> Response:
 _SQLITE_UNAVAILABLE = ("locked", "disk i/o", "readonly", "read-only", "full", "unable to open")
 
 
-def _database_unavailable(request: Request, error: Exception) -> Response:
+async def _database_unavailable(request: Request, error: Exception) -> Response:
     # A lost or refused database connection is the server's state, not the request's fault: 503, retry later.
     # SQLite reports programming errors with the same class, so only its "busy/disk" kinds count here.
     cause = error.__cause__ if isinstance(error, persistence.PersistenceError) else error
     if isinstance(cause, sqlite3.OperationalError) and not any(k in str(cause).lower() for k in _SQLITE_UNAVAILABLE):
-        return _unexpected(request, error)
+        return await _unexpected(request, error)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, error)
     if request.method not in ("GET", "HEAD") and _connection_lost(cause):
         # The connection died while a statement was in flight, possibly during its COMMIT: the
@@ -135,22 +135,24 @@ def _connection_lost(error: BaseException | None) -> bool:
     return isinstance(error, psycopg.OperationalError) and any(k in str(error) for k in _LOST)
 
 
-def _read_only_or_unexpected(request: Request, error: Exception) -> Response:
+async def _read_only_or_unexpected(request: Request, error: Exception) -> Response:
     # A database (or standby) that refuses writes — SQLSTATE 25006 read_only_sql_transaction —
     # is unavailable for writing, not broken: 503, nothing was applied. Other internal errors stay 500.
     cause = error.__cause__ if isinstance(error, persistence.PersistenceError) else error
     if isinstance(cause, psycopg.errors.ReadOnlySqlTransaction):
-        return _database_unavailable(request, error)
-    return _unexpected(request, error)
+        return await _database_unavailable(request, error)
+    return await _unexpected(request, error)
 
 
-def _unexpected(request: Request, error: Exception) -> Response:
+async def _unexpected(request: Request, error: Exception) -> Response:
     # The trace goes to the server log with the request id; the caller only learns that it failed.
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return outcome_response(500, [Issue("exception", "internal error; the request was not applied")])
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # Coroutines, although none awaits anything: Starlette runs a plain-function handler in a worker thread,
+    # one more hand-off for every refusal (a 403, a 404) to build a few bytes.
     app.add_exception_handler(RecordError, _record_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

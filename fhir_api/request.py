@@ -31,7 +31,9 @@ __all__ = [
 JSON_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """The open store. A coroutine although it awaits nothing: FastAPI runs a plain-function dependency in a
+    worker thread (one more thread hop per request, for an attribute lookup), a coroutine on the event loop."""
     services: Services = request.app.state.services
     return services
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
 from fhir_api import smart
+from fhir_api.auth.pending import decided_first
 from fhir_api.interactions import (
     audit_resources,
     binary,
@@ -75,7 +76,7 @@ def fhir_router() -> APIRouter:
     return router
 
 
-def adopt_routes(router: APIRouter, source: APIRouter) -> None:
+def adopt_routes(router: APIRouter, source: APIRouter, decided: bool = False) -> None:
     """Add ``source``'s routes to ``router`` one by one, in order, rather than include ``source``.
 
     FastAPI keeps an included router as a branch that every request walks again, matching each of its
@@ -83,13 +84,16 @@ def adopt_routes(router: APIRouter, source: APIRouter) -> None:
     ~20 branches that was about a third of a read's CPU. One flat list is matched once per request, in the
     same order, so which route answers does not change. The routers adopted here declare no prefix,
     dependencies or tags of their own, so each route keeps everything it declared.
+
+    ``decided``: each endpoint first takes the access policy's decision its request still needs, in the
+    worker thread where it then reads (fhir_api/auth/pending.py): one hand-off to a thread per read, not two.
     """
     for route in source.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"only API routes can be adopted, not {route!r}")
         router.add_api_route(
             route.path,
-            route.endpoint,
+            decided_first(route.endpoint) if decided else route.endpoint,
             response_model=route.response_model,
             status_code=route.status_code,
             tags=list(route.tags),

@@ -18,9 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ehr_core.application import UNKNOWN_INSTITUTION
 from ehr_core.errors import Issue, RecordError
 from ehr_core.settings import Settings
-from fhir_api.auth.decision import Caller, policy, scope_refusal
+from fhir_api.auth.decision import Caller, scope_refusal
 from fhir_api.auth.issuers import Issuers
 from fhir_api.auth.needs import need_of
+from fhir_api.auth.pending import PendingDecision, pending
 from fhir_api.auth.scopes import constraint_holds, covered, parse_scopes
 from fhir_api.auth.tokens import Issuer, TokenError, claimed_issuer, verify_token
 from fhir_api.errors import headers_of, outcome_response, status_of
@@ -114,34 +115,13 @@ class AuthMiddleware:
             return
         if not need.write and (need.target is not None or need.patient_operation is not None):
             reason = request.headers.get("x-ehr-break-glass", "").strip() or None
+            due = PendingDecision(scope, caller, need, reason)
+            entered = pending.set(due)
             try:
-                decision = await _run_sync(policy, request, caller, need, reason)
-            except RecordError as error:  # e.g. a break-the-glass access that could not be recorded (503)
-                await outcome_response(status_of(error), error.issues, headers_of(error))(scope, receive, send)
-                return
-            if not decision.permitted:
-                what = f"{need.target[0]}/{need.target[1]}" if need.target else f"Patient/{need.patient_operation}"
-                message = (
-                    f"{what} holds records of {', '.join(decision.owners)}; {claims['institution']} may read them only "
-                    "with the patient's active Consent, an accepted referral, or break-the-glass "
-                    "(X-EHR-Break-Glass: reason)"
-                )
-                await self._refuse(scope, receive, send, 403, "forbidden", message)
-                return
-            if decision.basis in ("consent", "referral"):
-                # The audit entry says under which grant another institution's record was read.
-                scope["state"]["ehr_access"] = decision.basis
-                scope["state"]["ehr_access_grants"] = decision.grants
-            if decision.basis == "break-the-glass":
-                scope["state"]["ehr_break_glass"] = True
-
-                async def flagged(message: Message) -> None:
-                    if message["type"] == "http.response.start":
-                        message["headers"] = [*message.get("headers", []), (b"x-ehr-break-glass", b"granted")]
-                    await send(message)
-
-                await self.app(scope, receive, flagged)
-                return
+                await self.app(scope, receive, _decided(due, scope, receive, send))
+            finally:
+                pending.reset(entered)
+            return
         await self.app(scope, receive, send)
 
     def _verify(self, request: Request, token: str) -> dict[str, Any]:
@@ -169,6 +149,31 @@ class AuthMiddleware:
         headers = {"WWW-Authenticate": 'Bearer realm="ehr-core"'} if status == 401 else None
         response = outcome_response(status, [Issue(code, message)], headers)
         await response(scope, receive, send)
+
+
+def _decided(due: PendingDecision, scope: Scope, receive: Receive, send: Send) -> Send:
+    """``send`` that lets no answer under 400 out before the access policy's decision: the route took it
+    before reading (fhir_api/auth/pending.py), or it is taken here, before the first byte; refused, the answer
+    is replaced by the refusal. A break-the-glass answer says so (``X-EHR-Break-Glass: granted``)."""
+    replaced = False
+
+    async def decided(message: Message) -> None:
+        nonlocal replaced
+        if replaced:
+            return
+        if message["type"] == "http.response.start":
+            if int(message["status"]) < 400 and not due.decided:
+                try:
+                    await due.settled()
+                except RecordError as error:
+                    replaced = True
+                    await outcome_response(status_of(error), error.issues, headers_of(error))(scope, receive, send)
+                    return
+            if due.decision is not None and due.decision.basis == "break-the-glass":
+                message["headers"] = [*message.get("headers", []), (b"x-ehr-break-glass", b"granted")]
+        await send(message)
+
+    return decided
 
 
 async def _run_sync(function: Any, *args: Any) -> Any:

@@ -1,0 +1,110 @@
+"""What a read by id costs on the request's own path, beside the database work: how many times the request
+hops to a worker thread. Each hop is a hand-off to another thread and back to the event loop (a wake-up, a
+future, the GIL taken twice), paid on every read; under load it is also a place where the request queues.
+A read needs the store once (the access policy's decision and the record, in the same worker thread), and
+nothing else on the path may need a thread (the open store is an attribute of the app)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from ehr_core.settings import Settings
+from fhir_api.app import create_app
+from fhir_api.services import Services
+from tests.support.access import staff_headers
+
+
+@pytest.fixture
+def secured(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
+    configured = settings.model_copy(update={"auth": "required", "data_dir": tmp_path / "ehr-data"})
+    services = Services.open(configured)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            yield client, configured
+    finally:
+        services.close()
+
+
+class Hops:
+    def __init__(self) -> None:
+        self.functions: list[str] = []
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> Hops:
+    """Every hand-off to a worker thread (Starlette's and FastAPI's go through ``anyio.to_thread.run_sync``)."""
+    counted = Hops()
+    original = anyio.to_thread.run_sync
+
+    async def run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
+        counted.functions.append(repr(function)[:120])
+        return await original(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
+    return counted
+
+
+def _patient(client: TestClient, headers: dict[str, str]) -> str:
+    body = {"resourceType": "Patient", "name": [{"family": "Pérez", "given": ["Ana"]}], "birthDate": "1980-02-03"}
+    response = client.post("/fhir/Patient", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_a_read_by_id_hops_to_a_worker_thread_once(secured: tuple[TestClient, Settings], hops: Hops) -> None:
+    client, settings = secured
+    headers = staff_headers(settings, "IMSS")
+    patient = _patient(client, headers)
+    organization = client.post(
+        "/fhir/Organization", json={"resourceType": "Organization", "name": "Clínica"}, headers=headers
+    )
+    assert organization.status_code == 201, organization.text
+    assert client.get(f"/fhir/Patient/{patient}", headers=headers).status_code == 200  # the token seen once
+    for path in (f"/fhir/Patient/{patient}", f"/fhir/Organization/{organization.json()['id']}"):
+        hops.functions.clear()
+        response = client.get(path, headers=headers)
+        assert response.status_code == 200, response.text
+        assert len(hops.functions) == 1, (path, hops.functions)
+
+
+def test_a_refused_read_is_still_refused_in_that_one_hop(secured: tuple[TestClient, Settings], hops: Hops) -> None:
+    """The policy's decision moved into the read's worker thread still comes before anything is disclosed."""
+    client, settings = secured
+    patient = _patient(client, staff_headers(settings, "IMSS"))
+    other = staff_headers(settings, "ISSSTE")
+    assert client.get(f"/fhir/Patient/{patient}/_history", headers=other).status_code in (200, 403)  # token seen
+    hops.functions.clear()
+    refused = client.get(f"/fhir/Patient/{patient}", headers=other)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    assert "Pérez" not in refused.text
+    assert len(hops.functions) == 1, hops.functions
+    glass = client.get(f"/fhir/Patient/{patient}", headers={**other, "X-EHR-Break-Glass": "urgencias"})
+    assert glass.status_code == 200, glass.text
+    assert glass.headers["x-ehr-break-glass"] == "granted"
+
+
+def test_a_read_by_id_tries_few_routes(secured: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router tries only the routes the path can match (fhir_api/dispatch.py), not the ~90 before it."""
+    client, settings = secured
+    headers = staff_headers(settings, "IMSS")
+    patient = _patient(client, headers)
+    tried: list[str] = []
+    matches = APIRoute.matches
+
+    def counted(self: APIRoute, scope: Any) -> Any:
+        tried.append(self.path)
+        return matches(self, scope)
+
+    monkeypatch.setattr(APIRoute, "matches", counted)
+    response = client.get(f"/fhir/Patient/{patient}", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == patient
+    assert len(tried) <= 10, tried
