@@ -20,9 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
-from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
-from fhir_api.services import Services
+from tests.support.access import secured_client
 
 FHIR = {"Content-Type": "application/fhir+json"}
 GLASS = {"X-EHR-Break-Glass": "paciente inconsciente en urgencias"}
@@ -33,13 +32,8 @@ ISSSTE_MRN = "urn:ehr-core:sid:issste:mrn"
 
 @pytest.fixture
 def secured(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
-    configured = settings.model_copy(update={"auth": "required", "data_dir": tmp_path / "ehr-data"})
-    services = Services.open(configured)
-    try:
-        with TestClient(create_app(services=services)) as client:
-            yield client, configured
-    finally:
-        services.close()
+    with secured_client(settings, tmp_path / "ehr-data") as opened:
+        yield opened
 
 
 def _auth(settings: Settings, institution: str) -> dict[str, str]:

@@ -16,20 +16,13 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
-from fhir_api.app import create_app
-from fhir_api.services import Services
-from tests.support.access import staff_headers
+from tests.support.access import secured_client, staff_headers
 
 
 @pytest.fixture
 def secured(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
-    configured = settings.model_copy(update={"auth": "required", "data_dir": tmp_path / "ehr-data"})
-    services = Services.open(configured)
-    try:
-        with TestClient(create_app(services=services)) as client:
-            yield client, configured
-    finally:
-        services.close()
+    with secured_client(settings, tmp_path / "ehr-data") as opened:
+        yield opened
 
 
 class Hops:

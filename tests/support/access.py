@@ -17,7 +17,16 @@ from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
 
-__all__ = ["INSTITUTION_SYSTEM", "REFERRAL", "consent", "referral", "referral_task", "secured_server", "staff_headers"]
+__all__ = [
+    "INSTITUTION_SYSTEM",
+    "REFERRAL",
+    "consent",
+    "referral",
+    "referral_task",
+    "secured_client",
+    "secured_server",
+    "staff_headers",
+]
 
 INSTITUTION_SYSTEM = "urn:ehr-core:institution"
 
@@ -39,6 +48,19 @@ def consent(patient: str, reader: str, period: dict[str, str] | None = None, sta
         "policyRule": {"text": "LGPDPPSO"},
         "provision": provision,
     }
+
+
+@contextmanager
+def secured_client(settings: Settings, data_dir: Path) -> Iterator[tuple[TestClient, Settings]]:
+    """A server with authentication on over the backend of ``settings`` (a test's ``settings`` fixture), its
+    files in ``data_dir``."""
+    configured = settings.model_copy(update={"auth": "required", "data_dir": data_dir})
+    services = Services.open(configured)
+    try:
+        with TestClient(create_app(services=services)) as client:
+            yield client, configured
+    finally:
+        services.close()
 
 
 @contextmanager

@@ -170,19 +170,7 @@ def test_a_store_made_before_the_words_table_gets_it_filled(postgres_settings: S
 
 def _rows_read(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]], relation: str) -> int:
     """How many rows the page query's scans of ``relation`` gave (over all their loops), as executed."""
-    statement, params = seen[-1]
-    explained = connection.execute(
-        "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.replace("%", "%%").replace("?", "%s"),
-        params,  # type: ignore[arg-type]
-    ).fetchone()
-    assert explained is not None
-    document = explained[0] if not isinstance(explained[0], str) else orjson.loads(explained[0])
-
-    def rows(node: dict[str, Any]) -> int:
-        own = int(node["Actual Rows"]) * int(node["Actual Loops"]) if node.get("Relation Name") == relation else 0
-        return own + sum(rows(child) for child in node.get("Plans", ()))
-
-    return rows(document[0]["Plan"])
+    return _scans(_executed(connection, seen), (relation,), rows=True)
 
 
 @pytest.mark.parametrize("analysed", [False, True], ids=["never-analysed", "analysed"])
