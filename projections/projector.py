@@ -74,8 +74,10 @@ class Retry(Exception):
 
 #: SQLSTATE classes of the database's state, not of an event: connection (08), transaction rollback
 #: (40: serialization, deadlock), insufficient resources (53), lock not available (55P03), operator
-#: intervention (57: statement timeout, shutdown), system error (58), idle-in-transaction timeout (25P03).
-_TRANSIENT_STATES = ("08", "40", "53", "55P03", "57", "58", "25P03")
+#: intervention (57: statement timeout, shutdown), system error (58), idle-in-transaction timeout (25P03),
+#: read_only_sql_transaction (25006: a database turned read-only, a standby or
+#: ``default_transaction_read_only``, is writable again later; an event it refused is not a bad event).
+_TRANSIENT_STATES = ("08", "40", "53", "55P03", "57", "58", "25P03", "25006")
 
 
 def tracking_position(tx: Tx, name: str) -> int:
