@@ -12,11 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
-from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
-from fhir_api.services import Services
 from tests.conftest import CORPUS
-from tests.support.access import consent
+from tests.support.access import consent, secured_client
 from tests.support.references import references
 
 PIPES = CORPUS / "synthea" / "fhir-data-pipes-2021"
@@ -300,13 +298,8 @@ def test_conditional_reference_matching_nothing_is_422_and_several_412(client: T
 @pytest.fixture
 def secured(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
     """The same server with authentication on (both backends): callers are institutions."""
-    configured = settings.model_copy(update={"auth": "required", "data_dir": tmp_path / "ehr-data"})
-    services = Services.open(configured)
-    try:
-        with TestClient(create_app(services=services)) as test_client:
-            yield test_client, configured
-    finally:
-        services.close()
+    with secured_client(settings, tmp_path / "ehr-data") as opened:
+        yield opened
 
 
 def _as(settings: Settings, institution: str) -> dict[str, str]:
