@@ -2,17 +2,23 @@
 
 The matcher follows the clinical log like any projector, with its own tracking row (``subscriptions``):
 each batch reads the ``Subscription`` resources it meets (their criteria, channel and status) and, for
-every other change, asks the server's own search engine whether the changed resource matches an active
-subscription's criteria (the criteria search restricted to ``_id`` of the changed resource, as the
-subscription owner's institution may read it). Each match is one outbox row, numbered per subscription
+every other change, decides whether the changed resource matches an active subscription's criteria, as the
+subscription owner's institution may read it. Criteria of token parameters (most of them, and every
+topic's trigger) are decided in memory against the index rows the search extractor gives the event's
+resource (``projections/subscription_criteria.py``: the same rows, compared as the search compares them),
+then the read policy in one statement per batch and institution; any other criteria go to the server's own
+search engine (the criteria search restricted to ``_id`` of the changed resources, one per batch and
+distinct criteria). Each match is one outbox row, numbered per subscription
 (the backport IG's ``eventNumber``), written in the batch's transaction with the tracking row: matching
 is exactly-once. Delivery reads the outbox apart from the log (``fhir_api/subscriptions.py``): at least
 once, in event-number order per subscription, retried with exponential backoff; it never blocks a write.
 
-The search index answers for the resource as it is now, not as of the event: the matcher never runs
-ahead of the ``resources`` projection (it stops at that projection's position), so a resource is matched
-as the views hold it, at most a few versions later than the event; a change that no longer matches by
-then is not notified.
+Criteria decided in memory are evaluated against the resource as the event wrote it (R4 subscription.html:
+"evaluated against the resource when it changes"); the search engine answers for the resource as it is
+now: the matcher never runs ahead of the ``resources`` projection (it stops at that projection's
+position), so for those criteria a resource is matched as the views hold it, at most a few versions later
+than the event, and a change that no longer matches by then is not notified. The read policy is always
+the views' as they are now.
 
 Topic-based subscriptions (Subscriptions R5 Backport IG for R4, 1.1.0) name a topic canonical in
 ``Subscription.criteria``; :data:`TOPICS` are those this server ships.
@@ -29,6 +35,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import TopicError, resolve_topic
 
@@ -43,6 +50,9 @@ from projections.db import Dialect, Tx
 from projections.projector import Projector, Retry, tracking_position
 from projections.resources import ResourceViews
 from projections.search import match
+from projections.search.extract import extract
+from projections.search.types.base import Rows
+from projections.subscription_criteria import Criteria, compile_criteria
 from projections.view import View
 
 __all__ = [
@@ -278,9 +288,9 @@ class SubscriptionOutbox(View):
             tx.execute("ALTER TABLE subscription_outbox ADD COLUMN IF NOT EXISTS context TEXT")
         elif "context" not in [str(r[1]) for r in tx.execute("PRAGMA table_info(subscription_outbox)").fetchall()]:
             tx.execute("ALTER TABLE subscription_outbox ADD COLUMN context TEXT")
-        tx.execute(
-            "CREATE INDEX IF NOT EXISTS subscription_outbox_pending ON subscription_outbox (delivered, next_attempt)"
-        )
+        # Every read of the outbox names its subscription (the primary key, or the partial index below): an
+        # index on (delivered, next_attempt) served no query and cost every matched row one more insert.
+        tx.execute("DROP INDEX IF EXISTS subscription_outbox_pending")
         tx.execute(
             "CREATE INDEX IF NOT EXISTS subscription_outbox_undelivered ON subscription_outbox "
             "(subscription_id, event_number) WHERE delivered = 0"
@@ -318,25 +328,35 @@ class SubscriptionOutbox(View):
         if not active:
             return  # no subscription can match: no SQL, whatever the run holds
         keys = {row.id: plan.index.key(row) for row in active}
-        matched: dict[tuple[str, ...], set[str]] = {}
+        # Per distinct criteria, the events of the run that match it (by notification id): decided in memory
+        # against the resource's index rows when the criteria allow (projections/subscription_criteria.py),
+        # else by one criteria search per batch.
+        matched: dict[tuple[str, ...], set[int]] = {}
+        resources: dict[int, dict[str, Any]] = {}  # each event's resource, parsed once for every subscription
+        rows: dict[int, Rows] = {}  # and its index rows, extracted once
+        readable: dict[tuple[str, str], set[str]] = {}  # the read policy, asked once per institution and type
         for row in active:
             key = keys[row.id]
-            if key not in matched:
-                ids = sorted({item.resource_id for item in run if _kind(item) == _row_kind(row)})
-                matched[key] = self._matching_ids(tx, row, ids)
-        resources: dict[int, dict[str, Any]] = {}
+            if key in matched:
+                continue
+            items = [item for item in run if _kind(item) == _row_kind(row)]
+            criteria = compile_criteria(row.resource_type, tuple(row.params))
+            if criteria.decides and not _links(row):
+                matched[key] = self._matching_events(tx, row, criteria, items, resources, rows, readable)
+            else:  # the search engine decides (a link's record is not in its event: searched as it is now)
+                found = self._matching_ids(tx, row, sorted({item.resource_id for item in items}))
+                matched[key] = {item.notification_id for item in items if item.resource_id in found}
         owners: dict[tuple[str, str, int], bool] = {}  # a topic's owner rule, asked once per event and owner
         counters = plan.index.counters
         outbox: list[tuple[Any, ...]] = []
         for item in run:  # in log order: event numbers follow the log
             for row in plan.index.active(_kind(item)):
-                if item.resource_id not in matched[keys[row.id]]:
+                if item.notification_id not in matched[keys[row.id]]:
                     continue
                 topic = TOPICS.get(row.topic or "")
                 if topic is not None:
                     if item.notification_id not in resources:
-                        body = item.body if isinstance(item, Change) else None
-                        resources[item.notification_id] = json.loads(body or b"{}")
+                        resources[item.notification_id] = _resource(item)
                     asked = (row.topic or "", row.institution, item.notification_id)
                     if asked not in owners:
                         owners[asked] = topic.concerns(row.institution, item, resources[item.notification_id], tx)
@@ -354,6 +374,38 @@ class SubscriptionOutbox(View):
                 )  # fmt: skip
         if outbox:
             plan.steps.append(outbox)
+
+    @staticmethod
+    def _matching_events(
+        tx: Tx,
+        row: SubscriptionRow,
+        criteria: Criteria,
+        items: Sequence[Matched],
+        resources: dict[int, dict[str, Any]],
+        rows: dict[int, Rows],
+        readable: dict[tuple[str, str], set[str]],
+    ) -> set[int]:
+        """Those of ``items`` (changes) whose resource meets ``criteria``, as the subscriber's institution
+        may read it: the criteria against the event's index rows, then the read policy (one query per
+        institution, type and run, for every criteria of the run)."""
+        hits: list[Matched] = []
+        for item in items:
+            if item.notification_id not in rows:
+                if item.notification_id not in resources:
+                    resources[item.notification_id] = _resource(item)
+                rows[item.notification_id] = extract(resources[item.notification_id])
+            if criteria.matches(item.resource_id, rows[item.notification_id]):
+                hits.append(item)
+        if not hits:
+            return set()
+        asked = (row.institution, row.resource_type)
+        if asked not in readable:
+            # ``consents=True``: the consent branch of the policy evaluated in the same statement, not
+            # first asked whether the institution holds any consent (one round trip, the same answer).
+            viewer = Viewer(institution=row.institution, now=datetime.now(UTC).isoformat(), consents=True)
+            ids = sorted({item.resource_id for item in items})
+            readable[asked] = visible_ids(tx, viewer, row.resource_type, ids)
+        return {item.notification_id for item in hits if item.resource_id in readable[asked]}
 
     @staticmethod
     def _matching_ids(tx: Tx, row: SubscriptionRow, ids: Sequence[str]) -> set[str]:
@@ -426,7 +478,11 @@ class SubscriptionIndex:
 
     def settled(self, position: int) -> SubscriptionIndex:
         """The index once its batch is committed at ``position`` (the rows carry the new counters)."""
-        rows = {sid: replace(row, events=self.counters.get(sid, row.events)) for sid, row in self.rows.items()}
+        # Only the rows whose counter moved are copied (50 subscriptions, one of them numbering: one copy).
+        rows = {
+            sid: row if self.counters.get(sid, row.events) == row.events else replace(row, events=self.counters[sid])
+            for sid, row in self.rows.items()
+        }
         settled = SubscriptionIndex(position, rows, {sid: row.events for sid, row in rows.items()})
         settled._keys = self._keys
         return settled
@@ -516,6 +572,18 @@ def _links(row: SubscriptionRow) -> bool:
     """Whether the subscription follows the master patient index's links rather than resource changes."""
     topic = TOPICS.get(row.topic or "")
     return topic is not None and topic.links
+
+
+def _resource(item: Matched) -> dict[str, Any]:
+    """The resource an event carries (a link carries none)."""
+    body = item.body if isinstance(item, Change) else None
+    if not body:
+        return {}
+    try:
+        parsed: dict[str, Any] = orjson.loads(body)
+    except orjson.JSONDecodeError:  # numbers beyond a double (1e400): the standard parser gives inf
+        parsed = json.loads(body)
+    return parsed
 
 
 def _kind(item: Matched) -> tuple[str, bool]:

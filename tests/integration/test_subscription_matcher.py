@@ -35,15 +35,15 @@ def test_a_stalled_matcher_does_not_delay_a_write_or_its_read_back(
     services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stalled, release = threading.Event(), threading.Event()
-    criteria_search = SubscriptionOutbox._matching_ids
+    criteria_matched = SubscriptionOutbox._matching_events
 
-    def stalling(tx: Any, row: Any, ids: Any) -> set[str]:
-        # The matcher in the middle of a batch (its criteria search), held until the test lets it go on.
+    def stalling(*args: Any) -> set[int]:
+        # The matcher in the middle of a batch (its criteria decided), held until the test lets it go on.
         stalled.set()
         release.wait(GUARD_SECONDS * 3)
-        return criteria_search(tx, row, ids)
+        return criteria_matched(*args)
 
-    monkeypatch.setattr(SubscriptionOutbox, "_matching_ids", staticmethod(stalling))
+    monkeypatch.setattr(SubscriptionOutbox, "_matching_events", staticmethod(stalling))
     subscription = {
         "resourceType": "Subscription",
         "status": "requested",
