@@ -37,7 +37,12 @@ from ehr_core.application import Pending, RecordApplication
 from ehr_core.bundles import Entry, Resolver, parse_bundle, prepare_transaction
 from ehr_core.context import WriteContext
 from ehr_core.errors import Issue, RecordError, Unprocessable
-from ehr_core.references import CONDITIONAL_REFERENCE, ConditionalReferences, conditional_references
+from ehr_core.references import (
+    CONDITIONAL_REFERENCE,
+    ConditionalReferences,
+    conditional_reference_values,
+    conditional_references,
+)
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources import xml as fhir_xml
 from ehr_core.resources.types import is_supported
@@ -510,7 +515,7 @@ def _read_lines(deferred: Sequence[Deferred]) -> dict[Deferred, _Line]:
 def _reference_queries(resource: Any) -> Iterator[tuple[str, list[tuple[str, str]], str]]:
     """Each conditional reference of ``resource`` as the search it is resolved by (type, query pairs, the
     reference), parsed as :class:`ConditionalReferences` parses it; types this server lacks are left out."""
-    for _, reference in conditional_references(resource):
+    for reference in dict.fromkeys(conditional_reference_values(resource)):
         conditional = CONDITIONAL_REFERENCE.match(reference)
         if conditional is not None and is_supported(conditional.group(1)):
             yield conditional.group(1), parse_qsl(conditional.group(2), keep_blank_values=True), reference
