@@ -15,12 +15,15 @@ import pytest
 
 from ehr_core.context import WriteContext
 from ehr_core.importing import Importer
+from ehr_core.references import CONDITIONAL_REFERENCE
 from fhir_api.resolver import ViewResolver
 from fhir_api.services import Services
 from projections.db import _PostgresTx, _SQLiteTx
 from projections.resources import ResourceViews
 from projections.search import match
 from projections.terminology.store import TerminologyStore
+from tests.support.bulk_sample import write_bulk_sample
+from tests.support.references import references
 
 SYSTEM = "urn:oid:2.16.840.1.113883.4.631.9"
 PROFILE = "http://example.org/fhir/StructureDefinition/not-on-this-server"
@@ -198,3 +201,30 @@ def test_a_transactions_conditional_references_are_one_statement_and_keep_the_ru
     assert missing.stored == 0 and "matches no Practitioner" in missing.rejected[0].reason
     assert several.stored == 0 and "matches more than one Practitioner" in several.rejected[0].reason
     assert len(searches) == 2
+
+
+def test_an_ndjson_chunk_asks_its_conditional_references_in_one_statement(services: Services, tmp_path: Path) -> None:
+    """A Bulk Data export whose Encounters name their practitioner, location and organization by identifier:
+    each chunk of Encounter lines asks the views once for all the references it has not resolved yet (before:
+    once per distinct reference), and every reference is stored resolved."""
+    sample = write_bulk_sample(tmp_path / "export", encounters=40)
+    importer = Importer(services.application, ViewResolver(services), lambda _: None, chunk_size=20)
+    files = Importer.sources([sample.directory])
+    importer.run([path for path in files if path.name != "Encounter.ndjson"])
+    encounters = sample.directory / "Encounter.ndjson"
+    named = {r for line in encounters.read_text().splitlines() for r in references(json.loads(line))}
+    assert len([r for r in named if CONDITIONAL_REFERENCE.match(r)]) > 2
+
+    with _counting_searches() as searches:
+        report = importer.run([encounters])
+
+    assert report.rejected == [] and report.deferred == [] and report.stored == 40
+    assert len(searches) <= 2  # two chunks of 20 lines
+    services.projector.catch_up()
+    with services.views.read() as tx:
+        rows = tx.execute("SELECT resource_id FROM resources WHERE resource_type = 'Encounter'").fetchall()
+        bodies = [
+            json.loads(s.body or b"{}") for row in rows if (s := ResourceViews.read(tx, "Encounter", str(row[0])))
+        ]
+    assert len(bodies) == 40
+    assert not [r for body in bodies for r in references(body) if CONDITIONAL_REFERENCE.match(r)]
