@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,15 @@ from ehr_core.application import Pending, RecordApplication
 from ehr_core.bundles import Entry, Resolver, parse_bundle, prepare_transaction
 from ehr_core.context import WriteContext
 from ehr_core.errors import Issue, RecordError, Unprocessable
-from ehr_core.references import ConditionalReferences, conditional_references
+from ehr_core.references import (
+    CONDITIONAL_REFERENCE,
+    ConditionalReferences,
+    conditional_reference_values,
+    conditional_references,
+)
 from ehr_core.resources import json as fhir_json
 from ehr_core.resources import xml as fhir_xml
+from ehr_core.resources.types import is_supported
 from ehr_core.spec.patient_compartment import PATHS
 
 __all__ = ["Deferred", "ImportMark", "ImportReport", "Importer", "Rejection", "is_batch_head", "read_bundle_file"]
@@ -100,6 +106,9 @@ class ImportReport:
     #: Versions stored, by resource type (``stored`` is their sum).
     stored_by_type: dict[str, int] = field(default_factory=dict)
 
+
+#: A search as a resolver is asked it: the resource type and the query's pairs.
+Query = tuple[str, list[tuple[str, str]]]
 
 #: Called after each chunk: (resources handled in it, bytes of the source consumed in it).
 Progress = Callable[[int, int], None]
@@ -239,12 +248,19 @@ class Importer:
 
     # -- the units of work -------------------------------------------------------------------------
 
-    def _unit(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def _unit(self, queries: Iterable[Query] = ()) -> Iterator[None]:
         """The reads of one unit of work (a chunk, a transaction), whose writes are appended together at its
         end: a resolver that offers it (``unit_of_work``) catches the views up once for the whole unit, not
-        once per conditional reference and claimed profile (a round trip each)."""
+        once per conditional reference and claimed profile (a round trip each); one that offers ``prefetch``
+        answers the unit's conditional searches (``queries``: its ``ifNoneExist``, conditional URLs and
+        conditional references) together at its start, not in a round trip each."""
         unit: Callable[[], AbstractContextManager[None]] | None = getattr(self.resolver, "unit_of_work", None)
-        return unit() if unit is not None else nullcontext()
+        with unit() if unit is not None else nullcontext():
+            prefetch: Callable[[Iterable[Query]], None] | None = getattr(self.resolver, "prefetch", None)
+            if prefetch is not None:
+                prefetch(queries)
+            yield
 
     def _done(self, digest: str, chunk: int) -> bool:
         return bool(list(self.application.events.get(ImportMark.mark_id(digest, chunk), limit=1)))
@@ -277,7 +293,7 @@ class Importer:
                 report.skipped_chunks += 1
             else:
                 try:
-                    with self._unit():
+                    with self._unit(_entry_queries(entries)):
                         prepared = prepare_transaction(self.application, entries, self.context, self.resolver)
                     pendings = [pending for _, pending, _ in prepared.pendings]
                     self._commit(pendings, ImportMark.record(str(path), digest, 0, len(entries)), report)
@@ -294,7 +310,7 @@ class Importer:
             tick(len(chunk), size * len(chunk) // max(1, len(entries)))
 
     def _batch_chunk(self, path: Path, digest: str, number: int, chunk: list[Entry], report: ImportReport) -> None:
-        with self._unit():
+        with self._unit(_entry_queries(chunk)):
             pendings = self._batch_pendings(path, chunk, report)
         self._commit(pendings, ImportMark.record(str(path), digest, number, len(chunk)), report)
 
@@ -334,7 +350,7 @@ class Importer:
                 tick(len(lines), consumed)
                 continue
             pendings: list[Pending] = []
-            with self._unit():
+            with self._unit(self._line_queries(lines)):
                 for line in lines:
                     pending = self._ndjson_line(path, line, report)
                     if pending is not None:
@@ -366,6 +382,14 @@ class Importer:
                     keys.add(line.key)
         if chunk:
             yield chunk
+
+    def _line_queries(self, lines: list[_Line]) -> Iterator[Query]:
+        """The searches of the lines' conditional references this import has not answered yet."""
+        for line in lines:
+            if line.error is None:
+                for resource_type, params, reference in _reference_queries(line.resource):
+                    if reference not in self.references.resolved and reference not in self.references.missing:
+                        yield resource_type, params
 
     def _deferred_before(self, path: Path, lines: list[_Line], report: ImportReport) -> None:
         """In a chunk stored by an interrupted run, the lines it deferred: a conditional reference, and the
@@ -486,6 +510,30 @@ def _read_lines(deferred: Sequence[Deferred]) -> dict[Deferred, _Line]:
                 if number in numbers:
                     lines[Deferred(source, number)] = _Line.parse(number, raw)
     return lines
+
+
+def _reference_queries(resource: Any) -> Iterator[tuple[str, list[tuple[str, str]], str]]:
+    """Each conditional reference of ``resource`` as the search it is resolved by (type, query pairs, the
+    reference), parsed as :class:`ConditionalReferences` parses it; types this server lacks are left out."""
+    for reference in dict.fromkeys(conditional_reference_values(resource)):
+        conditional = CONDITIONAL_REFERENCE.match(reference)
+        if conditional is not None and is_supported(conditional.group(1)):
+            yield conditional.group(1), parse_qsl(conditional.group(2), keep_blank_values=True), reference
+
+
+def _entry_queries(entries: Iterable[Entry]) -> Iterator[Query]:
+    """The searches a Bundle's entries will ask, as ``prepare_transaction`` parses them: each ``ifNoneExist``
+    (R4 §3.1.0.8.1), conditional update, patch and delete URL, and conditional reference."""
+    for entry in entries:
+        if not is_supported(entry.resource_type):
+            continue
+        if entry.method == "POST" and entry.if_none_exist:
+            yield entry.resource_type, parse_qsl(entry.if_none_exist.lstrip("?"), keep_blank_values=True)
+        elif entry.method in ("PUT", "DELETE", "PATCH") and entry.query is not None:
+            yield entry.resource_type, entry.query
+        if entry.method in ("POST", "PUT") and isinstance(entry.resource, dict):
+            for resource_type, params, _ in _reference_queries(entry.resource):
+                yield resource_type, params
 
 
 def _query_key(query: str) -> tuple[tuple[str, str], ...]:

@@ -6,7 +6,8 @@
   ``_content`` (:mod:`projections.search.fulltext`); ``_list`` and ``_filter`` live in
   :mod:`projections.search.lists` and :mod:`projections.search.filter`.
 - :func:`match`: the ids matching a parameter list — what conditional create/update/delete and
-  conditional references in transaction Bundles ask (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.7.1).
+  conditional references in transaction Bundles ask (R4 §3.1.0.8, §3.1.0.4.3, §3.1.0.7.1); :func:`match_many`
+  the identifier equalities among many such lists in one round trip (a bulk import's chunk).
 - :func:`search`: one page of a searchset, with includes, total and page cursors.
 - :func:`select_among`: which of some chosen resources match a search (``$export``'s ``_typeFilter``).
 - :func:`capability_search_params`: the ``searchParam`` list of each type for the CapabilityStatement, and
@@ -21,7 +22,15 @@ from ehr_core.errors import InvalidResource, Issue
 from projections.access import Viewer
 from projections.db import Dialect, Tx
 from projections.search.definitions import COMMON, SPECIAL, definition_url
-from projections.search.engine import Match, Page, run_search, select_among, select_ids
+from projections.search.engine import (
+    Match,
+    Page,
+    identifier_probe,
+    run_search,
+    select_among,
+    select_by_identifier,
+    select_ids,
+)
 from projections.search.fulltext import FullTextIndex
 from projections.search.index import SearchIndex
 from projections.search.query import SearchRequest, parse_search
@@ -40,6 +49,7 @@ __all__ = [
     "capability_search_params",
     "capability_system_search_params",
     "match",
+    "match_many",
     "parse_search",
     "search",
     "select_among",
@@ -72,6 +82,33 @@ def match(
     if not request.filters:
         raise InvalidResource([Issue("invalid", f"a conditional {resource_type} request needs search criteria")])
     return select_ids(tx, request, None, limit, viewer, dialect)
+
+
+def match_many(
+    tx: Tx,
+    queries: list[tuple[str, list[tuple[str, str]]]],
+    limit: int = 2,
+    viewer: Viewer | None = None,
+    dialect: Dialect = "sqlite",
+) -> list[list[str] | None]:
+    """:func:`match` for each ``(resource_type, params)`` of ``queries`` that is one identifier equality
+    (:func:`~projections.search.engine.identifier_probe`), all in one statement per 500; None for the others
+    (asked alone with :func:`match`, which also refuses, with its error, what is no search)."""
+    probes: list[tuple[str, str, str]] = []
+    numbers: list[int] = []
+    for number, (resource_type, params) in enumerate(queries):
+        try:
+            request = parse_search(resource_type, params)
+        except InvalidResource:
+            continue
+        probe = None if request.unknown else identifier_probe(request)
+        if probe is not None:
+            probes.append(probe)
+            numbers.append(number)
+    found: list[list[str] | None] = [None] * len(queries)
+    for number, ids in zip(numbers, select_by_identifier(tx, probes, limit, viewer, dialect), strict=True):
+        found[number] = ids
+    return found
 
 
 def search(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, count: int) -> Page:

@@ -23,6 +23,7 @@ import orjson
 from ehr_core.errors import InvalidResource, Issue
 from projections.access import Viewer, institution_clause, visible_clause, with_consents
 from projections.db import Dialect, Tx
+from projections.indexed import indexed
 from projections.search.dates import MAX, MIN
 from projections.search.fold import TOP
 from projections.search.index import VALUE_TABLES
@@ -50,7 +51,17 @@ from projections.search.special import SpecialFilter
 from projections.search.sql import Condition, Context, condition, read_spans
 from projections.terminology.codes import TerminologyCodes
 
-__all__ = ["MAX_INCLUDES", "Match", "Page", "indexed_types", "run_search", "select_among", "select_ids"]
+__all__ = [
+    "MAX_INCLUDES",
+    "Match",
+    "Page",
+    "identifier_probe",
+    "indexed_types",
+    "run_search",
+    "select_among",
+    "select_by_identifier",
+    "select_ids",
+]
 
 #: Included resources per page, at most (R4 lets a server limit them; the Bundle says so).
 MAX_INCLUDES = 1000
@@ -182,6 +193,69 @@ def select_ids(
         f"SELECT a.resource_id FROM search_ids a WHERE {where.sql} ORDER BY a.sid LIMIT ?", [*where.params, limit]
     ).fetchall()
     return [str(row[0]) for row in rows]
+
+
+#: Identifiers probed by one statement of :func:`select_by_identifier` at most (its parameters stay far below
+#: SQLite's 32,766 and PostgreSQL's 65,535 per statement).
+_IDENTIFIERS_PER_STATEMENT = 500
+
+
+def identifier_probe(request: SearchRequest) -> tuple[str, str, str] | None:
+    """``(resource type, system, value)`` when ``request`` is one identifier token equality with a system
+    (``Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999``, what Synthea's conditional references
+    and ``ifNoneExist`` ask): one range of the token index, which :func:`select_by_identifier` reads for many
+    such requests at once. None for any other search (modifiers, several values, no system or value...)."""
+    if len(request.filters) != 1 or request.compartment is not None:
+        return None
+    item = request.filters[0]
+    if not isinstance(item, ValueFilter) or item.param.code != "identifier" or item.param.type != "token":
+        return None
+    if item.param.resource_type != request.resource_type:
+        return None
+    if item.modifier is not None or len(item.values) != 1:
+        return None
+    value = item.values[0]
+    if not getattr(value, "system", None) or not getattr(value, "code", None):
+        return None
+    return item.param.resource_type, str(value.system), str(value.code)
+
+
+def select_by_identifier(
+    tx: Tx,
+    probes: Sequence[tuple[str, str, str]],
+    limit: int,
+    viewer: Viewer | None = None,
+    dialect: Dialect = "sqlite",
+) -> list[list[str]]:
+    """:func:`select_ids` of each identifier probe (:func:`identifier_probe`), in one statement per 500.
+
+    The same rows as each search alone: the token rows equal to the (bounded, ``indexed``) system and value
+    of the type's ``identifier``, their resources in ``search_ids`` among those ``viewer`` may see, the first
+    ``limit`` in index order. The probes are a ``VALUES`` list joined to the token index (one index range
+    each): not a ``UNION`` of the searches, which PostgreSQL takes longer to plan (measured 380 ms for 100)
+    than to run."""
+    viewer = with_consents(tx, viewer) if viewer is not None else None
+    visible = _visible(viewer, "a", dialect)
+    policy = f" AND {visible.sql}" if visible is not None else ""
+    found: list[list[str]] = [[] for _ in probes]
+    for start in range(0, len(probes), _IDENTIFIERS_PER_STATEMENT):
+        group = probes[start : start + _IDENTIFIERS_PER_STATEMENT]
+        values = ", ".join("(?, ?, ?, ?)" for _ in group)
+        params: list[Any] = []
+        for number, (resource_type, system, value) in enumerate(group, start):
+            params += [number, resource_type, indexed(system), indexed(value)]
+        rows = tx.execute(
+            f"WITH p(q, rt, system, code) AS (VALUES {values}) "
+            "SELECT q, sid, resource_id FROM (SELECT m.q, m.sid, m.resource_id, "
+            "ROW_NUMBER() OVER (PARTITION BY m.q ORDER BY m.sid) AS n FROM (SELECT DISTINCT p.q, a.sid, a.resource_id "
+            "FROM p JOIN search_token t ON t.resource_type = p.rt AND t.param = 'identifier' AND t.code = p.code "
+            "AND t.system = p.system JOIN search_ids a ON a.resource_type = p.rt AND a.sid = t.sid"
+            f"{policy}) m) r WHERE n <= ?",
+            [*params, *(visible.params if visible is not None else []), limit],
+        ).fetchall()
+        for number, _sid, resource_id in sorted(rows, key=lambda row: (int(row[0]), int(row[1]))):
+            found[int(number)].append(str(resource_id))
+    return found
 
 
 def select_among(
