@@ -24,17 +24,20 @@ from ehr_core.errors import InvalidResource, Issue
 from projections.access import Viewer, institution_clause, visible_clause, with_consents
 from projections.db import Dialect, Tx
 from projections.indexed import indexed
+from projections.search.chains import chain_keys
 from projections.search.dates import MAX, MIN
 from projections.search.fold import TOP
 from projections.search.index import VALUE_TABLES
 from projections.search.keysets import (
     KeySets,
+    Walk,
     driven_page,
     intersectable,
     intersected_count,
     intersected_page,
     key_sets,
     probe,
+    probed,
 )
 from projections.search.query import (
     ChainFilter,
@@ -129,7 +132,9 @@ def _where(
     policy: Callable[[str], Condition] | None = None,
     dialect: Dialect = "sqlite",
 ) -> KeySets:
-    parts: list[tuple[Condition, Filter | None]] = [(Condition("a.resource_type = ?", [request.resource_type]), None)]
+    parts: list[tuple[Condition, Filter | None, Walk | None]] = [
+        (Condition("a.resource_type = ?", [request.resource_type]), None, None)
+    ]
     if request.compartment is not None:
         parts.append(
             (
@@ -139,17 +144,21 @@ def _where(
                     [request.compartment, request.resource_type],
                 ),
                 None,
+                None,
             )
         )
     if visible is not None:
-        parts.append((visible, None))
+        parts.append((visible, None, None))
     if snapshot is not None:
-        parts.append((Condition("a.sid <= ?", [snapshot]), None))
+        parts.append((Condition("a.sid <= ?", [snapshot]), None, None))
     filters = merge_same_value(request.filters)
     spans = read_spans(tx) if any(_has_dates(item) for item in filters) else None
     context = Context(spans, policy, dialect, TerminologyCodes(tx))
     for item in filters:
-        parts.append((condition(item, "a", base, context), item if _drives(item) else None))
+        # A chain's keys read from its targets outward (chains.py): counted and fetched by the probe, they may
+        # drive the page (PostgreSQL only: the page queries that use them are lateral joins).
+        walk = chain_keys(item, base, context) if isinstance(item, ChainFilter) and dialect == "postgres" else None
+        parts.append((condition(item, "a", base, context), item if _drives(item) else None, walk))
     return key_sets(parts, "a")
 
 
@@ -465,10 +474,11 @@ def _page_rows(
 def _counts(tx: Tx, sets: KeySets) -> list[int]:
     """Each set's keys, counted up to keysets.PROBE_KEYS, once per search (the total and the page share them)."""
     if sets.counts is None:
-        counted = probe(sets.sets)
+        counted = probe(sets.sets, sets.walks)
         row = tx.execute(counted.sql, counted.params).fetchone()
         assert row is not None
-        sets.counts = [int(n) for n in row]
+        probed(sets, list(row))
+    assert sets.counts is not None
     return sets.counts
 
 

@@ -26,8 +26,12 @@ and never analysed took 154 ms and 4.2 s, some over the 60 s statement timeout. 
 set itself, up to :data:`PROBE_KEYS` keys (:func:`probe`: one statement of bounded index reads), and drives
 the page and the total from the smallest (:func:`intersected_page`), the other sets checked per key: 92-96
 and 920-950 buffers, analysed or not. When every set is that large, the semi-joins walk ``search_ids`` in
-key order, which finds a page soon when the sets are dense. A chain's set stays with the planner
-(:func:`intersectable`).
+key order, which finds a page soon when the sets are dense. A chain's set (R4 §3.1.1.4.12) is read from
+its targets outward (projections/search/chains.py): the probe fetches its keys, up to :data:`PROBE_KEYS`,
+and the page and the total read them from that array, not from the index again; a larger chain is checked
+per key, its references by the key, their targets by id. At 1,000,000 resources
+``Encounter?patient.name=<family>&date=ge2024-01-01`` (about 4,000 Encounters of 1,000 Patients, a tenth of
+them in the dates) read some 41,000 buffers as semi-joins.
 """
 
 from __future__ import annotations
@@ -42,13 +46,17 @@ from projections.search.sql import Condition
 __all__ = [
     "PROBE_KEYS",
     "KeySets",
+    "Walk",
     "driven_page",
     "intersectable",
     "intersected_count",
     "intersected_page",
     "key_sets",
     "key_subquery",
+    "one_table",
     "probe",
+    "probed",
+    "row_check",
 ]
 
 
@@ -69,6 +77,15 @@ def key_subquery(sql: str, alias: str) -> str | None:
     return sql[len(head) : -1]
 
 
+@dataclass(frozen=True)
+class Walk:
+    """A chain's set written the other way (projections/search/chains.py): its keys read from the targets
+    outward, and the check of one key (``c.sid``) against the chain."""
+
+    keys: Condition
+    check: Condition
+
+
 @dataclass
 class KeySets:
     """A search's conditions on ``search_ids`` (alias ``a``)."""
@@ -85,23 +102,32 @@ class KeySets:
     sets: list[Condition] = field(default_factory=list)
     #: The conditions that are not sets of keys (type, access policy, snapshot, ``_has``...), AND-ed.
     others: Condition = field(default_factory=lambda: Condition("1 = 1"))
+    #: Per set, a chain's keys read from its targets outward (projections/search/chains.py), else None.
+    walks: list[Walk | None] = field(default_factory=list)
     #: Each set's keys as counted by :func:`probe` (PostgreSQL, several sets), once per search.
     counts: list[int] | None = None
+    #: Per set, a walked chain's keys as :func:`probe` fetched them (sorted, distinct), when fewer than the
+    #: bound; None for the other sets.
+    fetched: list[list[int] | None] | None = None
 
 
-def key_sets(parts: Sequence[tuple[Condition, Filter | None]], alias: str) -> KeySets:
-    """AND ``parts``, each a condition on ``alias`` and, when a page may be driven from its keys (engine's
-    ``_drives``), the filter that made it (the first part is the resource type's, written bare)."""
+def key_sets(parts: Sequence[tuple[Condition, Filter | None, Walk | None]], alias: str) -> KeySets:
+    """AND ``parts``, each a condition on ``alias``, when a page may be driven from its keys (engine's
+    ``_drives``) the filter that made it, and for a chain its keys read from its targets outward
+    (projections/search/chains.py); the first part is the resource type's, written bare."""
     where = Condition(
-        " AND ".join(part.sql if number == 0 else f"({part.sql})" for number, (part, _) in enumerate(parts)),
-        [p for part, _ in parts for p in part.params],
+        " AND ".join(part.sql if number == 0 else f"({part.sql})" for number, (part, _, _) in enumerate(parts)),
+        [p for part, _, _ in parts for p in part.params],
     )
-    sets = [(part, drives) for part, drives in parts if key_subquery(part.sql, alias) is not None]
-    subqueries = [Condition(key_subquery(part.sql, alias) or "", list(part.params)) for part, _ in sets]
-    others = _and([part for part, _ in parts if all(part is not found for found, _ in sets)])
+    sets = [(part, drives, walk) for part, drives, walk in parts if key_subquery(part.sql, alias) is not None]
+    subqueries = [Condition(key_subquery(part.sql, alias) or "", list(part.params)) for part, _, _ in sets]
+    walks = [walk for _, _, walk in sets]
+    others = _and([part for part, _, _ in parts if all(part is not found for found, _, _ in sets)])
     if len(sets) != 1 or sets[0][1] is None:
-        return KeySets(where, sets=subqueries, others=others)
-    return KeySets(where, keys=subqueries[0], rest=others, driver=sets[0][1], sets=subqueries, others=others)
+        return KeySets(where, sets=subqueries, others=others, walks=walks)
+    return KeySets(
+        where, keys=subqueries[0], rest=others, driver=sets[0][1], sets=subqueries, others=others, walks=walks
+    )
 
 
 def _and(conditions: Sequence[Condition]) -> Condition:
@@ -132,12 +158,44 @@ def driven_page(sets: KeySets, after: int | None, backwards: bool, limit: int) -
 PROBE_KEYS = 5000
 
 
-def probe(sets: Sequence[Condition], bound: int = PROBE_KEYS) -> Condition:
+def probe(sets: Sequence[Condition], walks: Sequence[Walk | None] = (), bound: int = PROBE_KEYS) -> Condition:
     """One statement counting the keys of each set, ``bound`` at most: each count reads at most ``bound``
     entries of its index, so it costs little whatever the set, and it is the server's own count, good
-    whether the tables were ever analysed or not."""
-    columns = ", ".join(f"(SELECT count(*) FROM (SELECT 1 FROM ({found.sql}) k LIMIT ?) p)" for found in sets)
-    return Condition(f"SELECT {columns}", [p for found in sets for p in (*found.params, bound)])
+    whether the tables were ever analysed or not. A chain's set (``walks``) is not counted but fetched, its
+    first ``bound`` keys as an array (with repeats: a resource may refer to two targets): reading it is
+    most of what a page driven from it costs, and the page then reads it from the array, not again."""
+    columns: list[str] = []
+    params: list[object] = []
+    for number, found in enumerate(sets):
+        walk = walks[number] if number < len(walks) else None
+        if walk is None:
+            columns.append(f"(SELECT count(*) FROM (SELECT 1 FROM ({found.sql}) k LIMIT ?) p)")
+            params += [*found.params, bound]
+        else:
+            columns.append(f"(SELECT array_agg(p.sid) FROM (SELECT k.sid FROM ({walk.keys.sql}) k LIMIT ?) p)")
+            params += [*walk.keys.params, bound]
+    return Condition(f"SELECT {', '.join(columns)}", params)
+
+
+def probed(sets: KeySets, row: Sequence[object], bound: int = PROBE_KEYS) -> None:
+    """Record :func:`probe`'s answer ``row`` on ``sets``: each set's count and each walked chain's keys (a
+    chain that gave ``bound`` keys or more counts as ``bound``, its keys not kept)."""
+    counts: list[int] = []
+    fetched: list[list[int] | None] = []
+    for value in row:
+        if isinstance(value, int):
+            counts.append(value)
+            fetched.append(None)
+            continue
+        keys = [int(key) for key in value] if isinstance(value, list) else []
+        if len(keys) >= bound:
+            counts.append(bound)
+            fetched.append(None)
+        else:
+            distinct = sorted(set(keys))
+            counts.append(len(distinct))
+            fetched.append(distinct)
+    sets.counts, sets.fetched = counts, fetched
 
 
 #: A set of keys read from one value table: ``SELECT [x.]sid FROM <table> [x] WHERE [x.]resource_type = ?``.
@@ -147,23 +205,30 @@ _ONE_TABLE = re.compile(
 
 
 def intersectable(sets: KeySets) -> bool:
-    """Whether the page and count are driven by :func:`intersected_page`: several sets of keys, each read
-    from one value table's lookup index. A chain's set (a join through ``search_ids`` and another value
-    table) is not counted apart: read on its own in a never-analysed store, its plan walked every reference
-    of the type once per match of the inner condition (300,000 resources: over the 60 s statement timeout)."""
-    return len(sets.sets) > 1 and all(_one_table(found) for found in sets.sets)
+    """Whether the page and count are driven by :func:`intersected_page`: several sets of keys, or a chain's
+    alone, each read from one value table's lookup index or a chain read from its targets outward
+    (:attr:`KeySets.walks`). A chain's set as a semi-join is not counted apart: read on its own in a
+    never-analysed store, its plan walked every reference of the type once per match of the inner condition
+    (300,000 resources: over the 60 s statement timeout)."""
+    walked = [walk is not None for walk in (*sets.walks, *[None] * (len(sets.sets) - len(sets.walks)))]
+    if not sets.sets or (len(sets.sets) == 1 and not walked[0]):
+        return False
+    return all(one_table(found) or walk for found, walk in zip(sets.sets, walked, strict=True))
 
 
-def _one_table(found: Condition) -> bool:
+def one_table(found: Condition) -> bool:
+    """Whether the set ``found`` is read from one value table (``SELECT sid FROM <table> WHERE ...``)."""
     head = _ONE_TABLE.match(found.sql)
     return head is not None and "SELECT" not in found.sql[head.end() :]
 
 
-def _row_check(found: Condition, key: str) -> Condition:
+def row_check(found: Condition, key: str) -> Condition:
     """Whether the resource keyed ``key`` is in the set ``found`` (:func:`intersectable`), looked up by that
     key alone.
 
-    Written as a correlated subplan (``(EXISTS ...) IS TRUE`` is not turned into a join), it runs once per
+    Written as a correlated subplan (``(EXISTS ...) IS TRUE`` is not turned into a join, and ``OFFSET 0``
+    keeps PostgreSQL from planning it as the hashed ``sid IN (...)`` it may choose instead, which reads the
+    whole set: 7,956 dates for a page of 20 in tests/integration/search/test_page_plans.py), it runs once per
     key with ``sid = <key>``; ``resource_type || ''`` keeps the type out of the lookup indexes, so the plan is
     the value table's sid index, a handful of rows, whatever the statistics (without them the planner takes
     a lookup index's range of the value for a few rows, and scans all of it for every key; see
@@ -173,7 +238,7 @@ def _row_check(found: Condition, key: str) -> Condition:
     q = head["q"]
     return Condition(
         f"(EXISTS (SELECT 1 FROM {head['table']}{head['alias'] or ''} WHERE {q}sid = {key} "
-        f"AND {q}resource_type || '' = ?{found.sql[head.end() :]})) IS TRUE",
+        f"AND {q}resource_type || '' = ?{found.sql[head.end() :]} OFFSET 0)) IS TRUE",
         list(found.params),
     )
 
@@ -208,19 +273,25 @@ def _intersected(
     driver = min(range(len(counts)), key=lambda number: counts[number])
     if counts[driver] >= bound:
         return None
+    fetched = sets.fetched or [None] * len(counts)
+    found_sets = [
+        Condition("SELECT unnest(?::bigint[]) AS sid", [keys]) if keys is not None else found
+        for found, keys in zip(sets.sets, fetched, strict=True)
+    ]
     checks: list[Condition] = []
-    for number, found in enumerate(sets.sets):
+    for number, found in enumerate(found_sets):
         if number == driver:
             continue
         if counts[number] < bound:
             checks.append(Condition(f"(c.sid IN ({found.sql})) IS TRUE", list(found.params)))
         else:
-            checks.append(_row_check(found, "c.sid"))
+            walk = sets.walks[number] if number < len(sets.walks) else None
+            checks.append(walk.check if walk is not None else row_check(found, "c.sid"))
     order = "DESC" if backwards else "ASC"
     keyset, keyset_params = "", []
     if after is not None:
         keyset, keyset_params = f" WHERE d.sid {'<' if backwards else '>'} ?", [after]
-    keys = sets.sets[driver]
+    keys = found_sets[driver]
     # OFFSET 0: the checks stay above the sort (pushed into it, they would run on every key of the driver).
     return Condition(
         f"SELECT c.sid, a.resource_id FROM (SELECT DISTINCT d.sid FROM ({keys.sql}) d{keyset} "

@@ -303,3 +303,131 @@ def test_a_page_of_a_code_and_a_week_looks_the_code_up_by_key(
     assert any(node.get("Index Name") == "search_token_sid" for node in nodes), nodes
     forward, backward = _all_pages(services, query, 7)
     assert forward == backward == expected
+
+
+#: Encounters per Patient of the chain tests (their sids follow the Patients').
+VISITS = 4
+
+
+def _rows_of_search(connection: psycopg.Connection[Any], seen: list[tuple[str, list[Any]]], relation: str) -> int:
+    """How many rows every statement of a search (the probe, the total, the page) read from ``relation``."""
+    total = 0
+    for statement, params in seen:
+        explained = connection.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.replace("%", "%%").replace("?", "%s"),
+            params,  # type: ignore[arg-type]
+        ).fetchone()
+        assert explained is not None
+        document = explained[0] if not isinstance(explained[0], str) else orjson.loads(explained[0])
+        total += _scans(document[0]["Plan"], (relation,), rows=True)
+    return total
+
+
+def _visit_day(sid: int, start: int, day: int) -> int:
+    return start + (sid * 7919 % DAYS) * day
+
+
+@pytest.fixture
+def visits(store: tuple[Services, psycopg.Connection[Any]]) -> tuple[Services, psycopg.Connection[Any]]:
+    """``PEOPLE`` Patients (sids 1..), each with a family (:func:`_family`) and an identifier ``curp<n>``, and
+    ``VISITS`` Encounters each (sids after them), their ``patient`` references and dates over ten years: a
+    store never analysed."""
+    services, connection = store
+    day, start = 86_400_000_000, date_range("2015-01-01")[0]
+    connection.execute(
+        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
+        "SELECT g, 'Patient', 'p' || g, 0 FROM generate_series(1, %(n)s) g UNION ALL "
+        "SELECT %(n)s + g, 'Encounter', 'e' || g, 0 FROM generate_series(1, %(e)s) g",
+        {"n": PEOPLE, "e": PEOPLE * VISITS},
+    )
+    connection.execute(
+        "INSERT INTO search_string (resource_type, param, value, exact, sid) SELECT 'Patient', 'family', "
+        "'familia' || lpad((g %% %s)::text, 2, '0'), 'x', g FROM generate_series(1, %s) g",
+        (FAMILIES, PEOPLE),
+    )
+    connection.execute(
+        "INSERT INTO search_token (resource_type, param, system, code, sid) "
+        "SELECT 'Patient', 'identifier', 'urn:curp', 'curp' || g, g FROM generate_series(1, %s) g",
+        (PEOPLE,),
+    )
+    # Encounter n (sid PEOPLE + n) is a visit of Patient (n - 1) / VISITS + 1.
+    connection.execute(
+        "INSERT INTO search_reference (resource_type, param, target_type, target_id, base, sid) "
+        "SELECT 'Encounter', 'patient', 'Patient', 'p' || ((g - 1) / %(v)s + 1), NULL, %(n)s + g "
+        "FROM generate_series(1, %(e)s) g",
+        {"n": PEOPLE, "v": VISITS, "e": PEOPLE * VISITS},
+    )
+    connection.execute(
+        "INSERT INTO search_date (resource_type, param, low, high, sid) "
+        "SELECT 'Encounter', 'date', %(start)s + (g * 7919 %% %(days)s) * %(day)s::bigint, "
+        "%(start)s + (g * 7919 %% %(days)s) * %(day)s::bigint, g FROM generate_series(%(first)s, %(last)s) g",
+        {"start": start, "days": DAYS, "day": day, "first": PEOPLE + 1, "last": PEOPLE * (VISITS + 1)},
+    )
+    connection.execute(
+        "INSERT INTO search_date_spans (resource_type, param, max_span, open_start, open_end) "
+        "VALUES ('Encounter', 'date', 0, 0, 0)"
+    )
+    return services, connection
+
+
+def _visits_of(families: set[str], since: str) -> list[int]:
+    day, start, low = 86_400_000_000, date_range("2015-01-01")[0], date_range(since)[0]
+    return [
+        PEOPLE + n
+        for n in range(1, PEOPLE * VISITS + 1)
+        if _family((n - 1) // VISITS + 1) in families and _visit_day(PEOPLE + n, start, day) >= low
+    ]
+
+
+def test_a_page_of_a_chain_and_a_date_is_driven_from_the_chain(
+    visits: tuple[Services, psycopg.Connection[Any]],
+) -> None:
+    """R4 §3.1.1.4.12: ``Encounter?patient.family=X&date=ge...``. The chain's 1,600 Encounters (400 Patients)
+    are fewer than the date's and than a set is counted to: read once from the Patients outward (their
+    references looked up by id), they drive the page, each date checked by key until the page is full; on
+    a store never analysed, whatever the planner would guess."""
+    services, connection = visits
+    query = "Encounter?patient.family=familia07&date=ge2024-01-01&_total=none"
+    expected = _visits_of({"familia07"}, "2024-01-01")
+    chain = PEOPLE // FAMILIES * VISITS
+    assert 40 < len(expected) < chain < PROBE_KEYS < len(_visits_of({_family(n) for n in range(FAMILIES)}, "2024"))
+    sids, _, seen = _page(services, query)
+    assert sids == expected[:20]
+    # The chain's references once each (not once for the count and again for the page, nor every
+    # Encounter's), its Patients and the page's Encounters looked up once each in search_ids.
+    assert _rows_of_search(connection, seen, "search_reference") <= chain
+    assert _rows_of_search(connection, seen, "search_ids") <= PEOPLE // FAMILIES + 21 + 1
+    # The page checks the dates of the chain's first keys, up to the page's end (about ten per match).
+    assert _rows_read(connection, seen, "search_date") <= 21
+    forward, backward = _all_pages(services, query, 30)
+    assert forward == backward == expected
+
+
+def test_the_total_of_a_chain_and_a_date_reads_the_chain_once(
+    visits: tuple[Services, psycopg.Connection[Any]],
+) -> None:
+    services, connection = visits
+    query = "Encounter?patient.family=familia07&date=ge2024-01-01&_total=accurate"
+    expected = _visits_of({"familia07"}, "2024-01-01")
+    sids, page, seen = _page(services, query)
+    assert page.total == len(expected) and sids == expected[:20]
+    assert _rows_of_search(connection, seen, "search_reference") <= PEOPLE // FAMILIES * VISITS
+    # A chain of more keys than a set is counted to is left to the semi-joins, with the same answer.
+    families = {_family(n) for n in range(FAMILIES) if _family(n).startswith("familia0")}
+    wide = _visits_of(families, "2024-06-01")
+    assert len(wide) * 20 > PROBE_KEYS
+    sids, page, _ = _page(services, "Encounter?patient.family=familia0&date=ge2024-06-01&_total=accurate")
+    assert page.total == len(wide) and sids == wide[:20]
+
+
+def test_a_chain_on_an_identifier_reads_only_its_patients_references(
+    visits: tuple[Services, psycopg.Connection[Any]],
+) -> None:
+    """``Encounter?patient.identifier=X``: one Patient, its four visits; the chain alone drives the page (as a
+    semi-join, on a store never analysed, the planner walked every ``patient`` reference)."""
+    services, connection = visits
+    sids, page, seen = _page(services, "Encounter?patient.identifier=urn:curp|curp123&_total=accurate")
+    assert sids == [PEOPLE + 122 * VISITS + n for n in range(1, VISITS + 1)] and page.total == VISITS
+    assert _rows_of_search(connection, seen, "search_reference") <= VISITS
+    # The snapshot's newest key, the Patient, and its visits for the total and again for the page.
+    assert _rows_of_search(connection, seen, "search_ids") <= 2 + 2 * VISITS
