@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import suppress
@@ -330,8 +330,12 @@ class AuditWriter(threading.Thread):
         self.batch = batch
         self.on_commit = on_commit
         self.probe_seconds = probe_seconds
-        # Unbounded, but its submitters wait for their commit once it holds more than a few batches.
-        self._queue: queue.Queue[tuple[AuditEntry, _Waiter] | None] = queue.Queue()
+        # Unbounded, but its submitters wait for their commit once it holds more than a few batches. A deque
+        # (appends and pops need no lock) and an event the writer waits on when it has nothing to do: a
+        # ``queue.Queue`` takes its lock and notifies its condition on every put, on the event loop, while
+        # this sets the event once per commit (the first entry submitted after the writer took its batch).
+        self._queue: deque[tuple[AuditEntry, _Waiter] | None] = deque()
+        self._wake = threading.Event()
         #: Entries submitted, and entries whose commit is over (committed or failed): :meth:`flush` waits for
         #: the second to reach the first. ``_submitting`` keeps the count in the queue's order.
         self._submitted = 0
@@ -351,7 +355,9 @@ class AuditWriter(threading.Thread):
     def _put(self, entry: AuditEntry, waiter: _Waiter) -> None:
         with self._submitting:
             self._submitted += 1
-            self._queue.put((entry, waiter))
+            self._queue.append((entry, waiter))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def submit(self, entry: AuditEntry) -> Future[int]:
         """Queue ``entry``; the future resolves to its notification id once committed."""
@@ -385,7 +391,7 @@ class AuditWriter(threading.Thread):
 
     def backlog(self) -> int:
         """Entries submitted and not yet taken into a commit."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once every entry submitted so far is committed (commits happen in submission order); raise
@@ -403,27 +409,24 @@ class AuditWriter(threading.Thread):
         return self.submit(entry).result()
 
     def stop(self) -> None:
-        self._queue.put(None)
+        self._queue.append(None)
+        self._wake.set()
         self.join(timeout=30)
 
     def run(self) -> None:
         stopping = False
         while not stopping:
-            item = self._queue.get()
+            # Cleared before looking: an entry appended after the look finds the event clear and sets it.
+            self._wake.clear()
+            if not self._queue:
+                self._wake.wait()
             items: list[tuple[AuditEntry, _Waiter]] = []
-            if item is None:
-                stopping = True
-            else:
-                items.append(item)
-            while len(items) < self.batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
+            while len(items) < self.batch and self._queue:
+                item = self._queue.popleft()
+                if item is None:
                     stopping = True
                     break
-                items.append(more)
+                items.append(item)
             if items:
                 self._commit(items)
 

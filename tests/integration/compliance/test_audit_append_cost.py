@@ -130,9 +130,10 @@ def test_an_audit_group_commit_is_one_statement_and_no_system_randomness(
     assert len(contexts) == ENTRIES and counts.urandom == urandom
 
 
-def test_a_group_commit_wakes_the_event_loop_once(settings: Settings) -> None:
+def test_a_group_commit_wakes_the_event_loop_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Entries submitted from one event loop and committed together are settled by one loop callback
-    (before: one ``call_soon_threadsafe``, a self-pipe write, per entry)."""
+    (before: one ``call_soon_threadsafe``, a self-pipe write, per entry), and submitting them notifies the
+    writer at most once (before: a ``queue.Queue`` put, its lock and a notify, per entry)."""
     with setup_lock(settings):  # PostgreSQL: the schema
         log = AuditLog(settings)
     writer = AuditWriter(log)
@@ -146,9 +147,18 @@ def test_a_group_commit_wakes_the_event_loop_once(settings: Settings) -> None:
 
     loop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign]
 
+    notifies: list[threading.Thread] = []
+    notify = threading.Condition.notify  # ``notify_all`` calls it too
+
+    def counted_notify(self: threading.Condition, n: int = 1) -> None:
+        notifies.append(threading.current_thread())
+        notify(self, n)
+
     async def reads() -> list[int]:
         # Queued before the writer starts, so that one commit takes them all.
-        waiting = [writer.committed(_entry(n)) for n in range(ENTRIES)]
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Condition, "notify", counted_notify)
+            waiting = [writer.committed(_entry(n)) for n in range(ENTRIES)]
         writer.start()
         return list(await asyncio.gather(*waiting))
 
@@ -162,3 +172,5 @@ def test_a_group_commit_wakes_the_event_loop_once(settings: Settings) -> None:
     assert len(set(ids)) == 1  # one commit: every waiter gets its last notification id
     from_writer = [t for t in wakeups if t is writer]
     assert len(from_writer) == 1, len(from_writer)
+    from_loop = [t for t in notifies if t is threading.main_thread()]  # the pool's own threads aside
+    assert len(from_loop) <= 1, len(from_loop)
