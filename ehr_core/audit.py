@@ -13,23 +13,30 @@ query (base64) for searches and the request id as the transaction entity.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
-import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
+import orjson
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import Transcoder
+from eventsourcing.persistence import StoredEvent, Transcoder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ehr_core.context import random_uuid
 from ehr_core.files import private_sqlite
+from ehr_core.pgstore import EventRecorder
 from ehr_core.settings import Settings
 from ehr_core.transcoder import EventTranscoder
 
@@ -154,6 +161,15 @@ class AuditRecord(Aggregate):
         self.entry = entry
 
     @classmethod
+    def stored(cls, entry: AuditEntry) -> StoredEvent:
+        """The stored form of :meth:`recorded`'s event, built directly: the bytes the library's mapper makes
+        of it (``timestamp``, ``originator_topic``, ``entry``, by orjson), without the event object, the
+        copy of its attributes and the topic lookup per entry. Its id comes from :func:`random_uuid`."""
+        timestamp = cls.Recorded.create_timestamp()
+        state = {"timestamp": timestamp, "originator_topic": _RECORD_TOPIC, "entry": entry.as_dict()}
+        return StoredEvent(random_uuid(), cls.INITIAL_VERSION, _RECORDED_TOPIC, orjson.dumps(state))
+
+    @classmethod
     def recorded(cls, entry: AuditEntry) -> AuditRecord.Recorded:
         """The one event that records ``entry`` (the fields ``Aggregate._create`` gives a created event, so the
         same stored bytes), without building the aggregate around it: the audit writer appends one per API
@@ -169,6 +185,7 @@ class AuditRecord(Aggregate):
 
 
 _RECORD_TOPIC = get_topic(AuditRecord)
+_RECORDED_TOPIC = get_topic(AuditRecord.Recorded)
 
 
 class BreakGlassAccess(Aggregate):
@@ -237,14 +254,28 @@ class AuditLog(Application[UUID]):
     def construct_transcoder(self) -> Transcoder:
         return EventTranscoder()
 
-    def append(self, entries: list[AuditEntry]) -> int:
+    def append(self, entries: Sequence[AuditEntry]) -> int:
         """Append entries in one transaction; return the last notification id.
 
-        Straight to the event store: ``save`` would build an aggregate per entry and test each object
-        against the library's runtime protocols, which cost more CPU than storing the entry (measured:
-        about a third of a batch's append), and there are no snapshots or subscribers for it to serve."""
-        recordings = self.events.put([AuditRecord.recorded(e) for e in entries])
-        return max(r.notification.id for r in recordings)
+        Straight to the recorder: ``save`` would build an aggregate per entry and test each object against
+        the library's runtime protocols, which cost more CPU than storing the entry (measured: about a third
+        of a batch's append), and there are no snapshots or subscribers for it to serve. The stored events
+        are built directly (:meth:`AuditRecord.stored`) unless the log is compressed or enciphered.
+        PostgreSQL appends them in one statement (``EventRecorder.append_in_one_statement``), SQLite in one
+        multi-row INSERT per 200 entries; each read waits for its entry's commit."""
+        mapper = self.mapper
+        if mapper.cipher is not None or mapper.compressor is not None:
+            recordings = self.events.put([AuditRecord.recorded(e) for e in entries])
+            return max(r.notification.id for r in recordings)
+        stored = [AuditRecord.stored(e) for e in entries]
+        recorder = self.recorder
+        if isinstance(recorder, EventRecorder):
+            return max(recorder.append_in_one_statement(stored))
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            return _sqlite_append(recorder, stored)
+        ids = recorder.insert_events(stored)
+        assert ids, "an application recorder returns the notification ids"
+        return max(ids)
 
     def record_break_glass(self, access: BreakGlassAccess) -> int:
         """Append one break-the-glass access at once (not through the group-commit writer: the access is
@@ -253,12 +284,45 @@ class AuditLog(Application[UUID]):
         return max(r.notification.id for r in recordings)
 
 
+#: Rows per multi-row INSERT on SQLite: 4 parameters each, under the 999 of SQLite builds before 3.32.
+_SQLITE_ROWS = 200
+
+
+def _hex(originator_id: UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+def _sqlite_append(recorder: SQLiteApplicationRecorder, stored: Sequence[StoredEvent]) -> int:
+    """One transaction, one INSERT per :data:`_SQLITE_ROWS` entries (the library's recorder sends one per
+    event, to read each one's rowid); the last rowid is the last entry's notification id."""
+    table = recorder.events_table_name
+    with recorder.datastore.transaction(commit=True) as cursor:
+        for start in range(0, len(stored), _SQLITE_ROWS):
+            chunk = stored[start : start + _SQLITE_ROWS]
+            values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+            params = [p for s in chunk for p in (_hex(s.originator_id), s.originator_version, s.topic, s.state)]
+            cursor.execute(f"INSERT INTO {table} VALUES {values}", params)
+        last = cursor.lastrowid
+    assert isinstance(last, int)
+    return last
+
+
 #: Pauses before each retry of a failed audit append (None: the last attempt), about 1.3 s in all.
 _RETRY_PAUSES: tuple[float | None, ...] = (0.05, 0.25, 1.0, None)
 
 
+#: What a submitter waits on: a future of the caller's thread, or of its event loop (:meth:`AuditWriter.committed`).
+_Waiter = Future[int] | asyncio.Future[int]
+
+
 class AuditWriter(threading.Thread):
-    """Group commit: one thread appends every entry submitted since its last commit, in one transaction."""
+    """Group commit: one thread appends every entry submitted since its last commit, in one transaction.
+
+    The event loop's waiters (:meth:`committed`) are settled with one ``call_soon_threadsafe`` per loop
+    per commit: a concurrent future wrapped for asyncio (``asyncio.wrap_future``) costs one per entry, each
+    a write to the loop's self-pipe, a system call that lets go of the GIL and then waits to take it back,
+    so a commit of 30 entries woke the loop 30 times and waited for the GIL as often before the last
+    request could go on."""
 
     def __init__(self, log_: AuditLog, batch: int = 500, on_commit: Any = None, probe_seconds: float = 5.0) -> None:
         super().__init__(name="ehr-audit-writer", daemon=True)
@@ -266,9 +330,20 @@ class AuditWriter(threading.Thread):
         self.batch = batch
         self.on_commit = on_commit
         self.probe_seconds = probe_seconds
-        # Unbounded, but its submitters wait for their commit once it holds more than a few batches.
-        self._queue: queue.Queue[tuple[AuditEntry, Future[int]] | None] = queue.Queue()
-        self._last: Future[int] | None = None
+        # Unbounded, but its submitters wait for their commit once it holds more than a few batches. A deque
+        # (appends and pops need no lock) and an event the writer waits on when it has nothing to do: a
+        # ``queue.Queue`` takes its lock and notifies its condition on every put, on the event loop, while
+        # this sets the event once per commit (the first entry submitted after the writer took its batch).
+        self._queue: deque[tuple[AuditEntry, _Waiter] | None] = deque()
+        self._wake = threading.Event()
+        #: Entries submitted, and entries whose commit is over (committed or failed): :meth:`flush` waits for
+        #: the second to reach the first. ``_submitting`` keeps the count in the queue's order.
+        self._submitted = 0
+        self._settled = 0
+        self._submitting = threading.Lock()
+        self._progress = threading.Condition()
+        #: The entries (first, last, by submission count) of the last commit that failed, and its error.
+        self._failure: tuple[int, int, BaseException] | None = None
         #: When the last commit failed for good (None: the last commit succeeded). See :meth:`unavailable`.
         self.failed_at: float | None = None
         #: Wall-clock times (``time.time()``) for operators (``GET /health``, ``/metrics``): when the log became
@@ -277,11 +352,24 @@ class AuditWriter(threading.Thread):
         self.probed_at: float | None = None
         self.committed_at: float | None = None
 
+    def _put(self, entry: AuditEntry, waiter: _Waiter) -> None:
+        with self._submitting:
+            self._submitted += 1
+            self._queue.append((entry, waiter))
+        if not self._wake.is_set():
+            self._wake.set()
+
     def submit(self, entry: AuditEntry) -> Future[int]:
         """Queue ``entry``; the future resolves to its notification id once committed."""
         future: Future[int] = Future()
-        self._queue.put((entry, future))
-        self._last = future
+        self._put(entry, future)
+        return future
+
+    def committed(self, entry: AuditEntry) -> asyncio.Future[int]:
+        """Queue ``entry`` from the running event loop; await the result for its notification id, once
+        committed (settled with its commit's other entries of the same loop in one loop callback)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._put(entry, future)
         return future
 
     @property
@@ -303,49 +391,53 @@ class AuditWriter(threading.Thread):
 
     def backlog(self) -> int:
         """Entries submitted and not yet taken into a commit."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Return once every entry submitted so far is committed (commits happen in submission order)."""
-        last = self._last
-        if last is not None:
-            last.result(timeout)
+        """Return once every entry submitted so far is committed (commits happen in submission order); raise
+        the error of the commit that took the last of them, if it failed."""
+        target = self._submitted
+        with self._progress:
+            if not self._progress.wait_for(lambda: self._settled >= target, timeout):
+                raise TimeoutError(f"audit entries not committed within {timeout} s")
+            failure = self._failure
+        if failure is not None and failure[0] <= target <= failure[1]:
+            raise failure[2]
 
     def record(self, entry: AuditEntry) -> int:
         """Append ``entry`` and wait for the commit."""
         return self.submit(entry).result()
 
     def stop(self) -> None:
-        self._queue.put(None)
+        self._queue.append(None)
+        self._wake.set()
         self.join(timeout=30)
 
     def run(self) -> None:
         stopping = False
         while not stopping:
-            item = self._queue.get()
-            items: list[tuple[AuditEntry, Future[int]]] = []
-            if item is None:
-                stopping = True
-            else:
-                items.append(item)
-            while len(items) < self.batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
+            # Cleared before looking: an entry appended after the look finds the event clear and sets it.
+            self._wake.clear()
+            if not self._queue:
+                self._wake.wait()
+            items: list[tuple[AuditEntry, _Waiter]] = []
+            while len(items) < self.batch and self._queue:
+                item = self._queue.popleft()
+                if item is None:
                     stopping = True
                     break
-                items.append(more)
+                items.append(item)
             if items:
                 self._commit(items)
 
-    def _commit(self, items: list[tuple[AuditEntry, Future[int]]]) -> None:
+    def _commit(self, items: list[tuple[AuditEntry, _Waiter]]) -> None:
+        last: int | None = None
+        error: BaseException | None = None
         for attempt, pause in enumerate(_RETRY_PAUSES):
             try:
                 last = self.log.append([entry for entry, _ in items])
                 break
-            except Exception as error:  # keep the entries; a failing audit write must not lose them silently
+            except Exception as failure:  # keep the entries; a failing audit write must not lose them silently
                 log.warning("audit append failed (attempt %d)", attempt + 1, exc_info=True)
                 if pause is not None:
                     try:
@@ -360,18 +452,43 @@ class AuditWriter(threading.Thread):
                     self.failed_at = time.monotonic()
                     if self.unwritable_since is None:
                         self.unwritable_since = time.time()
-                    for _, future in items:
-                        future.set_exception(error)
-                    return
-        self.failed_at = self.unwritable_since = None
-        self.committed_at = time.time()
-        if self.on_commit is not None:
-            try:  # e.g. bring the AuditEvent views up to date before the callers go on
-                self.on_commit(last)
-            except Exception:
-                log.warning("audit on-commit hook failed", exc_info=True)
-        for _, future in items:
-            future.set_result(last)
+                    error = failure
+        if error is None:
+            self.failed_at = self.unwritable_since = None
+            self.committed_at = time.time()
+            if self.on_commit is not None:
+                try:  # e.g. bring the AuditEvent views up to date before the callers go on
+                    self.on_commit(last)
+                except Exception:
+                    log.warning("audit on-commit hook failed", exc_info=True)
+        loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[int]]] = {}
+        for _, waiter in items:
+            if isinstance(waiter, asyncio.Future):
+                loops.setdefault(waiter.get_loop(), []).append(waiter)
+            elif error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(cast(int, last))
+        for loop, futures in loops.items():
+            with suppress(RuntimeError):  # the loop is closed: nobody awaits these any more
+                loop.call_soon_threadsafe(_settle, futures, last, error)
+        with self._progress:
+            first = self._settled + 1
+            self._settled += len(items)
+            if error is not None:
+                self._failure = (first, self._settled, error)
+            self._progress.notify_all()
+
+
+def _settle(futures: list[asyncio.Future[int]], last: int | None, error: BaseException | None) -> None:
+    """On the futures' loop: resolve every waiter of one commit (a cancelled request's is left alone)."""
+    for future in futures:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(int, last))
 
 
 def audit_event_id(notification_id: int) -> str:

@@ -17,6 +17,13 @@
   outside pipeline mode the same append takes a second. Its round trips are saved another way: BEGIN,
   the lock timeout, the table lock and the notify go as one simple-protocol query (no parameters, so
   several statements are allowed), then the insert, then COMMIT: three round trips instead of six.
+- The audit log's appends (one group commit of audit entries, :meth:`EventRecorder.append_in_one_statement`)
+  go as ONE statement: a function in the schema takes the lock timeout, the table lock and the notify and
+  inserts the rows, and the statement's implicit transaction commits as it ends (the connection is in
+  autocommit), durably, before its answer comes back. Every read waits for its audit entry's commit, so
+  the six statements of the pipeline above (BEGIN, the lock timeout, the lock, the notify, the insert,
+  COMMIT), each parsed, executed and answered by the server and handled by psycopg, were paid on every
+  read's wait; one statement is one message each way. The function is created on first use.
 - The append is not retried on a lost connection. The library retries ``insert_events`` up to ten times
   on any operational error, but an error after COMMIT was sent leaves the outcome unknown: the retry then
   hits the unique key of its own first attempt and the write was answered 409 "nothing was stored"
@@ -40,6 +47,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from psycopg.sql import SQL, Composed, Identifier
 
 __all__ = ["PIPELINED_UP_TO", "EventRecorder", "Factory"]
+
+#: SQLSTATE 42883 undefined_function: the one-statement append's function is not (or no longer) there.
+_UNDEFINED_FUNCTION = "42883"
 
 #: Appends of at most this many bytes of event state go as one pipeline (see the module's docstring): far
 #: below the multi-MB parameters that hung in pipeline mode, and above a group commit of tens of creates.
@@ -131,6 +141,75 @@ class EventRecorder(PostgresApplicationRecorder):
                         conn.rollback()
                 raise
             return notification_ids
+
+    @property
+    def _append_function(self) -> Composed:
+        """The schema-qualified name of this table's one-statement append function."""
+        return SQL("{0}.{1}").format(
+            Identifier(self.datastore.schema), Identifier(f"ehr_append_{self.events_table_name}"[:63])
+        )
+
+    def _create_append_function(self) -> None:
+        """``ehr_append_<table>(ids, versions, topics, states, lock_timeout)``: what the pipeline of
+        :meth:`insert_events` does, in the caller's one statement. ``LOCK TABLE`` outside a transaction block
+        is refused only as a top-level statement: inside the function it holds the lock until the
+        statement's implicit transaction commits, so notification ids still commit in their order."""
+        table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
+        body = SQL(
+            "BEGIN "
+            "PERFORM set_config('lock_timeout', lock_timeout, true); "
+            "LOCK TABLE {table} IN EXCLUSIVE MODE; "
+            "PERFORM pg_notify({channel}, ''); "
+            "RETURN QUERY INSERT INTO {table} AS t (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(ids, versions, topics, states) RETURNING t.notification_id; "
+            "END"
+        ).format(table=table, channel=self.channel_name)
+        statement = SQL(
+            "CREATE OR REPLACE FUNCTION {function}(ids {id_type}[], versions bigint[], topics text[], "
+            "states bytea[], lock_timeout text) RETURNS SETOF bigint LANGUAGE plpgsql AS {body}"
+        ).format(
+            function=self._append_function,
+            id_type=Identifier(self.datastore.originator_id_type),
+            body=body.as_string(None),
+        )
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            # Server processes start together: CREATE OR REPLACE of one function by two sessions at once fails.
+            curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ehr_append {self.datastore.schema}",))
+            curs.execute(statement)
+
+    @property
+    def _append_sql(self) -> Composed:
+        statement: Composed | None = getattr(self, "_append_statement", None)
+        if statement is None:
+            statement = SQL(
+                "SELECT * FROM {function}(%s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[], %s::text)"
+            ).format(function=self._append_function, id_type=Identifier(self.datastore.originator_id_type))
+            self._append_statement = statement
+        return statement
+
+    def append_in_one_statement(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """Append ``stored_events`` in one statement and its implicit transaction; their notification ids, in
+        order. Committed (durably: ``synchronous_commit``) once this returns. See the module's docstring."""
+        if not stored_events:
+            return []
+        params = (
+            [event.originator_id for event in stored_events],
+            [event.originator_version for event in stored_events],
+            [event.topic for event in stored_events],
+            [event.state for event in stored_events],
+            f"{self.datastore.lock_timeout}s",
+        )
+        for attempt in (1, 2):
+            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                assert conn.autocommit  # the statement is its own transaction: answered means committed
+                try:
+                    curs.execute(self._append_sql, params, binary=True)
+                    return [row[next(iter(row))] if isinstance(row, dict) else row[0] for row in curs.fetchall()]
+                except psycopg.Error as error:
+                    if attempt == 2 or error.sqlstate != _UNDEFINED_FUNCTION:
+                        raise
+            self._create_append_function()  # first use in this schema: nothing was appended
+        raise AssertionError("unreachable")
 
     def select_streams(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every event of several streams in one query (each stream's in version order): what the master

@@ -11,7 +11,6 @@ Failures and refusals (4xx, 5xx, exceptions) are audited the same way. Who, wher
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from datetime import UTC, datetime
@@ -234,9 +233,10 @@ class AuditMiddleware:
             reason=_break_glass_reason(scope) if context.purpose == "BTG" else _grant_reason(scope),
         )
         # The group commit takes every entry submitted meanwhile into one transaction: concurrent requests
-        # share the wait, and a writer that falls behind holds its callers back (backpressure).
+        # share the wait, and a writer that falls behind holds its callers back (backpressure). The commit
+        # settles this loop's waiters in one callback (``AuditWriter.committed``).
         try:
-            await asyncio.wrap_future(compliance.audit_writer.submit(entry))
+            await compliance.audit_writer.committed(entry)
         except Exception:  # the status is sent; the writer logged it and refuses the next requests (unavailable)
             log.warning("audit entry for %s %s not stored", method, path)
 
