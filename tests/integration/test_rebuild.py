@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from fhir_api.cli.rebuild import projectors_named
 from fhir_api.services import Services
+from projections import rebuild as rebuilding
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.projector import Projector
 from projections.rebuild import rebuild
@@ -147,6 +148,36 @@ def test_a_rebuild_reads_and_decodes_each_event_of_a_log_once_for_all_its_projec
     # each of the three projectors finds the end once more when the turns stop, and in its last catch-up).
     assert sorted(decoded) == resource_events and set(decoded.values()) == {1}
     assert selects <= -(-head // batch) + 1 + 2 * 3
+    assert _dumps(projectors) == live
+
+
+def test_a_rebuild_applies_the_log_in_batches_larger_than_the_live_ones(
+    services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shadow's batch is ``REBUILD_BATCH_SIZE`` events, not the live projector's (which bounds a request's
+    wait for its own write): fewer batches, so fewer transactions and statements for the same log."""
+    _load(client)
+    projectors = projectors_named(services, ["resources", "identity", "terminology"])
+    for following in services.main_projectors.values():
+        following.catch_up()
+    live = _dumps(projectors)
+    for projector in projectors:
+        projector.batch_size = 5
+    monkeypatch.setattr(rebuilding, "REBUILD_BATCH_SIZE", 30, raising=False)
+    log = services.application
+    head = log.recorder.max_notification_id() or 0
+    assert head > 60
+    limits: Counter[int] = Counter()
+    select = log.recorder.select_notifications
+
+    def counted_select(*args: Any, **kwargs: Any) -> Any:
+        limits[kwargs.get("limit", 0)] += 1
+        return select(*args, **kwargs)
+
+    monkeypatch.setattr(log.recorder, "select_notifications", counted_select)
+    rebuild(services.settings, projectors)
+    assert limits[5] == 0
+    assert 0 < limits[30] <= -(-head // 30) + 1 + 2 * 3
     assert _dumps(projectors) == live
 
 
