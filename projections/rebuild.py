@@ -7,6 +7,11 @@ replays the whole log into empty tables elsewhere: a schema ``<schema>__rebuild`
 the tables in one transaction: ``DROP`` + ``ALTER TABLE … SET SCHEMA`` on PostgreSQL, ``DELETE`` +
 ``INSERT … SELECT`` from the attached file on SQLite. A reader sees the old views or the new, never a mix;
 a rebuild killed before the swap leaves the live views untouched.
+
+Every projection asked for is built at once, in one shadow: the shadows take turns, a batch each, and those
+following the same log share each batch read and decoded (``projections.replay``), so a log is decrypted
+once per rebuild, not once per projector. A shadow's batches are larger than the live ones
+(``REBUILD_BATCH_SIZE``). Then each is swapped in, one transaction each, in the order asked.
 """
 
 from __future__ import annotations
