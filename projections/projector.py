@@ -189,6 +189,14 @@ class Projector:
                 if applied == 0 or (until is not None and self._position >= until):
                     return self._position
 
+    def catch_up_batch(self) -> int:
+        """Apply at most one batch; return how many events it applied (0: none pending).
+
+        ``ehr rebuild`` advances its shadows in turn, one batch each, so that those following the same log
+        read and decode each batch once (``projections.replay``)."""
+        with self._lock:
+            return self._apply_batch(None)
+
     def catch_up_if_behind(self) -> int:
         """Catch up only when the log holds more than this process has seen applied (a cheap check)."""
         latest = self.application.recorder.max_notification_id() or 0

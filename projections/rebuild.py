@@ -7,6 +7,11 @@ replays the whole log into empty tables elsewhere: a schema ``<schema>__rebuild`
 the tables in one transaction: ``DROP`` + ``ALTER TABLE … SET SCHEMA`` on PostgreSQL, ``DELETE`` +
 ``INSERT … SELECT`` from the attached file on SQLite. A reader sees the old views or the new, never a mix;
 a rebuild killed before the swap leaves the live views untouched.
+
+Every projection asked for is built at once, in one shadow: the shadows take turns, a batch each, and those
+following the same log share each batch read and decoded (``projections.replay``), so a log is decrypted
+once per rebuild, not once per projector. A shadow's batches are larger than the live ones
+(``REBUILD_BATCH_SIZE``). Then each is swapped in, one transaction each, in the order asked.
 """
 
 from __future__ import annotations
@@ -23,8 +28,24 @@ from psycopg import sql
 from ehr_core.settings import Settings
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.projector import Projector
+from projections.replay import SharedLog
 
-__all__ = ["Rebuilt", "Shadow", "build_beside", "drop_shadow", "rebuild", "swap"]
+__all__ = [
+    "REBUILD_BATCH_SIZE",
+    "Rebuilt",
+    "Shadow",
+    "build_all_beside",
+    "build_beside",
+    "drop_shadow",
+    "rebuild",
+    "swap",
+]
+
+#: Events per batch of a shadow (at least the live projector's). The live batch size bounds how long a
+#: request waits for its own write to be projected; a shadow has no one waiting, and each batch costs a
+#: transaction, a lock of its tracking row and a few statements per table (COPY: three round trips each)
+#: whatever its length: ten times fewer batches are ten times fewer of those.
+REBUILD_BATCH_SIZE = 5_000
 
 #: ``progress(name, position, head)`` after each batch.
 Progress = Callable[[str, int, int], None]
@@ -34,6 +55,7 @@ Progress = Callable[[str, int, int], None]
 class Rebuilt:
     name: str
     events: int
+    #: Its own batches, last catch-up and swap (the readers' indexes, built once for all after the load, not).
     seconds: float
     tables: tuple[str, ...]
 
@@ -50,41 +72,108 @@ class Shadow:
     database: ViewDatabase
     #: Where its tables are: a PostgreSQL schema, or a SQLite file.
     location: str
+    #: Time spent applying this shadow's batches (the shadows are built in turns).
+    seconds: float = 0.0
 
 
 def rebuild(settings: Settings, live: Sequence[Projector], progress: Progress | None = None) -> list[Rebuilt]:
-    """Rebuild each projector in ``live`` beside itself and swap it in; one at a time."""
-    done = []
-    for projector in live:
-        started = time.perf_counter()
-        shadow = build_beside(settings, projector, progress)
-        try:
+    """Rebuild each projector in ``live`` beside itself, then swap each in (one transaction each).
+
+    The shadows are built together: they advance in turn, a batch each, so that the projectors following
+    the same log share each batch read and decoded (``projections.replay``). A rebuild stopped before a swap
+    leaves that projection's live views untouched; each swap is whole or not at all, as before.
+    """
+    if not live:
+        return []
+    shadows = build_all_beside(settings, live, progress)
+    try:
+        done = []
+        for projector, shadow in zip(live, shadows, strict=True):
+            began = time.perf_counter()
             swap(settings, projector, shadow)
-        finally:
-            drop_shadow(settings, shadow)
-        done.append(Rebuilt(projector.name, shadow.projector.position, time.perf_counter() - started, projector.tables))
+            seconds = shadow.seconds + time.perf_counter() - began
+            done.append(Rebuilt(projector.name, shadow.projector.position, seconds, projector.tables))
+    finally:
+        drop_shadow(settings, shadows[0])
     return done
 
 
 def build_beside(settings: Settings, live: Projector, progress: Progress | None = None) -> Shadow:
     """Replay the whole log into empty tables beside ``live``'s (the first half of a rebuild)."""
+    return build_all_beside(settings, [live], progress)[0]
+
+
+def build_all_beside(settings: Settings, lives: Sequence[Projector], progress: Progress | None = None) -> list[Shadow]:
+    """Replay the whole log into empty tables beside each of ``lives`` (one shadow database for all)."""
     database = _open_shadow(settings)
-    shadow = Shadow(live.beside(database), database, _location(settings))
+    shadows: list[Shadow] = []
     try:
-        shadow.projector.create_tables()
-        deferred = _defer_indexes(settings, live.query_indexes)
-        head = live.head()
-
-        def tick(position: int, _applied: int) -> None:
-            if progress is not None:
-                progress(live.name, position, max(head, position))
-
-        shadow.projector.catch_up(progress=tick)
+        shadows += [Shadow(live.beside(database), database, _location(settings)) for live in lives]
+        shared: dict[int, SharedLog] = {}
+        deferred: list[str] = []
+        heads = []
+        for live, shadow in zip(lives, shadows, strict=True):
+            shadow.projector.create_tables()
+            deferred += _defer_indexes(settings, live.query_indexes)
+            heads.append(live.head())
+            for member in _members(shadow.projector):
+                member.batch_size = max(member.batch_size, REBUILD_BATCH_SIZE)
+                log = shared.setdefault(id(member.application), SharedLog(member.application, member.batch_size))
+                member.application = log  # type: ignore[assignment]
+        _replay_in_turn(lives, shadows, heads, progress)
+        for log in shared.values():
+            log.stop_sharing()
+        for live, shadow, head in zip(lives, shadows, heads, strict=True):
+            began = time.perf_counter()
+            # What the turns may not have seen (appended meanwhile), and what a projector does after its
+            # batches (a federated identity's national decisions).
+            shadow.projector.catch_up(progress=_ticker(progress, live.name, head))
+            shadow.seconds += time.perf_counter() - began
         _create_indexes(settings, deferred)
     except BaseException:
-        drop_shadow(settings, shadow)
+        database.close()
+        _drop_shadow(settings)
         raise
-    return shadow
+    return shadows
+
+
+def _members(projector: Projector) -> list[Projector]:
+    """The projectors that read a log: a federation's group is one per store."""
+    members: list[Projector] | None = getattr(projector, "members", None)
+    return list(members) if members is not None else [projector]
+
+
+def _ticker(progress: Progress | None, name: str, head: int) -> Callable[[int, int], None]:
+    def tick(position: int, _applied: int) -> None:
+        if progress is not None:
+            progress(name, position, max(head, position))
+
+    return tick
+
+
+def _replay_in_turn(
+    lives: Sequence[Projector], shadows: Sequence[Shadow], heads: Sequence[int], progress: Progress | None
+) -> None:
+    """Each shadow applies one batch, then the next shadow the same batch (read and decoded once), until
+    every one has found nothing more to apply."""
+    turns = [
+        (live.name, shadow, head, _members(shadow.projector))
+        for live, shadow, head in zip(lives, shadows, heads, strict=True)
+    ]
+    pending = {id(member) for _, _, _, members in turns for member in members}
+    while pending:
+        for name, shadow, head, members in turns:
+            for member in members:
+                if id(member) not in pending:
+                    continue
+                began = time.perf_counter()
+                applied = member.catch_up_batch()
+                shadow.seconds += time.perf_counter() - began
+                if applied == 0:
+                    pending.discard(id(member))
+            if progress is not None:
+                position = sum(member.position for member in members)
+                progress(name, position, max(head, position))
 
 
 def swap(settings: Settings, live: Projector, shadow: Shadow) -> None:

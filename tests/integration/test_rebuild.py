@@ -7,13 +7,16 @@ and writes arriving during it must all be in the swapped-in views.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from fhir_api.cli.rebuild import projectors_named
 from fhir_api.services import Services
+from projections import rebuild as rebuilding
 from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.projector import Projector
 from projections.rebuild import rebuild
@@ -97,6 +100,85 @@ def test_rebuild_swaps_in_views_equal_to_the_live_ones(services: Services, clien
     assert found["total"] == 1 and found["entry"][0]["resource"]["active"] is True
     looked_up = client.get("/fhir/CodeSystem/$lookup", params={"system": "urn:ehr-core:cs:triage", "code": "rojo"})
     assert looked_up.status_code == 200 and looked_up.json()["parameter"][0]["valueString"] == "Triage"
+
+
+def test_a_rebuild_reads_and_decodes_each_event_of_a_log_once_for_all_its_projectors(
+    services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resources, identity and terminology follow the clinical log; audit and break_glass the audit log. Their
+    shadows advance in turn, a batch each, sharing each batch read and decoded: each event is decrypted once
+    per log, not once per projector, and the views are still those the live projectors built."""
+    _load(client)
+    projectors = projectors_named(services, [])
+    assert services.compliance is not None
+    services.compliance.audit_views_current()
+    for following in services.main_projectors.values():
+        following.catch_up()  # the live ones too: their follower thread must find nothing left to decode
+    live = _dumps(projectors)
+    batch = 10
+    for projector in projectors:
+        projector.batch_size = batch  # many batches, so that the turns are many
+    log = services.application
+    head = log.recorder.max_notification_id() or 0
+    assert head > 4 * batch
+    resource_events = [
+        n.id for n in log.recorder.select_notifications(start=1, limit=head) if "ResourceStream" in n.topic
+    ]
+    assert len(resource_events) > 4 * batch
+    decoded: Counter[int] = Counter()
+    selects = 0
+    decode, select = log.mapper.to_domain_event, log.recorder.select_notifications
+
+    def counted_decode(stored: Any) -> Any:
+        # The resources' events: the master patient index also loads Person and Membership streams to decide.
+        if "ResourceStream" in stored.topic:
+            decoded[stored.id] += 1
+        return decode(stored)
+
+    def counted_select(*args: Any, **kwargs: Any) -> Any:
+        nonlocal selects
+        selects += kwargs.get("limit") == batch  # a projector's batch (the ledger's sealer reads too)
+        return select(*args, **kwargs)
+
+    monkeypatch.setattr(log.mapper, "to_domain_event", counted_decode)
+    monkeypatch.setattr(log.recorder, "select_notifications", counted_select)
+    done = rebuild(services.settings, projectors)
+    assert [d.name for d in done][:2] == ["resources", "identity"] and done[0].events >= head
+    # Each event is decoded once, not once per projector that follows the log; each batch is read once (and
+    # each of the three projectors finds the end once more when the turns stop, and in its last catch-up).
+    assert sorted(decoded) == resource_events and set(decoded.values()) == {1}
+    assert selects <= -(-head // batch) + 1 + 2 * 3
+    assert _dumps(projectors) == live
+
+
+def test_a_rebuild_applies_the_log_in_batches_larger_than_the_live_ones(
+    services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shadow's batch is ``REBUILD_BATCH_SIZE`` events, not the live projector's (which bounds a request's
+    wait for its own write): fewer batches, so fewer transactions and statements for the same log."""
+    _load(client)
+    projectors = projectors_named(services, ["resources", "identity", "terminology"])
+    for following in services.main_projectors.values():
+        following.catch_up()
+    live = _dumps(projectors)
+    for projector in projectors:
+        projector.batch_size = 5
+    monkeypatch.setattr(rebuilding, "REBUILD_BATCH_SIZE", 30, raising=False)
+    log = services.application
+    head = log.recorder.max_notification_id() or 0
+    assert head > 60
+    limits: Counter[int] = Counter()
+    select = log.recorder.select_notifications
+
+    def counted_select(*args: Any, **kwargs: Any) -> Any:
+        limits[kwargs.get("limit", 0)] += 1
+        return select(*args, **kwargs)
+
+    monkeypatch.setattr(log.recorder, "select_notifications", counted_select)
+    rebuild(services.settings, projectors)
+    assert limits[5] == 0
+    assert 0 < limits[30] <= -(-head // 30) + 1 + 2 * 3
+    assert _dumps(projectors) == live
 
 
 def test_writes_during_a_rebuild_are_all_in_the_swapped_in_views(
