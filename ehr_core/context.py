@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass, field, fields
-from random import getrandbits
 from typing import Any
 from uuid import UUID
 
 __all__ = ["WriteContext", "random_uuid"]
 
+#: The generator of :func:`random_uuid`, private: the module-level ``random`` is everyone's to seed (a test
+#: framework such as Hypothesis re-seeds it for every example, a library may call ``random.seed(0)``), and a
+#: seeded global would hand out the same ids again: audit records collided on their unique key.
+_ids = random.Random()  # seeded from os.urandom
+# A forked server process starts with its parent's state: without a new seed both would repeat each other.
+os.register_at_fork(after_in_child=_ids.seed)
+
 
 def random_uuid() -> UUID:
-    """A version 4 UUID from the process's pseudo-random generator. ``uuid4`` reads ``os.urandom``, a system
-    call that lets go of the GIL: on the event loop and in the audit writer, once per request, each call
-    then waits to take the GIL back behind the worker threads (up to the 5 ms switch interval under load).
-    A request id and an audit record's id must be unique, not secret; ``random`` is seeded from the OS at
-    start and again in every forked child (its own ``register_at_fork``), so server processes do not repeat."""
-    return UUID(int=getrandbits(128), version=4)
+    """A version 4 UUID from a pseudo-random generator of this module's own. ``uuid4`` reads ``os.urandom``,
+    a system call that lets go of the GIL: on the event loop and in the audit writer, once per request, each
+    call then waits to take the GIL back behind the worker threads (up to the 5 ms switch interval under
+    load). A request id and an audit record's id must be unique, not secret; the generator is seeded from
+    the OS at import and again in every forked child, and no other code can re-seed it."""
+    return UUID(int=_ids.getrandbits(128), version=4)
 
 
 @dataclass(frozen=True)
