@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import multiprocessing.connection
+import os
 import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,8 +65,25 @@ def _import(files: list[Path], progress: Any, finish: bool = True, report: Impor
         services.close()
 
 
+def _end_with_parent() -> None:
+    """End this child of ``ehr import`` as soon as the command's own process ends. Killed (SIGKILL, or a
+    crash), the command can no longer tell its children to stop: its projector would follow the log forever
+    and its workers block on a queue nobody reads, each holding database connections and locks. Ending at
+    once loses nothing: a projection batch not committed is rolled back, and ``ehr import`` again resumes."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # ready when the parent has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ehr-import-parent-watch", daemon=True).start()
+
+
 def project_until_stopped(stop: Any, settings: Settings | None = None) -> None:
     """Follow the log until told to stop, then finish what is left (the projector process of an import)."""
+    _end_with_parent()
     # One thread: a pool of two connections is plenty, and imports run beside servers on one database.
     services = open_services(settings or Settings(postgres_pool_size=2), follow=False)
     try:
@@ -75,6 +95,7 @@ def project_until_stopped(stop: Any, settings: Settings | None = None) -> None:
 
 
 def _worker(files: list[Path], ticks: Any) -> None:
+    _end_with_parent()
     report = _import(files, lambda resources, consumed: ticks.put((resources, consumed)), finish=False)
     ticks.put((_DONE, report))
 
