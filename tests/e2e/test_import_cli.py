@@ -107,14 +107,19 @@ def _logged(settings: Settings) -> int:
 
 
 @pytest.mark.slow
-def test_an_interrupted_import_resumes_without_duplicates(settings: Settings, store_env: dict[str, str]) -> None:
-    process = subprocess.Popen(
+def _start_import(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``ehr import`` of the Synthea sample, running (to be interrupted)."""
+    return subprocess.Popen(
         [sys.executable, "-m", "fhir_api.cli", "import", str(SYNTHEA)],
         cwd=REPO,
-        env=store_env,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def test_an_interrupted_import_resumes_without_duplicates(settings: Settings, store_env: dict[str, str]) -> None:
+    process = _start_import(store_env)
     # Killed once part of it is stored (a fixed delay could land before the first chunk, or after the last).
     wait_until(lambda: _logged(settings) > 0 or process.poll() is not None, "the import to store its first chunk")
     assert process.poll() is None, f"the import ended (status {process.returncode}) before it could be interrupted"
@@ -153,13 +158,7 @@ def _running(pid: int) -> bool:
 def test_a_killed_import_leaves_no_process_behind(settings: Settings, store_env: dict[str, str]) -> None:
     """SIGKILL cannot be caught: the import's projector (and workers) must notice on their own and end,
     or they hold the store's connections and locks for ever (a schema could then not even be dropped)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fhir_api.cli", "import", str(SYNTHEA)],
-        cwd=REPO,
-        env=store_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = _start_import(store_env)
     try:
         wait_until(lambda: _logged(settings) > 0 or process.poll() is not None, "the import to store its first chunk")
         children = [pid for pid in _children(process.pid) if _running(pid)]
