@@ -39,6 +39,7 @@ __all__ = [
     "construct_store_ledger",
     "construct_store_projectors",
     "construct_views",
+    "event_table",
     "federated",
     "open_services",
     "single_store",
@@ -68,6 +69,8 @@ def single_store(settings: Settings, follow: bool) -> Services:
     channel = projected_channel(settings.postgres_schema)
     if settings.uses_postgres:
         projector.announce_to = identity.announce_to = terminology.announce_to = channel
+        # The log is in the views' schema: each batch reads it in the statement that locks its tracking row.
+        projector.log_table = identity.log_table = terminology.log_table = event_table(application)
     if inline:
         projector.catch_up()
         identity.catch_up()
@@ -99,6 +102,14 @@ def single_store(settings: Settings, follow: bool) -> Services:
         services.follower = LogFollower(followed, settings.postgres_conninfo(), log_channel)
         services.follower.start()
     return services
+
+
+def event_table(application: RecordApplication) -> str:
+    """The PostgreSQL event table of ``application``'s log, schema-qualified and quoted for SQL."""
+    recorder: Any = application.recorder
+    return ".".join(
+        '"' + name.replace('"', '""') + '"' for name in (recorder.datastore.schema, recorder.events_table_name)
+    )
 
 
 def federated(settings: Settings, follow: bool) -> Services:

@@ -319,11 +319,10 @@ class Projector:
         """One transaction: lock the tracking row, apply the next notifications, move the row."""
         started = time.perf_counter()
         with self.database.write() as tx:
-            position = self._read_position(tx, lock=True)
+            position, notifications = self._lock_and_fetch(tx, until)
             if until is not None and position >= until:
                 self._moved_to(position)
                 return 0
-            notifications = self._fetch(tx, position)
             if not notifications:
                 self._moved_to(position)  # another process applied up to here
                 return 0
@@ -344,6 +343,48 @@ class Projector:
         if moved:
             for listener in self.on_applied:
                 listener(position)
+
+    #: The log's event table, schema-qualified, when it lives in the views' own PostgreSQL database (set by the
+    #: deployment, ``fhir_api/bootstrap.py``): a batch then reads its events in the statement that locks its
+    #: tracking row. None: the log is read through its recorder (SQLite, another database, a federation).
+    log_table: str | None = None
+
+    def _lock_and_fetch(self, tx: Tx, until: int | None) -> tuple[int, Sequence[Notification]]:
+        """Lock the tracking row; its position and the next batch after it (none once past ``until``).
+
+        Every create waits for a batch of each projection it needs (read-your-writes), and a batch holds its
+        tracking row, so every create behind it waits for each of its round trips. Locking the row and then
+        reading the log on the event store's connection were two of them, one after the other; with the log
+        in the same database, one statement does both: the locked row's position (the latest, should the
+        statement have waited for another batch's commit) bounds the read of the log's next events. Its
+        snapshot may predate that wait: events committed meanwhile are the next batch's (the log commits
+        its notification ids in order, so what it sees has no gaps)."""
+        if self.log_table is None or self.database.dialect != "postgres" or not self._reads_own_log():
+            position = self._read_position(tx, lock=True)
+            if until is not None and position >= until:
+                return position, ()
+            return position, self._fetch(tx, position)
+        bound = "" if until is None else " AND t.position < ?"
+        rows = tx.execute(
+            "WITH t AS (SELECT position FROM projection_tracking WHERE name = ? FOR UPDATE) "
+            "SELECT t.position, e.notification_id, e.originator_id, e.originator_version, e.topic, e.state FROM t "
+            f"LEFT JOIN LATERAL (SELECT * FROM {self.log_table} WHERE notification_id > t.position{bound} "
+            "ORDER BY notification_id LIMIT ?) e ON TRUE ORDER BY e.notification_id",
+            (self.name, *(() if until is None else (until,)), self.batch_size),
+        ).fetchall()
+        if not rows:
+            return 0, ()  # no tracking row (never created): as _read_position reads it
+        notifications = [
+            Notification(id=row[1], originator_id=row[2], originator_version=row[3], topic=row[4], state=bytes(row[5]))
+            for row in rows
+            if row[1] is not None
+        ]
+        return int(rows[0][0]), notifications
+
+    def _reads_own_log(self) -> bool:
+        """Whether this projector reads the log as it is, where it is (no subclass renumbers or relocates it)."""
+        cls = type(self)
+        return cls._fetch is Projector._fetch and cls._read_position is Projector._read_position
 
     def _fetch(self, tx: Tx, position: int) -> Sequence[Notification]:
         """The next batch after ``position`` (a federation's projector renumbers what it reads)."""
