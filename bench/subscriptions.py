@@ -5,10 +5,16 @@
 A real ``ehr serve`` and a listener on loopback. Latency: Observations written at ``--rate`` per second,
 each matching one R4 criteria subscription; from the write's ``meta.lastUpdated`` (the server's recorded
 time, the commit) to the listener receiving it (the same machine's clock), p50/p99. Throughput: creates/s
-from ``--clients`` threads for ``--seconds``, with no subscription, then with 50 active subscriptions all
-matching every write (50 notifications per write), and the ratio; ``--matching-only``: the 50 subscriptions
-stay ``requested`` (their endpoint refuses connections), so they are matched and nothing is delivered: the
-ratio is the matching's cost alone. A benchmark, not a test: nothing asserts.
+from ``--clients`` threads for ``--seconds`` per window, after ``--warmup`` seconds of the same load not
+measured; windows with no subscription and with 50 active subscriptions all matching every write (50
+notifications per write) alternate, ``--rounds`` pairs in the order 0, 50, 50, 0, 0, 50... (each kind as
+often early as late, so the store grows alike under both), and the ratio is the median of the loaded
+windows over the median of the bare ones (each window's figure is printed too). The 50 subscriptions are
+created before a loaded window (their handshakes answered) and deleted after it, once their notifications
+have arrived (``--drain`` seconds at most; how long it took is printed): no window starts with another's
+backlog. ``--matching-only``: the 50 subscriptions stay ``requested`` (their endpoint refuses connections),
+so they are matched and nothing is delivered: the ratio is the matching's cost alone. A benchmark, not a
+test: nothing asserts.
 """
 
 from __future__ import annotations
@@ -110,7 +116,7 @@ def _start(backend: str, data: Path, postgres_url: str, schema: str) -> tuple[su
 REFUSED = "http://127.0.0.1:9/hook"
 
 
-def _subscribe(http: httpx.Client, base: str, endpoint: str, code: str) -> None:
+def _subscribe(http: httpx.Client, base: str, endpoint: str, code: str) -> str:
     subscription = {
         "resourceType": "Subscription",
         "status": "requested",
@@ -120,11 +126,11 @@ def _subscribe(http: httpx.Client, base: str, endpoint: str, code: str) -> None:
     }
     created = http.post(f"{base}/Subscription", json=subscription, headers=HEADERS).json()
     if endpoint == REFUSED:
-        return  # matched from its own event on; never active
+        return str(created["id"])  # matched from its own event on; never active
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if http.get(f"{base}/Subscription/{created['id']}", headers=HEADERS).json().get("status") == "active":
-            return
+            return str(created["id"])
         time.sleep(0.05)
     raise SystemExit("a subscription never became active")
 
@@ -180,7 +186,8 @@ def latency(base: str, listener: Listener, rate: float, seconds: float, clients:
     )
 
 
-def throughput(base: str, clients: int, seconds: float, code: str) -> float:
+def throughput(base: str, clients: int, seconds: float, code: str) -> tuple[float, int]:
+    """Creates per second from ``clients`` threads for ``seconds``, and the creates."""
     done = [0] * clients
     stop = time.monotonic() + seconds
 
@@ -197,7 +204,7 @@ def throughput(base: str, clients: int, seconds: float, code: str) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(done) / (time.monotonic() - started)
+    return sum(done) / (time.monotonic() - started), sum(done)
 
 
 def _streaming(listener: Listener, began: float, ended: float) -> str:
@@ -215,11 +222,27 @@ def _streaming(listener: Listener, began: float, ended: float) -> str:
     )
 
 
+def _drain(listener: Listener, expected: int, seconds: float) -> float:
+    """Wait until ``expected`` notifications have arrived (at most ``seconds``); the seconds it took."""
+    began = time.monotonic()
+    while time.monotonic() - began < seconds and listener.count < expected:
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def _phases(rounds: int) -> list[bool]:
+    """Whether each window has the subscriptions: 0, 50, 50, 0, 0, 50... (pairs in alternating order)."""
+    return [kind for n in range(rounds) for kind in ((False, True) if n % 2 == 0 else (True, False))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of windows (0 and 50 subscriptions)")
+    parser.add_argument("--drain", type=float, default=120.0, help="the longest wait for a window's backlog")
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--subscriptions", type=int, default=50)
@@ -236,23 +259,48 @@ def main() -> None:
         try:
             print(f"backend: {args.backend}; the machine may be shared: figures are noisy")
             latency(base, listener, args.rate, args.seconds, args.clients)
-            bare = throughput(base, args.clients, args.seconds, "throughput")
-            print(f"write throughput, 0 subscriptions: {bare:.0f} creates/s ({args.clients} clients)")
+            throughput(base, args.clients, args.warmup, "throughput")  # warm-up, not measured
             endpoint = REFUSED if args.matching_only else listener.url
-            with httpx.Client(timeout=30) as http:
-                for _ in range(args.subscriptions):
-                    _subscribe(http, base, endpoint, "throughput")
-            received = listener.count
-            began = time.time()
-            loaded = throughput(base, args.clients, args.seconds, "throughput")
-            ended = time.time()
             kind = "requested (endpoint refusing: matched, not delivered)" if args.matching_only else "active"
+            figures: dict[bool, list[float]] = {False: [], True: []}
+            subscribed: list[str] = []
+            with httpx.Client(timeout=30) as http:
+                for loaded in _phases(args.rounds):
+                    if loaded and not subscribed:
+                        subscribed = [_subscribe(http, base, endpoint, "throughput") for _ in range(args.subscriptions)]
+                    if not loaded and subscribed:
+                        for sid in subscribed:
+                            http.delete(f"{base}/Subscription/{sid}", headers=HEADERS)
+                        subscribed = []
+                    received = listener.count
+                    began = time.time()
+                    rate, creates = throughput(base, args.clients, args.seconds, "throughput")
+                    ended = time.time()
+                    figures[loaded].append(rate)
+                    if not loaded:
+                        print(f"write throughput, 0 subscriptions: {rate:.0f} creates/s ({args.clients} clients)")
+                        continue
+                    during = listener.count - received
+                    print(
+                        f"write throughput, {args.subscriptions} {kind} subscriptions matching every write: "
+                        f"{rate:.0f} creates/s ({during} notifications received meanwhile)"
+                    )
+                    print(f"  meanwhile: {_streaming(listener, began, ended)}")
+                    if not args.matching_only:
+                        waited = _drain(listener, received + creates * args.subscriptions, args.drain)
+                        print(
+                            f"  the rest ({received + creates * args.subscriptions - listener.count} missing) "
+                            f"after {waited:.1f} s"
+                        )
+                for sid in subscribed:
+                    http.delete(f"{base}/Subscription/{sid}", headers=HEADERS)
+            bare, loaded_rates = figures[False], figures[True]
+            pairs = ", ".join(f"{b / a:.2f}" for a, b in zip(bare, loaded_rates, strict=True))
+            print(f"ratio per pair of windows: {pairs}")
             print(
-                f"write throughput, {args.subscriptions} {kind} subscriptions matching every write: "
-                f"{loaded:.0f} creates/s ({listener.count - received} notifications received meanwhile)"
+                f"ratio (median with / median without, {len(bare)} windows each): "
+                f"{statistics.median(loaded_rates) / statistics.median(bare):.2f}"
             )
-            print(f"meanwhile: {_streaming(listener, began, ended)}")
-            print(f"ratio (with / without): {loaded / bare:.2f}")
         finally:
             process.terminate()
             process.wait(30)

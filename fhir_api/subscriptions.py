@@ -79,9 +79,8 @@ _TURN_SECONDS = 0.25
 #: The turns while writes commit and delivery is paced (``fhir_api/delivery_pacing.py``): a round rests about
 #: ``1 / share`` times the CPU it spent, so shorter rounds keep the notifications streaming between rests.
 _PACED_TURN_SECONDS = 0.05
-#: The matcher's batch while paced: on SQLite a batch's outbox rows (one per subscription and event) are
-#: written under the views' one writer lock, which the projection of each write waits for; fifty events of
-#: fifty subscriptions are 2,500 rows, the default batch of 500 would be 25,000.
+#: The matcher's batch while paced: on SQLite a batch's outbox rows (one per stream of equal criteria and
+#: event) are written under the views' one writer lock, which the projection of each write waits for.
 _PACED_BATCH = 50
 #: The longest the thread sleeps unless woken by a commit of the resource views: it learns of what another
 #: process matched (several processes on one PostgreSQL database) at most this late.

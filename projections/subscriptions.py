@@ -8,10 +8,13 @@ topic's trigger) are decided in memory against the index rows the search extract
 resource (``projections/subscription_criteria.py``: the same rows, compared as the search compares them),
 then the read policy in one statement per batch and institution; any other criteria go to the server's own
 search engine (the criteria search restricted to ``_id`` of the changed resources, one per batch and
-distinct criteria). Each match is one outbox row, numbered per subscription
-(the backport IG's ``eventNumber``), written in the batch's transaction with the tracking row: matching
-is exactly-once. Delivery reads the outbox apart from the log (``fhir_api/subscriptions.py``): at least
-once, in event-number order per subscription, retried with exponential backoff; it never blocks a write.
+distinct criteria). Each match is one outbox row per *stream* (the subscriptions of equal criteria, topic
+and institution, which match the same events: fifty such subscriptions cost one row per matched event, not
+fifty), numbered per subscription through the segments of streams it followed (the backport IG's
+``eventNumber``; ``projections/subscription_streams.py``), written in the batch's transaction with the
+tracking row: matching is exactly-once. Delivery reads the outbox apart from the log
+(``fhir_api/subscriptions.py``): at least once, in event-number order per subscription, retried with
+exponential backoff; it never blocks a write.
 
 Criteria decided in memory are evaluated against the resource as the event wrote it (R4 subscription.html:
 "evaluated against the resource when it changes"); the search engine answers for the resource as it is
@@ -26,6 +29,7 @@ Topic-based subscriptions (Subscriptions R5 Backport IG for R4, 1.1.0) name a to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +57,16 @@ from projections.search import match
 from projections.search.extract import extract
 from projections.search.types.base import Rows
 from projections.subscription_criteria import Criteria, compile_criteria
+from projections.subscription_streams import (
+    MATCH_COLUMNS,
+    Outbound,
+    due_events,
+    events_between,
+    forget_streams,
+    mark_delivered,
+    mark_failed,
+    reset_attempts,
+)
 from projections.view import View
 
 __all__ = [
@@ -226,27 +240,15 @@ class SubscriptionRow:
     resource: dict[str, Any]
     #: Events matched since the subscription started (the backport IG's ``eventsSinceSubscriptionStart``).
     events: int
+    #: The stream of matched events it follows while matched (None: ``off``, ``error``), from ``first_seq``
+    #: on; ``base``: its events numbered before that (``projections/subscription_streams.py``).
+    stream: str | None = None
+    first_seq: int = 0
+    base: int = 0
 
     @property
     def channel(self) -> dict[str, Any]:
         return dict(self.resource.get("channel") or {})
-
-
-@dataclass(frozen=True)
-class Outbound:
-    """One matched event waiting to be (or already) delivered."""
-
-    subscription_id: str
-    event_number: int
-    notification_id: int
-    focus_type: str
-    focus_id: str
-    focus_version: int
-    recorded: str
-    attempts: int
-    delivered: bool
-    #: Beside the focus (a link event: the ``person`` and ``link``: linked or unlinked); None for a change.
-    context: dict[str, str] | None = None
 
 
 def parse_criteria(resource: dict[str, Any]) -> tuple[str | None, str, list[tuple[str, str]]]:
@@ -267,7 +269,7 @@ def parse_criteria(resource: dict[str, Any]) -> tuple[str | None, str, list[tupl
 
 
 class SubscriptionOutbox(View):
-    tables = ("subscription_outbox", "subscriptions")
+    tables = ("subscriptions", "subscription_streams", "subscription_segments", "subscription_matches")
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         tx.execute(
@@ -275,26 +277,31 @@ class SubscriptionOutbox(View):
             "resource_type TEXT NOT NULL, params TEXT NOT NULL, topic TEXT, status TEXT NOT NULL, "
             "version BIGINT NOT NULL, resource TEXT NOT NULL, events BIGINT NOT NULL DEFAULT 0)"
         )
+        # Subscriptions tables of before the shared streams: the followed segment and the delivery state.
+        for column, kind in _STATE_COLUMNS:
+            if dialect == "postgres":
+                tx.execute(f"ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS {column} {kind}")
+            elif column not in [str(r[1]) for r in tx.execute("PRAGMA table_info(subscriptions)").fetchall()]:
+                tx.execute(f"ALTER TABLE subscriptions ADD COLUMN {column} {kind}")
         tx.execute(
-            "CREATE TABLE IF NOT EXISTS subscription_outbox (subscription_id TEXT NOT NULL, "
-            "event_number BIGINT NOT NULL, notification_id BIGINT NOT NULL, focus_type TEXT NOT NULL, "
-            "focus_id TEXT NOT NULL, focus_version BIGINT NOT NULL, recorded TEXT NOT NULL, "
-            "delivered INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, "
-            "next_attempt DOUBLE PRECISION NOT NULL DEFAULT 0, error TEXT, context TEXT, "
-            "PRIMARY KEY (subscription_id, event_number))"
+            "CREATE TABLE IF NOT EXISTS subscription_matches (stream TEXT NOT NULL, seq BIGINT NOT NULL, "
+            "notification_id BIGINT NOT NULL, focus_type TEXT NOT NULL, focus_id TEXT NOT NULL, "
+            "focus_version BIGINT NOT NULL, recorded TEXT NOT NULL, context TEXT, PRIMARY KEY (stream, seq))"
         )
-        # Outboxes created before the master patient index's links were matched: add the column (NULL: a change).
+        tx.execute("CREATE TABLE IF NOT EXISTS subscription_streams (stream TEXT PRIMARY KEY, head BIGINT NOT NULL)")
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS subscription_segments (subscription_id TEXT NOT NULL, stream TEXT NOT NULL, "
+            "first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL, first_number BIGINT NOT NULL, "
+            "PRIMARY KEY (subscription_id, first_number))"
+        )
         if dialect == "postgres":
-            tx.execute("ALTER TABLE subscription_outbox ADD COLUMN IF NOT EXISTS context TEXT")
-        elif "context" not in [str(r[1]) for r in tx.execute("PRAGMA table_info(subscription_outbox)").fetchall()]:
-            tx.execute("ALTER TABLE subscription_outbox ADD COLUMN context TEXT")
-        # Every read of the outbox names its subscription (the primary key, or the partial index below): an
-        # index on (delivered, next_attempt) served no query and cost every matched row one more insert.
-        tx.execute("DROP INDEX IF EXISTS subscription_outbox_pending")
-        tx.execute(
-            "CREATE INDEX IF NOT EXISTS subscription_outbox_undelivered ON subscription_outbox "
-            "(subscription_id, event_number) WHERE delivered = 0"
-        )
+            old = tx.execute("SELECT to_regclass('subscription_outbox') IS NOT NULL").fetchone()
+        else:
+            old = tx.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'subscription_outbox'"
+            ).fetchone()
+        if old is not None and bool(old[0]):
+            _migrate_outbox(tx)
 
     def apply(self, tx: Tx, changes: Sequence[Matched]) -> None:
         """Match and write in the caller's transaction, against the subscriptions the table holds (the
@@ -324,52 +331,49 @@ class SubscriptionOutbox(View):
         if not run:
             return
         kinds = {_kind(item) for item in run}
-        active = [row for kind in sorted(kinds) for row in plan.index.active(kind)]
-        if not active:
+        # One subscription per stream decides for all of it: a stream's subscriptions share its criteria,
+        # topic and institution, so they match the same events (one outbox row each, not one per subscription).
+        streams = {row.stream: row for kind in sorted(kinds) for row in plan.index.active(kind) if row.stream}
+        if not streams:
             return  # no subscription can match: no SQL, whatever the run holds
-        keys = {row.id: plan.index.key(row) for row in active}
-        # Per distinct criteria, the events of the run that match it (by notification id): decided in memory
-        # against the resource's index rows when the criteria allow (projections/subscription_criteria.py),
-        # else by one criteria search per batch.
-        matched: dict[tuple[str, ...], set[int]] = {}
-        resources: dict[int, dict[str, Any]] = {}  # each event's resource, parsed once for every subscription
+        # Per stream, the events of the run that match it (by notification id): decided in memory against
+        # the resource's index rows when the criteria allow (projections/subscription_criteria.py), else by one
+        # criteria search per batch.
+        matched: dict[str, set[int]] = {}
+        resources: dict[int, dict[str, Any]] = {}  # each event's resource, parsed once for every stream
         rows: dict[int, Rows] = {}  # and its index rows, extracted once
         readable: dict[tuple[str, str], set[str]] = {}  # the read policy, asked once per institution and type
-        for row in active:
-            key = keys[row.id]
-            if key in matched:
-                continue
+        for stream, row in sorted(streams.items()):
             items = [item for item in run if _kind(item) == _row_kind(row)]
             criteria = compile_criteria(row.resource_type, tuple(row.params))
             if criteria.decides and not _links(row):
-                matched[key] = self._matching_events(tx, row, criteria, items, resources, rows, readable)
+                matched[stream] = self._matching_events(tx, row, criteria, items, resources, rows, readable)
             else:  # the search engine decides (a link's record is not in its event: searched as it is now)
                 found = self._matching_ids(tx, row, sorted({item.resource_id for item in items}))
-                matched[key] = {item.notification_id for item in items if item.resource_id in found}
-        owners: dict[tuple[str, str, int], bool] = {}  # a topic's owner rule, asked once per event and owner
-        counters = plan.index.counters
+                matched[stream] = {item.notification_id for item in items if item.resource_id in found}
+        by_kind: dict[tuple[str, bool], list[tuple[str, SubscriptionRow]]] = {}
+        for stream, row in sorted(streams.items()):
+            by_kind.setdefault(_row_kind(row), []).append((stream, row))
+        heads = plan.index.heads
         outbox: list[tuple[Any, ...]] = []
-        for item in run:  # in log order: event numbers follow the log
-            for row in plan.index.active(_kind(item)):
-                if item.notification_id not in matched[keys[row.id]]:
+        for item in run:  # in log order: seqs, hence event numbers, follow the log
+            for stream, row in by_kind.get(_kind(item), []):
+                if item.notification_id not in matched[stream]:
                     continue
                 topic = TOPICS.get(row.topic or "")
                 if topic is not None:
                     if item.notification_id not in resources:
                         resources[item.notification_id] = _resource(item)
-                    asked = (row.topic or "", row.institution, item.notification_id)
-                    if asked not in owners:
-                        owners[asked] = topic.concerns(row.institution, item, resources[item.notification_id], tx)
-                    if not owners[asked]:
+                    if not topic.concerns(row.institution, item, resources[item.notification_id], tx):
                         continue
-                counters[row.id] += 1
-                plan.numbered.add(row.id)
+                heads[stream] = heads.get(stream, 0) + 1
+                plan.moved.add(stream)
                 if isinstance(item, Change):
                     focus, recorded, context = item.version, item.last_updated, None
                 else:  # a link is no version of the record: the focus is the record as it is when notified
                     focus, recorded, context = 0, item.recorded, json.dumps(item.context)
                 outbox.append(
-                    (row.id, counters[row.id], item.notification_id, item.resource_type, item.resource_id, focus,
+                    (stream, heads[stream], item.notification_id, item.resource_type, item.resource_id, focus,
                      recorded, context)
                 )  # fmt: skip
         if outbox:
@@ -430,24 +434,28 @@ class SubscriptionIndex:
     tracking row still shows is the table. Each batch then costs no read of every subscription (and no parse
     of each stored Subscription) before it can know that nothing matches."""
 
-    def __init__(self, position: int, rows: dict[str, SubscriptionRow], counters: dict[str, int]) -> None:
+    def __init__(self, position: int, rows: dict[str, SubscriptionRow], heads: dict[str, int]) -> None:
         #: The tracking position the index describes.
         self.position = position
         self.rows = rows
-        #: Events matched so far per subscription (the row's ``events``, as the batch numbers them).
-        self.counters = counters
+        #: The last seq of each stream (``projections/subscription_streams.py``), as the batch numbers them.
+        self.heads = heads
         self._active: dict[tuple[str, bool], list[SubscriptionRow]] | None = None
-        self._keys: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def read(cls, tx: Tx, position: int) -> SubscriptionIndex:
         rows = {row.id: row for row in subscription_rows(tx)}
-        return cls(position, rows, {sid: row.events for sid, row in rows.items()})
+        heads = {str(s): int(h) for s, h in tx.execute("SELECT stream, head FROM subscription_streams").fetchall()}
+        return cls(position, rows, heads)
 
     def copy(self) -> SubscriptionIndex:
-        copied = SubscriptionIndex(self.position, dict(self.rows), dict(self.counters))
-        copied._keys = dict(self._keys)
-        return copied
+        return SubscriptionIndex(self.position, dict(self.rows), dict(self.heads))
+
+    def events(self, row: SubscriptionRow) -> int:
+        """The events numbered for ``row`` so far, those of this batch included."""
+        if row.stream is None:
+            return row.base
+        return row.base + max(0, self.heads.get(row.stream, 0) - row.first_seq + 1)
 
     def active(self, kind: tuple[str, bool]) -> list[SubscriptionRow]:
         """The subscriptions being matched (``requested``, ``active``) against changes of ``kind``, by id."""
@@ -459,54 +467,54 @@ class SubscriptionIndex:
                     self._active.setdefault(_row_kind(row), []).append(row)
         return self._active.get(kind, [])
 
-    def key(self, row: SubscriptionRow) -> tuple[str, ...]:
-        """The subscription's criteria as one key (subscriptions with equal keys share one search): computed
-        once per subscription and version, not per batch."""
-        if row.id not in self._keys:
-            self._keys[row.id] = _criteria_key(row)
-        return self._keys[row.id]
-
     def put(self, row: SubscriptionRow | None, subscription_id: str) -> None:
-        self._keys.pop(subscription_id, None)
         if row is None:
             self.rows.pop(subscription_id, None)
-            self.counters.pop(subscription_id, None)
         else:
             self.rows[subscription_id] = row
-            self.counters.setdefault(subscription_id, row.events)
         self._active = None
 
     def settled(self, position: int) -> SubscriptionIndex:
-        """The index once its batch is committed at ``position`` (the rows carry the new counters)."""
-        # Only the rows whose counter moved are copied (50 subscriptions, one of them numbering: one copy).
-        rows = {
-            sid: row if self.counters.get(sid, row.events) == row.events else replace(row, events=self.counters[sid])
-            for sid, row in self.rows.items()
-        }
-        settled = SubscriptionIndex(position, rows, {sid: row.events for sid, row in rows.items()})
-        settled._keys = self._keys
-        return settled
+        """The index once its batch is committed at ``position`` (the rows carry their events so far)."""
+        rows = {}
+        for sid, row in self.rows.items():
+            events = self.events(row)
+            rows[sid] = row if events == row.events else replace(row, events=events)
+        return SubscriptionIndex(position, rows, dict(self.heads))
+
+
+@dataclass(frozen=True)
+class _SubscriptionStep:
+    """A Subscription written (``row``) or deleted (None), and the segment it stopped following, if any."""
+
+    change: Change
+    row: SubscriptionRow | None
+    #: (stream, first_seq, last_seq, first_number) of the segment closed.
+    closed: tuple[str, int, int, int] | None
+    #: The streams a deleted subscription read (dropped if nobody else reads them).
+    streams: tuple[str, ...] = ()
 
 
 class MatchPlan:
-    """One batch's writes, in log order: Subscription changes and runs of outbox rows; then the counters."""
+    """One batch's writes, in log order: Subscription changes and runs of outbox rows; then the streams' heads."""
 
     def __init__(self, index: SubscriptionIndex) -> None:
-        #: The subscriptions as they stand after the batch (counters included).
+        #: The subscriptions as they stand after the batch (the streams' heads included).
         self.index = index
-        #: The subscriptions that numbered events in this batch (their ``events`` counter is written).
-        self.numbered: set[str] = set()
-        self.steps: list[Change | list[tuple[Any, ...]]] = []
+        #: The streams that numbered events in this batch (their head is written).
+        self.moved: set[str] = set()
+        self.steps: list[_SubscriptionStep | list[tuple[Any, ...]]] = []
 
     def subscription(self, change: Change) -> None:
         """A Subscription created, changed or deleted: later runs of the batch match against it."""
-        self.steps.append(change)
+        known = self.index.rows.get(change.resource_id)
         if change.deleted or change.body is None:
+            streams = (known.stream,) if known is not None and known.stream is not None else ()
+            self.steps.append(_SubscriptionStep(change, None, None, streams))
             self.index.put(None, change.resource_id)
             return
         resource = json.loads(change.body)
         topic, kind, params = parse_criteria(resource)
-        known = self.index.rows.get(change.resource_id)
         row = SubscriptionRow(
             id=change.resource_id,
             # The table keeps the institution that created it (a later version's writer does not change it).
@@ -517,55 +525,130 @@ class MatchPlan:
             status=str(resource.get("status") or ""),
             version=change.version,
             resource=resource,
-            events=self.index.counters.get(change.resource_id, 0),
+            events=0,
         )
+        stream = _stream_of(row) if row.status in _MATCHING else None
+        closed = None
+        if known is not None and known.stream is not None and known.stream == stream:
+            first_seq, base = known.first_seq, known.base  # same criteria, still matched: the same segment
+        else:
+            # A new segment: numbered on from the events so far, from the stream's next seq.
+            base = self.index.events(known) if known is not None else 0
+            if known is not None and known.stream is not None and base > known.base:
+                closed = (known.stream, known.first_seq, self.index.heads.get(known.stream, 0), known.base + 1)
+            first_seq = self.index.heads.get(stream, 0) + 1 if stream is not None else 0
+        row = replace(row, stream=stream, first_seq=first_seq, base=base)
+        row = replace(row, events=self.index.events(row))
+        self.steps.append(_SubscriptionStep(change, row, closed))
         self.index.put(row, change.resource_id)
 
     def write(self, tx: Tx) -> None:
         for step in self.steps:
-            if isinstance(step, Change):
+            if isinstance(step, _SubscriptionStep):
                 _write_subscription(tx, step)
             else:
-                # Many rows go as one COPY on PostgreSQL: 50 subscriptions matching a batch of 500 writes are 25,000.
-                tx.insert("subscription_outbox", _OUTBOX_INSERT, step)
-        counters = self.index.counters
-        changed = [(counters[sid], sid) for sid in sorted(self.numbered) if sid in counters]
-        if changed:
-            tx.executemany("UPDATE subscriptions SET events = ? WHERE id = ?", changed)
+                # Many rows go as one COPY on PostgreSQL: a batch of 500 matched writes is 500 rows per stream.
+                tx.insert("subscription_matches", MATCH_COLUMNS, step)
+        heads = self.index.heads
+        if self.moved:
+            tx.upsert(
+                "subscription_streams", ("stream", "head"), ("stream",), [(s, heads[s]) for s in sorted(self.moved)]
+            )
 
 
-def _write_subscription(tx: Tx, change: Change) -> None:
-    if change.deleted or change.body is None:
-        tx.execute("DELETE FROM subscription_outbox WHERE subscription_id = ?", (change.resource_id,))
-        tx.execute("DELETE FROM subscriptions WHERE id = ?", (change.resource_id,))
+def _write_subscription(tx: Tx, step: _SubscriptionStep) -> None:
+    sid = step.change.resource_id
+    row = step.row
+    if row is None:
+        streams = [str(s) for (s,) in tx.execute(
+            "SELECT stream FROM subscription_segments WHERE subscription_id = ?", (sid,)
+        ).fetchall()]  # fmt: skip
+        tx.execute("DELETE FROM subscription_segments WHERE subscription_id = ?", (sid,))
+        tx.execute("DELETE FROM subscriptions WHERE id = ?", (sid,))
+        forget_streams(tx, [*streams, *step.streams])
         return
-    resource = json.loads(change.body)
-    topic, kind, params = parse_criteria(resource)
-    institution = str(change.context.get("institution") or "unknown")
+    if step.closed is not None:
+        tx.execute(
+            "INSERT INTO subscription_segments (subscription_id, stream, first_seq, last_seq, first_number) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (sid, *step.closed),
+        )
     # One statement whether the Subscription is new or updated; an update keeps the institution that created
-    # it (the owner the access policy checks at notify time) and the count of events numbered so far.
+    # it (the owner the access policy checks at notify time) and its delivery state.
     tx.execute(
-        "INSERT INTO subscriptions (id, institution, resource_type, params, topic, status, version, resource, events) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO UPDATE SET resource_type = excluded.resource_type, "
-        "params = excluded.params, topic = excluded.topic, status = excluded.status, version = excluded.version, "
-        "resource = excluded.resource",
+        "INSERT INTO subscriptions (id, institution, resource_type, params, topic, status, version, resource, events, "
+        "stream, first_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "resource_type = excluded.resource_type, params = excluded.params, topic = excluded.topic, "
+        "status = excluded.status, version = excluded.version, resource = excluded.resource, "
+        "events = excluded.events, stream = excluded.stream, first_seq = excluded.first_seq",
         (
-            change.resource_id,
-            institution,
-            kind,
-            json.dumps(params),
-            topic,
-            str(resource.get("status") or ""),
-            change.version,
-            change.body.decode(),
+            sid,
+            row.institution,
+            row.resource_type,
+            json.dumps(row.params),
+            row.topic,
+            row.status,
+            row.version,
+            step.change.body.decode() if step.change.body is not None else "{}",
+            row.base,
+            row.stream,
+            row.first_seq,
         ),
     )
 
 
-_OUTBOX_INSERT = (
-    "subscription_id", "event_number", "notification_id", "focus_type", "focus_id", "focus_version", "recorded",
-    "context",
-)  # fmt: skip
+#: Columns of the ``subscriptions`` table added with the shared streams (tables of before get them on open).
+_STATE_COLUMNS = (
+    ("stream", "TEXT"),
+    ("first_seq", "BIGINT NOT NULL DEFAULT 0"),
+    ("delivered", "BIGINT NOT NULL DEFAULT 0"),
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("next_attempt", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+    ("error", "TEXT"),
+)
+
+
+def _stream_of(row: SubscriptionRow) -> str:
+    """The stream of the subscriptions that match exactly what ``row`` matches: same topic (its owner rule),
+    institution (the read policy), resource type or links, and criteria."""
+    key = json.dumps([row.topic, row.institution, row.resource_type, _links(row), row.params])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _migrate_outbox(tx: Tx) -> None:
+    """An outbox of before the shared streams (one row per subscription and event): each subscription's rows
+    become a stream of its own, read as a closed segment (same event numbers, same delivery and retry state),
+    and it follows its criteria's shared stream from then on. The old table is dropped."""
+    rows = subscription_rows(tx)
+    heads = {str(s): int(h) for s, h in tx.execute("SELECT stream, head FROM subscription_streams").fetchall()}
+    for row in rows:
+        old = tx.execute(
+            "SELECT event_number, notification_id, focus_type, focus_id, focus_version, recorded, context, delivered, "
+            "attempts, next_attempt, error FROM subscription_outbox WHERE subscription_id = ? ORDER BY event_number",
+            (row.id,),
+        ).fetchall()
+        delivered, attempts, next_attempt, error = row.base, 0, 0.0, None
+        if old:
+            private = f"migrated:{row.id}"
+            tx.insert("subscription_matches", MATCH_COLUMNS, [(private, *r[:7]) for r in old])
+            first, last = int(old[0][0]), int(old[-1][0])
+            tx.execute(
+                "INSERT INTO subscription_segments (subscription_id, stream, first_seq, last_seq, first_number) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (row.id, private, first, last, first),
+            )
+            tx.execute("INSERT INTO subscription_streams (stream, head) VALUES (?, ?)", (private, last))
+            pending = [r for r in old if not int(r[7])]
+            if pending:  # delivered in order: everything before the first undelivered event was delivered
+                delivered, attempts, next_attempt, error = int(pending[0][0]) - 1, *pending[0][8:11]
+        stream = _stream_of(row) if row.status in _MATCHING else None
+        first_seq = heads.get(stream, 0) + 1 if stream is not None else 0
+        tx.execute(
+            "UPDATE subscriptions SET stream = ?, first_seq = ?, delivered = ?, attempts = ?, next_attempt = ?, "
+            "error = ? WHERE id = ?",
+            (stream, first_seq, delivered, attempts, next_attempt, error, row.id),
+        )
+    tx.execute("DROP TABLE subscription_outbox")
 
 
 def _links(row: SubscriptionRow) -> bool:
@@ -593,10 +676,6 @@ def _kind(item: Matched) -> tuple[str, bool]:
 def _row_kind(row: SubscriptionRow) -> tuple[str, bool]:
     """What a subscription is matched against: changes of its resource type, or (a links topic) links."""
     return row.resource_type, _links(row)
-
-
-def _criteria_key(row: SubscriptionRow) -> tuple[str, ...]:
-    return (row.institution, row.resource_type, str(_links(row)), json.dumps(row.params))
 
 
 class SubscriptionMatcher(Projector):
@@ -739,6 +818,9 @@ class SubscriptionMatcher(Projector):
 
 
 def _row(row: Sequence[Any]) -> SubscriptionRow:
+    stream = None if row[9] is None else str(row[9])
+    first_seq, base = int(row[10] or 0), int(row[8])
+    head = int(row[11] or 0)
     return SubscriptionRow(
         id=str(row[0]),
         institution=str(row[1]),
@@ -748,107 +830,26 @@ def _row(row: Sequence[Any]) -> SubscriptionRow:
         status=str(row[5]),
         version=int(row[6]),
         resource=json.loads(row[7]),
-        events=int(row[8]),
+        events=base + (max(0, head - first_seq + 1) if stream is not None else 0),
+        stream=stream,
+        first_seq=first_seq,
+        base=base,
     )
 
 
-_COLUMNS = "id, institution, resource_type, params, topic, status, version, resource, events"
-
-
-def subscription_rows(tx: Tx) -> list[SubscriptionRow]:
-    return [_row(row) for row in tx.execute(f"SELECT {_COLUMNS} FROM subscriptions ORDER BY id").fetchall()]
-
-
-def subscription_row(tx: Tx, subscription_id: str) -> SubscriptionRow | None:
-    row = tx.execute(f"SELECT {_COLUMNS} FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
-    return None if row is None else _row(row)
-
-
-_OUTBOX = (
-    "subscription_id, event_number, notification_id, focus_type, focus_id, focus_version, recorded, attempts, "
-    "delivered, context"
+_COLUMNS = (
+    "s.id, s.institution, s.resource_type, s.params, s.topic, s.status, s.version, s.resource, s.events, "
+    "s.stream, s.first_seq, h.head FROM subscriptions s LEFT JOIN subscription_streams h ON h.stream = s.stream"
 )
 
 
-def _outbound(row: Sequence[Any]) -> Outbound:
-    return Outbound(
-        str(row[0]),
-        int(row[1]),
-        int(row[2]),
-        str(row[3]),
-        str(row[4]),
-        int(row[5]),
-        str(row[6]),
-        int(row[7]),
-        bool(row[8]),
-        None if row[9] is None else {str(k): str(v) for k, v in json.loads(row[9]).items()},
-    )
+def subscription_rows(tx: Tx) -> list[SubscriptionRow]:
+    return [_row(row) for row in tx.execute(f"SELECT {_COLUMNS} ORDER BY s.id").fetchall()]
 
 
-def due_events(
-    tx: Tx,
-    now: float,
-    subscriptions: Sequence[str],
-    per_subscription: int = 50,
-    limit: int = 2000,
-    held: set[str] | None = None,
-) -> list[Outbound]:
-    """The undelivered events of each of ``subscriptions`` whose oldest undelivered event is due, in
-    event-number order (at most ``per_subscription`` each, fewer when ``limit`` shared among them all asks
-    less): sent in that order, stopping at the first failure. ``limit`` is shared so that every subscription
-    gets its turn each round: filling it with the first subscriptions in id order left the others waiting
-    for as long as those first ones had a backlog.
-
-    One indexed read per subscription (the partial index of undelivered events): a single statement finding
-    each subscription's first undelivered event with a correlated ``MIN`` scanned every delivered event
-    again for every undelivered one (measured: 0.9 s on PostgreSQL for 50 subscriptions of 1,000 events).
-    ``held`` collects the subscriptions whose undelivered events wait for a retry not yet due."""
-    found: list[Outbound] = []
-    each = max(1, min(per_subscription, limit // max(1, len(subscriptions))))
-    for subscription in subscriptions:
-        rows = tx.execute(
-            f"SELECT {_OUTBOX}, next_attempt FROM subscription_outbox WHERE subscription_id = ? AND delivered = 0 "
-            "ORDER BY event_number LIMIT ?",
-            (subscription, each),
-        ).fetchall()
-        if rows and float(rows[0][-1]) <= now:
-            found += [_outbound(row) for row in rows]
-        elif rows and held is not None:
-            held.add(subscription)  # undelivered, waiting for its retry
-    return found
-
-
-def events_between(tx: Tx, subscription_id: str, since: int, until: int | None) -> list[Outbound]:
-    """The events ``since``..``until`` (inclusive) of a subscription, delivered or not (``$events``)."""
-    upper = until if until is not None else 2**62
-    rows = tx.execute(
-        f"SELECT {_OUTBOX} FROM subscription_outbox WHERE subscription_id = ? AND event_number >= ? "
-        "AND event_number <= ? ORDER BY event_number",
-        (subscription_id, since, upper),
-    ).fetchall()
-    return [_outbound(row) for row in rows]
-
-
-def mark_delivered(tx: Tx, delivered: Sequence[tuple[str, int]]) -> None:
-    """Mark (subscription id, event number) delivered: one batch, not a round trip each."""
-    tx.executemany(
-        "UPDATE subscription_outbox SET delivered = 1, error = NULL WHERE subscription_id = ? AND event_number = ?",
-        delivered,
-    )
-
-
-def mark_failed(tx: Tx, subscription_id: str, event_number: int, next_attempt: float, error: str) -> int:
-    """Count a failed attempt and schedule the next one; return the attempts so far."""
-    tx.execute(
-        "UPDATE subscription_outbox SET attempts = attempts + 1, next_attempt = ?, error = ? "
-        "WHERE subscription_id = ? AND event_number = ?",
-        (next_attempt, error[:2000], subscription_id, event_number),
-    )
-    row = tx.execute(
-        "SELECT attempts FROM subscription_outbox WHERE subscription_id = ? AND event_number = ?",
-        (subscription_id, event_number),
-    ).fetchone()
-    return int(row[0]) if row else 0
+def subscription_row(tx: Tx, subscription_id: str) -> SubscriptionRow | None:
+    row = tx.execute(f"SELECT {_COLUMNS} WHERE s.id = ?", (subscription_id,)).fetchone()
+    return None if row is None else _row(row)
 
 
 def visible_foci(tx: Tx, wanted: Sequence[tuple[str, Outbound]]) -> dict[tuple[str, str, str], bytes | None]:
@@ -870,11 +871,3 @@ def visible_foci(tx: Tx, wanted: Sequence[tuple[str, Outbound]]) -> dict[tuple[s
             current = stored.get((kind, i)) if (institution, kind, i) in readable else None
             found[(institution, kind, i)] = None if current is None else current.body
     return found
-
-
-def reset_attempts(tx: Tx, subscription_id: str) -> None:
-    """A subscription handshaken again (after ``error``) retries its pending events from the start."""
-    tx.execute(
-        "UPDATE subscription_outbox SET attempts = 0, next_attempt = 0 WHERE subscription_id = ? AND delivered = 0",
-        (subscription_id,),
-    )

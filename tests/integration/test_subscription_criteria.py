@@ -144,8 +144,9 @@ def test_the_matcher_runs_no_criteria_search_for_token_criteria(
         # policy was one statement for the batch (the search engine took two per distinct criteria).
         assert searches == []
         assert len([s for s in statements if "FROM resources r" in s]) == 1
-        # Outbox rows for the matches only (3 subscriptions by 2 Observations), written in one statement.
-        assert [s for s in statements if "subscription_outbox" in s] == ["insert subscription_outbox"]
+        # Outbox rows for the matches only (the 3 subscriptions of one criteria share a stream: a row per
+        # matched Observation), written in one statement.
+        assert [s for s in statements if "subscription_matches" in s] == ["insert subscription_matches"]
         with opened.views.read_primary() as tx:
             for sid in hemoglobin:
                 assert [o.focus_id for o in events_between(tx, sid, 1, None)] == matched

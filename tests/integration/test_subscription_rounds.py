@@ -15,20 +15,19 @@ BACKLOG = 60  # each subscription has more undelivered events than a round takes
 
 def test_a_round_serves_every_subscription_in_order_whatever_their_backlog(services: Services) -> None:
     ids = [f"sub-{n:02d}" for n in range(SUBSCRIPTIONS)]
-    rows = [
-        (sid, number, number, "Observation", f"obs-{number}", 1, "2026-01-01T00:00:00Z")
-        for sid in ids
-        for number in range(1, BACKLOG + 1)
-    ]
+    # One stream of matched events the fifty subscriptions all follow from its first seq, each with its
+    # first event delivered (projections/subscription_streams.py).
     with services.views.write() as tx:
         tx.executemany(
-            "INSERT INTO subscription_outbox (subscription_id, event_number, notification_id, focus_type, focus_id, "
-            "focus_version, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            "INSERT INTO subscription_matches (stream, seq, notification_id, focus_type, focus_id, focus_version, "
+            "recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [("shared", n, n, "Observation", f"obs-{n}", 1, "2026-01-01T00:00:00Z") for n in range(1, BACKLOG + 1)],
         )
+        tx.execute("INSERT INTO subscription_streams (stream, head) VALUES ('shared', ?)", (BACKLOG,))
         tx.executemany(
-            "UPDATE subscription_outbox SET delivered = 1 WHERE subscription_id = ? AND event_number = ?",
-            [(sid, 1) for sid in ids],
+            "INSERT INTO subscriptions (id, institution, resource_type, params, status, version, resource, "
+            "stream, first_seq, delivered) VALUES (?, 'imss', 'Observation', '[]', 'off', 1, '{}', 'shared', 1, 1)",
+            [(sid,) for sid in ids],
         )
     limit = 2000
     with services.views.read_primary() as tx:
