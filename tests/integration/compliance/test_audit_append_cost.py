@@ -174,3 +174,44 @@ def test_a_group_commit_wakes_the_event_loop_once(settings: Settings, monkeypatc
     assert len(from_writer) == 1, len(from_writer)
     from_loop = [t for t in notifies if t is threading.main_thread()]  # the pool's own threads aside
     assert len(from_loop) <= 1, len(from_loop)
+
+
+def test_a_group_commit_takes_the_entries_of_the_requests_being_answered(settings: Settings) -> None:
+    """Under load a commit took about one entry (nearly a commit per read); the writer now waits, for at most
+    ``gather_seconds``, for the entries of requests still being answered, and a read alone commits at once."""
+    with setup_lock(settings):  # PostgreSQL: the schema
+        log = AuditLog(settings)
+    batches: list[int] = []
+    append = log.append
+
+    def counted(entries: Any) -> int:
+        batches.append(len(entries))
+        return append(entries)
+
+    log.append = counted  # type: ignore[method-assign]
+    writer = AuditWriter(log, gather_seconds=60.0)  # bounded by the requests' arrival, not by this
+    gathered: list[int] = []
+    gather = writer._gather
+
+    def counted_gather(items: Any) -> bool:
+        gathered.append(len(items))
+        return gather(items)
+
+    writer._gather = counted_gather  # type: ignore[method-assign]
+    writer.start()
+    try:
+        writer.record(_entry(0))  # alone: nobody else arriving, no gathering
+        assert (batches, gathered) == ([1], [])
+        for _ in range(3):
+            writer.arriving(1)  # three requests being answered
+        waiting = []
+        for n in range(1, 4):
+            writer.arriving(-1)  # as the middleware does, right before it submits
+            waiting.append(writer.submit(_entry(n)))
+            while n == 1 and writer.backlog():  # the writer took the first: it now waits for the two others
+                threading.Event().wait(0.001)
+        ids = {future.result(timeout=60) for future in waiting}
+    finally:
+        writer.stop()
+        log.close()
+    assert batches == [1, 3] and len(ids) == 1 and gathered == [1]
