@@ -336,9 +336,10 @@ class AuditWriter(threading.Thread):
         self.log = log_
         self.batch = batch
         #: How long a commit may wait for the entries of requests still being answered (:meth:`arriving`).
-        #: Under load a commit took about one entry: nearly a commit per read, and on PostgreSQL what the
-        #: database spends on each commit (the function call, the table lock, the notify and the wake-up of
-        #: every listener, the commit record and its flush) cost more than the entry's own row.
+        #: Without it a commit takes what arrived during the commit before it: a few entries at a few hundred
+        #: reads a second, and what the database spends on each commit (the function call, the table lock, the
+        #: notify and the wake-up of every listener, the commit record and its flush) costs more than the
+        #: entry's own row.
         self.gather_seconds = gather_seconds
         #: Requests being answered whose entry is not submitted yet (the middleware counts them, on its loop).
         self._arriving = 0
