@@ -324,26 +324,10 @@ class AuditWriter(threading.Thread):
     so a commit of 30 entries woke the loop 30 times and waited for the GIL as often before the last
     request could go on."""
 
-    def __init__(
-        self,
-        log_: AuditLog,
-        batch: int = 500,
-        on_commit: Any = None,
-        probe_seconds: float = 5.0,
-        gather_seconds: float = 0.001,
-    ) -> None:
+    def __init__(self, log_: AuditLog, batch: int = 500, on_commit: Any = None, probe_seconds: float = 5.0) -> None:
         super().__init__(name="ehr-audit-writer", daemon=True)
         self.log = log_
         self.batch = batch
-        #: How long a commit may wait for the entries of requests still being answered (:meth:`arriving`).
-        #: Without it a commit takes what arrived during the commit before it: a few entries at a few hundred
-        #: reads a second, and what the database spends on each commit (the function call, the table lock, the
-        #: notify and the wake-up of every listener, the commit record and its flush) costs more than the
-        #: entry's own row.
-        self.gather_seconds = gather_seconds
-        #: Requests being answered whose entry is not submitted yet (the middleware counts them, on its loop).
-        self._arriving = 0
-        self._counting = threading.Lock()
         self.on_commit = on_commit
         self.probe_seconds = probe_seconds
         # Unbounded, but its submitters wait for their commit once it holds more than a few batches. A deque
@@ -367,12 +351,6 @@ class AuditWriter(threading.Thread):
         self.unwritable_since: float | None = None
         self.probed_at: float | None = None
         self.committed_at: float | None = None
-
-    def arriving(self, change: int) -> None:
-        """+1 when a request that will submit an entry starts, -1 right before it submits it (or if it never
-        will). Under a lock: an event loop per thread may count (tests; an app mounted twice)."""
-        with self._counting:
-            self._arriving += change
 
     def _put(self, entry: AuditEntry, waiter: _Waiter) -> None:
         with self._submitting:
@@ -443,36 +421,14 @@ class AuditWriter(threading.Thread):
             if not self._queue:
                 self._wake.wait()
             items: list[tuple[AuditEntry, _Waiter]] = []
-            stopping = self._take(items)
-            if items and not stopping and self._arriving > 0 and self.gather_seconds > 0:
-                stopping = self._gather(items)
+            while len(items) < self.batch and self._queue:
+                item = self._queue.popleft()
+                if item is None:
+                    stopping = True
+                    break
+                items.append(item)
             if items:
                 self._commit(items)
-
-    def _take(self, items: list[tuple[AuditEntry, _Waiter]]) -> bool:
-        """Move queued entries into ``items`` up to the batch size; True when the stop mark was met."""
-        while len(items) < self.batch and self._queue:
-            item = self._queue.popleft()
-            if item is None:
-                return True
-            items.append(item)
-        return False
-
-    def _gather(self, items: list[tuple[AuditEntry, _Waiter]]) -> bool:
-        """Other requests are being answered: take their entries into this commit as they come, for at most
-        ``gather_seconds`` (PostgreSQL's ``commit_delay``, on the side that knows who is about to commit).
-        Alone, a read commits at once: nobody else is arriving. Returns True when the stop mark was met."""
-        deadline = time.monotonic() + self.gather_seconds
-        while self._arriving > 0 and len(items) < self.batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._wake.clear()  # before looking: an entry submitted after the look sets it again
-            if not self._queue:
-                self._wake.wait(remaining)
-            if self._take(items):
-                return True
-        return False
 
     def _commit(self, items: list[tuple[AuditEntry, _Waiter]]) -> None:
         last: int | None = None

@@ -147,11 +147,6 @@ class AuditMiddleware:
             await response(scope, receive, send)
             return
         state: dict[str, Any] = {"status": 500, "headers": {}, "body": [], "size": 0, "at": None}
-        if writer is not None:
-            # Counted until its entry is submitted: a group commit waits a moment for the entries of the
-            # requests being answered (AuditWriter.gather_seconds) rather than commit each alone.
-            writer.arriving(1)
-            state["arriving"] = writer
 
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -178,11 +173,8 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, watch)
         finally:
-            try:
-                if not state.get("audited"):  # no complete answer went out (an exception, a disconnect)
-                    await self._audit(scope, state)
-            finally:
-                _arrived(state)  # whatever happened on the way: never left counted
+            if not state.get("audited"):  # no complete answer went out (an exception, a disconnect)
+                await self._audit(scope, state)
 
     async def _audit(self, scope: Scope, state: dict[str, Any]) -> None:
         services = getattr(scope["app"].state, "services", None)  # None before the lifespan opened them
@@ -252,19 +244,10 @@ class AuditMiddleware:
         # The group commit takes every entry submitted meanwhile into one transaction: concurrent requests
         # share the wait, and a writer that falls behind holds its callers back (backpressure). The commit
         # settles this loop's waiters in one callback (``AuditWriter.committed``).
-        # No longer counted as arriving before it is submitted: a writer woken by this entry and finding nobody
-        # else arriving commits at once (a read alone never waits for a gathering).
-        _arrived(state)
         try:
             await compliance.audit_writer.committed(entry)
         except Exception:  # the status is sent; the writer logged it and refuses the next requests (unavailable)
             log.warning("audit entry for %s %s not stored", method, path)
-
-
-def _arrived(state: dict[str, Any]) -> None:
-    writer: AuditWriter | None = state.pop("arriving", None)
-    if writer is not None:
-        writer.arriving(-1)
 
 
 def _grant_reason(scope: Scope) -> str | None:
