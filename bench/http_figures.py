@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.lines import AUDIT_OFF
+from bench.audit_ratio import audit_windows, interleave, median_window
+from bench.lines import AUDIT_OFF, AUDIT_ON
 from bench.loadgen import Load, create_load, read_load, run_load
 from bench.memory import RssSampler
 from bench.options import Options
@@ -48,7 +50,7 @@ class HttpRun:
     worker_rss_samples: list[float] = field(default_factory=list, repr=False)
     #: Why wrk did not run, if it did not.
     wrk_skipped: str | None = None
-    #: Why the reads without the audit log were not measured, if they were not.
+    #: Why the interleaved reads with and without the audit log were not measured, if they were not.
     audit_off_failed: str | None = None
 
     def find(self, name: str, concurrency: int) -> Measurement | None:
@@ -110,36 +112,55 @@ def _wrk_load(
     return WrkLoad(path, base_url, credentials.token, directory / "patients.ndjson", directory / "ids.txt")
 
 
-def _reads_without_audit(
+def _audit_ratio_windows(
+    run: HttpRun,
     backend: str,
     options: Options,
     data_dir: Path,
     env: dict[str, str],
     credentials: Credentials,
     created: list[str],
+    audited: tuple[str, list[int]],
     stamp: str,
-) -> Measurement:
-    """The issue's "reads with the audit log >= 0.8x reads without it": the same reads on the same store, at
-    the largest concurrency, by a server with EHR_AUDIT_ENABLED=false (one server at a time: SQLite has one
-    writer). It opens a store that already holds the whole run: its start takes longer."""
+) -> None:
+    """The target's "reads with the audit log >= 0.8x reads without it": a second server on the same store
+    with EHR_AUDIT_ENABLED=false, started beside the audited one (``audited``: its base URL and pids), and
+    interleaved windows of the same reads at the largest concurrency (bench/audit_ratio.py). It opens a store
+    that already holds the whole run: its start takes longer."""
     log = options.results / f"server-{backend}-{stamp}-audit-off.log"
     plain_env = env | {"EHR_AUDIT_ENABLED": "false"}
+    concurrency = max(options.concurrency)
     with running_server(data_dir, log, plain_env, timeout=300.0, headers=credentials.read()) as plain:
-        reads = read_load(created, credentials)
-        reads.name = AUDIT_OFF
-        measurement = run_load(
-            plain.base_url,
-            reads,
-            max(options.concurrency),
-            options.seconds,
-            options.warmup,
-            options.max_requests,
-            [plain.pid],
-            with_db=backend == "postgres",
-            client=options.client,
+
+        def window(base_url: str, pids: list[int], name: str) -> Callable[[], Measurement]:
+            def measure() -> Measurement:
+                reads = read_load(created, credentials)
+                reads.name = name
+                measurement = run_load(
+                    base_url,
+                    reads,
+                    concurrency,
+                    options.seconds,
+                    options.warmup,
+                    options.max_requests,
+                    pids,
+                    with_db=backend == "postgres",
+                    client=options.client,
+                )
+                if measurement.errors:
+                    raise RuntimeError(f"{measurement.errors} reads failed ({name})")
+                measurement.backend = backend
+                return measurement
+
+            return measure
+
+        on, off = interleave(
+            window(audited[0], audited[1], AUDIT_ON),
+            window(plain.base_url, [plain.pid], AUDIT_OFF),
+            audit_windows(options.audit_windows),
         )
-    measurement.backend = backend
-    return measurement
+    run.measurements.append(median_window(on, f"http {AUDIT_ON}"))
+    run.measurements.append(median_window(off, f"http {AUDIT_OFF}"))
 
 
 def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
@@ -231,6 +252,12 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             measure_wrk("read", concurrency)
         # Search, consultation transactions and $everything at the largest concurrency (the targets' 32).
         clinical_figures(created, credentials, max(options.concurrency), measure)
+        try:  # both servers running: the audited one is this run's, kept up for it
+            _audit_ratio_windows(
+                run, backend, options, data_dir, env, credentials, created, (server.base_url, pids), stamp
+            )
+        except Exception as error:  # the figures above stand without it
+            run.audit_off_failed = f"{type(error).__name__}: {error}"
         rss.stop()
         run.rss_peak_mb, run.rss_end_mb, run.rss_samples = rss.peak_mb, rss.last_mb, rss.samples
         run.rss_largest = rss.largest
@@ -239,10 +266,6 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             run.worker_rss_samples = worker_rss.samples
         serving.close()
         run.stored_events = _stored_events(backend, data_dir, options.postgres_url, schema)
-        try:
-            run.measurements.append(_reads_without_audit(backend, options, data_dir, env, credentials, created, stamp))
-        except Exception as error:  # the figures above stand without it
-            run.audit_off_failed = f"{type(error).__name__}: {error}"
     if profile is not None:
         _name_profiles(profile, windows)
     return run

@@ -43,6 +43,8 @@ class Options:
     search_resources: int
     requests: int
     federation_clients: int = 24
+    #: Interleaved windows a side of the reads with and without the audit log (odd, at least 3).
+    audit_windows: int = 3
     #: Peer mode: the base URL of another FHIR R4 server on this machine, and its bearer token.
     peer: str | None = None
     peer_token: str | None = None
@@ -110,6 +112,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per figure (default 10; 3 quick)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each figure (2; 1 quick)")
+    parser.add_argument(
+        "--audit-windows",
+        type=int,
+        default=3,
+        help="windows a side, interleaved, of the reads with and without the audit log (odd, at least 3; default 3)",
+    )
     parser.add_argument("--max-requests", type=int, default=100_000, help="count bound per figure")
     parser.add_argument(
         "--min-baseline-count",
@@ -184,6 +192,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         seconds=seconds,
         warmup=warmup,
         max_requests=args.max_requests,
+        audit_windows=args.audit_windows,
         min_baseline_count=args.min_baseline_count,
         baseline_min_seconds=(
             args.baseline_min_seconds if args.baseline_min_seconds is not None else (1.0 if args.quick else 2.0)

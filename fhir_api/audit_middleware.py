@@ -188,6 +188,10 @@ class AuditMiddleware:
         patients: list[str] = []
         headers: dict[str, str] = state["headers"]
         status: int = state["status"]
+        # Whether the answer is known from the request and its headers alone: a Patient read (or vread) that
+        # succeeded answers that Patient at the version its ETag names (R4 §3.1.0.4.2: a read's ETag is the
+        # versionId of the resource in the body), which is all the body would tell (see ``_from_body``).
+        named_by_path = False
         if len(parts) >= 2 and not parts[1].startswith(("_", "$")):
             resource_type, resource_id = parts[0], parts[1]
             version = _VERSION.match(headers.get("etag", "").strip())
@@ -197,10 +201,15 @@ class AuditMiddleware:
                 entities.append(f"{resource_type}/{resource_id}")
             if resource_type == "Patient":
                 patients.append(resource_id)
+                named_by_path = version is not None and interaction in ("read", "vread")
         if status >= 400 and not patients and len(parts) >= 2 and not parts[1].startswith(("_", "$")):
             # A refused or failed request names no patient in its answer: the resource's compartment does.
             patients += await run_in_threadpool(_compartment, services, parts[0], parts[1])
-        if status < 300 and state["size"] <= BODY_LIMIT and "json" in headers.get("content-type", ""):
+        if named_by_path and status < 300:
+            # Not decoded again: on the event loop, for every Patient read, to learn what the path and the
+            # ETag already said.
+            pass
+        elif status < 300 and state["size"] <= BODY_LIMIT and "json" in headers.get("content-type", ""):
             _from_body(b"".join(state["body"]), entities, patients)
         elif status < 300 and method == "GET" and len(parts) >= 2 and parts[0] == "Binary":
             # A Binary read in its native form (a PDF...) names nobody in its body: its compartment, which

@@ -198,9 +198,17 @@ class Ledger:
             if not notifications or (len(notifications) < self.block_size and not partial):
                 return None
             last = tx.execute(f"SELECT {_HEAD_COLUMNS} FROM {self.blocks} ORDER BY block DESC LIMIT 1").fetchone()
-            previous, number = (GENESIS, 0) if last is None else (_head(last)[0].digest(), _head(last)[0].number + 1)
-            row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {self.blocks}").fetchone()
-            sealed_before = int(row[0]) if row else 0
+            last_head = None if last is None else _head(last)[0]
+            previous, number = (GENESIS, 0) if last_head is None else (last_head.digest(), last_head.number + 1)
+            if last_head is None:
+                sealed_before = 0
+            elif last_head.total is not None:
+                # The last head's signed running total: the sum over every block, without reading them all
+                # again (the sealer signs a partly filled block every few seconds, so the blocks add up).
+                sealed_before = last_head.total
+            else:  # a block signed before heads carried their total
+                row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {self.blocks}").fetchone()
+                sealed_before = int(row[0]) if row else 0
             leaves = [_leaf(n) for n in notifications]
             head = BlockHead(
                 number,

@@ -1,0 +1,102 @@
+"""What an audited read costs beyond its audit entry's commit, by count, on both backends.
+
+Every read leaves an audit entry (fhir_api/audit_middleware.py) and the sealer signs the audit log's
+entries every few seconds (projections/ledger.py): both run in the API process, beside the requests.
+These count the work they repeat: the decode of an answer whose path and ETag already name what it holds,
+and the sealer's reading of every block signed so far to count the events under them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_api import audit_middleware
+from fhir_api.services import Services
+from projections import db
+from projections.audit import AuditQuery, search_audit
+from projections.ledger import LedgerSealer
+
+HEADERS = {"X-EHR-User": "dra.lopez", "X-EHR-Institution": "IMSS", "X-EHR-Purpose": "TREAT"}
+PATIENT = {"resourceType": "Patient", "name": [{"family": "Pérez", "given": ["Ana"]}], "birthDate": "1980-02-03"}
+
+
+def _entry_of(services: Services, request_id: str) -> dict[str, Any]:
+    assert services.compliance is not None
+    services.compliance.audit_views_current()
+    with services.views.read() as tx:
+        found = [a.entry for a in search_audit(tx, AuditQuery({}, {}, []), 100_000)]
+    (entry,) = [e for e in found if e.request_id == request_id]
+    return entry.as_dict()
+
+
+def test_a_patient_read_is_audited_without_decoding_its_answer(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patient = client.post("/fhir/Patient", json=PATIENT, headers=HEADERS).json()["id"]
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+    observed = client.post("/fhir/Observation", json=observation, headers=HEADERS).json()["id"]
+    decoded: list[bytes] = []
+    original = audit_middleware._from_body
+
+    def counted(body: bytes, entities: list[str], patients: list[str]) -> None:
+        decoded.append(body)
+        original(body, entities, patients)
+
+    monkeypatch.setattr(audit_middleware, "_from_body", counted)
+    read = client.get(f"/fhir/Patient/{patient}", headers={**HEADERS, "X-Request-ID": "read-patient"})
+    vread = client.get(f"/fhir/Patient/{patient}/_history/1", headers={**HEADERS, "X-Request-ID": "vread-patient"})
+    assert (read.status_code, vread.status_code) == (200, 200)
+    # The path names the Patient, the ETag its version: the body, decoded again, would say nothing more.
+    assert decoded == []
+    for request_id in ("read-patient", "vread-patient"):
+        entry = _entry_of(services, request_id)
+        assert entry["entities"] == [f"Patient/{patient}/_history/1"]
+        assert entry["patients"] == [patient]
+    # Another type's read names its patient only in its body (the subject): that one is still read.
+    other = client.get(f"/fhir/Observation/{observed}", headers={**HEADERS, "X-Request-ID": "read-observation"})
+    assert other.status_code == 200 and len(decoded) == 1
+    assert _entry_of(services, "read-observation")["patients"] == [patient]
+
+
+def test_sealing_a_block_does_not_read_every_block_sealed_before(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert services.compliance is not None
+    for thread in services.compliance.threads:
+        if isinstance(thread, LedgerSealer):
+            thread.stop()  # this test seals, and counts what each seal sends
+    ledger = services.compliance.audit_ledger
+    statements: list[str] = []
+    originals = {kind: kind.execute for kind in (db._SQLiteTx, db._PostgresTx)}
+
+    def counting(kind: Any) -> Any:
+        def execute(self: Any, sql: str, params: Any = ()) -> Any:
+            statements.append(sql)
+            return originals[kind](self, sql, params)
+
+        return execute
+
+    for kind in originals:
+        monkeypatch.setattr(kind, "execute", counting(kind))
+    sums = []
+    for _ in range(3):  # a partly filled block after each few reads, as the sealer does every 2 s
+        for _ in range(3):
+            assert client.get("/fhir/metadata", headers=HEADERS).status_code == 200
+        services.compliance.audit_writer.flush()
+        statements.clear()
+        assert ledger.seal(partial=True) == 1
+        sums.append([s for s in statements if "SUM(" in s.upper()])
+    # The running total comes from the last signed head, which carries it: no scan of every block.
+    assert sums == [[], [], []]
+    head = ledger.latest_head()
+    with services.views.read() as tx:
+        row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {ledger.blocks}").fetchone()
+    assert head is not None and head[0].total == int(row[0])
