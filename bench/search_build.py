@@ -12,8 +12,9 @@ of each counts: the machine is shared):
 - **import**: the search index view's ``apply`` (keys, delete, extract, insert) of one resource per
   transaction, pipelined, into a fresh schema with every index in place: what a create's
   read-your-writes projection does (``projections/projector.py`` pipelines batches this small);
-- **rebuild**: ``apply`` of batches of 500 (the projector's batch, COPY) with the readers' indexes dropped,
-  then those indexes built: what ``ehr rebuild`` does (``projections/rebuild.py``).
+- **rebuild**: ``apply`` of the tree's own rebuild batches (``REBUILD_BATCH_SIZE``, 5,000 events, where
+  ``projections/rebuild.py`` has it; else the projector's 500; ``--rebuild-batch`` for one size for both)
+  with the readers' indexes dropped, then those indexes built: what ``ehr rebuild`` does.
 
 Today's tree also has the full-text view (``_text``/``_content``, applied after the search index in the
 same transaction); its cost is given beside, and with it in the ratio. The baseline tree is a temporary
@@ -44,7 +45,16 @@ _EXTRACT_PASSES = 5
 # -- the child: one tree's code ----------------------------------------------------------------------
 
 
-def worker(tree: str, sample: str, conninfo: str) -> dict[str, Any]:
+def _rebuild_batch() -> int:
+    """The tree's own rebuild batch: a shadow's (``REBUILD_BATCH_SIZE``), or the projector's before it had one."""
+    try:
+        from projections.rebuild import REBUILD_BATCH_SIZE
+    except ImportError:
+        return _REBUILD_BATCH
+    return int(REBUILD_BATCH_SIZE)
+
+
+def worker(tree: str, sample: str, conninfo: str, rebuild_batch: int = 0) -> dict[str, Any]:
     """Measure ``tree``'s code (imported from it, not from this checkout) on the resources in ``sample``."""
     sys.path.insert(0, tree)
     import orjson
@@ -65,8 +75,10 @@ def worker(tree: str, sample: str, conninfo: str) -> dict[str, Any]:
         fulltext = None
     resources = [orjson.loads(line) for line in Path(sample).read_bytes().splitlines()]
     types = sorted({str(resource["resourceType"]) for resource in resources})
+    rebuild_batch = rebuild_batch or _rebuild_batch()
     result: dict[str, Any] = {
         "tree": tree,
+        "rebuild_batch": rebuild_batch,
         "resources": len(resources),
         "parameters": {kind: len(parameters(kind)) for kind in types},
         "registry_parameters": sum(len(parameters(kind)) for kind in searchable_types()),
@@ -122,7 +134,7 @@ def worker(tree: str, sample: str, conninfo: str) -> dict[str, Any]:
                         admin.execute(
                             sql.SQL("DROP INDEX IF EXISTS {}.{}").format(*map(sql.Identifier, (schema, name)))
                         )
-            size = 1 if mode == "import" else _REBUILD_BATCH
+            size = 1 if mode == "import" else rebuild_batch
             index_s = text_s = 0.0
             started = time.perf_counter()
             for start in range(0, len(changes), size):
@@ -188,11 +200,12 @@ def _per_resource(result: dict[str, Any]) -> dict[str, float]:
 _CONNECTION_RETRIES = 5
 
 
-def _child(tree: str, sample: str, conninfo: str, what: str) -> str:
+def _child(tree: str, sample: str, conninfo: str, what: str, rebuild_batch: int = 0) -> str:
     """One try's output; a failed child's own error is raised (not only its exit status)."""
     for attempt in range(_CONNECTION_RETRIES + 1):
         child = subprocess.run(
-            [sys.executable, "-m", "bench.search_build", "--worker", tree, "--sample", sample, "--conninfo", conninfo],
+            [sys.executable, "-m", "bench.search_build", "--worker", tree, "--sample", sample, "--conninfo", conninfo,
+             "--rebuild-batch", str(rebuild_batch)],
             cwd=ROOT, check=False, capture_output=True, text=True,
         )  # fmt: skip
         if not child.returncode:
@@ -204,7 +217,7 @@ def _child(tree: str, sample: str, conninfo: str, what: str) -> str:
     raise RuntimeError(f"{what} failed:\n{child.stderr[-3000:]}")
 
 
-def measure(resources: int, baseline: str, conninfo: str, rounds: int = 3) -> dict[str, Any]:
+def measure(resources: int, baseline: str, conninfo: str, rounds: int = 3, rebuild_batch: int = 0) -> dict[str, Any]:
     from bench.search import Generator
 
     work = Path(tempfile.mkdtemp(prefix="ehr-search-build-"))
@@ -226,7 +239,7 @@ def measure(resources: int, baseline: str, conninfo: str, rounds: int = 3) -> di
         for number in range(rounds):
             for name, tree in trees.items():
                 print(f"  build cost: {name} ({tree}), try {number + 1}/{rounds}", file=sys.stderr, flush=True)
-                output = _child(tree, str(sample), conninfo, f"{name} try {number + 1}")
+                output = _child(tree, str(sample), conninfo, f"{name} try {number + 1}", rebuild_batch)
                 result = json.loads(output.strip().splitlines()[-1])
                 figures = _per_resource(result)
                 results[name] = result
@@ -247,6 +260,8 @@ def report(found: dict[str, Any]) -> str:
     lines = [
         f"index build cost per resource ({count:,} resources; fastest of the tries; baseline "
         f"{found['baseline_commit'][:9]}, the hand-transcribed table)",
+        f"  rebuild batch: today {results['today']['rebuild_batch']:,}, baseline "
+        f"{results['baseline']['rebuild_batch']:,} events",
         f"  registry: today {results['today']['registry_parameters']:,} parameters over "
         f"{results['today']['registry_types']} types, baseline {results['baseline']['registry_parameters']:,} over "
         f"{results['baseline']['registry_types']}",
@@ -270,13 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resources", type=int, default=3000, help="synthetic resources measured (default 3,000)")
     parser.add_argument("--baseline", default=BASELINE, help=f"the commit to compare with (default {BASELINE})")
     parser.add_argument("--rounds", type=int, default=3, help="tries of each tree, taking turns (default 3)")
+    parser.add_argument(
+        "--rebuild-batch", type=int, default=0, help="events per rebuild batch for both trees (default: each its own)"
+    )
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sample", help=argparse.SUPPRESS)
     parser.add_argument("--conninfo", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.sample, args.conninfo)))
+        print(json.dumps(worker(args.worker, args.sample, args.conninfo, args.rebuild_batch)))
         return 0
     from bench.pg import DEFAULT_URL, available, conninfo
 
@@ -285,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"PostgreSQL at {url} is not answering: {problem}", file=sys.stderr)
         return 1
-    print(report(measure(args.resources, args.baseline, conninfo(url), args.rounds)))
+    print(report(measure(args.resources, args.baseline, conninfo(url), args.rounds, args.rebuild_batch)))
     return 0
 
 

@@ -127,6 +127,11 @@ class _SQLiteTx:
         return self._cursor.fetchall()
 
 
+def sqlite_tx(connection: sqlite3.Connection) -> Tx:
+    """A :class:`Tx` over a connection already in a transaction (``ehr rebuild``'s SQLite swap opens its own)."""
+    return _SQLiteTx(connection)
+
+
 class _ThreadConnection:
     """Holds one thread's connection in its ``threading.local``: freed when the thread ends."""
 

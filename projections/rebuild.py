@@ -26,9 +26,10 @@ import psycopg
 from psycopg import sql
 
 from ehr_core.settings import Settings
-from projections.db import PostgresViews, SQLiteViews, ViewDatabase
+from projections.db import PostgresViews, SQLiteViews, ViewDatabase, sqlite_tx
 from projections.projector import Projector
 from projections.replay import SharedLog
+from projections.view import View
 
 __all__ = [
     "REBUILD_BATCH_SIZE",
@@ -114,6 +115,7 @@ def build_all_beside(settings: Settings, lives: Sequence[Projector], progress: P
         heads = []
         for live, shadow in zip(lives, shadows, strict=True):
             shadow.projector.create_tables()
+            _suspend_derived(shadow.projector)
             deferred += _defer_indexes(settings, live.query_indexes)
             heads.append(live.head())
             for member in _members(shadow.projector):
@@ -130,11 +132,33 @@ def build_all_beside(settings: Settings, lives: Sequence[Projector], progress: P
             shadow.projector.catch_up(progress=_ticker(progress, live.name, head))
             shadow.seconds += time.perf_counter() - began
         _create_indexes(settings, deferred)
+        if settings.uses_postgres:  # the shadow's tables become the live ones as they are
+            for shadow in shadows:
+                _rebuild_derived(shadow.projector)
     except BaseException:
         database.close()
         _drop_shadow(settings)
         raise
     return shadows
+
+
+def _views(projector: Projector) -> list[View]:
+    """The views of ``projector`` (of every member of a federation's group), each once."""
+    return list({id(view): view for member in _members(projector) for view in member.views}.values())
+
+
+def _suspend_derived(projector: Projector) -> None:
+    """What the views keep beside their rows, made once after the bulk load (:meth:`View.suspend_derived`).
+    On SQLite the swap copies the rows and makes it there; the shadow's own is never read."""
+    with projector.database.write() as tx:
+        for view in _views(projector):
+            view.suspend_derived(tx, projector.database.dialect)
+
+
+def _rebuild_derived(projector: Projector) -> None:
+    with projector.database.write() as tx:
+        for view in _views(projector):
+            view.rebuild_derived(tx, projector.database.dialect)
 
 
 def _members(projector: Projector) -> list[Projector]:
@@ -292,12 +316,19 @@ def _swap_sqlite(settings: Settings, live: Projector, shadow: Projector) -> None
         connection.execute("BEGIN IMMEDIATE")  # the live projector (and every view writer) waits
         try:
             shadow.catch_up()
+            tx = sqlite_tx(connection)
+            # What the views derive from their rows (FTS5's index) is made once from the copied rows, not
+            # row by row as the copy's DELETE and INSERT would (View.suspend_derived).
+            for view in _views(live):
+                view.suspend_derived(tx, "sqlite")
             for table in live.tables:
                 connection.execute(f"DELETE FROM {table}")
                 rows = source.execute(f"SELECT * FROM {table}")
                 marks = ", ".join("?" for _ in rows.description)
                 while chunk := rows.fetchmany(10_000):
                     connection.executemany(f"INSERT INTO {table} VALUES ({marks})", chunk)
+            for view in _views(live):
+                view.rebuild_derived(tx, "sqlite")
             for name in live.tracking_names:
                 found = source.execute("SELECT position FROM projection_tracking WHERE name = ?", (name,)).fetchone()
                 position = int(found[0]) if found else 0

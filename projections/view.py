@@ -26,6 +26,16 @@ class View(ABC):
     def apply(self, tx: Tx, changes: Sequence[Change]) -> None:
         """Apply changes in notification order, in the caller's transaction."""
 
+    def suspend_derived(self, tx: Tx, dialect: Dialect) -> None:
+        """Before a rebuild fills this view's tables in bulk (a shadow's replay, the SQLite swap's copy): stop
+        keeping what :meth:`rebuild_derived` makes again from the rows in one pass. Nothing by default."""
+        return None
+
+    def rebuild_derived(self, tx: Tx, dialect: Dialect) -> None:
+        """After the bulk fill, in the same transaction: make what :meth:`suspend_derived` stopped keeping from
+        the rows, and keep it again. Nothing by default."""
+        return None
+
     def reset(self, tx: Tx) -> None:
         for table in reversed(self.tables):
             tx.execute(f"DELETE FROM {table}")

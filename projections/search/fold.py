@@ -7,9 +7,14 @@ searched value go through :func:`fold`, so "Gomez", "GÓMEZ" and "gómez" all in
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 __all__ = ["fold", "prefix_upper_bound"]
+
+#: The combining diacritical marks block (U+0300-U+036F) but U+034F, the one mark of it that is not
+#: combining (canonical class 0): what NFKD leaves of Spanish accents and the tilde (á, ñ, ü).
+_COMMON_MARKS = re.compile("[\u0300-\u034e\u0350-\u036f]+")
 
 #: Above every character that :func:`fold` can produce: ``value < prefix + TOP`` bounds a prefix range.
 TOP = "\U0010ffff"
@@ -21,7 +26,9 @@ def fold(text: str) -> str:
         # ASCII has no compatibility decompositions nor combining marks, and casefolds as it lowercases:
         # the same result without a Python step per character (most indexed text is ASCII).
         return " ".join(text.lower().split())
-    decomposed = unicodedata.normalize("NFKD", text)
+    decomposed = _COMMON_MARKS.sub("", unicodedata.normalize("NFKD", text))
+    if decomposed.isascii():  # no other combining mark: no Python step per character (most accented text)
+        return " ".join(decomposed.casefold().split())
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return " ".join(stripped.casefold().split())
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from html.parser import HTMLParser
 from typing import Any
 
@@ -53,7 +54,7 @@ from projections.search.sql import Condition, Context
 from projections.search.values import split_unescaped, unescape
 from projections.view import View
 
-__all__ = ["FullTextFilter", "FullTextIndex", "content_text", "narrative_text"]
+__all__ = ["FullTextFilter", "FullTextIndex", "content_text", "narrative_text", "texts"]
 
 #: Text kept per column: a tsvector holds at most 1 MB, and words past this many characters of one
 #: resource add little to finding it.
@@ -90,32 +91,79 @@ def narrative_text(resource: dict[str, Any]) -> str:
     return _strip(div)[:MAX_CHARS] if isinstance(div, str) else ""
 
 
-def _strings(value: Any, key: str | None = None) -> Iterable[str]:
-    if isinstance(value, str):
-        if key == "div":
-            yield _strip(value)
-        elif key not in _SKIPPED and key != "resourceType":
-            yield value
-    elif isinstance(value, dict):
-        for name, item in value.items():
-            yield from _strings(item, name)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item, key)
-
-
 def content_text(resource: dict[str, Any]) -> str:
     """Every string value of ``resource``, the narrative stripped of XHTML (what ``_content`` searches)."""
-    found, size = [], 0
-    for text in _strings(resource):
-        found.append(text)
-        size += len(text) + 1
-        if size > MAX_CHARS:
-            break
-    return " ".join(found)[:MAX_CHARS]
+    return texts(resource)[1]
+
+
+def texts(resource: dict[str, Any]) -> tuple[str, str]:
+    """:func:`narrative_text` and :func:`content_text` of ``resource``, its narrative stripped of XHTML once
+    (the content holds it too, and Python's HTML parser is slow: 18% of the view's time in a profiled rebuild batch)."""
+    text = resource.get("text")
+    div = text.get("div") if isinstance(text, dict) else None
+    strings = _Strings()
+    narrative = ""
+    if isinstance(div, str):
+        strings.stripped[div] = _strip(div)
+        narrative = strings.stripped[div][:MAX_CHARS]
+    with suppress(_Full):
+        strings.walk(resource, None)
+    return narrative, " ".join(strings.found)[:MAX_CHARS]
+
+
+class _Full(Exception):
+    """The content has :data:`MAX_CHARS` characters: the walk stops."""
+
+
+class _Strings:
+    """The string values under a value, in document order, a ``div`` stripped of XHTML (``stripped`` holds
+    those already stripped). One call per container, appending to one list: nested generators passed each
+    string up through every level above it (the largest Python step in a profiled rebuild batch)."""
+
+    __slots__ = ("found", "size", "stripped")
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.size = 0
+        self.stripped: dict[str, str] = {}
+
+    def add(self, text: str) -> None:
+        self.found.append(text)
+        self.size += len(text) + 1
+        if self.size > MAX_CHARS:
+            raise _Full
+
+    def walk(self, value: Any, key: str | None) -> None:
+        if isinstance(value, str):
+            if key == "div":
+                found = self.stripped.get(value)
+                self.add(_strip(value) if found is None else found)
+            elif key not in _SKIPPED and key != "resourceType":
+                self.add(value)
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                self.walk(item, name)
+        elif isinstance(value, list):
+            for item in value:
+                self.walk(item, key)
 
 
 # -- the view ---------------------------------------------------------------------------------------
+
+_COLUMNS = "narrative, content"
+#: SQLite: the triggers that keep the FTS5 index in step with ``search_fulltext``, row by row.
+_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS search_fulltext_added AFTER INSERT ON search_fulltext BEGIN "
+    f"INSERT INTO search_fulltext_terms (rowid, {_COLUMNS}) VALUES (new.sid, new.narrative, new.content); END",
+    "CREATE TRIGGER IF NOT EXISTS search_fulltext_removed AFTER DELETE ON search_fulltext BEGIN "
+    f"INSERT INTO search_fulltext_terms (search_fulltext_terms, rowid, {_COLUMNS}) "
+    "VALUES ('delete', old.sid, old.narrative, old.content); END",
+    "CREATE TRIGGER IF NOT EXISTS search_fulltext_changed AFTER UPDATE ON search_fulltext BEGIN "
+    f"INSERT INTO search_fulltext_terms (search_fulltext_terms, rowid, {_COLUMNS}) "
+    "VALUES ('delete', old.sid, old.narrative, old.content); "
+    f"INSERT INTO search_fulltext_terms (rowid, {_COLUMNS}) VALUES (new.sid, new.narrative, new.content); END",
+)
+_TRIGGER_NAMES = ("search_fulltext_added", "search_fulltext_removed", "search_fulltext_changed")
 
 
 def _ddl(dialect: Dialect) -> list[str]:
@@ -129,7 +177,6 @@ def _ddl(dialect: Dialect) -> list[str]:
             "DROP INDEX IF EXISTS search_fulltext_narrative",
             "CREATE INDEX IF NOT EXISTS search_fulltext_content ON search_fulltext USING GIN (content)",
         ]
-    columns = "narrative, content"
     return [
         "CREATE TABLE IF NOT EXISTS search_fulltext (sid INTEGER PRIMARY KEY, resource_type TEXT NOT NULL, "
         "resource_id TEXT NOT NULL, narrative TEXT NOT NULL, content TEXT NOT NULL)",
@@ -137,17 +184,9 @@ def _ddl(dialect: Dialect) -> list[str]:
         # External content: the terms are stored once, in search_fulltext (what a rebuild's swap copies and
         # what erasure deletes); the triggers keep the FTS5 index in step with it. detail=column: column
         # filters work (``narrative : "dolor"``); word positions are not needed (no phrase search).
-        f"CREATE VIRTUAL TABLE IF NOT EXISTS search_fulltext_terms USING fts5({columns}, "
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS search_fulltext_terms USING fts5({_COLUMNS}, "
         "content='search_fulltext', content_rowid='sid', detail=column)",
-        "CREATE TRIGGER IF NOT EXISTS search_fulltext_added AFTER INSERT ON search_fulltext BEGIN "
-        f"INSERT INTO search_fulltext_terms (rowid, {columns}) VALUES (new.sid, new.narrative, new.content); END",
-        "CREATE TRIGGER IF NOT EXISTS search_fulltext_removed AFTER DELETE ON search_fulltext BEGIN "
-        f"INSERT INTO search_fulltext_terms (search_fulltext_terms, rowid, {columns}) "
-        "VALUES ('delete', old.sid, old.narrative, old.content); END",
-        "CREATE TRIGGER IF NOT EXISTS search_fulltext_changed AFTER UPDATE ON search_fulltext BEGIN "
-        f"INSERT INTO search_fulltext_terms (search_fulltext_terms, rowid, {columns}) "
-        "VALUES ('delete', old.sid, old.narrative, old.content); "
-        f"INSERT INTO search_fulltext_terms (rowid, {columns}) VALUES (new.sid, new.narrative, new.content); END",
+        *_TRIGGERS,
     ]
 
 
@@ -197,10 +236,27 @@ class FullTextIndex(View):
             if sid is None or change.body is None:
                 continue
             resource = _loads(change.body)
-            narrative, content = narrative_text(resource), content_text(resource)
+            narrative, content = texts(resource)
             if narrative or content:
                 rows.append((sid, change.resource_type, change.resource_id, narrative, content))
         self._insert(tx, rows)
+
+    def suspend_derived(self, tx: Tx, dialect: Dialect) -> None:
+        """SQLite: the FTS5 index stops following ``search_fulltext`` row by row (its triggers go) while a
+        rebuild fills the table: the shadow's replay and the swap's copy each fired two index writes per row
+        (the copy's ``DELETE`` and ``INSERT``), and the shadow's index was never read (only the table is
+        copied). :meth:`rebuild_derived` indexes the copied rows in one pass."""
+        if dialect == "sqlite":
+            for name in _TRIGGER_NAMES:
+                tx.execute(f"DROP TRIGGER IF EXISTS {name}")
+
+    def rebuild_derived(self, tx: Tx, dialect: Dialect) -> None:
+        """SQLite: FTS5's ``rebuild`` command indexes every row of the content table anew (in C, one pass;
+        the index built row by row holds the same terms), then the triggers keep it in step again."""
+        if dialect == "sqlite":
+            tx.execute("INSERT INTO search_fulltext_terms (search_fulltext_terms) VALUES ('rebuild')")
+            for statement in _TRIGGERS:
+                tx.execute(statement)
 
     def erase(self, tx: Tx, dialect: Dialect, erasure: Erasure) -> None:
         """An erased patient's rows leave the view (projections/privacy.py). On SQLite the FTS5 index is

@@ -7,6 +7,7 @@ value must all be found (AND), commas separate alternatives (OR).
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from projections.db import SQLiteViews
 from projections.privacy import Erasure, erase
 from projections.rebuild import rebuild
 from projections.search import FullTextIndex, SearchIndex
+from projections.search import fulltext as fulltext_module
 from projections.search.narrative import WORDS
 
 
@@ -169,6 +171,43 @@ def test_rebuild_fills_the_full_text_index(services: Services, conditions: TestC
     assert _search(client, "Condition?_content=anotado") == ["none"]
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_sqlite_rebuild_indexes_the_words_in_one_pass(
+    services: Services, conditions: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: a rebuild fills FTS5 once, from the copied rows (its ``rebuild`` command). Before, a trigger
+    indexed each row as the shadow's replay inserted it (an index nobody read: only the table is copied),
+    and again as the swap deleted and re-inserted every live row. CPython's trace callback reports a
+    statement once more for each trigger program it runs and each statement in it: a statement traced once
+    per row ran no trigger."""
+    client = conditions
+    projectors = projectors_named(services, ["resources"])
+    before = projectors[0].dump()["search_fulltext"]
+    assert len(before) == 6
+    traced: list[str] = []
+    connect = sqlite3.connect
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)
+        connection.set_trace_callback(traced.append)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    rebuild(services.settings, projectors)
+    monkeypatch.undo()
+    inserts = [statement for statement in traced if statement.startswith("INSERT INTO search_fulltext ")]
+    # One insert per row in the shadow's replay and one per row in the swap's copy (before: 36, three each).
+    assert len(inserts) == 2 * len(before)
+    assert traced.count("DELETE FROM search_fulltext") == 1  # the swap's emptying (before: 13, two per row)
+    assert projectors[0].dump()["search_fulltext"] == before
+    assert _search(client, "Condition?_text=dolores toracicos") == ["lower", "plural", "upper"]
+    assert _search(client, "Condition?_content=anotado") == ["none"]
+    # The triggers are back: a write after the rebuild is indexed, an update's old words leave.
+    _put(client, _condition("upper", "Fiebre vespertina"))
+    assert _search(client, "Condition?_text=fiebre") == ["upper"]
+    assert _search(client, "Condition?_text=dolor toracico") == ["lower", "plural"]
+
+
 def _change(notification_id: int, resource: dict[str, Any]) -> Change:
     return Change(
         notification_id=notification_id,
@@ -213,5 +252,36 @@ def test_erasure_leaves_no_term_in_the_sqlite_index_segments(tmp_path: Path) -> 
         with views.read() as tx:
             rows = tx.execute("SELECT resource_id FROM search_fulltext").fetchall()
         assert [row[0] for row in rows] == ["kept"]
+    finally:
+        views.close()
+
+
+def test_a_batch_strips_each_narrative_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The narrative (``_text``) is part of the content (``_content``): its XHTML is stripped once per
+    resource, for both (Python's HTML parser is the costliest step of a resource's text)."""
+    views = SQLiteViews(tmp_path / "views.sqlite")
+    index, text = SearchIndex(), FullTextIndex()
+    stripped: list[str] = []
+    strip = fulltext_module._strip
+
+    def counted(xhtml: str) -> str:
+        stripped.append(xhtml)
+        return strip(xhtml)
+
+    monkeypatch.setattr(fulltext_module, "_strip", counted)
+    conditions = [_condition(f"c{n}", f"Dolor torácico {n}") for n in range(3)]
+    try:
+        with views.write() as tx:
+            for view in (index, text):
+                view.create(tx, "sqlite")
+        with views.write() as tx:
+            changes = [_change(number, resource) for number, resource in enumerate(conditions, start=1)]
+            for view in (index, text):
+                view.apply(tx, changes)
+        assert len(stripped) == len(conditions)
+        with views.read() as tx:
+            rows = tx.execute("SELECT narrative, content FROM search_fulltext ORDER BY sid").fetchall()
+        assert [row[0] for row in rows] == ["dolor torac 0", "dolor torac 1", "dolor torac 2"]
+        assert all(narrative in content for narrative, content in rows)
     finally:
         views.close()
