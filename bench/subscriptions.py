@@ -20,6 +20,7 @@ test: nothing asserts.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ import threading
 import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,40 +41,96 @@ REPO = Path(__file__).resolve().parent.parent
 HEADERS = {"X-EHR-Institution": "imss", "Content-Type": "application/fhir+json"}
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Records each notification's arrival (wall clock) and, for a full-resource PUT, its resource id."""
+
+    protocol_version = "HTTP/1.1"
+    record: Any = None  # set per listener process
+
+    def _record(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        type(self).record(self.command, self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = _record
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _listen(control: Connection) -> None:
+    """The listener process: an HTTP server on loopback, and a loop answering the benchmark's questions."""
+    arrivals: dict[str, float] = {}
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def record(command: str, path: str) -> None:
+        now = time.time()
+        with lock:
+            times.append(now)
+            if command == "PUT":
+                arrivals.setdefault(path.rsplit("/", 1)[-1], now)
+
+    _Handler.record = staticmethod(record)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    control.send(server.server_address[1])
+    while True:
+        try:
+            question = control.recv()
+        except EOFError:
+            return
+        with lock:
+            if question == "count":
+                control.send(len(times))
+            elif question == "arrivals":
+                control.send(dict(arrivals))
+            else:
+                began, ended = question
+                control.send([t for t in times if began <= t < ended])
+
+
 class Listener:
+    """A receiving system's endpoint, in a process of its own: in the benchmark's process its HTTP handling
+    would take the interpreter lock from the client threads whose writes are being counted, so the write
+    ratio would measure the listener as much as the server. It still shares the machine's two cores."""
+
     def __init__(self) -> None:
-        self.arrivals: dict[str, float] = {}
-        #: When each notification arrived (wall clock): whether delivery streams or comes in bursts.
-        self.times: list[float] = []
-        self.count = 0
-        self.lock = threading.Lock()
-        state = self
+        context = multiprocessing.get_context("spawn")
+        self._control, child = context.Pipe()
+        self._process = context.Process(target=_listen, args=(child,), daemon=True)
+        self._process.start()
+        self.url = f"http://127.0.0.1:{self._control.recv()}/hook"
+        self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def _ask(self, question: Any) -> Any:
+        with self._lock:
+            self._control.send(question)
+            return self._control.recv()
 
-            def _record(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                now = time.time()
-                with state.lock:
-                    state.count += 1
-                    state.times.append(now)
-                    if self.command == "PUT":
-                        state.arrivals.setdefault(self.path.rsplit("/", 1)[-1], now)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+    @property
+    def count(self) -> int:
+        """Notifications received so far (POSTs and PUTs)."""
+        return int(self._ask("count"))
 
-            do_POST = do_PUT = _record
+    @property
+    def arrivals(self) -> dict[str, float]:
+        """When each full-resource notification first arrived, by resource id."""
+        return dict(self._ask("arrivals"))
 
-            def log_message(self, *args: Any) -> None:
-                pass
+    def times(self, began: float, ended: float) -> list[float]:
+        """Arrival times within [began, ended)."""
+        return list(self._ask((began, ended)))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def close(self) -> None:
+        self._control.close()
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.terminate()
 
 
 def _drop_schema(postgres_url: str, schema: str) -> None:
@@ -172,9 +230,11 @@ def latency(base: str, listener: Listener, rate: float, seconds: float, clients:
         thread.join()
     achieved = len(committed) / (time.monotonic() - start)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(listener.arrivals) < len(committed):
+    arrivals = listener.arrivals
+    while time.monotonic() < deadline and len(arrivals) < len(committed):
         time.sleep(0.05)
-    latencies = sorted((listener.arrivals[i] - t) * 1000 for i, t in committed.items() if i in listener.arrivals)
+        arrivals = listener.arrivals
+    latencies = sorted((arrivals[i] - t) * 1000 for i, t in committed.items() if i in arrivals)
     if not latencies:
         print("latency: no notification arrived")
         return
@@ -210,8 +270,7 @@ def throughput(base: str, clients: int, seconds: float, code: str) -> tuple[floa
 def _streaming(listener: Listener, began: float, ended: float) -> str:
     """Notifications per second over [began, ended) (fewest, most) and the longest silence: delivery that
     streams has no empty second while events are due; delivery in blocking rounds has long silences."""
-    with listener.lock:
-        times = sorted(t for t in listener.times if began <= t < ended)
+    times = sorted(listener.times(began, ended))
     seconds = [0] * max(1, int(ended - began))
     for t in times:
         seconds[min(len(seconds) - 1, int(t - began))] += 1
@@ -304,6 +363,7 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(30)
+            listener.close()
             if args.backend == "postgres":
                 _drop_schema(args.postgres_url, schema)
 
