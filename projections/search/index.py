@@ -32,7 +32,7 @@ __all__ = ["VALUE_TABLES", "ResourceKeys", "SearchIndex", "delete_by_sid", "reso
 
 #: Parameter type → its table and value columns (each table also has resource_type, param and sid).
 VALUE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    name: (kind.table.name, kind.table.columns) for name, kind in SEARCH_TYPES.items()
+    name: (kind.table.name, (*kind.table.columns, *kind.table.filled)) for name, kind in SEARCH_TYPES.items()
 }
 
 _CHUNK = 400

@@ -80,12 +80,13 @@ class ReferenceType:
     name = "reference"
     table = IndexTable(
         "search_reference",
-        ("target_type", "target_id", "base", "target_sid"),
-        # target_sid: the target's key when it is stored (projections/search/targets.py), filled by the index.
+        ("target_type", "target_id", "base"),
         "target_type {text}, target_id {text} NOT NULL, base {text}, target_sid BIGINT",
         ("target_id, target_type, sid",),
         "resource_type, param, target_type",
         _bound,
+        # The target's key when it is stored (projections/search/targets.py).
+        filled=("target_sid",),
     )
     _modifiers = frozenset({"identifier", "missing"})
 
