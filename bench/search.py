@@ -266,6 +266,7 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
         extract_seconds = 0.0
         spans: dict[tuple[str, str], tuple[int, ...]] = {}
         batch: list[dict[str, Any]] = []
+        keys: dict[tuple[str, str], int] = {}
         sid = 0
         instant = datetime.now(UTC).isoformat(timespec="microseconds")
         micros = date_range(instant)[0]
@@ -290,9 +291,16 @@ def load(url: str, schema: str, generator: Generator, chunk: int = 20000) -> dic
                     text_rows.append((sid, kind, rid, _pg_text(narrative), _pg_text(content)))
                 if kind in TERMINOLOGY_TYPES:  # what TerminologyView keeps of it
                     terminology_rows.append((kind, rid, resource["url"], resource["version"], body.decode()))
+                keys[(kind, rid)] = sid
                 rows = extract(resource)
                 for table in VALUE_TABLES:
                     values[table] += [(kind, *row, sid) for row in getattr(rows, table)]
+            # A reference's target key, as SearchIndex writes it (projections/search/targets.py): the generator
+            # yields every target before the resources that refer to it.
+            values["reference"] = [
+                (*row[:-1], keys.get((row[2], row[3])) if row[2] is not None else None, row[-1])
+                for row in values["reference"]
+            ]
             for resource_type, param, *found in _span_updates(values["date"]):
                 known = spans.get((resource_type, param), (0, 0, 0))
                 spans[(resource_type, param)] = tuple(max(a, b) for a, b in zip(known, found, strict=True))

@@ -5,9 +5,10 @@ Patient named X. As a condition (projections/search/sql.py ``_chain``) it is a s
 table that the planner orders as it estimates; on a store never analysed (autovacuum may be off) it read
 every ``patient`` reference of the type once per match of the name (300,000 resources: over the 60 s
 statement timeout). :func:`chain_keys` writes the same set the other way round, as nested loops whatever
-the statistics: the inner condition's keys (one value table's index range), each target looked up by key
-in ``search_ids`` (type, access policy), then each target's references by its id in the reference table's
-lookup index. What it reads is proportional to the targets and their references, so
+the statistics: the inner condition's keys (one value table's index range), then each target's references
+by its key (``search_reference_target``, projections/search/targets.py), each target looked up in
+``search_ids`` first only when an access policy applies to it. What it reads is proportional to the targets
+and their references, so
 projections/search/keysets.py can fetch them, bounded, and drive a page from them when they are few
 (1,000,000 resources: ~1,000 Patients of a family, ~4,000 Encounters).
 """
@@ -42,47 +43,44 @@ def chain_keys(item: ChainFilter, base: str | None, context: Context) -> Walk | 
             else (f"{reference}.base IS NULL", [])
         )
         # OFFSET 0 keeps each lateral subquery a subquery: flattened, its key would be a join condition the
-        # planner may hash on estimates; kept, it is a parameterised index look-up per outer row.
+        # planner may hash on estimates; kept, it is a parameterised index look-up per outer row. The
+        # references are read by their target's key (projections/search/targets.py: no look-up of each
+        # target's id); a target is looked up in search_ids only for the access policy, when there is one.
+        source, source_params = f"({keys}) {target}", list(nested.params)
+        if policy.sql:
+            source = (
+                f"({keys}) {target}k CROSS JOIN LATERAL (SELECT {target}.sid FROM search_ids {target} "
+                f"WHERE {target}.resource_type = ? AND {target}.sid = {target}k.sid{policy.sql} OFFSET 0) {target}"
+            )
+            source_params += [target_type, *policy.params]
         walks.append(
             Condition(
-                f"SELECT {reference}.sid FROM ({keys}) {target}k CROSS JOIN LATERAL (SELECT {target}.resource_id "
-                f"FROM search_ids {target} WHERE {target}.resource_type = ? AND {target}.sid = {target}k.sid"
-                f"{policy.sql} OFFSET 0) {target} CROSS JOIN LATERAL (SELECT {reference}.sid FROM search_reference "
-                f"{reference} WHERE {reference}.resource_type = ? AND {reference}.param = ? AND "
-                f"{reference}.target_type = ? AND {reference}.target_id = {target}.resource_id AND {base_clause} "
-                f"OFFSET 0) {reference}",
-                [
-                    *nested.params,
-                    target_type,
-                    *policy.params,
-                    item.param.resource_type,
-                    item.param.code,
-                    target_type,
-                    *base_params,
-                ],
+                f"SELECT {reference}.sid FROM {source} CROSS JOIN LATERAL (SELECT {reference}.sid FROM "
+                f"search_reference {reference} WHERE {reference}.target_sid = {target}.sid AND "
+                f"{reference}.resource_type = ? AND {reference}.param = ? AND {base_clause} OFFSET 0) {reference}",
+                [*source_params, item.param.resource_type, item.param.code, *base_params],
             )
         )
         # One key: its own references (the reference table's sid index: ``|| ''`` keeps the lookup index out,
         # which a store never analysed otherwise scans whole for each key, on its columns after the first),
-        # each target by id (search_ids' unique index), its condition by the target's key.
-        inner_check = row_check(Condition(keys, list(nested.params)), f"{target}.sid")
+        # each target's condition by its key; with an access policy, each target by id (search_ids' unique
+        # index) first.
+        if policy.sql:
+            inner_check = row_check(Condition(keys, list(nested.params)), f"{target}.sid")
+            target_check = Condition(
+                f"(EXISTS (SELECT 1 FROM search_ids {target} WHERE {target}.resource_type = ? "
+                f"AND {target}.resource_id = {reference}.target_id{policy.sql} AND {inner_check.sql} OFFSET 0)) "
+                "IS TRUE",
+                [target_type, *policy.params, *inner_check.params],
+            )
+        else:
+            target_check = row_check(Condition(keys, list(nested.params)), f"{reference}.target_sid")
         checks.append(
             Condition(
                 f"(EXISTS (SELECT 1 FROM search_reference {reference} WHERE {reference}.sid = c.sid AND "
                 f"{reference}.resource_type || '' = ? AND {reference}.param || '' = ? "
-                f"AND {reference}.target_type || '' = ? "
-                f"AND {base_clause} AND (EXISTS (SELECT 1 FROM search_ids {target} WHERE {target}.resource_type = ? "
-                f"AND {target}.resource_id = {reference}.target_id{policy.sql} AND {inner_check.sql} OFFSET 0)) "
-                "IS TRUE OFFSET 0)) IS TRUE",
-                [
-                    item.param.resource_type,
-                    item.param.code,
-                    target_type,
-                    *base_params,
-                    target_type,
-                    *policy.params,
-                    *inner_check.params,
-                ],
+                f"AND {reference}.target_type || '' = ? AND {base_clause} AND {target_check.sql} OFFSET 0)) IS TRUE",
+                [item.param.resource_type, item.param.code, target_type, *base_params, *target_check.params],
             )
         )
     check = Condition(" OR ".join(f"({c.sql})" for c in checks), [p for c in checks for p in c.params])

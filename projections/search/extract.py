@@ -25,9 +25,10 @@ from projections.search.types.string import MAX_STRING
 __all__ = ["FINGERPRINT", "MAX_STRING", "Rows", "extract"]
 
 #: Raised when the rows an unchanged parameter gives change (how a data type is read: 2, Money as a quantity;
-#: 3, a composite's rows carrying its key token, types/composite.py), which leaves the index of stored
-#: resources as stale as a change of the registry does.
-EXTRACTION_VERSION = 3
+#: 3, a composite's rows carrying its key token, types/composite.py; 4, a reference row carrying its target's
+#: key, projections/search/targets.py), which leaves the index of stored resources as stale as a change of
+#: the registry does.
+EXTRACTION_VERSION = 4
 
 #: What the index of a resource depends on: the generated registry and how values are read. The search
 #: index records the fingerprint it was built with (projections/search/reindex.py).

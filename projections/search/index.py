@@ -22,6 +22,8 @@ from projections.changes import Change
 from projections.db import Dialect, Tx
 from projections.search.dates import MAX, MIN, date_range
 from projections.search.extract import FINGERPRINT, Rows, extract
+from projections.search.targets import DDL as TARGET_DDL
+from projections.search.targets import claim, forget
 from projections.search.types import SEARCH_TYPES
 from projections.search.writes import insert_rows
 from projections.view import View
@@ -30,7 +32,7 @@ __all__ = ["VALUE_TABLES", "ResourceKeys", "SearchIndex", "delete_by_sid", "reso
 
 #: Parameter type → its table and value columns (each table also has resource_type, param and sid).
 VALUE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    name: (kind.table.name, kind.table.columns) for name, kind in SEARCH_TYPES.items()
+    name: (kind.table.name, (*kind.table.columns, *kind.table.filled)) for name, kind in SEARCH_TYPES.items()
 }
 
 _CHUNK = 400
@@ -92,7 +94,7 @@ def _ddl(dialect: Dialect) -> list[str]:
         for table, columns_list in _STATISTICS.items():
             statements.append(f"CREATE STATISTICS IF NOT EXISTS {table}_values (mcv) ON {columns_list} FROM {table}")
             statements.append(f"ALTER STATISTICS {table}_values SET STATISTICS 1000")
-    return statements
+    return [*statements, *TARGET_DDL]
 
 
 _STATISTICS = {kind.table.name: kind.table.statistics for kind in SEARCH_TYPES.values()}
@@ -188,7 +190,7 @@ class SearchIndex(View):
 
     def create(self, tx: Tx, dialect: Dialect) -> None:
         _drop_unkeyed_composites(tx, dialect)
-        _add_canonical_columns(tx, dialect)
+        _add_columns(tx, dialect)
         for statement in _ddl(dialect):
             tx.execute(statement)
         # The registry fingerprint (projections/search/extract.py) the rows were built with. An empty index
@@ -243,12 +245,15 @@ class SearchIndex(View):
         for change in changes:
             latest[(change.resource_type, change.resource_id)] = change
         self._delete(tx, keys.existing, _ROW_TABLES)
+        # A key gone (deleted, or re-created under a new key) is no reference's target any more.
+        forget(tx, [sid for key, sid in keys.existing.items() if keys.final.get(key) != sid])
         inserts: list[tuple[int, Change]] = []
         for key, change in latest.items():
             sid = keys.final.get(key)
             if sid is not None and not change.deleted:
                 inserts.append((sid, change))
-        self._insert(tx, inserts)
+        created = [(kind, rid, sid) for (kind, rid), sid in keys.final.items() if keys.existing.get((kind, rid)) != sid]
+        self._insert(tx, inserts, created, keys.final)
 
     # -- rows --------------------------------------------------------------------------------------
 
@@ -276,18 +281,35 @@ class SearchIndex(View):
                 updates,
             )
 
-    def _insert(self, tx: Tx, inserts: list[tuple[int, Change]]) -> None:
+    def _insert(
+        self,
+        tx: Tx,
+        inserts: list[tuple[int, Change]],
+        created: list[tuple[str, str, int]],
+        known: dict[tuple[str, str], int],
+    ) -> None:
         ids: list[tuple[Any, ...]] = []
         bodies: list[tuple[int, str, bytes]] = []
         for sid, change in inserts:
             assert change.body is not None
             ids.append((sid, change.resource_type, change.resource_id, date_range(change.last_updated)[0]))
             bodies.append((sid, change.resource_type, change.body))
-        self._insert_values(tx, bodies, ids)
+        self._insert_values(tx, bodies, ids, created, known)
 
-    def _insert_values(self, tx: Tx, bodies: list[tuple[int, str, bytes]], ids: Sequence[tuple[Any, ...]] = ()) -> None:
-        """The key rows ``ids`` and the value rows of each (sid, type, stored body)."""
+    def _insert_values(
+        self,
+        tx: Tx,
+        bodies: list[tuple[int, str, bytes]],
+        ids: Sequence[tuple[Any, ...]] = (),
+        created: Sequence[tuple[str, str, int]] = (),
+        known: dict[tuple[str, str], int] | None = None,
+    ) -> None:
+        """The key rows ``ids`` and the value rows of each (sid, type, stored body); the references waiting
+        for the ``created`` resources (type, id, key) get their keys (projections/search/targets.py). ``known``:
+        the key of every resource of the batch, whose key rows are not in search_ids at this point (an
+        update's were deleted with its other rows)."""
         values: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in VALUE_TABLES}
+        known = known or {}
         for sid, resource_type, body in bodies:
             rows = extract(_loads(body))
             for kind in VALUE_TABLES:
@@ -295,13 +317,35 @@ class SearchIndex(View):
                 if found:
                     values[kind] += [(resource_type, *_bounded(kind, row), sid) for row in found]
         spans = _span_updates(values["date"])
-        if insert_rows(tx, ids, values, spans):
+        values["reference"] = [
+            (*row[:-1], known.get((row[2], row[3])) if row[2] is not None else None, row[-1])
+            for row in values["reference"]
+        ]
+        if insert_rows(tx, ids, values, spans, created):
             return
+        values["reference"] = _target_keys(tx, values["reference"])
         if ids:
             tx.insert("search_ids", ("sid", "resource_type", "resource_id", "last_updated"), ids)
         self._spans(tx, spans)
         for kind, (table, columns) in VALUE_TABLES.items():
             tx.insert(table, ("resource_type", "param", *columns, "sid"), values[kind])
+        claim(tx, created)
+
+
+def _target_keys(tx: Tx, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Reference rows ``(type, param, target_type, target_id, base, target_sid, sid)`` whose target key is
+    not given yet, with it looked up in ``search_ids`` (one statement per target type; projections/search/
+    targets.py). Rows are written before the batch's key rows: a target the batch creates is given already."""
+    wanted: dict[str, set[str]] = {}
+    for _, _, kind, resource_id, _, target_sid, _ in rows:
+        if kind is not None and target_sid is None:
+            wanted.setdefault(kind, set()).add(resource_id)
+    if not wanted:
+        return rows
+    found: dict[tuple[str, str], int] = {}
+    for kind, ids in wanted.items():
+        found.update(((kind, str(rid)), int(sid)) for sid, rid in _lookup(tx, kind, sorted(ids)))
+    return [(*row[:5], found.get((row[2], row[3])), row[6]) if row[5] is None else row for row in rows]
 
 
 def delete_by_sid(table: str, count: int) -> str:
@@ -325,12 +369,15 @@ def _bounded(kind: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
     return SEARCH_TYPES[kind].table.bound(row)
 
 
-#: Columns added after stores were created with these tables: the canonical UCUM value of a quantity
+#: Columns added after stores were created with these tables. The canonical UCUM value of a quantity
 #: (types/quantity.py). Old rows keep them NULL (found by their own unit only) until ``ehr rebuild``.
-_ADDED_COLUMNS = {
+_ADDED_COLUMNS: dict[str, dict[str, str]] = {
     table: {"canonical": "{text}", "canonical_low": "{real}", "canonical_high": "{real}"}
     for table in ("search_quantity", "search_composite")
 }
+#: And a reference's target key (projections/search/targets.py): NULL in old rows until the re-index that the
+#: extraction version (extract.py) starts fills it.
+_ADDED_COLUMNS["search_reference"] = {"target_sid": "BIGINT"}
 
 
 def _columns_of(tx: Tx, dialect: Dialect, table: str) -> set[str]:
@@ -355,7 +402,7 @@ def _drop_unkeyed_composites(tx: Tx, dialect: Dialect) -> None:
         tx.execute("DROP TABLE search_composite")
 
 
-def _add_canonical_columns(tx: Tx, dialect: Dialect) -> None:
+def _add_columns(tx: Tx, dialect: Dialect) -> None:
     types = _column_types(dialect)
     for table, added in _ADDED_COLUMNS.items():
         if dialect == "postgres":

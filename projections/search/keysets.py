@@ -29,7 +29,7 @@ and 920-950 buffers, analysed or not. When every set is that large, the semi-joi
 key order, which finds a page soon when the sets are dense. A chain's set (R4 §3.1.1.4.12) is read from
 its targets outward (projections/search/chains.py): the probe fetches its keys, up to :data:`PROBE_KEYS`,
 and the page and the total read them from that array, not from the index again; a larger chain is checked
-per key, its references by the key, their targets by id. At 1,000,000 resources
+per key, its references by the key, their targets by theirs. At 1,000,000 resources
 ``Encounter?patient.name=<family>&date=ge2024-01-01`` (about 4,000 Encounters of 1,000 Patients, a tenth of
 them in the dates) read some 41,000 buffers as semi-joins.
 """

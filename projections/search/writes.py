@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from projections.db import Tx
+from projections.search.targets import CLAIM, TARGET_KEY, claim_params
 from projections.search.types import SEARCH_TYPES
 
 __all__ = ["ROW_LIMIT", "insert_rows"]
@@ -43,9 +44,14 @@ def _casts(definition: str) -> dict[str, str]:
     return found
 
 
-def _insert(table: str, casts: dict[str, str]) -> str:
-    """``INSERT`` of the rows of one JSON array of arrays (a row's values in ``casts``' order)."""
-    values = ", ".join(f"(r->>{n}){cast}" if cast else f"r->>{n}" for n, cast in enumerate(casts.values()))
+def _insert(table: str, casts: dict[str, str], computed: dict[str, str] | None = None) -> str:
+    """``INSERT`` of the rows of one JSON array of arrays (a row's values in ``casts``' order; a column in
+    ``computed`` is that SQL expression instead)."""
+    computed = computed or {}
+    values = ", ".join(
+        computed.get(column, f"(r->>{n}){cast}" if cast else f"r->>{n}")
+        for n, (column, cast) in enumerate(casts.items())
+    )
     return f"INSERT INTO {table} ({', '.join(casts)}) SELECT {values} FROM jsonb_array_elements(?::jsonb) r"
 
 
@@ -60,7 +66,11 @@ def _statement() -> str:
     parts = []
     for name, kind in SEARCH_TYPES.items():
         casts = {"resource_type": "", "param": "", **_casts(kind.table.definition), "sid": "::int8"}
-        parts.append(f"{name} AS ({_insert(kind.table.name, casts)})")
+        computed = {"target_sid": TARGET_KEY} if kind.table.name == "search_reference" else None
+        parts.append(f"{name} AS ({_insert(kind.table.name, casts, computed)})")
+    # References written before their target, which this batch creates, get its key (the statement's own
+    # reference rows are not visible to it: those the batch's keys name carry them already).
+    parts.append(f"claimed AS ({CLAIM})")
     grown = ", ".join(
         f"{column} = GREATEST(search_date_spans.{column}, excluded.{column})"
         for column in ("max_span", "open_start", "open_end")
@@ -88,11 +98,13 @@ def insert_rows(
     keys: Sequence[tuple[Any, ...]],
     values: dict[str, list[tuple[Any, ...]]],
     spans: Sequence[tuple[Any, ...]],
+    created: Sequence[tuple[str, str, int]] = (),
 ) -> bool:
-    """Insert the key rows, every value table's rows and the date spans as one statement; False (nothing
-    written) when this is not PostgreSQL or the batch is large enough for COPY (:data:`ROW_LIMIT`)."""
+    """Insert the key rows, every value table's rows and the date spans as one statement, and give the
+    references waiting for the ``created`` resources (type, id, key) their keys (projections/search/targets.py);
+    False (nothing written) when this is not PostgreSQL or the batch is large enough for COPY (:data:`ROW_LIMIT`)."""
     if tx.dialect != "postgres" or sum(map(len, values.values())) > ROW_LIMIT:
         return False
     params = [_json(values[name], infinite) for name, infinite in _tables()]
-    tx.execute(_statement(), [*params, _json(spans), _json(keys)])
+    tx.execute(_statement(), [*params, *claim_params(created), _json(spans), _json(keys)])
     return True

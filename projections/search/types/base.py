@@ -146,6 +146,9 @@ class IndexTable:
     statistics: str
     #: A row as stored: each value a b-tree index holds cut to a bounded prefix (projections/indexed.py).
     bound: Callable[[tuple[Any, ...]], tuple[Any, ...]] = lambda row: row
+    #: Columns after :attr:`columns` that the index fills, not extraction (a reference's target key,
+    #: projections/search/targets.py); :attr:`definition` has them last.
+    filled: tuple[str, ...] = ()
 
 
 class SearchType(Protocol):

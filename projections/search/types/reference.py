@@ -81,10 +81,12 @@ class ReferenceType:
     table = IndexTable(
         "search_reference",
         ("target_type", "target_id", "base"),
-        "target_type {text}, target_id {text} NOT NULL, base {text}",
+        "target_type {text}, target_id {text} NOT NULL, base {text}, target_sid BIGINT",
         ("target_id, target_type, sid",),
         "resource_type, param, target_type",
         _bound,
+        # The target's key when it is stored (projections/search/targets.py).
+        filled=("target_sid",),
     )
     _modifiers = frozenset({"identifier", "missing"})
 

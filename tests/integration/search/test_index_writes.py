@@ -97,7 +97,9 @@ def test_a_create_is_one_prepared_statement_per_view_with_the_extracted_rows(pos
         rows = extract(resource)
         for name in vars(rows):
             table = f"search_{name}"
-            found = sorted((row[1:-1] for row in stored[table] if row[-1] == sid), key=repr)
+            # A reference's target key (projections/search/targets.py) is the index's: Patient/p1 is not stored.
+            ours = [row[1:-1] for row in stored[table] if row[-1] == sid]
+            found = sorted((row[:-1] if name == "reference" and row[-1] is None else row for row in ours), key=repr)
             wanted = sorted((_stored(name, row) for row in getattr(rows, name)), key=repr)
             assert found == wanted, (resource["resourceType"], table)
     onset = next(row for row in stored["search_quantity"] if row[1] == "onset-age")

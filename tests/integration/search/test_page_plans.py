@@ -350,10 +350,10 @@ def visits(store: tuple[Services, psycopg.Connection[Any]]) -> tuple[Services, p
         "SELECT 'Patient', 'identifier', 'urn:curp', 'curp' || g, g FROM generate_series(1, %s) g",
         (PEOPLE,),
     )
-    # Encounter n (sid PEOPLE + n) is a visit of Patient (n - 1) / VISITS + 1.
+    # Encounter n (sid PEOPLE + n) is a visit of Patient (n - 1) / VISITS + 1 (its key too: sid = number).
     connection.execute(
-        "INSERT INTO search_reference (resource_type, param, target_type, target_id, base, sid) "
-        "SELECT 'Encounter', 'patient', 'Patient', 'p' || ((g - 1) / %(v)s + 1), NULL, %(n)s + g "
+        "INSERT INTO search_reference (resource_type, param, target_type, target_id, base, target_sid, sid) "
+        "SELECT 'Encounter', 'patient', 'Patient', 'p' || ((g - 1) / %(v)s + 1), NULL, (g - 1) / %(v)s + 1, %(n)s + g "
         "FROM generate_series(1, %(e)s) g",
         {"n": PEOPLE, "v": VISITS, "e": PEOPLE * VISITS},
     )
@@ -384,8 +384,8 @@ def test_a_page_of_a_chain_and_a_date_is_driven_from_the_chain(
 ) -> None:
     """R4 §3.1.1.4.12: ``Encounter?patient.family=X&date=ge...``. The chain's 1,600 Encounters (400 Patients)
     are fewer than the date's and than a set is counted to: read once from the Patients outward (their
-    references looked up by id), they drive the page, each date checked by key until the page is full; on
-    a store never analysed, whatever the planner would guess."""
+    references looked up by the Patients' keys, projections/search/targets.py), they drive the page, each date
+    checked by key until the page is full; on a store never analysed, whatever the planner would guess."""
     services, connection = visits
     query = "Encounter?patient.family=familia07&date=ge2024-01-01&_total=none"
     expected = _visits_of({"familia07"}, "2024-01-01")
@@ -394,9 +394,10 @@ def test_a_page_of_a_chain_and_a_date_is_driven_from_the_chain(
     sids, _, seen = _page(services, query)
     assert sids == expected[:20]
     # The chain's references once each (not once for the count and again for the page, nor every
-    # Encounter's), its Patients and the page's Encounters looked up once each in search_ids.
+    # Encounter's), by the Patients' keys: no Patient is looked up in search_ids (by key, for its id), only
+    # the snapshot's newest key and the page's Encounters.
     assert _rows_of_search(connection, seen, "search_reference") <= chain
-    assert _rows_of_search(connection, seen, "search_ids") <= PEOPLE // FAMILIES + 21 + 1
+    assert _rows_of_search(connection, seen, "search_ids") <= 1 + 21
     # The page checks the dates of the chain's first keys, up to the page's end (about ten per match).
     assert _rows_read(connection, seen, "search_date") <= 21
     forward, backward = _all_pages(services, query, 30)
@@ -429,5 +430,5 @@ def test_a_chain_on_an_identifier_reads_only_its_patients_references(
     sids, page, seen = _page(services, "Encounter?patient.identifier=urn:curp|curp123&_total=accurate")
     assert sids == [PEOPLE + 122 * VISITS + n for n in range(1, VISITS + 1)] and page.total == VISITS
     assert _rows_of_search(connection, seen, "search_reference") <= VISITS
-    # The snapshot's newest key, the Patient, and its visits for the total and again for the page.
-    assert _rows_of_search(connection, seen, "search_ids") <= 2 + 2 * VISITS
+    # The snapshot's newest key and the Patient's visits for the total and again for the page.
+    assert _rows_of_search(connection, seen, "search_ids") <= 1 + 2 * VISITS
