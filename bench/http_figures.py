@@ -136,20 +136,9 @@ def _audit_ratio_windows(
             def measure() -> Measurement:
                 reads = read_load(created, credentials)
                 reads.name = name
-                measurement = run_load(
-                    base_url,
-                    reads,
-                    concurrency,
-                    options.seconds,
-                    options.warmup,
-                    options.max_requests,
-                    pids,
-                    with_db=backend == "postgres",
-                    client=options.client,
-                )
+                measurement = _window(options, backend, base_url, reads, concurrency, pids)
                 if measurement.errors:
                     raise RuntimeError(f"{measurement.errors} reads failed ({name})")
-                measurement.backend = backend
                 return measurement
 
             return measure
@@ -161,6 +150,32 @@ def _audit_ratio_windows(
         )
     run.measurements.append(median_window(on, f"http {AUDIT_ON}"))
     run.measurements.append(median_window(off, f"http {AUDIT_OFF}"))
+
+
+def _window(
+    options: Options,
+    backend: str,
+    base_url: str,
+    load: Load,
+    concurrency: int,
+    pids: list[int],
+    mark: Callable[[], None] | None = None,
+) -> Measurement:
+    """One measured window of ``load`` at ``concurrency`` clients, with the run's options."""
+    measurement = run_load(
+        base_url,
+        load,
+        concurrency,
+        options.seconds,
+        options.warmup,
+        options.max_requests,
+        pids,
+        with_db=backend == "postgres",
+        client=options.client,
+        mark=mark,
+    )
+    measurement.backend = backend
+    return measurement
 
 
 def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
@@ -213,19 +228,9 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
 
         def measure(load: Load, concurrency: int) -> Measurement:
             windows.append(f"{load.name}-c{concurrency}")
-            measurement = run_load(
-                server.base_url,
-                load,
-                concurrency,
-                options.seconds,
-                options.warmup,
-                options.max_requests,
-                pids,
-                with_db=backend == "postgres",
-                client=options.client,
-                mark=mark if profile is not None else None,
+            measurement = _window(
+                options, backend, server.base_url, load, concurrency, pids, mark if profile is not None else None
             )
-            measurement.backend = backend
             run.measurements.append(measurement)
             return measurement
 
