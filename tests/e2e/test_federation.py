@@ -41,8 +41,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 STORES = ("IMSS", "ISSSTE", "IMSS-Bienestar")
 DOWN = "ISSSTE"
-#: Columns holding national positions: compared as the (store, notification id) they stand for.
-POSITION_COLUMNS = {"notification_id", "sid", "position"}
+#: Columns holding national positions (``target_sid``: a reference's target key): compared as the (store,
+#: notification id) they stand for, since a rebuild may interleave the logs in another order.
+POSITION_COLUMNS = {"notification_id", "sid", "position", "target_sid"}
 
 
 def _stores_env(clusters: dict[str, PgCluster]) -> str:
@@ -175,7 +176,9 @@ def _mapped_rows(tx: Tx, table: str, origin: dict[int, tuple[str, int]]) -> Coun
     for row in tx.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall():
         rows[
             tuple(
-                origin[value] if column in POSITION_COLUMNS and table != "federation_log" else value
+                origin[value]
+                if column in POSITION_COLUMNS and value is not None and table != "federation_log"
+                else value
                 for column, value in zip(columns, row, strict=True)
             )
         ] += 1
