@@ -96,7 +96,9 @@ def test_a_projection_batch_is_two_round_trips(postgres_settings: Settings, tmp_
             services.projector.catch_up(until=written.notification_id)
         # BEGIN with the lock of the tracking row and the log's next events (one statement), then the
         # statements with the COMMIT: the log read on the event store's connection was a third, in between.
-        assert round_trips.count == 2
+        # At most, not exactly: on a loaded machine the pipeline's answers can arrive while it still waits to
+        # send, in a wait to read or write, which is not counted as a new wait to read.
+        assert round_trips.count <= 2
         with services.views.read() as tx:
             found = tx.execute(
                 "SELECT version FROM resources WHERE resource_type = ? AND resource_id = ?",
