@@ -145,7 +145,7 @@ def _start(backend: str, data: Path, postgres_url: str, schema: str) -> tuple[su
     sock.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
     env |= {"EHR_AUTH": "disabled-for-development", "PYTHONUNBUFFERED": "1"}
-    if "EHR_SUBSCRIPTION_DELIVERY_SHARE" in os.environ:  # to compare delivery shares (README, Subscriptions)
+    if "EHR_SUBSCRIPTION_DELIVERY_SHARE" in os.environ:  # to compare delivery shares (bench/README.md, Subscriptions)
         env["EHR_SUBSCRIPTION_DELIVERY_SHARE"] = os.environ["EHR_SUBSCRIPTION_DELIVERY_SHARE"]
     if backend == "postgres":
         env |= {"EHR_DATABASE_URL": postgres_url, "EHR_POSTGRES_SCHEMA": schema}
