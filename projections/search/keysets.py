@@ -205,13 +205,17 @@ _ONE_TABLE = re.compile(
 
 
 def intersectable(sets: KeySets) -> bool:
-    """Whether the page and count are driven by :func:`intersected_page`: several sets of keys, or a chain's
-    alone, each read from one value table's lookup index or a chain read from its targets outward
-    (:attr:`KeySets.walks`). A chain's set as a semi-join is not counted apart: read on its own in a
-    never-analysed store, its plan walked every reference of the type once per match of the inner condition
-    (300,000 resources: over the 60 s statement timeout)."""
+    """Whether the page and count are driven by :func:`intersected_page`: one or several sets of keys, each
+    read from one value table's lookup index or a chain read from its targets outward (:attr:`KeySets.walks`).
+
+    A chain's set as a semi-join is not counted apart: read on its own in a never-analysed store, its plan
+    walked every reference of the type once per match of the inner condition (300,000 resources: over the
+    60 s statement timeout). A single set of one table (``Patient?family=X``) is driven too: as a semi-join
+    the planner checked the access policy (a subplan per row) on every key of the set before sorting them
+    for the page (400 owner look-ups for a page of 20, tests/integration/search/test_page_plans.py), or, with
+    statistics older than the table, on every row of the type before the join; driven, the page checks 21."""
     walked = [walk is not None for walk in (*sets.walks, *[None] * (len(sets.sets) - len(sets.walks)))]
-    if not sets.sets or (len(sets.sets) == 1 and not walked[0]):
+    if not sets.sets:
         return False
     return all(one_table(found) or walk for found, walk in zip(sets.sets, walked, strict=True))
 

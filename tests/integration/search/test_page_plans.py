@@ -17,6 +17,7 @@ import pytest
 from bench.search import RecordingTx
 from ehr_core.settings import Settings
 from fhir_api.services import Services
+from projections.access import Viewer
 from projections.search.dates import date_range
 from projections.search.engine import run_search
 from projections.search.keysets import PROBE_KEYS
@@ -260,6 +261,54 @@ def test_a_page_of_two_names_is_driven_from_the_smaller_set(store: tuple[Service
     assert _search_ids_rows(connection, seen) <= 21
     forward, backward = _all_pages(services, query, 7)
     assert forward == backward == expected
+
+
+def test_a_page_of_one_name_checks_the_policy_on_its_own_keys(
+    store: tuple[Services, psycopg.Connection[Any]],
+) -> None:
+    """``Patient?family=X`` as an institution reads it (the access policy on): on a store never analysed the
+    planner guessed few Patients and checked the policy, a subplan per row, on every Patient before the
+    family's keys (a hash semi-join: the page and the total each read all 20,000 owners). Driven from the
+    family's 400 keys, counted first, the policy runs on those keys only, and the page on 21 of them."""
+    services, connection = store
+    connection.execute(
+        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
+        "SELECT g, 'Patient', 'p' || g, 0 FROM generate_series(1, %s) g",
+        (PEOPLE,),
+    )
+    connection.execute(
+        "INSERT INTO resource_owners (resource_type, resource_id, institution) "
+        "SELECT 'Patient', 'p' || g, CASE WHEN g %% 4 = 0 THEN 'issste' ELSE 'imss' END "
+        "FROM generate_series(1, %s) g",
+        (PEOPLE,),
+    )
+    connection.execute(
+        "INSERT INTO search_string (resource_type, param, value, exact, sid) SELECT 'Patient', 'family', "
+        "'familia' || lpad((g %% %s)::text, 2, '0'), 'x', g FROM generate_series(1, %s) g",
+        (FAMILIES, PEOPLE),
+    )
+    expected = [n for n in range(1, PEOPLE + 1) if _family(n) == "familia07" and n % 4 != 0]
+    viewer = Viewer(institution="imss", now="2026-01-01T00:00:00Z")
+    seen: list[tuple[str, list[Any]]] = []
+    with services.views.read() as tx:
+        page = run_search(
+            RecordingTx(tx, seen),  # type: ignore[arg-type]
+            "postgres",
+            parse_search("Patient", [("family", "familia07"), ("_total", "accurate")]),
+            None,
+            20,
+            viewer,
+        )
+    assert [match.sid for match in page.matches] == expected[:20]
+    assert page.total == len(expected)
+    statements = {statement: params for statement, params in seen}
+    total = next((s, p) for s, p in seen if s.lstrip().upper().startswith("SELECT COUNT"))
+    owners = ("resource_owners",)
+    # Each query checks the owner of the family's keys at most (400), never of every Patient (20,000).
+    assert _scans(_executed(connection, [total]), owners, rows=False) <= PEOPLE // FAMILIES
+    assert _scans(_executed(connection, seen), owners, rows=False) <= 21 + 21 // 3
+    # The snapshot, the consents, the keys' count (one bounded index read), the total, the page.
+    assert len(statements) <= 5
 
 
 def test_a_page_of_a_code_and_a_week_looks_the_code_up_by_key(
