@@ -37,6 +37,7 @@ from projections.search.keysets import (
     intersected_page,
     key_sets,
     probe,
+    probe_bound,
     probed,
 )
 from projections.search.query import (
@@ -438,7 +439,8 @@ def _page_rows(
         counts = _counts(tx, sets)
         if 0 in counts:
             return []  # a set without keys: nothing matches (the counts read no policy, snapshot or cursor)
-        page = intersected_page(sets, counts, None if after is None else int(after[-1]), backwards, limit)
+        after_key = None if after is None else int(after[-1])
+        page = intersected_page(sets, counts, after_key, backwards, limit, probe_bound(sets))
         if page is not None:
             return tx.execute(page.sql, page.params).fetchall()
     if not sort:
@@ -471,13 +473,32 @@ def _page_rows(
     ).fetchall()
 
 
+def _first_page_with_total(
+    tx: Tx, request: SearchRequest, sets: KeySets, limit: int
+) -> tuple[list[tuple[Any, ...]], int] | None:
+    """The first page's rows and the total in one statement, when both are driven from counted sets of keys
+    (PostgreSQL, keysets.intersected_page): None when the page is read another way."""
+    if request.sort or sets.keys is not None or tx.dialect != "postgres" or not intersectable(sets):
+        return None
+    counts = _counts(tx, sets)
+    if 0 in counts:
+        return [], 0  # a set without keys: nothing matches
+    page = intersected_page(sets, counts, None, False, limit, probe_bound(sets), total=True)
+    if page is None:
+        return None
+    rows = tx.execute(page.sql, page.params).fetchall()
+    total = int(rows[0][2]) if rows else 0
+    return [tuple(row[:2]) for row in rows], total
+
+
 def _counts(tx: Tx, sets: KeySets) -> list[int]:
     """Each set's keys, counted up to keysets.PROBE_KEYS, once per search (the total and the page share them)."""
     if sets.counts is None:
-        counted = probe(sets.sets, sets.walks)
+        bound = probe_bound(sets)
+        counted = probe(sets.sets, sets.walks, bound)
         row = tx.execute(counted.sql, counted.params).fetchone()
         assert row is not None
-        probed(sets, list(row))
+        probed(sets, list(row), bound)
     assert sets.counts is not None
     return sets.counts
 
@@ -502,7 +523,7 @@ def _total(tx: Tx, dialect: Dialect, sets: KeySets, how: str) -> int:
         counts = _counts(tx, sets)
         if 0 in counts:
             return 0
-        counted = intersected_count(sets, counts)
+        counted = intersected_count(sets, counts, probe_bound(sets))
         if counted is not None:
             found = tx.execute(counted.sql, counted.params).fetchone()
             return int(found[0]) if found else 0
@@ -540,7 +561,15 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
     sets = _where(tx, request, base, snapshot if cursor_keys is not None else None, visible, policy, dialect)
     page = Page([], filtered=viewer is not None and (viewer.types is not None or not viewer.break_glass))
     total_how = request.total or "accurate"
-    if total_how != "none" or count == 0 or request.summary == "count":
+    # A first page whose total is asked may read both at once; breaking the glass counts twice (below).
+    at_once = total_how == "accurate" and count > 0 and request.summary != "count" and cursor_keys is None
+    counted = None
+    if at_once and (viewer is None or not viewer.break_glass):
+        counted = _first_page_with_total(tx, request, sets, count + 1)
+    rows: list[tuple[Any, ...]] = []
+    if counted is not None:
+        rows, page.total = counted
+    elif total_how != "none" or count == 0 or request.summary == "count":
         how = total_how if total_how != "none" else "accurate"
         page.total = _total(tx, dialect, sets, how)
         if viewer is not None and viewer.break_glass and page.total:
@@ -554,7 +583,8 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
             page.break_glass_used = _total(tx, dialect, policed, how) != page.total
     if count == 0 or request.summary == "count":
         return page
-    rows = _page_rows(tx, request, sets, count + 1, cursor_keys, backwards)
+    if counted is None:
+        rows = _page_rows(tx, request, sets, count + 1, cursor_keys, backwards)
     more = len(rows) > count
     rows = rows[:count]
     if backwards:

@@ -45,6 +45,7 @@ from projections.search.sql import Condition
 
 __all__ = [
     "PROBE_KEYS",
+    "SINGLE_SET_KEYS",
     "KeySets",
     "Walk",
     "driven_page",
@@ -55,6 +56,7 @@ __all__ = [
     "key_subquery",
     "one_table",
     "probe",
+    "probe_bound",
     "probed",
     "row_check",
 ]
@@ -157,6 +159,18 @@ def driven_page(sets: KeySets, after: int | None, backwards: bool, limit: int) -
 #: How many keys of each set :func:`probe` counts, at most: what reading a set whole may cost a page.
 PROBE_KEYS = 5000
 
+#: The same bound for a search's only set of keys (not a chain): counting it is a statement the semi-join
+#: did not need, and 5,000 keys of ``Observation?code`` (a tenth of the Observations) cost about a
+#: millisecond more than the plain page at 200,000 resources; a set larger than this is dense enough that
+#: the semi-join, walking ``search_ids`` in key order, finds its page soon.
+SINGLE_SET_KEYS = 1000
+
+
+def probe_bound(sets: KeySets) -> int:
+    """How many keys :func:`probe` counts of each of ``sets`` (:data:`SINGLE_SET_KEYS` for a lone set)."""
+    alone = len(sets.sets) == 1 and (not sets.walks or sets.walks[0] is None)
+    return SINGLE_SET_KEYS if alone else PROBE_KEYS
+
 
 def probe(sets: Sequence[Condition], walks: Sequence[Walk | None] = (), bound: int = PROBE_KEYS) -> Condition:
     """One statement counting the keys of each set, ``bound`` at most: each count reads at most ``bound``
@@ -248,15 +262,25 @@ def row_check(found: Condition, key: str) -> Condition:
 
 
 def intersected_page(
-    sets: KeySets, counts: Sequence[int], after: int | None, backwards: bool, limit: int, bound: int = PROBE_KEYS
+    sets: KeySets,
+    counts: Sequence[int],
+    after: int | None,
+    backwards: bool,
+    limit: int,
+    bound: int = PROBE_KEYS,
+    total: bool = False,
 ) -> Condition | None:
     """The page query (PostgreSQL) of several sets of keys, driven from the smallest (``counts``, from
     :func:`probe`): its keys sorted once and taken in order until ``limit`` passed every check. Another set
     smaller than ``bound`` is read once into a hash (``IN`` that is not a join is a hashed subplan); a larger
     one is looked up key by key (:func:`_row_check`), so it costs what the page reads of it, not its size.
     None when every set is ``bound`` keys or more: their intersection is then left to the plain semi-joins,
-    which walk ``search_ids`` in key order and stop at the page's end."""
-    rows = _intersected(sets, counts, after, backwards, bound)
+    which walk ``search_ids`` in key order and stop at the page's end.
+
+    ``total``: each row also carries the count of every match (a window over the rows before the limit), for
+    a first page whose Bundle.total is asked: the count checks every key of the driving set anyway, and the
+    page then costs no statement of its own (its planning, about as long as its run, and a round trip)."""
+    rows = _intersected(sets, counts, after, backwards, bound, total)
     if rows is None:
         return None
     order = "DESC" if backwards else "ASC"
@@ -272,7 +296,7 @@ def intersected_count(sets: KeySets, counts: Sequence[int], bound: int = PROBE_K
 
 
 def _intersected(
-    sets: KeySets, counts: Sequence[int], after: int | None, backwards: bool, bound: int
+    sets: KeySets, counts: Sequence[int], after: int | None, backwards: bool, bound: int, total: bool = False
 ) -> Condition | None:
     driver = min(range(len(counts)), key=lambda number: counts[number])
     if counts[driver] >= bound:
@@ -297,8 +321,9 @@ def _intersected(
         keyset, keyset_params = f" WHERE d.sid {'<' if backwards else '>'} ?", [after]
     keys = found_sets[driver]
     # OFFSET 0: the checks stay above the sort (pushed into it, they would run on every key of the driver).
+    counted = ", count(*) OVER ()" if total else ""
     return Condition(
-        f"SELECT c.sid, a.resource_id FROM (SELECT DISTINCT d.sid FROM ({keys.sql}) d{keyset} "
+        f"SELECT c.sid, a.resource_id{counted} FROM (SELECT DISTINCT d.sid FROM ({keys.sql}) d{keyset} "
         f"ORDER BY d.sid {order} OFFSET 0) c CROSS JOIN LATERAL (SELECT a.resource_id FROM search_ids a "
         f"WHERE a.sid = c.sid AND {sets.others.sql}) a WHERE {_and(checks).sql}",
         [*keys.params, *keyset_params, *sets.others.params, *(p for check in checks for p in check.params)],
