@@ -489,6 +489,9 @@ class RecordingTx:
     def unprepared(self) -> RecordingTx:
         return RecordingTx(self._tx.unprepared(), self._seen)
 
+    def reusing_plans(self) -> RecordingTx:
+        return RecordingTx(self._tx.reusing_plans(), self._seen)
+
     def fetchone(self) -> Any:
         return self._tx.fetchone()
 

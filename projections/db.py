@@ -57,6 +57,10 @@ class Tx(Protocol):
         """The same transaction, whose statements are never prepared (PostgreSQL): planned for their values
         each time, and no Parse round trip for a statement text seen once (a search's SQL has many shapes)."""
 
+    def reusing_plans(self) -> Tx:
+        """The same transaction, whose statements are prepared once a connection has run them a few times
+        (PostgreSQL): their plan is then kept, for statements whose plan does not depend on their values."""
+
     def fetchone(self) -> Row | None: ...
     def fetchall(self) -> list[Row]: ...
 
@@ -118,6 +122,9 @@ class _SQLiteTx:
 
     def unprepared(self) -> _SQLiteTx:
         return self  # sqlite3 caches its statements itself; there is no generic plan to avoid
+
+    def reusing_plans(self) -> _SQLiteTx:
+        return self
 
     def fetchone(self) -> Row | None:
         row: Row | None = self._cursor.fetchone()
@@ -307,6 +314,10 @@ class _PostgresTx:
 
     def unprepared(self) -> _PostgresTx:
         return _PostgresTx(self._cursor, prepare=False, opening=self._opening)
+
+    def reusing_plans(self) -> _PostgresTx:
+        # None: psycopg prepares a statement on its fifth run on the connection (prepare_threshold).
+        return _PostgresTx(self._cursor, prepare=None, opening=self._opening)
 
     def _begin(self) -> None:
         """Send the pending BEGIN: queued when in a pipeline, else on its own (before COPY or executemany,

@@ -442,7 +442,7 @@ def _page_rows(
         after_key = None if after is None else int(after[-1])
         page = intersected_page(sets, counts, after_key, backwards, limit, probe_bound(sets))
         if page is not None:
-            return tx.execute(page.sql, page.params).fetchall()
+            return _planned_once(tx, sets).execute(page.sql, page.params).fetchall()
     if not sort:
         # The fast path: index order, keyset on sid alone.
         clause, params = where.sql, list(where.params)
@@ -473,6 +473,19 @@ def _page_rows(
     ).fetchall()
 
 
+def _planned_once(tx: Tx, sets: KeySets) -> Tx:
+    """Where a lone set of one table drives (keysets.intersected_page), its statements keep their plan.
+
+    A search's SQL is planned for its values (``run_search``), but these statements' plans are fixed by their
+    form: the keys of one lookup-index range, sorted and taken in order (``OFFSET 0``), each looked up
+    laterally; only the values change. Planning them (the access policy's subqueries in each) cost 0.8 ms of
+    PostgreSQL's CPU per page of ``Patient?family=X``, running them 0.13 (measured on one connection, 1,500
+    pages of ten families). Several sets and chains stay planned each time: which set drives and how the
+    others are checked depends on their sizes."""
+    alone = len(sets.sets) == 1 and (not sets.walks or sets.walks[0] is None)
+    return tx.reusing_plans() if alone else tx
+
+
 def _first_page_with_total(
     tx: Tx, request: SearchRequest, sets: KeySets, limit: int
 ) -> tuple[list[tuple[Any, ...]], int] | None:
@@ -486,7 +499,7 @@ def _first_page_with_total(
     page = intersected_page(sets, counts, None, False, limit, probe_bound(sets), total=True)
     if page is None:
         return None
-    rows = tx.execute(page.sql, page.params).fetchall()
+    rows = _planned_once(tx, sets).execute(page.sql, page.params).fetchall()
     total = int(rows[0][2]) if rows else 0
     return [tuple(row[:2]) for row in rows], total
 
@@ -496,7 +509,7 @@ def _counts(tx: Tx, sets: KeySets) -> list[int]:
     if sets.counts is None:
         bound = probe_bound(sets)
         counted = probe(sets.sets, sets.walks, bound)
-        row = tx.execute(counted.sql, counted.params).fetchone()
+        row = _planned_once(tx, sets).execute(counted.sql, counted.params).fetchone()
         assert row is not None
         probed(sets, list(row), bound)
     assert sets.counts is not None
@@ -525,7 +538,7 @@ def _total(tx: Tx, dialect: Dialect, sets: KeySets, how: str) -> int:
             return 0
         counted = intersected_count(sets, counts, probe_bound(sets))
         if counted is not None:
-            found = tx.execute(counted.sql, counted.params).fetchone()
+            found = _planned_once(tx, sets).execute(counted.sql, counted.params).fetchone()
             return int(found[0]) if found else 0
     found = tx.execute(f"SELECT COUNT(*) FROM search_ids a WHERE {where.sql}", where.params).fetchone()
     return int(found[0]) if found else 0

@@ -321,6 +321,45 @@ def test_a_page_of_one_name_checks_the_policy_on_its_own_keys(
     assert forward == backward == [n for n in range(1, PEOPLE + 1) if _family(n) == "familia07"]
 
 
+def test_a_lone_set_keeps_its_plan_and_its_answers(store: tuple[Services, psycopg.Connection[Any]]) -> None:
+    """The statements of a page driven from a lone set are prepared once a connection has run them a few
+    times, and PostgreSQL then reuses one generic plan (not planned per search: the policy's subqueries made
+    planning six times the run); the answers stay those of each value, a common family's and a rare one's."""
+    services, connection = store
+    connection.execute(
+        "INSERT INTO search_ids (sid, resource_type, resource_id, last_updated) "
+        "SELECT g, 'Patient', 'p' || g, 0 FROM generate_series(1, %s) g",
+        (PEOPLE,),
+    )
+    connection.execute(
+        "INSERT INTO resource_owners (resource_type, resource_id, institution) "
+        "SELECT 'Patient', 'p' || g, 'imss' FROM generate_series(1, %s) g",
+        (PEOPLE,),
+    )
+    # Every family has 400 Patients but familia99, which has one (sid 7, moved from familia07).
+    connection.execute(
+        "INSERT INTO search_string (resource_type, param, value, exact, sid) SELECT 'Patient', 'family', "
+        "CASE WHEN g = 7 THEN 'familia99' ELSE 'familia' || lpad((g %% %s)::text, 2, '0') END, 'x', g "
+        "FROM generate_series(1, %s) g",
+        (FAMILIES, PEOPLE),
+    )
+    viewer = Viewer(institution="imss", now="2026-01-01T00:00:00Z")
+    families = [f"familia{n % FAMILIES:02d}" for n in range(3 * FAMILIES // 2)] + ["familia99"]
+    for family in families:
+        members = [n for n in range(1, PEOPLE + 1) if _family(n) == family and n != 7]
+        expected = [7] if family == "familia99" else members
+        with services.views.read() as tx:
+            page = run_search(tx, "postgres", parse_search("Patient", [("family", family)]), None, 20, viewer)
+        assert [match.sid for match in page.matches] == expected[:20], family
+        assert page.total == len(expected), family
+    with services.views.read() as tx:  # the one connection those searches ran on (the pool holds one)
+        plans = tx.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE ?",
+            ("%count(*) OVER ()%",),
+        ).fetchall()
+    assert plans and plans[0][0] > 0, plans
+
+
 def test_a_page_of_a_code_and_a_week_looks_the_code_up_by_key(
     store: tuple[Services, psycopg.Connection[Any]],
 ) -> None:
