@@ -36,6 +36,7 @@ from projections.search.keysets import (
     intersected_count,
     intersected_page,
     key_sets,
+    lone_set,
     probe,
     probe_bound,
     probed,
@@ -482,8 +483,7 @@ def _planned_once(tx: Tx, sets: KeySets) -> Tx:
     PostgreSQL's CPU per page of ``Patient?family=X``, running them 0.13 (measured on one connection, 1,500
     pages of ten families). Several sets and chains stay planned each time: which set drives and how the
     others are checked depends on their sizes."""
-    alone = len(sets.sets) == 1 and (not sets.walks or sets.walks[0] is None)
-    return tx.reusing_plans() if alone else tx
+    return tx.reusing_plans() if lone_set(sets) else tx
 
 
 def _first_page_with_total(

@@ -54,6 +54,7 @@ __all__ = [
     "intersected_page",
     "key_sets",
     "key_subquery",
+    "lone_set",
     "one_table",
     "probe",
     "probe_bound",
@@ -166,10 +167,14 @@ PROBE_KEYS = 5000
 SINGLE_SET_KEYS = 1000
 
 
+def lone_set(sets: KeySets) -> bool:
+    """Whether ``sets`` is a search's only set of keys, read from one value table (not a chain)."""
+    return len(sets.sets) == 1 and (not sets.walks or sets.walks[0] is None)
+
+
 def probe_bound(sets: KeySets) -> int:
     """How many keys :func:`probe` counts of each of ``sets`` (:data:`SINGLE_SET_KEYS` for a lone set)."""
-    alone = len(sets.sets) == 1 and (not sets.walks or sets.walks[0] is None)
-    return SINGLE_SET_KEYS if alone else PROBE_KEYS
+    return SINGLE_SET_KEYS if lone_set(sets) else PROBE_KEYS
 
 
 def probe(sets: Sequence[Condition], walks: Sequence[Walk | None] = (), bound: int = PROBE_KEYS) -> Condition:
