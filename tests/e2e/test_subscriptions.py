@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -307,15 +308,27 @@ def test_backport_topic_subscription_and_its_operations(server: Server, listener
     assert [e["fullUrl"].split("/fhir/")[-1] for e in replay.json()["entry"][1:]] == expected[1:]
 
 
+#: How long the listener of the retry test stays down.
+LISTENER_DOWN = 30.0
+
+
 def test_listener_down_is_retried_until_it_answers(server: Server, listener: Listener) -> None:
+    """The listener refuses everything for ``LISTENER_DOWN`` seconds: the server keeps retrying (its backoff is
+    capped at a second here) and, once the listener answers, delivers every event in order."""
     patient = _patient(server)
     created = server.post(_r4_subscription("Observation?category=laboratory", listener.url, None))
     _active(server, created["id"])
     listener.failing = True
+    down_since = time.monotonic()
     written = [server.post(_observation(patient, LAB))["id"] for _ in range(3)]
     wait_until(
         lambda: listener.refused >= 3, "the server to retry the refused notification", seen=lambda: listener.refused
     )
+    time.sleep(max(0.0, down_since + LISTENER_DOWN - 5.0 - time.monotonic()))
+    refused_before_the_end = listener.refused
+    time.sleep(5.0)
+    # Still retried in the outage's last seconds: the server did not give up on a listener down this long.
+    assert listener.refused > refused_before_the_end
     assert listener.events() == []
     listener.failing = False
     events = wait_until(lambda: listener.events() if len(listener.events()) >= 3 else None, "the retried notifications")
