@@ -245,7 +245,6 @@ class IdentityIndex(Projector):
         )
         self._features_cache = {}
         try:
-            self._batch = self._read_candidates(tx, events)
             self._apply_each(tx, events, sources)
         finally:
             self._batch = self._features_cache = None
@@ -253,32 +252,42 @@ class IdentityIndex(Projector):
     def _apply_each(
         self, tx: Tx, events: Sequence[Any], sources: dict[tuple[str, str], tuple[str, str | None] | None]
     ) -> None:
-        for event in events:
+        resource_run = False
+        for at, event in enumerate(events):
             if isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
+                if not resource_run:  # a run of resource events starts: its candidates, read ahead at once
+                    self._batch = self._read_candidates(tx, events, at)
+                    resource_run = True
                 key = (event.resource_type, event.resource_id)
                 sources.pop(key, None)  # keep the batch's order of last changes
                 if isinstance(event, ResourceStream.Retracted):
                     sources[key] = None
                 else:
                     sources[key] = (str(event.context.get("institution", "unknown")), event.context.get("unit"))
-            elif erasure_from_event(0, event) is not None:
-                self._write_sources(tx, sources)
-                sources = {}
+            else:
+                # A Person, Membership or erasure event changes mpi_records beyond what the read-ahead mirrors:
+                # the records after it are read again, as they stand after it.
+                self._batch, resource_run = None, False
+                if erasure_from_event(0, event) is not None:
+                    self._write_sources(tx, sources)
+                    sources = {}
             self._apply(tx, event)
         self._write_sources(tx, sources)
 
     #: The candidates of the batch being applied, read ahead (None: each record asks the database).
     _batch: BatchCandidates | None = None
 
-    def _read_candidates(self, tx: Tx, events: Sequence[Any]) -> BatchCandidates | None:
-        """Every Patient's candidates of a batch of resource events, in one statement (PostgreSQL, where each
-        statement whose answer is needed is a round trip inside the batch every create waits for)."""
+    def _read_candidates(self, tx: Tx, events: Sequence[Any], start: int) -> BatchCandidates | None:
+        """The candidates of every Patient in the run of resource events from ``events[start]``, in one
+        statement (PostgreSQL, where each statement whose answer is needed is a round trip inside the batch
+        every create waits for). Under concurrent creates a batch is rarely resource events alone: it also
+        holds the previous batch's decisions (Person and Membership events), so it is read ahead run by run."""
         if self.database.dialect != "postgres" or not self._batched:
             return None
         records: list[tuple[str, int, Features]] = []
-        for event in events:
+        for event in events[start:]:
             if not isinstance(event, ResourceStream.Started | ResourceStream.Revised | ResourceStream.Retracted):
-                return None  # Person, Membership or erasure events change mpi_records too: record by record
+                break  # Person, Membership or erasure events change mpi_records too: the run ends here
             if event.resource_type == "Patient" and not isinstance(event, ResourceStream.Retracted):
                 records.append((event.resource_id, event.originator_version, self._features_of(event)))
         if len(records) < 2:
@@ -397,7 +406,7 @@ class IdentityIndex(Projector):
                     f.birth_date,
                     f.birth_date[:4],
                     *_blocking(f.given, f.surname1, f.surname2),
-                    orjson.dumps(f.as_dict()).decode(),
+                    f.to_json(),
                 ),
             )
             read = self._batch.candidates(patient_id, version, features) if self._batch is not None else None
@@ -435,7 +444,7 @@ class IdentityIndex(Projector):
                 limit,
             ),
         ).fetchall()
-        return [Candidate(f"Patient/{row[0]}", str(row[1]), Features.from_dict(orjson.loads(row[2]))) for row in rows]
+        return [Candidate(f"Patient/{row[0]}", str(row[1]), Features.from_json(row[2])) for row in rows]
 
     @staticmethod
     def person_of(tx: Tx, patient_id: str) -> str | None:
@@ -488,7 +497,7 @@ class IdentityIndex(Projector):
             return {}
         marks = ", ".join("?" for _ in ids)
         rows = tx.execute(f"SELECT record_id, features FROM mpi_records WHERE record_id IN ({marks})", ids).fetchall()
-        return {str(r[0]): Features.from_dict(orjson.loads(r[1])) for r in rows}
+        return {str(r[0]): Features.from_json(r[1]) for r in rows}
 
     @staticmethod
     def review_queue(tx: Tx, limit: int = 100) -> list[tuple[str, str, float]]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
-
 from ehr_core.identity.features import Features
 from ehr_core.identity.index import Candidate
 from projections.db import Tx
@@ -94,7 +92,7 @@ class BatchCandidates:
         rows = tx.execute(_BATCH, (*columns, limit + len(records))).fetchall()
         for row in rows:
             record, version, _ = records[int(row[0])]
-            self._read[(record, version)].append((str(row[1]), str(row[2]), Features.from_dict(orjson.loads(row[3]))))
+            self._read[(record, version)].append((str(row[1]), str(row[2]), Features.from_json(row[3])))
 
     def candidates(self, record: str, version: int, features: Features) -> list[Candidate] | None:
         """The candidates of version ``version`` of ``record`` at its turn (None: not read ahead, ask the database)."""
