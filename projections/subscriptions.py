@@ -457,6 +457,10 @@ class SubscriptionIndex:
             return row.base
         return row.base + max(0, self.heads.get(row.stream, 0) - row.first_seq + 1)
 
+    def matching(self) -> bool:
+        """Whether any subscription is being matched (``requested`` or ``active``)."""
+        return any(row.status in _MATCHING for row in self.rows.values())
+
     def active(self, kind: tuple[str, bool]) -> list[SubscriptionRow]:
         """The subscriptions being matched (``requested``, ``active``) against changes of ``kind``, by id."""
         if self._active is None:
@@ -713,8 +717,14 @@ class SubscriptionMatcher(Projector):
             self._index = SubscriptionIndex.read(tx, position)
         return self._index
 
-    def _changes(self, notifications: Sequence[Notification]) -> list[Matched]:
-        """The resource changes and record links of a batch (other events are skipped by their topic)."""
+    def _changes(self, tx: Tx, index: SubscriptionIndex, notifications: Sequence[Notification]) -> list[Matched]:
+        """The resource changes and record links of a batch (other events are skipped by their topic).
+
+        With no subscription being matched, a batch without a Subscription change can match nothing: it is
+        told from the resource history (its projection is ahead of this one) and none of its events is
+        decrypted and decoded, which is most of what a store without subscriptions would spend here."""
+        if notifications and not index.matching() and not _subscription_written(tx, notifications):
+            return []
         mapper = self.application.mapper
         changes: list[Matched] = []
         for notification in notifications:
@@ -730,7 +740,7 @@ class SubscriptionMatcher(Projector):
         # In one transaction (PostgreSQL, and a quarantined event applied again): the tracking row is held.
         position = self._fetched_after
         index = self._index_at(tx, self._read_position(tx, lock=False) if position is None else position)
-        plan = self.outbox.plan(tx, index, self._changes(notifications))
+        plan = self.outbox.plan(tx, index, self._changes(tx, index, notifications))
         plan.write(tx)
         self._planned = plan.index
         return None
@@ -761,7 +771,8 @@ class SubscriptionMatcher(Projector):
             if not notifications:
                 self._position = position
                 return 0
-            plan = self.outbox.plan(tx, self._index_at(tx, position), self._changes(notifications))
+            index = self._index_at(tx, position)
+            plan = self.outbox.plan(tx, index, self._changes(tx, index, notifications))
         with self.database.write() as tx:
             if self._read_position(tx, lock=True) != position:
                 raise Retry(f"the {self.name} projection moved while a batch was matched: match it again")
@@ -815,6 +826,16 @@ class SubscriptionMatcher(Projector):
     def head(self) -> int:
         with self.database.read_primary() as tx:
             return tracking_position(tx, "resources")
+
+
+def _subscription_written(tx: Tx, notifications: Sequence[Notification]) -> bool:
+    """Whether a Subscription was created, changed or deleted within the batch's events."""
+    found = tx.execute(
+        "SELECT 1 FROM resource_history WHERE resource_type = 'Subscription' AND notification_id BETWEEN ? AND ?"
+        " LIMIT 1",
+        (notifications[0].id, notifications[-1].id),
+    ).fetchone()
+    return found is not None
 
 
 def _row(row: Sequence[Any]) -> SubscriptionRow:

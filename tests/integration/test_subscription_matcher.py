@@ -106,3 +106,57 @@ def test_a_paced_turn_matches_in_smaller_batches(settings: Settings) -> None:
         assert matcher.catch_up_within(GUARD_SECONDS) >= 3  # the rest, in the usual batches
     finally:
         opened.close()
+
+
+def _subscription(status: str = "requested") -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "status": status,
+        "reason": "matched by the test",
+        "criteria": f"Observation?code={CODE}",
+        "channel": {"type": "rest-hook", "endpoint": UNREACHABLE},
+    }
+
+
+def test_with_nothing_to_match_no_event_is_decoded(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store without subscriptions (most of them) pays no decryption and decoding of every write for the
+    matcher; a Subscription written in the same batch as the writes after it still has them matched."""
+    opened = Services.open(settings, follow=False)
+    try:
+        context = WriteContext(institution="imss", user="test", purpose="TREAT")
+        matcher = opened.main_projectors["subscriptions"]
+        assert isinstance(matcher, SubscriptionMatcher)
+        mapper = opened.application.mapper
+        decoded: list[int] = []
+        decode = mapper.to_domain_event
+
+        def counted(notification: Any) -> Any:
+            decoded.append(notification.id)
+            return decode(notification)
+
+        for _ in range(5):
+            opened.application.create(_observation(), context)
+        opened.projector.catch_up()
+        monkeypatch.setattr(mapper, "to_domain_event", counted)
+        assert matcher.catch_up_within(GUARD_SECONDS) == 5
+        assert decoded == []  # nothing matched: nothing decoded
+        off = opened.application.create(_subscription(status="off"), context)  # a row, but never matched
+        opened.projector.catch_up()
+        decoded.clear()  # the resource views' own decoding: only the matcher's is counted
+        assert matcher.catch_up_within(GUARD_SECONDS) == 1
+        assert decoded == [off.notification_id]  # a Subscription changed: that batch is decoded
+        opened.application.create(_observation(), context)
+        opened.projector.catch_up()
+        decoded.clear()  # the resource views' own decoding: only the matcher's is counted
+        assert matcher.catch_up_within(GUARD_SECONDS) == 1
+        assert decoded == []
+        subscription = opened.application.create(_subscription(), context)
+        observations = [opened.application.create(_observation(), context).resource_id for _ in range(3)]
+        opened.projector.catch_up()
+        decoded.clear()  # the resource views' own decoding: only the matcher's is counted
+        assert matcher.catch_up_within(GUARD_SECONDS) == 4  # the Subscription and three writes, one batch
+        with opened.views.read() as tx:
+            matched = events_between(tx, subscription.resource_id, 1, None)
+        assert [(event.event_number, event.focus_id) for event in matched] == list(enumerate(observations, 1))
+    finally:
+        opened.close()
