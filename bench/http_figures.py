@@ -203,8 +203,8 @@ def http_figures(backend: str, options: Options, work_dir: Path) -> HttpRun:
             profile = options.results / f"profile-{backend}-{stamp}" / "whole-run.txt"
             wrapper = ["-m", "bench.sampler", "--out", str(profile), "--"]
             run.profile = str(profile.parent)
-        if options.projection == "worker":
-            env["EHR_PROJECTION"] = "worker"
+        if options.projection != "auto":
+            env["EHR_PROJECTION"] = options.projection
         if options.pool_size is not None:
             env["EHR_POSTGRES_POOL_SIZE"] = str(options.pool_size)
         serving = stack.enter_context(ExitStack())  # the server and its samplers, closed before the audit-off run

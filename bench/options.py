@@ -89,9 +89,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--projection",
-        choices=("inline", "worker"),
-        default="inline",
-        help="inline (default): the server projects; worker: EHR_PROJECTION=worker and an `ehr project` process",
+        choices=("auto", "inline", "worker"),
+        default="auto",
+        help="auto (default, the README's): on PostgreSQL the server starts its own projection worker; inline: "
+        "EHR_PROJECTION=inline, the server process projects; worker: EHR_PROJECTION=worker and an `ehr project` "
+        "process started by the benchmark",
     )
     parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="do not run wrk beside the raw client")
     parser.add_argument(

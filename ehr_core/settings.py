@@ -76,8 +76,10 @@ class Settings(BaseSettings):
     referral_grant_days: int = Field(default=90, ge=0, le=3650)
     #: Who applies events to the views: ``inline`` — each API process, after its own writes and
     #: following the others' (LISTEN); ``worker`` — a separate ``ehr project`` process (PostgreSQL), which
-    #: the API processes wait for (read-your-writes) instead of projecting themselves.
-    projection: str = "inline"
+    #: the API processes wait for (read-your-writes) instead of projecting themselves; ``auto`` (the
+    #: default) — ``ehr serve`` on PostgreSQL starts that worker itself, as a child process it supervises,
+    #: and is ``worker`` from then on; everywhere else (SQLite, a library opening the store) ``inline``.
+    projection: str = "auto"
     #: With ``projection=worker``: how long a write waits for the worker before answering anyway.
     projection_wait_seconds: float = 30.0
     # -- subscriptions (R4 subscription.html, Subscriptions R5 Backport IG 1.1.0) ------------
@@ -179,6 +181,12 @@ class Settings(BaseSettings):
         return self.projection.strip().lower() != "worker"
 
     @property
+    def serves_with_own_worker(self) -> bool:
+        """Whether ``ehr serve`` starts its own projection worker: ``auto`` on PostgreSQL. SQLite has one
+        writer, which the server's own inline projection already is."""
+        return self.uses_postgres and self.projection.strip().lower() == "auto"
+
+    @property
     def federated(self) -> bool:
         return bool(self.store_urls())
 
@@ -277,8 +285,13 @@ class Settings(BaseSettings):
                 "POSTGRES_PASSWORD": params["password"],
                 "POSTGRES_DBNAME": params["dbname"],
                 "POSTGRES_SCHEMA": self.postgres_schema,
-                "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
-                "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size // 2),
+                # The library's pools open POOL_SIZE connections at once and up to MAX_OVERFLOW more on demand:
+                # two kept open per log (the clinical and the audit one), the same ceiling as before under
+                # load, so an idle server and its projection worker do not hold ~40 of max_connections.
+                "POSTGRES_POOL_SIZE": str(min(2, self.postgres_pool_size)),
+                "POSTGRES_MAX_OVERFLOW": str(
+                    self.postgres_pool_size + self.postgres_pool_size // 2 - min(2, self.postgres_pool_size)
+                ),
                 "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_seconds),
                 "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout_seconds),
                 "EHR_POSTGRES_OPTIONS": self.postgres_options(),

@@ -25,12 +25,12 @@ def serve(
     workers: int = 1,
     log_level: str = "warning",
 ) -> int:
-    """Serve until SIGTERM/SIGINT; ``data``: the SQLite data directory (sets ``EHR_DATA_DIR``)."""
+    """Serve until SIGTERM/SIGINT; ``data``: the SQLite data directory (sets ``EHR_DATA_DIR``). On PostgreSQL,
+    unless ``EHR_PROJECTION`` says otherwise, with a projection worker of its own beside it
+    (``fhir_api/projection_process.py``)."""
     from fhir_api.allocator import limit_malloc_arenas
 
     limit_malloc_arenas()  # before uvicorn and the app start their threads
-    import uvicorn
-
     if data is not None:
         os.environ["EHR_DATA_DIR"] = str(data)
     from ehr_core.settings import Settings
@@ -47,7 +47,24 @@ def serve(
         return 2
     backend = "PostgreSQL" if settings.uses_postgres else f"SQLite in {settings.data_dir.resolve()}"
     print(f"ehr: FHIR R4 server at http://{host}:{port}/fhir ({backend})", flush=True)
-    grace = settings.shutdown_timeout_seconds
+    worker = None
+    if settings.serves_with_own_worker:
+        from fhir_api.projection_process import ProjectionProcess
+
+        # This process (and uvicorn's, which inherit the environment) waits for the worker's positions
+        # instead of projecting; the worker reads the same setting and so matches and delivers subscriptions.
+        os.environ["EHR_PROJECTION"] = "worker"
+        worker = ProjectionProcess().start()
+    try:
+        return _run(host, port, workers, log_level, settings.shutdown_timeout_seconds)
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def _run(host: str, port: int, workers: int, log_level: str, grace: int) -> int:
+    import uvicorn
+
     if workers > 1:
         uvicorn.run(
             APP,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -172,6 +173,12 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
+    if args.until_stdin_closes:
+        # The worker of ``ehr serve`` (fhir_api/projection_process.py): the server says when to stop, by
+        # closing this pipe (as the kernel does when the server dies), not Ctrl-C sent to the terminal's
+        # process group, which the server handles first.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        threading.Thread(target=_stop_at_end_of_input, args=(stop,), name="ehr-parent-watch", daemon=True).start()
     try:
         services = open_services(settings, follow=False)
     except psycopg.OperationalError as error:
@@ -181,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     if args.retry_quarantined:
         return _retry_quarantined(services, console)
     reindex_if_stale(services)  # the worker projects: the index follows this version's search registry
-    console.print(f"ehr project: applying the log to the views of {where}; Ctrl-C stops after the current batch")
+    stopping = "stops with the server" if args.until_stdin_closes else "Ctrl-C stops after the current batch"
+    console.print(f"ehr project: applying the log to the views of {where}; {stopping}")
     stores = [
         StoreFollower(services, name, stop) for name in (services.federation.names if services.federation else [])
     ]
@@ -199,6 +207,12 @@ def run(args: argparse.Namespace) -> int:
         services.close()
     console.print("ehr project: stopped")
     return 0
+
+
+def _stop_at_end_of_input(stop: threading.Event) -> None:
+    while sys.stdin.buffer.read(4096):
+        pass
+    stop.set()
 
 
 def _retry_quarantined(services: Services, console: Console) -> int:
@@ -230,5 +244,10 @@ def add_parser(commands: Any) -> None:
         "--retry-quarantined",
         action="store_true",
         help="apply again the events a projection quarantined (skipped because they failed), then exit",
+    )
+    parser.add_argument(
+        "--until-stdin-closes",
+        action="store_true",
+        help="stop (after the current batch) when standard input closes: how `ehr serve` runs its own worker",
     )
     parser.set_defaults(handler=run)

@@ -23,6 +23,7 @@ from fhir_api.services import Services
 from projections.resources import ResourceViews
 from tests.conftest import CORPUS
 from tests.support.bulk_sample import write_bulk_sample
+from tests.support.processes import children, running
 from tests.support.references import references
 from tests.support.server import REPO
 from tests.support.waiting import wait_until
@@ -133,40 +134,18 @@ def test_an_interrupted_import_resumes_without_duplicates(settings: Settings, st
     print(f"killed after {partial} resources; the resumed import completed the rest")
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:  # ended meanwhile
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has ended; only its exit status waits for its new parent
-
-
 def test_a_killed_import_leaves_no_process_behind(settings: Settings, store_env: dict[str, str]) -> None:
     """SIGKILL cannot be caught: the import's projector (and workers) must notice on their own and end,
     or they hold the store's connections and locks for ever (a schema could then not even be dropped)."""
     process = _start_import(store_env)
     try:
         wait_until(lambda: _logged(settings) > 0 or process.poll() is not None, "the import to store its first chunk")
-        children = [pid for pid in _children(process.pid) if _running(pid)]
-        assert process.poll() is None and children, "the import ended before it could be interrupted"
+        spawned = [pid for pid in children(process.pid) if running(pid)]
+        assert process.poll() is None and spawned, "the import ended before it could be interrupted"
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    wait_until(lambda: not any(_running(pid) for pid in children), "the import's children to end with it", timeout=30)
+    wait_until(lambda: not any(running(pid) for pid in spawned), "the import's children to end with it", timeout=30)
 
 
 def test_ndjson_with_bad_lines_keeps_the_rest(settings: Settings, store_env: dict[str, str], tmp_path: Path) -> None:

@@ -1,0 +1,88 @@
+"""``ehr serve`` on PostgreSQL with its own projection worker (the default, ``EHR_PROJECTION=auto``).
+
+- The worker is a child of the server; a write is readable and searchable the moment it is answered.
+- Killed on its own, the worker is started again and writes go on being visible when answered.
+- The server SIGKILLed: the worker ends by itself (it never outlives the server, holding connections and
+  tracking-row locks); the server stopped with SIGTERM: both end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ehr_core.settings import Settings
+from tests.support.processes import children, command_line, running
+from tests.support.server import start_server
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+
+def _env(settings: Settings, data: Path) -> dict[str, str]:
+    assert settings.database_url is not None
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
+    return env | {
+        "PYTHONUNBUFFERED": "1",
+        "EHR_AUTH": "disabled-for-development",
+        "EHR_DATABASE_URL": settings.database_url,
+        "EHR_POSTGRES_SCHEMA": settings.postgres_schema,
+        "EHR_DATA_DIR": str(data),
+    }
+
+
+def _worker_of(server: subprocess.Popen[bytes]) -> int:
+    found = [pid for pid in children(server.pid) if running(pid) and "--until-stdin-closes" in command_line(pid)]
+    assert len(found) == 1, f"the server's children: {[command_line(pid) for pid in children(server.pid)]}"
+    return found[0]
+
+
+def _write_and_find(base: str, family: str) -> None:
+    """Create a Patient, then read and search it at once, on a new connection: read-your-writes."""
+    headers = {"X-EHR-Institution": "IMSS", "X-EHR-User": "registro"}
+    patient: dict[str, Any] = {"resourceType": "Patient", "name": [{"family": family, "given": ["Ana"]}]}
+    created = httpx.post(f"{base}/Patient", json=patient, headers=headers, timeout=60)
+    assert created.status_code == 201, created.text
+    rid = created.json()["id"]
+    assert httpx.get(f"{base}/Patient/{rid}", headers=headers, timeout=30).status_code == 200
+    found = httpx.get(f"{base}/Patient", params={"family": family}, headers=headers, timeout=30).json()
+    assert [entry["resource"]["id"] for entry in found.get("entry", [])] == [rid]
+
+
+def test_the_server_projects_in_a_worker_of_its_own(postgres_settings: Settings, tmp_path: Path) -> None:
+    server, base = start_server(_env(postgres_settings, tmp_path / "ehr-data"), tmp_path)
+    try:
+        worker = _worker_of(server)
+        _write_and_find(base, "Primera")
+        os.kill(worker, signal.SIGKILL)  # on its own: the server starts another
+        wait_until(lambda: not running(worker), "the killed worker to end")
+        _write_and_find(base, "Segunda")  # waits for the new worker's batch (read-your-writes)
+        replaced = _worker_of(server)
+        assert replaced != worker
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        wait_until(lambda: not running(replaced), "the worker to end with its server", timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_a_stopped_server_stops_its_worker(postgres_settings: Settings, tmp_path: Path) -> None:
+    server, base = start_server(_env(postgres_settings, tmp_path / "ehr-data"), tmp_path)
+    try:
+        worker = _worker_of(server)
+        _write_and_find(base, "Tercera")
+        server.terminate()
+        server.wait(30)  # uvicorn ends by SIGTERM again once it has shut down: the code is -15
+        wait_until(lambda: not running(worker), "the worker to stop with the server", timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
