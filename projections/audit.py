@@ -108,13 +108,15 @@ class AuditProjector(Projector):
                     f"urn:ehr-core:institution|{entry.institution}",
                 )
             )
-            refs += [(notification.id, "patient", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
-            for reference in dict.fromkeys(entry.entities):
-                refs.append((notification.id, "entity", reference))
-                unversioned = reference.split("/_history/")[0]
-                if unversioned != reference:
-                    refs.append((notification.id, "entity", unversioned))
-            refs += [(notification.id, "entity", f"Patient/{p}") for p in dict.fromkeys(entry.patients)]
+            # Each (parameter, value) once: a Patient read or searched is both an entity (as the answer named
+            # it) and a patient of the entry, and a page of twenty Patients was forty rows too many, each
+            # an entry in the look-up index that every audited interaction pays for.
+            found: dict[tuple[str, str], None] = {("patient", f"Patient/{p}"): None for p in entry.patients}
+            for reference in entry.entities:
+                found[("entity", reference)] = None
+                found[("entity", reference.split("/_history/")[0])] = None
+            found.update({("entity", f"Patient/{p}"): None for p in entry.patients})
+            refs += [(notification.id, param, value) for param, value in found]
         tx.insert("audit_entries", _ENTRY_COLUMNS, rows)
         tx.insert("audit_entry_refs", ("audit_nid", "param", "value"), refs)
         return None

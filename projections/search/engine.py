@@ -415,7 +415,12 @@ def indexed_types(tx: Tx) -> list[str]:
 
 
 def _snapshot(tx: Tx, resource_type: str) -> int:
-    row = tx.execute("SELECT MAX(sid) FROM search_ids WHERE resource_type = ?", [resource_type]).fetchone()
+    # Every first page asks: one index read whose plan never depends on the type, so it is kept.
+    row = (
+        tx.reusing_plans()
+        .execute("SELECT MAX(sid) FROM search_ids WHERE resource_type = ?", [resource_type])
+        .fetchone()
+    )
     return int(row[0]) if row and row[0] is not None else 0
 
 

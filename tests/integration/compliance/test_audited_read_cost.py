@@ -100,3 +100,29 @@ def test_sealing_a_block_does_not_read_every_block_sealed_before(
     with services.views.read() as tx:
         row = tx.execute(f"SELECT COALESCE(SUM(count), 0) FROM {ledger.blocks}").fetchone()
     assert head is not None and head[0].total == int(row[0])
+
+
+def test_a_searched_page_is_indexed_once_per_reference(client: TestClient, services: Services) -> None:
+    """A page of Patients names each one as an entity and as a patient of the entry: the look-up rows of
+    the AuditEvent views hold each (parameter, value) once, and AuditEvent search finds the entry by either."""
+    ids = [client.post("/fhir/Patient", json=PATIENT, headers=HEADERS).json()["id"] for _ in range(3)]
+    page = {**HEADERS, "X-Request-ID": "audited-page-7"}
+    found = client.get("/fhir/Patient", params={"family": "Pérez"}, headers=page)
+    assert found.status_code == 200 and found.json()["total"] == 3
+    assert services.compliance is not None
+    services.compliance.audit_views_current()
+    with services.views.read() as tx:
+        found_page = search_audit(tx, AuditQuery({}, {}, []), 100_000)
+        (nid,) = [a.notification_id for a in found_page if a.entry.request_id == "audited-page-7"]
+        rows = tx.execute("SELECT param, value FROM audit_entry_refs WHERE audit_nid = ?", (nid,)).fetchall()
+    refs = sorted((str(param), str(value)) for param, value in rows)
+    expected = [
+        *(("entity", f"Patient/{rid}") for rid in ids),
+        *(("entity", f"Patient/{rid}/_history/1") for rid in ids),
+        *(("patient", f"Patient/{rid}") for rid in ids),
+    ]
+    assert refs == sorted(expected)
+    for param in ("entity", "patient"):
+        searched = client.get("/fhir/AuditEvent", params={param: f"Patient/{ids[0]}"}, headers=HEADERS)
+        assert searched.status_code == 200, searched.text
+        assert "audited-page-7" in searched.text
