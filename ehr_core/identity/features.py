@@ -73,7 +73,7 @@ class Features:
         return _parsed(text if isinstance(text, str) else text.decode())
 
 
-@lru_cache(maxsize=8192)  # ~1 KiB each: a bounded few MiB for the records most often compared
+@lru_cache(maxsize=2048)  # ~1.4 KiB each with its text: under 3 MiB for the records most often compared
 def _parsed(text: str) -> Features:
     return Features.from_dict(orjson.loads(text))
 
