@@ -220,6 +220,16 @@ def test_the_index_reads_a_batchs_memberships_in_one_query(postgres_settings: Se
         services.close()
 
 
+def _index_state(services: Services) -> dict[str, Any]:
+    """The index's links, review queue and each record's person, in a comparable order."""
+    with services.views.read() as tx:
+        return {
+            "links": sorted(tx.execute("SELECT person_id, record_id, method, score FROM mpi_links").fetchall()),
+            "review": sorted(tx.execute("SELECT record_id, person_id, score FROM mpi_review").fetchall()),
+            "persons": sorted(tx.execute("SELECT record_id, person_id FROM mpi_records").fetchall()),
+        }
+
+
 def _index_of(settings: Settings, batched: bool) -> tuple[dict[str, Any], int]:
     """The index's links, review queue and persons after the same records (some of one person, so they
     link or are flagged within one batch), caught up in one batch or record by record; and the round
@@ -239,13 +249,7 @@ def _index_of(settings: Settings, batched: bool) -> tuple[dict[str, Any], int]:
         with counting_round_trips() as round_trips:
             services.identity.catch_up(until=last)
         trips = round_trips.count
-        with services.views.read() as tx:
-            found = {
-                "links": sorted(tx.execute("SELECT person_id, record_id, method, score FROM mpi_links").fetchall()),
-                "review": sorted(tx.execute("SELECT record_id, person_id, score FROM mpi_review").fetchall()),
-                "persons": sorted(tx.execute("SELECT record_id, person_id FROM mpi_records").fetchall()),
-            }
-        return found, trips
+        return _index_state(services), trips
     finally:
         services.close()
 
@@ -318,13 +322,7 @@ def _index_with_a_steward_link(settings: Settings) -> tuple[dict[str, Any], int]
         last = max(write(n) for n in range(12, len(records)))
         with counting_round_trips() as round_trips:
             services.identity.catch_up(until=last)
-        with services.views.read() as tx:
-            found = {
-                "links": sorted(tx.execute("SELECT person_id, record_id, method, score FROM mpi_links").fetchall()),
-                "review": sorted(tx.execute("SELECT record_id, person_id, score FROM mpi_review").fetchall()),
-                "persons": sorted(tx.execute("SELECT record_id, person_id FROM mpi_records").fetchall()),
-            }
-        return found, round_trips.count
+        return _index_state(services), round_trips.count
     finally:
         services.close()
 
