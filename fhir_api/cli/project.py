@@ -51,6 +51,11 @@ def _catch_up(services: Services) -> int:
     for projector in _projectors(services):
         if services.deliverer is not None and projector is services.deliverer.matcher:
             continue  # matched on the delivery thread: the resource views never wait for the subscriptions
+        if projector is services.compliance.audit_projector:
+            # On demand, as in the API process (fhir_api/compliance.py): readers of AuditEvent catch the views
+            # up first. Every read appends an audit entry; projecting each at once cost PostgreSQL as much
+            # CPU per read again as the read itself, on the cores the reads share with it.
+            continue
         before = projector.position
         applied += projector.catch_up() - before
     # Full ledger blocks are sealed as the log grows
