@@ -12,30 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ehr_core.audit import AuditEntry
 from ehr_core.context import WriteContext
 from ehr_core.settings import Settings
 from fhir_api.cli.project import follow
 from fhir_api.services import Services
+from tests.support.audit_entries import patient_read
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
-
-
-def _entry(n: int) -> AuditEntry:
-    return AuditEntry(
-        recorded="2026-12-07T09:00:00.000000+00:00",
-        interaction="read",
-        method="GET",
-        path=f"/fhir/Patient/p{n}",
-        status=200,
-        institution="IMSS",
-        user="u1",
-        purpose="TREAT",
-        request_id=f"follow-{n}",
-        entities=[f"Patient/p{n}/_history/1"],
-        patients=[f"p{n}"],
-    )
 
 
 def test_the_worker_leaves_the_audit_views_to_their_readers(postgres_settings: Settings, tmp_path: Path) -> None:
@@ -47,7 +31,7 @@ def test_the_worker_leaves_the_audit_views_to_their_readers(postgres_settings: S
         audit = services.compliance.audit_projector
         before = audit.position
         loop.start()
-        last = max(services.compliance.audit_log.append([_entry(n)]) for n in range(10))
+        last = max(services.compliance.audit_log.append([patient_read(n)]) for n in range(10))
         context = WriteContext(institution="IMSS", user="u1")
         written = services.application.create({"resourceType": "Organization", "name": "Clínica"}, context)
         clinical = written.notification_id

@@ -19,28 +19,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from ehr_core.audit import AuditEntry, AuditLog, AuditRecord, AuditWriter
+from ehr_core.audit import AuditLog, AuditRecord, AuditWriter
 from ehr_core.context import WriteContext
 from ehr_core.schema import setup_lock
 from ehr_core.settings import Settings
+from tests.support.audit_entries import patient_read
 
 ENTRIES = 20
-
-
-def _entry(n: int) -> AuditEntry:
-    return AuditEntry(
-        recorded="2026-12-06T21:00:00.000000+00:00",
-        interaction="read",
-        method="GET",
-        path=f"/fhir/Patient/p{n}",
-        status=200,
-        institution="H1",
-        user="u1",
-        purpose="TREAT",
-        request_id=f"r{n}",
-        entities=[f"Patient/p{n}/_history/1"],
-        patients=[f"p{n}"],
-    )
 
 
 class Counts:
@@ -99,10 +84,10 @@ def test_an_audit_group_commit_is_one_statement_and_no_system_randomness(
     with counting(monkeypatch) as counts:
         log = AuditLog(settings)  # SQLite: its connections are opened (and traced) from here on
         try:
-            log.append([_entry(0)])  # the first append may create what it appends with
+            log.append([patient_read(0)])  # the first append may create what it appends with
             counts.statements.clear()
             counts.urandom = 0
-            last = log.append([_entry(n) for n in range(1, ENTRIES + 1)])
+            last = log.append([patient_read(n) for n in range(1, ENTRIES + 1)])
             statements = list(counts.statements)
             urandom = counts.urandom
             # Every entry stored, in order, each a record the AuditEvent views and the ledger read back.
@@ -158,7 +143,7 @@ def test_a_group_commit_wakes_the_event_loop_once(settings: Settings, monkeypatc
         # Queued before the writer starts, so that one commit takes them all.
         with monkeypatch.context() as patch:
             patch.setattr(threading.Condition, "notify", counted_notify)
-            waiting = [writer.committed(_entry(n)) for n in range(ENTRIES)]
+            waiting = [writer.committed(patient_read(n)) for n in range(ENTRIES)]
         writer.start()
         return list(await asyncio.gather(*waiting))
 
