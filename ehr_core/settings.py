@@ -276,6 +276,7 @@ class Settings(BaseSettings):
         """The eventsourcing library's environment for the chosen backend."""
         if self.uses_postgres:
             params = self.postgres_params()
+            kept_open = min(2, self.postgres_pool_size)
             return {
                 # The library's PostgreSQL store, appending without pipeline mode (see ehr_core/pgstore.py).
                 "PERSISTENCE_MODULE": "ehr_core.pgstore:Factory",
@@ -288,10 +289,8 @@ class Settings(BaseSettings):
                 # The library's pools open POOL_SIZE connections at once and up to MAX_OVERFLOW more on demand:
                 # two kept open per log (the clinical and the audit one), the same ceiling as before under
                 # load, so an idle server and its projection worker do not hold ~40 of max_connections.
-                "POSTGRES_POOL_SIZE": str(min(2, self.postgres_pool_size)),
-                "POSTGRES_MAX_OVERFLOW": str(
-                    self.postgres_pool_size + self.postgres_pool_size // 2 - min(2, self.postgres_pool_size)
-                ),
+                "POSTGRES_POOL_SIZE": str(kept_open),
+                "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size + self.postgres_pool_size // 2 - kept_open),
                 "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_seconds),
                 "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout_seconds),
                 "EHR_POSTGRES_OPTIONS": self.postgres_options(),

@@ -28,8 +28,8 @@ STOP_SECONDS = 15.0
 #: The pause before starting again a worker that stopped on its own (a crash, a kill).
 RESTART_SECONDS = 1.0
 #: The worker's connection pools (``EHR_POSTGRES_POOL_SIZE``): one thread applies the batches and one matches
-#: and delivers, so a few connections are plenty; the event store's pools open all of theirs at start, and
-#: the server's pools already take their share of PostgreSQL's ``max_connections``.
+#: and delivers, so a few connections are plenty, and the server's pools already take their share of
+#: PostgreSQL's ``max_connections``.
 POOL_SIZE = 3
 
 
@@ -46,10 +46,6 @@ class ProjectionProcess:
         self._spawn()
         self._watch.start()
         return self
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def _spawn(self) -> None:
         command = [sys.executable, "-m", "fhir_api.cli", "project", "--until-stdin-closes", "--report-seconds", "0"]

@@ -459,17 +459,20 @@ class SubscriptionIndex:
 
     def matching(self) -> bool:
         """Whether any subscription is being matched (``requested`` or ``active``)."""
-        return any(row.status in _MATCHING for row in self.rows.values())
+        return bool(self._by_kind())
 
     def active(self, kind: tuple[str, bool]) -> list[SubscriptionRow]:
         """The subscriptions being matched (``requested``, ``active``) against changes of ``kind``, by id."""
+        return self._by_kind().get(kind, [])
+
+    def _by_kind(self) -> dict[tuple[str, bool], list[SubscriptionRow]]:
         if self._active is None:
             self._active = {}
             for sid in sorted(self.rows):
                 row = self.rows[sid]
                 if row.status in _MATCHING:
                     self._active.setdefault(_row_kind(row), []).append(row)
-        return self._active.get(kind, [])
+        return self._active
 
     def put(self, row: SubscriptionRow | None, subscription_id: str) -> None:
         if row is None:
