@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.services import Services
+from tests.support.schemas import drop_schema
 
 # Authentication is on by default; the tests that send no bearer token run with the explicit
 # development switch (here, and in settings built anywhere in-process); tests/integration/test_auth.py turns it on.
@@ -55,8 +56,7 @@ def postgres_settings(postgres_url: str) -> Iterator[Settings]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     settings = Settings(database_url=postgres_url, postgres_schema=schema, postgres_pool_size=2, auth=DEV_AUTH)
     yield settings
-    with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    drop_schema(settings.postgres_conninfo(), schema)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from fhir_api.services import Services
 from projections.db import PostgresViews, Tx
 from projections.projector import Projector
 from tests.support.pg_cluster import PgCluster
+from tests.support.schemas import drop_schema
 from tests.support.server import REPO, running_server, running_worker
 from tests.support.waiting import HANG, wait_until
 
@@ -220,8 +221,7 @@ def _national_views_equal_a_rebuild(national: Settings, stores: str, data: Path)
     finally:
         shadow_db.close()
         services.close()
-        with psycopg.connect(national.postgres_conninfo(), autocommit=True) as connection:
-            connection.execute(f'DROP SCHEMA IF EXISTS "{shadow_schema}" CASCADE')
+        drop_schema(national.postgres_conninfo(), shadow_schema)
 
 
 def test_three_institution_stores_federated_into_national_views(postgres_settings: Settings, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import pytest
 from ehr_core.settings import Settings
 from fhir_api.services import Services
 from projections.db import PostgresViews
+from tests.support.schemas import drop_schema
 from tests.support.server import running_server, running_worker
 from tests.support.waiting import HANG, wait_until
 
@@ -199,8 +200,7 @@ def test_worker_killed_mid_batch_again_and_again_ends_equal_to_a_rebuild(
             assert reference.dump() == live
         finally:
             reference_db.close()
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            drop_schema(settings.postgres_conninfo(), schema)
     finally:
         services.close()
     assert log.read_text().count("applying the log") == KILLS + 1

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from ehr_core.settings import Settings
+from tests.support.processes import children, end_of
 from tests.support.server import REPO, STARTUP_TIMEOUT, _server_env, _wait_until_ready, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -58,6 +59,8 @@ def test_sigterm_with_a_stuck_write_exits_within_bound(postgres_settings: Settin
             writer = threading.Thread(target=stuck_write, daemon=True)
             writer.start()
             time.sleep(1.0)  # the write is now waiting for the lock
+            workers = children(process.pid)  # the projection worker, waiting for the same lock
+            assert len(workers) == 1, "the server on PostgreSQL projects in a worker process of its own"
             started = time.monotonic()
             process.terminate()
             try:
@@ -66,6 +69,8 @@ def test_sigterm_with_a_stuck_write_exits_within_bound(postgres_settings: Settin
                 pytest.fail(f"the server was still running {HANG:.0f} s after SIGTERM:\n{log.read_text()[-2000:]}")
             assert time.monotonic() - started < HANG
             blocker.rollback()
+        # The worker outlives its server only by the batch it was in; the schema is dropped after this.
+        assert end_of(workers, HANG) == [], "the projection worker was still running after its server ended"
     finally:
         if process.poll() is None:
             process.kill()

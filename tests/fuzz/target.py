@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 from ehr_core.resources.xml import from_xml
 from ehr_core.settings import Settings
 from fhir_api.services import Services
+from tests.support.schemas import drop_schema
 from tests.support.server import REPO, running_server
 
 __all__ = [
@@ -162,8 +162,7 @@ def fuzz_target(backend: str, tmp: Path, postgres_url: str | None) -> Iterator[F
             yield FuzzTarget(backend, base_url, settings, log, stack)
     finally:
         if backend == "postgres":
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_schema(settings.postgres_conninfo(), schema)
 
 
 def dumps(value: Any) -> bytes:

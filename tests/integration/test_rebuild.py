@@ -21,6 +21,7 @@ from projections.db import PostgresViews, SQLiteViews, ViewDatabase
 from projections.projector import Projector
 from projections.rebuild import rebuild
 from tests.conftest import CORPUS
+from tests.support.schemas import drop_schema
 
 BUNDLE = CORPUS / "synthea" / "smart-r4-2019" / "Alberto_Atencio_fc712d1f-5a2e-4407-9c55-a2a2bad623c2.json"
 
@@ -73,8 +74,7 @@ def _fresh(services: Services, tmp_path: Path, projector: Projector) -> dict[str
     finally:
         database.close()
         if services.settings.uses_postgres:
-            with psycopg.connect(services.settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_schema(services.settings.postgres_conninfo(), schema)
 
 
 def test_rebuild_swaps_in_views_equal_to_the_live_ones(services: Services, client: TestClient) -> None:

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,6 +15,7 @@ from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.auth import mint_development_token
 from fhir_api.services import Services
+from tests.support.schemas import drop_schema
 
 __all__ = [
     "INSTITUTION_SYSTEM",
@@ -85,8 +85,7 @@ def secured_server(
     finally:
         services.close()
         if schema is not None:
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_schema(settings.postgres_conninfo(), schema)
 
 
 def staff_headers(settings: Settings, institution: str, scope: str = "user/*.cruds") -> dict[str, str]:

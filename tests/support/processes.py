@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
-__all__ = ["children", "command_line", "running"]
+__all__ = ["children", "command_line", "end_of", "running"]
 
 
 def children(pid: int) -> list[int]:
@@ -35,3 +38,22 @@ def command_line(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
+
+
+def end_of(pids: list[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` seconds for ``pids`` to end; SIGKILL those still running then, and return them.
+
+    A server's projection worker finishes its current batch after the server ends: a test that drops the
+    server's schema must wait for it, or the drop and the batch wait on each other (the batch holds one table
+    and waits, in the worker, for a read of another that the drop already holds: a cycle PostgreSQL cannot see).
+    """
+    deadline = time.monotonic() + timeout
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in pids if running(pid)]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    return left

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from ehr_core.settings import Settings
+from tests.support.processes import children, end_of
 from tests.support.waiting import wait_until
 
 __all__ = [
@@ -67,14 +68,17 @@ def _output(log: Path) -> str:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server and what it started (its projection worker, its worker processes)."""
     if process.poll() is not None:
         return
+    started = children(process.pid)
     process.terminate()
     try:
         process.wait(STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(STOP_TIMEOUT)
+    end_of(started, STOP_TIMEOUT)
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path, timeout: float) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from ehr_core.settings import Settings
+from tests.support.schemas import drop_schema
 from tests.support.server import REPO, running_server
 
 CHROMIUM = Path(os.environ.get("EHR_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -73,8 +73,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     url: str = request.getfixturevalue("postgres_url")  # tests/conftest.py: fails under CI=true if absent
     schema = f"w_{uuid.uuid4().hex[:12]}"
     yield {"EHR_DATABASE_URL": url, "EHR_POSTGRES_SCHEMA": schema}
-    with psycopg.connect(Settings(database_url=url).postgres_conninfo(), autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    drop_schema(Settings(database_url=url).postgres_conninfo(), schema)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,6 +18,7 @@ from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.services import Services
 from tests.integration.search.corpus import corpus_resources
+from tests.support.schemas import drop_schema
 
 _CHUNK = 200
 # The corpus client sends no bearer token: authentication is off for this store (where the server has it).
@@ -58,5 +58,4 @@ def corpus_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     finally:
         services.close()
         if schema is not None:
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_schema(settings.postgres_conninfo(), schema)

@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 
 from ehr_core.errors import InvalidResource
@@ -40,6 +39,7 @@ from projections.search.definitions import DEFINITIONS
 from projections.search.paths import Route
 from projections.search.registry import Component, SearchParameter, parameter
 from tests.conftest import DEV_AUTH
+from tests.support.schemas import drop_schema
 
 #: Parameters drawn per resource type (besides its composites, all taken).
 _PER_TYPE = 3
@@ -361,8 +361,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     finally:
         services.close()
         if schema is not None:
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-                connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_schema(settings.postgres_conninfo(), schema)
 
 
 def test_sample_covers_the_registry() -> None:
