@@ -8,6 +8,10 @@ folding of the string index ("TORÁCICO" and "toracico" are one word), then drop
 
 The stop words are the Snowball project's Spanish list (BSD licence) — the list PostgreSQL ships as
 ``tsearch_data/spanish.stop`` — folded as the text is, so both backends drop the same words.
+
+The stemmer is ``snowballstemmer``'s Spanish one, which is PyStemmer's C implementation of the same Snowball
+algorithm when PyStemmer is installed (it is a dependency): the pure-Python package alone imports all of its
+36 stemmers, about 10 MiB in every process, the projection worker's included.
 """
 
 from __future__ import annotations
