@@ -28,7 +28,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 
 from ehr_core.settings import OpenIDProvider
@@ -98,17 +98,33 @@ def discovery(provider: OpenIDProvider) -> dict[str, Any]:
     return metadata
 
 
-def _keys(metadata: dict[str, Any], kid: str | None) -> KeySet:
-    """The provider's JWK Set; fetched again once when the token names a key it lacks (a rotation)."""
-    for refresh in (False, True):
-        jwks = _cached(str(metadata["jwks_uri"]), refresh=refresh)
+def _key_set(metadata: dict[str, Any], refresh: bool) -> KeySet:
+    jwks = _cached(str(metadata["jwks_uri"]), refresh=refresh)
+    try:
+        return KeySet.import_key_set(jwks)  # type: ignore[arg-type]  # a JWK Set parsed from JSON
+    except (JoseError, ValueError, KeyError, TypeError) as error:
+        raise ProviderError(f"the provider's JWK Set is not usable: {error}") from None
+
+
+def _decode(metadata: dict[str, Any], id_token: str, kid: str | None) -> jwt.Token:
+    """The id_token decoded with the provider's JWK Set, fetched again once if the kept set may be stale: it
+    lacks the key the token names (a rotation), or the signature does not verify with it (a key replaced
+    under the same ``kid``, or another provider now at the same address): the kept set is up to
+    ``CACHE_SECONDS`` old."""
+    kept = _key_set(metadata, refresh=False)
+    if _holds(kept, kid):
         try:
-            keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]  # a JWK Set parsed from JSON
-        except (JoseError, ValueError, KeyError, TypeError) as error:
-            raise ProviderError(f"the provider's JWK Set is not usable: {error}") from None
-        if kid is None or any(key.kid == kid for key in keys.keys):
-            return keys
-    raise ProviderError(f"the provider's JWK Set has no key {kid!r}")
+            return jwt.decode(id_token, kept, algorithms=ID_TOKEN_ALGS)
+        except BadSignatureError:
+            pass
+    fetched = _key_set(metadata, refresh=True)
+    if not _holds(fetched, kid):
+        raise ProviderError(f"the provider's JWK Set has no key {kid!r}")
+    return jwt.decode(id_token, fetched, algorithms=ID_TOKEN_ALGS)
+
+
+def _holds(keys: KeySet, kid: str | None) -> bool:
+    return kid is None or any(key.kid == kid for key in keys.keys)
 
 
 def verify_id_token(provider: OpenIDProvider, metadata: dict[str, Any], id_token: str, nonce: str) -> dict[str, Any]:
@@ -116,7 +132,7 @@ def verify_id_token(provider: OpenIDProvider, metadata: dict[str, Any], id_token
     try:
         header = orjson.loads(base64.urlsafe_b64decode(id_token.split(".")[0] + "=="))
         kid = header.get("kid") if isinstance(header, dict) else None
-        token = jwt.decode(id_token, _keys(metadata, kid), algorithms=ID_TOKEN_ALGS)
+        token = _decode(metadata, id_token, kid)
         registry = jwt.JWTClaimsRegistry(
             leeway=LEEWAY_SECONDS,
             iss={"essential": True, "value": provider.issuer},

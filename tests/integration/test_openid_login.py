@@ -146,6 +146,17 @@ def test_an_id_token_that_does_not_hold_is_refused(world: tuple[TestClient, Prov
     assert "request_id" not in refused.text  # no consent screen, no code
 
 
+def test_a_key_replaced_under_the_same_kid_is_fetched_again(world: tuple[TestClient, Provider]) -> None:
+    """The provider's JWK Set is kept for a while: a provider that replaced its signing key keeping its
+    ``kid`` (or another provider now at the same address) must not lock its users out until then."""
+    http, provider = world
+    first = http.get(_to_provider_and_back(http, provider, _authorization(secrets.token_urlsafe(48))))
+    assert first.status_code == 200 and "request_id" in first.text, first.text
+    provider.key, provider.stranger = provider.stranger, provider.key  # published and signing: the new key
+    again = http.get(_to_provider_and_back(http, provider, _authorization(secrets.token_urlsafe(48))))
+    assert again.status_code == 200 and "request_id" in again.text, again.text
+
+
 def test_a_wrong_client_secret_gets_no_id_token(world: tuple[TestClient, Provider]) -> None:
     http, provider = world
     provider.client_secret = "rotated-at-the-provider"
