@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["children", "command_line", "end_of", "running"]
+__all__ = ["children", "command_line", "end_of", "listens_on", "running"]
 
 
 def children(pid: int) -> list[int]:
@@ -57,3 +57,33 @@ def end_of(pids: list[int], timeout: float) -> list[int]:
         except ProcessLookupError:
             continue
     return left
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether ``pid`` holds the socket listening on TCP ``port``.
+
+    A port chosen free may be taken by another test's server before this one binds it: that one then answers
+    the readiness check while this one fails to bind and exits. Checking who holds the listening socket tells
+    the two apart.
+    """
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                listening.add(f"socket:[{fields[9]}]")
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor) in listening:
+                return True
+        except OSError:
+            continue
+    return False

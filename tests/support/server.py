@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from ehr_core.settings import Settings
-from tests.support.processes import children, end_of
-from tests.support.waiting import wait_until
+from tests.support.processes import children, end_of, listens_on
 
 __all__ = [
     "ServerFailed",
@@ -82,6 +82,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path, timeout: float) -> None:
+    """Until ``process`` answers ``GET /metadata`` on ``base_url``'s port: it, not another server that took
+    the port first (this one then exits, "address already in use")."""
+    port = urlsplit(base_url).port
+    assert port is not None, base_url
     deadline = time.monotonic() + timeout
     last_problem = "no answer yet"
     # A slow first answer is no reason to give up on it and ask again (that only queues more work).
@@ -95,7 +99,9 @@ def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path
                 last_problem = f"{type(error).__name__}: {error}"
             else:
                 if response.status_code == 200 and '"CapabilityStatement"' in response.text:
-                    return
+                    if listens_on(process.pid, port):
+                        return
+                    last_problem = "another process answers on this port"
                 last_problem = f"GET /metadata answered {response.status_code}: {response.text[:200]}"
             time.sleep(0.1)
     raise ServerFailed(f"no CapabilityStatement within {timeout:.0f}s ({last_problem}); output:\n{_output(log)}")
@@ -210,33 +216,34 @@ def running_worker(
             process.wait(stop_seconds)
 
 
-def start_server(env: dict[str, str], logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(env: dict[str, str], logs: Path, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``ehr serve`` with exactly ``env`` (its data directory from ``EHR_DATA_DIR``), output in ``logs``;
     return the process and the FHIR base URL once ``GET /metadata`` answers. The caller stops it (crash
-    tests kill it with SIGKILL; ``process.terminate()`` otherwise)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    log = logs / f"server-{port}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-
-    def ready() -> bool:
-        assert process.poll() is None, f"the server exited: {_output(log)}"
+    tests kill it with SIGKILL; ``process.terminate()`` otherwise). A port taken between choosing it and
+    binding it is retried, as in :func:`running_server`."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}/fhir"
+        log = logs / f"server-{port}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fhir_api.cli", "serve", "--port", str(port)],
+                cwd=REPO,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            return httpx.get(f"{base}/metadata", timeout=30).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(ready, "the server to answer GET /metadata", seen=lambda: _output(log))
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return process, base
+            _wait_until_ready(process, base, log, STARTUP_TIMEOUT)
+        except ServerFailed:
+            process.kill()
+            process.wait()
+            if attempt < attempts and "address already in use" in _output(log).lower():
+                continue
+            raise
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        return process, base
+    raise AssertionError("unreachable: the last attempt returns or raises")
