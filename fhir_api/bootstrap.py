@@ -52,9 +52,11 @@ def open_services(settings: Settings, follow: bool = True) -> Services:
     # Files left readable by an older version (or copied in by hand): narrowed before serving anything.
     private_tree(settings.data_dir)
     with setup_lock(settings):  # one process at a time creates tables (see ehr_core/schema.py)
-        if settings.federated:
-            return federated(settings, follow)
-        return single_store(settings, follow)
+        services = federated(settings, follow) if settings.federated else single_store(settings, follow)
+    if services.watcher is not None and services.federation is None:
+        # Outside the setup lock: the worker sets its tables up under the same lock before it can apply.
+        services.wait_for_the_log()
+    return services
 
 
 def single_store(settings: Settings, follow: bool) -> Services:

@@ -112,6 +112,19 @@ class Services:
             needed = [own[0], *own[2:3]]
         self._wait_for(needed, written.store, written.notification_id)
 
+    def wait_for_the_log(self) -> None:
+        """With a projection worker, at start: block until the views have applied what the log held when this
+        process started (at most the projection wait).
+
+        A write answered, or committed by a server killed before it could answer, must be readable once a
+        server answers again, as when the server projects itself (it catches up before serving). A worker
+        starting beside a restarted server begins behind the log: without this wait the first reads would
+        see the views as they were before the crash.
+        """
+        head = self.application.recorder.max_notification_id() or 0
+        if head:
+            self._wait_for(self.store_projectors(""), "", head)
+
     def wait_until_projected(self, name: str, notification_id: int) -> None:
         """Read-your-writes for a projection of a log in the views' own database (``main_projectors``), e.g.
         the break-the-glass review list of the audit log: block until it has applied ``notification_id``."""

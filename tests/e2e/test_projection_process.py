@@ -2,6 +2,8 @@
 
 - The worker is a child of the server; a write is readable and searchable the moment it is answered.
 - Killed on its own, the worker is started again and writes go on being visible when answered.
+- A restarted server answers once its new worker has applied the log as the server found it: what was
+  committed before the restart is in every view, as when the server projects itself.
 - The server SIGKILLed: the worker ends by itself (it never outlives the server, holding connections and
   tracking-row locks); the server stopped with SIGTERM: both end.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from ehr_core.settings import Settings
@@ -55,6 +58,14 @@ def _write_and_find(base: str, family: str) -> None:
     assert [entry["resource"]["id"] for entry in found.get("entry", [])] == [rid]
 
 
+def _in_history(base: str) -> int:
+    """The system history's total: the resource views' count, read as they are (no catch-up first)."""
+    answer = httpx.get(f"{base}/_history", params={"_count": "0"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    total: int = answer.json()["total"]
+    return total
+
+
 def test_the_server_projects_in_a_worker_of_its_own(postgres_settings: Settings, tmp_path: Path) -> None:
     server, base = start_server(_env(postgres_settings, tmp_path / "ehr-data"), tmp_path)
     try:
@@ -86,3 +97,29 @@ def test_a_stopped_server_stops_its_worker(postgres_settings: Settings, tmp_path
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_a_restarted_server_answers_once_its_worker_has_the_log(postgres_settings: Settings, tmp_path: Path) -> None:
+    """What was committed before a restart is readable as soon as the new server answers: it waits for its
+    new worker to apply the log as it found it, as a server that projects itself catches up before serving."""
+    env = _env(postgres_settings, tmp_path / "ehr-data")
+    # A server whose worker never comes: the writes are committed, answered after a short wait, not projected.
+    lagging, base = start_server(env | {"EHR_PROJECTION": "worker", "EHR_PROJECTION_WAIT_SECONDS": "0.05"}, tmp_path)
+    try:
+        for i in range(60):
+            patient = {"resourceType": "Patient", "name": [{"family": "Reinicio", "given": [f"N{i}"]}]}
+            assert httpx.post(f"{base}/Patient", json=patient, timeout=60).status_code == 201
+    finally:
+        lagging.terminate()
+        lagging.wait()
+    with psycopg.connect(postgres_settings.postgres_conninfo()) as connection:
+        schema = postgres_settings.postgres_schema
+        applied = connection.execute(f"SELECT position FROM \"{schema}\".projection_tracking WHERE name = 'resources'")
+        head = connection.execute(f'SELECT MAX(notification_id) FROM "{schema}".ehr_events')
+        assert applied.fetchone()[0] < head.fetchone()[0], "the premise: the log is ahead of the resource views"
+    server, base = start_server(env, tmp_path)  # with a worker of its own, which starts behind the log
+    try:
+        assert _in_history(base) == 60
+    finally:
+        server.terminate()
+        server.wait()

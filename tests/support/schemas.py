@@ -22,6 +22,7 @@ def drop_schema(conninfo: str, schema: str) -> None:
     tables one after the other; the batch may hold one of them (its tracking row) and wait, in the worker's
     Python, for a read of another that the drop already holds. PostgreSQL cannot see that cycle, so the drop
     gives up after a short lock wait instead, releasing what it took, and the batch (and the worker) can end.
+    A cycle PostgreSQL does see ends the drop as the deadlock's victim: tried again too.
     """
     deadline = time.monotonic() + GIVE_UP_SECONDS
     with psycopg.connect(conninfo, autocommit=True) as connection:
@@ -30,6 +31,6 @@ def drop_schema(conninfo: str, schema: str) -> None:
             try:
                 connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
                 return
-            except errors.LockNotAvailable:
+            except (errors.LockNotAvailable, errors.DeadlockDetected):
                 if time.monotonic() >= deadline:
                     raise
