@@ -78,27 +78,32 @@ def test_sigkill_during_a_transaction_leaves_all_or_nothing(
     )
     for attempt, delay in enumerate(delays):
         process, base = start_server(env, tmp_path)
-        before = _stored(base)
-        assert before == expected_total
-        tag = f"crash{attempt}"
-        body = _bundle(tag, last_get)
+        try:
+            before = _stored(base)
+            assert before == expected_total
+            tag = f"crash{attempt}"
+            body = _bundle(tag, last_get)
 
-        answers: list[httpx.Response] = []
+            answers: list[httpx.Response] = []
 
-        def send(payload: dict[str, Any] = body, url: str = base, into: list[httpx.Response] = answers) -> None:
-            with contextlib.suppress(httpx.TransportError):  # the server dies under the request: expected
-                into.append(httpx.post(url, json=payload, timeout=60))
+            def send(payload: dict[str, Any] = body, url: str = base, into: list[httpx.Response] = answers) -> None:
+                with contextlib.suppress(httpx.TransportError):  # the server dies under the request: expected
+                    into.append(httpx.post(url, json=payload, timeout=60))
 
-        sender = threading.Thread(target=send)
-        sender.start()
-        if delay is None:
+            sender = threading.Thread(target=send)
+            sender.start()
+            if delay is None:
+                sender.join()
+                assert answers, "the transaction was not answered"
+            else:
+                time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
             sender.join()
-            assert answers, "the transaction was not answered"
-        else:
-            time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        sender.join()
+        finally:
+            if process.poll() is None:  # a check above failed: never leave the server (and its worker) behind
+                process.kill()
+                process.wait()
         process, base = start_server(env, tmp_path)
         try:
             added = _stored(base) - before
