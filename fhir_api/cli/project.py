@@ -14,6 +14,7 @@ that goes down stops only its own thread's progress, which resumes where it stop
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -215,7 +216,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stop_at_end_of_input(stop: threading.Event) -> None:
-    while sys.stdin.buffer.read(4096):
+    # The descriptor itself, not sys.stdin's buffer: a daemon thread blocked inside a buffered read holds its
+    # lock, and the interpreter aborts (SIGABRT, "could not acquire lock ... at interpreter shutdown") when the
+    # worker exits for another reason (the database unreachable) while this thread still waits.
+    while os.read(sys.stdin.fileno(), 4096):
         pass
     stop.set()
 

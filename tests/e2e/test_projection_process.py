@@ -4,6 +4,7 @@
 - Killed on its own, the worker is started again and writes go on being visible when answered.
 - A restarted server answers once its new worker has applied the log as the server found it: what was
   committed before the restart is in every view, as when the server projects itself.
+- A worker that cannot reach the database exits 1 with its message (not an abort) while its pipe is open.
 - The server SIGKILLed: the worker ends by itself (it never outlives the server, holding connections and
   tracking-row locks); the server stopped with SIGTERM: both end.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +125,24 @@ def test_a_restarted_server_answers_once_its_worker_has_the_log(postgres_setting
     finally:
         server.terminate()
         server.wait()
+
+
+def test_a_worker_that_cannot_reach_the_database_exits_with_an_error(tmp_path: Path) -> None:
+    """Its server still holds the pipe open: the worker must exit 1 with its message, not abort (SIGABRT)
+    on a thread still reading that pipe; its server starts it again."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EHR_")}
+    env |= {"EHR_AUTH": "disabled-for-development", "EHR_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    command = [sys.executable, "-m", "fhir_api.cli", "project", "--until-stdin-closes", "--report-seconds", "0"]
+    command += ["--data", str(tmp_path / "ehr-data")]
+    worker = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert worker.stdin is not None and worker.stderr is not None
+    try:
+        errors = worker.stderr.read()  # until it exits: its standard input stays open meanwhile
+        worker.wait(60)
+    finally:
+        worker.stdin.close()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 1, errors.decode(errors="replace")[-2000:]
+    assert b"cannot reach the database" in errors
