@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -28,6 +30,11 @@ from fhir_api.web import install as install_web_view
 
 __all__ = ["create_app"]
 
+#: Worker threads for the routes' blocking work (fhir_api/auth/pending.py hands each plain-function route to
+#: the loop's executor). A read waits on the store in its thread: as many as anyio's default limiter allowed
+#: before, so 32 clients' reads still wait side by side.
+REQUEST_THREADS = 40
+
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     """Build the app; pass ``services`` to share an open store (tests), else it opens one at startup."""
@@ -36,6 +43,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
+        threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="ehr-request")
+        asyncio.get_running_loop().set_default_executor(threads)
         app.state.services = services or open_services(settings)
         if owned and (settings.projects_inline or not settings.uses_postgres):
             reindex_if_stale(app.state.services)  # this process projects: its index follows this registry
@@ -47,6 +56,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             app.state.imports.close()  # running $import jobs stop between chunks, before the store closes
             if owned:
                 app.state.services.close()
+            threads.shutdown(wait=False)  # a request's thread past uvicorn's grace finishes unobserved
 
     app = FastAPI(
         title="ehr-core FHIR R4 server",

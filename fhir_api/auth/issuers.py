@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ehr_core.settings import Settings
-from fhir_api.auth.tokens import Issuer, check_claims, jwk_key, sign_eddsa, signed_claims
+from fhir_api.auth.tokens import Issuer, check_time, jwk_key, sign_eddsa, signed_claims, valid_window
 
 __all__ = [
     "LOCAL_ISSUER",
@@ -88,10 +88,10 @@ class Issuers:
 
     def __init__(self, issuers: Iterable[Issuer]) -> None:
         self.by_iss = {i.issuer: i for i in issuers}
-        #: Tokens whose signature verified, with their claims and issuer. A client sends the same token on
-        #: every request until it expires; the signature (and the JSON under it) cannot change, so it is
-        #: checked once per token, while times, audience, institution and scope are checked on every request.
-        self._signed: dict[str, tuple[dict[str, Any], Issuer]] = {}
+        #: Tokens whose signature verified and whose claims hold but for the clock, with when they hold. A
+        #: client sends the same token on every request until it expires; the signature and the JSON under it
+        #: cannot change, so they are checked once per token, and the clock on every request.
+        self._signed: dict[str, tuple[dict[str, Any], tuple[float, float]]] = {}
         self._signed_lock = threading.Lock()
 
     @classmethod
@@ -110,24 +110,24 @@ class Issuers:
         claims = self.verified_before(token, now)
         if claims is not None:
             return claims
-        signed = signed_claims(token, self.by_iss)
+        claims, issuer = signed_claims(token, self.by_iss)
+        window = valid_window(claims, issuer)  # a refusal here is for good: the token is not kept
         with self._signed_lock:
             if len(self._signed) >= _SIGNED_TOKENS:
                 self._signed.pop(next(iter(self._signed)))  # the oldest: insertion order
-            self._signed[token] = signed
-        claims, issuer = signed
-        check_claims(claims, issuer, now)
+            self._signed[token] = (claims, window)
+        check_time(claims, window, time.time() if now is None else now)
         return dict(claims)  # the caller's own copy: the cached claims never change
 
     def verified_before(self, token: str, now: float | None = None) -> dict[str, Any] | None:
-        """The claims of a token whose signature these issuers already verified, once its times, audience,
-        institution and scope check out now (else TokenError); None for a token not seen yet. A dictionary
-        lookup and a few comparisons: cheap enough for the event loop, where the signature check is not."""
+        """The claims of a token these issuers already verified, once the clock is inside its validity (else
+        TokenError); None for a token not seen yet. A dictionary lookup and two comparisons: cheap enough for
+        the event loop, where the signature check is not."""
         signed = self._signed.get(token)
         if signed is None:
             return None
-        claims, issuer = signed
-        check_claims(claims, issuer, now)
+        claims, window = signed
+        check_time(claims, window, time.time() if now is None else now)
         return dict(claims)
 
 

@@ -11,6 +11,7 @@ while the middleware takes it, so nothing is disclosed undecided (``AuthMiddlewa
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -87,8 +88,16 @@ class PendingDecision:
 
 def decided_first(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     """``endpoint``, taking the request's pending decision before it runs: in the same worker thread when it is
-    a plain function (FastAPI runs those in one), else in a thread of its own before the coroutine. A generator
-    is left as it is: the middleware takes the decision before its answer's first byte."""
+    a plain function, else in a thread of its own before the coroutine. A generator is left as it is: the
+    middleware takes the decision before its answer's first byte.
+
+    A plain function is handed to the event loop's executor here (``loop.run_in_executor``, the pool the app's
+    lifespan sizes: fhir_api/app.py) rather than left to FastAPI, whose hand-off (anyio's ``to_thread``: its
+    backend and limiter looked up, a token taken and given back) cost the event loop about as much as the rest
+    of a read's routing. The request's context variables go with it, as anyio's do. Unlike anyio's, the
+    hand-off does not hold a cancelled request until its thread ends: the request's deadline
+    (fhir_api/limits.py) answers at once and the thread finishes unobserved, as it did with the deadline's own
+    task before."""
     if inspect.isgeneratorfunction(endpoint) or inspect.isasyncgenfunction(endpoint):
         return endpoint
     if inspect.iscoroutinefunction(endpoint):
@@ -102,11 +111,15 @@ def decided_first(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
         return asynchronous
 
-    @functools.wraps(endpoint)
     def synchronous(*args: Any, **kwargs: Any) -> Any:
         due = pending.get()
         if due is not None:
             due.settle()
         return endpoint(*args, **kwargs)
 
-    return synchronous
+    @functools.wraps(endpoint)  # FastAPI reads the parameters through __wrapped__: the endpoint's own
+    async def handed_off(*args: Any, **kwargs: Any) -> Any:
+        call = functools.partial(contextvars.copy_context().run, synchronous, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    return handed_off

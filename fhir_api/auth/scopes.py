@@ -13,6 +13,7 @@ telling whether one resource matches a search would need the search itself.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ class Grant:
 
 
 def parse_scopes(scope: str) -> list[Grant]:
+    """The grants of a token's ``scope`` claim."""
+    return list(_grants_of(scope))
+
+
+@functools.lru_cache(maxsize=1024)
+def _grants_of(scope: str) -> tuple[Grant, ...]:
+    # Every request of a token asks again for the same string: parsed once (the grants are frozen).
     grants = []
     for item in scope.split():
         match = _V2.match(item)
@@ -60,7 +68,7 @@ def parse_scopes(scope: str) -> list[Grant]:
         if resource_type == "*" or "s" not in permissions or not constraints:
             continue  # only a search of one named type can be held to the constraint
         grants.append(Grant(context, resource_type, frozenset("s"), constraints))
-    return grants
+    return tuple(grants)
 
 
 def constraint_holds(grant: Grant, need: Need, query: Mapping[str, Sequence[str]] | None) -> bool:

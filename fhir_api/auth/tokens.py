@@ -30,11 +30,13 @@ __all__ = [
     "Issuer",
     "TokenError",
     "check_claims",
+    "check_time",
     "claimed_issuer",
     "joserfc_key",
     "jwk_key",
     "sign_eddsa",
     "signed_claims",
+    "valid_window",
     "verify_token",
 ]
 
@@ -181,18 +183,21 @@ def signed_claims(token: str, by_iss: Mapping[str, Issuer]) -> tuple[dict[str, A
 def check_claims(claims: dict[str, Any], issuer: Issuer, now: float | None = None) -> None:
     """TokenError unless the signed ``claims`` hold at ``now``: times (RFC 7519 §4.1.4-5), lifetime,
     audience (§4.1.3), institution and scope."""
-    now = time.time() if now is None else now
+    check_time(claims, valid_window(claims, issuer), time.time() if now is None else now)
+
+
+def valid_window(claims: dict[str, Any], issuer: Issuer) -> tuple[float, float]:
+    """When the signed ``claims`` hold, as (from, until) in seconds since the epoch, leeway included; TokenError
+    for what no time can mend (no exp, a lifetime minted too long, audience, institution, scope). Everything but
+    the clock is in the signed claims: a token seen again needs only :func:`check_time`."""
     exp, nbf, iat = (_numeric_date(claims, name) for name in ("exp", "nbf", "iat"))
     if exp is None:
         raise TokenError("the token has no exp")
-    if now > exp + _LEEWAY:
-        raise TokenError("the token has expired")
-    if nbf is not None and now + _LEEWAY < nbf:
-        raise TokenError("the token is not valid yet")
     # A stolen bearer token is good until exp (RFC 6750 §5.2 recommends short lifetimes): a token that
-    # lives longer than a working day is refused, however its issuer minted it.
-    if exp - (iat if iat is not None else now) > _MAX_LIFETIME or exp - now > _MAX_LIFETIME + _LEEWAY:
-        raise TokenError(f"token lifetime too long (at most {_MAX_LIFETIME // 3600} h)")
+    # lives longer than a working day is refused, however its issuer minted it; without iat, it is refused
+    # while more than a day of it is left.
+    if iat is not None and exp - iat > _MAX_LIFETIME:
+        raise _too_long()
     if issuer.audience is not None:
         # RFC 7519 §4.1.3: aud is one string or an array of them.
         aud = claims.get("aud")
@@ -206,6 +211,26 @@ def check_claims(claims: dict[str, Any], issuer: Issuer, now: float | None = Non
         raise TokenError(f"issuer {issuer.issuer} may not vouch for institution {institution!r}")
     if not isinstance(claims.get("scope"), str):
         raise TokenError("the token carries no scope")
+    starts = exp - _MAX_LIFETIME - (_LEEWAY if iat is not None else 0)
+    if nbf is not None:
+        starts = max(starts, nbf - _LEEWAY)
+    return starts, exp + _LEEWAY
+
+
+def check_time(claims: dict[str, Any], window: tuple[float, float], now: float) -> None:
+    """TokenError unless ``now`` falls in the claims' :func:`valid_window`."""
+    starts, ends = window
+    if now > ends:
+        raise TokenError("the token has expired")
+    if now < starts:
+        nbf = _numeric_date(claims, "nbf")
+        if nbf is not None and now + _LEEWAY < nbf:
+            raise TokenError("the token is not valid yet")
+        raise _too_long()
+
+
+def _too_long() -> TokenError:
+    return TokenError(f"token lifetime too long (at most {_MAX_LIFETIME // 3600} h)")
 
 
 def sign_eddsa(key: Ed25519PrivateKey, payload: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ from fastapi.testclient import TestClient
 from ehr_core.settings import Settings
 from fhir_api.app import create_app
 from fhir_api.auth import LOCAL_ISSUER, Issuers, TokenError, mint_development_token, parse_scopes
+from fhir_api.auth.issuers import local_key
+from fhir_api.auth.tokens import sign_eddsa
 from fhir_api.cli import main
 from fhir_api.services import Services
 
@@ -284,6 +286,28 @@ def test_a_token_accepted_once_is_still_checked_on_every_request(sqlite_settings
     forged = _b64(orjson.dumps(json.loads(base64.urlsafe_b64decode(payload + "==")) | {"institution": "ISSSTE"}))
     with pytest.raises(TokenError, match="signature"):
         issuers.verify(f"{header}.{forged}.{signature}", now=now + 400)
+
+
+def test_a_tokens_lifetime_bound_holds_on_every_request_as_on_the_first(sqlite_settings: Settings) -> None:
+    """At most a day of life (RFC 6750 §5.2's short lifetimes): a token minted for longer is refused on every
+    request; one without ``iat`` is refused while more than a day of it is left, and accepted once less is."""
+    issuers = Issuers.configured(sqlite_settings)
+    now = int(time.time())
+    day = 24 * 3600
+    base = {"institution": "IMSS", "scope": "user/*.rs"}
+    minted_long = mint_development_token(sqlite_settings, base | {"iat": now, "exp": now + day + 3600})
+    for moment in (now, now + 7200, now + day):
+        with pytest.raises(TokenError, match="lifetime too long"):
+            issuers.verify(minted_long, now=moment)
+    # Signed by the development issuer as mint_development_token does, without the iat it always adds
+    token = sign_eddsa(local_key(sqlite_settings), {"iss": LOCAL_ISSUER, "exp": now + day + 3600, **base})
+    with pytest.raises(TokenError, match="lifetime too long"):
+        issuers.verify(token, now=now)
+    assert issuers.verify(token, now=now + 3600 + 1)["institution"] == "IMSS"
+    with pytest.raises(TokenError, match="lifetime too long"):
+        issuers.verify(token, now=now + 3600 - 1)  # seen before, and the clock is checked again
+    with pytest.raises(TokenError, match="expired"):
+        issuers.verify(token, now=now + day + 3600 + 61)
 
 
 def test_the_server_verifies_a_tokens_signature_once_however_many_requests_carry_it(
