@@ -16,7 +16,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ehr_core.application import format_instant
 from ehr_core.audit import AuditEntry, AuditWriter
 from ehr_core.errors import Issue
+from fhir_api.disclosure import disclosed, from_body
 from fhir_api.errors import outcome_response
 from fhir_api.request import write_context
 from projections.audit import patients_of
@@ -66,55 +66,6 @@ def classify(method: str, path: str) -> tuple[str, str | None, list[str]]:
     if len(parts) == 3:
         return "history-instance", None, parts
     return "vread", None, parts
-
-
-def _patient_of(resource: dict[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Patient":
-        value = resource.get("id")
-        return value if isinstance(value, str) else None
-    for key in ("subject", "patient", "securityContext"):
-        target = resource.get(key)
-        if isinstance(target, dict):
-            reference = target.get("reference")
-            if isinstance(reference, str) and reference.startswith("Patient/"):
-                return reference[len("Patient/") :].split("/")[0]
-    return None
-
-
-def _reference(resource: dict[str, Any]) -> str | None:
-    kind, rid = resource.get("resourceType"), resource.get("id")
-    if not isinstance(kind, str) or not isinstance(rid, str) or kind == "OperationOutcome":
-        return None
-    meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, dict) else None
-    return f"{kind}/{rid}/_history/{version}" if version else f"{kind}/{rid}"
-
-
-def _from_body(body: bytes, entities: list[str], patients: list[str]) -> None:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    if not isinstance(document, dict):
-        return
-    resources: list[Any] = [document]
-    if document.get("resourceType") == "Bundle":
-        resources = [e.get("resource") for e in document.get("entry", []) if isinstance(e, dict)]
-    for resource in resources:
-        if not isinstance(resource, dict):
-            continue
-        if resource.get("resourceType") == "Bundle" and document.get("resourceType") == "Bundle":
-            # A search entry of a batch/transaction answers a searchset inside the response Bundle: what it
-            # disclosed is audited as the same search sent on its own would be (one level, never deeper).
-            nested = [e.get("resource") for e in resource.get("entry", []) if isinstance(e, dict)]
-            resources.extend(r for r in nested if isinstance(r, dict) and r.get("resourceType") != "Bundle")
-            continue
-        reference = _reference(resource)
-        if reference is not None:
-            entities.append(reference)
-        patient = _patient_of(resource)
-        if patient is not None:
-            patients.append(patient)
 
 
 def _compartment(services: Any, resource_type: str, resource_id: str) -> list[str]:
@@ -190,7 +141,7 @@ class AuditMiddleware:
         status: int = state["status"]
         # Whether the answer is known from the request and its headers alone: a Patient read (or vread) that
         # succeeded answers that Patient at the version its ETag names (R4 §3.1.0.4.2: a read's ETag is the
-        # versionId of the resource in the body), which is all the body would tell (see ``_from_body``).
+        # versionId of the resource in the body), which is all the body would tell (see ``from_body``).
         named_by_path = False
         if len(parts) >= 2 and not parts[1].startswith(("_", "$")):
             resource_type, resource_id = parts[0], parts[1]
@@ -209,8 +160,12 @@ class AuditMiddleware:
             # Not decoded again: on the event loop, for every Patient read, to learn what the path and the
             # ETag already said.
             pass
+        elif status < 300 and (handed := disclosed(scope.get("state", {}))) is not None:
+            # The interaction named what it served from the rows it read (fhir_api/disclosure.py)
+            entities += handed.entities
+            patients += handed.patients
         elif status < 300 and state["size"] <= BODY_LIMIT and "json" in headers.get("content-type", ""):
-            _from_body(b"".join(state["body"]), entities, patients)
+            from_body(b"".join(state["body"]), entities, patients)
         elif status < 300 and method == "GET" and len(parts) >= 2 and parts[0] == "Binary":
             # A Binary read in its native form (a PDF...) names nobody in its body: its compartment, which
             # its securityContext decides (ehr_core/compartment.py), does.

@@ -31,6 +31,7 @@ from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.resources import json as fhir_json
 from fhir_api.access import record_break_glass
 from fhir_api.auth import caller_of
+from fhir_api.disclosure import Disclosure, disclose
 from fhir_api.errors import ApiError
 from fhir_api.limits import clamp_count
 from fhir_api.request import ServicesDep, base_url, media_type, require_type
@@ -77,17 +78,25 @@ def _resource(stored: StoredResource | None, parsed: SearchRequest) -> Any | Non
     return orjson.Fragment(stored.body) if part is None else orjson.Fragment(fhir_json.dumps(part))
 
 
-def _entries(tx: Tx, base: str, page: Page, parsed: SearchRequest) -> list[dict[str, Any]]:
+def _entries(
+    tx: Tx, base: str, page: Page, parsed: SearchRequest, disclosure: Disclosure | None = None
+) -> list[dict[str, Any]]:
     """The page's entries, read on the search's connection right after the page (a resource deleted in
     between is left out; one updated in between is served in its newer version), all in one statement per
-    resource type."""
+    resource type. ``disclosure`` is told each resource served, for the audit entry."""
     pages = (("match", page.matches), ("include", page.includes))
     stored = ResourceViews.read_many(tx, [(m.resource_type, m.resource_id) for _, ms in pages for m in ms])
+    reshaped = parsed.summary not in (None, "false") or parsed.elements is not None
+    if disclosure is not None and reshaped:
+        disclosure.whole = False
     entries = []
     for mode, matches in pages:
         for match in matches:
-            resource = _resource(stored.get((match.resource_type, match.resource_id)), parsed)
+            found = stored.get((match.resource_type, match.resource_id))
+            resource = _resource(found, parsed)
             if resource is not None:
+                if disclosure is not None and found is not None and not reshaped:
+                    disclosure.served(found)
                 entries.append(
                     {
                         "fullUrl": f"{base}/{match.resource_type}/{match.resource_id}",
@@ -150,6 +159,7 @@ def _search(
     viewer: Viewer | None,
     compartment: str | None = None,
     count: int | None = None,
+    disclosure: Disclosure | None = None,
 ) -> tuple[dict[str, Any], Page]:
     require_type(resource_type)
     parsed = parse_search(resource_type, pairs, base)
@@ -172,7 +182,7 @@ def _search(
         services.terminology_current()
     with services.views.read() as tx:
         page = run_search(tx, services.views.dialect, parsed, base, count, viewer)
-        entries = _entries(tx, base, page, parsed)
+        entries = _entries(tx, base, page, parsed, disclosure)
     applied = [(name, value) for name, value in parsed.applied if name != "_cursor"]
     links = [{"relation": "self", "url": _link(base, path, applied, parsed.cursor)}]
     if page.next_cursor:
@@ -221,9 +231,18 @@ def _answer(
     compartment: str | None = None,
 ) -> Response:
     viewer, _ = _viewer(request)
+    disclosure = Disclosure()
     bundle, page = _search(
-        services, resource_type, pairs, base_url(request), strict_handling(request), viewer, compartment=compartment
+        services,
+        resource_type,
+        pairs,
+        base_url(request),
+        strict_handling(request),
+        viewer,
+        compartment=compartment,
+        disclosure=disclosure,
     )
+    disclose(request, disclosure)
     what = f"search Patient/{compartment}/{resource_type}" if compartment else f"search {resource_type}"
     return _respond(services, request, bundle, [page], what)
 

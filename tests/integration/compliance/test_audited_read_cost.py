@@ -44,13 +44,13 @@ def test_a_patient_read_is_audited_without_decoding_its_answer(
     }
     observed = client.post("/fhir/Observation", json=observation, headers=HEADERS).json()["id"]
     decoded: list[bytes] = []
-    original = audit_middleware._from_body
+    original = audit_middleware.from_body
 
     def counted(body: bytes, entities: list[str], patients: list[str]) -> None:
         decoded.append(body)
         original(body, entities, patients)
 
-    monkeypatch.setattr(audit_middleware, "_from_body", counted)
+    monkeypatch.setattr(audit_middleware, "from_body", counted)
     read = client.get(f"/fhir/Patient/{patient}", headers={**HEADERS, "X-Request-ID": "read-patient"})
     vread = client.get(f"/fhir/Patient/{patient}/_history/1", headers={**HEADERS, "X-Request-ID": "vread-patient"})
     assert (read.status_code, vread.status_code) == (200, 200)
@@ -126,3 +126,58 @@ def test_a_searched_page_is_indexed_once_per_reference(client: TestClient, servi
         searched = client.get("/fhir/AuditEvent", params={param: f"Patient/{ids[0]}"}, headers=HEADERS)
         assert searched.status_code == 200, searched.text
         assert "audited-page-7" in searched.text
+
+
+def test_a_search_page_is_audited_from_the_rows_it_served_as_its_body_would_name_them(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search names what it served from the rows it read (fhir_api/disclosure.py): the entry's entities and
+    patients are the ones the answer's body names (matches, includes, each patient once per resource), and
+    the body is not decoded again. A page reshaped by ``_elements`` is still audited from its body."""
+    patients = [client.post("/fhir/Patient", json=PATIENT, headers=HEADERS).json()["id"] for _ in range(2)]
+    practitioner = client.post(
+        "/fhir/Practitioner", json={"resourceType": "Practitioner", "name": [{"family": "Ruiz"}]}, headers=HEADERS
+    ).json()["id"]
+    for index, patient in enumerate(patients):
+        observation = {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "subject": {"reference": f"Patient/{patient}"},
+            "performer": [{"reference": f"Practitioner/{practitioner}"}],
+            "valueQuantity": {"value": 120 + index, "unit": "mm[Hg]"},
+        }
+        assert client.post("/fhir/Observation", json=observation, headers=HEADERS).status_code == 201
+    decoded: list[bytes] = []
+    original = audit_middleware.from_body
+
+    def counted(body: bytes, entities: list[str], patients: list[str]) -> None:
+        decoded.append(body)
+        original(body, entities, patients)
+
+    monkeypatch.setattr(audit_middleware, "from_body", counted)
+    searches = {
+        "page-patients": ("/fhir/Patient", {"family": "Pérez"}),
+        "page-observations": ("/fhir/Observation", {"code": "8480-6", "_include": "Observation:performer"}),
+        "page-compartment": (f"/fhir/Patient/{patients[0]}/Observation", {}),
+        "page-reshaped": ("/fhir/Observation", {"code": "8480-6", "_elements": "status"}),
+    }
+    answers = {}
+    for request_id, (path, params) in searches.items():
+        answer = client.get(path, params=params, headers={**HEADERS, "X-Request-ID": request_id})
+        assert answer.status_code == 200, answer.text
+        answers[request_id] = answer.content
+    assert decoded == [answers["page-reshaped"]]  # only the reshaped page was decoded again
+    for request_id, body in answers.items():
+        entities: list[str] = []
+        named: list[str] = []
+        original(body, entities, named)
+        entry = _entry_of(services, request_id)
+        assert len(entities) >= (3 if request_id == "page-observations" else 1)
+        # A compartment search also names the Patient of its path, first
+        named_by_path = [f"Patient/{patients[0]}"] if request_id == "page-compartment" else []
+        assert entry["entities"] == list(dict.fromkeys([*named_by_path, *entities])), request_id
+        assert entry["patients"] == list(dict.fromkeys(named)), request_id
+    observations = _entry_of(services, "page-observations")
+    assert f"Practitioner/{practitioner}/_history/1" in observations["entities"]
+    assert sorted(observations["patients"]) == sorted(patients)
