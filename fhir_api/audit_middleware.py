@@ -16,7 +16,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +25,7 @@ from ehr_core.errors import Issue
 from fhir_api.disclosure import disclosed, from_body
 from fhir_api.errors import outcome_response
 from fhir_api.request import write_context
+from fhir_api.threads import in_thread
 from projections.audit import patients_of
 
 __all__ = ["AuditMiddleware", "classify"]
@@ -155,7 +155,7 @@ class AuditMiddleware:
                 named_by_path = version is not None and interaction in ("read", "vread")
         if status >= 400 and not patients and len(parts) >= 2 and not parts[1].startswith(("_", "$")):
             # A refused or failed request names no patient in its answer: the resource's compartment does.
-            patients += await run_in_threadpool(_compartment, services, parts[0], parts[1])
+            patients += await in_thread(_compartment, services, parts[0], parts[1])
         if named_by_path and status < 300:
             # Not decoded again: on the event loop, for every Patient read, to learn what the path and the
             # ETag already said.
@@ -169,7 +169,7 @@ class AuditMiddleware:
         elif status < 300 and method == "GET" and len(parts) >= 2 and parts[0] == "Binary":
             # A Binary read in its native form (a PDF...) names nobody in its body: its compartment, which
             # its securityContext decides (ehr_core/compartment.py), does.
-            patients += await run_in_threadpool(_compartment, services, parts[0], parts[1])
+            patients += await in_thread(_compartment, services, parts[0], parts[1])
         location = headers.get("location")
         if location and "/fhir/" in location:
             entities.append(location.split("/fhir/", 1)[1])

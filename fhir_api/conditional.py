@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.bundles import REST_REQUEST, Entry, EntryResult, run_transaction
@@ -23,6 +22,7 @@ from fhir_api.auth import viewer_of
 from fhir_api.resolver import ViewResolver
 from fhir_api.responses import etag, write_response
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import Viewer
 
 __all__ = ["references_of", "resolve_references", "run_conditional"]
@@ -35,7 +35,7 @@ def references_of(services: Services, request: Request) -> ConditionalReferences
 
 async def resolve_references(services: Services, request: Request, resource: Any) -> Any:
     """``resource`` with its conditional references resolved (422 none, 412 several), off the event loop."""
-    return await run_in_threadpool(references_of(services, request).rewrite, resource)
+    return await in_thread(references_of(services, request).rewrite, resource)
 
 
 def _run(services: Services, entry: Entry, context: WriteContext, viewer: Viewer | None) -> EntryResult:
@@ -58,7 +58,7 @@ async def run_conditional(
     if method != "POST" and not request.url.query:
         raise InvalidResource([Issue("invalid", f"a conditional {method} needs search parameters in the URL")])
     entry = Entry(REST_REQUEST, method, url, None, resource, request.headers.get("if-match"), None, if_none_exist)
-    result = await run_in_threadpool(_run, services, entry, context, viewer_of(request))
+    result = await in_thread(_run, services, entry, context, viewer_of(request))
     status = int(result.status.split()[0])
     written = result.written
     if method == "DELETE" or written is None or written.body is None:

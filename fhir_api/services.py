@@ -6,7 +6,6 @@ only uses what was built. It imports no HTTP framework: the CLI opens the same `
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -16,8 +15,6 @@ from concurrent.futures import wait as wait_all
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-
-import anyio.to_thread
 
 from ehr_core.application import RecordApplication, Written
 from ehr_core.errors import Issue, StoreUnavailable
@@ -327,5 +324,6 @@ async def home_store_async(services: Services, resource_type: str, resource_id: 
     """:meth:`Services.home_store` from the event loop (outside a federation without leaving it)."""
     if services.federation is None:
         return services.application
-    # The worker threads of the event loop (what starlette's run_in_threadpool uses), without importing it.
-    return await anyio.to_thread.run_sync(functools.partial(services.home_store, resource_type, resource_id))
+    from fhir_api.threads import in_thread
+
+    return await in_thread(services.home_store, resource_type, resource_id)

@@ -175,9 +175,11 @@ SPILL_PAGES = 483
 class SQLiteViews:
     """Views in one SQLite file (WAL: readers never wait for the projection writer).
 
-    One connection per thread. anyio ends worker threads idle for 10 s and starts new ones for the next
-    burst, so a connection is closed when its thread ends: kept open, each would hold its file handles and
-    page cache (up to :data:`CACHE_KIB`) for the life of the process.
+    One connection per thread, closed when its thread ends. The API's request threads live as long as the
+    server (at most its pool's size); other thread pools (anyio's, for the few routes FastAPI hands off
+    itself) end threads idle for 10 s and start new ones for the next burst: a connection kept open past
+    its thread would hold its file handles and page cache (up to :data:`CACHE_KIB`) for the life of the
+    process.
     """
 
     dialect: Dialect = "sqlite"

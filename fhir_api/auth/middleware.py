@@ -177,6 +177,6 @@ def _decided(due: PendingDecision, scope: Scope, receive: Receive, send: Send) -
 
 
 async def _run_sync(function: Any, *args: Any) -> Any:
-    from starlette.concurrency import run_in_threadpool
+    from fhir_api.threads import in_thread
 
-    return await run_in_threadpool(function, *args)
+    return await in_thread(function, *args)

@@ -11,14 +11,12 @@ while the middleware takes it, so nothing is disclosed undecided (``AuthMiddlewa
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import Scope
 
@@ -26,6 +24,7 @@ from ehr_core.errors import Forbidden, RecordError
 from fhir_api.access import Decision
 from fhir_api.auth.decision import Caller, policy
 from fhir_api.auth.needs import Need
+from fhir_api.threads import in_thread
 
 __all__ = ["PendingDecision", "decided_first", "pending"]
 
@@ -81,7 +80,7 @@ class PendingDecision:
     async def settled(self) -> None:
         """:meth:`settle` from the event loop (a worker thread when it is still to be taken)."""
         if not self.decided:
-            await run_in_threadpool(self.settle)
+            await in_thread(self.settle)
         elif self.refusal is not None:
             raise self.refusal
 
@@ -91,13 +90,8 @@ def decided_first(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     a plain function, else in a thread of its own before the coroutine. A generator is left as it is: the
     middleware takes the decision before its answer's first byte.
 
-    A plain function is handed to the event loop's executor here (``loop.run_in_executor``, the pool the app's
-    lifespan sizes: fhir_api/app.py) rather than left to FastAPI, whose hand-off (anyio's ``to_thread``: its
-    backend and limiter looked up, a token taken and given back) cost the event loop about as much as the rest
-    of a read's routing. The request's context variables go with it, as anyio's do. Unlike anyio's, the
-    hand-off does not hold a cancelled request until its thread ends: the request's deadline
-    (fhir_api/limits.py) answers at once and the thread finishes unobserved, as it did with the deadline's own
-    task before."""
+    A plain function is handed to a request thread here (fhir_api/threads.py) rather than left to FastAPI,
+    whose hand-off is anyio's: the same threads as every other hand-off, and less work on the event loop."""
     if inspect.isgeneratorfunction(endpoint) or inspect.isasyncgenfunction(endpoint):
         return endpoint
     if inspect.iscoroutinefunction(endpoint):
@@ -119,7 +113,6 @@ def decided_first(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(endpoint)  # FastAPI reads the parameters through __wrapped__: the endpoint's own
     async def handed_off(*args: Any, **kwargs: Any) -> Any:
-        call = functools.partial(contextvars.copy_context().run, synchronous, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        return await in_thread(synchronous, *args, **kwargs)
 
     return handed_off

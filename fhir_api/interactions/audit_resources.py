@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import Conflict, InvalidResource, Issue
@@ -34,6 +33,7 @@ from fhir_api.interactions import delete, patch, read, update
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import audit_clause, audit_entry_visible, provenance_clause, provenance_visible
 from projections.audit import AuditQuery, date_condition, read_audit, search_audit
 from projections.provenance import read_provenance, search_provenance
@@ -129,7 +129,7 @@ async def audit_search(request: Request, services: ServicesDep) -> Response:
     if caller is not None:
         query.policy = audit_clause(caller.viewer())
         request.state.ehr_access = "filtered"  # for the audit entry
-    rows = await run_in_threadpool(_search_audit, services, query, count)
+    rows = await in_thread(_search_audit, services, query, count)
     if _patient_app(request):
         rows = [(rid, nid, _without_queries(body)) for rid, nid, body in rows]
     return _bundle(request, "AuditEvent", rows, count)
@@ -219,7 +219,7 @@ async def provenance_search(request: Request, services: ServicesDep) -> Response
     policy = provenance_clause(caller.viewer()) if caller is not None else None
     if policy is not None:
         request.state.ehr_access = "filtered"  # for the audit entry
-    rows = await run_in_threadpool(_search_provenance, services, refs, dates, before, count, policy)
+    rows = await in_thread(_search_provenance, services, refs, dates, before, count, policy)
     return _bundle(request, "Provenance", rows, count)
 
 
@@ -245,7 +245,7 @@ for _type in ("AuditEvent", "Provenance"):
 
     async def _guard(resource_id: str, request: Request, services: ServicesDep, _name: str = _type) -> Response:
         """A client's own AuditEvent/Provenance is an ordinary resource, but never under a server entry's id."""
-        if await run_in_threadpool(_server_written, services, _name, resource_id):
+        if await in_thread(_server_written, services, _name, resource_id):
             raise Conflict(f"{_name}/{resource_id} is written by the server from its logs and cannot be changed")
         handler = {"PUT": update.update, "PATCH": patch.patch, "DELETE": delete.delete}[request.method]
         return await handler(_name, resource_id, request, services)

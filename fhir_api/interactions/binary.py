@@ -41,7 +41,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue
@@ -63,6 +62,7 @@ from fhir_api.request import (
 )
 from fhir_api.responses import etag, http_date, write_response
 from fhir_api.services import home_store_async
+from fhir_api.threads import in_thread
 from projections.resources import StoredResource
 
 __all__ = ["FHIR_MEDIA_TYPES", "router", "wants_resource"]
@@ -142,8 +142,8 @@ async def create_binary(request: Request, services: ServicesDep) -> Response:
         return await create_interaction.create("Binary", request, services)
     resource = await _native_binary(request, None)
     context = write_context(request, "create")
-    written = await run_in_threadpool(services.application.create, resource, context, "Binary")
-    await run_in_threadpool(make_visible, services, written)
+    written = await in_thread(services.application.create, resource, context, "Binary")
+    await in_thread(make_visible, services, written)
     return write_response(written, 201, prefer_return(request), base_url(request))
 
 
@@ -156,8 +156,8 @@ async def update_binary(resource_id: str, request: Request, services: ServicesDe
     resource = await _native_binary(request, resource_id)
     context = write_context(request, "update")
     application = await home_store_async(services, "Binary", resource_id)
-    written = await run_in_threadpool(application.update, "Binary", resource_id, resource, context, if_match)
-    await run_in_threadpool(make_visible, services, written)
+    written = await in_thread(application.update, "Binary", resource_id, resource, context, if_match)
+    await in_thread(make_visible, services, written)
     return write_response(written, 201 if written.created else 200, prefer_return(request), base_url(request))
 
 

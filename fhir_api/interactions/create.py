@@ -10,7 +10,6 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue
@@ -18,6 +17,7 @@ from fhir_api.conditional import resolve_references, run_conditional
 from fhir_api.interactions.visibility import make_visible
 from fhir_api.request import ServicesDep, base_url, prefer_return, read_json_body, require_type, write_context
 from fhir_api.responses import write_response
+from fhir_api.threads import in_thread
 
 router = APIRouter()
 
@@ -41,6 +41,6 @@ async def create(resource_type: str, request: Request, services: ServicesDep) ->
             request, services, "POST", resource_type, resource, context, prefer, base, if_none_exist
         )
     resource = await resolve_references(services, request, resource)
-    written = await run_in_threadpool(services.application.create, resource, context, resource_type)
-    await run_in_threadpool(make_visible, services, written)
+    written = await in_thread(services.application.create, resource, context, resource_type)
+    await in_thread(make_visible, services, written)
     return write_response(written, 201, prefer_return(request), base_url(request))

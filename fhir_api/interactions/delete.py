@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from fhir_api.conditional import run_conditional
@@ -12,6 +11,7 @@ from fhir_api.limits import check_write_deadline
 from fhir_api.request import ServicesDep, parse_if_match, require_type, write_context
 from fhir_api.responses import etag
 from fhir_api.services import home_store_async
+from fhir_api.threads import in_thread
 
 router = APIRouter()
 
@@ -23,8 +23,8 @@ async def delete(resource_type: str, resource_id: str, request: Request, service
     context = write_context(request, "delete")
     check_write_deadline()  # Out of time before the append: 503, nothing written
     application = await home_store_async(services, resource_type, resource_id)
-    written = await run_in_threadpool(application.delete, resource_type, resource_id, context, if_match)
-    await run_in_threadpool(make_visible, services, written)
+    written = await in_thread(application.delete, resource_type, resource_id, context, if_match)
+    await in_thread(make_visible, services, written)
     # Deleting what is absent or already deleted succeeds too: delete is idempotent (R4 §3.1.0.6).
     headers = {"ETag": etag(written.version)} if written is not None else {}
     return Response(status_code=204, headers=headers)

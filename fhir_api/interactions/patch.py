@@ -10,7 +10,6 @@ import base64
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue
@@ -31,6 +30,7 @@ from fhir_api.request import (
 )
 from fhir_api.responses import write_response
 from fhir_api.services import home_store_async
+from fhir_api.threads import in_thread
 
 router = APIRouter()
 
@@ -52,8 +52,8 @@ async def patch(resource_type: str, resource_id: str, request: Request, services
 
     context = write_context(request, "patch")
     application = await home_store_async(services, resource_type, resource_id)
-    written = await run_in_threadpool(application.patch, resource_type, resource_id, patched, context, if_match)
-    await run_in_threadpool(make_visible, services, written)
+    written = await in_thread(application.patch, resource_type, resource_id, patched, context, if_match)
+    await in_thread(make_visible, services, written)
     return write_response(written, 200, prefer_return(request), base_url(request))
 
 

@@ -23,7 +23,6 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.compartment import compartment_types
@@ -37,6 +36,7 @@ from fhir_api.limits import clamp_count
 from fhir_api.request import ServicesDep, base_url, media_type, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import Viewer
 from projections.db import Tx
 from projections.resources import ResourceViews, StoredResource
@@ -343,7 +343,7 @@ def search_system(request: Request, services: ServicesDep) -> Response:
 @router.post("/_search", summary="search-system (POST)")
 async def search_system_post(request: Request, services: ServicesDep) -> Response:
     pairs = await _form_pairs(request)
-    return await run_in_threadpool(_system_answer, services, request, pairs)
+    return await in_thread(_system_answer, services, request, pairs)
 
 
 @router.get("/{resource_type}", summary="search-type")
@@ -354,7 +354,7 @@ def search_type(resource_type: str, request: Request, services: ServicesDep) -> 
 @router.post("/{resource_type}/_search", summary="search-type (POST)")
 async def search_post(resource_type: str, request: Request, services: ServicesDep) -> Response:
     pairs = await _form_pairs(request)
-    return await run_in_threadpool(_answer, services, request, resource_type, pairs)
+    return await in_thread(_answer, services, request, resource_type, pairs)
 
 
 # -- compartment search: GET [base]/Patient/[id]/[type]?params (R4 §3.1.1.1 "Compartment search") -----
@@ -409,4 +409,4 @@ async def search_compartment_post(
 ) -> Response:
     _compartment_type(compartment_type, resource_type)
     pairs = await _form_pairs(request)
-    return await run_in_threadpool(_answer, services, request, resource_type, pairs, compartment_id)
+    return await in_thread(_answer, services, request, resource_type, pairs, compartment_id)

@@ -18,7 +18,6 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.application import Written
@@ -45,6 +44,7 @@ from fhir_api.request import ServicesDep, base_url, prefer_return, read_json_bod
 from fhir_api.resolver import ViewResolver
 from fhir_api.responses import FHIR_JSON, etag
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.resources import ResourceViews
 from projections.search import parse_search
 
@@ -361,18 +361,16 @@ async def transaction(request: Request, services: ServicesDep) -> Response:
         entries[position], warnings[entry.index] = _as_over_rest(entry)
     answers: list[dict[str, Any]] = []
     if kind == "transaction":
-        results, reads = await run_in_threadpool(_transaction, services, entries, context, caller, base, strict)
+        results, reads = await in_thread(_transaction, services, entries, context, caller, base, strict)
         for result in results:
             index = result.entry.index
             answers.append(reads[index] if result.deferred else _write_answer(result, base, prefer, warnings[index]))
     else:
-        for entry, outcome in zip(
-            entries, await run_in_threadpool(_batch, services, entries, context, caller), strict=True
-        ):
+        for entry, outcome in zip(entries, await in_thread(_batch, services, entries, context, caller), strict=True):
             if isinstance(outcome, RecordError):
                 answers.append(_failed(STATUS[outcome.category], outcome.issues))
             elif outcome.deferred:
-                answers.append(await run_in_threadpool(_batch_get, services, entry, caller, base, strict))
+                answers.append(await in_thread(_batch_get, services, entry, caller, base, strict))
             else:
                 answers.append(_write_answer(outcome, base, prefer, warnings[entry.index]))
     response_bundle = {"resourceType": "Bundle", "type": f"{kind}-response", "entry": answers}

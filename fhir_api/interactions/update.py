@@ -6,7 +6,6 @@ Conditional update, ``PUT [base]/[type]?search`` (R4 §3.1.0.4.3), runs through 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from fhir_api.conditional import resolve_references, run_conditional
@@ -22,6 +21,7 @@ from fhir_api.request import (
 )
 from fhir_api.responses import write_response
 from fhir_api.services import home_store_async
+from fhir_api.threads import in_thread
 
 router = APIRouter()
 
@@ -34,8 +34,8 @@ async def update(resource_type: str, resource_id: str, request: Request, service
     context = write_context(request, "update")
     resource = await resolve_references(services, request, resource)
     application = await home_store_async(services, resource_type, resource_id)
-    written = await run_in_threadpool(application.update, resource_type, resource_id, resource, context, if_match)
-    await run_in_threadpool(make_visible, services, written)
+    written = await in_thread(application.update, resource_type, resource_id, resource, context, if_match)
+    await in_thread(make_visible, services, written)
     return write_response(written, 201 if written.created else 200, prefer_return(request), base_url(request))
 
 

@@ -36,7 +36,6 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import Forbidden, InvalidResource, Issue, NotFound
@@ -46,6 +45,7 @@ from fhir_api.operations.definitions import by_id
 from fhir_api.operations.import_jobs import ImportInput, ImportJobs, ImportRequest
 from fhir_api.request import ServicesDep, base_url, read_json_body, write_context
 from fhir_api.responses import FHIR_JSON
+from fhir_api.threads import in_thread
 
 __all__ = ["router"]
 
@@ -177,11 +177,11 @@ async def kick_off(request: Request, services: ServicesDep) -> Response:
         raise _invalid(f"$import takes its parameters in the Parameters body, not {unknown[0]!r} in the URL", None)
     body = await read_json_body(request)
     root = services.settings.import_root
-    inputs, source = await run_in_threadpool(_inputs, body, root)
+    inputs, source = await in_thread(_inputs, body, root)
     import_request = ImportRequest(
         str(request.url), tuple(inputs), write_context(request, "import"), viewer_of(request), source
     )
-    job = await run_in_threadpool(_jobs(request).start, import_request, _requester(request))
+    job = await in_thread(_jobs(request).start, import_request, _requester(request))
     return Response(status_code=202, headers={"Content-Location": f"{base_url(request)}/$import-status/{job.id}"})
 
 

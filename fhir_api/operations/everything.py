@@ -26,7 +26,6 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue
@@ -40,6 +39,7 @@ from fhir_api.operations.unified import attributed, bundle, linked_patients
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import Viewer
 from projections.asof import normalise_instant
 from projections.everything_asof import everything_as_of, referenced_as_of
@@ -210,7 +210,7 @@ async def patient_everything(patient_id: str, request: Request, services: Servic
     for resource_type in type_list or []:
         require_type(resource_type)
     size = max(1, min(_int(given.first("_count"), "_count", DEFAULT_COUNT), MAX_COUNT))
-    body = await run_in_threadpool(
+    body = await in_thread(
         everything,
         services,
         base_url(request),

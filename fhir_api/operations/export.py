@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
 from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound
@@ -30,6 +29,7 @@ from fhir_api.operations.parameters import OperationInput, operation_input
 from fhir_api.operations.type_filter import parse_type_filters
 from fhir_api.request import ServicesDep, base_url, require_type
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.resources import ResourceViews
 
 router = APIRouter()
@@ -111,21 +111,21 @@ def _requester(request: Request) -> str | None:
 @router.post("/$export", summary="$export (system, POST kick-off with a Parameters body)")
 async def export_system(request: Request) -> Response:
     given = await operation_input(request, by_id("export"))
-    return await run_in_threadpool(_kick_off, request, "system", given)
+    return await in_thread(_kick_off, request, "system", given)
 
 
 @router.get("/Patient/$export", summary="$export (patient)")
 @router.post("/Patient/$export", summary="$export (patient, POST kick-off with a Parameters body)")
 async def export_patients(request: Request) -> Response:
     given = await operation_input(request, by_id("patient-export"))
-    return await run_in_threadpool(_kick_off, request, "patient", given)
+    return await in_thread(_kick_off, request, "patient", given)
 
 
 @router.get("/Group/{group_id}/$export", summary="$export (group)")
 @router.post("/Group/{group_id}/$export", summary="$export (group, POST kick-off with a Parameters body)")
 async def export_group(group_id: str, request: Request, services: ServicesDep) -> Response:
     given = await operation_input(request, by_id("group-export"))
-    return await run_in_threadpool(_export_group, group_id, request, services, given)
+    return await in_thread(_export_group, group_id, request, services, given)
 
 
 def _export_group(group_id: str, request: Request, services: Services, given: OperationInput) -> Response:

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import NotFound
@@ -28,6 +27,7 @@ from fhir_api.operations.parameters import operation_input
 from fhir_api.request import ServicesDep
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import access_denials, access_grants
 from projections.identity import IdentityIndex
 from projections.resources import ResourceViews
@@ -39,7 +39,7 @@ router = APIRouter()
 @router.post("/Patient/{patient_id}/$access-grants", summary="access grants of a patient's record (POST)")
 async def grants_of(patient_id: str, request: Request, services: ServicesDep) -> Response:
     await operation_input(request, by_id("access-grants"))  # it takes no parameter
-    body = await run_in_threadpool(_grants, services, patient_id)
+    body = await in_thread(_grants, services, patient_id)
     return Response(orjson.dumps(body), media_type=FHIR_JSON)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue, NotFound
@@ -22,6 +21,7 @@ from fhir_api.operations.definitions import by_id
 from fhir_api.operations.parameters import operation_input
 from fhir_api.request import ServicesDep
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import audit_entry_visible
 from projections.ledger import Ledger
 from projections.resources import ResourceViews
@@ -50,7 +50,7 @@ async def ledger_key(request: Request, services: ServicesDep) -> Response:
 async def ledger_head(request: Request, services: ServicesDep) -> Response:
     given = await operation_input(request, by_id("ledger-head"))
     ledger = _ledger(services, given.first("log") or "record")
-    found = await run_in_threadpool(ledger.latest_head)
+    found = await in_thread(ledger.latest_head)
     if found is None:
         raise NotFound("no block has been sealed yet")
     head, signature = found
@@ -116,12 +116,12 @@ async def ledger_proof(request: Request, services: ServicesDep) -> Response:
     if event is None:
         if resource is None or version is None:
             raise InvalidResource([Issue("required", "give event=N, or resource=Type/id and version=V")])
-        event = await run_in_threadpool(_notification_of, services, resource, version)
+        event = await in_thread(_notification_of, services, resource, version)
     if log == "record":
-        await run_in_threadpool(_readable, services, request, event)
+        await in_thread(_readable, services, request, event)
     else:
-        await run_in_threadpool(_audit_readable, services, request, event)
-    proof = await run_in_threadpool(ledger.proof, event)
+        await in_thread(_audit_readable, services, request, event)
+    proof = await in_thread(ledger.proof, event)
     if proof is None:
         raise NotFound(f"event #{event} is not in the ledger")
     return Response(orjson.dumps(proof, option=orjson.OPT_INDENT_2), media_type="application/json")

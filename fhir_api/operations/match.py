@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue, NotFound
@@ -38,6 +37,7 @@ from fhir_api.operations.unified import bundle
 from fhir_api.request import ServicesDep, base_url, read_json_body
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import Viewer, visible_ids
 from projections.db import Tx
 from projections.identity import IdentityIndex
@@ -187,8 +187,8 @@ async def patient_match(request: Request, services: ServicesDep) -> Response:
         if count is None or count < 1:
             raise InvalidResource([Issue("invalid", "count must be a positive integer", "count")])
     disclosure = Disclosure.of(request)
-    body = await run_in_threadpool(match, services, base_url(request), patient, only_certain, count, disclosure)
-    headers = await run_in_threadpool(disclosure.finish, services, request, "$match Patient")
+    body = await in_thread(match, services, base_url(request), patient, only_certain, count, disclosure)
+    headers = await in_thread(disclosure.finish, services, request, "$match Patient")
     return Response(body, media_type=FHIR_JSON, headers=headers)
 
 
@@ -236,6 +236,6 @@ async def patient_pix(request: Request, services: ServicesDep) -> Response:
         raise InvalidResource([Issue("required", "sourceIdentifier (system|value) is required", "sourceIdentifier")])
     target_list = [t for value in given.all("targetSystem") for t in value.split(",") if t]
     disclosure = Disclosure.of(request)
-    body = await run_in_threadpool(pix, services, source, target_list, disclosure)
-    headers = await run_in_threadpool(disclosure.finish, services, request, "$ihe-pix Patient")
+    body = await in_thread(pix, services, source, target_list, disclosure)
+    headers = await in_thread(disclosure.finish, services, request, "$ihe-pix Patient")
     return Response(body, media_type=FHIR_JSON, headers=headers)

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import Forbidden, InvalidResource, Issue, NotFound
@@ -33,6 +32,7 @@ from fhir_api.operations.parameters import operation_input
 from fhir_api.request import ServicesDep, write_context
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import Viewer, visible_ids
 from projections.db import Tx
 from projections.identity import IdentityIndex
@@ -160,8 +160,8 @@ async def review(request: Request, services: ServicesDep) -> Response:
             readable = disclosure.readable(tx, [record for record, _, _ in items])
         return [item for item in items if item[0] in readable]
 
-    items = await run_in_threadpool(queue)
-    headers = await run_in_threadpool(disclosure.finish, services, request, "$review Person")
+    items = await in_thread(queue)
+    headers = await in_thread(disclosure.finish, services, request, "$review Person")
     parameters = {
         "resourceType": "Parameters",
         "parameter": [
@@ -185,10 +185,10 @@ async def read_person_route(person_id: str, request: Request, services: Services
 
 
 async def read_person(person_id: str, services: Services, request: Request | None = None) -> Response:
-    await run_in_threadpool(services.identity_current)
-    person = await run_in_threadpool(golden_record, services, person_id)
+    await in_thread(services.identity_current)
+    person = await in_thread(golden_record, services, person_id)
     if person is None:  # not a person of the index: a stored Person resource, if any
-        return await run_in_threadpool(read.read, "Person", person_id, services, None, request)
+        return await in_thread(read.read, "Person", person_id, services, None, request)
     return Response(orjson.dumps(person), media_type=FHIR_JSON)
 
 
@@ -205,7 +205,7 @@ def _person_of(services: Services, patient_id: str) -> str:
 @router.post("/Patient/{patient_id}/$person", summary="the person (golden record) holding a Patient record (POST)")
 async def person_of(patient_id: str, request: Request, services: ServicesDep) -> Response:
     await operation_input(request, by_id("person"))  # it takes no parameter
-    person_id = await run_in_threadpool(_person_of, services, patient_id)
+    person_id = await in_thread(_person_of, services, patient_id)
     return await read_person(person_id, services)
 
 
@@ -217,32 +217,30 @@ async def link(patient_id: str, request: Request, services: ServicesDep) -> Resp
     if other is not None:
         if not other.startswith("Patient/"):
             raise InvalidResource([Issue("invalid", "other must be a Reference to a Patient", "other")])
-        person_id = await run_in_threadpool(_person_of, services, other.split("/", 1)[1])
+        person_id = await in_thread(_person_of, services, other.split("/", 1)[1])
     elif person is not None:
         person_id = person
     else:
         raise InvalidResource([Issue("required", "give other (Reference to a Patient) or person (its id)")])
-    await run_in_threadpool(_person_of, services, patient_id)
-    await run_in_threadpool(_may_link, services, request, patient_id, person_id)
-    linked = await run_in_threadpool(
+    await in_thread(_person_of, services, patient_id)
+    await in_thread(_may_link, services, request, patient_id, person_id)
+    linked = await in_thread(
         services.identity.mpi.link, f"Patient/{patient_id}", person_id, _who(context.user, context.role)
     )
-    await run_in_threadpool(services.identity.catch_up)
+    await in_thread(services.identity.catch_up)
     return await read_person(linked, services)
 
 
 @router.post("/Patient/{patient_id}/$unlink", summary="undo the link of a Patient record (data steward)")
 async def unlink(patient_id: str, request: Request, services: ServicesDep) -> Response:
     context = write_context(request, "unlink")
-    await run_in_threadpool(_person_of, services, patient_id)
+    await in_thread(_person_of, services, patient_id)
     # Whether the caller may change this record's identity comes first: a refused caller learns nothing of
     # what the body would have been checked for.
-    await run_in_threadpool(_may_link, services, request, patient_id, None)
+    await in_thread(_may_link, services, request, patient_id, None)
     await operation_input(request, by_id("unlink"))  # no parameters: an empty body or an empty Parameters
-    own = await run_in_threadpool(
-        services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role)
-    )
-    await run_in_threadpool(services.identity.catch_up)
+    own = await in_thread(services.identity.mpi.unlink, f"Patient/{patient_id}", _who(context.user, context.role))
+    await in_thread(services.identity.catch_up)
     return await read_person(own, services)
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue, NotFound
@@ -24,6 +23,7 @@ from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
 from fhir_api.subscriptions import notification_bundle, status_parameters
+from fhir_api.threads import in_thread
 from projections.access import Viewer
 from projections.subscriptions import SubscriptionRow, events_between, subscription_row, visible_foci
 
@@ -92,7 +92,7 @@ def events(
 @router.post("/Subscription/{subscription_id}/$status", summary="Subscription $status (POST)")
 async def subscription_status(subscription_id: str, request: Request, services: ServicesDep) -> Response:
     await operation_input(request, by_id("subscription-status"))
-    body = await run_in_threadpool(status, services, base_url(request), subscription_id, viewer_of(request))
+    body = await in_thread(status, services, base_url(request), subscription_id, viewer_of(request))
     return Response(body, media_type=FHIR_JSON)
 
 
@@ -101,5 +101,5 @@ async def subscription_status(subscription_id: str, request: Request, services: 
 async def subscription_events(subscription_id: str, request: Request, services: ServicesDep) -> Response:
     given = await operation_input(request, by_id("subscription-events"))
     values = {name: given.first(name) for name in ("eventsSinceNumber", "eventsUntilNumber", "content")}
-    body = await run_in_threadpool(events, services, base_url(request), subscription_id, viewer_of(request), values)
+    body = await in_thread(events, services, base_url(request), subscription_id, viewer_of(request), values)
     return Response(body, media_type=FHIR_JSON)

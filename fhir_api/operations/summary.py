@@ -15,7 +15,6 @@ from uuid import uuid4
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.application import format_instant
@@ -27,6 +26,7 @@ from fhir_api.operations.unified import attributed, linked_patients, source_uri
 from fhir_api.request import ServicesDep, base_url
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.access import Viewer
 from projections.identity import everything_page
 
@@ -184,5 +184,5 @@ def summary(services: Services, base: str, patient_id: str, viewer: Viewer | Non
 @router.post("/Patient/{patient_id}/$summary", summary="Patient $summary (POST, Parameters body)")
 async def patient_summary(patient_id: str, request: Request, services: ServicesDep) -> Response:
     await operation_input(request, by_id("summary"))  # none defined: any parameter is refused
-    body = await run_in_threadpool(summary, services, base_url(request), patient_id, viewer_of(request))
+    body = await in_thread(summary, services, base_url(request), patient_id, viewer_of(request))
     return Response(body, media_type=FHIR_JSON)

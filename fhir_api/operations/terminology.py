@@ -12,13 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import InvalidResource, Issue, NotFound
 from ehr_core.numbers import parse_int
 from fhir_api.operations.parameters import OperationInput
 from fhir_api.responses import FHIR_JSON
+from fhir_api.threads import in_thread
 from projections.db import Tx
 from projections.terminology.store import TerminologyStore
 
@@ -82,5 +82,5 @@ def target_value_set(tx: Tx, given: OperationInput, resource_id: str | None) -> 
 
 async def answer(work: Callable[..., dict[str, Any]], *args: Any) -> Response:
     """Run ``work`` (it reads the database) off the event loop; answer its resource as FHIR JSON."""
-    body = await run_in_threadpool(work, *args)
+    body = await in_thread(work, *args)
     return Response(orjson.dumps(body), media_type=FHIR_JSON)

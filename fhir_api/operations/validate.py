@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.errors import Deleted, InvalidResource, Issue, NotFound, RecordError
@@ -32,6 +31,7 @@ from fhir_api.outcome import operation_outcome
 from fhir_api.request import ServicesDep, read_json_body, require_type
 from fhir_api.responses import FHIR_JSON
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from projections.resources import ResourceViews
 from projections.terminology.conformance import claimed_profiles
 
@@ -63,11 +63,11 @@ async def validate_instance(resource_type: str, resource_id: str, request: Reque
     given = query_input(by_id("validate"), request.query_params.multi_items())
     mode = _mode(given.first("mode"))
     profiles = given.all("profile")
-    await run_in_threadpool(_check_profile, services, resource_type, profiles)
-    stored = await run_in_threadpool(_stored, services, resource_type, resource_id)
+    await in_thread(_check_profile, services, resource_type, profiles)
+    stored = await in_thread(_stored, services, resource_type, resource_id)
     if mode == "delete":
         return _answer([])
-    issues = await run_in_threadpool(_issues, services, resource_type, resource_id, stored, "update", profiles)
+    issues = await in_thread(_issues, services, resource_type, resource_id, stored, "update", profiles)
     return _answer(issues)
 
 
@@ -79,17 +79,15 @@ async def _posted(resource_type: str, resource_id: str | None, request: Request,
         resource, body_mode, body_profiles = _parameters(body)
         mode, profiles = body_mode or mode, [*profiles, *body_profiles]
     mode = _mode(mode)
-    await run_in_threadpool(_check_profile, services, resource_type, profiles)
+    await in_thread(_check_profile, services, resource_type, profiles)
     if mode == "delete":
         if resource_id is None:
             raise InvalidResource([Issue("required", "mode delete validates the deletion of an instance: name it")])
-        await run_in_threadpool(_stored, services, resource_type, resource_id)
+        await in_thread(_stored, services, resource_type, resource_id)
         return _answer([])
     if resource is None:
         raise InvalidResource([Issue("required", "$validate needs a resource (the body, or the resource parameter)")])
-    issues = await run_in_threadpool(
-        _issues, services, resource_type, resource_id, resource, mode or "create", profiles
-    )
+    issues = await in_thread(_issues, services, resource_type, resource_id, resource, mode or "create", profiles)
     return _answer(issues)
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fhir_api.auth import TokenError
@@ -32,6 +31,7 @@ from fhir_api.oauth.routes import (
     own_token_claims,
     pkce_challenge,
 )
+from fhir_api.threads import in_thread
 from fhir_api.web import session as sessions
 from fhir_api.web.fhir_client import InternalFhir
 from fhir_api.web.pages import render_page, safe_next, same_origin, services_of, session_of_request
@@ -90,9 +90,7 @@ async def callback(request: Request) -> Response:
     state, expected = query.get("state", ""), request.cookies.get(sessions.SIGN_IN_COOKIE, "")
     pending: dict[str, Any] | None = None
     if state and expected and secrets.compare_digest(state, expected):
-        pending = await run_in_threadpool(
-            oauth_store(request.app).take, "oauth_requests", f"web:{state}", int(time.time())
-        )
+        pending = await in_thread(oauth_store(request.app).take, "oauth_requests", f"web:{state}", int(time.time()))
     if pending is None:
         return _login(request, "/web/", "unknown, used or expired sign-in (state)", 400)
     target = safe_next(pending.get("next"))
@@ -110,7 +108,7 @@ async def callback(request: Request) -> Response:
     answer = await InternalFhir(request, sessions.Session(False, lang)).call("POST", "/oauth/token", form=form)
     body = answer.json() if answer.ok else None
     token = body.get("access_token") if isinstance(body, dict) else None
-    claims = await run_in_threadpool(own_token_claims, request, token) if isinstance(token, str) else None
+    claims = await in_thread(own_token_claims, request, token) if isinstance(token, str) else None
     if token is None or claims is None:
         return _login(request, target, f"token endpoint: {answer.problem()} {answer.body[:200]!r}", 403)
     # A page, not a redirect: after a hop through another site (the provider), a browser sends no
@@ -150,7 +148,7 @@ async def login(
         # Pasted tokens are for development (like the development master key): users sign in above.
         return _login(request, target, "pasted tokens are off in production: sign in", 403)
     try:
-        claims = await run_in_threadpool(sessions.login_claims, request, services_of(request).settings, token)
+        claims = await in_thread(sessions.login_claims, request, services_of(request).settings, token)
     except TokenError as error:
         # Shown again with the reason, as a form to correct (200: not a failed page load).
         return _login(request, target, str(error))

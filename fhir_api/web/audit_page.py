@@ -9,10 +9,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ehr_core.numbers import parse_int
+from fhir_api.threads import in_thread
 from fhir_api.web import compliance
 from fhir_api.web.fhir_client import InternalFhir
 from fhir_api.web.pages import failure, login_redirect, next_query, render_page, services_of, session_of_request
@@ -119,7 +119,7 @@ async def audit_page(
     if not accesses.ok:
         return failure(request, session, accesses, patient_id)
     services = services_of(request)
-    decisions = await run_in_threadpool(compliance.break_glass_for, services, records)
+    decisions = await in_thread(compliance.break_glass_for, services, records)
     access_bundle = accesses.json() or {}
     rows = [_access_row(e["resource"]) for e in access_bundle.get("entry", []) if "resource" in e]
     for row in rows:
@@ -131,7 +131,7 @@ async def audit_page(
     if ledger_allowed:
         fresh = verify == "now"
         for name, head in (("ledger", record_head), ("audit_ledger", audit_head)):
-            status = await run_in_threadpool(compliance.ledger_status, services, name, fresh)
+            status = await in_thread(compliance.ledger_status, services, name, fresh)
             checked = datetime.fromtimestamp(status.checked_at, UTC).isoformat(timespec="seconds")
             ledgers.append(
                 {"name": name, "status": status, "head": head.json() if head.ok else None, "checked": checked}

@@ -12,10 +12,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from fhir_api.services import Services
+from fhir_api.threads import in_thread
 from fhir_api.web import session as sessions
 from fhir_api.web.asof import as_of, parse_moment
 from fhir_api.web.charts import chart
@@ -205,7 +205,7 @@ async def _load_record(
     if refused is not None:
         return fhir, [], {}, refused, reason
     names = await _unit_names(fhir, resources)
-    displays = await run_in_threadpool(_displays, services_of(request), resources)
+    displays = await in_thread(_displays, services_of(request), resources)
     return fhir, named(resources, displays), names, None, reason
 
 
@@ -290,7 +290,7 @@ async def as_of_page(
     if refused is not None:
         return failure(request, session, refused, patient_id)
     then = await as_of(fhir, resources, moment, reason)
-    displays = await run_in_threadpool(_displays, services_of(request), then.resources)
+    displays = await in_thread(_displays, services_of(request), then.resources)
     then.resources = named(then.resources, displays)  # the versions read as of then
     record = arrange(then.resources, names, moment.date())
     items, page, pages = _timeline_page(record, page)
