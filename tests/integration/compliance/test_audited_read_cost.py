@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_api import audit_middleware
+from fhir_api.disclosure import from_body
 from fhir_api.services import Services
 from projections import db
 from projections.audit import AuditQuery, search_audit
@@ -32,6 +33,18 @@ def _entry_of(services: Services, request_id: str) -> dict[str, Any]:
     return entry.as_dict()
 
 
+def _counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The answers the audit middleware decodes again to learn what they disclosed, from now on."""
+    decoded: list[bytes] = []
+
+    def counted(body: bytes, entities: list[str], patients: list[str]) -> None:
+        decoded.append(body)
+        from_body(body, entities, patients)
+
+    monkeypatch.setattr(audit_middleware, "from_body", counted)
+    return decoded
+
+
 def test_a_patient_read_is_audited_without_decoding_its_answer(
     client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -43,14 +56,7 @@ def test_a_patient_read_is_audited_without_decoding_its_answer(
         "subject": {"reference": f"Patient/{patient}"},
     }
     observed = client.post("/fhir/Observation", json=observation, headers=HEADERS).json()["id"]
-    decoded: list[bytes] = []
-    original = audit_middleware.from_body
-
-    def counted(body: bytes, entities: list[str], patients: list[str]) -> None:
-        decoded.append(body)
-        original(body, entities, patients)
-
-    monkeypatch.setattr(audit_middleware, "from_body", counted)
+    decoded = _counting_decodes(monkeypatch)
     read = client.get(f"/fhir/Patient/{patient}", headers={**HEADERS, "X-Request-ID": "read-patient"})
     vread = client.get(f"/fhir/Patient/{patient}/_history/1", headers={**HEADERS, "X-Request-ID": "vread-patient"})
     assert (read.status_code, vread.status_code) == (200, 200)
@@ -148,14 +154,7 @@ def test_a_search_page_is_audited_from_the_rows_it_served_as_its_body_would_name
             "valueQuantity": {"value": 120 + index, "unit": "mm[Hg]"},
         }
         assert client.post("/fhir/Observation", json=observation, headers=HEADERS).status_code == 201
-    decoded: list[bytes] = []
-    original = audit_middleware.from_body
-
-    def counted(body: bytes, entities: list[str], patients: list[str]) -> None:
-        decoded.append(body)
-        original(body, entities, patients)
-
-    monkeypatch.setattr(audit_middleware, "from_body", counted)
+    decoded = _counting_decodes(monkeypatch)
     searches = {
         "page-patients": ("/fhir/Patient", {"family": "Pérez"}),
         "page-observations": ("/fhir/Observation", {"code": "8480-6", "_include": "Observation:performer"}),
@@ -171,7 +170,7 @@ def test_a_search_page_is_audited_from_the_rows_it_served_as_its_body_would_name
     for request_id, body in answers.items():
         entities: list[str] = []
         named: list[str] = []
-        original(body, entities, named)
+        from_body(body, entities, named)
         entry = _entry_of(services, request_id)
         assert len(entities) >= (3 if request_id == "page-observations" else 1)
         # A compartment search also names the Patient of its path, first
