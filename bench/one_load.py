@@ -1,0 +1,92 @@
+"""One load against a fresh server, for comparing two trees back to back and for profiling one interaction.
+
+``python -m bench`` runs every figure; this runs one of them (reads by id, the ``Patient?family`` search or
+creates) at one concurrency against a server of the README's default configuration (auth on, audit on,
+PostgreSQL with its projection worker, or SQLite), and prints its rate and the server process's CPU per
+request. With ``--py-spy FILE`` it also records the server's interpreter-lock holders during the measured
+window (``py-spy record --gil --format raw``: py-spy is not a dependency; give its path with
+``--py-spy-bin``), the profile bench/README.md's "event loop's share" was read from.
+
+    .venv/bin/python -m bench.one_load read                      # 400 Patients, then 10 s of reads at 32 clients
+    .venv/bin/python -m bench.one_load search --backend sqlite
+    .venv/bin/python -m bench.one_load create --py-spy /tmp/create.raw
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.loadgen import Load, create_load, read_load, run_load
+from bench.payload import TOKEN_CLAIMS, Credentials, PatientFactory
+from bench.pg import DEFAULT_URL, fresh_schema
+from bench.server import issue_token, running_server
+from bench.workloads import search_load
+
+__all__ = ["main"]
+
+
+def _load(kind: str, created: list[str], credentials: Credentials) -> Load:
+    if kind == "read":
+        return read_load(created, credentials)
+    if kind == "search":
+        return search_load(credentials)
+    return create_load(PatientFactory(), credentials)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.one_load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("interaction", choices=("read", "search", "create"))
+    parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--postgres-url", default=DEFAULT_URL)
+    parser.add_argument("--patients", type=int, default=400, help="Patients created first (8 clients)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds, after 2 s of warm-up")
+    parser.add_argument("--py-spy", type=Path, default=None, help="record the server's GIL holders to this file")
+    parser.add_argument("--py-spy-bin", default="py-spy")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ehr-one-load-"))) / "data"
+        env = {"EHR_AUTH": "required"}
+        if args.backend == "postgres":
+            schema = stack.enter_context(fresh_schema(args.postgres_url, "bench_one"))
+            env |= {"EHR_DATABASE_URL": args.postgres_url, "EHR_POSTGRES_SCHEMA": schema}
+        credentials = Credentials(issue_token(data, TOKEN_CLAIMS))
+        log = data.parent / "server.log"
+        server = stack.enter_context(running_server(data, log, env, headers=credentials.read()))
+        seeding = create_load(PatientFactory(), credentials)
+        run_load(server.base_url, seeding, 8, 60.0, 0.0, args.patients)
+        if not seeding.created:
+            print(f"no Patient was created: {seeding.first_error}; server log: {log}", file=sys.stderr)
+            return 1
+        load = _load(args.interaction, seeding.created, credentials)
+        run_load(server.base_url, load, args.concurrency, 2.0, 0.0, 10**9)  # warm-up
+        spy = None
+        if args.py_spy is not None:
+            command = [args.py_spy_bin, "record", "--gil", "--format", "raw", "-r", "200"]
+            command += ["-d", str(int(args.seconds)), "-o", str(args.py_spy), "-p", str(server.pid)]
+            spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # attached before the window opens
+        measured = run_load(server.base_url, load, args.concurrency, args.seconds, 0.0, 10**9, server.pid)
+        if spy is not None:
+            spy.wait()
+
+        def per_request(name: str) -> str:
+            return f"{1000 * measured.cpu.get(name, float('nan')) / max(measured.operations, 1):.2f} ms"
+
+        database = f", PostgreSQL's CPU {per_request('db')}" if args.backend == "postgres" else ""
+        print(
+            f"{args.backend} {args.interaction} c={args.concurrency}: {measured.rate:,.0f}/s, "
+            f"p99 {measured.p99_ms:,.0f} ms, errors {measured.errors}; per request the server's CPU "
+            f"{per_request('server')}{database}"
+        )
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
