@@ -34,6 +34,7 @@ __all__ = ["create_app"]
 #: the loop's executor). A read waits on the store in its thread: as many as anyio's default limiter allowed
 #: before, so 32 clients' reads still wait side by side.
 REQUEST_THREADS = 40
+REQUEST_THREAD_PREFIX = "ehr-request"
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
-        threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="ehr-request")
+        threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix=REQUEST_THREAD_PREFIX)
         asyncio.get_running_loop().set_default_executor(threads)
         app.state.services = services or open_services(settings)
         if owned and (settings.projects_inline or not settings.uses_postgres):

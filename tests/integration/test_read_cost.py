@@ -7,6 +7,7 @@ nothing else on the path may need a thread (the open store is an attribute of th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
+from fhir_api.app import REQUEST_THREAD_PREFIX
 from tests.support.access import secured_client, staff_headers
 
 
@@ -32,7 +34,8 @@ class Hops:
 
 @pytest.fixture
 def hops(monkeypatch: pytest.MonkeyPatch) -> Hops:
-    """Every hand-off to a worker thread (Starlette's and FastAPI's go through ``anyio.to_thread.run_sync``)."""
+    """Every hand-off to a worker thread: to the request threads (fhir_api/threads.py, the app's executor) and
+    through anyio (Starlette's and FastAPI's own hand-offs, ``anyio.to_thread.run_sync``), were any left."""
     counted = Hops()
     original = anyio.to_thread.run_sync
 
@@ -40,7 +43,15 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> Hops:
         counted.functions.append(repr(function)[:120])
         return await original(function, *args, **kwargs)
 
+    submit = ThreadPoolExecutor.submit
+
+    def submitted(self: ThreadPoolExecutor, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if self._thread_name_prefix == REQUEST_THREAD_PREFIX:
+            counted.functions.append(repr(args[0] if args else function)[:120])
+        return submit(self, function, *args, **kwargs)
+
     monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", submitted)
     return counted
 
 
