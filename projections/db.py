@@ -159,7 +159,7 @@ def _close_for_ended_thread(
 
 
 #: Page cache a connection keeps between its transactions, in KiB (``PRAGMA cache_size=-N``). SQLite's default
-#: is 2,000 KiB per connection; the server has a connection per worker thread (anyio's 40), so under a load
+#: is 2,000 KiB per connection; the server has a connection per request thread (up to 40), so under a load
 #: that reads much (``$everything``, searches) the caches filled to 35 x 2 MiB = 70 MiB of the process, most of
 #: its growth under the benchmark's load. They buy little: in WAL mode a connection drops its whole cache when
 #: it begins a read after another connection committed (any write to the views), and the pages it would
