@@ -30,9 +30,9 @@ from fhir_api.web import install as install_web_view
 
 __all__ = ["create_app"]
 
-#: Worker threads for the routes' blocking work (fhir_api/auth/pending.py hands each plain-function route to
-#: the loop's executor). A read waits on the store in its thread: as many as anyio's default limiter allowed
-#: before, so 32 clients' reads still wait side by side.
+#: The request threads: the loop's executor, which every hand-off of the FHIR API to a thread uses
+#: (fhir_api/threads.py). A read waits on the store in its thread: as many as anyio's default limiter allowed,
+#: so 32 clients' reads still wait side by side.
 REQUEST_THREADS = 40
 REQUEST_THREAD_PREFIX = "ehr-request"
 
