@@ -22,6 +22,7 @@ from ehr_core.federation import Federation, StoreDown
 from ehr_core.settings import Settings
 from fhir_api.compliance import Compliance  # Audit log, ledgers
 from fhir_api.registry import NAMES, PROJECTIONS, per_store
+from fhir_api.threads import in_thread
 from projections.db import ViewDatabase
 from projections.federation import FederatedIdentity, StoreGroup
 from projections.follower import LogFollower
@@ -324,6 +325,4 @@ async def home_store_async(services: Services, resource_type: str, resource_id: 
     """:meth:`Services.home_store` from the event loop (outside a federation without leaving it)."""
     if services.federation is None:
         return services.application
-    from fhir_api.threads import in_thread
-
     return await in_thread(services.home_store, resource_type, resource_id)

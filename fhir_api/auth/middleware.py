@@ -25,6 +25,7 @@ from fhir_api.auth.pending import PendingDecision, pending
 from fhir_api.auth.scopes import constraint_holds, covered, parse_scopes
 from fhir_api.auth.tokens import Issuer, TokenError, claimed_issuer, verify_token
 from fhir_api.errors import headers_of, outcome_response, status_of
+from fhir_api.threads import in_thread
 
 __all__ = ["DISABLED", "AuthMiddleware"]
 
@@ -89,7 +90,7 @@ class AuthMiddleware:
             # goes to a worker thread.
             claims = self.issuers.verified_before(token.strip())
             if claims is None:
-                claims = await _run_sync(self._verify, request, token.strip())
+                claims = await in_thread(self._verify, request, token.strip())
         except TokenError as error:
             await self._refuse(scope, receive, send, 401, "login", f"invalid bearer token: {error}")
             return
@@ -107,7 +108,7 @@ class AuthMiddleware:
         wide = [g for g in caller.grants if g.context in ("user", "system")]
         refusal = None
         if not covered(wide, need):  # only patient scopes may still cover it: that asks the views
-            refusal = await _run_sync(
+            refusal = await in_thread(
                 scope_refusal, request.app.state.services, caller, need, _query(scope), str(scope["method"])
             )
         if refusal is not None:
@@ -174,9 +175,3 @@ def _decided(due: PendingDecision, scope: Scope, receive: Receive, send: Send) -
         await send(message)
 
     return decided
-
-
-async def _run_sync(function: Any, *args: Any) -> Any:
-    from fhir_api.threads import in_thread
-
-    return await in_thread(function, *args)

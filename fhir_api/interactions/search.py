@@ -88,14 +88,15 @@ def _entries(
     stored = ResourceViews.read_many(tx, [(m.resource_type, m.resource_id) for _, ms in pages for m in ms])
     reshaped = parsed.summary not in (None, "false") or parsed.elements is not None
     if disclosure is not None and reshaped:
-        disclosure.whole = False
+        disclosure.whole = False  # only the answer's body names what a reshaped resource still shows
+        disclosure = None
     entries = []
     for mode, matches in pages:
         for match in matches:
             found = stored.get((match.resource_type, match.resource_id))
             resource = _resource(found, parsed)
             if resource is not None:
-                if disclosure is not None and found is not None and not reshaped:
+                if disclosure is not None and found is not None:
                     disclosure.served(found)
                 entries.append(
                     {
