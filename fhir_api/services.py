@@ -259,7 +259,18 @@ class Services:
         return self.projector
 
     def identity_current(self) -> IdentityIndex:
-        """The master patient index, caught up with the log (read-your-writes for identity reads)."""
+        """The master patient index, caught up with the log (read-your-writes for identity reads).
+
+        Current means: it has applied what the resource views show. A write waits for the resource views
+        only (except a Patient's), so an entry can be readable before the index has recorded who wrote it
+        (``resource_sources``): read then, ``$everything`` would attribute it to an unknown institution."""
+        if self.watcher is not None:
+            # A worker projects, the resource views before the index, batch by batch; this process's own
+            # projectors never move. The positions are the worker's, as announced.
+            shown = self.watcher.position(self.projector.name)
+            if self.watcher.position(self.identity.name) < shown:
+                self._wait_for([self.identity], "", shown)
+            return self.identity
         # Only when behind the resource views (an in-memory comparison): identity reads cost no write.
         if self.identity.position < self.projector.position:
             self.identity.catch_up()
