@@ -1,15 +1,18 @@
 """One load against a fresh server, for comparing two trees back to back and for profiling one interaction.
 
-``python -m bench`` runs every figure; this runs one of them (reads by id, the ``Patient?family`` search or
-creates) at one concurrency against a server of the README's default configuration (auth on, audit on,
-PostgreSQL with its projection worker, or SQLite), and prints its rate and the server process's CPU per
-request. With ``--py-spy FILE`` it also records the server's interpreter-lock holders during the measured
-window (``py-spy record --gil --format raw``: py-spy is not a dependency; give its path with
-``--py-spy-bin``), the profile bench/README.md's "event loop's share" was read from.
+``python -m bench`` runs every figure; this runs one of them (reads by id, the ``Patient?family`` search,
+creates or consultation-sized transactions) at one concurrency against a server of the README's default
+configuration (auth on, audit on, PostgreSQL with its projection worker, or SQLite), and prints its rate and
+the server process's CPU per request. With ``--py-spy FILE`` it also records the server's interpreter-lock
+holders during the measured window (``py-spy record --gil --format raw``: py-spy is not a dependency; give
+its path with ``--py-spy-bin``), the profile bench/README.md's "event loop's share" was read from; with
+``--py-spy-threads``, every thread's stacks while it runs (what the request threads and the audit writer
+cost beside the event loop).
 
     .venv/bin/python -m bench.one_load read                      # 400 Patients, then 10 s of reads at 32 clients
     .venv/bin/python -m bench.one_load search --backend sqlite
     .venv/bin/python -m bench.one_load create --py-spy /tmp/create.raw
+    .venv/bin/python -m bench.one_load transaction --py-spy /tmp/tx.raw --py-spy-threads
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bench.loadgen import Load, create_load, read_load, run_load
 from bench.payload import TOKEN_CLAIMS, Credentials, PatientFactory
 from bench.pg import DEFAULT_URL, fresh_schema
 from bench.server import issue_token, running_server
-from bench.workloads import search_load
+from bench.workloads import CONSULTATION_RESOURCES, search_load, transaction_load
 
 __all__ = ["main"]
 
@@ -36,12 +39,14 @@ def _load(kind: str, created: list[str], credentials: Credentials) -> Load:
         return read_load(created, credentials)
     if kind == "search":
         return search_load(credentials)
+    if kind == "transaction":
+        return transaction_load(created, credentials)
     return create_load(PatientFactory(), credentials)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.one_load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("interaction", choices=("read", "search", "create"))
+    parser.add_argument("interaction", choices=("read", "search", "create", "transaction"))
     parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--postgres-url", default=DEFAULT_URL)
     parser.add_argument("--patients", type=int, default=400, help="Patients created first (8 clients)")
@@ -49,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds, after 2 s of warm-up")
     parser.add_argument("--py-spy", type=Path, default=None, help="record the server's GIL holders to this file")
     parser.add_argument("--py-spy-bin", default="py-spy")
+    parser.add_argument(
+        "--py-spy-threads",
+        action="store_true",
+        help="record every thread's stacks while it runs (what each costs), not only the lock holder's",
+    )
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ehr-one-load-"))) / "data"
@@ -68,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         run_load(server.base_url, load, args.concurrency, 2.0, 0.0, 10**9)  # warm-up
         spy = None
         if args.py_spy is not None:
-            command = [args.py_spy_bin, "record", "--gil", "--format", "raw", "-r", "200"]
+            command = [args.py_spy_bin, "record", *([] if args.py_spy_threads else ["--gil"]), "--format", "raw"]
+            command += ["-r", "200"]
             command += ["-d", str(int(args.seconds)), "-o", str(args.py_spy), "-p", str(server.pid)]
             spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # attached before the window opens
@@ -80,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             return f"{1000 * measured.cpu.get(name, float('nan')) / max(measured.operations, 1):.2f} ms"
 
         database = f", PostgreSQL's CPU {per_request('db')}" if args.backend == "postgres" else ""
+        resources = (
+            f" ({measured.rate * CONSULTATION_RESOURCES:,.0f} resources/s)" if args.interaction == "transaction" else ""
+        )
         print(
-            f"{args.backend} {args.interaction} c={args.concurrency}: {measured.rate:,.0f}/s, "
+            f"{args.backend} {args.interaction} c={args.concurrency}: {measured.rate:,.0f}/s{resources}, "
             f"p99 {measured.p99_ms:,.0f} ms, errors {measured.errors}; per request the server's CPU "
             f"{per_request('server')}{database}"
         )

@@ -98,17 +98,22 @@ class Services:
             return self.application
         return self.federation.application(self.federation.home_of(resource_type, resource_id))
 
-    def wait_until_visible(self, written: Written | None) -> None:
-        """Read-your-writes: block until the projections have applied ``written`` (at most the projection wait)."""
-        if written is None or written.notification_id is None:
-            return
-        own = self.store_projectors(written.store)  # resources, identity, terminology (registry.per_store)
-        needed = own[:1]
-        if written.resource_type == "Patient":
-            needed = own[:2]
-        elif written.resource_type in TERMINOLOGY_TYPES:
-            needed = [own[0], *own[2:3]]
-        self._wait_for(needed, written.store, written.notification_id)
+    def wait_until_visible(self, *writes: Written | None) -> None:
+        """Read-your-writes: block until the projections have applied ``writes`` (at most the projection wait):
+        the resource views, and the index for a Patient and the terminology store for its resources."""
+        by_store: dict[str, list[Written]] = {}
+        for written in writes:
+            if written is not None and written.notification_id is not None:
+                by_store.setdefault(written.store, []).append(written)
+        for store, written_there in by_store.items():
+            own = self.store_projectors(store)  # resources, identity, terminology (registry.per_store)
+            types = {written.resource_type for written in written_there}
+            needed = own[:1]
+            if "Patient" in types:
+                needed.append(own[1])
+            if types & TERMINOLOGY_TYPES:
+                needed += own[2:3]
+            self._wait_for(needed, store, max(int(w.notification_id or 0) for w in written_there))
 
     def wait_for_the_log(self) -> None:
         """With a projection worker, at start: block until the views have applied what the log held when this
@@ -253,7 +258,14 @@ class Services:
         committed write, a bulk import's too: it does not wait for the projections after each commit)."""
         state = self._read_state()
         if state is None or self.projector.name not in state.caught_up:
-            self.projector.catch_up_if_behind()
+            if self.watcher is None:
+                self.projector.catch_up_if_behind()
+            else:
+                # A worker projects: wait for it to apply the log as it stands (this process never projects,
+                # its work is the requests').
+                head = self.application.recorder.max_notification_id() or 0
+                if self.watcher.position(self.projector.name) < head:
+                    self._wait_for([self.projector], "", head)
             if state is not None:
                 state.caught_up.add(self.projector.name)
         return self.projector

@@ -301,9 +301,8 @@ def _transaction(
         if _is_search(entry):
             searches.append(entry)
     results = prepared.commit(services.application)
-    ids = [r.written.notification_id for r in results if r.written and r.written.notification_id]
-    if ids:  # committed: a views outage now must not turn it into a 503
-        after_commit(lambda: services.projector.catch_up(until=max(ids)), "transaction")
+    if any(r.written is not None for r in results):  # committed: a views outage now must not turn it into a 503
+        after_commit(lambda: services.wait_until_visible(*(r.written for r in results)), "transaction")
         for entry in searches:
             try:
                 reads[entry.index] = _search_entry(services, entry, caller, base, strict)
@@ -324,10 +323,8 @@ def _batch(
             continue
         try:
             result = run_batch_entry(services.application, entry, context, resolver)
-            written = result.written
-            if written is not None and written.notification_id is not None:
-                catch_up = partial(services.projector.catch_up, until=written.notification_id)
-                after_commit(catch_up, "batch entry")  # committed: a views outage is waited out
+            if result.written is not None:  # committed: a views outage is waited out
+                after_commit(partial(services.wait_until_visible, result.written), "batch entry")
             outcomes.append(result)
         except RecordError as error:
             outcomes.append(entry_error(entry.index, error))
