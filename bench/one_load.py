@@ -47,9 +47,8 @@ def _load(kind: str, created: list[str], credentials: Credentials) -> Load:
 
 
 def _checkpoint(url: str) -> None:
-    """Write out what earlier runs left dirty (and the seeding) before the window opens: run back to back, the
-    second of two runs met the checkpoint of the first's writes and the drop of its schema, and measured up
-    to a fifth slower whichever tree it ran."""
+    """Write out what earlier runs and the seeding left dirty before the window opens, so that no window
+    pays for a previous run's checkpoint (runs back to back still vary: compare medians of alternating runs)."""
     with psycopg.connect(conninfo(url), autocommit=True) as connection:
         connection.execute("CHECKPOINT")
 
