@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         run_load(server.base_url, load, args.concurrency, 2.0, 0.0, 10**9)  # warm-up
         spy = None
         if args.py_spy is not None:
-            command = [args.py_spy_bin, "record", *([] if args.py_spy_threads else ["--gil"]), "--format", "raw"]
+            # Every thread's stacks are read without pausing the server: paused 200 times a second with its 40
+            # request threads, it answered a fifth of its transactions (15/s against 70/s).
+            mode = ["--nonblocking"] if args.py_spy_threads else ["--gil"]
+            command = [args.py_spy_bin, "record", *mode, "--format", "raw"]
             command += ["-r", "200"]
             command += ["-d", str(int(args.seconds)), "-o", str(args.py_spy), "-p", str(server.pid)]
             spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
