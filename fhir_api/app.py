@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -26,15 +24,10 @@ from fhir_api.operations.import_jobs import ImportJobs
 from fhir_api.routes import adopt_routes, fhir_router
 from fhir_api.search_registry import reindex_if_stale
 from fhir_api.services import Services
+from fhir_api.threads import request_threads
 from fhir_api.web import install as install_web_view
 
 __all__ = ["create_app"]
-
-#: The request threads: the loop's executor, which every hand-off of the FHIR API to a thread uses
-#: (fhir_api/threads.py). A read waits on the store in its thread: as many as anyio's default limiter allowed,
-#: so 32 clients' reads still wait side by side.
-REQUEST_THREADS = 40
-REQUEST_THREAD_PREFIX = "ehr-request"
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -44,20 +37,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
-        threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix=REQUEST_THREAD_PREFIX)
-        asyncio.get_running_loop().set_default_executor(threads)
-        app.state.services = services or open_services(settings)
-        if owned and (settings.projects_inline or not settings.uses_postgres):
-            reindex_if_stale(app.state.services)  # this process projects: its index follows this registry
-        app.state.exports = ExportJobs(app.state.services, app.state.services.settings.data_dir / "exports")
-        app.state.imports = ImportJobs(app.state.services)
-        try:
-            yield
-        finally:
-            app.state.imports.close()  # running $import jobs stop between chunks, before the store closes
-            if owned:
-                app.state.services.close()
-            threads.shutdown(wait=False)  # a request's thread past uvicorn's grace finishes unobserved
+        with request_threads():  # every hand-off of the FHIR API to a thread (fhir_api/threads.py)
+            app.state.services = services or open_services(settings)
+            if owned and (settings.projects_inline or not settings.uses_postgres):
+                reindex_if_stale(app.state.services)  # this process projects: its index follows this registry
+            app.state.exports = ExportJobs(app.state.services, app.state.services.settings.data_dir / "exports")
+            app.state.imports = ImportJobs(app.state.services)
+            try:
+                yield
+            finally:
+                app.state.imports.close()  # running $import jobs stop between chunks, before the store closes
+                if owned:
+                    app.state.services.close()
 
     app = FastAPI(
         title="ehr-core FHIR R4 server",

@@ -43,6 +43,7 @@ from ehr_core.settings import Settings
 from fhir_api.errors import ApiError
 from fhir_api.outcome import operation_outcome
 from fhir_api.responses import FHIR_JSON
+from fhir_api.threads import writing
 
 __all__ = [
     "DeadlineExceeded",
@@ -193,8 +194,10 @@ class RequestLimits:
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, deadline: float, seconds: float) -> None:
         if scope.get("method", "GET") not in SAFE_METHODS:
-            # Writes are cut off by check_write_deadline before their append, never after it.
-            await self.app(scope, receive, send)
+            # Writes are cut off by check_write_deadline before their append, never after it. They wait for the
+            # group commit and the projections in threads of their own (fhir_api/threads.py).
+            with writing():
+                await self.app(scope, receive, send)
             return
         started = False
         abandoned = False

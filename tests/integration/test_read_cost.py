@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from ehr_core.settings import Settings
-from fhir_api.app import REQUEST_THREAD_PREFIX
+from fhir_api.threads import REQUEST_THREAD_PREFIX
 from tests.support.access import secured_client, staff_headers
 
 
@@ -30,6 +30,8 @@ def secured(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, Se
 class Hops:
     def __init__(self) -> None:
         self.functions: list[str] = []
+        #: The pool (its threads' name prefix) of each hand-off to the request threads.
+        self.pools: list[str] = []
 
 
 @pytest.fixture
@@ -46,8 +48,9 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> Hops:
     submit = ThreadPoolExecutor.submit
 
     def submitted(self: ThreadPoolExecutor, function: Any, /, *args: Any, **kwargs: Any) -> Any:
-        if self._thread_name_prefix == REQUEST_THREAD_PREFIX:
+        if self._thread_name_prefix.startswith(REQUEST_THREAD_PREFIX):
             counted.functions.append(repr(args[0] if args else function)[:120])
+            counted.pools.append(self._thread_name_prefix)
         return submit(self, function, *args, **kwargs)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
@@ -112,3 +115,28 @@ def test_a_read_by_id_tries_few_routes(secured: tuple[TestClient, Settings], mon
     assert response.status_code == 200, response.text
     assert response.json()["id"] == patient
     assert len(tried) <= 10, tried
+
+
+def test_reads_take_the_few_reading_threads_and_writes_the_many_writing_ones(
+    secured: tuple[TestClient, Settings], hops: Hops
+) -> None:
+    """A read's work holds the interpreter lock the event loop needs: it runs on a pool of a few threads. A
+    write waits (its group commit, its projections) without the lock: it runs on the large pool, so writers
+    queue together for one commit (fhir_api/threads.py)."""
+    client, settings = secured
+    headers = staff_headers(settings, "IMSS")
+    patient = _patient(client, headers)
+    assert client.get(f"/fhir/Patient/{patient}", headers=headers).status_code == 200
+    hops.pools.clear()
+    assert client.get(f"/fhir/Patient/{patient}", headers=headers).status_code == 200
+    assert client.get("/fhir/Patient", params={"family": "Pérez"}, headers=headers).status_code == 200
+    assert hops.pools and set(hops.pools) == {f"{REQUEST_THREAD_PREFIX}-read"}, hops.pools
+    hops.pools.clear()
+    _patient(client, headers)
+    updated = client.put(
+        f"/fhir/Patient/{patient}",
+        json={"resourceType": "Patient", "id": patient, "name": [{"family": "Pérez", "given": ["Ana", "María"]}]},
+        headers=headers,
+    )
+    assert updated.status_code == 200, updated.text
+    assert hops.pools and set(hops.pools) == {f"{REQUEST_THREAD_PREFIX}-write"}, hops.pools
