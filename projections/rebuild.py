@@ -16,9 +16,12 @@ once per rebuild, not once per projector. A shadow's batches are larger than the
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +50,11 @@ __all__ = [
 #: transaction, a lock of its tracking row and a few statements per table (COPY: three round trips each)
 #: whatever its length: ten times fewer batches are ten times fewer of those.
 REBUILD_BATCH_SIZE = 5_000
+
+#: Connections building the shadow's deferred indexes at once (:func:`_create_indexes`).
+INDEX_BUILDERS = 2
+#: The table of a ``CREATE INDEX`` definition as ``pg_indexes`` gives it.
+_INDEXED_TABLE = re.compile(r" ON (?:ONLY )?(\S+) USING ")
 
 #: ``progress(name, position, head)`` after each batch.
 Progress = Callable[[str, int, int], None]
@@ -237,15 +245,44 @@ def _defer_indexes(settings: Settings, names: Sequence[str]) -> list[str]:
 
 
 def _create_indexes(settings: Settings, definitions: Sequence[str]) -> None:
+    """Build the deferred indexes on :data:`INDEX_BUILDERS` connections side by side, the largest tables'
+    first: PostgreSQL builds an index in one backend (its parallel workers help only large b-trees), and
+    the views' indexes are on different tables, so two builds use the two cores a build alone leaves at one
+    (measured on 9,397 events: the full-text GIN index 0.49 s, the token and string look-ups 0.20 and 0.17 s,
+    a dozen more under 0.13 s each)."""
     if not definitions:
         return
+    waiting = deque(_largest_first(settings, definitions))
+
+    def build() -> None:
+        with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
+            connection.execute("SET maintenance_work_mem = '256MB'")
+            # An operator's rebuild, not a request: an index over a national log's views takes longer than the
+            # statement timeout that protects requests, and nothing waits on it but the rebuild itself.
+            connection.execute("SET statement_timeout = 0")
+            while True:
+                try:
+                    definition = waiting.popleft()
+                except IndexError:
+                    return
+                connection.execute(definition)
+
+    with ThreadPoolExecutor(INDEX_BUILDERS, thread_name_prefix="ehr-rebuild-index") as builders:
+        for built in [builders.submit(build) for _ in range(INDEX_BUILDERS)]:
+            built.result()
+
+
+def _largest_first(settings: Settings, definitions: Sequence[str]) -> list[str]:
+    """``definitions`` (``CREATE INDEX … ON schema.table …``) ordered by their table's size, largest first."""
+    tables = [match.group(1) if (match := _INDEXED_TABLE.search(d)) else "" for d in definitions]
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-        connection.execute("SET maintenance_work_mem = '256MB'")
-        # An operator's rebuild, not a request: an index over a national log's views takes longer than the
-        # statement timeout that protects requests, and nothing waits on it but the rebuild itself.
-        connection.execute("SET statement_timeout = 0")
-        for definition in definitions:
-            connection.execute(definition)
+        sizes = connection.execute(
+            "SELECT coalesce(pg_relation_size(to_regclass(t)), 0) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) "
+            "ORDER BY n",
+            (tables,),
+        ).fetchall()
+    ranked = sorted(zip(definitions, (int(size) for (size,) in sizes), strict=True), key=lambda pair: -pair[1])
+    return [definition for definition, _ in ranked]
 
 
 def _shadow_schema(settings: Settings) -> str:
