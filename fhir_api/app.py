@@ -12,6 +12,7 @@ from ehr_core.settings import Settings
 from fhir_api.audit_middleware import AuditMiddleware
 from fhir_api.auth import AuthMiddleware
 from fhir_api.bootstrap import open_services
+from fhir_api.direct_routes import call_directly
 from fhir_api.dispatch import index_routes
 from fhir_api.errors import install_error_handlers
 from fhir_api.formats import FormatNegotiation, XmlRequestBodies
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     # One flat route list, each route taking the access policy's pending decision first: see adopt_routes
     adopt_routes(app.router, fhir_router(), decided=True)
+    call_directly(app.router.routes)  # the FHIR routes' values passed without FastAPI's solving (direct_routes.py)
     app.include_router(metrics_router())  # GET /metrics (Prometheus text)
     app.include_router(health_router())  # GET /health: 503 while the audit log cannot be written
     app.include_router(oauth_router)  # The authorization server under /oauth (SMART App Launch, Backend Services)

@@ -140,3 +140,34 @@ def test_reads_take_the_few_reading_threads_and_writes_the_many_writing_ones(
     )
     assert updated.status_code == 200, updated.text
     assert hops.pools and set(hops.pools) == {f"{REQUEST_THREAD_PREFIX}-write"}, hops.pools
+
+
+def test_a_read_by_id_is_called_directly_without_fastapis_dependency_solving(
+    secured: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FHIR endpoint that takes only its path's strings, the request and the store gets them from its route's
+    own handler (fhir_api/direct_routes.py): FastAPI solves nothing for it, and its answers, refusals included,
+    are what they were. A route with a query parameter to convert (``_history``'s) is still solved by FastAPI."""
+    import fastapi.routing
+
+    client, settings = secured
+    headers = staff_headers(settings, "IMSS")
+    patient = _patient(client, headers)
+    solved: list[str] = []
+    solve = fastapi.routing.solve_dependencies
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        solved.append(str(kwargs["request"].url.path))
+        return await solve(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
+    read = client.get(f"/fhir/Patient/{patient}", headers=headers)
+    assert read.status_code == 200 and read.json()["id"] == patient
+    missing = client.get("/fhir/Patient/no-such-patient", headers=headers)
+    assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
+    refused = client.get(f"/fhir/Patient/{patient}", headers=staff_headers(settings, "ISSSTE"))
+    assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+    assert solved == []
+    history = client.get(f"/fhir/Patient/{patient}/_history", headers=headers)
+    assert history.status_code == 200 and history.json()["type"] == "history"
+    assert solved == [f"/fhir/Patient/{patient}/_history"]
