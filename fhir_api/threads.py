@@ -6,8 +6,9 @@ Two pools, both started and stopped by the app's lifespan (:func:`request_thread
   policy's decisions, token checks, every hand-off outside a write. That work holds the interpreter lock
   most of its time, and the event loop needs the same lock for every request: each further runnable thread
   only takes the lock from the loop more often. Measured at 32 clients reading by id on PostgreSQL
-  (``python -m bench.one_load read``, paired): 40 threads 348-398 reads/s at 2.9-3.3 ms of server CPU a
-  read, 16 threads 472/s, 8 threads 422-434/s, 4 threads 527-622/s at 2.0-2.3 ms.
+  (``python -m bench.one_load read``, alternating runs; bench/README.md): 40 threads 348-417 reads/s in seven
+  runs, 8 threads 383-604/s, 4 threads 401-622/s in six; the server's CPU a read 2.9-3.4 ms with 40 threads,
+  2.0-2.7 ms with 4.
 - The *writing* pool, many threads, serves the hand-offs of write requests (``POST``, ``PUT``, ``PATCH``,
   ``DELETE`` under ``/fhir``, marked by :func:`writing`): a write spends most of its time waiting without the
   lock, for the group commit (whose leader appends every write queued behind it: the more writers wait
