@@ -73,7 +73,7 @@ def _handler(
         if request_name is not None:
             arguments[request_name] = request
         for name in services:
-            arguments[name] = request.app.state.services  # what get_services gives
+            arguments[name] = await get_services(request)
         response = await endpoint(**arguments)
         if not isinstance(response, Response):  # the annotation said it would be: a programming error
             raise TypeError(f"{endpoint.__name__} returned {type(response).__name__}, not a Response")

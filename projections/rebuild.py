@@ -16,7 +16,6 @@ once per rebuild, not once per projector. A shadow's batches are larger than the
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections import deque
@@ -53,8 +52,6 @@ REBUILD_BATCH_SIZE = 5_000
 
 #: Connections building the shadow's deferred indexes at once (:func:`_create_indexes`).
 INDEX_BUILDERS = 2
-#: The table of a ``CREATE INDEX`` definition as ``pg_indexes`` gives it.
-_INDEXED_TABLE = re.compile(r" ON (?:ONLY )?(\S+) USING ")
 
 #: ``progress(name, position, head)`` after each batch.
 Progress = Callable[[str, int, int], None]
@@ -119,7 +116,7 @@ def build_all_beside(settings: Settings, lives: Sequence[Projector], progress: P
     try:
         shadows += [Shadow(live.beside(database), database, _location(settings)) for live in lives]
         shared: dict[int, SharedLog] = {}
-        deferred: list[str] = []
+        deferred: list[tuple[str, str]] = []
         heads = []
         for live, shadow in zip(lives, shadows, strict=True):
             shadow.projector.create_tables()
@@ -225,8 +222,9 @@ def _location(settings: Settings) -> str:
     return _shadow_schema(settings) if settings.uses_postgres else str(_shadow_file(settings))
 
 
-def _defer_indexes(settings: Settings, names: Sequence[str]) -> list[str]:
-    """Drop the shadow's reader-only indexes before the bulk load; return how to create them again.
+def _defer_indexes(settings: Settings, names: Sequence[str]) -> list[tuple[str, str]]:
+    """Drop the shadow's reader-only indexes before the bulk load; return how to create them again: (its
+    table, schema-qualified, its definition) each.
 
     Building an index once over loaded rows is several times cheaper than keeping it up to date row by
     row (PostgreSQL only: SQLite's file is rebuilt in one writer anyway).
@@ -236,15 +234,16 @@ def _defer_indexes(settings: Settings, names: Sequence[str]) -> list[str]:
     schema = _shadow_schema(settings)
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
         rows = connection.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = ANY(%s)",
+            "SELECT indexname, indexdef, format('%%I.%%I', schemaname, tablename) FROM pg_indexes "
+            "WHERE schemaname = %s AND indexname = ANY(%s)",
             (schema, list(names)),
         ).fetchall()
-        for name, _ in rows:
+        for name, _, _ in rows:
             connection.execute(sql.SQL("DROP INDEX {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
-    return [str(definition) for _, definition in rows]
+    return [(str(table), str(definition)) for _, definition, table in rows]
 
 
-def _create_indexes(settings: Settings, definitions: Sequence[str]) -> None:
+def _create_indexes(settings: Settings, definitions: Sequence[tuple[str, str]]) -> None:
     """Build the deferred indexes on :data:`INDEX_BUILDERS` connections side by side, the largest tables'
     first: PostgreSQL builds an index in one backend (its parallel workers help only large b-trees), and
     the views' indexes are on different tables, so two builds use the two cores a build alone leaves at one
@@ -272,17 +271,15 @@ def _create_indexes(settings: Settings, definitions: Sequence[str]) -> None:
             built.result()
 
 
-def _largest_first(settings: Settings, definitions: Sequence[str]) -> list[str]:
-    """``definitions`` (``CREATE INDEX … ON schema.table …``) ordered by their table's size, largest first."""
-    tables = [match.group(1) if (match := _INDEXED_TABLE.search(d)) else "" for d in definitions]
+def _largest_first(settings: Settings, definitions: Sequence[tuple[str, str]]) -> list[str]:
+    """The (table, definition) pairs' definitions, the largest table's first."""
+    tables = sorted({table for table, _ in definitions})
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as connection:
-        sizes = connection.execute(
-            "SELECT coalesce(pg_relation_size(to_regclass(t)), 0) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) "
-            "ORDER BY n",
-            (tables,),
+        rows = connection.execute(
+            "SELECT t, pg_relation_size(t::regclass) FROM unnest(%s::text[]) AS t", (tables,)
         ).fetchall()
-    ranked = sorted(zip(definitions, (int(size) for (size,) in sizes), strict=True), key=lambda pair: -pair[1])
-    return [definition for definition, _ in ranked]
+    sizes = {str(table): int(size) for table, size in rows}
+    return [definition for table, definition in sorted(definitions, key=lambda pair: -sizes[pair[0]])]
 
 
 def _shadow_schema(settings: Settings) -> str:
