@@ -171,14 +171,21 @@ class Ledger:
     # -- sealing -----------------------------------------------------------------------------------
 
     def seal(self, partial: bool = False, until: int | None = None) -> int:
-        """Seal every full block pending (and a last partial one if ``partial``); return blocks sealed."""
+        """Seal every full block pending (and a last partial one if ``partial``); return blocks sealed.
+
+        ``until``: stop once the events up to this notification id are sealed. A partial seal without one
+        stops at the log's end as it was when asked: the events that arrive while it signs wait for the
+        next call (or fill a block), instead of each round sealing a block of the few that came during the
+        last, for as long as requests keep coming (every request appends an audit entry)."""
+        if partial and until is None:
+            until = self.application.recorder.max_notification_id() or 0
         sealed = 0
         with self._lock:
             while (head := self._seal_one(partial)) is not None:
                 sealed += 1
                 if self.witness is not None:
                     write_witness(self.witness, *head)
-                if until is not None and self.position() >= until:
+                if until is not None and head[0].last_id >= until:
                     break
         return sealed
 
@@ -192,7 +199,14 @@ class Ledger:
         with self.database.write() as tx:
             row = tx.execute(f"SELECT position FROM projection_tracking WHERE name = ?{lock}", (self.name,)).fetchone()
             position = int(row[0]) if row else 0
-            notifications = self.application.recorder.select_notifications(
+            recorder = self.application.recorder
+            if not partial and (recorder.max_notification_id() or 0) - position < self.block_size:
+                # Fewer ids than a block after the position, so fewer events (ids only skip, never repeat):
+                # known from the log's index alone. The follower asks after every batch it applies, and the
+                # audit log grows by an entry per request; reading up to a block of events each time only
+                # to count them cost as much CPU per request as writing its audit entry.
+                return None
+            notifications = recorder.select_notifications(
                 start=position, limit=self.block_size, inclusive_of_start=False
             )
             if not notifications or (len(notifications) < self.block_size and not partial):

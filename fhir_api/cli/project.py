@@ -1,8 +1,9 @@
 """``ehr project``: the projection worker — applies the log to every view, apart from the API.
 
-Run it beside API servers started with ``EHR_PROJECTION=worker``: they append and wait for its
-announcements (read-your-writes), it applies. It follows the clinical log and the audit log (LISTEN on
-PostgreSQL, polling on SQLite), in batches of ``EHR_PROJECTION_BATCH_SIZE`` notifications, each batch one
+Run it beside API servers started with ``EHR_PROJECTION=worker``: they append and wait for its announcements
+(read-your-writes), it applies. It follows the clinical log and the audit log (LISTEN on PostgreSQL, polling
+on SQLite; the audit log's group commits are not announced, so they wait for the next poll or clinical write:
+``ehr_core/pgstore.py``), in batches of ``EHR_PROJECTION_BATCH_SIZE`` notifications, each batch one
 transaction with its tracking row; killed at any moment, it resumes at the recorded positions with no event
 applied twice or skipped. Several workers may run at once: the tracking rows' locks make them take turns.
 

@@ -102,8 +102,8 @@ def test_an_audit_group_commit_is_one_statement_and_no_system_randomness(
         paths.append(event.entry["path"])
     assert paths == [f"/fhir/Patient/p{n}" for n in range(1, ENTRIES + 1)]
     if settings.uses_postgres:
-        # One statement: the lock timeout, the table lock, the notify, the insert and the commit (the
-        # statement's own transaction). Before: BEGIN, SET LOCAL, LOCK, NOTIFY, INSERT, COMMIT.
+        # One statement: the lock timeout, the table lock, the insert and the commit (the statement's own
+        # transaction). Before: BEGIN, SET LOCAL, LOCK, NOTIFY, INSERT, COMMIT.
         assert len(statements) == 1, statements
     else:
         # BEGIN, one multi-row INSERT, COMMIT. Before: one INSERT per entry.
