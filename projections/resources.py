@@ -15,7 +15,7 @@ from projections.db import Dialect, Tx
 from projections.privacy import check_erased
 from projections.view import View
 
-__all__ = ["HistoryEntry", "Period", "ResourceViews", "StoredResource", "current_during"]
+__all__ = ["HistoryEntry", "Period", "ResourceViews", "StoredResource", "current_during", "stored_bytes"]
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class ResourceViews(View):
         if row is None:
             check_erased(tx, resource_type, resource_id)  # 410 shredded, 403 blocked
             return None
-        return StoredResource(resource_type, resource_id, int(row[0]), str(row[1]), _bytes(row[2]))
+        return StoredResource(resource_type, resource_id, int(row[0]), str(row[1]), stored_bytes(row[2]))
 
     @staticmethod
     def read_many(tx: Tx, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
@@ -193,7 +193,7 @@ class ResourceViews(View):
             ).fetchall()
             for row in rows:
                 key = (resource_type, str(row[0]))
-                found[key] = StoredResource(resource_type, key[1], int(row[1]), str(row[2]), _bytes(row[3]))
+                found[key] = StoredResource(resource_type, key[1], int(row[1]), str(row[2]), stored_bytes(row[3]))
             for resource_id in ids:
                 if (resource_type, resource_id) not in found:
                     check_erased(tx, resource_type, resource_id)
@@ -209,7 +209,7 @@ class ResourceViews(View):
         if row is None:
             check_erased(tx, resource_type, resource_id)
             return None
-        return StoredResource(resource_type, resource_id, version, str(row[0]), _bytes(row[1]))
+        return StoredResource(resource_type, resource_id, version, str(row[0]), stored_bytes(row[1]))
 
     @staticmethod
     def history(
@@ -231,7 +231,8 @@ class ResourceViews(View):
             (*params, limit),
         ).fetchall()
         return [
-            HistoryEntry(str(r[1]), str(r[2]), int(r[3]), str(r[4]), _bytes(r[6]), int(r[0]), str(r[5])) for r in rows
+            HistoryEntry(str(r[1]), str(r[2]), int(r[3]), str(r[4]), stored_bytes(r[6]), int(r[0]), str(r[5]))
+            for r in rows
         ]
 
     @staticmethod
@@ -294,7 +295,7 @@ def _where(
     return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
-def _bytes(value: object) -> bytes | None:
+def stored_bytes(value: object) -> bytes | None:
     if value is None:
         return None
     assert isinstance(value, bytes | bytearray | memoryview)

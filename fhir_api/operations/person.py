@@ -36,7 +36,7 @@ from fhir_api.threads import in_thread
 from projections.access import Viewer, visible_ids
 from projections.db import Tx
 from projections.identity import IdentityIndex
-from projections.resources import ResourceViews
+from projections.resources import ResourceViews, StoredResource
 
 router = APIRouter()
 #: Reads of ``Patient/{id}`` and ``Person/{id}``: included after history and search, before the generic read.
@@ -45,12 +45,14 @@ read_router = APIRouter()
 _ASSURANCE = {"enrolment": "level4", "curp": "level4", "manual": "level4", "fellegi-sunter": "level3"}
 
 
-def linked_patient(tx: Tx, patient_id: str, viewer: Viewer | None = None) -> tuple[bytes, int, str] | None:
-    """The current Patient with ``seealso`` links merged in; None when it is linked to no other record (or
-    unknown or deleted): then the plain read serves it, byte for byte as stored. With a ``viewer``, only
-    links to records it may read: a link names another institution's record of the person, which
-    ``$ihe-pix`` hides from a caller who may not read it."""
-    others = IdentityIndex.linked_records(tx, patient_id)[1:]
+def linked_patient(
+    tx: Tx, stored: StoredResource, others: list[str], viewer: Viewer | None = None
+) -> tuple[bytes, int, str] | None:
+    """The current Patient ``stored`` with ``seealso`` links to ``others`` (the other records of its person)
+    merged in; None when it is linked to no other record (or deleted): then the plain read serves it, byte for
+    byte as stored. With a ``viewer``, only links to records it may read: a link names another institution's
+    record of the person, which ``$ihe-pix`` hides from a caller who may not read it."""
+    patient_id = stored.resource_id
     if others and viewer is not None:
         readable = visible_ids(tx, viewer, "Patient", others)
         others = [other for other in others if other in readable]
@@ -61,10 +63,7 @@ def linked_patient(tx: Tx, patient_id: str, viewer: Viewer | None = None) -> tup
     sources = IdentityIndex.record_sources(tx, [patient_id, *others])
     own = sources.get(patient_id)
     others = [o for o in others if own is None or o not in sources or sources[o].institution != own.institution]
-    if not others:
-        return None
-    stored = ResourceViews.read(tx, "Patient", patient_id)
-    if stored is None or stored.body is None:
+    if not others or stored.body is None:
         return None
     resource = fhir_json.loads(stored.body)
     links = list(resource.get("link") or [])
@@ -83,11 +82,10 @@ def read_patient(patient_id: str, request: Request, services: ServicesDep) -> Re
     if identity.position < services.projector.position:
         identity.catch_up()  # e.g. after a transaction Bundle wrote Patients: match them before serving links
     if at is None:
-        # The links and, for the many Patients linked to nothing, the stored record: one connection taken
-        # from the pool, not one for each.
+        # The record and its links in one statement; the links' visibility only when there are any.
         with services.views.read() as tx:
-            served = linked_patient(tx, patient_id, viewer_of(request))
-            stored = ResourceViews.read(tx, "Patient", patient_id) if served is None else None
+            stored, others = IdentityIndex.record_with_links(tx, patient_id)
+            served = None if stored is None else linked_patient(tx, stored, others, viewer_of(request))
         if served is None:
             found = read.current(stored, f"Patient/{patient_id}")
             assert found.body is not None  # current() refuses a deleted version

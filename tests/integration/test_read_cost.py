@@ -6,6 +6,7 @@ nothing else on the path may need a thread (the open store is an attribute of th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -171,3 +172,31 @@ def test_a_read_by_id_is_called_directly_without_fastapis_dependency_solving(
     history = client.get(f"/fhir/Patient/{patient}/_history", headers=headers)
     assert history.status_code == 200 and history.json()["type"] == "history"
     assert solved == [f"/fhir/Patient/{patient}/_history"]
+
+
+def test_a_patient_read_asks_the_views_two_statements(
+    secured: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access policy's (who holds the record) and the record's with its person's links, one statement:
+    most Patients are linked to nothing, and the links asked apart were a third round trip on every read."""
+    from projections import db
+
+    client, settings = secured
+    headers = staff_headers(settings, "IMSS")
+    patient = _patient(client, headers)
+    assert client.get(f"/fhir/Patient/{patient}", headers=headers).status_code == 200  # the token seen once
+    statements: list[str] = []
+    for tx_class in (db._SQLiteTx, db._PostgresTx):
+        execute = tx_class.execute
+
+        def counted(self: Any, sql: str, params: Any = (), *, _execute: Any = execute) -> Any:
+            if threading.current_thread().name.startswith(REQUEST_THREAD_PREFIX):  # not the store's own threads
+                statements.append(sql)
+            return _execute(self, sql, params)
+
+        monkeypatch.setattr(tx_class, "execute", counted)
+    response = client.get(f"/fhir/Patient/{patient}", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == patient and "link" not in response.json()
+    assert len(statements) == 2, statements
+    assert any("mpi_links" in s and "FROM resources" in s for s in statements), statements
