@@ -70,6 +70,7 @@ __all__ = [
     "break_glass_listed",
     "consent_denials",
     "consent_grants",
+    "consents_lookup",
     "count_visible_history",
     "grant_basis",
     "institution_clause",
@@ -146,20 +147,23 @@ class Viewer:
 _VALID = "(g.period_start IS NULL OR g.period_start <= ?) AND (g.period_end IS NULL OR g.period_end >= ?)"
 
 
+def consents_lookup(viewer: Viewer) -> tuple[str, list[Any]] | None:
+    """What :func:`with_consents` asks, as a scalar subquery (1 or NULL) another statement can carry; None
+    when the viewer needs no look-up."""
+    if viewer.consents is not None or viewer.break_glass:
+        return None
+    sql = f"(SELECT 1 FROM consent_grants g WHERE g.institution IN (?, '*') AND {_VALID} LIMIT 1)"
+    return sql, [viewer.institution, viewer.now, viewer.now]
+
+
 def with_consents(tx: Tx, viewer: Viewer) -> Viewer:
     """``viewer`` knowing whether its institution holds any valid consent (one indexed look-up)."""
-    if viewer.consents is not None or viewer.break_glass:
+    lookup = consents_lookup(viewer)
+    if lookup is None:
         return viewer
     # Asked by every search: one index read, its plan kept once a connection has run it a few times.
-    row = (
-        tx.reusing_plans()
-        .execute(
-            f"SELECT 1 FROM consent_grants g WHERE g.institution IN (?, '*') AND {_VALID} LIMIT 1",
-            (viewer.institution, viewer.now, viewer.now),
-        )
-        .fetchone()
-    )
-    return replace(viewer, consents=row is not None)
+    row = tx.reusing_plans().execute(f"SELECT {lookup[0]}", lookup[1]).fetchone()
+    return replace(viewer, consents=row is not None and row[0] is not None)
 
 
 def _in(column: str, values: frozenset[str] | None) -> tuple[str, list[Any]]:

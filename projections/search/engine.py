@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ehr_core.errors import InvalidResource, Issue
-from projections.access import Viewer, institution_clause, visible_clause, with_consents
+from projections.access import Viewer, consents_lookup, institution_clause, visible_clause, with_consents
 from projections.db import Dialect, Tx
 from projections.indexed import indexed
 from projections.search.chains import chain_keys
@@ -414,14 +414,19 @@ def indexed_types(tx: Tx) -> list[str]:
     return sorted(str(row[0]) for row in rows)
 
 
-def _snapshot(tx: Tx, resource_type: str) -> int:
-    # Every first page asks: one index read whose plan never depends on the type, so it is kept.
-    row = (
-        tx.reusing_plans()
-        .execute("SELECT MAX(sid) FROM search_ids WHERE resource_type = ?", [resource_type])
-        .fetchone()
-    )
-    return int(row[0]) if row and row[0] is not None else 0
+def _snapshot(tx: Tx, resource_type: str, viewer: Viewer | None) -> tuple[int, Viewer | None]:
+    """The newest key of ``resource_type`` (what bounds the pages after the first) and ``viewer`` knowing
+    whether its institution holds a valid consent (``with_consents``): every first page asks both, in one
+    statement of two index reads whose plans never depend on the values, so it is kept."""
+    lookup = None if viewer is None else consents_lookup(viewer)
+    sql, params = "SELECT (SELECT MAX(sid) FROM search_ids WHERE resource_type = ?)", [resource_type]
+    if lookup is not None:
+        sql, params = f"{sql}, {lookup[0]}", [*params, *lookup[1]]
+    row = tx.reusing_plans().execute(sql, params).fetchone()
+    snapshot = int(row[0]) if row and row[0] is not None else 0
+    if viewer is not None and lookup is not None:
+        viewer = replace(viewer, consents=row is not None and row[1] is not None)
+    return snapshot, viewer
 
 
 def _page_rows(
@@ -569,9 +574,9 @@ def _run(tx: Tx, dialect: Dialect, request: SearchRequest, base: str | None, cou
         backwards: bool = direction == "p"
         cursor_keys: list[Any] | None = after
     else:
-        snapshot, backwards, cursor_keys = _snapshot(tx, request.resource_type), False, None
+        (snapshot, viewer), backwards, cursor_keys = _snapshot(tx, request.resource_type, viewer), False, None
     # The first page needs no bound: the snapshot is the newest key there is (and a resource created
-    # meanwhile sorts last); it bounds the pages after it.
+    # meanwhile sorts last); it bounds the pages after it. A first page's viewer knows its consents already.
     viewer = with_consents(tx, viewer) if viewer is not None else None
     visible = _visible(viewer, "a", dialect)
     # Chains and _has pass through other resources: the same policy holds for each of them.

@@ -2,7 +2,8 @@
 hops to a worker thread. Each hop is a hand-off to another thread and back to the event loop (a wake-up, a
 future, the GIL taken twice), paid on every read; under load it is also a place where the request queues.
 A read needs the store once (the access policy's decision and the record, in the same worker thread), and
-nothing else on the path may need a thread (the open store is an attribute of the app)."""
+nothing else on the path may need a thread (the open store is an attribute of the app). And how many
+statements a read by id and a search's first page send the views: each is a round trip on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -174,29 +175,53 @@ def test_a_read_by_id_is_called_directly_without_fastapis_dependency_solving(
     assert solved == [f"/fhir/Patient/{patient}/_history"]
 
 
-def test_a_patient_read_asks_the_views_two_statements(
-    secured: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The access policy's (who holds the record) and the record's with its person's links, one statement:
-    most Patients are linked to nothing, and the links asked apart were a third round trip on every read."""
+def _counted_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the request threads send the views from now on (not the store's own threads')."""
     from projections import db
 
-    client, settings = secured
-    headers = staff_headers(settings, "IMSS")
-    patient = _patient(client, headers)
-    assert client.get(f"/fhir/Patient/{patient}", headers=headers).status_code == 200  # the token seen once
     statements: list[str] = []
     for tx_class in (db._SQLiteTx, db._PostgresTx):
         execute = tx_class.execute
 
         def counted(self: Any, sql: str, params: Any = (), *, _execute: Any = execute) -> Any:
-            if threading.current_thread().name.startswith(REQUEST_THREAD_PREFIX):  # not the store's own threads
+            if threading.current_thread().name.startswith(REQUEST_THREAD_PREFIX):
                 statements.append(sql)
             return _execute(self, sql, params)
 
         monkeypatch.setattr(tx_class, "execute", counted)
+    return statements
+
+
+def test_a_patient_read_asks_the_views_two_statements(
+    secured: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access policy's (who holds the record) and the record's with its person's links, one statement:
+    most Patients are linked to nothing, and the links asked apart were a third round trip on every read."""
+    client, settings = secured
+    headers = staff_headers(settings, "IMSS")
+    patient = _patient(client, headers)
+    assert client.get(f"/fhir/Patient/{patient}", headers=headers).status_code == 200  # the token seen once
+    statements = _counted_statements(monkeypatch)
     response = client.get(f"/fhir/Patient/{patient}", headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["id"] == patient and "link" not in response.json()
     assert len(statements) == 2, statements
     assert any("mpi_links" in s and "FROM resources" in s for s in statements), statements
+
+
+def test_a_searchs_first_page_asks_the_newest_key_and_the_consents_in_one_statement(
+    secured: tuple[TestClient, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every first page asks where the type's keys end (what bounds the next pages) and whether the caller's
+    institution holds a valid Consent (without one, the policy's SQL leaves the consent branch out): one
+    statement, where they were two round trips."""
+    client, settings = secured
+    headers = staff_headers(settings, "IMSS")
+    _patient(client, headers)
+    assert client.get("/fhir/Patient?family=Pérez", headers=headers).status_code == 200  # the token seen once
+    statements = _counted_statements(monkeypatch)
+    response = client.get("/fhir/Patient?family=Pérez&_count=20", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["total"] == 1
+    consents = [s for s in statements if "consent_grants" in s]
+    assert len(consents) == 1 and "MAX(sid)" in consents[0], statements
