@@ -202,9 +202,10 @@ class Ledger:
             recorder = self.application.recorder
             if not partial and (recorder.max_notification_id() or 0) - position < self.block_size:
                 # Fewer ids than a block after the position, so fewer events (ids only skip, never repeat):
-                # known from the log's index alone. The follower asks after every batch it applies, and the
-                # audit log grows by an entry per request; reading up to a block of events each time only
-                # to count them cost as much CPU per request as writing its audit entry.
+                # known from the log's index alone. The follower asks after every round it applies, and the
+                # audit log grows by an entry per request: reading up to a block of events (with their
+                # states) each time only to count them was 42% of the projection worker's samples under
+                # reads (py-spy), the worker then at a third of a core.
                 return None
             notifications = recorder.select_notifications(
                 start=position, limit=self.block_size, inclusive_of_start=False
